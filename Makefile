@@ -1,0 +1,36 @@
+# Entry points of the package. Every target sets up what it needs on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PYTHONPATH := $(CURDIR)
+export AIRFLOW_HOME ?= $(CURDIR)/.airflow
+export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
+export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
+export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
+
+.PHONY: install test demo run backfill ihc-server demo-data calibrate bench clean
+
+$(STAMP): requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements-dev.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+ihc-server: $(STAMP)
+	exec $(PY) -m include.ihc_server $(ARGS)
+
+demo-data: $(STAMP)
+	$(PY) -m include.attribution.demo_data $(ARGS)
+
+calibrate: $(STAMP)
+	$(PY) scripts/calibrate_ihc_model.py $(ARGS)
+
+clean:
+	rm -rf .airflow .run output

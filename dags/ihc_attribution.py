@@ -1,0 +1,114 @@
+"""
+### IHC attribution
+
+For every conversion of the run's range: build its customer journey, ask the IHC attribution
+API how much credit each session earned, store the credit in `attribution_customer_journey`,
+rebuild `channel_reporting` (cost, attributed orders and revenue per channel and day) and export
+it as CSV with CPO and ROAS.
+
+**Range.** A scheduled run handles the conversions of its data interval (one UTC day). A manual
+run gives `start_date` and `end_date` (inclusive, `YYYY-MM-DD`) in the trigger form.
+
+**Connections.** `attribution_db` (the database) and `ihc_api` (the API; the key is the
+password, limits and conversion type are extras). CSVs go to `$ATTRIBUTION_OUTPUT_DIR`.
+
+Every task can be re-run on its own; conversions that cannot be attributed are listed in
+`attribution_issues` with a reason, and the last task fails the run if one is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+
+from include.attribution import tasks
+
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+RETRIES = int(os.environ.get("ATTRIBUTION_TASK_RETRIES", "2"))
+
+
+@dag(
+    dag_id="ihc_attribution",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["attribution", "ihc"],
+    default_args={"retries": RETRIES, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    params={
+        "start_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            pattern=DATE_PATTERN,
+            title="Start date",
+            description="First conversion date of a manual run (inclusive, YYYY-MM-DD). "
+            "Leave empty to use the run's data interval.",
+        ),
+        "end_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            pattern=DATE_PATTERN,
+            title="End date",
+            description="Last conversion date of a manual run (inclusive, YYYY-MM-DD).",
+        ),
+        "lookback_days": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            title="Look-back window (days)",
+            description="Only sessions at most this many days before a conversion belong to its "
+            "journey. Empty: unlimited. Use the same value for every run over the same data.",
+        ),
+    },
+)
+def ihc_attribution():
+    @task
+    def setup_tables() -> dict:
+        return tasks.setup_tables(get_current_context())
+
+    @task
+    def extract_journeys() -> dict:
+        return tasks.extract_journeys(get_current_context())
+
+    @task
+    def pack_requests() -> dict:
+        return tasks.pack_requests(get_current_context())
+
+    @task
+    def call_ihc_api() -> dict:
+        return tasks.call_ihc_api(get_current_context())
+
+    @task
+    def load_attribution() -> dict:
+        return tasks.load_attribution(get_current_context())
+
+    @task
+    def build_report() -> dict:
+        return tasks.build_report(get_current_context())
+
+    @task
+    def export_csv() -> dict:
+        return tasks.export_csv(get_current_context())
+
+    @task
+    def check_run() -> dict:
+        return tasks.check_run(get_current_context())
+
+    (
+        setup_tables()
+        >> extract_journeys()
+        >> pack_requests()
+        >> call_ihc_api()
+        >> load_attribution()
+        >> build_report()
+        >> export_csv()
+        >> check_run()
+    )
+
+
+ihc_attribution()

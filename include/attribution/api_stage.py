@@ -1,0 +1,261 @@
+"""Stages 3 and 4: pack journeys into API requests, and send them with checkpoints.
+
+Packing writes the plan (which journey goes into which request) to staging. Sending reads the
+requests not yet answered, sends them concurrently through the IHC client, and commits each
+answer together with the request's ``done`` mark, so a re-run after a crash or a failure sends
+only what was not answered before: API calls cost quota.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+
+from include.attribution.db import Database
+from include.attribution.ihc_client import (
+    IhcClient,
+    IhcError,
+    IhcRequest,
+    IhcResult,
+    IhcRetriesExhaustedError,
+    SendProgress,
+)
+from include.attribution.journeys import API_REJECTED, OVERSIZED
+from include.attribution.packing import pack_journeys
+
+log = logging.getLogger(__name__)
+
+TRUNCATE = "truncate"
+SKIP = "skip"
+OVERSIZED_POLICIES = (TRUNCATE, SKIP)
+
+
+@dataclass
+class PackSummary:
+    """Counts of the packing stage."""
+
+    journeys: int = 0
+    sessions: int = 0
+    requests: int = 0
+    lower_bound: int = 0
+    truncated: int = 0
+    skipped: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass
+class SendSummary:
+    """Counts of the sending stage."""
+
+    requests_total: int = 0
+    requests_already_done: int = 0
+    requests_sent: int = 0
+    retries: int = 0
+    rows: int = 0
+    rejected_journeys: int = 0
+    unanswered: list[int] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def pack_requests(
+    db: Database,
+    run_id: str,
+    *,
+    max_journeys: int,
+    max_sessions: int,
+    oversized_policy: str = TRUNCATE,
+) -> PackSummary:
+    """Plan the run's API requests: whole journeys, under both limits, close to the fewest.
+
+    A journey longer than ``max_sessions`` is never split. With the ``truncate`` policy it is
+    sent cut to its most recent ``max_sessions`` sessions; with ``skip`` it is not sent. Either
+    way it is recorded as ``oversized_journey``. Replaces the run's plan and answers.
+    """
+    if oversized_policy not in OVERSIZED_POLICIES:
+        raise ValueError(f"oversized_journey_policy must be one of {OVERSIZED_POLICIES}, not {oversized_policy!r}")
+    if max_journeys < 1 or max_sessions < 1:
+        raise ValueError("max_journeys_per_request and max_sessions_per_request must be at least 1")
+    summary = PackSummary()
+    with db.transaction():
+        for table in ("attribution_stg_requests", "attribution_stg_request_journeys", "attribution_stg_results"):
+            db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+        db.execute(
+            "DELETE FROM attribution_stg_issues WHERE run_id = ? AND reason IN (?, ?)",
+            (run_id, OVERSIZED, API_REJECTED),
+        )
+        sizes: dict[str, int] = {}
+        issues = []
+        for conv_id, n in db.query(
+            "SELECT conv_id, n_sessions FROM attribution_stg_conversions "
+            "WHERE run_id = ? AND status = 'ready' ORDER BY conv_id",
+            (run_id,),
+        ):
+            if n > max_sessions:
+                if oversized_policy == SKIP:
+                    summary.skipped += 1
+                    issues.append((run_id, conv_id, OVERSIZED, f"not sent: {n} sessions, over the limit of {max_sessions} per request"))
+                    continue
+                summary.truncated += 1
+                issues.append(
+                    (run_id, conv_id, OVERSIZED, f"sent truncated to its latest {max_sessions} of {n} sessions")
+                )
+                n = max_sessions
+            sizes[conv_id] = n
+        if issues:
+            db.executemany(
+                "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?)", issues
+            )
+        bins = pack_journeys(sizes, max_journeys, max_sessions)
+        db.executemany(
+            "INSERT INTO attribution_stg_requests (run_id, request_no, n_journeys, n_sessions, status) "
+            "VALUES (?, ?, ?, ?, 'pending')",
+            [(run_id, no, len(b), sum(sizes[c] for c in b)) for no, b in enumerate(bins)],
+        )
+        db.executemany(
+            "INSERT INTO attribution_stg_request_journeys (run_id, conv_id, request_no) VALUES (?, ?, ?)",
+            [(run_id, conv_id, no) for no, b in enumerate(bins) for conv_id in b],
+        )
+    summary.journeys = len(sizes)
+    summary.sessions = sum(sizes.values())
+    summary.requests = len(bins)
+    summary.lower_bound = lower_bound(len(sizes), summary.sessions, max_journeys, max_sessions)
+    return summary
+
+
+def lower_bound(journeys: int, sessions: int, max_journeys: int, max_sessions: int) -> int:
+    """The fewest requests any packing can use: ``max(ceil(j / J), ceil(s / S))``."""
+    return max(-(-journeys // max_journeys), -(-sessions // max_sessions))
+
+
+_REQUEST_ROWS_SQL = """
+SELECT j.conv_id, s.session_id, s.event_ts, s.channel_name, s.holder_engagement,
+       s.closer_engagement, s.conversion, s.impression_interaction
+FROM attribution_stg_request_journeys j
+JOIN attribution_stg_sessions s ON s.run_id = j.run_id AND s.conv_id = j.conv_id
+WHERE j.run_id = ? AND j.request_no = ?
+ORDER BY j.conv_id, s.event_ts DESC, s.session_id DESC
+"""
+
+
+def build_request(db: Database, run_id: str, request_no: int, max_sessions: int) -> IhcRequest:
+    """The API payload rows of one planned request, each journey in time order.
+
+    Rows come newest first, so an oversized journey (``truncate`` policy) keeps its latest
+    ``max_sessions`` sessions; each journey is then put back in time order.
+    """
+    rows: list[dict] = []
+    journey: list[dict] = []
+    current = None
+    for conv_id, session_id, ts, channel, holder, closer, conversion, impression in db.query(
+        _REQUEST_ROWS_SQL, (run_id, request_no)
+    ):
+        if conv_id != current:
+            rows.extend(reversed(journey))
+            current, journey = conv_id, []
+        if len(journey) == max_sessions:
+            continue
+        journey.append(
+            {
+                "conversion_id": conv_id,
+                "session_id": session_id,
+                "timestamp": ts,
+                "channel_label": channel,
+                "holder_engagement": int(holder),
+                "closer_engagement": int(closer),
+                "conversion": int(conversion),
+                "impression_interaction": int(impression),
+            }
+        )
+    rows.extend(reversed(journey))
+    return IhcRequest(request_id=request_no, rows=rows)
+
+
+def send_requests(
+    db: Database,
+    run_id: str,
+    client: IhcClient,
+    *,
+    max_sessions: int,
+    progress: Callable[[SendProgress], None] | None = None,
+) -> SendSummary:
+    """Send the run's unanswered requests and checkpoint each answer as it arrives.
+
+    :raises IhcError: when the API refuses the configuration or retries are exhausted; the
+        answers received until then are kept, and the unanswered requests are marked failed.
+    """
+    summary = SendSummary()
+    states = db.query(
+        "SELECT request_no, status FROM attribution_stg_requests WHERE run_id = ? ORDER BY request_no", (run_id,)
+    )
+    pending = [no for no, status in states if status != "done"]
+    summary.requests_total = len(states)
+    summary.requests_already_done = len(states) - len(pending)
+
+    def requests() -> Iterator[IhcRequest]:
+        for no in pending:
+            yield build_request(db, run_id, no, max_sessions)
+
+    def on_result(result: IhcResult) -> None:
+        no = int(result.request_id)
+        with db.transaction():
+            db.execute(
+                "DELETE FROM attribution_stg_results WHERE run_id = ? AND conv_id IN "
+                "(SELECT conv_id FROM attribution_stg_request_journeys WHERE run_id = ? AND request_no = ?)",
+                (run_id, run_id, no),
+            )
+            db.executemany(
+                "INSERT INTO attribution_stg_results "
+                "(run_id, conv_id, session_id, initializer, holder, closer, ihc) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, r.conversion_id, r.session_id, r.initializer, r.holder, r.closer, r.ihc)
+                    for r in result.rows
+                ],
+            )
+            if result.failed:
+                db.executemany(
+                    "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (run_id, conv_id, reason) DO UPDATE SET detail = excluded.detail",
+                    [(run_id, f.conversion_id, API_REJECTED, f"IHC API: {f.message}") for f in result.failed],
+                )
+            db.execute(
+                "UPDATE attribution_stg_requests SET status = 'done', attempts = attempts + ?, "
+                "http_status = ?, error = NULL WHERE run_id = ? AND request_no = ?",
+                (result.attempts, result.status_code, run_id, no),
+            )
+        summary.requests_sent += 1
+        summary.retries += max(result.attempts - 1, 0)
+        summary.rows += len(result.rows)
+        summary.rejected_journeys += len(result.failed)
+
+    try:
+        client.send_all(requests(), on_result, progress=progress, total=len(pending))
+    except IhcError as exc:
+        answered = {
+            no for (no,) in db.query(
+                "SELECT request_no FROM attribution_stg_requests WHERE run_id = ? AND status = 'done'", (run_id,)
+            )
+        }
+        summary.unanswered = [no for no in pending if no not in answered]
+        message = str(exc)[:1000]
+        with db.transaction():
+            db.executemany(
+                "UPDATE attribution_stg_requests SET status = 'failed', error = ? WHERE run_id = ? AND request_no = ?",
+                [(message, run_id, no) for no in summary.unanswered],
+            )
+        kind = "retries exhausted" if isinstance(exc, IhcRetriesExhaustedError) else "request refused"
+        log.error(
+            "IHC API %s: %d of %d requests unanswered (numbers %s); a re-run sends only those",
+            kind, len(summary.unanswered), summary.requests_total, _preview(summary.unanswered),
+        )
+        raise
+    return summary
+
+
+def _preview(numbers: list[int], limit: int = 20) -> str:
+    text = ", ".join(str(n) for n in numbers[:limit])
+    return text + (f", ... ({len(numbers) - limit} more)" if len(numbers) > limit else "")

@@ -1,0 +1,105 @@
+"""The final check of a run and its summary.
+
+Every conversion of the run's range must end up attributed (rows summing to 1) or listed in
+``attribution_issues`` with a reason. A run where this does not hold fails, so nothing is lost
+silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from include.attribution.daterange import RunRange
+from include.attribution.db import Database
+from include.attribution.load import SUM_TOLERANCE
+
+
+class CheckError(RuntimeError):
+    """A conversion of the run is neither attributed nor recorded, or a journey is wrong."""
+
+
+@dataclass
+class RunSummary:
+    """What a run did, for the log, XCom and the UI."""
+
+    run_id: str
+    range_start: str
+    range_end: str
+    conversions: int = 0
+    attributed: int = 0
+    issues_by_reason: dict[str, int] = field(default_factory=dict)
+    requests: int = 0
+    retries: int = 0
+    cost: float = 0.0
+    ihc: float = 0.0
+    ihc_revenue: float = 0.0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def render(self) -> str:
+        """A few human-readable lines."""
+        issues = ", ".join(f"{k} {v}" for k, v in sorted(self.issues_by_reason.items())) or "none"
+        return (
+            f"run {self.run_id}: conversions [{self.range_start}, {self.range_end})\n"
+            f"  conversions in range: {self.conversions}, attributed: {self.attributed}\n"
+            f"  issues by reason: {issues}\n"
+            f"  API requests: {self.requests}, retries: {self.retries}\n"
+            f"  report totals over the range: cost {self.cost:.2f}, ihc {self.ihc:.4f}, "
+            f"ihc_revenue {self.ihc_revenue:.2f}"
+        )
+
+
+def check_run(db: Database, run_id: str, run_range: RunRange) -> RunSummary:
+    """Verify the run's outcome and summarise it.
+
+    :raises CheckError: when a conversion of the range is neither attributed nor recorded with
+        a reason, or an attributed journey does not sum to 1.
+    """
+    missing = db.query(
+        "SELECT c.conv_id FROM attribution_stg_conversions c WHERE c.run_id = ? "
+        "AND NOT EXISTS (SELECT 1 FROM attribution_customer_journey a WHERE a.conv_id = c.conv_id) "
+        "AND NOT EXISTS (SELECT 1 FROM attribution_issues i WHERE i.conv_id = c.conv_id) "
+        "ORDER BY c.conv_id",
+        (run_id,),
+    )
+    if missing:
+        ids = ", ".join(m[0] for m in missing[:10])
+        raise CheckError(f"{len(missing)} conversions of the run are neither attributed nor recorded: {ids}")
+    bad_sums = db.query(
+        "SELECT a.conv_id, SUM(a.ihc) FROM attribution_customer_journey a "
+        "WHERE a.conv_id IN (SELECT conv_id FROM attribution_stg_conversions WHERE run_id = ?) "
+        "GROUP BY a.conv_id HAVING ABS(SUM(a.ihc) - 1) > ?",
+        (run_id, SUM_TOLERANCE),
+    )
+    if bad_sums:
+        raise CheckError(f"{len(bad_sums)} attributed journeys do not sum to 1, e.g. {bad_sums[0]}")
+
+    summary = RunSummary(run_id=run_id, range_start=run_range.start_ts, range_end=run_range.end_ts)
+    summary.conversions = int(
+        db.scalar("SELECT COUNT(*) FROM attribution_stg_conversions WHERE run_id = ?", (run_id,))
+    )
+    summary.attributed = int(
+        db.scalar(
+            "SELECT COUNT(*) FROM attribution_stg_conversions c WHERE c.run_id = ? AND EXISTS "
+            "(SELECT 1 FROM attribution_customer_journey a WHERE a.conv_id = c.conv_id)",
+            (run_id,),
+        )
+    )
+    summary.issues_by_reason = {
+        reason: int(n)
+        for reason, n in db.query(
+            "SELECT reason, COUNT(*) FROM attribution_stg_issues WHERE run_id = ? GROUP BY reason", (run_id,)
+        )
+    }
+    requests, attempts = db.query(
+        "SELECT COUNT(*), COALESCE(SUM(attempts), 0) FROM attribution_stg_requests WHERE run_id = ?", (run_id,)
+    )[0]
+    summary.requests, summary.retries = int(requests), max(int(attempts) - int(requests), 0)
+    cost, ihc, revenue = db.query(
+        "SELECT COALESCE(SUM(cost), 0), COALESCE(SUM(ihc), 0), COALESCE(SUM(ihc_revenue), 0) "
+        "FROM channel_reporting WHERE date >= ? AND date <= ?",
+        (run_range.first_date.isoformat(), run_range.last_date.isoformat()),
+    )[0]
+    summary.cost, summary.ihc, summary.ihc_revenue = round(cost, 2), round(ihc, 4), round(revenue, 2)
+    return summary

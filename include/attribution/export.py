@@ -1,0 +1,118 @@
+"""Stage 7: export the report of the run's dates as CSV, with CPO and ROAS.
+
+``CPO = cost / ihc`` and ``ROAS = ihc_revenue / cost``; where the denominator is 0 the cell is
+empty, never ``inf``, ``NaN`` or 0. Money is rounded half-up to the cent, ``ihc`` and ``ROAS``
+to 4 decimals. The file is written to a temporary name and renamed into place, so readers see
+either the previous complete file or the new one.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import tempfile
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+
+from include.attribution.daterange import RunRange
+from include.attribution.db import Database
+
+CSV_COLUMNS = ("channel_name", "date", "cost", "ihc", "ihc_revenue", "CPO", "ROAS")
+_CENT = Decimal("0.01")
+_FOUR = Decimal("0.0001")
+# Spreadsheets run a cell starting with one of these as a formula (CSV injection).
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One row of the exported report, ratios included (None where undefined)."""
+
+    channel_name: str
+    date: str
+    cost: Decimal
+    ihc: Decimal
+    ihc_revenue: Decimal
+    cpo: Decimal | None
+    roas: Decimal | None
+
+
+def _dec(value: float | int | None) -> Decimal:
+    # repr() gives the shortest decimal that round-trips, so 2.675 stays 2.675 and rounds up.
+    return Decimal(repr(float(value or 0)))
+
+
+def report_row(channel_name: str, date: str, cost: float, ihc: float, ihc_revenue: float) -> ReportRow:
+    """Round one ``channel_reporting`` row and add its ratios."""
+    c, i, r = _dec(cost), _dec(ihc), _dec(ihc_revenue)
+    cpo = (c / i).quantize(_CENT, ROUND_HALF_UP) if i != 0 else None
+    roas = (r / c).quantize(_FOUR, ROUND_HALF_UP) if c != 0 else None
+    return ReportRow(
+        channel_name=channel_name,
+        date=str(date),
+        cost=c.quantize(_CENT, ROUND_HALF_UP),
+        ihc=i.quantize(_FOUR, ROUND_HALF_UP),
+        ihc_revenue=r.quantize(_CENT, ROUND_HALF_UP),
+        cpo=cpo,
+        roas=roas,
+    )
+
+
+def read_report(db: Database, run_range: RunRange) -> list[ReportRow]:
+    """The report rows of the range's dates, ordered by date and channel."""
+    rows = db.query(
+        "SELECT channel_name, date, cost, ihc, ihc_revenue FROM channel_reporting "
+        "WHERE date >= ? AND date <= ? ORDER BY date, channel_name",
+        (run_range.first_date.isoformat(), run_range.last_date.isoformat()),
+    )
+    return [report_row(*row) for row in rows]
+
+
+def safe_cell(text: str, escape_formulas: bool = True) -> str:
+    """Prefix text a spreadsheet would run as a formula with an apostrophe."""
+    if escape_formulas and text.startswith(_FORMULA_PREFIXES):
+        return "'" + text
+    return text
+
+
+def write_csv(rows: list[ReportRow], path: Path, *, escape_formulas: bool = True) -> Path:
+    """Write the rows to ``path`` atomically (temporary file in the same folder, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+            writer.writerow(CSV_COLUMNS)
+            for row in rows:
+                writer.writerow(
+                    [
+                        safe_cell(row.channel_name, escape_formulas),
+                        row.date,
+                        row.cost,
+                        row.ihc,
+                        row.ihc_revenue,
+                        "" if row.cpo is None else row.cpo,
+                        "" if row.roas is None else row.roas,
+                    ]
+                )
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def csv_path(output_dir: str | Path, run_range: RunRange) -> Path:
+    """``<output_dir>/channel_reporting_<first date>_<last date>.csv``."""
+    return Path(output_dir) / f"channel_reporting_{run_range.label}.csv"
+
+
+def export_report(db: Database, run_range: RunRange, output_dir: str | Path) -> tuple[Path, int]:
+    """Export the report of the range's dates; return the file's path and its row count."""
+    rows = read_report(db, run_range)
+    path = write_csv(rows, csv_path(output_dir, run_range))
+    return path, len(rows)

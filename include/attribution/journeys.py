@@ -1,0 +1,339 @@
+"""Stage 2: find the run's conversions, check the input, and build their customer journeys.
+
+A journey is every session of the conversion's user whose timestamp is strictly before the
+conversion's timestamp (optionally limited by a look-back window). Journeys are built in SQL on
+the database side; Python only validates the conversions of the run and the sessions of their
+users, in bounded batches, so that malformed input is quarantined with a reason instead of
+being compared as text and silently dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from include.attribution.daterange import RunRange
+from include.attribution.db import Database
+from include.attribution.schema import STAGING_TABLES
+
+# Reasons recorded in attribution_issues.
+NO_SESSIONS = "no_sessions"
+INVALID_INPUT = "invalid_input"
+UNPLACEABLE = "unplaceable_conversion"
+OVERSIZED = "oversized_journey"
+API_REJECTED = "api_rejected"
+
+_DATE_RE = r"\d{4}-\d{2}-\d{2}"
+_TIME_RE = r"(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+_MAX_DETAIL_ITEMS = 5
+
+# Conversions whose date is in the run's days by text comparison, plus (on SQLite, where a DATE
+# column holds any text) every conversion whose date is not shaped like YYYY-MM-DD, so that a
+# malformed date cannot hide from validation.
+_CANDIDATES_SQL = """
+SELECT conv_id, user_id, conv_date, conv_time, revenue,
+       CASE WHEN conv_date >= ? AND conv_date <= ? THEN 1 ELSE 0 END AS by_date
+FROM conversions
+WHERE (conv_date >= ? AND conv_date <= ?) OR {malformed}
+"""
+_MALFORMED_DATE = {
+    "sqlite": (
+        "conv_date IS NULL OR typeof(conv_date) <> 'text' OR length(conv_date) <> 10 "
+        "OR substr(conv_date, 5, 1) <> '-' OR substr(conv_date, 8, 1) <> '-'"
+    ),
+    # A DATE column cannot hold a malformed value on PostgreSQL.
+    "postgresql": "conv_date IS NULL",
+}
+
+_USER_SESSIONS_SQL = """
+SELECT s.session_id, s.user_id, s.event_date, s.event_time, s.channel_name,
+       s.holder_engagement, s.closer_engagement, s.impression_interaction
+FROM session_sources s
+WHERE s.user_id IN (
+    SELECT user_id FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'
+)
+"""
+
+# The conversion flag marks the latest session of each journey; equal timestamps are broken by
+# the larger session id so the choice is deterministic.
+_JOURNEYS_SQL = """
+INSERT INTO attribution_stg_sessions (
+    run_id, conv_id, session_id, event_ts, channel_name,
+    holder_engagement, closer_engagement, impression_interaction, conversion
+)
+SELECT c.run_id, c.conv_id, s.session_id,
+       s.event_date || ' ' || s.event_time,
+       s.channel_name, s.holder_engagement, s.closer_engagement, s.impression_interaction,
+       CASE WHEN ROW_NUMBER() OVER (
+           PARTITION BY c.conv_id
+           ORDER BY s.event_date DESC, s.event_time DESC, s.session_id DESC
+       ) = 1 THEN 1 ELSE 0 END
+FROM attribution_stg_conversions c
+JOIN session_sources s ON s.user_id = c.user_id
+WHERE c.run_id = ? AND c.status = 'ready'
+  AND (s.event_date < c.conv_date OR (s.event_date = c.conv_date AND s.event_time < c.conv_time))
+  {lookback}
+"""
+_LOOKBACK = {
+    "sqlite": "AND s.event_date || ' ' || s.event_time >= datetime(c.conv_date || ' ' || c.conv_time, ?)",
+    "postgresql": (
+        "AND (s.event_date || ' ' || s.event_time) >= "
+        "to_char((c.conv_date || ' ' || c.conv_time)::timestamp - (? || ' days')::interval, "
+        "'YYYY-MM-DD HH24:MI:SS')"
+    ),
+}
+
+
+@dataclass
+class ExtractSummary:
+    """Counts of the extraction stage (all small: safe for XCom)."""
+
+    conversions: int = 0
+    journeys: int = 0
+    sessions: int = 0
+    invalid_input: int = 0
+    no_sessions: int = 0
+    unplaceable: int = 0
+    max_journey_sessions: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def clear_run_staging(db: Database, run_id: str) -> None:
+    """Delete the run's staging rows (except its report dates, which only ever accumulate)."""
+    for table in STAGING_TABLES:
+        if table != "attribution_stg_report_dates":
+            db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+
+
+def extract_journeys(
+    db: Database,
+    run_id: str,
+    run_range: RunRange,
+    *,
+    lookback_days: int | None = None,
+    created_at: str = "",
+) -> ExtractSummary:
+    """Stage the run's conversions and journeys, quarantining what cannot be attributed.
+
+    Runs in one transaction and replaces the run's staging, so it is safe to re-run.
+    """
+    summary = ExtractSummary()
+    with db.transaction():
+        clear_run_staging(db, run_id)
+        db.execute(
+            "INSERT INTO attribution_runs (run_id, range_start, range_end, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+            "range_start = excluded.range_start, range_end = excluded.range_end",
+            (run_id, run_range.start_ts, run_range.end_ts, created_at),
+        )
+        _stage_conversions(db, run_id, run_range, summary)
+        _quarantine_invalid_sessions(db, run_id, lookback_days, summary)
+        lookback_sql = _LOOKBACK[db.dialect] if lookback_days is not None else ""
+        params: list = [run_id]
+        if lookback_days is not None:
+            params.append(f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days))
+        db.execute(_JOURNEYS_SQL.format(lookback=lookback_sql), params)
+        db.execute(
+            "UPDATE attribution_stg_conversions SET n_sessions = ("
+            " SELECT COUNT(*) FROM attribution_stg_sessions s"
+            " WHERE s.run_id = attribution_stg_conversions.run_id"
+            " AND s.conv_id = attribution_stg_conversions.conv_id)"
+            " WHERE run_id = ? AND status = 'ready'",
+            (run_id,),
+        )
+        db.execute(
+            "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) "
+            "SELECT run_id, conv_id, ?, ? FROM attribution_stg_conversions "
+            "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
+            (NO_SESSIONS, "no session of the user before the conversion", run_id),
+        )
+        summary.no_sessions = db.execute(
+            "UPDATE attribution_stg_conversions SET status = ? "
+            "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
+            (NO_SESSIONS, run_id),
+        )
+        row = db.query(
+            "SELECT COUNT(*), COALESCE(SUM(n_sessions), 0), COALESCE(MAX(n_sessions), 0) "
+            "FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'",
+            (run_id,),
+        )[0]
+        summary.journeys, summary.sessions, summary.max_journey_sessions = (int(v) for v in row)
+    return summary
+
+
+def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: ExtractSummary) -> None:
+    first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
+    sql = _CANDIDATES_SQL.format(malformed=_MALFORMED_DATE[db.dialect])
+    rows = db.query(sql, (first, last, first, last))
+    frame = pd.DataFrame(
+        rows, columns=["conv_id", "user_id", "conv_date", "conv_time", "revenue", "by_date"], dtype=object
+    )
+    if frame.empty:
+        return
+    problems = conversion_problems(frame)
+    valid = problems.eq("")
+    ts = frame["conv_date"].astype(str) + " " + frame["conv_time"].astype(str)
+    in_range = valid & ts.ge(run_range.start_ts) & ts.lt(run_range.end_ts)
+
+    # An invalid conversion belongs to this run when its date, read leniently, is in the run's
+    # days; one whose date cannot be read at all belongs to no run and is reported by every run.
+    lenient = pd.to_datetime(frame["conv_date"].astype(str), errors="coerce", format="mixed").dt.normalize()
+    lenient_in_range = lenient.between(pd.Timestamp(run_range.first_date), pd.Timestamp(run_range.last_date))
+    by_date = frame["by_date"].astype(int).eq(1)
+    invalid_here = ~valid & (by_date | lenient_in_range)
+    unplaceable = ~valid & ~invalid_here & lenient.isna()
+
+    ready = frame[in_range]
+    invalid = frame[invalid_here]
+    staged = [
+        (run_id, r.conv_id, r.user_id, r.conv_date, r.conv_time, _to_float(r.revenue), "ready")
+        for r in ready.itertuples(index=False)
+    ] + [
+        (run_id, r.conv_id, _to_text(r.user_id), _to_text(r.conv_date), _to_text(r.conv_time), None, INVALID_INPUT)
+        for r in invalid.itertuples(index=False)
+    ]
+    db.executemany(
+        "INSERT INTO attribution_stg_conversions "
+        "(run_id, conv_id, user_id, conv_date, conv_time, revenue, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        staged,
+    )
+    issues = [(run_id, cid, INVALID_INPUT, f"conversion: {p}") for cid, p in zip(invalid["conv_id"], problems[invalid_here])]
+    issues += [
+        (run_id, cid, UNPLACEABLE, f"conversion: {p}; it cannot be placed in any run's range")
+        for cid, p in zip(frame.loc[unplaceable, "conv_id"], problems[unplaceable])
+    ]
+    _insert_issues(db, issues)
+    summary.conversions = len(ready) + len(invalid)
+    summary.invalid_input = len(invalid)
+    summary.unplaceable = int(unplaceable.sum())
+
+
+def _quarantine_invalid_sessions(
+    db: Database, run_id: str, lookback_days: int | None, summary: ExtractSummary
+) -> None:
+    """Quarantine the run's conversions whose journey would include a malformed session."""
+    bad_sessions: list[tuple[str, str, str | None, str]] = []
+    columns = [
+        "session_id", "user_id", "event_date", "event_time", "channel_name",
+        "holder_engagement", "closer_engagement", "impression_interaction",
+    ]
+    for batch in db.iter_query(_USER_SESSIONS_SQL, (run_id,), batch_size=50_000):
+        frame = pd.DataFrame(batch, columns=columns, dtype=object)
+        problems = session_problems(frame)
+        bad = problems.ne("")
+        if bad.any():
+            sub = frame[bad]
+            ts_ok = _valid_date(sub["event_date"]) & _valid_time(sub["event_time"])
+            text = sub["event_date"].astype(str) + " " + sub["event_time"].astype(str)
+            ts = [t if ok else None for t, ok in zip(text, ts_ok)]
+            bad_sessions.extend(zip(sub["session_id"], sub["user_id"], ts, problems[bad]))
+    if not bad_sessions:
+        return
+    conversions = db.query(
+        "SELECT conv_id, user_id, conv_date || ' ' || conv_time FROM attribution_stg_conversions "
+        "WHERE run_id = ? AND status = 'ready'",
+        (run_id,),
+    )
+    by_user: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for conv_id, user_id, conv_ts in conversions:
+        by_user[user_id].append((conv_id, conv_ts))
+    affected: dict[str, list[str]] = defaultdict(list)
+    for session_id, user_id, ts, problem in bad_sessions:
+        for conv_id, conv_ts in by_user.get(user_id, ()):
+            # A session with an unreadable timestamp may or may not precede the conversion:
+            # the journey cannot be known, so the conversion is quarantined either way.
+            if ts is None or (ts < conv_ts and _within_lookback(ts, conv_ts, lookback_days)):
+                affected[conv_id].append(f"session {session_id}: {problem}")
+    issues = []
+    for conv_id, items in sorted(affected.items()):
+        detail = "; ".join(items[:_MAX_DETAIL_ITEMS])
+        if len(items) > _MAX_DETAIL_ITEMS:
+            detail += f"; and {len(items) - _MAX_DETAIL_ITEMS} more"
+        issues.append((run_id, conv_id, INVALID_INPUT, detail))
+    db.executemany(
+        "UPDATE attribution_stg_conversions SET status = ? WHERE run_id = ? AND conv_id = ?",
+        [(INVALID_INPUT, run_id, conv_id) for conv_id in affected],
+    )
+    _insert_issues(db, issues)
+    summary.invalid_input += len(affected)
+
+
+def _within_lookback(ts: str, conv_ts: str, lookback_days: int | None) -> bool:
+    if lookback_days is None:
+        return True
+    limit = dt.datetime.fromisoformat(conv_ts) - dt.timedelta(days=lookback_days)
+    return dt.datetime.fromisoformat(ts) >= limit
+
+
+def _insert_issues(db: Database, issues: list[tuple[str, str, str, str]]) -> None:
+    if issues:
+        db.executemany(
+            "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (run_id, conv_id, reason) DO NOTHING",
+            issues,
+        )
+
+
+# --- validation (vectorised: one pass per column over a batch) ---------------------------------
+
+
+def _valid_date(values: pd.Series) -> pd.Series:
+    text = values.astype(str)
+    shaped = values.map(lambda v: isinstance(v, str)) & text.str.fullmatch(_DATE_RE)
+    parsed = pd.to_datetime(text.where(shaped, None), format="%Y-%m-%d", errors="coerce")
+    return shaped & parsed.notna()
+
+
+def _valid_time(values: pd.Series) -> pd.Series:
+    return values.map(lambda v: isinstance(v, str)) & values.astype(str).str.fullmatch(_TIME_RE)
+
+
+def _valid_flag(values: pd.Series) -> pd.Series:
+    return values.map(lambda v: not isinstance(v, (str, bytes)) and v in (0, 1))
+
+
+def _collect(checks: list[tuple[pd.Series, str]], index: pd.Index) -> pd.Series:
+    problems = pd.Series([""] * len(index), index=index, dtype=object)
+    for ok, message in checks:
+        bad = ~ok.astype(bool)
+        problems[bad] = problems[bad].map(lambda p, m=message: f"{p}, {m}" if p else m)
+    return problems
+
+
+def conversion_problems(frame: pd.DataFrame) -> pd.Series:
+    """For each conversion row, a description of what is malformed ("" when valid)."""
+    revenue = pd.to_numeric(frame["revenue"].map(lambda v: None if isinstance(v, str) else v), errors="coerce")
+    checks = [
+        (_valid_date(frame["conv_date"]), "conv_date is not a YYYY-MM-DD date"),
+        (_valid_time(frame["conv_time"]), "conv_time is not a HH:MM:SS time"),
+        (frame["user_id"].notna() & frame["user_id"].astype(str).str.strip().ne(""), "user_id is empty"),
+        (revenue.notna() & revenue.ge(0) & revenue.lt(float("inf")), "revenue is missing, negative or not a number"),
+    ]
+    return _collect(checks, frame.index)
+
+
+def session_problems(frame: pd.DataFrame) -> pd.Series:
+    """For each session row, a description of what is malformed ("" when valid)."""
+    channel = frame["channel_name"]
+    checks = [
+        (_valid_date(frame["event_date"]), "event_date is not a YYYY-MM-DD date"),
+        (_valid_time(frame["event_time"]), "event_time is not a HH:MM:SS time"),
+        (channel.map(lambda v: isinstance(v, str)) & channel.astype(str).str.strip().ne(""), "channel_name is empty"),
+        (_valid_flag(frame["holder_engagement"]), "holder_engagement is not 0 or 1"),
+        (_valid_flag(frame["closer_engagement"]), "closer_engagement is not 0 or 1"),
+        (_valid_flag(frame["impression_interaction"]), "impression_interaction is not 0 or 1"),
+    ]
+    return _collect(checks, frame.index)
+
+
+def _to_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _to_text(value: object) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,175 @@
+"""The DAG's task bodies: Airflow context in, a stage of the package run, small results out.
+
+Each function takes the task's context, opens the database through the ``attribution_db``
+connection, runs one stage and returns a small dict for XCom (counts, ids, paths). Connections
+are looked up only here, at run time, never when the DAG file is parsed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from include.attribution import api_stage, checks, export, journeys, load, report, schema
+from include.attribution.daterange import RunRange, resolve_run_range
+from include.attribution.db import Database
+
+log = logging.getLogger(__name__)
+
+DB_CONN_ID = os.environ.get("ATTRIBUTION_DB_CONN_ID", "attribution_db")
+IHC_CONN_ID = os.environ.get("IHC_CONN_ID", "ihc_api")
+
+
+def output_dir() -> str:
+    """Where CSVs go: ``$ATTRIBUTION_OUTPUT_DIR``, default ``output/``."""
+    return os.environ.get("ATTRIBUTION_OUTPUT_DIR", "output")
+
+
+def run_range(context: Mapping[str, Any]) -> RunRange:
+    """The run's range from its params or its data interval (see :mod:`daterange`)."""
+    return resolve_run_range(
+        context.get("params") or {},
+        context.get("data_interval_start"),
+        context.get("data_interval_end"),
+    )
+
+
+def _lookback_days(context: Mapping[str, Any]) -> int | None:
+    value = (context.get("params") or {}).get("lookback_days")
+    if value in (None, ""):
+        return None
+    days = int(value)
+    if days < 1:
+        raise ValueError(f"param lookback_days={value!r} must be a positive number of days")
+    return days
+
+
+@contextmanager
+def open_db() -> Iterator[Database]:
+    """The pipeline database, through the Airflow connection ``attribution_db``."""
+    from airflow.sdk import BaseHook
+
+    hook = BaseHook.get_hook(DB_CONN_ID)
+    db = Database(hook.get_conn())
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _ihc_hook():
+    from include.attribution.ihc_hook import IhcHook
+
+    return IhcHook(ihc_conn_id=IHC_CONN_ID)
+
+
+def setup_tables(context: Mapping[str, Any]) -> dict:
+    """Validate the run's range, then create the tables and indexes the pipeline needs."""
+    rng = run_range(context)
+    _lookback_days(context)
+    log.info("run %s handles conversions in [%s, %s)", context.get("run_id"), rng.start_ts, rng.end_ts)
+    with open_db() as db:
+        schema.ensure_schema(db)
+    return {"range_start": rng.start_ts, "range_end": rng.end_ts}
+
+
+def extract_journeys(context: Mapping[str, Any]) -> dict:
+    """Stage the run's conversions and their journeys; quarantine malformed input."""
+    rng = run_range(context)
+    created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    with open_db() as db:
+        summary = journeys.extract_journeys(
+            db, context["run_id"], rng, lookback_days=_lookback_days(context), created_at=created
+        )
+    log.info("extracted %s", summary.as_dict())
+    return summary.as_dict()
+
+
+def pack_requests(context: Mapping[str, Any]) -> dict:
+    """Plan the API requests under the connection's limits."""
+    settings = _ihc_hook().settings
+    with open_db() as db:
+        summary = api_stage.pack_requests(
+            db,
+            context["run_id"],
+            max_journeys=settings.max_journeys_per_request,
+            max_sessions=settings.max_sessions_per_request,
+            oversized_policy=settings.oversized_journey_policy,
+        )
+    log.info("packed %s", summary.as_dict())
+    return summary.as_dict()
+
+
+def call_ihc_api(context: Mapping[str, Any]) -> dict:
+    """Send the unanswered requests of the run; answers are checkpointed one by one."""
+    hook = _ihc_hook()
+    client = hook.get_conn()
+    started = time.monotonic()
+    with open_db() as db:
+        summary = api_stage.send_requests(
+            db,
+            context["run_id"],
+            client,
+            max_sessions=hook.settings.max_sessions_per_request,
+            progress=_progress_logger(started),
+        )
+    log.info("IHC API stage done in %.1f s: %s", time.monotonic() - started, summary.as_dict())
+    return summary.as_dict()
+
+
+def _progress_logger(started: float, every_seconds: float = 10.0):
+    """Log progress of the API stage at most every few seconds, and at the end."""
+    last = [0.0]
+
+    def progress(p) -> None:
+        now = time.monotonic()
+        finished = p.total is not None and p.done >= p.total
+        if now - last[0] < every_seconds and not finished:
+            return
+        last[0] = now
+        rate = p.done / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
+        eta = f"{(p.total - p.done) / rate:.0f} s" if rate > 0 and p.total is not None else "unknown"
+        log.info(
+            "IHC API: %d/%s requests done, %.1f requests/s, %d retries so far, %d journeys rejected, "
+            "estimated time left %s",
+            p.done, p.total if p.total is not None else "?", rate, p.retries, p.failed_journeys, eta,
+        )
+
+    return progress
+
+
+def load_attribution(context: Mapping[str, Any]) -> dict:
+    """Publish the run's answers and issues."""
+    with open_db() as db:
+        summary = load.load_attribution(db, context["run_id"], run_range(context))
+    log.info("loaded %s", summary.as_dict())
+    return summary.as_dict()
+
+
+def build_report(context: Mapping[str, Any]) -> dict:
+    """Rebuild channel_reporting for every date the run touched."""
+    with open_db() as db:
+        summary = report.build_report(db, context["run_id"])
+    log.info("report rebuilt: %s", summary.as_dict())
+    return summary.as_dict()
+
+
+def export_csv(context: Mapping[str, Any]) -> dict:
+    """Write the range's report as CSV; return its path."""
+    with open_db() as db:
+        path, rows = export.export_report(db, run_range(context), output_dir())
+    log.info("wrote %d report rows to %s", rows, path.resolve())
+    return {"path": str(path.resolve()), "rows": rows}
+
+
+def check_run(context: Mapping[str, Any]) -> dict:
+    """Fail the run if a conversion of its range is neither attributed nor recorded."""
+    with open_db() as db:
+        summary = checks.check_run(db, context["run_id"], run_range(context))
+    log.info("run summary\n%s", summary.render())
+    return summary.as_dict()

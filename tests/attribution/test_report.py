@@ -1,0 +1,76 @@
+"""channel_reporting: no cost fan-out, sessions without cost, touched dates, ratios."""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pandas as pd
+import pytest
+
+from tests.helpers import expected_report, make_db, read_table, run_pipeline
+
+SESSIONS = [
+    # a session in three journeys (repeat buyer): its cost must be counted once
+    ("s1", "u1", "2024-01-08", "10:00:00", "Paid Search Brand"),
+    ("s2", "u1", "2024-01-09", "10:00:00", "FB & IG Ads"),
+    ("s3", "u1", "2024-01-10", "08:00:00", "FB & IG Ads"),
+    # sessions that never convert still count for cost
+    ("s4", "u2", "2024-01-08", "11:00:00", "Paid Search Brand"),
+    ("s5", "u3", "2024-01-10", "11:00:00", "Organic Traffic"),  # no cost row
+    ("s6", "u3", "2024-01-10", "12:00:00", "Organic Traffic"),  # NULL cost
+]
+CONVERSIONS = [
+    ("c1", "u1", "2024-01-09", "12:00:00", 100.0),
+    ("c2", "u1", "2024-01-10", "09:00:00", 40.0),
+    ("c3", "u1", "2024-01-10", "18:00:00", 60.0),
+]
+COSTS = [("s1", 2.5), ("s2", 1.25), ("s3", 0.75), ("s4", 4.0), ("s6", None)]
+
+
+def report(path) -> dict[tuple[str, str], tuple[float, float, float]]:
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT channel_name, date, cost, ihc, ihc_revenue FROM channel_reporting").fetchall()
+    return {(ch, d): (c, i, r) for ch, d, c, i, r in rows}
+
+
+def test_report_values_by_hand(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-10")
+    got = report(path)
+    # c1: s1, s2 (0.5 each); c2: s1, s2, s3 (0.3333, 0.3333, 0.3334); c3: same as c2
+    assert got[("Paid Search Brand", "2024-01-08")] == pytest.approx((6.5, 0.5 + 0.3333 * 2, 50 + 0.3333 * 100))
+    assert got[("FB & IG Ads", "2024-01-09")] == pytest.approx((1.25, 0.5 + 0.3333 * 2, 50 + 0.3333 * 100))
+    assert got[("FB & IG Ads", "2024-01-10")] == pytest.approx((0.75, 0.3334 * 2, 0.3334 * 100))
+    assert got[("Organic Traffic", "2024-01-10")] == (0.0, 0.0, 0.0)
+    assert len(got) == 4
+
+
+def test_report_matches_independent_recomputation(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-10")
+    expected = expected_report(path)
+    got = read_table(path, "channel_reporting")
+    merged = expected.merge(got, on=["channel_name", "date"], suffixes=("_exp", "_got"), how="outer")
+    assert len(merged) == len(expected) == len(got)
+    for col in ("cost", "ihc", "ihc_revenue"):
+        assert merged[f"{col}_exp"].to_numpy() == pytest.approx(merged[f"{col}_got"].to_numpy(), abs=1e-9)
+
+
+def test_report_rebuilds_dates_outside_the_range_that_lose_credit(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-10")
+    # The user's first session is re-assigned to another user in the source: re-running must take
+    # its credit away from 2024-01-08, a date outside the range.
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE session_sources SET user_id = 'u9' WHERE session_id = 's1'")
+    run_pipeline(path, "r2", "2024-01-09", "2024-01-10")
+    got = report(path)
+    assert got[("Paid Search Brand", "2024-01-08")] == (6.5, 0.0, 0.0)
+
+
+def test_cost_is_not_multiplied_by_journeys(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-10")
+    got = report(path)
+    total_cost = sum(v[0] for v in got.values())
+    assert total_cost == pytest.approx(2.5 + 1.25 + 0.75 + 4.0)

@@ -1,0 +1,157 @@
+"""Builders, a fake IHC client and an independent recomputation of the pipeline's outputs.
+
+The recomputation uses pandas on the raw tables and shares no code with the package, so a bug
+in the package's SQL cannot hide in both.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from include.attribution.ihc_client import IhcRequest, IhcResult, IhcRow, PartialFailure
+from include.attribution.schema import challenge_ddl
+
+SESSION_COLUMNS = (
+    "session_id", "user_id", "event_date", "event_time", "channel_name",
+    "holder_engagement", "closer_engagement", "impression_interaction",
+)
+
+
+def make_db(
+    path: Path,
+    sessions: Sequence[Sequence] = (),
+    conversions: Sequence[Sequence] = (),
+    costs: Sequence[Sequence] = (),
+) -> Path:
+    """A challenge database with the given rows.
+
+    ``sessions``: (session_id, user_id, date, time, channel[, holder, closer, impression]);
+    ``conversions``: (conv_id, user_id, date, time, revenue); ``costs``: (session_id, cost).
+    """
+    conn = sqlite3.connect(path)
+    conn.executescript(challenge_ddl())
+    rows = [tuple(s) + (1, 1, 0)[len(s) - 5:] if len(s) < 8 else tuple(s) for s in sessions]
+    conn.executemany("INSERT INTO session_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+    conn.executemany("INSERT INTO conversions VALUES (?, ?, ?, ?, ?)", conversions)
+    conn.executemany("INSERT INTO session_costs VALUES (?, ?)", costs)
+    conn.commit()
+    conn.close()
+    return path
+
+
+def split_evenly(n: int) -> list[float]:
+    """n shares of 1 rounded to 4 decimals that sum to exactly 1."""
+    base = [10_000 // n] * n
+    for i in range(10_000 - sum(base)):
+        base[-1 - i] += 1
+    return [b / 10_000 for b in base]
+
+
+class FakeIhcClient:
+    """Answers like the API with linear credit; can reject journeys or fail after N requests."""
+
+    def __init__(self, reject: Iterable[str] = (), fail_after: int | None = None) -> None:
+        self.reject = set(reject)
+        self.fail_after = fail_after
+        self.sent: list[IhcRequest] = []
+
+    def send_all(self, requests, on_result: Callable[[IhcResult], None], *, progress=None, total=None):
+        from include.attribution.ihc_client import IhcRetriesExhaustedError
+
+        for request in requests:
+            if self.fail_after is not None and len(self.sent) >= self.fail_after:
+                raise IhcRetriesExhaustedError("gave up", request_ids=[request.request_id], last_errors={})
+            self.sent.append(request)
+            by_conv: dict[str, list[str]] = {}
+            for row in sorted(request.rows, key=lambda r: (r["timestamp"], r["session_id"])):
+                by_conv.setdefault(row["conversion_id"], []).append(row["session_id"])
+            rows, failed = [], []
+            for conv, sessions in by_conv.items():
+                if conv in self.reject:
+                    failed.append(PartialFailure(conv, "rejected by the fake"))
+                    continue
+                for sid, share in zip(sessions, split_evenly(len(sessions))):
+                    rows.append(IhcRow(conv, sid, share, share, share, share))
+            on_result(IhcResult(request.request_id, rows, failed, 1, 206 if failed else 200))
+
+
+# --- independent recomputation ---------------------------------------------------------------
+
+
+def read_table(db_path: Path, table: str) -> pd.DataFrame:
+    with sqlite3.connect(db_path) as conn:
+        return pd.read_sql_query(f"SELECT * FROM {table}", conn)
+
+
+def expected_journeys(db_path: Path, start: str, end: str) -> dict[str, set[str]]:
+    """conv_id -> session ids of its journey, for conversions with timestamp in [start, end)."""
+    s = read_table(db_path, "session_sources")
+    c = read_table(db_path, "conversions")
+    c["ts"] = c["conv_date"] + " " + c["conv_time"]
+    s["ts"] = s["event_date"] + " " + s["event_time"]
+    c = c[(c["ts"] >= start) & (c["ts"] < end)]
+    merged = c.merge(s, on="user_id", suffixes=("_c", "_s"))
+    merged = merged[merged["ts_s"] < merged["ts_c"]]
+    out = {cid: set() for cid in c["conv_id"]}
+    for cid, sid in zip(merged["conv_id"], merged["session_id"]):
+        out[cid].add(sid)
+    return out
+
+
+def expected_report(db_path: Path) -> pd.DataFrame:
+    """channel_reporting recomputed from the source tables and the stored attribution."""
+    s = read_table(db_path, "session_sources")
+    costs = read_table(db_path, "session_costs")
+    a = read_table(db_path, "attribution_customer_journey")
+    c = read_table(db_path, "conversions")
+    s = s.merge(costs, on="session_id", how="left")
+    s["cost"] = s["cost"].fillna(0.0)
+    spend = s.groupby(["channel_name", "event_date"], as_index=False)["cost"].sum()
+    credit = a.merge(s[["session_id", "channel_name", "event_date"]], on="session_id").merge(
+        c[["conv_id", "revenue"]], on="conv_id"
+    )
+    credit["ihc_revenue"] = credit["ihc"] * credit["revenue"]
+    credit = credit.groupby(["channel_name", "event_date"], as_index=False)[["ihc", "ihc_revenue"]].sum()
+    out = spend.merge(credit, on=["channel_name", "event_date"], how="left").fillna({"ihc": 0.0, "ihc_revenue": 0.0})
+    return out.rename(columns={"event_date": "date"})
+
+
+def run_pipeline(
+    db_path: Path,
+    run_id: str,
+    start: str,
+    end: str,
+    client=None,
+    *,
+    max_journeys: int = 100,
+    max_sessions: int = 3000,
+    policy: str = "truncate",
+    output_dir: Path | None = None,
+    lookback_days: int | None = None,
+):
+    """Run every stage in order, as the DAG does, without Airflow. Returns the run summary."""
+    import datetime as dt
+
+    from include.attribution import api_stage, checks, export, journeys, load, report, schema
+    from include.attribution.daterange import range_from_params
+    from include.attribution.db import Database
+
+    rng = range_from_params({"start_date": start, "end_date": end})
+    client = client or FakeIhcClient()
+    db = Database.connect_sqlite(str(db_path))
+    try:
+        schema.ensure_schema(db)
+        journeys.extract_journeys(db, run_id, rng, lookback_days=lookback_days, created_at="2024-01-01 00:00:00")
+        api_stage.pack_requests(db, run_id, max_journeys=max_journeys, max_sessions=max_sessions, oversized_policy=policy)
+        api_stage.send_requests(db, run_id, client, max_sessions=max_sessions)
+        load.load_attribution(db, run_id, rng, recorded_at="2024-01-01 00:00:00")
+        report.build_report(db, run_id)
+        if output_dir is not None:
+            export.export_report(db, rng, output_dir)
+        return checks.check_run(db, run_id, rng)
+    finally:
+        db.close()

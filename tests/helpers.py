@@ -155,3 +155,31 @@ def run_pipeline(
         return checks.check_run(db, run_id, rng)
     finally:
         db.close()
+
+
+def random_db(path: Path, seed: int = 0, users: int = 60, days: int = 10) -> Path:
+    """A small random database: repeat buyers, equal timestamps, sessions before the range."""
+    import random
+
+    rnd = random.Random(seed)
+    channels = ["Direct Traffic", "Paid Search Brand", "FB & IG Ads", "Organic Traffic", "Referral, Partner"]
+    sessions, conversions, costs = [], [], []
+    for u in range(users):
+        n = rnd.choice([1, 1, 1, 2, 2, 3, 5, 8])
+        for k in range(n):
+            day = rnd.randint(-5, days - 1)
+            date = (pd.Timestamp("2024-01-01") + pd.Timedelta(days=day)).strftime("%Y-%m-%d")
+            time = f"{rnd.randint(0, 23):02d}:{rnd.choice([0, 30]):02d}:00"
+            sid = f"s{u}_{k}"
+            sessions.append((sid, f"u{u}", date, time, rnd.choice(channels), rnd.randint(0, 1), rnd.randint(0, 1), 0))
+            r = rnd.random()
+            if r < 0.8:
+                costs.append((sid, round(rnd.uniform(0, 3), 2)))
+            elif r < 0.9:
+                costs.append((sid, None))
+        for k in range(rnd.choice([0, 1, 1, 2])):
+            day = rnd.randint(0, days - 1)
+            date = (pd.Timestamp("2024-01-01") + pd.Timedelta(days=day)).strftime("%Y-%m-%d")
+            time = f"{rnd.randint(0, 23):02d}:{rnd.choice([0, 30]):02d}:00"
+            conversions.append((f"c{u}_{k}", f"u{u}", date, time, round(rnd.uniform(5, 150), 2)))
+    return make_db(path, sessions, conversions, costs)

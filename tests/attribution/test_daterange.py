@@ -1,0 +1,63 @@
+"""The run's range from params or the data interval."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pendulum
+import pytest
+
+from include.attribution.daterange import RangeError, resolve_run_range
+
+
+def test_params_are_inclusive_dates():
+    rng = resolve_run_range({"start_date": "2024-01-01", "end_date": "2024-01-31"})
+    assert (rng.start_ts, rng.end_ts) == ("2024-01-01 00:00:00", "2024-02-01 00:00:00")
+    assert rng.label == "2024-01-01_2024-01-31"
+    assert len(rng.dates()) == 31
+
+
+def test_params_win_over_the_data_interval():
+    start = pendulum.datetime(2024, 5, 1, tz="UTC")
+    rng = resolve_run_range({"start_date": "2024-01-01", "end_date": "2024-01-01"}, start, start.add(days=1))
+    assert rng.start_ts == "2024-01-01 00:00:00"
+
+
+def test_data_interval_is_half_open_and_utc():
+    start = pendulum.datetime(2024, 3, 10, 1, tz="Europe/Berlin")
+    rng = resolve_run_range({}, start, start.add(days=1))
+    assert (rng.start_ts, rng.end_ts) == ("2024-03-10 00:00:00", "2024-03-11 00:00:00")
+    assert rng.dates() == ["2024-03-10"]
+
+
+def test_manual_run_without_range_fails_clearly():
+    with pytest.raises(RangeError, match="no data interval and no start_date/end_date"):
+        resolve_run_range({}, None, None)
+
+
+def test_zero_length_interval_is_refused():
+    t = pendulum.datetime(2024, 1, 1, tz="UTC")
+    with pytest.raises(RangeError, match="empty"):
+        resolve_run_range({}, t, t)
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"start_date": "2024-1-01", "end_date": "2024-01-02"}, "start_date"),
+        ({"start_date": "2024-01-01", "end_date": "2024-02-30"}, "end_date"),
+        ({"start_date": "2024-01-05", "end_date": "2024-01-02"}, "start_date=2024-01-05 is after"),
+        ({"start_date": "2024-01-01"}, "end_date is missing"),
+        ({"end_date": "2024-01-01"}, "start_date is missing"),
+        ({"start_date": "2024-01-01'; DROP TABLE conversions; --", "end_date": "2024-01-02"}, "start_date"),
+        ({"start_date": "2024-01-01", "end_date": "2024-01-02 OR 1=1"}, "end_date"),
+    ],
+)
+def test_bad_params_name_the_param(params, message):
+    with pytest.raises(RangeError, match=message):
+        resolve_run_range(params, dt.datetime(2024, 1, 1), dt.datetime(2024, 1, 2))
+
+
+def test_one_day_and_one_year_ranges():
+    assert len(resolve_run_range({"start_date": "2024-02-29", "end_date": "2024-02-29"}).dates()) == 1
+    assert len(resolve_run_range({"start_date": "2024-01-01", "end_date": "2024-12-31"}).dates()) == 366

@@ -20,3 +20,14 @@ os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(ROOT / "plugins")
 os.environ["ATTRIBUTION_TASK_RETRIES"] = "0"
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def airflow_db():
+    """A migrated Airflow metadata database in the throw-away AIRFLOW_HOME (once per session)."""
+    from airflow.utils.db import initdb
+
+    initdb()
+    return _AIRFLOW_HOME

@@ -34,3 +34,14 @@ calibrate: $(STAMP)
 
 clean:
 	rm -rf .airflow .run output
+
+demo: $(STAMP)
+	$(PY) scripts/local_run.py demo
+
+run: $(STAMP)
+	@test -n "$(START)" -a -n "$(END)" || { echo "usage: make run START=YYYY-MM-DD END=YYYY-MM-DD"; exit 2; }
+	$(PY) scripts/local_run.py run --start $(START) --end $(END)
+
+backfill: $(STAMP)
+	@test -n "$(START)" -a -n "$(END)" || { echo "usage: make backfill START=YYYY-MM-DD END=YYYY-MM-DD"; exit 2; }
+	$(PY) scripts/local_run.py backfill --start $(START) --end $(END)

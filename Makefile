@@ -45,3 +45,6 @@ run: $(STAMP)
 backfill: $(STAMP)
 	@test -n "$(START)" -a -n "$(END)" || { echo "usage: make backfill START=YYYY-MM-DD END=YYYY-MM-DD"; exit 2; }
 	$(PY) scripts/local_run.py backfill --start $(START) --end $(END)
+
+# Further targets (local Airflow, benchmarks) live in mk/.
+-include mk/*.mk

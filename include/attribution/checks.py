@@ -33,6 +33,7 @@ class RunSummary:
     cost: float = 0.0
     ihc: float = 0.0
     ihc_revenue: float = 0.0
+    source_warnings: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -46,7 +47,9 @@ class RunSummary:
             f"  issues by reason: {issues}\n"
             f"  API requests: {self.requests}, retries: {self.retries}\n"
             f"  report totals over the range: cost {self.cost:.2f}, ihc {self.ihc:.4f}, "
-            f"ihc_revenue {self.ihc_revenue:.2f}"
+            f"ihc_revenue {self.ihc_revenue:.2f}\n"
+            f"  source data warnings over the range: "
+            + (", ".join(f"{k} {v}" for k, v in sorted(self.source_warnings.items()) if v) or "none")
         )
 
 
@@ -102,4 +105,39 @@ def check_run(db: Database, run_id: str, run_range: RunRange) -> RunSummary:
         (run_range.first_date.isoformat(), run_range.last_date.isoformat()),
     )[0]
     summary.cost, summary.ihc, summary.ihc_revenue = round(cost, 2), round(ihc, 4), round(revenue, 2)
+    summary.source_warnings = source_warnings(db, run_range)
     return summary
+
+
+_WARNINGS_SQL = """
+SELECT
+    SUM(CASE WHEN c.session_id IS NULL THEN 1 ELSE 0 END),
+    SUM(CASE WHEN c.session_id IS NOT NULL AND c.cost IS NULL THEN 1 ELSE 0 END),
+    SUM(CASE WHEN c.cost < 0 THEN 1 ELSE 0 END),
+    SUM(CASE WHEN s.channel_name IS NULL OR s.channel_name = '' THEN 1 ELSE 0 END)
+FROM session_sources s
+LEFT JOIN session_costs c ON c.session_id = s.session_id
+WHERE s.event_date >= ? AND s.event_date <= ?
+"""
+
+
+def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
+    """Counts of source rows of the range's dates that the report treats specially.
+
+    Sessions without a cost row and NULL costs count as cost 0; negative costs are summed as
+    they are (credits, refunds); sessions without a channel cannot be reported and are left out
+    of ``channel_reporting``; cost rows whose session does not exist are ignored.
+    """
+    first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
+    no_cost_row, null_cost, negative, no_channel = db.query(_WARNINGS_SQL, (first, last))[0]
+    orphans = db.scalar(
+        "SELECT COUNT(*) FROM session_costs c WHERE NOT EXISTS "
+        "(SELECT 1 FROM session_sources s WHERE s.session_id = c.session_id)"
+    )
+    return {
+        "sessions_without_cost_row": int(no_cost_row or 0),
+        "null_costs": int(null_cost or 0),
+        "negative_costs": int(negative or 0),
+        "sessions_without_channel": int(no_channel or 0),
+        "cost_rows_without_session": int(orphans or 0),
+    }

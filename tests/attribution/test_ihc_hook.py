@@ -1,0 +1,339 @@
+"""IhcHook: connection from the environment -> settings and a cached IhcClient."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+
+import pytest
+
+from include.attribution.ihc_client import IhcClient, IhcConfigurationError, IhcRequest, IhcResult
+from include.attribution.ihc_hook import (
+    EXTRA_DEFAULTS,
+    IhcHook,
+    IhcLimits,
+    IhcSettings,
+    build_base_url,
+    settings_from_extra,
+)
+from include.attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
+from include.ihc_server.config import ServerConfig
+from include.ihc_server.testing import serve
+from tests.attribution.ihc_stub import Reply, ihc_answer, stub_server
+
+API_KEY = "hook-test-key-93b7d1"
+CONN_ENV = "AIRFLOW_CONN_IHC_API"
+
+
+def set_connection(monkeypatch, env: str = CONN_ENV, **fields) -> None:
+    """Define the connection in the JSON form Airflow reads from the environment."""
+    conn = {"conn_type": "http", "host": "127.0.0.1", "schema": "http", "password": API_KEY}
+    conn.update(fields)
+    monkeypatch.setenv(env, json.dumps(conn))
+
+
+def test_init_does_not_look_up_the_connection(monkeypatch):
+    def forbidden(*args, **kwargs):
+        raise AssertionError("connection looked up in __init__")
+
+    monkeypatch.setattr(IhcHook, "get_connection", forbidden)
+    monkeypatch.delenv(CONN_ENV, raising=False)
+    hook = IhcHook()
+    assert hook.ihc_conn_id == "ihc_api"
+    assert IhcHook(ihc_conn_id="other").ihc_conn_id == "other"
+
+
+def test_class_attributes_name_the_connection():
+    assert IhcHook.conn_name_attr == "ihc_conn_id"
+    assert IhcHook.default_conn_name == "ihc_api"
+    assert IhcHook.conn_type == "http"
+    assert IhcHook.hook_name == "IHC Attribution API"
+    behaviour = IhcHook.get_ui_field_behaviour()
+    assert "login" in behaviour["hidden_fields"]
+    assert behaviour["relabeling"]["password"] == "API key"
+    assert json.loads(behaviour["placeholders"]["extra"])["conv_type_id"] == "demo"
+
+
+def test_defaults_when_the_connection_has_no_extras(monkeypatch):
+    set_connection(monkeypatch, host="api.ihc-attribution.com", schema=None)
+    hook = IhcHook()
+    client = hook.get_conn()
+    assert isinstance(client, IhcClient)
+    assert client.url == "https://api.ihc-attribution.com/v1/compute_ihc"
+    assert hook.settings == IhcSettings(base_url="https://api.ihc-attribution.com")
+    assert hook.limits == IhcLimits(100, 3000)
+    assert client.conv_type_id == "demo"
+    assert client.max_concurrency == 4 and client.max_retries == 5
+    assert client.timeout == (30.0, 30.0)
+    assert hook.settings.oversized_journey_policy == "truncate"
+    assert hook.settings.redistribution_parameter is None
+
+
+def test_string_extras_are_coerced(monkeypatch):
+    parameter = {
+        "closer": {"direction": "any_session", "receive_threshold": 0.1, "redistribution_channel_labels": ["A"]}
+    }
+    extra = {
+        "conv_type_id": "orders",
+        "max_journeys_per_request": "50",
+        "max_sessions_per_request": "200",
+        "max_concurrency": "2",
+        "timeout": "2.5",
+        "max_retries": "0",
+        "backoff_base": "0.5",
+        "backoff_max": "10",
+        "redistribution_parameter": json.dumps(parameter),
+        "oversized_journey_policy": " SKIP ",
+    }
+    set_connection(monkeypatch, port=8080, extra=json.dumps(extra))
+    hook = IhcHook()
+    assert hook.settings == IhcSettings(
+        base_url="http://127.0.0.1:8080",
+        conv_type_id="orders",
+        max_journeys_per_request=50,
+        max_sessions_per_request=200,
+        max_concurrency=2,
+        timeout=2.5,
+        max_retries=0,
+        backoff_base=0.5,
+        backoff_max=10.0,
+        redistribution_parameter=parameter,
+        oversized_journey_policy="skip",
+    )
+    client = hook.get_conn()
+    assert client.url == "http://127.0.0.1:8080/v1/compute_ihc"
+    assert client.redistribution_parameter == parameter
+    assert (client.max_concurrency, client.max_retries, client.backoff_max) == (2, 0, 10.0)
+
+
+def test_native_json_extras_are_accepted(monkeypatch):
+    set_connection(monkeypatch, extra={"max_sessions_per_request": 200, "timeout": 5, "redistribution_parameter": {}})
+    settings = IhcHook().settings
+    assert settings.max_sessions_per_request == 200 and settings.timeout == 5.0
+    assert settings.redistribution_parameter == {}
+
+
+def test_get_conn_is_cached_and_reads_the_connection_once(monkeypatch):
+    set_connection(monkeypatch)
+    lookups = []
+    original = IhcHook.get_connection
+
+    def spy(cls, conn_id):
+        lookups.append(conn_id)
+        return original(conn_id)
+
+    monkeypatch.setattr(IhcHook, "get_connection", classmethod(spy))
+    hook = IhcHook()
+    assert hook.get_conn() is hook.get_conn()
+    _ = hook.settings, hook.limits
+    assert lookups == ["ihc_api"]
+
+
+def test_named_connection(monkeypatch):
+    set_connection(monkeypatch, env="AIRFLOW_CONN_IHC_STAGING", host="staging.example")
+    assert IhcHook(ihc_conn_id="ihc_staging").settings.base_url == "http://staging.example"
+
+
+@pytest.mark.parametrize(
+    ("host", "schema", "port", "expected"),
+    [
+        ("api.ihc-attribution.com", None, None, "https://api.ihc-attribution.com"),
+        ("api.ihc-attribution.com", "", None, "https://api.ihc-attribution.com"),
+        ("127.0.0.1", "http", 8080, "http://127.0.0.1:8080"),
+        ("http://127.0.0.1:9000", "https", 8080, "http://127.0.0.1:9000"),  # host wins
+        ("http://127.0.0.1", None, 8080, "http://127.0.0.1:8080"),
+        ("https://gw.example/ihc/", None, None, "https://gw.example/ihc"),
+    ],
+)
+def test_build_base_url(host, schema, port, expected):
+    assert build_base_url(host, schema, port) == expected
+
+
+@pytest.mark.parametrize(("host", "schema"), [("", None), (None, "https"), ("h.example", "ftp"), ("ftp://h", None)])
+def test_build_base_url_rejects(host, schema):
+    with pytest.raises(IhcConfigurationError):
+        build_base_url(host, schema)
+
+
+@pytest.mark.parametrize(
+    ("extra", "name"),
+    [
+        ({"max_concurrency": "abc"}, "max_concurrency"),
+        ({"max_concurrency": "0"}, "max_concurrency"),
+        ({"max_journeys_per_request": 2.5}, "max_journeys_per_request"),
+        ({"max_sessions_per_request": True}, "max_sessions_per_request"),
+        ({"max_retries": "-1"}, "max_retries"),
+        ({"timeout": "0"}, "timeout"),
+        ({"timeout": "fast"}, "timeout"),
+        ({"backoff_max": "-5"}, "backoff_max"),
+        ({"backoff_base": "nan"}, "backoff_base"),
+        ({"oversized_journey_policy": "split"}, "oversized_journey_policy"),
+        ({"redistribution_parameter": "{not json"}, "redistribution_parameter"),
+        ({"redistribution_parameter": "[1, 2]"}, "redistribution_parameter"),
+        ({"redistribution_parameter": {"middle": {}}}, "redistribution_parameter"),
+        ({"max_session_per_request": 200}, "max_session_per_request"),  # typo: unknown extra
+    ],
+)
+def test_bad_extras_fail_with_a_message_naming_them(extra, name):
+    with pytest.raises(IhcConfigurationError, match=name):
+        settings_from_extra(extra, "https://h.example", "ihc_api")
+
+
+def test_empty_string_extras_fall_back_to_defaults():
+    settings = settings_from_extra({name: "" for name in EXTRA_DEFAULTS}, "https://h.example")
+    assert settings == IhcSettings(base_url="https://h.example")
+
+
+def test_missing_password_is_a_configuration_error(monkeypatch):
+    set_connection(monkeypatch, password=None)
+    with pytest.raises(IhcConfigurationError, match="password"):
+        IhcHook().get_conn()
+
+
+def test_api_key_is_not_in_repr_or_logs(monkeypatch, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    set_connection(monkeypatch)
+    hook = IhcHook()
+    client = hook.get_conn()
+    # Airflow's task logging writes through structlog to stdout, the client's logger to logging.
+    captured = capsys.readouterr()
+    logs = caplog.text + captured.out + captured.err
+    assert "127.0.0.1" in logs  # the settings are logged ...
+    assert API_KEY not in logs  # ... the key is not
+    for obj in (hook, client, hook.settings):
+        assert API_KEY not in repr(obj)
+        assert API_KEY not in str(obj)
+
+
+def test_compute_ihc_delegates_to_the_client(monkeypatch):
+    rows = [
+        {
+            "conversion_id": "c1",
+            "session_id": f"s{i}",
+            "timestamp": f"2024-01-01 10:0{i}:00",
+            "channel_label": "Direct Traffic",
+            "holder_engagement": 1,
+            "closer_engagement": 1,
+            "conversion": int(i == 1),
+            "impression_interaction": 0,
+        }
+        for i in range(2)
+    ]
+    with stub_server() as stub:
+        set_connection(monkeypatch, host=stub.url, extra={"conv_type_id": "orders"})
+        results: list[IhcResult] = []
+        progress = []
+        summary = IhcHook().compute_ihc([IhcRequest("r1", rows)], results.append, progress=progress.append)
+    assert stub.calls[0].query == {"conv_type_id": ["orders"]}
+    assert stub.calls[0].headers["x-api-key"] == API_KEY
+    assert summary.requests_answered == 1 and len(results[0].rows) == 2
+    assert progress[0].done == 1
+
+
+def test_test_connection_reports_success(monkeypatch):
+    with stub_server(lambda call: Reply(200, ihc_answer(call.body), {"X-IHC-Local-Double": "true"})) as stub:
+        set_connection(monkeypatch, host=stub.url)
+        ok, message = IhcHook().test_connection()
+    assert ok, message
+    assert "local IHC double" in message
+    assert len(stub.calls[0].body["customer_journeys"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "hint"), [(403, "password"), (404, "conv_type_id"), (200, "failed at the service")]
+)
+def test_test_connection_reports_failure_without_the_key(monkeypatch, status, hint):
+    def responder(call):
+        if status == 200:
+            conv = call.body["customer_journeys"][0]["conversion_id"]
+            return Reply(200, ihc_answer(call.body, fail={conv: "unknown channel"}))
+        return Reply(status, {"message": f"rejected {API_KEY}"})
+
+    with stub_server(responder) as stub:
+        set_connection(monkeypatch, host=stub.url)
+        ok, message = IhcHook().test_connection()
+    assert not ok
+    assert hint in message
+    assert API_KEY not in message
+
+
+def test_test_connection_reports_bad_configuration(monkeypatch):
+    set_connection(monkeypatch, extra={"max_concurrency": "many"})
+    ok, message = IhcHook().test_connection()
+    assert not ok and "max_concurrency" in message
+
+
+def test_sleep_injection_reaches_the_client(monkeypatch):
+    waits: list[float] = []
+    replies = iter([Reply(429, {}, {"Retry-After": "3"})])
+
+    def responder(call):
+        return next(replies, None) or Reply(200, ihc_answer(call.body))
+
+    with stub_server(responder) as stub:
+        set_connection(monkeypatch, host=stub.url)
+        hook = IhcHook(sleep=waits.append)
+        ok, message = hook.test_connection()
+    assert ok, message
+    assert waits == [3.0]
+
+
+# --- against the project's local IHC double ----------------------------------------------------
+
+
+def test_test_connection_against_the_local_double(monkeypatch):
+    with serve(ServerConfig(api_keys=(API_KEY,))) as url:
+        set_connection(monkeypatch, host=url)
+        ok, message = IhcHook().test_connection()
+        assert ok, message
+        set_connection(monkeypatch, host=url, password="not-the-key")
+        ok, message = IhcHook().test_connection()
+    assert not ok and "password" in message and "not-the-key" not in message
+
+
+def test_packed_journeys_fit_the_free_account_limits_end_to_end(monkeypatch):
+    """Journeys packed with the connection's limits are all accepted by a 200-session server."""
+    rng = random.Random(8)
+    sizes = {f"conv-{i:04d}": rng.choice([1] * 58 + [2] * 21 + list(range(3, 60))) for i in range(1500)}
+    sizes["conv-long"] = 250  # over the limit: truncated to its latest 200 sessions
+    with serve(ServerConfig(api_keys=(API_KEY,), profile="free")) as url:
+        set_connection(monkeypatch, host=url, extra={"max_sessions_per_request": "200", "max_concurrency": "3"})
+        hook = IhcHook()
+        limits = hook.limits
+        outcome = apply_oversize_policy(sizes, limits.max_sessions, hook.settings.oversized_journey_policy)
+        packed = pack_journeys(outcome.sizes, limits.max_journeys, limits.max_sessions)
+
+        def requests():
+            for number, conv_ids in enumerate(packed):
+                rows = []
+                for conv_id in conv_ids:
+                    n = sizes[conv_id]
+                    kept = range(n - outcome.sizes[conv_id], n)  # the most recent sessions
+                    rows += [
+                        {
+                            "conversion_id": conv_id,
+                            "session_id": f"{conv_id}-{i}",
+                            "timestamp": f"2024-01-{1 + i // 24 % 28:02d} {i % 24:02d}:00:00",
+                            "channel_label": "SEO" if i % 2 else "Direct Traffic",
+                            "holder_engagement": 1,
+                            "closer_engagement": 0,
+                            "conversion": int(i == n - 1),
+                            "impression_interaction": 0,
+                        }
+                        for i in kept
+                    ]
+                yield IhcRequest(number, rows)
+
+        credit: dict[str, float] = {}
+
+        def store(result: IhcResult) -> None:
+            for row in result.rows:
+                credit[row.conversion_id] = credit.get(row.conversion_id, 0.0) + row.ihc
+
+        summary = hook.compute_ihc(requests(), store, total=len(packed))
+    assert outcome.truncated == {"conv-long": 250}
+    assert summary.requests_answered == len(packed) <= lower_bound(outcome.sizes, 100, 200) * 1.02
+    assert summary.retries == 0 and summary.failed_journeys == 0
+    assert set(credit) == set(sizes)
+    assert all(abs(total - 1) < 1e-6 for total in credit.values())

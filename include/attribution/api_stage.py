@@ -22,13 +22,10 @@ from include.attribution.ihc_client import (
     SendProgress,
 )
 from include.attribution.journeys import API_REJECTED, OVERSIZED
-from include.attribution.packing import pack_journeys
+from include.attribution.packing import OVERSIZE_POLICIES, apply_oversize_policy, lower_bound, pack_journeys
 
 log = logging.getLogger(__name__)
 
-TRUNCATE = "truncate"
-SKIP = "skip"
-OVERSIZED_POLICIES = (TRUNCATE, SKIP)
 
 
 @dataclass
@@ -68,7 +65,7 @@ def pack_requests(
     *,
     max_journeys: int,
     max_sessions: int,
-    oversized_policy: str = TRUNCATE,
+    oversized_policy: str = "truncate",
 ) -> PackSummary:
     """Plan the run's API requests: whole journeys, under both limits, close to the fewest.
 
@@ -76,8 +73,8 @@ def pack_requests(
     sent cut to its most recent ``max_sessions`` sessions; with ``skip`` it is not sent. Either
     way it is recorded as ``oversized_journey``. Replaces the run's plan and answers.
     """
-    if oversized_policy not in OVERSIZED_POLICIES:
-        raise ValueError(f"oversized_journey_policy must be one of {OVERSIZED_POLICIES}, not {oversized_policy!r}")
+    if oversized_policy not in OVERSIZE_POLICIES:
+        raise ValueError(f"oversized_journey_policy must be one of {OVERSIZE_POLICIES}, not {oversized_policy!r}")
     if max_journeys < 1 or max_sessions < 1:
         raise ValueError("max_journeys_per_request and max_sessions_per_request must be at least 1")
     summary = PackSummary()
@@ -88,24 +85,23 @@ def pack_requests(
             "DELETE FROM attribution_stg_issues WHERE run_id = ? AND reason IN (?, ?)",
             (run_id, OVERSIZED, API_REJECTED),
         )
-        sizes: dict[str, int] = {}
-        issues = []
-        for conv_id, n in db.query(
-            "SELECT conv_id, n_sessions FROM attribution_stg_conversions "
-            "WHERE run_id = ? AND status = 'ready' ORDER BY conv_id",
-            (run_id,),
-        ):
-            if n > max_sessions:
-                if oversized_policy == SKIP:
-                    summary.skipped += 1
-                    issues.append((run_id, conv_id, OVERSIZED, f"not sent: {n} sessions, over the limit of {max_sessions} per request"))
-                    continue
-                summary.truncated += 1
-                issues.append(
-                    (run_id, conv_id, OVERSIZED, f"sent truncated to its latest {max_sessions} of {n} sessions")
-                )
-                n = max_sessions
-            sizes[conv_id] = n
+        journeys_sizes = dict(
+            db.query(
+                "SELECT conv_id, n_sessions FROM attribution_stg_conversions "
+                "WHERE run_id = ? AND status = 'ready' ORDER BY conv_id",
+                (run_id,),
+            )
+        )
+        outcome = apply_oversize_policy(journeys_sizes, max_sessions, oversized_policy)
+        sizes = outcome.sizes
+        issues = [
+            (run_id, c, OVERSIZED, f"sent truncated to its latest {max_sessions} of {n} sessions")
+            for c, n in sorted(outcome.truncated.items())
+        ] + [
+            (run_id, c, OVERSIZED, f"not sent: {n} sessions, over the limit of {max_sessions} per request")
+            for c, n in sorted(outcome.skipped.items())
+        ]
+        summary.truncated, summary.skipped = len(outcome.truncated), len(outcome.skipped)
         if issues:
             db.executemany(
                 "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?)", issues
@@ -123,13 +119,8 @@ def pack_requests(
     summary.journeys = len(sizes)
     summary.sessions = sum(sizes.values())
     summary.requests = len(bins)
-    summary.lower_bound = lower_bound(len(sizes), summary.sessions, max_journeys, max_sessions)
+    summary.lower_bound = lower_bound(sizes, max_journeys, max_sessions) if sizes else 0
     return summary
-
-
-def lower_bound(journeys: int, sessions: int, max_journeys: int, max_sessions: int) -> int:
-    """The fewest requests any packing can use: ``max(ceil(j / J), ceil(s / S))``."""
-    return max(-(-journeys // max_journeys), -(-sessions // max_sessions))
 
 
 _REQUEST_ROWS_SQL = """

@@ -53,6 +53,7 @@ class SendSummary:
     retries: int = 0
     rows: int = 0
     rejected_journeys: int = 0
+    journeys_answered: int = 0
     unanswered: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -172,10 +173,12 @@ def send_requests(
     client: IhcClient,
     *,
     max_sessions: int,
-    progress: Callable[[SendProgress], None] | None = None,
+    progress: Callable[[SendProgress, int], None] | None = None,
 ) -> SendSummary:
     """Send the run's unanswered requests and checkpoint each answer as it arrives.
 
+    :param progress: called after each finished request with the client's progress and the
+        number of journeys answered so far in this call.
     :raises IhcError: when the API refuses the configuration or retries are exhausted; the
         answers received until then are kept, and the unanswered requests are marked failed.
     """
@@ -221,10 +224,16 @@ def send_requests(
         summary.requests_sent += 1
         summary.retries += max(result.attempts - 1, 0)
         summary.rows += len(result.rows)
+        summary.journeys_answered += len({r.conversion_id for r in result.rows}) + len(result.failed)
         summary.rejected_journeys += len(result.failed)
 
     try:
-        client.send_all(requests(), on_result, progress=progress, total=len(pending))
+        client_summary = client.send_all(
+            requests(),
+            on_result,
+            progress=(lambda p: progress(p, summary.journeys_answered)) if progress else None,
+            total=len(pending),
+        )
     except IhcError as exc:
         answered = {
             no for (no,) in db.query(
@@ -244,6 +253,11 @@ def send_requests(
             kind, len(summary.unanswered), summary.requests_total, _preview(summary.unanswered),
         )
         raise
+    if getattr(client_summary, "local_double", False):
+        log.warning(
+            "the answers came from the local IHC development double, not the real IHC service: "
+            "point the connection at the real API for production numbers"
+        )
     return summary
 
 

@@ -126,18 +126,19 @@ def _progress_logger(started: float, every_seconds: float = 10.0):
     """Log progress of the API stage at most every few seconds, and at the end."""
     last = [0.0]
 
-    def progress(p) -> None:
+    def progress(p, journeys_done: int) -> None:
         now = time.monotonic()
         finished = p.total is not None and p.done >= p.total
         if now - last[0] < every_seconds and not finished:
             return
         last[0] = now
         rate = p.done / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
+        journey_rate = journeys_done / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
         eta = f"{(p.total - p.done) / rate:.0f} s" if rate > 0 and p.total is not None else "unknown"
         log.info(
-            "IHC API: %d/%s requests done, %.1f requests/s, %d retries so far, %d journeys rejected, "
+            "IHC API: %d/%s requests done, %.0f journeys/s, %d retries so far, %d journeys rejected, "
             "estimated time left %s",
-            p.done, p.total if p.total is not None else "?", rate, p.retries, p.failed_journeys, eta,
+            p.done, p.total if p.total is not None else "?", journey_rate, p.retries, p.failed_journeys, eta,
         )
 
     return progress

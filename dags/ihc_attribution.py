@@ -21,12 +21,16 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
 from include.attribution import tasks
 
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 RETRIES = int(os.environ.get("ATTRIBUTION_TASK_RETRIES", "2"))
+
+# Updated by every export; the event's extra carries the CSV's path and dates, so other DAGs can
+# schedule on it (`schedule=[CHANNEL_REPORT]`) and read the file.
+CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri=tasks.report_asset_uri())
 
 
 @dag(
@@ -91,9 +95,12 @@ def ihc_attribution():
     def build_report() -> dict:
         return tasks.build_report(get_current_context())
 
-    @task
+    @task(outlets=[CHANNEL_REPORT])
     def export_csv() -> dict:
-        return tasks.export_csv(get_current_context())
+        context = get_current_context()
+        result = tasks.export_csv(context)
+        context["outlet_events"][CHANNEL_REPORT].extra = result
+        return result
 
     @task
     def check_run() -> dict:

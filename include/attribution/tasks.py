@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 from include.attribution import api_stage, checks, export, journeys, load, report, schema
@@ -28,6 +29,11 @@ IHC_CONN_ID = os.environ.get("IHC_CONN_ID", "ihc_api")
 def output_dir() -> str:
     """Where CSVs go: ``$ATTRIBUTION_OUTPUT_DIR``, default ``output/``."""
     return os.environ.get("ATTRIBUTION_OUTPUT_DIR", "output")
+
+
+def report_asset_uri() -> str:
+    """URI of the Asset the CSV export updates: the output folder, as a ``file://`` URI."""
+    return Path(output_dir()).resolve().as_uri() + "/channel_reporting"
 
 
 def run_range(context: Mapping[str, Any]) -> RunRange:
@@ -164,8 +170,14 @@ def export_csv(context: Mapping[str, Any]) -> dict:
     """Write the range's report as CSV; return its path."""
     with open_db() as db:
         path, rows = export.export_report(db, run_range(context), output_dir())
+    rng = run_range(context)
     log.info("wrote %d report rows to %s", rows, path.resolve())
-    return {"path": str(path.resolve()), "rows": rows}
+    return {
+        "path": str(path.resolve()),
+        "rows": rows,
+        "first_date": rng.first_date.isoformat(),
+        "last_date": rng.last_date.isoformat(),
+    }
 
 
 def check_run(context: Mapping[str, Any]) -> dict:

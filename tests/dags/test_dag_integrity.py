@@ -79,3 +79,10 @@ def test_parsing_looks_up_no_connection_and_opens_no_socket(monkeypatch, airflow
     bag = DagBag(dag_folder=str(ROOT / "dags"))
     assert bag.import_errors == {}
     assert "ihc_attribution" in bag.dags
+
+
+def test_csv_export_publishes_an_asset(dagbag):
+    dag = dagbag.get_dag("ihc_attribution")
+    outlets = dag.get_task("export_csv").outlets
+    assert [o.name for o in outlets] == ["ihc_channel_reporting_csv"]
+    assert outlets[0].uri.startswith("file:///")

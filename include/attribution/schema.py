@@ -46,3 +46,21 @@ def ensure_schema(db: Database) -> None:
     with db.transaction():
         db.executescript(challenge_ddl())
         db.executescript(read_sql("package_schema.sql"))
+
+
+def purge_staging(db: Database, created_before: str, keep_run_id: str | None = None) -> int:
+    """Delete the staging rows of runs first seen before ``created_before`` (UTC timestamp).
+
+    Staging is kept after a run so that any task of it can be re-run on its own; this bounds
+    how long. Returns the number of runs purged.
+    """
+    with db.transaction():
+        runs = [
+            r for (r,) in db.query("SELECT run_id FROM attribution_runs WHERE created_at < ?", (created_before,))
+            if r != keep_run_id
+        ]
+        for run_id in runs:
+            for table in STAGING_TABLES:
+                db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+            db.execute("DELETE FROM attribution_runs WHERE run_id = ?", (run_id,))
+    return len(runs)

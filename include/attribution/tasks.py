@@ -79,8 +79,13 @@ def setup_tables(context: Mapping[str, Any]) -> dict:
     rng = run_range(context)
     _lookback_days(context)
     log.info("run %s handles conversions in [%s, %s)", context.get("run_id"), rng.start_ts, rng.end_ts)
+    retention_days = int(os.environ.get("ATTRIBUTION_STAGING_RETENTION_DAYS", "30"))
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)
     with open_db() as db:
         schema.ensure_schema(db)
+        purged = schema.purge_staging(db, cutoff.strftime("%Y-%m-%d %H:%M:%S"), keep_run_id=context.get("run_id"))
+    if purged:
+        log.info("purged the staging of %d runs older than %d days", purged, retention_days)
     return {"range_start": rng.start_ts, "range_end": rng.end_ts}
 
 

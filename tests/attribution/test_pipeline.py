@@ -152,3 +152,19 @@ def test_empty_database_and_range_without_conversions(tmp_path):
     assert (summary.conversions, summary.attributed, summary.requests) == (0, 0, 0)
     csv = (tmp_path / "out" / "channel_reporting_2024-01-01_2024-01-01.csv").read_text()
     assert csv == "channel_name,date,cost,ihc,ihc_revenue,CPO,ROAS\n"
+
+
+def test_old_staging_is_purged_and_results_kept(tmp_path):
+    path = random_db(tmp_path / "db.sqlite", seed=8)
+    run_pipeline(path, "old", "2024-01-01", "2024-01-05")
+    run_pipeline(path, "new", "2024-01-06", "2024-01-10")
+    db = Database.connect_sqlite(str(path))
+    db.execute("UPDATE attribution_runs SET created_at = '2020-01-01 00:00:00' WHERE run_id = 'old'")
+    before = result_tables(path)
+    assert schema.purge_staging(db, "2021-01-01 00:00:00", keep_run_id="new") == 1
+    for table in schema.STAGING_TABLES:
+        runs = {r for (r,) in db.query(f"SELECT DISTINCT run_id FROM {table}")}
+        assert "old" not in runs
+    assert db.scalar("SELECT COUNT(*) FROM attribution_stg_conversions WHERE run_id = 'new'") > 0
+    db.close()
+    assert result_tables(path) == before

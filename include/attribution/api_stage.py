@@ -174,15 +174,17 @@ def send_requests(
     *,
     max_sessions: int,
     progress: Callable[[SendProgress, int], None] | None = None,
+    summary: SendSummary | None = None,
 ) -> SendSummary:
     """Send the run's unanswered requests and checkpoint each answer as it arrives.
 
     :param progress: called after each finished request with the client's progress and the
         number of journeys answered so far in this call.
+    :param summary: counters to fill in (so a caller sees them even when this raises).
     :raises IhcError: when the API refuses the configuration or retries are exhausted; the
         answers received until then are kept, and the unanswered requests are marked failed.
     """
-    summary = SendSummary()
+    summary = summary if summary is not None else SendSummary()
     states = db.query(
         "SELECT request_no, status FROM attribution_stg_requests WHERE run_id = ? ORDER BY request_no", (run_id,)
     )

@@ -121,16 +121,33 @@ def call_ihc_api(context: Mapping[str, Any]) -> dict:
     hook = _ihc_hook()
     client = hook.get_conn()
     started = time.monotonic()
-    with open_db() as db:
-        summary = api_stage.send_requests(
-            db,
-            context["run_id"],
-            client,
-            max_sessions=hook.settings.max_sessions_per_request,
-            progress=_progress_logger(started),
-        )
+    summary = api_stage.SendSummary()
+    try:
+        with open_db() as db:
+            summary = api_stage.send_requests(
+                db,
+                context["run_id"],
+                client,
+                max_sessions=hook.settings.max_sessions_per_request,
+                progress=_progress_logger(started),
+                summary=summary,
+            )
+    finally:
+        _emit_api_metrics(summary)
     log.info("IHC API stage done in %.1f s: %s", time.monotonic() - started, summary.as_dict())
     return summary.as_dict()
+
+
+def _emit_api_metrics(summary: api_stage.SendSummary) -> None:
+    """Counters for dashboards, through Airflow's metrics (StatsD or OpenTelemetry when on)."""
+    try:
+        from airflow.sdk.observability.stats import Stats
+    except ImportError:  # metrics are optional
+        return
+    Stats.incr("ihc_attribution.api.requests", summary.requests_sent)
+    Stats.incr("ihc_attribution.api.retries", summary.retries)
+    Stats.incr("ihc_attribution.api.rejected_journeys", summary.rejected_journeys)
+    Stats.incr("ihc_attribution.api.failed_requests", len(summary.unanswered))
 
 
 def _progress_logger(started: float, every_seconds: float = 10.0):

@@ -121,12 +121,23 @@ WHERE s.event_date >= ? AND s.event_date <= ?
 """
 
 
-def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
-    """Counts of source rows of the range's dates that the report treats specially.
+# Sessions whose date is not a real YYYY-MM-DD date. On SQLite a DATE column holds any text;
+# date() gives NULL for text it cannot read and normalises impossible days (2024-02-30).
+_INVALID_DATE_SQL = {
+    "sqlite": "SELECT COUNT(*) FROM session_sources WHERE event_date IS NULL OR date(event_date) IS NOT event_date",
+    "postgresql": "SELECT COUNT(*) FROM session_sources WHERE event_date IS NULL",
+}
 
-    Sessions without a cost row and NULL costs count as cost 0; negative costs are summed as
-    they are (credits, refunds); sessions without a channel cannot be reported and are left out
-    of ``channel_reporting``; cost rows whose session does not exist are ignored.
+
+def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
+    """Counts of source rows that the report treats specially.
+
+    Of the range's dates: sessions without a cost row and NULL costs count as cost 0; negative
+    costs are summed as they are (credits, refunds); sessions without a channel are counted here
+    (a NULL channel is left out of ``channel_reporting``, an empty one is reported under "").
+    Of the whole table, as they belong to no run's dates: cost rows whose session does not exist
+    are ignored; sessions whose date is not a valid date cannot be put on any report date, so
+    their cost is in no report row (and a journey holding one is quarantined).
     """
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
     no_cost_row, null_cost, negative, no_channel = db.query(_WARNINGS_SQL, (first, last))[0]
@@ -134,10 +145,12 @@ def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
         "SELECT COUNT(*) FROM session_costs c WHERE NOT EXISTS "
         "(SELECT 1 FROM session_sources s WHERE s.session_id = c.session_id)"
     )
+    invalid_dates = db.scalar(_INVALID_DATE_SQL[db.dialect])
     return {
         "sessions_without_cost_row": int(no_cost_row or 0),
         "null_costs": int(null_cost or 0),
         "negative_costs": int(negative or 0),
         "sessions_without_channel": int(no_channel or 0),
         "cost_rows_without_session": int(orphans or 0),
+        "sessions_with_invalid_date": int(invalid_dates or 0),
     }

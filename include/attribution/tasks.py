@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import os
+import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -19,6 +20,7 @@ from typing import Any
 from include.attribution import api_stage, checks, export, journeys, load, report, schema
 from include.attribution.daterange import RunRange, resolve_run_range
 from include.attribution.db import Database
+from include.attribution.ihc_client import IhcConfigurationError
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +48,22 @@ def run_range(context: Mapping[str, Any]) -> RunRange:
 
 
 def _lookback_days(context: Mapping[str, Any]) -> int | None:
+    """The ``lookback_days`` param: None when not given, else a whole number of days >= 1.
+
+    :raises ValueError: naming the param, for anything else (text, fractions, booleans, < 1).
+    """
     value = (context.get("params") or {}).get("lookback_days")
-    if value in (None, ""):
+    if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    days = int(value)
-    if days < 1:
-        raise ValueError(f"param lookback_days={value!r} must be a positive number of days")
+    days = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        days = value
+    elif isinstance(value, float) and value.is_integer():
+        days = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        days = int(value.strip())
+    if days is None or days < 1:
+        raise ValueError(f"param lookback_days={value!r} must be a whole number of days, at least 1")
     return days
 
 
@@ -72,6 +84,21 @@ def _ihc_hook():
     from include.attribution.ihc_hook import IhcHook
 
     return IhcHook(ihc_conn_id=IHC_CONN_ID)
+
+
+@contextmanager
+def _fail_without_retry() -> Iterator[None]:
+    """Turn an IHC configuration error into a task failure that Airflow does not retry.
+
+    A wrong key, an unknown conv type or a limit above the account's gets the same answer on
+    every attempt: a task retry would only send more requests and delay the failure.
+    """
+    try:
+        yield
+    except IhcConfigurationError as exc:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        raise AirflowFailException(f"{exc} (not retried: fix the connection, then clear the task)") from exc
 
 
 def setup_tables(context: Mapping[str, Any]) -> dict:
@@ -103,7 +130,8 @@ def extract_journeys(context: Mapping[str, Any]) -> dict:
 
 def pack_requests(context: Mapping[str, Any]) -> dict:
     """Plan the API requests under the connection's limits."""
-    settings = _ihc_hook().settings
+    with _fail_without_retry():
+        settings = _ihc_hook().settings
     with open_db() as db:
         summary = api_stage.pack_requests(
             db,
@@ -119,11 +147,12 @@ def pack_requests(context: Mapping[str, Any]) -> dict:
 def call_ihc_api(context: Mapping[str, Any]) -> dict:
     """Send the unanswered requests of the run; answers are checkpointed one by one."""
     hook = _ihc_hook()
-    client = hook.get_conn()
+    with _fail_without_retry():
+        client = hook.get_conn()
     started = time.monotonic()
     summary = api_stage.SendSummary()
     try:
-        with open_db() as db:
+        with open_db() as db, _fail_without_retry():
             summary = api_stage.send_requests(
                 db,
                 context["run_id"],

@@ -29,8 +29,9 @@ DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 RETRIES = int(os.environ.get("ATTRIBUTION_TASK_RETRIES", "2"))
 
 # Updated by every export; the event's extra carries the CSV's path and dates, so other DAGs can
-# schedule on it (`schedule=[CHANNEL_REPORT]`) and read the file.
-CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri=tasks.report_asset_uri())
+# schedule on it (`schedule=[Asset("ihc_channel_reporting_csv")]`) and read the file. The URI is
+# fixed (not the output folder) so that one asset stays one asset wherever the files go.
+CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://channel_reporting")
 
 
 @dag(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -18,6 +19,7 @@ from pathlib import Path
 from include.attribution.daterange import RunRange
 from include.attribution.db import Database
 
+STALE_TMP_SECONDS = 600
 CSV_COLUMNS = ("channel_name", "date", "cost", "ihc", "ihc_revenue", "CPO", "ROAS")
 _CENT = Decimal("0.01")
 _FOUR = Decimal("0.0001")
@@ -79,6 +81,11 @@ def safe_cell(text: str, escape_formulas: bool = True) -> str:
 def write_csv(rows: list[ReportRow], path: Path, *, escape_formulas: bool = True) -> Path:
     """Write the rows to ``path`` atomically (temporary file in the same folder, then rename)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    # A write killed before the rename leaves its temporary file: clear old leftovers (not one
+    # a concurrent writer may be filling right now).
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        if time.time() - stale.stat().st_mtime > STALE_TMP_SECONDS:
+            stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:

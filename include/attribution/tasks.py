@@ -33,11 +33,6 @@ def output_dir() -> str:
     return os.environ.get("ATTRIBUTION_OUTPUT_DIR", "output")
 
 
-def report_asset_uri() -> str:
-    """URI of the Asset the CSV export updates: the output folder, as a ``file://`` URI."""
-    return Path(output_dir()).resolve().as_uri() + "/channel_reporting"
-
-
 def run_range(context: Mapping[str, Any]) -> RunRange:
     """The run's range from its params or its data interval (see :mod:`daterange`)."""
     return resolve_run_range(

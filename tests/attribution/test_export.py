@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import csv
+import os
+import time
 from decimal import Decimal
 
 import pytest
@@ -69,3 +71,13 @@ def test_csv_write_is_atomic(tmp_path, monkeypatch):
 def test_csv_name_uses_inclusive_dates():
     rng = range_from_params({"start_date": "2024-01-01", "end_date": "2024-01-31"})
     assert export.csv_path("out", rng).name == "channel_reporting_2024-01-01_2024-01-31.csv"
+
+
+def test_leftover_temporary_files_are_cleared(tmp_path):
+    target = tmp_path / "r.csv"
+    old, fresh = tmp_path / ".r.csv.abc123.tmp", tmp_path / ".r.csv.def456.tmp"
+    old.write_text("half a fi")
+    fresh.write_text("being writ")
+    os.utime(old, (time.time() - 3600, time.time() - 3600))
+    export.write_csv([export.report_row("X", "2024-01-01", 1.0, 1.0, 1.0)], target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".r.csv.def456.tmp", "r.csv"]

@@ -1,4 +1,4 @@
-"""Task glue: metrics counters and the asset URI."""
+"""Task glue: metrics counters."""
 
 from __future__ import annotations
 
@@ -18,8 +18,3 @@ def test_api_metrics_are_counted(monkeypatch):
         "ihc_attribution.api.rejected_journeys": 2,
         "ihc_attribution.api.failed_requests": 2,
     }
-
-
-def test_report_asset_uri_follows_the_output_dir(monkeypatch, tmp_path):
-    monkeypatch.setenv("ATTRIBUTION_OUTPUT_DIR", str(tmp_path))
-    assert tasks.report_asset_uri() == tmp_path.as_uri() + "/channel_reporting"

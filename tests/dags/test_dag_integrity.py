@@ -85,4 +85,4 @@ def test_csv_export_publishes_an_asset(dagbag):
     dag = dagbag.get_dag("ihc_attribution")
     outlets = dag.get_task("export_csv").outlets
     assert [o.name for o in outlets] == ["ihc_channel_reporting_csv"]
-    assert outlets[0].uri.startswith("file:///")
+    assert outlets[0].uri.rstrip("/") == "ihc-attribution://channel_reporting"

@@ -38,6 +38,7 @@ class PackSummary:
     lower_bound: int = 0
     truncated: int = 0
     skipped: int = 0
+    reused: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -72,7 +73,9 @@ def pack_requests(
 
     A journey longer than ``max_sessions`` is never split. With the ``truncate`` policy it is
     sent cut to its most recent ``max_sessions`` sessions; with ``skip`` it is not sent. Either
-    way it is recorded as ``oversized_journey``. Replaces the run's plan and answers.
+    way it is recorded as ``oversized_journey``. Replaces the run's plan; answers kept from an
+    earlier attempt of the run for the same journey (same fingerprint, same size sent) are
+    reused instead of planned again.
     """
     if oversized_policy not in OVERSIZE_POLICIES:
         raise ValueError(f"oversized_journey_policy must be one of {OVERSIZE_POLICIES}, not {oversized_policy!r}")
@@ -80,7 +83,7 @@ def pack_requests(
         raise ValueError("max_journeys_per_request and max_sessions_per_request must be at least 1")
     summary = PackSummary()
     with db.transaction():
-        for table in ("attribution_stg_requests", "attribution_stg_request_journeys", "attribution_stg_results"):
+        for table in ("attribution_stg_requests", "attribution_stg_request_journeys"):
             db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
         db.execute(
             "DELETE FROM attribution_stg_issues WHERE run_id = ? AND reason IN (?, ?)",
@@ -107,20 +110,29 @@ def pack_requests(
             db.executemany(
                 "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?)", issues
             )
-        bins = pack_journeys(sizes, max_journeys, max_sessions)
+        answered = dict(
+            db.query("SELECT conv_id, n_sent FROM attribution_stg_answered WHERE run_id = ?", (run_id,))
+        )
+        reused = {c for c, n in sizes.items() if answered.get(c) == n}
+        stale = [(run_id, c) for c in answered if c not in reused]
+        for table in ("attribution_stg_answered", "attribution_stg_results"):
+            db.executemany(f"DELETE FROM {table} WHERE run_id = ? AND conv_id = ?", stale)
+        to_send = {c: n for c, n in sizes.items() if c not in reused}
+        summary.reused = len(reused)
+        bins = pack_journeys(to_send, max_journeys, max_sessions)
         db.executemany(
             "INSERT INTO attribution_stg_requests (run_id, request_no, n_journeys, n_sessions, status) "
             "VALUES (?, ?, ?, ?, 'pending')",
-            [(run_id, no, len(b), sum(sizes[c] for c in b)) for no, b in enumerate(bins)],
+            [(run_id, no, len(b), sum(to_send[c] for c in b)) for no, b in enumerate(bins)],
         )
         db.executemany(
             "INSERT INTO attribution_stg_request_journeys (run_id, conv_id, request_no) VALUES (?, ?, ?)",
             [(run_id, conv_id, no) for no, b in enumerate(bins) for conv_id in b],
         )
-    summary.journeys = len(sizes)
-    summary.sessions = sum(sizes.values())
+    summary.journeys = len(to_send)
+    summary.sessions = sum(to_send.values())
     summary.requests = len(bins)
-    summary.lower_bound = lower_bound(sizes, max_journeys, max_sessions) if sizes else 0
+    summary.lower_bound = lower_bound(to_send, max_journeys, max_sessions) if to_send else 0
     return summary
 
 
@@ -211,6 +223,17 @@ def send_requests(
                     (run_id, r.conversion_id, r.session_id, r.initializer, r.holder, r.closer, r.ihc)
                     for r in result.rows
                 ],
+            )
+            # Remember what was answered, so that redoing the run does not send it again.
+            db.execute(
+                "INSERT INTO attribution_stg_answered (run_id, conv_id, journey_hash, n_sent) "
+                "SELECT r.run_id, r.conv_id, k.journey_hash, COUNT(*) FROM attribution_stg_results r "
+                "JOIN attribution_stg_journey_keys k ON k.run_id = r.run_id AND k.conv_id = r.conv_id "
+                "JOIN attribution_stg_request_journeys j ON j.run_id = r.run_id AND j.conv_id = r.conv_id "
+                "WHERE r.run_id = ? AND j.request_no = ? GROUP BY r.run_id, r.conv_id, k.journey_hash "
+                "ON CONFLICT (run_id, conv_id) DO UPDATE SET "
+                "journey_hash = excluded.journey_hash, n_sent = excluded.n_sent",
+                (run_id, no),
             )
             if result.failed:
                 db.executemany(

@@ -10,6 +10,7 @@ being compared as text and silently dropped.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -103,10 +104,15 @@ class ExtractSummary:
         return asdict(self)
 
 
+# Kept when a run's staging is rebuilt: report dates only ever accumulate, and answers are
+# reused for journeys whose fingerprint did not change (see _fingerprint_journeys).
+_KEPT_ON_REBUILD = ("attribution_stg_report_dates", "attribution_stg_results", "attribution_stg_answered")
+
+
 def clear_run_staging(db: Database, run_id: str) -> None:
-    """Delete the run's staging rows (except its report dates, which only ever accumulate)."""
+    """Delete the run's staging rows, except report dates and reusable answers."""
     for table in STAGING_TABLES:
-        if table != "attribution_stg_report_dates":
+        if table not in _KEPT_ON_REBUILD:
             db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
 
 
@@ -157,6 +163,7 @@ def extract_journeys(
             "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
             (NO_SESSIONS, run_id),
         )
+        _fingerprint_journeys(db, run_id)
         row = db.query(
             "SELECT COUNT(*), COALESCE(SUM(n_sessions), 0), COALESCE(MAX(n_sessions), 0) "
             "FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'",
@@ -164,6 +171,46 @@ def extract_journeys(
         )[0]
         summary.journeys, summary.sessions, summary.max_journey_sessions = (int(v) for v in row)
     return summary
+
+
+def _fingerprint_journeys(db: Database, run_id: str) -> None:
+    """Record a fingerprint of every staged journey and drop answers that no longer fit.
+
+    The fingerprint covers everything the API sees of a journey; an answer kept from an earlier
+    attempt of the run is reused only when it was given for the same fingerprint.
+    """
+    keys: list[tuple[str, str, str]] = []
+    digest, current = None, None
+    for batch in db.iter_query(
+        "SELECT conv_id, session_id, event_ts, channel_name, holder_engagement, closer_engagement, "
+        "impression_interaction, conversion FROM attribution_stg_sessions WHERE run_id = ? "
+        "ORDER BY conv_id, event_ts, session_id",
+        (run_id,),
+    ):
+        for conv_id, *fields in batch:
+            if conv_id != current:
+                if digest is not None:
+                    keys.append((run_id, current, digest.hexdigest()))
+                current, digest = conv_id, hashlib.sha256()
+            digest.update(repr(fields).encode())
+    if digest is not None:
+        keys.append((run_id, current, digest.hexdigest()))
+    db.executemany(
+        "INSERT INTO attribution_stg_journey_keys (run_id, conv_id, journey_hash) VALUES (?, ?, ?)", keys
+    )
+    db.execute(
+        "DELETE FROM attribution_stg_answered WHERE run_id = ? AND NOT EXISTS ("
+        " SELECT 1 FROM attribution_stg_journey_keys k WHERE k.run_id = attribution_stg_answered.run_id"
+        " AND k.conv_id = attribution_stg_answered.conv_id"
+        " AND k.journey_hash = attribution_stg_answered.journey_hash)",
+        (run_id,),
+    )
+    db.execute(
+        "DELETE FROM attribution_stg_results WHERE run_id = ? AND NOT EXISTS ("
+        " SELECT 1 FROM attribution_stg_answered a WHERE a.run_id = attribution_stg_results.run_id"
+        " AND a.conv_id = attribution_stg_results.conv_id)",
+        (run_id,),
+    )
 
 
 def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: ExtractSummary) -> None:

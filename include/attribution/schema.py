@@ -26,6 +26,8 @@ STAGING_TABLES = (
     "attribution_stg_requests",
     "attribution_stg_request_journeys",
     "attribution_stg_results",
+    "attribution_stg_journey_keys",
+    "attribution_stg_answered",
     "attribution_stg_issues",
     "attribution_stg_report_dates",
 )

@@ -168,3 +168,27 @@ def test_old_staging_is_purged_and_results_kept(tmp_path):
     assert db.scalar("SELECT COUNT(*) FROM attribution_stg_conversions WHERE run_id = 'new'") > 0
     db.close()
     assert result_tables(path) == before
+
+
+def test_redoing_a_run_resends_only_journeys_that_changed(tmp_path):
+    path = random_db(tmp_path / "db.sqlite", seed=9)
+    run_pipeline(path, "r1", "2024-01-01", "2024-01-10", max_journeys=3)
+    first = result_tables(path)
+    again = FakeIhcClient()
+    run_pipeline(path, "r1", "2024-01-01", "2024-01-10", again, max_journeys=3)
+    assert again.sent == [], "answers of unchanged journeys are reused"
+    assert result_tables(path) == first
+
+    with sqlite3.connect(path) as conn:  # one journey changes: its latest session moves channel
+        conv, session = conn.execute(
+            "SELECT conv_id, session_id FROM attribution_customer_journey ORDER BY conv_id LIMIT 1"
+        ).fetchone()
+        conn.execute("UPDATE session_sources SET channel_name = 'Changed' WHERE session_id = ?", (session,))
+        users_sessions = conn.execute(
+            "SELECT COUNT(DISTINCT conv_id) FROM attribution_customer_journey WHERE session_id = ?", (session,)
+        ).fetchone()[0]
+    changed = FakeIhcClient()
+    run_pipeline(path, "r1", "2024-01-01", "2024-01-10", changed, max_journeys=3)
+    resent = {row["conversion_id"] for request in changed.sent for row in request.rows}
+    assert conv in resent and len(resent) == users_sessions
+    assert read_table(path, "channel_reporting").channel_name.eq("Changed").any()

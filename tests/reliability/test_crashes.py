@@ -239,12 +239,6 @@ def test_kill_from_outside_while_requests_are_in_flight(world, tmp_path, monkeyp
     _assert_like_reference(world, db, out)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="re-running the whole DAG run (a cleared run, not a task retry) discards the run's "
-    "checkpointed answers: extract_journeys (clear_run_staging) and pack_requests delete "
-    "attribution_stg_requests/_results of the run, so every request is sent again",
-)
 def test_whole_run_rerun_after_api_crash_resends_nothing_already_answered(world, tmp_path, monkeypatch):
     db, out, env, total, done, _ = _api_kill(world, tmp_path, {"on": "after_commit", "nth": 3}, concurrency=1)
     before = server_requests(world["url"])

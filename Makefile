@@ -32,7 +32,7 @@ demo-data: $(STAMP)
 calibrate: $(STAMP)
 	$(PY) scripts/calibrate_ihc_model.py $(ARGS)
 
-clean:
+clean: down
 	rm -rf .airflow .run output
 
 demo: $(STAMP)

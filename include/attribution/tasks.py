@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from include.attribution import api_stage, checks, export, journeys, load, report, schema
+from include.attribution import api_stage, charts, checks, export, journeys, load, report, schema
 from include.attribution.daterange import RunRange, resolve_run_range
 from include.attribution.db import Database
 from include.attribution.ihc_client import IhcConfigurationError
@@ -213,14 +213,19 @@ def build_report(context: Mapping[str, Any]) -> dict:
 
 
 def export_csv(context: Mapping[str, Any]) -> dict:
-    """Write the range's report as CSV; return its path."""
-    with open_db() as db:
-        path, rows = export.export_report(db, run_range(context), output_dir())
+    """Write the range's report as CSV, and a chart of it next to it; return their paths."""
     rng = run_range(context)
-    log.info("wrote %d report rows to %s", rows, path.resolve())
+    with open_db() as db:
+        rows = export.read_report(db, rng)
+    csv_file = export.write_csv(rows, export.csv_path(output_dir(), rng)).resolve()
+    chart = charts.write_chart(
+        rows, charts.chart_path(csv_file), f"Channel report {rng.first_date} to {rng.last_date}"
+    ).resolve()
+    log.info("wrote %d report rows to %s and a chart to %s", len(rows), csv_file, chart)
     return {
-        "path": str(path.resolve()),
-        "rows": rows,
+        "path": str(csv_file),
+        "chart": str(chart),
+        "rows": len(rows),
         "first_date": rng.first_date.isoformat(),
         "last_date": rng.last_date.isoformat(),
     }

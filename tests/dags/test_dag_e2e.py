@@ -121,6 +121,12 @@ def test_manual_range_run_matches_independent_recomputation(dag, env):
         assert row["ROAS"] == ("" if e.cost == 0 else str(_q(e.ihc_revenue / e.cost, "0.0001")))
     assert any(r["ROAS"] == "" for r in rows) and any(r["CPO"] not in ("",) for r in rows)
 
+    # a chart next to the CSV, and both paths in XCom
+    exported = dagrun.get_task_instance("export_csv").xcom_pull(task_ids="export_csv")
+    assert exported["path"] == str(path) and exported["rows"] == len(rows)
+    chart = Path(exported["chart"])
+    assert chart == path.with_suffix(".html") and "<svg" in chart.read_text(encoding="utf-8")
+
     # the summary of the last task, in XCom
     summary = dagrun.get_task_instance("check_run").xcom_pull(task_ids="check_run")
     assert summary["conversions"] == len(expected)

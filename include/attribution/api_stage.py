@@ -224,13 +224,16 @@ def send_requests(
                     for r in result.rows
                 ],
             )
-            # Remember what was answered, so that redoing the run does not send it again.
+            # Remember what was answered, so that redoing the run does not send it again. Read
+            # from the request's journeys (CROSS JOIN keeps that order on SQLite), not from all
+            # the run's results, so each answer costs the same however many came before it.
             db.execute(
                 "INSERT INTO attribution_stg_answered (run_id, conv_id, journey_hash, n_sent) "
-                "SELECT r.run_id, r.conv_id, k.journey_hash, COUNT(*) FROM attribution_stg_results r "
+                "SELECT r.run_id, r.conv_id, k.journey_hash, COUNT(*) FROM attribution_stg_request_journeys j "
+                "CROSS JOIN attribution_stg_results r "
                 "JOIN attribution_stg_journey_keys k ON k.run_id = r.run_id AND k.conv_id = r.conv_id "
-                "JOIN attribution_stg_request_journeys j ON j.run_id = r.run_id AND j.conv_id = r.conv_id "
-                "WHERE r.run_id = ? AND j.request_no = ? GROUP BY r.run_id, r.conv_id, k.journey_hash "
+                "WHERE j.run_id = ? AND j.request_no = ? AND r.run_id = j.run_id AND r.conv_id = j.conv_id "
+                "GROUP BY r.run_id, r.conv_id, k.journey_hash "
                 "ON CONFLICT (run_id, conv_id) DO UPDATE SET "
                 "journey_hash = excluded.journey_hash, n_sent = excluded.n_sent",
                 (run_id, no),

@@ -15,28 +15,43 @@ from include.attribution.db import Database
 
 _REPORT_DATES = "SELECT report_date FROM attribution_stg_report_dates WHERE run_id = ?"
 
+# Three parts, each read the cheapest way (see the indexes in sql/package_schema.sql):
+# - cells: every (channel, date) with a session, from the (event_date, channel_name) index alone;
+# - spend: only costs that change a sum (NULL, missing and 0 add nothing), read in session_id
+#   order and matched to their session in the same order, so both sides are read sequentially
+#   instead of one random lookup per session;
+# - credit: driven by the attribution rows (about 1% of the sessions), not by the sessions.
+# CROSS JOIN fixes the join order on SQLite; other databases treat it as an inner join.
 _REPORT_SQL = f"""
 INSERT INTO channel_reporting (channel_name, date, cost, ihc, ihc_revenue)
-WITH spend AS (
-    SELECT s.channel_name, s.event_date AS date, SUM(COALESCE(c.cost, 0)) AS cost
+WITH cells AS (
+    SELECT DISTINCT s.channel_name, s.event_date AS date
     FROM session_sources s
-    LEFT JOIN session_costs c ON c.session_id = s.session_id
     WHERE s.event_date IN ({_REPORT_DATES}) AND s.channel_name IS NOT NULL
+),
+spend AS (
+    SELECT s.channel_name, s.event_date AS date, SUM(c.cost) AS cost
+    FROM session_costs c
+    CROSS JOIN session_sources s
+    WHERE c.cost <> 0 AND s.session_id = c.session_id
+      AND s.event_date IN ({_REPORT_DATES}) AND s.channel_name IS NOT NULL
     GROUP BY s.channel_name, s.event_date
 ),
 credit AS (
     SELECT s.channel_name, s.event_date AS date,
            SUM(a.ihc) AS ihc, SUM(a.ihc * v.revenue) AS ihc_revenue
-    FROM session_sources s
-    JOIN attribution_customer_journey a ON a.session_id = s.session_id
+    FROM attribution_customer_journey a
+    CROSS JOIN session_sources s
     JOIN conversions v ON v.conv_id = a.conv_id
-    WHERE s.event_date IN ({_REPORT_DATES}) AND s.channel_name IS NOT NULL
+    WHERE s.session_id = a.session_id
+      AND s.event_date IN ({_REPORT_DATES}) AND s.channel_name IS NOT NULL
     GROUP BY s.channel_name, s.event_date
 )
-SELECT spend.channel_name, spend.date, spend.cost,
+SELECT cells.channel_name, cells.date, COALESCE(spend.cost, 0),
        COALESCE(credit.ihc, 0), COALESCE(credit.ihc_revenue, 0)
-FROM spend
-LEFT JOIN credit ON credit.channel_name = spend.channel_name AND credit.date = spend.date
+FROM cells
+LEFT JOIN spend ON spend.channel_name = cells.channel_name AND spend.date = cells.date
+LEFT JOIN credit ON credit.channel_name = cells.channel_name AND credit.date = cells.date
 """
 
 
@@ -60,5 +75,5 @@ def build_report(db: Database, run_id: str) -> ReportSummary:
     with db.transaction():
         dates = int(db.scalar("SELECT COUNT(*) FROM attribution_stg_report_dates WHERE run_id = ?", (run_id,)))
         db.execute(f"DELETE FROM channel_reporting WHERE date IN ({_REPORT_DATES})", (run_id,))
-        rows = db.execute(_REPORT_SQL, (run_id, run_id))
+        rows = db.execute(_REPORT_SQL, (run_id,) * _REPORT_SQL.count("?"))
     return ReportSummary(dates=dates, rows=rows)

@@ -1,0 +1,699 @@
+"""Benchmark of the attribution pipeline: ``make bench`` (options: ``make bench ARGS="..."``).
+
+Creates a demo database with the generator (cached in ``--db-dir`` and reused for the same
+parameters), starts the local IHC server in its own process, and runs the DAG's stages in a
+child process exactly as the DAG's tasks do (``include.attribution.tasks.<stage>(context)``,
+connections from ``AIRFLOW_CONN_*`` variables in JSON form), on a fresh copy of the database.
+It prints one markdown table: database size, journeys and sessions sent, requests against their
+lower bound, wall time per stage and in total, peak memory (RSS) of the run, throughput, and the
+time SQLite needs to scan ``session_sources`` once (the floor the stages are compared with).
+
+    python scripts/bench.py                                  # 2M sessions, 10k conversions, 30 days
+    python scripts/bench.py --latency-ms 100 --max-concurrency 8 --max-sessions 200
+    python scripts/bench.py --ratio-check                    # 200k and 2M sessions, with ratios
+    python scripts/bench.py --scale 0.1 --repeat 3           # 200k sessions, medians of 3 runs
+
+The child process runs nothing but the pipeline, so its peak RSS is the run's: the generator
+and the IHC server run in processes of their own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import math
+import os
+import re
+import resource
+import secrets
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_SESSIONS = 2_000_000
+DEFAULT_CONVERSIONS = 10_000
+# The stages of the DAG, in the order of its tasks (dags/ihc_attribution.py).
+STAGES = (
+    "setup_tables",
+    "extract_journeys",
+    "pack_requests",
+    "call_ihc_api",
+    "load_attribution",
+    "build_report",
+    "export_csv",
+    "check_run",
+)
+# A forced full scan of the table that reads every row: the floor the stages are compared with.
+FLOOR_SQL = "SELECT COUNT(*), SUM(LENGTH(channel_name)) FROM session_sources NOT INDEXED"
+RUN_ID = "bench"
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """One benchmark configuration: the data, the API's behaviour and the client's limits."""
+
+    sessions: int = DEFAULT_SESSIONS
+    conversions: int = DEFAULT_CONVERSIONS
+    start: dt.date = dt.date(2024, 1, 1)
+    days: int = 30
+    seed: int = 42
+    latency_ms: float = 0.0
+    max_concurrency: int = 8
+    max_journeys: int = 100
+    max_sessions: int = 3000
+
+    @property
+    def end(self) -> dt.date:
+        """Last day of the range, inclusive."""
+        return self.start + dt.timedelta(days=self.days - 1)
+
+    @property
+    def db_name(self) -> str:
+        """File name of the generated database for these data parameters."""
+        return (
+            f"bench_{self.sessions}s_{self.conversions}c_{self.start.isoformat()}_{self.days}d_seed{self.seed}.db"
+        )
+
+    def scaled(self, factor: float) -> BenchConfig:
+        """The same configuration with ``factor`` times the data."""
+        return dataclasses.replace(
+            self,
+            sessions=max(1, round(self.sessions * factor)),
+            conversions=max(1, round(self.conversions * factor)),
+        )
+
+
+@dataclass
+class RunResult:
+    """Measurements of one pipeline run."""
+
+    stage_seconds: dict[str, float]
+    stage_cpu_seconds: dict[str, float]
+    stage_peak_rss_mb: dict[str, float]
+    stage_results: dict[str, dict]
+    baseline_rss_mb: float
+    peak_rss_mb: float
+    server_stats: dict[str, Any]
+    server_cpu_seconds: float
+    api_alone_seconds: float
+    floor_seconds: float
+    db_sessions: int
+    db_conversions: int
+    attributed_rows: int
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(self.stage_seconds.values())
+
+
+@dataclass
+class Measured:
+    """The runs of one configuration, summarised by their medians."""
+
+    config: BenchConfig
+    runs: list[RunResult] = field(default_factory=list)
+    generated_seconds: float | None = None
+    plans: dict[str, list[str]] = field(default_factory=dict)
+
+    def median(self, getter) -> float:
+        return statistics.median(getter(r) for r in self.runs)
+
+    def spread(self, getter) -> tuple[float, float]:
+        values = [getter(r) for r in self.runs]
+        return min(values), max(values)
+
+
+# --------------------------------------------------------------------------------------------
+# Database and server
+# --------------------------------------------------------------------------------------------
+
+
+def ensure_database(config: BenchConfig, db_dir: Path) -> tuple[Path, float | None]:
+    """The generated database for ``config``, created when missing; returns (path, seconds or None)."""
+    path = db_dir / config.db_name
+    if path.exists():
+        return path, None
+    db_dir.mkdir(parents=True, exist_ok=True)
+    print(
+        f"generating {config.sessions:,} sessions and {config.conversions:,} conversions into {path} ...",
+        flush=True,
+    )
+    started = time.perf_counter()
+    subprocess.run(
+        [
+            sys.executable, "-m", "include.attribution.demo_data", "--out", str(path),
+            "--start", config.start.isoformat(), "--end", config.end.isoformat(),
+            "--conversions", str(config.conversions),
+            "--sessions-per-conversion", repr(config.sessions / config.conversions),
+            "--seed", str(config.seed),
+        ],
+        check=True, cwd=ROOT, env=_child_env(), stdout=subprocess.DEVNULL,
+    )
+    return path, time.perf_counter() - started
+
+
+def fresh_copy(source: Path, target: Path) -> Path:
+    """Copy the generated database to ``target`` (the run's working copy)."""
+    remove_db(target)
+    shutil.copyfile(source, target)
+    return target
+
+
+def remove_db(path: Path) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ, **extra)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return env
+
+
+@dataclass(frozen=True)
+class Server:
+    """A running local IHC server."""
+
+    url: str
+    key: str
+    pid: int
+
+    @property
+    def port(self) -> int:
+        return int(self.url.rsplit(":", 1)[1])
+
+
+@contextlib.contextmanager
+def local_ihc_server(config: BenchConfig, log_path: Path) -> Iterator[Server]:
+    """Run the local IHC server (a development double) in its own process."""
+    port = _free_port()
+    key = secrets.token_urlsafe(24)
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "include.ihc_server", "--host", "127.0.0.1", "--port", str(port),
+                "--conv-type-id", "demo", "--latency-ms", str(config.latency_ms),
+                "--max-journeys", str(config.max_journeys), "--max-sessions", str(config.max_sessions),
+                "--log-level", "warning",
+            ],
+            env=_child_env(IHC_API_KEYS=key), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=1):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the local IHC server did not start; see {log_path}") from None
+                time.sleep(0.1)
+        yield Server(url, key, proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def measure_floor(db_path: Path, repeat: int = 5) -> float:
+    """Median time of a forced full scan of ``session_sources`` (after one warm-up scan)."""
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        conn.execute(FLOOR_SQL).fetchall()
+        times = []
+        for _ in range(repeat):
+            started = time.perf_counter()
+            conn.execute(FLOOR_SQL).fetchall()
+            times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def query_plans(db_path: Path) -> dict[str, list[str]]:
+    """EXPLAIN QUERY PLAN of the journey extraction and of the report, on the run's database."""
+    from include.attribution import journeys, report
+
+    plans = {}
+    with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        for name, sql, params in (
+            ("journey extraction", journeys._JOURNEYS_SQL.format(lookback=""), (RUN_ID,)),
+            ("report", report._REPORT_SQL, (RUN_ID,) * report._REPORT_SQL.count("?")),
+        ):
+            rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
+            plans[name] = [row[-1] for row in rows]
+    return plans
+
+
+# --------------------------------------------------------------------------------------------
+# The measured run (child process)
+# --------------------------------------------------------------------------------------------
+
+
+def _status_kb(field_name: str) -> int:
+    with open("/proc/self/status") as status:
+        match = re.search(rf"^{field_name}:\s+(\d+) kB", status.read(), re.MULTILINE)
+    return int(match.group(1)) if match else 0
+
+
+def _reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS mark of this process (Linux: ``clear_refs`` value 5)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) a process has used so far, from ``/proc/<pid>/stat``."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:  # not Linux
+        return math.nan
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _send_again_without_database(tasks: Any, max_sessions: int) -> float:
+    """Seconds to send the run's requests again with the same client, without database work.
+
+    The requests are built first and the answers dropped, so this is what the API stage would
+    take if reading requests and storing answers cost nothing: the share of the API stage that
+    belongs to the client library, the server and the latency.
+    """
+    from include.attribution import api_stage
+
+    with tasks.open_db() as db:
+        numbers = [
+            no for (no,) in db.query(
+                "SELECT request_no FROM attribution_stg_requests WHERE run_id = ? ORDER BY request_no", (RUN_ID,)
+            )
+        ]
+        requests = [api_stage.build_request(db, RUN_ID, no, max_sessions) for no in numbers]
+    client = tasks._ihc_hook().get_conn()
+    started = time.perf_counter()
+    client.send_all(requests, lambda result: None)
+    return time.perf_counter() - started
+
+
+def worker(spec_path: str) -> int:
+    """Run every stage of the DAG in order in this process and write the measurements as JSON."""
+    spec = json.loads(Path(spec_path).read_text())
+    # Import what the stages import before taking the baseline, so that it holds the libraries.
+    from airflow.sdk import BaseHook  # noqa: F401
+
+    from include.attribution import ihc_hook, tasks  # noqa: F401
+
+    context = {
+        "run_id": RUN_ID,
+        "params": {"start_date": spec["start_date"], "end_date": spec["end_date"]},
+    }
+    baseline_kb = _status_kb("VmRSS")
+    seconds, cpu, peaks, results = {}, {}, {}, {}
+    server_cpu = 0.0
+    for stage in STAGES:
+        resettable = _reset_peak_rss()
+        cpu_started, server_cpu_started = _cpu_seconds(), process_cpu_seconds(spec["server_pid"])
+        started = time.perf_counter()
+        results[stage] = getattr(tasks, stage)(context)
+        seconds[stage] = time.perf_counter() - started
+        cpu[stage] = _cpu_seconds() - cpu_started
+        if stage == "call_ihc_api":
+            server_cpu = process_cpu_seconds(spec["server_pid"]) - server_cpu_started
+        peak_kb = _status_kb("VmHWM") if resettable else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        peaks[stage] = peak_kb / 1024
+    with urllib.request.urlopen(f"{spec['server_url']}/stats", timeout=5) as response:
+        stats = json.load(response)
+    api_alone = _send_again_without_database(tasks, spec["max_sessions"])
+    Path(spec["out"]).write_text(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "cpu": cpu,
+                "peaks": peaks,
+                "results": results,
+                "baseline_rss_mb": baseline_kb / 1024,
+                "peak_rss_mb": max(peaks.values()),
+                "server_stats": stats,
+                "server_cpu_seconds": server_cpu,
+                "api_alone_seconds": api_alone,
+            },
+            default=str,
+        )
+    )
+    return 0
+
+
+def work_db_path(config: BenchConfig, db_dir: Path) -> Path:
+    """The working copy a run uses (in ``<db-dir>/run/``, with the run's log and CSV)."""
+    return db_dir / "run" / f"work_{config.db_name}"
+
+
+def run_once(config: BenchConfig, source_db: Path, db_dir: Path, keep_db: bool) -> RunResult:
+    """One run of the pipeline on a fresh copy of ``source_db`` against a fresh local server."""
+    work_db = work_db_path(config, db_dir)
+    work_dir = work_db.parent
+    work_dir.mkdir(parents=True, exist_ok=True)
+    fresh_copy(source_db, work_db)
+    out_json = work_dir / "bench-run.json"
+    spec_path = work_dir / "bench-spec.json"
+    log_path = work_dir / "bench-run.log"
+    out_json.unlink(missing_ok=True)
+    try:
+        with local_ihc_server(config, work_dir / "ihc-server.log") as server:
+            spec_path.write_text(
+                json.dumps(
+                    {
+                        "start_date": config.start.isoformat(),
+                        "end_date": config.end.isoformat(),
+                        "out": str(out_json),
+                        "server_url": server.url,
+                        "server_pid": server.pid,
+                        "max_sessions": config.max_sessions,
+                    }
+                )
+            )
+            env = _child_env(
+                AIRFLOW_CONN_ATTRIBUTION_DB=json.dumps({"conn_type": "sqlite", "host": str(work_db.resolve())}),
+                AIRFLOW_CONN_IHC_API=json.dumps(
+                    {
+                        "conn_type": "http", "host": "127.0.0.1", "port": server.port,
+                        "schema": "http", "password": server.key,
+                        "extra": {
+                            "conv_type_id": "demo",
+                            "max_concurrency": config.max_concurrency,
+                            "max_journeys_per_request": config.max_journeys,
+                            "max_sessions_per_request": config.max_sessions,
+                        },
+                    }
+                ),
+                ATTRIBUTION_OUTPUT_DIR=str(work_dir / "output"),
+                AIRFLOW__CORE__LOAD_EXAMPLES="False",
+            )
+            with open(log_path, "w") as log:
+                code = subprocess.run(
+                    [sys.executable, str(Path(__file__).resolve()), "_worker", str(spec_path)],
+                    env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, check=False,
+                ).returncode
+            if code != 0 or not out_json.exists():
+                sys.stdout.write(log_path.read_text(errors="replace")[-6000:])
+                raise SystemExit(f"the pipeline run failed (exit code {code}); log: {log_path}")
+        data = json.loads(out_json.read_text())
+        floor = measure_floor(work_db)
+        with contextlib.closing(sqlite3.connect(work_db)) as conn:
+            db_sessions = conn.execute("SELECT COUNT(*) FROM session_sources").fetchone()[0]
+            db_conversions = conn.execute("SELECT COUNT(*) FROM conversions").fetchone()[0]
+            attributed = conn.execute("SELECT COUNT(*) FROM attribution_customer_journey").fetchone()[0]
+        return RunResult(
+            stage_seconds=data["seconds"],
+            stage_cpu_seconds=data["cpu"],
+            stage_peak_rss_mb=data["peaks"],
+            stage_results=data["results"],
+            baseline_rss_mb=data["baseline_rss_mb"],
+            peak_rss_mb=data["peak_rss_mb"],
+            server_stats=data["server_stats"],
+            server_cpu_seconds=data["server_cpu_seconds"],
+            api_alone_seconds=data["api_alone_seconds"],
+            floor_seconds=floor,
+            db_sessions=db_sessions,
+            db_conversions=db_conversions,
+            attributed_rows=attributed,
+        )
+    finally:
+        if not keep_db:
+            remove_db(work_db)
+
+
+def measure(config: BenchConfig, db_dir: Path, repeat: int, keep_db: bool, plans: bool) -> Measured:
+    """Generate (or reuse) the database and run the pipeline ``repeat`` times."""
+    source, generated = ensure_database(config, db_dir)
+    measured = Measured(config=config, generated_seconds=generated)
+    for i in range(repeat):
+        print(
+            f"run {i + 1}/{repeat}: {config.sessions:,} sessions, latency {config.latency_ms:g} ms, "
+            f"concurrency {config.max_concurrency}, limits {config.max_journeys}/{config.max_sessions} ...",
+            flush=True,
+        )
+        keep = keep_db or (plans and i == repeat - 1)
+        result = run_once(config, source, db_dir, keep)
+        measured.runs.append(result)
+        print(f"  total {result.total_seconds:.2f} s, peak RSS {result.peak_rss_mb:.0f} MB", flush=True)
+        if plans and i == repeat - 1:
+            work_db = work_db_path(config, db_dir)
+            measured.plans = query_plans(work_db)
+            if not keep_db:
+                remove_db(work_db)
+    return measured
+
+
+# --------------------------------------------------------------------------------------------
+# Output
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt_s(value: float) -> str:
+    return f"{value:.2f} s" if value >= 1 else f"{value:.3f} s"
+
+
+def _stage_getter(stage: str):
+    return lambda r: r.stage_seconds[stage]
+
+
+def lower_bound(journeys: int, sessions: int, max_journeys: int, max_sessions: int) -> int:
+    """``max(ceil(journeys / max_journeys), ceil(sessions / max_sessions))``."""
+    return max(math.ceil(journeys / max_journeys), math.ceil(sessions / max_sessions))
+
+
+def _verdict(ok: bool) -> str:
+    return "met" if ok else "NOT met"
+
+
+def summary_rows(m: Measured) -> list[tuple[str, str]]:
+    """(metric, value) rows of one configuration, the targets last."""
+    c, first = m.config, m.runs[0]
+    pack = first.stage_results["pack_requests"]
+    requests_sent = int(m.median(lambda r: r.server_stats["requests"]))
+    bound = lower_bound(pack["journeys"], pack["sessions"], c.max_journeys, c.max_sessions)
+    over = (requests_sent / bound - 1) * 100 if bound else 0.0
+    floor = m.median(lambda r: r.floor_seconds)
+    total = m.median(lambda r: r.total_seconds)
+    setup = m.median(_stage_getter("setup_tables"))
+    spread = len(m.runs) > 1
+    rows = [
+        ("sessions in the database", f"{first.db_sessions:,}"),
+        ("conversions in the database", f"{first.db_conversions:,}"),
+        ("journeys sent", f"{int(m.median(lambda r: r.server_stats['journeys'])):,}"),
+        ("sessions sent", f"{int(m.median(lambda r: r.server_stats['sessions'])):,}"),
+        ("requests sent (counted by the server)", f"{requests_sent:,}"),
+        (
+            f"lower bound max(ceil(journeys / {c.max_journeys}), ceil(sessions / {c.max_sessions}))",
+            f"{bound:,}",
+        ),
+        ("retries", f"{int(m.median(lambda r: r.stage_results['call_ihc_api'].get('retries', 0)))}"),
+    ]
+    for stage in STAGES:
+        seconds = m.median(_stage_getter(stage))
+        value = _fmt_s(seconds)
+        if spread:
+            lo, hi = m.spread(_stage_getter(stage))
+            value += f" ({lo:.3g} to {hi:.3g})"
+        value += f" = {seconds / floor:.1f}x floor, CPU {m.median(lambda r, s=stage: r.stage_cpu_seconds[s]):.2f} s"
+        if stage == "call_ihc_api":
+            value += f" (IHC server process: CPU {m.median(lambda r: r.server_cpu_seconds):.2f} s)"
+        value += f", peak RSS {m.median(lambda r, s=stage: r.stage_peak_rss_mb[s]):.0f} MB"
+        if stage == "call_ihc_api":
+            value += (
+                f"; the same requests sent again without database work: "
+                f"{_fmt_s(m.median(lambda r: r.api_alone_seconds))}"
+            )
+        label = f"stage {stage}" + (" (first run on a database: builds the indexes)" if stage == "setup_tables" else "")
+        rows.append((label, value))
+    total_value = _fmt_s(total)
+    if spread:
+        lo, hi = m.spread(lambda r: r.total_seconds)
+        total_value += f" ({lo:.2f} to {hi:.2f})"
+    rows += [
+        ("total wall time", total_value),
+        ("total without setup_tables (every later run)", _fmt_s(total - setup)),
+        (
+            "peak RSS of the run",
+            (
+                f"{m.median(lambda r: r.peak_rss_mb):.0f} MB "
+                f"({m.median(lambda r: r.baseline_rss_mb):.0f} MB after the imports, before the first stage)"
+            ),
+        ),
+        ("sessions attributed per second (attribution rows / total wall time)", f"{first.attributed_rows / total:,.0f}"),
+        ("database sessions per second (sessions in the database / total wall time)", f"{first.db_sessions / total:,.0f}"),
+        (f"floor: one full scan of session_sources (`{FLOOR_SQL}`)", _fmt_s(floor)),
+    ]
+    # Targets of the benchmark.
+    rows.append(("target: requests within 2% of the lower bound", f"{_verdict(over <= 2.0)} ({over:+.1f}%)"))
+    if not c.latency_ms:
+        per_run = [s for s in STAGES if s != "setup_tables"]
+        slowest = max(per_run, key=lambda s: m.median(_stage_getter(s)))
+        ratio = m.median(_stage_getter(slowest)) / floor
+        rows.append(
+            ("target: slowest stage after setup within 3x the floor", f"{_verdict(ratio <= 3.0)} ({slowest} {ratio:.1f}x)")
+        )
+    else:
+        latency = c.latency_ms / 1000
+        api = m.median(_stage_getter("call_ihc_api"))
+        ideal = requests_sent * latency / c.max_concurrency
+        waves = math.ceil(requests_sent / c.max_concurrency) * latency
+        rows.append(
+            (
+                f"target: API stage within 1.3x of requests x {latency:g} s / {c.max_concurrency}",
+                (
+                    f"{_verdict(api <= 1.3 * ideal)} ({_fmt_s(api)} / {_fmt_s(ideal)} = {api / ideal:.2f}x; "
+                    f"in whole waves of {c.max_concurrency} requests at least {_fmt_s(waves)} = {waves / ideal:.2f}x)"
+                ),
+            )
+        )
+    return rows
+
+
+def render(m: Measured) -> str:
+    c = m.config
+    runs = f"median of {len(m.runs)} runs" if len(m.runs) > 1 else "1 run"
+    head = (
+        f"Range {c.start.isoformat()} to {c.end.isoformat()} ({c.days} days), API latency {c.latency_ms:g} ms, "
+        f"max_concurrency {c.max_concurrency}, limits {c.max_journeys} journeys / {c.max_sessions} sessions "
+        f"per request, {runs}, {os.cpu_count()} CPUs, SQLite {sqlite3.sqlite_version}."
+    )
+    if m.generated_seconds is not None:
+        head += f" The database was generated in {m.generated_seconds:.1f} s (cached for later runs)."
+    lines = [head, "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary_rows(m)]
+    if m.plans:
+        lines.append("")
+        for name, plan in m.plans.items():
+            lines.append(f"Query plan of the {name}:")
+            lines += [f"    {step}" for step in plan]
+    return "\n".join(lines)
+
+
+def render_ratio(small: Measured, large: Measured) -> str:
+    """Both sizes side by side with the ratios large / small."""
+
+    def row(label: str, getter, fmt: str = "{:.2f}") -> str:
+        a, b = small.median(getter), large.median(getter)
+        ratio = f"{b / a:.2f}" if a else "n/a"
+        return f"| {label} | {fmt.format(a)} | {fmt.format(b)} | {ratio} |"
+
+    lines = ["| metric | small | large | large / small |", "|---|---|---|---|"]
+    lines.append(row("sessions in the database", lambda r: r.db_sessions, "{:,.0f}"))
+    lines.append(row("conversions in the database", lambda r: r.db_conversions, "{:,.0f}"))
+    lines.append(row("requests sent", lambda r: r.server_stats["requests"], "{:,.0f}"))
+    for stage in STAGES:
+        lines.append(row(f"{stage} (s)", _stage_getter(stage)))
+    lines.append(row("total wall time (s)", lambda r: r.total_seconds))
+    lines.append(row("floor: full scan of session_sources (s)", lambda r: r.floor_seconds, "{:.3f}"))
+    lines.append(row("peak RSS (MB)", lambda r: r.peak_rss_mb, "{:.0f}"))
+    lines.append(row("peak RSS above the baseline after imports (MB)", lambda r: r.peak_rss_mb - r.baseline_rss_mb, "{:.0f}"))
+    ratio = large.median(lambda r: r.peak_rss_mb) / small.median(lambda r: r.peak_rss_mb)
+    lines.append(f"| target: peak RSS at 10x the data at most 1.5x | | | {_verdict(ratio <= 1.5)} ({ratio:.2f}x) |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", type=int, default=None, help=f"sessions in the database (default {DEFAULT_SESSIONS:,})")
+    p.add_argument("--conversions", type=int, default=None,
+                   help=f"conversions in the database (default {DEFAULT_CONVERSIONS:,})")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the default sessions and conversions (default 1; ignored for a size given explicitly)")
+    p.add_argument("--days", type=int, default=30, help="days of the range the DAG runs over (default 30)")
+    p.add_argument("--start", type=dt.date.fromisoformat, default=dt.date(2024, 1, 1),
+                   help="first day of the range (default 2024-01-01)")
+    p.add_argument("--seed", type=int, default=42, help="seed of the generator (default 42)")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="latency the IHC server adds per request (default 0)")
+    p.add_argument("--max-concurrency", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument("--max-journeys", type=int, default=100, help="journeys per request (default 100)")
+    p.add_argument("--max-sessions", type=int, default=3000, help="sessions per request (default 3000; free accounts 200)")
+    p.add_argument("--repeat", type=int, default=1, help="runs per configuration; the table shows medians (default 1)")
+    p.add_argument("--ratio-check", action="store_true",
+                   help="also run at a tenth of the size and print the ratios large / small")
+    p.add_argument("--db-dir", type=Path, default=ROOT / "data" / "bench",
+                   help="where generated databases are cached and runs work (default data/bench)")
+    p.add_argument("--keep-db", action="store_true", help="keep the working copy the pipeline ran on")
+    p.add_argument("--no-plans", action="store_true", help="do not print the query plans")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["_worker"]:
+        return worker(argv[1])
+    args = build_parser().parse_args(argv)
+    if args.repeat < 1 or args.days < 1:
+        raise SystemExit("--repeat and --days must be at least 1")
+    config = BenchConfig(
+        sessions=args.sessions or round(DEFAULT_SESSIONS * args.scale),
+        conversions=args.conversions or round(DEFAULT_CONVERSIONS * args.scale),
+        start=args.start,
+        days=args.days,
+        seed=args.seed,
+        latency_ms=args.latency_ms,
+        max_concurrency=args.max_concurrency,
+        max_journeys=args.max_journeys,
+        max_sessions=args.max_sessions,
+    )
+    db_dir = args.db_dir.resolve()
+    db_dir.mkdir(parents=True, exist_ok=True)
+    # Hooks read connections from the environment; Airflow only needs a home for its settings.
+    os.environ.setdefault("AIRFLOW_HOME", str(db_dir / "airflow-home"))
+    plans = not args.no_plans
+    if args.ratio_check:
+        small = measure(config.scaled(0.1), db_dir, args.repeat, args.keep_db, False)
+        large = measure(config, db_dir, args.repeat, args.keep_db, plans)
+        print()
+        print(render(small))
+        print()
+        print(render(large))
+        print()
+        print(render_ratio(small, large))
+    else:
+        measured = measure(config, db_dir, args.repeat, args.keep_db, plans)
+        print()
+        print(render(measured))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,198 @@
+"""The queries that touch every session use indexes: no full scan of ``session_sources``.
+
+A plan that scans ``session_sources`` costs time in proportion to the whole database instead
+of the run's work (about 1% of the sessions belong to a journey). SQLite without ``ANALYZE``
+chooses plans from the schema alone, so the plans on this small database are the plans on a
+large one; ``make bench`` prints the same plans for 2 million sessions.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+
+import pytest
+
+from include.attribution import api_stage, journeys, load, report, schema
+from include.attribution.daterange import range_from_params
+from include.attribution.db import Database
+from tests.helpers import FakeIhcClient, expected_report, make_db, random_db, read_table, run_pipeline
+
+RUN = "r1"
+
+SESSIONS = [
+    ("s1", "u1", "2024-01-08", "10:00:00", "Paid Search Brand"),
+    ("s2", "u1", "2024-01-09", "10:00:00", "FB & IG Ads"),
+    ("s3", "u1", "2024-01-10", "08:00:00", "FB & IG Ads"),
+    ("s4", "u2", "2024-01-08", "11:00:00", "Paid Search Brand"),
+    ("s5", "u3", "2024-01-10", "11:00:00", "Organic Traffic"),  # no cost row
+    ("s6", "u3", "2024-01-10", "12:00:00", "Organic Traffic"),  # NULL cost
+    ("s7", "u4", "2024-01-09", "09:00:00", "Referral"),  # cost 0: the cell exists with cost 0
+    ("s8", "u4", "2024-01-09", "13:00:00", "Paid Search Brand"),  # a refund: negative cost
+    ("s9", "u4", "2024-01-09", "14:00:00", "Paid Search Brand"),
+]
+CONVERSIONS = [
+    ("c1", "u1", "2024-01-09", "12:00:00", 100.0),
+    ("c2", "u1", "2024-01-10", "09:00:00", 40.0),
+    ("c3", "u4", "2024-01-09", "15:00:00", 60.0),
+]
+COSTS = [("s1", 2.5), ("s2", 1.25), ("s3", 0.75), ("s4", 4.0), ("s6", None), ("s7", 0.0), ("s8", -1.5), ("s9", 2.0)]
+
+
+@pytest.fixture(scope="module")
+def db_path(tmp_path_factory):
+    """A small database after a complete run: schema, indexes and staging rows in place."""
+    path = make_db(tmp_path_factory.mktemp("plans") / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, RUN, "2024-01-09", "2024-01-10")
+    return path
+
+
+def plan(path, sql: str, params: tuple) -> list[str]:
+    """The steps of SQLite's query plan, e.g. ``SEARCH s USING INDEX ix_... (user_id=?)``."""
+    with sqlite3.connect(path) as conn:
+        return [row[-1] for row in conn.execute(f"EXPLAIN QUERY PLAN {sql}", params)]
+
+
+def scans_of(steps: list[str], *names: str) -> list[str]:
+    """Steps reading all of a table or index (``SCAN x``, older SQLite: ``SCAN TABLE x``)."""
+    pattern = re.compile(rf"^SCAN (TABLE )?({'|'.join(map(re.escape, names))})\b")
+    return [step for step in steps if pattern.match(step)]
+
+
+JOURNEY_QUERIES = {
+    "journeys": (journeys._JOURNEYS_SQL.format(lookback=""), (RUN,)),
+    "journeys with look-back": (
+        journeys._JOURNEYS_SQL.format(lookback=journeys._LOOKBACK["sqlite"]),
+        (RUN, "-30 days"),
+    ),
+    "sessions of the run's buyers (validation)": (journeys._USER_SESSIONS_SQL, (RUN,)),
+}
+
+
+@pytest.mark.parametrize("name", list(JOURNEY_QUERIES))
+def test_journey_extraction_finds_sessions_by_user_through_the_index(db_path, name):
+    sql, params = JOURNEY_QUERIES[name]
+    steps = plan(db_path, sql, params)
+    assert not scans_of(steps, "s", "session_sources"), steps
+    assert any(
+        re.match(r"^SEARCH (TABLE )?s USING (COVERING )?INDEX ix_session_sources_user_ts \(user_id=\?", step)
+        for step in steps
+    ), steps
+
+
+def test_report_reads_sessions_through_indexes_only(db_path):
+    steps = plan(db_path, report._REPORT_SQL, (RUN,) * report._REPORT_SQL.count("?"))
+    assert not scans_of(steps, "s", "session_sources"), steps
+    session_reads = [step for step in steps if re.match(r"^(SEARCH|SCAN) (TABLE )?s\b", step)]
+    # cells, spend and credit: each reads session_sources, and only from a covering index
+    assert len(session_reads) == 3, steps
+    assert all("USING COVERING INDEX" in step for step in session_reads), steps
+    # The (channel, date) cells come from the date index, restricted to the report's dates.
+    assert any(
+        re.match(r"^SEARCH (TABLE )?s USING COVERING INDEX ix_session_sources_date \(event_date=\?", step)
+        for step in steps
+    ), steps
+    # Spend reads the costs that are not 0 in session_id order (the partial index, not the table
+    # in storage order) and looks each session up in the same order.
+    assert any(
+        re.match(r"^SCAN (TABLE )?c USING COVERING INDEX ix_session_costs_nonzero\b", step) for step in steps
+    ), steps
+    assert not scans_of([s for s in steps if "USING" not in s], "c", "session_costs"), steps
+    by_session = "USING COVERING INDEX ix_session_sources_session_channel_date (session_id=?"
+    assert sum(by_session in step for step in steps) == 2, steps
+    # Credit is driven by the attribution rows, never by the sessions.
+    assert any(re.match(r"^SCAN (TABLE )?a\b", step) for step in steps), steps
+
+
+def test_request_rows_are_read_by_request_number(db_path):
+    steps = plan(db_path, api_stage._REQUEST_ROWS_SQL, (RUN, 0))
+    assert any(
+        "j USING COVERING INDEX ix_attribution_stg_request_journeys_request_conv (run_id=? AND request_no=?)" in step
+        for step in steps
+    ), steps
+    assert any("s USING INDEX sqlite_autoindex_attribution_stg_sessions_1 (run_id=? AND conv_id=?)" in step
+               for step in steps), steps
+
+
+def test_the_indexed_report_matches_the_independent_recomputation(db_path):
+    """Zero, negative, NULL and missing costs give the same report as summing every session."""
+    expected = expected_report(db_path)
+    got = read_table(db_path, "channel_reporting")
+    touched = set(got["date"])
+    expected = expected[expected["date"].isin(touched)]
+    merged = expected.merge(got, on=["channel_name", "date"], suffixes=("_exp", "_got"), how="outer")
+    assert len(merged) == len(expected) == len(got)
+    for col in ("cost", "ihc", "ihc_revenue"):
+        assert merged[f"{col}_exp"].to_numpy() == pytest.approx(merged[f"{col}_got"].to_numpy(), abs=1e-9)
+    cells = {(r.channel_name, r.date): r.cost for r in got.itertuples()}
+    assert cells[("Referral", "2024-01-09")] == 0.0
+    assert cells[("Paid Search Brand", "2024-01-09")] == pytest.approx(0.5)
+    assert cells[("Organic Traffic", "2024-01-10")] == 0.0
+    assert all(isinstance(cost, float) for cost in got["cost"])
+
+
+# --- every statement the stages run, as executed -------------------------------------------------
+
+
+def _template(sql: str) -> str:
+    """The statement with its literal values replaced by ``?`` (to count repetitions)."""
+    sql = re.sub(r"'(?:[^']|'')*'", "?", sql)
+    return re.sub(r"(?<![\w.])-?\d+(?:\.\d+)?(?:e-?\d+)?", "?", sql)
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory):
+    """The SQL each stage of a run executed (parameters expanded), and the run's request count."""
+    path = random_db(tmp_path_factory.mktemp("traced") / "db.sqlite", seed=1)
+    rng = range_from_params({"start_date": "2024-01-01", "end_date": "2024-01-10"})
+    db = Database.connect_sqlite(str(path))
+    stage: list[str] = [""]
+    statements: dict[str, list[str]] = {}
+
+    def trace(sql: str) -> None:
+        if stage[0] and re.match(r"\s*(SELECT|INSERT|UPDATE|DELETE|WITH)\b", sql, re.IGNORECASE):
+            statements.setdefault(stage[0], []).append(sql)
+
+    db.conn.set_trace_callback(trace)
+    try:
+        schema.ensure_schema(db)
+        steps = {
+            "extract": lambda: journeys.extract_journeys(db, RUN, rng, created_at="2024-01-01 00:00:00"),
+            "pack": lambda: api_stage.pack_requests(db, RUN, max_journeys=3, max_sessions=8),
+            "send": lambda: api_stage.send_requests(db, RUN, FakeIhcClient(), max_sessions=8),
+            "load": lambda: load.load_attribution(db, RUN, rng, recorded_at="2024-01-01 00:00:00"),
+            "report": lambda: report.build_report(db, RUN),
+        }
+        requests = 0
+        for name, run in steps.items():
+            stage[0] = name
+            result = run()
+            stage[0] = ""
+            if name == "pack":
+                requests = result.requests
+    finally:
+        db.close()
+    assert requests >= 5, "the run must need several requests for the per-request checks to mean anything"
+    return path, statements, requests
+
+
+def test_no_stage_scans_session_sources(traced):
+    path, statements, _ = traced
+    for name, executed in statements.items():
+        for sql in dict.fromkeys(executed):
+            steps = plan(path, sql, ())
+            assert not scans_of(steps, "s", "session_sources"), (name, sql, steps)
+
+
+def test_statements_run_per_answer_read_only_that_request(traced):
+    """Work per API answer must not grow with the answers before it (no run-wide reads)."""
+    path, statements, requests = traced
+    counts: dict[str, list[str]] = {}
+    for sql in statements["send"]:
+        counts.setdefault(_template(sql), []).append(sql)
+    per_request = [examples[0] for examples in counts.values() if len(examples) >= requests]
+    assert any("attribution_stg_results" in sql for sql in per_request), per_request
+    for sql in per_request:
+        for step in plan(path, sql, ()):
+            assert not re.match(r"^SCAN ", step), (sql, step)
+            assert not step.endswith("(run_id=?)"), (sql, step)

@@ -262,8 +262,8 @@ def query_plans(db_path: Path) -> dict[str, list[str]]:
     plans = {}
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
         for name, sql, params in (
-            ("journey extraction", journeys._JOURNEYS_SQL.format(lookback=""), (RUN_ID,)),
-            ("report", report._REPORT_SQL, (RUN_ID,) * report._REPORT_SQL.count("?")),
+            ("journey extraction", journeys.journeys_sql("sqlite"), (RUN_ID,)),
+            ("report", report.report_sql("sqlite"), (RUN_ID,) * report.report_sql("sqlite").count("?")),
         ):
             rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()
             plans[name] = [row[-1] for row in rows]

@@ -134,27 +134,46 @@ def run_pipeline(
     lookback_days: int | None = None,
 ):
     """Run every stage in order, as the DAG does, without Airflow. Returns the run summary."""
-    import datetime as dt
+    from include.attribution.db import Database
 
+    db = Database.connect_sqlite(str(db_path))
+    try:
+        return run_stages(
+            db, run_id, start, end, client, max_journeys=max_journeys, max_sessions=max_sessions,
+            policy=policy, output_dir=output_dir, lookback_days=lookback_days,
+        )
+    finally:
+        db.close()
+
+
+def run_stages(
+    db,
+    run_id: str,
+    start: str,
+    end: str,
+    client=None,
+    *,
+    max_journeys: int = 100,
+    max_sessions: int = 3000,
+    policy: str = "truncate",
+    output_dir: Path | None = None,
+    lookback_days: int | None = None,
+):
+    """Run every stage in order on an open :class:`Database` (SQLite or PostgreSQL)."""
     from include.attribution import api_stage, checks, export, journeys, load, report, schema
     from include.attribution.daterange import range_from_params
-    from include.attribution.db import Database
 
     rng = range_from_params({"start_date": start, "end_date": end})
     client = client or FakeIhcClient()
-    db = Database.connect_sqlite(str(db_path))
-    try:
-        schema.ensure_schema(db)
-        journeys.extract_journeys(db, run_id, rng, lookback_days=lookback_days, created_at="2024-01-01 00:00:00")
-        api_stage.pack_requests(db, run_id, max_journeys=max_journeys, max_sessions=max_sessions, oversized_policy=policy)
-        api_stage.send_requests(db, run_id, client, max_sessions=max_sessions)
-        load.load_attribution(db, run_id, rng, recorded_at="2024-01-01 00:00:00")
-        report.build_report(db, run_id)
-        if output_dir is not None:
-            export.export_report(db, rng, output_dir)
-        return checks.check_run(db, run_id, rng)
-    finally:
-        db.close()
+    schema.ensure_schema(db)
+    journeys.extract_journeys(db, run_id, rng, lookback_days=lookback_days, created_at="2024-01-01 00:00:00")
+    api_stage.pack_requests(db, run_id, max_journeys=max_journeys, max_sessions=max_sessions, oversized_policy=policy)
+    api_stage.send_requests(db, run_id, client, max_sessions=max_sessions)
+    load.load_attribution(db, run_id, rng, recorded_at="2024-01-01 00:00:00")
+    report.build_report(db, run_id)
+    if output_dir is not None:
+        export.export_report(db, rng, output_dir)
+    return checks.check_run(db, run_id, rng)
 
 
 def random_db(path: Path, seed: int = 0, users: int = 60, days: int = 10) -> Path:

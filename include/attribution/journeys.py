@@ -35,7 +35,7 @@ _MAX_DETAIL_ITEMS = 5
 # column holds any text) every conversion whose date is not shaped like YYYY-MM-DD, so that a
 # malformed date cannot hide from validation.
 _CANDIDATES_SQL = """
-SELECT conv_id, user_id, conv_date, conv_time, revenue,
+SELECT conv_id, user_id, CAST(conv_date AS TEXT), CAST(conv_time AS TEXT), revenue,
        CASE WHEN conv_date >= ? AND conv_date <= ? THEN 1 ELSE 0 END AS by_date
 FROM conversions
 WHERE (conv_date >= ? AND conv_date <= ?) OR {malformed}
@@ -50,7 +50,7 @@ _MALFORMED_DATE = {
 }
 
 _USER_SESSIONS_SQL = """
-SELECT s.session_id, s.user_id, s.event_date, s.event_time, s.channel_name,
+SELECT s.session_id, s.user_id, CAST(s.event_date AS TEXT), CAST(s.event_time AS TEXT), s.channel_name,
        s.holder_engagement, s.closer_engagement, s.impression_interaction
 FROM session_sources s
 WHERE s.user_id IN (
@@ -75,9 +75,13 @@ SELECT c.run_id, c.conv_id, s.session_id,
 FROM attribution_stg_conversions c
 JOIN session_sources s ON s.user_id = c.user_id
 WHERE c.run_id = ? AND c.status = 'ready'
-  AND (s.event_date < c.conv_date OR (s.event_date = c.conv_date AND s.event_time < c.conv_time))
+  AND ({event_date} < c.conv_date OR ({event_date} = c.conv_date AND {event_time} < c.conv_time))
   {lookback}
 """
+# The staged conversion's date and time are text; PostgreSQL compares DATE and TIME columns
+# with text only once cast (SQLite stores them as text already, and keeps its index use).
+_SESSION_DATE = {"sqlite": "s.event_date", "postgresql": "CAST(s.event_date AS TEXT)"}
+_SESSION_TIME = {"sqlite": "s.event_time", "postgresql": "CAST(s.event_time AS TEXT)"}
 _LOOKBACK = {
     "sqlite": "AND s.event_date || ' ' || s.event_time >= datetime(c.conv_date || ' ' || c.conv_time, ?)",
     "postgresql": (
@@ -86,6 +90,15 @@ _LOOKBACK = {
         "'YYYY-MM-DD HH24:MI:SS')"
     ),
 }
+
+
+def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
+    """The statement that stages the run's journeys (parameters: run id[, look-back])."""
+    return _JOURNEYS_SQL.format(
+        lookback=_LOOKBACK[dialect] if lookback else "",
+        event_date=_SESSION_DATE[dialect],
+        event_time=_SESSION_TIME[dialect],
+    )
 
 
 @dataclass
@@ -139,11 +152,10 @@ def extract_journeys(
         )
         _stage_conversions(db, run_id, run_range, summary)
         _quarantine_invalid_sessions(db, run_id, lookback_days, summary)
-        lookback_sql = _LOOKBACK[db.dialect] if lookback_days is not None else ""
         params: list = [run_id]
         if lookback_days is not None:
             params.append(f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days))
-        db.execute(_JOURNEYS_SQL.format(lookback=lookback_sql), params)
+        db.execute(journeys_sql(db.dialect, lookback=lookback_days is not None), params)
         db.execute(
             "UPDATE attribution_stg_conversions SET n_sessions = ("
             " SELECT COUNT(*) FROM attribution_stg_sessions s"

@@ -13,7 +13,9 @@ from dataclasses import asdict, dataclass
 
 from include.attribution.db import Database
 
-_REPORT_DATES = "SELECT report_date FROM attribution_stg_report_dates WHERE run_id = ?"
+# Report dates are staged as text; PostgreSQL compares them with DATE columns only once cast.
+_REPORT_DATES = "SELECT {report_date} FROM attribution_stg_report_dates WHERE run_id = ?"
+_REPORT_DATE_EXPR = {"sqlite": "report_date", "postgresql": "CAST(report_date AS DATE)"}
 
 # Three parts, each read the cheapest way (see the indexes in sql/package_schema.sql):
 # - cells: every (channel, date) with a session, from the (event_date, channel_name) index alone;
@@ -55,6 +57,11 @@ LEFT JOIN credit ON credit.channel_name = cells.channel_name AND credit.date = c
 """
 
 
+def report_sql(dialect: str) -> str:
+    """The statement that inserts the report rows of the run's dates (every ``?`` is the run id)."""
+    return _REPORT_SQL.format(report_date=_REPORT_DATE_EXPR[dialect])
+
+
 @dataclass
 class ReportSummary:
     """Counts of the report stage."""
@@ -73,7 +80,9 @@ def build_report(db: Database, run_id: str) -> ReportSummary:
     conversions still show their spend.
     """
     with db.transaction():
-        dates = int(db.scalar("SELECT COUNT(*) FROM attribution_stg_report_dates WHERE run_id = ?", (run_id,)))
-        db.execute(f"DELETE FROM channel_reporting WHERE date IN ({_REPORT_DATES})", (run_id,))
-        rows = db.execute(_REPORT_SQL, (run_id,) * _REPORT_SQL.count("?"))
-    return ReportSummary(dates=dates, rows=rows)
+        n_dates = int(db.scalar("SELECT COUNT(*) FROM attribution_stg_report_dates WHERE run_id = ?", (run_id,)))
+        dates = _REPORT_DATES.format(report_date=_REPORT_DATE_EXPR[db.dialect])
+        db.execute(f"DELETE FROM channel_reporting WHERE date IN ({dates})", (run_id,))
+        sql = report_sql(db.dialect)
+        rows = db.execute(sql, (run_id,) * sql.count("?"))
+    return ReportSummary(dates=n_dates, rows=rows)

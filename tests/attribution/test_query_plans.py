@@ -60,9 +60,9 @@ def scans_of(steps: list[str], *names: str) -> list[str]:
 
 
 JOURNEY_QUERIES = {
-    "journeys": (journeys._JOURNEYS_SQL.format(lookback=""), (RUN,)),
+    "journeys": (journeys.journeys_sql("sqlite"), (RUN,)),
     "journeys with look-back": (
-        journeys._JOURNEYS_SQL.format(lookback=journeys._LOOKBACK["sqlite"]),
+        journeys.journeys_sql("sqlite", lookback=True),
         (RUN, "-30 days"),
     ),
     "sessions of the run's buyers (validation)": (journeys._USER_SESSIONS_SQL, (RUN,)),
@@ -81,7 +81,7 @@ def test_journey_extraction_finds_sessions_by_user_through_the_index(db_path, na
 
 
 def test_report_reads_sessions_through_indexes_only(db_path):
-    steps = plan(db_path, report._REPORT_SQL, (RUN,) * report._REPORT_SQL.count("?"))
+    steps = plan(db_path, report.report_sql("sqlite"), (RUN,) * report.report_sql("sqlite").count("?"))
     assert not scans_of(steps, "s", "session_sources"), steps
     session_reads = [step for step in steps if re.match(r"^(SEARCH|SCAN) (TABLE )?s\b", step)]
     # cells, spend and credit: each reads session_sources, and only from a covering index

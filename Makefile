@@ -10,7 +10,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
 
-.PHONY: install test demo run backfill ihc-server demo-data calibrate bench clean
+.PHONY: install test lint demo run backfill ihc-server demo-data calibrate bench clean
 
 $(STAMP): requirements.txt requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,9 @@ install: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
 
 ihc-server: $(STAMP)
 	exec $(PY) -m include.ihc_server $(ARGS)

@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 from include.attribution import api_stage, charts, checks, export, journeys, load, report, schema

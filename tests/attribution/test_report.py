@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sqlite3
 
-import pandas as pd
 import pytest
 
 from tests.helpers import expected_report, make_db, read_table, run_pipeline

@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("fault injection (all off by default)")
     g.add_argument("--latency-ms", type=float, default=faults.latency_ms, metavar="MS",
-                   help="delay added to every request")
+                   help="least time every request takes to answer; the model's own work counts toward it")
     g.add_argument("--error-rate", type=float, default=faults.error_rate, metavar="P",
                    help="share of requests answered 500 or 503")
     g.add_argument("--rate-limit-every", type=int, default=faults.rate_limit_every, metavar="N",

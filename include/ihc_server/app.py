@@ -232,12 +232,23 @@ def create_app(config: ServerConfig) -> FastAPI:
     async def _handle(
         request: Request, conv_type_id: str | None, api_key: str | None, plan: FaultPlan
     ) -> JSONResponse:
-        faults = config.faults
-        if faults.latency_ms:
-            await asyncio.sleep(faults.latency_ms / 1000)
+        # Injected latency is the response time the client sees, at least: the double's own work
+        # counts toward it, as the real service's computing is part of its response time. So
+        # the double's CPU on a small machine does not add to the latency a test asks for.
+        loop = asyncio.get_running_loop()
+        answer_at = loop.time() + config.faults.latency_ms / 1000
         if plan.hang:
-            await asyncio.sleep(faults.hang_seconds)
+            await asyncio.sleep(config.faults.hang_seconds)
+        response = await _respond(request, conv_type_id, api_key, plan)
+        remaining = answer_at - loop.time()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        return response
 
+    async def _respond(
+        request: Request, conv_type_id: str | None, api_key: str | None, plan: FaultPlan
+    ) -> JSONResponse:
+        faults = config.faults
         if not api_key:
             return error_response(403, "missing x-api-key header")
         # Compare every key in constant time, so timing does not tell how much of a key matched.

@@ -21,7 +21,8 @@ API_KEYS_ENV = "IHC_API_KEYS"
 class FaultConfig:
     """Faults to inject; all off by default. Decisions are drawn from ``seed`` and the request number.
 
-    :param latency_ms: delay added to every ``compute_ihc`` request.
+    :param latency_ms: least time every ``compute_ihc`` request takes to answer (the model's own
+        work counts toward it).
     :param error_rate: share of requests answered 500 or 503 (half each, drawn per request).
     :param rate_limit_every: answer every Nth request 429 (0 = never).
     :param retry_after: seconds announced in the ``Retry-After`` header of a 429.

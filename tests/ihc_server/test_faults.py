@@ -73,7 +73,7 @@ def test_configuration_errors_win_over_injected_faults():
         assert post(url, BODY).status_code == 429  # rate limiting comes before 5xx
 
 
-def test_latency_is_added_to_every_request():
+def test_every_request_takes_at_least_the_latency():
     with serve(config(latency_ms=200)) as url:
         started = time.perf_counter()
         assert post(url, BODY).status_code == 200

@@ -23,8 +23,6 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
 
-from include.attribution import tasks
-
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 RETRIES = int(os.environ.get("ATTRIBUTION_TASK_RETRIES", "2"))
 
@@ -32,6 +30,15 @@ RETRIES = int(os.environ.get("ATTRIBUTION_TASK_RETRIES", "2"))
 # schedule on it (`schedule=[Asset("ihc_channel_reporting_csv")]`) and read the file. The URI is
 # fixed (not the output folder) so that one asset stays one asset wherever the files go.
 CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://channel_reporting")
+
+
+def _run(stage: str) -> dict:
+    """Run one stage of the package with the task's context."""
+    # Imported here, at run time: the stages pull in pandas and requests, which the
+    # dag-processor need not load each time it parses this file.
+    from include.attribution import tasks
+
+    return getattr(tasks, stage)(get_current_context())
 
 
 @dag(
@@ -74,38 +81,37 @@ CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://
 def ihc_attribution():
     @task
     def setup_tables() -> dict:
-        return tasks.setup_tables(get_current_context())
+        return _run("setup_tables")
 
     @task
     def extract_journeys() -> dict:
-        return tasks.extract_journeys(get_current_context())
+        return _run("extract_journeys")
 
     @task
     def pack_requests() -> dict:
-        return tasks.pack_requests(get_current_context())
+        return _run("pack_requests")
 
     @task
     def call_ihc_api() -> dict:
-        return tasks.call_ihc_api(get_current_context())
+        return _run("call_ihc_api")
 
     @task
     def load_attribution() -> dict:
-        return tasks.load_attribution(get_current_context())
+        return _run("load_attribution")
 
     @task
     def build_report() -> dict:
-        return tasks.build_report(get_current_context())
+        return _run("build_report")
 
     @task(outlets=[CHANNEL_REPORT])
     def export_csv() -> dict:
-        context = get_current_context()
-        result = tasks.export_csv(context)
-        context["outlet_events"][CHANNEL_REPORT].extra = result
+        result = _run("export_csv")
+        get_current_context()["outlet_events"][CHANNEL_REPORT].extra = result
         return result
 
     @task
     def check_run() -> dict:
-        return tasks.check_run(get_current_context())
+        return _run("check_run")
 
     (
         setup_tables()

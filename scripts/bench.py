@@ -28,9 +28,7 @@ import math
 import os
 import re
 import resource
-import secrets
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -42,20 +40,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from include.attribution.tasks import STAGES
+from local_run import ihc_server_process  # scripts/ is on sys.path when this file runs
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SESSIONS = 2_000_000
 DEFAULT_CONVERSIONS = 10_000
-# The stages of the DAG, in the order of its tasks (dags/ihc_attribution.py).
-STAGES = (
-    "setup_tables",
-    "extract_journeys",
-    "pack_requests",
-    "call_ihc_api",
-    "load_attribution",
-    "build_report",
-    "export_csv",
-    "check_run",
-)
 # A forced full scan of the table that reads every row: the floor the stages are compared with.
 FLOOR_SQL = "SELECT COUNT(*), SUM(LENGTH(channel_name)) FROM session_sources NOT INDEXED"
 RUN_ID = "bench"
@@ -182,12 +172,6 @@ def remove_db(path: Path) -> None:
         Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _child_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ, **extra)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
@@ -210,37 +194,13 @@ class Server:
 @contextlib.contextmanager
 def local_ihc_server(config: BenchConfig, log_path: Path) -> Iterator[Server]:
     """Run the local IHC server (a development double) in its own process."""
-    port = _free_port()
-    key = secrets.token_urlsafe(24)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [
-                sys.executable, "-m", "include.ihc_server", "--host", "127.0.0.1", "--port", str(port),
-                "--conv-type-id", "demo", "--latency-ms", str(config.latency_ms),
-                "--max-journeys", str(config.max_journeys), "--max-sessions", str(config.max_sessions),
-                "--log-level", "warning",
-            ],
-            env=_child_env(IHC_API_KEYS=key), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the local IHC server did not start; see {log_path}") from None
-                time.sleep(0.1)
+    options = (
+        "--latency-ms", str(config.latency_ms),
+        "--max-journeys", str(config.max_journeys), "--max-sessions", str(config.max_sessions),
+        "--log-level", "warning",
+    )
+    with ihc_server_process(_child_env(), log_path, *options) as (url, key, proc):
         yield Server(url, key, proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def measure_floor(db_path: Path, repeat: int = 5) -> float:

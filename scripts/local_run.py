@@ -61,35 +61,34 @@ def ensure_demo_db() -> Path:
 
 
 @contextlib.contextmanager
-def local_ihc_server(env: dict[str, str]) -> Iterator[None]:
-    """Start the local IHC server with a fresh key and point ``ihc_api`` at it."""
+def ihc_server_process(
+    env: dict[str, str], log_path: Path, *options: str
+) -> Iterator[tuple[str, str, subprocess.Popen]]:
+    """Run the local IHC server in a process of its own, with a fresh key, until the block ends.
+
+    Yields its base URL, the key and the process; ``options`` are further command-line flags.
+    """
     port = _free_port()
     key = secrets.token_urlsafe(24)
-    server_env = dict(env, IHC_API_KEYS=key)
-    log_path = ROOT / ".run" / "ihc-server.log"
-    log_path.parent.mkdir(exist_ok=True)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
             [sys.executable, "-m", "include.ihc_server", "--host", "127.0.0.1", "--port", str(port),
-             "--conv-type-id", "demo"],
-            env=server_env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+             "--conv-type-id", "demo", *options],
+            env=dict(env, IHC_API_KEYS=key), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
+    url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
+                with urllib.request.urlopen(f"{url}/health", timeout=1):
                     break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the local IHC server did not start; see {log_path}") from None
-                time.sleep(0.2)
-        print(f"local IHC server (development double) on port {port}, log {log_path}", flush=True)
-        env["AIRFLOW_CONN_IHC_API"] = json.dumps(
-            {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "password": key,
-             "extra": {"conv_type_id": "demo", "max_concurrency": 4}}
-        )
-        yield
+                time.sleep(0.1)
+        yield url, key, proc
     finally:
         proc.terminate()
         try:
@@ -97,6 +96,20 @@ def local_ihc_server(env: dict[str, str]) -> Iterator[None]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def local_ihc_server(env: dict[str, str]) -> Iterator[None]:
+    """Start the local IHC server and point the ``ihc_api`` connection in ``env`` at it."""
+    log_path = ROOT / ".run" / "ihc-server.log"
+    with ihc_server_process(env, log_path) as (url, key, _):
+        port = int(url.rsplit(":", 1)[1])
+        print(f"local IHC server (development double) on port {port}, log {log_path}", flush=True)
+        env["AIRFLOW_CONN_IHC_API"] = json.dumps(
+            {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "password": key,
+             "extra": {"conv_type_id": "demo", "max_concurrency": 4}}
+        )
+        yield
 
 
 @contextlib.contextmanager

@@ -120,28 +120,16 @@ def expected_report(db_path: Path) -> pd.DataFrame:
     return out.rename(columns={"event_date": "date"})
 
 
-def run_pipeline(
-    db_path: Path,
-    run_id: str,
-    start: str,
-    end: str,
-    client=None,
-    *,
-    max_journeys: int = 100,
-    max_sessions: int = 3000,
-    policy: str = "truncate",
-    output_dir: Path | None = None,
-    lookback_days: int | None = None,
-):
-    """Run every stage in order, as the DAG does, without Airflow. Returns the run summary."""
+def run_pipeline(db_path: Path, run_id: str, start: str, end: str, client=None, **options):
+    """Run every stage in order, as the DAG does, without Airflow, on a SQLite file.
+
+    ``options`` are those of :func:`run_stages`. Returns the run summary.
+    """
     from include.attribution.db import Database
 
     db = Database.connect_sqlite(str(db_path))
     try:
-        return run_stages(
-            db, run_id, start, end, client, max_journeys=max_journeys, max_sessions=max_sessions,
-            policy=policy, output_dir=output_dir, lookback_days=lookback_days,
-        )
+        return run_stages(db, run_id, start, end, client, **options)
     finally:
         db.close()
 

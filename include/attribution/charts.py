@@ -11,14 +11,12 @@ is written to a temporary name and renamed into place.
 from __future__ import annotations
 
 import html
-import os
-import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-from include.attribution.export import ReportRow
+from include.attribution.export import ReportRow, atomic_write
 
 _CENT = Decimal("0.01")
 _FOUR = Decimal("0.0001")
@@ -341,16 +339,6 @@ def write_chart(rows: list[ReportRow], path: Path, title: str) -> Path:
     """
     page = render_chart(rows, title)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(page)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as handle:
+        handle.write(page)
     return path

@@ -8,13 +8,16 @@ either the previous complete file or the new one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
+from typing import TextIO
 
 from include.attribution.daterange import RunRange
 from include.attribution.db import Database
@@ -78,8 +81,14 @@ def safe_cell(text: str, escape_formulas: bool = True) -> str:
     return text
 
 
-def write_csv(rows: list[ReportRow], path: Path, *, escape_formulas: bool = True) -> Path:
-    """Write the rows to ``path`` atomically (temporary file in the same folder, then rename)."""
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[TextIO]:
+    """Open a text file that replaces ``path`` only once complete.
+
+    The content goes to a temporary file in the same folder, which is synced and renamed over
+    ``path`` when the block ends; readers see the previous complete file or the new one. On an
+    error the temporary file is removed and ``path`` is left as it was.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     # A write killed before the rename leaves its temporary file: clear old leftovers (not one
     # a concurrent writer may be filling right now).
@@ -89,20 +98,7 @@ def write_csv(rows: list[ReportRow], path: Path, *, escape_formulas: bool = True
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
-            writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-            writer.writerow(CSV_COLUMNS)
-            for row in rows:
-                writer.writerow(
-                    [
-                        safe_cell(row.channel_name, escape_formulas),
-                        row.date,
-                        row.cost,
-                        row.ihc,
-                        row.ihc_revenue,
-                        "" if row.cpo is None else row.cpo,
-                        "" if row.roas is None else row.roas,
-                    ]
-                )
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)
@@ -110,6 +106,25 @@ def write_csv(rows: list[ReportRow], path: Path, *, escape_formulas: bool = True
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_csv(rows: list[ReportRow], path: Path, *, escape_formulas: bool = True) -> Path:
+    """Write the rows to ``path`` atomically (see :func:`atomic_write`)."""
+    with atomic_write(path) as handle:
+        writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            writer.writerow(
+                [
+                    safe_cell(row.channel_name, escape_formulas),
+                    row.date,
+                    row.cost,
+                    row.ihc,
+                    row.ihc_revenue,
+                    "" if row.cpo is None else row.cpo,
+                    "" if row.roas is None else row.roas,
+                ]
+            )
     return path
 
 

@@ -23,6 +23,18 @@ from include.attribution.ihc_client import IhcConfigurationError
 
 log = logging.getLogger(__name__)
 
+#: The stages, in the order of the DAG's tasks (one task per stage, named like its function).
+STAGES = (
+    "setup_tables",
+    "extract_journeys",
+    "pack_requests",
+    "call_ihc_api",
+    "load_attribution",
+    "build_report",
+    "export_csv",
+    "check_run",
+)
+
 DB_CONN_ID = os.environ.get("ATTRIBUTION_DB_CONN_ID", "attribution_db")
 IHC_CONN_ID = os.environ.get("IHC_CONN_ID", "ihc_api")
 

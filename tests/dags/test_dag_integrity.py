@@ -86,3 +86,14 @@ def test_csv_export_publishes_an_asset(dagbag):
     outlets = dag.get_task("export_csv").outlets
     assert [o.name for o in outlets] == ["ihc_channel_reporting_csv"]
     assert outlets[0].uri.rstrip("/") == "ihc-attribution://channel_reporting"
+
+
+def test_parsing_does_not_load_the_stage_code(airflow_db):
+    """The dag-processor parses the file often: pandas and requests wait until a task runs."""
+    code = (
+        "import sys; from airflow.dag_processing.dagbag import DagBag;"
+        f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r}); assert 'ihc_attribution' in bag.dags;"
+        "print(sorted(m for m in ('pandas', 'requests', 'include.attribution.tasks') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"

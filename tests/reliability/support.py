@@ -19,17 +19,8 @@ from urllib.parse import urlparse
 
 import requests
 
-#: The DAG's tasks, in order.
-STAGES = (
-    "setup_tables",
-    "extract_journeys",
-    "pack_requests",
-    "call_ihc_api",
-    "load_attribution",
-    "build_report",
-    "export_csv",
-    "check_run",
-)
+from include.attribution.tasks import STAGES
+
 API_KEY = "reliability-key-3c9e71"
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -73,11 +73,19 @@ class ReportSummary:
         return asdict(self)
 
 
-def build_report(db: Database, run_id: str) -> ReportSummary:
+def build_report(
+    db: Database,
+    run_id: str,
+    *,
+    lookback_days: int | None = None,
+    triggered_at: str | None = None,
+    built_at: str = "",
+) -> ReportSummary:
     """Replace the ``channel_reporting`` rows of the run's report dates, in one transaction.
 
     Every (channel, date) with at least one session gets a row, so days without attributed
-    conversions still show their spend.
+    conversions still show their spend. Each rebuilt date is recorded in
+    ``attribution_report_builds`` with the run and the look-back it was built with.
     """
     with db.transaction():
         n_dates = int(db.scalar("SELECT COUNT(*) FROM attribution_stg_report_dates WHERE run_id = ?", (run_id,)))
@@ -85,4 +93,14 @@ def build_report(db: Database, run_id: str) -> ReportSummary:
         db.execute(f"DELETE FROM channel_reporting WHERE date IN ({dates})", (run_id,))
         sql = report_sql(db.dialect)
         rows = db.execute(sql, (run_id,) * sql.count("?"))
+        db.execute(
+            "DELETE FROM attribution_report_builds WHERE report_date IN "
+            "(SELECT report_date FROM attribution_stg_report_dates WHERE run_id = ?)",
+            (run_id,),
+        )
+        db.execute(
+            "INSERT INTO attribution_report_builds (report_date, run_id, lookback_days, triggered_at, built_at) "
+            "SELECT report_date, run_id, ?, ?, ? FROM attribution_stg_report_dates WHERE run_id = ?",
+            (lookback_days, triggered_at, built_at, run_id),
+        )
     return ReportSummary(dates=n_dates, rows=rows)

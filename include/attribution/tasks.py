@@ -218,9 +218,37 @@ def load_attribution(context: Mapping[str, Any]) -> dict:
 def build_report(context: Mapping[str, Any]) -> dict:
     """Rebuild channel_reporting for every date the run touched."""
     with open_db() as db:
-        summary = report.build_report(db, context["run_id"])
+        summary = report.build_report(
+            db,
+            context["run_id"],
+            lookback_days=_lookback_days(context),
+            triggered_at=_triggered_at(context),
+            built_at=_now(),
+        )
     log.info("report rebuilt: %s", summary.as_dict())
     return summary.as_dict()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _triggered_at(context: Mapping[str, Any]) -> str | None:
+    """When the run was created or queued (UTC), for telling report builds apart."""
+    dag_run = context.get("dag_run")
+    for attr in ("run_after", "queued_at", "start_date", "logical_date"):
+        value = getattr(dag_run, attr, None) if dag_run is not None else None
+        if value is not None:
+            return _as_text_utc(value)
+    return None
+
+
+def _as_text_utc(value: Any) -> str:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
 def export_csv(context: Mapping[str, Any]) -> dict:

@@ -21,6 +21,17 @@ CREATE TABLE IF NOT EXISTS attribution_runs (
     created_at TEXT NOT NULL
 );
 
+-- Which run last rebuilt the report rows of each date, and with which settings: two reports over
+-- the same dates that disagree can be told apart (a 1-day look-back run changes the numbers
+-- behind an older 14-day CSV). lookback_days NULL means unlimited.
+CREATE TABLE IF NOT EXISTS attribution_report_builds (
+    report_date TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    lookback_days INT,
+    triggered_at TEXT,
+    built_at TEXT NOT NULL
+);
+
 -- Staging, keyed by run id. Data moves between the DAG's tasks through these tables.
 CREATE TABLE IF NOT EXISTS attribution_stg_conversions (
     run_id TEXT NOT NULL,

@@ -10,7 +10,8 @@ it as CSV with CPO and ROAS.
 run gives `start_date` and `end_date` (inclusive, `YYYY-MM-DD`) in the trigger form.
 
 **Connections.** `attribution_db` (the database) and `ihc_api` (the API; the key is the
-password, limits and conversion type are extras). CSVs go to `$ATTRIBUTION_OUTPUT_DIR`.
+password, limits and conversion type are extras); optionally `attribution_alerts`, a webhook
+that gets a line when a run fails or misses its deadline. CSVs go to `$ATTRIBUTION_OUTPUT_DIR`.
 
 Every task can be re-run on its own; conversions that cannot be attributed are listed in
 `attribution_issues` with a reason, and the last task fails the run if one is missing.
@@ -21,10 +22,38 @@ from __future__ import annotations
 import os
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import Asset, CronDataIntervalTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (
+    Asset,
+    AsyncCallback,
+    CronDataIntervalTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    dag,
+    get_current_context,
+    task,
+)
+
+from include.attribution.notify import RunFailureNotifier, deadline_missed
 
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 RETRIES = int(os.environ.get("ATTRIBUTION_TASK_RETRIES", "2"))
+# The earliest data interval the DAG accepts. Backfills and `airflow dags test` refuse logical
+# dates before it, so the default lies before any data this package is likely to see; scheduled
+# runs are unaffected (catchup is off).
+START_DATE = datetime.fromisoformat(os.environ.get("ATTRIBUTION_START_DATE", "2000-01-01")).replace(tzinfo=timezone.utc)
+# Upper bounds of a task attempt: a stage that hangs fails (and is retried) instead of holding
+# the DAG's run slot. The API stage gets longer: it waits for the service.
+TASK_TIMEOUT = timedelta(minutes=float(os.environ.get("ATTRIBUTION_TASK_TIMEOUT_MINUTES", "30")))
+API_TASK_TIMEOUT = timedelta(minutes=float(os.environ.get("ATTRIBUTION_API_TASK_TIMEOUT_MINUTES", "120")))
+# A run still unfinished this many hours after it was queued raises an alert. Opt-in: Airflow
+# 3.3's `dags test` (the local runner) cannot run a DAG that has a deadline.
+DEADLINE_HOURS = float(os.environ.get("ATTRIBUTION_DEADLINE_HOURS") or 0)
+# Every run's API stage takes this many slots of the pool `ihc_api`, whose size is the budget of
+# requests in flight across concurrent runs (backfills run several at once). Keep it equal to
+# the connection's max_concurrency.
+IHC_POOL = "ihc_api"
+IHC_POOL_SLOTS = int(os.environ.get("ATTRIBUTION_IHC_POOL_SLOTS", "4"))
 
 # Updated by every export; the event's extra carries the CSV's path and dates, so other DAGs can
 # schedule on it (`schedule=[Asset("ihc_channel_reporting_csv")]`) and read the file. The URI is
@@ -44,12 +73,25 @@ def _run(stage: str) -> dict:
 @dag(
     dag_id="ihc_attribution",
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
-    start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
+    start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
     doc_md=__doc__,
     tags=["attribution", "ihc"],
-    default_args={"retries": RETRIES, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    default_args={
+        "retries": RETRIES,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "execution_timeout": TASK_TIMEOUT,
+    },
+    on_failure_callback=RunFailureNotifier(),
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(hours=DEADLINE_HOURS),
+        callback=AsyncCallback(deadline_missed, kwargs={"hours": DEADLINE_HOURS}),
+    )
+    if DEADLINE_HOURS > 0
+    else None,
     params={
         "start_date": Param(
             None,
@@ -79,37 +121,37 @@ def _run(stage: str) -> dict:
     },
 )
 def ihc_attribution():
-    @task
+    @task(multiple_outputs=False)
     def setup_tables() -> dict:
         return _run("setup_tables")
 
-    @task
+    @task(multiple_outputs=False)
     def extract_journeys() -> dict:
         return _run("extract_journeys")
 
-    @task
+    @task(multiple_outputs=False)
     def pack_requests() -> dict:
         return _run("pack_requests")
 
-    @task
+    @task(multiple_outputs=False, pool=IHC_POOL, pool_slots=IHC_POOL_SLOTS, execution_timeout=API_TASK_TIMEOUT)
     def call_ihc_api() -> dict:
         return _run("call_ihc_api")
 
-    @task
+    @task(multiple_outputs=False)
     def load_attribution() -> dict:
         return _run("load_attribution")
 
-    @task
+    @task(multiple_outputs=False)
     def build_report() -> dict:
         return _run("build_report")
 
-    @task(outlets=[CHANNEL_REPORT])
+    @task(multiple_outputs=False, outlets=[CHANNEL_REPORT])
     def export_csv() -> dict:
         result = _run("export_csv")
         get_current_context()["outlet_events"][CHANNEL_REPORT].extra = result
         return result
 
-    @task
+    @task(multiple_outputs=False)
     def check_run() -> dict:
         return _run("check_run")
 

@@ -5,7 +5,7 @@
 process group of its own, with its PID in ``.run/airflow/<name>.pid`` and its output in
 ``.run/airflow/<name>.log``. Before that it migrates the metadata database (PostgreSQL
 ``airflow_local`` on 127.0.0.1:5432 when reachable, else SQLite; ``--metadata-db`` chooses);
-afterwards it creates the pool ``attribution_db`` (1 slot), waits for the DAG to be parsed and
+afterwards it creates the pool ``ihc_api`` (``$ATTRIBUTION_IHC_POOL_SIZE`` slots, default 4), waits for the DAG to be parsed and
 unpauses it. Running ``up`` again starts only what is not running.
 
 The connections reach every process as ``AIRFLOW_CONN_*`` variables in JSON form:
@@ -48,7 +48,8 @@ STATE_FILE = RUN_DIR / "state.json"
 SECRETS_FILE = RUN_DIR / "secrets.json"
 PASSWORDS_FILE = RUN_DIR / "simple_auth_manager_passwords.json"
 DAG_ID = "ihc_attribution"
-POOL = "attribution_db"
+POOL = "ihc_api"
+POOL_SLOTS = int(os.environ.get("ATTRIBUTION_IHC_POOL_SIZE", "4"))
 ADMIN_USER = "admin"
 IHC_PORT = 8765
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/airflow_local"
@@ -393,16 +394,20 @@ def login(base: str, password: str) -> str:
 
 
 def ensure_pool(base: str, token: str) -> None:
-    """The pool ``attribution_db`` with one slot: one task at a time writes the SQLite file."""
-    description = "Tasks writing the attribution database (one slot: SQLite has one writer)"
+    """The pool ``ihc_api``: its slots are the budget of IHC requests in flight across all runs.
+
+    Each run's ``call_ihc_api`` takes ``$ATTRIBUTION_IHC_POOL_SLOTS`` of them, so concurrent
+    backfill runs cannot multiply the requests sent at once.
+    """
+    description = "IHC API requests in flight across runs (each call_ihc_api takes its max_concurrency)"
     status, body = http_json("GET", f"{base}/api/v2/pools/{POOL}", token=token)
     if status == 404:
         status, body = http_json("POST", f"{base}/api/v2/pools", {
-            "name": POOL, "slots": 1, "description": description, "include_deferred": False,
+            "name": POOL, "slots": POOL_SLOTS, "description": description, "include_deferred": False,
         }, token=token)
-    elif status == 200 and body.get("slots") != 1:
+    elif status == 200 and body.get("slots") != POOL_SLOTS:
         status, body = http_json("PATCH", f"{base}/api/v2/pools/{POOL}", {
-            "name": POOL, "slots": 1, "description": description, "include_deferred": False,
+            "name": POOL, "slots": POOL_SLOTS, "description": description, "include_deferred": False,
         }, token=token)
     if status not in (200, 201):
         raise UpError(f"could not create the pool {POOL}: HTTP {status} {body}")
@@ -563,7 +568,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             for name in newly:
                 pid_file(name).unlink(missing_ok=True)
         return 1
-    print(f"\nup in {time.monotonic() - started_at:.0f} s; DAG {DAG_ID} unpaused, pool {POOL} (1 slot) ready",
+    print(f"\nup in {time.monotonic() - started_at:.0f} s; DAG {DAG_ID} unpaused, pool {POOL} ({POOL_SLOTS} slots) ready",
           flush=True)
     print_login(state, keys)
     return 0

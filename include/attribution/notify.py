@@ -1,0 +1,90 @@
+"""Telling people that a run failed or is late.
+
+``RunFailureNotifier`` is an Airflow notifier: the DAG uses it as its ``on_failure_callback``.
+It always logs the failure; when the connection named by ``$ATTRIBUTION_ALERT_CONN_ID``
+(default ``attribution_alerts``) exists, it also posts ``{"text": ...}`` to it through the HTTP
+provider's hook, the shape Slack, Mattermost and Teams incoming webhooks accept. The same message
+goes out when a run misses its deadline (:func:`deadline_missed`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from typing import Any
+
+from airflow.sdk import BaseNotifier
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ALERT_CONN_ID = "attribution_alerts"
+
+
+def alert_conn_id() -> str:
+    """The connection alerts are posted to (``$ATTRIBUTION_ALERT_CONN_ID``)."""
+    return os.environ.get("ATTRIBUTION_ALERT_CONN_ID", DEFAULT_ALERT_CONN_ID)
+
+
+def post_alert(text: str, conn_id: str | None = None) -> bool:
+    """Log ``text`` and post it to the alert connection when one is configured.
+
+    Returns whether it was posted. A missing connection is not an error: alerts are optional.
+    A failing webhook is logged, never raised, so that an alert cannot fail a task.
+    """
+    from airflow.sdk import BaseHook
+
+    conn_id = conn_id or alert_conn_id()
+    log.warning("%s", text)
+    try:
+        BaseHook.get_connection(conn_id)
+    except Exception:  # noqa: BLE001 - the SDK raises different types for "not found"
+        log.info("no connection %r: the alert was only logged", conn_id)
+        return False
+    from airflow.providers.http.hooks.http import HttpHook
+
+    try:
+        HttpHook(method="POST", http_conn_id=conn_id).run(json={"text": text}, extra_options={"timeout": 10})
+    except Exception as exc:  # noqa: BLE001 - see the docstring
+        log.error("could not post the alert to %r: %s", conn_id, type(exc).__name__)
+        return False
+    return True
+
+
+def failure_message(context: dict[str, Any]) -> str:
+    """One line naming the DAG, the run, the failed task and where its log is."""
+    ti = context.get("ti") or context.get("task_instance")
+    dag_run = context.get("dag_run")
+    run_id = getattr(dag_run, "run_id", None) or context.get("run_id")
+    task_id = getattr(ti, "task_id", None)
+    url = getattr(ti, "log_url", None)
+    parts = [f"ihc_attribution run {run_id} failed"]
+    if task_id:
+        parts.append(f"in task {task_id}")
+    reason = context.get("reason") or context.get("exception")
+    if reason:
+        parts.append(f"({type(reason).__name__ if isinstance(reason, BaseException) else reason})")
+    if url:
+        parts.append(f"log: {url}")
+    return " ".join(parts)
+
+
+class RunFailureNotifier(BaseNotifier):
+    """Posts one line per failed run to the alert connection (see the module docstring)."""
+
+    template_fields = ("conn_id",)
+
+    def __init__(self, conn_id: str | None = None):
+        super().__init__()
+        self.conn_id = conn_id
+
+    def notify(self, context: dict[str, Any]) -> None:
+        post_alert(failure_message(context), self.conn_id)
+
+
+async def deadline_missed(context: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    """Deadline callback: the run is still not finished when its deadline passed."""
+    dag_run = (context or {}).get("dag_run")
+    run_id = getattr(dag_run, "run_id", None) if dag_run is not None else None
+    text = f"ihc_attribution run {run_id or '?'} has not finished {kwargs.get('hours', '?')} h after it was queued"
+    await asyncio.to_thread(post_alert, text)

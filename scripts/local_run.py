@@ -1,4 +1,4 @@
-"""Run the ``ihc_attribution`` DAG locally through ``airflow dags test``.
+"""Run the ``ihc_attribution`` DAG locally, without a scheduler, and report what each run did.
 
 Used by ``make demo``, ``make run`` and ``make backfill``. Connections come from
 ``AIRFLOW_CONN_ATTRIBUTION_DB`` and ``AIRFLOW_CONN_IHC_API`` when they are set. Otherwise the
@@ -8,18 +8,29 @@ with a throw-away API key, and stopped after the run.
     python scripts/local_run.py demo
     python scripts/local_run.py run --start 2024-01-01 --end 2024-01-31
     python scripts/local_run.py backfill --start 2024-01-01 --end 2024-01-07
+
+The DAG runs through ``dag.test()`` in a child process whose output goes to a log file of its
+own (``.run/logs/<command>-<time>-<pid>.log``). The child returns, per DAG run, the run's state,
+the state of every task of the DAG and the return values of ``check_run`` and ``export_csv``.
+The command succeeds only if every run and every task of the DAG succeeded; the summary printed
+is the run's own ``check_run`` result.
+
+A DAG run is held under a lock per (DAG, logical date) in ``.run/locks/``: ``dag.test()``
+replaces an existing run of the same logical date, so a second backfill of a day waits for the
+first instead of deleting its run. A range run (``run``, ``demo``) gets a logical date of its
+own, to the microsecond.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import datetime as dt
 import json
 import os
 import secrets
 import socket
-import sqlite3
 import subprocess
 import sys
 import time
@@ -30,6 +41,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_DB = Path(os.environ.get("ATTRIBUTION_DEMO_DB", ROOT / "data" / "demo.db"))
 DAG_ID = "ihc_attribution"
+#: Logs, results and locks of local runs.
+RUN_DIR = Path(os.environ.get("ATTRIBUTION_RUN_DIR", ROOT / ".run"))
+#: The task whose return value is the run summary, and the one that returns the CSV's path.
+SUMMARY_TASK = "check_run"
+EXPORT_TASK = "export_csv"
 
 
 def _free_port() -> int:
@@ -129,74 +145,393 @@ def connections(env: dict[str, str]) -> Iterator[Path | None]:
             yield db_path
 
 
-def _airflow(env: dict[str, str], *args: str, quiet: bool = False) -> None:
-    cmd = [str(Path(sys.executable).parent / "airflow"), *args]
-    result = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=quiet, text=True)
-    if result.returncode != 0:
-        if quiet:
-            sys.stdout.write(result.stdout[-5000:] + result.stderr[-5000:])
-        raise SystemExit(f"`airflow {' '.join(args[:3])} ...` failed with exit code {result.returncode}")
+class RunnerError(Exception):
+    """A run that cannot start or cannot be trusted; the message says why and what to do."""
 
 
-def migrate(env: dict[str, str]) -> None:
-    """Create or upgrade the local Airflow metadata database (quietly)."""
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-    _airflow(env, "db", "migrate", quiet=True)
+def _state(value: object) -> str | None:
+    """An Airflow state enum (or None) as plain text."""
+    return None if value is None else str(getattr(value, "value", value))
 
 
-def dags_test(env: dict[str, str], logical_date: str, conf: dict | None = None) -> None:
-    """One DAG run in this process tree, without a scheduler; its log goes to ``.run/``."""
-    args = ["dags", "test", DAG_ID, logical_date]
-    if conf:
-        args += ["--conf", json.dumps(conf)]
-    log_path = ROOT / ".run" / "dags-test.log"
-    log_path.parent.mkdir(exist_ok=True)
-    cmd = [str(Path(sys.executable).parent / "airflow"), *args]
-    with open(log_path, "a") as log:
-        log.write(f"\n$ airflow {' '.join(args)}\n")
-        log.flush()
-        code = subprocess.run(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
-    text = log_path.read_text(errors="replace")
-    # The run summary logged by the last task, without the log prefix.
-    start = text.rfind("run summary")
-    if start >= 0:
-        summary = text[start:].split(" [include.attribution.tasks]")[0]
-        print(summary)
-    print(f"task logs: {log_path}", flush=True)
-    if code != 0 or "state=success" not in text[text.rfind("DagRun Finished"):]:
-        print(text[-6000:])
-        raise SystemExit(f"the DAG run failed; see {log_path}")
+# --------------------------------------------------------------------------------------------
+# Locks
 
 
-def print_summary(db_path: Path | None, start: str, end: str, csv_files: list[Path]) -> None:
-    """What the run left behind, and where."""
-    print("\n=== attribution results ===")
-    if db_path is not None and db_path.exists():
-        with contextlib.closing(sqlite3.connect(db_path)) as conn:
-            counts = {
-                t: conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                for t in ("conversions", "attribution_customer_journey", "channel_reporting", "attribution_issues")
-            }
-            issues = conn.execute("SELECT reason, COUNT(*) FROM attribution_issues GROUP BY reason").fetchall()
-            totals = conn.execute(
-                "SELECT ROUND(SUM(cost), 2), ROUND(SUM(ihc), 4), ROUND(SUM(ihc_revenue), 2) FROM channel_reporting "
-                "WHERE date >= ? AND date <= ?",
-                (start, end),
-            ).fetchone()
-        print(f"database: {db_path}")
-        for table, n in counts.items():
-            print(f"  {table}: {n} rows")
-        print(f"  issues by reason: {dict(issues) or 'none'}")
-        print(f"  report {start}..{end}: cost {totals[0]}, attributed orders {totals[1]}, attributed revenue {totals[2]}")
-    for csv_file in csv_files:
-        print(f"CSV: {csv_file.resolve()}" + ("" if csv_file.exists() else " (missing!)"))
+def lock_path(logical_date: dt.datetime) -> Path:
+    """The lock file of the DAG run at ``logical_date``."""
+    stamp = logical_date.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%S.%fZ")
+    return RUN_DIR / "locks" / f"{DAG_ID}__{stamp}.lock"
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, say, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path``; when another process holds it, say so and wait.
+
+    The lock is the kernel's: it is released when its holder exits, however it exits.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            say(f"{what} is in use by {holder}; waiting for it to finish (lock {path}) ...")
+            waited = time.monotonic()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            say(f"  lock acquired after {time.monotonic() - waited:.1f} s")
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()} ({' '.join(sys.argv[1:2])})\n")
+        handle.flush()
+        yield
+
+
+# --------------------------------------------------------------------------------------------
+# The child process: the DAG runs here, in-process, through dag.test()
+
+
+def ensure_metadata_db(say) -> dict:
+    """Create or upgrade the Airflow metadata database, only when it is not at the code's head."""
+    from airflow.utils import db
+
+    started = time.monotonic()
+    try:
+        db.check_migrations(timeout=0)
+        return {"migrated": False, "seconds": round(time.monotonic() - started, 3)}
+    except TimeoutError:
+        pass
+    with file_lock(RUN_DIR / "locks" / "airflow-metadata-db.lock", say, "the Airflow metadata database"):
+        try:
+            db.check_migrations(timeout=0)  # migrated meanwhile by another runner
+            migrated = False
+        except TimeoutError:
+            say("creating or upgrading the Airflow metadata database ...")
+            db.upgradedb()
+            migrated = True
+    return {"migrated": migrated, "seconds": round(time.monotonic() - started, 3)}
+
+
+def load_dag():
+    """The DAG, parsed from the DAGs folder; its import errors when it cannot be loaded."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    folder = os.environ.get("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
+    bag = DagBag(dag_folder=folder)
+    dag = bag.get_dag(DAG_ID)
+    if dag is None:
+        errors = "; ".join(f"{path}: {err}" for path, err in bag.import_errors.items()) or "none"
+        raise RunnerError(f"DAG {DAG_ID} not found in {folder} (import errors: {errors})")
+    return dag
+
+
+def check_dated_runs(dag, specs: list[dict]) -> None:
+    """Refuse, before any run, a scheduled-style run that the DAG would not run as asked.
+
+    Airflow marks a run whose data interval starts before the DAG's ``start_date`` successful
+    without running any task, and the day must be exactly the run's data interval.
+    """
+    from airflow.serialization.encoders import coerce_to_core_timetable
+
+    timetable = coerce_to_core_timetable(dag.timetable)
+    for spec in specs:
+        if spec.get("logical_date") is None:
+            continue
+        logical_date = dt.datetime.fromisoformat(spec["logical_date"])
+        interval = timetable.infer_manual_data_interval(run_after=logical_date)
+        day = dt.date.fromisoformat(spec["label"])
+        if (interval.start.date(), interval.end.date()) != (day, day + dt.timedelta(days=1)):
+            raise RunnerError(
+                f"the DAG's timetable gives the data interval [{interval.start}, {interval.end}) for "
+                f"logical date {logical_date}, not the day {day}"
+            )
+        if interval.start < dag.start_date:
+            raise RunnerError(
+                f"{day} is before the DAG's start date {dag.start_date:%Y-%m-%d}: Airflow would mark "
+                f"its run successful without running a task. Set ATTRIBUTION_START_DATE to a date "
+                f"on or before the first day, e.g. ATTRIBUTION_START_DATE={specs[0]['label']} make backfill ..."
+            )
+
+
+def _dagrun_exists(logical_date: dt.datetime) -> bool:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        return session.scalar(
+            select(DagRun.id).where(DagRun.dag_id == DAG_ID, DagRun.logical_date == logical_date)
+        ) is not None
+
+
+def describe_run(dag, dag_run) -> dict:
+    """The state of a finished DAG run, of every task of the DAG in it, and its results."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        dag_run = session.get(DagRun, dag_run.id) or dag_run
+        tis = {ti.task_id: ti for ti in dag_run.get_task_instances(session=session)}
+        tasks = {task_id: _state(tis[task_id].state) if task_id in tis else None for task_id in dag.task_ids}
+        tries = {task_id: tis[task_id].try_number for task_id in dag.task_ids if task_id in tis}
+
+        def returned(task_id: str):
+            if tasks.get(task_id) != "success":
+                return None
+            return tis[task_id].xcom_pull(task_ids=task_id, session=session)
+
+        return {
+            "run_id": dag_run.run_id,
+            "logical_date": dag_run.logical_date.isoformat() if dag_run.logical_date else None,
+            "state": _state(dag_run.state),
+            "tasks": tasks,
+            "tries": tries,
+            "summary": returned(SUMMARY_TASK),
+            "export": returned(EXPORT_TASK),
+        }
+
+
+def run_once(dag, spec: dict, say) -> dict:
+    """One DAG run through ``dag.test()``, under the lock of its logical date."""
+    dated = spec.get("logical_date") is not None
+    while True:
+        # A range run takes the current time to the microsecond; should another run already
+        # have that logical date, it takes the next moment rather than replace that run.
+        logical_date = (
+            dt.datetime.fromisoformat(spec["logical_date"]) if dated else dt.datetime.now(dt.timezone.utc)
+        )
+        path = lock_path(logical_date)
+        with file_lock(path, say, f"the DAG run at {logical_date.isoformat()}"):
+            if not dated and _dagrun_exists(logical_date):
+                continue
+            started = time.monotonic()
+            print(f"\n=== {spec['label']}: dag.test(logical_date={logical_date.isoformat()}, "
+                  f"run_conf={spec.get('conf')}) ===", flush=True)
+            try:
+                dag_run = dag.test(logical_date=logical_date, run_conf=spec.get("conf"))
+                result = describe_run(dag, dag_run)
+            except Exception as exc:  # recorded and reported as a failed run, never hidden
+                import traceback
+
+                traceback.print_exc()
+                result = {"state": "error", "error": f"{type(exc).__name__}: {exc}", "tasks": {}}
+            if not dated:
+                # Lock files of one-off logical dates would only pile up. A process that opened
+                # this file meanwhile finds the run in the database and takes another date.
+                path.unlink(missing_ok=True)
+        result.update(label=spec["label"], seconds=round(time.monotonic() - started, 2))
+        return result
+
+
+def run_succeeded(result: dict) -> bool:
+    """The DAG run succeeded, every task of the DAG ran in it and succeeded, and it has a summary."""
+    tasks = result.get("tasks") or {}
+    return (
+        result.get("state") == "success"
+        and bool(tasks)
+        and all(state == "success" for state in tasks.values())
+        and result.get("summary") is not None
+    )
+
+
+def child_main(specs: list[dict], result_path: Path, log_path: Path) -> int:
+    """Run ``specs`` in order, stopping at the first failed run; write what happened as JSON."""
+    terminal = os.fdopen(os.dup(1), "w", buffering=1)
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+
+    def say(message: str) -> None:
+        print(message, file=terminal, flush=True)
+        print(message, flush=True)
+
+    result: dict = {"runs": [], "error": None, "metadata_db": None}
+
+    def save() -> None:
+        tmp = result_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(result, indent=2, default=str))
+        tmp.replace(result_path)
+
+    try:
+        result["metadata_db"] = ensure_metadata_db(say)
+        dag = load_dag()
+        result["task_ids"] = list(dag.task_ids)
+        check_dated_runs(dag, specs)
+        for spec in specs:
+            say(f"--- {spec['label']}: running {len(dag.task_ids)} tasks ...")
+            run = run_once(dag, spec, say)
+            result["runs"].append(run)
+            save()
+            ok = run_succeeded(run)
+            say(f"    {run.get('run_id', '?')}: {'success' if ok else 'FAILED'} in {run['seconds']:.1f} s")
+            if not ok:
+                break
+    except RunnerError as exc:
+        result["error"] = str(exc)
+    except Exception as exc:
+        import traceback
+
+        traceback.print_exc()
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    save()
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# The parent process: connections, the child, the report
+
+
+def new_log_path(command: str) -> Path:
+    """A log file of this invocation only."""
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
+    path = RUN_DIR / "logs" / f"{command}-{stamp}-{os.getpid()}.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_in_child(env: dict[str, str], specs: list[dict], log_path: Path) -> dict:
+    """Run the DAG runs ``specs`` in a child process and return what it found."""
+    result_path = log_path.with_suffix(".json")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "_child", "--specs", json.dumps(specs),
+           "--result", str(result_path), "--log", str(log_path)]
+    code = subprocess.run(cmd, env=env, cwd=ROOT).returncode
+    if not result_path.exists():
+        raise RunnerError(f"the runner's child process exited with code {code} without a result; see {log_path}")
+    result = json.loads(result_path.read_text())
+    result["exit_code"] = code
+    return result
+
+
+def _task_log_line(log_path: Path, run_id: str, task_id: str) -> int | None:
+    """The line of the log where the last attempt of ``task_id`` in ``run_id`` started."""
+    marker = f"<TaskInstance: {DAG_ID}.{task_id} {run_id} "
+    found = None
+    with open(log_path, errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if "[DAG TEST] running task" in line and marker in line:
+                found = number
+    return found
+
+
+def _task_error(log_path: Path, line: int | None) -> str | None:
+    """The last exception line logged for the task attempt starting at ``line``."""
+    if line is None:
+        return None
+    with open(log_path, errors="replace") as handle:
+        lines = handle.read().splitlines()[line:]
+    end = next((i for i, text in enumerate(lines) if "[DAG TEST] end task" in text), len(lines))
+    candidates = [t.strip() for t in lines[:end]
+                  if (t.split(":", 1)[0].strip().endswith(("Error", "Exception")) or "Exception: " in t) and len(t) < 2000]
+    return candidates[-1] if candidates else None
+
+
+def failure_report(run: dict, log_path: Path) -> list[str]:
+    """What went wrong in a run, one line per task that did not succeed, with where to look."""
+    lines = [f"run {run.get('run_id', '?')} ({run['label']}): DAG run state {run.get('state')}"]
+    if run.get("error"):
+        lines.append(f"  the run raised {run['error']}")
+    for task_id, state in (run.get("tasks") or {}).items():
+        if state == "success":
+            continue
+        if state is None:
+            lines.append(f"  task {task_id}: not run (no task instance)")
+            continue
+        line = _task_log_line(log_path, run.get("run_id", ""), task_id)
+        where = f"{log_path}:{line}" if line else f"{log_path} (the task never started)"
+        error = _task_error(log_path, line)
+        tries = run.get("tries", {}).get(task_id)
+        lines.append(f"  task {task_id}: {state}" + (f" after {tries} attempt(s)" if tries and line else "")
+                     + f"; log: {where}")
+        if error:
+            lines.append(f"    {error}")
+    if run.get("state") == "success" and run.get("summary") is None and all(
+        s == "success" for s in (run.get("tasks") or {}).values()
+    ):
+        lines.append(f"  task {SUMMARY_TASK} returned no summary")
+    return lines
+
+
+def _money(value) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _issues(summary: dict) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted((summary.get("issues_by_reason") or {}).items())) or "none"
+
+
+def render_run(run: dict) -> list[str]:
+    """The run's own summary: what ``check_run`` returned, and the files ``export_csv`` wrote."""
+    s = run["summary"]
+    lines = [
+        f"run {run['run_id']}: conversions in [{s.get('range_start')}, {s.get('range_end')})",
+        f"  conversions: {s.get('conversions')}, attributed: {s.get('attributed')}, issues: {_issues(s)}",
+    ]
+    if s.get("conversions") == 0:
+        lines.append("  no conversions in this range")
+    if s.get("note"):
+        lines.append(f"  note: {s['note']}")
+    lines += [
+        f"  API requests: {s.get('requests')}, retries: {s.get('retries')}",
+        f"  report over the range: cost {_money(s.get('cost'))}, attributed orders "
+        f"{s.get('ihc', 0):.4f}, attributed revenue {_money(s.get('ihc_revenue'))}",
+    ]
+    warnings = ", ".join(f"{k} {v}" for k, v in sorted((s.get("source_warnings") or {}).items()) if v)
+    lines.append(f"  source data warnings: {warnings or 'none'}")
+    export = run.get("export") or {}
+    if export.get("path"):
+        lines.append(f"  CSV: {export['path']} ({export.get('rows')} rows)")
+    return lines
+
+
+def render_backfill(runs: list[dict]) -> list[str]:
+    """One line per day from each run's own summary, and the totals of the counts."""
+    lines = []
+    for run in runs:
+        s = run["summary"]
+        line = (
+            f"{run['label']}  {run['run_id']}: conversions {s.get('conversions')}, attributed "
+            f"{s.get('attributed')}, issues {_issues(s)}, requests {s.get('requests')}, cost "
+            f"{_money(s.get('cost'))}, attributed orders {s.get('ihc', 0):.4f}, revenue {_money(s.get('ihc_revenue'))}"
+        )
+        if s.get("conversions") == 0:
+            line += " - no conversions in this range"
+        lines.append(line)
+        if s.get("note"):
+            lines.append(f"    note: {s['note']}")
+    total = sum(int(r["summary"].get("conversions") or 0) for r in runs)
+    attributed = sum(int(r["summary"].get("attributed") or 0) for r in runs)
+    lines.append(f"total over {len(runs)} days: conversions {total}, attributed {attributed}"
+                 + (" - no conversions in this range" if total == 0 else ""))
+    exports = [r["export"]["path"] for r in runs if r.get("export") and r["export"].get("path")]
+    if exports:
+        lines.append(f"CSVs: {len(exports)} files in {Path(exports[0]).parent}")
+    return lines
 
 
 def _dates(start: str, end: str) -> list[dt.date]:
-    first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    try:
+        first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    except ValueError as exc:
+        raise RunnerError(f"dates must be YYYY-MM-DD: {exc}") from None
     if last < first:
-        raise SystemExit(f"END {end} is before START {start}")
+        raise RunnerError(f"END {end} is before START {start}")
     return [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+
+
+def plan(command: str, start: str, end: str) -> list[dict]:
+    """The DAG runs of a command: one range run, or one scheduled-style run per day."""
+    days = _dates(start, end)
+    if command != "backfill":
+        return [{"label": f"{start}..{end}", "logical_date": None, "conf": {"start_date": start, "end_date": end}}]
+    # A scheduled-style run is driven by its data interval; dag.test() runs the interval that
+    # ends at the logical date it is given, hence the day after.
+    return [
+        {"label": day.isoformat(), "conf": None,
+         "logical_date": dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc).isoformat()}
+        for day in days
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -207,35 +542,58 @@ def main(argv: list[str] | None = None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--start", required=True, help="first date, YYYY-MM-DD (inclusive)")
         p.add_argument("--end", required=True, help="last date, YYYY-MM-DD (inclusive)")
+    child = sub.add_parser("_child", help=argparse.SUPPRESS)
+    child.add_argument("--specs", required=True)
+    child.add_argument("--result", required=True, type=Path)
+    child.add_argument("--log", required=True, type=Path)
     args = parser.parse_args(argv)
 
-    env = _env()
-    if args.command == "demo":
-        from include.attribution.demo_data import DemoConfig
+    if args.command == "_child":
+        return child_main(json.loads(args.specs), args.result, args.log)
 
-        start, end = DemoConfig().start.isoformat(), DemoConfig().end.isoformat()
-    else:
-        start, end = args.start, args.end
-    days = _dates(start, end)
-    migrate(env)
-    started = time.monotonic()
-    with connections(env) as db_path:
-        if args.command == "backfill":
-            # One scheduled-style run per day, driven by its data interval. `airflow dags test`
-            # runs the interval that ends at the date it is given, hence the day after.
-            for day in days:
-                print(f"--- scheduled-style run for {day} ---", flush=True)
-                dags_test(env, f"{(day + dt.timedelta(days=1)).isoformat()}T00:00:00+00:00")
+    try:
+        if args.command == "demo":
+            from include.attribution.demo_data import DemoConfig
+
+            start, end = DemoConfig().start.isoformat(), DemoConfig().end.isoformat()
         else:
-            now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0).isoformat()
-            dags_test(env, now, {"start_date": start, "end_date": end})
-    print(f"\nfinished in {time.monotonic() - started:.1f} s")
-    out = Path(env["ATTRIBUTION_OUTPUT_DIR"])
-    if args.command == "backfill":
-        csv_files = [out / f"channel_reporting_{d.isoformat()}_{d.isoformat()}.csv" for d in days]
-    else:
-        csv_files = [out / f"channel_reporting_{start}_{end}.csv"]
-    print_summary(db_path, start, end, csv_files)
+            start, end = args.start, args.end
+        specs = plan(args.command, start, end)
+        env = _env()
+        log_path = new_log_path(args.command)
+        print(f"log of this invocation: {log_path}", flush=True)
+        started = time.monotonic()
+        with connections(env) as db_path:
+            if db_path is not None:
+                print(f"database: {db_path}", flush=True)
+            result = run_in_child(env, specs, log_path)
+    except RunnerError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    runs = result.get("runs", [])
+    ok_runs = [r for r in runs if run_succeeded(r)]
+    print(f"\nfinished in {time.monotonic() - started:.1f} s", flush=True)
+    if ok_runs:
+        print("\n=== attribution results (from each run's check_run) ===")
+        lines = render_backfill(ok_runs) if args.command == "backfill" else render_run(ok_runs[0])
+        print("\n".join(lines))
+    problems: list[str] = []
+    if result.get("error"):
+        problems.append(result["error"])
+    for run in runs:
+        if not run_succeeded(run):
+            problems += failure_report(run, log_path)
+    not_run = [s["label"] for s in specs[len(runs):]]
+    if not_run and runs:
+        problems.append(f"not run after the failure: {', '.join(not_run)}")
+    elif not_run:
+        problems.append(f"no DAG run was made ({', '.join(not_run[:3])}{' ...' if len(not_run) > 3 else ''})")
+    if problems:
+        print("\nFAILED: " + "\n".join(problems), file=sys.stderr)
+        print(f"log of this invocation: {log_path}", file=sys.stderr)
+        return 1
+    print(f"\nlog of this invocation: {log_path}")
     return 0
 
 

@@ -428,27 +428,27 @@ def _task_error(log_path: Path, line: int | None) -> str | None:
 
 
 def failure_report(run: dict, log_path: Path) -> list[str]:
-    """What went wrong in a run, one line per task that did not succeed, with where to look."""
+    """What went wrong in a run: each task that failed, with where its log is, and the tasks not run."""
     lines = [f"run {run.get('run_id', '?')} ({run['label']}): DAG run state {run.get('state')}"]
     if run.get("error"):
         lines.append(f"  the run raised {run['error']}")
+    not_run: dict[str, list[str]] = {}
     for task_id, state in (run.get("tasks") or {}).items():
         if state == "success":
             continue
-        if state is None:
-            lines.append(f"  task {task_id}: not run (no task instance)")
+        line = _task_log_line(log_path, run.get("run_id", ""), task_id) if state is not None else None
+        if line is None:
+            not_run.setdefault(state or "no task instance", []).append(task_id)
             continue
-        line = _task_log_line(log_path, run.get("run_id", ""), task_id)
-        where = f"{log_path}:{line}" if line else f"{log_path} (the task never started)"
-        error = _task_error(log_path, line)
         tries = run.get("tries", {}).get(task_id)
-        lines.append(f"  task {task_id}: {state}" + (f" after {tries} attempt(s)" if tries and line else "")
-                     + f"; log: {where}")
+        lines.append(f"  task {task_id}: {state} after {tries} attempt(s); its log: {log_path}:{line}")
+        error = _task_error(log_path, line)
         if error:
             lines.append(f"    {error}")
-    if run.get("state") == "success" and run.get("summary") is None and all(
-        s == "success" for s in (run.get("tasks") or {}).values()
-    ):
+    for state, task_ids in not_run.items():
+        lines.append(f"  not run ({state}): {', '.join(task_ids)}")
+    tasks = run.get("tasks") or {}
+    if run.get("state") == "success" and tasks and all(s == "success" for s in tasks.values()):
         lines.append(f"  task {SUMMARY_TASK} returned no summary")
     return lines
 
@@ -590,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
     elif not_run:
         problems.append(f"no DAG run was made ({', '.join(not_run[:3])}{' ...' if len(not_run) > 3 else ''})")
     if problems:
+        sys.stdout.flush()
         print("\nFAILED: " + "\n".join(problems), file=sys.stderr)
         print(f"log of this invocation: {log_path}", file=sys.stderr)
         return 1

@@ -579,6 +579,8 @@ def main(argv: list[str] | None = None) -> int:
         lines = render_backfill(ok_runs) if args.command == "backfill" else render_run(ok_runs[0])
         print("\n".join(lines))
     problems: list[str] = []
+    if result.get("exit_code"):
+        problems.append(f"the runner's child process exited with code {result['exit_code']}")
     if result.get("error"):
         problems.append(result["error"])
     for run in runs:

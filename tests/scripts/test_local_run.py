@@ -31,7 +31,7 @@ import local_run  # noqa: E402  (scripts/ is not a package)
 API_KEY = "runner-test-key-41c2"
 # Conversions on 2023-09-01 .. 2023-09-04, sessions from 2023-08-22: 2023-08-31 has none.
 FIRST, LAST = "2023-08-31", "2023-09-03"
-TIMEOUT = 240
+TIMEOUT = 300
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def finish(proc: subprocess.Popen, out: Path) -> tuple[int, str]:
     return proc.wait(timeout=TIMEOUT), out.read_text()
 
 
-def wait_for(path: Path, text: str, timeout: float = 120) -> None:
+def wait_for(path: Path, text: str, timeout: float = 180) -> None:
     deadline = time.monotonic() + timeout
     while text not in path.read_text():
         assert time.monotonic() < deadline, f"{text!r} never appeared in {path}:\n{path.read_text()}"

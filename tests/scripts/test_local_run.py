@@ -137,7 +137,8 @@ def concurrent(tmp_path_factory, source_db, ihc_conn, airflow_db):
 
     - on database B, ``backfill FIRST..LAST`` and ``backfill 2023-09-02..2023-09-02``, whose
       2023-09-02 runs overlap (the test holds that day's lock until both wait for it);
-    - on database R, ``run FIRST..LAST`` and ``run 2023-09-02..2023-09-02``.
+    - on database R, ``run FIRST..LAST`` and ``run 2023-09-02..2023-09-02``;
+    - a ``run`` whose database cannot be opened.
     """
     tmp = tmp_path_factory.mktemp("runner")
     db_b, db_r = tmp / "backfill.db", tmp / "range.db"
@@ -148,7 +149,9 @@ def concurrent(tmp_path_factory, source_db, ihc_conn, airflow_db):
     day2 = dt.datetime(2023, 9, 3, tzinfo=dt.timezone.utc)  # the logical date of the 2023-09-02 run
     lock = tmp / "run" / "locks" / local_run.lock_path(day2).name
     lock.parent.mkdir(parents=True)
-    outs = {name: tmp / f"{name}.out" for name in ("backfill", "backfill_day", "run", "run_day")}
+    env_broken = runner_env(tmp, tmp / "no-such-dir" / "challenge.db", ihc_conn, airflow_db,
+                            ATTRIBUTION_OUTPUT_DIR=str(tmp / "out-broken"))
+    outs = {name: tmp / f"{name}.out" for name in ("backfill", "backfill_day", "run", "run_day", "broken")}
     with open(lock, "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         procs = {
@@ -156,6 +159,7 @@ def concurrent(tmp_path_factory, source_db, ihc_conn, airflow_db):
             "backfill_day": start(env_b, outs["backfill_day"], "backfill", "--start", "2023-09-02", "--end", "2023-09-02"),
             "run": start(env_r, outs["run"], "run", "--start", FIRST, "--end", LAST),
             "run_day": start(env_r, outs["run_day"], "run", "--start", "2023-09-02", "--end", "2023-09-02"),
+            "broken": start(env_broken, outs["broken"], "run", "--start", "2023-09-01", "--end", "2023-09-02"),
         }
         try:
             wait_for(outs["backfill"], "is in use by")
@@ -170,7 +174,8 @@ def concurrent(tmp_path_factory, source_db, ihc_conn, airflow_db):
 
 def test_historical_backfill_equals_a_range_run_over_the_same_days(concurrent):
     for name, (code, output) in concurrent["results"].items():
-        assert code == 0, f"{name} failed:\n{output}"
+        if name != "broken":
+            assert code == 0, f"{name} failed:\n{output}"
     backfill, range_run = tables(concurrent["db_b"]), tables(concurrent["db_r"])
     conversions, _ = counts(concurrent["db_b"], FIRST, LAST)
     with sqlite3.connect(concurrent["db_b"]) as conn:
@@ -232,10 +237,8 @@ def test_overlapping_backfills_of_one_day_wait_for_each_other_and_both_succeed(c
         assert json.loads(log_of(output).with_suffix(".json").read_text())["metadata_db"]["migrated"] is False
 
 
-def test_a_failed_task_fails_the_command_naming_it_and_its_log(tmp_path, ihc_conn, airflow_db):
-    env = runner_env(tmp_path, tmp_path / "no-such-dir" / "challenge.db", ihc_conn, airflow_db)
-    code, output = finish(start(env, tmp_path / "out.txt", "run", "--start", "2023-09-01", "--end", "2023-09-02"),
-                          tmp_path / "out.txt")
+def test_a_failed_task_fails_the_command_naming_it_and_its_log(concurrent):
+    code, output = concurrent["results"]["broken"]
     assert code != 0, output
     assert "attribution results" not in output
     m = re.search(r"task setup_tables: failed after 1 attempt\(s\); its log: (\S+):(\d+)", output)

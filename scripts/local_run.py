@@ -39,6 +39,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the package, when run as `python scripts/local_run.py`
+    sys.path.insert(0, str(ROOT))
 DEMO_DB = Path(os.environ.get("ATTRIBUTION_DEMO_DB", ROOT / "data" / "demo.db"))
 DAG_ID = "ihc_attribution"
 #: Logs, results and locks of local runs.
@@ -549,7 +551,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "_child":
-        return child_main(json.loads(args.specs), args.result, args.log)
+        code = child_main(json.loads(args.specs), args.result, args.log)
+        # Everything is committed and the result written. Airflow's exit handlers (the
+        # in-process execution API among them) take about 2 s and have nothing left to save.
+        import logging
+
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
     try:
         if args.command == "demo":

@@ -114,6 +114,7 @@ def _run(stage: str) -> dict:
             None,
             type=["null", "integer"],
             minimum=1,
+            maximum=36600,
             title="Look-back window (days)",
             description="Only sessions at most this many days before a conversion belong to its "
             "journey. Empty: unlimited. Use the same value for every run over the same data.",

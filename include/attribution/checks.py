@@ -11,10 +11,11 @@ from dataclasses import asdict, dataclass, field
 
 from include.attribution.daterange import RunRange
 from include.attribution.db import Database
+from include.attribution.errors import PermanentError
 from include.attribution.load import SUM_TOLERANCE
 
 
-class CheckError(RuntimeError):
+class CheckError(PermanentError, RuntimeError):
     """A conversion of the run is neither attributed nor recorded, or a journey is wrong."""
 
 

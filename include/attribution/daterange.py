@@ -13,12 +13,48 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from include.attribution.errors import PermanentError
+
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TS_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 
-class RangeError(ValueError):
+#: The longest look-back accepted (100 years): beyond it, date arithmetic leaves the calendar
+#: (SQLite's datetime() gives NULL), and "unlimited" (no value) says what is meant.
+MAX_LOOKBACK_DAYS = 36_600
+
+
+class RangeError(PermanentError, ValueError):
     """The run's range cannot be determined, or a date param is invalid."""
+
+
+class ParamError(PermanentError, ValueError):
+    """A param of the run has a value the pipeline does not accept."""
+
+
+def parse_lookback_days(value: Any) -> int | None:
+    """The ``lookback_days`` param: None (unlimited) when not given, else whole days in [1, 36600].
+
+    Nothing is coerced: text that is not a whole number, fractions, booleans, 0 and negative
+    values are refused, so that a typo cannot silently change whose sessions a journey holds.
+
+    :raises ParamError: naming the param and the accepted values.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    days = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        days = value
+    elif isinstance(value, float) and value.is_integer():
+        days = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        days = int(value.strip())
+    if days is None or not 1 <= days <= MAX_LOOKBACK_DAYS:
+        raise ParamError(
+            f"param lookback_days={value!r} must be a whole number of days from 1 to {MAX_LOOKBACK_DAYS}, "
+            "or empty for an unlimited look-back"
+        )
+    return days
 
 
 @dataclass(frozen=True)

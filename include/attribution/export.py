@@ -74,8 +74,13 @@ def read_report(db: Database, run_range: RunRange) -> list[ReportRow]:
     return [report_row(*row) for row in rows]
 
 
-def safe_cell(text: str, escape_formulas: bool = True) -> str:
-    """Prefix text a spreadsheet would run as a formula with an apostrophe."""
+def safe_cell(text: str, escape_formulas: bool = False) -> str:
+    """The cell's text; with ``escape_formulas``, text a spreadsheet would run as a formula gets an apostrophe.
+
+    Off by default: the CSV is the report's data, read by other programs through the asset, and
+    must hold the names exactly as stored. Turn it on (``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``) only
+    when the files are opened in spreadsheets by people who do not control the channel names.
+    """
     if escape_formulas and text.startswith(_FORMULA_PREFIXES):
         return "'" + text
     return text
@@ -97,7 +102,8 @@ def atomic_write(path: Path) -> Iterator[TextIO]:
             stale.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", newline="", encoding="utf-8") as handle:
+        # surrogateescape writes bytes that are not valid UTF-8 back exactly as the database holds them.
+        with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -108,8 +114,18 @@ def atomic_write(path: Path) -> Iterator[TextIO]:
         raise
 
 
-def write_csv(rows: list[ReportRow], path: Path, *, escape_formulas: bool = True) -> Path:
-    """Write the rows to ``path`` atomically (see :func:`atomic_write`)."""
+def escape_formulas_setting() -> bool:
+    """``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``: 1/true/yes turns formula escaping on (default off)."""
+    value = os.environ.get("ATTRIBUTION_CSV_ESCAPE_FORMULAS", "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"ATTRIBUTION_CSV_ESCAPE_FORMULAS={value!r} must be 1/true/yes or 0/false/no")
+
+
+def write_csv(rows: list[ReportRow], path: Path, *, escape_formulas: bool = False) -> Path:
+    """Write the rows to ``path`` atomically (see :func:`atomic_write`), values exactly as stored."""
     with atomic_write(path) as handle:
         writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
         writer.writerow(CSV_COLUMNS)

@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass
 
 from include.attribution.daterange import RunRange
 from include.attribution.db import Database
+from include.attribution.errors import PermanentError
 
 SUM_TOLERANCE = 1e-6
 
 
-class LoadError(RuntimeError):
+class LoadError(PermanentError, RuntimeError):
     """The staged answers are incomplete or inconsistent; nothing was published."""
 
 

@@ -8,17 +8,18 @@ are looked up only here, at run time, never when the DAG file is parsed.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
-import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from include.attribution import api_stage, charts, checks, export, journeys, load, report, schema
-from include.attribution.daterange import RunRange, resolve_run_range
+from include.attribution.daterange import RunRange, parse_lookback_days, resolve_run_range
 from include.attribution.db import Database
+from include.attribution.errors import PermanentError
 from include.attribution.ihc_client import IhcConfigurationError
 
 log = logging.getLogger(__name__)
@@ -54,23 +55,28 @@ def run_range(context: Mapping[str, Any]) -> RunRange:
 
 
 def _lookback_days(context: Mapping[str, Any]) -> int | None:
-    """The ``lookback_days`` param: None when not given, else a whole number of days >= 1.
+    """The ``lookback_days`` param (see :func:`daterange.parse_lookback_days`)."""
+    return parse_lookback_days((context.get("params") or {}).get("lookback_days"))
 
-    :raises ValueError: naming the param, for anything else (text, fractions, booleans, < 1).
+
+def stage(func: Callable[[Mapping[str, Any]], dict]) -> Callable[[Mapping[str, Any]], dict]:
+    """Make a stage fail without task retries when its error is permanent.
+
+    A :class:`PermanentError` (a bad param, a failed final check, a broken answer, a wrong
+    setting) would be raised again by every retry; it becomes ``AirflowFailException``, which
+    Airflow does not retry. Other errors keep the task's retries.
     """
-    value = (context.get("params") or {}).get("lookback_days")
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    days = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        days = value
-    elif isinstance(value, float) and value.is_integer():
-        days = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
-        days = int(value.strip())
-    if days is None or days < 1:
-        raise ValueError(f"param lookback_days={value!r} must be a whole number of days, at least 1")
-    return days
+
+    @functools.wraps(func)
+    def run(context: Mapping[str, Any]) -> dict:
+        try:
+            return func(context)
+        except PermanentError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"{exc} (not retried: a retry would fail the same way)") from exc
+
+    return run
 
 
 @contextmanager
@@ -107,6 +113,7 @@ def _fail_without_retry() -> Iterator[None]:
         raise AirflowFailException(f"{exc} (not retried: fix the connection, then clear the task)") from exc
 
 
+@stage
 def setup_tables(context: Mapping[str, Any]) -> dict:
     """Validate the run's range, then create the tables and indexes the pipeline needs."""
     rng = run_range(context)
@@ -122,6 +129,7 @@ def setup_tables(context: Mapping[str, Any]) -> dict:
     return {"range_start": rng.start_ts, "range_end": rng.end_ts}
 
 
+@stage
 def extract_journeys(context: Mapping[str, Any]) -> dict:
     """Stage the run's conversions and their journeys; quarantine malformed input."""
     rng = run_range(context)
@@ -134,6 +142,7 @@ def extract_journeys(context: Mapping[str, Any]) -> dict:
     return summary.as_dict()
 
 
+@stage
 def pack_requests(context: Mapping[str, Any]) -> dict:
     """Plan the API requests under the connection's limits."""
     with _fail_without_retry():
@@ -150,6 +159,7 @@ def pack_requests(context: Mapping[str, Any]) -> dict:
     return summary.as_dict()
 
 
+@stage
 def call_ihc_api(context: Mapping[str, Any]) -> dict:
     """Send the unanswered requests of the run; answers are checkpointed one by one."""
     hook = _ihc_hook()
@@ -207,6 +217,7 @@ def _progress_logger(started: float, every_seconds: float = 10.0):
     return progress
 
 
+@stage
 def load_attribution(context: Mapping[str, Any]) -> dict:
     """Publish the run's answers and issues."""
     with open_db() as db:
@@ -215,6 +226,7 @@ def load_attribution(context: Mapping[str, Any]) -> dict:
     return summary.as_dict()
 
 
+@stage
 def build_report(context: Mapping[str, Any]) -> dict:
     """Rebuild channel_reporting for every date the run touched."""
     with open_db() as db:
@@ -251,12 +263,15 @@ def _as_text_utc(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
+@stage
 def export_csv(context: Mapping[str, Any]) -> dict:
     """Write the range's report as CSV, and a chart of it next to it; return their paths."""
     rng = run_range(context)
     with open_db() as db:
         rows = export.read_report(db, rng)
-    csv_file = export.write_csv(rows, export.csv_path(output_dir(), rng)).resolve()
+    csv_file = export.write_csv(
+        rows, export.csv_path(output_dir(), rng), escape_formulas=export.escape_formulas_setting()
+    ).resolve()
     chart = charts.write_chart(
         rows, charts.chart_path(csv_file), f"Channel report {rng.first_date} to {rng.last_date}"
     ).resolve()
@@ -270,6 +285,7 @@ def export_csv(context: Mapping[str, Any]) -> dict:
     }
 
 
+@stage
 def check_run(context: Mapping[str, Any]) -> dict:
     """Fail the run if a conversion of its range is neither attributed nor recorded."""
     with open_db() as db:

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.attribution import schema, tasks
 from include.attribution.daterange import RangeError
-from include.attribution.export import safe_cell
+from include.attribution.errors import PermanentError
 from include.attribution.ihc_client import IhcClient
 from include.ihc_server.config import ServerConfig
 from include.ihc_server.testing import serve
@@ -76,7 +77,7 @@ AWKWARD_CHANNELS = [
 def _check_awkward_channels(db, rows):
     stored = {name for (name,) in sqlite3.connect(db).execute("SELECT DISTINCT channel_name FROM channel_reporting")}
     assert stored == set(AWKWARD_CHANNELS), "channel names are stored exactly"
-    assert {r["channel_name"] for r in rows} == {safe_cell(n) for n in AWKWARD_CHANNELS}
+    assert {r["channel_name"] for r in rows} == set(AWKWARD_CHANNELS), "and written to the CSV exactly"
     assert all(r["ihc"] != "0.0000" for r in rows), "every awkward channel got its credit"
 
 
@@ -300,6 +301,13 @@ BAD_PARAMS = [
                  "lookback_days", id="lookback-zero"),
     pytest.param({"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": 2.5}, ValueError,
                  "lookback_days", id="lookback-fraction"),
+    pytest.param({"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": "abc"}, ValueError,
+                 "lookback_days", id="lookback-text"),
+    pytest.param({"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": 99999999}, ValueError,
+                 "lookback_days.*36600", id="lookback-beyond-the-calendar"),
+    pytest.param({"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": True}, ValueError,
+                 "lookback_days", id="lookback-boolean"),
+    pytest.param({"start_date": "2024-01-01"}, RangeError, "end_date is missing", id="start-only"),
 ]
 
 
@@ -308,8 +316,10 @@ def test_bad_params_are_refused_before_any_work(params, error, message, tmp_path
     db = make_db(tmp_path / "db.sqlite", [s("s1", "u1", "2024-01-01", "10:00:00")], [conv("c1", "u1")])
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
     before = db_digest(db)
-    with pytest.raises(error, match=message):
+    with pytest.raises(AirflowFailException, match=message) as failure:
         tasks.setup_tables({"run_id": "manual", "params": params})
+    assert isinstance(failure.value.__cause__, error), "the cause names the param"
+    assert isinstance(failure.value.__cause__, PermanentError), "a bad param is not retried"
     assert db_digest(db) == before, "nothing may happen before the params are known to be good"
 
 

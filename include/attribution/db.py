@@ -16,6 +16,24 @@ from typing import Any
 SQLITE_BUSY_TIMEOUT_MS = 120_000
 
 
+def _decode_text(raw: bytes) -> str:
+    return raw.decode("utf-8", errors="surrogateescape")
+
+
+def is_valid_text(value: str) -> bool:
+    """Whether ``value`` came from valid UTF-8 (see :func:`_decode_text`)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def storable(value: str) -> str:
+    """``value`` with bytes that were not valid UTF-8 written as ``\\xNN`` escapes, so it can be stored."""
+    return value if is_valid_text(value) else value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 class Database:
     """A DB-API connection with explicit transactions and portable placeholders.
 
@@ -35,6 +53,10 @@ class Database:
             if mode.lower() != "memory":
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            # A TEXT value that is not valid UTF-8 is read as a str holding its bytes as
+            # surrogates instead of failing the whole query: validation quarantines the row, and
+            # the CSV writes the bytes back unchanged.
+            conn.text_factory = _decode_text
         self._in_transaction = False
 
     @classmethod

@@ -17,23 +17,27 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from include.attribution.daterange import RunRange
-from include.attribution.db import Database
+from include.attribution.db import Database, is_valid_text, storable
 from include.attribution.schema import STAGING_TABLES
 
 # Reasons recorded in attribution_issues.
 NO_SESSIONS = "no_sessions"
 INVALID_INPUT = "invalid_input"
+DUPLICATE = "duplicate_conversion"
 UNPLACEABLE = "unplaceable_conversion"
 OVERSIZED = "oversized_journey"
 API_REJECTED = "api_rejected"
 
-_DATE_RE = r"\d{4}-\d{2}-\d{2}"
-_TIME_RE = r"(?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d"
+# ASCII digits only: \d also matches other scripts' digits (full-width ２０２４ among them).
+_DATE_RE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+_TIME_RE = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
 _MAX_DETAIL_ITEMS = 5
+_LENIENT_DATE_RE = r"^\s*([0-9]{4})[-/.]([0-9]{2})[-/.]([0-9]{2})"
 
 # Conversions whose date is in the run's days by text comparison, plus (on SQLite, where a DATE
-# column holds any text) every conversion whose date is not shaped like YYYY-MM-DD, so that a
-# malformed date cannot hide from validation.
+# column holds any text) every conversion whose date is not a real YYYY-MM-DD date, so that a
+# malformed date cannot hide from validation. date(x, '+0 days') gives NULL for text SQLite
+# cannot read and moves impossible days (2023-09-31) to real ones, so it differs from x then.
 _CANDIDATES_SQL = """
 SELECT conv_id, user_id, CAST(conv_date AS TEXT), CAST(conv_time AS TEXT), revenue,
        CASE WHEN conv_date >= ? AND conv_date <= ? THEN 1 ELSE 0 END AS by_date
@@ -41,13 +45,23 @@ FROM conversions
 WHERE (conv_date >= ? AND conv_date <= ?) OR {malformed}
 """
 _MALFORMED_DATE = {
-    "sqlite": (
-        "conv_date IS NULL OR typeof(conv_date) <> 'text' OR length(conv_date) <> 10 "
-        "OR substr(conv_date, 5, 1) <> '-' OR substr(conv_date, 8, 1) <> '-'"
-    ),
+    "sqlite": "conv_date IS NULL OR typeof(conv_date) <> 'text' OR date(conv_date, '+0 days') IS NOT conv_date",
     # A DATE column cannot hold a malformed value on PostgreSQL.
     "postgresql": "conv_date IS NULL",
 }
+# Conversion ids present more than once (a source table without its primary key): which row is
+# the order, and with which revenue, cannot be known.
+_DUPLICATE_CONVERSIONS_SQL = "SELECT conv_id, COUNT(*) FROM conversions GROUP BY conv_id HAVING COUNT(*) > 1"
+# Session ids of the converting users that are present more than once anywhere in the table.
+_DUPLICATE_SESSIONS_SQL = """
+SELECT session_id, COUNT(*) FROM session_sources
+WHERE session_id IN (
+    SELECT session_id FROM session_sources WHERE user_id IN (
+        SELECT user_id FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'
+    )
+)
+GROUP BY session_id HAVING COUNT(*) > 1
+"""
 
 _USER_SESSIONS_SQL = """
 SELECT s.session_id, s.user_id, CAST(s.event_date AS TEXT), CAST(s.event_time AS TEXT), s.channel_name,
@@ -109,6 +123,7 @@ class ExtractSummary:
     journeys: int = 0
     sessions: int = 0
     invalid_input: int = 0
+    duplicates: int = 0
     no_sessions: int = 0
     unplaceable: int = 0
     max_journey_sessions: int = 0
@@ -234,56 +249,96 @@ def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: 
     )
     if frame.empty:
         return
+    # A conversion without an id is recorded under a name that says so and where it is.
+    missing_id = frame["conv_id"].isna() | frame["conv_id"].astype(str).str.strip().eq("")
+    frame.loc[missing_id, "conv_id"] = [
+        f"(no conv_id #{n}: user {r.user_id} at {r.conv_date} {r.conv_time})"
+        for n, r in enumerate(frame[missing_id].itertuples(), start=1)
+    ]
+    frame["conv_id"] = frame["conv_id"].astype(str).map(storable)
     problems = conversion_problems(frame)
+    problems[missing_id] = problems[missing_id].map(lambda p: f"conv_id is empty, {p}" if p else "conv_id is empty")
     valid = problems.eq("")
     ts = frame["conv_date"].astype(str) + " " + frame["conv_time"].astype(str)
     in_range = valid & ts.ge(run_range.start_ts) & ts.lt(run_range.end_ts)
 
-    # An invalid conversion belongs to this run when its date, read leniently, is in the run's
-    # days; one whose date cannot be read at all belongs to no run and is reported by every run.
-    lenient = pd.to_datetime(frame["conv_date"].astype(str), errors="coerce", format="mixed").dt.normalize()
+    # An invalid conversion belongs to this run when its date, read leniently (the leading
+    # year, month and day of the text, so that '2024-03-05T10:00:00Z' and '2024/03/05' belong
+    # to 2024-03-05; no timezone is read, so one odd row cannot fail the run), is in the
+    # run's days; one whose date cannot be read at all belongs to no run and every run reports it.
+    parts = frame["conv_date"].map(lambda v: v if isinstance(v, str) else None).str.extract(_LENIENT_DATE_RE)
+    lenient = pd.to_datetime(parts[0] + "-" + parts[1] + "-" + parts[2], format="%Y-%m-%d", errors="coerce")
     lenient_in_range = lenient.between(pd.Timestamp(run_range.first_date), pd.Timestamp(run_range.last_date))
     by_date = frame["by_date"].astype(int).eq(1)
     invalid_here = ~valid & (by_date | lenient_in_range)
     unplaceable = ~valid & ~invalid_here & lenient.isna()
 
-    ready = frame[in_range]
-    invalid = frame[invalid_here]
+    duplicates = _duplicate_conversions(db, frame["conv_id"][in_range | invalid_here])
+    duplicated = frame["conv_id"].isin(duplicates) & (in_range | invalid_here)
+    ready = frame[in_range & ~duplicated]
+    invalid = frame[invalid_here & ~duplicated]
     staged = [
         (run_id, r.conv_id, r.user_id, r.conv_date, r.conv_time, _to_float(r.revenue), "ready")
         for r in ready.itertuples(index=False)
     ] + [
         (run_id, r.conv_id, _to_text(r.user_id), _to_text(r.conv_date), _to_text(r.conv_time), None, INVALID_INPUT)
         for r in invalid.itertuples(index=False)
+    ] + [
+        (run_id, conv_id, None, None, None, None, DUPLICATE) for conv_id in sorted(duplicates)
     ]
     db.executemany(
         "INSERT INTO attribution_stg_conversions "
         "(run_id, conv_id, user_id, conv_date, conv_time, revenue, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
         staged,
     )
-    issues = [(run_id, cid, INVALID_INPUT, f"conversion: {p}") for cid, p in zip(invalid["conv_id"], problems[invalid_here])]
+    issues = [(run_id, cid, INVALID_INPUT, f"conversion: {p}") for cid, p in zip(invalid["conv_id"], problems[invalid.index])]
     issues += [
         (run_id, cid, UNPLACEABLE, f"conversion: {p}; it cannot be placed in any run's range")
         for cid, p in zip(frame.loc[unplaceable, "conv_id"], problems[unplaceable])
     ]
+    issues += [
+        (run_id, conv_id, DUPLICATE, f"conv_id is present {n} times in conversions; which row is the order is unknown")
+        for conv_id, n in sorted(duplicates.items())
+    ]
     _insert_issues(db, issues)
-    summary.conversions = len(ready) + len(invalid)
+    summary.conversions = len(ready) + len(invalid) + len(duplicates)
     summary.invalid_input = len(invalid)
+    summary.duplicates = len(duplicates)
     summary.unplaceable = int(unplaceable.sum())
+
+
+def _duplicate_conversions(db: Database, conv_ids: pd.Series) -> dict[str, int]:
+    """Of ``conv_ids``, those present more than once in ``conversions``, with their counts."""
+    wanted = set(conv_ids)
+    counts = {storable(str(conv_id)): int(n) for conv_id, n in db.query(_DUPLICATE_CONVERSIONS_SQL) if conv_id is not None}
+    return {conv_id: n for conv_id, n in counts.items() if conv_id in wanted}
 
 
 def _quarantine_invalid_sessions(
     db: Database, run_id: str, lookback_days: int | None, summary: ExtractSummary
 ) -> None:
-    """Quarantine the run's conversions whose journey would include a malformed session."""
+    """Quarantine the run's conversions whose journey would include a malformed session.
+
+    Malformed: a field that is missing or out of its domain (see :func:`session_problems`), or a
+    session id present more than once in ``session_sources``, whose channel and time are then
+    ambiguous.
+    """
     bad_sessions: list[tuple[str, str, str | None, str]] = []
     columns = [
         "session_id", "user_id", "event_date", "event_time", "channel_name",
         "holder_engagement", "closer_engagement", "impression_interaction",
     ]
+    duplicated = {sid: int(n) for sid, n in db.query(_DUPLICATE_SESSIONS_SQL, (run_id,))}
     for batch in db.iter_query(_USER_SESSIONS_SQL, (run_id,), batch_size=50_000):
         frame = pd.DataFrame(batch, columns=columns, dtype=object)
         problems = session_problems(frame)
+        if duplicated:
+            counts = frame["session_id"].map(duplicated)
+            dup = counts.notna()
+            problems[dup] = [
+                f"{p}, present {int(n)} times in session_sources" if p else f"present {int(n)} times in session_sources"
+                for p, n in zip(problems[dup], counts[dup])
+            ]
         bad = problems.ne("")
         if bad.any():
             sub = frame[bad]
@@ -300,10 +355,11 @@ def _quarantine_invalid_sessions(
     )
     by_user: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for conv_id, user_id, conv_ts in conversions:
-        by_user[user_id].append((conv_id, conv_ts))
+        by_user[str(user_id)].append((conv_id, conv_ts))
     affected: dict[str, list[str]] = defaultdict(list)
     for session_id, user_id, ts, problem in bad_sessions:
-        for conv_id, conv_ts in by_user.get(user_id, ()):
+        session_id = "(none)" if session_id is None else storable(str(session_id))
+        for conv_id, conv_ts in by_user.get(str(user_id), ()):
             # A session with an unreadable timestamp may or may not precede the conversion:
             # the journey cannot be known, so the conversion is quarantined either way.
             if ts is None or (ts < conv_ts and _within_lookback(ts, conv_ts, lookback_days)):
@@ -352,6 +408,11 @@ def _valid_time(values: pd.Series) -> pd.Series:
     return values.map(lambda v: isinstance(v, str)) & values.astype(str).str.fullmatch(_TIME_RE)
 
 
+def _valid_text(values: pd.Series) -> pd.Series:
+    """False for text that was not valid UTF-8 in the database (see :func:`db.is_valid_text`)."""
+    return values.map(lambda v: not isinstance(v, str) or is_valid_text(v))
+
+
 def _valid_flag(values: pd.Series) -> pd.Series:
     return values.map(lambda v: not isinstance(v, (str, bytes)) and v in (0, 1))
 
@@ -371,6 +432,7 @@ def conversion_problems(frame: pd.DataFrame) -> pd.Series:
         (_valid_date(frame["conv_date"]), "conv_date is not a YYYY-MM-DD date"),
         (_valid_time(frame["conv_time"]), "conv_time is not a HH:MM:SS time"),
         (frame["user_id"].notna() & frame["user_id"].astype(str).str.strip().ne(""), "user_id is empty"),
+        (_valid_text(frame["conv_id"]) & _valid_text(frame["user_id"]), "an id is not valid UTF-8"),
         (revenue.notna() & revenue.ge(0) & revenue.lt(float("inf")), "revenue is missing, negative or not a number"),
     ]
     return _collect(checks, frame.index)
@@ -379,7 +441,11 @@ def conversion_problems(frame: pd.DataFrame) -> pd.Series:
 def session_problems(frame: pd.DataFrame) -> pd.Series:
     """For each session row, a description of what is malformed ("" when valid)."""
     channel = frame["channel_name"]
+    session_id = frame["session_id"]
     checks = [
+        (session_id.notna() & session_id.astype(str).str.strip().ne(""), "session_id is empty"),
+        (_valid_text(session_id), "session_id is not valid UTF-8"),
+        (_valid_text(channel), "channel_name is not valid UTF-8"),
         (_valid_date(frame["event_date"]), "event_date is not a YYYY-MM-DD date"),
         (_valid_time(frame["event_time"]), "event_time is not a HH:MM:SS time"),
         (channel.map(lambda v: isinstance(v, str)) & channel.astype(str).str.strip().ne(""), "channel_name is empty"),
@@ -395,4 +461,4 @@ def _to_float(value: object) -> float | None:
 
 
 def _to_text(value: object) -> str | None:
-    return None if value is None else str(value)
+    return None if value is None else storable(str(value))

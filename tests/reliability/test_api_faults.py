@@ -12,6 +12,7 @@ import shutil
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
+from airflow.sdk.exceptions import AirflowFailException
 
 from include.attribution.ihc_client import IhcConfigurationError, IhcRetriesExhaustedError
 from include.attribution.load import LoadError
@@ -125,8 +126,9 @@ def test_retries_exhausted_fail_loudly_record_the_unanswered_and_a_rerun_finishe
     assert failed_rows["error"].str.contains("HTTP 50").all(), "each unanswered request records why"
     first_failed = int(failed_rows["request_no"].min())
     assert f"{failed} of {total} requests unanswered (numbers {first_failed}," in caplog.text
-    with pytest.raises(LoadError, match="re-run the call_ihc_api task"):
+    with pytest.raises(AirflowFailException, match="re-run the call_ihc_api task") as failure:
         run_stages(ctx, ("load_attribution",))
+    assert isinstance(failure.value.__cause__, LoadError), "load cannot succeed by retrying itself"
     assert read_table(db, "attribution_customer_journey").empty, "nothing is published from a failed API stage"
 
     # The task's retry, against a service that works again: only the unanswered requests go out.

@@ -6,6 +6,7 @@ in the package's SQL cannot hide in both.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -21,19 +22,33 @@ SESSION_COLUMNS = (
 )
 
 
+def source_ddl(*, keys: bool = True, id_type: str = "TEXT") -> str:
+    """The challenge DDL, optionally without the source tables' primary keys (as many exports
+    have them) and with another type for the id columns (``INTEGER``)."""
+    ddl = challenge_ddl()
+    results = ddl.index("CREATE TABLE IF NOT EXISTS attribution_customer_journey")
+    sources = re.sub(r"(\w+_id) TEXT", rf"\1 {id_type}", ddl[:results])
+    if not keys:
+        sources = sources.replace(" PRIMARY KEY,", ",")
+    return sources + ddl[results:]
+
+
 def make_db(
     path: Path,
     sessions: Sequence[Sequence] = (),
     conversions: Sequence[Sequence] = (),
     costs: Sequence[Sequence] = (),
+    *,
+    ddl: str | None = None,
 ) -> Path:
     """A challenge database with the given rows.
 
     ``sessions``: (session_id, user_id, date, time, channel[, holder, closer, impression]);
     ``conversions``: (conv_id, user_id, date, time, revenue); ``costs``: (session_id, cost).
+    ``ddl``: the schema (default: the challenge DDL, see :func:`source_ddl`).
     """
     conn = sqlite3.connect(path)
-    conn.executescript(challenge_ddl())
+    conn.executescript(ddl or challenge_ddl())
     rows = [tuple(s) + (1, 1, 0)[len(s) - 5:] if len(s) < 8 else tuple(s) for s in sessions]
     conn.executemany("INSERT INTO session_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     conn.executemany("INSERT INTO conversions VALUES (?, ?, ?, ?, ?)", conversions)
@@ -102,12 +117,21 @@ def expected_journeys(db_path: Path, start: str, end: str) -> dict[str, set[str]
     return out
 
 
+def _ids_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    for column in ("session_id", "conv_id", "user_id"):
+        if column in frame:
+            frame[column] = frame[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    return frame
+
+
 def expected_report(db_path: Path) -> pd.DataFrame:
     """channel_reporting recomputed from the source tables and the stored attribution."""
-    s = read_table(db_path, "session_sources")
-    costs = read_table(db_path, "session_costs")
+    # A row present twice (a table without its primary key) is the same session, cost or order.
+    # Ids are compared as text, as the pipeline stores them (sources may hold INTEGER ids).
+    s = _ids_as_text(read_table(db_path, "session_sources")).drop_duplicates()
+    costs = _ids_as_text(read_table(db_path, "session_costs")).drop_duplicates()
     a = read_table(db_path, "attribution_customer_journey")
-    c = read_table(db_path, "conversions")
+    c = _ids_as_text(read_table(db_path, "conversions")).drop_duplicates("conv_id")
     s = s.merge(costs, on="session_id", how="left")
     s["cost"] = s["cost"].fillna(0.0)
     spend = s.groupby(["channel_name", "event_date"], as_index=False)["cost"].sum()

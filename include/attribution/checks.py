@@ -114,14 +114,14 @@ def check_run(db: Database, run_id: str, run_range: RunRange) -> RunSummary:
 # from the (event_date, channel_name) index alone, and every cost row once with its session's
 # date from the (session_id, channel_name, event_date) index.
 _RANGE_SESSIONS_SQL = """
-SELECT COUNT(*), SUM(CASE WHEN channel_name IS NULL OR channel_name = '' THEN 1 ELSE 0 END)
+SELECT COUNT(DISTINCT session_id), SUM(CASE WHEN channel_name IS NULL OR channel_name = '' THEN 1 ELSE 0 END)
 FROM session_sources
 WHERE event_date >= ? AND event_date <= ?
 """
 _COST_ROWS_SQL = """
 SELECT
     SUM(CASE WHEN s.session_id IS NULL THEN 1 ELSE 0 END),
-    SUM(CASE WHEN s.event_date >= ? AND s.event_date <= ? THEN 1 ELSE 0 END),
+    COUNT(DISTINCT CASE WHEN s.event_date >= ? AND s.event_date <= ? THEN s.session_id END),
     SUM(CASE WHEN c.cost IS NULL AND s.event_date >= ? AND s.event_date <= ? THEN 1 ELSE 0 END),
     SUM(CASE WHEN c.cost < 0 AND s.event_date >= ? AND s.event_date <= ? THEN 1 ELSE 0 END)
 FROM session_costs c
@@ -130,11 +130,23 @@ LEFT JOIN session_sources s ON s.session_id = c.session_id
 
 
 # Sessions whose date is not a real YYYY-MM-DD date. On SQLite a DATE column holds any text;
-# date() gives NULL for text it cannot read and normalises impossible days (2024-02-30).
+# date(x, '+0 days') gives NULL for text it cannot read and normalises impossible days
+# (2024-02-30 becomes 2024-03-01), so it differs from x for both.
 _INVALID_DATE_SQL = {
-    "sqlite": "SELECT COUNT(*) FROM session_sources WHERE event_date IS NULL OR date(event_date) IS NOT event_date",
+    "sqlite": (
+        "SELECT COUNT(*) FROM session_sources WHERE event_date IS NULL OR date(event_date, '+0 days') IS NOT event_date"
+    ),
     "postgresql": "SELECT COUNT(*) FROM session_sources WHERE event_date IS NULL",
 }
+
+
+# Session ids of the range present more than once (counted once in the report's spend).
+_DUPLICATE_SESSIONS_SQL = """
+SELECT COUNT(*) FROM (
+    SELECT session_id FROM session_sources WHERE event_date >= ? AND event_date <= ?
+    GROUP BY session_id HAVING COUNT(*) > 1
+) AS duplicated
+"""
 
 
 def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
@@ -145,14 +157,18 @@ def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
     (a NULL channel is left out of ``channel_reporting``, an empty one is reported under "").
     Of the whole table, as they belong to no run's dates: cost rows whose session does not exist
     are ignored; sessions whose date is not a valid date cannot be put on any report date, so
-    their cost is in no report row (and a journey holding one is quarantined).
+    their cost is in no report row (and a journey holding one is quarantined). Session ids of
+    the range present more than once are counted once in the spend, and a journey holding one is
+    quarantined.
     """
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
     sessions, no_channel = db.query(_RANGE_SESSIONS_SQL, (first, last))[0]
     orphans, with_cost_row, null_cost, negative = db.query(_COST_ROWS_SQL, (first, last) * 3)[0]
     no_cost_row = (sessions or 0) - (with_cost_row or 0)
     invalid_dates = db.scalar(_INVALID_DATE_SQL[db.dialect])
+    duplicated = db.scalar(_DUPLICATE_SESSIONS_SQL, (first, last))
     return {
+        "duplicated_session_ids": int(duplicated or 0),
         "sessions_without_cost_row": int(no_cost_row or 0),
         "null_costs": int(null_cost or 0),
         "negative_costs": int(negative or 0),

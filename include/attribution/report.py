@@ -22,7 +22,11 @@ _REPORT_DATE_EXPR = {"sqlite": "report_date", "postgresql": "CAST(report_date AS
 # - spend: only costs that change a sum (NULL, missing and 0 add nothing), read in session_id
 #   order and matched to their session in the same order, so both sides are read sequentially
 #   instead of one random lookup per session;
+#   A session row or cost row present twice (a source table without its primary key) is the
+#   same session and the same cost: DISTINCT counts it once.
 # - credit: driven by the attribution rows (about 1% of the sessions), not by the sessions.
+#   Revenue is looked up per attribution row, so a conversion id present twice in the source
+#   (which the extraction quarantines) cannot count its credit twice.
 # CROSS JOIN fixes the join order on SQLite; other databases treat it as an inner join.
 _REPORT_SQL = f"""
 INSERT INTO channel_reporting (channel_name, date, cost, ihc, ihc_revenue)
@@ -32,19 +36,22 @@ WITH cells AS (
     WHERE s.event_date IN ({_REPORT_DATES}) AND s.channel_name IS NOT NULL
 ),
 spend AS (
-    SELECT s.channel_name, s.event_date AS date, SUM(c.cost) AS cost
-    FROM session_costs c
-    CROSS JOIN session_sources s
-    WHERE c.cost <> 0 AND s.session_id = c.session_id
-      AND s.event_date IN ({_REPORT_DATES}) AND s.channel_name IS NOT NULL
-    GROUP BY s.channel_name, s.event_date
+    SELECT channel_name, date, SUM(cost) AS cost
+    FROM (
+        SELECT DISTINCT c.session_id, c.cost, s.channel_name, s.event_date AS date
+        FROM session_costs c
+        CROSS JOIN session_sources s
+        WHERE c.cost <> 0 AND s.session_id = c.session_id
+          AND s.event_date IN ({_REPORT_DATES}) AND s.channel_name IS NOT NULL
+    ) AS session_spend
+    GROUP BY channel_name, date
 ),
 credit AS (
     SELECT s.channel_name, s.event_date AS date,
-           SUM(a.ihc) AS ihc, SUM(a.ihc * v.revenue) AS ihc_revenue
+           SUM(a.ihc) AS ihc,
+           SUM(a.ihc * (SELECT MIN(v.revenue) FROM conversions v WHERE v.conv_id = a.conv_id)) AS ihc_revenue
     FROM attribution_customer_journey a
     CROSS JOIN session_sources s
-    JOIN conversions v ON v.conv_id = a.conv_id
     WHERE s.session_id = a.session_id
       AND s.event_date IN ({_REPORT_DATES}) AND s.channel_name IS NOT NULL
     GROUP BY s.channel_name, s.event_date

@@ -35,6 +35,8 @@ class RunSummary:
     ihc: float = 0.0
     ihc_revenue: float = 0.0
     source_warnings: dict[str, int] = field(default_factory=dict)
+    #: What the range covered, when that needs saying (no conversions, before the first one ...).
+    note: str = ""
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -44,7 +46,8 @@ class RunSummary:
         issues = ", ".join(f"{k} {v}" for k, v in sorted(self.issues_by_reason.items())) or "none"
         return (
             f"run {self.run_id}: conversions [{self.range_start}, {self.range_end})\n"
-            f"  conversions in range: {self.conversions}, attributed: {self.attributed}\n"
+            + (f"  NOTE: {self.note}\n" if self.note else "")
+            + f"  conversions in range: {self.conversions}, attributed: {self.attributed}\n"
             f"  issues by reason: {issues}\n"
             f"  API requests: {self.requests}, retries: {self.retries}\n"
             f"  report totals over the range: cost {self.cost:.2f}, ihc {self.ihc:.4f}, "
@@ -107,7 +110,40 @@ def check_run(db: Database, run_id: str, run_range: RunRange) -> RunSummary:
     )[0]
     summary.cost, summary.ihc, summary.ihc_revenue = round(cost, 2), round(ihc, 4), round(revenue, 2)
     summary.source_warnings = source_warnings(db, run_range)
+    if summary.conversions == 0:
+        summary.note = coverage_note(db, run_range)
+    _record(db, summary)
     return summary
+
+
+def coverage_note(db: Database, run_range: RunRange) -> str:
+    """Why a range has no conversions, in words: before, after or between the data's conversions."""
+    first, last = db.query(
+        # Only date-shaped values: a malformed date ('0000-00-00', 'yesterday') says nothing of the data's span.
+        "SELECT MIN(conv_date), MAX(conv_date) FROM conversions WHERE conv_date >= '1000-01-01' AND conv_date <= '9999-12-31'"
+    )[0]
+    note = "no conversions in this range: the report holds spend only"
+    if first is None:
+        return note + "; the conversions table is empty"
+    first, last = str(first), str(last)
+    if run_range.last_date.isoformat() < first:
+        return note + f"; the range lies before the first conversion in the data ({first})"
+    if run_range.first_date.isoformat() > last:
+        return note + f"; the range lies after the last conversion in the data ({last})"
+    return note + f"; the data holds conversions from {first} to {last}"
+
+
+def _record(db: Database, summary: RunSummary) -> None:
+    """Keep the run's outcome in ``attribution_run_results`` (one row per run, replaced on re-run)."""
+    issues = sum(summary.issues_by_reason.values())
+    with db.transaction():
+        db.execute("DELETE FROM attribution_run_results WHERE run_id = ?", (summary.run_id,))
+        db.execute(
+            "INSERT INTO attribution_run_results (run_id, range_start, range_end, conversions, attributed, "
+            "issues, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (summary.run_id, summary.range_start, summary.range_end, summary.conversions, summary.attributed,
+             issues, summary.note or None),
+        )
 
 
 # Two reads instead of one random cost lookup per session of the range: the range's sessions

@@ -291,4 +291,6 @@ def check_run(context: Mapping[str, Any]) -> dict:
     with open_db() as db:
         summary = checks.check_run(db, context["run_id"], run_range(context))
     log.info("run summary\n%s", summary.render())
+    if summary.note:
+        log.warning("%s", summary.note)
     return summary.as_dict()

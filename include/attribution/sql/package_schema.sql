@@ -32,6 +32,18 @@ CREATE TABLE IF NOT EXISTS attribution_report_builds (
     built_at TEXT NOT NULL
 );
 
+-- The outcome of each run's final check: what its range held and what became of it. note says
+-- what needs saying, e.g. that the range held no conversions or lies before the first one.
+CREATE TABLE IF NOT EXISTS attribution_run_results (
+    run_id TEXT PRIMARY KEY,
+    range_start TEXT NOT NULL,
+    range_end TEXT NOT NULL,
+    conversions INT NOT NULL,
+    attributed INT NOT NULL,
+    issues INT NOT NULL,
+    note TEXT
+);
+
 -- Staging, keyed by run id. Data moves between the DAG's tasks through these tables.
 CREATE TABLE IF NOT EXISTS attribution_stg_conversions (
     run_id TEXT NOT NULL,

@@ -119,6 +119,14 @@ def _run(stage: str) -> dict:
             description="Only sessions at most this many days before a conversion belong to its "
             "journey. Empty: unlimited. Use the same value for every run over the same data.",
         ),
+        "reuse_answers": Param(
+            True,
+            type="boolean",
+            title="Reuse earlier answers",
+            description="A journey identical to one an earlier run got an answer for (same sessions, same API "
+            "address and conversion type, within the staging retention) keeps that answer instead of being sent "
+            "again. Turn off to ask the API again for every journey.",
+        ),
     },
 )
 def ihc_attribution():

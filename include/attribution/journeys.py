@@ -127,6 +127,7 @@ class ExtractSummary:
     no_sessions: int = 0
     unplaceable: int = 0
     max_journey_sessions: int = 0
+    reused_answers: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -151,10 +152,17 @@ def extract_journeys(
     *,
     lookback_days: int | None = None,
     created_at: str = "",
+    answer_scope: str = "",
+    reuse_answers: bool = True,
 ) -> ExtractSummary:
     """Stage the run's conversions and journeys, quarantining what cannot be attributed.
 
     Runs in one transaction and replaces the run's staging, so it is safe to re-run.
+
+    :param answer_scope: what else decides an answer besides the journey (the API's address,
+        conversion type and redistribution settings); part of every journey's fingerprint.
+    :param reuse_answers: let journeys whose fingerprint another run's answer was given for keep
+        that answer instead of being sent again (see :func:`_reuse_other_runs_answers`).
     """
     summary = ExtractSummary()
     with db.transaction():
@@ -190,7 +198,9 @@ def extract_journeys(
             "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
             (NO_SESSIONS, run_id),
         )
-        _fingerprint_journeys(db, run_id)
+        _fingerprint_journeys(db, run_id, answer_scope)
+        if reuse_answers:
+            summary.reused_answers = _reuse_other_runs_answers(db, run_id)
         row = db.query(
             "SELECT COUNT(*), COALESCE(SUM(n_sessions), 0), COALESCE(MAX(n_sessions), 0) "
             "FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'",
@@ -200,11 +210,12 @@ def extract_journeys(
     return summary
 
 
-def _fingerprint_journeys(db: Database, run_id: str) -> None:
+def _fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> None:
     """Record a fingerprint of every staged journey and drop answers that no longer fit.
 
-    The fingerprint covers everything the API sees of a journey; an answer kept from an earlier
-    attempt of the run is reused only when it was given for the same fingerprint.
+    The fingerprint covers everything the API sees of a journey, and ``answer_scope``; an answer
+    kept from an earlier attempt of the run is reused only when it was given for the same
+    fingerprint.
     """
     keys: list[tuple[str, str, str]] = []
     digest, current = None, None
@@ -218,7 +229,7 @@ def _fingerprint_journeys(db: Database, run_id: str) -> None:
             if conv_id != current:
                 if digest is not None:
                     keys.append((run_id, current, digest.hexdigest()))
-                current, digest = conv_id, hashlib.sha256()
+                current, digest = conv_id, hashlib.sha256(answer_scope.encode())
             digest.update(repr(fields).encode())
     if digest is not None:
         keys.append((run_id, current, digest.hexdigest()))
@@ -236,6 +247,44 @@ def _fingerprint_journeys(db: Database, run_id: str) -> None:
         "DELETE FROM attribution_stg_results WHERE run_id = ? AND NOT EXISTS ("
         " SELECT 1 FROM attribution_stg_answered a WHERE a.run_id = attribution_stg_results.run_id"
         " AND a.conv_id = attribution_stg_results.conv_id)",
+        (run_id,),
+    )
+
+
+# Another run's answer for a journey with the same fingerprint (the same sessions, sent to the
+# same API address and conversion type): the oldest such run, so the choice is deterministic.
+_SOURCE_RUN = """(
+    SELECT MIN(a.run_id) FROM attribution_stg_answered a
+    WHERE a.conv_id = k.conv_id AND a.journey_hash = k.journey_hash AND a.run_id <> k.run_id
+)"""
+_UNANSWERED_KEYS = """
+FROM attribution_stg_journey_keys k
+JOIN {table} src ON src.conv_id = k.conv_id AND src.run_id = {source}
+WHERE k.run_id = ? AND NOT EXISTS (
+    SELECT 1 FROM attribution_stg_answered mine WHERE mine.run_id = k.run_id AND mine.conv_id = k.conv_id
+)
+"""
+
+
+def _reuse_other_runs_answers(db: Database, run_id: str) -> int:
+    """Copy the answers other runs got for journeys identical to this run's unanswered ones.
+
+    The service answers a journey from the journey alone (it normalises each journey it is sent
+    whole), so an identical journey sent again would cost quota for the same numbers. This is
+    what makes a fresh run after a crash, a second ``make run`` of a range or a re-triggered
+    run send only what was never answered. Answers are kept as long as their run's staging
+    (``$ATTRIBUTION_STAGING_RETENTION_DAYS``). Returns the number of journeys reused.
+    """
+    results = _UNANSWERED_KEYS.format(table="attribution_stg_results", source=_SOURCE_RUN)
+    db.execute(
+        "INSERT INTO attribution_stg_results (run_id, conv_id, session_id, initializer, holder, closer, ihc) "
+        f"SELECT k.run_id, src.conv_id, src.session_id, src.initializer, src.holder, src.closer, src.ihc {results}",
+        (run_id,),
+    )
+    answered = _UNANSWERED_KEYS.format(table="attribution_stg_answered", source=_SOURCE_RUN)
+    return db.execute(
+        "INSERT INTO attribution_stg_answered (run_id, conv_id, journey_hash, n_sent) "
+        f"SELECT k.run_id, src.conv_id, src.journey_hash, src.n_sent {answered}",
         (run_id,),
     )
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import json
 import logging
 import os
 import time
@@ -17,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from include.attribution import api_stage, charts, checks, export, journeys, load, report, schema
-from include.attribution.daterange import RunRange, parse_lookback_days, resolve_run_range
+from include.attribution.daterange import ParamError, RunRange, parse_lookback_days, resolve_run_range
 from include.attribution.db import Database
 from include.attribution.errors import PermanentError
 from include.attribution.ihc_client import IhcConfigurationError
@@ -92,6 +93,13 @@ def open_db() -> Iterator[Database]:
         db.close()
 
 
+def answer_scope(settings: Any) -> str:
+    """What decides an answer besides the journey: the API's address, conv type and redistribution."""
+    return json.dumps(
+        [settings.base_url, settings.conv_type_id, settings.redistribution_parameter], sort_keys=True, default=str
+    )
+
+
 def _ihc_hook():
     from include.attribution.ihc_hook import IhcHook
 
@@ -134,9 +142,20 @@ def extract_journeys(context: Mapping[str, Any]) -> dict:
     """Stage the run's conversions and their journeys; quarantine malformed input."""
     rng = run_range(context)
     created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    reuse = (context.get("params") or {}).get("reuse_answers", True)
+    if not isinstance(reuse, bool):
+        raise ParamError(f"param reuse_answers={reuse!r} must be true or false")
+    with _fail_without_retry():
+        scope = answer_scope(_ihc_hook().settings)
     with open_db() as db:
         summary = journeys.extract_journeys(
-            db, context["run_id"], rng, lookback_days=_lookback_days(context), created_at=created
+            db,
+            context["run_id"],
+            rng,
+            lookback_days=_lookback_days(context),
+            created_at=created,
+            answer_scope=scope,
+            reuse_answers=reuse,
         )
     log.info("extracted %s", summary.as_dict())
     return summary.as_dict()

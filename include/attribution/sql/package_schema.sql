@@ -149,6 +149,9 @@ CREATE INDEX IF NOT EXISTS ix_conversions_date
     ON conversions (conv_date, conv_time);
 CREATE INDEX IF NOT EXISTS ix_attribution_customer_journey_session
     ON attribution_customer_journey (session_id);
+-- Answers of other runs for the same journey fingerprint (reused instead of sent again).
+CREATE INDEX IF NOT EXISTS ix_attribution_stg_answered_conv_hash
+    ON attribution_stg_answered (conv_id, journey_hash, run_id);
 -- A request's journeys in conv_id order, the order in which a request is built.
 CREATE INDEX IF NOT EXISTS ix_attribution_stg_request_journeys_request_conv
     ON attribution_stg_request_journeys (run_id, request_no, conv_id);

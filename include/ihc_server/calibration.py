@@ -54,10 +54,11 @@ RANK_KNOTS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0)
 HOLDER_KNOTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 MEMORY_KNOTS = (0.0, 12.0, 24.0, 48.0, 72.0, 96.0, 120.0, 168.0, 240.0, 336.0)
 
-#: Weight of the ridge that pulls log channel factors towards 0 (factor 1), per factor.
+#: Weight of the ridge that pulls log factors towards 0 (factor 1): worth, in the sum of squared
+#: errors, a factor of e^0.2 against 0.002 of squared share error (a few sessions a little off).
 RIDGE = 0.05
 #: Weight of the smoothness term on neighbouring knot values.
-SMOOTH = 0.002
+SMOOTH = 0.0001
 #: Fewest journeys of 2+ sessions a calibration accepts (about 110 parameters to fit).
 MIN_MULTI_JOURNEYS = 100
 #: Fewest journeys of 2+ sessions per fold in the training part of a cross-validation.
@@ -507,9 +508,6 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
     x0 = np.clip(layout.pack(start), lo, hi)
     real = np.concatenate([batch.I, batch.H, batch.C, batch.ihc])
     smooth_groups = [("pause", None), ("closer", 1.0), ("rank", 1.0), ("holder", 1.0), ("memory", 1.0)]
-    n_factor_logs = s["factors"].stop - s["factors"].start
-    # Scale the penalties with the data, so that their pull does not depend on the file's size.
-    scale = math.sqrt(len(batch.jid))
 
     # The parts of the model that do not depend on the parameters, computed once.
     pause_k, closer_k, rank_k, holder_k, memory_k = (np.array(k) for k in (
@@ -530,18 +528,43 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
             batch, common, np.interp(batch.gap, pause_k, x[s["pause"]]), closeness, discount, ends[0], ends[1],
             x[s["hu"]][0] if layout.fit_holder_unengaged else 0.0,
             x[s["cu"]][0] if layout.fit_closer_unengaged else 0.0, memory, weights, batch.jid, batch.n_journeys))
-        penalties = [math.sqrt(RIDGE) * scale / math.sqrt(max(n_factor_logs, 1)) * x[s["factors"]],
-                     math.sqrt(RIDGE) * scale * x[s["imp"]]]
+        penalties = [math.sqrt(RIDGE) * x[s["factors"]], math.sqrt(RIDGE) * x[s["imp"]]]
         for name, pinned in smooth_groups:
             values = x[s[name]] if pinned is None else np.concatenate([[pinned], x[s[name]]])
-            penalties.append(math.sqrt(SMOOTH) * scale / 10 * np.diff(values))
+            penalties.append(math.sqrt(SMOOTH) * np.diff(values))
         return np.concatenate([predicted - real, *penalties])
 
-    result = least_squares(residuals, x0, bounds=(lo, hi), method="trf", x_scale="jac", max_nfev=max_nfev, tr_solver="lsmr",
-                           diff_step=1e-4)
+    def solve(x, upper=hi):
+        return least_squares(residuals, x, bounds=(lo, upper), method="trf", x_scale="jac", max_nfev=max_nfev,
+                             tr_solver="lsmr", diff_step=1e-4)
+
+    result = solve(x0)
+    nfev = result.nfev
+    # A multiplier of exactly 0 switches a phase off for some sessions (a journey whose only holder
+    # candidate is the first session then has no holder phase at all): a jump that the optimiser,
+    # moving smoothly, does not take. Try 0 for the multipliers that ended near it.
+    # Those set to 0 stay there (an upper bound of almost 0) while the rest is refitted.
+    x, cost, upper = result.x, result.cost, hi.copy()
+    near_zero = [i for name in ("ends", "hu", "cu") for i in range(s[name].start, s[name].stop) if 0 < x[i] < 0.05]
+    # Jointly: a journey may need two of them at 0 at once (no holder for the first session, none
+    # for unengaged ones). At most 4 candidates, so at most 15 trials.
+    best = None
+    for mask in range(1, 2 ** len(near_zero)):
+        trial = x.copy()
+        chosen = [i for bit, i in enumerate(near_zero) if mask >> bit & 1]
+        trial[chosen] = 0.0
+        trial_cost = 0.5 * float(np.sum(residuals(trial) ** 2))
+        if trial_cost < cost and (best is None or trial_cost < best[0]):
+            best = (trial_cost, trial, chosen)
+    if best is not None:
+        cost, x, chosen = best
+        upper[chosen] = 1e-12
+    if (upper < hi).any():
+        result = solve(x, upper)
+        nfev += result.nfev
     params = layout.unpack(result.x, digits=4)
     model = TypeModel(params, weights, source="calibration")
-    return Calibration(model, len(multi), float(result.cost), int(result.nfev))
+    return Calibration(model, len(multi), float(result.cost), int(nfev))
 
 
 def folds_of(journeys: Sequence[Journey], folds: int) -> list[tuple[list[Journey], list[Journey]]]:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +115,10 @@ def dump(model: TypeModel, conv_type_id: str, path: str | Path) -> None:
     """Write ``model`` as a parameter file (written to a temporary name, then renamed)."""
     path = Path(path)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(to_dict(model, conv_type_id), indent=1) + "\n", encoding="utf-8")
+    text = json.dumps(to_dict(model, conv_type_id), indent=1)
+    # One line per curve point: [x, y].
+    text = re.sub(r"\[\s+(-?[\d.e+-]+),\s+(-?[\d.e+-]+)\s+\]", r"[\1, \2]", text)
+    tmp.write_text(text + "\n", encoding="utf-8")
     tmp.replace(path)
 
 

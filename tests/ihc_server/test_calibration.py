@@ -255,7 +255,7 @@ def _write(path: Path, journeys, conv_type: str) -> Path:
 
 def test_calibrate_command_writes_parameters_and_reports_a_poor_fit(tmp_path, capsys):
     script = _calibration_script()
-    good = _write(tmp_path / "b.jsonl", cal.synthetic_answers(random_journeys(3, 400), cal.TYPE_B), "B")
+    good = _write(tmp_path / "b.jsonl", cal.synthetic_answers(random_journeys(3, 200), cal.TYPE_B), "B")
     out = tmp_path / "b.json"
     assert script.main(["--answers", str(good), "--conv-type-id", "B", "--folds", "2", "--out", str(out)]) == 0
     text = capsys.readouterr().out
@@ -264,7 +264,7 @@ def test_calibrate_command_writes_parameters_and_reports_a_poor_fit(tmp_path, ca
     fit = params_file.load(out).fit
     assert fit["verdict"] == "good" and fit["mae_cross_validated"] < 0.05 < fit["mae_linear"]
 
-    bad = _write(tmp_path / "tod.jsonl", cal.time_of_day_answers(random_journeys(4, 400)), "T")
+    bad = _write(tmp_path / "tod.jsonl", cal.time_of_day_answers(random_journeys(4, 200)), "T")
     out = tmp_path / "tod.json"
     assert script.main(["--answers", str(bad), "--conv-type-id", "T", "--folds", "2", "--out", str(out)]) == 0
     assert "POOR FIT" in capsys.readouterr().out

@@ -14,6 +14,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
+from include.ihc_server import params as params_file
 from include.ihc_server.config import API_KEYS_ENV, PROFILES, FaultConfig, ServerConfig
 from include.ihc_server.model import PhaseWeights
 
@@ -45,12 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="(default: %(default)s)")
 
     g = p.add_argument_group("model")
+    g.add_argument("--model-params", action="append", default=[], metavar="ID=PARAMS.json",
+                   help="answer conv_type_id ID with the parameters of PARAMS.json (written by "
+                        "scripts/calibrate_ihc_model.py --out), repeatable; ID must be served (--conv-type-id). "
+                        "Types without a file use the built-in type A parameters and the weights below")
     g.add_argument("--weight-initializer", type=float, default=weights.initializer, metavar="W",
-                   help="phase weight of the initializer (default: %(default)s)")
+                   help="phase weight of the initializer of the built-in model (default: %(default)s)")
     g.add_argument("--weight-holder", type=float, default=weights.holder, metavar="W",
-                   help="phase weight of the holder (default: %(default)s)")
+                   help="phase weight of the holder of the built-in model (default: %(default)s)")
     g.add_argument("--weight-closer", type=float, default=weights.closer, metavar="W",
-                   help="phase weight of the closer (default: %(default)s)")
+                   help="phase weight of the closer of the built-in model (default: %(default)s)")
 
     g = p.add_argument_group("fault injection (all off by default)")
     g.add_argument("--latency-ms", type=float, default=faults.latency_ms, metavar="MS",
@@ -78,6 +83,14 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
     env_keys = [k.strip() for k in environ.get(API_KEYS_ENV, "").split(",")]
     # Keep the order, drop blanks and repeats.
     keys = tuple(dict.fromkeys(k for k in [*args.api_key, *env_keys] if k))
+    models = {}
+    for spec in args.model_params:
+        conv_type, sep, path = spec.partition("=")
+        if not (sep and conv_type and path):
+            raise ValueError(f"--model-params takes ID=PARAMS.json, got {spec!r}")
+        if conv_type in models:
+            raise ValueError(f"--model-params given twice for conv_type_id {conv_type!r}")
+        models[conv_type] = params_file.load(path)
     return ServerConfig(
         api_keys=keys,
         conv_type_ids=tuple(args.conv_type_id or ("demo",)),
@@ -85,6 +98,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         max_journeys=args.max_journeys,
         max_sessions=args.max_sessions,
         weights=PhaseWeights(args.weight_initializer, args.weight_holder, args.weight_closer),
+        models=models,
         faults=FaultConfig(
             latency_ms=args.latency_ms,
             error_rate=args.error_rate,

@@ -126,7 +126,8 @@ def banner(config: ServerConfig) -> str:
         "IHC-compatible LOCAL DEVELOPMENT DOUBLE, not the real IHC attribution API: "
         f"conv_type_ids {', '.join(config.conv_type_ids)}; limits {config.max_journeys} journeys and "
         f"{config.max_sessions} sessions per request (profile {config.profile}); "
-        f"{len(config.api_keys)} API key(s) accepted; faults: {faults} (seed {config.faults.seed})"
+        f"{len(config.api_keys)} API key(s) accepted; models: {config.describe_models()}; "
+        f"faults: {faults} (seed {config.faults.seed})"
     )
 
 
@@ -275,15 +276,16 @@ def create_app(config: ServerConfig) -> FastAPI:
         raw = await request.body()
         # Parsing and the model are CPU work (about 50 ms for 3,000 sessions): run them in a
         # thread so that the event loop keeps serving other requests, latencies and hangs.
-        response, answered = await asyncio.to_thread(_answer, raw, plan)
+        response, answered = await asyncio.to_thread(_answer, raw, plan, conv_type_id)
         if answered is not None:
             stats.journeys += answered.journeys
             stats.sessions += answered.sessions
             stats.failed_journeys += answered.failed_journeys
         return response
 
-    def _answer(raw: bytes, plan: FaultPlan) -> tuple[JSONResponse, _Answered | None]:
+    def _answer(raw: bytes, plan: FaultPlan, conv_type_id: str) -> tuple[JSONResponse, _Answered | None]:
         faults = config.faults
+        model = config.model_for(conv_type_id)
         try:
             parsed = parse_body(raw)
         except BadRequest as exc:
@@ -322,7 +324,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 })
                 continue
             credits = round_credits(
-                attribute_journey(touchpoints, config.weights, redistribution=parsed.redistribution)
+                attribute_journey(touchpoints, model.weights, model.params, redistribution=parsed.redistribution)
             )
             values.extend(value_rows(journey, credits))
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from include.ihc_server.model import PhaseWeights
+from include.ihc_server.model import FITTED_PARAMS, PhaseWeights, TypeModel
 
 #: Limits per request of the production service's account types: (max journeys, max sessions).
 PROFILES: dict[str, tuple[int, int]] = {
@@ -78,6 +79,10 @@ class ServerConfig:
 
     ``max_journeys`` and ``max_sessions`` left at ``None`` come from ``profile`` (``standard``:
     100 journeys and 3,000 sessions per request; ``free``: 100 and 200).
+
+    ``models`` maps a conversion type to the model that answers it (parameter files of
+    ``scripts/calibrate_ihc_model.py``); every type without one is answered by the built-in type A
+    parameters with ``weights``.
     """
 
     api_keys: tuple[str, ...]
@@ -87,6 +92,7 @@ class ServerConfig:
     max_sessions: int | None = None
     weights: PhaseWeights = field(default_factory=PhaseWeights)
     faults: FaultConfig = field(default_factory=FaultConfig)
+    models: Mapping[str, TypeModel] = field(default_factory=dict)
     host: str = "127.0.0.1"
     port: int = 8765
 
@@ -104,6 +110,13 @@ class ServerConfig:
         if not conv_types or not all(isinstance(c, str) and c for c in conv_types):
             raise ValueError("conv_type_ids must hold at least one non-empty id")
         object.__setattr__(self, "conv_type_ids", conv_types)
+        unserved = [c for c in self.models if c not in conv_types]
+        if unserved:
+            raise ValueError(
+                f"model parameters given for conv_type_id {', '.join(map(repr, unserved))}, which this server "
+                f"does not serve (known: {', '.join(conv_types)}); add --conv-type-id for it"
+            )
+        object.__setattr__(self, "models", dict(self.models))
         if self.profile not in PROFILES:
             raise ValueError(f"unknown profile {self.profile!r}; expected one of {', '.join(PROFILES)}")
         default_journeys, default_sessions = PROFILES[self.profile]
@@ -113,3 +126,24 @@ class ServerConfig:
                 object.__setattr__(self, name, default)
             elif isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+    def model_for(self, conv_type_id: str) -> TypeModel:
+        """The model answering ``conv_type_id``: its parameter file's, else the built-in type A."""
+        model = self.models.get(conv_type_id)
+        if model is None:
+            return TypeModel(FITTED_PARAMS, self.weights)
+        return model
+
+    def describe_models(self) -> str:
+        """One phrase per served conversion type: where its model comes from (for the startup log)."""
+        parts = []
+        for conv_type in self.conv_type_ids:
+            model = self.model_for(conv_type)
+            text = f"{conv_type}: {model.source}"
+            fit = model.fit or {}
+            if "mae_cross_validated" in fit:
+                text += (f" (calibrated on {fit.get('multi_session_journeys', '?')} journeys of 2+ sessions, "
+                         f"cross-validated MAE {fit['mae_cross_validated']}, linear {fit.get('mae_linear', '?')}"
+                         + (", POOR FIT" if fit.get("verdict") == "poor" else "") + ")")
+            parts.append(text)
+        return "; ".join(parts)

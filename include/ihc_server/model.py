@@ -18,6 +18,15 @@ dropping the holder phase (its weight and its column) when no session qualifies.
 single-session journey always gets (1, 0, 1, ihc 1). Curves and factors were fitted to real
 answers of the production service (``scripts/calibrate_ihc_model.py --fit``).
 
+The real service trains one model per conversion type, so :class:`ModelParams` is a family:
+besides the three curves and the channel factors it has terms that are neutral for the reference
+type A and let other types differ (see ``docs/ihc_server.md``): closer credit by the number of
+sessions to the converting one (``closer_rank``), sessions forgotten behind a long pause
+(``memory``), holder credit of the first and last sessions (``holder_first``, ``holder_last``),
+credit of sessions without the engagement flag of a phase (``holder_unengaged``,
+``closer_unengaged``) and of impressions (``impression``). A :class:`TypeModel` is the parameter
+set and the phase weights that answer one conversion type.
+
 Everything here is deterministic and independent of the order in which rows arrive: sessions are
 ordered by timestamp, then session id.
 """
@@ -92,21 +101,60 @@ class ChannelFactors:
     closer: float = 1.0
 
 
+#: A curve that is 1 everywhere (the neutral value of the optional curves).
+ONE = Curve(((0.0, 1.0),))
+
+
 @dataclass(frozen=True)
 class ModelParams:
-    """The trained part of the model: three curves and the per-channel factors.
+    """The trained part of the model of one conversion type (phase weights aside).
+
+    The raw weight of a session in a phase is the product of the terms below that apply to it;
+    each phase is then normalised over the journey. The defaults of the optional terms are
+    neutral: with them the model is the one fitted for the reference type A.
 
     :param initializer_pause: raw initializer weight of a non-first session by hours since the
-        previous session.
+        previous session (the first session has 1).
     :param closer_distance: raw closer weight by hours between a session and the converting one.
     :param holder_discount: holder weight multiplier by the session's initializer + closer share.
     :param channel_factors: factors by ``channel_label``; unknown channels get 1, 1, 1.
+    :param closer_rank: closer weight multiplier by the number of sessions between a session and
+        the converting one (0: the converting session itself).
+    :param memory: multiplier of all three phases by the longest pause (hours) between a session
+        and the end of the journey: how far back, across a long pause, a session still counts.
+        Its value at 0 must be > 0 (the last session always counts).
+    :param holder_first: holder weight multiplier of the first session.
+    :param holder_last: holder weight multiplier of the last session.
+    :param holder_unengaged: holder weight of a session with ``holder_engagement`` = 0 (0: none).
+    :param closer_unengaged: closer weight of a session with ``closer_engagement`` = 0 other than
+        the last (0: none).
+    :param impression: multipliers of each phase for sessions with ``impression_interaction`` = 1.
     """
 
     initializer_pause: Curve
     closer_distance: Curve
     holder_discount: Curve
     channel_factors: Mapping[str, ChannelFactors] = field(default_factory=dict)
+    closer_rank: Curve = ONE
+    memory: Curve = ONE
+    holder_first: float = 1.0
+    holder_last: float = 1.0
+    holder_unengaged: float = 0.0
+    closer_unengaged: float = 0.0
+    impression: ChannelFactors = field(default_factory=lambda: ChannelFactors())
+
+    def __post_init__(self) -> None:
+        for name in ("holder_first", "holder_last", "holder_unengaged", "closer_unengaged"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for label, f in [("impression", self.impression), *self.channel_factors.items()]:
+            for phase in PHASES:
+                value = getattr(f, phase)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                    raise ValueError(f"factor {phase} of {label!r} must be a finite number >= 0, got {value!r}")
+        if self.memory(0.0) <= 0:
+            raise ValueError("memory must be > 0 at 0 h: the last session of a journey always counts")
 
     def factors(self, channel_label: str) -> ChannelFactors:
         """Factors of a channel (neutral for a channel the model was not trained on)."""
@@ -158,6 +206,20 @@ NOMINAL_PARAMS = ModelParams(
     closer_distance=Curve(((0.0, 1.0), (2.0, 0.5), (48.0, 0.0))),
     holder_discount=Curve(((0.0, 1.0),)),
 )
+
+
+@dataclass(frozen=True)
+class TypeModel:
+    """What answers one conversion type: a parameter set, phase weights, and where they came from.
+
+    :param source: shown in the server's startup log (a file name, or ``built-in``).
+    :param fit: calibration summary recorded with the parameters (journeys, MAEs), if any.
+    """
+
+    params: ModelParams = FITTED_PARAMS
+    weights: PhaseWeights = field(default_factory=PhaseWeights)
+    source: str = "built-in (reference type A)"
+    fit: Mapping[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -270,30 +332,53 @@ def attribute_journey(
         return [SessionCredit(sessions[0].session_id, 1.0, 0.0, 1.0, 1.0)]
 
     factors = [params.factors(s.channel_label) for s in sessions]
+    impression = params.impression
+    # The longest pause between each session and the end of the journey (0 for the last).
+    longest_after = [0.0] * n
+    for i in range(n - 2, -1, -1):
+        longest_after[i] = max(longest_after[i + 1], _hours(sessions[i + 1].timestamp - sessions[i].timestamp))
+    memory = [params.memory(h) for h in longest_after]
 
-    init_raw = [factors[0].initializer]
-    for prev, cur, f in zip(sessions, sessions[1:], factors[1:]):
-        init_raw.append(params.initializer_pause(_hours(cur.timestamp - prev.timestamp)) * f.initializer)
+    def common(i: int, phase: str) -> float:
+        # Terms every phase shares: channel factor, memory, impression multiplier.
+        weight = getattr(factors[i], phase) * memory[i]
+        return weight * getattr(impression, phase) if sessions[i].impression_interaction == 1 else weight
+
+    init_raw = [common(0, "initializer")]
+    for i in range(1, n):
+        pause = _hours(sessions[i].timestamp - sessions[i - 1].timestamp)
+        init_raw.append(params.initializer_pause(pause) * common(i, "initializer"))
     initializer = _normalise(init_raw)
     if initializer is None:
-        # Only when a channel factor is 0: the first session still starts the journey.
-        initializer = [1.0] + [0.0] * (n - 1)
+        # Only when factors or memory are 0: the session that counts most starts the journey.
+        start = max(range(n), key=lambda i: (memory[i], -i))
+        initializer = [float(i == start) for i in range(n)]
 
     flagged = [i for i, s in enumerate(sessions) if s.conversion == 1]
-    converting = sessions[flagged[-1] if flagged else n - 1].timestamp
-    closer_raw = [
-        params.closer_distance(abs(_hours(converting - s.timestamp))) * f.closer
-        if (s.closer_engagement == 1 or i == n - 1) else 0.0
-        for i, (s, f) in enumerate(zip(sessions, factors))
-    ]
+    conv_index = flagged[-1] if flagged else n - 1
+    converting = sessions[conv_index].timestamp
+    closer_raw = []
+    for i, s in enumerate(sessions):
+        eligible = 1.0 if (s.closer_engagement == 1 or i == n - 1) else params.closer_unengaged
+        closer_raw.append(
+            eligible * params.closer_distance(abs(_hours(converting - s.timestamp)))
+            * params.closer_rank(abs(conv_index - i)) * common(i, "closer")
+            if eligible else 0.0
+        )
     closer = _normalise(closer_raw)
     if closer is None:
         closer = [0.0] * (n - 1) + [1.0]
 
-    holder_raw = [
-        params.holder_discount(initializer[i] + closer[i]) * f.holder if s.holder_engagement == 1 else 0.0
-        for i, (s, f) in enumerate(zip(sessions, factors))
-    ]
+    holder_raw = []
+    for i, s in enumerate(sessions):
+        eligible = 1.0 if s.holder_engagement == 1 else params.holder_unengaged
+        if i == 0:
+            eligible *= params.holder_first
+        if i == n - 1:
+            eligible *= params.holder_last
+        holder_raw.append(
+            eligible * params.holder_discount(initializer[i] + closer[i]) * common(i, "holder") if eligible else 0.0
+        )
     holder = _normalise(holder_raw)
 
     phases = {"initializer": initializer, "holder": holder, "closer": closer}

@@ -19,7 +19,7 @@ from typing import Any
 from include.attribution import api_stage, charts, checks, export, journeys, load, report, schema
 from include.attribution.daterange import RunRange, resolve_run_range
 from include.attribution.db import Database
-from include.attribution.ihc_client import IhcConfigurationError
+from include.attribution.ihc_client import IhcPermanentError, SendProgress, SendSummary
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +94,18 @@ def _ihc_hook():
 
 @contextmanager
 def _fail_without_retry() -> Iterator[None]:
-    """Turn an IHC configuration error into a task failure that Airflow does not retry.
+    """Turn a permanent IHC error into a task failure that Airflow does not retry.
 
-    A wrong key, an unknown conv type or a limit above the account's gets the same answer on
-    every attempt: a task retry would only send more requests and delay the failure.
+    A wrong key, an unknown conv type, a limit above the account's, an answer breaking the
+    contract or journeys the service rejects get the same outcome on every attempt: a task retry
+    would only send more requests and delay the failure. Transient errors keep Airflow's retries.
     """
     try:
         yield
-    except IhcConfigurationError as exc:
+    except IhcPermanentError as exc:
         from airflow.sdk.exceptions import AirflowFailException
 
-        raise AirflowFailException(f"{exc} (not retried: fix the connection, then clear the task)") from exc
+        raise AirflowFailException(f"{exc} (not retried: fix the cause, then clear the task)") from exc
 
 
 def setup_tables(context: Mapping[str, Any]) -> dict:
@@ -151,57 +152,62 @@ def pack_requests(context: Mapping[str, Any]) -> dict:
 
 
 def call_ihc_api(context: Mapping[str, Any]) -> dict:
-    """Send the unanswered requests of the run; answers are checkpointed one by one."""
+    """Send the unanswered requests of the run through the IHC hook; answers are checkpointed one by one."""
     hook = _ihc_hook()
     with _fail_without_retry():
-        client = hook.get_conn()
+        settings = hook.settings
     started = time.monotonic()
-    summary = api_stage.SendSummary()
+    summary = SendSummary()
     try:
-        with open_db() as db, _fail_without_retry():
-            summary = api_stage.send_requests(
+        with open_db() as db, _fail_without_retry(), hook.stop_on_sigterm():
+            api_stage.send_requests(
                 db,
                 context["run_id"],
-                client,
-                max_sessions=hook.settings.max_sessions_per_request,
-                progress=_progress_logger(started),
+                hook,
+                max_sessions=settings.max_sessions_per_request,
+                max_rejected_share=settings.max_rejected_share,
+                progress=_progress_logger(),
                 summary=summary,
             )
     finally:
+        hook.close()
         _emit_api_metrics(summary)
     log.info("IHC API stage done in %.1f s: %s", time.monotonic() - started, summary.as_dict())
     return summary.as_dict()
 
 
-def _emit_api_metrics(summary: api_stage.SendSummary) -> None:
+def _emit_api_metrics(summary: SendSummary) -> None:
     """Counters for dashboards, through Airflow's metrics (StatsD or OpenTelemetry when on)."""
     try:
         from airflow.sdk.observability.stats import Stats
     except ImportError:  # metrics are optional
         return
-    Stats.incr("ihc_attribution.api.requests", summary.requests_sent)
+    Stats.incr("ihc_attribution.api.requests_sent", summary.requests_sent)
+    Stats.incr("ihc_attribution.api.requests_answered", summary.requests_answered)
+    Stats.incr("ihc_attribution.api.requests_failed", summary.requests_failed)
+    Stats.incr("ihc_attribution.api.attempts", summary.attempts)
     Stats.incr("ihc_attribution.api.retries", summary.retries)
-    Stats.incr("ihc_attribution.api.rejected_journeys", summary.rejected_journeys)
-    Stats.incr("ihc_attribution.api.failed_requests", len(summary.unanswered))
+    Stats.incr("ihc_attribution.api.journeys_answered", summary.journeys_answered)
+    Stats.incr("ihc_attribution.api.journeys_rejected", summary.journeys_rejected)
 
 
-def _progress_logger(started: float, every_seconds: float = 10.0):
+def _progress_logger(every_seconds: float = 10.0):
     """Log progress of the API stage at most every few seconds, and at the end."""
     last = [0.0]
 
-    def progress(p, journeys_done: int) -> None:
+    def progress(p: SendProgress) -> None:
         now = time.monotonic()
         finished = p.total is not None and p.done >= p.total
         if now - last[0] < every_seconds and not finished:
             return
         last[0] = now
         rate = p.done / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
-        journey_rate = journeys_done / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
+        journey_rate = p.journeys_answered / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
         eta = f"{(p.total - p.done) / rate:.0f} s" if rate > 0 and p.total is not None else "unknown"
         log.info(
             "IHC API: %d/%s requests done, %.0f journeys/s, %d retries so far, %d journeys rejected, "
             "estimated time left %s",
-            p.done, p.total if p.total is not None else "?", journey_rate, p.retries, p.failed_journeys, eta,
+            p.done, p.total if p.total is not None else "?", journey_rate, p.retries, p.journeys_rejected, eta,
         )
 
     return progress

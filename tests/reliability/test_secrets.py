@@ -3,8 +3,8 @@
 The whole DAG runs through ``dag.test()`` with env connections and a recognisable key, once
 successfully and once with a wrong key (a 403 failure); then every place a key could leak to is
 searched byte for byte. A key pasted with a trailing newline, or broken by one, is checked the
-same way, in every form it could take (as pasted, stripped, escaped, URL-encoded). Each search also looks for something that must be there, so that an
-empty place cannot pass for a clean one.
+same way, in every form it could take (as pasted, stripped, escaped, URL-encoded). Each search
+also looks for something that must be there, so that an empty place cannot pass for a clean one.
 """
 
 from __future__ import annotations

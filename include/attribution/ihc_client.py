@@ -223,11 +223,6 @@ class IhcSettings(BaseModel):
         """The endpoint's URL."""
         return self.base_url if self.base_url.endswith(ENDPOINT) else self.base_url + ENDPOINT
 
-    @property
-    def extras(self) -> dict[str, Any]:
-        """The settings as connection extras (all but ``base_url``)."""
-        return self.model_dump(exclude={"base_url"})
-
 
 #: Extras understood in an IHC connection.
 KNOWN_EXTRAS = tuple(name for name in IhcSettings.model_fields if name != "base_url")

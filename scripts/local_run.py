@@ -106,7 +106,7 @@ def local_ihc_server(env: dict[str, str]) -> Iterator[None]:
         port = int(url.rsplit(":", 1)[1])
         print(f"local IHC server (development double) on port {port}, log {log_path}", flush=True)
         env["AIRFLOW_CONN_IHC_API"] = json.dumps(
-            {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "password": key,
+            {"conn_type": "ihc", "host": "127.0.0.1", "port": port, "schema": "http", "password": key,
              "extra": {"conv_type_id": "demo", "max_concurrency": 4}}
         )
         yield

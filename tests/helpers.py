@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from include.attribution.ihc_client import IhcRequest, IhcResult, IhcRow, PartialFailure
+from include.attribution.ihc_client import (
+    IhcRequest,
+    IhcResult,
+    IhcRetriesExhaustedError,
+    IhcRow,
+    PartialFailure,
+    SendSummary,
+)
 from include.attribution.schema import challenge_ddl
 
 SESSION_COLUMNS = (
@@ -74,13 +81,14 @@ class FakeIhcClient:
         self.fail_after = fail_after
         self.sent: list[IhcRequest] = []
 
-    def send_all(self, requests, on_result: Callable[[IhcResult], None], *, progress=None, total=None):
-        from include.attribution.ihc_client import IhcRetriesExhaustedError
-
+    def compute_ihc(self, requests, on_result: Callable[[IhcResult], None], *, progress=None, total=None,
+                    summary=None):
+        summary = summary if summary is not None else SendSummary()
         for request in requests:
             if self.fail_after is not None and len(self.sent) >= self.fail_after:
                 raise IhcRetriesExhaustedError("gave up", request_ids=[request.request_id], last_errors={})
             self.sent.append(request)
+            summary.requests_sent += 1
             by_conv: dict[str, list[str]] = {}
             for row in sorted(request.rows, key=lambda r: (r["timestamp"], r["session_id"])):
                 by_conv.setdefault(row["conversion_id"], []).append(row["session_id"])
@@ -92,6 +100,9 @@ class FakeIhcClient:
                 for sid, share in zip(sessions, split_evenly(len(sessions))):
                     rows.append(IhcRow(conv, sid, share, share, share, share))
             on_result(IhcResult(request.request_id, rows, failed, 1, 206 if failed else 200))
+            summary.requests_answered += 1
+            summary.journeys_rejected += len(failed)
+        return summary
 
 
 # --- independent recomputation ---------------------------------------------------------------

@@ -1,31 +1,32 @@
 """Stages 3 and 4: pack journeys into API requests, and send them with checkpoints.
 
 Packing writes the plan (which journey goes into which request) to staging. Sending reads the
-requests not yet answered, sends them concurrently through the IHC client, and commits each
-answer together with the request's ``done`` mark, so a re-run after a crash or a failure sends
-only what was not answered before: API calls cost quota.
+requests not yet answered, sends them concurrently through the IHC hook (or client), and commits
+each answer together with the request's ``done`` mark, so a re-run after a crash or a failure
+sends only what was not answered before: API calls cost quota.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Protocol
 
 from include.attribution.db import Database
 from include.attribution.ihc_client import (
-    IhcClient,
     IhcError,
+    IhcRejectedJourneysError,
     IhcRequest,
     IhcResult,
     IhcRetriesExhaustedError,
     SendProgress,
+    SendSummary,
 )
 from include.attribution.journeys import API_REJECTED, OVERSIZED
 from include.attribution.packing import OVERSIZE_POLICIES, apply_oversize_policy, lower_bound, pack_journeys
 
 log = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -44,21 +45,18 @@ class PackSummary:
         return asdict(self)
 
 
-@dataclass
-class SendSummary:
-    """Counts of the sending stage."""
+class IhcApi(Protocol):
+    """What sends requests: :class:`~include.attribution.ihc_hook.IhcHook` or ``IhcClient``."""
 
-    requests_total: int = 0
-    requests_already_done: int = 0
-    requests_sent: int = 0
-    retries: int = 0
-    rows: int = 0
-    rejected_journeys: int = 0
-    journeys_answered: int = 0
-    unanswered: list[int] = field(default_factory=list)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+    def compute_ihc(
+        self,
+        requests: Iterable[IhcRequest],
+        on_result: Callable[[IhcResult], None],
+        *,
+        progress: Callable[[SendProgress], None] | None = None,
+        total: int | None = None,
+        summary: SendSummary | None = None,
+    ) -> SendSummary: ...
 
 
 def pack_requests(
@@ -182,19 +180,23 @@ def build_request(db: Database, run_id: str, request_no: int, max_sessions: int)
 def send_requests(
     db: Database,
     run_id: str,
-    client: IhcClient,
+    api: IhcApi,
     *,
     max_sessions: int,
-    progress: Callable[[SendProgress, int], None] | None = None,
+    max_rejected_share: float = 1.0,
+    progress: Callable[[SendProgress], None] | None = None,
     summary: SendSummary | None = None,
 ) -> SendSummary:
     """Send the run's unanswered requests and checkpoint each answer as it arrives.
 
-    :param progress: called after each finished request with the client's progress and the
-        number of journeys answered so far in this call.
+    :param api: sends the requests (the IHC hook in the DAG).
+    :param max_rejected_share: once every answer is stored, fail when the service rejected at
+        least this share of the run's journeys sent (1.0: only when it rejected all of them).
+    :param progress: called after each finished request.
     :param summary: counters to fill in (so a caller sees them even when this raises).
-    :raises IhcError: when the API refuses the configuration or retries are exhausted; the
-        answers received until then are kept, and the unanswered requests are marked failed.
+    :raises IhcError: when the API refuses the configuration or an answer, or retries are
+        exhausted; the answers received until then are kept, and the unanswered requests are
+        marked failed. :class:`IhcRejectedJourneysError` for too many rejected journeys.
     """
     summary = summary if summary is not None else SendSummary()
     states = db.query(
@@ -249,19 +251,9 @@ def send_requests(
                 "http_status = ?, error = NULL WHERE run_id = ? AND request_no = ?",
                 (result.attempts, result.status_code, run_id, no),
             )
-        summary.requests_sent += 1
-        summary.retries += max(result.attempts - 1, 0)
-        summary.rows += len(result.rows)
-        summary.journeys_answered += len({r.conversion_id for r in result.rows}) + len(result.failed)
-        summary.rejected_journeys += len(result.failed)
 
     try:
-        client_summary = client.send_all(
-            requests(),
-            on_result,
-            progress=(lambda p: progress(p, summary.journeys_answered)) if progress else None,
-            total=len(pending),
-        )
+        api.compute_ihc(requests(), on_result, progress=progress, total=len(pending), summary=summary)
     except IhcError as exc:
         answered = {
             no for (no,) in db.query(
@@ -281,12 +273,29 @@ def send_requests(
             kind, len(summary.unanswered), summary.requests_total, _preview(summary.unanswered),
         )
         raise
-    if getattr(client_summary, "local_double", False):
-        log.warning(
-            "the answers came from the local IHC development double, not the real IHC service: "
-            "point the connection at the real API for production numbers"
-        )
+    _check_rejected_share(db, run_id, max_rejected_share)
     return summary
+
+
+def _check_rejected_share(db: Database, run_id: str, max_share: float) -> None:
+    """Fail when the service rejected ``max_share`` or more of the run's journeys sent."""
+    sent = db.scalar(
+        "SELECT COUNT(*) FROM attribution_stg_request_journeys j JOIN attribution_stg_requests r "
+        "ON r.run_id = j.run_id AND r.request_no = j.request_no WHERE j.run_id = ? AND r.status = 'done'",
+        (run_id,),
+    )
+    rejected = db.query(
+        "SELECT conv_id, detail FROM attribution_stg_issues WHERE run_id = ? AND reason = ? ORDER BY conv_id",
+        (run_id, API_REJECTED),
+    )
+    if sent and len(rejected) / sent >= max_share:
+        examples = "; ".join(f"{conv_id}: {detail}" for conv_id, detail in rejected[:3])
+        raise IhcRejectedJourneysError(
+            f"the IHC API rejected {len(rejected)} of {sent} journeys sent (at least the extra "
+            f"max_rejected_share={max_share:g} of them), e.g. {examples}. The answers are stored and the "
+            "rejections recorded as api_rejected; not retried: fix the journeys or the conversion type, "
+            "or raise max_rejected_share"
+        )
 
 
 def _preview(numbers: list[int], limit: int = 20) -> str:

@@ -21,7 +21,7 @@ from include.attribution import api_stage, charts, checks, export, journeys, loa
 from include.attribution.daterange import ParamError, RunRange, parse_lookback_days, resolve_run_range
 from include.attribution.db import Database
 from include.attribution.errors import PermanentError
-from include.attribution.ihc_client import IhcConfigurationError
+from include.attribution.ihc_client import SendProgress, SendSummary
 
 log = logging.getLogger(__name__)
 
@@ -106,21 +106,6 @@ def _ihc_hook():
     return IhcHook(ihc_conn_id=IHC_CONN_ID)
 
 
-@contextmanager
-def _fail_without_retry() -> Iterator[None]:
-    """Turn an IHC configuration error into a task failure that Airflow does not retry.
-
-    A wrong key, an unknown conv type or a limit above the account's gets the same answer on
-    every attempt: a task retry would only send more requests and delay the failure.
-    """
-    try:
-        yield
-    except IhcConfigurationError as exc:
-        from airflow.sdk.exceptions import AirflowFailException
-
-        raise AirflowFailException(f"{exc} (not retried: fix the connection, then clear the task)") from exc
-
-
 @stage
 def setup_tables(context: Mapping[str, Any]) -> dict:
     """Validate the run's range, then create the tables and indexes the pipeline needs."""
@@ -145,8 +130,7 @@ def extract_journeys(context: Mapping[str, Any]) -> dict:
     reuse = (context.get("params") or {}).get("reuse_answers", True)
     if not isinstance(reuse, bool):
         raise ParamError(f"param reuse_answers={reuse!r} must be true or false")
-    with _fail_without_retry():
-        scope = answer_scope(_ihc_hook().settings)
+    scope = answer_scope(_ihc_hook().settings)
     with open_db() as db:
         summary = journeys.extract_journeys(
             db,
@@ -164,8 +148,7 @@ def extract_journeys(context: Mapping[str, Any]) -> dict:
 @stage
 def pack_requests(context: Mapping[str, Any]) -> dict:
     """Plan the API requests under the connection's limits."""
-    with _fail_without_retry():
-        settings = _ihc_hook().settings
+    settings = _ihc_hook().settings
     with open_db() as db:
         summary = api_stage.pack_requests(
             db,
@@ -180,57 +163,61 @@ def pack_requests(context: Mapping[str, Any]) -> dict:
 
 @stage
 def call_ihc_api(context: Mapping[str, Any]) -> dict:
-    """Send the unanswered requests of the run; answers are checkpointed one by one."""
+    """Send the unanswered requests of the run through the IHC hook; answers are checkpointed one by one."""
     hook = _ihc_hook()
-    with _fail_without_retry():
-        client = hook.get_conn()
+    settings = hook.settings
     started = time.monotonic()
-    summary = api_stage.SendSummary()
+    summary = SendSummary()
     try:
-        with open_db() as db, _fail_without_retry():
-            summary = api_stage.send_requests(
+        with open_db() as db, hook.stop_on_sigterm():
+            api_stage.send_requests(
                 db,
                 context["run_id"],
-                client,
-                max_sessions=hook.settings.max_sessions_per_request,
-                progress=_progress_logger(started),
+                hook,
+                max_sessions=settings.max_sessions_per_request,
+                max_rejected_share=settings.max_rejected_share,
+                progress=_progress_logger(),
                 summary=summary,
             )
     finally:
+        hook.close()
         _emit_api_metrics(summary)
     log.info("IHC API stage done in %.1f s: %s", time.monotonic() - started, summary.as_dict())
     return summary.as_dict()
 
 
-def _emit_api_metrics(summary: api_stage.SendSummary) -> None:
+def _emit_api_metrics(summary: SendSummary) -> None:
     """Counters for dashboards, through Airflow's metrics (StatsD or OpenTelemetry when on)."""
     try:
         from airflow.sdk.observability.stats import Stats
     except ImportError:  # metrics are optional
         return
-    Stats.incr("ihc_attribution.api.requests", summary.requests_sent)
+    Stats.incr("ihc_attribution.api.requests_sent", summary.requests_sent)
+    Stats.incr("ihc_attribution.api.requests_answered", summary.requests_answered)
+    Stats.incr("ihc_attribution.api.requests_failed", summary.requests_failed)
+    Stats.incr("ihc_attribution.api.attempts", summary.attempts)
     Stats.incr("ihc_attribution.api.retries", summary.retries)
-    Stats.incr("ihc_attribution.api.rejected_journeys", summary.rejected_journeys)
-    Stats.incr("ihc_attribution.api.failed_requests", len(summary.unanswered))
+    Stats.incr("ihc_attribution.api.journeys_answered", summary.journeys_answered)
+    Stats.incr("ihc_attribution.api.journeys_rejected", summary.journeys_rejected)
 
 
-def _progress_logger(started: float, every_seconds: float = 10.0):
+def _progress_logger(every_seconds: float = 10.0):
     """Log progress of the API stage at most every few seconds, and at the end."""
     last = [0.0]
 
-    def progress(p, journeys_done: int) -> None:
+    def progress(p: SendProgress) -> None:
         now = time.monotonic()
         finished = p.total is not None and p.done >= p.total
         if now - last[0] < every_seconds and not finished:
             return
         last[0] = now
         rate = p.done / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
-        journey_rate = journeys_done / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
+        journey_rate = p.journeys_answered / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
         eta = f"{(p.total - p.done) / rate:.0f} s" if rate > 0 and p.total is not None else "unknown"
         log.info(
             "IHC API: %d/%s requests done, %.0f journeys/s, %d retries so far, %d journeys rejected, "
             "estimated time left %s",
-            p.done, p.total if p.total is not None else "?", journey_rate, p.retries, p.failed_journeys, eta,
+            p.done, p.total if p.total is not None else "?", journey_rate, p.retries, p.journeys_rejected, eta,
         )
 
     return progress

@@ -332,7 +332,7 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
     env.pop("IHC_API_KEYS", None)
     if state.get("ihc_managed"):
         env["AIRFLOW_CONN_IHC_API"] = json.dumps({
-            "conn_type": "http", "host": "127.0.0.1", "port": state["ihc_port"], "schema": "http",
+            "conn_type": "ihc", "host": "127.0.0.1", "port": state["ihc_port"], "schema": "http",
             "password": keys["ihc_api_key"], "extra": {"conv_type_id": "demo", "max_concurrency": 4},
         })
     return env

@@ -281,9 +281,9 @@ def _send_again_without_database(tasks: Any, max_sessions: int) -> float:
             )
         ]
         requests = [api_stage.build_request(db, RUN_ID, no, max_sessions) for no in numbers]
-    client = tasks._ihc_hook().get_conn()
+    hook = tasks._ihc_hook()
     started = time.perf_counter()
-    client.send_all(requests, lambda result: None)
+    hook.compute_ihc(requests, lambda result: None)
     return time.perf_counter() - started
 
 
@@ -368,7 +368,7 @@ def run_once(config: BenchConfig, source_db: Path, db_dir: Path, keep_db: bool) 
                 AIRFLOW_CONN_ATTRIBUTION_DB=json.dumps({"conn_type": "sqlite", "host": str(work_db.resolve())}),
                 AIRFLOW_CONN_IHC_API=json.dumps(
                     {
-                        "conn_type": "http", "host": "127.0.0.1", "port": server.port,
+                        "conn_type": "ihc", "host": "127.0.0.1", "port": server.port,
                         "schema": "http", "password": server.key,
                         "extra": {
                             "conv_type_id": "demo",

@@ -423,7 +423,7 @@ def test_attribution_db_connection_is_sqlite_on_the_data_volume():
 @pytest.mark.parametrize("env_name", ["env_example", "defaults"])
 def test_ihc_api_connection_reaches_the_local_ihc_server(env_name):
     conn = connection("ihc_api", filled_env() if env_name == "env_example" else secrets_only_env())
-    assert conn["conn_type"] == "http"
+    assert conn["conn_type"] == "ihc"
     assert conn["host"] in services() and conn["host"] == "ihc-server"
     assert conn["port"] == ihc_server_port()
     assert conn["schema"] == "http"
@@ -435,27 +435,10 @@ def test_ihc_api_connection_reaches_the_local_ihc_server(env_name):
     assert isinstance(extra["max_sessions_per_request"], int) and extra["max_sessions_per_request"] > 0
 
 
-def hook_extras() -> set[str] | None:
-    """Keys of EXTRA_DEFAULTS in the IHC hook, read without importing it (None if absent)."""
-    path = ROOT / "include" / "attribution" / "ihc_hook.py"
-    if not path.is_file():
-        return None
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
-        if (
-            isinstance(target, ast.Name)
-            and target.id == "EXTRA_DEFAULTS"
-            and isinstance(node.value, ast.Dict)
-        ):
-            return {key.value for key in node.value.keys if isinstance(key, ast.Constant)}
-    return None
-
-
 def test_ihc_api_extras_are_known_to_the_hook():
-    known = hook_extras()
-    if known is None:
-        pytest.skip("include/attribution/ihc_hook.py defines no EXTRA_DEFAULTS")
-    unknown = set(connection("ihc_api")["extra"]) - known
+    from include.attribution.ihc_client import KNOWN_EXTRAS
+
+    unknown = set(connection("ihc_api")["extra"]) - set(KNOWN_EXTRAS)
     assert not unknown, f"the hook rejects unknown extras: {sorted(unknown)}"
 
 

@@ -57,7 +57,7 @@ def env(tmp_path, source_db, monkeypatch):
         monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
         monkeypatch.setenv(
             "AIRFLOW_CONN_IHC_API",
-            json.dumps({"conn_type": "http", "host": host, "port": int(port), "schema": "http", "password": API_KEY,
+            json.dumps({"conn_type": "ihc", "host": host, "port": int(port), "schema": "http", "password": API_KEY,
                         "extra": {"conv_type_id": "demo", "max_concurrency": 4, "max_journeys_per_request": 40,
                                   "max_sessions_per_request": 300}}),
         )

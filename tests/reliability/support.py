@@ -43,7 +43,7 @@ def connection_env(
     """Environment of a run: the two connections (JSON form) and the CSV folder."""
     url = urlparse(base_url)
     ihc = {
-        "conn_type": "http",
+        "conn_type": "ihc",
         "host": url.hostname,
         "port": url.port,
         "schema": url.scheme,

@@ -138,7 +138,7 @@ def test_every_process_gets_the_connections_and_settings(up):
     }
     env = up.stack_env(state, keys)
     ihc = json.loads(env["AIRFLOW_CONN_IHC_API"])
-    assert ihc["password"] == keys["ihc_api_key"] and ihc["port"] == 8765 and ihc["conn_type"] == "http"
+    assert ihc["password"] == keys["ihc_api_key"] and ihc["port"] == 8765 and ihc["conn_type"] == "ihc"
     assert json.loads(env["AIRFLOW_CONN_ATTRIBUTION_DB"])["host"] == "/data/demo.db"
     assert "IHC_API_KEYS" not in env  # only the IHC server itself gets the key that way
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"

@@ -20,7 +20,7 @@ single session ihc 1, as the service does.
 
 In the table mode, ``--folds K`` adds a row for the built-in constants refitted K times on the
 other folds, and ``--fit`` prints the constants fitted on the whole file as Python for
-``include/ihc_server/model.py``. ``--write-synthetic KIND FILE`` writes the sessions of the
+``include/ihc_attribution_dev/server/model.py``. ``--write-synthetic KIND FILE`` writes the sessions of the
 reference file answered by a synthetic conversion type (``B`` or ``time-of-day``), to try the
 calibration on.
 
@@ -36,8 +36,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from include.ihc_server import params as params_file
-from include.ihc_server.calibration import (
+from ihc_attribution_dev.server import params as params_file
+from ihc_attribution_dev.server.calibration import (
     POOR_FIT_RATIO,
     TYPE_B,
     Journey,
@@ -60,7 +60,7 @@ from include.ihc_server.calibration import (
     type_model_method,
     write_answers,
 )
-from include.ihc_server.model import (
+from ihc_attribution_dev.server.model import (
     FITTED_PARAMS,
     NOMINAL_PARAMS,
     PHASES,
@@ -74,7 +74,7 @@ from include.ihc_server.model import (
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ihc_real_responses.jsonl"
 
 # Knots of the built-in type A curves (``--fit``; the general calibration has its own, wider ones
-# in include/ihc_server/calibration.py). Initializer: the service gives no restart credit below about 50 h of
+# in include/ihc_attribution_dev/server/calibration.py). Initializer: the service gives no restart credit below about 50 h of
 # pause (49.9 h: 0, 50.0 h: 0.0002 in the data); the longest pause in the data is about 9 days,
 # so the curve is extended to full credit at 14 days.
 INITIALIZER_KNOTS = (50.0, 52.0, 55.0, 60.0, 66.0, 72.0, 84.0, 96.0, 120.0, 144.0, 168.0, 216.0)
@@ -102,7 +102,7 @@ def share_over(errs: Sequence[float], threshold: float = OFF_BY) -> float:
 # ---------------------------------------------------------------------------------------------
 # Fitting the built-in type A constants (numpy): log-ratio least squares. This closed-form fit
 # knows type A's shape (no restart credit below 50 h); the general calibration of any conversion
-# type is include.ihc_server.calibration.calibrate. Within a journey, the ratio of two sessions' shares
+# type is ihc_attribution_dev.server.calibration.calibrate. Within a journey, the ratio of two sessions' shares
 # of a phase equals the ratio of their raw weights, so the curves and channel factors can be
 # fitted without knowing the normaliser.
 
@@ -246,7 +246,7 @@ def cross_validated_errors(journeys: Sequence[Journey], folds: int) -> list[floa
 
 
 def format_params(params: ModelParams) -> str:
-    """Python source of ``params`` for ``include/ihc_server/model.py``."""
+    """Python source of ``params`` for ``include/ihc_attribution_dev/server/model.py``."""
 
     def curve(c: Curve) -> str:
         return "Curve((" + ", ".join(f"({x!r}, {y!r})" for x, y in c.points) + ",))"
@@ -460,7 +460,7 @@ def reference_table(reference: Path, folds: int, refit: bool) -> int:
     lines = [
         f"| method | MAE ihc | sessions off by > {OFF_BY} | MAE initializer | MAE holder | MAE closer |",
         "|---|---:|---:|---:|---:|---:|",
-        row("local IHC model (include/ihc_server/model.py)", errors(multi, shipped), shipped),
+        row("local IHC model (include/ihc_attribution_dev/server/model.py)", errors(multi, shipped), shipped),
     ]
     if folds > 1:
         lines.append(row(f"same model refitted in {folds}-fold cross-validation (held-out folds)",

@@ -51,7 +51,7 @@ def _env() -> dict[str, str]:
 def ensure_demo_db() -> Path:
     """Create the demo database with the generator's defaults when it does not exist."""
     if not DEMO_DB.exists():
-        from include.attribution.demo_data import generate
+        from ihc_attribution_dev.demo_data import generate
 
         DEMO_DB.parent.mkdir(parents=True, exist_ok=True)
         print(f"creating the demo database {DEMO_DB} ...", flush=True)
@@ -73,7 +73,7 @@ def ihc_server_process(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "include.ihc_server", "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, "-m", "ihc_attribution_dev.server", "--host", "127.0.0.1", "--port", str(port),
              "--conv-type-id", "demo", *options],
             env=dict(env, IHC_API_KEYS=key), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
@@ -160,7 +160,7 @@ def dags_test(env: dict[str, str], logical_date: str, conf: dict | None = None) 
     # The run summary logged by the last task, without the log prefix.
     start = text.rfind("run summary")
     if start >= 0:
-        summary = text[start:].split(" [include.attribution.tasks]")[0]
+        summary = text[start:].split(" [ihc_attribution.tasks]")[0]
         print(summary)
     print(f"task logs: {log_path}", flush=True)
     if code != 0 or "state=success" not in text[text.rfind("DagRun Finished"):]:
@@ -211,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
     env = _env()
     if args.command == "demo":
-        from include.attribution.demo_data import DemoConfig
+        from ihc_attribution_dev.demo_data import DemoConfig
 
         start, end = DemoConfig().start.isoformat(), DemoConfig().end.isoformat()
     else:

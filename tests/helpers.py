@@ -6,6 +6,7 @@ in the package's SQL cannot hide in both.
 
 from __future__ import annotations
 
+import functools
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from include.attribution.ihc_client import (
+from ihc_attribution.ihc_client import (
     IhcRequest,
     IhcResult,
     IhcRetriesExhaustedError,
@@ -21,7 +22,19 @@ from include.attribution.ihc_client import (
     PartialFailure,
     SendSummary,
 )
-from include.attribution.schema import challenge_ddl
+from ihc_attribution.schema import challenge_ddl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def dag_stages() -> tuple[str, ...]:
+    """The DAG's task ids in the order they run: the stage list, read from the DAG itself."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["ihc_attribution"]
+    return tuple(task.task_id for task in dag.topological_sort())
+
 
 SESSION_COLUMNS = (
     "session_id", "user_id", "event_date", "event_time", "channel_name",
@@ -160,7 +173,7 @@ def run_pipeline(db_path: Path, run_id: str, start: str, end: str, client=None, 
 
     ``options`` are those of :func:`run_stages`. Returns the run summary.
     """
-    from include.attribution.db import Database
+    from ihc_attribution.db import Database
 
     db = Database.connect_sqlite(str(db_path))
     try:
@@ -183,8 +196,8 @@ def run_stages(
     lookback_days: int | None = None,
 ):
     """Run every stage in order on an open :class:`Database` (SQLite or PostgreSQL)."""
-    from include.attribution import api_stage, checks, export, journeys, load, report, schema
-    from include.attribution.daterange import range_from_params
+    from ihc_attribution import api_stage, checks, export, journeys, load, report, schema
+    from ihc_attribution.daterange import range_from_params
 
     rng = range_from_params({"start_date": start, "end_date": end})
     client = client or FakeIhcClient()

@@ -6,10 +6,10 @@ import sqlite3
 
 import pytest
 
-from include.attribution import api_stage, journeys, load, report, schema
-from include.attribution.daterange import range_from_params
-from include.attribution.db import Database
-from include.attribution.ihc_client import IhcRetriesExhaustedError
+from ihc_attribution import api_stage, journeys, load, report, schema
+from ihc_attribution.daterange import range_from_params
+from ihc_attribution.db import Database
+from ihc_attribution.ihc_client import IhcRetriesExhaustedError
 from tests.helpers import FakeIhcClient, expected_report, random_db, read_table, run_pipeline
 
 START, END = "2024-01-01", "2024-01-10"

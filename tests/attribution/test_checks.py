@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from include.attribution import checks
-from include.attribution.daterange import range_from_params
-from include.attribution.db import Database
+from ihc_attribution import checks
+from ihc_attribution.daterange import range_from_params
+from ihc_attribution.db import Database
 from tests.helpers import make_db, run_pipeline
 
 SESSIONS = [("s1", "u1", "2023-09-02", "10:00:00", "Referral"), ("s2", "u1", "2023-09-20", "10:00:00", "Referral")]

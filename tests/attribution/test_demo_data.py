@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from include.attribution import demo_data
-from include.attribution.demo_data import DemoConfig, generate, main
+from ihc_attribution_dev import demo_data
+from ihc_attribution_dev.demo_data import DemoConfig, generate, main
 
-DDL_FILE = Path(__file__).resolve().parents[2] / "include" / "attribution" / "sql" / "challenge_schema.sql"
+DDL_FILE = Path(__file__).resolve().parents[2] / "include" / "ihc_attribution" / "sql" / "challenge_schema.sql"
 
 CHALLENGE_CHANNELS = {
     "Affiliate & Partnerships", "Direct Traffic", "FB & IG Ads", "Lead Generation", "Microsoft Ads",

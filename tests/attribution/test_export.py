@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from include.attribution import export
-from include.attribution.daterange import range_from_params
+from ihc_attribution import export
+from ihc_attribution.daterange import range_from_params
 
 
 @pytest.mark.parametrize(

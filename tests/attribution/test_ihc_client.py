@@ -20,7 +20,7 @@ from email.utils import format_datetime
 import pytest
 import requests as requests_lib
 
-from include.attribution.ihc_client import (
+from ihc_attribution.ihc_client import (
     IhcCancelledError,
     IhcClient,
     IhcConfigurationError,
@@ -36,8 +36,8 @@ from include.attribution.ihc_client import (
     Redactor,
     parse_retry_after,
 )
-from include.ihc_server.config import FaultConfig, ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution_dev.server.config import FaultConfig, ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.attribution.ihc_stub import Call, Reply, closed_port, ihc_answer, ok, stub_server
 
 API_KEY = "test-key-5f1c2b9e"

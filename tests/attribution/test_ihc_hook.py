@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from include.attribution.ihc_client import (
+from ihc_attribution.ihc_client import (
     KNOWN_EXTRAS,
     IhcCancelledError,
     IhcClient,
@@ -22,10 +22,10 @@ from include.attribution.ihc_client import (
     IhcSettings,
     parse_settings,
 )
-from include.attribution.ihc_hook import CONN_FIELDS, IhcHook, build_base_url
-from include.attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution.ihc_hook import CONN_FIELDS, IhcHook, build_base_url
+from ihc_attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.attribution.ihc_stub import Reply, ihc_answer, stub_server
 
 API_KEY = "hook-test-key-93b7d1"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from include.attribution import tasks
-from include.attribution.ihc_client import SendSummary
+from ihc_attribution import tasks
+from ihc_attribution.ihc_client import SendSummary
 
 
 def test_api_metrics_say_what_they_count(monkeypatch):

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from include.attribution.demo_data import DemoConfig, generate
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution_dev.demo_data import DemoConfig, generate
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.helpers import expected_journeys, expected_report, read_table
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from include.ihc_server import params as params_file
-from include.ihc_server.__main__ import build_parser, config_from_args
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.model import (
+from ihc_attribution_dev.server import params as params_file
+from ihc_attribution_dev.server.__main__ import build_parser, config_from_args
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.model import (
     FITTED_PARAMS,
     ChannelFactors,
     Curve,
@@ -27,12 +27,12 @@ from include.ihc_server.model import (
     attribute_journey,
     round_credits,
 )
-from include.ihc_server.testing import serve
+from ihc_attribution_dev.server.testing import serve
 from tests.ihc_server.helpers import KEY, journey, post
 
 np = pytest.importorskip("numpy")
 pytest.importorskip("scipy")
-cal = pytest.importorskip("include.ihc_server.calibration")
+cal = pytest.importorskip("ihc_attribution_dev.server.calibration")
 
 ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=timezone.utc)

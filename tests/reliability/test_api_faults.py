@@ -13,16 +13,16 @@ import shutil
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.attribution.ihc_client import (
+from ihc_attribution.ihc_client import (
     IhcConfigurationError,
     IhcContractError,
     IhcRejectedJourneysError,
     IhcRetriesExhaustedError,
 )
-from include.attribution.load import LoadError
-from include.ihc_server.app import plan_faults
-from include.ihc_server.config import FaultConfig, ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution.load import LoadError
+from ihc_attribution_dev.server.app import plan_faults
+from ihc_attribution_dev.server.config import FaultConfig, ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.attribution.ihc_stub import Call, Reply, ihc_answer, stub_server
 from tests.helpers import expected_journeys, random_db, read_table
 from tests.reliability.support import (
@@ -234,7 +234,9 @@ def test_an_empty_conv_type_id_is_a_configuration_error_naming_the_extra(base, t
     db = tmp_path / "db.sqlite"
     shutil.copy(base, db)
     _use(monkeypatch, connection_env(db, "http://127.0.0.1:1", tmp_path / "out", conv_type_id=conv_type_id))
-    run_stages(context(RUN, START, END), STAGES[:2])
+    run_stages(context(RUN, START, END), STAGES[:1])
+    # extract_journeys is the first stage to read the connection (an answer's scope is part of
+    # each journey's fingerprint)
     with pytest.raises(AirflowFailException, match="extra conv_type_id is required") as raised:
-        run_stages(context(RUN, START, END), ("pack_requests",))
+        run_stages(context(RUN, START, END), ("extract_journeys",))
     assert isinstance(raised.value.__cause__, IhcConfigurationError)

@@ -20,12 +20,12 @@ import pandas as pd
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.attribution import schema, tasks
-from include.attribution.daterange import RangeError
-from include.attribution.errors import PermanentError
-from include.attribution.ihc_client import IhcClient
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution import schema, tasks
+from ihc_attribution.daterange import RangeError
+from ihc_attribution.errors import PermanentError
+from ihc_attribution.ihc_client import IhcClient
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.helpers import expected_report, make_db, read_table, run_pipeline, source_ddl
 from tests.reliability.support import API_KEY, db_digest, source_tables
 

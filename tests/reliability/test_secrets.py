@@ -19,10 +19,10 @@ from urllib.parse import quote, quote_plus
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.attribution import tasks
-from include.attribution.ihc_client import IhcConfigurationError
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution import tasks
+from ihc_attribution.ihc_client import IhcConfigurationError
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.helpers import random_db
 from tests.reliability.support import STAGES, connection_env, context, run_stages
 
@@ -157,9 +157,9 @@ def test_a_key_with_inner_whitespace_fails_clearly_without_revealing_it(world, c
     broken = "sk-REL-5ecret\n-9d41f7"
     world["use_key"](broken)
     ctx = context("inner", CONF["start_date"], CONF["end_date"])
-    run_stages(ctx, STAGES[:2])
+    run_stages(ctx, STAGES[:1])
     with caplog.at_level(logging.DEBUG), pytest.raises(AirflowFailException, match="whitespace or control") as raised:
-        run_stages(ctx, ("pack_requests",))
+        run_stages(ctx, ("extract_journeys",))
     text = "".join(traceback.format_exception(raised.value)) + repr(vars(raised.value.__cause__))
     output = capfd.readouterr()
     for where, haystack in (("the exception", text), ("task logs", output.out + output.err + caplog.text)):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from include.attribution import charts
-from include.attribution.export import report_row
+from ihc_attribution import charts
+from ihc_attribution.export import report_row
 
 NASTY = "<script>alert(\"x\")</script> & 'Co' \"quoted\" </svg><b>"
 

@@ -229,10 +229,10 @@ def test_chart_of_the_range_renders_in_the_browser(page, tmp_path):
 
     from playwright.sync_api import expect
 
-    from include.attribution.charts import channel_totals, write_chart
-    from include.attribution.daterange import range_from_params
-    from include.attribution.db import Database
-    from include.attribution.export import read_report
+    from ihc_attribution.charts import channel_totals, write_chart
+    from ihc_attribution.daterange import range_from_params
+    from ihc_attribution.db import Database
+    from ihc_attribution.export import read_report
 
     state = _airflow_up().load_state()
     db_path = json.loads(state["attribution_db_conn"])["host"]

@@ -2,7 +2,7 @@
 
 A recording is a JSONL file in the format of ``../shared/reference/ihc_real_responses.jsonl``:
 one journey a line, with the sessions sent and the service's answer. :func:`calibrate` fits
-every parameter of the model family (:class:`~include.ihc_server.model.ModelParams` and the
+every parameter of the model family (:class:`~ihc_attribution_dev.server.model.ModelParams` and the
 phase weights) to such answers:
 
 1. Phase weights in closed form: every answer row satisfies ihc = wI*I + wH*H + wC*C with
@@ -15,10 +15,10 @@ phase weights) to such answers:
    neutral; a weak smoothness term keeps knots without data near their neighbours.
 
 The model is evaluated here by a vectorised numpy copy of
-:func:`~include.ihc_server.model.attribute_journey`; a test checks that both agree.
+:func:`~ihc_attribution_dev.server.model.attribute_journey`; a test checks that both agree.
 
 Needs numpy and scipy (``requirements-dev.txt``): calibrating is a development step. The server
-only reads the resulting JSON (:mod:`include.ihc_server.params`).
+only reads the resulting JSON (:mod:`ihc_attribution_dev.server.params`).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from include.ihc_server.model import (
+from ihc_attribution_dev.server.model import (
     FITTED_PARAMS,
     PHASES,
     ChannelFactors,

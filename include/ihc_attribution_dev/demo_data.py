@@ -1,6 +1,6 @@
 """Demo database generator: a realistic, seeded challenge database in a few seconds.
 
-``python -m include.attribution.demo_data --out demo.db`` writes a SQLite file with the exact
+``python -m ihc_attribution_dev.demo_data --out demo.db`` writes a SQLite file with the exact
 challenge schema (``sql/challenge_schema.sql``): ``session_sources``, ``conversions`` and
 ``session_costs`` filled, ``attribution_customer_journey`` and ``channel_reporting`` empty.
 
@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from include.attribution.schema import CONVERSIONS, SESSION_COSTS, SESSION_SOURCES, challenge_ddl
+from ihc_attribution.schema import CONVERSIONS, SESSION_COSTS, SESSION_SOURCES, challenge_ddl
 
 SECONDS_PER_DAY = 86_400
 
@@ -696,7 +696,7 @@ def _summarise(path: Path, tables: DemoTables, seconds: float) -> DemoSummary:
 def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     defaults = DemoConfig()
     parser = argparse.ArgumentParser(
-        prog="python -m include.attribution.demo_data",
+        prog="python -m ihc_attribution_dev.demo_data",
         description="Generate a realistic demo database with the challenge schema (SQLite).",
     )
     parser.add_argument("--out", required=True, type=Path, help="SQLite file to create")

@@ -3,7 +3,7 @@
 Shaped like the HTTP provider's ``HttpHook``: the connection is looked up lazily in
 :meth:`IhcHook.get_conn` (never in ``__init__``, so DAG files can build the hook at parse time),
 the client is cached, and the settings live in the connection's extra, validated once by
-:class:`~include.attribution.ihc_client.IhcSettings`.
+:class:`~ihc_attribution.ihc_client.IhcSettings`.
 
 The connection (type ``ihc``; type ``http`` is still read, with a deprecation warning):
 
@@ -16,7 +16,6 @@ The connection (type ``ihc``; type ``http`` is still read, with a deprecation wa
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -25,8 +24,7 @@ from urllib.parse import urlparse
 
 from airflow.sdk import BaseHook
 
-from include.attribution.ihc_client import (
-    KNOWN_EXTRAS,
+from ihc_attribution.ihc_client import (
     IhcClient,
     IhcConfigurationError,
     IhcRequest,
@@ -37,21 +35,7 @@ from include.attribution.ihc_client import (
     clean_api_key,
     parse_settings,
 )
-
-CONN_TYPE = "ihc"
-#: Connection form fields for the settings most often changed, in provider.yaml ``conn-fields`` form.
-CONN_FIELDS: dict[str, dict[str, Any]] = {
-    "conv_type_id": {"label": "Conversion type id", "schema": {"type": ["string", "null"]},
-                     "description": "trained conversion type (required)"},
-    "max_journeys_per_request": {"label": "Max journeys per request",
-                                 "schema": {"type": ["integer", "null"], "default": 100, "minimum": 1}},
-    "max_sessions_per_request": {"label": "Max sessions per request",
-                                 "schema": {"type": ["integer", "null"], "default": 3000, "minimum": 1},
-                                 "description": "3000 in production, 200 for free test accounts"},
-    "max_concurrency": {"label": "Concurrent requests",
-                        "schema": {"type": ["integer", "null"], "default": 4, "minimum": 1}},
-}
-
+from ihc_attribution.provider import CONN_FIELDS, CONN_TYPE, UI_FIELD_BEHAVIOUR
 
 def build_base_url(host: str | None, schema: str | None = None, port: int | None = None) -> str:
     """Build the service URL from connection fields the way ``HttpHook`` does (default https).
@@ -101,22 +85,8 @@ class IhcHook(BaseHook):
 
     @classmethod
     def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Return custom field behaviour for the connection form."""
-        placeholder = {"conv_type_id": "<your conversion type>"} | {
-            name: IhcSettings.model_fields[name].default
-            for name in KNOWN_EXTRAS
-            if name not in CONN_FIELDS and IhcSettings.model_fields[name].default is not None
-        }
-        return {
-            "hidden_fields": ["login"],
-            "relabeling": {"password": "API key", "schema": "Scheme (http or https)"},
-            "placeholders": {
-                "host": "api.ihc-attribution.com",
-                "schema": "https",
-                "password": "IHC API key",
-                "extra": json.dumps(placeholder, indent=2),
-            },
-        }
+        """Return custom field behaviour for the connection form (see :mod:`ihc_attribution.provider`)."""
+        return UI_FIELD_BEHAVIOUR
 
     @classmethod
     def get_connection_form_widgets(cls) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import resources
 
-from include.attribution.db import Database
+from ihc_attribution.db import Database
 
 SESSION_SOURCES = "session_sources"
 CONVERSIONS = "conversions"
@@ -35,7 +35,7 @@ STAGING_TABLES = (
 
 def read_sql(name: str) -> str:
     """Return the text of a file in the package's ``sql/`` folder."""
-    return resources.files("include.attribution").joinpath("sql", name).read_text(encoding="utf-8")
+    return resources.files("ihc_attribution").joinpath("sql", name).read_text(encoding="utf-8")
 
 
 def challenge_ddl() -> str:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from include.attribution.errors import PermanentError
+from ihc_attribution.errors import PermanentError
 
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 TS_FORMAT = "%Y-%m-%d %H:%M:%S"

@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from include.attribution.daterange import RunRange
-from include.attribution.db import Database, is_valid_text, storable
-from include.attribution.schema import STAGING_TABLES
+from ihc_attribution.daterange import RunRange
+from ihc_attribution.db import Database, is_valid_text, storable
+from ihc_attribution.schema import STAGING_TABLES
 
 # Reasons recorded in attribution_issues.
 NO_SESSIONS = "no_sessions"

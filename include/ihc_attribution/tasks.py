@@ -17,25 +17,13 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from include.attribution import api_stage, charts, checks, export, journeys, load, report, schema
-from include.attribution.daterange import ParamError, RunRange, parse_lookback_days, resolve_run_range
-from include.attribution.db import Database
-from include.attribution.errors import PermanentError
-from include.attribution.ihc_client import SendProgress, SendSummary
+from ihc_attribution import api_stage, charts, checks, export, journeys, load, report, schema
+from ihc_attribution.daterange import ParamError, RunRange, parse_lookback_days, resolve_run_range
+from ihc_attribution.db import Database
+from ihc_attribution.errors import PermanentError
+from ihc_attribution.ihc_client import SendProgress, SendSummary
 
 log = logging.getLogger(__name__)
-
-#: The stages, in the order of the DAG's tasks (one task per stage, named like its function).
-STAGES = (
-    "setup_tables",
-    "extract_journeys",
-    "pack_requests",
-    "call_ihc_api",
-    "load_attribution",
-    "build_report",
-    "export_csv",
-    "check_run",
-)
 
 DB_CONN_ID = os.environ.get("ATTRIBUTION_DB_CONN_ID", "attribution_db")
 IHC_CONN_ID = os.environ.get("IHC_CONN_ID", "ihc_api")
@@ -101,7 +89,7 @@ def answer_scope(settings: Any) -> str:
 
 
 def _ihc_hook():
-    from include.attribution.ihc_hook import IhcHook
+    from ihc_attribution.ihc_hook import IhcHook
 
     return IhcHook(ihc_conn_id=IHC_CONN_ID)
 

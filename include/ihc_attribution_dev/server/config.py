@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from include.ihc_server.model import FITTED_PARAMS, PhaseWeights, TypeModel
+from ihc_attribution_dev.server.model import FITTED_PARAMS, PhaseWeights, TypeModel
 
 #: Limits per request of the production service's account types: (max journeys, max sessions).
 PROFILES: dict[str, tuple[int, int]] = {

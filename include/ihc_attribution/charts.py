@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
-from include.attribution.export import ReportRow, atomic_write
+from ihc_attribution.export import ReportRow, atomic_write
 
 _CENT = Decimal("0.01")
 _FOUR = Decimal("0.0001")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from include.attribution.db import Database
+from ihc_attribution.db import Database
 
 # Report dates are staged as text; PostgreSQL compares them with DATE columns only once cast.
 _REPORT_DATES = "SELECT {report_date} FROM attribution_stg_report_dates WHERE run_id = ?"

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from include.attribution.daterange import RunRange
-from include.attribution.db import Database
-from include.attribution.errors import PermanentError
-from include.attribution.load import SUM_TOLERANCE
+from ihc_attribution.daterange import RunRange
+from ihc_attribution.db import Database
+from ihc_attribution.errors import PermanentError
+from ihc_attribution.load import SUM_TOLERANCE
 
 
 class CheckError(PermanentError, RuntimeError):

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from include.ihc_server.model import (
+from ihc_attribution_dev.server.model import (
     RedistributionRule,
     SessionCredit,
     Touchpoint,

@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-from include.attribution.errors import PermanentError
+from ihc_attribution.errors import PermanentError
 
 log = logging.getLogger(__name__)
 

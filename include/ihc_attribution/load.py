@@ -11,9 +11,9 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 
-from include.attribution.daterange import RunRange
-from include.attribution.db import Database
-from include.attribution.errors import PermanentError
+from ihc_attribution.daterange import RunRange
+from ihc_attribution.db import Database
+from ihc_attribution.errors import PermanentError
 
 SUM_TOLERANCE = 1e-6
 

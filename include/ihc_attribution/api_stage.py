@@ -13,8 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from include.attribution.db import Database
-from include.attribution.ihc_client import (
+from ihc_attribution.db import Database
+from ihc_attribution.ihc_client import (
     IhcError,
     IhcRejectedJourneysError,
     IhcRequest,
@@ -23,8 +23,8 @@ from include.attribution.ihc_client import (
     SendProgress,
     SendSummary,
 )
-from include.attribution.journeys import API_REJECTED, OVERSIZED
-from include.attribution.packing import OVERSIZE_POLICIES, apply_oversize_policy, lower_bound, pack_journeys
+from ihc_attribution.journeys import API_REJECTED, OVERSIZED
+from ihc_attribution.packing import OVERSIZE_POLICIES, apply_oversize_policy, lower_bound, pack_journeys
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ class PackSummary:
 
 
 class IhcApi(Protocol):
-    """What sends requests: :class:`~include.attribution.ihc_hook.IhcHook` or ``IhcClient``."""
+    """What sends requests: :class:`~ihc_attribution.ihc_hook.IhcHook` or ``IhcClient``."""
 
     def compute_ihc(
         self,

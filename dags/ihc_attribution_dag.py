@@ -34,7 +34,10 @@ from airflow.sdk import (
     task,
 )
 
-from include.attribution.notify import RunFailureNotifier, deadline_missed
+from ihc_attribution.notify import RunFailureNotifier, deadline_missed
+
+# Each task imports its stage when it runs: the stages pull in pandas and requests, which the
+# dag-processor need not load each time it parses this file.
 
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 RETRIES = int(os.environ.get("ATTRIBUTION_TASK_RETRIES", "2"))
@@ -59,15 +62,6 @@ IHC_POOL_SLOTS = int(os.environ.get("ATTRIBUTION_IHC_POOL_SLOTS", "4"))
 # schedule on it (`schedule=[Asset("ihc_channel_reporting_csv")]`) and read the file. The URI is
 # fixed (not the output folder) so that one asset stays one asset wherever the files go.
 CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://channel_reporting")
-
-
-def _run(stage: str) -> dict:
-    """Run one stage of the package with the task's context."""
-    # Imported here, at run time: the stages pull in pandas and requests, which the
-    # dag-processor need not load each time it parses this file.
-    from include.attribution import tasks
-
-    return getattr(tasks, stage)(get_current_context())
 
 
 @dag(
@@ -132,37 +126,54 @@ def _run(stage: str) -> dict:
 def ihc_attribution():
     @task(multiple_outputs=False)
     def setup_tables() -> dict:
-        return _run("setup_tables")
+        from ihc_attribution import tasks
+
+        return tasks.setup_tables(get_current_context())
 
     @task(multiple_outputs=False)
     def extract_journeys() -> dict:
-        return _run("extract_journeys")
+        from ihc_attribution import tasks
+
+        return tasks.extract_journeys(get_current_context())
 
     @task(multiple_outputs=False)
     def pack_requests() -> dict:
-        return _run("pack_requests")
+        from ihc_attribution import tasks
+
+        return tasks.pack_requests(get_current_context())
 
     @task(multiple_outputs=False, pool=IHC_POOL, pool_slots=IHC_POOL_SLOTS, execution_timeout=API_TASK_TIMEOUT)
     def call_ihc_api() -> dict:
-        return _run("call_ihc_api")
+        from ihc_attribution import tasks
+
+        return tasks.call_ihc_api(get_current_context())
 
     @task(multiple_outputs=False)
     def load_attribution() -> dict:
-        return _run("load_attribution")
+        from ihc_attribution import tasks
+
+        return tasks.load_attribution(get_current_context())
 
     @task(multiple_outputs=False)
     def build_report() -> dict:
-        return _run("build_report")
+        from ihc_attribution import tasks
+
+        return tasks.build_report(get_current_context())
 
     @task(multiple_outputs=False, outlets=[CHANNEL_REPORT])
     def export_csv() -> dict:
-        result = _run("export_csv")
-        get_current_context()["outlet_events"][CHANNEL_REPORT].extra = result
+        from ihc_attribution import tasks
+
+        context = get_current_context()
+        result = tasks.export_csv(context)
+        context["outlet_events"][CHANNEL_REPORT].extra = result
         return result
 
     @task(multiple_outputs=False)
     def check_run() -> dict:
-        return _run("check_run")
+        from ihc_attribution import tasks
+
+        return tasks.check_run(get_current_context())
 
     (
         setup_tables()

@@ -1,4 +1,4 @@
-"""Command line of the local IHC double: ``python -m include.ihc_server --api-key KEY [options]``.
+"""Command line of the local IHC double: ``python -m ihc_attribution_dev.server --api-key KEY [options]``.
 
 Runs in the foreground until SIGTERM or Ctrl-C, then finishes the requests in flight and exits 0.
 API keys come from ``--api-key`` (repeatable) and from ``IHC_API_KEYS`` (comma separated); with
@@ -14,18 +14,18 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from include.ihc_server import params as params_file
-from include.ihc_server.config import API_KEYS_ENV, PROFILES, FaultConfig, ServerConfig
-from include.ihc_server.model import PhaseWeights
+from ihc_attribution_dev.server import params as params_file
+from ihc_attribution_dev.server.config import API_KEYS_ENV, PROFILES, FaultConfig, ServerConfig
+from ihc_attribution_dev.server.model import PhaseWeights
 
-logger = logging.getLogger("include.ihc_server")
+logger = logging.getLogger("ihc_attribution_dev.server")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (every option of :class:`ServerConfig` and :class:`FaultConfig`)."""
     defaults, weights, faults = ServerConfig(api_keys=("-",)), PhaseWeights(), FaultConfig()
     p = argparse.ArgumentParser(
-        prog="python -m include.ihc_server",
+        prog="python -m ihc_attribution_dev.server",
         description="IHC-compatible local development double (not the real IHC attribution API).",
     )
     p.add_argument("--host", default=defaults.host, help="interface to listen on (default: %(default)s)")
@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     import uvicorn
 
-    from include.ihc_server.app import create_app
+    from ihc_attribution_dev.server.app import create_app
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = uvicorn.Server(uvicorn.Config(

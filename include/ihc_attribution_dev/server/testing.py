@@ -1,7 +1,7 @@
 """Run the local IHC double inside a test: real HTTP on a free port, in a background thread.
 
-    from include.ihc_server.config import ServerConfig
-    from include.ihc_server.testing import serve
+    from ihc_attribution_dev.server.config import ServerConfig
+    from ihc_attribution_dev.server.testing import serve
 
     with serve(ServerConfig(api_keys=("k1",))) as base_url:
         requests.post(f"{base_url}/v1/compute_ihc?conv_type_id=demo", json=..., headers={"x-api-key": "k1"})
@@ -17,8 +17,8 @@ from contextlib import contextmanager
 
 import uvicorn
 
-from include.ihc_server.app import create_app
-from include.ihc_server.config import ServerConfig
+from ihc_attribution_dev.server.app import create_app
+from ihc_attribution_dev.server.config import ServerConfig
 
 
 @contextmanager

@@ -23,11 +23,11 @@ from typing import Any
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.contract import FLAGS, BadRequest, parse_body, validate_journey, value_rows
-from include.ihc_server.model import attribute_journey, round_credits
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.contract import FLAGS, BadRequest, parse_body, validate_journey, value_rows
+from ihc_attribution_dev.server.model import attribute_journey, round_credits
 
-logger = logging.getLogger("include.ihc_server")
+logger = logging.getLogger("ihc_attribution_dev.server")
 
 #: Header on every answer, so that nobody mistakes the double for the production service.
 LOCAL_DOUBLE_HEADER = "X-IHC-Local-Double"

@@ -19,8 +19,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import TextIO
 
-from include.attribution.daterange import RunRange
-from include.attribution.db import Database
+from ihc_attribution.daterange import RunRange
+from ihc_attribution.db import Database
 
 STALE_TMP_SECONDS = 600
 CSV_COLUMNS = ("channel_name", "date", "cost", "ihc", "ihc_revenue", "CPO", "ROAS")

@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from include.ihc_server.model import (
+from ihc_attribution_dev.server.model import (
     PHASES,
     ChannelFactors,
     Curve,

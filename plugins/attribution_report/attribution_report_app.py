@@ -17,7 +17,6 @@ the top level of this module imports only the standard library; FastAPI, Jinja2 
 are imported when the app is built, on the first request.
 """
 
-from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
@@ -108,7 +107,7 @@ def create_app(*, require_auth: bool = True) -> Any:
         return HTMLResponse(body, headers=_PAGE_HEADERS)
 
     @contextlib.contextmanager
-    def database() -> Iterator[sources.ReportDb | str]:
+    def database() -> Iterator[Any]:
         """The database, or the message saying why it cannot be read."""
         try:
             db = sources.open_db()

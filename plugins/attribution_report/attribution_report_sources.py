@@ -134,7 +134,7 @@ class ReportDb:
         if self.is_sqlite:
             sql = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
         else:
-            sql = "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = ?"
+            sql = "SELECT COUNT(*) FROM (SELECT to_regclass(?) AS t) AS r WHERE t IS NOT NULL"  # search_path
         return bool(self.query(sql, (table,))[0][0])
 
     def close(self) -> None:

@@ -101,9 +101,9 @@ def create_app(*, require_auth: bool = True) -> Any:
     )
 
     def render(name: str, request: Request, **context: Any) -> HTMLResponse:
-        # Links are relative to the app's root, which is mounted under a prefix (and maybe a base path).
-        root = str(request.url_for("report_page").path)
-        body = env.get_template(name).render(root=root if root.endswith("/") else root + "/", **context)
+        # Links start at the app's root: the prefix it is mounted at (behind any base path).
+        root = str(request.scope.get("root_path") or "").rstrip("/") + "/"
+        body = env.get_template(name).render(root=root, **context)
         return HTMLResponse(body, headers=_PAGE_HEADERS)
 
     @contextlib.contextmanager
@@ -127,7 +127,7 @@ def create_app(*, require_auth: bool = True) -> Any:
         return render("message.html.j2", request, title=title, page=page,
                       message=f"The attribution database cannot be read: {problem}")
 
-    @app.get("/", response_class=HTMLResponse, name="report_page")
+    @app.get("/", response_class=HTMLResponse)
     def report_page(request: Request):
         with database() as db:
             if isinstance(db, str):

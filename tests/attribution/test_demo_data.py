@@ -444,7 +444,7 @@ def test_bad_rows_are_few_documented_and_each_in_a_journey_of_its_own(demo):
         [1] * kinds["session_impossible_date"] + [2] * kinds["session_empty_channel"])
     # Each lies in the journey of a conversion (before it), of a buyer with that one conversion.
     hit = set()
-    for session_id, user_id, date, _ in bad_sessions:
+    for _session, user_id, date, _ in bad_sessions:
         convs = conn.execute("SELECT conv_id, conv_date FROM conversions WHERE user_id = ?", (user_id,)).fetchall()
         assert len(convs) == 1
         ((conv_id, conv_date),) = convs

@@ -39,7 +39,7 @@ def fill(db: Database, seed: int = 11) -> None:
     rng = random.Random(seed)
     rows = []
     for day in pd.date_range("2023-12-20", "2024-01-10").strftime("%Y-%m-%d"):
-        for c, name in enumerate(CHANNELS):
+        for name in CHANNELS:
             if rng.random() < 0.15:
                 continue  # no session of the channel that day: no row
             cost = 0.0 if name in ("Organic", "Email") else round(rng.uniform(0, 250), 2)

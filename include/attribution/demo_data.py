@@ -806,6 +806,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=defaults.lookback_days,
         help="days before --start that sessions reach back (default %(default)s)",
     )
+    parser.add_argument("--no-bad-rows", dest="bad_rows", action="store_false",
+                        help="leave out the few bad rows (conversions without sessions, malformed sessions)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser.parse_args(argv)
 
@@ -821,6 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         users=args.users,
         seed=args.seed,
         lookback_days=args.lookback_days,
+        bad_rows=args.bad_rows,
     )
     try:
         summary = generate(args.out, config, overwrite=args.overwrite)

@@ -177,10 +177,11 @@ def test_trigger_a_range_from_the_form_and_follow_it_to_the_report(page):
 
     # 4. From the run to its report: the "Attribution report" link of export_csv opens the report
     #    of the run's range inside the UI; the report links back to the run.
-    page.goto(f"{BASE}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/export_csv")
+    page.goto(f"{BASE}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/export_csv/details")
     extra = page.get_by_role("link", name="Attribution report", exact=True)
     expect(extra).to_be_visible()
     assert f"?start={START}&end={END}" in extra.get_attribute("href")
+    _shot(page, "ui-run-report-link.png")
     extra.click()
     page.wait_for_url(lambda url: url.startswith(f"{BASE}{REPORT_PATH}?start={START}&end={END}"))
     report = page.frame_locator('iframe[title="Reports"]')

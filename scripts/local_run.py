@@ -186,7 +186,9 @@ def print_summary(db_path: Path | None, start: str, end: str, csv_files: list[Pa
         print(f"database: {db_path}")
         for table, n in counts.items():
             print(f"  {table}: {n} rows")
-        print(f"  issues by reason: {dict(issues) or 'none'}")
+        print(f"  issues by reason: {dict(issues) or 'none'}"
+              + (" (the demo data holds a few bad rows on purpose: conversions without sessions, malformed "
+                 "sessions; listed on the Issues page of the Attribution report)" if issues and db_path == DEMO_DB else ""))
         print(f"  report {start}..{end}: cost {totals[0]}, attributed orders {totals[1]}, attributed revenue {totals[2]}")
     for csv_file in csv_files:
         print(f"CSV: {csv_file.resolve()}" + ("" if csv_file.exists() else " (missing!)"))

@@ -13,7 +13,7 @@ import csv
 import os
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
@@ -43,22 +43,44 @@ class ReportRow:
     roas: Decimal | None
 
 
-def _dec(value: float | int | None) -> Decimal:
+def to_decimal(value: float | int | Decimal | None) -> Decimal:
+    """A database number as an exact Decimal (NULL is 0), for sums that are rounded only at the end."""
     # repr() gives the shortest decimal that round-trips, so 2.675 stays 2.675 and rounds up.
     return Decimal(repr(float(value or 0)))
 
 
+def ratios(cost: Decimal, ihc: Decimal, ihc_revenue: Decimal) -> tuple[Decimal | None, Decimal | None]:
+    """``(CPO, ROAS)`` of unrounded sums, rounded as the report shows them.
+
+    CPO = cost / ihc, half-up to the cent; ROAS = ihc_revenue / cost, half-up to 4 decimals.
+    Each is ``None`` where its denominator is 0: undefined, never ``inf``, ``NaN`` or 0. The CSV,
+    the chart next to it and the report page all take their ratios from here.
+    """
+    cpo = (cost / ihc).quantize(_CENT, ROUND_HALF_UP) if ihc != 0 else None
+    roas = (ihc_revenue / cost).quantize(_FOUR, ROUND_HALF_UP) if cost != 0 else None
+    return cpo, roas
+
+
+def round_money(value: Decimal) -> Decimal:
+    """Half-up to the cent, as every amount of the report is shown."""
+    return value.quantize(_CENT, ROUND_HALF_UP)
+
+
+def round_ihc(value: Decimal) -> Decimal:
+    """Half-up to 4 decimals, as attributed orders (and ROAS) are shown."""
+    return value.quantize(_FOUR, ROUND_HALF_UP)
+
+
 def report_row(channel_name: str, date: str, cost: float, ihc: float, ihc_revenue: float) -> ReportRow:
     """Round one ``channel_reporting`` row and add its ratios."""
-    c, i, r = _dec(cost), _dec(ihc), _dec(ihc_revenue)
-    cpo = (c / i).quantize(_CENT, ROUND_HALF_UP) if i != 0 else None
-    roas = (r / c).quantize(_FOUR, ROUND_HALF_UP) if c != 0 else None
+    c, i, r = to_decimal(cost), to_decimal(ihc), to_decimal(ihc_revenue)
+    cpo, roas = ratios(c, i, r)
     return ReportRow(
         channel_name=channel_name,
         date=str(date),
-        cost=c.quantize(_CENT, ROUND_HALF_UP),
-        ihc=i.quantize(_FOUR, ROUND_HALF_UP),
-        ihc_revenue=r.quantize(_CENT, ROUND_HALF_UP),
+        cost=round_money(c),
+        ihc=round_ihc(i),
+        ihc_revenue=round_money(r),
         cpo=cpo,
         roas=roas,
     )
@@ -124,23 +146,28 @@ def escape_formulas_setting() -> bool:
     raise ValueError(f"ATTRIBUTION_CSV_ESCAPE_FORMULAS={value!r} must be 1/true/yes or 0/false/no")
 
 
+def write_rows(handle: TextIO, rows: Iterable[ReportRow], *, escape_formulas: bool = False) -> None:
+    """Write the header and the rows as CSV to an open text file: the one format of every report CSV."""
+    writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [
+                safe_cell(row.channel_name, escape_formulas),
+                row.date,
+                row.cost,
+                row.ihc,
+                row.ihc_revenue,
+                "" if row.cpo is None else row.cpo,
+                "" if row.roas is None else row.roas,
+            ]
+        )
+
+
 def write_csv(rows: list[ReportRow], path: Path, *, escape_formulas: bool = False) -> Path:
     """Write the rows to ``path`` atomically (see :func:`atomic_write`), values exactly as stored."""
     with atomic_write(path) as handle:
-        writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-        writer.writerow(CSV_COLUMNS)
-        for row in rows:
-            writer.writerow(
-                [
-                    safe_cell(row.channel_name, escape_formulas),
-                    row.date,
-                    row.cost,
-                    row.ihc,
-                    row.ihc_revenue,
-                    "" if row.cpo is None else row.cpo,
-                    "" if row.roas is None else row.roas,
-                ]
-            )
+        write_rows(handle, rows, escape_formulas=escape_formulas)
     return path
 
 

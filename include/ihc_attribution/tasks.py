@@ -259,23 +259,33 @@ def _as_text_utc(value: Any) -> str:
 
 @stage
 def export_csv(context: Mapping[str, Any]) -> dict:
-    """Write the range's report as CSV, and a chart of it next to it; return their paths."""
+    """Write the range's report as CSV, and a chart of it next to it; return their paths.
+
+    The result (XCom) and the log also carry ``report_url``: the range's page of the
+    *Attribution report* in the Airflow UI (base URL from ``$ATTRIBUTION_UI_BASE_URL`` or
+    ``[api] base_url``).
+    """
     rng = run_range(context)
+    first, last = rng.first_date.isoformat(), rng.last_date.isoformat()
+    url = charts.report_url(first, last)
     with open_db() as db:
         rows = export.read_report(db, rng)
     csv_file = export.write_csv(
         rows, export.csv_path(output_dir(), rng), escape_formulas=export.escape_formulas_setting()
     ).resolve()
     chart = charts.write_chart(
-        rows, charts.chart_path(csv_file), f"Channel report {rng.first_date} to {rng.last_date}"
+        rows, charts.chart_path(csv_file), f"Channel report {first} to {last}", csv_name=csv_file.name,
+        report_url=url,
     ).resolve()
     log.info("wrote %d report rows to %s and a chart to %s", len(rows), csv_file, chart)
+    log.info("report page: %s", url)
     return {
         "path": str(csv_file),
         "chart": str(chart),
         "rows": len(rows),
-        "first_date": rng.first_date.isoformat(),
-        "last_date": rng.last_date.isoformat(),
+        "first_date": first,
+        "last_date": last,
+        "report_url": url,
     }
 
 

@@ -13,7 +13,11 @@ The data has the shape that makes the real task hard, so the pipeline can be exe
   visibly wrong;
 - repeat buyers whose journeys overlap (the second journey contains the first);
 - free channels with cost 0, paid channels with a per-session cost, some NULL costs and some
-  sessions without a cost row.
+  sessions without a cost row;
+- a few bad rows, as real exports have them (:data:`BAD_ROWS`): conversions of users without any
+  earlier session, a session with an impossible date and one with an empty channel, each in the
+  journey of its own conversion. The pipeline records them in ``attribution_issues`` as
+  ``no_sessions`` and ``invalid_input``; ``bad_rows=False`` leaves them out.
 
 Channel shares, engagement flag rates, journey lengths, gaps between sessions and the hour-of-day
 profile are calibrated on the real IHC answers in the reference data; costs, revenue and the
@@ -36,7 +40,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import chain, islice
 from pathlib import Path
 
@@ -133,6 +137,11 @@ COST_MIN, COST_MAX = 0.05, 8.0
 NULL_COST_SHARE = 0.01
 MISSING_COST_SHARE = 0.02
 
+# Bad rows, by kind: conversions whose user has no session at all (recorded as no_sessions), and
+# sessions of a converting journey with an impossible date (day 00) or an empty channel name
+# (recorded as invalid_input for their conversion). Each hits a different one-time buyer.
+BAD_ROWS = {"conversion_without_sessions": 2, "session_impossible_date": 1, "session_empty_channel": 1}
+
 # Share of buyers who come back after their last conversion (sessions in no journey).
 POST_PURCHASE_SHARE = 0.35
 
@@ -155,6 +164,7 @@ class DemoConfig:
         non-converting user.
     :param seed: seed of every random draw.
     :param lookback_days: how many days before ``start`` sessions reach back.
+    :param bad_rows: add the few bad rows of :data:`BAD_ROWS` (when there are buyers enough).
     """
 
     start: dt.date = dt.date(2024, 1, 1)
@@ -164,6 +174,7 @@ class DemoConfig:
     users: int | None = None
     seed: int = 42
     lookback_days: int = 60
+    bad_rows: bool = True
 
     def validate(self) -> None:
         """Raise ``ValueError`` for a configuration that cannot be generated."""
@@ -209,6 +220,8 @@ class DemoSummary:
     first_session_date: str
     last_session_date: str
     seconds: float
+    conversions_without_sessions: int = 0
+    malformed_sessions: int = 0
 
     def __str__(self) -> str:
         return (
@@ -230,6 +243,9 @@ class DemoSummary:
             f"conversions         {self.conversions:>12,}  (revenue {self.total_revenue:,.2f} EUR)",
             f"users               {self.users:>12,}  ({self.buyers:,} buyers, {self.repeat_buyers:,} repeat)",
             f"session_costs rows  {self.cost_rows:>12,}  ({self.null_costs:,} NULL)",
+            f"bad rows on purpose {self.conversions_without_sessions + self.malformed_sessions:>12,}  "
+            f"({self.conversions_without_sessions} conversions without sessions, "
+            f"{self.malformed_sessions} malformed sessions)",
         ]
 
 
@@ -261,6 +277,12 @@ class DemoTables:
     repeat_buyers: int
     journey_sessions: int
     post_purchase_sessions: int
+    #: conversions (indexes) moved to a user without sessions, and their new user ids
+    sessionless_convs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sessionless_user_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
+    #: sessions (indexes) written with an impossible date / an empty channel
+    bad_date_sessions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    bad_channel_sessions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -416,7 +438,7 @@ def build_tables(config: DemoConfig) -> DemoTables:
     config.validate()
     # One independent stream per concern: changing how one part is drawn leaves the others as
     # they were.
-    streams = np.random.SeedSequence(config.seed).spawn(8)
+    streams = np.random.SeedSequence(config.seed).spawn(9)
     rng_buyers, rng_conv, rng_journey, rng_post, rng_noise, rng_cost, rng_rev = (
         np.random.default_rng(s) for s in streams[:7]
     )
@@ -474,6 +496,8 @@ def build_tables(config: DemoConfig) -> DemoTables:
     n_ch, n_h, n_c, n_i = _channels_and_flags(rng_noise, n_noise, converting=False)
     channel = np.concatenate((j_ch, n_ch))
     cost, has_cost = _costs(rng_cost, channel)
+    bad = _bad_rows(np.random.default_rng(streams[8]), config, per_buyer, buyer_of_conv, j_conv,
+                    int(id_keys[0]), buyers + noise_users)
     return DemoTables(
         config=config,
         user_ids=_hex_ids(_scramble(np.arange(buyers + noise_users), int(id_keys[0]))),
@@ -494,7 +518,42 @@ def build_tables(config: DemoConfig) -> DemoTables:
         repeat_buyers=int((per_buyer > 1).sum()),
         journey_sessions=j_total,
         post_purchase_sessions=len(p_conv),
+        **bad,
     )
+
+
+def _bad_rows(
+    rng: np.random.Generator,
+    config: DemoConfig,
+    per_buyer: np.ndarray,
+    buyer_of_conv: np.ndarray,
+    j_conv: np.ndarray,
+    user_key: int,
+    users: int,
+) -> dict[str, np.ndarray]:
+    """Pick the bad rows of :data:`BAD_ROWS`: each on a different one-time buyer's conversion.
+
+    A conversion without sessions gets a user id of its own (drawn like every other, after the
+    last user), so its buyer's sessions stay as visits of someone who never bought. A malformed
+    session is one of another such conversion's journey.
+    """
+    wanted = sum(BAD_ROWS.values())
+    single = np.flatnonzero(per_buyer[buyer_of_conv] == 1)
+    if not config.bad_rows or len(single) < 2 * wanted:
+        return {}
+    convs = rng.choice(single, size=wanted, replace=False)
+    n_sessionless = BAD_ROWS["conversion_without_sessions"]
+    n_date = BAD_ROWS["session_impossible_date"]
+    malformed = []
+    for conv in convs[n_sessionless:]:
+        malformed.append(int(rng.choice(np.flatnonzero(j_conv == conv))))
+    sessionless = np.sort(convs[:n_sessionless])
+    return {
+        "sessionless_convs": sessionless,
+        "sessionless_user_ids": _hex_ids(_scramble(np.arange(users, users + len(sessionless)), user_key)),
+        "bad_date_sessions": np.array(malformed[:n_date], dtype=np.int64),
+        "bad_channel_sessions": np.array(malformed[n_date:], dtype=np.int64),
+    }
 
 
 def _noise_user_count(config: DemoConfig, buyers: int, n_noise: int) -> int:
@@ -587,12 +646,17 @@ def write_database(path: Path, tables: DemoTables) -> None:
         order = np.argsort(tables.session_keys)
         session_ids = _hex_ids(tables.session_keys[order])
         t = tables.session_time[order]
+        session_dates = days[t // SECONDS_PER_DAY]
+        session_channels = np.array(CHANNEL_NAMES, dtype=object)[tables.session_channel[order]]
+        for at in np.flatnonzero(np.isin(order, tables.bad_date_sessions)):
+            session_dates[at] = session_dates[at][:8] + "00"  # day 00 of the session's month
+        session_channels[np.isin(order, tables.bad_channel_sessions)] = ""
         session_rows = zip(
             session_ids.tolist(),
             tables.user_ids[tables.session_user[order]].tolist(),
-            days[t // SECONDS_PER_DAY].tolist(),
+            session_dates.tolist(),
             clock[t % SECONDS_PER_DAY].tolist(),
-            np.array(CHANNEL_NAMES, dtype=object)[tables.session_channel[order]].tolist(),
+            session_channels.tolist(),
             tables.holder[order].tolist(),
             tables.closer[order].tolist(),
             tables.impression[order].tolist(),
@@ -614,9 +678,12 @@ def write_database(path: Path, tables: DemoTables) -> None:
 
         corder = np.argsort(tables.conv_keys)
         ct = tables.conv_time[corder]
+        conv_users = tables.user_ids[tables.conv_user[corder]]
+        for conv, user in zip(tables.sessionless_convs.tolist(), tables.sessionless_user_ids.tolist(), strict=True):
+            conv_users[corder == conv] = user
         conv_rows = zip(
             _hex_ids(tables.conv_keys[corder]).tolist(),
-            tables.user_ids[tables.conv_user[corder]].tolist(),
+            conv_users.tolist(),
             days[ct // SECONDS_PER_DAY].tolist(),
             clock[ct % SECONDS_PER_DAY].tolist(),
             tables.revenue[corder].tolist(),
@@ -685,6 +752,8 @@ def _summarise(path: Path, tables: DemoTables, seconds: float) -> DemoSummary:
         first_session_date=first.isoformat(),
         last_session_date=last.isoformat(),
         seconds=seconds,
+        conversions_without_sessions=len(tables.sessionless_convs),
+        malformed_sessions=len(tables.bad_date_sessions) + len(tables.bad_channel_sessions),
     )
 
 
@@ -737,6 +806,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=defaults.lookback_days,
         help="days before --start that sessions reach back (default %(default)s)",
     )
+    parser.add_argument("--no-bad-rows", dest="bad_rows", action="store_false",
+                        help="leave out the few bad rows (conversions without sessions, malformed sessions)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     return parser.parse_args(argv)
 
@@ -752,6 +823,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         users=args.users,
         seed=args.seed,
         lookback_days=args.lookback_days,
+        bad_rows=args.bad_rows,
     )
     try:
         summary = generate(args.out, config, overwrite=args.overwrite)

@@ -1,56 +1,40 @@
-"""The "Attribution report" page: a small FastAPI app mounted in the Airflow API server.
+"""The "Attribution report" pages: a small FastAPI app mounted in the Airflow API server.
 
-``GET /`` lists the exported reports (newest first, with links to each chart and CSV) and the
-open ``attribution_issues``, each linked to the DAG run that recorded it. ``GET /files/<name>``
-serves an exported report file, and nothing else. Every route requires a logged-in Airflow user
-allowed to read the runs of ``ihc_attribution``: Airflow does not authenticate plugin apps itself.
+- ``GET /``: the report over the database: a date range and channels to pick, headline
+  figures, spend against attributed revenue per channel, per-channel daily spend and revenue,
+  ROAS and CPO over time, totals per channel, and the runs that built the numbers.
+- ``GET /report.csv``: the selected rows as CSV (the export's columns and rounding).
+- ``GET /issues``: the conversions of ``attribution_issues`` by reason and date, linked to runs.
+- ``GET /exports``: the files the ``export_csv`` task wrote; ``GET /files/<name>`` serves one.
+- ``GET /static/<name>``: the page's script and style, and the vendored Chart.js.
+
+Every route requires a logged-in Airflow user allowed to read the runs of ``ihc_attribution``:
+Airflow does not authenticate plugin apps itself. Pages are rendered from Jinja2 templates with
+autoescaping; they run only the plugin's own scripts and load nothing from elsewhere.
 
 Airflow imports every module under ``plugins/`` in every component, task processes included, so
-the top level of this module imports only the standard library; FastAPI is imported when the app
-is built, on the page's first request.
+the top level of this module imports only the standard library; FastAPI, Jinja2 and the package
+are imported when the app is built, on the first request.
 """
 
-import base64
-import hashlib
-import html
-from collections.abc import Callable
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
-if TYPE_CHECKING:
-    from attribution_report import attribution_report_sources as sources
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 DAG_ID = "ihc_attribution"
-ISSUES_LIMIT = 200
-REPORTS_LIMIT = 100
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".md": "text/markdown; charset=utf-8"}
+EXPORT_ROWS_SCAN_LIMIT = 200
 
-# The UI shows the page in an iframe. A plain link to a run would open the whole UI inside that
-# frame, and the frame's sandbox forbids navigating the top window; so links marked
-# data-airflow-page hand their target to the UI's router instead (same origin). Without script
-# they still work, inside the frame.
-_NAV_SCRIPT = """
-document.addEventListener("click", function (event) {
-  var link = event.target.closest && event.target.closest("a[data-airflow-page]");
-  if (!link || event.button !== 0 || event.metaKey || event.ctrlKey || event.shiftKey || event.altKey) return;
-  try {
-    var top = window.parent;
-    if (top === window) return;
-    var url = new URL(link.href);
-    if (url.origin !== top.location.origin) return;
-    var idx = (top.history.state && typeof top.history.state.idx === "number") ? top.history.state.idx + 1 : 0;
-    top.history.pushState({usr: null, key: Math.random().toString(36).slice(2, 10), idx: idx}, "",
-                          url.pathname + url.search + url.hash);
-    top.dispatchEvent(new PopStateEvent("popstate", {state: top.history.state}));
-    event.preventDefault();
-  } catch (error) { /* the plain link still works */ }
-});
-"""
-_SCRIPT_HASH = base64.b64encode(hashlib.sha256(_NAV_SCRIPT.encode()).digest()).decode()
-# The page runs only that script and loads nothing from elsewhere; the charts run no script at all.
+# The pages run only their own scripts (served below) and load nothing from elsewhere; the
+# JSON block of figures is data, which no policy needs to allow.
 _PAGE_CSP = (
-    f"default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-{_SCRIPT_HASH}'; "
-    "frame-ancestors 'self'"
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'self'"
 )
 _CHART_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'"
 _PAGE_HEADERS = {"Content-Security-Policy": _PAGE_CSP, "X-Content-Type-Options": "nosniff",
@@ -64,108 +48,6 @@ _ICON = (
 )
 
 
-def _esc(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def run_link(run_id: str) -> str:
-    """Link to the run's page in the Airflow UI, relative to this page (works under a base path)."""
-    return f"../dags/{quote(DAG_ID, safe='')}/runs/{quote(run_id, safe='')}"
-
-
-def file_link(name: str) -> str:
-    return f"files/{quote(name, safe='')}"
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:20px;color:#1d2433;background:#fff}
-h1{font-size:21px;margin:0 0 4px}h2{font-size:17px;margin:26px 0 6px}
-.sub,.muted{color:#5c6578}.sub{margin:0 0 8px;font-size:14px}
-table{border-collapse:collapse;font-size:14px;margin-top:6px}
-th,td{padding:6px 12px;border-bottom:1px solid #e6e9ef;text-align:left;vertical-align:top}
-thead th{background:#f4f6f9}td.num{text-align:right}
-td.detail{max-width:420px;overflow-wrap:anywhere}
-a{color:#0b63c5}.badge{display:inline-block;border-radius:10px;padding:1px 9px;font-size:13px;
-background:#fdecea;color:#a2271c;margin:2px 6px 2px 0}.ok{color:#1e7d32}
-.warn{color:#a2271c}code{background:#f4f6f9;padding:1px 4px;border-radius:4px}
-"""
-
-
-def _reports_section(folder: Path, reports: "list[sources.Report]") -> str:
-    parts = [
-        "<h2>Reports</h2>",
-        f'<p class="sub">Exported by the <code>export_csv</code> task to <code>{_esc(folder)}</code>, '
-        "most recently written first.</p>",
-    ]
-    if not reports:
-        return "".join(parts) + '<p class="muted">No report yet. Trigger a run of '\
-            f'<code>{DAG_ID}</code>; its CSV (and chart) appear here.</p>'
-    shown = reports[:REPORTS_LIMIT]
-    parts.append("<table><thead><tr><th>Range</th><th>Days</th><th>Chart</th><th>CSV</th>"
-                 "<th>Written (UTC)</th></tr></thead><tbody>")
-    for report in shown:
-        chart = (f'<a href="{file_link(report.chart.name)}">open chart</a>' if report.chart
-                 else '<span class="muted">none</span>')
-        csv = (f'<a href="{file_link(report.csv.name)}">{_esc(report.csv.name)}</a>' if report.csv
-               else '<span class="muted">none</span>')
-        parts.append(
-            f"<tr><td>{_esc(report.start)} &rarr; {_esc(report.end)}</td>"
-            f'<td class="num">{report.days}</td><td>{chart}</td><td>{csv}</td>'
-            f"<td>{report.modified:%Y-%m-%d %H:%M}</td></tr>"
-        )
-    parts.append("</tbody></table>")
-    if len(reports) > len(shown):
-        parts.append(f'<p class="muted">Showing the latest {len(shown)} of {len(reports)} reports.</p>')
-    return "".join(parts)
-
-
-def _issues_section(view: "sources.IssuesView") -> str:
-    parts = ["<h2>Open issues</h2>"]
-    source = f" in <code>{_esc(view.source)}</code>" if view.source else ""
-    if view.error:
-        return "".join(parts) + f'<p class="warn">The attribution database cannot be read{source}: '\
-            f"{_esc(view.error)}</p>"
-    if view.table_missing:
-        return "".join(parts) + f'<p class="muted">No issue table yet{source}: the pipeline has not run '\
-            "on this database.</p>"
-    parts.append(
-        f'<p class="sub">Conversions of the latest run over each date that could not be fully attributed'
-        f"{source}. A later run over the same dates replaces them.</p>"
-    )
-    if view.total == 0:
-        return "".join(parts) + '<p class="ok">No open issues.</p>'
-    parts.append("<p>" + "".join(
-        f'<span class="badge">{_esc(reason)}: {count}</span>' for reason, count in view.by_reason
-    ) + f" <span class=\"muted\">{view.total} in total</span></p>")
-    parts.append("<table><thead><tr><th>Conversion</th><th>Reason</th><th>Detail</th><th>Run</th>"
-                 "<th>Recorded (UTC)</th></tr></thead><tbody>")
-    for issue in view.latest:
-        parts.append(
-            f"<tr><td>{_esc(issue.conv_id)}</td><td>{_esc(issue.reason)}</td>"
-            f'<td class="detail">{_esc(issue.detail)}</td>'
-            f'<td><a href="{_esc(run_link(issue.run_id))}" data-airflow-page>{_esc(issue.run_id)}</a></td>'
-            f"<td>{_esc(issue.recorded_at)}</td></tr>"
-        )
-    parts.append("</tbody></table>")
-    if view.total > len(view.latest):
-        parts.append(f'<p class="muted">Showing the latest {len(view.latest)} of {view.total} issues.</p>')
-    return "".join(parts)
-
-
-def render_page(folder: Path, reports: "list[sources.Report]", issues: "sources.IssuesView") -> str:
-    """The whole page."""
-    return (
-        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>Attribution report</title><style>{_CSS}</style></head><body>"
-        "<h1>Attribution report</h1>"
-        f'<p class="sub">Channel reports and open attribution issues of the <code>{DAG_ID}</code> DAG.</p>'
-        + _reports_section(folder, reports)
-        + _issues_section(issues)
-        + f"<script>{_NAV_SCRIPT}</script></body></html>"
-    )
-
-
 def _airflow_authorization() -> Callable[..., Any]:
     """Airflow's own check: a valid UI or API token of a user who may read the DAG's runs."""
     from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
@@ -174,32 +56,140 @@ def _airflow_authorization() -> Callable[..., Any]:
     return requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)
 
 
+def _templates() -> Any:
+    import jinja2
+
+    from attribution_report import attribution_report_views as views
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.globals.update(run_link=views.run_link, file_link=views.file_link, dag_id=DAG_ID)
+    return env
+
+
+def _export_rows(path: Path | None) -> int | None:
+    """Data rows of an exported CSV (its lines less the header); ``None`` if unreadable."""
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as handle:
+            return max(sum(1 for _ in handle) - 1, 0)
+    except OSError:
+        return None
+
+
 def create_app(*, require_auth: bool = True) -> Any:
-    """The page's FastAPI app. ``require_auth=False`` is for tests that run it outside the API server."""
-    from fastapi import Depends, FastAPI, HTTPException
+    """The pages' FastAPI app. ``require_auth=False`` is for tests that run it outside the API server."""
+    from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse, HTMLResponse, Response
 
     from attribution_report import attribution_report_sources as sources
+    from attribution_report import attribution_report_views as views
 
+    env = _templates()
     dependencies = [Depends(_airflow_authorization())] if require_auth else []
     app = FastAPI(
         title="Attribution report",
-        description="Exported channel reports and open attribution issues of the ihc_attribution DAG.",
+        description="Channel report, open attribution issues and exported files of the ihc_attribution DAG.",
         dependencies=dependencies,
         docs_url=None,
         redoc_url=None,
         openapi_url=None,
     )
 
-    @app.get("/", response_class=HTMLResponse)
-    def page():
-        folder = sources.output_dir()
-        body = render_page(folder, sources.list_reports(folder), sources.read_issues(ISSUES_LIMIT))
+    def render(name: str, request: Request, **context: Any) -> HTMLResponse:
+        # Links start at the app's root: the prefix it is mounted at (behind any base path).
+        root = str(request.scope.get("root_path") or "").rstrip("/") + "/"
+        body = env.get_template(name).render(root=root, **context)
         return HTMLResponse(body, headers=_PAGE_HEADERS)
+
+    @contextlib.contextmanager
+    def database() -> Iterator[Any]:
+        """The database, or the message saying why it cannot be read."""
+        try:
+            db = sources.open_db()
+        except sources.DatabaseUnavailable as exc:
+            yield str(exc)
+            return
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def query_params(request: Request) -> dict[str, Any]:
+        params = request.query_params
+        return {"start": params.get("start"), "end": params.get("end"), "channel": params.getlist("channel")}
+
+    def unavailable(request: Request, title: str, page: str, problem: str) -> HTMLResponse:
+        return render("message.html.j2", request, title=title, page=page,
+                      message=f"The attribution database cannot be read: {problem}")
+
+    @app.get("/", response_class=HTMLResponse)
+    def report_page(request: Request):
+        with database() as db:
+            if isinstance(db, str):
+                return unavailable(request, "Attribution report", "Report", db)
+            try:
+                context = views.report_context(db, query_params(request))
+            except Exception as exc:  # a table missing, a locked file: say so on the page
+                if sources.REPORT_TABLE in str(exc).lower():
+                    return render("message.html.j2", request, title="Attribution report", page="Report",
+                                  message=f"No report yet in {db.source}: the pipeline has not run on this "
+                                          "database.")
+                return unavailable(request, "Attribution report", "Report", f"{type(exc).__name__}: {exc}")
+        return render("report.html.j2", request, title="Attribution report", page="Report", **context)
+
+    @app.get("/report.csv", response_class=Response)
+    def report_csv(request: Request):
+        with database() as db:
+            if isinstance(db, str):
+                raise HTTPException(status_code=503, detail=f"The attribution database cannot be read: {db}")
+            picked = views.pick(query_params(request), sources.report_channels(db), sources.report_bounds(db))
+            rows = sources.report_rows(db, picked.selection)
+        name = views.csv_name(picked.selection)
+        return Response(views.selection_csv(rows), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="{name}"', "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store"})
+
+    @app.get("/issues", response_class=HTMLResponse)
+    def issues_page(request: Request, reason: str | None = None):
+        with database() as db:
+            if isinstance(db, str):
+                view = sources.IssuesView(error=db)
+            else:
+                try:
+                    view = sources.read_issues(db, views.ISSUES_LIMIT, reason or None)
+                except Exception as exc:
+                    view = sources.IssuesView(source=db.source, error=f"{type(exc).__name__}: {exc}")
+        return render("issues.html.j2", request, title="Attribution issues", page="Issues", view=view,
+                      reason=reason or None)
+
+    @app.get("/exports", response_class=HTMLResponse)
+    def exports_page(request: Request, all: int = 0):  # noqa: A002  (the query parameter's name)
+        folder = sources.output_dir()
+        found = sources.list_reports(folder)
+        counts = [_export_rows(r.csv) if i < EXPORT_ROWS_SCAN_LIMIT else None for i, r in enumerate(found)]
+        # Scheduled runs over days without conversions still export their (often empty) day.
+        keep = [i for i, (r, n) in enumerate(zip(found, counts, strict=True)) if all or not (r.days == 1 and n == 0)]
+        shown = keep[: views.REPORTS_LIMIT]
+        return render("exports.html.j2", request, title="Exported reports", page="Exported files",
+                      folder=folder, reports=[found[i] for i in shown], rows=[counts[i] for i in shown],
+                      hidden=len(found) - len(keep), more=len(keep) if len(keep) > len(shown) else 0)
 
     @app.get("/icon.svg", response_class=Response)
     def icon():
         return Response(_ICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/static/{name}", response_class=FileResponse)
+    def static(name: str):
+        path = STATIC_DIR / name
+        if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES or not path.is_file():
+            raise HTTPException(status_code=404, detail="No such file")
+        return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
+                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
 
     @app.get("/files/{name}", response_class=FileResponse)
     def report_file(name: str):

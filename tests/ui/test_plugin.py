@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from attribution_report import attribution_report_app as report_app
-from attribution_report import attribution_report_plugin as plugin
-from attribution_report import attribution_report_sources as sources
-from attribution_report import attribution_report_views as views
-from attribution_report.attribution_report_plugin import URL_PREFIX, LazyApp
+from ihc_attribution.report_ui import app as report_app
+from ihc_attribution.report_ui import plugin as plugin
+from ihc_attribution.report_ui import sources as sources
+from ihc_attribution.report_ui import views as views
+from ihc_attribution.report_ui.plugin import URL_PREFIX, LazyApp
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "plugins"
@@ -116,7 +116,7 @@ def test_lazy_app_is_built_once_on_the_first_request(monkeypatch, output, issue_
         return report_app.create_app(require_auth=False)
 
     monkeypatch.setattr(report_app, "lazy_test_factory", factory, raising=False)
-    app = LazyApp("attribution_report.attribution_report_app:lazy_test_factory")
+    app = LazyApp("ihc_attribution.report_ui.app:lazy_test_factory")
     assert built == []
     with TestClient(app) as lazy_client:
         assert lazy_client.get("/issues").status_code == 200
@@ -266,7 +266,7 @@ def test_static_files_are_served_and_nothing_else(client):
     assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
     assert "Chart.js v4.6.1" in script.text[:200]
     assert "MIT License" in client.get("/static/chart.js-LICENSE.md").text
-    for name in ("..%2Fattribution_report_app.py", "missing.js", ".hidden.js", "report.html.j2"):
+    for name in ("..%2Fapp.py", "missing.js", ".hidden.js", "report.html.j2"):
         assert client.get(f"/static/{name}").status_code == 404
 
 

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
-from attribution_report import attribution_report_app as report_app
-from attribution_report import attribution_report_sources as sources
+from ihc_attribution.report_ui import app as report_app
+from ihc_attribution.report_ui import sources as sources
 from ihc_attribution import schema
 from ihc_attribution.db import Database
 

@@ -1,6 +1,6 @@
 """Registers the "Attribution report" pages in the Airflow UI, and the link to them from a run.
 
-The pages are a FastAPI app (``attribution_report_app.py``) mounted at ``/attribution-report/``
+The pages are a FastAPI app (``app.py``) mounted at ``/attribution-report/``
 and shown in the UI's navigation as an external view, labelled "Reports". The extra link
 "Attribution report" on the ``export_csv`` task of an ``ihc_attribution`` run opens the report of
 that run's range. Airflow loads plugins in every component, task processes included, so this
@@ -48,7 +48,7 @@ class LazyApp:
         await app(scope, receive, send)
 
 
-report_app = LazyApp("attribution_report.attribution_report_app:create_app")
+report_app = LazyApp("ihc_attribution.report_ui.app:create_app")
 
 
 def _export_result(ti_key: Any) -> dict | None:

@@ -23,7 +23,6 @@ from pathlib import Path
 from decimal import Decimal
 from typing import Any
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DB_CONN_ID_ENV = "ATTRIBUTION_DB_CONN_ID"
 DEFAULT_DB_CONN_ID = "attribution_db"
 OUTPUT_DIR_ENV = "ATTRIBUTION_OUTPUT_DIR"
@@ -32,9 +31,9 @@ SQLITE_TIMEOUT_SECONDS = 5.0
 
 
 def output_dir() -> Path:
-    """``$ATTRIBUTION_OUTPUT_DIR`` (default ``output``); a relative path is taken from the project root."""
-    path = Path(os.environ.get(OUTPUT_DIR_ENV) or "output").expanduser()
-    return (path if path.is_absolute() else PROJECT_ROOT / path).resolve()
+    """``$ATTRIBUTION_OUTPUT_DIR`` (default ``output``); a relative path is taken from the working directory,
+    as the export task takes it."""
+    return Path(os.environ.get(OUTPUT_DIR_ENV) or "output").expanduser().resolve()
 
 
 @dataclass(frozen=True)
@@ -149,8 +148,7 @@ def db_conn_id() -> str:
 def _sqlite_file(path: str) -> Path:
     if path.startswith("//"):  # POSIX keeps a leading "//", which a file: URI would read as a host
         path = "/" + path.lstrip("/")
-    file = Path(path).expanduser()
-    return file if file.is_absolute() else PROJECT_ROOT / file
+    return Path(path).expanduser().resolve()
 
 
 def open_db(conn_id: str | None = None) -> ReportDb:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from attribution_report import attribution_report_sources as sources
+from ihc_attribution.report_ui import sources as sources
 
 DAG_ID = "ihc_attribution"
 DEFAULT_DAYS = 30

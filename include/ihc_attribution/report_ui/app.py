@@ -59,7 +59,7 @@ def _airflow_authorization() -> Callable[..., Any]:
 def _templates() -> Any:
     import jinja2
 
-    from attribution_report import attribution_report_views as views
+    from ihc_attribution.report_ui import views as views
 
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
@@ -86,8 +86,8 @@ def create_app(*, require_auth: bool = True) -> Any:
     from fastapi import Depends, FastAPI, HTTPException, Request
     from fastapi.responses import FileResponse, HTMLResponse, Response
 
-    from attribution_report import attribution_report_sources as sources
-    from attribution_report import attribution_report_views as views
+    from ihc_attribution.report_ui import sources as sources
+    from ihc_attribution.report_ui import views as views
 
     env = _templates()
     dependencies = [Depends(_airflow_authorization())] if require_auth else []

@@ -10,16 +10,23 @@ FROM apache/airflow:3.3.2
 # that user, with Airflow itself pinned so pip cannot up- or downgrade it while resolving.
 # AIRFLOW_VERSION is set by the base image.
 USER airflow
-COPY --chown=airflow:0 requirements.txt /requirements.txt
-RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /requirements.txt
+# The package is installed as users install it: the provider (connection type ``ihc``) and the
+# report plugin reach Airflow through their entry points. INSTALL_DEV=true adds the dev extra
+# (local IHC server, demo-data generator) that the local stack needs; a production image leaves
+# it out, as the DAG never imports it.
+ARG INSTALL_DEV=false
+COPY --chown=airflow:0 requirements.txt pyproject.toml README.md /opt/ihc-attribution/
+COPY --chown=airflow:0 include/ /opt/ihc-attribution/include/
+RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /opt/ihc-attribution/requirements.txt \
+    && if [ "${INSTALL_DEV}" = "true" ]; then \
+         pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" "/opt/ihc-attribution[dev]"; \
+       else \
+         pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" /opt/ihc-attribution; \
+       fi
 
-# The DAG imports the pipeline as include.attribution, so the directory holding include/
-# (AIRFLOW_HOME) must be on the import path of every component.
-ENV PYTHONPATH=/opt/airflow \
-    ATTRIBUTION_OUTPUT_DIR=/opt/airflow/output
+ENV ATTRIBUTION_OUTPUT_DIR=/opt/airflow/output
 
 COPY --chown=airflow:0 dags/ /opt/airflow/dags/
-COPY --chown=airflow:0 include/ /opt/airflow/include/
 COPY --chown=airflow:0 plugins/ /opt/airflow/plugins/
 
 # Mount points of the named volumes. Docker seeds an empty named volume with the ownership of

@@ -12,10 +12,13 @@ export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
 
 .PHONY: install test lint demo run backfill ihc-server demo-data calibrate bench clean
 
-$(STAMP): requirements.txt requirements-dev.txt
+# The project is installed the way users install it (editable here), with the dev extra: the
+# provider and the plugin reach Airflow through their entry points.
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
+	$(PY) -m pip install -q --no-deps -e ".[dev]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,10 +30,10 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 ihc-server: $(STAMP)
-	exec $(PY) -m include.ihc_server $(ARGS)
+	exec $(PY) -m ihc_attribution_dev.server $(ARGS)
 
 demo-data: $(STAMP)
-	$(PY) -m include.attribution.demo_data $(ARGS)
+	$(PY) -m ihc_attribution_dev.demo_data $(ARGS)
 
 calibrate: $(STAMP)
 	$(PY) scripts/calibrate_ihc_model.py $(ARGS)

@@ -128,7 +128,7 @@ def command_line(pid: int) -> str:
 
 
 def _marker(name: str) -> str:
-    return "include.ihc_server" if name == "ihc-server" else "airflow"
+    return "ihc_attribution_dev.server" if name == "ihc-server" else "airflow"
 
 
 def pid_file(name: str) -> Path:
@@ -332,7 +332,7 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
     env.pop("IHC_API_KEYS", None)
     if state.get("ihc_managed"):
         env["AIRFLOW_CONN_IHC_API"] = json.dumps({
-            "conn_type": "http", "host": "127.0.0.1", "port": state["ihc_port"], "schema": "http",
+            "conn_type": "ihc", "host": "127.0.0.1", "port": state["ihc_port"], "schema": "http",
             "password": keys["ihc_api_key"], "extra": {"conv_type_id": "demo", "max_concurrency": 4},
         })
     return env
@@ -447,7 +447,7 @@ def airflow_argv(name: str, state: dict) -> list[str]:
         return [AIRFLOW_BIN, "api-server", "--host", state["api_host"], "--port", str(state["api_port"]),
                 "--workers", "1"]
     if name == "ihc-server":
-        return [sys.executable, "-m", "include.ihc_server", "--host", "127.0.0.1",
+        return [sys.executable, "-m", "ihc_attribution_dev.server", "--host", "127.0.0.1",
                 "--port", str(state["ihc_port"]), "--conv-type-id", "demo"]
     return [AIRFLOW_BIN, name]
 

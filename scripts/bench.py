@@ -2,7 +2,7 @@
 
 Creates a demo database with the generator (cached in ``--db-dir`` and reused for the same
 parameters), starts the local IHC server in its own process, and runs the DAG's stages in a
-child process exactly as the DAG's tasks do (``include.attribution.tasks.<stage>(context)``,
+child process exactly as the DAG's tasks do (``ihc_attribution.tasks.<stage>(context)``,
 connections from ``AIRFLOW_CONN_*`` variables in JSON form), on a fresh copy of the database.
 It prints one markdown table: database size, journeys and sessions sent, requests against their
 lower bound, wall time per stage and in total, peak memory (RSS) of the run, throughput, and the
@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -40,7 +41,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from include.attribution.tasks import STAGES
 from local_run import ihc_server_process  # scripts/ is on sys.path when this file runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,6 +49,15 @@ DEFAULT_CONVERSIONS = 10_000
 # A forced full scan of the table that reads every row: the floor the stages are compared with.
 FLOOR_SQL = "SELECT COUNT(*), SUM(LENGTH(channel_name)) FROM session_sources NOT INDEXED"
 RUN_ID = "bench"
+
+
+@functools.cache
+def dag_stages() -> tuple[str, ...]:
+    """The DAG's task ids in the order they run (the stage list lives in the DAG file only)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["ihc_attribution"]
+    return tuple(task.task_id for task in dag.topological_sort())
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,7 +158,7 @@ def ensure_database(config: BenchConfig, db_dir: Path) -> tuple[Path, float | No
     started = time.perf_counter()
     subprocess.run(
         [
-            sys.executable, "-m", "include.attribution.demo_data", "--out", str(path),
+            sys.executable, "-m", "ihc_attribution_dev.demo_data", "--out", str(path),
             "--start", config.start.isoformat(), "--end", config.end.isoformat(),
             "--conversions", str(config.conversions),
             "--sessions-per-conversion", repr(config.sessions / config.conversions),
@@ -217,7 +226,7 @@ def measure_floor(db_path: Path, repeat: int = 5) -> float:
 
 def query_plans(db_path: Path) -> dict[str, list[str]]:
     """EXPLAIN QUERY PLAN of the journey extraction and of the report, on the run's database."""
-    from include.attribution import journeys, report
+    from ihc_attribution import journeys, report
 
     plans = {}
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
@@ -272,7 +281,7 @@ def _send_again_without_database(tasks: Any, max_sessions: int) -> float:
     take if reading requests and storing answers cost nothing: the share of the API stage that
     belongs to the client library, the server and the latency.
     """
-    from include.attribution import api_stage
+    from ihc_attribution import api_stage
 
     with tasks.open_db() as db:
         numbers = [
@@ -281,9 +290,9 @@ def _send_again_without_database(tasks: Any, max_sessions: int) -> float:
             )
         ]
         requests = [api_stage.build_request(db, RUN_ID, no, max_sessions) for no in numbers]
-    client = tasks._ihc_hook().get_conn()
+    hook = tasks._ihc_hook()
     started = time.perf_counter()
-    client.send_all(requests, lambda result: None)
+    hook.compute_ihc(requests, lambda result: None)
     return time.perf_counter() - started
 
 
@@ -293,16 +302,17 @@ def worker(spec_path: str) -> int:
     # Import what the stages import before taking the baseline, so that it holds the libraries.
     from airflow.sdk import BaseHook  # noqa: F401
 
-    from include.attribution import ihc_hook, tasks  # noqa: F401
+    from ihc_attribution import ihc_hook, tasks  # noqa: F401
 
     context = {
         "run_id": RUN_ID,
         "params": {"start_date": spec["start_date"], "end_date": spec["end_date"]},
     }
+    stages = dag_stages()
     baseline_kb = _status_kb("VmRSS")
     seconds, cpu, peaks, results = {}, {}, {}, {}
     server_cpu = 0.0
-    for stage in STAGES:
+    for stage in stages:
         resettable = _reset_peak_rss()
         cpu_started, server_cpu_started = _cpu_seconds(), process_cpu_seconds(spec["server_pid"])
         started = time.perf_counter()
@@ -368,7 +378,7 @@ def run_once(config: BenchConfig, source_db: Path, db_dir: Path, keep_db: bool) 
                 AIRFLOW_CONN_ATTRIBUTION_DB=json.dumps({"conn_type": "sqlite", "host": str(work_db.resolve())}),
                 AIRFLOW_CONN_IHC_API=json.dumps(
                     {
-                        "conn_type": "http", "host": "127.0.0.1", "port": server.port,
+                        "conn_type": "ihc", "host": "127.0.0.1", "port": server.port,
                         "schema": "http", "password": server.key,
                         "extra": {
                             "conv_type_id": "demo",
@@ -482,7 +492,7 @@ def summary_rows(m: Measured) -> list[tuple[str, str]]:
         ),
         ("retries", f"{int(m.median(lambda r: r.stage_results['call_ihc_api'].get('retries', 0)))}"),
     ]
-    for stage in STAGES:
+    for stage in dag_stages():
         seconds = m.median(_stage_getter(stage))
         value = _fmt_s(seconds)
         if spread:
@@ -520,7 +530,7 @@ def summary_rows(m: Measured) -> list[tuple[str, str]]:
     # Targets of the benchmark.
     rows.append(("target: requests within 2% of the lower bound", f"{_verdict(over <= 2.0)} ({over:+.1f}%)"))
     if not c.latency_ms:
-        per_run = [s for s in STAGES if s != "setup_tables"]
+        per_run = [s for s in dag_stages() if s != "setup_tables"]
         slowest = max(per_run, key=lambda s: m.median(_stage_getter(s)))
         ratio = m.median(_stage_getter(slowest)) / floor
         rows.append(
@@ -575,7 +585,7 @@ def render_ratio(small: Measured, large: Measured) -> str:
     lines.append(row("sessions in the database", lambda r: r.db_sessions, "{:,.0f}"))
     lines.append(row("conversions in the database", lambda r: r.db_conversions, "{:,.0f}"))
     lines.append(row("requests sent", lambda r: r.server_stats["requests"], "{:,.0f}"))
-    for stage in STAGES:
+    for stage in dag_stages():
         lines.append(row(f"{stage} (s)", _stage_getter(stage)))
     lines.append(row("total wall time (s)", lambda r: r.total_seconds))
     lines.append(row("floor: full scan of session_sources (s)", lambda r: r.floor_seconds, "{:.3f}"))

@@ -1,45 +1,80 @@
-"""Compare the local IHC model with real answers of the production IHC service.
+"""Calibrate the local IHC model on recorded answers, and compare it with real answers.
 
-Reads the reference file (one journey per line: the sessions sent and the service's answer) and
-prints a markdown table: the mean absolute error (MAE) of ``ihc`` per session over the journeys
-of 2 or more sessions, for the model of the local server and for simple baselines. Single-session
-journeys are left out: every method gives them ihc 1, as the service does.
+Three uses:
 
+    # calibrate one conversion type on answers recorded from the real service, write its parameters
+    PYTHONPATH=. python scripts/calibrate_ihc_model.py --answers FILE.jsonl --conv-type-id ID --out PARAMS.json
+
+    # the built-in model (type A) against the reference answers, as a markdown table
     PYTHONPATH=. python scripts/calibrate_ihc_model.py [--reference PATH] [--folds 5] [--fit]
 
-``--folds K`` adds a row for the model refitted K times on the other folds and scored on the
-held-out one (an out-of-sample check of the fitted constants). ``--fit`` fits curves and channel
-factors on the whole file and prints them as Python to paste into ``include/ihc_server/model.py``.
-Fitting needs numpy (installed with pandas); scoring needs nothing beyond the package.
+    # the calibration's own checks: type A, a synthetic type B, a shape the model cannot express
+    PYTHONPATH=. python scripts/calibrate_ihc_model.py --experiments
+
+A recording has the format of ``../shared/reference/ihc_real_responses.jsonl`` (one journey a
+line: the sessions sent and the service's answer). Calibrating prints the fitted parameters, the
+mean absolute error (MAE) of ``ihc`` per session in and out of sample (K-fold cross-validation,
+``--folds``, default 5) next to the linear and last-touch baselines, and a verdict; it refuses a
+recording too small to fit. Scores cover journeys of 2 or more sessions: every method gives a
+single session ihc 1, as the service does.
+
+In the table mode, ``--folds K`` adds a row for the built-in constants refitted K times on the
+other folds, and ``--fit`` prints the constants fitted on the whole file as Python for
+``include/ihc_attribution_dev/server/model.py``. ``--write-synthetic KIND FILE`` writes the sessions of the
+reference file answered by a synthetic conversion type (``B`` or ``time-of-day``), to try the
+calibration on.
+
+Calibrating needs numpy and scipy (``requirements-dev.txt``); the table of the built-in model
+needs nothing beyond the package.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 
-from include.ihc_server.model import (
+from ihc_attribution_dev.server import params as params_file
+from ihc_attribution_dev.server.calibration import (
+    POOR_FIT_RATIO,
+    TYPE_B,
+    Journey,
+    Method,
+    RecordingError,
+    calibrate,
+    check_size,
+    cross_validate,
+    errors,
+    last_touch,
+    linear,
+    load_answers,
+    mae,
+    model_method,
+    multi_session,
+    replay,
+    synthetic_answers,
+    time_of_day_answers,
+    top_agreement,
+    type_model_method,
+    write_answers,
+)
+from ihc_attribution_dev.server.model import (
     FITTED_PARAMS,
     NOMINAL_PARAMS,
     PHASES,
     ChannelFactors,
     Curve,
     ModelParams,
-    PhaseWeights,
     Touchpoint,
-    attribute_journey,
-    parse_timestamp,
-    round_credits,
+    TypeModel,
 )
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ihc_real_responses.jsonl"
 
-# Knots of the fitted curves. Initializer: the service gives no restart credit below about 50 h of
+# Knots of the built-in type A curves (``--fit``; the general calibration has its own, wider ones
+# in include/ihc_attribution_dev/server/calibration.py). Initializer: the service gives no restart credit below about 50 h of
 # pause (49.9 h: 0, 50.0 h: 0.0002 in the data); the longest pause in the data is about 9 days,
 # so the curve is extended to full credit at 14 days.
 INITIALIZER_KNOTS = (50.0, 52.0, 55.0, 60.0, 66.0, 72.0, 84.0, 96.0, 120.0, 144.0, 168.0, 216.0)
@@ -54,82 +89,9 @@ MIN_SHARE = 0.002
 OFF_BY = 0.01
 
 
-@dataclass(frozen=True)
-class Journey:
-    """One reference journey: what was sent and what the service answered, in chronological order."""
-
-    conversion_id: str
-    touchpoints: list[Touchpoint]
-    answer: list[dict]  # initializer, holder, closer, ihc of each touchpoint
-
-
 def load_reference(path: Path) -> list[Journey]:
-    """Read the reference file; the last session is flagged as the converting one (as the pipeline does)."""
-    journeys = []
-    with path.open(encoding="utf-8") as fh:
-        for line in fh:
-            if not line.strip():
-                continue
-            item = json.loads(line)
-            sessions = sorted(item["sessions"], key=lambda s: (s["timestamp"], s["session_id"]))
-            answer = {r["session_id"]: r for r in item["result"]}
-            touchpoints = [
-                Touchpoint(
-                    session_id=s["session_id"],
-                    timestamp=parse_timestamp(s["timestamp"]),
-                    channel_label=s["channel_label"],
-                    holder_engagement=s["holder_engagement"],
-                    closer_engagement=s["closer_engagement"],
-                    conversion=int(i == len(sessions) - 1),
-                    impression_interaction=s["impression_interaction"],
-                )
-                for i, s in enumerate(sessions)
-            ]
-            journeys.append(Journey(item["conversion_id"], touchpoints, [answer[s["session_id"]] for s in sessions]))
-    return journeys
-
-
-# A method maps a journey to its predicted answer, session by session in chronological order:
-# the ihc values (baselines) or dicts with every column (the model).
-Method = Callable[[Journey], Sequence]
-
-
-def model_method(params: ModelParams, weights: PhaseWeights = PhaseWeights()) -> Method:
-    """The local server's answer for a journey (rounded as the server rounds), as dicts."""
-
-    def predict(journey: Journey) -> list[dict]:
-        credits = round_credits(attribute_journey(journey.touchpoints, weights, params))
-        return [vars(c) for c in credits]
-
-    return predict
-
-
-def linear(journey: Journey) -> list[float]:
-    """Linear baseline: every session 1/n."""
-    n = len(journey.touchpoints)
-    return [1.0 / n] * n
-
-
-def last_touch(journey: Journey) -> list[float]:
-    """Last-touch baseline: all credit to the last session."""
-    n = len(journey.touchpoints)
-    return [0.0] * (n - 1) + [1.0]
-
-
-def errors(journeys: Sequence[Journey], predict: Method, column: str = "ihc") -> list[float]:
-    """Absolute error of one column per session; ``predict`` returns floats or answer dicts."""
-    out = []
-    for j in journeys:
-        for p, real in zip(predict(j), j.answer, strict=True):
-            value = p[column] if isinstance(p, dict) else p
-            out.append(abs(value - real[column]))
-    return out
-
-
-def mae(journeys: Sequence[Journey], predict: Method, column: str = "ihc") -> float:
-    """Mean absolute error of one column per session."""
-    errs = errors(journeys, predict, column)
-    return math.fsum(errs) / len(errs)
+    """Read a reference file (every conversion type in it); see :func:`load_answers`."""
+    return load_answers(path)
 
 
 def share_over(errs: Sequence[float], threshold: float = OFF_BY) -> float:
@@ -138,7 +100,9 @@ def share_over(errs: Sequence[float], threshold: float = OFF_BY) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fitting (numpy): log-ratio least squares. Within a journey, the ratio of two sessions' shares
+# Fitting the built-in type A constants (numpy): log-ratio least squares. This closed-form fit
+# knows type A's shape (no restart credit below 50 h); the general calibration of any conversion
+# type is ihc_attribution_dev.server.calibration.calibrate. Within a journey, the ratio of two sessions' shares
 # of a phase equals the ratio of their raw weights, so the curves and channel factors can be
 # fitted without knowing the normaliser.
 
@@ -282,7 +246,7 @@ def cross_validated_errors(journeys: Sequence[Journey], folds: int) -> list[floa
 
 
 def format_params(params: ModelParams) -> str:
-    """Python source of ``params`` for ``include/ihc_server/model.py``."""
+    """Python source of ``params`` for ``include/ihc_attribution_dev/server/model.py``."""
 
     def curve(c: Curve) -> str:
         return "Curve((" + ", ".join(f"({x!r}, {y!r})" for x, y in c.points) + ",))"
@@ -300,20 +264,191 @@ def format_params(params: ModelParams) -> str:
     return "\n".join(lines)
 
 
+def _cells(journeys: Sequence[Journey], predict: Method, phases: bool) -> list[str]:
+    cells = [f"{mae(journeys, predict):.4f}", f"{top_agreement(journeys, predict):.0%}"]
+    cells += [f"{mae(journeys, predict, c):.4f}" for c in PHASES] if phases else ["-"] * 3
+    return cells
+
+
+def score_table(journeys: Sequence[Journey], rows: Sequence[tuple[str, Method, bool]]) -> str:
+    """A markdown table of MAE ihc, top-session agreement and per-phase MAE, one row per method."""
+    lines = ["| method | MAE ihc | top session agrees | MAE initializer | MAE holder | MAE closer |",
+             "|---|---:|---:|---:|---:|---:|"]
+    lines += [f"| {name} | " + " | ".join(_cells(journeys, predict, phases)) + " |" for name, predict, phases in rows]
+    return "\n".join(lines)
+
+
+def verdict(cv_mae: float, linear_mae: float, last_mae: float) -> tuple[str, str]:
+    """("good" or "poor", a sentence) for a cross-validated MAE against the better baseline."""
+    best_name, best = min((("linear", linear_mae), ("last touch", last_mae)), key=lambda x: x[1])
+    ratio = cv_mae / best if best > 0 else math.inf
+    if ratio <= POOR_FIT_RATIO:
+        return "good", (f"good fit: the cross-validated MAE {cv_mae:.4f} is {ratio:.0%} of the better "
+                        f"baseline's ({best_name} {best:.4f})")
+    return "poor", (f"POOR FIT: the cross-validated MAE {cv_mae:.4f} is {ratio:.0%} of the better baseline's "
+                    f"({best_name} {best:.4f}); the model family does not capture these answers, and the "
+                    "local server calibrated on them will not behave like this conversion type")
+
+
+def describe(model: TypeModel) -> str:
+    """The fitted parameters in a few lines of text."""
+    p, w = model.params, model.weights
+
+    def at(curve: Curve, xs: Sequence[float]) -> str:
+        return ", ".join(f"{x:g}: {curve(x):.3f}" for x in xs)
+
+    lines = [
+        f"  phase weights: initializer {w.initializer:.3f}, holder {w.holder:.3f}, closer {w.closer:.3f}",
+        f"  initializer weight after a pause of (h) {at(p.initializer_pause, (2, 8, 24, 48, 72, 120, 168, 336))}",
+        f"  closer weight at a distance of (h) {at(p.closer_distance, (0.5, 2, 8, 24, 48, 120, 240))}",
+        f"  closer by sessions to the converting one {at(p.closer_rank, (1, 2, 3, 4, 6))}",
+        f"  holder discount by initializer + closer share {at(p.holder_discount, (0.5, 1, 1.5, 2))}",
+        f"  memory by the longest pause after a session (h) {at(p.memory, (24, 72, 120, 168, 336))}",
+        f"  holder of the first session x{p.holder_first:.3f}, of the last x{p.holder_last:.3f}, without "
+        f"holder_engagement x{p.holder_unengaged:.3f}; closer without closer_engagement x{p.closer_unengaged:.3f}",
+        f"  impression_interaction: initializer x{p.impression.initializer:.3f}, holder x{p.impression.holder:.3f}, "
+        f"closer x{p.impression.closer:.3f}",
+    ]
+    far = sorted(p.channel_factors.items(),
+                 key=lambda kv: -max(abs(math.log(max(getattr(kv[1], ph), 1e-9))) for ph in PHASES))[:5]
+    if far:
+        lines.append("  channel factors furthest from 1 (initializer, holder, closer): " + "; ".join(
+            f"{c} {f.initializer:.2f}, {f.holder:.2f}, {f.closer:.2f}" for c, f in far))
+    return "\n".join(lines)
+
+
+def run_calibration(answers: Path, conv_type_id: str, out: Path | None, folds: int) -> int:
+    """Calibrate ``conv_type_id`` on ``answers``; print the fit and the scores; write ``out``."""
+    try:
+        journeys = load_answers(answers, conv_type_id)
+        check_size(journeys, folds)
+    except RecordingError as exc:
+        print(f"error: cannot calibrate on {answers}: {exc}", file=sys.stderr)
+        return 2
+    multi = multi_session(journeys)
+    sessions = sum(len(j.touchpoints) for j in multi)
+    print(f"Recording {answers.name}, conv_type_id {conv_type_id}: {len(journeys)} journeys, {len(multi)} with "
+          f"2+ sessions ({sessions} sessions scored)\n")
+
+    fitted = calibrate(journeys)
+    print(f"Fitted on all {len(multi)} journeys of 2+ sessions ({fitted.iterations} evaluations):")
+    print(describe(fitted.model) + "\n")
+
+    held, predictions = cross_validate(journeys, folds)
+    cv = replay(predictions, held)
+    in_sample = type_model_method(fitted.model)
+    print(score_table(multi, [
+        ("calibrated model, in-sample (fitted on all journeys)", in_sample, True),
+        (f"calibrated model, {folds}-fold cross-validated (held-out journeys)", cv, True),
+        ("built-in type A model, no calibration", model_method(FITTED_PARAMS), True),
+        ("linear (1/n)", linear, False),
+        ("last touch", last_touch, False),
+    ]))
+    cv_mae, lin, last = mae(held, cv), mae(multi, linear), mae(multi, last_touch)
+    quality, sentence = verdict(cv_mae, lin, last)
+    print(f"\n{sentence}.")
+
+    if out is not None:
+        summary = {
+            "recording": answers.name,
+            "journeys": len(journeys),
+            "multi_session_journeys": len(multi),
+            "folds": folds,
+            "mae_in_sample": round(mae(multi, in_sample), 5),
+            "mae_cross_validated": round(cv_mae, 5),
+            "mae_linear": round(lin, 5),
+            "mae_last_touch": round(last, 5),
+            "verdict": quality,
+        }
+        model = TypeModel(fitted.model.params, fitted.model.weights, source=out.name, fit=summary)
+        params_file.dump(model, conv_type_id, out)
+        print(f"Wrote {out}; serve it with: make ihc-server ARGS=\"--api-key KEY --conv-type-id {conv_type_id} "
+              f"--model-params {conv_type_id}={out}\"")
+    return 0
+
+
+def half_and_half(journeys: Sequence[Journey]) -> tuple[list[Journey], Method]:
+    """Journeys of 2+ sessions, each answered by a model calibrated on the other half of them."""
+    held, predictions = cross_validate(journeys, 2)
+    return held, replay(predictions, held)
+
+
+def run_experiments(reference: Path) -> int:
+    """The calibration's checks on the reference sessions: type A, synthetic type B, time of day."""
+    try:
+        real = load_answers(reference)
+    except (OSError, RecordingError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    experiments = [
+        ("type A: the real reference answers", real),
+        ("synthetic type B: the reference sessions answered by a deliberately different parameter set",
+         synthetic_answers(real, TYPE_B)),
+        ("synthetic time of day: credit by the hour of the day, a shape outside the family",
+         time_of_day_answers(real)),
+    ]
+    print(f"Each model is calibrated on one half of the journeys of 2+ sessions of {reference.name} and "
+          "answers the other half (2-fold: every journey is answered by the model calibrated on the "
+          "half without it).\n")
+    for title, journeys in experiments:
+        held, cv = half_and_half(journeys)
+        print(f"### {title}\n")
+        print(score_table(held, [
+            ("calibrated model (held-out half)", cv, True),
+            ("built-in type A model, no calibration", model_method(FITTED_PARAMS), True),
+            ("linear (1/n)", linear, False),
+            ("last touch", last_touch, False),
+        ]))
+        print(f"\n{verdict(mae(held, cv), mae(held, linear), mae(held, last_touch))[1]}.\n")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Print the calibration table (and, with ``--fit``, freshly fitted constants)."""
+    """Calibrate (``--conv-type-id``), run the checks (``--experiments``) or print the reference table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--reference", type=Path, default=DEFAULT_REFERENCE, help="reference JSONL file")
-    parser.add_argument("--folds", type=int, default=0, help="add a K-fold cross-validated row (needs numpy)")
-    parser.add_argument("--fit", action="store_true", help="print constants fitted on the whole file (needs numpy)")
+    parser.add_argument("--answers", "--reference", dest="answers", type=Path, default=None, metavar="FILE",
+                        help="recorded answers, JSONL (default: the reference file)")
+    parser.add_argument("--conv-type-id", default=None, metavar="ID",
+                        help="calibrate this conversion type on the recording's journeys of that type")
+    parser.add_argument("--out", type=Path, default=None, metavar="PARAMS.json",
+                        help="write the calibrated parameters here (for --model-params of the server)")
+    parser.add_argument("--folds", type=int, default=None,
+                        help="K-fold cross-validation (calibration: default 5; reference table: off)")
+    parser.add_argument("--fit", action="store_true", help="print built-in constants fitted on the whole file")
+    parser.add_argument("--experiments", action="store_true",
+                        help="calibrate on half of type A, synthetic type B and time-of-day answers, score the rest")
+    parser.add_argument("--write-synthetic", nargs=2, metavar=("KIND", "FILE"), default=None,
+                        help="write the reference sessions answered by a synthetic type: B or time-of-day")
     args = parser.parse_args(argv)
 
-    if not args.reference.is_file():
-        parser.error(f"reference file not found: {args.reference}")
-    journeys = load_reference(args.reference)
+    answers = args.answers or DEFAULT_REFERENCE
+    if not answers.is_file():
+        parser.error(f"answers file not found: {answers}")
+    if args.folds is not None and args.folds < 2 and (args.conv_type_id or args.folds != 0):
+        parser.error("--folds must be 2 or more")
+    if args.experiments:
+        return run_experiments(answers)
+    if args.write_synthetic:
+        kind, target = args.write_synthetic
+        makers = {"B": lambda js: synthetic_answers(js, TYPE_B), "time-of-day": time_of_day_answers}
+        if kind not in makers:
+            parser.error(f"--write-synthetic KIND must be one of {', '.join(makers)}")
+        write_answers(Path(target), makers[kind](load_answers(answers)), kind)
+        print(f"Wrote {target}: the sessions of {answers.name} answered by synthetic type {kind}")
+        return 0
+    if args.out is not None and args.conv_type_id is None:
+        parser.error("--out needs --conv-type-id: parameter files belong to one conversion type")
+    if args.conv_type_id is not None:
+        return run_calibration(answers, args.conv_type_id, args.out, args.folds or 5)
+    return reference_table(answers, args.folds or 0, args.fit)
+
+
+def reference_table(reference: Path, folds: int, refit: bool) -> int:
+    """Print the table of the built-in model against ``reference`` (and, with ``refit``, fitted constants)."""
+    journeys = load_reference(reference)
     multi = [j for j in journeys if len(j.touchpoints) > 1]
     sessions = sum(len(j.touchpoints) for j in multi)
-    print(f"Reference: {args.reference.name}: {len(journeys)} journeys, {len(multi)} with 2+ sessions "
+    print(f"Reference: {reference.name}: {len(journeys)} journeys, {len(multi)} with 2+ sessions "
           f"({sessions} sessions scored)\n")
 
     def row(name: str, ihc_errors: list[float], predict: Method | None = None) -> str:
@@ -325,11 +460,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     lines = [
         f"| method | MAE ihc | sessions off by > {OFF_BY} | MAE initializer | MAE holder | MAE closer |",
         "|---|---:|---:|---:|---:|---:|",
-        row("local IHC model (include/ihc_server/model.py)", errors(multi, shipped), shipped),
+        row("local IHC model (include/ihc_attribution_dev/server/model.py)", errors(multi, shipped), shipped),
     ]
-    if args.folds > 1:
-        lines.append(row(f"same model refitted in {args.folds}-fold cross-validation (held-out folds)",
-                         cross_validated_errors(multi, args.folds)))
+    if folds > 1:
+        lines.append(row(f"same model refitted in {folds}-fold cross-validation (held-out folds)",
+                         cross_validated_errors(multi, folds)))
     lines += [
         row("same model, nominal curves of the design brief, no fit", errors(multi, nominal), nominal),
         row("linear (1/n)", errors(multi, linear)),
@@ -337,7 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ]
     print("\n".join(lines))
 
-    if args.fit:
+    if refit:
         print("\n# Fitted on the whole reference file:\n")
         print(format_params(fit(journeys)))
     return 0

@@ -69,7 +69,7 @@ def _env() -> dict[str, str]:
 def ensure_demo_db() -> Path:
     """Create the demo database with the generator's defaults when it does not exist."""
     if not DEMO_DB.exists():
-        from include.attribution.demo_data import generate
+        from ihc_attribution_dev.demo_data import generate
 
         DEMO_DB.parent.mkdir(parents=True, exist_ok=True)
         print(f"creating the demo database {DEMO_DB} ...", flush=True)
@@ -91,7 +91,7 @@ def ihc_server_process(
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "include.ihc_server", "--host", "127.0.0.1", "--port", str(port),
+            [sys.executable, "-m", "ihc_attribution_dev.server", "--host", "127.0.0.1", "--port", str(port),
              "--conv-type-id", "demo", *options],
             env=dict(env, IHC_API_KEYS=key), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
         )
@@ -124,7 +124,7 @@ def local_ihc_server(env: dict[str, str]) -> Iterator[None]:
         port = int(url.rsplit(":", 1)[1])
         print(f"local IHC server (development double) on port {port}, log {log_path}", flush=True)
         env["AIRFLOW_CONN_IHC_API"] = json.dumps(
-            {"conn_type": "http", "host": "127.0.0.1", "port": port, "schema": "http", "password": key,
+            {"conn_type": "ihc", "host": "127.0.0.1", "port": port, "schema": "http", "password": key,
              "extra": {"conv_type_id": "demo", "max_concurrency": 4}}
         )
         yield
@@ -182,7 +182,7 @@ def file_lock(path: Path, say, what: str) -> Iterator[None]:
             say(f"{what} is in use by {holder}; waiting for it to finish (lock {path}) ...")
             waited = time.monotonic()
             fcntl.flock(handle, fcntl.LOCK_EX)
-            say(f"  lock acquired after {time.monotonic() - waited:.1f} s")
+            say(f"  {what}: lock acquired after {time.monotonic() - waited:.1f} s")
         handle.seek(0)
         handle.truncate()
         handle.write(f"process {os.getpid()} ({' '.join(sys.argv[1:2])})\n")
@@ -226,6 +226,26 @@ def load_dag():
         errors = "; ".join(f"{path}: {err}" for path, err in bag.import_errors.items()) or "none"
         raise RunnerError(f"DAG {DAG_ID} not found in {folder} (import errors: {errors})")
     return dag
+
+
+def sync_dags(say) -> None:
+    """Write the DAGs of the configured bundles, with their assets, to the metadata database.
+
+    ``dag.test()`` does the same at the start of every run. Two runs starting at once on a
+    metadata database that does not hold the DAG yet would both insert its asset and one fail
+    on the unique constraint; done here once under a lock, their own syncs find it there.
+    """
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+
+    with file_lock(RUN_DIR / "locks" / "airflow-dag-sync.lock", say, "the DAG record of the metadata database"):
+        manager = DagBundlesManager()
+        manager.sync_bundles_to_db()
+        for bundle in manager.get_all_dag_bundles():
+            if not bundle.is_initialized:
+                bundle.initialize()
+            bag = BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)
+            sync_bag_to_db(bag, bundle.name, bundle.version)
 
 
 def check_dated_runs(dag, specs: list[dict]) -> None:
@@ -361,6 +381,7 @@ def child_main(specs: list[dict], result_path: Path, log_path: Path) -> int:
         dag = load_dag()
         result["task_ids"] = list(dag.task_ids)
         check_dated_runs(dag, specs)
+        sync_dags(say)
         for spec in specs:
             say(f"--- {spec['label']}: running {len(dag.task_ids)} tasks ...")
             run = run_once(dag, spec, say)
@@ -463,13 +484,16 @@ def _issues(summary: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in sorted((summary.get("issues_by_reason") or {}).items())) or "none"
 
 
-def render_run(run: dict) -> list[str]:
+def render_run(run: dict, demo: bool = False) -> list[str]:
     """The run's own summary: what ``check_run`` returned, and the files ``export_csv`` wrote."""
     s = run["summary"]
     lines = [
         f"run {run['run_id']}: conversions in [{s.get('range_start')}, {s.get('range_end')})",
         f"  conversions: {s.get('conversions')}, attributed: {s.get('attributed')}, issues: {_issues(s)}",
     ]
+    if demo and s.get("issues_by_reason"):
+        lines.append("  (the demo data holds a few bad rows on purpose: conversions without sessions, malformed "
+                     "sessions; listed on the Issues page of the Attribution report)")
     if s.get("conversions") == 0:
         lines.append("  no conversions in this range")
     if s.get("note"):
@@ -563,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command == "demo":
-            from include.attribution.demo_data import DemoConfig
+            from ihc_attribution_dev.demo_data import DemoConfig
 
             start, end = DemoConfig().start.isoformat(), DemoConfig().end.isoformat()
         else:
@@ -586,7 +610,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nfinished in {time.monotonic() - started:.1f} s", flush=True)
     if ok_runs:
         print("\n=== attribution results (from each run's check_run) ===")
-        lines = render_backfill(ok_runs) if args.command == "backfill" else render_run(ok_runs[0])
+        demo = db_path is not None and db_path.resolve() == DEMO_DB.resolve()
+        lines = render_backfill(ok_runs) if args.command == "backfill" else render_run(ok_runs[0], demo)
         print("\n".join(lines))
     problems: list[str] = []
     if result.get("exit_code"):

@@ -6,14 +6,35 @@ in the package's SQL cannot hide in both.
 
 from __future__ import annotations
 
+import functools
+import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pandas as pd
 
-from include.attribution.ihc_client import IhcRequest, IhcResult, IhcRow, PartialFailure
-from include.attribution.schema import challenge_ddl
+from ihc_attribution.ihc_client import (
+    IhcRequest,
+    IhcResult,
+    IhcRetriesExhaustedError,
+    IhcRow,
+    PartialFailure,
+    SendSummary,
+)
+from ihc_attribution.schema import challenge_ddl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@functools.cache
+def dag_stages() -> tuple[str, ...]:
+    """The DAG's task ids in the order they run: the stage list, read from the DAG itself."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(dag_folder=str(ROOT / "dags")).dags["ihc_attribution"]
+    return tuple(task.task_id for task in dag.topological_sort())
+
 
 SESSION_COLUMNS = (
     "session_id", "user_id", "event_date", "event_time", "channel_name",
@@ -21,19 +42,33 @@ SESSION_COLUMNS = (
 )
 
 
+def source_ddl(*, keys: bool = True, id_type: str = "TEXT") -> str:
+    """The challenge DDL, optionally without the source tables' primary keys (as many exports
+    have them) and with another type for the id columns (``INTEGER``)."""
+    ddl = challenge_ddl()
+    results = ddl.index("CREATE TABLE IF NOT EXISTS attribution_customer_journey")
+    sources = re.sub(r"(\w+_id) TEXT", rf"\1 {id_type}", ddl[:results])
+    if not keys:
+        sources = sources.replace(" PRIMARY KEY,", ",")
+    return sources + ddl[results:]
+
+
 def make_db(
     path: Path,
     sessions: Sequence[Sequence] = (),
     conversions: Sequence[Sequence] = (),
     costs: Sequence[Sequence] = (),
+    *,
+    ddl: str | None = None,
 ) -> Path:
     """A challenge database with the given rows.
 
     ``sessions``: (session_id, user_id, date, time, channel[, holder, closer, impression]);
     ``conversions``: (conv_id, user_id, date, time, revenue); ``costs``: (session_id, cost).
+    ``ddl``: the schema (default: the challenge DDL, see :func:`source_ddl`).
     """
     conn = sqlite3.connect(path)
-    conn.executescript(challenge_ddl())
+    conn.executescript(ddl or challenge_ddl())
     rows = [tuple(s) + (1, 1, 0)[len(s) - 5:] if len(s) < 8 else tuple(s) for s in sessions]
     conn.executemany("INSERT INTO session_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
     conn.executemany("INSERT INTO conversions VALUES (?, ?, ?, ?, ?)", conversions)
@@ -59,13 +94,14 @@ class FakeIhcClient:
         self.fail_after = fail_after
         self.sent: list[IhcRequest] = []
 
-    def send_all(self, requests, on_result: Callable[[IhcResult], None], *, progress=None, total=None):
-        from include.attribution.ihc_client import IhcRetriesExhaustedError
-
+    def compute_ihc(self, requests, on_result: Callable[[IhcResult], None], *, progress=None, total=None,
+                    summary=None):
+        summary = summary if summary is not None else SendSummary()
         for request in requests:
             if self.fail_after is not None and len(self.sent) >= self.fail_after:
                 raise IhcRetriesExhaustedError("gave up", request_ids=[request.request_id], last_errors={})
             self.sent.append(request)
+            summary.requests_sent += 1
             by_conv: dict[str, list[str]] = {}
             for row in sorted(request.rows, key=lambda r: (r["timestamp"], r["session_id"])):
                 by_conv.setdefault(row["conversion_id"], []).append(row["session_id"])
@@ -77,6 +113,9 @@ class FakeIhcClient:
                 for sid, share in zip(sessions, split_evenly(len(sessions))):
                     rows.append(IhcRow(conv, sid, share, share, share, share))
             on_result(IhcResult(request.request_id, rows, failed, 1, 206 if failed else 200))
+            summary.requests_answered += 1
+            summary.journeys_rejected += len(failed)
+        return summary
 
 
 # --- independent recomputation ---------------------------------------------------------------
@@ -102,12 +141,21 @@ def expected_journeys(db_path: Path, start: str, end: str) -> dict[str, set[str]
     return out
 
 
+def _ids_as_text(frame: pd.DataFrame) -> pd.DataFrame:
+    for column in ("session_id", "conv_id", "user_id"):
+        if column in frame:
+            frame[column] = frame[column].map(lambda v: v if v is None or isinstance(v, str) else str(v))
+    return frame
+
+
 def expected_report(db_path: Path) -> pd.DataFrame:
     """channel_reporting recomputed from the source tables and the stored attribution."""
-    s = read_table(db_path, "session_sources")
-    costs = read_table(db_path, "session_costs")
+    # A row present twice (a table without its primary key) is the same session, cost or order.
+    # Ids are compared as text, as the pipeline stores them (sources may hold INTEGER ids).
+    s = _ids_as_text(read_table(db_path, "session_sources")).drop_duplicates()
+    costs = _ids_as_text(read_table(db_path, "session_costs")).drop_duplicates()
     a = read_table(db_path, "attribution_customer_journey")
-    c = read_table(db_path, "conversions")
+    c = _ids_as_text(read_table(db_path, "conversions")).drop_duplicates("conv_id")
     s = s.merge(costs, on="session_id", how="left")
     s["cost"] = s["cost"].fillna(0.0)
     spend = s.groupby(["channel_name", "event_date"], as_index=False)["cost"].sum()
@@ -125,7 +173,7 @@ def run_pipeline(db_path: Path, run_id: str, start: str, end: str, client=None, 
 
     ``options`` are those of :func:`run_stages`. Returns the run summary.
     """
-    from include.attribution.db import Database
+    from ihc_attribution.db import Database
 
     db = Database.connect_sqlite(str(db_path))
     try:
@@ -148,8 +196,8 @@ def run_stages(
     lookback_days: int | None = None,
 ):
     """Run every stage in order on an open :class:`Database` (SQLite or PostgreSQL)."""
-    from include.attribution import api_stage, checks, export, journeys, load, report, schema
-    from include.attribution.daterange import range_from_params
+    from ihc_attribution import api_stage, checks, export, journeys, load, report, schema
+    from ihc_attribution.daterange import range_from_params
 
     rng = range_from_params({"start_date": start, "end_date": end})
     client = client or FakeIhcClient()

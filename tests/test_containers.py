@@ -9,7 +9,6 @@ skipped.
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib.util
 import json
@@ -423,7 +422,7 @@ def test_attribution_db_connection_is_sqlite_on_the_data_volume():
 @pytest.mark.parametrize("env_name", ["env_example", "defaults"])
 def test_ihc_api_connection_reaches_the_local_ihc_server(env_name):
     conn = connection("ihc_api", filled_env() if env_name == "env_example" else secrets_only_env())
-    assert conn["conn_type"] == "http"
+    assert conn["conn_type"] == "ihc"
     assert conn["host"] in services() and conn["host"] == "ihc-server"
     assert conn["port"] == ihc_server_port()
     assert conn["schema"] == "http"
@@ -435,27 +434,10 @@ def test_ihc_api_connection_reaches_the_local_ihc_server(env_name):
     assert isinstance(extra["max_sessions_per_request"], int) and extra["max_sessions_per_request"] > 0
 
 
-def hook_extras() -> set[str] | None:
-    """Keys of EXTRA_DEFAULTS in the IHC hook, read without importing it (None if absent)."""
-    path = ROOT / "include" / "attribution" / "ihc_hook.py"
-    if not path.is_file():
-        return None
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        target = getattr(node, "target", None) or (getattr(node, "targets", None) or [None])[0]
-        if (
-            isinstance(target, ast.Name)
-            and target.id == "EXTRA_DEFAULTS"
-            and isinstance(node.value, ast.Dict)
-        ):
-            return {key.value for key in node.value.keys if isinstance(key, ast.Constant)}
-    return None
-
-
 def test_ihc_api_extras_are_known_to_the_hook():
-    known = hook_extras()
-    if known is None:
-        pytest.skip("include/attribution/ihc_hook.py defines no EXTRA_DEFAULTS")
-    unknown = set(connection("ihc_api")["extra"]) - known
+    from ihc_attribution.ihc_client import KNOWN_EXTRAS
+
+    unknown = set(connection("ihc_api")["extra"]) - set(KNOWN_EXTRAS)
     assert not unknown, f"the hook rejects unknown extras: {sorted(unknown)}"
 
 
@@ -491,7 +473,7 @@ def test_ihc_server_runs_the_local_double_from_the_same_image():
     assert args[:7] == [
         "python",
         "-m",
-        "include.ihc_server",
+        "ihc_attribution_dev.server",
         "--host",
         "0.0.0.0",
         "--port",
@@ -530,7 +512,7 @@ def test_init_migrates_creates_the_pool_users_and_demo_data():
     demo = re.search(r'if \[\[ -f "\$\{ATTRIBUTION_DEMO_DB\}" \]\]; then(.*?)fi', script, re.DOTALL)
     assert (
         demo
-        and 'include.attribution.demo_data --out "${ATTRIBUTION_DEMO_DB}"' in demo.group(1).split("else")[1]
+        and 'ihc_attribution_dev.demo_data --out "${ATTRIBUTION_DEMO_DB}"' in demo.group(1).split("else")[1]
     )
     assert init.get("user") == "0:0" and init.get("restart", "no") == "no"
 
@@ -751,28 +733,31 @@ def test_dockerfile_extends_the_pinned_official_image():
     )
 
 
-def test_dockerfile_installs_requirements_as_the_airflow_user():
-    user, copied_to = "airflow", None
-    installs = []
+def test_dockerfile_installs_the_pinned_requirements_and_the_package_as_the_airflow_user():
+    user, copied, installs = "airflow", {}, []
     for keyword, args in dockerfile_instructions():
         if keyword == "USER":
             user = args.split(":")[0]
         elif keyword == "COPY":
             parts = [part for part in shlex.split(args) if not part.startswith("--")]
-            if parts[:-1] == ["requirements.txt"]:
-                copied_to = parts[-1] if not parts[-1].endswith("/") else parts[-1] + "requirements.txt"
+            for source in parts[:-1]:
+                copied[source.rstrip("/")] = parts[-1]
         elif keyword == "RUN" and "pip install" in args:
             installs.append((user, args))
-    assert copied_to, "requirements.txt is not copied into the image"
+    project = copied.get("pyproject.toml", "").rstrip("/")
+    assert project and copied.get("requirements.txt", "").rstrip("/") == project, "requirements and project together"
+    assert copied.get("include", "").rstrip("/") == f"{project}/include", "the package's code is built into the image"
     assert installs, "nothing is installed with pip"
     for run_user, args in installs:
         assert run_user == "airflow", "the official image wants pip run as the airflow user"
-        assert "--no-cache-dir" in args and f"-r {copied_to}" in args, args
+        assert "--no-cache-dir" in args and f"-r {project}/requirements.txt" in args, args
         assert '"apache-airflow==${AIRFLOW_VERSION}"' in args, "keep pip from changing the Airflow version"
+        assert f"pip install --no-cache-dir \"apache-airflow==${{AIRFLOW_VERSION}}\" {project}" in args, "the package itself"
+        assert f'"{project}[dev]"' in args and "INSTALL_DEV" in args, "the dev extra only on request"
     assert user == "airflow", "the image must not end as root"
 
 
-def test_dockerfile_copies_the_project_and_sets_pythonpath():
+def test_dockerfile_copies_the_dags_and_plugins_and_needs_no_pythonpath():
     copies, env = {}, {}
     for keyword, args in dockerfile_instructions():
         if keyword == "COPY":
@@ -781,10 +766,10 @@ def test_dockerfile_copies_the_project_and_sets_pythonpath():
                 copies[source.rstrip("/")] = parts[-1].rstrip("/")
         elif keyword == "ENV":
             env.update(env_instruction_values(args))
-    for folder in ("dags", "include", "plugins"):
+    for folder in ("dags", "plugins"):
         assert copies.get(folder) == f"{AIRFLOW_HOME}/{folder}", f"{folder}/ is not copied to {AIRFLOW_HOME}"
         assert (ROOT / folder).is_dir(), f"{folder}/ is missing from the build context (track a file in it)"
-    assert AIRFLOW_HOME in env.get("PYTHONPATH", "").split(":"), "include/ must be importable"
+    assert "PYTHONPATH" not in env, "the package is installed: nothing needs the source tree on the path"
 
 
 # --- .dockerignore ------------------------------------------------------------------------------------
@@ -836,7 +821,7 @@ def dockerignore_excludes(path: str) -> bool:
         "output/report.csv",
         "data/challenge.db",
         "tests/test_x.py",
-        "include/attribution/__pycache__/db.cpython-311.pyc",
+        "include/ihc_attribution/__pycache__/db.cpython-311.pyc",
         "include/challenge.db",
         "include/.env",
     ],
@@ -849,9 +834,9 @@ def test_dockerignore_keeps_out(path):
     "path",
     [
         "requirements.txt",
-        "dags/ihc_attribution.py",
-        "include/attribution/sql/challenge_schema.sql",
-        "include/ihc_server/app.py",
+        "dags/ihc_attribution_dag.py",
+        "include/ihc_attribution/sql/challenge_schema.sql",
+        "include/ihc_attribution_dev/server/app.py",
         "plugins/README.md",
     ],
 )

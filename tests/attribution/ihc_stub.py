@@ -35,13 +35,19 @@ class Call:
 
 @dataclass
 class Reply:
-    """What the stub answers: a status and a JSON (or raw) body, after an optional delay."""
+    """What the stub answers: a status and a JSON (or raw) body, after an optional delay.
+
+    ``trickle`` > 0 sends the answer one byte at a time, that many seconds apart: the status line
+    and headers too when ``trickle_headers`` is set, else only the body.
+    """
 
     status: int = 200
     body: Any = None
     headers: Mapping[str, str] = field(default_factory=dict)
     delay: float = 0.0
     raw: bytes | None = None
+    trickle: float = 0.0
+    trickle_headers: bool = False
 
 
 Responder = Callable[[Call], Reply]
@@ -130,14 +136,18 @@ def _handler(stub: StubServer) -> type[BaseHTTPRequestHandler]:
                 if reply.delay:
                     time.sleep(reply.delay)
                 payload = reply.raw if reply.raw is not None else json.dumps(reply.body).encode()
-                self.send_response(reply.status)
-                for name, value in reply.headers.items():
-                    self.send_header(name, value)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-            except (BrokenPipeError, ConnectionResetError):
+                head = [f"HTTP/1.1 {reply.status} Stub", "Content-Type: application/json",
+                        f"Content-Length: {len(payload)}", *(f"{k}: {v}" for k, v in reply.headers.items())]
+                head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode()
+                fast, slow = (b"", head_bytes + payload) if reply.trickle_headers else (head_bytes, payload)
+                self.wfile.write(fast)
+                if not reply.trickle:
+                    self.wfile.write(slow)
+                for i in range(len(slow) if reply.trickle else 0):
+                    self.wfile.write(slow[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(reply.trickle)
+            except (BrokenPipeError, ConnectionResetError, OSError):
                 pass  # the client gave up (timeout); nothing to answer
             finally:
                 stub._leave()

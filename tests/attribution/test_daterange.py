@@ -7,7 +7,7 @@ import datetime as dt
 import pendulum
 import pytest
 
-from include.attribution.daterange import RangeError, resolve_run_range
+from ihc_attribution.daterange import RangeError, resolve_run_range
 
 
 def test_params_are_inclusive_dates():

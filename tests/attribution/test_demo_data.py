@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from include.attribution import demo_data
-from include.attribution.demo_data import DemoConfig, generate, main
+from ihc_attribution_dev import demo_data
+from ihc_attribution_dev.demo_data import DemoConfig, generate, main
 
-DDL_FILE = Path(__file__).resolve().parents[2] / "include" / "attribution" / "sql" / "challenge_schema.sql"
+DDL_FILE = Path(__file__).resolve().parents[2] / "include" / "ihc_attribution" / "sql" / "challenge_schema.sql"
 
 CHALLENGE_CHANNELS = {
     "Affiliate & Partnerships", "Direct Traffic", "FB & IG Ads", "Lead Generation", "Microsoft Ads",
@@ -153,15 +153,17 @@ def test_ids_are_unique_hex_strings(demo):
         "SELECT COUNT(*) FROM session_costs WHERE session_id NOT IN (SELECT session_id FROM session_sources)"
     )
     assert scalar(conn, orphans) == 0
-    # Every buyer also has sessions (the journey of a conversion is never empty).
+    # Every buyer also has sessions (the journey of a conversion is never empty), except the
+    # conversions without sessions that the bad rows add on purpose.
     no_sessions = (
         "SELECT COUNT(*) FROM conversions WHERE user_id NOT IN (SELECT user_id FROM session_sources)"
     )
-    assert scalar(conn, no_sessions) == 0
+    assert scalar(conn, no_sessions) == demo_data.BAD_ROWS["conversion_without_sessions"]
 
 
 def test_dates_and_times_are_well_formed(demo):
     _, conn = demo
+    impossible = demo_data.BAD_ROWS["session_impossible_date"]
     for table, d, t in (
         ("session_sources", "event_date", "event_time"),
         ("conversions", "conv_date", "conv_time"),
@@ -172,7 +174,7 @@ def test_dates_and_times_are_well_formed(demo):
                OR {d} NOT GLOB '[0-9][0-9][0-9][0-9]-[0-9][0-9]-[0-9][0-9]' OR date({d}) IS NOT {d}
                OR {t} NOT GLOB '[0-9][0-9]:[0-9][0-9]:[0-9][0-9]' OR time({t}) IS NOT {t}
         """
-        assert scalar(conn, bad) == 0
+        assert scalar(conn, bad) == (impossible if table == "session_sources" else 0)
     flags = "SELECT COUNT(*) FROM session_sources WHERE {0} NOT IN (0, 1) OR typeof({0}) != 'integer'"
     for column in ("holder_engagement", "closer_engagement", "impression_interaction"):
         assert scalar(conn, flags.format(column)) == 0
@@ -193,7 +195,9 @@ def test_sessions_stay_in_the_window_and_reach_back_before_the_range(demo):
     window_start = (START - dt.timedelta(days=CONFIG.lookback_days)).isoformat()
     low, high = conn.execute("SELECT MIN(event_date), MAX(event_date) FROM session_sources").fetchone()
     assert window_start <= low and high <= END.isoformat()
-    before = scalar(conn, "SELECT COUNT(*) FROM session_sources WHERE event_date < ?", (START.isoformat(),))
+    # (the session with the impossible date, day 00, is no day at all)
+    before = scalar(conn, "SELECT COUNT(*) FROM session_sources WHERE event_date < ? AND event_date NOT LIKE '%-00'",
+                    (START.isoformat(),))
     assert before == summary.sessions_before_start > 0
     # Traffic of users who never convert is spread evenly over the lookback and the range.
     noise = "FROM session_sources WHERE user_id NOT IN (SELECT user_id FROM conversions)"
@@ -222,7 +226,9 @@ def test_journey_length_shares(demo):
     lengths = list(journey_lengths(conn).values())
     n = len(lengths)
     assert n == CONFIG.conversions
-    assert min(lengths) >= 1
+    assert sum(1 for x in lengths if x == 0) == demo_data.BAD_ROWS["conversion_without_sessions"]
+    lengths = [x for x in lengths if x > 0]
+    n = len(lengths)
     share = {k: sum(1 for x in lengths if x == k) / n for k in (1, 2, 3)}
     assert share[1] == pytest.approx(0.58, abs=0.04)
     assert share[2] == pytest.approx(0.21, abs=0.03)
@@ -280,6 +286,7 @@ def test_gaps_within_journeys_mix_minutes_and_days(demo):
 def test_channels_are_the_sixteen_of_the_challenge(demo):
     _, conn = demo
     shares = dict(conn.execute("SELECT channel_name, COUNT(*) FROM session_sources GROUP BY 1"))
+    assert shares.pop("") == demo_data.BAD_ROWS["session_empty_channel"]  # the bad row, on purpose
     assert set(shares) == CHALLENGE_CHANNELS
     total = sum(shares.values())
     # The big three of real traffic are each a sizeable share; no channel dominates.
@@ -293,7 +300,7 @@ def test_free_channels_cost_nothing_paid_channels_cost_something(demo):
         """
         SELECT s.channel_name, MIN(c.cost), MAX(c.cost), AVG(c.cost)
         FROM session_sources AS s JOIN session_costs AS c USING (session_id)
-        WHERE c.cost IS NOT NULL GROUP BY 1
+        WHERE c.cost IS NOT NULL AND s.channel_name != '' GROUP BY 1
         """
     ).fetchall()
     assert {row[0] for row in per_channel} == CHALLENGE_CHANNELS
@@ -363,9 +370,10 @@ def test_a_one_day_range_without_lookback_keeps_every_session_inside(tmp_path):
         DemoConfig(start=day, end=day, lookback_days=0, conversions=200, sessions_per_conversion=5),
     )
     conn = sqlite3.connect(tmp_path / "d.db")
-    assert conn.execute("SELECT DISTINCT event_date FROM session_sources").fetchall() == [(day.isoformat(),)]
+    dates = "SELECT DISTINCT event_date FROM session_sources WHERE event_date NOT LIKE '%-00'"
+    assert conn.execute(dates).fetchall() == [(day.isoformat(),)]
     empty = f"SELECT COUNT(*) FROM conversions WHERE conv_id NOT IN (SELECT conv_id FROM ({JOURNEY_SQL}))"
-    assert scalar(conn, empty) == 0
+    assert scalar(conn, empty) == demo_data.BAD_ROWS["conversion_without_sessions"]
 
 
 # ---------------------------------------------------------------------------- writing
@@ -415,3 +423,41 @@ def test_command_line(tmp_path, capsys):
     assert main(args) == 2  # exists, no --overwrite
     assert "exists" in capsys.readouterr().err
     assert main([*args, "--seed", "6", "--overwrite"]) == 0
+
+
+# ---------------------------------------------------------------------------- bad rows
+
+
+def test_bad_rows_are_few_documented_and_each_in_a_journey_of_its_own(demo):
+    summary, conn = demo
+    kinds = demo_data.BAD_ROWS
+    assert summary.conversions_without_sessions == kinds["conversion_without_sessions"]
+    assert summary.malformed_sessions == kinds["session_impossible_date"] + kinds["session_empty_channel"]
+    sessionless = [c for c, n in journey_lengths(conn).items() if n == 0]
+    assert len(sessionless) == kinds["conversion_without_sessions"]
+    # The malformed sessions: day 00 of a month, or an empty channel name.
+    bad_sessions = conn.execute(
+        "SELECT session_id, user_id, event_date, channel_name FROM session_sources "
+        "WHERE event_date LIKE '%-00' OR channel_name = ''"
+    ).fetchall()
+    assert sorted(1 if d.endswith("-00") else 2 for _, _, d, _ in bad_sessions) == (
+        [1] * kinds["session_impossible_date"] + [2] * kinds["session_empty_channel"])
+    # Each lies in the journey of a conversion (before it), of a buyer with that one conversion.
+    hit = set()
+    for _session, user_id, date, _ in bad_sessions:
+        convs = conn.execute("SELECT conv_id, conv_date FROM conversions WHERE user_id = ?", (user_id,)).fetchall()
+        assert len(convs) == 1
+        ((conv_id, conv_date),) = convs
+        assert date[:8] + "01" <= conv_date
+        hit.add(conv_id)
+    assert len(hit) == len(bad_sessions) and not hit & set(sessionless)
+    assert len(hit) + len(sessionless) <= 0.01 * CONFIG.conversions
+
+
+def test_bad_rows_can_be_left_out(tmp_path):
+    config = DemoConfig(conversions=300, sessions_per_conversion=10, seed=5, bad_rows=False)
+    summary = generate(tmp_path / "clean.db", config)
+    conn = sqlite3.connect(tmp_path / "clean.db")
+    assert summary.conversions_without_sessions == summary.malformed_sessions == 0
+    assert min(journey_lengths(conn).values()) >= 1
+    assert scalar(conn, "SELECT COUNT(*) FROM session_sources WHERE event_date LIKE '%-00' OR channel_name = ''") == 0

@@ -9,8 +9,8 @@ from decimal import Decimal
 
 import pytest
 
-from include.attribution import export
-from include.attribution.daterange import range_from_params
+from ihc_attribution import export
+from ihc_attribution.daterange import range_from_params
 
 
 @pytest.mark.parametrize(
@@ -35,16 +35,40 @@ def test_money_is_rounded_to_the_cent():
     assert (row.cost, row.ihc, row.ihc_revenue) == (Decimal("0.30"), Decimal("0.3333"), Decimal("2.68"))
 
 
-def test_csv_quotes_and_escapes_channel_names(tmp_path):
-    names = ["Paid, Search", 'Say "hi"', "Ünïcødé Ads", "line\nbreak", "=HYPERLINK(1)", "+1", "-x", "@me", "Plain"]
-    rows = [export.report_row(n, "2024-01-01", 1.0, 0.5, 10.0) for n in names]
-    path = export.write_csv(rows, tmp_path / "out" / "r.csv")
+AWKWARD = ["Paid, Search", 'Say "hi"', "Ünïcødé Ads", "line\nbreak", "=SUM(A1)", "+1", "-x", "@me", "'q'", "Plain"]
+
+
+def _written_names(tmp_path, **options) -> list[str]:
+    rows = [export.report_row(n, "2024-01-01", 1.0, 0.5, 10.0) for n in AWKWARD]
+    path = export.write_csv(rows, tmp_path / "out" / "r.csv", **options)
     with open(path, newline="", encoding="utf-8") as handle:
         read = list(csv.reader(handle))
     assert read[0] == list(export.CSV_COLUMNS)
-    got = [r[0] for r in read[1:]]
-    assert got == ["Paid, Search", 'Say "hi"', "Ünïcødé Ads", "line\nbreak", "'=HYPERLINK(1)", "'+1", "'-x", "'@me", "Plain"]
     assert read[1][2:] == ["1.00", "0.5000", "10.00", "2.00", "10.0000"]
+    return [r[0] for r in read[1:]]
+
+
+def test_csv_holds_channel_names_verbatim_by_default(tmp_path):
+    assert _written_names(tmp_path) == AWKWARD
+
+
+def test_csv_formula_escaping_is_opt_in(tmp_path, monkeypatch):
+    escaped = ["'" + n if n[0] in "=+-@" else n for n in AWKWARD]
+    assert _written_names(tmp_path, escape_formulas=True) == escaped
+    monkeypatch.setenv("ATTRIBUTION_CSV_ESCAPE_FORMULAS", "yes")
+    assert export.escape_formulas_setting() is True
+    monkeypatch.setenv("ATTRIBUTION_CSV_ESCAPE_FORMULAS", "0")
+    assert export.escape_formulas_setting() is False
+    monkeypatch.setenv("ATTRIBUTION_CSV_ESCAPE_FORMULAS", "maybe")
+    with pytest.raises(ValueError, match="ATTRIBUTION_CSV_ESCAPE_FORMULAS"):
+        export.escape_formulas_setting()
+
+
+def test_csv_writes_invalid_utf8_bytes_back_unchanged(tmp_path):
+    raw = b"Bad \xff\xfe Channel"
+    name = raw.decode("utf-8", errors="surrogateescape")
+    path = export.write_csv([export.report_row(name, "2024-01-01", 1.0, 0.5, 10.0)], tmp_path / "r.csv")
+    assert path.read_bytes().splitlines()[1].startswith(raw + b",2024-01-01,")
 
 
 def test_csv_empty_cells_for_undefined_ratios(tmp_path):

@@ -1,10 +1,18 @@
-"""IhcClient against a real local HTTP server (a scripted stub), with waits turned off."""
+"""IhcClient against real local HTTP servers, with waits turned off.
+
+Answers that break the contract, trickle or explode come from a scripted stub (the local IHC
+double keeps the contract to the letter, so it cannot produce them); the rest also from the
+project's local IHC double.
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
+import tracemalloc
+import zlib
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -12,20 +20,24 @@ from email.utils import format_datetime
 import pytest
 import requests as requests_lib
 
-from include.attribution.ihc_client import (
+from ihc_attribution.ihc_client import (
+    IhcCancelledError,
     IhcClient,
     IhcConfigurationError,
+    IhcContractError,
     IhcError,
+    IhcPermanentError,
     IhcRequest,
-    IhcResponseError,
+    IhcResponseTooLargeError,
     IhcResult,
     IhcRetriesExhaustedError,
     IhcRow,
     PartialFailure,
+    Redactor,
     parse_retry_after,
 )
-from include.ihc_server.config import FaultConfig, ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution_dev.server.config import FaultConfig, ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.attribution.ihc_stub import Call, Reply, closed_port, ihc_answer, ok, stub_server
 
 API_KEY = "test-key-5f1c2b9e"
@@ -85,7 +97,7 @@ def sequence(*replies):
 
 def collect(client: IhcClient, requests) -> tuple[list[IhcResult], object]:
     results: list[IhcResult] = []
-    summary = client.send_all(requests, results.append)
+    summary = client.compute_ihc(requests, results.append)
     return results, summary
 
 
@@ -160,10 +172,15 @@ def test_base_url_may_already_end_with_the_endpoint():
         (("https://h.example", "k", "demo"), {"max_concurrency": 0}),
         (("https://h.example", "k", "demo"), {"max_retries": -1}),
         (("https://h.example", "k", "demo"), {"backoff_max": -1}),
+        (("https://h.example", "k", "demo"), {"max_rejected_share": 0}),
+        (("https://h.example", " \n", "demo"), {}),
+        (("https://h.example", "k\ney", "demo"), {}),
+        (("https://h.example", "k ey", "demo"), {}),
+        (("https://h.example", "k\x00", "demo"), {}),
     ],
 )
 def test_constructor_rejects_bad_arguments(args, options):
-    with pytest.raises(ValueError):
+    with pytest.raises(IhcConfigurationError):
         IhcClient(*args, **options)
 
 
@@ -221,9 +238,13 @@ def test_transient_5xx_is_retried_with_jittered_backoff(status):
 
 
 def test_backoff_is_random_not_fixed():
-    client = make_client("http://127.0.0.1:1", backoff_base=10.0, backoff_max=60.0)
-    delays = {client._backoff(3, None) for _ in range(50)}
-    assert len(delays) > 40 and max(delays) <= 40.0
+    sleep = SleepRecorder()
+    client = make_client(f"http://127.0.0.1:{closed_port()}", sleep, max_retries=30, backoff_base=10.0,
+                         backoff_max=40.0)
+    with pytest.raises(IhcRetriesExhaustedError):
+        client.send_one(request())
+    assert len(sleep.calls) == 30 and len(set(sleep.calls)) > 25
+    assert all(0.0 <= delay <= 40.0 for delay in sleep.calls) and max(sleep.calls) > 10.0
 
 
 def test_status_code_in_body_of_http_200_is_retried_when_transient():
@@ -247,7 +268,7 @@ def test_connection_refused_exhausts_retries():
     client = make_client(f"http://127.0.0.1:{closed_port()}", sleep, max_retries=3)
     results: list[IhcResult] = []
     with pytest.raises(IhcRetriesExhaustedError) as info:
-        client.send_all([request("only")], results.append)
+        client.compute_ihc([request("only")], results.append)
     assert info.value.request_ids == ["only"]
     assert "ConnectionError" in info.value.last_errors["only"]
     assert len(sleep.calls) == 3
@@ -313,7 +334,7 @@ def test_fatal_answer_stops_submitting_at_once():
 
     with stub_server(lambda call: Reply(403, {"message": "Forbidden"}, delay=0.02)) as stub:
         with pytest.raises(IhcConfigurationError):
-            make_client(stub.url, max_concurrency=4).send_all(many(), lambda result: None)
+            make_client(stub.url, max_concurrency=4).compute_ihc(many(), lambda result: None)
     assert len(pulled) <= 4
     assert len(stub.calls) <= 4
 
@@ -331,7 +352,7 @@ def test_partial_failure_is_reported_and_kept():
     assert result.failed == [PartialFailure("c2", "journey too short")]
     assert {row.conversion_id for row in result.rows} == {"c1", "c3"}
     assert len(result.rows) == 5
-    assert summary.requests_partial == 1 and summary.failed_journeys == 1
+    assert summary.journeys_rejected == 1 and summary.journeys_answered == 3
 
 
 def _mutated(mutate):
@@ -369,14 +390,14 @@ BAD_ANSWERS = {
 @pytest.mark.parametrize("mutate", BAD_ANSWERS.values(), ids=BAD_ANSWERS.keys())
 def test_answers_breaking_the_contract_are_fatal(mutate):
     with stub_server(_mutated(mutate)) as stub:
-        with pytest.raises(IhcResponseError, match="invalid answer"):
+        with pytest.raises(IhcContractError, match="invalid answer"):
             collect(make_client(stub.url), [request("r", {"c1": 2, "c2": 1})])
     assert len(stub.calls) == 1
 
 
 def test_answer_that_is_not_json_is_fatal():
     with stub_server(lambda call: Reply(200, raw=b"<html>gateway</html>")) as stub:
-        with pytest.raises(IhcResponseError, match="not JSON"):
+        with pytest.raises(IhcContractError, match="not JSON"):
             collect(make_client(stub.url), [request()])
 
 
@@ -432,7 +453,7 @@ def test_concurrency_bound_lazy_consumption_and_delivery_in_calling_thread():
         delivered.append(result)
 
     with stub_server(lambda call: Reply(200, ihc_answer(call.body), delay=0.05)) as stub:
-        summary = make_client(stub.url, max_concurrency=3).send_all(
+        summary = make_client(stub.url, max_concurrency=3).compute_ihc(
             generate(), on_result, progress=progress.append, total=12
         )
     assert stub.max_in_flight == 3
@@ -445,7 +466,7 @@ def test_concurrency_bound_lazy_consumption_and_delivery_in_calling_thread():
 def test_total_defaults_to_len_of_a_sized_iterable():
     progress = []
     with stub_server() as stub:
-        make_client(stub.url).send_all([request(1), request(2)], lambda r: None, progress=progress.append)
+        make_client(stub.url).compute_ihc([request(1), request(2)], lambda r: None, progress=progress.append)
     assert [p.total for p in progress] == [2, 2]
 
 
@@ -464,7 +485,7 @@ def test_exhausted_retries_deliver_in_flight_answers_then_raise():
     with stub_server(responder) as stub:
         client = make_client(stub.url, sleep, max_concurrency=3, max_retries=2)
         with pytest.raises(IhcRetriesExhaustedError) as info:
-            client.send_all(requests, delivered.append)
+            client.compute_ihc(requests, delivered.append)
     error = info.value
     assert "r1" in error.request_ids
     assert error.last_errors["r1"] == "HTTP 503"
@@ -483,7 +504,7 @@ def test_exception_in_on_result_stops_the_run():
 
     with stub_server() as stub:
         with pytest.raises(RuntimeError, match="disk full"):
-            make_client(stub.url, max_concurrency=2).send_all((request(i) for i in range(50)), boom)
+            make_client(stub.url, max_concurrency=2).compute_ihc((request(i) for i in range(50)), boom)
     assert len(stub.calls) <= 3
 
 
@@ -594,7 +615,7 @@ def test_local_double_forced_partial_failures(local_double):
     requests = [realistic_request(i, journeys=10, sessions=3) for i in range(5)]
     results, summary = collect(local_client(url), requests)
     failed = [f for r in results for f in r.failed]
-    assert failed and summary.failed_journeys == len(failed) == stats()["failed_journeys"]
+    assert failed and summary.journeys_rejected == len(failed) == stats()["failed_journeys"]
     assert all("injected fault" in f.message for f in failed)
     failed_ids = {f.conversion_id for f in failed}
     assert not failed_ids & {row.conversion_id for r in results for row in r.rows}
@@ -676,3 +697,143 @@ def test_local_double_sees_at_most_max_concurrency_requests(local_double):
     _, summary = collect(local_client(url, max_concurrency=3), requests)
     assert summary.requests_answered == 12
     assert stats()["max_in_flight"] == 3
+
+
+# --- trust fixes -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("trickle_headers", [False, True], ids=["body", "status line and headers"])
+def test_a_trickling_answer_is_cut_at_the_timeout_and_retried(trickle_headers):
+    """One byte every 0.3 s never trips a 1 s gap timeout; the whole attempt still ends at 1 s."""
+    slow = lambda call: Reply(200, ihc_answer(call.body), trickle=0.3, trickle_headers=trickle_headers)  # noqa: E731
+    sleep = SleepRecorder()
+    with stub_server(sequence(slow, slow)) as stub:
+        started = time.monotonic()
+        (result,), summary = collect(make_client(stub.url, sleep, timeout=1.0, max_retries=2), [request()])
+        elapsed = time.monotonic() - started
+    assert result.attempts == 3 and summary.retries == 2 and len(stub.calls) == 3
+    assert 2.0 <= elapsed < 4.5  # two attempts cut at 1 s each, not 2 x 60 s of trickle
+
+
+def test_trickle_until_retries_run_out_is_a_transient_failure():
+    with stub_server(lambda call: Reply(200, ihc_answer(call.body), trickle=0.3)) as stub:
+        started = time.monotonic()
+        with pytest.raises(IhcRetriesExhaustedError) as info:
+            make_client(stub.url, timeout=0.5, max_retries=1).send_one(request())
+    assert time.monotonic() - started < 3
+    assert "no complete answer within 0.5 s" in info.value.last_errors["r1"]
+    assert not isinstance(info.value, IhcPermanentError)
+
+
+def _gzip_bomb(decoded_bytes: int) -> bytes:
+    packer = zlib.compressobj(9, zlib.DEFLATED, 31)  # 31: gzip container
+    block = b"\0" * (1 << 20)
+    return b"".join(packer.compress(block) for _ in range(decoded_bytes >> 20)) + packer.flush()
+
+
+def test_a_gzip_bomb_is_stopped_at_the_cap_without_inflating_it():
+    bomb = _gzip_bomb(1 << 30)  # 1 GiB of zeros in about 1 MB
+    tracemalloc.start()
+    try:
+        with stub_server(lambda call: Reply(200, raw=bomb, headers={"Content-Encoding": "gzip"})) as stub:
+            with pytest.raises(IhcResponseTooLargeError, match="cap of") as info:
+                collect(make_client(stub.url), [request()])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert len(stub.calls) == 1, "deterministic: not retried"
+    assert isinstance(info.value, IhcContractError)
+    assert peak < 64 << 20, f"{peak:,} bytes held while reading the answer"
+
+
+def test_max_response_bytes_caps_every_answer():
+    with stub_server() as stub:
+        with pytest.raises(IhcResponseTooLargeError, match="max_response_bytes"):
+            collect(make_client(stub.url, max_response_bytes=100), [request()])
+        (result,), _ = collect(make_client(stub.url, max_response_bytes=100_000), [request()])
+    assert len(result.rows) == 3
+
+
+@pytest.mark.parametrize(
+    ("ihc", "stored"), [(-9e-7, 0.0), (-1e-6, 0.0), (1 + 5e-7, 1.0)], ids=["-9e-7", "-1e-6", "1+5e-7"]
+)
+def test_rounding_noise_outside_0_1_is_stored_as_the_bound(ihc, stored):
+    def answer(call: Call) -> Reply:
+        body = ihc_answer(call.body)
+        body["value"][0]["ihc"] = ihc
+        body["value"][1]["ihc"] = 1 - ihc
+        return Reply(200, body)
+
+    with stub_server(answer) as stub:
+        (result,), _ = collect(make_client(stub.url), [request("r", {"c1": 2})])
+    assert result.rows[0].ihc == stored
+    assert all(0.0 <= getattr(row, column) <= 1.0 for row in result.rows
+               for column in ("initializer", "holder", "closer", "ihc"))
+
+
+@pytest.mark.parametrize(
+    ("column", "value"),
+    [("ihc", -2e-6), ("ihc", 1.01), ("holder", -0.5), ("ihc", float("nan")), ("closer", float("inf"))],
+)
+def test_credit_out_of_range_or_not_finite_is_a_contract_violation(column, value):
+    def answer(call: Call) -> Reply:
+        body = ihc_answer(call.body)
+        body["value"][0][column] = value
+        return Reply(200, raw=json.dumps(body).encode())  # NaN/Infinity literals, as a broken server sends
+
+    with stub_server(answer) as stub:
+        with pytest.raises(IhcContractError, match="invalid answer"):
+            collect(make_client(stub.url), [request("r", {"c1": 1})])
+    assert len(stub.calls) == 1
+
+
+def test_contract_and_configuration_errors_are_permanent_transient_ones_are_not():
+    assert issubclass(IhcContractError, IhcPermanentError)
+    assert issubclass(IhcConfigurationError, IhcPermanentError)
+    assert not issubclass(IhcRetriesExhaustedError, IhcPermanentError)
+
+
+def test_cancel_cuts_a_long_wait_short_and_sends_nothing_more():
+    with stub_server(sequence(Reply(429, {}, {"Retry-After": "30"}))) as stub:
+        client = IhcClient(stub.url, API_KEY, "demo", backoff_max=60.0, max_concurrency=1)  # real waits
+        threading.Timer(0.3, client.cancel).start()
+        started = time.monotonic()
+        with pytest.raises(IhcCancelledError, match="cancelled") as info:
+            client.compute_ihc([request("a"), request("b")], lambda result: None)
+    assert time.monotonic() - started < 3
+    assert len(stub.calls) == 1 and info.value.request_ids == ["a"]
+
+
+SPACED_KEY = API_KEY + "\n"
+
+
+def test_a_key_with_surrounding_whitespace_is_sent_stripped():
+    with stub_server() as stub:
+        collect(IhcClient(stub.url, f"  {SPACED_KEY}", "demo"), [request()])
+    assert stub.calls[0].headers["x-api-key"] == API_KEY
+
+
+@pytest.mark.parametrize("key", ["abc\ndef-secret", "abc def-secret", "abc\tdef-secret", "abc\x7fdef-secret"])
+def test_a_key_with_inner_whitespace_or_control_characters_is_refused_without_showing_it(key):
+    with pytest.raises(IhcConfigurationError, match="whitespace or control characters") as info:
+        IhcClient("http://127.0.0.1:1", key, "demo")
+    for part in ("abc", "def-secret"):
+        assert part not in str(info.value)
+
+
+def test_every_form_of_the_key_is_redacted():
+    redact = Redactor("k/y+1 \n")
+    text = "raw k/y+1 \n, repr 'k/y+1 \\n', url k%2Fy%2B1+%0A and k%2Fy%2B1%20%0A, stripped k/y+1"
+    assert "k/y" not in redact(text) and "k%2F" not in redact(text)
+    assert redact(text).count("***") == 5
+
+
+def test_a_server_echoing_the_key_in_any_form_does_not_leak_it(caplog):
+    caplog.set_level(logging.DEBUG)
+    echo = f"key {SPACED_KEY!r} / {SPACED_KEY.strip()} / {SPACED_KEY.strip()}%0A"
+    with stub_server(sequence(Reply(503, {"message": echo}), Reply(403, {"message": echo}))) as stub:
+        with pytest.raises(IhcConfigurationError) as info:
+            collect(make_client(stub.url).__class__(stub.url, SPACED_KEY, "demo", sleep=SleepRecorder()), [request()])
+    for text in (str(info.value), repr(info.value.args), caplog.text):
+        assert API_KEY not in text
+    assert "***" in str(info.value)

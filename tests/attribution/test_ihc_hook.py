@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import signal
+import threading
+import time
 
 import pytest
 
-from include.attribution.ihc_client import IhcClient, IhcConfigurationError, IhcRequest, IhcResult
-from include.attribution.ihc_hook import (
-    EXTRA_DEFAULTS,
-    IhcHook,
-    IhcLimits,
+from ihc_attribution.ihc_client import (
+    KNOWN_EXTRAS,
+    IhcCancelledError,
+    IhcClient,
+    IhcConfigurationError,
+    IhcRequest,
+    IhcResult,
     IhcSettings,
-    build_base_url,
-    settings_from_extra,
+    parse_settings,
 )
-from include.attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution.ihc_hook import CONN_FIELDS, IhcHook, build_base_url
+from ihc_attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.attribution.ihc_stub import Reply, ihc_answer, stub_server
 
 API_KEY = "hook-test-key-93b7d1"
@@ -28,7 +34,8 @@ CONN_ENV = "AIRFLOW_CONN_IHC_API"
 
 def set_connection(monkeypatch, env: str = CONN_ENV, **fields) -> None:
     """Define the connection in the JSON form Airflow reads from the environment."""
-    conn = {"conn_type": "http", "host": "127.0.0.1", "schema": "http", "password": API_KEY}
+    conn = {"conn_type": "ihc", "host": "127.0.0.1", "schema": "http", "password": API_KEY,
+            "extra": {"conv_type_id": "demo"}}
     conn.update(fields)
     monkeypatch.setenv(env, json.dumps(conn))
 
@@ -47,27 +54,54 @@ def test_init_does_not_look_up_the_connection(monkeypatch):
 def test_class_attributes_name_the_connection():
     assert IhcHook.conn_name_attr == "ihc_conn_id"
     assert IhcHook.default_conn_name == "ihc_api"
-    assert IhcHook.conn_type == "http"
+    assert IhcHook.conn_type == "ihc"
     assert IhcHook.hook_name == "IHC Attribution API"
     behaviour = IhcHook.get_ui_field_behaviour()
     assert "login" in behaviour["hidden_fields"]
     assert behaviour["relabeling"]["password"] == "API key"
-    assert json.loads(behaviour["placeholders"]["extra"])["conv_type_id"] == "demo"
+    placeholder = json.loads(behaviour["placeholders"]["extra"])
+    assert placeholder["conv_type_id"].startswith("<")  # required, no default to copy by mistake
+    assert set(placeholder) <= set(KNOWN_EXTRAS)
+
+
+def test_connection_form_fields_match_the_settings():
+    assert set(CONN_FIELDS) == {"conv_type_id", "max_journeys_per_request", "max_sessions_per_request",
+                                "max_concurrency"}
+    for name, spec in CONN_FIELDS.items():
+        model_field = IhcSettings.model_fields[name]
+        expected = None if model_field.is_required() else model_field.default
+        assert spec["schema"].get("default") == expected, name
+        assert spec["label"]
+    assert "password" in IhcHook.get_ui_field_behaviour()["relabeling"]  # the API key field
+
+
+def test_http_connections_still_work_with_a_deprecation_warning(monkeypatch, caplog, capsys):
+    caplog.set_level(logging.WARNING)
+    set_connection(monkeypatch, conn_type="http")
+    assert IhcHook().settings.conv_type_id == "demo"
+    captured = capsys.readouterr()
+    assert "change its conn_type to 'ihc'" in caplog.text + captured.out + captured.err
 
 
 def test_defaults_when_the_connection_has_no_extras(monkeypatch):
-    set_connection(monkeypatch, host="api.ihc-attribution.com", schema=None)
+    set_connection(monkeypatch, host="api.ihc-attribution.com", schema=None, extra={"conv_type_id": "orders"})
     hook = IhcHook()
     client = hook.get_conn()
     assert isinstance(client, IhcClient)
     assert client.url == "https://api.ihc-attribution.com/v1/compute_ihc"
-    assert hook.settings == IhcSettings(base_url="https://api.ihc-attribution.com")
-    assert hook.limits == IhcLimits(100, 3000)
-    assert client.conv_type_id == "demo"
-    assert client.max_concurrency == 4 and client.max_retries == 5
-    assert client.timeout == (30.0, 30.0)
-    assert hook.settings.oversized_journey_policy == "truncate"
-    assert hook.settings.redistribution_parameter is None
+    assert hook.settings == IhcSettings(base_url="https://api.ihc-attribution.com", conv_type_id="orders")
+    s = hook.settings
+    assert (s.max_journeys_per_request, s.max_sessions_per_request) == (100, 3000)
+    assert s.max_concurrency == 4 and s.max_retries == 5 and s.timeout == 30.0
+    assert s.oversized_journey_policy == "truncate" and s.redistribution_parameter is None
+    assert s.max_response_bytes is None and s.max_rejected_share == 1.0
+
+
+@pytest.mark.parametrize("extra", [{}, {"conv_type_id": ""}, {"conv_type_id": "  "}, {"conv_type_id": None}])
+def test_conv_type_id_is_required(monkeypatch, extra):
+    set_connection(monkeypatch, extra=extra)
+    with pytest.raises(IhcConfigurationError, match="extra conv_type_id is required"):
+        IhcHook().get_conn()
 
 
 def test_string_extras_are_coerced(monkeypatch):
@@ -85,6 +119,8 @@ def test_string_extras_are_coerced(monkeypatch):
         "backoff_max": "10",
         "redistribution_parameter": json.dumps(parameter),
         "oversized_journey_policy": " SKIP ",
+        "max_response_bytes": "5000000",
+        "max_rejected_share": "0.5",
     }
     set_connection(monkeypatch, port=8080, extra=json.dumps(extra))
     hook = IhcHook()
@@ -100,15 +136,15 @@ def test_string_extras_are_coerced(monkeypatch):
         backoff_max=10.0,
         redistribution_parameter=parameter,
         oversized_journey_policy="skip",
+        max_response_bytes=5_000_000,
+        max_rejected_share=0.5,
     )
-    client = hook.get_conn()
-    assert client.url == "http://127.0.0.1:8080/v1/compute_ihc"
-    assert client.redistribution_parameter == parameter
-    assert (client.max_concurrency, client.max_retries, client.backoff_max) == (2, 0, 10.0)
+    assert hook.get_conn().url == "http://127.0.0.1:8080/v1/compute_ihc"
 
 
 def test_native_json_extras_are_accepted(monkeypatch):
-    set_connection(monkeypatch, extra={"max_sessions_per_request": 200, "timeout": 5, "redistribution_parameter": {}})
+    set_connection(monkeypatch, extra={"conv_type_id": "demo", "max_sessions_per_request": 200, "timeout": 5,
+                                       "redistribution_parameter": {}})
     settings = IhcHook().settings
     assert settings.max_sessions_per_request == 200 and settings.timeout == 5.0
     assert settings.redistribution_parameter == {}
@@ -126,7 +162,7 @@ def test_get_conn_is_cached_and_reads_the_connection_once(monkeypatch):
     monkeypatch.setattr(IhcHook, "get_connection", classmethod(spy))
     hook = IhcHook()
     assert hook.get_conn() is hook.get_conn()
-    _ = hook.settings, hook.limits
+    _ = hook.settings, hook.settings
     assert lookups == ["ihc_api"]
 
 
@@ -173,22 +209,42 @@ def test_build_base_url_rejects(host, schema):
         ({"redistribution_parameter": "[1, 2]"}, "redistribution_parameter"),
         ({"redistribution_parameter": {"middle": {}}}, "redistribution_parameter"),
         ({"max_session_per_request": 200}, "max_session_per_request"),  # typo: unknown extra
+        ({"max_response_bytes": "0"}, "max_response_bytes"),
+        ({"max_rejected_share": "1.5"}, "max_rejected_share"),
+        ({"max_rejected_share": "0"}, "max_rejected_share"),
     ],
 )
 def test_bad_extras_fail_with_a_message_naming_them(extra, name):
-    with pytest.raises(IhcConfigurationError, match=name):
-        settings_from_extra(extra, "https://h.example", "ihc_api")
+    with pytest.raises(IhcConfigurationError, match=f"connection 'ihc_api': .*{name}"):
+        parse_settings({"base_url": "https://h.example", "conv_type_id": "demo", **extra}, "connection 'ihc_api'")
 
 
 def test_empty_string_extras_fall_back_to_defaults():
-    settings = settings_from_extra({name: "" for name in EXTRA_DEFAULTS}, "https://h.example")
-    assert settings == IhcSettings(base_url="https://h.example")
+    blanks = {name: "" for name in KNOWN_EXTRAS if name != "conv_type_id"}
+    settings = parse_settings({"base_url": "https://h.example", "conv_type_id": "demo", **blanks})
+    assert settings == IhcSettings(base_url="https://h.example", conv_type_id="demo")
 
 
-def test_missing_password_is_a_configuration_error(monkeypatch):
-    set_connection(monkeypatch, password=None)
+@pytest.mark.parametrize("password", [None, "", " \n"])
+def test_missing_password_is_a_configuration_error(monkeypatch, password):
+    set_connection(monkeypatch, password=password)
     with pytest.raises(IhcConfigurationError, match="password"):
         IhcHook().get_conn()
+
+
+def test_a_pasted_key_with_a_trailing_newline_is_stripped(monkeypatch):
+    with stub_server() as stub:
+        set_connection(monkeypatch, host=stub.url, password=API_KEY + "\r\n")
+        ok, message = IhcHook().test_connection()
+    assert ok, message
+    assert stub.calls[0].headers["x-api-key"] == API_KEY
+
+
+def test_a_key_with_inner_whitespace_is_refused_without_showing_it(monkeypatch):
+    set_connection(monkeypatch, password="hook-test\nkey-93b7d1")
+    ok, message = IhcHook().test_connection()
+    assert not ok and "whitespace or control characters" in message and "'ihc_api'" in message
+    assert "hook-test" not in message and "93b7d1" not in message
 
 
 def test_api_key_is_not_in_repr_or_logs(monkeypatch, caplog, capsys):
@@ -227,7 +283,8 @@ def test_compute_ihc_delegates_to_the_client(monkeypatch):
         summary = IhcHook().compute_ihc([IhcRequest("r1", rows)], results.append, progress=progress.append)
     assert stub.calls[0].query == {"conv_type_id": ["orders"]}
     assert stub.calls[0].headers["x-api-key"] == API_KEY
-    assert summary.requests_answered == 1 and len(results[0].rows) == 2
+    assert summary.requests_answered == summary.requests_sent == summary.attempts == 1
+    assert len(results[0].rows) == 2
     assert progress[0].done == 1
 
 
@@ -259,7 +316,7 @@ def test_test_connection_reports_failure_without_the_key(monkeypatch, status, hi
 
 
 def test_test_connection_reports_bad_configuration(monkeypatch):
-    set_connection(monkeypatch, extra={"max_concurrency": "many"})
+    set_connection(monkeypatch, extra={"conv_type_id": "demo", "max_concurrency": "many"})
     ok, message = IhcHook().test_connection()
     assert not ok and "max_concurrency" in message
 
@@ -298,11 +355,12 @@ def test_packed_journeys_fit_the_free_account_limits_end_to_end(monkeypatch):
     sizes = {f"conv-{i:04d}": rng.choice([1] * 58 + [2] * 21 + list(range(3, 60))) for i in range(1500)}
     sizes["conv-long"] = 250  # over the limit: truncated to its latest 200 sessions
     with serve(ServerConfig(api_keys=(API_KEY,), profile="free")) as url:
-        set_connection(monkeypatch, host=url, extra={"max_sessions_per_request": "200", "max_concurrency": "3"})
+        set_connection(monkeypatch, host=url, extra={"conv_type_id": "demo", "max_sessions_per_request": "200",
+                                                     "max_concurrency": "3"})
         hook = IhcHook()
-        limits = hook.limits
-        outcome = apply_oversize_policy(sizes, limits.max_sessions, hook.settings.oversized_journey_policy)
-        packed = pack_journeys(outcome.sizes, limits.max_journeys, limits.max_sessions)
+        settings = hook.settings
+        outcome = apply_oversize_policy(sizes, settings.max_sessions_per_request, settings.oversized_journey_policy)
+        packed = pack_journeys(outcome.sizes, settings.max_journeys_per_request, settings.max_sessions_per_request)
 
         def requests():
             for number, conv_ids in enumerate(packed):
@@ -334,6 +392,28 @@ def test_packed_journeys_fit_the_free_account_limits_end_to_end(monkeypatch):
         summary = hook.compute_ihc(requests(), store, total=len(packed))
     assert outcome.truncated == {"conv-long": 250}
     assert summary.requests_answered == len(packed) <= lower_bound(outcome.sizes, 100, 200) * 1.02
-    assert summary.retries == 0 and summary.failed_journeys == 0
+    assert summary.retries == 0 and summary.journeys_rejected == 0
     assert set(credit) == set(sizes)
     assert all(abs(total - 1) < 1e-6 for total in credit.values())
+
+
+def test_sigterm_stops_the_hook_waits_and_chains_to_the_previous_handler(monkeypatch):
+    """Airflow cancels a task with SIGTERM: a 30 s Retry-After wait must not keep it alive."""
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        with stub_server(lambda call: Reply(429, {}, {"Retry-After": "30"})) as stub:
+            set_connection(monkeypatch, host=stub.url, extra={"conv_type_id": "demo", "backoff_max": 60})
+            hook = IhcHook()
+            rows = [{"conversion_id": "c", "session_id": "s", "timestamp": "2024-01-01 10:00:00",
+                     "channel_label": "SEO", "holder_engagement": 0, "closer_engagement": 0, "conversion": 1,
+                     "impression_interaction": 0}]
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            started = time.monotonic()
+            with hook.stop_on_sigterm(), pytest.raises(IhcCancelledError):
+                hook.compute_ihc([IhcRequest("r1", rows)], lambda result: None)
+        assert time.monotonic() - started < 3 and len(stub.calls) == 1
+        assert seen == [signal.SIGTERM], "the previous handler ran too"
+        assert signal.getsignal(signal.SIGTERM) is not previous  # ours is gone, the test's is back
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -6,9 +6,9 @@ import sqlite3
 
 import pytest
 
-from include.attribution import journeys, schema
-from include.attribution.daterange import range_from_params
-from include.attribution.db import Database
+from ihc_attribution import journeys, schema
+from ihc_attribution.daterange import range_from_params
+from ihc_attribution.db import Database
 from tests.helpers import make_db
 
 RANGE = range_from_params({"start_date": "2024-01-10", "end_date": "2024-01-10"})

@@ -9,7 +9,7 @@ from collections import Counter
 
 import pytest
 
-from include.attribution.packing import (
+from ihc_attribution.packing import (
     OversizeOutcome,
     _pack_balanced,
     _pack_first_fit_decreasing,

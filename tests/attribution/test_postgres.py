@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from include.attribution.db import Database
+from ihc_attribution.db import Database
 from tests.helpers import random_db, run_pipeline, run_stages
 
 psycopg2 = pytest.importorskip("psycopg2")
@@ -40,7 +40,7 @@ def pg(tmp_path):
 
 
 def _copy_sources(sqlite_path, db: Database) -> None:
-    from include.attribution import schema
+    from ihc_attribution import schema
 
     schema.ensure_schema(db)
     src = sqlite3.connect(sqlite_path)

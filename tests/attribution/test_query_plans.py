@@ -13,9 +13,9 @@ import sqlite3
 
 import pytest
 
-from include.attribution import api_stage, journeys, load, report, schema
-from include.attribution.daterange import range_from_params
-from include.attribution.db import Database
+from ihc_attribution import api_stage, journeys, load, report, schema
+from ihc_attribution.daterange import range_from_params
+from ihc_attribution.db import Database
 from tests.helpers import FakeIhcClient, expected_report, make_db, random_db, read_table, run_pipeline
 
 RUN = "r1"

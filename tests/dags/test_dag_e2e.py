@@ -7,15 +7,16 @@ import csv
 import datetime as dt
 import json
 import shutil
+import time
 import sqlite3
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
 
-from include.attribution.demo_data import DemoConfig, generate
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution_dev.demo_data import DemoConfig, generate
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.helpers import expected_journeys, expected_report, read_table
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,7 @@ def env(tmp_path, source_db, monkeypatch):
         monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
         monkeypatch.setenv(
             "AIRFLOW_CONN_IHC_API",
-            json.dumps({"conn_type": "http", "host": host, "port": int(port), "schema": "http", "password": API_KEY,
+            json.dumps({"conn_type": "ihc", "host": host, "port": int(port), "schema": "http", "password": API_KEY,
                         "extra": {"conv_type_id": "demo", "max_concurrency": 4, "max_journeys_per_request": 40,
                                   "max_sessions_per_request": 300}}),
         )
@@ -160,3 +161,29 @@ def test_manual_run_without_range_fails_before_any_work(dag, env):
     with sqlite3.connect(env["db"]) as conn:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     assert "attribution_issues" not in tables, "no work may happen before the range is known"
+
+
+@pytest.mark.parametrize(
+    "conf",
+    [
+        pytest.param({"start_date": "2024-01-04", "end_date": "2024-01-01"}, id="end-before-start"),
+        pytest.param({"start_date": "2024-01-01"}, id="start-only"),
+    ],
+)
+def test_a_bad_range_fails_on_the_first_try_with_task_retries_on(dag, env, conf):
+    for t in dag.tasks:
+        t.retries, t.retry_delay = 2, dt.timedelta(seconds=30)
+    started = time.monotonic()
+    dagrun, states = _run(dag, run_conf=conf)
+    elapsed = time.monotonic() - started
+    assert dagrun.state == "failed" and states["setup_tables"] == "failed", states
+    assert dagrun.get_task_instance("setup_tables").try_number == 1, "a permanent error is not retried"
+    assert elapsed < 30, f"the run took {elapsed:.0f} s to fail"
+
+
+@pytest.mark.parametrize("lookback", ["abc", 0, 2.5, 99999999])
+def test_a_bad_lookback_is_refused_when_the_run_is_created(dag, env, lookback):
+    from airflow.sdk.exceptions import ParamValidationError
+
+    with pytest.raises(ParamValidationError, match="lookback_days"):
+        dag.test(run_conf={"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": lookback})

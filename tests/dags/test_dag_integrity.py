@@ -93,7 +93,7 @@ def test_parsing_does_not_load_the_stage_code(airflow_db):
     code = (
         "import sys; from airflow.dag_processing.dagbag import DagBag;"
         f"bag = DagBag(dag_folder={str(ROOT / 'dags')!r}); assert 'ihc_attribution' in bag.dags;"
-        "print(sorted(m for m in ('pandas', 'requests', 'include.attribution.tasks') if m in sys.modules))"
+        "print(sorted(m for m in ('pandas', 'requests', 'ihc_attribution.tasks') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"

@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.ihc_server.helpers import KEY
 
 

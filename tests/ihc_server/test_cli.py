@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from include.ihc_server.__main__ import build_parser, config_from_args
+from ihc_attribution_dev.server.__main__ import build_parser, config_from_args
 from tests.ihc_server.helpers import journey, post
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,7 +74,7 @@ def _start(args: list[str], env_keys: str | None) -> subprocess.Popen:
     if env_keys is not None:
         env["IHC_API_KEYS"] = env_keys
     return subprocess.Popen(
-        [sys.executable, "-m", "include.ihc_server", *args],
+        [sys.executable, "-m", "ihc_attribution_dev.server", *args],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 

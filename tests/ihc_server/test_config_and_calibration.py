@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.ihc_server.helpers import KEY
 
 ROOT = Path(__file__).resolve().parents[2]

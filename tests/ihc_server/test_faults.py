@@ -8,9 +8,9 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from include.ihc_server.app import plan_faults
-from include.ihc_server.config import FaultConfig, ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution_dev.server.app import plan_faults
+from ihc_attribution_dev.server.config import FaultConfig, ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.ihc_server.helpers import KEY, journey, post
 
 BODY = {"customer_journeys": journey("c1", ["2024-01-01 10:00:00", "2024-01-01 12:00:00"])}

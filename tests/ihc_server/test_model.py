@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from include.ihc_server.model import (
+from ihc_attribution_dev.server.model import (
     FITTED_PARAMS,
     Curve,
     PhaseWeights,

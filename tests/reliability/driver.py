@@ -2,7 +2,7 @@
 
     python -m tests.reliability.driver RUN_ID START_DATE END_DATE
 
-The task bodies of :mod:`include.attribution.tasks` run in DAG order with the connections of
+The task bodies of :mod:`ihc_attribution.tasks` run in DAG order with the connections of
 the environment, exactly as the workers run them. Two variables steer the crash and concurrency
 tests:
 
@@ -39,7 +39,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from include.attribution.db import Database
+from ihc_attribution.db import Database
 from tests.reliability.support import STAGES, context, db_digest, run_stages
 
 _state: dict[str, Any] = {"stage": None, "counts": {}}

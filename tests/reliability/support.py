@@ -1,7 +1,7 @@
 """Shared pieces of the reliability tests.
 
 Connections come from the environment, as in a deployment; a DAG run is replayed by calling the
-task bodies of :mod:`include.attribution.tasks` in order with a minimal context. Result tables are
+task bodies of :mod:`ihc_attribution.tasks` in order with a minimal context. Result tables are
 compared as sorted tuples, and a whole database can be reduced to one digest.
 """
 
@@ -19,7 +19,9 @@ from urllib.parse import urlparse
 
 import requests
 
-from include.attribution.tasks import STAGES
+from tests.helpers import dag_stages
+
+STAGES = dag_stages()
 
 API_KEY = "reliability-key-3c9e71"
 ROOT = Path(__file__).resolve().parents[2]
@@ -43,7 +45,7 @@ def connection_env(
     """Environment of a run: the two connections (JSON form) and the CSV folder."""
     url = urlparse(base_url)
     ihc = {
-        "conn_type": "http",
+        "conn_type": "ihc",
         "host": url.hostname,
         "port": url.port,
         "schema": url.scheme,
@@ -64,7 +66,7 @@ def context(run_id: str, start: str, end: str) -> dict[str, Any]:
 
 def run_stages(ctx: dict[str, Any], stages: tuple[str, ...] = STAGES) -> dict[str, dict]:
     """Run task bodies in order in this process; return what each would push to XCom."""
-    from include.attribution import tasks
+    from ihc_attribution import tasks
 
     return {name: getattr(tasks, name)(ctx) for name in stages}
 

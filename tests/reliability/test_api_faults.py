@@ -2,7 +2,7 @@
 
 Waits are shortened through the connection's extras (timeout, backoff); the faults are those of
 production: 500/503, 429 with Retry-After, requests that hang past the client's timeout, and
-answers that refuse the configuration.
+answers that refuse the configuration, break the contract or reject the journeys.
 """
 
 from __future__ import annotations
@@ -13,11 +13,17 @@ import shutil
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.attribution.ihc_client import IhcConfigurationError, IhcRetriesExhaustedError
-from include.attribution.load import LoadError
-from include.ihc_server.app import plan_faults
-from include.ihc_server.config import FaultConfig, ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution.ihc_client import (
+    IhcConfigurationError,
+    IhcContractError,
+    IhcRejectedJourneysError,
+    IhcRetriesExhaustedError,
+)
+from ihc_attribution.load import LoadError
+from ihc_attribution_dev.server.app import plan_faults
+from ihc_attribution_dev.server.config import FaultConfig, ServerConfig
+from ihc_attribution_dev.server.testing import serve
+from tests.attribution.ihc_stub import Call, Reply, ihc_answer, stub_server
 from tests.helpers import expected_journeys, random_db, read_table
 from tests.reliability.support import (
     API_KEY,
@@ -125,8 +131,9 @@ def test_retries_exhausted_fail_loudly_record_the_unanswered_and_a_rerun_finishe
     assert failed_rows["error"].str.contains("HTTP 50").all(), "each unanswered request records why"
     first_failed = int(failed_rows["request_no"].min())
     assert f"{failed} of {total} requests unanswered (numbers {first_failed}," in caplog.text
-    with pytest.raises(LoadError, match="re-run the call_ihc_api task"):
+    with pytest.raises(AirflowFailException, match="re-run the call_ihc_api task") as failure:
         run_stages(ctx, ("load_attribution",))
+    assert isinstance(failure.value.__cause__, LoadError), "load cannot succeed by retrying itself"
     assert read_table(db, "attribution_customer_journey").empty, "nothing is published from a failed API stage"
 
     # The task's retry, against a service that works again: only the unanswered requests go out.
@@ -165,3 +172,71 @@ def test_configuration_errors_stop_at_the_first_answer(base, tmp_path, monkeypat
     assert planned >= 30 and received <= 4, f"{received} of {planned} requests sent after a fatal answer"
     assert request_states(db, RUN) == {"failed": planned}, "every unanswered request is recorded"
     assert read_table(db, "attribution_stg_requests")["error"].str.contains(fix).all()
+
+
+def test_an_answer_breaking_the_contract_fails_the_task_without_retry(base, tmp_path, monkeypatch):
+    """A wrong sum cannot change on a retry: AirflowFailException at the first such answer."""
+    db = tmp_path / "db.sqlite"
+    shutil.copy(base, db)
+    ctx = context(RUN, START, END)
+
+    def off_by_a_bit(call: Call) -> Reply:
+        body = ihc_answer(call.body)
+        body["value"][0]["ihc"] += 0.01
+        return Reply(200, body)
+
+    with stub_server(off_by_a_bit) as stub:
+        _use(monkeypatch, connection_env(db, stub.url, tmp_path / "out", max_journeys_per_request=2, **RETRYING))
+        planned = run_stages(ctx, STAGES[:3])["pack_requests"]["requests"]
+        with pytest.raises(AirflowFailException, match="does not sum to 1") as raised:
+            run_stages(ctx, ("call_ihc_api",))
+    assert isinstance(raised.value.__cause__, IhcContractError)
+    assert len(stub.calls) <= 2, "no retry, no new request after the violation"
+    assert request_states(db, RUN) == {"failed": planned}
+    assert read_table(db, "attribution_stg_results").empty, "nothing of the wrong answer is kept"
+
+
+def test_when_the_api_rejects_every_journey_the_task_fails_after_checkpointing(base, tmp_path, monkeypatch):
+    db = tmp_path / "db.sqlite"
+    shutil.copy(base, db)
+    ctx = context(RUN, START, END)
+    with serve(ServerConfig(api_keys=(API_KEY,), faults=FaultConfig(partial_failure_rate=1.0))) as url:
+        _use(monkeypatch, connection_env(db, url, tmp_path / "out", max_journeys_per_request=20, max_concurrency=4))
+        planned = run_stages(ctx, STAGES[:3])["pack_requests"]
+        with pytest.raises(AirflowFailException, match=r"rejected (\d+) of \1 journeys sent") as raised:
+            run_stages(ctx, ("call_ihc_api",))
+    assert isinstance(raised.value.__cause__, IhcRejectedJourneysError)
+    assert "injected fault" in str(raised.value), "the first rejection messages are shown"
+    assert request_states(db, RUN) == {"done": planned["requests"]}, "every answer was checkpointed"
+    issues = read_table(db, "attribution_stg_issues")
+    assert (issues.reason == "api_rejected").sum() == planned["journeys"]
+
+
+@pytest.mark.parametrize(("share", "fails"), [(0.5, True), (0.9, False)])
+def test_max_rejected_share_sets_the_bar(base, tmp_path, monkeypatch, share, fails):
+    db = tmp_path / "db.sqlite"
+    shutil.copy(base, db)
+    ctx = context(RUN, START, END)
+    faults = FaultConfig(partial_failure_rate=0.6, seed=3)
+    with serve(ServerConfig(api_keys=(API_KEY,), faults=faults)) as url:
+        _use(monkeypatch, connection_env(db, url, tmp_path / "out", max_journeys_per_request=20, max_concurrency=4,
+                                         max_rejected_share=share))
+        run_stages(ctx, STAGES[:3])
+        if fails:
+            with pytest.raises(AirflowFailException, match="max_rejected_share=0.5"):
+                run_stages(ctx, ("call_ihc_api",))
+        else:
+            assert run_stages(ctx, ("call_ihc_api",))["call_ihc_api"]["journeys_rejected"] > 0
+
+
+@pytest.mark.parametrize("conv_type_id", ["", "   ", None])
+def test_an_empty_conv_type_id_is_a_configuration_error_naming_the_extra(base, tmp_path, monkeypatch, conv_type_id):
+    db = tmp_path / "db.sqlite"
+    shutil.copy(base, db)
+    _use(monkeypatch, connection_env(db, "http://127.0.0.1:1", tmp_path / "out", conv_type_id=conv_type_id))
+    run_stages(context(RUN, START, END), STAGES[:1])
+    # extract_journeys is the first stage to read the connection (an answer's scope is part of
+    # each journey's fingerprint)
+    with pytest.raises(AirflowFailException, match="extra conv_type_id is required") as raised:
+        run_stages(context(RUN, START, END), ("extract_journeys",))
+    assert isinstance(raised.value.__cause__, IhcConfigurationError)

@@ -18,14 +18,15 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
-from include.attribution import schema, tasks
-from include.attribution.daterange import RangeError
-from include.attribution.export import safe_cell
-from include.attribution.ihc_client import IhcClient
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.testing import serve
-from tests.helpers import expected_report, make_db, read_table, run_pipeline
+from ihc_attribution import schema, tasks
+from ihc_attribution.daterange import RangeError
+from ihc_attribution.errors import PermanentError
+from ihc_attribution.ihc_client import IhcClient
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.testing import serve
+from tests.helpers import expected_report, make_db, read_table, run_pipeline, source_ddl
 from tests.reliability.support import API_KEY, db_digest, source_tables
 
 DAY = "2024-01-10"
@@ -36,6 +37,7 @@ NO_WARNINGS = {
     "sessions_without_channel": 0,
     "cost_rows_without_session": 0,
     "sessions_with_invalid_date": 0,
+    "duplicated_session_ids": 0,
 }
 
 
@@ -57,6 +59,8 @@ class Case:
     #: source_warnings that are not 0
     warnings: dict[str, int] = field(default_factory=dict)
     check: Callable | None = None
+    #: the schema of the source tables (default: the challenge DDL)
+    ddl: str | None = None
 
 
 def s(session_id, user, date, time, channel="Referral", holder=1, closer=1, impression=0):
@@ -76,7 +80,7 @@ AWKWARD_CHANNELS = [
 def _check_awkward_channels(db, rows):
     stored = {name for (name,) in sqlite3.connect(db).execute("SELECT DISTINCT channel_name FROM channel_reporting")}
     assert stored == set(AWKWARD_CHANNELS), "channel names are stored exactly"
-    assert {r["channel_name"] for r in rows} == {safe_cell(n) for n in AWKWARD_CHANNELS}
+    assert {r["channel_name"] for r in rows} == set(AWKWARD_CHANNELS), "and written to the CSV exactly"
     assert all(r["ihc"] != "0.0000" for r in rows), "every awkward channel got its credit"
 
 
@@ -108,6 +112,69 @@ CASES = {
         [s("s1", "u1", "2024-02-20", "10:00:00")],
         [conv("c1", "u1", date="2024-02-30")],
         start="2024-02-29", end="2024-03-01", issues={"c1": "invalid_input"},
+    ),
+    "conversion-dates-impossible": Case(
+        [s("s1", "u1", "2023-09-05", "10:00:00"), s("s2", "u2", "2023-09-05", "10:00:00")],
+        [conv("sep31", "u1", date="2023-09-31"), conv("month13", "u1", date="2023-13-01"),
+         conv("zeros", "u1", date="0000-00-00"), conv("fullwidth", "u1", date="２０２３-０９-１０"),
+         conv("ok", "u2", date="2023-09-10")],
+        start="2023-09-01", end="2023-09-30",
+        attributed={"ok": {"s2"}},
+        issues={"sep31": "unplaceable_conversion", "month13": "unplaceable_conversion",
+                "zeros": "unplaceable_conversion", "fullwidth": "unplaceable_conversion"},
+    ),
+    "conversion-date-with-a-time-zone": Case(
+        [s("s1", "u1", "2024-01-05", "10:00:00"), s("s2", "u2", "2024-01-05", "10:00:00")],
+        [conv("tz", "u1", date="2024-01-10T10:00:00Z"), conv("later", "u1", date="2024-03-05", time="10:00:00+01:00"),
+         conv("c2", "u2")],
+        attributed={"c2": {"s2"}}, issues={"tz": "invalid_input"},
+    ),
+    "conversion-without-id": Case(
+        [s("s1", "u1", "2024-01-05", "10:00:00"), s("s2", "u2", "2024-01-05", "10:00:00")],
+        [conv(None, "u1"), conv("c2", "u2")],
+        attributed={"c2": {"s2"}}, issues={"(no conv_id #1: user u1 at 2024-01-10 12:00:00)": "invalid_input"},
+    ),
+    "conversion-id-present-twice": Case(
+        [s("s1", "u1", "2024-01-05", "10:00:00"), s("s2", "u2", "2024-01-05", "10:00:00")],
+        [conv("twice", "u1"), conv("twice", "u1", revenue=20.0), conv("c2", "u2")],
+        attributed={"c2": {"s2"}}, issues={"twice": "duplicate_conversion"},
+        ddl=source_ddl(keys=False),
+    ),
+    "conversion-id-present-twice-once-outside-the-range": Case(
+        [s("s1", "u1", "2024-01-05", "10:00:00"), s("s2", "u2", "2024-01-05", "10:00:00")],
+        [conv("twice", "u1"), conv("twice", "u1", date="2024-02-01"), conv("c2", "u2")],
+        attributed={"c2": {"s2"}}, issues={"twice": "duplicate_conversion"},
+        ddl=source_ddl(keys=False),
+    ),
+    "session-without-id": Case(
+        [s(None, "u1", "2024-01-05", "10:00:00"), s("s1", "u1", "2024-01-06", "10:00:00"),
+         s("s2", "u2", "2024-01-05", "10:00:00")],
+        [conv("c1", "u1"), conv("c2", "u2")],
+        costs=[("s1", 1.0), ("s2", 1.0)],
+        attributed={"c2": {"s2"}}, issues={"c1": "invalid_input"},
+    ),
+    "session-id-present-twice-in-a-journey": Case(
+        [s("s1", "u1", "2024-01-05", "10:00:00"), s("s1", "u1", "2024-01-05", "10:00:00"),
+         s("s2", "u2", "2024-01-05", "10:00:00")],
+        [conv("c1", "u1"), conv("c2", "u2")],
+        costs=[("s1", 1.0), ("s2", 1.0)],
+        attributed={"c2": {"s2"}}, issues={"c1": "invalid_input"},
+        ddl=source_ddl(keys=False),
+    ),
+    "session-and-cost-rows-present-twice-outside-any-journey": Case(
+        [s("s1", "u1", DAY, "08:00:00"), s("twice", "u9", DAY, "09:00:00"), s("twice", "u9", DAY, "09:00:00")],
+        [conv("c1", "u1")],
+        costs=[("s1", 1.0), ("twice", 0.75), ("twice", 0.75)],
+        attributed={"c1": {"s1"}},
+        warnings={"duplicated_session_ids": 1},
+        check=lambda db, rows: assert_rows(rows, [("Referral", "1.75")]),
+        ddl=source_ddl(keys=False),
+    ),
+    "integer-ids": Case(
+        [s(1, 10, "2024-01-05", "10:00:00"), s(2, 10, "2024-01-09", "10:00:00"), s(3, 20, "2024-01-05", "10:00:00")],
+        [conv(100, 10), conv(200, 20), conv(300, 30)],
+        attributed={"100": {"1", "2"}, "200": {"3"}}, issues={"300": "no_sessions"},
+        ddl=source_ddl(id_type="INTEGER"),
     ),
     "conversion-date-unreadable": Case(
         [s("s1", "u1", "2024-01-05", "10:00:00")],
@@ -245,7 +312,7 @@ def client():
 @pytest.mark.parametrize("case", [pytest.param(c, id=name) for name, c in CASES.items()])
 def test_bad_input(case: Case, client, tmp_path):
     costs = case.costs if case.costs is not None else [(row[0], 1.0) for row in case.sessions]
-    db = make_db(tmp_path / "db.sqlite", case.sessions, case.conversions, costs)
+    db = make_db(tmp_path / "db.sqlite", case.sessions, case.conversions, costs, ddl=case.ddl)
     sources = source_tables(db)
 
     summary = run_pipeline(db, "r1", case.start, case.end, client, max_journeys=2,
@@ -300,6 +367,13 @@ BAD_PARAMS = [
                  "lookback_days", id="lookback-zero"),
     pytest.param({"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": 2.5}, ValueError,
                  "lookback_days", id="lookback-fraction"),
+    pytest.param({"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": "abc"}, ValueError,
+                 "lookback_days", id="lookback-text"),
+    pytest.param({"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": 99999999}, ValueError,
+                 "lookback_days.*36600", id="lookback-beyond-the-calendar"),
+    pytest.param({"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": True}, ValueError,
+                 "lookback_days", id="lookback-boolean"),
+    pytest.param({"start_date": "2024-01-01"}, RangeError, "end_date is missing", id="start-only"),
 ]
 
 
@@ -308,8 +382,10 @@ def test_bad_params_are_refused_before_any_work(params, error, message, tmp_path
     db = make_db(tmp_path / "db.sqlite", [s("s1", "u1", "2024-01-01", "10:00:00")], [conv("c1", "u1")])
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
     before = db_digest(db)
-    with pytest.raises(error, match=message):
+    with pytest.raises(AirflowFailException, match=message) as failure:
         tasks.setup_tables({"run_id": "manual", "params": params})
+    assert isinstance(failure.value.__cause__, error), "the cause names the param"
+    assert isinstance(failure.value.__cause__, PermanentError), "a bad param is not retried"
     assert db_digest(db) == before, "nothing may happen before the params are known to be good"
 
 
@@ -324,3 +400,28 @@ def test_run_id_with_sql_is_only_data(tmp_path, client):
     assert set(schema.SOURCE_TABLES) <= {
         name for (name,) in sqlite3.connect(db).execute("SELECT name FROM sqlite_master WHERE type = 'table'")
     }
+
+
+def test_channel_name_that_is_not_utf8_is_quarantined_and_exported_verbatim(client, tmp_path):
+    raw = b"Caf\xe9 Ads"  # Latin-1, not UTF-8
+    db = make_db(
+        tmp_path / "db.sqlite",
+        [s("s1", "u1", "2024-01-05", "10:00:00"), s("s2", "u2", "2024-01-05", "10:00:00"),
+         s("s3", "u9", DAY, "10:00:00")],
+        [conv("c1", "u1"), conv("c2", "u2")],
+        [("s1", 1.0), ("s2", 1.0), ("s3", 2.5)],
+    )
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE session_sources SET channel_name = CAST(? AS TEXT) WHERE session_id IN ('s1', 's3')", (raw,))
+    summary = run_pipeline(db, "r1", DAY, DAY, client, output_dir=tmp_path / "out")
+
+    issues = read_table(db, "attribution_issues")
+    assert dict(zip(issues.conv_id, issues.reason)) == {"c1": "invalid_input"}
+    assert "channel_name is not valid UTF-8" in issues.detail.iloc[0]
+    assert summary.attributed == 1
+    with sqlite3.connect(db) as conn:
+        conn.text_factory = bytes
+        stored = dict(conn.execute("SELECT channel_name, cost FROM channel_reporting WHERE date = ?", (DAY,)))
+    assert stored == {raw: 2.5}, "the session outside any journey keeps its spend, under its own bytes"
+    lines = (tmp_path / "out" / f"channel_reporting_{DAY}_{DAY}.csv").read_bytes().splitlines()
+    assert lines[1].startswith(raw + b"," + DAY.encode() + b",2.50,"), "the CSV holds the name's bytes unchanged"

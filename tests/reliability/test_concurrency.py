@@ -16,8 +16,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from include.ihc_server.config import FaultConfig, ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution_dev.server.config import FaultConfig, ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.helpers import random_db
 from tests.reliability.support import (
     API_KEY,

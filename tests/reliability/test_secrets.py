@@ -2,8 +2,9 @@
 
 The whole DAG runs through ``dag.test()`` with env connections and a recognisable key, once
 successfully and once with a wrong key (a 403 failure); then every place a key could leak to is
-searched byte for byte. Each search also looks for something that must be there, so that an
-empty place cannot pass for a clean one.
+searched byte for byte. A key pasted with a trailing newline, or broken by one, is checked the
+same way, in every form it could take (as pasted, stripped, escaped, URL-encoded). Each search
+also looks for something that must be there, so that an empty place cannot pass for a clean one.
 """
 
 from __future__ import annotations
@@ -13,14 +14,15 @@ import os
 import sqlite3
 import traceback
 from pathlib import Path
+from urllib.parse import quote, quote_plus
 
 import pytest
 from airflow.sdk.exceptions import AirflowFailException
 
-from include.attribution import tasks
-from include.attribution.ihc_client import IhcConfigurationError
-from include.ihc_server.config import ServerConfig
-from include.ihc_server.testing import serve
+from ihc_attribution import tasks
+from ihc_attribution.ihc_client import IhcConfigurationError
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.testing import serve
 from tests.helpers import random_db
 from tests.reliability.support import STAGES, connection_env, context, run_stages
 
@@ -129,3 +131,36 @@ def test_wrong_key_fails_without_revealing_either_key(dag, world, capfd, caplog,
         text += repr(exc) + repr(vars(exc)) + repr(exc.args)
     assert "HTTP 403" in text
     _assert_absent("the exception", text, REAL_KEY, WRONG_KEY)
+
+
+def _key_forms(key: str) -> list[str]:
+    """The key as pasted, stripped, escaped and URL-encoded: none of them may appear anywhere."""
+    return [key, key.strip(), repr(key)[1:-1], quote(key, safe=""), quote_plus(key)]
+
+
+def test_a_pasted_key_with_a_trailing_newline_never_appears_in_any_form(world, capfd, caplog):
+    pasted = REAL_KEY + "\n"
+    world["use_key"](pasted)
+    ctx = context("newline", CONF["start_date"], CONF["end_date"])
+    with caplog.at_level(logging.DEBUG):
+        xcom = run_stages(ctx)
+    assert xcom["check_run"]["attributed"] > 0, "the stripped key was accepted"
+    output = capfd.readouterr()
+    logs = output.out + output.err + caplog.text
+    assert "IHC API stage done" in logs, "the task logs were captured"
+    _assert_absent("task logs", logs, *_key_forms(pasted))
+    _assert_absent("XCom", repr(xcom), *_key_forms(pasted))
+    _assert_absent("the pipeline database (staging included)", _sqlite_bytes(world["db"]), *_key_forms(pasted))
+
+
+def test_a_key_with_inner_whitespace_fails_clearly_without_revealing_it(world, capfd, caplog):
+    broken = "sk-REL-5ecret\n-9d41f7"
+    world["use_key"](broken)
+    ctx = context("inner", CONF["start_date"], CONF["end_date"])
+    run_stages(ctx, STAGES[:1])
+    with caplog.at_level(logging.DEBUG), pytest.raises(AirflowFailException, match="whitespace or control") as raised:
+        run_stages(ctx, ("extract_journeys",))
+    text = "".join(traceback.format_exception(raised.value)) + repr(vars(raised.value.__cause__))
+    output = capfd.readouterr()
+    for where, haystack in (("the exception", text), ("task logs", output.out + output.err + caplog.text)):
+        _assert_absent(where, haystack, *_key_forms(broken), "5ecret", "9d41f7")

@@ -92,7 +92,7 @@ def test_zombies_do_not_count_as_running(up):
 
 def test_a_recorded_pid_must_still_be_the_same_program(up):
     state: dict = {}
-    pid = up.start_process("ihc-server", [sys.executable, "-c", SLEEPER, "include.ihc_server"], dict(os.environ), state)
+    pid = up.start_process("ihc-server", [sys.executable, "-c", SLEEPER, "ihc_attribution_dev.server"], dict(os.environ), state)
     assert up.recorded_pid("ihc-server", up.load_state()) == pid
     assert up.running(up.load_state()) == {"ihc-server": pid}
 
@@ -112,7 +112,7 @@ def test_down_with_nothing_running_is_fine(up, capsys):
 
 
 def test_down_removes_pid_files_of_what_it_stopped(up):
-    pid = up.start_process("ihc-server", [sys.executable, "-c", SLEEPER, "include.ihc_server"], dict(os.environ), {})
+    pid = up.start_process("ihc-server", [sys.executable, "-c", SLEEPER, "ihc_attribution_dev.server"], dict(os.environ), {})
     assert up.main(["down", "--timeout", "5"]) == 0
     assert up.group_members(pid) == []
     assert not up.pid_file("ihc-server").exists()
@@ -138,7 +138,7 @@ def test_every_process_gets_the_connections_and_settings(up):
     }
     env = up.stack_env(state, keys)
     ihc = json.loads(env["AIRFLOW_CONN_IHC_API"])
-    assert ihc["password"] == keys["ihc_api_key"] and ihc["port"] == 8765 and ihc["conn_type"] == "http"
+    assert ihc["password"] == keys["ihc_api_key"] and ihc["port"] == 8765 and ihc["conn_type"] == "ihc"
     assert json.loads(env["AIRFLOW_CONN_ATTRIBUTION_DB"])["host"] == "/data/demo.db"
     assert "IHC_API_KEYS" not in env  # only the IHC server itself gets the key that way
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"

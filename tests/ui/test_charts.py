@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from include.attribution import charts
-from include.attribution.export import report_row
+from ihc_attribution import charts
+from ihc_attribution.export import report_row
 
 NASTY = "<script>alert(\"x\")</script> & 'Co' \"quoted\" </svg><b>"
 
@@ -191,11 +191,47 @@ def test_single_day_has_no_trend_chart_and_several_days_have_one():
 
 
 def test_page_loads_nothing_and_runs_nothing():
-    page = charts.render_chart(random_rows(5), "t")
+    url = "http://localhost:8080/plugin/attribution-report/attribution-report/?start=2024-01-01&end=2024-01-07"
+    page = charts.render_chart(random_rows(5), "t", csv_name="channel_reporting_2024-01-01_2024-01-07.csv",
+                               report_url=url)
     parsed = parse(page)
     assert not {"script", "link", "img", "iframe", "object", "embed"} & set(parsed.tags)
-    assert not [name for name, _ in parsed.attrs if name in ("src", "href") or name.startswith("on")]
+    assert not [name for name, _ in parsed.attrs if name == "src" or name.startswith("on")]
+    # Links only: to the CSV beside it, and to the report page of its range.
+    assert [v for name, v in parsed.attrs if name == "href"] == ["channel_reporting_2024-01-01_2024-01-07.csv", url]
     assert "default-src 'none'" in page  # the page's own CSP forbids loading anything
+
+
+def test_daily_spend_and_revenue_each_have_their_own_axis():
+    rows = [report_row("A", "2024-01-01", 1000, 1, 2), report_row("A", "2024-01-02", 500, 1, 4)]
+    page = charts.render_chart(rows, "t")
+    spend, revenue = page.split("<h2>Daily spend, all channels</h2>")[1].split(
+        "<h2>Daily attributed revenue, all channels</h2>")
+    revenue = revenue.split("<h2>")[0]
+    assert "\u20ac1,000.00" in spend and "\u20ac4.00" in revenue  # each axis tops at its own maximum
+    assert "\u20ac1,000.00" not in revenue
+
+
+def test_currency_is_configurable(monkeypatch):
+    rows = [report_row("A", "2024-01-01", 10, 1, 30)]
+    monkeypatch.setenv("ATTRIBUTION_CURRENCY", "gbp")
+    assert table_rows(charts.render_chart(rows, "t"))["A"][0] == "\u00a310.00"
+    monkeypatch.setenv("ATTRIBUTION_CURRENCY", "SEK")
+    assert table_rows(charts.render_chart(rows, "t"))["A"][0] == "SEK\u00a010.00"
+    monkeypatch.setenv("ATTRIBUTION_CURRENCY", "euro")
+    with pytest.raises(ValueError, match="ATTRIBUTION_CURRENCY"):
+        charts.render_chart(rows, "t")
+
+
+def test_report_url_of_a_range(monkeypatch):
+    monkeypatch.setenv("ATTRIBUTION_UI_BASE_URL", "https://airflow.example/")
+    assert charts.report_url("2024-01-01", "2024-01-31") == (
+        "https://airflow.example/plugin/attribution-report/attribution-report/?start=2024-01-01&end=2024-01-31")
+    assert charts.report_url("2024-01-01", "2024-01-01", "http://h:8081", ["A & B"]).endswith(
+        "?start=2024-01-01&end=2024-01-01&channel=A+%26+B")
+    monkeypatch.delenv("ATTRIBUTION_UI_BASE_URL")
+    monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://ui.example:9000")
+    assert charts.ui_base_url() == "http://ui.example:9000"
 
 
 # --- atomic write ------------------------------------------------------------------------------

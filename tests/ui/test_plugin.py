@@ -1,4 +1,5 @@
-"""The "Attribution report" UI plugin: registration, the page, the files it serves, and its auth."""
+"""The "Attribution report" UI plugin: registration, the extra link, the issues and exported files
+pages, the files it serves, and its auth. The report page itself: test_report_view.py."""
 
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from attribution_report import attribution_report_app as report_app
-from attribution_report import attribution_report_sources as sources
-from attribution_report.attribution_report_plugin import URL_PREFIX, LazyApp
+from ihc_attribution.report_ui import app as report_app
+from ihc_attribution.report_ui import plugin as plugin
+from ihc_attribution.report_ui import sources as sources
+from ihc_attribution.report_ui import views as views
+from ihc_attribution.report_ui.plugin import URL_PREFIX, LazyApp
 
 ROOT = Path(__file__).resolve().parents[2]
 PLUGINS = ROOT / "plugins"
@@ -50,7 +53,7 @@ def output(tmp_path, monkeypatch) -> Path:
     out.mkdir()
     touch(out / "channel_reporting_2024-01-01_2024-01-07.csv", "channel_name,date\n", 1_700_000_000)
     touch(out / "channel_reporting_2024-01-01_2024-01-07.html", "<html>week</html>", 1_700_000_100)
-    touch(out / "channel_reporting_2024-01-08_2024-01-08.csv", "channel_name,date\n", 1_700_000_500)
+    touch(out / "channel_reporting_2024-01-08_2024-01-08.csv", "channel_name,date\nA,2024-01-08\n", 1_700_000_500)
     touch(out / "notes.csv", "not a report", 1_700_000_900)
     touch(out / ".channel_reporting_2024-01-09_2024-01-09.csv.abc.tmp", "half written", 1_700_000_900)
     monkeypatch.setenv("ATTRIBUTION_OUTPUT_DIR", str(out))
@@ -84,8 +87,9 @@ def test_plugin_loads_from_the_plugins_folder_alone_and_cheaply():
         f"plugins, errors = _load_plugins_from_plugin_directory(plugins_folder={str(PLUGINS)!r})\n"
         "p = plugins[0]\n"
         "print(json.dumps({'names': [x.name for x in plugins], 'errors': errors,\n"
-        "  'fastapi': 'fastapi' in sys.modules, 'prefix': p.fastapi_apps[0]['url_prefix'],\n"
-        "  'views': p.external_views}))\n"
+        "  'fastapi': 'fastapi' in sys.modules,\n"
+        "  'prefix': p.fastapi_apps[0]['url_prefix'], 'views': p.external_views,\n"
+        "  'links': [type(x).__name__ + ':' + x.name for x in p.global_operator_extra_links]}))\n"
     )
     env = dict(os.environ, AIRFLOW__CORE__LOAD_EXAMPLES="False")
     env.pop("AIRFLOW_CONN_ATTRIBUTION_DB", None)
@@ -96,10 +100,12 @@ def test_plugin_loads_from_the_plugins_folder_alone_and_cheaply():
     assert info["names"] == ["attribution_report"]
     assert info["errors"] == {}
     assert info["fastapi"] is False
+    assert info["links"] == ["AttributionReportLink:Attribution report"]
     assert info["prefix"] == URL_PREFIX == "/attribution-report"
     (view,) = info["views"]
     assert view["href"] == f"{URL_PREFIX}/" and view["url_route"] == "attribution-report"
     assert view["destination"] == "nav"
+    assert view["name"] == "Reports"  # short enough for the navigation bar's label
 
 
 def test_lazy_app_is_built_once_on_the_first_request(monkeypatch, output, issue_db):
@@ -110,32 +116,82 @@ def test_lazy_app_is_built_once_on_the_first_request(monkeypatch, output, issue_
         return report_app.create_app(require_auth=False)
 
     monkeypatch.setattr(report_app, "lazy_test_factory", factory, raising=False)
-    app = LazyApp("attribution_report.attribution_report_app:lazy_test_factory")
+    app = LazyApp("ihc_attribution.report_ui.app:lazy_test_factory")
     assert built == []
     with TestClient(app) as lazy_client:
-        assert lazy_client.get("/").status_code == 200
-        assert lazy_client.get("/").status_code == 200
+        assert lazy_client.get("/issues").status_code == 200
+        assert lazy_client.get("/issues").status_code == 200
     assert built == [1]
 
 
-# --- the page ----------------------------------------------------------------------------------
+# --- the extra link ----------------------------------------------------------------------------
 
 
-def test_page_lists_reports_newest_first_with_their_files(client, output, issue_db):
-    response = client.get("/")
+class Key:
+    def __init__(self, dag_id="ihc_attribution", task_id="export_csv", run_id=RUN_ID, map_index=-1):
+        self.dag_id, self.task_id, self.run_id, self.map_index = dag_id, task_id, run_id, map_index
+
+
+def test_extra_link_opens_the_report_of_the_exports_range(monkeypatch):
+    url = "http://airflow.example/plugin/attribution-report/attribution-report/?start=2024-01-01&end=2024-01-03"
+    results = {RUN_ID: {"path": "/x.csv", "first_date": "2024-01-01", "last_date": "2024-01-03",
+                        "report_url": url}}
+    monkeypatch.setattr(plugin, "_export_result", lambda key: results.get(key.run_id))
+    link = plugin.AttributionReportLink()
+    assert link.get_link(None, ti_key=Key()) == url
+    # only on export_csv of the attribution DAG, and only once it has exported
+    assert link.get_link(None, ti_key=Key(task_id="check_run")) == ""
+    assert link.get_link(None, ti_key=Key(dag_id="other_dag")) == ""
+    assert link.get_link(None, ti_key=Key(run_id="manual__not_exported_yet")) == ""
+
+
+def test_extra_link_of_an_older_export_is_built_from_its_dates(monkeypatch):
+    monkeypatch.setenv("ATTRIBUTION_UI_BASE_URL", "https://airflow.example/base/")
+    link = plugin.report_link_for({"first_date": "2024-01-01", "last_date": "2024-01-31"})
+    assert link == ("https://airflow.example/base/plugin/attribution-report/attribution-report/"
+                    "?start=2024-01-01&end=2024-01-31")
+    assert plugin.report_link_for(None) == "" and plugin.report_link_for({"first_date": 1}) == ""
+
+
+def test_extra_link_never_breaks_the_task_page(monkeypatch):
+    def boom(key):
+        raise RuntimeError("metadata database away")
+
+    monkeypatch.setattr(plugin, "_export_result", boom)
+    assert plugin.AttributionReportLink().get_link(None, ti_key=Key()) == ""
+
+
+# --- exported files ----------------------------------------------------------------------------
+
+
+def test_exports_are_listed_by_range_with_their_files(client, output, issue_db):
+    response = client.get("/exports")
     assert response.status_code == 200
     page = response.text
     week, day = page.index("2024-01-01 &rarr; 2024-01-07"), page.index("2024-01-08 &rarr; 2024-01-08")
-    assert day < week  # written later, listed first
+    assert day < week  # the later range first
     assert 'href="files/channel_reporting_2024-01-01_2024-01-07.html">open chart</a>' in page
     assert 'href="files/channel_reporting_2024-01-01_2024-01-07.csv"' in page
-    assert 'href="files/channel_reporting_2024-01-08_2024-01-08.csv"' in page
+    assert 'href="./?start=2024-01-01&amp;end=2024-01-07">open</a>' in page
     assert "notes.csv" not in page and ".tmp" not in page
     assert str(output) in page
 
 
-def test_page_shows_open_issues_linked_to_their_runs(client, output, issue_db):
-    page = client.get("/").text
+def test_empty_single_day_exports_are_hidden_unless_asked_for(client, output, issue_db):
+    touch(output / "channel_reporting_2024-02-01_2024-02-01.csv", "channel_name,date\n", 1_700_001_000)
+    touch(output / "channel_reporting_2024-02-02_2024-02-02.csv", "channel_name,date\nA,2024-02-02\n",
+          1_700_001_000)
+    page = client.get("/exports").text
+    assert "2024-02-01 &rarr;" not in page and "2024-02-02 &rarr;" in page
+    assert "1 empty export(s) of single days hidden" in page
+    assert "2024-02-01 &rarr;" in client.get("/exports", params={"all": 1}).text
+
+
+# --- issues ------------------------------------------------------------------------------------
+
+
+def test_issues_are_counted_by_reason_and_linked_to_their_runs(client, output, issue_db):
+    page = client.get("/issues").text
     assert "api_partial_failure: 2" in page and "oversized_journey: 1" in page and "3 in total" in page
     assert 'href="../dags/ihc_attribution/runs/manual__2024-01-05T10%3A00%3A00%2B00%3A00" data-airflow-page' in page
     assert "../dags/ihc_attribution/runs/scheduled__2024-01-04T00%3A00%3A00%2B00%3A00" in page
@@ -144,69 +200,46 @@ def test_page_shows_open_issues_linked_to_their_runs(client, output, issue_db):
     assert "<img" not in page and "&lt;img src=x onerror=alert(1)&gt; &amp; more" in page
 
 
-def test_page_limits_the_issues_it_lists(client, output, tmp_path, monkeypatch):
+def test_issues_page_limits_what_it_lists(client, output, tmp_path, monkeypatch):
     rows = [(f"c-{i:04d}", "api_partial_failure", "", RUN_ID, f"2024-01-05 10:{i // 60:02d}:{i % 60:02d}")
-            for i in range(report_app.ISSUES_LIMIT + 25)]
+            for i in range(views.ISSUES_LIMIT + 25)]
     db = make_issue_db(tmp_path / "many.db", rows)
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
-    page = client.get("/").text
-    assert f"Showing the latest {report_app.ISSUES_LIMIT} of {report_app.ISSUES_LIMIT + 25} issues." in page
-    assert page.count("data-airflow-page>") == report_app.ISSUES_LIMIT
+    page = client.get("/issues").text
+    assert f"Showing the latest {views.ISSUES_LIMIT} of {views.ISSUES_LIMIT + 25} issues." in page
+    assert page.count("data-airflow-page>") == views.ISSUES_LIMIT
 
 
-def test_page_without_issues_says_so(client, output, tmp_path, monkeypatch):
+def test_no_issues_says_so(client, output, tmp_path, monkeypatch):
     db = make_issue_db(tmp_path / "clean.db", rows=[])
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
-    assert "No open issues." in client.get("/").text
-
-
-def test_missing_database_is_a_message_and_is_not_created(client, output, tmp_path, monkeypatch):
-    missing = tmp_path / "nowhere" / "attribution.db"
-    monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(missing)}))
-    response = client.get("/")
-    assert response.status_code == 200
-    assert "cannot be read" in response.text and "does not exist" in response.text
-    assert not missing.exists() and not missing.parent.exists()
+    assert "No open issues." in client.get("/issues").text
 
 
 def test_database_without_the_issue_table_is_a_message(client, output, tmp_path, monkeypatch):
     db = tmp_path / "fresh.db"
     sqlite3.connect(db).close()
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
-    response = client.get("/")
+    response = client.get("/issues")
     assert response.status_code == 200
     assert "No issue table yet" in response.text
 
 
-def test_database_is_opened_read_only(client, output, issue_db, monkeypatch):
-    opened = []
-    real_connect = sqlite3.connect
-
-    def spy(database, *args, **kwargs):
-        opened.append((database, kwargs.get("uri")))
-        return real_connect(database, *args, **kwargs)
-
-    monkeypatch.setattr(sources.sqlite3, "connect", spy)
-    before = issue_db.read_bytes()
-    assert "3 in total" in client.get("/").text
-    assert opened and all(database.endswith("?mode=ro") and uri for database, uri in opened)
-    assert issue_db.read_bytes() == before
-
-
 def test_uri_form_of_the_connection_is_understood(client, output, issue_db, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", f"sqlite:///{issue_db}")
-    assert "3 in total" in client.get("/").text
+    assert "3 in total" in client.get("/issues").text
 
 
 def test_malformed_connection_is_a_message(client, output, monkeypatch):
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", "{not json")
-    response = client.get("/")
-    assert response.status_code == 200 and "cannot be read" in response.text
+    for path in ("/", "/issues"):
+        response = client.get(path)
+        assert response.status_code == 200 and "cannot be read" in response.text
 
 
 def test_missing_output_folder_shows_no_reports(client, tmp_path, issue_db, monkeypatch):
     monkeypatch.setenv("ATTRIBUTION_OUTPUT_DIR", str(tmp_path / "not-there"))
-    response = client.get("/")
+    response = client.get("/exports")
     assert response.status_code == 200 and "No report yet" in response.text
 
 
@@ -217,12 +250,24 @@ def test_relative_output_folder_is_taken_from_the_project_root(monkeypatch):
     assert sources.output_dir() == (ROOT / "output").resolve()
 
 
-def test_page_runs_only_its_own_script(client, output, issue_db):
-    response = client.get("/")
+@pytest.mark.parametrize("path", ["/", "/issues", "/exports"])
+def test_pages_run_only_the_plugins_own_scripts(client, output, issue_db, path):
+    response = client.get(path)
     csp = response.headers["content-security-policy"]
-    assert "default-src 'none'" in csp and "script-src 'sha256-" in csp and "unsafe-inline" not in csp.split(
-        "script-src")[1]
-    assert response.text.count("<script>") == 1
+    assert "default-src 'none'" in csp and "script-src 'self';" in csp
+    assert "unsafe-inline" not in csp.split("script-src")[1].split(";")[0]
+    # every script is a file of the plugin: no inline code (a JSON data block is not code)
+    for tag in response.text.split("<script")[1:]:
+        assert ' src="/static/' in tag.split(">")[0] or 'type="application/json"' in tag.split(">")[0]
+
+
+def test_static_files_are_served_and_nothing_else(client):
+    script = client.get("/static/chart.umd.min.js")
+    assert script.status_code == 200 and script.headers["content-type"].startswith("text/javascript")
+    assert "Chart.js v4.6.1" in script.text[:200]
+    assert "MIT License" in client.get("/static/chart.js-LICENSE.md").text
+    for name in ("..%2Fapp.py", "missing.js", ".hidden.js", "report.html.j2"):
+        assert client.get(f"/static/{name}").status_code == 404
 
 
 # --- files -------------------------------------------------------------------------------------
@@ -256,7 +301,8 @@ def test_serves_nothing_else(client, output, name):
 # --- auth --------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["/", "/files/channel_reporting_2024-01-08_2024-01-08.csv", "/icon.svg"])
+@pytest.mark.parametrize("path", ["/", "/issues", "/exports", "/report.csv", "/static/report.js",
+                                  "/files/channel_reporting_2024-01-08_2024-01-08.csv", "/icon.svg"])
 def test_every_route_needs_an_airflow_login(output, path):
     anonymous = TestClient(report_app.create_app())
     assert anonymous.get(path).status_code == 401
@@ -265,6 +311,6 @@ def test_every_route_needs_an_airflow_login(output, path):
 def test_undefined_connection_is_a_message(client, output, monkeypatch):
     monkeypatch.delenv("AIRFLOW_CONN_ATTRIBUTION_DB", raising=False)
     monkeypatch.setenv("ATTRIBUTION_DB_CONN_ID", "attribution_db_not_defined_anywhere")
-    response = client.get("/")
+    response = client.get("/issues")
     assert response.status_code == 200
-    assert "connection &#x27;attribution_db_not_defined_anywhere&#x27; is not defined" in response.text
+    assert "connection &#39;attribution_db_not_defined_anywhere&#39; is not defined" in response.text

@@ -1,21 +1,28 @@
 """Browser test of the local Airflow (``make up``) in headless Chromium.
 
-Logs in, triggers a run of ``ihc_attribution`` over a date range from the UI's trigger form,
-waits for it to succeed, finds it on the DAG's pages, clears one of its tasks and watches it run
-again, and opens the "Attribution report" page.
+Logs in, triggers a run of ``ihc_attribution`` over the demo range from the UI's trigger form,
+waits for it to succeed, finds it on the DAG's pages, follows the run's "Attribution report" link
+to the report of its range and the report's link back to the run, picks a range and two channels
+and sees the figures change, downloads the CSV of the selection and compares it with the
+database, sees the demo's issues, and clears one task and watches it run again.
 Screenshots go to ``docs/img/``. Uses the running local Airflow, or starts one and stops it at
 the end. Opt-in: ``make e2e`` (sets ``RUN_E2E=1``); skipped by ``make test``.
 """
 
 from __future__ import annotations
 
+import csv
 import importlib.util
+import io
+import json
 import os
+import sqlite3
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from decimal import ROUND_HALF_UP, Decimal
 from urllib.parse import quote
 
 import pytest
@@ -25,7 +32,10 @@ pytestmark = pytest.mark.skipif(os.environ.get("RUN_E2E") != "1", reason="browse
 ROOT = Path(__file__).resolve().parents[3]
 BASE = os.environ.get("E2E_BASE_URL", "http://localhost:8080")
 DAG_ID = "ihc_attribution"
-START, END = "2024-01-01", "2024-01-03"
+START, END = "2024-01-01", "2024-01-14"  # the demo's conversions, its bad rows included
+PICK_START, PICK_END = "2024-01-02", "2024-01-08"
+PICK_CHANNELS = ("Paid Search Brand", "Performance Max")
+REPORT_PATH = "/plugin/attribution-report/attribution-report/"  # the report app's pages inside the UI
 SHOTS = Path(os.environ.get("E2E_SCREENSHOT_DIR", ROOT / "docs" / "img"))
 RUN_TIMEOUT_S = float(os.environ.get("E2E_RUN_TIMEOUT", "600"))
 CHROMIUM_FLAGS = [
@@ -165,7 +175,76 @@ def test_trigger_a_range_from_the_form_and_follow_it_to_the_report(page):
     page.wait_for_load_state("networkidle")
     _shot(page, "ui-run-success.png")
 
-    # 4. Clearing one task re-runs just that task: export_csv writes the CSV again.
+    # 4. From the run to its report: the "Attribution report" link of export_csv opens the report
+    #    of the run's range inside the UI; the report links back to the run.
+    page.goto(f"{BASE}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/export_csv/details")
+    extra = page.get_by_role("link", name="Attribution report", exact=True)
+    expect(extra).to_be_visible()
+    assert f"?start={START}&end={END}" in extra.get_attribute("href")
+    _shot(page, "ui-run-report-link.png")
+    extra.click()
+    page.wait_for_url(lambda url: url.startswith(f"{BASE}{REPORT_PATH}?start={START}&end={END}"))
+    report = page.frame_locator('iframe[title="Reports"]')
+    expect(report.get_by_role("heading", name="Attribution report")).to_be_visible()
+    expect(report.locator('input[name="start"]')).to_have_value(START)
+    expect(report.locator('input[name="end"]')).to_have_value(END)
+    expect(report.locator("html[data-charts=drawn]")).to_have_count(1)
+    builds = report.locator("#builds")
+    expect(builds.get_by_role("link", name=run_id).first).to_be_visible()
+    expect(builds).to_contain_text("unlimited")
+    report.locator('[data-figure="spend"]').scroll_into_view_if_needed()
+    _shot(page, "ui-report-of-run.png")
+    builds.get_by_role("link", name=run_id).first.click()
+    page.wait_for_url(f"{BASE}/dags/{DAG_ID}/runs/**")
+    expect(page.locator('iframe[title="Reports"]')).to_have_count(0)
+    expect(page.get_by_text(run_id).first).to_be_visible()
+    page.go_back()
+    page.wait_for_url(f"{BASE}/plugin/attribution-report/**")
+
+    # 5. Pick a range and two channels: the figures and charts change.
+    report = page.frame_locator('iframe[title="Reports"]')
+    before = report.locator('[data-figure="spend"] .v').inner_text()
+    report.locator('input[name="start"]').fill(PICK_START)
+    report.locator('input[name="end"]').fill(PICK_END)
+    for name in PICK_CHANNELS:
+        report.get_by_label(name, exact=True).check()
+    report.get_by_role("button", name="Show").click()
+    expect(report.get_by_role("heading", name=f"{PICK_START} to {PICK_END}, 2 of")).to_be_visible()
+    expect(report.locator("html[data-charts=drawn]")).to_have_count(1)
+    after = report.locator('[data-figure="spend"] .v').inner_text()
+    assert after != before
+    shown = {r.get_attribute("data-channel") for r in report.locator("#channel-totals tbody tr").all()}
+    assert shown == set(PICK_CHANNELS)
+    page.wait_for_url(lambda url: url.startswith(f"{BASE}{REPORT_PATH}?start={PICK_START}&end={PICK_END}"))
+    _shot(page, "ui-attribution-report.png")
+    report.locator("#chart-roas").scroll_into_view_if_needed()
+    _shot(page, "ui-attribution-trends.png")
+
+    # 6. The CSV of the selection holds exactly the database's rows, rounded as the export rounds.
+    with page.expect_download() as download:
+        report.locator("#download-csv").click()
+    got = list(csv.DictReader(io.StringIO(Path(download.value.path()).read_text(encoding="utf-8"))))
+    expected = _db_rows(PICK_START, PICK_END, PICK_CHANNELS)
+    assert len(got) == len(expected) > 0
+    for row, (name, day, cost, ihc, revenue) in zip(got, expected, strict=True):
+        assert (row["channel_name"], row["date"]) == (name, day)
+        assert (Decimal(row["cost"]), Decimal(row["ihc"]), Decimal(row["ihc_revenue"])) == (
+            _q(cost, "0.01"), _q(ihc, "0.0001"), _q(revenue, "0.01"))
+        assert row["ROAS"] == ("" if cost == 0 else str(_q(revenue / cost, "0.0001")))
+        assert row["CPO"] == ("" if ihc == 0 else str(_q(cost / ihc, "0.01")))
+    total = sum(r[2] for r in expected)
+    assert after == f"\u20ac{_q(total, '0.01'):,}"
+
+    # 7. The demo's issues: conversions without sessions and a malformed session, linked to the run.
+    report.get_by_role("link", name="Issues").click()
+    issues = report.locator("#issues")
+    expect(issues).to_be_visible()
+    expect(report.locator("#issue-reasons")).to_contain_text("no_sessions")
+    expect(report.locator("#issue-reasons")).to_contain_text("invalid_input")
+    expect(issues.get_by_role("link", name=run_id).first).to_be_visible()
+    _shot(page, "ui-attribution-issues.png")
+
+    # 8. Clearing one task re-runs just that task: export_csv writes the CSV again.
     csv_file = ROOT / "output" / f"channel_reporting_{START}_{END}.csv"
     written = csv_file.stat().st_mtime if csv_file.exists() else None
     page.goto(f"{BASE}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/tasks/export_csv")
@@ -188,55 +267,45 @@ def test_trigger_a_range_from_the_form_and_follow_it_to_the_report(page):
     if written is not None:
         assert csv_file.stat().st_mtime > written
 
-    # 5. The report page in the UI's navigation lists the range's report.
-    page.goto(f"{BASE}/")
-    page.get_by_role("link", name="Attribution report").or_(
-        page.get_by_role("button", name="Attribution report")).first.click()
-    page.wait_for_url(f"{BASE}/plugin/attribution-report**")
-    report = page.frame_locator('iframe[title="Attribution report"]')
-    expect(report.get_by_role("heading", name="Attribution report")).to_be_visible()
-    expect(report.get_by_text(f"{START} \u2192 {END}").first).to_be_visible()
-    expect(report.get_by_role("link", name=f"channel_reporting_{START}_{END}.csv")).to_be_visible()
-    expect(report.get_by_role("heading", name="Open issues")).to_be_visible()
-    _shot(page, "ui-attribution-report.png")
+    # 9. The exported files: the range's CSV, and its chart opening inside the UI with a CSV link.
+    page.goto(f"{BASE}{REPORT_PATH}exports")
+    report = page.frame_locator('iframe[title="Reports"]')
+    row = report.get_by_role("row", name=f"{START} \u2192 {END}").first
+    expect(row.get_by_role("link", name=f"channel_reporting_{START}_{END}.csv")).to_be_visible()
+    row.get_by_role("link", name="open chart").click()
+    expect(report.get_by_role("heading", name="Spend and attributed revenue per channel")).to_be_visible()
+    expect(report.get_by_role("link", name=f"Download the CSV (channel_reporting_{START}_{END}.csv)")).to_be_visible()
+    _shot(page, "ui-report-chart.png")
 
-    # 6. A run link of the page (as each open issue has) opens the run in the UI itself, not
-    #    inside the page's frame. The demo data has no issue, so the test adds such a link.
-    report.locator("body").evaluate(
-        """(body, href) => { const a = document.createElement("a"); a.href = href; a.textContent = "run";
-                             a.id = "e2e-run-link"; a.setAttribute("data-airflow-page", ""); body.append(a); }""",
-        f"../dags/{DAG_ID}/runs/{quote(run_id, safe='')}",
-    )
-    report.locator("#e2e-run-link").click()
-    page.wait_for_url(f"{BASE}/dags/{DAG_ID}/runs/**")
-    expect(page.locator('iframe[title="Attribution report"]')).to_have_count(0)
-    expect(page.get_by_text(run_id).first).to_be_visible()
-    page.go_back()
-    page.wait_for_url(f"{BASE}/plugin/attribution-report**")
-    expect(report.get_by_role("heading", name="Attribution report")).to_be_visible()
 
-    # 7. Its chart, when the export wrote one, opens inside the UI.
-    chart_link = report.get_by_role("row", name=f"{START} \u2192 {END}").first.get_by_role("link", name="open chart")
-    if chart_link.count():
-        chart_link.click()
-        expect(report.get_by_role("heading", name="Spend and attributed revenue per channel")).to_be_visible()
-        _shot(page, "ui-report-chart.png")
+def _q(value: float, places: str) -> Decimal:
+    return Decimal(repr(float(value))).quantize(Decimal(places), ROUND_HALF_UP)
+
+
+def _db_path() -> str:
+    return json.loads(_airflow_up().load_state()["attribution_db_conn"])["host"]
+
+
+def _db_rows(start: str, end: str, channels: tuple[str, ...]) -> list[tuple]:
+    with sqlite3.connect(f"file:{_db_path()}?mode=ro", uri=True) as conn:
+        return conn.execute(
+            "SELECT channel_name, date, cost, ihc, ihc_revenue FROM channel_reporting "
+            f"WHERE date >= ? AND date <= ? AND channel_name IN ({', '.join('?' for _ in channels)}) "
+            "ORDER BY date, channel_name",
+            (start, end, *channels),
+        ).fetchall()
 
 
 def test_chart_of_the_range_renders_in_the_browser(page, tmp_path):
     """The chart page of the range, built from the database the run just wrote, as a browser shows it."""
-    import json
-
     from playwright.sync_api import expect
 
-    from include.attribution.charts import channel_totals, write_chart
-    from include.attribution.daterange import range_from_params
-    from include.attribution.db import Database
-    from include.attribution.export import read_report
+    from ihc_attribution.charts import channel_totals, write_chart
+    from ihc_attribution.daterange import range_from_params
+    from ihc_attribution.db import Database
+    from ihc_attribution.export import read_report
 
-    state = _airflow_up().load_state()
-    db_path = json.loads(state["attribution_db_conn"])["host"]
-    db = Database.connect_sqlite(db_path)
+    db = Database.connect_sqlite(_db_path())
     try:
         rows = read_report(db, range_from_params({"start_date": START, "end_date": END}))
     finally:

@@ -1,0 +1,190 @@
+"""
+### IHC attribution
+
+For every conversion of the run's range: build its customer journey, ask the IHC attribution
+API how much credit each session earned, store the credit in `attribution_customer_journey`,
+rebuild `channel_reporting` (cost, attributed orders and revenue per channel and day) and export
+it as CSV with CPO and ROAS.
+
+**Range.** A scheduled run handles the conversions of its data interval (one UTC day). A manual
+run gives `start_date` and `end_date` (inclusive, `YYYY-MM-DD`) in the trigger form.
+
+**Connections.** `attribution_db` (the database) and `ihc_api` (the API; the key is the
+password, limits and conversion type are extras); optionally `attribution_alerts`, a webhook
+that gets a line when a run fails or misses its deadline. CSVs go to `$ATTRIBUTION_OUTPUT_DIR`.
+
+Every task can be re-run on its own; conversions that cannot be attributed are listed in
+`attribution_issues` with a reason, and the last task fails the run if one is missing.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta, timezone
+
+from airflow.sdk import (
+    Asset,
+    AsyncCallback,
+    CronDataIntervalTimetable,
+    DeadlineAlert,
+    DeadlineReference,
+    Param,
+    dag,
+    get_current_context,
+    task,
+)
+
+from ihc_attribution.notify import RunFailureNotifier, deadline_missed
+
+# Each task imports its stage when it runs: the stages pull in pandas and requests, which the
+# dag-processor need not load each time it parses this file.
+
+DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
+RETRIES = int(os.environ.get("ATTRIBUTION_TASK_RETRIES", "2"))
+# The earliest data interval the DAG accepts. Backfills and `airflow dags test` refuse logical
+# dates before it, so the default lies before any data this package is likely to see; scheduled
+# runs are unaffected (catchup is off).
+START_DATE = datetime.fromisoformat(os.environ.get("ATTRIBUTION_START_DATE", "2000-01-01")).replace(tzinfo=timezone.utc)
+# Upper bounds of a task attempt: a stage that hangs fails (and is retried) instead of holding
+# the DAG's run slot. The API stage gets longer: it waits for the service.
+TASK_TIMEOUT = timedelta(minutes=float(os.environ.get("ATTRIBUTION_TASK_TIMEOUT_MINUTES", "30")))
+API_TASK_TIMEOUT = timedelta(minutes=float(os.environ.get("ATTRIBUTION_API_TASK_TIMEOUT_MINUTES", "120")))
+# A run still unfinished this many hours after it was queued raises an alert. Opt-in: Airflow
+# 3.3's `dags test` (the local runner) cannot run a DAG that has a deadline.
+DEADLINE_HOURS = float(os.environ.get("ATTRIBUTION_DEADLINE_HOURS") or 0)
+# Every run's API stage takes this many slots of the pool `ihc_api`, whose size is the budget of
+# requests in flight across concurrent runs (backfills run several at once). Keep it equal to
+# the connection's max_concurrency.
+IHC_POOL = "ihc_api"
+IHC_POOL_SLOTS = int(os.environ.get("ATTRIBUTION_IHC_POOL_SLOTS", "4"))
+
+# Updated by every export; the event's extra carries the CSV's path and dates, so other DAGs can
+# schedule on it (`schedule=[Asset("ihc_channel_reporting_csv")]`) and read the file. The URI is
+# fixed (not the output folder) so that one asset stays one asset wherever the files go.
+CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://channel_reporting")
+
+
+@dag(
+    dag_id="ihc_attribution",
+    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    start_date=START_DATE,
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["attribution", "ihc"],
+    default_args={
+        "retries": RETRIES,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "execution_timeout": TASK_TIMEOUT,
+    },
+    on_failure_callback=RunFailureNotifier(),
+    deadline=DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(hours=DEADLINE_HOURS),
+        callback=AsyncCallback(deadline_missed, kwargs={"hours": DEADLINE_HOURS}),
+    )
+    if DEADLINE_HOURS > 0
+    else None,
+    params={
+        "start_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            pattern=DATE_PATTERN,
+            title="Start date",
+            description="First conversion date of a manual run (inclusive, YYYY-MM-DD). "
+            "Leave empty to use the run's data interval.",
+        ),
+        "end_date": Param(
+            None,
+            type=["null", "string"],
+            format="date",
+            pattern=DATE_PATTERN,
+            title="End date",
+            description="Last conversion date of a manual run (inclusive, YYYY-MM-DD).",
+        ),
+        "lookback_days": Param(
+            None,
+            type=["null", "integer"],
+            minimum=1,
+            maximum=36600,
+            title="Look-back window (days)",
+            description="Only sessions at most this many days before a conversion belong to its "
+            "journey. Empty: unlimited. Use the same value for every run over the same data.",
+        ),
+        "reuse_answers": Param(
+            True,
+            type="boolean",
+            title="Reuse earlier answers",
+            description="A journey identical to one an earlier run got an answer for (same sessions, same API "
+            "address and conversion type, within the staging retention) keeps that answer instead of being sent "
+            "again. Turn off to ask the API again for every journey.",
+        ),
+    },
+)
+def ihc_attribution():
+    @task(multiple_outputs=False)
+    def setup_tables() -> dict:
+        from ihc_attribution import tasks
+
+        return tasks.setup_tables(get_current_context())
+
+    @task(multiple_outputs=False)
+    def extract_journeys() -> dict:
+        from ihc_attribution import tasks
+
+        return tasks.extract_journeys(get_current_context())
+
+    @task(multiple_outputs=False)
+    def pack_requests() -> dict:
+        from ihc_attribution import tasks
+
+        return tasks.pack_requests(get_current_context())
+
+    @task(multiple_outputs=False, pool=IHC_POOL, pool_slots=IHC_POOL_SLOTS, execution_timeout=API_TASK_TIMEOUT)
+    def call_ihc_api() -> dict:
+        from ihc_attribution import tasks
+
+        return tasks.call_ihc_api(get_current_context())
+
+    @task(multiple_outputs=False)
+    def load_attribution() -> dict:
+        from ihc_attribution import tasks
+
+        return tasks.load_attribution(get_current_context())
+
+    @task(multiple_outputs=False)
+    def build_report() -> dict:
+        from ihc_attribution import tasks
+
+        return tasks.build_report(get_current_context())
+
+    @task(multiple_outputs=False, outlets=[CHANNEL_REPORT])
+    def export_csv() -> dict:
+        from ihc_attribution import tasks
+
+        context = get_current_context()
+        result = tasks.export_csv(context)
+        context["outlet_events"][CHANNEL_REPORT].extra = result
+        return result
+
+    @task(multiple_outputs=False)
+    def check_run() -> dict:
+        from ihc_attribution import tasks
+
+        return tasks.check_run(get_current_context())
+
+    (
+        setup_tables()
+        >> extract_journeys()
+        >> pack_requests()
+        >> call_ihc_api()
+        >> load_attribution()
+        >> build_report()
+        >> export_csv()
+        >> check_run()
+    )
+
+
+ihc_attribution()

@@ -1,0 +1,303 @@
+"""Stages 3 and 4: pack journeys into API requests, and send them with checkpoints.
+
+Packing writes the plan (which journey goes into which request) to staging. Sending reads the
+requests not yet answered, sends them concurrently through the IHC hook (or client), and commits
+each answer together with the request's ``done`` mark, so a re-run after a crash or a failure
+sends only what was not answered before: API calls cost quota.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from ihc_attribution.db import Database
+from ihc_attribution.ihc_client import (
+    IhcError,
+    IhcRejectedJourneysError,
+    IhcRequest,
+    IhcResult,
+    IhcRetriesExhaustedError,
+    SendProgress,
+    SendSummary,
+)
+from ihc_attribution.journeys import API_REJECTED, OVERSIZED
+from ihc_attribution.packing import OVERSIZE_POLICIES, apply_oversize_policy, lower_bound, pack_journeys
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PackSummary:
+    """Counts of the packing stage."""
+
+    journeys: int = 0
+    sessions: int = 0
+    requests: int = 0
+    lower_bound: int = 0
+    truncated: int = 0
+    skipped: int = 0
+    reused: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+class IhcApi(Protocol):
+    """What sends requests: :class:`~ihc_attribution.ihc_hook.IhcHook` or ``IhcClient``."""
+
+    def compute_ihc(
+        self,
+        requests: Iterable[IhcRequest],
+        on_result: Callable[[IhcResult], None],
+        *,
+        progress: Callable[[SendProgress], None] | None = None,
+        total: int | None = None,
+        summary: SendSummary | None = None,
+    ) -> SendSummary: ...
+
+
+def pack_requests(
+    db: Database,
+    run_id: str,
+    *,
+    max_journeys: int,
+    max_sessions: int,
+    oversized_policy: str = "truncate",
+) -> PackSummary:
+    """Plan the run's API requests: whole journeys, under both limits, close to the fewest.
+
+    A journey longer than ``max_sessions`` is never split. With the ``truncate`` policy it is
+    sent cut to its most recent ``max_sessions`` sessions; with ``skip`` it is not sent. Either
+    way it is recorded as ``oversized_journey``. Replaces the run's plan; answers kept from an
+    earlier attempt of the run for the same journey (same fingerprint, same size sent) are
+    reused instead of planned again.
+    """
+    if oversized_policy not in OVERSIZE_POLICIES:
+        raise ValueError(f"oversized_journey_policy must be one of {OVERSIZE_POLICIES}, not {oversized_policy!r}")
+    if max_journeys < 1 or max_sessions < 1:
+        raise ValueError("max_journeys_per_request and max_sessions_per_request must be at least 1")
+    summary = PackSummary()
+    with db.transaction():
+        for table in ("attribution_stg_requests", "attribution_stg_request_journeys"):
+            db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+        db.execute(
+            "DELETE FROM attribution_stg_issues WHERE run_id = ? AND reason IN (?, ?)",
+            (run_id, OVERSIZED, API_REJECTED),
+        )
+        journeys_sizes = dict(
+            db.query(
+                "SELECT conv_id, n_sessions FROM attribution_stg_conversions "
+                "WHERE run_id = ? AND status = 'ready' ORDER BY conv_id",
+                (run_id,),
+            )
+        )
+        outcome = apply_oversize_policy(journeys_sizes, max_sessions, oversized_policy)
+        sizes = outcome.sizes
+        issues = [
+            (run_id, c, OVERSIZED, f"sent truncated to its latest {max_sessions} of {n} sessions")
+            for c, n in sorted(outcome.truncated.items())
+        ] + [
+            (run_id, c, OVERSIZED, f"not sent: {n} sessions, over the limit of {max_sessions} per request")
+            for c, n in sorted(outcome.skipped.items())
+        ]
+        summary.truncated, summary.skipped = len(outcome.truncated), len(outcome.skipped)
+        if issues:
+            db.executemany(
+                "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?)", issues
+            )
+        answered = dict(
+            db.query("SELECT conv_id, n_sent FROM attribution_stg_answered WHERE run_id = ?", (run_id,))
+        )
+        reused = {c for c, n in sizes.items() if answered.get(c) == n}
+        stale = [(run_id, c) for c in answered if c not in reused]
+        for table in ("attribution_stg_answered", "attribution_stg_results"):
+            db.executemany(f"DELETE FROM {table} WHERE run_id = ? AND conv_id = ?", stale)
+        to_send = {c: n for c, n in sizes.items() if c not in reused}
+        summary.reused = len(reused)
+        bins = pack_journeys(to_send, max_journeys, max_sessions)
+        db.executemany(
+            "INSERT INTO attribution_stg_requests (run_id, request_no, n_journeys, n_sessions, status) "
+            "VALUES (?, ?, ?, ?, 'pending')",
+            [(run_id, no, len(b), sum(to_send[c] for c in b)) for no, b in enumerate(bins)],
+        )
+        db.executemany(
+            "INSERT INTO attribution_stg_request_journeys (run_id, conv_id, request_no) VALUES (?, ?, ?)",
+            [(run_id, conv_id, no) for no, b in enumerate(bins) for conv_id in b],
+        )
+    summary.journeys = len(to_send)
+    summary.sessions = sum(to_send.values())
+    summary.requests = len(bins)
+    summary.lower_bound = lower_bound(to_send, max_journeys, max_sessions) if to_send else 0
+    return summary
+
+
+_REQUEST_ROWS_SQL = """
+SELECT j.conv_id, s.session_id, s.event_ts, s.channel_name, s.holder_engagement,
+       s.closer_engagement, s.conversion, s.impression_interaction
+FROM attribution_stg_request_journeys j
+JOIN attribution_stg_sessions s ON s.run_id = j.run_id AND s.conv_id = j.conv_id
+WHERE j.run_id = ? AND j.request_no = ?
+ORDER BY j.conv_id, s.event_ts DESC, s.session_id DESC
+"""
+
+
+def build_request(db: Database, run_id: str, request_no: int, max_sessions: int) -> IhcRequest:
+    """The API payload rows of one planned request, each journey in time order.
+
+    Rows come newest first, so an oversized journey (``truncate`` policy) keeps its latest
+    ``max_sessions`` sessions; each journey is then put back in time order.
+    """
+    rows: list[dict] = []
+    journey: list[dict] = []
+    current = None
+    for conv_id, session_id, ts, channel, holder, closer, conversion, impression in db.query(
+        _REQUEST_ROWS_SQL, (run_id, request_no)
+    ):
+        if conv_id != current:
+            rows.extend(reversed(journey))
+            current, journey = conv_id, []
+        if len(journey) == max_sessions:
+            continue
+        journey.append(
+            {
+                "conversion_id": conv_id,
+                "session_id": session_id,
+                "timestamp": ts,
+                "channel_label": channel,
+                "holder_engagement": int(holder),
+                "closer_engagement": int(closer),
+                "conversion": int(conversion),
+                "impression_interaction": int(impression),
+            }
+        )
+    rows.extend(reversed(journey))
+    return IhcRequest(request_id=request_no, rows=rows)
+
+
+def send_requests(
+    db: Database,
+    run_id: str,
+    api: IhcApi,
+    *,
+    max_sessions: int,
+    max_rejected_share: float = 1.0,
+    progress: Callable[[SendProgress], None] | None = None,
+    summary: SendSummary | None = None,
+) -> SendSummary:
+    """Send the run's unanswered requests and checkpoint each answer as it arrives.
+
+    :param api: sends the requests (the IHC hook in the DAG).
+    :param max_rejected_share: once every answer is stored, fail when the service rejected at
+        least this share of the run's journeys sent (1.0: only when it rejected all of them).
+    :param progress: called after each finished request.
+    :param summary: counters to fill in (so a caller sees them even when this raises).
+    :raises IhcError: when the API refuses the configuration or an answer, or retries are
+        exhausted; the answers received until then are kept, and the unanswered requests are
+        marked failed. :class:`IhcRejectedJourneysError` for too many rejected journeys.
+    """
+    summary = summary if summary is not None else SendSummary()
+    states = db.query(
+        "SELECT request_no, status FROM attribution_stg_requests WHERE run_id = ? ORDER BY request_no", (run_id,)
+    )
+    pending = [no for no, status in states if status != "done"]
+    summary.requests_total = len(states)
+    summary.requests_already_done = len(states) - len(pending)
+
+    def requests() -> Iterator[IhcRequest]:
+        for no in pending:
+            yield build_request(db, run_id, no, max_sessions)
+
+    def on_result(result: IhcResult) -> None:
+        no = int(result.request_id)
+        with db.transaction():
+            db.execute(
+                "DELETE FROM attribution_stg_results WHERE run_id = ? AND conv_id IN "
+                "(SELECT conv_id FROM attribution_stg_request_journeys WHERE run_id = ? AND request_no = ?)",
+                (run_id, run_id, no),
+            )
+            db.executemany(
+                "INSERT INTO attribution_stg_results "
+                "(run_id, conv_id, session_id, initializer, holder, closer, ihc) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (run_id, r.conversion_id, r.session_id, r.initializer, r.holder, r.closer, r.ihc)
+                    for r in result.rows
+                ],
+            )
+            # Remember what was answered, so that redoing the run does not send it again. Read
+            # from the request's journeys (CROSS JOIN keeps that order on SQLite), not from all
+            # the run's results, so each answer costs the same however many came before it.
+            db.execute(
+                "INSERT INTO attribution_stg_answered (run_id, conv_id, journey_hash, n_sent) "
+                "SELECT r.run_id, r.conv_id, k.journey_hash, COUNT(*) FROM attribution_stg_request_journeys j "
+                "CROSS JOIN attribution_stg_results r "
+                "JOIN attribution_stg_journey_keys k ON k.run_id = r.run_id AND k.conv_id = r.conv_id "
+                "WHERE j.run_id = ? AND j.request_no = ? AND r.run_id = j.run_id AND r.conv_id = j.conv_id "
+                "GROUP BY r.run_id, r.conv_id, k.journey_hash "
+                "ON CONFLICT (run_id, conv_id) DO UPDATE SET "
+                "journey_hash = excluded.journey_hash, n_sent = excluded.n_sent",
+                (run_id, no),
+            )
+            if result.failed:
+                db.executemany(
+                    "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (run_id, conv_id, reason) DO UPDATE SET detail = excluded.detail",
+                    [(run_id, f.conversion_id, API_REJECTED, f"IHC API: {f.message}") for f in result.failed],
+                )
+            db.execute(
+                "UPDATE attribution_stg_requests SET status = 'done', attempts = attempts + ?, "
+                "http_status = ?, error = NULL WHERE run_id = ? AND request_no = ?",
+                (result.attempts, result.status_code, run_id, no),
+            )
+
+    try:
+        api.compute_ihc(requests(), on_result, progress=progress, total=len(pending), summary=summary)
+    except IhcError as exc:
+        answered = {
+            no for (no,) in db.query(
+                "SELECT request_no FROM attribution_stg_requests WHERE run_id = ? AND status = 'done'", (run_id,)
+            )
+        }
+        summary.unanswered = [no for no in pending if no not in answered]
+        message = str(exc)[:1000]
+        with db.transaction():
+            db.executemany(
+                "UPDATE attribution_stg_requests SET status = 'failed', error = ? WHERE run_id = ? AND request_no = ?",
+                [(message, run_id, no) for no in summary.unanswered],
+            )
+        kind = "retries exhausted" if isinstance(exc, IhcRetriesExhaustedError) else "request refused"
+        log.error(
+            "IHC API %s: %d of %d requests unanswered (numbers %s); a re-run sends only those",
+            kind, len(summary.unanswered), summary.requests_total, _preview(summary.unanswered),
+        )
+        raise
+    _check_rejected_share(db, run_id, max_rejected_share)
+    return summary
+
+
+def _check_rejected_share(db: Database, run_id: str, max_share: float) -> None:
+    """Fail when the service rejected ``max_share`` or more of the run's journeys sent."""
+    sent = db.scalar(
+        "SELECT COUNT(*) FROM attribution_stg_request_journeys j JOIN attribution_stg_requests r "
+        "ON r.run_id = j.run_id AND r.request_no = j.request_no WHERE j.run_id = ? AND r.status = 'done'",
+        (run_id,),
+    )
+    rejected = db.query(
+        "SELECT conv_id, detail FROM attribution_stg_issues WHERE run_id = ? AND reason = ? ORDER BY conv_id",
+        (run_id, API_REJECTED),
+    )
+    if sent and len(rejected) / sent >= max_share:
+        examples = "; ".join(f"{conv_id}: {detail}" for conv_id, detail in rejected[:3])
+        raise IhcRejectedJourneysError(
+            f"the IHC API rejected {len(rejected)} of {sent} journeys sent (at least the extra "
+            f"max_rejected_share={max_share:g} of them), e.g. {examples}. The answers are stored and the "
+            "rejections recorded as api_rejected; not retried: fix the journeys or the conversion type, "
+            "or raise max_rejected_share"
+        )
+
+
+def _preview(numbers: list[int], limit: int = 20) -> str:
+    text = ", ".join(str(n) for n in numbers[:limit])
+    return text + (f", ... ({len(numbers) - limit} more)" if len(numbers) > limit else "")

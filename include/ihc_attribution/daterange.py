@@ -1,0 +1,174 @@
+"""The range of conversions a run handles.
+
+A run handles the conversions whose timestamp falls in a half-open interval ``[start, end)``.
+Scheduled runs take it from Airflow's data interval; manual runs give inclusive dates in the
+params ``start_date`` and ``end_date`` (``end_date`` 2024-01-31 means up to 2024-02-01 00:00:00).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ihc_attribution.errors import PermanentError
+
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+TS_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+#: The longest look-back accepted (100 years): beyond it, date arithmetic leaves the calendar
+#: (SQLite's datetime() gives NULL), and "unlimited" (no value) says what is meant.
+MAX_LOOKBACK_DAYS = 36_600
+
+
+class RangeError(PermanentError, ValueError):
+    """The run's range cannot be determined, or a date param is invalid."""
+
+
+class ParamError(PermanentError, ValueError):
+    """A param of the run has a value the pipeline does not accept."""
+
+
+def parse_lookback_days(value: Any) -> int | None:
+    """The ``lookback_days`` param: None (unlimited) when not given, else whole days in [1, 36600].
+
+    Nothing is coerced: text that is not a whole number, fractions, booleans, 0 and negative
+    values are refused, so that a typo cannot silently change whose sessions a journey holds.
+
+    :raises ParamError: naming the param and the accepted values.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    days = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        days = value
+    elif isinstance(value, float) and value.is_integer():
+        days = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
+        days = int(value.strip())
+    if days is None or not 1 <= days <= MAX_LOOKBACK_DAYS:
+        raise ParamError(
+            f"param lookback_days={value!r} must be a whole number of days from 1 to {MAX_LOOKBACK_DAYS}, "
+            "or empty for an unlimited look-back"
+        )
+    return days
+
+
+@dataclass(frozen=True)
+class RunRange:
+    """A half-open UTC interval ``[start, end)`` of conversion timestamps (naive, UTC)."""
+
+    start: dt.datetime
+    end: dt.datetime
+
+    def __post_init__(self) -> None:
+        if self.end <= self.start:
+            raise RangeError(f"empty range: end {self.end} is not after start {self.start}")
+
+    @property
+    def start_ts(self) -> str:
+        """Start as ``YYYY-MM-DD HH:MM:SS``, comparable with the database's timestamps."""
+        return self.start.strftime(TS_FORMAT)
+
+    @property
+    def end_ts(self) -> str:
+        """End (exclusive) as ``YYYY-MM-DD HH:MM:SS``."""
+        return self.end.strftime(TS_FORMAT)
+
+    @property
+    def first_date(self) -> dt.date:
+        """First calendar date the range touches."""
+        return self.start.date()
+
+    @property
+    def last_date(self) -> dt.date:
+        """Last calendar date the range touches (inclusive)."""
+        return (self.end - dt.timedelta(microseconds=1)).date()
+
+    def dates(self) -> list[str]:
+        """Every calendar date the range touches, as ``YYYY-MM-DD``."""
+        days = (self.last_date - self.first_date).days
+        return [(self.first_date + dt.timedelta(days=i)).isoformat() for i in range(days + 1)]
+
+    @property
+    def label(self) -> str:
+        """``<first date>_<last date>``, used in file names."""
+        return f"{self.first_date.isoformat()}_{self.last_date.isoformat()}"
+
+
+def parse_date_param(name: str, value: Any) -> dt.date | None:
+    """Parse an inclusive ``YYYY-MM-DD`` date param; ``None`` or empty means not given.
+
+    :raises RangeError: naming the param, when the value is not a real calendar date.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, dt.datetime):
+        return value.date()
+    if isinstance(value, dt.date):
+        return value
+    text = str(value).strip()
+    if not _DATE_RE.fullmatch(text):
+        raise RangeError(f"param {name}={value!r} is not a date in the form YYYY-MM-DD")
+    try:
+        return dt.date.fromisoformat(text)
+    except ValueError as exc:
+        raise RangeError(f"param {name}={value!r} is not a valid calendar date: {exc}") from None
+
+
+def _as_naive_utc(value: Any) -> dt.datetime:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    # A pendulum DateTime is a datetime subclass; keep a plain datetime.
+    return dt.datetime(value.year, value.month, value.day, value.hour, value.minute, value.second)
+
+
+def range_from_params(params: Mapping[str, Any]) -> RunRange | None:
+    """The range given by the ``start_date``/``end_date`` params, or None if neither is set.
+
+    :raises RangeError: when only one is set, one is malformed, or start is after end.
+    """
+    start = parse_date_param("start_date", params.get("start_date"))
+    end = parse_date_param("end_date", params.get("end_date"))
+    if start is None and end is None:
+        return None
+    if start is None or end is None:
+        missing = "start_date" if start is None else "end_date"
+        raise RangeError(f"param {missing} is missing: give both start_date and end_date, or neither")
+    if start > end:
+        raise RangeError(f"param start_date={start} is after end_date={end}")
+    return RunRange(
+        dt.datetime.combine(start, dt.time()),
+        dt.datetime.combine(end + dt.timedelta(days=1), dt.time()),
+    )
+
+
+def resolve_run_range(
+    params: Mapping[str, Any] | None,
+    data_interval_start: Any = None,
+    data_interval_end: Any = None,
+) -> RunRange:
+    """The run's range: the params when given, else the data interval.
+
+    :raises RangeError: with a message saying what to do, when neither is available.
+    """
+    from_params = range_from_params(params or {})
+    if from_params is not None:
+        return from_params
+    if data_interval_start is None or data_interval_end is None:
+        raise RangeError(
+            "this run has no data interval and no start_date/end_date params: trigger it with "
+            'params, e.g. {"start_date": "2024-01-01", "end_date": "2024-01-31"}'
+        )
+    start, end = _as_naive_utc(data_interval_start), _as_naive_utc(data_interval_end)
+    if end <= start:
+        raise RangeError(
+            f"the data interval [{start}, {end}) is empty: schedule the DAG with a "
+            "CronDataIntervalTimetable, or give start_date/end_date params"
+        )
+    return RunRange(start, end)

@@ -1,0 +1,183 @@
+"""Stage 7: export the report of the run's dates as CSV, with CPO and ROAS.
+
+``CPO = cost / ihc`` and ``ROAS = ihc_revenue / cost``; where the denominator is 0 the cell is
+empty, never ``inf``, ``NaN`` or 0. Money is rounded half-up to the cent, ``ihc`` and ``ROAS``
+to 4 decimals. The file is written to a temporary name and renamed into place, so readers see
+either the previous complete file or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from pathlib import Path
+from typing import TextIO
+
+from ihc_attribution.daterange import RunRange
+from ihc_attribution.db import Database
+
+STALE_TMP_SECONDS = 600
+CSV_COLUMNS = ("channel_name", "date", "cost", "ihc", "ihc_revenue", "CPO", "ROAS")
+_CENT = Decimal("0.01")
+_FOUR = Decimal("0.0001")
+# Spreadsheets run a cell starting with one of these as a formula (CSV injection).
+_FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+
+
+@dataclass(frozen=True)
+class ReportRow:
+    """One row of the exported report, ratios included (None where undefined)."""
+
+    channel_name: str
+    date: str
+    cost: Decimal
+    ihc: Decimal
+    ihc_revenue: Decimal
+    cpo: Decimal | None
+    roas: Decimal | None
+
+
+def to_decimal(value: float | int | Decimal | None) -> Decimal:
+    """A database number as an exact Decimal (NULL is 0), for sums that are rounded only at the end."""
+    # repr() gives the shortest decimal that round-trips, so 2.675 stays 2.675 and rounds up.
+    return Decimal(repr(float(value or 0)))
+
+
+def ratios(cost: Decimal, ihc: Decimal, ihc_revenue: Decimal) -> tuple[Decimal | None, Decimal | None]:
+    """``(CPO, ROAS)`` of unrounded sums, rounded as the report shows them.
+
+    CPO = cost / ihc, half-up to the cent; ROAS = ihc_revenue / cost, half-up to 4 decimals.
+    Each is ``None`` where its denominator is 0: undefined, never ``inf``, ``NaN`` or 0. The CSV,
+    the chart next to it and the report page all take their ratios from here.
+    """
+    cpo = (cost / ihc).quantize(_CENT, ROUND_HALF_UP) if ihc != 0 else None
+    roas = (ihc_revenue / cost).quantize(_FOUR, ROUND_HALF_UP) if cost != 0 else None
+    return cpo, roas
+
+
+def round_money(value: Decimal) -> Decimal:
+    """Half-up to the cent, as every amount of the report is shown."""
+    return value.quantize(_CENT, ROUND_HALF_UP)
+
+
+def round_ihc(value: Decimal) -> Decimal:
+    """Half-up to 4 decimals, as attributed orders (and ROAS) are shown."""
+    return value.quantize(_FOUR, ROUND_HALF_UP)
+
+
+def report_row(channel_name: str, date: str, cost: float, ihc: float, ihc_revenue: float) -> ReportRow:
+    """Round one ``channel_reporting`` row and add its ratios."""
+    c, i, r = to_decimal(cost), to_decimal(ihc), to_decimal(ihc_revenue)
+    cpo, roas = ratios(c, i, r)
+    return ReportRow(
+        channel_name=channel_name,
+        date=str(date),
+        cost=round_money(c),
+        ihc=round_ihc(i),
+        ihc_revenue=round_money(r),
+        cpo=cpo,
+        roas=roas,
+    )
+
+
+def read_report(db: Database, run_range: RunRange) -> list[ReportRow]:
+    """The report rows of the range's dates, ordered by date and channel."""
+    rows = db.query(
+        "SELECT channel_name, date, cost, ihc, ihc_revenue FROM channel_reporting "
+        "WHERE date >= ? AND date <= ? ORDER BY date, channel_name",
+        (run_range.first_date.isoformat(), run_range.last_date.isoformat()),
+    )
+    return [report_row(*row) for row in rows]
+
+
+def safe_cell(text: str, escape_formulas: bool = False) -> str:
+    """The cell's text; with ``escape_formulas``, text a spreadsheet would run as a formula gets an apostrophe.
+
+    Off by default: the CSV is the report's data, read by other programs through the asset, and
+    must hold the names exactly as stored. Turn it on (``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``) only
+    when the files are opened in spreadsheets by people who do not control the channel names.
+    """
+    if escape_formulas and text.startswith(_FORMULA_PREFIXES):
+        return "'" + text
+    return text
+
+
+@contextlib.contextmanager
+def atomic_write(path: Path) -> Iterator[TextIO]:
+    """Open a text file that replaces ``path`` only once complete.
+
+    The content goes to a temporary file in the same folder, which is synced and renamed over
+    ``path`` when the block ends; readers see the previous complete file or the new one. On an
+    error the temporary file is removed and ``path`` is left as it was.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A write killed before the rename leaves its temporary file: clear old leftovers (not one
+    # a concurrent writer may be filling right now).
+    for stale in path.parent.glob(f".{path.name}.*.tmp"):
+        if time.time() - stale.stat().st_mtime > STALE_TMP_SECONDS:
+            stale.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        # surrogateescape writes bytes that are not valid UTF-8 back exactly as the database holds them.
+        with os.fdopen(fd, "w", newline="", encoding="utf-8", errors="surrogateescape") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def escape_formulas_setting() -> bool:
+    """``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``: 1/true/yes turns formula escaping on (default off)."""
+    value = os.environ.get("ATTRIBUTION_CSV_ESCAPE_FORMULAS", "").strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise ValueError(f"ATTRIBUTION_CSV_ESCAPE_FORMULAS={value!r} must be 1/true/yes or 0/false/no")
+
+
+def write_rows(handle: TextIO, rows: Iterable[ReportRow], *, escape_formulas: bool = False) -> None:
+    """Write the header and the rows as CSV to an open text file: the one format of every report CSV."""
+    writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in rows:
+        writer.writerow(
+            [
+                safe_cell(row.channel_name, escape_formulas),
+                row.date,
+                row.cost,
+                row.ihc,
+                row.ihc_revenue,
+                "" if row.cpo is None else row.cpo,
+                "" if row.roas is None else row.roas,
+            ]
+        )
+
+
+def write_csv(rows: list[ReportRow], path: Path, *, escape_formulas: bool = False) -> Path:
+    """Write the rows to ``path`` atomically (see :func:`atomic_write`), values exactly as stored."""
+    with atomic_write(path) as handle:
+        write_rows(handle, rows, escape_formulas=escape_formulas)
+    return path
+
+
+def csv_path(output_dir: str | Path, run_range: RunRange) -> Path:
+    """``<output_dir>/channel_reporting_<first date>_<last date>.csv``."""
+    return Path(output_dir) / f"channel_reporting_{run_range.label}.csv"
+
+
+def export_report(db: Database, run_range: RunRange, output_dir: str | Path) -> tuple[Path, int]:
+    """Export the report of the range's dates; return the file's path and its row count."""
+    rows = read_report(db, run_range)
+    path = write_csv(rows, csv_path(output_dir, run_range))
+    return path, len(rows)

@@ -1,0 +1,196 @@
+"""Airflow hook for the IHC attribution API: an Airflow connection -> :class:`IhcClient`.
+
+Shaped like the HTTP provider's ``HttpHook``: the connection is looked up lazily in
+:meth:`IhcHook.get_conn` (never in ``__init__``, so DAG files can build the hook at parse time),
+the client is cached, and the settings live in the connection's extra, validated once by
+:class:`~ihc_attribution.ihc_client.IhcSettings`.
+
+The connection (type ``ihc``; type ``http`` is still read, with a deprecation warning):
+
+* ``host``: ``api.ihc-attribution.com``, or a full URL such as ``http://127.0.0.1:8080``;
+* ``schema``: URL scheme when ``host`` has none (default ``https``), as in ``HttpHook``;
+* ``port``: optional;
+* ``password``: the API key (``login`` is not used); surrounding whitespace is dropped;
+* ``extra``: the fields of ``IhcSettings`` but ``base_url``; ``conv_type_id`` is required.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlparse
+
+from airflow.sdk import BaseHook
+
+from ihc_attribution.ihc_client import (
+    IhcClient,
+    IhcConfigurationError,
+    IhcRequest,
+    IhcResult,
+    IhcSettings,
+    SendProgress,
+    SendSummary,
+    clean_api_key,
+    parse_settings,
+)
+from ihc_attribution.provider import CONN_FIELDS, CONN_TYPE, UI_FIELD_BEHAVIOUR
+
+def build_base_url(host: str | None, schema: str | None = None, port: int | None = None) -> str:
+    """Build the service URL from connection fields the way ``HttpHook`` does (default https).
+
+    :param host: host name, or a URL with scheme (and possibly port and path prefix).
+    :param schema: scheme used when ``host`` has none: ``http`` or ``https`` (default).
+    :param port: appended unless ``host`` already carries a port.
+    :raises IhcConfigurationError: when the host is missing or the scheme is not http(s).
+    """
+    host = (host or "").strip()
+    if not host:
+        raise IhcConfigurationError("the IHC connection has no host; set it, e.g. api.ihc-attribution.com")
+    if "://" not in host:
+        host = f"{(schema or 'https').strip().lower()}://{host}"
+    parsed = urlparse(host)
+    if parsed.scheme not in ("http", "https"):
+        raise IhcConfigurationError(
+            f"the IHC connection must use http or https, got scheme {parsed.scheme!r} "
+            "(the connection's schema field is the URL scheme)"
+        )
+    if port and parsed.port is None:
+        host = parsed._replace(netloc=f"{parsed.netloc}:{int(port)}").geturl()
+    return host.rstrip("/")
+
+
+class IhcHook(BaseHook):
+    """Interact with the IHC attribution API through an Airflow connection.
+
+    :param ihc_conn_id: connection with the service URL, the API key as password and the
+        settings as extras (see the module docstring).
+    :param sleep: waits between attempts, passed to :class:`IhcClient` (tests turn them off).
+    """
+
+    conn_name_attr = "ihc_conn_id"
+    default_conn_name = "ihc_api"
+    conn_type = CONN_TYPE
+    hook_name = "IHC Attribution API"
+
+    def __init__(self, ihc_conn_id: str = default_conn_name, *, sleep: Callable[[float], None] | None = None) -> None:
+        super().__init__()
+        self.ihc_conn_id = ihc_conn_id
+        self._sleep = sleep
+        self._client: IhcClient | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(ihc_conn_id={self.ihc_conn_id!r})"
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Return custom field behaviour for the connection form (see :mod:`ihc_attribution.provider`)."""
+        return UI_FIELD_BEHAVIOUR
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """Return the form fields of :data:`CONN_FIELDS` (needs ``wtforms``, as the old UI does)."""
+        from wtforms import IntegerField, StringField
+        from wtforms.validators import NumberRange, Optional
+
+        widgets: dict[str, Any] = {}
+        for name, spec in CONN_FIELDS.items():
+            schema = spec["schema"]
+            if "integer" in schema["type"]:
+                widgets[name] = IntegerField(spec["label"], default=schema.get("default"),
+                                             validators=[Optional(), NumberRange(min=schema["minimum"])])
+            else:
+                widgets[name] = StringField(spec["label"], description=spec.get("description"))
+        return widgets
+
+    def get_conn(self) -> IhcClient:
+        """Read the connection (first call only) and return the cached :class:`IhcClient`.
+
+        :raises IhcConfigurationError: when the connection lacks a host or key or has bad extras.
+        """
+        if self._client is None:
+            connection = self.get_connection(self.ihc_conn_id)
+            where = f"connection {self.ihc_conn_id!r}"
+            if connection.conn_type != CONN_TYPE:
+                self.log.warning("%s has conn_type %r: this is deprecated, change its conn_type to %r",
+                                 where, connection.conn_type, CONN_TYPE)
+            # Extras saved by a connection form may carry the type as a prefix.
+            extra = {name.rpartition("__")[2]: value for name, value in connection.extra_dejson.items()}
+            base_url = build_base_url(connection.host, connection.schema, connection.port)
+            settings = parse_settings({"base_url": base_url, **extra}, where)
+            clean_api_key(connection.password, where)
+            self._client = IhcClient(api_key=connection.password, sleep=self._sleep, **settings.model_dump())
+            self.log.info(
+                "IHC API at %s, conv_type_id %r, limits %d journeys / %d sessions per request, "
+                "%d concurrent, %d retries, timeout %g s",
+                settings.base_url, settings.conv_type_id, settings.max_journeys_per_request,
+                settings.max_sessions_per_request, settings.max_concurrency, settings.max_retries, settings.timeout,
+            )
+        return self._client
+
+    @property
+    def settings(self) -> IhcSettings:
+        """Typed settings of the connection (reads the connection on first use)."""
+        return self.get_conn().settings
+
+    def compute_ihc(
+        self,
+        requests: Iterable[IhcRequest],
+        on_result: Callable[[IhcResult], None],
+        *,
+        progress: Callable[[SendProgress], None] | None = None,
+        total: int | None = None,
+        summary: SendSummary | None = None,
+    ) -> SendSummary:
+        """Send packed requests and deliver each validated answer; see :meth:`IhcClient.compute_ihc`."""
+        return self.get_conn().compute_ihc(requests, on_result, progress=progress, total=total, summary=summary)
+
+    def on_kill(self) -> None:
+        """Stop sending: no new request or retry, waits cut short."""
+        if self._client is not None:
+            self._client.cancel()
+
+    @contextmanager
+    def stop_on_sigterm(self) -> Iterator[None]:
+        """Within the block, SIGTERM (how Airflow cancels a task) first stops this hook's requests.
+
+        The previous handler still runs afterwards. Outside the main thread this does nothing.
+        """
+        previous: Any = None
+
+        def handler(signum: int, frame: Any) -> None:
+            self.on_kill()
+            if callable(previous):
+                previous(signum, frame)
+
+        try:
+            previous = signal.signal(signal.SIGTERM, handler)
+            installed = True
+        except ValueError:  # not the main thread
+            installed = False
+        try:
+            yield
+        finally:
+            if installed:
+                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+    def close(self) -> None:
+        """Close the client's HTTP session (the next call opens a new one)."""
+        if self._client is not None:
+            self._client.close()
+
+    def test_connection(self) -> tuple[bool, str]:
+        """Send a one-journey request and report whether a valid answer came back."""
+        row = {"conversion_id": "connection-test", "session_id": "connection-test-session",
+               "timestamp": "2024-01-01 12:00:00", "channel_label": "Direct Traffic", "holder_engagement": 1,
+               "closer_engagement": 1, "conversion": 1, "impression_interaction": 0}
+        try:
+            result = self.get_conn().send_one(IhcRequest("connection-test", [row]))
+        except Exception as error:
+            return False, f"{type(error).__name__}: {error}"
+        if result.failed:
+            return False, f"the test journey failed at the service: {result.failed[0].message}"
+        source = " (local IHC double)" if result.local_double else ""
+        return True, (f"IHC API at {self.settings.base_url}{source} attributed a test journey for conv_type_id "
+                      f"{self.settings.conv_type_id!r} (statusCode {result.status_code})")

@@ -1,0 +1,513 @@
+"""Stage 2: find the run's conversions, check the input, and build their customer journeys.
+
+A journey is every session of the conversion's user whose timestamp is strictly before the
+conversion's timestamp (optionally limited by a look-back window). Journeys are built in SQL on
+the database side; Python only validates the conversions of the run and the sessions of their
+users, in bounded batches, so that malformed input is quarantined with a reason instead of
+being compared as text and silently dropped.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+
+import pandas as pd
+
+from ihc_attribution.daterange import RunRange
+from ihc_attribution.db import Database, is_valid_text, storable
+from ihc_attribution.schema import STAGING_TABLES
+
+# Reasons recorded in attribution_issues.
+NO_SESSIONS = "no_sessions"
+INVALID_INPUT = "invalid_input"
+DUPLICATE = "duplicate_conversion"
+UNPLACEABLE = "unplaceable_conversion"
+OVERSIZED = "oversized_journey"
+API_REJECTED = "api_rejected"
+
+# ASCII digits only: \d also matches other scripts' digits (full-width ２０２４ among them).
+_DATE_RE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
+_TIME_RE = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
+_MAX_DETAIL_ITEMS = 5
+_LENIENT_DATE_RE = r"^\s*([0-9]{4})[-/.]([0-9]{2})[-/.]([0-9]{2})"
+
+# Conversions whose date is in the run's days by text comparison, plus (on SQLite, where a DATE
+# column holds any text) every conversion whose date is not a real YYYY-MM-DD date, so that a
+# malformed date cannot hide from validation. date(x, '+0 days') gives NULL for text SQLite
+# cannot read and moves impossible days (2023-09-31) to real ones, so it differs from x then.
+_CANDIDATES_SQL = """
+SELECT conv_id, user_id, CAST(conv_date AS TEXT), CAST(conv_time AS TEXT), revenue,
+       CASE WHEN conv_date >= ? AND conv_date <= ? THEN 1 ELSE 0 END AS by_date
+FROM conversions
+WHERE (conv_date >= ? AND conv_date <= ?) OR {malformed}
+"""
+_MALFORMED_DATE = {
+    "sqlite": "conv_date IS NULL OR typeof(conv_date) <> 'text' OR date(conv_date, '+0 days') IS NOT conv_date",
+    # A DATE column cannot hold a malformed value on PostgreSQL.
+    "postgresql": "conv_date IS NULL",
+}
+# Conversion ids present more than once (a source table without its primary key): which row is
+# the order, and with which revenue, cannot be known.
+_DUPLICATE_CONVERSIONS_SQL = "SELECT conv_id, COUNT(*) FROM conversions GROUP BY conv_id HAVING COUNT(*) > 1"
+# Session ids of the converting users that are present more than once anywhere in the table.
+_DUPLICATE_SESSIONS_SQL = """
+SELECT session_id, COUNT(*) FROM session_sources
+WHERE session_id IN (
+    SELECT session_id FROM session_sources WHERE user_id IN (
+        SELECT user_id FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'
+    )
+)
+GROUP BY session_id HAVING COUNT(*) > 1
+"""
+
+_USER_SESSIONS_SQL = """
+SELECT s.session_id, s.user_id, CAST(s.event_date AS TEXT), CAST(s.event_time AS TEXT), s.channel_name,
+       s.holder_engagement, s.closer_engagement, s.impression_interaction
+FROM session_sources s
+WHERE s.user_id IN (
+    SELECT user_id FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'
+)
+"""
+
+# The conversion flag marks the latest session of each journey; equal timestamps are broken by
+# the larger session id so the choice is deterministic.
+_JOURNEYS_SQL = """
+INSERT INTO attribution_stg_sessions (
+    run_id, conv_id, session_id, event_ts, channel_name,
+    holder_engagement, closer_engagement, impression_interaction, conversion
+)
+SELECT c.run_id, c.conv_id, s.session_id,
+       s.event_date || ' ' || s.event_time,
+       s.channel_name, s.holder_engagement, s.closer_engagement, s.impression_interaction,
+       CASE WHEN ROW_NUMBER() OVER (
+           PARTITION BY c.conv_id
+           ORDER BY s.event_date DESC, s.event_time DESC, s.session_id DESC
+       ) = 1 THEN 1 ELSE 0 END
+FROM attribution_stg_conversions c
+JOIN session_sources s ON s.user_id = c.user_id
+WHERE c.run_id = ? AND c.status = 'ready'
+  AND ({event_date} < c.conv_date OR ({event_date} = c.conv_date AND {event_time} < c.conv_time))
+  {lookback}
+"""
+# The staged conversion's date and time are text; PostgreSQL compares DATE and TIME columns
+# with text only once cast (SQLite stores them as text already, and keeps its index use).
+_SESSION_DATE = {"sqlite": "s.event_date", "postgresql": "CAST(s.event_date AS TEXT)"}
+_SESSION_TIME = {"sqlite": "s.event_time", "postgresql": "CAST(s.event_time AS TEXT)"}
+_LOOKBACK = {
+    "sqlite": "AND s.event_date || ' ' || s.event_time >= datetime(c.conv_date || ' ' || c.conv_time, ?)",
+    "postgresql": (
+        "AND (s.event_date || ' ' || s.event_time) >= "
+        "to_char((c.conv_date || ' ' || c.conv_time)::timestamp - (? || ' days')::interval, "
+        "'YYYY-MM-DD HH24:MI:SS')"
+    ),
+}
+
+
+def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
+    """The statement that stages the run's journeys (parameters: run id[, look-back])."""
+    return _JOURNEYS_SQL.format(
+        lookback=_LOOKBACK[dialect] if lookback else "",
+        event_date=_SESSION_DATE[dialect],
+        event_time=_SESSION_TIME[dialect],
+    )
+
+
+@dataclass
+class ExtractSummary:
+    """Counts of the extraction stage (all small: safe for XCom)."""
+
+    conversions: int = 0
+    journeys: int = 0
+    sessions: int = 0
+    invalid_input: int = 0
+    duplicates: int = 0
+    no_sessions: int = 0
+    unplaceable: int = 0
+    max_journey_sessions: int = 0
+    reused_answers: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+# Kept when a run's staging is rebuilt: report dates only ever accumulate, and answers are
+# reused for journeys whose fingerprint did not change (see _fingerprint_journeys).
+_KEPT_ON_REBUILD = ("attribution_stg_report_dates", "attribution_stg_results", "attribution_stg_answered")
+
+
+def clear_run_staging(db: Database, run_id: str) -> None:
+    """Delete the run's staging rows, except report dates and reusable answers."""
+    for table in STAGING_TABLES:
+        if table not in _KEPT_ON_REBUILD:
+            db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
+
+
+def extract_journeys(
+    db: Database,
+    run_id: str,
+    run_range: RunRange,
+    *,
+    lookback_days: int | None = None,
+    created_at: str = "",
+    answer_scope: str = "",
+    reuse_answers: bool = True,
+) -> ExtractSummary:
+    """Stage the run's conversions and journeys, quarantining what cannot be attributed.
+
+    Runs in one transaction and replaces the run's staging, so it is safe to re-run.
+
+    :param answer_scope: what else decides an answer besides the journey (the API's address,
+        conversion type and redistribution settings); part of every journey's fingerprint.
+    :param reuse_answers: let journeys whose fingerprint another run's answer was given for keep
+        that answer instead of being sent again (see :func:`_reuse_other_runs_answers`).
+    """
+    summary = ExtractSummary()
+    with db.transaction():
+        clear_run_staging(db, run_id)
+        db.execute(
+            "INSERT INTO attribution_runs (run_id, range_start, range_end, created_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+            "range_start = excluded.range_start, range_end = excluded.range_end",
+            (run_id, run_range.start_ts, run_range.end_ts, created_at),
+        )
+        _stage_conversions(db, run_id, run_range, summary)
+        _quarantine_invalid_sessions(db, run_id, lookback_days, summary)
+        params: list = [run_id]
+        if lookback_days is not None:
+            params.append(f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days))
+        db.execute(journeys_sql(db.dialect, lookback=lookback_days is not None), params)
+        db.execute(
+            "UPDATE attribution_stg_conversions SET n_sessions = ("
+            " SELECT COUNT(*) FROM attribution_stg_sessions s"
+            " WHERE s.run_id = attribution_stg_conversions.run_id"
+            " AND s.conv_id = attribution_stg_conversions.conv_id)"
+            " WHERE run_id = ? AND status = 'ready'",
+            (run_id,),
+        )
+        db.execute(
+            "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) "
+            "SELECT run_id, conv_id, ?, ? FROM attribution_stg_conversions "
+            "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
+            (NO_SESSIONS, "no session of the user before the conversion", run_id),
+        )
+        summary.no_sessions = db.execute(
+            "UPDATE attribution_stg_conversions SET status = ? "
+            "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
+            (NO_SESSIONS, run_id),
+        )
+        _fingerprint_journeys(db, run_id, answer_scope)
+        if reuse_answers:
+            summary.reused_answers = _reuse_other_runs_answers(db, run_id)
+        row = db.query(
+            "SELECT COUNT(*), COALESCE(SUM(n_sessions), 0), COALESCE(MAX(n_sessions), 0) "
+            "FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'",
+            (run_id,),
+        )[0]
+        summary.journeys, summary.sessions, summary.max_journey_sessions = (int(v) for v in row)
+    return summary
+
+
+def _fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> None:
+    """Record a fingerprint of every staged journey and drop answers that no longer fit.
+
+    The fingerprint covers everything the API sees of a journey, and ``answer_scope``; an answer
+    kept from an earlier attempt of the run is reused only when it was given for the same
+    fingerprint.
+    """
+    keys: list[tuple[str, str, str]] = []
+    digest, current = None, None
+    for batch in db.iter_query(
+        "SELECT conv_id, session_id, event_ts, channel_name, holder_engagement, closer_engagement, "
+        "impression_interaction, conversion FROM attribution_stg_sessions WHERE run_id = ? "
+        "ORDER BY conv_id, event_ts, session_id",
+        (run_id,),
+    ):
+        for conv_id, *fields in batch:
+            if conv_id != current:
+                if digest is not None:
+                    keys.append((run_id, current, digest.hexdigest()))
+                current, digest = conv_id, hashlib.sha256(answer_scope.encode())
+            digest.update(repr(fields).encode())
+    if digest is not None:
+        keys.append((run_id, current, digest.hexdigest()))
+    db.executemany(
+        "INSERT INTO attribution_stg_journey_keys (run_id, conv_id, journey_hash) VALUES (?, ?, ?)", keys
+    )
+    db.execute(
+        "DELETE FROM attribution_stg_answered WHERE run_id = ? AND NOT EXISTS ("
+        " SELECT 1 FROM attribution_stg_journey_keys k WHERE k.run_id = attribution_stg_answered.run_id"
+        " AND k.conv_id = attribution_stg_answered.conv_id"
+        " AND k.journey_hash = attribution_stg_answered.journey_hash)",
+        (run_id,),
+    )
+    db.execute(
+        "DELETE FROM attribution_stg_results WHERE run_id = ? AND NOT EXISTS ("
+        " SELECT 1 FROM attribution_stg_answered a WHERE a.run_id = attribution_stg_results.run_id"
+        " AND a.conv_id = attribution_stg_results.conv_id)",
+        (run_id,),
+    )
+
+
+# Another run's answer for a journey with the same fingerprint (the same sessions, sent to the
+# same API address and conversion type): the oldest such run, so the choice is deterministic.
+_SOURCE_RUN = """(
+    SELECT MIN(a.run_id) FROM attribution_stg_answered a
+    WHERE a.conv_id = k.conv_id AND a.journey_hash = k.journey_hash AND a.run_id <> k.run_id
+)"""
+_UNANSWERED_KEYS = """
+FROM attribution_stg_journey_keys k
+JOIN {table} src ON src.conv_id = k.conv_id AND src.run_id = {source}
+WHERE k.run_id = ? AND NOT EXISTS (
+    SELECT 1 FROM attribution_stg_answered mine WHERE mine.run_id = k.run_id AND mine.conv_id = k.conv_id
+)
+"""
+
+
+def _reuse_other_runs_answers(db: Database, run_id: str) -> int:
+    """Copy the answers other runs got for journeys identical to this run's unanswered ones.
+
+    The service answers a journey from the journey alone (it normalises each journey it is sent
+    whole), so an identical journey sent again would cost quota for the same numbers. This is
+    what makes a fresh run after a crash, a second ``make run`` of a range or a re-triggered
+    run send only what was never answered. Answers are kept as long as their run's staging
+    (``$ATTRIBUTION_STAGING_RETENTION_DAYS``). Returns the number of journeys reused.
+    """
+    results = _UNANSWERED_KEYS.format(table="attribution_stg_results", source=_SOURCE_RUN)
+    db.execute(
+        "INSERT INTO attribution_stg_results (run_id, conv_id, session_id, initializer, holder, closer, ihc) "
+        f"SELECT k.run_id, src.conv_id, src.session_id, src.initializer, src.holder, src.closer, src.ihc {results}",
+        (run_id,),
+    )
+    answered = _UNANSWERED_KEYS.format(table="attribution_stg_answered", source=_SOURCE_RUN)
+    return db.execute(
+        "INSERT INTO attribution_stg_answered (run_id, conv_id, journey_hash, n_sent) "
+        f"SELECT k.run_id, src.conv_id, src.journey_hash, src.n_sent {answered}",
+        (run_id,),
+    )
+
+
+def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: ExtractSummary) -> None:
+    first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
+    sql = _CANDIDATES_SQL.format(malformed=_MALFORMED_DATE[db.dialect])
+    rows = db.query(sql, (first, last, first, last))
+    frame = pd.DataFrame(
+        rows, columns=["conv_id", "user_id", "conv_date", "conv_time", "revenue", "by_date"], dtype=object
+    )
+    if frame.empty:
+        return
+    # A conversion without an id is recorded under a name that says so and where it is.
+    missing_id = frame["conv_id"].isna() | frame["conv_id"].astype(str).str.strip().eq("")
+    frame.loc[missing_id, "conv_id"] = [
+        f"(no conv_id #{n}: user {r.user_id} at {r.conv_date} {r.conv_time})"
+        for n, r in enumerate(frame[missing_id].itertuples(), start=1)
+    ]
+    frame["conv_id"] = frame["conv_id"].astype(str).map(storable)
+    problems = conversion_problems(frame)
+    problems[missing_id] = problems[missing_id].map(lambda p: f"conv_id is empty, {p}" if p else "conv_id is empty")
+    valid = problems.eq("")
+    ts = frame["conv_date"].astype(str) + " " + frame["conv_time"].astype(str)
+    in_range = valid & ts.ge(run_range.start_ts) & ts.lt(run_range.end_ts)
+
+    # An invalid conversion belongs to this run when its date, read leniently (the leading
+    # year, month and day of the text, so that '2024-03-05T10:00:00Z' and '2024/03/05' belong
+    # to 2024-03-05; no timezone is read, so one odd row cannot fail the run), is in the
+    # run's days; one whose date cannot be read at all belongs to no run and every run reports it.
+    parts = frame["conv_date"].map(lambda v: v if isinstance(v, str) else None).str.extract(_LENIENT_DATE_RE)
+    lenient = pd.to_datetime(parts[0] + "-" + parts[1] + "-" + parts[2], format="%Y-%m-%d", errors="coerce")
+    lenient_in_range = lenient.between(pd.Timestamp(run_range.first_date), pd.Timestamp(run_range.last_date))
+    by_date = frame["by_date"].astype(int).eq(1)
+    invalid_here = ~valid & (by_date | lenient_in_range)
+    unplaceable = ~valid & ~invalid_here & lenient.isna()
+
+    duplicates = _duplicate_conversions(db, frame["conv_id"][in_range | invalid_here])
+    duplicated = frame["conv_id"].isin(duplicates) & (in_range | invalid_here)
+    ready = frame[in_range & ~duplicated]
+    invalid = frame[invalid_here & ~duplicated]
+    staged = [
+        (run_id, r.conv_id, r.user_id, r.conv_date, r.conv_time, _to_float(r.revenue), "ready")
+        for r in ready.itertuples(index=False)
+    ] + [
+        (run_id, r.conv_id, _to_text(r.user_id), _to_text(r.conv_date), _to_text(r.conv_time), None, INVALID_INPUT)
+        for r in invalid.itertuples(index=False)
+    ] + [
+        (run_id, conv_id, None, None, None, None, DUPLICATE) for conv_id in sorted(duplicates)
+    ]
+    db.executemany(
+        "INSERT INTO attribution_stg_conversions "
+        "(run_id, conv_id, user_id, conv_date, conv_time, revenue, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        staged,
+    )
+    issues = [(run_id, cid, INVALID_INPUT, f"conversion: {p}") for cid, p in zip(invalid["conv_id"], problems[invalid.index])]
+    issues += [
+        (run_id, cid, UNPLACEABLE, f"conversion: {p}; it cannot be placed in any run's range")
+        for cid, p in zip(frame.loc[unplaceable, "conv_id"], problems[unplaceable])
+    ]
+    issues += [
+        (run_id, conv_id, DUPLICATE, f"conv_id is present {n} times in conversions; which row is the order is unknown")
+        for conv_id, n in sorted(duplicates.items())
+    ]
+    _insert_issues(db, issues)
+    summary.conversions = len(ready) + len(invalid) + len(duplicates)
+    summary.invalid_input = len(invalid)
+    summary.duplicates = len(duplicates)
+    summary.unplaceable = int(unplaceable.sum())
+
+
+def _duplicate_conversions(db: Database, conv_ids: pd.Series) -> dict[str, int]:
+    """Of ``conv_ids``, those present more than once in ``conversions``, with their counts."""
+    wanted = set(conv_ids)
+    counts = {storable(str(conv_id)): int(n) for conv_id, n in db.query(_DUPLICATE_CONVERSIONS_SQL) if conv_id is not None}
+    return {conv_id: n for conv_id, n in counts.items() if conv_id in wanted}
+
+
+def _quarantine_invalid_sessions(
+    db: Database, run_id: str, lookback_days: int | None, summary: ExtractSummary
+) -> None:
+    """Quarantine the run's conversions whose journey would include a malformed session.
+
+    Malformed: a field that is missing or out of its domain (see :func:`session_problems`), or a
+    session id present more than once in ``session_sources``, whose channel and time are then
+    ambiguous.
+    """
+    bad_sessions: list[tuple[str, str, str | None, str]] = []
+    columns = [
+        "session_id", "user_id", "event_date", "event_time", "channel_name",
+        "holder_engagement", "closer_engagement", "impression_interaction",
+    ]
+    duplicated = {sid: int(n) for sid, n in db.query(_DUPLICATE_SESSIONS_SQL, (run_id,))}
+    for batch in db.iter_query(_USER_SESSIONS_SQL, (run_id,), batch_size=50_000):
+        frame = pd.DataFrame(batch, columns=columns, dtype=object)
+        problems = session_problems(frame)
+        if duplicated:
+            counts = frame["session_id"].map(duplicated)
+            dup = counts.notna()
+            problems[dup] = [
+                f"{p}, present {int(n)} times in session_sources" if p else f"present {int(n)} times in session_sources"
+                for p, n in zip(problems[dup], counts[dup])
+            ]
+        bad = problems.ne("")
+        if bad.any():
+            sub = frame[bad]
+            ts_ok = _valid_date(sub["event_date"]) & _valid_time(sub["event_time"])
+            text = sub["event_date"].astype(str) + " " + sub["event_time"].astype(str)
+            ts = [t if ok else None for t, ok in zip(text, ts_ok)]
+            bad_sessions.extend(zip(sub["session_id"], sub["user_id"], ts, problems[bad]))
+    if not bad_sessions:
+        return
+    conversions = db.query(
+        "SELECT conv_id, user_id, conv_date || ' ' || conv_time FROM attribution_stg_conversions "
+        "WHERE run_id = ? AND status = 'ready'",
+        (run_id,),
+    )
+    by_user: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for conv_id, user_id, conv_ts in conversions:
+        by_user[str(user_id)].append((conv_id, conv_ts))
+    affected: dict[str, list[str]] = defaultdict(list)
+    for session_id, user_id, ts, problem in bad_sessions:
+        session_id = "(none)" if session_id is None else storable(str(session_id))
+        for conv_id, conv_ts in by_user.get(str(user_id), ()):
+            # A session with an unreadable timestamp may or may not precede the conversion:
+            # the journey cannot be known, so the conversion is quarantined either way.
+            if ts is None or (ts < conv_ts and _within_lookback(ts, conv_ts, lookback_days)):
+                affected[conv_id].append(f"session {session_id}: {problem}")
+    issues = []
+    for conv_id, items in sorted(affected.items()):
+        detail = "; ".join(items[:_MAX_DETAIL_ITEMS])
+        if len(items) > _MAX_DETAIL_ITEMS:
+            detail += f"; and {len(items) - _MAX_DETAIL_ITEMS} more"
+        issues.append((run_id, conv_id, INVALID_INPUT, detail))
+    db.executemany(
+        "UPDATE attribution_stg_conversions SET status = ? WHERE run_id = ? AND conv_id = ?",
+        [(INVALID_INPUT, run_id, conv_id) for conv_id in affected],
+    )
+    _insert_issues(db, issues)
+    summary.invalid_input += len(affected)
+
+
+def _within_lookback(ts: str, conv_ts: str, lookback_days: int | None) -> bool:
+    if lookback_days is None:
+        return True
+    limit = dt.datetime.fromisoformat(conv_ts) - dt.timedelta(days=lookback_days)
+    return dt.datetime.fromisoformat(ts) >= limit
+
+
+def _insert_issues(db: Database, issues: list[tuple[str, str, str, str]]) -> None:
+    if issues:
+        db.executemany(
+            "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (run_id, conv_id, reason) DO NOTHING",
+            issues,
+        )
+
+
+# --- validation (vectorised: one pass per column over a batch) ---------------------------------
+
+
+def _valid_date(values: pd.Series) -> pd.Series:
+    text = values.astype(str)
+    shaped = values.map(lambda v: isinstance(v, str)) & text.str.fullmatch(_DATE_RE)
+    parsed = pd.to_datetime(text.where(shaped, None), format="%Y-%m-%d", errors="coerce")
+    return shaped & parsed.notna()
+
+
+def _valid_time(values: pd.Series) -> pd.Series:
+    return values.map(lambda v: isinstance(v, str)) & values.astype(str).str.fullmatch(_TIME_RE)
+
+
+def _valid_text(values: pd.Series) -> pd.Series:
+    """False for text that was not valid UTF-8 in the database (see :func:`db.is_valid_text`)."""
+    return values.map(lambda v: not isinstance(v, str) or is_valid_text(v))
+
+
+def _valid_flag(values: pd.Series) -> pd.Series:
+    return values.map(lambda v: not isinstance(v, (str, bytes)) and v in (0, 1))
+
+
+def _collect(checks: list[tuple[pd.Series, str]], index: pd.Index) -> pd.Series:
+    problems = pd.Series([""] * len(index), index=index, dtype=object)
+    for ok, message in checks:
+        bad = ~ok.astype(bool)
+        problems[bad] = problems[bad].map(lambda p, m=message: f"{p}, {m}" if p else m)
+    return problems
+
+
+def conversion_problems(frame: pd.DataFrame) -> pd.Series:
+    """For each conversion row, a description of what is malformed ("" when valid)."""
+    revenue = pd.to_numeric(frame["revenue"].map(lambda v: None if isinstance(v, str) else v), errors="coerce")
+    checks = [
+        (_valid_date(frame["conv_date"]), "conv_date is not a YYYY-MM-DD date"),
+        (_valid_time(frame["conv_time"]), "conv_time is not a HH:MM:SS time"),
+        (frame["user_id"].notna() & frame["user_id"].astype(str).str.strip().ne(""), "user_id is empty"),
+        (_valid_text(frame["conv_id"]) & _valid_text(frame["user_id"]), "an id is not valid UTF-8"),
+        (revenue.notna() & revenue.ge(0) & revenue.lt(float("inf")), "revenue is missing, negative or not a number"),
+    ]
+    return _collect(checks, frame.index)
+
+
+def session_problems(frame: pd.DataFrame) -> pd.Series:
+    """For each session row, a description of what is malformed ("" when valid)."""
+    channel = frame["channel_name"]
+    session_id = frame["session_id"]
+    checks = [
+        (session_id.notna() & session_id.astype(str).str.strip().ne(""), "session_id is empty"),
+        (_valid_text(session_id), "session_id is not valid UTF-8"),
+        (_valid_text(channel), "channel_name is not valid UTF-8"),
+        (_valid_date(frame["event_date"]), "event_date is not a YYYY-MM-DD date"),
+        (_valid_time(frame["event_time"]), "event_time is not a HH:MM:SS time"),
+        (channel.map(lambda v: isinstance(v, str)) & channel.astype(str).str.strip().ne(""), "channel_name is empty"),
+        (_valid_flag(frame["holder_engagement"]), "holder_engagement is not 0 or 1"),
+        (_valid_flag(frame["closer_engagement"]), "closer_engagement is not 0 or 1"),
+        (_valid_flag(frame["impression_interaction"]), "impression_interaction is not 0 or 1"),
+    ]
+    return _collect(checks, frame.index)
+
+
+def _to_float(value: object) -> float | None:
+    return None if value is None else float(value)  # type: ignore[arg-type]
+
+
+def _to_text(value: object) -> str | None:
+    return None if value is None else storable(str(value))

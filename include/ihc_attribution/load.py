@@ -1,0 +1,115 @@
+"""Stage 5: publish the run's answers to ``attribution_customer_journey`` and its issues.
+
+In one transaction: the attribution rows of every conversion of the run are replaced by the
+staged answers, the run's issues replace the earlier issues of those conversions, and the
+report dates the change affects (dates credited before and after, and the run's own dates) are
+recorded for the report stage.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass
+
+from ihc_attribution.daterange import RunRange
+from ihc_attribution.db import Database
+from ihc_attribution.errors import PermanentError
+
+SUM_TOLERANCE = 1e-6
+
+
+class LoadError(PermanentError, RuntimeError):
+    """The staged answers are incomplete or inconsistent; nothing was published."""
+
+
+@dataclass
+class LoadSummary:
+    """Counts of the load stage."""
+
+    conversions_attributed: int = 0
+    rows: int = 0
+    issues: int = 0
+    report_dates: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+_RUN_CONVS = "SELECT conv_id FROM attribution_stg_conversions WHERE run_id = ?"
+_RUN_ISSUE_CONVS = "SELECT conv_id FROM attribution_stg_issues WHERE run_id = ?"
+
+
+def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded_at: str | None = None) -> LoadSummary:
+    """Replace the attribution and issues of the run's conversions with the staged answers.
+
+    :raises LoadError: when a planned request has no answer or an answered journey does not
+        sum to 1; the tables are left as they were.
+    """
+    recorded_at = recorded_at or dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    summary = LoadSummary()
+    with db.transaction():
+        unanswered = db.scalar(
+            "SELECT COUNT(*) FROM attribution_stg_requests WHERE run_id = ? AND status <> 'done'", (run_id,)
+        )
+        if unanswered:
+            raise LoadError(f"{unanswered} API requests of run {run_id} have no answer: re-run the call_ihc_api task")
+        bad = db.query(
+            "SELECT conv_id, SUM(ihc) FROM attribution_stg_results WHERE run_id = ? "
+            "GROUP BY conv_id HAVING ABS(SUM(ihc) - 1) > ?",
+            (run_id, SUM_TOLERANCE),
+        )
+        if bad:
+            raise LoadError(f"{len(bad)} journeys do not sum to 1, e.g. {bad[0][0]}: {bad[0][1]}")
+
+        # Dates credited before the change, so that report rows losing credit are rebuilt too.
+        _add_report_dates(
+            db,
+            run_id,
+            "SELECT DISTINCT ?, s.event_date FROM attribution_customer_journey a "
+            "JOIN session_sources s ON s.session_id = a.session_id "
+            f"WHERE a.conv_id IN ({_RUN_CONVS})",
+            (run_id, run_id),
+        )
+        db.execute(f"DELETE FROM attribution_customer_journey WHERE conv_id IN ({_RUN_CONVS})", (run_id,))
+        summary.rows = db.execute(
+            "INSERT INTO attribution_customer_journey (conv_id, session_id, ihc) "
+            "SELECT conv_id, session_id, ihc FROM attribution_stg_results WHERE run_id = ?",
+            (run_id,),
+        )
+        _add_report_dates(
+            db,
+            run_id,
+            "SELECT DISTINCT ?, substr(event_ts, 1, 10) FROM attribution_stg_sessions s "
+            "WHERE s.run_id = ? AND EXISTS (SELECT 1 FROM attribution_stg_results r "
+            "WHERE r.run_id = s.run_id AND r.conv_id = s.conv_id AND r.session_id = s.session_id)",
+            (run_id, run_id),
+        )
+        db.executemany(
+            "INSERT INTO attribution_stg_report_dates (run_id, report_date) VALUES (?, ?) "
+            "ON CONFLICT (run_id, report_date) DO NOTHING",
+            [(run_id, d) for d in run_range.dates()],
+        )
+        db.execute(
+            f"DELETE FROM attribution_issues WHERE conv_id IN ({_RUN_CONVS}) OR conv_id IN ({_RUN_ISSUE_CONVS})",
+            (run_id, run_id),
+        )
+        summary.issues = db.execute(
+            "INSERT INTO attribution_issues (conv_id, reason, detail, run_id, recorded_at) "
+            "SELECT conv_id, reason, detail, run_id, ? FROM attribution_stg_issues WHERE run_id = ?",
+            (recorded_at, run_id),
+        )
+        summary.conversions_attributed = int(
+            db.scalar("SELECT COUNT(DISTINCT conv_id) FROM attribution_stg_results WHERE run_id = ?", (run_id,))
+        )
+        summary.report_dates = int(
+            db.scalar("SELECT COUNT(*) FROM attribution_stg_report_dates WHERE run_id = ?", (run_id,))
+        )
+    return summary
+
+
+def _add_report_dates(db: Database, run_id: str, select_sql: str, params: tuple) -> None:
+    db.execute(
+        "INSERT INTO attribution_stg_report_dates (run_id, report_date) "
+        f"{select_sql} ON CONFLICT (run_id, report_date) DO NOTHING",
+        params,
+    )

@@ -1,0 +1,204 @@
+"""The "Attribution report" pages: a small FastAPI app mounted in the Airflow API server.
+
+- ``GET /``: the report over the database: a date range and channels to pick, headline
+  figures, spend against attributed revenue per channel, per-channel daily spend and revenue,
+  ROAS and CPO over time, totals per channel, and the runs that built the numbers.
+- ``GET /report.csv``: the selected rows as CSV (the export's columns and rounding).
+- ``GET /issues``: the conversions of ``attribution_issues`` by reason and date, linked to runs.
+- ``GET /exports``: the files the ``export_csv`` task wrote; ``GET /files/<name>`` serves one.
+- ``GET /static/<name>``: the page's script and style, and the vendored Chart.js.
+
+Every route requires a logged-in Airflow user allowed to read the runs of ``ihc_attribution``:
+Airflow does not authenticate plugin apps itself. Pages are rendered from Jinja2 templates with
+autoescaping; they run only the plugin's own scripts and load nothing from elsewhere.
+
+Airflow imports every module under ``plugins/`` in every component, task processes included, so
+the top level of this module imports only the standard library; FastAPI, Jinja2 and the package
+are imported when the app is built, on the first request.
+"""
+
+
+import contextlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+DAG_ID = "ihc_attribution"
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
+                ".md": "text/markdown; charset=utf-8"}
+EXPORT_ROWS_SCAN_LIMIT = 200
+
+# The pages run only their own scripts (served below) and load nothing from elsewhere; the
+# JSON block of figures is data, which no policy needs to allow.
+_PAGE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "form-action 'self'; frame-ancestors 'self'"
+)
+_CHART_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'"
+_PAGE_HEADERS = {"Content-Security-Policy": _PAGE_CSP, "X-Content-Type-Options": "nosniff",
+                 "Cache-Control": "no-store"}
+_CHART_HEADERS = {"Content-Security-Policy": _CHART_CSP, "X-Content-Type-Options": "nosniff"}
+# Navigation icon: three bars, in the UI's icon size.
+_ICON = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="#808ea3" '
+    'stroke-width="2" stroke-linecap="round"><path d="M4 20h16"/><path d="M7 16v-5"/><path d="M12 16V6"/>'
+    '<path d="M17 16v-8"/></svg>'
+)
+
+
+def _airflow_authorization() -> Callable[..., Any]:
+    """Airflow's own check: a valid UI or API token of a user who may read the DAG's runs."""
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+    from airflow.api_fastapi.core_api.security import requires_access_dag
+
+    return requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)
+
+
+def _templates() -> Any:
+    import jinja2
+
+    from ihc_attribution.report_ui import views as views
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.globals.update(run_link=views.run_link, file_link=views.file_link, dag_id=DAG_ID)
+    return env
+
+
+def _export_rows(path: Path | None) -> int | None:
+    """Data rows of an exported CSV (its lines less the header); ``None`` if unreadable."""
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as handle:
+            return max(sum(1 for _ in handle) - 1, 0)
+    except OSError:
+        return None
+
+
+def create_app(*, require_auth: bool = True) -> Any:
+    """The pages' FastAPI app. ``require_auth=False`` is for tests that run it outside the API server."""
+    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi.responses import FileResponse, HTMLResponse, Response
+
+    from ihc_attribution.report_ui import sources as sources
+    from ihc_attribution.report_ui import views as views
+
+    env = _templates()
+    dependencies = [Depends(_airflow_authorization())] if require_auth else []
+    app = FastAPI(
+        title="Attribution report",
+        description="Channel report, open attribution issues and exported files of the ihc_attribution DAG.",
+        dependencies=dependencies,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
+
+    def render(name: str, request: Request, **context: Any) -> HTMLResponse:
+        # Links start at the app's root: the prefix it is mounted at (behind any base path).
+        root = str(request.scope.get("root_path") or "").rstrip("/") + "/"
+        body = env.get_template(name).render(root=root, **context)
+        return HTMLResponse(body, headers=_PAGE_HEADERS)
+
+    @contextlib.contextmanager
+    def database() -> Iterator[Any]:
+        """The database, or the message saying why it cannot be read."""
+        try:
+            db = sources.open_db()
+        except sources.DatabaseUnavailable as exc:
+            yield str(exc)
+            return
+        try:
+            yield db
+        finally:
+            db.close()
+
+    def query_params(request: Request) -> dict[str, Any]:
+        params = request.query_params
+        return {"start": params.get("start"), "end": params.get("end"), "channel": params.getlist("channel")}
+
+    def unavailable(request: Request, title: str, page: str, problem: str) -> HTMLResponse:
+        return render("message.html.j2", request, title=title, page=page,
+                      message=f"The attribution database cannot be read: {problem}")
+
+    @app.get("/", response_class=HTMLResponse)
+    def report_page(request: Request):
+        with database() as db:
+            if isinstance(db, str):
+                return unavailable(request, "Attribution report", "Report", db)
+            try:
+                context = views.report_context(db, query_params(request))
+            except Exception as exc:  # a table missing, a locked file: say so on the page
+                if sources.REPORT_TABLE in str(exc).lower():
+                    return render("message.html.j2", request, title="Attribution report", page="Report",
+                                  message=f"No report yet in {db.source}: the pipeline has not run on this "
+                                          "database.")
+                return unavailable(request, "Attribution report", "Report", f"{type(exc).__name__}: {exc}")
+        return render("report.html.j2", request, title="Attribution report", page="Report", **context)
+
+    @app.get("/report.csv", response_class=Response)
+    def report_csv(request: Request):
+        with database() as db:
+            if isinstance(db, str):
+                raise HTTPException(status_code=503, detail=f"The attribution database cannot be read: {db}")
+            picked = views.pick(query_params(request), sources.report_channels(db), sources.report_bounds(db))
+            rows = sources.report_rows(db, picked.selection)
+        name = views.csv_name(picked.selection)
+        return Response(views.selection_csv(rows), media_type="text/csv; charset=utf-8", headers={
+            "Content-Disposition": f'attachment; filename="{name}"', "X-Content-Type-Options": "nosniff",
+            "Cache-Control": "no-store"})
+
+    @app.get("/issues", response_class=HTMLResponse)
+    def issues_page(request: Request, reason: str | None = None):
+        with database() as db:
+            if isinstance(db, str):
+                view = sources.IssuesView(error=db)
+            else:
+                try:
+                    view = sources.read_issues(db, views.ISSUES_LIMIT, reason or None)
+                except Exception as exc:
+                    view = sources.IssuesView(source=db.source, error=f"{type(exc).__name__}: {exc}")
+        return render("issues.html.j2", request, title="Attribution issues", page="Issues", view=view,
+                      reason=reason or None)
+
+    @app.get("/exports", response_class=HTMLResponse)
+    def exports_page(request: Request, all: int = 0):  # noqa: A002  (the query parameter's name)
+        folder = sources.output_dir()
+        found = sources.list_reports(folder)
+        counts = [_export_rows(r.csv) if i < EXPORT_ROWS_SCAN_LIMIT else None for i, r in enumerate(found)]
+        # Scheduled runs over days without conversions still export their (often empty) day.
+        keep = [i for i, (r, n) in enumerate(zip(found, counts, strict=True)) if all or not (r.days == 1 and n == 0)]
+        shown = keep[: views.REPORTS_LIMIT]
+        return render("exports.html.j2", request, title="Exported reports", page="Exported files",
+                      folder=folder, reports=[found[i] for i in shown], rows=[counts[i] for i in shown],
+                      hidden=len(found) - len(keep), more=len(keep) if len(keep) > len(shown) else 0)
+
+    @app.get("/icon.svg", response_class=Response)
+    def icon():
+        return Response(_ICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/static/{name}", response_class=FileResponse)
+    def static(name: str):
+        path = STATIC_DIR / name
+        if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES or not path.is_file():
+            raise HTTPException(status_code=404, detail="No such file")
+        return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
+                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
+
+    @app.get("/files/{name}", response_class=FileResponse)
+    def report_file(name: str):
+        path = sources.report_file(sources.output_dir(), name)
+        if path is None:
+            raise HTTPException(status_code=404, detail="No such report file")
+        if path.suffix == ".html":
+            return FileResponse(path, media_type="text/html; charset=utf-8", headers=_CHART_HEADERS)
+        return FileResponse(path, media_type="text/csv; charset=utf-8", filename=path.name,
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    return app

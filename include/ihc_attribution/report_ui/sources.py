@@ -1,0 +1,343 @@
+"""What the report pages read: the attribution database, and the exported files on disk.
+
+Everything here runs per request, never at import: the connection, the database and the output
+folder are looked up when a page is asked for, so a missing connection, database or table shows
+as a message on the page instead of breaking the API server.
+
+The database is the one of the ``attribution_db`` connection (``$ATTRIBUTION_DB_CONN_ID``),
+looked up through Airflow (``BaseHook``). A SQLite file is opened read-only (``mode=ro``) at the
+connection's path; any other database through the connection's hook, in a read-only session.
+Every query is parameterised; only the number of ``?`` placeholders of a channel list is built.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import re
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from decimal import Decimal
+from typing import Any
+
+DB_CONN_ID_ENV = "ATTRIBUTION_DB_CONN_ID"
+DEFAULT_DB_CONN_ID = "attribution_db"
+OUTPUT_DIR_ENV = "ATTRIBUTION_OUTPUT_DIR"
+REPORT_FILE_RE = re.compile(r"channel_reporting_(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.(csv|html)")
+SQLITE_TIMEOUT_SECONDS = 5.0
+
+
+def output_dir() -> Path:
+    """``$ATTRIBUTION_OUTPUT_DIR`` (default ``output``); a relative path is taken from the working directory,
+    as the export task takes it."""
+    return Path(os.environ.get(OUTPUT_DIR_ENV) or "output").expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class Report:
+    """The exported files of one range: the CSV, the chart, or both."""
+
+    start: str
+    end: str
+    files: dict[str, Path]
+    modified: dt.datetime
+
+    @property
+    def days(self) -> int:
+        """Number of calendar days the range covers."""
+        return (dt.date.fromisoformat(self.end) - dt.date.fromisoformat(self.start)).days + 1
+
+    @property
+    def csv(self) -> Path | None:
+        return self.files.get("csv")
+
+    @property
+    def chart(self) -> Path | None:
+        return self.files.get("html")
+
+
+def list_reports(folder: Path) -> list[Report]:
+    """Reports found in ``folder``, by range: latest end date first, then the longer range."""
+    found: dict[tuple[str, str], dict[str, Path]] = {}
+    modified: dict[tuple[str, str], float] = {}
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    for entry in entries:
+        match = REPORT_FILE_RE.fullmatch(entry.name)
+        if not match:
+            continue
+        try:
+            if not entry.is_file():
+                continue
+            mtime = entry.stat().st_mtime
+        except OSError:
+            continue
+        key = (match.group(1), match.group(2))
+        found.setdefault(key, {})[match.group(3)] = Path(entry.path)
+        modified[key] = max(modified.get(key, 0.0), mtime)
+    reports = [
+        Report(start, end, files, dt.datetime.fromtimestamp(modified[(start, end)], dt.timezone.utc))
+        for (start, end), files in found.items()
+    ]
+    return sorted(reports, key=lambda r: (r.end, -r.days, r.start), reverse=True)
+
+
+def report_file(folder: Path, name: str) -> Path | None:
+    """The report file ``name`` in ``folder``, or ``None``: only exported report names, no other path."""
+    if not REPORT_FILE_RE.fullmatch(name):
+        return None
+    path = folder / name
+    return path if path.is_file() else None
+
+
+# --- database ----------------------------------------------------------------------------------
+
+REPORT_TABLE = "channel_reporting"
+ISSUES_TABLE = "attribution_issues"
+BUILDS_TABLE = "attribution_report_builds"
+RUNS_TABLE = "attribution_runs"
+CONVERSIONS_TABLE = "conversions"
+
+
+class DatabaseUnavailable(Exception):
+    """The attribution database cannot be opened; the message says why."""
+
+
+class ReportDb:
+    """A read-only connection to the attribution database, with portable ``?`` placeholders.
+
+    :param conn: an open DB-API connection (``sqlite3`` or a PostgreSQL driver's).
+    :param source: where the data comes from, as shown on the page.
+    """
+
+    def __init__(self, conn: Any, source: str) -> None:
+        self.conn = conn
+        self.source = source
+        self.is_sqlite = isinstance(conn, sqlite3.Connection)
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        """Rows of one query; ``?`` placeholders are converted for drivers that use ``%s``."""
+        cur = self.conn.cursor()
+        try:
+            cur.execute(sql if self.is_sqlite else sql.replace("?", "%s"), tuple(params))
+            return cur.fetchall()
+        finally:
+            cur.close()
+
+    def has_table(self, table: str) -> bool:
+        if self.is_sqlite:
+            sql = "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = ?"
+        else:
+            sql = "SELECT COUNT(*) FROM (SELECT to_regclass(?) AS t) AS r WHERE t IS NOT NULL"  # search_path
+        return bool(self.query(sql, (table,))[0][0])
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.conn.close()
+
+
+def db_conn_id() -> str:
+    return os.environ.get(DB_CONN_ID_ENV) or DEFAULT_DB_CONN_ID
+
+
+def _sqlite_file(path: str) -> Path:
+    if path.startswith("//"):  # POSIX keeps a leading "//", which a file: URI would read as a host
+        path = "/" + path.lstrip("/")
+    return Path(path).expanduser().resolve()
+
+
+def open_db(conn_id: str | None = None) -> ReportDb:
+    """Open the attribution database of the connection, read-only.
+
+    :raises DatabaseUnavailable: when the connection is not defined, the SQLite file does not
+        exist, or the database cannot be reached.
+    """
+    conn_id = conn_id or db_conn_id()
+    try:
+        from airflow.sdk import BaseHook
+
+        connection = BaseHook.get_connection(conn_id)
+    except Exception as exc:  # not defined, or malformed
+        raise DatabaseUnavailable(f"connection {conn_id!r} is not defined or cannot be read "
+                                  f"({type(exc).__name__})") from exc
+    if connection.conn_type == "sqlite":
+        # The JSON form gives the path as host; the URI form (sqlite:////abs/path.db) as schema.
+        path = _sqlite_file(connection.host or connection.schema or "")
+        if not path.is_file():
+            raise DatabaseUnavailable(f"database file {path} does not exist")
+        uri = "file:" + path.as_posix().replace("?", "%3f").replace("#", "%23") + "?mode=ro"
+        try:
+            return ReportDb(sqlite3.connect(uri, uri=True, timeout=SQLITE_TIMEOUT_SECONDS), str(path))
+        except sqlite3.Error as exc:
+            raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    try:
+        conn = connection.get_hook().get_conn()
+        with contextlib.suppress(Exception):  # psycopg2; other drivers keep their default
+            conn.set_session(readonly=True, autocommit=True)
+    except Exception as exc:
+        raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+    return ReportDb(conn, f"{connection.conn_type} connection {conn_id!r}")
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What the analyst picked: an inclusive date range and channels (empty: all channels)."""
+
+    start: str
+    end: str
+    channels: tuple[str, ...] = ()
+
+
+def _channel_filter(channels: Sequence[str]) -> tuple[str, tuple[str, ...]]:
+    if not channels:
+        return "", ()
+    return f" AND channel_name IN ({', '.join('?' for _ in channels)})", tuple(channels)
+
+
+def report_channels(db: ReportDb) -> list[str]:
+    """Every channel of ``channel_reporting``, by name."""
+    return [str(r[0]) for r in db.query(f"SELECT DISTINCT channel_name FROM {REPORT_TABLE} ORDER BY channel_name")]
+
+
+def report_bounds(db: ReportDb) -> tuple[str, str] | None:
+    """First and last date of ``channel_reporting``; ``None`` when it is empty."""
+    low, high = db.query(f"SELECT MIN(date), MAX(date) FROM {REPORT_TABLE}")[0]
+    return None if low is None else (str(low), str(high))
+
+
+@dataclass(frozen=True)
+class ReportCell:
+    """One row of ``channel_reporting``, exactly as stored (as Decimal)."""
+
+    channel_name: str
+    date: str
+    cost: Decimal
+    ihc: Decimal
+    ihc_revenue: Decimal
+
+
+def report_rows(db: ReportDb, selection: Selection) -> list[ReportCell]:
+    """The ``channel_reporting`` rows of the selection, by date and channel."""
+    from ihc_attribution.export import to_decimal
+
+    where, channel_params = _channel_filter(selection.channels)
+    rows = db.query(
+        f"SELECT channel_name, date, cost, ihc, ihc_revenue FROM {REPORT_TABLE} "
+        f"WHERE date >= ? AND date <= ?{where} ORDER BY date, channel_name",
+        (selection.start, selection.end, *channel_params),
+    )
+    return [ReportCell(str(c), str(d), to_decimal(cost), to_decimal(ihc), to_decimal(rev))
+            for c, d, cost, ihc, rev in rows]
+
+
+@dataclass(frozen=True)
+class Build:
+    """Consecutive report dates last rebuilt by one run, with that run's settings."""
+
+    first_date: str
+    last_date: str
+    run_id: str
+    lookback_days: int | None
+    triggered_at: str | None
+    built_at: str
+    run_start: str | None = None
+    run_end: str | None = None
+
+    @property
+    def days(self) -> int:
+        return (dt.date.fromisoformat(self.last_date) - dt.date.fromisoformat(self.first_date)).days + 1
+
+
+def report_builds(db: ReportDb, selection: Selection) -> list[Build] | None:
+    """Which runs built the report dates of the selection, as runs of consecutive dates.
+
+    ``None`` when the database has no ``attribution_report_builds`` table yet.
+    """
+    if not db.has_table(BUILDS_TABLE):
+        return None
+    runs_join = (f" LEFT JOIN {RUNS_TABLE} r ON r.run_id = b.run_id" if db.has_table(RUNS_TABLE) else "")
+    run_cols = "r.range_start, r.range_end" if runs_join else "NULL, NULL"
+    rows = db.query(
+        f"SELECT b.report_date, b.run_id, b.lookback_days, b.triggered_at, b.built_at, {run_cols} "
+        f"FROM {BUILDS_TABLE} b{runs_join} WHERE b.report_date >= ? AND b.report_date <= ? ORDER BY b.report_date",
+        (selection.start, selection.end),
+    )
+    builds: list[Build] = []
+    for date, run_id, lookback, triggered, built, run_start, run_end in rows:
+        date = str(date)
+        lookback = None if lookback is None else int(lookback)
+        previous = builds[-1] if builds else None
+        if (previous is not None and previous.run_id == run_id and previous.built_at == str(built)
+                and dt.date.fromisoformat(date) - dt.date.fromisoformat(previous.last_date) == dt.timedelta(days=1)):
+            builds[-1] = Build(previous.first_date, date, previous.run_id, previous.lookback_days,
+                               previous.triggered_at, previous.built_at, previous.run_start, previous.run_end)
+            continue
+        builds.append(Build(date, date, str(run_id), lookback, None if triggered is None else str(triggered),
+                            str(built), None if run_start is None else str(run_start),
+                            None if run_end is None else str(run_end)))
+    return builds
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One row of ``attribution_issues``, with its conversion's date where it can be found."""
+
+    conv_id: str
+    reason: str
+    detail: str
+    run_id: str
+    recorded_at: str
+    conv_date: str | None = None
+
+
+@dataclass
+class IssuesView:
+    """Open issues, or why they cannot be shown (``error``)."""
+
+    source: str = ""
+    total: int = 0
+    by_reason: list[tuple[str, int]] = field(default_factory=list)
+    by_date: list[tuple[str, str, int]] = field(default_factory=list)
+    latest: list[Issue] = field(default_factory=list)
+    error: str | None = None
+    table_missing: bool = False
+
+    def counts(self) -> tuple[list[str], list[tuple[str, dict[str, int]]]]:
+        """The reason x date table: reasons (columns) and one row per date (newest first)."""
+        reasons = [reason for reason, _ in self.by_reason]
+        table: dict[str, dict[str, int]] = {}
+        for date, reason, count in self.by_date:
+            table.setdefault(date, {})[reason] = count
+        return reasons, sorted(table.items(), reverse=True)
+
+
+def read_issues(db: ReportDb, limit: int = 200, reason: str | None = None) -> IssuesView:
+    """Open issues: counts by reason, by conversion date and reason, and the latest ``limit``."""
+    view = IssuesView(source=db.source)
+    if not db.has_table(ISSUES_TABLE):
+        view.table_missing = True
+        return view
+    has_conversions = db.has_table(CONVERSIONS_TABLE)
+    date_expr = "CAST(c.conv_date AS TEXT)" if has_conversions else "NULL"
+    join = f" LEFT JOIN {CONVERSIONS_TABLE} c ON c.conv_id = i.conv_id" if has_conversions else ""
+    where, params = (" WHERE i.reason = ?", (reason,)) if reason else ("", ())
+    view.total = int(db.query(f"SELECT COUNT(*) FROM {ISSUES_TABLE} i{where}", params)[0][0])
+    view.by_reason = [(str(r), int(n)) for r, n in db.query(
+        f"SELECT reason, COUNT(*) FROM {ISSUES_TABLE} GROUP BY reason ORDER BY COUNT(*) DESC, reason")]
+    view.by_date = [("unknown" if d is None else str(d), str(r), int(n)) for d, r, n in db.query(
+        f"SELECT {date_expr}, i.reason, COUNT(*) FROM {ISSUES_TABLE} i{join}{where} "
+        f"GROUP BY {date_expr}, i.reason ORDER BY 1, 2", params)]
+    view.latest = [
+        Issue(str(c), str(r), "" if d is None else str(d), str(run), str(at), None if day is None else str(day))
+        for c, r, d, run, at, day in db.query(
+            f"SELECT i.conv_id, i.reason, i.detail, i.run_id, i.recorded_at, {date_expr} "
+            f"FROM {ISSUES_TABLE} i{join}{where} ORDER BY i.recorded_at DESC, i.conv_id, i.reason LIMIT ?",
+            (*params, limit),
+        )
+    ]
+    return view

@@ -1,0 +1,158 @@
+-- Tables and indexes the attribution pipeline adds to the challenge database.
+-- Portable between SQLite and PostgreSQL. Every statement is idempotent.
+
+-- Conversions of a run that are not fully attributed, with the reason. One row per conversion
+-- and reason; a run replaces the rows of the conversions it handles, so the table always shows
+-- the outcome of the latest run over each conversion.
+CREATE TABLE IF NOT EXISTS attribution_issues (
+    conv_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT,
+    run_id TEXT NOT NULL,
+    recorded_at TEXT NOT NULL,
+    PRIMARY KEY (conv_id, reason)
+);
+
+-- One row per pipeline run: its range and when it was first seen (for staging retention).
+CREATE TABLE IF NOT EXISTS attribution_runs (
+    run_id TEXT PRIMARY KEY,
+    range_start TEXT NOT NULL,
+    range_end TEXT NOT NULL,
+    created_at TEXT NOT NULL
+);
+
+-- Which run last rebuilt the report rows of each date, and with which settings: two reports over
+-- the same dates that disagree can be told apart (a 1-day look-back run changes the numbers
+-- behind an older 14-day CSV). lookback_days NULL means unlimited.
+CREATE TABLE IF NOT EXISTS attribution_report_builds (
+    report_date TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    lookback_days INT,
+    triggered_at TEXT,
+    built_at TEXT NOT NULL
+);
+
+-- The outcome of each run's final check: what its range held and what became of it. note says
+-- what needs saying, e.g. that the range held no conversions or lies before the first one.
+CREATE TABLE IF NOT EXISTS attribution_run_results (
+    run_id TEXT PRIMARY KEY,
+    range_start TEXT NOT NULL,
+    range_end TEXT NOT NULL,
+    conversions INT NOT NULL,
+    attributed INT NOT NULL,
+    issues INT NOT NULL,
+    note TEXT
+);
+
+-- Staging, keyed by run id. Data moves between the DAG's tasks through these tables.
+CREATE TABLE IF NOT EXISTS attribution_stg_conversions (
+    run_id TEXT NOT NULL,
+    conv_id TEXT NOT NULL,
+    user_id TEXT,
+    conv_date TEXT,
+    conv_time TEXT,
+    revenue FLOAT,
+    status TEXT NOT NULL,
+    n_sessions INT NOT NULL DEFAULT 0,
+    PRIMARY KEY (run_id, conv_id)
+);
+
+CREATE TABLE IF NOT EXISTS attribution_stg_sessions (
+    run_id TEXT NOT NULL,
+    conv_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    event_ts TEXT NOT NULL,
+    channel_name TEXT NOT NULL,
+    holder_engagement INT NOT NULL,
+    closer_engagement INT NOT NULL,
+    impression_interaction INT NOT NULL,
+    conversion INT NOT NULL,
+    PRIMARY KEY (run_id, conv_id, session_id)
+);
+
+CREATE TABLE IF NOT EXISTS attribution_stg_requests (
+    run_id TEXT NOT NULL,
+    request_no INT NOT NULL,
+    n_journeys INT NOT NULL,
+    n_sessions INT NOT NULL,
+    status TEXT NOT NULL,
+    attempts INT NOT NULL DEFAULT 0,
+    http_status INT,
+    error TEXT,
+    PRIMARY KEY (run_id, request_no)
+);
+
+CREATE TABLE IF NOT EXISTS attribution_stg_request_journeys (
+    run_id TEXT NOT NULL,
+    conv_id TEXT NOT NULL,
+    request_no INT NOT NULL,
+    PRIMARY KEY (run_id, conv_id)
+);
+
+CREATE TABLE IF NOT EXISTS attribution_stg_results (
+    run_id TEXT NOT NULL,
+    conv_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    initializer FLOAT NOT NULL,
+    holder FLOAT NOT NULL,
+    closer FLOAT NOT NULL,
+    ihc FLOAT NOT NULL,
+    PRIMARY KEY (run_id, conv_id, session_id)
+);
+
+-- Fingerprint of each staged journey (its sessions, in order, with what is sent of them), and
+-- the fingerprint and size of each journey answered. A journey whose fingerprint and size are
+-- unchanged keeps its answer when the run is redone, so it is not sent (and paid for) again.
+CREATE TABLE IF NOT EXISTS attribution_stg_journey_keys (
+    run_id TEXT NOT NULL,
+    conv_id TEXT NOT NULL,
+    journey_hash TEXT NOT NULL,
+    PRIMARY KEY (run_id, conv_id)
+);
+
+CREATE TABLE IF NOT EXISTS attribution_stg_answered (
+    run_id TEXT NOT NULL,
+    conv_id TEXT NOT NULL,
+    journey_hash TEXT NOT NULL,
+    n_sent INT NOT NULL,
+    PRIMARY KEY (run_id, conv_id)
+);
+
+CREATE TABLE IF NOT EXISTS attribution_stg_issues (
+    run_id TEXT NOT NULL,
+    conv_id TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT,
+    PRIMARY KEY (run_id, conv_id, reason)
+);
+
+-- Report dates a run must recompute: dates its conversions credit now or credited before.
+CREATE TABLE IF NOT EXISTS attribution_stg_report_dates (
+    run_id TEXT NOT NULL,
+    report_date TEXT NOT NULL,
+    PRIMARY KEY (run_id, report_date)
+);
+
+-- Indexes the pipeline's queries rely on. Indexes on the source tables do not change their data.
+CREATE INDEX IF NOT EXISTS ix_session_sources_user_ts
+    ON session_sources (user_id, event_date, event_time);
+CREATE INDEX IF NOT EXISTS ix_session_sources_date
+    ON session_sources (event_date, channel_name);
+-- The report's spend reads the costs that change a sum in session_id order and finds each
+-- session's channel and date in the same order: two sequential reads instead of a random lookup
+-- per session. channel_name comes before event_date so that a list of dates is not used as a key.
+CREATE INDEX IF NOT EXISTS ix_session_costs_nonzero
+    ON session_costs (session_id, cost) WHERE cost <> 0;
+CREATE INDEX IF NOT EXISTS ix_session_sources_session_channel_date
+    ON session_sources (session_id, channel_name, event_date);
+CREATE INDEX IF NOT EXISTS ix_conversions_date
+    ON conversions (conv_date, conv_time);
+CREATE INDEX IF NOT EXISTS ix_attribution_customer_journey_session
+    ON attribution_customer_journey (session_id);
+-- Answers of other runs for the same journey fingerprint (reused instead of sent again).
+CREATE INDEX IF NOT EXISTS ix_attribution_stg_answered_conv_hash
+    ON attribution_stg_answered (conv_id, journey_hash, run_id);
+-- A request's journeys in conv_id order, the order in which a request is built.
+CREATE INDEX IF NOT EXISTS ix_attribution_stg_request_journeys_request_conv
+    ON attribution_stg_request_journeys (run_id, request_no, conv_id);
+DROP INDEX IF EXISTS ix_attribution_stg_request_journeys_request;

@@ -1,0 +1,300 @@
+"""The DAG's task bodies: Airflow context in, a stage of the package run, small results out.
+
+Each function takes the task's context, opens the database through the ``attribution_db``
+connection, runs one stage and returns a small dict for XCom (counts, ids, paths). Connections
+are looked up only here, at run time, never when the DAG file is parsed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from ihc_attribution import api_stage, charts, checks, export, journeys, load, report, schema
+from ihc_attribution.daterange import ParamError, RunRange, parse_lookback_days, resolve_run_range
+from ihc_attribution.db import Database
+from ihc_attribution.errors import PermanentError
+from ihc_attribution.ihc_client import SendProgress, SendSummary
+
+log = logging.getLogger(__name__)
+
+DB_CONN_ID = os.environ.get("ATTRIBUTION_DB_CONN_ID", "attribution_db")
+IHC_CONN_ID = os.environ.get("IHC_CONN_ID", "ihc_api")
+
+
+def output_dir() -> str:
+    """Where CSVs go: ``$ATTRIBUTION_OUTPUT_DIR``, default ``output/``."""
+    return os.environ.get("ATTRIBUTION_OUTPUT_DIR", "output")
+
+
+def run_range(context: Mapping[str, Any]) -> RunRange:
+    """The run's range from its params or its data interval (see :mod:`daterange`)."""
+    return resolve_run_range(
+        context.get("params") or {},
+        context.get("data_interval_start"),
+        context.get("data_interval_end"),
+    )
+
+
+def _lookback_days(context: Mapping[str, Any]) -> int | None:
+    """The ``lookback_days`` param (see :func:`daterange.parse_lookback_days`)."""
+    return parse_lookback_days((context.get("params") or {}).get("lookback_days"))
+
+
+def stage(func: Callable[[Mapping[str, Any]], dict]) -> Callable[[Mapping[str, Any]], dict]:
+    """Make a stage fail without task retries when its error is permanent.
+
+    A :class:`PermanentError` (a bad param, a failed final check, a broken answer, a wrong
+    setting) would be raised again by every retry; it becomes ``AirflowFailException``, which
+    Airflow does not retry. Other errors keep the task's retries.
+    """
+
+    @functools.wraps(func)
+    def run(context: Mapping[str, Any]) -> dict:
+        try:
+            return func(context)
+        except PermanentError as exc:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            raise AirflowFailException(f"{exc} (not retried: a retry would fail the same way)") from exc
+
+    return run
+
+
+@contextmanager
+def open_db() -> Iterator[Database]:
+    """The pipeline database, through the Airflow connection ``attribution_db``."""
+    from airflow.sdk import BaseHook
+
+    hook = BaseHook.get_hook(DB_CONN_ID)
+    db = Database(hook.get_conn())
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def answer_scope(settings: Any) -> str:
+    """What decides an answer besides the journey: the API's address, conv type and redistribution."""
+    return json.dumps(
+        [settings.base_url, settings.conv_type_id, settings.redistribution_parameter], sort_keys=True, default=str
+    )
+
+
+def _ihc_hook():
+    from ihc_attribution.ihc_hook import IhcHook
+
+    return IhcHook(ihc_conn_id=IHC_CONN_ID)
+
+
+@stage
+def setup_tables(context: Mapping[str, Any]) -> dict:
+    """Validate the run's range, then create the tables and indexes the pipeline needs."""
+    rng = run_range(context)
+    _lookback_days(context)
+    log.info("run %s handles conversions in [%s, %s)", context.get("run_id"), rng.start_ts, rng.end_ts)
+    retention_days = int(os.environ.get("ATTRIBUTION_STAGING_RETENTION_DAYS", "30"))
+    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)
+    with open_db() as db:
+        schema.ensure_schema(db)
+        purged = schema.purge_staging(db, cutoff.strftime("%Y-%m-%d %H:%M:%S"), keep_run_id=context.get("run_id"))
+    if purged:
+        log.info("purged the staging of %d runs older than %d days", purged, retention_days)
+    return {"range_start": rng.start_ts, "range_end": rng.end_ts}
+
+
+@stage
+def extract_journeys(context: Mapping[str, Any]) -> dict:
+    """Stage the run's conversions and their journeys; quarantine malformed input."""
+    rng = run_range(context)
+    created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    reuse = (context.get("params") or {}).get("reuse_answers", True)
+    if not isinstance(reuse, bool):
+        raise ParamError(f"param reuse_answers={reuse!r} must be true or false")
+    scope = answer_scope(_ihc_hook().settings)
+    with open_db() as db:
+        summary = journeys.extract_journeys(
+            db,
+            context["run_id"],
+            rng,
+            lookback_days=_lookback_days(context),
+            created_at=created,
+            answer_scope=scope,
+            reuse_answers=reuse,
+        )
+    log.info("extracted %s", summary.as_dict())
+    return summary.as_dict()
+
+
+@stage
+def pack_requests(context: Mapping[str, Any]) -> dict:
+    """Plan the API requests under the connection's limits."""
+    settings = _ihc_hook().settings
+    with open_db() as db:
+        summary = api_stage.pack_requests(
+            db,
+            context["run_id"],
+            max_journeys=settings.max_journeys_per_request,
+            max_sessions=settings.max_sessions_per_request,
+            oversized_policy=settings.oversized_journey_policy,
+        )
+    log.info("packed %s", summary.as_dict())
+    return summary.as_dict()
+
+
+@stage
+def call_ihc_api(context: Mapping[str, Any]) -> dict:
+    """Send the unanswered requests of the run through the IHC hook; answers are checkpointed one by one."""
+    hook = _ihc_hook()
+    settings = hook.settings
+    started = time.monotonic()
+    summary = SendSummary()
+    try:
+        with open_db() as db, hook.stop_on_sigterm():
+            api_stage.send_requests(
+                db,
+                context["run_id"],
+                hook,
+                max_sessions=settings.max_sessions_per_request,
+                max_rejected_share=settings.max_rejected_share,
+                progress=_progress_logger(),
+                summary=summary,
+            )
+    finally:
+        hook.close()
+        _emit_api_metrics(summary)
+    log.info("IHC API stage done in %.1f s: %s", time.monotonic() - started, summary.as_dict())
+    return summary.as_dict()
+
+
+def _emit_api_metrics(summary: SendSummary) -> None:
+    """Counters for dashboards, through Airflow's metrics (StatsD or OpenTelemetry when on)."""
+    try:
+        from airflow.sdk.observability.stats import Stats
+    except ImportError:  # metrics are optional
+        return
+    Stats.incr("ihc_attribution.api.requests_sent", summary.requests_sent)
+    Stats.incr("ihc_attribution.api.requests_answered", summary.requests_answered)
+    Stats.incr("ihc_attribution.api.requests_failed", summary.requests_failed)
+    Stats.incr("ihc_attribution.api.attempts", summary.attempts)
+    Stats.incr("ihc_attribution.api.retries", summary.retries)
+    Stats.incr("ihc_attribution.api.journeys_answered", summary.journeys_answered)
+    Stats.incr("ihc_attribution.api.journeys_rejected", summary.journeys_rejected)
+
+
+def _progress_logger(every_seconds: float = 10.0):
+    """Log progress of the API stage at most every few seconds, and at the end."""
+    last = [0.0]
+
+    def progress(p: SendProgress) -> None:
+        now = time.monotonic()
+        finished = p.total is not None and p.done >= p.total
+        if now - last[0] < every_seconds and not finished:
+            return
+        last[0] = now
+        rate = p.done / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
+        journey_rate = p.journeys_answered / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
+        eta = f"{(p.total - p.done) / rate:.0f} s" if rate > 0 and p.total is not None else "unknown"
+        log.info(
+            "IHC API: %d/%s requests done, %.0f journeys/s, %d retries so far, %d journeys rejected, "
+            "estimated time left %s",
+            p.done, p.total if p.total is not None else "?", journey_rate, p.retries, p.journeys_rejected, eta,
+        )
+
+    return progress
+
+
+@stage
+def load_attribution(context: Mapping[str, Any]) -> dict:
+    """Publish the run's answers and issues."""
+    with open_db() as db:
+        summary = load.load_attribution(db, context["run_id"], run_range(context))
+    log.info("loaded %s", summary.as_dict())
+    return summary.as_dict()
+
+
+@stage
+def build_report(context: Mapping[str, Any]) -> dict:
+    """Rebuild channel_reporting for every date the run touched."""
+    with open_db() as db:
+        summary = report.build_report(
+            db,
+            context["run_id"],
+            lookback_days=_lookback_days(context),
+            triggered_at=_triggered_at(context),
+            built_at=_now(),
+        )
+    log.info("report rebuilt: %s", summary.as_dict())
+    return summary.as_dict()
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _triggered_at(context: Mapping[str, Any]) -> str | None:
+    """When the run was created or queued (UTC), for telling report builds apart."""
+    dag_run = context.get("dag_run")
+    for attr in ("run_after", "queued_at", "start_date", "logical_date"):
+        value = getattr(dag_run, attr, None) if dag_run is not None else None
+        if value is not None:
+            return _as_text_utc(value)
+    return None
+
+
+def _as_text_utc(value: Any) -> str:
+    if isinstance(value, str):
+        value = dt.datetime.fromisoformat(value)
+    if value.tzinfo is not None:
+        value = value.astimezone(dt.timezone.utc)
+    return value.strftime("%Y-%m-%d %H:%M:%S")
+
+
+@stage
+def export_csv(context: Mapping[str, Any]) -> dict:
+    """Write the range's report as CSV, and a chart of it next to it; return their paths.
+
+    The result (XCom) and the log also carry ``report_url``: the range's page of the
+    *Attribution report* in the Airflow UI (base URL from ``$ATTRIBUTION_UI_BASE_URL`` or
+    ``[api] base_url``).
+    """
+    rng = run_range(context)
+    first, last = rng.first_date.isoformat(), rng.last_date.isoformat()
+    url = charts.report_url(first, last)
+    with open_db() as db:
+        rows = export.read_report(db, rng)
+    csv_file = export.write_csv(
+        rows, export.csv_path(output_dir(), rng), escape_formulas=export.escape_formulas_setting()
+    ).resolve()
+    chart = charts.write_chart(
+        rows, charts.chart_path(csv_file), f"Channel report {first} to {last}", csv_name=csv_file.name,
+        report_url=url,
+    ).resolve()
+    log.info("wrote %d report rows to %s and a chart to %s", len(rows), csv_file, chart)
+    log.info("report page: %s", url)
+    return {
+        "path": str(csv_file),
+        "chart": str(chart),
+        "rows": len(rows),
+        "first_date": first,
+        "last_date": last,
+        "report_url": url,
+    }
+
+
+@stage
+def check_run(context: Mapping[str, Any]) -> dict:
+    """Fail the run if a conversion of its range is neither attributed nor recorded."""
+    with open_db() as db:
+        summary = checks.check_run(db, context["run_id"], run_range(context))
+    log.info("run summary\n%s", summary.render())
+    if summary.note:
+        log.warning("%s", summary.note)
+    return summary.as_dict()

@@ -1,0 +1,335 @@
+"""FastAPI application of the local IHC double: the ``compute_ihc`` contract, faults, health and stats.
+
+Checks run in this order, so that a misconfigured client always gets the same fatal answer:
+injected latency and hang, 403 (key), 400 (no conv_type_id), 404 (unknown conv_type_id),
+injected 429, injected 500/503, 400 (body), 413 (limits), and finally the answer: 200, or 206
+with partial failures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import random
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse
+
+from ihc_attribution_dev.server.config import ServerConfig
+from ihc_attribution_dev.server.contract import FLAGS, BadRequest, parse_body, validate_journey, value_rows
+from ihc_attribution_dev.server.model import attribute_journey, round_credits
+
+logger = logging.getLogger("ihc_attribution_dev.server")
+
+#: Header on every answer, so that nobody mistakes the double for the production service.
+LOCAL_DOUBLE_HEADER = "X-IHC-Local-Double"
+
+COMPUTE_PATH = "/v1/compute_ihc"
+
+
+@dataclass
+class Stats:
+    """Counters of ``compute_ihc`` requests, for tests and for watching a run."""
+
+    requests: int = 0
+    by_status: Counter = field(default_factory=Counter)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    journeys: int = 0
+    sessions: int = 0
+    failed_journeys: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form: ``by_status`` keyed by the status code as text."""
+        return {
+            "requests": self.requests,
+            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
+            "in_flight": self.in_flight,
+            "max_in_flight": self.max_in_flight,
+            "journeys": self.journeys,
+            "sessions": self.sessions,
+            "failed_journeys": self.failed_journeys,
+        }
+
+
+@dataclass(frozen=True)
+class _Answered:
+    """What one answered request adds to the stats."""
+
+    journeys: int
+    sessions: int
+    failed_journeys: int
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """What happens to one request, drawn up front from the seed and the request number."""
+
+    hang: bool
+    error_status: int | None
+    rate_limited: bool
+    rng: random.Random  # continues with the per-journey partial-failure draws
+
+
+def plan_faults(config: ServerConfig, number: int) -> FaultPlan:
+    """Fault decisions of request ``number`` (1-based).
+
+    Every request draws the same values in the same order whatever the rates, so the faults of
+    request N depend only on the seed and N: runs with one client thread repeat exactly.
+    """
+    faults = config.faults
+    rng = random.Random(f"{faults.seed}:{number}")
+    hang = rng.random() < faults.hang_rate
+    error = rng.random() < faults.error_rate
+    status = 500 if rng.random() < 0.5 else 503
+    limited = faults.rate_limit_every > 0 and number % faults.rate_limit_every == 0
+    return FaultPlan(hang, status if error else None, limited, rng)
+
+
+class LocalDoubleHeaderMiddleware:
+    """Adds ``X-IHC-Local-Double: true`` to every HTTP answer (errors and docs included)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: MutableMapping[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_header(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (LOCAL_DOUBLE_HEADER.lower().encode(), b"true")]
+            await send(message)
+
+        await self.app(scope, receive, send_with_header)
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    """JSON error body: ``{"statusCode", "error", "message", ...extra}``."""
+    body = {"statusCode": status, "error": HTTPStatus(status).phrase, "message": message, **extra}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def banner(config: ServerConfig) -> str:
+    """The startup line: what this server is, and how it is set up (never the keys themselves)."""
+    faults = ", ".join(config.faults.active) or "none"
+    return (
+        "IHC-compatible LOCAL DEVELOPMENT DOUBLE, not the real IHC attribution API: "
+        f"conv_type_ids {', '.join(config.conv_type_ids)}; limits {config.max_journeys} journeys and "
+        f"{config.max_sessions} sessions per request (profile {config.profile}); "
+        f"{len(config.api_keys)} API key(s) accepted; models: {config.describe_models()}; "
+        f"faults: {faults} (seed {config.faults.seed})"
+    )
+
+
+_REQUEST_SCHEMA = {
+    "type": "object",
+    "required": ["customer_journeys"],
+    "properties": {
+        "customer_journeys": {
+            "type": "array",
+            "description": "One flat list of session rows; a journey is all rows with one conversion_id.",
+            "items": {
+                "type": "object",
+                "required": ["conversion_id", "session_id", "timestamp", "channel_label", *FLAGS],
+                "properties": {
+                    "conversion_id": {"type": ["string", "integer"]},
+                    "session_id": {"type": ["string", "integer"]},
+                    "timestamp": {"type": "string", "example": "2024-01-31 23:59:59",
+                                  "description": "%Y-%m-%d %H:%M:%S, optionally followed by ' %z'"},
+                    "channel_label": {"type": "string"},
+                    **{flag: {"type": "integer", "enum": [0, 1]} for flag in FLAGS},
+                },
+            },
+        },
+        "redistribution_parameter": {
+            "type": "object",
+            "description": "Per phase (initializer, holder, closer): direction, receive_threshold, "
+                           "redistribution_channel_labels.",
+        },
+    },
+}
+
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": '{"statusCode": 200, "value": [{"conversion_id", "session_id", "initializer", '
+                         '"holder", "closer", "ihc"}, ...], "partialFailureErrors": []}'},
+    206: {"description": "Some journeys failed: listed in partialFailureErrors "
+                         '([{"conversion_id", "message"}]), no value rows for them.'},
+    400: {"description": "Malformed body."},
+    403: {"description": "Missing or wrong x-api-key."},
+    404: {"description": "Unknown conv_type_id."},
+    413: {"description": "Over the journeys or sessions limit; the whole request is rejected."},
+    429: {"description": "Rate limited (fault injection only), with Retry-After."},
+    500: {"description": "Injected server error."},
+    503: {"description": "Injected unavailability."},
+}
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """A new application for ``config``, with its own counters and fault sequence."""
+    stats = Stats()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        logger.info(banner(config))
+        yield
+        logger.info("IHC local double stopped after %d compute_ihc requests", stats.requests)
+
+    app = FastAPI(
+        title="IHC-compatible local double",
+        summary="Development and test double of the IHC attribution API (not the real service).",
+        lifespan=lifespan,
+    )
+    app.add_middleware(LocalDoubleHeaderMiddleware)
+    app.state.config = config
+    app.state.stats = stats
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        """Liveness: always ``{"status": "ok", "local_double": true}``."""
+        return {"status": "ok", "local_double": True}
+
+    @app.get("/stats")
+    async def get_stats() -> dict[str, Any]:
+        """Request counts by status code, requests in flight, journeys and sessions answered."""
+        return stats.as_dict()
+
+    @app.post(COMPUTE_PATH, responses=_RESPONSES, openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_SCHEMA}}},
+    })
+    async def compute_ihc(
+        request: Request,
+        conv_type_id: str | None = Query(None, description="Trained conversion type."),
+        x_api_key: str | None = Header(None, description="API key."),
+    ) -> JSONResponse:
+        """Attribute every journey of the request (each request is normalised on its own)."""
+        # Numbered and planned before the first await: the event loop runs this part atomically.
+        stats.requests += 1
+        number = stats.requests
+        plan = plan_faults(config, number)
+        stats.in_flight += 1
+        stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
+        started = time.perf_counter()
+        response: JSONResponse | None = None
+        try:
+            response = await _handle(request, conv_type_id, x_api_key, plan)
+            return response
+        finally:
+            stats.in_flight -= 1
+            if response is not None:
+                stats.by_status[response.status_code] += 1
+                logger.debug("compute_ihc #%d -> %d in %.0f ms", number, response.status_code,
+                             (time.perf_counter() - started) * 1000)
+
+    async def _handle(
+        request: Request, conv_type_id: str | None, api_key: str | None, plan: FaultPlan
+    ) -> JSONResponse:
+        # Injected latency is the response time the client sees, at least: the double's own work
+        # counts toward it, as the real service's computing is part of its response time. So
+        # the double's CPU on a small machine does not add to the latency a test asks for.
+        loop = asyncio.get_running_loop()
+        answer_at = loop.time() + config.faults.latency_ms / 1000
+        if plan.hang:
+            await asyncio.sleep(config.faults.hang_seconds)
+        response = await _respond(request, conv_type_id, api_key, plan)
+        remaining = answer_at - loop.time()
+        if remaining > 0:
+            await asyncio.sleep(remaining)
+        return response
+
+    async def _respond(
+        request: Request, conv_type_id: str | None, api_key: str | None, plan: FaultPlan
+    ) -> JSONResponse:
+        faults = config.faults
+        if not api_key:
+            return error_response(403, "missing x-api-key header")
+        # Compare every key in constant time, so timing does not tell how much of a key matched.
+        if not any(hmac.compare_digest(api_key.encode(), k.encode()) for k in config.api_keys):
+            return error_response(403, "invalid API key")
+        if not conv_type_id:
+            return error_response(400, "missing query parameter conv_type_id")
+        if conv_type_id not in config.conv_type_ids:
+            return error_response(
+                404, f"unknown conv_type_id {conv_type_id!r}; this server knows: {', '.join(config.conv_type_ids)}"
+            )
+
+        if plan.rate_limited:
+            return error_response(
+                429,
+                f"rate limited (injected fault: one request in {faults.rate_limit_every} is refused); "
+                f"retry after {faults.retry_after} s",
+                headers={"Retry-After": str(faults.retry_after)},
+                retry_after=faults.retry_after,
+            )
+        if plan.error_status is not None:
+            return error_response(plan.error_status, f"injected fault (error-rate {faults.error_rate:g})")
+
+        raw = await request.body()
+        # Parsing and the model are CPU work (about 50 ms for 3,000 sessions): run them in a
+        # thread so that the event loop keeps serving other requests, latencies and hangs.
+        response, answered = await asyncio.to_thread(_answer, raw, plan, conv_type_id)
+        if answered is not None:
+            stats.journeys += answered.journeys
+            stats.sessions += answered.sessions
+            stats.failed_journeys += answered.failed_journeys
+        return response
+
+    def _answer(raw: bytes, plan: FaultPlan, conv_type_id: str) -> tuple[JSONResponse, _Answered | None]:
+        faults = config.faults
+        model = config.model_for(conv_type_id)
+        try:
+            parsed = parse_body(raw)
+        except BadRequest as exc:
+            return error_response(400, str(exc)), None
+
+        n_journeys, n_sessions = len(parsed.journeys), parsed.n_rows
+        over = []
+        if n_journeys > config.max_journeys:
+            over.append(f"{n_journeys} journeys (limit {config.max_journeys})")
+        if n_sessions > config.max_sessions:
+            over.append(f"{n_sessions} sessions (limit {config.max_sessions})")
+        if over:
+            return error_response(
+                413,
+                f"over the limits per request: {' and '.join(over)}; the whole request is rejected, "
+                "split it into smaller requests without splitting a journey",
+                limits={"max_journeys": config.max_journeys, "max_sessions": config.max_sessions},
+                counts={"journeys": n_journeys, "sessions": n_sessions},
+            ), None
+
+        values: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        for journey in parsed.journeys:
+            # Drawn for every journey, failed or not, so the sequence does not depend on the data.
+            forced = plan.rng.random() < faults.partial_failure_rate
+            try:
+                touchpoints = validate_journey(journey)
+            except ValueError as exc:
+                failures.append({"conversion_id": journey.conversion_id, "message": str(exc)})
+                continue
+            if forced:
+                failures.append({
+                    "conversion_id": journey.conversion_id,
+                    "message": f"injected fault: journey not attributed "
+                               f"(partial-failure-rate {faults.partial_failure_rate:g}); send it again",
+                })
+                continue
+            credits = round_credits(
+                attribute_journey(touchpoints, model.weights, model.params, redistribution=parsed.redistribution)
+            )
+            values.extend(value_rows(journey, credits))
+
+        status = 206 if failures else 200
+        body = {"statusCode": status, "value": values, "partialFailureErrors": failures}
+        return JSONResponse(body, status_code=status), _Answered(n_journeys - len(failures), len(values), len(failures))
+
+    return app

@@ -1,0 +1,161 @@
+"""The request and response bodies of ``POST /v1/compute_ihc``, checked as the production service does.
+
+A body that cannot be read at all (not JSON, no ``customer_journeys`` list, a row that is not an
+object or has no usable ``conversion_id``, a malformed ``redistribution_parameter``) is a 400.
+A journey with an invalid row (missing field, bad timestamp, flag not 0/1, repeated session id)
+fails alone: it is listed in ``partialFailureErrors`` and the rest of the request is answered.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ihc_attribution_dev.server.model import (
+    RedistributionRule,
+    SessionCredit,
+    Touchpoint,
+    parse_redistribution,
+    parse_timestamp,
+)
+
+FLAGS = ("holder_engagement", "closer_engagement", "conversion", "impression_interaction")
+REQUIRED_FIELDS = ("session_id", "timestamp", "channel_label", *FLAGS)
+# At most this many row problems are spelled out per failed journey.
+MAX_MESSAGES = 5
+
+
+class BadRequest(ValueError):
+    """The body cannot be processed at all (HTTP 400); the message says why."""
+
+
+@dataclass
+class JourneyInput:
+    """The rows of one ``conversion_id``, in the order they were sent."""
+
+    conversion_id: str | int
+    rows: list[tuple[int, dict]] = field(default_factory=list)  # (index in customer_journeys, row)
+
+
+@dataclass
+class ParsedRequest:
+    """A readable request body: journeys in order of first appearance, and the row count."""
+
+    journeys: list[JourneyInput]
+    n_rows: int
+    redistribution: dict[str, RedistributionRule]
+
+
+def parse_body(raw: bytes) -> ParsedRequest:
+    """Read the JSON body and group its rows by ``conversion_id``; raise :class:`BadRequest`."""
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"body must be a JSON object, got {_json_type(body)}")
+    rows = body.get("customer_journeys")
+    if not isinstance(rows, list):
+        raise BadRequest("body needs 'customer_journeys': a list of session rows")
+    if not rows:
+        raise BadRequest("'customer_journeys' is empty: send at least one session row")
+    try:
+        redistribution = parse_redistribution(body.get("redistribution_parameter"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+    journeys: dict[tuple[type, Any], JourneyInput] = {}
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise BadRequest(f"customer_journeys[{index}] must be an object, got {_json_type(row)}")
+        conv_id = row.get("conversion_id")
+        if not _is_id(conv_id):
+            problem = "is missing" if conv_id is None else f"must be a non-empty string or an integer, got {conv_id!r}"
+            raise BadRequest(f"customer_journeys[{index}].conversion_id {problem}")
+        # Keyed by type too: "1" and 1 are different conversions, as they are in JSON.
+        journey = journeys.setdefault((type(conv_id), conv_id), JourneyInput(conv_id))
+        journey.rows.append((index, row))
+    return ParsedRequest(list(journeys.values()), len(rows), redistribution)
+
+
+def validate_journey(journey: JourneyInput) -> list[Touchpoint]:
+    """The journey's rows as touchpoints; raise ``ValueError`` listing what is wrong with them."""
+    problems: list[str] = []
+    touchpoints: list[Touchpoint] = []
+    seen: dict[tuple[type, Any], int] = {}
+    for index, row in journey.rows:
+        where = f"customer_journeys[{index}]"
+        missing = [name for name in REQUIRED_FIELDS if name not in row or row[name] is None]
+        if missing:
+            problems.append(f"{where}: missing {', '.join(missing)}")
+            continue
+        row_problems = []
+        session_id = row["session_id"]
+        if not _is_id(session_id):
+            row_problems.append(f"session_id must be a non-empty string or an integer, got {session_id!r}")
+        else:
+            key = (type(session_id), session_id)
+            if key in seen:
+                row_problems.append(f"session_id {session_id!r} repeats customer_journeys[{seen[key]}]")
+            seen.setdefault(key, index)
+        try:
+            timestamp = parse_timestamp(row["timestamp"])
+        except ValueError as exc:
+            row_problems.append(str(exc))
+        channel = row["channel_label"]
+        if not isinstance(channel, str) or not channel:
+            row_problems.append(f"channel_label must be a non-empty string, got {channel!r}")
+        for flag in FLAGS:
+            value = row[flag]
+            # bool is an int in Python, but true/false is not the 0/1 the contract asks for.
+            if isinstance(value, bool) or value not in (0, 1) or not isinstance(value, int):
+                row_problems.append(f"{flag} must be 0 or 1, got {value!r}")
+        if row_problems:
+            problems.append(f"{where}: " + "; ".join(row_problems))
+            continue
+        touchpoints.append(Touchpoint(
+            session_id=session_id,
+            timestamp=timestamp,
+            channel_label=channel,
+            holder_engagement=row["holder_engagement"],
+            closer_engagement=row["closer_engagement"],
+            conversion=row["conversion"],
+            impression_interaction=row["impression_interaction"],
+        ))
+    if problems:
+        shown = problems[:MAX_MESSAGES]
+        if len(problems) > MAX_MESSAGES:
+            shown.append(f"and {len(problems) - MAX_MESSAGES} more invalid rows")
+        raise ValueError("invalid rows: " + " | ".join(shown))
+    return touchpoints
+
+
+def value_rows(journey: JourneyInput, credits: Sequence[SessionCredit]) -> list[dict]:
+    """Answer rows of one journey, in the order its rows were sent, ids as they were sent."""
+    by_session = {(type(c.session_id), c.session_id): c for c in credits}
+    out = []
+    for _, row in journey.rows:
+        c = by_session[(type(row["session_id"]), row["session_id"])]
+        out.append({
+            "conversion_id": journey.conversion_id,
+            "session_id": c.session_id,
+            "initializer": c.initializer,
+            "holder": c.holder,
+            "closer": c.closer,
+            "ihc": c.ihc,
+        })
+    return out
+
+
+def _is_id(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, str) and value != "")
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number"
+    )

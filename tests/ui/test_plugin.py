@@ -75,16 +75,17 @@ def client() -> TestClient:
 # --- registration ------------------------------------------------------------------------------
 
 
-def test_plugin_loads_from_the_plugins_folder_alone_and_cheaply():
-    """Airflow imports every file of plugins/ on its own, in every process: one plugin, no error,
-    no FastAPI import, no database opened."""
+def test_plugin_loads_from_the_installed_entry_point_alone_and_cheaply():
+    """Airflow loads the installed distribution's ``airflow.plugins`` entry point in every process:
+    one plugin, no error, no FastAPI import, no database opened; the plugins folder holds none."""
     code = (
         "import sqlite3, sys\n"
         "def refuse(*a, **k): raise AssertionError('database opened at import')\n"
         "sqlite3.connect = refuse\n"
-        f"sys.path.append({str(PLUGINS)!r})\n"
-        "from airflow._shared.plugins_manager import _load_plugins_from_plugin_directory\n"
-        f"plugins, errors = _load_plugins_from_plugin_directory(plugins_folder={str(PLUGINS)!r})\n"
+        "from airflow._shared.plugins_manager import _load_entrypoint_plugins, _load_plugins_from_plugin_directory\n"
+        "plugins, errors = _load_entrypoint_plugins()\n"
+        f"folder, _ = _load_plugins_from_plugin_directory(plugins_folder={str(PLUGINS)!r})\n"
+        "assert not folder, folder\n"
         "p = plugins[0]\n"
         "print(json.dumps({'names': [x.name for x in plugins], 'errors': errors,\n"
         "  'fastapi': 'fastapi' in sys.modules,\n"

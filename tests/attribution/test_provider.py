@@ -1,0 +1,37 @@
+"""The installed distribution registers the provider (connection type ``ihc``) and the plugin."""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from ihc_attribution import provider
+
+
+def _entry_points(group: str) -> list[metadata.EntryPoint]:
+    return [ep for ep in metadata.entry_points(group=group) if ep.dist and ep.dist.name == "ihc-attribution-airflow"]
+
+
+def test_entry_points_of_the_installed_distribution():
+    (info,) = _entry_points("apache_airflow_provider")
+    assert info.load() is provider.get_provider_info
+    (plugin,) = _entry_points("airflow.plugins")
+    assert plugin.load().name == "attribution_report"
+
+
+def test_airflow_knows_the_ihc_connection_type_its_form_and_hook():
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert "ihc-attribution-airflow" in manager.providers
+    hook = manager.hooks["ihc"]
+    assert hook.hook_class_name == "ihc_attribution.ihc_hook.IhcHook" and hook.connection_type == "ihc"
+    widgets = manager.connection_form_widgets
+    assert {f"extra__ihc__{name}" for name in provider.CONN_FIELDS} <= set(widgets)
+    behaviour = manager.field_behaviours["ihc"]
+    assert behaviour["hidden_fields"] == ["login"] and behaviour["relabeling"]["password"] == "API key"
+
+
+def test_form_fields_are_settings_the_hook_reads():
+    from ihc_attribution.ihc_client import KNOWN_EXTRAS
+
+    assert set(provider.CONN_FIELDS) <= set(KNOWN_EXTRAS)

@@ -72,11 +72,15 @@ def failure_message(context: dict[str, Any]) -> str:
 class RunFailureNotifier(BaseNotifier):
     """Posts one line per failed run to the alert connection (see the module docstring)."""
 
-    template_fields = ("conn_id",)
+    template_fields = ()
 
     def __init__(self, conn_id: str | None = None):
         super().__init__()
         self.conn_id = conn_id
+
+    def render_template_fields(self, context: dict[str, Any], jinja_env: Any = None) -> None:
+        """Nothing is templated: the DAG in a callback's context may be a serialized one without a
+        template environment, and rendering would fail the alert."""
 
     def notify(self, context: dict[str, Any]) -> None:
         post_alert(failure_message(context), self.conn_id)

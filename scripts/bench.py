@@ -227,11 +227,14 @@ def measure_floor(db_path: Path, repeat: int = 5) -> float:
 def query_plans(db_path: Path) -> dict[str, list[str]]:
     """EXPLAIN QUERY PLAN of the journey extraction and of the report, on the run's database."""
     from ihc_attribution import journeys, report
+    from ihc_attribution.db import Database
 
     plans = {}
     with contextlib.closing(sqlite3.connect(db_path)) as conn:
+        journeys.stage_buyer_sessions(Database(conn), RUN_ID)
         for name, sql, params in (
-            ("journey extraction", journeys.journeys_sql("sqlite"), (RUN_ID,)),
+            ("journey extraction: the one pass over session_sources", journeys._BUYER_SESSIONS_SQL.split(" AS\n", 1)[1], ()),
+            ("journey extraction: the journeys", journeys.journeys_sql("sqlite"), (RUN_ID,)),
             ("report", report.report_sql("sqlite"), (RUN_ID,) * report.report_sql("sqlite").count("?")),
         ):
             rows = conn.execute(f"EXPLAIN QUERY PLAN {sql}", params).fetchall()

@@ -13,6 +13,7 @@ from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
 from ihc_attribution.errors import PermanentError
 from ihc_attribution.load import SUM_TOLERANCE
+from ihc_attribution.schema import SESSION_COSTS, SESSION_SOURCES, has_unique_key
 
 
 class CheckError(PermanentError, RuntimeError):
@@ -185,6 +186,30 @@ SELECT COUNT(*) FROM (
 """
 
 
+# When session_id is a key of both source tables (the challenge schema), no row is present twice:
+# the range's sessions are read once, each with its cost row through session_costs' key, and cost
+# rows without a session are found through session_sources' key; nothing is sorted. Only NULL
+# ids can then repeat, and they form one group, as GROUP BY puts NULLs together. The range holds
+# a large share of the table, so SQLite reads the table in storage order (one scan) rather than
+# through the date index (a random table read per session).
+_RANGE_SESSIONS_KEYED_SQL = """
+SELECT COUNT(s.session_id),
+       SUM(CASE WHEN s.channel_name IS NULL OR s.channel_name = '' THEN 1 ELSE 0 END),
+       COUNT(c.session_id),
+       SUM(CASE WHEN c.session_id IS NOT NULL AND c.cost IS NULL THEN 1 ELSE 0 END),
+       SUM(CASE WHEN c.cost < 0 THEN 1 ELSE 0 END),
+       SUM(CASE WHEN s.session_id IS NULL THEN 1 ELSE 0 END)
+FROM session_sources s {not_indexed}
+LEFT JOIN session_costs c ON c.session_id = s.session_id
+WHERE s.event_date >= ? AND s.event_date <= ?
+"""
+_NOT_INDEXED = {"sqlite": "NOT INDEXED", "postgresql": ""}
+_ORPHAN_COST_ROWS_SQL = """
+SELECT COUNT(*) FROM session_costs c
+WHERE NOT EXISTS (SELECT 1 FROM session_sources s WHERE s.session_id = c.session_id)
+"""
+
+
 def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
     """Counts of source rows that the report treats specially.
 
@@ -198,11 +223,18 @@ def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
     quarantined.
     """
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
-    sessions, no_channel = db.query(_RANGE_SESSIONS_SQL, (first, last))[0]
-    orphans, with_cost_row, null_cost, negative = db.query(_COST_ROWS_SQL, (first, last) * 3)[0]
+    if has_unique_key(db, SESSION_SOURCES, "session_id") and has_unique_key(db, SESSION_COSTS, "session_id"):
+        sessions, no_channel, with_cost_row, null_cost, negative, null_ids = db.query(
+            _RANGE_SESSIONS_KEYED_SQL.format(not_indexed=_NOT_INDEXED[db.dialect]), (first, last)
+        )[0]
+        orphans = db.scalar(_ORPHAN_COST_ROWS_SQL)
+        duplicated = 1 if (null_ids or 0) > 1 else 0
+    else:
+        sessions, no_channel = db.query(_RANGE_SESSIONS_SQL, (first, last))[0]
+        orphans, with_cost_row, null_cost, negative = db.query(_COST_ROWS_SQL, (first, last) * 3)[0]
+        duplicated = db.scalar(_DUPLICATE_SESSIONS_SQL, (first, last))
     no_cost_row = (sessions or 0) - (with_cost_row or 0)
     invalid_dates = db.scalar(_INVALID_DATE_SQL[db.dialect])
-    duplicated = db.scalar(_DUPLICATE_SESSIONS_SQL, (first, last))
     return {
         "duplicated_session_ids": int(duplicated or 0),
         "sessions_without_cost_row": int(no_cost_row or 0),

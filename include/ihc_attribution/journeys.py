@@ -2,8 +2,9 @@
 
 A journey is every session of the conversion's user whose timestamp is strictly before the
 conversion's timestamp (optionally limited by a look-back window). Journeys are built in SQL on
-the database side; Python only validates the conversions of the run and the sessions of their
-users, in bounded batches, so that malformed input is quarantined with a reason instead of
+the database side, from a copy of the sessions of the run's converting users made in one pass
+over ``session_sources``; Python only validates the conversions of the run and those sessions,
+in bounded batches, so that malformed input is quarantined with a reason instead of
 being compared as text and silently dropped.
 """
 
@@ -52,24 +53,38 @@ _MALFORMED_DATE = {
 # Conversion ids present more than once (a source table without its primary key): which row is
 # the order, and with which revenue, cannot be known.
 _DUPLICATE_CONVERSIONS_SQL = "SELECT conv_id, COUNT(*) FROM conversions GROUP BY conv_id HAVING COUNT(*) > 1"
-# Session ids of the converting users that are present more than once anywhere in the table.
-_DUPLICATE_SESSIONS_SQL = """
-SELECT session_id, COUNT(*) FROM session_sources
-WHERE session_id IN (
-    SELECT session_id FROM session_sources WHERE user_id IN (
-        SELECT user_id FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'
-    )
+# The run's converting users, and every session of theirs: one pass over session_sources that
+# probes the small table of users, instead of an index over the whole table built beforehand.
+# Validation, duplicate detection and the journeys then read the copy (a few sessions per buyer).
+# CREATE TABLE ... AS SELECT keeps the source columns' types, so values are copied unchanged.
+BUYERS = "attribution_tmp_buyers"
+BUYER_SESSIONS = "attribution_tmp_buyer_sessions"
+_BUYERS_DDL = f"CREATE TEMP TABLE {BUYERS} (user_id TEXT PRIMARY KEY)"
+_BUYERS_SQL = (
+    f"INSERT INTO {BUYERS} (user_id) SELECT DISTINCT user_id FROM attribution_stg_conversions "
+    "WHERE run_id = ? AND status = 'ready' AND user_id IS NOT NULL"
 )
+_BUYER_SESSIONS_SQL = f"""
+CREATE TEMP TABLE {BUYER_SESSIONS} AS
+SELECT s.session_id, s.user_id, s.event_date, s.event_time, s.channel_name,
+       s.holder_engagement, s.closer_engagement, s.impression_interaction
+FROM session_sources s
+WHERE s.user_id IN (SELECT user_id FROM {BUYERS})
+"""
+_BUYER_SESSIONS_INDEX = f"CREATE INDEX attribution_tmp_ix_buyer_sessions ON {BUYER_SESSIONS} (user_id)"
+
+# Session ids of the converting users that are present more than once anywhere in the table
+# (found through session_sources' primary key when it has one; one more pass when it has none).
+_DUPLICATE_SESSIONS_SQL = f"""
+SELECT session_id, COUNT(*) FROM session_sources
+WHERE session_id IN (SELECT session_id FROM {BUYER_SESSIONS})
 GROUP BY session_id HAVING COUNT(*) > 1
 """
 
-_USER_SESSIONS_SQL = """
+_USER_SESSIONS_SQL = f"""
 SELECT s.session_id, s.user_id, CAST(s.event_date AS TEXT), CAST(s.event_time AS TEXT), s.channel_name,
        s.holder_engagement, s.closer_engagement, s.impression_interaction
-FROM session_sources s
-WHERE s.user_id IN (
-    SELECT user_id FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'
-)
+FROM {BUYER_SESSIONS} s
 """
 
 # The conversion flag marks the latest session of each journey; equal timestamps are broken by
@@ -87,7 +102,7 @@ SELECT c.run_id, c.conv_id, s.session_id,
            ORDER BY s.event_date DESC, s.event_time DESC, s.session_id DESC
        ) = 1 THEN 1 ELSE 0 END
 FROM attribution_stg_conversions c
-JOIN session_sources s ON s.user_id = c.user_id
+JOIN {buyer_sessions} s ON s.user_id = c.user_id
 WHERE c.run_id = ? AND c.status = 'ready'
   AND ({event_date} < c.conv_date OR ({event_date} = c.conv_date AND {event_time} < c.conv_time))
   {lookback}
@@ -112,7 +127,26 @@ def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
         lookback=_LOOKBACK[dialect] if lookback else "",
         event_date=_SESSION_DATE[dialect],
         event_time=_SESSION_TIME[dialect],
+        buyer_sessions=BUYER_SESSIONS,
     )
+
+
+def stage_buyer_sessions(db: Database, run_id: str) -> None:
+    """Copy every session of the run's converting users into a temporary table (one pass).
+
+    The tables live as long as the connection; :func:`drop_buyer_sessions` removes them.
+    """
+    drop_buyer_sessions(db)
+    db.execute(_BUYERS_DDL)
+    db.execute(_BUYERS_SQL, (run_id,))
+    db.execute(_BUYER_SESSIONS_SQL)
+    db.execute(_BUYER_SESSIONS_INDEX)
+
+
+def drop_buyer_sessions(db: Database) -> None:
+    """Remove the temporary tables of :func:`stage_buyer_sessions`."""
+    for table in (BUYER_SESSIONS, BUYERS):
+        db.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 @dataclass
@@ -174,11 +208,13 @@ def extract_journeys(
             (run_id, run_range.start_ts, run_range.end_ts, created_at),
         )
         _stage_conversions(db, run_id, run_range, summary)
+        stage_buyer_sessions(db, run_id)
         _quarantine_invalid_sessions(db, run_id, lookback_days, summary)
         params: list = [run_id]
         if lookback_days is not None:
             params.append(f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days))
         db.execute(journeys_sql(db.dialect, lookback=lookback_days is not None), params)
+        drop_buyer_sessions(db)
         db.execute(
             "UPDATE attribution_stg_conversions SET n_sessions = ("
             " SELECT COUNT(*) FROM attribution_stg_sessions s"
@@ -377,8 +413,8 @@ def _quarantine_invalid_sessions(
         "session_id", "user_id", "event_date", "event_time", "channel_name",
         "holder_engagement", "closer_engagement", "impression_interaction",
     ]
-    duplicated = {sid: int(n) for sid, n in db.query(_DUPLICATE_SESSIONS_SQL, (run_id,))}
-    for batch in db.iter_query(_USER_SESSIONS_SQL, (run_id,), batch_size=50_000):
+    duplicated = {sid: int(n) for sid, n in db.query(_DUPLICATE_SESSIONS_SQL)}
+    for batch in db.iter_query(_USER_SESSIONS_SQL, batch_size=50_000):
         frame = pd.DataFrame(batch, columns=columns, dtype=object)
         problems = session_problems(frame)
         if duplicated:

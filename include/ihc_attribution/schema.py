@@ -66,3 +66,25 @@ def purge_staging(db: Database, created_before: str, keep_run_id: str | None = N
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM attribution_runs WHERE run_id = ?", (run_id,))
     return len(runs)
+
+
+def has_unique_key(db: Database, table: str, column: str) -> bool:
+    """Whether ``table.column`` alone is a primary key or carries a unique index (no NULL check).
+
+    The source tables of the challenge schema have one; exports often do not, and then a row may
+    be present twice. Queries use this to skip deduplication work that a key makes unneeded.
+    """
+    if db.is_sqlite:
+        for _, name, unique, _origin, partial in db.query(f"PRAGMA index_list({table})"):
+            if unique and not partial and [r[2] for r in db.query(f"PRAGMA index_info({name})")] == [column]:
+                return True
+        return False
+    return bool(
+        db.scalar(
+            "SELECT COUNT(*) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
+            "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
+            "WHERE t.relname = ? AND a.attname = ? AND i.indisunique AND i.indnatts = 1 "
+            "AND i.indpred IS NULL AND pg_table_is_visible(t.oid)",
+            (table, column),
+        )
+    )

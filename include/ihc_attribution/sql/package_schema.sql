@@ -134,8 +134,7 @@ CREATE TABLE IF NOT EXISTS attribution_stg_report_dates (
 );
 
 -- Indexes the pipeline's queries rely on. Indexes on the source tables do not change their data.
-CREATE INDEX IF NOT EXISTS ix_session_sources_user_ts
-    ON session_sources (user_id, event_date, event_time);
+-- The journeys need none: the extraction reads session_sources once, probing the run's users.
 CREATE INDEX IF NOT EXISTS ix_session_sources_date
     ON session_sources (event_date, channel_name);
 -- The report's spend reads the costs that change a sum in session_id order and finds each

@@ -142,7 +142,10 @@ def command_line(pid: int) -> str:
 
 
 def _marker(name: str) -> str:
-    return "ihc_attribution_dev.server" if name == "ihc-server" else "airflow"
+    if name == "ihc-server":
+        return "ihc_attribution_dev.server"
+    # A Celery worker renames its process ("[celeryd: worker1@host:MainProcess] ... celery worker ...").
+    return "celery worker" if name.startswith("celery-worker-") else "airflow"
 
 
 def pid_file(name: str) -> Path:

@@ -65,7 +65,7 @@ IHC_POOL_SLOTS = int(os.environ.get("ATTRIBUTION_IHC_POOL_SLOTS", "4"))
 # fixed (not the output folder) so that one asset stays one asset wherever the files go.
 CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://channel_reporting")
 # Updated by every report build: the table channel_reporting itself, under its standard URI
-# (`postgres://host:5432/db/schema/channel_reporting`, `sqlite:///path/file.db/main/channel_reporting`).
+# (`postgres://host:5432/db/schema/channel_reporting`, `sqlite://localhost/path/file.db/main/channel_reporting`).
 # The URI depends on the connection, which is looked up only when the task runs, so the task
 # declares this alias and attaches the table's asset to it at run time; other DAGs schedule on
 # `Asset("postgres://...")` or on the alias.

@@ -212,11 +212,12 @@ class Database:
         """A standard URI of ``table``, as Airflow assets and lineage name tables.
 
         PostgreSQL: ``postgres://host:port/database/schema/table`` (the schema the ``search_path``
-        finds first); SQLite: ``sqlite:///abs/path/file.db/main/table``.
+        finds first); SQLite: ``sqlite://localhost/abs/path/file.db/main/table``.
         """
         if self.is_sqlite:
             file = next((r[2] for r in self.query("PRAGMA database_list") if r[1] == "main"), "") or ":memory:"
-            return f"sqlite://{file}/main/{table}"
+            # A host part, as Airflow normalises "sqlite:///path" to "sqlite:/path".
+            return f"sqlite://localhost{file}/main/{table}"
         database, schema_name = self.query("SELECT current_database(), current_schema()")[0]
         conn = getattr(self.hook, "connection", None)
         host = getattr(conn, "host", None) or "localhost"

@@ -35,6 +35,7 @@ def test_local_folder_file_url_and_memory_store_get_the_same_files(monkeypatch, 
 
     local = _export(monkeypatch, attributed_db, str(tmp_path / "plain"))
     as_url = _export(monkeypatch, attributed_db, f"file://{tmp_path / 'url'}")
+    assert as_url["url"] == f"file://{tmp_path / 'url' / NAME}.csv"
     bucket = f"memory://ihc-{uuid.uuid4().hex[:8]}/reports"
     memory = _export(monkeypatch, attributed_db, bucket)
 

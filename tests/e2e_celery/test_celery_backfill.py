@@ -35,6 +35,8 @@ PORT, IHC_PORT, LOG_PORT = 18481, 18482, 18483
 BROKER = "redis://127.0.0.1:6379/9"
 DAYS = ("2024-01-01", "2024-01-03")
 UP = [sys.executable, str(ROOT / "scripts" / "airflow_up.py")]
+# The line a Celery worker logs for each task it runs.
+WORKLOAD = re.compile(r"Executing workload in Celery:.*?task_id='([^']+)'.*?run_id='(backfill__[^']+)'")
 
 
 def _admin():
@@ -172,7 +174,7 @@ def test_backfill_spreads_over_two_workers_and_converges_with_a_range_run(stack,
         with open(_worker_log(n), errors="replace") as handle:
             handle.seek(offsets[n])
             text = handle.read()
-        ran[f"worker{n}"] = set(re.findall(r"Executing workload in Celery:.*?task_id='([^']+)'.*?run_id='(backfill__[^']+)'", text))
+        ran[f"worker{n}"] = set(WORKLOAD.findall(text))
     assert all(ran.values()), f"both workers ran tasks: {ran}"
     assert len(ran["worker1"] | ran["worker2"]) == 3 * 8, "every task of the 3 runs ran on a worker"
     assert not ran["worker1"] & ran["worker2"], "no task ran twice"

@@ -18,7 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps -e ".[dev]"
+	$(PY) -m pip install -q --no-deps -e ".[dev,postgres,celery]"
 	@# The build leaves its metadata next to the sources, which the editable install puts on the
 	@# path: Airflow would then see the distribution, and its entry points, twice.
 	rm -rf include/*.egg-info

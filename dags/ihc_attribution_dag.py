@@ -11,7 +11,8 @@ run gives `start_date` and `end_date` (inclusive, `YYYY-MM-DD`) in the trigger f
 
 **Connections.** `attribution_db` (the database) and `ihc_api` (the API; the key is the
 password, limits and conversion type are extras); optionally `attribution_alerts`, a webhook
-that gets a line when a run fails or misses its deadline. CSVs go to `$ATTRIBUTION_OUTPUT_DIR`.
+that gets a line when a run fails or misses its deadline. CSVs go to `$ATTRIBUTION_OUTPUT_BASE_URL`
+(a URL or a folder; default `$ATTRIBUTION_OUTPUT_DIR`, `output/`).
 
 Every task can be re-run on its own; conversions that cannot be attributed are listed in
 `attribution_issues` with a reason, and the last task fails the run if one is missing.
@@ -24,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import (
     Asset,
+    AssetAlias,
     AsyncCallback,
     CronDataIntervalTimetable,
     DeadlineAlert,
@@ -62,6 +64,12 @@ IHC_POOL_SLOTS = int(os.environ.get("ATTRIBUTION_IHC_POOL_SLOTS", "4"))
 # schedule on it (`schedule=[Asset("ihc_channel_reporting_csv")]`) and read the file. The URI is
 # fixed (not the output folder) so that one asset stays one asset wherever the files go.
 CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://channel_reporting")
+# Updated by every report build: the table channel_reporting itself, under its standard URI
+# (`postgres://host:5432/db/schema/channel_reporting`, `sqlite://localhost/path/file.db/main/channel_reporting`).
+# The URI depends on the connection, which is looked up only when the task runs, so the task
+# declares this alias and attaches the table's asset to it at run time; other DAGs schedule on
+# `Asset("postgres://...")` or on the alias.
+REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
 
 
 @dag(
@@ -154,11 +162,14 @@ def ihc_attribution():
 
         return tasks.load_attribution(get_current_context())
 
-    @task(multiple_outputs=False)
+    @task(multiple_outputs=False, outlets=[REPORT_TABLE])
     def build_report() -> dict:
         from ihc_attribution import tasks
 
-        return tasks.build_report(get_current_context())
+        context = get_current_context()
+        result = tasks.build_report(context)
+        context["outlet_events"][REPORT_TABLE].add(Asset(uri=result["table_uri"]), extra=result)
+        return result
 
     @task(multiple_outputs=False, outlets=[CHANNEL_REPORT])
     def export_csv() -> dict:

@@ -8,6 +8,13 @@ process group of its own, with its PID in ``.run/airflow/<name>.pid`` and its ou
 afterwards it creates the pool ``ihc_api`` (``$ATTRIBUTION_IHC_POOL_SIZE`` slots, default 4), waits for the DAG to be parsed and
 unpauses it. Running ``up`` again starts only what is not running.
 
+``--executor celery --workers N`` runs the CeleryExecutor instead of the LocalExecutor: N
+``airflow celery worker`` processes (``worker1@host`` ...) on the Redis broker at
+``--broker-url`` (default ``redis://127.0.0.1:6379/0``), with the PostgreSQL metadata database
+as Celery's result backend. ``--warehouse postgres`` makes ``attribution_db`` a PostgreSQL
+database (``--warehouse-db``, default ``attribution_local``; created and filled with the demo
+data when empty) instead of the SQLite demo file.
+
 The connections reach every process as ``AIRFLOW_CONN_*`` variables in JSON form:
 ``attribution_db`` is the demo database (``data/demo.db``, created when missing) unless
 ``AIRFLOW_CONN_ATTRIBUTION_DB`` is set, and ``ihc_api`` is the local IHC server on port 8765
@@ -16,6 +23,7 @@ the JWT secret, the UI password) live in 0600 files under ``.run/airflow/``; onl
 printed. ``down`` stops exactly the process groups ``up`` recorded and waits for them to exit.
 
     python scripts/airflow_up.py up [--port 8080] [--metadata-db auto|postgres|sqlite|URL] [--triggerer]
+        [--executor local|celery] [--workers 2] [--warehouse sqlite|postgres] [--warehouse-db NAME]
     python scripts/airflow_up.py status
     python scripts/airflow_up.py down
     python scripts/airflow_up.py airflow backfill create --dag-id ihc_attribution --from-date ... --to-date ...
@@ -41,7 +49,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_run import ROOT, _env, ensure_demo_db  # noqa: E402  (scripts/ is not a package)
+from local_run import DEMO_DB, ROOT, _env, ensure_demo_db  # noqa: E402  (scripts/ is not a package)
 
 RUN_DIR = ROOT / ".run" / "airflow"
 STATE_FILE = RUN_DIR / "state.json"
@@ -54,8 +62,14 @@ ADMIN_USER = "admin"
 IHC_PORT = 8765
 POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/airflow_local"
 AIRFLOW_BIN = str(Path(sys.executable).parent / "airflow")
+MAX_WORKERS = 8
+WORKER_LOG_PORT = 8793
 # Stopped in this order; the IHC server last, so tasks still finishing can reach it.
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", "ihc-server")
+COMPONENTS = (
+    "api-server", "scheduler", "dag-processor", "triggerer",
+    *(f"celery-worker-{i}" for i in range(1, MAX_WORKERS + 1)),
+    "ihc-server",
+)
 
 
 class UpError(RuntimeError):
@@ -128,7 +142,10 @@ def command_line(pid: int) -> str:
 
 
 def _marker(name: str) -> str:
-    return "ihc_attribution_dev.server" if name == "ihc-server" else "airflow"
+    if name == "ihc-server":
+        return "ihc_attribution_dev.server"
+    # A Celery worker renames its process ("[celeryd: worker1@host:MainProcess] ... celery worker ...").
+    return "celery worker" if name.startswith("celery-worker-") else "airflow"
 
 
 def pid_file(name: str) -> Path:
@@ -312,9 +329,17 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
     """Environment of every process of the stack (and of ``airflow`` commands run against it)."""
     env = _env()  # AIRFLOW_HOME, DAGS_FOLDER, PYTHONPATH, ATTRIBUTION_OUTPUT_DIR, examples off
     port = state["api_port"]
+    celery = state.get("executor") == "celery"
+    if celery:
+        env.update({
+            "AIRFLOW__CELERY__BROKER_URL": state["broker_url"],
+            # Celery's database backend takes a SQLAlchemy URL after "db+".
+            "AIRFLOW__CELERY__RESULT_BACKEND": "db+" + state["metadata_db"],
+            "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(state.get("worker_concurrency", 2)),
+        })
     env.update({
         "AIRFLOW__CORE__PLUGINS_FOLDER": env.get("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins")),
-        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor" if celery else "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": env.get("AIRFLOW__CORE__PARALLELISM", "4"),
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": state["metadata_db"],
         "AIRFLOW__CORE__AUTH_MANAGER":
@@ -449,31 +474,80 @@ def airflow_argv(name: str, state: dict) -> list[str]:
     if name == "ihc-server":
         return [sys.executable, "-m", "ihc_attribution_dev.server", "--host", "127.0.0.1",
                 "--port", str(state["ihc_port"]), "--conv-type-id", "demo"]
+    if name.startswith("celery-worker-"):
+        number = name.rsplit("-", 1)[1]
+        return [AIRFLOW_BIN, "celery", "worker", "--celery-hostname", f"worker{number}@%h",
+                "--concurrency", str(state.get("worker_concurrency", 2))]
     return [AIRFLOW_BIN, name]
+
+
+def worker_names(state: dict) -> list[str]:
+    """The Celery workers of the stack (none with the LocalExecutor)."""
+    if state.get("executor") != "celery":
+        return []
+    return [f"celery-worker-{i}" for i in range(1, int(state.get("workers", 0)) + 1)]
+
+
+def component_env(name: str, env: dict[str, str], state: dict) -> dict[str, str]:
+    """The environment of one component: each Celery worker serves its task logs on a port of its own."""
+    if not name.startswith("celery-worker-"):
+        return env
+    number = int(name.rsplit("-", 1)[1])
+    return dict(env, AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT=str(state.get("worker_log_port", WORKER_LOG_PORT) + number - 1))
 
 
 def wanted(state: dict) -> list[str]:
     names = ["ihc-server"] if state.get("ihc_managed") else []
-    names += ["dag-processor", "scheduler"]
+    names += ["dag-processor", "scheduler", *worker_names(state)]
     if state.get("triggerer"):
         names.append("triggerer")
     return names + ["api-server"]
 
 
+def warehouse_conn(args: argparse.Namespace) -> str:
+    """The ``attribution_db`` connection of a PostgreSQL warehouse holding the demo data (loaded when empty)."""
+    from ihc_attribution_dev.pg_load import load
+
+    if not _port_open("127.0.0.1", 5432):
+        raise UpError("--warehouse postgres needs PostgreSQL on 127.0.0.1:5432")
+    copied = load(ensure_demo_db(), args.warehouse_db)
+    if any(copied.values()):
+        print(f"loaded the demo data ({DEMO_DB.name}) into PostgreSQL database {args.warehouse_db}", flush=True)
+    return json.dumps({"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres",
+                       "schema": args.warehouse_db})
+
+
 def fresh_state(args: argparse.Namespace) -> dict:
     env = _env()
+    celery = args.executor == "celery"
+    if celery and not 1 <= args.workers <= MAX_WORKERS:
+        raise UpError(f"--workers must be from 1 to {MAX_WORKERS}")
+    metadata_db = choose_metadata_db("postgres" if celery and args.metadata_db == "auto" else args.metadata_db)
+    if celery and not metadata_db.startswith("postgresql"):
+        raise UpError("the CeleryExecutor needs a PostgreSQL metadata database (--metadata-db postgres or a URL)")
+    if celery:
+        host, _, port = args.broker_url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[2].partition(":")
+        if not _port_open(host or "127.0.0.1", int(port or 6379)):
+            raise UpError(f"the CeleryExecutor needs its Redis broker, but nothing listens at {host}:{port or 6379}")
     if "AIRFLOW_CONN_ATTRIBUTION_DB" in env:
         db_conn = env["AIRFLOW_CONN_ATTRIBUTION_DB"]
+    elif args.warehouse == "postgres":
+        db_conn = warehouse_conn(args)
     else:
         db_conn = json.dumps({"conn_type": "sqlite", "host": str(ensure_demo_db().resolve())})
     return {
         "api_host": args.host,
         "api_port": args.port,
-        "ihc_port": IHC_PORT,
+        "ihc_port": args.ihc_port,
         "ihc_managed": "AIRFLOW_CONN_IHC_API" not in env,
-        "metadata_db": choose_metadata_db(args.metadata_db),
+        "metadata_db": metadata_db,
         "attribution_db_conn": db_conn,
         "triggerer": bool(args.triggerer),
+        "executor": args.executor,
+        "workers": args.workers if celery else 0,
+        "worker_concurrency": args.worker_concurrency,
+        "worker_log_port": args.worker_log_port,
+        "broker_url": args.broker_url if celery else None,
         "components": {},
     }
 
@@ -520,6 +594,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             pid_file(name).unlink(missing_ok=True)
         save_state(state)
     else:
+        if args.executor != state.get("executor", "local"):
+            raise UpError(f"the running stack uses the {state.get('executor', 'local')} executor; `make down` first")
         keys = load_secrets()
         state["triggerer"] = state.get("triggerer") or bool(args.triggerer)
     missing = [name for name in wanted(state) if name not in alive]
@@ -539,7 +615,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if fresh or "scheduler" in missing:
             migrate(env, state["metadata_db"], args.timeout)
         for name in missing:
-            server_env = dict(env, IHC_API_KEYS=keys["ihc_api_key"]) if name == "ihc-server" else env
+            server_env = dict(env, IHC_API_KEYS=keys["ihc_api_key"]) if name == "ihc-server" else component_env(name, env, state)
             if name == "ihc-server":
                 server_env.pop("AIRFLOW_CONN_IHC_API", None)
             newly[name] = start_process(name, airflow_argv(name, state), server_env, state)
@@ -640,6 +716,21 @@ def main(argv: list[str] | None = None) -> int:
                     help="auto (PostgreSQL airflow_local if reachable, else SQLite), postgres, sqlite, "
                          "or a SQLAlchemy URL")
     up.add_argument("--triggerer", action="store_true", help="also start `airflow triggerer`")
+    up.add_argument("--executor", choices=("local", "celery"), default=os.environ.get("AIRFLOW_UP_EXECUTOR") or "local",
+                    help="local (LocalExecutor, default) or celery (CeleryExecutor with --workers workers on Redis)")
+    up.add_argument("--workers", type=int, default=int(os.environ.get("AIRFLOW_UP_WORKERS") or 2),
+                    help="Celery workers to start (with --executor celery)")
+    up.add_argument("--worker-concurrency", type=int, default=2, help="task slots of each Celery worker")
+    up.add_argument("--worker-log-port", type=int, default=WORKER_LOG_PORT,
+                    help="task-log port of the first Celery worker; the others take the next ones")
+    up.add_argument("--broker-url", default=os.environ.get("AIRFLOW_UP_BROKER_URL") or "redis://127.0.0.1:6379/0",
+                    help="the Celery broker")
+    up.add_argument("--warehouse", choices=("sqlite", "postgres"), default=os.environ.get("AIRFLOW_UP_WAREHOUSE") or "sqlite",
+                    help="the attribution database when AIRFLOW_CONN_ATTRIBUTION_DB is not set: the SQLite demo "
+                         "file, or a PostgreSQL database holding the demo data")
+    up.add_argument("--warehouse-db", default=os.environ.get("AIRFLOW_UP_WAREHOUSE_DB") or "attribution_local",
+                    help="the PostgreSQL database of --warehouse postgres (created when missing)")
+    up.add_argument("--ihc-port", type=int, default=IHC_PORT, help="port of the local IHC server")
     up.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for each step")
     down = sub.add_parser("down", help="stop what `up` started and wait for it to exit")
     down.add_argument("--timeout", type=float, default=60.0, help="seconds before SIGKILL")

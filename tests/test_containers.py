@@ -45,8 +45,10 @@ AIRFLOW_COMPONENTS = (
     "airflow-triggerer",
     "airflow-init",
 )
-REQUIRED_SERVICES = ("postgres", "redis", "ihc-server", "statsd-exporter", *AIRFLOW_COMPONENTS)
-HEALTHCHECKED_SERVICES = ("postgres", "redis", "airflow-apiserver", "ihc-server")
+REQUIRED_SERVICES = ("postgres", "attribution-db", "redis", "statsd-exporter", *AIRFLOW_COMPONENTS)
+# Development tools: only in the profile "dev", so that a production stack needs neither.
+DEV_SERVICES = ("ihc-server", "demo-data")
+HEALTHCHECKED_SERVICES = ("postgres", "attribution-db", "redis", "airflow-apiserver", "ihc-server")
 
 # Names of settings that hold secrets: such values must come from a required variable.
 SECRET_NAME = re.compile(r"PASSWORD(?!S_FILE)|SECRET|FERNET|API_KEY|TOKEN", re.IGNORECASE)
@@ -252,6 +254,18 @@ def test_required_service_exists_and_starts_by_default(name):
     assert not services()[name].get("profiles"), f"{name} must start without a profile"
 
 
+@pytest.mark.parametrize("name", DEV_SERVICES)
+def test_dev_tools_start_only_in_the_dev_profile(name):
+    assert services()[name].get("profiles") == ["dev"]
+
+
+def test_dags_plugins_and_config_are_bind_mounted_as_in_the_official_file():
+    for name in AIRFLOW_COMPONENTS:
+        targets = set(mounts(services()[name]))
+        assert {"/opt/airflow/dags", "/opt/airflow/plugins", "/opt/airflow/config"} <= targets, name
+    assert (ROOT / "config").is_dir()
+
+
 def test_depends_on_targets_exist_and_their_conditions_can_be_met():
     svc = services()
     for name, service in svc.items():
@@ -282,9 +296,10 @@ def test_components_wait_for_init_and_backends():
         deps = depends_on(svc[name])
         assert deps.get("postgres") == "service_healthy", name
         assert deps.get("redis") == "service_healthy", name
+        assert deps.get("attribution-db") == "service_healthy", name
         if name != "airflow-init":
             assert deps.get("airflow-init") == "service_completed_successfully", name
-    assert depends_on(svc["airflow-worker"]).get("ihc-server") == "service_healthy"
+    assert "ihc-server" not in depends_on(svc["airflow-worker"]), "a production stack runs without the dev double"
 
 
 def test_airflow_services_share_the_common_image_and_environment():
@@ -406,17 +421,19 @@ def test_airflow_settings_in_the_environment_exist():
 # --- compose: the pipeline's connections, pool, volumes and the IHC server ---------------------
 
 
-def test_attribution_db_connection_is_sqlite_on_the_data_volume():
-    conn = connection("attribution_db")
-    assert conn["conn_type"] == "sqlite"
-    path = PurePosixPath(conn["host"])
-    assert path.is_absolute()
-    for name in ("airflow-worker", "airflow-init"):
-        assert named_mount_for(services()[name], str(path)) == "attribution-data", name
-    init_env = environment(services()["airflow-init"])
-    assert init_env["ATTRIBUTION_DEMO_DB"] == str(path), (
-        "airflow-init must generate the database the DAG uses"
+def test_attribution_db_connection_is_the_postgres_service():
+    conn = connection("attribution_db", filled_env())
+    assert conn["conn_type"] == "postgres"
+    assert conn["host"] == "attribution-db" and conn["port"] == 5432
+    db_env = environment(services()["attribution-db"])
+    assert (conn["login"], conn["password"], conn["schema"]) == (
+        db_env["POSTGRES_USER"], db_env["POSTGRES_PASSWORD"], db_env["POSTGRES_DB"]
     )
+    assert mounts(services()["attribution-db"]).get("/var/lib/postgresql/data") == "attribution-db-volume"
+    demo = services()["demo-data"]
+    script = command_text(demo)
+    assert "ihc_attribution_dev.pg_load" in script and "--host attribution-db" in script
+    assert depends_on(demo).get("attribution-db") == "service_healthy"
 
 
 @pytest.mark.parametrize("env_name", ["env_example", "defaults"])
@@ -501,7 +518,7 @@ def pools_used_by_dags() -> set[str]:
     return found
 
 
-def test_init_migrates_creates_the_pool_users_and_demo_data():
+def test_init_migrates_creates_the_pool_and_users():
     init = services()["airflow-init"]
     script = command_text(init)
     assert "airflow db migrate" in script
@@ -509,11 +526,7 @@ def test_init_migrates_creates_the_pool_users_and_demo_data():
     assert POOL in created, f"pool {POOL} is not created"
     assert pools_used_by_dags() <= created, "every pool the DAG uses must be created"
     assert "SIMPLE_AUTH_MANAGER_PASSWORDS_FILE" in script and "_AIRFLOW_WWW_USER_PASSWORD" in script
-    demo = re.search(r'if \[\[ -f "\$\{ATTRIBUTION_DEMO_DB\}" \]\]; then(.*?)fi', script, re.DOTALL)
-    assert (
-        demo
-        and 'ihc_attribution_dev.demo_data --out "${ATTRIBUTION_DEMO_DB}"' in demo.group(1).split("else")[1]
-    )
+    assert "demo_data" not in script, "demo data belong to the dev profile"
     assert init.get("user") == "0:0" and init.get("restart", "no") == "no"
 
 
@@ -525,7 +538,7 @@ def test_named_volumes_are_declared_and_used():
             if is_named_volume(source):
                 assert source in declared, f"{name} mounts undeclared volume {source}"
                 used.add(source)
-    assert {"attribution-data", "attribution-output", "postgres-db-volume"} <= declared
+    assert {"attribution-data", "attribution-output", "postgres-db-volume", "attribution-db-volume"} <= declared
     assert declared <= used, f"declared but unused: {sorted(declared - used)}"
 
 

@@ -494,22 +494,23 @@ def render_chart(
     return jinja_env().from_string(_TEMPLATE).render(context)
 
 
-def chart_path(csv_file: str | Path) -> Path:
-    """The chart next to an exported CSV: same name, ``.html``."""
-    return Path(csv_file).with_suffix(".html")
+def chart_path(csv_file: Any) -> Any:
+    """The chart next to an exported CSV (a path, or an ``ObjectStoragePath``): same name, ``.html``."""
+    return (Path(csv_file) if isinstance(csv_file, str) else csv_file).with_suffix(".html")
 
 
-def write_chart(rows: list[ReportRow], path: Path, title: str, *, csv_name: str | None = None,
-                report_url: str | None = None) -> Path:
+def write_chart(rows: list[ReportRow], path: Any, title: str, *, csv_name: str | None = None,
+                report_url: str | None = None) -> Any:
     """Write the report page for ``rows`` to ``path`` atomically; return ``path``.
 
     ``csv_name`` (the CSV beside it) and ``report_url`` (the report page of the range) become links.
 
-    The page is built in memory, written to a temporary file in the target folder, synced and
-    renamed over ``path``: readers see the previous complete page or the new one, never a part.
+    The page is built in memory and written with :func:`export.atomic_write` (a temporary file
+    renamed over ``path``, or one upload to an object store): readers see the previous complete
+    page or the new one, never a part.
     """
     page = render_chart(rows, title, csv_name=csv_name, report_url=report_url)
-    path = Path(path)
+    path = Path(path) if isinstance(path, str) else path
     with atomic_write(path) as handle:
         handle.write(page)
     return path

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from ihc_attribution.daterange import RunRange
-from ihc_attribution.db import Database
+from ihc_attribution.db import Database, pg_text_not_a_date
 from ihc_attribution.errors import PermanentError
 from ihc_attribution.load import SUM_TOLERANCE
 from ihc_attribution.schema import SESSION_COSTS, SESSION_SOURCES, has_unique_key
@@ -234,7 +234,10 @@ def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
         orphans, with_cost_row, null_cost, negative = db.query(_COST_ROWS_SQL, (first, last) * 3)[0]
         duplicated = db.scalar(_DUPLICATE_SESSIONS_SQL, (first, last))
     no_cost_row = (sessions or 0) - (with_cost_row or 0)
-    invalid_dates = db.scalar(_INVALID_DATE_SQL[db.dialect])
+    invalid_sql = _INVALID_DATE_SQL[db.dialect]
+    if not db.is_sqlite and db.is_text_column("session_sources", "event_date"):
+        invalid_sql = f"SELECT COUNT(*) FROM session_sources WHERE {pg_text_not_a_date('event_date')}"
+    invalid_dates = db.scalar(invalid_sql)
     return {
         "duplicated_session_ids": int(duplicated or 0),
         "sessions_without_cost_row": int(no_cost_row or 0),

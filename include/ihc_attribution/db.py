@@ -1,14 +1,20 @@
 """A small DB-API wrapper: one place for transactions, placeholders and dialect quirks.
 
 The pipeline writes its SQL once, with ``?`` placeholders, and runs it on SQLite (the default)
-or PostgreSQL. :class:`Database` converts placeholders for drivers that use ``%s`` and makes
-every write stage a single explicit transaction, so a crash leaves either the old or the new
-state and never half of it.
+or PostgreSQL. In Airflow the connection, its driver, its placeholder and its dialect come from
+the provider's ``DbApiHook`` (``SqliteHook``, ``PostgresHook``; see :meth:`Database.from_hook`).
+:class:`Database` converts the placeholders to the hook's and makes every write stage a single
+explicit transaction, so a crash leaves either the old or the new state and never half of it.
+
+Source tables may store dates and times as ``DATE``/``TIME`` or as ``TEXT`` (as loaded from
+CSV). SQLite compares both alike; PostgreSQL needs each side cast to the other's type, which
+:meth:`Database.as_type_of` does from the column's declared type.
 """
 
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -34,16 +40,33 @@ def storable(value: str) -> str:
     return value if is_valid_text(value) else value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
+# Connection types the pipeline runs on, with the provider that supplies each one's hook.
+SUPPORTED_CONN_TYPES = {
+    "sqlite": "apache-airflow-providers-sqlite",
+    "postgres": "apache-airflow-providers-postgres",
+}
+# Column types a cast may name (they come from the database's catalog, never from input).
+_CASTABLE_TYPE = re.compile(r"^(date|text|time without time zone|timestamp without time zone|character varying(\(\d+\))?)$")
+
+
 class Database:
     """A DB-API connection with explicit transactions and portable placeholders.
 
-    :param conn: an open DB-API 2 connection (``sqlite3`` or ``psycopg2``).
+    :param conn: an open DB-API 2 connection (``sqlite3``, ``psycopg`` or ``psycopg2``).
+    :param placeholder: the driver's parameter marker (the hook's ``placeholder``); by default
+        ``?`` for SQLite and ``%s`` otherwise.
+    :param dialect: ``sqlite`` or ``postgresql`` (the hook's ``dialect_name``); by default
+        taken from the connection's class.
     """
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, *, placeholder: str | None = None, dialect: str | None = None) -> None:
         self.conn = conn
         self.is_sqlite = isinstance(conn, sqlite3.Connection)
-        self.dialect = "sqlite" if self.is_sqlite else "postgresql"
+        self.dialect = dialect or ("sqlite" if self.is_sqlite else "postgresql")
+        self.placeholder = placeholder or ("?" if self.is_sqlite else "%s")
+        self._column_types: dict[tuple[str, str], str] = {}
+        # The provider's hook the connection came from, if any (see :meth:`from_hook`).
+        self.hook: Any = None
         if self.is_sqlite:
             # Autocommit mode: transactions are opened explicitly by :meth:`transaction`.
             conn.isolation_level = None
@@ -64,8 +87,51 @@ class Database:
         """Open a SQLite database file (used by tools and tests outside Airflow)."""
         return cls(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000))
 
+    @classmethod
+    def from_hook(cls, hook: Any) -> Database:
+        """Open the database of a provider's ``DbApiHook``: its connection, placeholder and dialect."""
+        db = cls(hook.get_conn(), placeholder=hook.placeholder, dialect=hook.dialect_name)
+        db.hook = hook
+        return db
+
     def _sql(self, sql: str) -> str:
-        return sql if self.is_sqlite else sql.replace("?", "%s")
+        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+
+    def column_type(self, table: str, column: str) -> str:
+        """The declared type of ``table.column`` in lower case (``date``, ``text`` ...); ``""`` if unknown.
+
+        On PostgreSQL the table is looked up through the ``search_path``, as the queries find it.
+        """
+        key = (table, column)
+        if key not in self._column_types:
+            if self.is_sqlite:
+                rows = [(str(r[2]),) for r in self.query(f"PRAGMA table_info({table})") if r[1] == column]
+            else:
+                rows = self.query(
+                    "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+                    "WHERE a.attrelid = to_regclass(?) AND a.attname = ? AND NOT a.attisdropped",
+                    (table, column),
+                )
+            self._column_types[key] = str(rows[0][0]).lower() if rows else ""
+        return self._column_types[key]
+
+    def as_type_of(self, expr: str, table: str, column: str) -> str:
+        """``expr`` cast to the type of ``table.column`` on PostgreSQL (a ``DATE`` or a ``TEXT`` date).
+
+        SQLite compares a ``DATE`` column with text as it is, and keeps using its indexes, so
+        ``expr`` is returned unchanged there.
+        """
+        if self.is_sqlite:
+            return expr
+        declared = self.column_type(table, column) or "date"
+        if not _CASTABLE_TYPE.match(declared):
+            raise ValueError(f"{table}.{column} has type {declared!r}; dates must be DATE or text columns")
+        return f"CAST({expr} AS {declared})"
+
+    def is_text_column(self, table: str, column: str) -> bool:
+        """Whether the column holds text (any value, also a malformed date) rather than a typed value."""
+        declared = self.column_type(table, column)
+        return self.is_sqlite or declared == "text" or declared.startswith("character")
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; return the number of rows it changed (-1 if unknown)."""
@@ -142,6 +208,22 @@ class Database:
         finally:
             self._in_transaction = False
 
+    def table_uri(self, table: str) -> str:
+        """A standard URI of ``table``, as Airflow assets and lineage name tables.
+
+        PostgreSQL: ``postgres://host:port/database/schema/table`` (the schema the ``search_path``
+        finds first); SQLite: ``sqlite://localhost/abs/path/file.db/main/table``.
+        """
+        if self.is_sqlite:
+            file = next((r[2] for r in self.query("PRAGMA database_list") if r[1] == "main"), "") or ":memory:"
+            # A host part, as Airflow normalises "sqlite:///path" to "sqlite:/path".
+            return f"sqlite://localhost{file}/main/{table}"
+        database, schema_name = self.query("SELECT current_database(), current_schema()")[0]
+        conn = getattr(self.hook, "connection", None)
+        host = getattr(conn, "host", None) or "localhost"
+        port = getattr(conn, "port", None) or 5432
+        return f"postgres://{host}:{port}/{database}/{schema_name}/{table}"
+
     def close(self) -> None:
         """Close the connection."""
         self.conn.close()
@@ -149,6 +231,22 @@ class Database:
 
 # Arbitrary constant identifying the pipeline's advisory lock on PostgreSQL.
 PG_WRITE_LOCK_KEY = 7_245_301
+
+
+def pg_text_not_a_date(column: str) -> str:
+    """PostgreSQL predicate: the text ``column`` is NULL or not a real ``YYYY-MM-DD`` date.
+
+    The counterpart of SQLite's ``date(x, '+0 days') IS NOT x`` for source tables that store
+    dates as text (as loaded from CSV): it catches malformed text, impossible days (2023-09-31,
+    month 13, year 0000) and dates followed by a time or zone, without a cast that could fail.
+    """
+    c = column
+    return (
+        f"({c} IS NULL OR NOT CASE WHEN {c} ~ '^[0-9]{{4}}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])$' "
+        f"AND substr({c}, 1, 4) <> '0000' "
+        f"THEN CAST(substr({c}, 9, 2) AS INT) <= EXTRACT(DAY FROM CAST(substr({c}, 1, 7) || '-01' AS DATE) "
+        "+ INTERVAL '1 month' - INTERVAL '1 day') ELSE FALSE END)"
+    )
 
 
 def split_statements(script: str) -> list[str]:

@@ -2,14 +2,19 @@
 
 ``CPO = cost / ihc`` and ``ROAS = ihc_revenue / cost``; where the denominator is 0 the cell is
 empty, never ``inf``, ``NaN`` or 0. Money is rounded half-up to the cent, ``ihc`` and ``ROAS``
-to 4 decimals. The file is written to a temporary name and renamed into place, so readers see
-either the previous complete file or the new one.
+to 4 decimals.
+
+Files go to an output base given as a local folder or a URL (``file://``, ``s3://``, ``gs://``
+... through Airflow's ``ObjectStoragePath`` and the matching provider). On a local filesystem a
+file is written to a temporary name and renamed into place; on an object store it is uploaded
+in one piece once complete. Readers see either the previous complete file or the new one.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import os
 import tempfile
 import time
@@ -17,7 +22,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
@@ -108,14 +113,54 @@ def safe_cell(text: str, escape_formulas: bool = False) -> str:
     return text
 
 
+LOCAL_PROTOCOLS = ("file", "local")
+
+
+def output_base(location: str, conn_id: str | None = None) -> Any:
+    """The output base as an ``ObjectStoragePath``: a URL (``s3://bucket/prefix`` ...) or a local folder.
+
+    A folder without a scheme is taken from the working directory and becomes a ``file://`` URL.
+    ``conn_id`` names the Airflow connection of the store (e.g. ``aws_default`` for ``s3://``).
+    """
+    from airflow.sdk import ObjectStoragePath
+
+    if "://" not in location:
+        location = f"file://{Path(location).expanduser().resolve()}"
+    return ObjectStoragePath(location, conn_id=conn_id) if conn_id else ObjectStoragePath(location)
+
+
+def is_local(path: Any) -> bool:
+    """Whether ``path`` (a ``Path`` or an ``ObjectStoragePath``) is on the local filesystem."""
+    return isinstance(path, Path) or getattr(path, "protocol", None) in LOCAL_PROTOCOLS
+
+
+def local_path(path: Any) -> Path:
+    """The local ``Path`` of a local ``path`` (see :func:`is_local`)."""
+    return path if isinstance(path, Path) else Path(path.path)
+
+
+def location(path: Any) -> str:
+    """The URL of ``path`` (``file:///abs/...`` for a local file), as assets and XCom carry it."""
+    return f"file://{path.resolve()}" if isinstance(path, Path) else str(path)
+
+
 @contextlib.contextmanager
-def atomic_write(path: Path) -> Iterator[TextIO]:
+def atomic_write(path: Any) -> Iterator[TextIO]:
     """Open a text file that replaces ``path`` only once complete.
 
-    The content goes to a temporary file in the same folder, which is synced and renamed over
-    ``path`` when the block ends; readers see the previous complete file or the new one. On an
-    error the temporary file is removed and ``path`` is left as it was.
+    Locally (a ``Path``, or an ``ObjectStoragePath`` of ``file://``) the content goes to a
+    temporary file in the same folder, which is synced and renamed over ``path`` when the block
+    ends. On an object store the content is kept in memory and uploaded in one request when the
+    block ends (an object appears whole or not at all). Readers see the previous complete file or
+    the new one; on an error nothing is written and ``path`` is left as it was.
     """
+    if not is_local(path):
+        buffer = io.StringIO(newline="")
+        yield buffer
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(buffer.getvalue().encode("utf-8", errors="surrogateescape"))
+        return
+    path = local_path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A write killed before the rename leaves its temporary file: clear old leftovers (not one
     # a concurrent writer may be filling right now).
@@ -164,16 +209,17 @@ def write_rows(handle: TextIO, rows: Iterable[ReportRow], *, escape_formulas: bo
         )
 
 
-def write_csv(rows: list[ReportRow], path: Path, *, escape_formulas: bool = False) -> Path:
+def write_csv(rows: list[ReportRow], path: Any, *, escape_formulas: bool = False) -> Any:
     """Write the rows to ``path`` atomically (see :func:`atomic_write`), values exactly as stored."""
     with atomic_write(path) as handle:
         write_rows(handle, rows, escape_formulas=escape_formulas)
     return path
 
 
-def csv_path(output_dir: str | Path, run_range: RunRange) -> Path:
-    """``<output_dir>/channel_reporting_<first date>_<last date>.csv``."""
-    return Path(output_dir) / f"channel_reporting_{run_range.label}.csv"
+def csv_path(output_dir: Any, run_range: RunRange) -> Any:
+    """``<output_dir>/channel_reporting_<first date>_<last date>.csv`` (a ``Path`` or ``ObjectStoragePath``)."""
+    base = Path(output_dir) if isinstance(output_dir, str) else output_dir
+    return base / f"channel_reporting_{run_range.label}.csv"
 
 
 def export_report(db: Database, run_range: RunRange, output_dir: str | Path) -> tuple[Path, int]:

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import pandas as pd
 
 from ihc_attribution.daterange import RunRange
-from ihc_attribution.db import Database, is_valid_text, storable
+from ihc_attribution.db import Database, is_valid_text, pg_text_not_a_date, storable
 from ihc_attribution.schema import STAGING_TABLES
 
 # Reasons recorded in attribution_issues.
@@ -47,7 +47,7 @@ WHERE (conv_date >= ? AND conv_date <= ?) OR {malformed}
 """
 _MALFORMED_DATE = {
     "sqlite": "conv_date IS NULL OR typeof(conv_date) <> 'text' OR date(conv_date, '+0 days') IS NOT conv_date",
-    # A DATE column cannot hold a malformed value on PostgreSQL.
+    # A DATE column cannot hold a malformed value on PostgreSQL; a text one can (pg_text_not_a_date).
     "postgresql": "conv_date IS NULL",
 }
 # Conversion ids present more than once (a source table without its primary key): which row is
@@ -327,7 +327,10 @@ def _reuse_other_runs_answers(db: Database, run_id: str) -> int:
 
 def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: ExtractSummary) -> None:
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
-    sql = _CANDIDATES_SQL.format(malformed=_MALFORMED_DATE[db.dialect])
+    malformed = _MALFORMED_DATE[db.dialect]
+    if not db.is_sqlite and db.is_text_column("conversions", "conv_date"):
+        malformed = pg_text_not_a_date("conv_date")
+    sql = _CANDIDATES_SQL.format(malformed=malformed)
     rows = db.query(sql, (first, last, first, last))
     frame = pd.DataFrame(
         rows, columns=["conv_id", "user_id", "conv_date", "conv_time", "revenue", "by_date"], dtype=object

@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass
 
 from ihc_attribution.db import Database
 
-# Report dates are staged as text; PostgreSQL compares them with DATE columns only once cast.
+# Report dates are staged as text; PostgreSQL compares them with DATE columns only once cast
+# (to the type of the column compared with: DATE, or TEXT where the source stores text).
 _REPORT_DATES = "SELECT {report_date} FROM attribution_stg_report_dates WHERE run_id = ?"
 _REPORT_DATE_EXPR = {"sqlite": "report_date", "postgresql": "CAST(report_date AS DATE)"}
 
@@ -56,7 +57,7 @@ credit AS (
       AND s.event_date IN ({_REPORT_DATES}) AND s.channel_name IS NOT NULL
     GROUP BY s.channel_name, s.event_date
 )
-SELECT cells.channel_name, cells.date, COALESCE(spend.cost, 0),
+SELECT cells.channel_name, {{out_date}}, COALESCE(spend.cost, 0),
        COALESCE(credit.ihc, 0), COALESCE(credit.ihc_revenue, 0)
 FROM cells
 LEFT JOIN spend ON spend.channel_name = cells.channel_name AND spend.date = cells.date
@@ -64,9 +65,14 @@ LEFT JOIN credit ON credit.channel_name = cells.channel_name AND credit.date = c
 """
 
 
-def report_sql(dialect: str) -> str:
-    """The statement that inserts the report rows of the run's dates (every ``?`` is the run id)."""
-    return _REPORT_SQL.format(report_date=_REPORT_DATE_EXPR[dialect])
+def report_sql(dialect: str, *, report_date: str | None = None, out_date: str = "cells.date") -> str:
+    """The statement that inserts the report rows of the run's dates (every ``?`` is the run id).
+
+    ``report_date`` is the staged date as compared with ``session_sources.event_date`` and
+    ``out_date`` the session date as stored in ``channel_reporting.date`` (casts on PostgreSQL
+    where the two tables' date types differ, see :meth:`Database.as_type_of`).
+    """
+    return _REPORT_SQL.format(report_date=report_date or _REPORT_DATE_EXPR[dialect], out_date=out_date)
 
 
 @dataclass
@@ -96,9 +102,13 @@ def build_report(
     """
     with db.transaction():
         n_dates = int(db.scalar("SELECT COUNT(*) FROM attribution_stg_report_dates WHERE run_id = ?", (run_id,)))
-        dates = _REPORT_DATES.format(report_date=_REPORT_DATE_EXPR[db.dialect])
+        dates = _REPORT_DATES.format(report_date=db.as_type_of("report_date", "channel_reporting", "date"))
         db.execute(f"DELETE FROM channel_reporting WHERE date IN ({dates})", (run_id,))
-        sql = report_sql(db.dialect)
+        sql = report_sql(
+            db.dialect,
+            report_date=db.as_type_of("report_date", "session_sources", "event_date"),
+            out_date=db.as_type_of("cells.date", "channel_reporting", "date"),
+        )
         rows = db.execute(sql, (run_id,) * sql.count("?"))
         db.execute(
             "DELETE FROM attribution_report_builds WHERE report_date IN "

@@ -19,7 +19,7 @@ from typing import Any
 
 from ihc_attribution import api_stage, charts, checks, export, journeys, load, report, schema
 from ihc_attribution.daterange import ParamError, RunRange, parse_lookback_days, resolve_run_range
-from ihc_attribution.db import Database
+from ihc_attribution.db import SUPPORTED_CONN_TYPES, Database
 from ihc_attribution.errors import PermanentError
 from ihc_attribution.ihc_client import SendProgress, SendSummary
 
@@ -30,8 +30,16 @@ IHC_CONN_ID = os.environ.get("IHC_CONN_ID", "ihc_api")
 
 
 def output_dir() -> str:
-    """Where CSVs go: ``$ATTRIBUTION_OUTPUT_DIR``, default ``output/``."""
-    return os.environ.get("ATTRIBUTION_OUTPUT_DIR", "output")
+    """Where CSVs go: ``$ATTRIBUTION_OUTPUT_BASE_URL``, else ``$ATTRIBUTION_OUTPUT_DIR``, default ``output/``.
+
+    A URL (``file://``, ``s3://``, ``gs://`` ...) or a local folder (taken from the working directory).
+    """
+    return os.environ.get("ATTRIBUTION_OUTPUT_BASE_URL") or os.environ.get("ATTRIBUTION_OUTPUT_DIR", "output")
+
+
+def output_base() -> Any:
+    """The output base as an ``ObjectStoragePath``; ``$ATTRIBUTION_OUTPUT_CONN_ID`` names the store's connection."""
+    return export.output_base(output_dir(), os.environ.get("ATTRIBUTION_OUTPUT_CONN_ID") or None)
 
 
 def run_range(context: Mapping[str, Any]) -> RunRange:
@@ -68,13 +76,34 @@ def stage(func: Callable[[Mapping[str, Any]], dict]) -> Callable[[Mapping[str, A
     return run
 
 
-@contextmanager
-def open_db() -> Iterator[Database]:
-    """The pipeline database, through the Airflow connection ``attribution_db``."""
+def db_hook(conn_id: str | None = None) -> Any:
+    """The provider's ``DbApiHook`` of the ``attribution_db`` connection (``SqliteHook`` or ``PostgresHook``).
+
+    :raises PermanentError: the connection has a type the pipeline does not run on, or its
+        provider is not installed; a retry would fail the same way.
+    """
     from airflow.sdk import BaseHook
 
-    hook = BaseHook.get_hook(DB_CONN_ID)
-    db = Database(hook.get_conn())
+    conn_id = conn_id or DB_CONN_ID
+    conn = BaseHook.get_connection(conn_id)
+    supported = ", ".join(sorted(SUPPORTED_CONN_TYPES))
+    if conn.conn_type not in SUPPORTED_CONN_TYPES:
+        raise PermanentError(
+            f"connection {conn_id!r} has type {conn.conn_type!r}; the attribution database must be one of: {supported}"
+        )
+    try:
+        return conn.get_hook()
+    except Exception as exc:  # the provider of a supported type is missing or broken
+        raise PermanentError(
+            f"connection {conn_id!r} of type {conn.conn_type!r} needs {SUPPORTED_CONN_TYPES[conn.conn_type]} "
+            f"installed ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+@contextmanager
+def open_db() -> Iterator[Database]:
+    """The pipeline database, through the Airflow connection ``attribution_db`` and its provider's hook."""
+    db = Database.from_hook(db_hook())
     try:
         yield db
     finally:
@@ -231,8 +260,9 @@ def build_report(context: Mapping[str, Any]) -> dict:
             triggered_at=_triggered_at(context),
             built_at=_now(),
         )
+        table = db.table_uri(schema.CHANNEL_REPORTING)
     log.info("report rebuilt: %s", summary.as_dict())
-    return summary.as_dict()
+    return {**summary.as_dict(), "table_uri": table}
 
 
 def _now() -> str:
@@ -271,17 +301,22 @@ def export_csv(context: Mapping[str, Any]) -> dict:
     with open_db() as db:
         rows = export.read_report(db, rng)
     csv_file = export.write_csv(
-        rows, export.csv_path(output_dir(), rng), escape_formulas=export.escape_formulas_setting()
-    ).resolve()
+        rows, export.csv_path(output_base(), rng), escape_formulas=export.escape_formulas_setting()
+    )
     chart = charts.write_chart(
         rows, charts.chart_path(csv_file), f"Channel report {first} to {last}", csv_name=csv_file.name,
         report_url=url,
-    ).resolve()
-    log.info("wrote %d report rows to %s and a chart to %s", len(rows), csv_file, chart)
+    )
+    csv_url, chart_url = export.location(csv_file), export.location(chart)
+    log.info("wrote %d report rows to %s and a chart to %s", len(rows), csv_url, chart_url)
     log.info("report page: %s", url)
+    # "path"/"chart" stay plain file paths for local outputs (what readers on the same host open).
+    local = export.is_local(csv_file)
     return {
-        "path": str(csv_file),
-        "chart": str(chart),
+        "url": csv_url,
+        "chart_url": chart_url,
+        "path": str(export.local_path(csv_file)) if local else csv_url,
+        "chart": str(export.local_path(chart)) if local else chart_url,
         "rows": len(rows),
         "first_date": first,
         "last_date": last,

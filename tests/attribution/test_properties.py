@@ -46,6 +46,8 @@ month_edges = st.builds(
     st.integers(1990, 2030), st.integers(1, 12), st.integers(-1, 1),
 )
 any_date = st.one_of(dates, month_edges)
+# Every year the YYYY-MM-DD params accept (0001-9999), for the pure range functions.
+all_years = st.one_of(any_date, st.dates(max_value=dt.date(9998, 12, 31)))
 
 
 def _ts(value: dt.datetime) -> str:
@@ -67,7 +69,7 @@ def timestamps_near(day: dt.date, span_days: int):
 # --- 1. range semantics ---------------------------------------------------------------------------
 
 
-@given(start=any_date, length=st.integers(0, 400), data=st.data())
+@given(start=all_years, length=st.integers(0, 400), data=st.data())
 def test_params_give_the_half_open_range_of_the_inclusive_days(start, length, data):
     end = start + length * DAY
     rng = resolve_run_range({"start_date": start.isoformat(), "end_date": end.isoformat()})
@@ -85,7 +87,28 @@ def test_params_give_the_half_open_range_of_the_inclusive_days(start, length, da
         assert (rng.start_ts <= _ts(t) < rng.end_ts) == inside
 
 
-@given(start=any_date, back=st.integers(1, 4000))
+@given(
+    start=st.dates(), end=st.dates(), padded=st.booleans()
+)
+def test_any_pair_of_calendar_dates_gives_a_range_or_a_range_error(start, end, padded):
+    params = {"start_date": start.isoformat(), "end_date": end.isoformat()}
+    if padded:
+        params = {k: f" {v} " for k, v in params.items()}
+    if start > end:
+        with pytest.raises(RangeError, match="is after"):
+            range_from_params(params)
+        return
+    try:
+        rng = range_from_params(params)
+    except RangeError as exc:
+        assert end == dt.date.max and "end_date" in str(exc)
+        return
+    assert rng.first_date == start and rng.last_date == end
+    assert rng.start_ts == f"{start.isoformat()} 00:00:00"
+    assert rng.end_ts == f"{(end + DAY).isoformat()} 00:00:00"
+
+
+@given(start=all_years, back=st.integers(1, 4000))
 def test_start_after_end_is_refused(start, back):
     end = start - back * DAY
     with pytest.raises(RangeError, match="is after"):
@@ -187,6 +210,20 @@ def assert_report_matches(path: Path, report_dates: set[str]) -> None:
     assert out.keys() == exp.keys()
     for key, values in exp.items():
         assert out[key] == pytest.approx(values, abs=1e-9), key
+
+
+def test_a_conversion_before_the_year_1000_is_handled_by_its_run(tmp_path):
+    # Regression: the range's timestamps were written "999-01-01 00:00:00", so this conversion
+    # was compared against them as text, fell outside, and was silently not handled.
+    path = make_db(
+        tmp_path / "db.sqlite",
+        [("s1", "u1", "0999-01-01", "10:00:00", "Direct Traffic")],
+        [("c1", "u1", "0999-01-02", "10:00:00", 5.0)],
+        [("s1", 1.0)],
+    )
+    summary = run_pipeline(path, "r1", "0999-01-01", "0999-01-02")
+    assert (summary.conversions, summary.attributed) == (1, 1)
+    assert read_table(path, "channel_reporting").values.tolist() == [["Direct Traffic", "0999-01-01", 1.0, 1.0, 5.0]]
 
 
 @settings(max_examples=PIPELINE_EXAMPLES)

@@ -293,7 +293,10 @@ def source_data(draw, max_buyers: int = 3, max_sessions: int = 6, max_days: int 
         stamps = []
         for _ in range(draw(st.integers(1 if u < buyers else 0, max_sessions))):
             sid = f"s{len(sessions)}"
-            stamp = (day(-4, span + 1), draw(st.sampled_from(TIMES)))
+            if stamps and draw(st.integers(0, 2)) == 0:
+                stamp = draw(st.sampled_from(stamps))  # tied with an earlier session of the user
+            else:
+                stamp = (day(-4, span + 1), draw(st.sampled_from(TIMES)))
             stamps.append(stamp)
             flags = draw(st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(0, 1)))
             sessions.append((sid, user, *stamp, draw(st.sampled_from(CHANNELS)), *flags))
@@ -301,10 +304,11 @@ def source_data(draw, max_buyers: int = 3, max_sessions: int = 6, max_days: int 
             if kind != "missing":
                 costs.append((sid, None if kind == "null" else draw(cost_values)))
         for k in range(draw(st.integers(1, 3)) if u < buyers else 0):
-            if stamps and draw(st.booleans()):
+            where = draw(st.sampled_from(["tied", "in range", "in range", "in range", "near"]))
+            if stamps and where == "tied":
                 stamp = draw(st.sampled_from(stamps))  # at the very time of one of the user's sessions
             else:
-                stamp = (day(-1, span + 1), draw(st.sampled_from(TIMES)))
+                stamp = (day(0, span) if where == "in range" else day(-1, span + 1), draw(st.sampled_from(TIMES)))
             revenue = draw(st.sampled_from([0.0, 9.99, 25.0, 120.5]))
             conversions.append((f"c{u}_{k}", user, *stamp, revenue))
     for k in range(draw(st.integers(0, 2))):

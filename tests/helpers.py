@@ -6,13 +6,16 @@ in the package's SQL cannot hide in both.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
+from hypothesis import strategies as st
 
 from ihc_attribution.ihc_client import (
     IhcRequest,
@@ -126,8 +129,21 @@ def read_table(db_path: Path, table: str) -> pd.DataFrame:
         return pd.read_sql_query(f"SELECT * FROM {table}", conn)
 
 
-def expected_journeys(db_path: Path, start: str, end: str) -> dict[str, set[str]]:
-    """conv_id -> session ids of its journey, for conversions with timestamp in [start, end)."""
+def expected_journeys(
+    db_path: Path, start: str, end: str, lookback_days: int | None = None
+) -> dict[str, set[str]]:
+    """conv_id -> session ids of its journey, for conversions with timestamp in [start, end).
+
+    A journey is every session of the same user strictly before the conversion and, with a
+    look-back, not earlier than the conversion's timestamp minus ``lookback_days`` days.
+    """
+    return {cid: set(sids) for cid, sids in expected_journey_order(db_path, start, end, lookback_days).items()}
+
+
+def expected_journey_order(
+    db_path: Path, start: str, end: str, lookback_days: int | None = None
+) -> dict[str, list[str]]:
+    """Like :func:`expected_journeys`, each journey's session ids ordered by (timestamp, session_id)."""
     s = read_table(db_path, "session_sources")
     c = read_table(db_path, "conversions")
     c["ts"] = c["conv_date"] + " " + c["conv_time"]
@@ -135,10 +151,13 @@ def expected_journeys(db_path: Path, start: str, end: str) -> dict[str, set[str]
     c = c[(c["ts"] >= start) & (c["ts"] < end)]
     merged = c.merge(s, on="user_id", suffixes=("_c", "_s"))
     merged = merged[merged["ts_s"] < merged["ts_c"]]
-    out = {cid: set() for cid in c["conv_id"]}
-    for cid, sid in zip(merged["conv_id"], merged["session_id"]):
-        out[cid].add(sid)
-    return out
+    if lookback_days is not None:
+        limit = merged["ts_c"].map(lambda ts: _ts_text(dt.datetime.fromisoformat(ts) - dt.timedelta(days=lookback_days)))
+        merged = merged[merged["ts_s"] >= limit]
+    out: dict[str, list[tuple[str, str]]] = {cid: [] for cid in c["conv_id"]}
+    for cid, ts, sid in zip(merged["conv_id"], merged["ts_s"], merged["session_id"]):
+        out[cid].append((ts, sid))
+    return {cid: [sid for _, sid in sorted(items)] for cid, items in out.items()}
 
 
 def _ids_as_text(frame: pd.DataFrame) -> pd.DataFrame:
@@ -148,8 +167,25 @@ def _ids_as_text(frame: pd.DataFrame) -> pd.DataFrame:
     return frame
 
 
-def expected_report(db_path: Path) -> pd.DataFrame:
-    """channel_reporting recomputed from the source tables and the stored attribution."""
+def expected_credit(db_path: Path, start: str, end: str, lookback_days: int | None = None) -> dict[tuple[str, str], float]:
+    """(conv_id, session_id) -> ihc the linear :class:`FakeIhcClient` gives, for the range's journeys."""
+    return {
+        (cid, sid): share
+        for cid, sids in expected_journey_order(db_path, start, end, lookback_days).items()
+        if sids
+        for sid, share in zip(sids, split_evenly(len(sids)))
+    }
+
+
+def _ts_text(value: dt.datetime) -> str:
+    return f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:{value.minute:02d}:{value.second:02d}"
+
+
+def expected_report(db_path: Path, dates: Iterable[str] | None = None) -> pd.DataFrame:
+    """channel_reporting recomputed from the source tables and the stored attribution.
+
+    Every (channel, session date) with a session gets a row; ``dates`` limits it to those dates.
+    """
     # A row present twice (a table without its primary key) is the same session, cost or order.
     # Ids are compared as text, as the pipeline stores them (sources may hold INTEGER ids).
     s = _ids_as_text(read_table(db_path, "session_sources")).drop_duplicates()
@@ -165,7 +201,10 @@ def expected_report(db_path: Path) -> pd.DataFrame:
     credit["ihc_revenue"] = credit["ihc"] * credit["revenue"]
     credit = credit.groupby(["channel_name", "event_date"], as_index=False)[["ihc", "ihc_revenue"]].sum()
     out = spend.merge(credit, on=["channel_name", "event_date"], how="left").fillna({"ihc": 0.0, "ihc_revenue": 0.0})
-    return out.rename(columns={"event_date": "date"})
+    out = out.rename(columns={"event_date": "date"})
+    if dates is not None:
+        out = out[out["date"].isin(set(dates))].reset_index(drop=True)
+    return out
 
 
 def run_pipeline(db_path: Path, run_id: str, start: str, end: str, client=None, **options):
@@ -238,3 +277,89 @@ def random_db(path: Path, seed: int = 0, users: int = 60, days: int = 10) -> Pat
             time = f"{rnd.randint(0, 23):02d}:{rnd.choice([0, 30]):02d}:00"
             conversions.append((f"c{u}_{k}", f"u{u}", date, time, round(rnd.uniform(5, 150), 2)))
     return make_db(path, sessions, conversions, costs)
+
+
+# --- random source data for property-based tests ------------------------------------------------
+
+CHANNELS = ("Direct Traffic", "Paid Search Brand", "FB & IG Ads", "Organic Traffic", "Referral, Partner")
+# Few distinct times, so that sessions tie with each other and with conversions; midnight and
+# the last second of a day sit on range boundaries.
+TIMES = ("00:00:00", "00:00:01", "09:30:00", "12:00:00", "23:59:59")
+# Dates next to month ends, year ends and leap days, far from the demo's 2024 as well.
+EDGE_DATES = tuple(
+    dt.date.fromisoformat(d)
+    for d in (
+        "1990-01-01", "1996-02-27", "1999-12-30", "2000-02-28", "2000-12-30", "2019-02-27",
+        "2023-01-30", "2023-12-31", "2024-02-28", "2024-12-31", "2028-02-28", "2030-12-29",
+    )
+)
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """Rows for :func:`make_db` and a run's inclusive date range."""
+
+    sessions: list[tuple]
+    conversions: list[tuple]
+    costs: list[tuple]
+    start_date: str
+    end_date: str
+    lookback_days: int | None
+
+    @property
+    def start_ts(self) -> str:
+        return f"{self.start_date} 00:00:00"
+
+    @property
+    def end_ts(self) -> str:
+        return f"{dt.date.fromisoformat(self.end_date) + dt.timedelta(days=1)} 00:00:00"
+
+    def days(self) -> list[str]:
+        first, last = dt.date.fromisoformat(self.start_date), dt.date.fromisoformat(self.end_date)
+        return [(first + dt.timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+
+
+@st.composite
+def source_data(draw, max_buyers: int = 3, max_sessions: int = 6, max_days: int = 5) -> SourceData:
+    """A small random database and range: repeat buyers, sessions tied with each other and with
+    the conversion, sessions before and after the range, users who never buy, missing, NULL,
+    zero and negative costs, costs of sessions that do not exist, and a look-back of None or a
+    few days.
+    """
+    first = draw(st.one_of(st.dates(dt.date(1990, 1, 1), dt.date(2030, 12, 31)), st.sampled_from(EDGE_DATES)))
+    span = draw(st.integers(0, max_days - 1))
+    last = first + dt.timedelta(days=span)
+
+    def day(lo: int, hi: int) -> str:
+        return (first + dt.timedelta(days=draw(st.integers(lo, hi)))).isoformat()
+
+    cost_values = st.sampled_from([0.0, 0.01, 1.5, 2.25, 10.0, -0.5])
+    sessions, conversions, costs = [], [], []
+    buyers = draw(st.integers(1, max_buyers))
+    for u in range(buyers + draw(st.integers(0, 2))):
+        user = f"u{u}"
+        stamps = []
+        for _ in range(draw(st.integers(1 if u < buyers else 0, max_sessions))):
+            sid = f"s{len(sessions)}"
+            if stamps and draw(st.integers(0, 2)) == 0:
+                stamp = draw(st.sampled_from(stamps))  # tied with an earlier session of the user
+            else:
+                stamp = (day(-4, span + 1), draw(st.sampled_from(TIMES)))
+            stamps.append(stamp)
+            flags = draw(st.tuples(st.integers(0, 1), st.integers(0, 1), st.integers(0, 1)))
+            sessions.append((sid, user, *stamp, draw(st.sampled_from(CHANNELS)), *flags))
+            kind = draw(st.sampled_from(["missing", "null", "value", "value"]))
+            if kind != "missing":
+                costs.append((sid, None if kind == "null" else draw(cost_values)))
+        for k in range(draw(st.integers(1, 3)) if u < buyers else 0):
+            where = draw(st.sampled_from(["tied", "in range", "in range", "in range", "near"]))
+            if stamps and where == "tied":
+                stamp = draw(st.sampled_from(stamps))  # at the very time of one of the user's sessions
+            else:
+                stamp = (day(0, span) if where == "in range" else day(-1, span + 1), draw(st.sampled_from(TIMES)))
+            revenue = draw(st.sampled_from([0.0, 9.99, 25.0, 120.5]))
+            conversions.append((f"c{u}_{k}", user, *stamp, revenue))
+    for k in range(draw(st.integers(0, 2))):
+        costs.append((f"gone{k}", draw(cost_values)))  # cost of a session that does not exist
+    lookback = draw(st.sampled_from([None, None, 1, 2, 3]))
+    return SourceData(sessions, conversions, costs, first.isoformat(), last.isoformat(), lookback)

@@ -71,12 +71,13 @@ class RunRange:
     @property
     def start_ts(self) -> str:
         """Start as ``YYYY-MM-DD HH:MM:SS``, comparable with the database's timestamps."""
-        return self.start.strftime(TS_FORMAT)
+        # Not strftime: its %Y does not pad years before 1000 to four digits on every platform.
+        return self.start.isoformat(sep=" ", timespec="seconds")
 
     @property
     def end_ts(self) -> str:
         """End (exclusive) as ``YYYY-MM-DD HH:MM:SS``."""
-        return self.end.strftime(TS_FORMAT)
+        return self.end.isoformat(sep=" ", timespec="seconds")
 
     @property
     def first_date(self) -> dt.date:
@@ -142,6 +143,8 @@ def range_from_params(params: Mapping[str, Any]) -> RunRange | None:
         raise RangeError(f"param {missing} is missing: give both start_date and end_date, or neither")
     if start > end:
         raise RangeError(f"param start_date={start} is after end_date={end}")
+    if end == dt.date.max:
+        raise RangeError(f"param end_date={end} is too late: the range would end after the last representable date")
     return RunRange(
         dt.datetime.combine(start, dt.time()),
         dt.datetime.combine(end + dt.timedelta(days=1), dt.time()),

@@ -61,3 +61,33 @@ def test_bad_params_name_the_param(params, message):
 def test_one_day_and_one_year_ranges():
     assert len(resolve_run_range({"start_date": "2024-02-29", "end_date": "2024-02-29"}).dates()) == 1
     assert len(resolve_run_range({"start_date": "2024-01-01", "end_date": "2024-12-31"}).dates()) == 366
+
+
+def test_years_before_1000_are_padded_in_the_compared_text():
+    rng = resolve_run_range({"start_date": "0999-01-01", "end_date": "0999-12-31"})
+    assert (rng.start_ts, rng.end_ts) == ("0999-01-01 00:00:00", "1000-01-01 00:00:00")
+    assert rng.start_ts <= "0999-01-02 10:00:00" < rng.end_ts
+
+
+def test_the_last_representable_end_date_is_refused_as_a_param_error():
+    with pytest.raises(RangeError, match="end_date=9999-12-31"):
+        resolve_run_range({"start_date": "9999-12-01", "end_date": "9999-12-31"})
+    assert resolve_run_range({"start_date": "9999-12-30", "end_date": "9999-12-30"}).end_ts == "9999-12-31 00:00:00"
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "days"),
+    [
+        ("1990-01-01", "1990-01-01", 1),
+        ("1999-12-31", "2000-01-01", 2),
+        ("2000-02-28", "2000-03-01", 3),  # 2000 is a leap year
+        ("1900-02-28", "1900-03-01", 2),  # 1900 is not
+        ("2023-02-28", "2023-03-01", 2),
+        ("2023-12-31", "2023-12-31", 1),
+    ],
+)
+def test_historical_and_edge_ranges(start, end, days):
+    rng = resolve_run_range({"start_date": start, "end_date": end})
+    assert rng.dates()[0] == start and rng.dates()[-1] == end and len(rng.dates()) == days
+    next_midnight = dt.date.fromisoformat(end) + dt.timedelta(days=1)
+    assert rng.end_ts == f"{next_midnight.isoformat()} 00:00:00"

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, settings  # noqa: E402
 
 # Property-based tests: "ci" (the default) is derandomised, so every `make test` runs the same
 # examples; "thorough" draws new random examples, many more of them, for a longer local search:
-# HYPOTHESIS_PROFILE=thorough make test PYTEST_ARGS=tests/attribution/test_properties.py
+# HYPOTHESIS_PROFILE=thorough make test PYTEST_ARGS=tests/ihc_attribution/test_properties.py
 settings.register_profile(
     "ci",
     max_examples=50,

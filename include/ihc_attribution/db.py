@@ -250,6 +250,7 @@ def pg_text_not_a_date(column: str) -> str:
 
 
 def split_statements(script: str) -> list[str]:
-    """Split a SQL script on ``;`` at line ends, dropping ``--`` comment lines."""
-    lines = [line for line in script.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    """Split a SQL script into statements (the common SQL provider's sqlparse-based splitter)."""
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+    return DbApiHook.split_sql_string(script, strip_semicolon=True)

@@ -23,7 +23,7 @@ from ihc_attribution.load import LoadError
 from ihc_attribution_dev.server.app import plan_faults
 from ihc_attribution_dev.server.config import FaultConfig, ServerConfig
 from ihc_attribution_dev.server.testing import serve
-from tests.attribution.ihc_stub import Call, Reply, ihc_answer, stub_server
+from tests.ihc_attribution.ihc_stub import Call, Reply, ihc_answer, stub_server
 from tests.helpers import expected_journeys, random_db, read_table
 from tests.reliability.support import (
     API_KEY,

@@ -14,9 +14,9 @@ import pytest
 import requests
 
 from ihc_attribution_dev.server.__main__ import build_parser, config_from_args
-from tests.ihc_server.helpers import journey, post
+from tests.ihc_attribution_dev.server.helpers import journey, post
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def parse(argv: list[str], env: dict[str, str] | None = None):

@@ -9,7 +9,7 @@ import requests
 
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve
-from tests.ihc_server.helpers import KEY
+from tests.ihc_attribution_dev.server.helpers import KEY
 
 
 @pytest.fixture(scope="module")

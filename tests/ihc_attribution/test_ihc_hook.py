@@ -26,7 +26,7 @@ from ihc_attribution.ihc_hook import CONN_FIELDS, IhcHook, build_base_url
 from ihc_attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve
-from tests.attribution.ihc_stub import Reply, ihc_answer, stub_server
+from tests.ihc_attribution.ihc_stub import Reply, ihc_answer, stub_server
 
 API_KEY = "hook-test-key-93b7d1"
 CONN_ENV = "AIRFLOW_CONN_IHC_API"

@@ -38,7 +38,7 @@ from ihc_attribution.ihc_client import (
 )
 from ihc_attribution_dev.server.config import FaultConfig, ServerConfig
 from ihc_attribution_dev.server.testing import serve
-from tests.attribution.ihc_stub import Call, Reply, closed_port, ihc_answer, ok, stub_server
+from tests.ihc_attribution.ihc_stub import Call, Reply, closed_port, ihc_answer, ok, stub_server
 
 API_KEY = "test-key-5f1c2b9e"
 

@@ -10,7 +10,7 @@ import requests
 
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve
-from tests.ihc_server.helpers import KEY, journey, post, row, units
+from tests.ihc_attribution_dev.server.helpers import KEY, journey, post, row, units
 
 TWO_SESSIONS = journey("c1", ["2024-01-01 10:00:00", "2024-01-01 12:00:00"])
 

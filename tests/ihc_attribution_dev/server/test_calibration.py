@@ -28,13 +28,13 @@ from ihc_attribution_dev.server.model import (
     round_credits,
 )
 from ihc_attribution_dev.server.testing import serve
-from tests.ihc_server.helpers import KEY, journey, post
+from tests.ihc_attribution_dev.server.helpers import KEY, journey, post
 
 np = pytest.importorskip("numpy")
 pytest.importorskip("scipy")
 cal = pytest.importorskip("ihc_attribution_dev.server.calibration")
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 T0 = datetime(2024, 3, 1, 8, 0, tzinfo=timezone.utc)
 CHANNELS = ["Direct Traffic", "Paid Search Brand", "Organic Traffic", "FB & IG Ads", "Newsletter & Email", "Referral"]
 

@@ -11,7 +11,7 @@ import requests
 from ihc_attribution_dev.server.app import plan_faults
 from ihc_attribution_dev.server.config import FaultConfig, ServerConfig
 from ihc_attribution_dev.server.testing import serve
-from tests.ihc_server.helpers import KEY, journey, post
+from tests.ihc_attribution_dev.server.helpers import KEY, journey, post
 
 BODY = {"customer_journeys": journey("c1", ["2024-01-01 10:00:00", "2024-01-01 12:00:00"])}
 

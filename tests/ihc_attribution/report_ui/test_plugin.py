@@ -19,7 +19,7 @@ from ihc_attribution.report_ui import sources as sources
 from ihc_attribution.report_ui import views as views
 from ihc_attribution.report_ui.plugin import URL_PREFIX, LazyApp
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PLUGINS = ROOT / "plugins"
 RUN_ID = "manual__2024-01-05T10:00:00+00:00"
 ISSUES = [

@@ -12,9 +12,9 @@ import requests
 
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve
-from tests.ihc_server.helpers import KEY
+from tests.ihc_attribution_dev.server.helpers import KEY
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.parametrize(

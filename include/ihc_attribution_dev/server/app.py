@@ -31,6 +31,8 @@ logger = logging.getLogger("ihc_attribution_dev.server")
 
 #: Header on every answer, so that nobody mistakes the double for the production service.
 LOCAL_DOUBLE_HEADER = "X-IHC-Local-Double"
+#: Scope key with the event loop's time when the request reached the application.
+RECEIVED_AT = "ihc.received_at"
 
 COMPUTE_PATH = "/v1/compute_ihc"
 
@@ -104,6 +106,7 @@ class LocalDoubleHeaderMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        scope[RECEIVED_AT] = asyncio.get_running_loop().time()
 
         async def send_with_header(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -235,9 +238,10 @@ def create_app(config: ServerConfig) -> FastAPI:
     ) -> JSONResponse:
         # Injected latency is the response time the client sees, at least: the double's own work
         # counts toward it, as the real service's computing is part of its response time. So
-        # the double's CPU on a small machine does not add to the latency a test asks for.
+        # the double's CPU on a small machine does not add to the latency a test asks for. The
+        # time counts from the request's arrival, so routing and reading the query count too.
         loop = asyncio.get_running_loop()
-        answer_at = loop.time() + config.faults.latency_ms / 1000
+        answer_at = request.scope.get(RECEIVED_AT, loop.time()) + config.faults.latency_ms / 1000
         if plan.hang:
             await asyncio.sleep(config.faults.hang_seconds)
         response = await _respond(request, conv_type_id, api_key, plan)

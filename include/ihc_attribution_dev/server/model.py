@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -261,6 +262,9 @@ class RedistributionRule:
     channel_labels: frozenset[str]
 
 
+_PLAIN_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+
+
 def parse_timestamp(text: str) -> datetime:
     """Parse a row ``timestamp`` (``%Y-%m-%d %H:%M:%S``, optionally `` %z``) to an aware UTC datetime.
 
@@ -268,6 +272,13 @@ def parse_timestamp(text: str) -> datetime:
     """
     if not isinstance(text, str):
         raise ValueError(f"timestamp must be a string, got {type(text).__name__}")
+    # The common form without offset, read without strptime (a third of the model's time before).
+    if _PLAIN_TIMESTAMP.fullmatch(text):
+        try:
+            return datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
+                            int(text[14:16]), int(text[17:19]), tzinfo=timezone.utc)
+        except ValueError:
+            pass  # strptime below gives the same answer, or the same error
     for fmt in TIMESTAMP_FORMATS:
         try:
             parsed = datetime.strptime(text, fmt)

@@ -126,7 +126,7 @@ REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
             type="boolean",
             title="Reuse earlier answers",
             description="A journey identical to one an earlier run got an answer for (same sessions, same API "
-            "address and conversion type, within the staging retention) keeps that answer instead of being sent "
+            "host and conversion type, within the staging retention) keeps that answer instead of being sent "
             "again. Turn off to ask the API again for every journey.",
         ),
     },

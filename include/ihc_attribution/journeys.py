@@ -288,7 +288,7 @@ def _fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> 
 
 
 # Another run's answer for a journey with the same fingerprint (the same sessions, sent to the
-# same API address and conversion type): the oldest such run, so the choice is deterministic.
+# same API host and conversion type): the oldest such run, so the choice is deterministic.
 _SOURCE_RUN = """(
     SELECT MIN(a.run_id) FROM attribution_stg_answered a
     WHERE a.conv_id = k.conv_id AND a.journey_hash = k.journey_hash AND a.run_id <> k.run_id

@@ -111,9 +111,18 @@ def open_db() -> Iterator[Database]:
 
 
 def answer_scope(settings: Any) -> str:
-    """What decides an answer besides the journey: the API's address, conv type and redistribution."""
+    """What decides an answer besides the journey: the API's host, conv type and redistribution.
+
+    The port is left out: the local IHC server of ``make run`` listens on a new free port each
+    time, and it is the same service (a re-run after a crash must not pay for answers again).
+    """
+    from urllib.parse import urlsplit
+
+    url = urlsplit(settings.base_url)
     return json.dumps(
-        [settings.base_url, settings.conv_type_id, settings.redistribution_parameter], sort_keys=True, default=str
+        [url.hostname, url.path.rstrip("/"), settings.conv_type_id, settings.redistribution_parameter],
+        sort_keys=True,
+        default=str,
     )
 
 

@@ -121,3 +121,17 @@ def test_reused_answers_leave_a_report_equal_to_the_recomputation(db_path):
     assert report_table["ihc"].sum() > 0
     for column in ("cost", "ihc", "ihc_revenue"):
         assert (report_table[column] - expected[column]).abs().max() < 1e-9, column
+
+
+def test_the_answer_scope_is_the_service_not_its_port():
+    from types import SimpleNamespace
+
+    from ihc_attribution.tasks import answer_scope
+
+    def scope(url, conv="demo", redistribution=None):
+        return answer_scope(SimpleNamespace(base_url=url, conv_type_id=conv, redistribution_parameter=redistribution))
+
+    assert scope("http://127.0.0.1:40001") == scope("http://127.0.0.1:40002"), "the local server's port changes per run"
+    assert scope("https://api.ihc-attribution.com") != scope("http://127.0.0.1:40001")
+    assert scope("http://127.0.0.1:40001", conv="A") != scope("http://127.0.0.1:40001", conv="B")
+    assert scope("http://h", redistribution={"holder": {"direction": "any_session"}}) != scope("http://h")

@@ -120,7 +120,8 @@ def parse_date_param(name: str, value: Any) -> dt.date | None:
         raise RangeError(f"param {name}={value!r} is not a valid calendar date: {exc}") from None
 
 
-def _as_naive_utc(value: Any) -> dt.datetime:
+def as_naive_utc(value: Any) -> dt.datetime:
+    """A datetime, pendulum DateTime or ISO text as a plain naive UTC datetime (whole seconds)."""
     if isinstance(value, str):
         value = dt.datetime.fromisoformat(value)
     if value.tzinfo is not None:
@@ -168,7 +169,7 @@ def resolve_run_range(
             "this run has no data interval and no start_date/end_date params: trigger it with "
             'params, e.g. {"start_date": "2024-01-01", "end_date": "2024-01-31"}'
         )
-    start, end = _as_naive_utc(data_interval_start), _as_naive_utc(data_interval_end)
+    start, end = as_naive_utc(data_interval_start), as_naive_utc(data_interval_end)
     if end <= start:
         raise RangeError(
             f"the data interval [{start}, {end}) is empty: schedule the DAG with a "

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ihc_attribution import api_stage, charts, checks, export, journeys, load, report, schema
-from ihc_attribution.daterange import ParamError, RunRange, parse_lookback_days, resolve_run_range
+from ihc_attribution.daterange import ParamError, RunRange, as_naive_utc, parse_lookback_days, resolve_run_range
 from ihc_attribution.db import SUPPORTED_CONN_TYPES, Database
 from ihc_attribution.errors import PermanentError
 from ihc_attribution.ihc_client import SendProgress, SendSummary
@@ -152,7 +152,7 @@ def setup_tables(context: Mapping[str, Any]) -> dict:
 def extract_journeys(context: Mapping[str, Any]) -> dict:
     """Stage the run's conversions and their journeys; quarantine malformed input."""
     rng = run_range(context)
-    created = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    created = _now()
     reuse = (context.get("params") or {}).get("reuse_answers", True)
     if not isinstance(reuse, bool):
         raise ParamError(f"param reuse_answers={reuse!r} must be true or false")
@@ -284,16 +284,8 @@ def _triggered_at(context: Mapping[str, Any]) -> str | None:
     for attr in ("run_after", "queued_at", "start_date", "logical_date"):
         value = getattr(dag_run, attr, None) if dag_run is not None else None
         if value is not None:
-            return _as_text_utc(value)
+            return as_naive_utc(value).isoformat(sep=" ")
     return None
-
-
-def _as_text_utc(value: Any) -> str:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    if value.tzinfo is not None:
-        value = value.astimezone(dt.timezone.utc)
-    return value.strftime("%Y-%m-%d %H:%M:%S")
 
 
 @stage

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from ihc_attribution import session_totals
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database, pg_text_not_a_date
 from ihc_attribution.errors import PermanentError
@@ -147,9 +148,8 @@ def _record(db: Database, summary: RunSummary) -> None:
         )
 
 
-# Two reads instead of one random cost lookup per session of the range: the range's sessions
-# from the (event_date, channel_name) index alone, and every cost row once with its session's
-# date from the (session_id, channel_name, event_date) index.
+# Source tables without a key on session_id (a row may be present twice): the range's distinct
+# sessions, and every cost row once with its session's date.
 _RANGE_SESSIONS_SQL = """
 SELECT COUNT(DISTINCT session_id), SUM(CASE WHEN channel_name IS NULL OR channel_name = '' THEN 1 ELSE 0 END)
 FROM session_sources
@@ -186,28 +186,22 @@ SELECT COUNT(*) FROM (
 """
 
 
-# When session_id is a key of both source tables (the challenge schema), no row is present twice:
-# the range's sessions are read once, each with its cost row through session_costs' key, and cost
-# rows without a session are found through session_sources' key; nothing is sorted. Only NULL
-# ids can then repeat, and they form one group, as GROUP BY puts NULLs together. The range holds
-# a large share of the table, so SQLite reads the table in storage order (one scan) rather than
-# through the date index (a random table read per session).
-_RANGE_SESSIONS_KEYED_SQL = """
-SELECT COUNT(s.session_id),
-       SUM(CASE WHEN s.channel_name IS NULL OR s.channel_name = '' THEN 1 ELSE 0 END),
-       COUNT(c.session_id),
-       SUM(CASE WHEN c.session_id IS NOT NULL AND c.cost IS NULL THEN 1 ELSE 0 END),
-       SUM(CASE WHEN c.cost < 0 THEN 1 ELSE 0 END),
-       SUM(CASE WHEN s.session_id IS NULL THEN 1 ELSE 0 END)
-FROM session_sources s {not_indexed}
-LEFT JOIN session_costs c ON c.session_id = s.session_id
-WHERE s.event_date >= ? AND s.event_date <= ?
+# When session_id is a key of both source tables (the challenge schema), no row is present twice
+# and the figures come from the source tables' totals (see session_totals), kept in step with
+# them: no pass over the sources unless they changed. Only NULL ids can then repeat. A cost row
+# belongs to at most one session, so those without one are the rows not counted by any date.
+_RANGE_TOTALS_SQL = f"""
+SELECT SUM(sessions),
+       SUM(CASE WHEN channel_name IS NULL OR channel_name = '' THEN session_rows ELSE 0 END),
+       SUM(cost_rows), SUM(null_costs), SUM(negative_costs), SUM(session_rows - sessions)
+FROM {session_totals.TOTALS}
+WHERE date >= ? AND date <= ?
 """
-_NOT_INDEXED = {"sqlite": "NOT INDEXED", "postgresql": ""}
-_ORPHAN_COST_ROWS_SQL = """
-SELECT COUNT(*) FROM session_costs c
-WHERE NOT EXISTS (SELECT 1 FROM session_sources s WHERE s.session_id = c.session_id)
-"""
+_MATCHED_COST_ROWS_SQL = f"SELECT SUM(cost_rows) FROM {session_totals.TOTALS}"
+_INVALID_TOTALS_DATE = {
+    "sqlite": "date IS NULL OR date(date, '+0 days') IS NOT date",
+    "postgresql": "date IS NULL",
+}
 
 
 def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
@@ -224,20 +218,29 @@ def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
     """
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
     if has_unique_key(db, SESSION_SOURCES, "session_id") and has_unique_key(db, SESSION_COSTS, "session_id"):
-        sessions, no_channel, with_cost_row, null_cost, negative, null_ids = db.query(
-            _RANGE_SESSIONS_KEYED_SQL.format(not_indexed=_NOT_INDEXED[db.dialect]), (first, last)
-        )[0]
-        orphans = db.scalar(_ORPHAN_COST_ROWS_SQL)
+        session_totals.refresh(db)
+        sessions, no_channel, with_cost_row, null_cost, negative, null_ids = db.query(_RANGE_TOTALS_SQL, (first, last))[0]
+        orphans = int(db.scalar(f"SELECT COUNT(*) FROM {SESSION_COSTS}") or 0) - int(
+            db.scalar(_MATCHED_COST_ROWS_SQL) or 0
+        )
         duplicated = 1 if (null_ids or 0) > 1 else 0
-    else:
-        sessions, no_channel = db.query(_RANGE_SESSIONS_SQL, (first, last))[0]
-        orphans, with_cost_row, null_cost, negative = db.query(_COST_ROWS_SQL, (first, last) * 3)[0]
-        duplicated = db.scalar(_DUPLICATE_SESSIONS_SQL, (first, last))
-    no_cost_row = (sessions or 0) - (with_cost_row or 0)
+        invalid = _INVALID_TOTALS_DATE[db.dialect]
+        if not db.is_sqlite and db.is_text_column("session_sources", "event_date"):
+            invalid = pg_text_not_a_date("date")
+        invalid_dates = db.scalar(f"SELECT SUM(session_rows) FROM {session_totals.TOTALS} WHERE {invalid}")
+        return _warnings(duplicated, sessions, with_cost_row, null_cost, negative, no_channel, orphans, invalid_dates)
+    sessions, no_channel = db.query(_RANGE_SESSIONS_SQL, (first, last))[0]
+    orphans, with_cost_row, null_cost, negative = db.query(_COST_ROWS_SQL, (first, last) * 3)[0]
+    duplicated = db.scalar(_DUPLICATE_SESSIONS_SQL, (first, last))
     invalid_sql = _INVALID_DATE_SQL[db.dialect]
     if not db.is_sqlite and db.is_text_column("session_sources", "event_date"):
         invalid_sql = f"SELECT COUNT(*) FROM session_sources WHERE {pg_text_not_a_date('event_date')}"
     invalid_dates = db.scalar(invalid_sql)
+    return _warnings(duplicated, sessions, with_cost_row, null_cost, negative, no_channel, orphans, invalid_dates)
+
+
+def _warnings(duplicated, sessions, with_cost_row, null_cost, negative, no_channel, orphans, invalid_dates) -> dict:
+    no_cost_row = (sessions or 0) - (with_cost_row or 0)
     return {
         "duplicated_session_ids": int(duplicated or 0),
         "sessions_without_cost_row": int(no_cost_row or 0),

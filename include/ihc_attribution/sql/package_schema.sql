@@ -133,19 +133,34 @@ CREATE TABLE IF NOT EXISTS attribution_stg_report_dates (
     PRIMARY KEY (run_id, report_date)
 );
 
--- Indexes the pipeline's queries rely on. Indexes on the source tables do not change their data.
--- The journeys need none: the extraction reads session_sources once, probing the run's users.
-CREATE INDEX IF NOT EXISTS ix_session_sources_date
-    ON session_sources (event_date, channel_name);
--- The report's spend reads the costs that change a sum in session_id order and finds each
--- session's channel and date in the same order: two sequential reads instead of a random lookup
--- per session. channel_name comes before event_date so that a list of dates is not used as a key.
-CREATE INDEX IF NOT EXISTS ix_session_costs_nonzero
-    ON session_costs (session_id, cost) WHERE cost <> 0;
-CREATE INDEX IF NOT EXISTS ix_session_sources_session_channel_date
-    ON session_sources (session_id, channel_name, event_date);
-CREATE INDEX IF NOT EXISTS ix_conversions_date
-    ON conversions (conv_date, conv_time);
+-- Totals of the source tables per (session date, channel): the report's spend and the source-data
+-- warnings read them instead of both source tables. Kept in step by triggers on the source
+-- tables, which record the dates a change touches in the stale table (see session_totals.py).
+CREATE TABLE IF NOT EXISTS attribution_session_totals (
+    date TEXT,
+    channel_name TEXT,
+    session_rows INT NOT NULL,
+    sessions INT NOT NULL,
+    cost_rows INT NOT NULL,
+    null_costs INT NOT NULL,
+    negative_costs INT NOT NULL,
+    cost FLOAT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_attribution_session_totals_date
+    ON attribution_session_totals (date, channel_name);
+CREATE TABLE IF NOT EXISTS attribution_session_totals_stale (
+    date TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_attribution_session_totals_stale_date
+    ON attribution_session_totals_stale (date);
+
+-- Indexes the pipeline's queries rely on. None is built over the source tables: the journeys
+-- read session_sources once, probing the run's users, and the report reads the totals above.
+-- Indexes earlier versions built there are dropped (they only slowed down writes).
+DROP INDEX IF EXISTS ix_session_sources_date;
+DROP INDEX IF EXISTS ix_session_costs_nonzero;
+DROP INDEX IF EXISTS ix_session_sources_session_channel_date;
+DROP INDEX IF EXISTS ix_conversions_date;
 CREATE INDEX IF NOT EXISTS ix_attribution_customer_journey_session
     ON attribution_customer_journey (session_id);
 -- Answers of other runs for the same journey fingerprint (reused instead of sent again).

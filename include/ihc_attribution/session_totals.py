@@ -1,0 +1,287 @@
+"""Totals of the source tables per (session date, channel), kept in step with them.
+
+The report's spend and the run's source-data warnings need, for every date they cover, all
+sessions of that date with their cost rows: on a database of millions of sessions, a pass over
+both source tables. ``attribution_session_totals`` holds those figures, computed once in one
+pass and then kept in step:
+
+- triggers on ``session_sources`` and ``session_costs`` record in
+  ``attribution_session_totals_stale`` the session dates that any insert, update or delete
+  touches (a date that cannot be known, such as a NULL one, or a PostgreSQL ``TRUNCATE``, is
+  recorded as ``*``: everything);
+- :func:`refresh` recomputes the recorded dates only, in the caller's transaction;
+- when the triggers are missing (the first run on a database, or a source table dropped and
+  created again, which drops its triggers) or cannot be created (no privilege), or when a
+  source table has no key on ``session_id`` (a row may then be present twice, and the figures
+  are taken over distinct rows), everything is recomputed.
+
+So the figures are always those of the source tables at the time of the refresh, whatever
+wrote to them. Rows per (date, channel): ``session_rows``, ``sessions`` (those with a
+session id), ``cost_rows`` (sessions with a ``session_costs`` row), ``null_costs``,
+``negative_costs`` and ``cost`` (the sum of the costs; NULL and missing costs add nothing).
+``date`` is the session date as text (``NULL`` when the session has none; a malformed date is
+kept as it is, so that it can be counted), ``channel_name`` as stored.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ihc_attribution.db import Database
+from ihc_attribution.schema import SESSION_COSTS, SESSION_SOURCES, has_unique_key
+
+log = logging.getLogger(__name__)
+
+TOTALS = "attribution_session_totals"
+STALE = "attribution_session_totals_stale"
+EVERYTHING = "*"
+CLAIMED = "attribution_tmp_claimed_dates"
+
+# The figures of one group of session rows joined with their cost rows (``s`` and ``c``).
+_FIGURES = """
+SELECT CAST(s.event_date AS TEXT), s.channel_name, COUNT(*), COUNT(s.session_id), COUNT(c.session_id),
+       SUM(CASE WHEN c.session_id IS NOT NULL AND c.cost IS NULL THEN 1 ELSE 0 END),
+       SUM(CASE WHEN c.cost < 0 THEN 1 ELSE 0 END),
+       COALESCE(SUM(c.cost), 0)
+FROM {sessions} s
+LEFT JOIN {costs} c ON c.session_id = s.session_id
+{where}
+GROUP BY CAST(s.event_date AS TEXT), s.channel_name
+"""
+_INSERT = (
+    f"INSERT INTO {TOTALS} (date, channel_name, session_rows, sessions, cost_rows, null_costs, negative_costs, cost) "
+)
+# Source tables without a key on session_id may hold a row twice: it is the same session and
+# the same cost, counted once (a session with two different cost rows has both summed).
+_DISTINCT_SESSIONS = f"(SELECT DISTINCT session_id, event_date, channel_name FROM {SESSION_SOURCES})"
+_DISTINCT_COSTS = f"(SELECT DISTINCT session_id, cost FROM {SESSION_COSTS})"
+
+# --- triggers -------------------------------------------------------------------------------
+# Names carry a version: triggers of an older definition are replaced, and everything recomputed.
+_PREFIX = "attribution_totals_v1_"
+
+# SQLite: row triggers; a date already recorded is not recorded again. A cost row's date is its
+# session's (none when the session does not exist: the cost then belongs to no date), found by
+# the session id of the row.
+_SQLITE_MARK = (
+    f"INSERT INTO {STALE} (date) SELECT d FROM (SELECT COALESCE(CAST({{value}} AS TEXT), '{EVERYTHING}') AS d) "
+    f"WHERE NOT EXISTS (SELECT 1 FROM {STALE} WHERE date = d);"
+)
+_SQLITE_SESSION_DATE_MARK = (
+    f"INSERT INTO {STALE} (date) SELECT COALESCE(CAST(event_date AS TEXT), '{EVERYTHING}') FROM {SESSION_SOURCES} "
+    f"WHERE session_id = {{row}}.session_id AND NOT EXISTS ("
+    f"SELECT 1 FROM {STALE} WHERE date = COALESCE(CAST(event_date AS TEXT), '{EVERYTHING}'));"
+)
+
+
+def _sqlite_triggers() -> dict[str, str]:
+    sessions, costs = SESSION_SOURCES, SESSION_COSTS
+    mark = _SQLITE_MARK.format
+    cost_mark = _SQLITE_SESSION_DATE_MARK.format
+    # The stored session with the new row's id (the row a REPLACE deletes). A replaced cost row
+    # has the id of the new one, so its session's date is recorded by the insert trigger anyway.
+    replaced = _SQLITE_SESSION_DATE_MARK.format(row="NEW")
+    return {
+        f"{_PREFIX}sessions_insert": (
+            f"AFTER INSERT ON {sessions} BEGIN {mark(value='NEW.event_date')} END"
+        ),
+        f"{_PREFIX}sessions_delete": (
+            f"AFTER DELETE ON {sessions} BEGIN {mark(value='OLD.event_date')} END"
+        ),
+        f"{_PREFIX}sessions_update": (
+            f"AFTER UPDATE OF session_id, event_date, channel_name ON {sessions} "
+            f"BEGIN {mark(value='OLD.event_date')} {mark(value='NEW.event_date')} END"
+        ),
+        # INSERT OR REPLACE (and UPDATE OR REPLACE) delete the row holding the same id without
+        # firing delete triggers: that row's date is recorded before it goes.
+        f"{_PREFIX}sessions_replace_insert": (
+            f"BEFORE INSERT ON {sessions} BEGIN {replaced} END"
+        ),
+        f"{_PREFIX}sessions_replace_update": (
+            f"BEFORE UPDATE OF session_id ON {sessions} WHEN NEW.session_id IS NOT OLD.session_id "
+            f"BEGIN {replaced} END"
+        ),
+        f"{_PREFIX}costs_insert": f"AFTER INSERT ON {costs} BEGIN {cost_mark(row='NEW')} END",
+        # A deleted cost row's session still exists (or its own delete trigger records the date).
+        f"{_PREFIX}costs_delete": f"AFTER DELETE ON {costs} BEGIN {cost_mark(row='OLD')} END",
+        f"{_PREFIX}costs_update": (
+            f"AFTER UPDATE OF session_id, cost ON {costs} BEGIN {cost_mark(row='OLD')} {cost_mark(row='NEW')} END"
+        ),
+    }
+
+
+# PostgreSQL: statement triggers with transition tables (one row of the stale table per
+# statement and date, so a COPY of millions of rows records each date once). The function runs
+# with its owner's rights and search path, so a loader with another role or search path can
+# write to the source tables without knowing of the pipeline's tables.
+_PG_FUNCTION = "attribution_totals_v1_mark"
+_PG_FUNCTION_SQL = """
+CREATE OR REPLACE FUNCTION {schema}.{function}() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = {schema}, pg_temp AS $body$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        INSERT INTO {stale} (date) VALUES ('{everything}');
+    ELSIF TG_TABLE_NAME = '{sessions}' THEN
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO {stale} (date)
+            SELECT DISTINCT COALESCE(CAST(n.event_date AS TEXT), '{everything}') FROM new_rows n;
+        END IF;
+        IF TG_OP IN ('DELETE', 'UPDATE') THEN
+            INSERT INTO {stale} (date)
+            SELECT DISTINCT COALESCE(CAST(o.event_date AS TEXT), '{everything}') FROM old_rows o;
+        END IF;
+    ELSE
+        IF TG_OP IN ('INSERT', 'UPDATE') THEN
+            INSERT INTO {stale} (date)
+            SELECT DISTINCT COALESCE(CAST(s.event_date AS TEXT), '{everything}')
+            FROM new_rows n JOIN {sessions} s ON s.session_id = n.session_id;
+        END IF;
+        IF TG_OP IN ('DELETE', 'UPDATE') THEN
+            INSERT INTO {stale} (date)
+            SELECT DISTINCT COALESCE(CAST(s.event_date AS TEXT), '{everything}')
+            FROM old_rows o JOIN {sessions} s ON s.session_id = o.session_id;
+        END IF;
+    END IF;
+    RETURN NULL;
+END
+$body$
+"""
+
+
+def _pg_triggers(schema: str) -> dict[str, str]:
+    run = f"FOR EACH STATEMENT EXECUTE FUNCTION {schema}.{_PG_FUNCTION}()"
+    triggers = {}
+    for table, short in ((SESSION_SOURCES, "sessions"), (SESSION_COSTS, "costs")):
+        triggers[f"{_PREFIX}{short}_insert"] = f"AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows {run}"
+        triggers[f"{_PREFIX}{short}_update"] = (
+            f"AFTER UPDATE ON {table} REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows {run}"
+        )
+        triggers[f"{_PREFIX}{short}_delete"] = f"AFTER DELETE ON {table} REFERENCING OLD TABLE AS old_rows {run}"
+        triggers[f"{_PREFIX}{short}_truncate"] = f"AFTER TRUNCATE ON {table} {run}"
+    return triggers
+
+
+def _existing_triggers(db: Database) -> set[str]:
+    if db.is_sqlite:
+        rows = db.query(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN (?, ?)",
+            (SESSION_SOURCES, SESSION_COSTS),
+        )
+    else:
+        rows = db.query(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN (to_regclass(?), to_regclass(?))",
+            (SESSION_SOURCES, SESSION_COSTS),
+        )
+    return {str(name) for (name,) in rows}
+
+
+def _install_triggers(db: Database) -> None:
+    """(Re)create the triggers; earlier versions of them are dropped. Raises when not allowed."""
+    existing = _existing_triggers(db)
+    if db.is_sqlite:
+        triggers = _sqlite_triggers()
+        for name in existing:
+            if name.startswith("attribution_totals_"):
+                db.execute(f"DROP TRIGGER IF EXISTS {name}")
+        for name, body in triggers.items():
+            db.execute(f"CREATE TRIGGER {name} {body}")
+        return
+    schema = db.scalar("SELECT current_schema()")
+    db.execute(
+        _PG_FUNCTION_SQL.format(
+            schema=schema, function=_PG_FUNCTION, stale=STALE, sessions=SESSION_SOURCES, everything=EVERYTHING
+        )
+    )
+    for table in (SESSION_SOURCES, SESSION_COSTS):
+        for (name,) in db.query(
+            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = to_regclass(?)", (table,)
+        ):
+            if str(name).startswith("attribution_totals_"):
+                db.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+    for name, body in _pg_triggers(schema).items():
+        db.execute(f"CREATE TRIGGER {name} {body}")
+
+
+def _expected_triggers(db: Database) -> set[str]:
+    return set(_sqlite_triggers()) if db.is_sqlite else set(_pg_triggers("public"))
+
+
+@dataclass
+class Refresh:
+    """What :func:`refresh` recomputed: ``everything`` or ``dates`` (0 when nothing changed)."""
+
+    everything: bool = False
+    dates: int = 0
+    reason: str = ""
+
+
+def refresh(db: Database) -> Refresh:
+    """Bring ``attribution_session_totals`` in step with the source tables (in one transaction)."""
+    with db.transaction():
+        keyed = has_unique_key(db, SESSION_SOURCES, "session_id") and has_unique_key(db, SESSION_COSTS, "session_id")
+        if not keyed:
+            _recompute(db, distinct=True)
+            return Refresh(everything=True, reason="a source table has no key on session_id")
+        if not _expected_triggers(db) <= _existing_triggers(db):
+            if _try_install_triggers(db):
+                _claim(db)
+            _recompute(db)
+            return Refresh(everything=True, reason="first refresh, or the source tables were created again")
+        claimed = _claim(db)
+        if EVERYTHING in claimed:
+            _recompute(db)
+            return Refresh(everything=True, reason="a change that touches every date")
+        if claimed:
+            _recompute(db, dates=claimed)
+        return Refresh(dates=len(claimed))
+
+
+def _try_install_triggers(db: Database) -> bool:
+    """Install the triggers in a savepoint; without them (no privilege) every refresh recomputes all."""
+    db.execute("SAVEPOINT attribution_totals_triggers")
+    try:
+        _install_triggers(db)
+    except Exception as exc:  # a read-only role, a locked-down schema
+        db.execute("ROLLBACK TO SAVEPOINT attribution_totals_triggers")
+        db.execute("RELEASE SAVEPOINT attribution_totals_triggers")
+        log.warning(
+            "cannot create the triggers that keep %s in step (%s: %s); every run recomputes it in full",
+            TOTALS, type(exc).__name__, exc,
+        )
+        return False
+    db.execute("RELEASE SAVEPOINT attribution_totals_triggers")
+    return True
+
+
+def _claim(db: Database) -> set[str]:
+    """Take the recorded dates off the stale table (they are recomputed in this transaction).
+
+    Deleting first is what keeps a concurrent writer's change from being lost on PostgreSQL: a
+    date it records after this delete stays for the next refresh, and one it recorded before
+    belongs to a change this transaction's later statements see.
+    """
+    return {str(d) for (d,) in db.query(f"DELETE FROM {STALE} RETURNING date") if d is not None}
+
+
+def _recompute(db: Database, *, distinct: bool = False, dates: set[str] | None = None) -> None:
+    """Recompute the totals of ``dates`` (text of the session date), or of every date."""
+    where = ""
+    if dates is None:
+        db.execute(f"DELETE FROM {TOTALS}")
+    else:
+        db.execute(f"DROP TABLE IF EXISTS {CLAIMED}")
+        db.execute(f"CREATE TEMP TABLE {CLAIMED} (date TEXT PRIMARY KEY)")
+        db.executemany(f"INSERT INTO {CLAIMED} (date) VALUES (?)", [(d,) for d in sorted(dates)])
+        db.execute(f"DELETE FROM {TOTALS} WHERE date IN (SELECT date FROM {CLAIMED})")
+        where = f"WHERE CAST(s.event_date AS TEXT) IN (SELECT date FROM {CLAIMED})"
+    db.execute(
+        _INSERT
+        + _FIGURES.format(
+            sessions=_DISTINCT_SESSIONS if distinct else SESSION_SOURCES,
+            costs=_DISTINCT_COSTS if distinct else SESSION_COSTS,
+            where=where,
+        )
+    )
+    if dates is not None:
+        db.execute(f"DROP TABLE {CLAIMED}")

@@ -1,0 +1,304 @@
+"""The source totals per (session date, channel) always equal a recomputation from the sources.
+
+They are computed in one pass the first time and then kept in step by triggers on the source
+tables: whatever writes to ``session_sources`` or ``session_costs`` (inserts, updates of any
+column, deletes, a table dropped and created again), the next refresh gives the figures of the
+tables as they are, and recomputes only the dates that changed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from ihc_attribution import schema, session_totals
+from ihc_attribution.db import Database
+from tests.helpers import make_db, source_ddl
+
+SESSIONS = [
+    ("s1", "u1", "2024-01-08", "10:00:00", "Paid Search Brand"),
+    ("s2", "u1", "2024-01-09", "10:00:00", "FB & IG Ads"),
+    ("s3", "u2", "2024-01-09", "11:00:00", "FB & IG Ads"),
+    ("s4", "u3", "2024-01-10", "12:00:00", "Organic Traffic"),
+    ("s5", "u3", "2024-01-10", "13:00:00", None),
+    ("s6", "u4", "2024-02-30", "09:00:00", "Referral"),  # not a date: counted, on no report date
+]
+COSTS = [("s1", 2.5), ("s2", 1.25), ("s3", None), ("s4", -1.0), ("s6", 3.0), ("gone", 9.0)]
+FIGURES = ["session_rows", "sessions", "cost_rows", "null_costs", "negative_costs", "cost"]
+
+
+def recomputed(conn: sqlite3.Connection) -> dict[tuple, tuple]:
+    """The totals from the source tables, with pandas (distinct rows, as a table without keys may repeat one)."""
+    s = pd.read_sql("SELECT DISTINCT session_id, event_date, channel_name FROM session_sources", conn)
+    c = pd.read_sql("SELECT DISTINCT session_id, cost FROM session_costs", conn)
+    c["has_row"] = 1
+    m = s.merge(c, on="session_id", how="left")
+    m["has_row"] = m["has_row"].fillna(0).where(m["session_id"].notna(), 0)
+    m["date"] = m["event_date"].map(lambda v: None if pd.isna(v) else str(v))
+    out = {}
+    for (date, channel), g in m.groupby(["date", "channel_name"], dropna=False):
+        key = (None if pd.isna(date) else date, None if pd.isna(channel) else channel)
+        out[key] = (
+            len(g),
+            int(g["session_id"].notna().sum()),
+            int(g["has_row"].sum()),
+            int(((g["has_row"] == 1) & g["cost"].isna()).sum()),
+            int((g["cost"] < 0).sum()),
+            round(float(g["cost"].fillna(0).sum()), 9),
+        )
+    return out
+
+
+def stored(conn: sqlite3.Connection) -> dict[tuple, tuple]:
+    rows = conn.execute(f"SELECT date, channel_name, {', '.join(FIGURES)} FROM {session_totals.TOTALS}").fetchall()
+    out = {(d, ch): (*map(int, rest[:5]), round(float(rest[5]), 9)) for d, ch, *rest in rows}
+    assert len(out) == len(rows), "one row per (date, channel)"
+    return out
+
+
+@pytest.fixture
+def db(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, [], COSTS)
+    database = Database.connect_sqlite(str(path))
+    schema.ensure_schema(database)
+    yield database
+    database.close()
+
+
+def refreshed(db: Database) -> session_totals.Refresh:
+    result = session_totals.refresh(db)
+    assert stored(db.conn) == recomputed(db.conn)
+    return result
+
+
+def test_the_first_refresh_computes_everything_and_the_next_one_nothing(db):
+    first = refreshed(db)
+    assert first.everything
+    assert stored(db.conn)[("2024-01-09", "FB & IG Ads")] == (2, 2, 2, 1, 0, 1.25)
+    assert stored(db.conn)[("2024-01-10", None)] == (1, 1, 0, 0, 0, 0.0)
+    statements: list[str] = []
+    db.conn.set_trace_callback(statements.append)
+    second = refreshed(db)
+    db.conn.set_trace_callback(None)
+    assert not second.everything and second.dates == 0
+    assert not [sql for sql in statements if "session_sources" in sql and "attribution_session_totals" in sql]
+
+
+CHANGES = {
+    "a session inserted": (
+        ["INSERT INTO session_sources VALUES ('n1', 'u9', '2024-01-11', '10:00:00', 'Referral', 0, 0, 0)"], 1,
+    ),
+    "a cost updated": (["UPDATE session_costs SET cost = 7.5 WHERE session_id = 's2'"], 1),
+    "a cost row deleted": (["DELETE FROM session_costs WHERE session_id = 's1'"], 1),
+    "a cost row inserted": (["INSERT INTO session_costs VALUES ('s5', 4.0)"], 1),
+    "a session moved to another date": (["UPDATE session_sources SET event_date = '2024-01-12' WHERE session_id = 's3'"], 2),
+    "a session's channel changed": (["UPDATE session_sources SET channel_name = 'Referral' WHERE session_id = 's4'"], 1),
+    "a session deleted, its cost row kept": (["DELETE FROM session_sources WHERE session_id = 's2'"], 1),
+    "a cost row before its session": (
+        [
+            "INSERT INTO session_costs VALUES ('late', 5.0)",
+            "INSERT INTO session_sources VALUES ('late', 'u9', '2024-01-13', '10:00:00', 'Referral', 0, 0, 0)",
+        ],
+        1,
+    ),
+    "a cost row moved to another session": (["UPDATE session_costs SET session_id = 's5' WHERE session_id = 's1'"], 2),
+    "many rows of one day": (
+        [
+            "INSERT INTO session_sources SELECT 'x' || session_id, user_id, '2024-01-09', event_time, channel_name, "
+            "holder_engagement, closer_engagement, impression_interaction FROM session_sources"
+        ],
+        1,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CHANGES))
+def test_a_change_recomputes_only_the_dates_it_touches(db, name):
+    statements, dates = CHANGES[name]
+    refreshed(db)
+    for sql in statements:
+        db.execute(sql)
+    result = refreshed(db)
+    assert not result.everything and result.dates == dates
+
+
+def test_a_session_without_a_date_recomputes_everything(db):
+    refreshed(db)
+    db.execute("INSERT INTO session_sources VALUES ('nd', 'u9', NULL, '10:00:00', 'Referral', 0, 0, 0)")
+    assert refreshed(db).everything
+    assert stored(db.conn)[(None, "Referral")][:2] == (1, 1)
+
+
+def test_a_source_table_created_again_recomputes_everything(db):
+    refreshed(db)
+    db.execute("DROP TABLE session_costs")
+    db.execute("CREATE TABLE session_costs (session_id TEXT PRIMARY KEY, cost FLOAT)")
+    db.execute("INSERT INTO session_costs VALUES ('s4', 8.0)")
+    assert refreshed(db).everything
+    db.execute("UPDATE session_costs SET cost = 1.0")
+    assert refreshed(db).dates == 1
+
+
+def test_a_failed_refresh_keeps_the_recorded_dates(db, monkeypatch):
+    refreshed(db)
+    db.execute("UPDATE session_costs SET cost = 7.5 WHERE session_id = 's2'")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(session_totals, "_recompute", broken)
+    with pytest.raises(RuntimeError):
+        session_totals.refresh(db)
+    monkeypatch.undo()
+    assert refreshed(db).dates == 1
+
+
+def test_sources_without_keys_are_recomputed_every_time_over_distinct_rows(tmp_path):
+    sessions = SESSIONS + [SESSIONS[1], SESSIONS[1]]
+    costs = COSTS + [("s2", 1.25), ("s2", 0.5)]
+    path = make_db(tmp_path / "db.sqlite", sessions, [], costs, ddl=source_ddl(keys=False))
+    db = Database.connect_sqlite(str(path))
+    schema.ensure_schema(db)
+    assert refreshed(db).everything
+    # s2 once, with its two different cost rows
+    assert stored(db.conn)[("2024-01-09", "FB & IG Ads")][5] == pytest.approx(1.75)
+    assert refreshed(db).everything
+    db.close()
+
+
+# Random writes of any kind, in any order: the totals stay equal to the recomputation.
+_IDS = st.sampled_from(["s1", "s2", "s3", "s4", "s5", "s6", "n1", "n2"])
+_DATES = st.sampled_from(["2024-01-08", "2024-01-09", "2024-01-10", "2024-01-11"])
+_WRITES = st.one_of(
+    st.tuples(st.just("INSERT OR REPLACE INTO session_sources VALUES (?, 'u', ?, '10:00:00', ?, 0, 0, 0)"),
+              st.tuples(_IDS, _DATES, st.sampled_from(["A", "B", None]))),
+    st.tuples(st.just("INSERT OR REPLACE INTO session_costs VALUES (?, ?)"),
+              st.tuples(_IDS, st.one_of(st.none(), st.floats(-5, 5, allow_nan=False).map(lambda v: round(v, 2))))),
+    st.tuples(st.just("UPDATE session_sources SET event_date = ? WHERE session_id = ?"), st.tuples(_DATES, _IDS)),
+    st.tuples(st.just("DELETE FROM session_sources WHERE session_id = ?"), st.tuples(_IDS)),
+    st.tuples(st.just("DELETE FROM session_costs WHERE session_id = ?"), st.tuples(_IDS)),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(batches=st.lists(st.lists(_WRITES, max_size=6), min_size=1, max_size=4))
+def test_random_writes_keep_the_totals_equal_to_a_recomputation(tmp_path_factory, batches):
+    path = make_db(tmp_path_factory.mktemp("totals") / "db.sqlite", SESSIONS[:4], [], COSTS[:4])
+    db = Database.connect_sqlite(str(path))
+    try:
+        schema.ensure_schema(db)
+        refreshed(db)
+        for batch in batches:
+            for sql, params in batch:
+                db.execute(sql, params)
+            refreshed(db)
+    finally:
+        db.close()
+
+
+# --- PostgreSQL: statement triggers with transition tables -------------------------------------
+
+
+@pytest.fixture
+def pg(tmp_path):
+    """A database of this test only on the machine's PostgreSQL, with the sources and the schema."""
+    import uuid
+
+    psycopg2 = pytest.importorskip("psycopg2")
+    params = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "connect_timeout": 3}
+    try:
+        admin = psycopg2.connect(dbname="postgres", **params)
+    except psycopg2.OperationalError as exc:
+        pytest.skip(f"no PostgreSQL server at 127.0.0.1:5432: {exc}")
+    admin.autocommit = True
+    name = "ihc_totals_test_" + uuid.uuid4().hex[:10]
+    with admin.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {name}")
+    conn = psycopg2.connect(dbname=name, **params)
+    db = Database(conn)
+    try:
+        with db.transaction():
+            db.executescript(schema.challenge_ddl())
+            for row in SESSIONS:
+                if row[2] != "2024-02-30":  # a DATE column refuses it
+                    db.execute("INSERT INTO session_sources VALUES (?, ?, ?, ?, ?, 0, 0, 0)", row)
+            db.executemany("INSERT INTO session_costs VALUES (?, ?)", COSTS)
+        schema.ensure_schema(db)
+        yield db
+    finally:
+        conn.close()
+        with admin.cursor() as cur:
+            cur.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.close()
+
+
+def write(db: Database, sql: str) -> None:
+    """One statement in a transaction of its own, as a loader commits it."""
+    with db.transaction():
+        db.execute(sql)
+
+
+def pg_refreshed(db: Database) -> session_totals.Refresh:
+    result = session_totals.refresh(db)
+    got = {
+        (d, ch): (*map(int, rest[:5]), round(float(rest[5]), 9))
+        for d, ch, *rest in db.query(f"SELECT date, channel_name, {', '.join(FIGURES)} FROM {session_totals.TOTALS}")
+    }
+    s = db.query("SELECT session_id, CAST(event_date AS TEXT), channel_name FROM session_sources")
+    c = dict(db.query("SELECT session_id, cost FROM session_costs"))
+    want: dict[tuple, list] = {}
+    for sid, date, channel in s:
+        f = want.setdefault((date, channel), [0, 0, 0, 0, 0, 0.0])
+        f[0] += 1
+        f[1] += sid is not None
+        if sid in c:
+            f[2] += 1
+            f[3] += c[sid] is None
+            f[4] += c[sid] is not None and c[sid] < 0
+            f[5] += c[sid] or 0.0
+    assert got == {k: (*v[:5], round(v[5], 9)) for k, v in want.items()}
+    return result
+
+
+def test_postgres_triggers_record_the_dates_of_every_kind_of_write(pg):
+    assert pg_refreshed(pg).everything
+    assert pg_refreshed(pg).dates == 0
+    write(pg, "UPDATE session_costs SET cost = 7.5 WHERE session_id IN ('s2', 's3')")
+    assert pg_refreshed(pg).dates == 1
+    write(pg, "UPDATE session_sources SET event_date = '2024-01-12' WHERE session_id = 's1'")
+    assert pg_refreshed(pg).dates == 2
+    write(pg, 
+        "INSERT INTO session_sources VALUES ('n1', 'u9', '2024-01-11', '10:00:00', 'A', 0, 0, 0), "
+        "('n2', 'u9', '2024-01-13', '10:00:00', 'A', 0, 0, 0)"
+    )
+    write(pg, "INSERT INTO session_costs VALUES ('n1', 1.0) ON CONFLICT (session_id) DO UPDATE SET cost = 2.0")
+    write(pg, "INSERT INTO session_costs VALUES ('n1', 1.0) ON CONFLICT (session_id) DO UPDATE SET cost = 3.0")
+    assert pg_refreshed(pg).dates == 2
+    write(pg, "DELETE FROM session_sources WHERE session_id = 's4'")
+    write(pg, "DELETE FROM session_costs WHERE session_id = 'n1'")
+    assert pg_refreshed(pg).dates == 2
+    write(pg, "TRUNCATE session_costs")
+    assert pg_refreshed(pg).everything
+
+
+def test_postgres_loaders_need_no_rights_on_the_pipeline_s_tables(pg):
+    """The trigger function runs with its owner's rights: a role that may only write the sources can."""
+    import uuid
+
+    session_totals.refresh(pg)
+    role = "ihc_loader_" + uuid.uuid4().hex[:8]
+    write(pg, f"CREATE ROLE {role}")
+    try:
+        write(pg, f"GRANT INSERT, UPDATE, DELETE, SELECT ON session_sources, session_costs TO {role}")
+        write(pg, f"SET ROLE {role}")
+        write(pg, "INSERT INTO session_sources VALUES ('r1', 'u9', '2024-01-14', '10:00:00', 'A', 0, 0, 0)")
+        write(pg, "RESET ROLE")
+        assert pg_refreshed(pg).dates == 1
+    finally:
+        write(pg, "RESET ROLE")
+        write(pg, f"REVOKE ALL ON session_sources, session_costs FROM {role}")
+        write(pg, f"DROP ROLE {role}")

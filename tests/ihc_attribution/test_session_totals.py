@@ -271,7 +271,7 @@ def test_postgres_triggers_record_the_dates_of_every_kind_of_write(pg):
     assert pg_refreshed(pg).dates == 1
     write(pg, "UPDATE session_sources SET event_date = '2024-01-12' WHERE session_id = 's1'")
     assert pg_refreshed(pg).dates == 2
-    write(pg, 
+    write(pg,
         "INSERT INTO session_sources VALUES ('n1', 'u9', '2024-01-11', '10:00:00', 'A', 0, 0, 0), "
         "('n2', 'u9', '2024-01-13', '10:00:00', 'A', 0, 0, 0)"
     )

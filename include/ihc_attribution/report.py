@@ -74,12 +74,23 @@ def build_report(
 ) -> ReportSummary:
     """Replace the ``channel_reporting`` rows of the run's report dates, in one transaction.
 
-    Every (channel, date) with at least one session gets a row, so days without attributed
-    conversions still show their spend. Each rebuilt date is recorded in
+    The report dates are those the run's load recorded, and the dates of existing report rows
+    whose sources changed since (see :mod:`session_totals`). Every (channel, date) with at least
+    one session gets a row, so days without attributed conversions still show their spend. Each rebuilt date is recorded in
     ``attribution_report_builds`` with the run and the look-back it was built with.
     """
     with db.transaction():
         session_totals.refresh(db)
+        # Dates whose sources changed since their rows were built are rebuilt too (a session
+        # deleted or moved away from a date is no longer found by the run's credited sessions).
+        db.execute(
+            "INSERT INTO attribution_stg_report_dates (run_id, report_date) "
+            f"SELECT ?, o.date FROM {session_totals.OUTDATED} o WHERE EXISTS ("
+            " SELECT 1 FROM channel_reporting r WHERE CAST(r.date AS TEXT) = o.date) "
+            "ON CONFLICT (run_id, report_date) DO NOTHING",
+            (run_id,),
+        )
+        db.execute(f"DELETE FROM {session_totals.OUTDATED}")
         n_dates = int(db.scalar("SELECT COUNT(*) FROM attribution_stg_report_dates WHERE run_id = ?", (run_id,)))
         dates = (
             "SELECT {d} FROM attribution_stg_report_dates WHERE run_id = ?"

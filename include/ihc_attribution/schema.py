@@ -75,6 +75,9 @@ def has_unique_key(db: Database, table: str, column: str) -> bool:
     be present twice. Queries use this to skip deduplication work that a key makes unneeded.
     """
     if db.is_sqlite:
+        pk = [(r[1], str(r[2]).upper()) for r in db.query(f"PRAGMA table_info({table})") if r[5]]
+        if pk == [(column, "INTEGER")]:  # the rowid itself: no index is listed for it
+            return True
         for _, name, unique, _origin, partial in db.query(f"PRAGMA index_list({table})"):
             if unique and not partial and [r[2] for r in db.query(f"PRAGMA index_info({name})")] == [column]:
                 return True

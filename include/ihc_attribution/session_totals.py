@@ -26,6 +26,7 @@ kept as it is, so that it can be counted), ``channel_name`` as stored.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 from ihc_attribution.db import Database
@@ -36,7 +37,9 @@ log = logging.getLogger(__name__)
 TOTALS = "attribution_session_totals"
 STALE = "attribution_session_totals_stale"
 EVERYTHING = "*"
+OUTDATED = "attribution_report_outdated_dates"
 CLAIMED = "attribution_tmp_claimed_dates"
+BEFORE = "attribution_tmp_totals_before"
 
 # The figures of one group of session rows joined with their cost rows (``s`` and ``c``).
 _FIGURES = """
@@ -178,13 +181,9 @@ def _existing_triggers(db: Database) -> set[str]:
 
 def _install_triggers(db: Database) -> None:
     """(Re)create the triggers; earlier versions of them are dropped. Raises when not allowed."""
-    existing = _existing_triggers(db)
+    _drop_triggers(db)
     if db.is_sqlite:
-        triggers = _sqlite_triggers()
-        for name in existing:
-            if name.startswith("attribution_totals_"):
-                db.execute(f"DROP TRIGGER IF EXISTS {name}")
-        for name, body in triggers.items():
+        for name, body in _sqlite_triggers().items():
             db.execute(f"CREATE TRIGGER {name} {body}")
         return
     schema = db.scalar("SELECT current_schema()")
@@ -193,14 +192,22 @@ def _install_triggers(db: Database) -> None:
             schema=schema, function=_PG_FUNCTION, stale=STALE, sessions=SESSION_SOURCES, everything=EVERYTHING
         )
     )
-    for table in (SESSION_SOURCES, SESSION_COSTS):
-        for (name,) in db.query(
-            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = to_regclass(?)", (table,)
-        ):
-            if str(name).startswith("attribution_totals_"):
-                db.execute(f"DROP TRIGGER IF EXISTS {name} ON {table}")
     for name, body in _pg_triggers(schema).items():
         db.execute(f"CREATE TRIGGER {name} {body}")
+
+
+def _drop_triggers(db: Database) -> None:
+    """Drop the pipeline's triggers (of any version) from the source tables."""
+    for table in (SESSION_SOURCES, SESSION_COSTS):
+        if db.is_sqlite:
+            names = db.query("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,))
+        else:
+            names = db.query(
+                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = to_regclass(?)", (table,)
+            )
+        for (name,) in names:
+            if str(name).startswith("attribution_totals_"):
+                db.execute(f"DROP TRIGGER IF EXISTS {name}" + ("" if db.is_sqlite else f" ON {table}"))
 
 
 def _expected_triggers(db: Database) -> set[str]:
@@ -216,13 +223,32 @@ class Refresh:
     reason: str = ""
 
 
-def refresh(db: Database) -> Refresh:
-    """Bring ``attribution_session_totals`` in step with the source tables (in one transaction)."""
+def triggers_setting() -> bool:
+    """``$ATTRIBUTION_SOURCE_TRIGGERS``: 0/false/no keeps the source tables free of triggers (default on)."""
+    value = os.environ.get("ATTRIBUTION_SOURCE_TRIGGERS", "").strip().lower()
+    if value in ("", "1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"ATTRIBUTION_SOURCE_TRIGGERS={value!r} must be 1/true/yes or 0/false/no")
+
+
+def refresh(db: Database, *, triggers: bool | None = None) -> Refresh:
+    """Bring ``attribution_session_totals`` in step with the source tables (in one transaction).
+
+    :param triggers: keep the totals in step through triggers on the source tables; without
+        them every refresh recomputes everything (default: :func:`triggers_setting`).
+    """
+    triggers = triggers_setting() if triggers is None else triggers
     with db.transaction():
         keyed = has_unique_key(db, SESSION_SOURCES, "session_id") and has_unique_key(db, SESSION_COSTS, "session_id")
         if not keyed:
             _recompute(db, distinct=True)
             return Refresh(everything=True, reason="a source table has no key on session_id")
+        if not triggers:
+            _drop_triggers(db)
+            _recompute(db)
+            return Refresh(everything=True, reason="triggers are turned off (ATTRIBUTION_SOURCE_TRIGGERS)")
         if not _expected_triggers(db) <= _existing_triggers(db):
             if _try_install_triggers(db):
                 _claim(db)
@@ -264,24 +290,49 @@ def _claim(db: Database) -> set[str]:
     return {str(d) for (d,) in db.query(f"DELETE FROM {STALE} RETURNING date") if d is not None}
 
 
+_COLUMNS = "date, channel_name, session_rows, sessions, cost_rows, null_costs, negative_costs, cost"
+# Dates whose figures differ before and after a recomputation: a row only one side holds.
+_CHANGED_DATES = f"""
+INSERT INTO {OUTDATED} (date)
+SELECT DISTINCT date FROM (
+    SELECT date FROM (
+        SELECT {_COLUMNS} FROM {BEFORE}
+        UNION ALL
+        SELECT {_COLUMNS} FROM {TOTALS} {{where}}
+    ) AS both_sides
+    GROUP BY {_COLUMNS}
+    HAVING COUNT(*) = 1
+) AS changed
+WHERE date IS NOT NULL
+ON CONFLICT (date) DO NOTHING
+"""
+
+
 def _recompute(db: Database, *, distinct: bool = False, dates: set[str] | None = None) -> None:
-    """Recompute the totals of ``dates`` (text of the session date), or of every date."""
+    """Recompute the totals of ``dates`` (text of the session date), or of every date.
+
+    The dates whose figures changed are added to ``attribution_report_outdated_dates``: the
+    report rows of those dates no longer match the sources (a session deleted or moved away
+    from a date, a corrected cost), whichever run built them.
+    """
     where = ""
-    if dates is None:
-        db.execute(f"DELETE FROM {TOTALS}")
-    else:
+    if dates is not None:
         db.execute(f"DROP TABLE IF EXISTS {CLAIMED}")
         db.execute(f"CREATE TEMP TABLE {CLAIMED} (date TEXT PRIMARY KEY)")
         db.executemany(f"INSERT INTO {CLAIMED} (date) VALUES (?)", [(d,) for d in sorted(dates)])
-        db.execute(f"DELETE FROM {TOTALS} WHERE date IN (SELECT date FROM {CLAIMED})")
-        where = f"WHERE CAST(s.event_date AS TEXT) IN (SELECT date FROM {CLAIMED})"
+        where = f"WHERE date IN (SELECT date FROM {CLAIMED})"
+    db.execute(f"DROP TABLE IF EXISTS {BEFORE}")
+    db.execute(f"CREATE TEMP TABLE {BEFORE} AS SELECT {_COLUMNS} FROM {TOTALS} {where}")
+    db.execute(f"DELETE FROM {TOTALS} {where}")
     db.execute(
         _INSERT
         + _FIGURES.format(
             sessions=_DISTINCT_SESSIONS if distinct else SESSION_SOURCES,
             costs=_DISTINCT_COSTS if distinct else SESSION_COSTS,
-            where=where,
+            where=where.replace("WHERE date", "WHERE CAST(s.event_date AS TEXT)"),
         )
     )
+    db.execute(_CHANGED_DATES.format(where=where))
+    db.execute(f"DROP TABLE {BEFORE}")
     if dates is not None:
         db.execute(f"DROP TABLE {CLAIMED}")

@@ -353,6 +353,9 @@ def _change_source(path: Path, session_id: str, change: str, shift: int) -> None
             )
         elif change == "channel":
             conn.execute("UPDATE session_sources SET channel_name = 'Changed' WHERE session_id = ?", (session_id,))
+        elif change == "cost":
+            # A corrected cost, as a loader's upsert writes it (INSERT OR REPLACE deletes the old row).
+            conn.execute("INSERT OR REPLACE INTO session_costs VALUES (?, ?)", (session_id, 7.25 + shift))
         else:
             conn.execute("DELETE FROM session_sources WHERE session_id = ?", (session_id,))
 
@@ -361,7 +364,7 @@ def _change_source(path: Path, session_id: str, change: str, shift: int) -> None
 @given(
     data=source_data(),
     pick=st.integers(0, 100),
-    change=st.sampled_from(["user", "date", "channel", "delete"]),
+    change=st.sampled_from(["user", "date", "channel", "cost", "delete"]),
     shift=st.sampled_from([-2, -1, 1, 2]),
     rerun_id=st.sampled_from(["r1", "manual__again"]),
 )

@@ -302,3 +302,52 @@ def test_postgres_loaders_need_no_rights_on_the_pipeline_s_tables(pg):
         write(pg, "RESET ROLE")
         write(pg, f"REVOKE ALL ON session_sources, session_costs FROM {role}")
         write(pg, f"DROP ROLE {role}")
+
+
+def test_with_triggers_turned_off_the_sources_carry_none_and_every_refresh_recomputes(db, monkeypatch):
+    refreshed(db)
+    assert session_totals._existing_triggers(db)
+    monkeypatch.setenv("ATTRIBUTION_SOURCE_TRIGGERS", "0")
+    assert refreshed(db).everything
+    assert not session_totals._existing_triggers(db)
+    db.execute("UPDATE session_costs SET cost = 7.5 WHERE session_id = 's2'")
+    assert refreshed(db).everything
+    monkeypatch.setenv("ATTRIBUTION_SOURCE_TRIGGERS", "maybe")
+    with pytest.raises(ValueError, match="ATTRIBUTION_SOURCE_TRIGGERS"):
+        session_totals.refresh(db)
+
+
+def test_integer_session_ids_are_keys_and_kept_in_step(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", [(1, "u1", "2024-01-08", "10:00:00", "A")], [], [(1, 2.0)],
+                   ddl=source_ddl(id_type="INTEGER"))
+    db = Database.connect_sqlite(str(path))
+    schema.ensure_schema(db)
+    assert refreshed(db).everything
+    db.execute("INSERT INTO session_costs VALUES (1, 3.0) ON CONFLICT (session_id) DO UPDATE SET cost = 3.0")
+    assert refreshed(db).dates == 1
+    db.close()
+
+
+def test_report_rows_of_a_date_whose_sessions_changed_are_rebuilt_by_the_next_run(tmp_path):
+    """A credited session deleted from the source: no journey finds its date any more, yet the
+    next run (another run id, which knows nothing of the first run's dates) rebuilds that date."""
+    from tests.helpers import expected_report, read_table, run_pipeline
+
+    sessions = [
+        ("s1", "u1", "1996-02-26", "00:00:00", "Direct Traffic"),
+        ("s2", "u1", "1996-02-27", "00:00:00", "Direct Traffic"),
+        ("s3", "u2", "1996-02-27", "00:00:00", "Referral"),
+    ]
+    conversions = [("c1", "u1", "1996-02-27", "10:00:00", 10.0), ("c2", "u2", "1996-02-27", "10:00:00", 5.0)]
+    path = make_db(tmp_path / "db.sqlite", sessions, conversions, [("s1", 1.5), ("s3", 2.0)])
+    run_pipeline(path, "r1", "1996-02-27", "1996-02-27")
+    assert set(read_table(path, "channel_reporting")["date"]) == {"1996-02-26", "1996-02-27"}
+    with sqlite3.connect(path) as conn:
+        conn.execute("DELETE FROM session_sources WHERE session_id = 's1'")
+        conn.execute("UPDATE session_costs SET cost = 4.0 WHERE session_id = 's3'")
+    run_pipeline(path, "manual__again", "1996-02-27", "1996-02-27")
+    got = read_table(path, "channel_reporting").sort_values(["channel_name", "date"]).reset_index(drop=True)
+    want = expected_report(path).sort_values(["channel_name", "date"]).reset_index(drop=True)
+    assert list(zip(got["channel_name"], got["date"])) == list(zip(want["channel_name"], want["date"]))
+    assert got["cost"].tolist() == pytest.approx(want["cost"].tolist())
+    assert got["ihc"].tolist() == pytest.approx(want["ihc"].tolist())

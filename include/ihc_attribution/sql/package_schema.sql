@@ -153,6 +153,11 @@ CREATE TABLE IF NOT EXISTS attribution_session_totals_stale (
 );
 CREATE INDEX IF NOT EXISTS ix_attribution_session_totals_stale_date
     ON attribution_session_totals_stale (date);
+-- Session dates whose totals changed since the report last read them: their channel_reporting
+-- rows (whichever run built them) are rebuilt by the next report stage.
+CREATE TABLE IF NOT EXISTS attribution_report_outdated_dates (
+    date TEXT PRIMARY KEY
+);
 
 -- Indexes the pipeline's queries rely on. None is built over the source tables: the journeys
 -- read session_sources once, probing the run's users, and the report reads the totals above.

@@ -181,8 +181,7 @@ _UNCLEAN_USER_SESSIONS_SQL = _USER_SESSIONS_SQL + "WHERE s.clean = 0\n"
 
 # The conversion flag marks the latest session of each journey; equal timestamps are broken by
 # the larger session id so the choice is deterministic. The user's sessions are read from the
-# index in that order (no sort), up to the conversion's date: the first date condition is implied
-# by the second and only gives the index its range.
+# index in that order, so the window needs no sort.
 _JOURNEYS_SQL = """
 INSERT INTO attribution_stg_sessions (
     run_id, conv_id, session_id, event_ts, channel_name,
@@ -198,7 +197,6 @@ SELECT c.run_id, c.conv_id, s.session_id,
 FROM attribution_stg_conversions c
 JOIN {buyer_sessions} s ON s.user_id = c.user_id
 WHERE c.run_id = ? AND c.status = 'ready'
-  AND {event_date} <= c.conv_date
   AND ({event_date} < c.conv_date OR ({event_date} = c.conv_date AND {event_time} < c.conv_time))
   {lookback}
 """

@@ -103,6 +103,8 @@ def test_journeys_find_the_copied_sessions_by_user(db_path, name):
         re.match(r"^SEARCH (TABLE )?s USING INDEX attribution_tmp_ix_buyer_sessions \(user_id=\?", step)
         for step in steps
     ), steps
+    # The index gives each user's sessions in the order of the conversion flag: no sort.
+    assert not any("TEMP B-TREE" in step for step in steps), steps
 
 
 def test_report_reads_sessions_through_indexes_only(db_path):

@@ -3,15 +3,18 @@
 A journey is every session of the conversion's user whose timestamp is strictly before the
 conversion's timestamp (optionally limited by a look-back window). Journeys are built in SQL on
 the database side, from a copy of the sessions of the run's converting users made in one pass
-over ``session_sources``; Python only validates the conversions of the run and those sessions,
-in bounded batches, so that malformed input is quarantined with a reason instead of
-being compared as text and silently dropped.
+over ``session_sources``. Python validates the conversions of the run and those sessions, in
+bounded batches, so that malformed input is quarantined with a reason instead of being compared
+as text and silently dropped; on SQLite only the rows the database cannot tell are well-formed
+are read for that (see ``_CLEAN_SESSION``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
+import operator
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -19,7 +22,7 @@ import pandas as pd
 
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database, is_valid_text, pg_text_not_a_date, storable
-from ihc_attribution.schema import STAGING_TABLES
+from ihc_attribution.schema import CONVERSIONS, SESSION_SOURCES, STAGING_TABLES, has_unique_key
 
 # Reasons recorded in attribution_issues.
 NO_SESSIONS = "no_sessions"
@@ -43,7 +46,15 @@ _CANDIDATES_SQL = """
 SELECT conv_id, user_id, CAST(conv_date AS TEXT), CAST(conv_time AS TEXT), revenue,
        CASE WHEN conv_date >= ? AND conv_date <= ? THEN 1 ELSE 0 END AS by_date
 FROM conversions
-WHERE (conv_date >= ? AND conv_date <= ?) OR {malformed}
+WHERE ((conv_date >= ? AND conv_date <= ?) OR {malformed}) AND NOT {clean}
+"""
+# The clean candidates (see _CLEAN_CONVERSION), staged as ready without passing through Python.
+_CLEAN_CONVERSIONS_SQL = """
+INSERT INTO attribution_stg_conversions (run_id, conv_id, user_id, conv_date, conv_time, revenue, status)
+SELECT ?, conv_id, user_id, conv_date, conv_time, CAST(revenue AS REAL), 'ready'
+FROM conversions
+WHERE conv_date >= ? AND conv_date <= ? AND {clean}
+  AND conv_date || ' ' || conv_time >= ? AND conv_date || ' ' || conv_time < ?
 """
 _MALFORMED_DATE = {
     "sqlite": "conv_date IS NULL OR typeof(conv_date) <> 'text' OR date(conv_date, '+0 days') IS NOT conv_date",
@@ -61,20 +72,100 @@ BUYERS = "attribution_tmp_buyers"
 BUYER_SESSIONS = "attribution_tmp_buyer_sessions"
 _BUYERS_DDL = f"CREATE TEMP TABLE {BUYERS} (user_id TEXT PRIMARY KEY)"
 _BUYERS_SQL = (
-    f"INSERT INTO {BUYERS} (user_id) SELECT DISTINCT user_id FROM attribution_stg_conversions "
-    "WHERE run_id = ? AND status = 'ready' AND user_id IS NOT NULL"
+    f"INSERT INTO {BUYERS} (user_id) SELECT user_id FROM attribution_stg_conversions "
+    "WHERE run_id = ? AND status = 'ready' AND user_id IS NOT NULL ON CONFLICT (user_id) DO NOTHING"
 )
-_BUYER_SESSIONS_SQL = f"""
-CREATE TEMP TABLE {BUYER_SESSIONS} AS
-SELECT s.session_id, s.user_id, s.event_date, s.event_time, s.channel_name,
-       s.holder_engagement, s.closer_engagement, s.impression_interaction
-FROM session_sources s
-WHERE s.user_id IN (SELECT user_id FROM {BUYERS})
-"""
-_BUYER_SESSIONS_INDEX = f"CREATE INDEX attribution_tmp_ix_buyer_sessions ON {BUYER_SESSIONS} (user_id)"
 
-# Session ids of the converting users that are present more than once anywhere in the table
-# (found through session_sources' primary key when it has one; one more pass when it has none).
+
+# --- rows the database can tell are well-formed -------------------------------------------------
+#
+# Checking every copied session and every candidate conversion in Python cost more than the pass
+# over session_sources itself, most of it in moving the values into Python. So SQLite marks the
+# rows it can tell are well-formed ("clean") and only the others are read and checked in Python
+# (session_problems, conversion_problems), which alone decide. Clean is stricter than those
+# checks, never looser: every clean row passes them (tests/ihc_attribution/test_journeys_clean.py
+# checks this on generated values). Text is clean when it is printable ASCII (so valid UTF-8,
+# and with no whitespace but the space that strip() would remove) with at least one character
+# other than a space; length() stops at a NUL and the length of the blob does not, so a NUL
+# (which GLOB does not look past) makes the two differ. A date is clean when it is the real
+# YYYY-MM-DD date that date(x, '+0 days') gives back, from 1900 to 2199 (pandas reads the years
+# 1677 to 2262 only). Only GLOB compares with text here: a DATE or TIME column has NUMERIC
+# affinity, which turns a literal like '24' into a number. On PostgreSQL every row is checked in
+# Python.
+def _sqlite_clean_text(column: str) -> str:
+    return (
+        f"typeof({column}) = 'text' AND length({column}) = length(CAST({column} AS BLOB)) "
+        f"AND {column} GLOB '*[!-~]*' AND NOT {column} GLOB '*[^ -~]*'"
+    )
+
+
+def _sqlite_clean_date(column: str) -> str:
+    return (
+        f"typeof({column}) = 'text' AND date({column}, '+0 days') IS {column} "
+        f"AND ({column} GLOB '19*' OR {column} GLOB '2[01]*')"
+    )
+
+
+def _sqlite_clean_time(column: str) -> str:
+    return (
+        f"typeof({column}) = 'text' AND length(CAST({column} AS BLOB)) = 8 "
+        f"AND ({column} GLOB '[01][0-9]:[0-5][0-9]:[0-5][0-9]' OR {column} GLOB '2[0-3]:[0-5][0-9]:[0-5][0-9]')"
+    )
+
+
+def _sqlite_clean_flag(column: str) -> str:
+    return f"typeof({column}) IN ('integer', 'real') AND {column} IN (0, 1)"
+
+
+def _all(*conditions: str) -> str:
+    return "(" + " AND ".join(f"({c})" for c in conditions) + ")"
+
+
+_CLEAN_SESSION = {
+    "sqlite": _all(
+        _sqlite_clean_text("s.session_id"),
+        _sqlite_clean_date("s.event_date"),
+        _sqlite_clean_time("s.event_time"),
+        _sqlite_clean_text("s.channel_name"),
+        _sqlite_clean_flag("s.holder_engagement"),
+        _sqlite_clean_flag("s.closer_engagement"),
+        _sqlite_clean_flag("s.impression_interaction"),
+    ),
+    "postgresql": "FALSE",
+}
+_CLEAN_CONVERSION = {
+    "sqlite": _all(
+        _sqlite_clean_text("conv_id"),
+        _sqlite_clean_text("user_id"),
+        _sqlite_clean_date("conv_date"),
+        _sqlite_clean_time("conv_time"),
+        "typeof(revenue) IN ('integer', 'real') AND revenue >= 0 AND revenue <= 1.7976931348623157e308",
+    ),
+}
+
+_BUYER_SESSIONS_TEMPLATE = """
+CREATE TEMP TABLE {buyer_sessions} AS
+SELECT s.session_id, s.user_id, s.event_date, s.event_time, s.channel_name,
+       s.holder_engagement, s.closer_engagement, s.impression_interaction,
+       CASE WHEN {clean} THEN 1 ELSE 0 END AS clean
+FROM session_sources s
+WHERE s.user_id IN (SELECT user_id FROM {buyers})
+"""
+
+
+def buyer_sessions_sql(dialect: str) -> str:
+    """The one pass over ``session_sources``: the sessions of the run's users, each marked clean or not."""
+    return _BUYER_SESSIONS_TEMPLATE.format(buyer_sessions=BUYER_SESSIONS, buyers=BUYERS, clean=_CLEAN_SESSION[dialect])
+
+
+_BUYER_SESSIONS_SQL = buyer_sessions_sql("sqlite")
+# A user's sessions in the order of the conversion flag: the journeys need no sort.
+_BUYER_SESSIONS_INDEX = (
+    f"CREATE INDEX attribution_tmp_ix_buyer_sessions ON {BUYER_SESSIONS} (user_id, event_date, event_time, session_id)"
+)
+
+# Session ids of the converting users that are present more than once anywhere in the table.
+# Asked only when session_id has no primary key or unique index (then it is one more pass).
 _DUPLICATE_SESSIONS_SQL = f"""
 SELECT session_id, COUNT(*) FROM session_sources
 WHERE session_id IN (SELECT session_id FROM {BUYER_SESSIONS})
@@ -86,9 +177,11 @@ SELECT s.session_id, s.user_id, CAST(s.event_date AS TEXT), CAST(s.event_time AS
        s.holder_engagement, s.closer_engagement, s.impression_interaction
 FROM {BUYER_SESSIONS} s
 """
+_UNCLEAN_USER_SESSIONS_SQL = _USER_SESSIONS_SQL + "WHERE s.clean = 0\n"
 
 # The conversion flag marks the latest session of each journey; equal timestamps are broken by
-# the larger session id so the choice is deterministic.
+# the larger session id so the choice is deterministic. The user's sessions are read from the
+# index in that order, so the window needs no sort.
 _JOURNEYS_SQL = """
 INSERT INTO attribution_stg_sessions (
     run_id, conv_id, session_id, event_ts, channel_name,
@@ -139,7 +232,7 @@ def stage_buyer_sessions(db: Database, run_id: str) -> None:
     drop_buyer_sessions(db)
     db.execute(_BUYERS_DDL)
     db.execute(_BUYERS_SQL, (run_id,))
-    db.execute(_BUYER_SESSIONS_SQL)
+    db.execute(buyer_sessions_sql(db.dialect))
     db.execute(_BUYER_SESSIONS_INDEX)
 
 
@@ -234,41 +327,37 @@ def extract_journeys(
             "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
             (NO_SESSIONS, run_id),
         )
-        _fingerprint_journeys(db, run_id, answer_scope)
+        sizes = _fingerprint_journeys(db, run_id, answer_scope)
         if reuse_answers:
             summary.reused_answers = _reuse_other_runs_answers(db, run_id)
-        row = db.query(
-            "SELECT COUNT(*), COALESCE(SUM(n_sessions), 0), COALESCE(MAX(n_sessions), 0) "
-            "FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'",
-            (run_id,),
-        )[0]
-        summary.journeys, summary.sessions, summary.max_journey_sessions = (int(v) for v in row)
+        summary.journeys, summary.sessions, summary.max_journey_sessions = len(sizes), sum(sizes), max(sizes, default=0)
     return summary
 
 
-def _fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> None:
+def _fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> list[int]:
     """Record a fingerprint of every staged journey and drop answers that no longer fit.
 
     The fingerprint covers everything the API sees of a journey, and ``answer_scope``; an answer
     kept from an earlier attempt of the run is reused only when it was given for the same
-    fingerprint.
+    fingerprint. Returns the number of sessions of each journey.
     """
-    keys: list[tuple[str, str, str]] = []
-    digest, current = None, None
-    for batch in db.iter_query(
-        "SELECT conv_id, session_id, event_ts, channel_name, holder_engagement, closer_engagement, "
-        "impression_interaction, conversion FROM attribution_stg_sessions WHERE run_id = ? "
-        "ORDER BY conv_id, event_ts, session_id",
-        (run_id,),
-    ):
-        for conv_id, *fields in batch:
-            if conv_id != current:
-                if digest is not None:
-                    keys.append((run_id, current, digest.hexdigest()))
-                current, digest = conv_id, hashlib.sha256(answer_scope.encode())
-            digest.update(repr(fields).encode())
-    if digest is not None:
-        keys.append((run_id, current, digest.hexdigest()))
+    rows = itertools.chain.from_iterable(
+        db.iter_query(
+            "SELECT conv_id, session_id, event_ts, channel_name, holder_engagement, closer_engagement, "
+            "impression_interaction, conversion FROM attribution_stg_sessions WHERE run_id = ? "
+            "ORDER BY conv_id, event_ts, session_id",
+            (run_id,),
+        )
+    )
+    # The scope, then the repr of each session's fields as a list, in order: one digest per journey.
+    keys, sizes = [], []
+    for conv_id, journey in itertools.groupby(rows, key=operator.itemgetter(0)):
+        fields = [
+            f"[{sid!r}, {ts!r}, {channel!r}, {holder!r}, {closer!r}, {impression!r}, {flag!r}]"
+            for _, sid, ts, channel, holder, closer, impression, flag in journey
+        ]
+        keys.append((run_id, conv_id, hashlib.sha256("".join([answer_scope, *fields]).encode()).hexdigest()))
+        sizes.append(len(fields))
     db.executemany(
         "INSERT INTO attribution_stg_journey_keys (run_id, conv_id, journey_hash) VALUES (?, ?, ?)", keys
     )
@@ -285,6 +374,7 @@ def _fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> 
         " AND a.conv_id = attribution_stg_results.conv_id)",
         (run_id,),
     )
+    return sizes
 
 
 # Another run's answer for a journey with the same fingerprint (the same sessions, sent to the
@@ -330,8 +420,18 @@ def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: 
     malformed = _MALFORMED_DATE[db.dialect]
     if not db.is_sqlite and db.is_text_column("conversions", "conv_date"):
         malformed = pg_text_not_a_date("conv_date")
-    sql = _CANDIDATES_SQL.format(malformed=malformed)
-    rows = db.query(sql, (first, last, first, last))
+    # A primary key (or unique index) on conv_id means no id is present twice: no count needed.
+    counts = {} if has_unique_key(db, CONVERSIONS, "conv_id") else _conversion_id_counts(db)
+    clean = _CLEAN_CONVERSION.get(db.dialect)
+    if clean and not counts:
+        # A clean candidate is a valid conversion of the run's days, so it is ready: staged in
+        # the database, and only the others are read into Python to be checked.
+        summary.conversions = db.execute(
+            _CLEAN_CONVERSIONS_SQL.format(clean=clean), (run_id, first, last, run_range.start_ts, run_range.end_ts)
+        )
+    else:
+        clean = "FALSE"
+    rows = db.query(_CANDIDATES_SQL.format(malformed=malformed, clean=clean), (first, last, first, last))
     frame = pd.DataFrame(
         rows, columns=["conv_id", "user_id", "conv_date", "conv_time", "revenue", "by_date"], dtype=object
     )
@@ -361,7 +461,8 @@ def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: 
     invalid_here = ~valid & (by_date | lenient_in_range)
     unplaceable = ~valid & ~invalid_here & lenient.isna()
 
-    duplicates = _duplicate_conversions(db, frame["conv_id"][in_range | invalid_here])
+    wanted = set(frame["conv_id"][in_range | invalid_here])
+    duplicates = {conv_id: n for conv_id, n in counts.items() if conv_id in wanted}
     duplicated = frame["conv_id"].isin(duplicates) & (in_range | invalid_here)
     ready = frame[in_range & ~duplicated]
     invalid = frame[invalid_here & ~duplicated]
@@ -389,17 +490,15 @@ def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: 
         for conv_id, n in sorted(duplicates.items())
     ]
     _insert_issues(db, issues)
-    summary.conversions = len(ready) + len(invalid) + len(duplicates)
+    summary.conversions += len(ready) + len(invalid) + len(duplicates)
     summary.invalid_input = len(invalid)
     summary.duplicates = len(duplicates)
     summary.unplaceable = int(unplaceable.sum())
 
 
-def _duplicate_conversions(db: Database, conv_ids: pd.Series) -> dict[str, int]:
-    """Of ``conv_ids``, those present more than once in ``conversions``, with their counts."""
-    wanted = set(conv_ids)
-    counts = {storable(str(conv_id)): int(n) for conv_id, n in db.query(_DUPLICATE_CONVERSIONS_SQL) if conv_id is not None}
-    return {conv_id: n for conv_id, n in counts.items() if conv_id in wanted}
+def _conversion_id_counts(db: Database) -> dict[str, int]:
+    """The conversion ids present more than once in ``conversions``, with their counts."""
+    return {storable(str(conv_id)): int(n) for conv_id, n in db.query(_DUPLICATE_CONVERSIONS_SQL) if conv_id is not None}
 
 
 def _quarantine_invalid_sessions(
@@ -416,8 +515,14 @@ def _quarantine_invalid_sessions(
         "session_id", "user_id", "event_date", "event_time", "channel_name",
         "holder_engagement", "closer_engagement", "impression_interaction",
     ]
-    duplicated = {sid: int(n) for sid, n in db.query(_DUPLICATE_SESSIONS_SQL)}
-    for batch in db.iter_query(_USER_SESSIONS_SQL, batch_size=50_000):
+    # A primary key (or unique index) on session_id means no id is present twice: no lookup.
+    duplicated = (
+        {} if has_unique_key(db, SESSION_SOURCES, "session_id")
+        else {sid: int(n) for sid, n in db.query(_DUPLICATE_SESSIONS_SQL)}
+    )
+    # Clean sessions pass every check (see _CLEAN_SESSION); a duplicated one may be clean.
+    sessions_sql = _USER_SESSIONS_SQL if duplicated else _UNCLEAN_USER_SESSIONS_SQL
+    for batch in db.iter_query(sessions_sql, batch_size=50_000):
         frame = pd.DataFrame(batch, columns=columns, dtype=object)
         problems = session_problems(frame)
         if duplicated:

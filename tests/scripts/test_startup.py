@@ -126,32 +126,32 @@ def test_the_forked_preparation_returns_its_value_or_its_error(tmp_path):
         import threading, time
 
         parent = os.getpid()
-        out["value"] = local_run.in_forked_process(lambda: {"pid": os.getpid()})()
+        out["value"] = local_run.in_forked_process(lambda: {"pid": os.getpid()}, "a probe")()
         out["forked"] = out["value"]["pid"] != parent
 
         def refuse():
             raise local_run.RunnerError("refused in the copy")
         try:
-            local_run.in_forked_process(refuse)()
+            local_run.in_forked_process(refuse, "a refusal")()
         except local_run.RunnerError as exc:
             out["runner_error"] = str(exc)
 
         def crash():
             raise ValueError("crashed in the copy")
         try:
-            local_run.in_forked_process(crash)()
+            local_run.in_forked_process(crash, "the probe")()
         except RuntimeError as exc:
             out["error"] = str(exc)
 
         # with another thread running there is no fork: the function runs in this process
         stop = threading.Event()
         threading.Thread(target=stop.wait, daemon=True).start()
-        out["in_process"] = local_run.in_forked_process(lambda: {"pid": os.getpid()})()["pid"] == parent
+        out["in_process"] = local_run.in_forked_process(lambda: {"pid": os.getpid()}, "a probe")()["pid"] == parent
         stop.set()
     """, tmp_path / "airflow")
     assert out["forked"] is True
     assert out["runner_error"] == "refused in the copy"
-    assert out["error"] == "preparing the metadata database failed: ValueError: crashed in the copy"
+    assert out["error"] == "the probe failed: ValueError: crashed in the copy"
     assert out["in_process"] is True
 
 
@@ -176,7 +176,7 @@ def test_the_local_ihc_server_starts_alongside_airflow(tmp_path, runner_db, airf
     conversions, attributed, _ = counts(runner_db, "2023-09-02", "2023-09-02")
     assert (summary["conversions"], summary["attributed"]) == (conversions, attributed) and attributed > 0
     result = json.loads(log_of(done.stdout).with_suffix(".json").read_text())
-    assert result["execution_api"]["warmed"] is True and result["startup_seconds"] > 0
+    assert result["execution_api"]["warmed"] is True and result["startup"]["seconds"] > 0
 
 
 def test_a_local_server_that_never_answers_fails_the_command_before_any_run(tmp_path, runner_db, airflow_db,

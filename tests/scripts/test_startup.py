@@ -27,7 +27,8 @@ PROBE_TIMEOUT = 180
 
 def probe(code: str, airflow_home: Path | str, **env: str) -> dict:
     """Run ``code`` (which sets ``out``) in a new interpreter with ``scripts/`` importable; return ``out``."""
-    script = "import json, os, sys\nsys.path.insert(0, {!r})\nimport local_run\nout = {{}}\n{}\n" \
+    # The collector is off, as in the runner's child during its start-up (and twice as fast).
+    script = "import gc, json, os, sys\ngc.disable()\nsys.path.insert(0, {!r})\nimport local_run\nout = {{}}\n{}\n" \
              "print('PROBE ' + json.dumps(out, default=str))\nsys.stdout.flush()\nos._exit(0)\n"
     environment = dict(os.environ, AIRFLOW_HOME=str(airflow_home), PYTHONPATH=str(ROOT), **env)
     done = subprocess.run([sys.executable, "-c", script.format(str(SCRIPT.parent), textwrap.dedent(code))],

@@ -15,6 +15,10 @@ the state of every task of the DAG and the return values of ``check_run`` and ``
 The command succeeds only if every run and every task of the DAG succeeded; the summary printed
 is the run's own ``check_run`` result.
 
+Before its first run the child parses the DAG once and builds the in-process execution API that
+``dag.test()`` runs the tasks through, while a forked copy of it prepares the metadata database
+and the local IHC server starts; the garbage collector is off meanwhile.
+
 A DAG run is held under a lock per (DAG, logical date) in ``.run/locks/``: ``dag.test()``
 replaces an existing run of the same logical date, so a second backfill of a day waits for the
 first instead of deleting its run. A range run (``run``, ``demo``) gets a logical date of its
@@ -576,8 +580,8 @@ def child_main(specs: list[dict], result_path: Path, log_path: Path, ready_fd: i
             wait_for_parent(ready_fd)
         gc.freeze()
         gc.enable()
-        # The start-up's wall time, and the CPU time this process spent on it (more than the
-        # wall time shows when the machine is busy with other work).
+        # The start-up's wall time, and the CPU time this process spent on it: the two are
+        # equal on a quiet machine, and the wall time is the larger when other work competes.
         result["startup"] = {"seconds": round(time.monotonic() - started, 2), "cpu_seconds": round(time.process_time(), 2)}
         for number, spec in enumerate(specs):
             ready = f" (Airflow started in {result['startup']['seconds']:.1f} s)" if number == 0 else ""

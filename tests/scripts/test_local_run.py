@@ -18,37 +18,16 @@ from pathlib import Path
 
 import pytest
 
-from ihc_attribution_dev.demo_data import DemoConfig, generate
-from ihc_attribution_dev.server.config import ServerConfig
-from ihc_attribution_dev.server.testing import serve
-
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "scripts" / "local_run.py"
 sys.path.insert(0, str(SCRIPT.parent))
 import local_run  # noqa: E402  (scripts/ is not a package)
 
-API_KEY = "runner-test-key-41c2"
 # Conversions on 2023-09-01 .. 2023-09-04, sessions from 2023-08-22: 2023-08-31 has none.
 FIRST, LAST = "2023-08-31", "2023-09-03"
 TIMEOUT = 300
 # What the runner says about the lock of the 2023-09-02 run (its logical date is the day after).
 DAY2_LOCK = "the DAG run at 2023-09-03T00:00:00+00:00"
-
-
-@pytest.fixture(scope="module")
-def source_db(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("runner-source") / "source.db"
-    generate(path, DemoConfig(start=dt.date(2023, 9, 1), end=dt.date(2023, 9, 4), conversions=80,
-                              sessions_per_conversion=8, lookback_days=10, seed=5))
-    return path
-
-
-@pytest.fixture(scope="module")
-def ihc_conn() -> str:
-    with serve(ServerConfig(api_keys=(API_KEY,))) as url:
-        host, port = url.removeprefix("http://").split(":")
-        yield json.dumps({"conn_type": "ihc", "host": host, "port": int(port), "schema": "http",
-                          "password": API_KEY, "extra": {"conv_type_id": "demo", "max_journeys_per_request": 30}})
 
 
 def runner_env(tmp: Path, db: Path, ihc_conn: str, airflow_home: str, **extra: str) -> dict[str, str]:

@@ -159,6 +159,7 @@ def buyer_sessions_sql(dialect: str) -> str:
 
 
 _BUYER_SESSIONS_SQL = buyer_sessions_sql("sqlite")
+_TEMP_PAGE_SIZE = 65_536
 # A user's sessions in the order of the conversion flag: the journeys need no sort.
 _BUYER_SESSIONS_INDEX = (
     f"CREATE INDEX attribution_tmp_ix_buyer_sessions ON {BUYER_SESSIONS} (user_id, event_date, event_time, session_id)"
@@ -229,6 +230,13 @@ def stage_buyer_sessions(db: Database, run_id: str) -> None:
 
     The tables live as long as the connection; :func:`drop_buyer_sessions` removes them.
     """
+    if db.is_sqlite:
+        # The pass searches the users' key once per session of the database. In 64 KiB pages the
+        # key of up to about 3,000 users (a daily run) is one page instead of two levels of 4 KiB
+        # ones, which makes each search about a fifth cheaper. It only takes effect before the
+        # connection's temporary database exists (as in a task's own connection); later it is
+        # ignored, which changes nothing else.
+        db.execute(f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}")
     drop_buyer_sessions(db)
     db.execute(_BUYERS_DDL)
     db.execute(_BUYERS_SQL, (run_id,))

@@ -26,6 +26,7 @@ from typing import Any, TextIO
 
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
+from ihc_attribution.settings import env_flag
 
 STALE_TMP_SECONDS = 600
 CSV_COLUMNS = ("channel_name", "date", "cost", "ihc", "ihc_revenue", "CPO", "ROAS")
@@ -183,12 +184,7 @@ def atomic_write(path: Any) -> Iterator[TextIO]:
 
 def escape_formulas_setting() -> bool:
     """``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``: 1/true/yes turns formula escaping on (default off)."""
-    value = os.environ.get("ATTRIBUTION_CSV_ESCAPE_FORMULAS", "").strip().lower()
-    if value in ("", "0", "false", "no", "off"):
-        return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    raise ValueError(f"ATTRIBUTION_CSV_ESCAPE_FORMULAS={value!r} must be 1/true/yes or 0/false/no")
+    return env_flag("ATTRIBUTION_CSV_ESCAPE_FORMULAS", False)
 
 
 def write_rows(handle: TextIO, rows: Iterable[ReportRow], *, escape_formulas: bool = False) -> None:

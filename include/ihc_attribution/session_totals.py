@@ -26,11 +26,11 @@ kept as it is, so that it can be counted), ``channel_name`` as stored.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 
 from ihc_attribution.db import Database
 from ihc_attribution.schema import SESSION_COSTS, SESSION_SOURCES, has_unique_key
+from ihc_attribution.settings import env_flag
 
 log = logging.getLogger(__name__)
 
@@ -165,18 +165,17 @@ def _pg_triggers(schema: str) -> dict[str, str]:
     return triggers
 
 
-def _existing_triggers(db: Database) -> set[str]:
+def _triggers_on(db: Database, table: str) -> list[str]:
+    """Names of the user-defined triggers on ``table``."""
     if db.is_sqlite:
-        rows = db.query(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN (?, ?)",
-            (SESSION_SOURCES, SESSION_COSTS),
-        )
+        rows = db.query("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,))
     else:
-        rows = db.query(
-            "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid IN (to_regclass(?), to_regclass(?))",
-            (SESSION_SOURCES, SESSION_COSTS),
-        )
-    return {str(name) for (name,) in rows}
+        rows = db.query("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = to_regclass(?)", (table,))
+    return [str(name) for (name,) in rows]
+
+
+def _existing_triggers(db: Database) -> set[str]:
+    return {name for table in (SESSION_SOURCES, SESSION_COSTS) for name in _triggers_on(db, table)}
 
 
 def _install_triggers(db: Database) -> None:
@@ -199,14 +198,8 @@ def _install_triggers(db: Database) -> None:
 def _drop_triggers(db: Database) -> None:
     """Drop the pipeline's triggers (of any version) from the source tables."""
     for table in (SESSION_SOURCES, SESSION_COSTS):
-        if db.is_sqlite:
-            names = db.query("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,))
-        else:
-            names = db.query(
-                "SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = to_regclass(?)", (table,)
-            )
-        for (name,) in names:
-            if str(name).startswith("attribution_totals_"):
+        for name in _triggers_on(db, table):
+            if name.startswith("attribution_totals_"):
                 db.execute(f"DROP TRIGGER IF EXISTS {name}" + ("" if db.is_sqlite else f" ON {table}"))
 
 
@@ -225,12 +218,7 @@ class Refresh:
 
 def triggers_setting() -> bool:
     """``$ATTRIBUTION_SOURCE_TRIGGERS``: 0/false/no keeps the source tables free of triggers (default on)."""
-    value = os.environ.get("ATTRIBUTION_SOURCE_TRIGGERS", "").strip().lower()
-    if value in ("", "1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(f"ATTRIBUTION_SOURCE_TRIGGERS={value!r} must be 1/true/yes or 0/false/no")
+    return env_flag("ATTRIBUTION_SOURCE_TRIGGERS", True)
 
 
 def refresh(db: Database, *, triggers: bool | None = None) -> Refresh:

@@ -20,6 +20,7 @@ and the IHC server run in processes of their own.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import contextlib
 import dataclasses
 import datetime as dt
@@ -354,15 +355,26 @@ def load_next_day(db_path: str) -> None:
             conn.execute(f"DROP TABLE bench_next_day_{table}")
 
 
-def _run_stages(tasks: Any, context: dict, server_pid: int) -> dict[str, Any]:
-    """Every stage of the DAG in order, with wall time, CPU time and peak RSS of each."""
+def _run_stages(
+    tasks: Any, context: dict, server_pid: int, profile: tuple[str, str] | None = None
+) -> dict[str, Any]:
+    """Every stage of the DAG in order, with wall time, CPU time and peak RSS of each.
+
+    :param profile: (stage, file): run that stage under cProfile and write its statistics there
+        (the stage's times then include the profiler's overhead).
+    """
     seconds, cpu, peaks, results = {}, {}, {}, {}
     server_cpu = 0.0
     for stage in dag_stages():
         resettable = _reset_peak_rss()
         cpu_started, server_cpu_started = _cpu_seconds(), process_cpu_seconds(server_pid)
         started = time.perf_counter()
-        results[stage] = getattr(tasks, stage)(context)
+        if profile and profile[0] == stage:
+            profiler = cProfile.Profile()
+            results[stage] = profiler.runcall(getattr(tasks, stage), context)
+            profiler.dump_stats(profile[1])
+        else:
+            results[stage] = getattr(tasks, stage)(context)
         seconds[stage] = time.perf_counter() - started
         cpu[stage] = _cpu_seconds() - cpu_started
         if stage == "call_ihc_api":
@@ -385,7 +397,8 @@ def worker(spec_path: str) -> int:
         "params": {"start_date": spec["start_date"], "end_date": spec["end_date"]},
     }
     baseline_kb = _status_kb("VmRSS")
-    run = _run_stages(tasks, context, spec["server_pid"])
+    profile = (spec["profile"], spec["profile_out"]) if spec.get("profile") else None
+    run = _run_stages(tasks, context, spec["server_pid"], profile)
     with urllib.request.urlopen(f"{spec['server_url']}/stats", timeout=5) as response:
         stats = json.load(response)
     api_alone = _send_again_without_database(tasks, spec["max_sessions"])
@@ -422,7 +435,9 @@ def work_db_path(config: BenchConfig, db_dir: Path) -> Path:
     return db_dir / "run" / f"work_{config.db_name}"
 
 
-def run_once(config: BenchConfig, source_db: Path, db_dir: Path, keep_db: bool) -> RunResult:
+def run_once(
+    config: BenchConfig, source_db: Path, db_dir: Path, keep_db: bool, profile: str | None = None
+) -> RunResult:
     """One run of the pipeline on a fresh copy of ``source_db`` against a fresh local server."""
     work_db = work_db_path(config, db_dir)
     work_dir = work_db.parent
@@ -449,6 +464,8 @@ def run_once(config: BenchConfig, source_db: Path, db_dir: Path, keep_db: bool) 
                         "max_sessions": config.max_sessions,
                         "db_path": str(work_db),
                         "next_day": config.next_day.isoformat() if config.daily else None,
+                        "profile": profile,
+                        "profile_out": str(work_dir / f"profile_{profile}.prof") if profile else None,
                     }
                 )
             )
@@ -509,7 +526,9 @@ def run_once(config: BenchConfig, source_db: Path, db_dir: Path, keep_db: bool) 
             remove_db(work_db)
 
 
-def measure(config: BenchConfig, db_dir: Path, repeat: int, keep_db: bool, plans: bool) -> Measured:
+def measure(
+    config: BenchConfig, db_dir: Path, repeat: int, keep_db: bool, plans: bool, profile: str | None = None
+) -> Measured:
     """Generate (or reuse) the database and run the pipeline ``repeat`` times."""
     source, generated = ensure_database(config, db_dir)
     measured = Measured(config=config, generated_seconds=generated)
@@ -520,7 +539,7 @@ def measure(config: BenchConfig, db_dir: Path, repeat: int, keep_db: bool, plans
             flush=True,
         )
         keep = keep_db or (plans and i == repeat - 1)
-        result = run_once(config, source, db_dir, keep)
+        result = run_once(config, source, db_dir, keep, profile)
         measured.runs.append(result)
         print(f"  total {result.total_seconds:.2f} s, peak RSS {result.peak_rss_mb:.0f} MB", flush=True)
         if plans and i == repeat - 1:
@@ -725,6 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where generated databases are cached and runs work (default data/bench)")
     p.add_argument("--keep-db", action="store_true", help="keep the working copy the pipeline ran on")
     p.add_argument("--no-plans", action="store_true", help="do not print the query plans")
+    p.add_argument("--profile", metavar="STAGE",
+                   help="run STAGE under cProfile and write <db-dir>/run/profile_STAGE.prof "
+                        "(read it with python -m pstats); that stage's time then includes the profiler's")
     p.add_argument("--no-daily", action="store_true",
                    help="no daily run: by default the day after the range is generated too, held back, then "
                         "loaded after the range's run and run over on its own (the next day's run)")
@@ -774,9 +796,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print()
         print(render_ratio(small, large))
     else:
-        measured = measure(config, db_dir, args.repeat, args.keep_db, plans)
+        measured = measure(config, db_dir, args.repeat, args.keep_db, plans, args.profile)
         print()
         print(render(measured))
+        if args.profile:
+            print(f"\nprofile of {args.profile}: {work_db_path(config, db_dir).parent / f'profile_{args.profile}.prof'}")
     return 0
 
 

@@ -86,10 +86,9 @@ def validate_journey(journey: JourneyInput) -> list[Touchpoint]:
     touchpoints: list[Touchpoint] = []
     seen: dict[tuple[type, Any], int] = {}
     for index, row in journey.rows:
-        where = f"customer_journeys[{index}]"
-        missing = [name for name in REQUIRED_FIELDS if name not in row or row[name] is None]
+        missing = [name for name in REQUIRED_FIELDS if row.get(name) is None]
         if missing:
-            problems.append(f"{where}: missing {', '.join(missing)}")
+            problems.append(f"customer_journeys[{index}]: missing {', '.join(missing)}")
             continue
         row_problems = []
         session_id = row["session_id"]
@@ -110,10 +109,10 @@ def validate_journey(journey: JourneyInput) -> list[Touchpoint]:
         for flag in FLAGS:
             value = row[flag]
             # bool is an int in Python, but true/false is not the 0/1 the contract asks for.
-            if isinstance(value, bool) or value not in (0, 1) or not isinstance(value, int):
+            if type(value) is not int or value not in (0, 1):
                 row_problems.append(f"{flag} must be 0 or 1, got {value!r}")
         if row_problems:
-            problems.append(f"{where}: " + "; ".join(row_problems))
+            problems.append(f"customer_journeys[{index}]: " + "; ".join(row_problems))
             continue
         touchpoints.append(Touchpoint(
             session_id=session_id,

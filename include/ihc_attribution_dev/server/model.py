@@ -82,13 +82,15 @@ class Curve:
         if any(y < 0 for _, y in self.points):
             raise ValueError("curve values must be >= 0")
 
+        object.__setattr__(self, "_xs", tuple(xs))
+
     def __call__(self, x: float) -> float:
         points = self.points
         if x <= points[0][0]:
             return points[0][1]
         if x >= points[-1][0]:
             return points[-1][1]
-        i = bisect.bisect_right([p[0] for p in points], x)
+        i = bisect.bisect_right(self._xs, x)
         (x0, y0), (x1, y1) = points[i - 1], points[i]
         return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
@@ -420,6 +422,8 @@ def largest_remainder(values: Sequence[float], units: int = ROUND_UNITS) -> list
     scaled = [v / total * units for v in values]
     result = [math.floor(x) for x in scaled]
     missing = units - sum(result)
+    if missing == 0:
+        return result
     order = sorted(range(len(values)), key=lambda i: (result[i] - scaled[i], i))
     for i in order[:missing]:
         result[i] += 1
@@ -428,6 +432,10 @@ def largest_remainder(values: Sequence[float], units: int = ROUND_UNITS) -> list
 
 def round_credits(credits: Sequence[SessionCredit]) -> list[SessionCredit]:
     """Round every column to 4 decimals so that each sums to exactly 1 (a dropped holder stays 0)."""
+    if len(credits) == 1:
+        # A single session's column is 1 or 0 already (what largest_remainder gives it).
+        c = credits[0]
+        return [SessionCredit(c.session_id, *(1.0 if v > 0 else 0.0 for v in (c.initializer, c.holder, c.closer, c.ihc)))]
     columns = {
         name: largest_remainder([getattr(c, name) for c in credits])
         for name in ("initializer", "holder", "closer", "ihc")

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 
 import pytest
 
-from ihc_attribution.db import Database, is_valid_text, split_statements, storable
+from ihc_attribution.db import SQLITE_SORT_THREADS, Database, is_valid_text, split_statements, storable
 
 
 @pytest.fixture
@@ -38,3 +39,12 @@ def test_text_that_is_not_utf8_is_read_not_refused_and_can_be_stored_escaped(db)
 def test_statements_are_split_outside_strings_and_comments():
     script = "CREATE TABLE a (x TEXT DEFAULT ';'); -- a comment; still a comment\nCREATE TABLE b (y INT);"
     assert [s.split("(")[0].strip() for s in split_statements(script)] == ["CREATE TABLE a", "CREATE TABLE b"]
+
+
+def test_sqlite_sorts_with_a_worker_thread_per_further_core(tmp_path):
+    db = Database.connect_sqlite(str(tmp_path / "t.db"))
+    try:
+        assert db.scalar("PRAGMA threads") == SQLITE_SORT_THREADS == min(os.cpu_count() or 1, 8) - 1
+        assert db.scalar("PRAGMA journal_mode") == "wal"
+    finally:
+        db.close()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import math
 import random
 from datetime import datetime, timedelta, timezone
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from ihc_attribution_dev.server.model import (
     FITTED_PARAMS,
     Curve,
     PhaseWeights,
     RedistributionRule,
+    SessionCredit,
     Touchpoint,
     attribute_journey,
     chronological,
@@ -306,3 +310,50 @@ def test_curve_interpolates_and_clamps():
     assert (c(-5), c(0), c(2.5), c(10), c(50)) == (1.0, 1.0, 0.75, 0.0, 0.0)
     with pytest.raises(ValueError):
         Curve(((1.0, 0.0), (1.0, 1.0)))
+
+
+def _largest_remainder_reference(values, units=10_000):
+    """The rounding written out without shortcuts: floor, then the largest remainders get a unit."""
+    total = math.fsum(values)
+    if total <= 0:
+        return [0] * len(values)
+    scaled = [v / total * units for v in values]
+    result = [math.floor(x) for x in scaled]
+    for i in sorted(range(len(values)), key=lambda i: (result[i] - scaled[i], i))[: units - sum(result)]:
+        result[i] += 1
+    return result
+
+
+_shares = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
+
+
+@given(st.lists(_shares, min_size=1, max_size=12))
+def test_largest_remainder_matches_the_plain_rounding(values):
+    assert largest_remainder(values) == _largest_remainder_reference(values)
+
+
+@given(st.lists(st.tuples(_shares, _shares, _shares, _shares), min_size=1, max_size=6))
+def test_round_credits_matches_the_plain_rounding_of_each_column(columns):
+    credits = [SessionCredit(f"s{i}", *values) for i, values in enumerate(columns)]
+    expected = {
+        name: _largest_remainder_reference([getattr(c, name) for c in credits])
+        for name in ("initializer", "holder", "closer", "ihc")
+    }
+    for i, rounded in enumerate(round_credits(credits)):
+        assert (rounded.initializer, rounded.holder, rounded.closer, rounded.ihc) == tuple(
+            expected[name][i] / 10_000 for name in ("initializer", "holder", "closer", "ihc")
+        )
+
+
+@given(st.floats(min_value=-10, max_value=200, allow_nan=False))
+def test_a_curve_interpolates_between_its_points(x):
+    curve = Curve(((0.0, 1.0), (24.0, 0.5), (168.0, 0.1)))
+    points = curve.points
+    if x <= 0:
+        assert curve(x) == 1.0
+    elif x >= 168:
+        assert curve(x) == 0.1
+    else:
+        (x0, y0), (x1, y1) = (points[0], points[1]) if x < 24 else (points[1], points[2])
+        assert curve(x) == pytest.approx(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
+    assert curve == Curve(points) and hash(curve) == hash(Curve(points))

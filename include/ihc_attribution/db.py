@@ -14,13 +14,11 @@ CSV). SQLite compares both alike; PostgreSQL needs each side cast to the other's
 from __future__ import annotations
 
 import contextlib
-import os
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-SQLITE_SORT_THREADS = min(os.cpu_count() or 1, 8) - 1
 SQLITE_BUSY_TIMEOUT_MS = 120_000
 
 
@@ -78,9 +76,11 @@ class Database:
             if mode.lower() != "memory":
                 conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
-            # Large sorts (a GROUP BY over the source tables, the journeys' ordering) use the
-            # machine's cores: SQLite sorts in worker threads and merges their runs.
-            conn.execute(f"PRAGMA threads = {SQLITE_SORT_THREADS}")
+            # Sorts in the calling thread only. With worker threads (a build's default may set
+            # some) a large GROUP BY hands the rows of one group to SUM in an order that varies
+            # from run to run, so a float sum such as a day's spend could differ in its last
+            # bits between two computations of the same data (see session_totals).
+            conn.execute("PRAGMA threads = 0")
             # A TEXT value that is not valid UTF-8 is read as a str holding its bytes as
             # surrogates instead of failing the whole query: validation quarantines the row, and
             # the CSV writes the bytes back unchanged.

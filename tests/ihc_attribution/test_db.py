@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sqlite3
 
 import pytest
 
-from ihc_attribution.db import SQLITE_SORT_THREADS, Database, is_valid_text, split_statements, storable
+from ihc_attribution.db import Database, is_valid_text, split_statements, storable
 
 
 @pytest.fixture
@@ -41,10 +40,12 @@ def test_statements_are_split_outside_strings_and_comments():
     assert [s.split("(")[0].strip() for s in split_statements(script)] == ["CREATE TABLE a", "CREATE TABLE b"]
 
 
-def test_sqlite_sorts_with_a_worker_thread_per_further_core(tmp_path):
+
+def test_sqlite_sorts_in_the_calling_thread_only(tmp_path):
+    # Worker threads make the order of a group's rows, and so a float SUM's last bits, depend on
+    # timing (see Database.__init__); the totals must come out the same every time.
     db = Database.connect_sqlite(str(tmp_path / "t.db"))
     try:
-        assert db.scalar("PRAGMA threads") == SQLITE_SORT_THREADS == min(os.cpu_count() or 1, 8) - 1
-        assert db.scalar("PRAGMA journal_mode") == "wal"
+        assert db.scalar("PRAGMA threads") == 0
     finally:
         db.close()

@@ -632,8 +632,10 @@ class IhcClient:
 
         ``requests`` is consumed lazily, in the calling thread, never more than
         ``max_concurrency`` + 1 ahead of the answers, so it may be a generator reading from a
-        database: while the workers wait, the next request is built and serialised, and it is
-        sent once the answers that came in have gone through ``on_result``. ``on_result`` and
+        database: while the workers wait, the next request is built and serialised, and it goes
+        out as soon as a worker is free, before the answers that came in go through
+        ``on_result`` (those that follow are built and sent after them; with ``max_concurrency``
+        1 it waits for them). ``on_result`` and
         ``progress`` are called in the calling thread too (so they may write to SQLite), in
         completion order.
 
@@ -666,8 +668,14 @@ class IhcClient:
         done_count = 0
         executor = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="ihc-client")
         # Once answers come in, the next request is built (read and serialised) while the workers
-        # wait, so a freed worker gets it as soon as the answers are delivered. Each answer is
-        # delivered before a new request goes out: a crash while storing it loses no other one.
+        # wait, and a freed worker gets it at once, while the answers are stored: storing them
+        # takes the calling thread a few milliseconds each, which would otherwise add to every
+        # round trip. Other requests go out only after the answers are delivered, so a crash
+        # while storing them loses at most that one request's answer besides (as it loses those
+        # of all requests in flight); the re-run sends the unanswered requests again. With
+        # max_concurrency 1 nothing goes out before the previous answer is stored: a crash then
+        # never costs a request that was answered.
+        early = self.settings.max_concurrency > 1
         ahead: _Prepared | ValueError | None = None
         exhausted = False
 
@@ -712,6 +720,8 @@ class IhcClient:
                     ahead = build_next()
                 done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
                 finished = [(f, in_flight.pop(f)) for f in list(in_flight) if f in done]  # submission order
+                if early and ahead is not None and not stop.is_set() and not any(f.exception() for f, _ in finished):
+                    send_next()
                 for future, request_id in finished:
                     done_count += 1
                     try:

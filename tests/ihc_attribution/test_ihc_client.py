@@ -463,6 +463,45 @@ def test_concurrency_bound_lazy_consumption_and_delivery_in_calling_thread():
     assert {p.total for p in progress} == {12}
 
 
+
+def _calls_reach(stub, n: int, timeout: float = 2.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while len(stub.calls) < n:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_a_request_built_ahead_goes_out_while_the_answers_are_stored():
+    # When the k-th answer is delivered, k - 1 were delivered before and at most max_concurrency
+    # requests were sent since: k - 1 + max_concurrency in all if nothing goes out before
+    # delivery. The request built while the workers waited goes out at once, so once answers
+    # have come in (and a request was built ahead), the k-th delivery sees k + max_concurrency.
+    concurrency, early = 2, []
+
+    def on_result(result: IhcResult) -> None:
+        k = len(early) + 1
+        early.append(not any(early) and _calls_reach(stub, k + concurrency, timeout=0.3))
+
+    with stub_server(lambda call: Reply(200, ihc_answer(call.body), delay=0.05)) as stub:
+        make_client(stub.url, max_concurrency=concurrency).compute_ihc(
+            [request(i, {f"c{i}": 1}) for i in range(1, 9)], on_result
+        )
+    assert len(early) == 8 and any(early)
+
+
+def test_with_one_request_at_a_time_nothing_goes_out_before_the_answer_is_stored():
+    calls_at_delivery = []
+
+    def on_result(result: IhcResult) -> None:
+        time.sleep(0.05)  # a worker that had been given the next request would have sent it by now
+        calls_at_delivery.append(len(stub.calls))
+
+    with stub_server() as stub:
+        make_client(stub.url, max_concurrency=1).compute_ihc([request(i, {f"c{i}": 1}) for i in range(1, 5)], on_result)
+    assert calls_at_delivery == [1, 2, 3, 4]
+
 def test_total_defaults_to_len_of_a_sized_iterable():
     progress = []
     with stub_server() as stub:

@@ -777,6 +777,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Hooks read connections from the environment; Airflow only needs a home for its settings.
     os.environ.setdefault("AIRFLOW_HOME", str(db_dir / "airflow-home"))
     plans = not args.no_plans
+    if args.profile and args.profile not in dag_stages():
+        print(f"--profile: no stage {args.profile!r}; the stages: {', '.join(dag_stages())}", file=sys.stderr)
+        return 2
     if args.tenfold:
         base = measure(config, db_dir, args.repeat, args.keep_db, False)
         large = measure(config.scaled(10), db_dir, 1, args.keep_db, plans)

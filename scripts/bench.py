@@ -12,6 +12,7 @@ time SQLite needs to scan ``session_sources`` once (the floor the stages are com
     python scripts/bench.py --latency-ms 100 --max-concurrency 8 --max-sessions 200
     python scripts/bench.py --ratio-check                    # 200k and 2M sessions, with ratios
     python scripts/bench.py --scale 0.1 --repeat 3           # 200k sessions, medians of 3 runs
+    python scripts/bench.py --make-run                       # also make run end to end, start-up included
 
 The child process runs nothing but the pipeline, so its peak RSS is the run's: the generator
 and the IHC server run in processes of their own.

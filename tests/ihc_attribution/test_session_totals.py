@@ -8,6 +8,7 @@ tables as they are, and recomputes only the dates that changed.
 
 from __future__ import annotations
 
+import random
 import sqlite3
 
 import pandas as pd
@@ -357,8 +358,6 @@ def test_a_date_recomputed_alone_gives_the_figures_of_the_full_pass_bit_for_bit(
     # Enough rows that SQLite's sorter spills to sorted runs and merges them: the order in which
     # a group's costs reach SUM must not depend on how the rows were split (a float sum differs
     # in its last bits otherwise, and a date recomputed later would look changed).
-    import random
-
     rng = random.Random(7)
     n = 120_000
     sessions = [(f"s{i:06d}", f"u{i % 5000}", f"2024-01-{1 + i % 3:02d}", "10:00:00", "Ch") for i in range(n)]

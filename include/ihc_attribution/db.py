@@ -86,6 +86,7 @@ class Database:
             # the CSV writes the bytes back unchanged.
             conn.text_factory = _decode_text
         self._in_transaction = False
+        self._changes_at_begin = 0
 
     @classmethod
     def connect_sqlite(cls, path: str) -> Database:
@@ -201,6 +202,7 @@ class Database:
         try:
             if self.is_sqlite:
                 self.conn.execute("BEGIN IMMEDIATE")
+                self._changes_at_begin = self.conn.total_changes
             else:
                 # One writer at a time on the pipeline's shared tables, as on SQLite.
                 self.execute("SELECT pg_advisory_xact_lock(?)", (PG_WRITE_LOCK_KEY,))
@@ -213,6 +215,21 @@ class Database:
         finally:
             self._in_transaction = False
 
+    def has_written(self) -> bool:
+        """Whether the open transaction has changed rows so far (SQLite; False outside a transaction).
+
+        Other connections see the database without those changes: work handed to them (see
+        :mod:`session_totals`) is only correct while this is False.
+        """
+        if not self.is_sqlite:
+            raise NotImplementedError("has_written() is known on SQLite only")
+        return self._in_transaction and self.conn.total_changes != self._changes_at_begin
+
+    def sqlite_file(self) -> str | None:
+        """The file of the main SQLite database; None for an in-memory or temporary one."""
+        file = next((r[2] for r in self.query("PRAGMA database_list") if r[1] == "main"), "")
+        return file or None
+
     def table_uri(self, table: str) -> str:
         """A standard URI of ``table``, as Airflow assets and lineage name tables.
 
@@ -220,7 +237,7 @@ class Database:
         finds first); SQLite: ``sqlite://localhost/abs/path/file.db/main/table``.
         """
         if self.is_sqlite:
-            file = next((r[2] for r in self.query("PRAGMA database_list") if r[1] == "main"), "") or ":memory:"
+            file = self.sqlite_file() or ":memory:"
             # A host part, as Airflow normalises "sqlite:///path" to "sqlite:/path".
             return f"sqlite://localhost{file}/main/{table}"
         database, schema_name = self.query("SELECT current_database(), current_schema()")[0]

@@ -16,21 +16,31 @@ pass and then kept in step:
   are taken over distinct rows), everything is recomputed.
 
 So the figures are always those of the source tables at the time of the refresh, whatever
-wrote to them. Rows per (date, channel): ``session_rows``, ``sessions`` (those with a
-session id), ``cost_rows`` (sessions with a ``session_costs`` row), ``null_costs``,
-``negative_costs`` and ``cost`` (the sum of the costs; NULL and missing costs add nothing).
+wrote to them. On a large SQLite database, recomputing everything is split over several
+processes by session date (see :func:`_figures_in_processes`): each date's figures are still
+computed by one statement over the same rows in the same order, so they are the same to the bit.
+
+Rows per (date, channel): ``session_rows``, ``sessions`` (those with a session id),
+``cost_rows`` (sessions with a ``session_costs`` row), ``null_costs``, ``negative_costs`` and
+``cost`` (the sum of the costs; NULL and missing costs add nothing).
 ``date`` is the session date as text (``NULL`` when the session has none; a malformed date is
 kept as it is, so that it can be counted), ``channel_name`` as stored.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import quote
 
-from ihc_attribution.db import Database
+from ihc_attribution.db import SQLITE_BUSY_TIMEOUT_MS, Database
 from ihc_attribution.schema import SESSION_COSTS, SESSION_SOURCES, has_unique_key
-from ihc_attribution.settings import env_flag
+from ihc_attribution.settings import env_flag, env_int
 
 log = logging.getLogger(__name__)
 
@@ -43,10 +53,11 @@ BEFORE = "attribution_tmp_totals_before"
 
 # The figures of one group of session rows joined with their cost rows (``s`` and ``c``).
 _FIGURES = """
-SELECT CAST(s.event_date AS TEXT), s.channel_name, COUNT(*), COUNT(s.session_id), COUNT(c.session_id),
-       SUM(CASE WHEN c.session_id IS NOT NULL AND c.cost IS NULL THEN 1 ELSE 0 END),
-       SUM(CASE WHEN c.cost < 0 THEN 1 ELSE 0 END),
-       COALESCE(SUM(c.cost), 0)
+SELECT CAST(s.event_date AS TEXT) AS date, s.channel_name AS channel_name, COUNT(*) AS session_rows,
+       COUNT(s.session_id) AS sessions, COUNT(c.session_id) AS cost_rows,
+       SUM(CASE WHEN c.session_id IS NOT NULL AND c.cost IS NULL THEN 1 ELSE 0 END) AS null_costs,
+       SUM(CASE WHEN c.cost < 0 THEN 1 ELSE 0 END) AS negative_costs,
+       COALESCE(SUM(c.cost), 0) AS cost
 FROM {sessions} s
 LEFT JOIN {costs} c ON c.session_id = s.session_id
 {where}
@@ -209,11 +220,16 @@ def _expected_triggers(db: Database) -> set[str]:
 
 @dataclass
 class Refresh:
-    """What :func:`refresh` recomputed: ``everything`` or ``dates`` (0 when nothing changed)."""
+    """What :func:`refresh` recomputed: ``everything`` or ``dates`` (0 when nothing changed).
+
+    ``processes``: how many processes computed the figures (more than 1 only for everything, see
+    :func:`_figures_in_processes`).
+    """
 
     everything: bool = False
     dates: int = 0
     reason: str = ""
+    processes: int = 1
 
 
 def triggers_setting() -> bool:
@@ -221,31 +237,50 @@ def triggers_setting() -> bool:
     return env_flag("ATTRIBUTION_SOURCE_TRIGGERS", True)
 
 
-def refresh(db: Database, *, triggers: bool | None = None) -> Refresh:
+PROCESSES_VARIABLE = "ATTRIBUTION_TOTALS_PROCESSES"
+
+
+def processes_setting() -> int:
+    """``$ATTRIBUTION_TOTALS_PROCESSES``: processes a full recomputation on SQLite is split over.
+
+    Default: the CPUs this process may run on, at most 4. 1 computes it in the task's process.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return env_int(PROCESSES_VARIABLE, min(cpus, 4), minimum=1)
+
+
+def refresh(db: Database, *, triggers: bool | None = None, processes: int | None = None) -> Refresh:
     """Bring ``attribution_session_totals`` in step with the source tables (in one transaction).
 
     :param triggers: keep the totals in step through triggers on the source tables; without
         them every refresh recomputes everything (default: :func:`triggers_setting`).
+    :param processes: split a full recomputation on SQLite over this many processes (default:
+        :func:`processes_setting`).
     """
     triggers = triggers_setting() if triggers is None else triggers
+    processes = processes_setting() if processes is None else processes
+    # Other processes read what is committed: they can take part only while the caller's
+    # transaction has not changed anything yet (the write lock it holds keeps others from it).
+    if not db.is_sqlite or db.has_written():
+        processes = 1
     with db.transaction():
         keyed = has_unique_key(db, SESSION_SOURCES, "session_id") and has_unique_key(db, SESSION_COSTS, "session_id")
         if not keyed:
-            _recompute(db, distinct=True)
-            return Refresh(everything=True, reason="a source table has no key on session_id")
+            used = _recompute(db, distinct=True, processes=processes)
+            return Refresh(everything=True, reason="a source table has no key on session_id", processes=used)
         if not triggers:
             _drop_triggers(db)
-            _recompute(db)
-            return Refresh(everything=True, reason="triggers are turned off (ATTRIBUTION_SOURCE_TRIGGERS)")
+            used = _recompute(db, processes=processes)
+            return Refresh(everything=True, reason="triggers are turned off (ATTRIBUTION_SOURCE_TRIGGERS)", processes=used)
         if not _expected_triggers(db) <= _existing_triggers(db):
             if _try_install_triggers(db):
                 _claim(db)
-            _recompute(db)
-            return Refresh(everything=True, reason="first refresh, or the source tables were created again")
+            used = _recompute(db, processes=processes)
+            return Refresh(everything=True, reason="first refresh, or the source tables were created again", processes=used)
         claimed = _claim(db)
         if EVERYTHING in claimed:
-            _recompute(db)
-            return Refresh(everything=True, reason="a change that touches every date")
+            used = _recompute(db, processes=processes)
+            return Refresh(everything=True, reason="a change that touches every date", processes=used)
         if claimed:
             _recompute(db, dates=claimed)
         return Refresh(dates=len(claimed))
@@ -296,12 +331,15 @@ ON CONFLICT (date) DO NOTHING
 """
 
 
-def _recompute(db: Database, *, distinct: bool = False, dates: set[str] | None = None) -> None:
+def _recompute(
+    db: Database, *, distinct: bool = False, dates: set[str] | None = None, processes: int = 1
+) -> int:
     """Recompute the totals of ``dates`` (text of the session date), or of every date.
 
     The dates whose figures changed are added to ``attribution_report_outdated_dates``: the
     report rows of those dates no longer match the sources (a session deleted or moved away
-    from a date, a corrected cost), whichever run built them.
+    from a date, a corrected cost), whichever run built them. Returns the number of processes
+    that computed the figures.
     """
     where = ""
     if dates is not None:
@@ -309,18 +347,137 @@ def _recompute(db: Database, *, distinct: bool = False, dates: set[str] | None =
         db.execute(f"CREATE TEMP TABLE {CLAIMED} (date TEXT PRIMARY KEY)")
         db.executemany(f"INSERT INTO {CLAIMED} (date) VALUES (?)", [(d,) for d in sorted(dates)])
         where = f"WHERE date IN (SELECT date FROM {CLAIMED})"
+    sources = {
+        "sessions": _DISTINCT_SESSIONS if distinct else SESSION_SOURCES,
+        "costs": _DISTINCT_COSTS if distinct else SESSION_COSTS,
+    }
+    computed = None
+    if dates is None and processes > 1:
+        computed = _figures_in_processes(db, sources, processes)
     db.execute(f"DROP TABLE IF EXISTS {BEFORE}")
     db.execute(f"CREATE TEMP TABLE {BEFORE} AS SELECT {_COLUMNS} FROM {TOTALS} {where}")
     db.execute(f"DELETE FROM {TOTALS} {where}")
-    db.execute(
-        _INSERT
-        + _FIGURES.format(
-            sessions=_DISTINCT_SESSIONS if distinct else SESSION_SOURCES,
-            costs=_DISTINCT_COSTS if distinct else SESSION_COSTS,
-            where=where.replace("WHERE date", "WHERE CAST(s.event_date AS TEXT)"),
+    if computed is None:
+        db.execute(
+            _INSERT
+            + _FIGURES.format(**sources, where=where.replace("WHERE date", "WHERE CAST(s.event_date AS TEXT)"))
         )
-    )
+    else:
+        db.executemany(_INSERT_TRANSPORTED, computed)
     db.execute(_CHANGED_DATES.format(where=where))
     db.execute(f"DROP TABLE {BEFORE}")
     if dates is not None:
         db.execute(f"DROP TABLE {CLAIMED}")
+    return 1 if computed is None else processes
+
+
+# --- everything, over several processes (SQLite) -------------------------------------------
+#
+# The full pass spends most of its time sorting the rows of session_sources into their (date,
+# channel) groups, on one CPU. On a large database it is split by session date over processes,
+# each with its own read-only connection: every row goes to one of them by the day of its date
+# (the number in the last two characters of its text, 0 for none), so all rows of a date are
+# grouped by one statement, over the same rows in the same order as the single statement: each
+# figure is the same to the bit, a float sum included. The rows are inserted in the order of the
+# single statement's groups, so the table is the same row for row.
+#
+# Other connections see what is committed. The caller's transaction holds the write lock, and in
+# WAL mode readers work beside it: the processes see the source tables exactly as the caller
+# does, provided the transaction has not changed anything yet (refresh() checks). Anything that
+# keeps them from running (no WAL, a database in memory, a table without rowids, a process that
+# fails) leaves the work to the single statement, with a warning when a process failed.
+
+# Below this many session rows, starting the processes costs about what they save.
+PARALLEL_MIN_ROWS = 250_000
+
+
+def _part(processes: int, part: int) -> str:
+    day = "abs(COALESCE(CAST(substr(CAST(s.event_date AS TEXT), -2) AS INTEGER), 0))"
+    return f"WHERE {day} % {processes} = {part}"
+
+
+# Values go between processes as JSON: counts and sums as numbers (an integer as one, a float
+# by its exact repr), the date and the channel as their type and, for text or a blob, the hex of
+# their bytes in the database's encoding, so that any text (not valid UTF-8, holding a NUL)
+# comes back byte for byte and with its type.
+_PART_SQL = """
+SELECT typeof(date), hex(date), typeof(channel_name),
+       CASE WHEN typeof(channel_name) IN ('text', 'blob') THEN hex(channel_name) ELSE channel_name END,
+       session_rows, sessions, cost_rows, null_costs, negative_costs, cost
+FROM ({figures}) AS part
+"""
+_TRANSPORTED_VALUE = "CASE ? WHEN 'text' THEN CAST(? AS TEXT) ELSE ? END"
+_INSERT_TRANSPORTED = (
+    _INSERT + f"VALUES ({_TRANSPORTED_VALUE}, {_TRANSPORTED_VALUE}, ?, ?, ?, ?, ?, ?)"
+)
+# SQLite's order of values of different types: NULL, numbers, text, blobs.
+_TYPE_ORDER = {"null": 0, "integer": 1, "real": 1, "text": 2, "blob": 3}
+_WORKER = "from ihc_attribution.session_totals import part_main; part_main()"
+
+
+def _figures_in_processes(db: Database, sources: dict[str, str], processes: int) -> list[tuple] | None:
+    """The rows of a full recomputation, computed by ``processes`` processes; None when not possible."""
+    path = db.sqlite_file()
+    if path is None or str(db.scalar("PRAGMA journal_mode")).lower() != "wal":
+        return None
+    try:
+        size = int(db.scalar(f"SELECT MAX(rowid) FROM {SESSION_SOURCES}") or 0)
+    except Exception:  # a table without rowids: its size is not known cheaply
+        return None
+    if size < PARALLEL_MIN_ROWS:
+        return None
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    started = []
+    try:
+        for part in range(processes):
+            sql = _PART_SQL.format(figures=_FIGURES.format(**sources, where=_part(processes, part)))
+            started.append(
+                subprocess.Popen(
+                    [sys.executable, "-P", "-c", _WORKER, path, sql],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                )
+            )
+        rows: list[tuple] = []
+        for proc in started:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
+                raise RuntimeError(f"exit status {proc.returncode}: {err.decode(errors='replace').strip()[-2000:]}")
+            rows.extend(_received(row) for row in json.loads(out))
+    except Exception as exc:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        log.warning("computing %s in %d processes failed (%s); computing it in this one", TOTALS, processes, exc)
+        return None
+    rows.sort(key=_group_order)
+    return rows
+
+
+def _received(row: list) -> tuple:
+    date_type, date, channel_type, channel, *figures = row
+    date = bytes.fromhex(date) if date_type in ("text", "blob") else None
+    if channel_type in ("text", "blob"):
+        channel = bytes.fromhex(channel)
+    return (date_type, date, date, channel_type, channel, channel, *figures)
+
+
+def _group_order(row: tuple) -> tuple:
+    """The order of the single statement's groups: by date, then channel, as SQLite compares them."""
+    date_type, date, _, channel_type, channel, _, *_ = row
+    return (_TYPE_ORDER[date_type], date or b""), (_TYPE_ORDER[channel_type], channel if channel is not None else b"")
+
+
+def part_main(argv: list[str] | None = None) -> None:
+    """A process of :func:`_figures_in_processes`: ``database sql`` in, the rows as JSON on stdout."""
+    import sqlite3
+
+    database, sql = argv if argv is not None else sys.argv[1:]
+    conn = sqlite3.connect(f"file:{quote(database)}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
+    try:
+        conn.execute("PRAGMA threads = 0")  # as the task's connection (see Database)
+        rows = conn.execute(sql).fetchall()
+    finally:
+        conn.close()
+    json.dump(rows, sys.stdout)

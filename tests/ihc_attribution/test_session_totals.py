@@ -377,3 +377,147 @@ def test_a_date_recomputed_alone_gives_the_figures_of_the_full_pass_bit_for_bit(
         assert db.query(f"SELECT date FROM {session_totals.OUTDATED}") == [], "no date changed"
     finally:
         db.close()
+
+
+# --- everything, over several processes ---------------------------------------------------------
+
+
+def _raw_totals(db: Database) -> list[tuple]:
+    """The stored totals row for row, in their stored order, with every value's type and bytes."""
+    return db.query(
+        f"SELECT typeof(date), hex(date), typeof(channel_name), hex(channel_name), session_rows, sessions, "
+        f"cost_rows, null_costs, negative_costs, cost, typeof(cost) FROM {session_totals.TOTALS} ORDER BY rowid"
+    )
+
+
+def _odd_values_db(path) -> Database:
+    """Sessions over many days, with a NULL, malformed and impossible date, channels that are not
+    valid UTF-8, hold a NUL or are a blob, NULL and negative costs, float costs that round."""
+    rng = random.Random(11)
+    channels = ["Paid Search Brand", "FB & IG Ads", "Email", None, ""]
+    dates = [f"2024-{m:02d}-{d:02d}" for m in (1, 2) for d in range(1, 29)] + [None, "2024-02-30", "yesterday", "9"]
+    sessions = [
+        (f"s{i:05d}", f"u{i % 700}", rng.choice(dates), "10:00:00", rng.choice(channels)) for i in range(6000)
+    ]
+    costs = [(f"s{i:05d}", rng.choice([None, -0.5, rng.uniform(0, 4) / 3])) for i in rng.sample(range(6000), 5000)]
+    make_db(path, sessions, [], costs)
+    db = Database.connect_sqlite(str(path))
+    db.execute("UPDATE session_sources SET channel_name = CAST(x'ff41' AS TEXT) WHERE session_id < 's00100'")
+    db.execute("UPDATE session_sources SET channel_name = CAST(x'41004200' AS TEXT) WHERE session_id LIKE 's002%'")
+    db.execute("UPDATE session_sources SET channel_name = x'0102' WHERE session_id LIKE 's003%'")
+    db.execute("UPDATE session_sources SET event_date = NULL WHERE session_id LIKE 's004%'")
+    schema.ensure_schema(db)
+    return db
+
+
+@pytest.mark.parametrize("processes", [2, 3])
+def test_everything_computed_in_processes_is_the_single_statement_s_table_row_for_row(tmp_path, monkeypatch, processes):
+    monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
+    db = _odd_values_db(tmp_path / "db.sqlite")
+    try:
+        single = session_totals.refresh(db, processes=1)
+        assert single.everything and single.processes == 1
+        want = _raw_totals(db)
+        with db.transaction():
+            db.execute(f"DELETE FROM {session_totals.OUTDATED}")  # every date is new to the first refresh
+            db.execute(f"DROP TRIGGER {session_totals._PREFIX}sessions_insert")  # everything again
+        split = session_totals.refresh(db, processes=processes)
+        assert split.everything and split.processes == processes
+        assert _raw_totals(db) == want
+        assert stored(db.conn) == recomputed(db.conn)
+        assert db.query(f"SELECT date FROM {session_totals.OUTDATED}") == [], "no date changed"
+    finally:
+        db.close()
+
+
+def test_sources_without_keys_are_computed_in_processes_over_distinct_rows(tmp_path, monkeypatch):
+    monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
+    sessions = SESSIONS + SESSIONS[:2]
+    costs = COSTS + COSTS[:1] + [("s2", 4.0)]
+    path = make_db(tmp_path / "db.sqlite", sessions, [], costs, ddl=source_ddl(keys=False))
+    db = Database.connect_sqlite(str(path))
+    try:
+        schema.ensure_schema(db)
+        want = session_totals.refresh(db, processes=1)
+        single = _raw_totals(db)
+        split = session_totals.refresh(db, processes=2)
+        assert (want.processes, split.processes) == (1, 2)
+        assert _raw_totals(db) == single
+        assert stored(db.conn) == recomputed(db.conn)
+    finally:
+        db.close()
+
+
+def test_float_sums_of_many_rows_are_the_same_to_the_bit_in_processes(tmp_path, monkeypatch):
+    monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
+    rng = random.Random(3)
+    n = 60_000
+    sessions = [(f"s{i:06d}", f"u{i % 900}", f"2024-01-{1 + i % 9:02d}", "10:00:00", f"C{i % 4}") for i in range(n)]
+    costs = [(f"s{i:06d}", rng.uniform(0, 3) / 7) for i in rng.sample(range(n), n)]
+    path = make_db(tmp_path / "db.sqlite", sessions, [], costs)
+    db = Database.connect_sqlite(str(path))
+    db.execute("PRAGMA cache_size = 64")  # the sorter spills and merges, as on a large database
+    try:
+        schema.ensure_schema(db)
+        with db.transaction():
+            assert session_totals._recompute(db) == 1
+        single = _raw_totals(db)
+        with db.transaction():
+            assert session_totals._recompute(db, processes=2) == 2
+        assert _raw_totals(db) == single
+    finally:
+        db.close()
+
+
+def test_processes_do_not_take_part_once_the_transaction_has_written(db, monkeypatch):
+    # They would see the sources without the transaction's change.
+    monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
+    with db.transaction():
+        db.execute("INSERT INTO session_sources VALUES ('s9', 'u9', '2024-01-08', '11:00:00', 'Email', 1, 0, 0)")
+        result = session_totals.refresh(db, processes=2)
+    assert result.everything and result.processes == 1
+    assert stored(db.conn) == recomputed(db.conn)
+    assert ("2024-01-08", "Email") in stored(db.conn)
+
+
+def test_small_tables_and_databases_without_wal_are_computed_in_one_process(tmp_path, monkeypatch):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, [], COSTS)
+    db = Database.connect_sqlite(str(path))
+    try:
+        schema.ensure_schema(db)
+        assert session_totals.refresh(db, processes=2).processes == 1, "below PARALLEL_MIN_ROWS"
+        monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
+        db.execute("PRAGMA journal_mode = DELETE")
+        with db.transaction():
+            db.execute(f"DROP TRIGGER {session_totals._PREFIX}sessions_insert")
+        assert session_totals.refresh(db, processes=2).processes == 1, "readers would wait for the writer"
+        assert stored(db.conn) == recomputed(db.conn)
+    finally:
+        db.close()
+    memory = Database(sqlite3.connect(":memory:"))
+    memory.executescript(source_ddl())
+    schema.ensure_schema(memory)
+    assert session_totals.refresh(memory, processes=2).processes == 1, "no file for other processes"
+
+
+def test_a_failing_process_leaves_the_work_to_the_single_statement(db, monkeypatch, caplog):
+    monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(session_totals, "_WORKER", "import sys; sys.exit('cannot read the database')")
+    result = session_totals.refresh(db, processes=2)
+    assert result.everything and result.processes == 1
+    assert stored(db.conn) == recomputed(db.conn)
+    assert "cannot read the database" in caplog.text
+
+
+@pytest.mark.parametrize(("value", "expected"), [("", 2), ("1", 1), (" 3 ", 3)])
+def test_the_processes_setting(monkeypatch, value, expected):
+    monkeypatch.setattr(session_totals.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setenv(session_totals.PROCESSES_VARIABLE, value)
+    assert session_totals.processes_setting() == expected
+
+
+@pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
+def test_a_wrong_processes_setting_is_an_error_naming_it(monkeypatch, value):
+    monkeypatch.setenv(session_totals.PROCESSES_VARIABLE, value)
+    with pytest.raises(ValueError, match=session_totals.PROCESSES_VARIABLE):
+        session_totals.processes_setting()

@@ -144,7 +144,7 @@ class RunResult:
     db_sessions: int
     db_conversions: int
     attributed_rows: int
-    #: CPU time of the processes a stage started (the source totals' full pass, see session_totals).
+    #: CPU time of the processes a stage started (the passes split over processes, see sqlite_processes).
     stage_child_cpu_seconds: dict[str, float] = field(default_factory=dict)
     #: Peak RSS of those processes together (see ChildMemory), and how many a full pass starts.
     child_peak_rss_mb: float = 0.0
@@ -342,7 +342,7 @@ def _child_memory(m: Measured) -> str:
         return ""
     processes = int(m.median(lambda r: r.child_processes))
     return (
-        f"; the source totals' {processes} processes together: {peak:.0f} MB at most, "
+        f"; the {processes} processes of a split pass together: {peak:.0f} MB at most, "
         f"so at most {m.median(_peak_memory_bound):.0f} MB in all"
     )
 
@@ -356,7 +356,7 @@ class ChildMemory:
     those alive at the same moment.
     """
 
-    def __init__(self, marker: str = "session_totals") -> None:
+    def __init__(self, marker: str = "sqlite_processes") -> None:
         import threading
 
         self.marker = marker
@@ -488,7 +488,7 @@ def worker(spec_path: str) -> int:
     # Import what the stages import before taking the baseline, so that it holds the libraries.
     from airflow.sdk import BaseHook  # noqa: F401
 
-    from ihc_attribution import ihc_hook, session_totals, tasks  # noqa: F401
+    from ihc_attribution import ihc_hook, sqlite_processes, tasks  # noqa: F401
 
     context = {
         "run_id": RUN_ID,
@@ -523,7 +523,7 @@ def worker(spec_path: str) -> int:
                 "daily_results": daily["results"],
                 "child_cpu": run["child_cpu"],
                 "child_peak_rss_mb": run["children_peak_mb"],
-                "child_processes": session_totals.processes_setting(),
+                "child_processes": sqlite_processes.processes_setting(),
             },
             default=str,
         )

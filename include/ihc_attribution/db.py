@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 SQLITE_BUSY_TIMEOUT_MS = 120_000
@@ -87,6 +87,7 @@ class Database:
             conn.text_factory = _decode_text
         self._in_transaction = False
         self._changes_at_begin = 0
+        self._after_transaction: list[Callable[[], None]] = []
 
     @classmethod
     def connect_sqlite(cls, path: str) -> Database:
@@ -214,6 +215,15 @@ class Database:
             self.conn.commit()
         finally:
             self._in_transaction = False
+            callbacks, self._after_transaction = self._after_transaction, []
+            for callback in callbacks:
+                callback()
+
+    def after_transaction(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the open transaction has ended (committed or rolled back)."""
+        if not self._in_transaction:
+            raise RuntimeError("after_transaction() needs an open transaction")
+        self._after_transaction.append(callback)
 
     def has_written(self) -> bool:
         """Whether the open transaction has changed rows so far (SQLite; False outside a transaction).

@@ -14,15 +14,19 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import itertools
+import logging
 import operator
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from ihc_attribution import sqlite_processes
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database, is_valid_text, pg_text_not_a_date, storable
 from ihc_attribution.schema import CONVERSIONS, SESSION_SOURCES, STAGING_TABLES, has_unique_key
+
+log = logging.getLogger(__name__)
 
 # Reasons recorded in attribution_issues.
 NO_SESSIONS = "no_sessions"
@@ -143,19 +147,22 @@ _CLEAN_CONVERSION = {
     ),
 }
 
-_BUYER_SESSIONS_TEMPLATE = """
-CREATE TEMP TABLE {buyer_sessions} AS
+_BUYER_SESSIONS_SELECT = """
 SELECT s.session_id, s.user_id, s.event_date, s.event_time, s.channel_name,
        s.holder_engagement, s.closer_engagement, s.impression_interaction,
        CASE WHEN {clean} THEN 1 ELSE 0 END AS clean
 FROM session_sources s
-WHERE s.user_id IN (SELECT user_id FROM {buyers})
+WHERE s.user_id IN (SELECT user_id FROM {buyers}){part}
 """
+
+
+def _buyer_sessions_select(dialect: str, part: str = "") -> str:
+    return _BUYER_SESSIONS_SELECT.format(buyers=BUYERS, clean=_CLEAN_SESSION[dialect], part=part)
 
 
 def buyer_sessions_sql(dialect: str) -> str:
     """The one pass over ``session_sources``: the sessions of the run's users, each marked clean or not."""
-    return _BUYER_SESSIONS_TEMPLATE.format(buyer_sessions=BUYER_SESSIONS, buyers=BUYERS, clean=_CLEAN_SESSION[dialect])
+    return f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{_buyer_sessions_select(dialect)}"
 
 
 _BUYER_SESSIONS_SQL = buyer_sessions_sql("sqlite")
@@ -225,10 +232,13 @@ def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
     )
 
 
-def stage_buyer_sessions(db: Database, run_id: str) -> None:
+def stage_buyer_sessions(db: Database, run_id: str, *, processes: int | None = None) -> int:
     """Copy every session of the run's converting users into a temporary table (one pass).
 
     The tables live as long as the connection; :func:`drop_buyer_sessions` removes them.
+    On a large SQLite file the pass is split over ``processes`` processes (default:
+    :func:`sqlite_processes.processes_setting`; see :func:`_buyer_sessions_in_processes`).
+    Returns the number of processes that made the pass.
     """
     if db.is_sqlite:
         # The pass searches the users' key once per session of the database. In 64 KiB pages the
@@ -240,8 +250,46 @@ def stage_buyer_sessions(db: Database, run_id: str) -> None:
     drop_buyer_sessions(db)
     db.execute(_BUYERS_DDL)
     db.execute(_BUYERS_SQL, (run_id,))
-    db.execute(buyer_sessions_sql(db.dialect))
+    processes = sqlite_processes.processes_setting() if processes is None else processes
+    used = _buyer_sessions_in_processes(db, processes) if processes > 1 and db.is_sqlite else 1
+    if used == 1:
+        db.execute(buyer_sessions_sql(db.dialect))
     db.execute(_BUYER_SESSIONS_INDEX)
+    return used
+
+
+# The pass over several processes (SQLite): each process reads one range of rowids of
+# session_sources with the same statement, and writes the sessions of the run's users it finds
+# into a file of its own; the parts are copied into the temporary table in the order of their
+# ranges, so the table holds the single statement's rows, in its order (a scan in rowid order),
+# with every value exactly as stored. The transaction has written only the pipeline's own tables
+# at this point, never session_sources, and holds the write lock since it began: the processes
+# see session_sources as it does (see sqlite_processes).
+_BUYER_ROWS = f"SELECT {sqlite_processes.transported('user_id')} FROM {BUYERS}"
+_INSERT_BUYER = f"INSERT INTO {BUYERS} (user_id) VALUES ({sqlite_processes.TRANSPORTED_VALUE})"
+
+
+def _buyer_sessions_in_processes(db: Database, processes: int) -> int:
+    """Make the pass of :func:`buyer_sessions_sql` in ``processes`` processes; 1 when not possible."""
+    shared = sqlite_processes.shared_file(db, SESSION_SOURCES)
+    if shared is None:
+        return 1
+    path, size = shared
+    buyers = [[list(row)] for row in db.query(_BUYER_ROWS)]
+    queries = [
+        _buyer_sessions_select("sqlite", f" AND s.rowid BETWEEN {low} AND {high}")
+        for low, high in sqlite_processes.rowid_ranges(size, processes)
+    ]
+    setup = [(f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}", []), (_BUYERS_DDL, []), (_INSERT_BUYER, buyers)]
+    try:
+        parts = sqlite_processes.query_tables(db, path, queries, setup=setup)
+    except Exception as exc:
+        log.warning("the pass over %s in %d processes failed (%s); making it in this one", SESSION_SOURCES, processes, exc)
+        return 1
+    db.execute(f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{_buyer_sessions_select('sqlite', ' AND 0')}")
+    for part in parts:
+        db.execute(f"INSERT INTO {BUYER_SESSIONS} SELECT * FROM {part} ORDER BY rowid")
+    return processes
 
 
 def drop_buyer_sessions(db: Database) -> None:

@@ -29,18 +29,13 @@ kept as it is, so that it can be counted), ``channel_name`` as stored.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import subprocess
-import sys
 from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import quote
 
-from ihc_attribution.db import SQLITE_BUSY_TIMEOUT_MS, Database
+from ihc_attribution import sqlite_processes
+from ihc_attribution.db import Database
 from ihc_attribution.schema import SESSION_COSTS, SESSION_SOURCES, has_unique_key
-from ihc_attribution.settings import env_flag, env_int
+from ihc_attribution.settings import env_flag
 
 log = logging.getLogger(__name__)
 
@@ -237,28 +232,16 @@ def triggers_setting() -> bool:
     return env_flag("ATTRIBUTION_SOURCE_TRIGGERS", True)
 
 
-PROCESSES_VARIABLE = "ATTRIBUTION_TOTALS_PROCESSES"
-
-
-def processes_setting() -> int:
-    """``$ATTRIBUTION_TOTALS_PROCESSES``: processes a full recomputation on SQLite is split over.
-
-    Default: the CPUs this process may run on, at most 4. 1 computes it in the task's process.
-    """
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return env_int(PROCESSES_VARIABLE, min(cpus, 4), minimum=1)
-
-
 def refresh(db: Database, *, triggers: bool | None = None, processes: int | None = None) -> Refresh:
     """Bring ``attribution_session_totals`` in step with the source tables (in one transaction).
 
     :param triggers: keep the totals in step through triggers on the source tables; without
         them every refresh recomputes everything (default: :func:`triggers_setting`).
     :param processes: split a full recomputation on SQLite over this many processes (default:
-        :func:`processes_setting`).
+        :func:`sqlite_processes.processes_setting`).
     """
     triggers = triggers_setting() if triggers is None else triggers
-    processes = processes_setting() if processes is None else processes
+    processes = sqlite_processes.processes_setting() if processes is None else processes
     # Other processes read what is committed: they can take part only while the caller's
     # transaction has not changed anything yet (the write lock it holds keeps others from it).
     if not db.is_sqlite or db.has_written():
@@ -381,14 +364,9 @@ def _recompute(
 # figure is the same to the bit, a float sum included. The rows are inserted in the order of the
 # single statement's groups, so the table is the same row for row.
 #
-# Other connections see what is committed. The caller's transaction holds the write lock, and in
-# WAL mode readers work beside it: the processes see the source tables exactly as the caller
-# does, provided the transaction has not changed anything yet (refresh() checks). Anything that
-# keeps them from running (no WAL, a database in memory, a table without rowids, a process that
-# fails) leaves the work to the single statement, with a warning when a process failed.
-
-# Below this many session rows, starting the processes costs about what they save.
-PARALLEL_MIN_ROWS = 250_000
+# The processes (sqlite_processes) see the source tables exactly as the caller does, provided
+# the transaction has not changed anything yet (refresh() checks). Anything that keeps them from
+# running leaves the work to the single statement, with a warning when a process failed.
 
 
 def _part(processes: int, part: int) -> str:
@@ -396,59 +374,32 @@ def _part(processes: int, part: int) -> str:
     return f"WHERE {day} % {processes} = {part}"
 
 
-# Values go between processes as JSON: counts and sums as numbers (an integer as one, a float
-# by its exact repr), the date and the channel as their type and, for text or a blob, the hex of
-# their bytes in the database's encoding, so that any text (not valid UTF-8, holding a NUL)
-# comes back byte for byte and with its type.
-_PART_SQL = """
-SELECT typeof(date), hex(date), typeof(channel_name),
-       CASE WHEN typeof(channel_name) IN ('text', 'blob') THEN hex(channel_name) ELSE channel_name END,
+# Counts and sums go back as JSON numbers (an integer as one, a float by its exact repr), the
+# date and the channel as sqlite_processes.transported writes them.
+_PART_SQL = f"""
+SELECT {sqlite_processes.transported("date")}, {sqlite_processes.transported("channel_name")},
        session_rows, sessions, cost_rows, null_costs, negative_costs, cost
-FROM ({figures}) AS part
+FROM ({{figures}}) AS part
 """
-_TRANSPORTED_VALUE = "CASE ? WHEN 'text' THEN CAST(? AS TEXT) ELSE ? END"
+_TRANSPORTED_VALUE = sqlite_processes.TRANSPORTED_VALUE
 _INSERT_TRANSPORTED = (
     _INSERT + f"VALUES ({_TRANSPORTED_VALUE}, {_TRANSPORTED_VALUE}, ?, ?, ?, ?, ?, ?)"
 )
 # SQLite's order of values of different types: NULL, numbers, text, blobs.
 _TYPE_ORDER = {"null": 0, "integer": 1, "real": 1, "text": 2, "blob": 3}
-_WORKER = "from ihc_attribution.session_totals import part_main; part_main()"
 
 
 def _figures_in_processes(db: Database, sources: dict[str, str], processes: int) -> list[tuple] | None:
     """The rows of a full recomputation, computed by ``processes`` processes; None when not possible."""
-    path = db.sqlite_file()
-    if path is None or str(db.scalar("PRAGMA journal_mode")).lower() != "wal":
+    shared = sqlite_processes.shared_file(db, SESSION_SOURCES)
+    if shared is None:
         return None
+    queries = [
+        _PART_SQL.format(figures=_FIGURES.format(**sources, where=_part(processes, part))) for part in range(processes)
+    ]
     try:
-        size = int(db.scalar(f"SELECT MAX(rowid) FROM {SESSION_SOURCES}") or 0)
-    except Exception:  # a table without rowids: its size is not known cheaply
-        return None
-    if size < PARALLEL_MIN_ROWS:
-        return None
-    root = str(Path(__file__).resolve().parents[1])
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
-    started = []
-    try:
-        for part in range(processes):
-            sql = _PART_SQL.format(figures=_FIGURES.format(**sources, where=_part(processes, part)))
-            started.append(
-                subprocess.Popen(
-                    [sys.executable, "-P", "-c", _WORKER, path, sql],
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                )
-            )
-        rows: list[tuple] = []
-        for proc in started:
-            out, err = proc.communicate()
-            if proc.returncode != 0:
-                raise RuntimeError(f"exit status {proc.returncode}: {err.decode(errors='replace').strip()[-2000:]}")
-            rows.extend(_received(row) for row in json.loads(out))
+        rows = [_received(row) for row in sqlite_processes.query_rows(shared[0], queries)]
     except Exception as exc:
-        for proc in started:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
         log.warning("computing %s in %d processes failed (%s); computing it in this one", TOTALS, processes, exc)
         return None
     rows.sort(key=_group_order)
@@ -457,27 +408,13 @@ def _figures_in_processes(db: Database, sources: dict[str, str], processes: int)
 
 def _received(row: list) -> tuple:
     date_type, date, channel_type, channel, *figures = row
-    date = bytes.fromhex(date) if date_type in ("text", "blob") else None
-    if channel_type in ("text", "blob"):
-        channel = bytes.fromhex(channel)
-    return (date_type, date, date, channel_type, channel, channel, *figures)
+    return (
+        *sqlite_processes.received_value(date_type, date), *sqlite_processes.received_value(channel_type, channel),
+        *figures,
+    )
 
 
 def _group_order(row: tuple) -> tuple:
     """The order of the single statement's groups: by date, then channel, as SQLite compares them."""
     date_type, date, _, channel_type, channel, _, *_ = row
     return (_TYPE_ORDER[date_type], date or b""), (_TYPE_ORDER[channel_type], channel if channel is not None else b"")
-
-
-def part_main(argv: list[str] | None = None) -> None:
-    """A process of :func:`_figures_in_processes`: ``database sql`` in, the rows as JSON on stdout."""
-    import sqlite3
-
-    database, sql = argv if argv is not None else sys.argv[1:]
-    conn = sqlite3.connect(f"file:{quote(database)}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000)
-    try:
-        conn.execute("PRAGMA threads = 0")  # as the task's connection (see Database)
-        rows = conn.execute(sql).fetchall()
-    finally:
-        conn.close()
-    json.dump(rows, sys.stdout)

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ihc_attribution import schema, session_totals
+from ihc_attribution import schema, session_totals, sqlite_processes
 from ihc_attribution.db import Database
 from tests.helpers import make_db, source_ddl
 
@@ -412,7 +412,7 @@ def _odd_values_db(path) -> Database:
 
 @pytest.mark.parametrize("processes", [2, 3])
 def test_everything_computed_in_processes_is_the_single_statement_s_table_row_for_row(tmp_path, monkeypatch, processes):
-    monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(sqlite_processes, "MIN_ROWS", 0)
     db = _odd_values_db(tmp_path / "db.sqlite")
     try:
         single = session_totals.refresh(db, processes=1)
@@ -431,7 +431,7 @@ def test_everything_computed_in_processes_is_the_single_statement_s_table_row_fo
 
 
 def test_sources_without_keys_are_computed_in_processes_over_distinct_rows(tmp_path, monkeypatch):
-    monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(sqlite_processes, "MIN_ROWS", 0)
     sessions = SESSIONS + SESSIONS[:2]
     costs = COSTS + COSTS[:1] + [("s2", 4.0)]
     path = make_db(tmp_path / "db.sqlite", sessions, [], costs, ddl=source_ddl(keys=False))
@@ -449,7 +449,7 @@ def test_sources_without_keys_are_computed_in_processes_over_distinct_rows(tmp_p
 
 
 def test_float_sums_of_many_rows_are_the_same_to_the_bit_in_processes(tmp_path, monkeypatch):
-    monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(sqlite_processes, "MIN_ROWS", 0)
     rng = random.Random(3)
     n = 60_000
     sessions = [(f"s{i:06d}", f"u{i % 900}", f"2024-01-{1 + i % 9:02d}", "10:00:00", f"C{i % 4}") for i in range(n)]
@@ -471,7 +471,7 @@ def test_float_sums_of_many_rows_are_the_same_to_the_bit_in_processes(tmp_path, 
 
 def test_processes_do_not_take_part_once_the_transaction_has_written(db, monkeypatch):
     # They would see the sources without the transaction's change.
-    monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
+    monkeypatch.setattr(sqlite_processes, "MIN_ROWS", 0)
     with db.transaction():
         db.execute("INSERT INTO session_sources VALUES ('s9', 'u9', '2024-01-08', '11:00:00', 'Email', 1, 0, 0)")
         result = session_totals.refresh(db, processes=2)
@@ -485,8 +485,8 @@ def test_small_tables_and_databases_without_wal_are_computed_in_one_process(tmp_
     db = Database.connect_sqlite(str(path))
     try:
         schema.ensure_schema(db)
-        assert session_totals.refresh(db, processes=2).processes == 1, "below PARALLEL_MIN_ROWS"
-        monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
+        assert session_totals.refresh(db, processes=2).processes == 1, "below sqlite_processes.MIN_ROWS"
+        monkeypatch.setattr(sqlite_processes, "MIN_ROWS", 0)
         db.execute("PRAGMA journal_mode = DELETE")
         with db.transaction():
             db.execute(f"DROP TRIGGER {session_totals._PREFIX}sessions_insert")
@@ -501,8 +501,8 @@ def test_small_tables_and_databases_without_wal_are_computed_in_one_process(tmp_
 
 
 def test_a_failing_process_leaves_the_work_to_the_single_statement(db, monkeypatch, caplog):
-    monkeypatch.setattr(session_totals, "PARALLEL_MIN_ROWS", 0)
-    monkeypatch.setattr(session_totals, "_WORKER", "import sys; sys.exit('cannot read the database')")
+    monkeypatch.setattr(sqlite_processes, "MIN_ROWS", 0)
+    monkeypatch.setattr(sqlite_processes, "WORKER", "import sys; sys.exit('cannot read the database')")
     result = session_totals.refresh(db, processes=2)
     assert result.everything and result.processes == 1
     assert stored(db.conn) == recomputed(db.conn)
@@ -511,13 +511,13 @@ def test_a_failing_process_leaves_the_work_to_the_single_statement(db, monkeypat
 
 @pytest.mark.parametrize(("value", "expected"), [("", 2), ("1", 1), (" 3 ", 3)])
 def test_the_processes_setting(monkeypatch, value, expected):
-    monkeypatch.setattr(session_totals.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
-    monkeypatch.setenv(session_totals.PROCESSES_VARIABLE, value)
-    assert session_totals.processes_setting() == expected
+    monkeypatch.setattr(sqlite_processes.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    monkeypatch.setenv(sqlite_processes.PROCESSES_VARIABLE, value)
+    assert sqlite_processes.processes_setting() == expected
 
 
 @pytest.mark.parametrize("value", ["0", "two", "-1", "1.5"])
 def test_a_wrong_processes_setting_is_an_error_naming_it(monkeypatch, value):
-    monkeypatch.setenv(session_totals.PROCESSES_VARIABLE, value)
-    with pytest.raises(ValueError, match=session_totals.PROCESSES_VARIABLE):
-        session_totals.processes_setting()
+    monkeypatch.setenv(sqlite_processes.PROCESSES_VARIABLE, value)
+    with pytest.raises(ValueError, match=sqlite_processes.PROCESSES_VARIABLE):
+        sqlite_processes.processes_setting()

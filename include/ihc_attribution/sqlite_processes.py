@@ -1,0 +1,201 @@
+"""Large read-only passes over a SQLite file, split over several processes.
+
+SQLite runs a statement on one CPU, and its own worker threads contend for its global mutexes
+(see :mod:`session_totals`). A pass over millions of source rows is therefore split into parts
+that separate processes run at once, each over a read-only connection to the same file. This
+module starts them and hands their rows back; the callers decide how a pass is split so that the
+result is the single statement's, to the bit.
+
+Other connections see what is committed. In WAL mode they read beside the caller's write lock,
+and since the caller's transaction took that lock when it began (``BEGIN IMMEDIATE``), nothing
+is committed meanwhile: the processes see the tables as the caller does, except the rows the
+caller's transaction has written itself (each caller checks those are not the tables it reads).
+Anything that keeps the processes from running (no WAL, a database in memory, a small table, a
+process that fails) leaves the work to the single statement.
+
+Two ways back, for the two sizes of answer:
+
+- :func:`query_rows`: a few thousand rows as JSON (the callers choose how values are written);
+- :func:`query_tables`: any number of rows, written by each process into a SQLite file of its
+  own that the caller attaches until its transaction ends (``INSERT ... SELECT`` from it copies
+  every value exactly, with its type and bytes).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import quote
+
+from ihc_attribution.db import SQLITE_BUSY_TIMEOUT_MS, Database
+from ihc_attribution.settings import env_int
+
+log = logging.getLogger(__name__)
+
+PROCESSES_VARIABLE = "ATTRIBUTION_SQLITE_PROCESSES"
+# Below this many rows, starting the processes costs about what they save.
+MIN_ROWS = 250_000
+# The command each process runs (tests replace it with one that fails).
+WORKER = "from ihc_attribution.sqlite_processes import part_main; part_main()"
+#: A value written as (its type, then for text or a blob the hex of its bytes in the database's
+#: encoding): any text (not valid UTF-8, holding a NUL) comes back byte for byte with its type.
+TRANSPORTED_VALUE = "CASE ? WHEN 'text' THEN CAST(? AS TEXT) ELSE ? END"
+
+
+def transported(expr: str) -> str:
+    """The two columns that carry ``expr`` between processes (read back by :func:`received_value`)."""
+    return f"typeof({expr}), CASE WHEN typeof({expr}) IN ('text', 'blob') THEN hex({expr}) ELSE {expr} END"
+
+
+def received_value(value_type: str, value: object) -> tuple:
+    """The three parameters of :data:`TRANSPORTED_VALUE` for a value of :func:`transported`."""
+    if value_type in ("text", "blob"):
+        value = bytes.fromhex(value)  # type: ignore[arg-type]
+    return (value_type, value, value)
+
+
+def processes_setting() -> int:
+    """``$ATTRIBUTION_SQLITE_PROCESSES``: processes a large pass over a SQLite file is split over.
+
+    Default: the CPUs this process may run on, at most 4. 1 runs every pass in the task's process.
+    """
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return env_int(PROCESSES_VARIABLE, min(cpus, 4), minimum=1)
+
+
+def shared_file(db: Database, table: str) -> tuple[str, int] | None:
+    """The file other processes can read beside ``db`` and the largest rowid of ``table``.
+
+    None when they cannot (not SQLite, in memory, not in WAL mode, a table without rowids) or
+    when ``table`` is smaller than :data:`MIN_ROWS`.
+    """
+    if not db.is_sqlite:
+        return None
+    path = db.sqlite_file()
+    if path is None or str(db.scalar("PRAGMA journal_mode")).lower() != "wal":
+        return None
+    try:
+        size = int(db.scalar(f"SELECT MAX(rowid) FROM {table}") or 0)
+    except Exception:  # a table without rowids: its size is not known cheaply
+        return None
+    return (path, size) if size >= MIN_ROWS else None
+
+
+def rowid_ranges(size: int, parts: int) -> list[tuple[int, int]]:
+    """``parts`` consecutive ranges of rowids that together cover 1 to ``size`` (negative ones in the first)."""
+    step = -(-size // parts)
+    lows = [-(2**63)] + [part * step + 1 for part in range(1, parts)]
+    highs = [low - 1 for low in lows[1:]] + [2**63 - 1]
+    return list(zip(lows, highs))
+
+
+def _start(path: str, job: dict) -> subprocess.Popen:
+    root = str(Path(__file__).resolve().parents[1])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
+    proc = subprocess.Popen(
+        [sys.executable, "-P", "-c", WORKER, path],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+    )
+    proc.stdin.write(json.dumps(job).encode())  # type: ignore[union-attr]
+    proc.stdin.close()  # type: ignore[union-attr]
+    return proc
+
+
+def _finish(procs: list[subprocess.Popen]) -> list[bytes]:
+    """Each process's output; raises when one failed (after stopping the others)."""
+    try:
+        outputs = []
+        for proc in procs:
+            out = proc.stdout.read()  # type: ignore[union-attr]
+            err = proc.stderr.read()  # type: ignore[union-attr]
+            if proc.wait() != 0:
+                raise RuntimeError(f"exit status {proc.returncode}: {err.decode(errors='replace').strip()[-2000:]}")
+            outputs.append(out)
+        return outputs
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+
+
+def query_rows(path: str, queries: Sequence[str]) -> list[list]:
+    """Run each query in a process of its own; the rows of all of them, in the order of ``queries``."""
+    procs = [_start(path, {"query": sql}) for sql in queries]
+    rows: list[list] = []
+    for out in _finish(procs):
+        rows.extend(json.loads(out))
+    return rows
+
+
+def query_tables(
+    db: Database, path: str, queries: Sequence[str], *, setup: Sequence[tuple[str, list]] = ()
+) -> list[str]:
+    """Run each query in a process of its own into a table; the tables, attached to ``db``.
+
+    Each process first runs ``setup`` (statements, each with the rows to run it for, or none),
+    for example to create the temporary tables its query reads. A row is a list of values as
+    :func:`transported` writes them (pairs of type and value), and the statement takes each as
+    :data:`TRANSPORTED_VALUE`. The names returned are those of
+    the tables (``schema.rows``), in the order of ``queries``: read from them within the open
+    transaction. They are detached, and their files removed, when the transaction ends.
+    """
+    workdir = tempfile.mkdtemp(prefix="attribution-parts-")
+    names: list[str] = []
+
+    def cleanup() -> None:
+        for name in names:
+            try:
+                db.execute(f"DETACH DATABASE {name.split('.')[0]}")
+            except Exception as exc:  # the connection is closing: the files go anyway
+                log.debug("detaching %s: %s", name, exc)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    try:
+        files = [str(Path(workdir) / f"part{i}.sqlite") for i in range(len(queries))]
+        _finish([_start(path, {"setup": list(setup), "query": sql, "into": file}) for sql, file in zip(queries, files)])
+        for i, file in enumerate(files):
+            schema_name = f"attribution_part{i}"
+            db.execute(f"ATTACH DATABASE ? AS {schema_name}", (file,))
+            names.append(f"{schema_name}.rows")
+    except BaseException:
+        cleanup()
+        raise
+    db.after_transaction(cleanup)
+    return names
+
+
+def part_main(argv: list[str] | None = None) -> None:
+    """A process of :func:`query_rows` or :func:`query_tables`: the database as argument, the job on stdin."""
+    import sqlite3
+
+    (database,) = argv if argv is not None else sys.argv[1:]
+    job = json.load(sys.stdin)
+    conn = sqlite3.connect(
+        f"file:{quote(database)}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None
+    )
+    try:
+        conn.execute("PRAGMA threads = 0")  # as the task's connection (see Database)
+        setup = job.get("setup", ())
+        for sql, rows in setup:
+            if rows:
+                # In one transaction: one per row would cost more than the pass itself.
+                conn.execute("BEGIN")
+                conn.executemany(sql, [[p for pair in row for p in received_value(*pair)] for row in rows])
+                conn.execute("COMMIT")
+            else:
+                conn.execute(sql)
+        if "into" in job:
+            conn.execute("ATTACH DATABASE ? AS part", (job["into"],))
+            conn.execute(f"CREATE TABLE part.rows AS {job['query']}")
+        else:
+            json.dump(conn.execute(job["query"]).fetchall(), sys.stdout)
+    finally:
+        conn.close()

@@ -258,10 +258,10 @@ def stage_buyer_sessions(db: Database, run_id: str, *, processes: int | None = N
     return used
 
 
-# The pass over several processes (SQLite): each process reads one range of rowids of
-# session_sources with the same statement, and writes the sessions of the run's users it finds
-# into a file of its own; the parts are copied into the temporary table in the order of their
-# ranges, so the table holds the single statement's rows, in its order (a scan in rowid order),
+# The pass over several processes (SQLite): each reads one range of rowids of session_sources
+# with the same statement (the first range in the task's process, into the temporary table),
+# and writes the sessions of the run's users it finds into a file of its own; the parts are
+# copied into the temporary table in the order of their ranges, so the table holds the single statement's rows, in its order (a scan in rowid order),
 # with every value exactly as stored. The transaction has written only the pipeline's own tables
 # at this point, never session_sources, and holds the write lock since it began: the processes
 # see session_sources as it does (see sqlite_processes).
@@ -276,17 +276,21 @@ def _buyer_sessions_in_processes(db: Database, processes: int) -> int:
         return 1
     path, size = shared
     buyers = [[list(row)] for row in db.query(_BUYER_ROWS)]
-    queries = [
+    first, *others = [
         _buyer_sessions_select("sqlite", f" AND s.rowid BETWEEN {low} AND {high}")
         for low, high in sqlite_processes.rowid_ranges(size, processes)
     ]
     setup = [(f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}", []), (_BUYERS_DDL, []), (_INSERT_BUYER, buyers)]
     try:
-        parts = sqlite_processes.query_tables(db, path, queries, setup=setup)
+        # The first range here, meanwhile: the table is made by the single statement's own form.
+        parts = sqlite_processes.query_tables(
+            db, path, others, setup=setup,
+            meanwhile=lambda: db.execute(f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{first}"),
+        )
     except Exception as exc:
         log.warning("the pass over %s in %d processes failed (%s); making it in this one", SESSION_SOURCES, processes, exc)
+        db.execute(f"DROP TABLE IF EXISTS {BUYER_SESSIONS}")
         return 1
-    db.execute(f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{_buyer_sessions_select('sqlite', ' AND 0')}")
     for part in parts:
         db.execute(f"INSERT INTO {BUYER_SESSIONS} SELECT * FROM {part} ORDER BY rowid")
     return processes

@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -108,9 +108,13 @@ def _start(path: str, job: dict) -> subprocess.Popen:
     return proc
 
 
-def _finish(procs: list[subprocess.Popen]) -> list[bytes]:
-    """Each process's output; raises when one failed (after stopping the others)."""
+def _run(path: str, jobs: Sequence[dict], meanwhile: Callable[[], object] | None) -> list[bytes]:
+    """Each job's output, its process started before ``meanwhile`` runs here; raises when one failed."""
+    procs: list[subprocess.Popen] = []
     try:
+        procs = [_start(path, job) for job in jobs]
+        if meanwhile is not None:
+            meanwhile()
         outputs = []
         for proc in procs:
             out = proc.stdout.read()  # type: ignore[union-attr]
@@ -126,26 +130,34 @@ def _finish(procs: list[subprocess.Popen]) -> list[bytes]:
             proc.wait()
 
 
-def query_rows(path: str, queries: Sequence[str]) -> list[list]:
-    """Run each query in a process of its own; the rows of all of them, in the order of ``queries``."""
-    procs = [_start(path, {"query": sql}) for sql in queries]
+def query_rows(path: str, queries: Sequence[str], *, meanwhile: Callable[[], object] | None = None) -> list[list]:
+    """Run each query in a process of its own; the rows of all of them, in the order of ``queries``.
+
+    ``meanwhile`` runs in this process while they work (a part of the pass the caller makes itself).
+    """
     rows: list[list] = []
-    for out in _finish(procs):
+    for out in _run(path, [{"query": sql} for sql in queries], meanwhile):
         rows.extend(json.loads(out))
     return rows
 
 
 def query_tables(
-    db: Database, path: str, queries: Sequence[str], *, setup: Sequence[tuple[str, list]] = ()
+    db: Database,
+    path: str,
+    queries: Sequence[str],
+    *,
+    setup: Sequence[tuple[str, list]] = (),
+    meanwhile: Callable[[], object] | None = None,
 ) -> list[str]:
     """Run each query in a process of its own into a table; the tables, attached to ``db``.
 
     Each process first runs ``setup`` (statements, each with the rows to run it for, or none),
     for example to create the temporary tables its query reads. A row is a list of values as
     :func:`transported` writes them (pairs of type and value), and the statement takes each as
-    :data:`TRANSPORTED_VALUE`. The names returned are those of
-    the tables (``schema.rows``), in the order of ``queries``: read from them within the open
-    transaction. They are detached, and their files removed, when the transaction ends.
+    :data:`TRANSPORTED_VALUE`. ``meanwhile`` runs in this process while they work. The names
+    returned are those of the tables (``schema.rows``), in the order of ``queries``: read from
+    them within the open transaction. They are detached, and their files removed, when the
+    transaction ends.
     """
     workdir = tempfile.mkdtemp(prefix="attribution-parts-")
     names: list[str] = []
@@ -160,7 +172,8 @@ def query_tables(
 
     try:
         files = [str(Path(workdir) / f"part{i}.sqlite") for i in range(len(queries))]
-        _finish([_start(path, {"setup": list(setup), "query": sql, "into": file}) for sql, file in zip(queries, files)])
+        jobs = [{"setup": list(setup), "query": sql, "into": file} for sql, file in zip(queries, files)]
+        _run(path, jobs, meanwhile)
         for i, file in enumerate(files):
             schema_name = f"attribution_part{i}"
             db.execute(f"ATTACH DATABASE ? AS {schema_name}", (file,))

@@ -260,11 +260,12 @@ def stage_buyer_sessions(db: Database, run_id: str, *, processes: int | None = N
 
 # The pass over several processes (SQLite): each reads one range of rowids of session_sources
 # with the same statement (the first range in the task's process, into the temporary table),
-# and writes the sessions of the run's users it finds into a file of its own; the parts are
-# copied into the temporary table in the order of their ranges, so the table holds the single statement's rows, in its order (a scan in rowid order),
-# with every value exactly as stored. The transaction has written only the pipeline's own tables
-# at this point, never session_sources, and holds the write lock since it began: the processes
-# see session_sources as it does (see sqlite_processes).
+# and the others write the sessions of the run's users they find into files of their own, copied
+# into the temporary table in the order of their ranges. So the table holds the single
+# statement's rows in its order (a scan in rowid order), every value exactly as stored. The
+# transaction has written only the pipeline's own tables at this point, never session_sources,
+# and holds the write lock since it began: the processes see session_sources as it does (see
+# sqlite_processes).
 _BUYER_ROWS = f"SELECT {sqlite_processes.transported('user_id')} FROM {BUYERS}"
 _INSERT_BUYER = f"INSERT INTO {BUYERS} (user_id) VALUES ({sqlite_processes.TRANSPORTED_VALUE})"
 

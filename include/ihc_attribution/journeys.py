@@ -167,9 +167,12 @@ def buyer_sessions_sql(dialect: str) -> str:
 
 _BUYER_SESSIONS_SQL = buyer_sessions_sql("sqlite")
 _TEMP_PAGE_SIZE = 65_536
-# A user's sessions in the order of the conversion flag: the journeys need no sort.
+# A user's sessions in the order of the conversion flag: the journeys need no sort. It holds
+# every column the journeys read, so that they never look a row up in the table (a random read
+# per session: on a large run the copy is far larger than the cache).
 _BUYER_SESSIONS_INDEX = (
-    f"CREATE INDEX attribution_tmp_ix_buyer_sessions ON {BUYER_SESSIONS} (user_id, event_date, event_time, session_id)"
+    f"CREATE INDEX attribution_tmp_ix_buyer_sessions ON {BUYER_SESSIONS} (user_id, event_date, event_time, session_id, "
+    "channel_name, holder_engagement, closer_engagement, impression_interaction)"
 )
 
 # Session ids of the converting users that are present more than once anywhere in the table.
@@ -237,61 +240,81 @@ def stage_buyer_sessions(db: Database, run_id: str, *, processes: int | None = N
 
     The tables live as long as the connection; :func:`drop_buyer_sessions` removes them.
     On a large SQLite file the pass is split over ``processes`` processes (default:
-    :func:`sqlite_processes.processes_setting`; see :func:`_buyer_sessions_in_processes`).
+    :func:`sqlite_processes.processes_setting`; see :func:`_buyer_sessions_in_parts`).
     Returns the number of processes that made the pass.
     """
-    if db.is_sqlite:
+    processes = sqlite_processes.processes_setting() if processes is None else processes
+    shared = sqlite_processes.shared_file(db, SESSION_SOURCES) if db.is_sqlite else None
+    if db.is_sqlite and shared is None:
         # The pass searches the users' key once per session of the database. In 64 KiB pages the
         # key of up to about 3,000 users (a daily run) is one page instead of two levels of 4 KiB
         # ones, which makes each search about a fifth cheaper. It only takes effect before the
         # connection's temporary database exists (as in a task's own connection); later it is
-        # ignored, which changes nothing else.
+        # ignored, which changes nothing else. (In parts, each part's connection makes the pass:
+        # this one then holds the copy, whose lookups by user suit smaller pages.)
         db.execute(f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}")
     drop_buyer_sessions(db)
     db.execute(_BUYERS_DDL)
     db.execute(_BUYERS_SQL, (run_id,))
-    processes = sqlite_processes.processes_setting() if processes is None else processes
-    used = _buyer_sessions_in_processes(db, processes) if processes > 1 and db.is_sqlite else 1
-    if used == 1:
+    used = _buyer_sessions_in_parts(db, shared, processes) if shared is not None else 0
+    if not used:
+        cache = _buyers_cache_sql(db) if db.is_sqlite else None
+        if cache:
+            db.execute(cache)
         db.execute(buyer_sessions_sql(db.dialect))
+        used = 1
     db.execute(_BUYER_SESSIONS_INDEX)
     return used
 
 
-# The pass over several processes (SQLite): each reads one range of rowids of session_sources
-# with the same statement (the first range in the task's process, into the temporary table),
-# and the others write the sessions of the run's users they find into files of their own, copied
-# into the temporary table in the order of their ranges. So the table holds the single
-# statement's rows in its order (a scan in rowid order), every value exactly as stored. The
-# transaction has written only the pipeline's own tables at this point, never session_sources,
-# and holds the write lock since it began: the processes see session_sources as it does (see
-# sqlite_processes).
+# SQLite's default page cache (2,000 KiB) holds the users' key of a daily run many times over,
+# but not that of a month on a large database (120,000 users: 6 MB): each of the pass's searches
+# then reads pages of the temporary file again, and the pass took 3 to 4 times as long.
+_DEFAULT_CACHE_KIB = 2000
+
+
+def _buyers_kib(db: Database) -> int:
+    return int(db.scalar("PRAGMA temp.page_count")) * int(db.scalar("PRAGMA temp.page_size")) // 1024
+
+
+def _buyers_cache_sql(db: Database, margin: int = 1) -> str | None:
+    """The statement that lets the temporary database's cache hold the users' key and the default more."""
+    size_kib = _buyers_kib(db) * margin
+    return f"PRAGMA temp.cache_size = -{_DEFAULT_CACHE_KIB + size_kib}" if size_kib > _DEFAULT_CACHE_KIB // 2 else None
+
+
+# The pass in parts (SQLite, a file other connections can read): each part reads one range of
+# rowids of session_sources with the same statement, on a read-only connection of its own (the
+# first in the task's process, the others in processes of their own), and writes the sessions of
+# the run's users it finds into a file of its own, so that they never take the place of the
+# users' key in its cache. The parts are copied into the temporary table in the order of their
+# ranges: the table holds the single statement's rows in its order (a scan in rowid order),
+# every value exactly as stored. The transaction has written only the pipeline's own tables at
+# this point, never session_sources, and holds the write lock since it began: the parts see
+# session_sources as it does (see sqlite_processes).
 _BUYER_ROWS = f"SELECT {sqlite_processes.transported('user_id')} FROM {BUYERS}"
 _INSERT_BUYER = f"INSERT INTO {BUYERS} (user_id) VALUES ({sqlite_processes.TRANSPORTED_VALUE})"
 
 
-def _buyer_sessions_in_processes(db: Database, processes: int) -> int:
-    """Make the pass of :func:`buyer_sessions_sql` in ``processes`` processes; 1 when not possible."""
-    shared = sqlite_processes.shared_file(db, SESSION_SOURCES)
-    if shared is None:
-        return 1
+def _buyer_sessions_in_parts(db: Database, shared: tuple[str, int], processes: int) -> int:
+    """Make the pass of :func:`buyer_sessions_sql` in ``processes`` parts; 0 when it failed."""
     path, size = shared
     buyers = [[list(row)] for row in db.query(_BUYER_ROWS)]
-    first, *others = [
+    queries = [
         _buyer_sessions_select("sqlite", f" AND s.rowid BETWEEN {low} AND {high}")
         for low, high in sqlite_processes.rowid_ranges(size, processes)
     ]
     setup = [(f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}", []), (_BUYERS_DDL, []), (_INSERT_BUYER, buyers)]
+    # The parts' pages are larger than this connection's: room for the key twice over.
+    cache = _buyers_cache_sql(db, margin=2)
+    if cache:
+        setup.insert(0, (cache, []))
     try:
-        # The first range here, meanwhile: the table is made by the single statement's own form.
-        parts = sqlite_processes.query_tables(
-            db, path, others, setup=setup,
-            meanwhile=lambda: db.execute(f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{first}"),
-        )
+        parts = sqlite_processes.query_tables(db, path, queries, setup=setup)
     except Exception as exc:
         log.warning("the pass over %s in %d processes failed (%s); making it in this one", SESSION_SOURCES, processes, exc)
-        db.execute(f"DROP TABLE IF EXISTS {BUYER_SESSIONS}")
-        return 1
+        return 0
+    db.execute(f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{_buyer_sessions_select('sqlite', ' AND 0')}")
     for part in parts:
         db.execute(f"INSERT INTO {BUYER_SESSIONS} SELECT * FROM {part} ORDER BY rowid")
     return processes

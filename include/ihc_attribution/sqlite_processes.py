@@ -147,17 +147,16 @@ def query_tables(
     queries: Sequence[str],
     *,
     setup: Sequence[tuple[str, list]] = (),
-    meanwhile: Callable[[], object] | None = None,
 ) -> list[str]:
-    """Run each query in a process of its own into a table; the tables, attached to ``db``.
+    """Run each query on a connection of its own into a table; the tables, attached to ``db``.
 
-    Each process first runs ``setup`` (statements, each with the rows to run it for, or none),
-    for example to create the temporary tables its query reads. A row is a list of values as
-    :func:`transported` writes them (pairs of type and value), and the statement takes each as
-    :data:`TRANSPORTED_VALUE`. ``meanwhile`` runs in this process while they work. The names
-    returned are those of the tables (``schema.rows``), in the order of ``queries``: read from
-    them within the open transaction. They are detached, and their files removed, when the
-    transaction ends.
+    The first query runs in this process (on another read-only connection, while the others run
+    in processes of their own). Each first runs ``setup`` (statements, each with the rows to run
+    it for, or none), for example to create the temporary tables its query reads. A row is a
+    list of values as :func:`transported` writes them (pairs of type and value), and the
+    statement takes each as :data:`TRANSPORTED_VALUE`. The names returned are those of the
+    tables (``schema.rows``), in the order of ``queries``: read from them within the open
+    transaction. They are detached, and their files removed, when the transaction ends.
     """
     workdir = tempfile.mkdtemp(prefix="attribution-parts-")
     names: list[str] = []
@@ -172,8 +171,8 @@ def query_tables(
 
     try:
         files = [str(Path(workdir) / f"part{i}.sqlite") for i in range(len(queries))]
-        jobs = [{"setup": list(setup), "query": sql, "into": file} for sql, file in zip(queries, files)]
-        _run(path, jobs, meanwhile)
+        first, *others = [{"setup": list(setup), "query": sql, "into": file} for sql, file in zip(queries, files)]
+        _run(path, others, lambda: run_job(path, first))
         for i, file in enumerate(files):
             schema_name = f"attribution_part{i}"
             db.execute(f"ATTACH DATABASE ? AS {schema_name}", (file,))
@@ -185,30 +184,37 @@ def query_tables(
     return names
 
 
-def part_main(argv: list[str] | None = None) -> None:
-    """A process of :func:`query_rows` or :func:`query_tables`: the database as argument, the job on stdin."""
+def run_job(database: str, job: dict) -> list | None:
+    """Run one part on a read-only connection of its own: its rows, or None when written ``into`` a file."""
     import sqlite3
 
-    (database,) = argv if argv is not None else sys.argv[1:]
-    job = json.load(sys.stdin)
     conn = sqlite3.connect(
         f"file:{quote(database)}?mode=ro", uri=True, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None
     )
     try:
         conn.execute("PRAGMA threads = 0")  # as the task's connection (see Database)
-        setup = job.get("setup", ())
-        for sql, rows in setup:
+        for sql, rows in job.get("setup", ()):
             if rows:
                 # In one transaction: one per row would cost more than the pass itself.
                 conn.execute("BEGIN")
-                conn.executemany(sql, [[p for pair in row for p in received_value(*pair)] for row in rows])
+                conn.executemany(sql, ([p for pair in row for p in received_value(*pair)] for row in rows))
                 conn.execute("COMMIT")
             else:
                 conn.execute(sql)
         if "into" in job:
+            # The part's rows go to a file of its own: they do not take the place of the pages
+            # its query reads again and again in the cache of the temporary database.
             conn.execute("ATTACH DATABASE ? AS part", (job["into"],))
             conn.execute(f"CREATE TABLE part.rows AS {job['query']}")
-        else:
-            json.dump(conn.execute(job["query"]).fetchall(), sys.stdout)
+            return None
+        return conn.execute(job["query"]).fetchall()
     finally:
         conn.close()
+
+
+def part_main(argv: list[str] | None = None) -> None:
+    """A process of :func:`query_rows` or :func:`query_tables`: the database as argument, the job on stdin."""
+    (database,) = argv if argv is not None else sys.argv[1:]
+    rows = run_job(database, json.load(sys.stdin))
+    if rows is not None:
+        json.dump(rows, sys.stdout)

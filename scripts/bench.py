@@ -342,7 +342,7 @@ def _child_memory(m: Measured) -> str:
         return ""
     processes = int(m.median(lambda r: r.child_processes))
     return (
-        f"; the {processes} processes of a split pass together: {peak:.0f} MB at most, "
+        f"; the {processes} process(es) a split pass starts, together: {peak:.0f} MB at most, "
         f"so at most {m.median(_peak_memory_bound):.0f} MB in all"
     )
 
@@ -523,7 +523,8 @@ def worker(spec_path: str) -> int:
                 "daily_results": daily["results"],
                 "child_cpu": run["child_cpu"],
                 "child_peak_rss_mb": run["children_peak_mb"],
-                "child_processes": sqlite_processes.processes_setting(),
+                # The task's process makes one part of a split pass itself.
+                "child_processes": sqlite_processes.processes_setting() - 1,
             },
             default=str,
         )

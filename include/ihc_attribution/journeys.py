@@ -273,13 +273,9 @@ def stage_buyer_sessions(db: Database, run_id: str, *, processes: int | None = N
 _DEFAULT_CACHE_KIB = 2000
 
 
-def _buyers_kib(db: Database) -> int:
-    return int(db.scalar("PRAGMA temp.page_count")) * int(db.scalar("PRAGMA temp.page_size")) // 1024
-
-
 def _buyers_cache_sql(db: Database, margin: int = 1) -> str | None:
     """The statement that lets the temporary database's cache hold the users' key and the default more."""
-    size_kib = _buyers_kib(db) * margin
+    size_kib = int(db.scalar("PRAGMA temp.page_count")) * int(db.scalar("PRAGMA temp.page_size")) // 1024 * margin
     return f"PRAGMA temp.cache_size = -{_DEFAULT_CACHE_KIB + size_kib}" if size_kib > _DEFAULT_CACHE_KIB // 2 else None
 
 

@@ -394,14 +394,11 @@ def _figures_in_processes(db: Database, sources: dict[str, str], processes: int)
     shared = sqlite_processes.shared_file(db, SESSION_SOURCES)
     if shared is None:
         return None
-    first, *others = [
+    queries = [
         _PART_SQL.format(figures=_FIGURES.format(**sources, where=_part(processes, part))) for part in range(processes)
     ]
-    mine: list[tuple] = []
     try:
-        # The first part here, meanwhile, by the same statement (its rows as the others' come).
-        theirs = sqlite_processes.query_rows(shared[0], others, meanwhile=lambda: mine.extend(db.query(first)))
-        rows = [_received(row) for row in [*mine, *theirs]]
+        rows = [_received(row) for row in sqlite_processes.query_rows(shared[0], queries)]
     except Exception as exc:
         log.warning("computing %s in %d processes failed (%s); computing it in this one", TOTALS, processes, exc)
         return None

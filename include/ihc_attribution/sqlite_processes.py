@@ -30,7 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -105,24 +105,26 @@ def _start(path: str, job: dict) -> subprocess.Popen:
     )
     proc.stdin.write(json.dumps(job).encode())  # type: ignore[union-attr]
     proc.stdin.close()  # type: ignore[union-attr]
+    proc.stdin = None  # sent: communicate() reads stdout and stderr only
     return proc
 
 
-def _run(path: str, jobs: Sequence[dict], meanwhile: Callable[[], object] | None) -> list[bytes]:
-    """Each job's output, its process started before ``meanwhile`` runs here; raises when one failed."""
+def _run(path: str, jobs: Sequence[dict]) -> list[list | None]:
+    """Each job's result (see :func:`run_job`): the first runs here, the others in processes of their own.
+
+    Raises when one failed (the others are stopped).
+    """
+    first, *others = jobs
     procs: list[subprocess.Popen] = []
     try:
-        procs = [_start(path, job) for job in jobs]
-        if meanwhile is not None:
-            meanwhile()
-        outputs = []
+        procs = [_start(path, job) for job in others]
+        results = [run_job(path, first)]
         for proc in procs:
-            out = proc.stdout.read()  # type: ignore[union-attr]
-            err = proc.stderr.read()  # type: ignore[union-attr]
-            if proc.wait() != 0:
+            out, err = proc.communicate()
+            if proc.returncode != 0:
                 raise RuntimeError(f"exit status {proc.returncode}: {err.decode(errors='replace').strip()[-2000:]}")
-            outputs.append(out)
-        return outputs
+            results.append(json.loads(out) if out else None)
+        return results
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -130,15 +132,13 @@ def _run(path: str, jobs: Sequence[dict], meanwhile: Callable[[], object] | None
             proc.wait()
 
 
-def query_rows(path: str, queries: Sequence[str], *, meanwhile: Callable[[], object] | None = None) -> list[list]:
-    """Run each query in a process of its own; the rows of all of them, in the order of ``queries``.
+def query_rows(path: str, queries: Sequence[str]) -> list[list]:
+    """Run each query on a connection of its own; the rows of all of them, in the order of ``queries``.
 
-    ``meanwhile`` runs in this process while they work (a part of the pass the caller makes itself).
+    The first query runs in this process (on another read-only connection), the others in
+    processes of their own, all at once.
     """
-    rows: list[list] = []
-    for out in _run(path, [{"query": sql} for sql in queries], meanwhile):
-        rows.extend(json.loads(out))
-    return rows
+    return [row for rows in _run(path, [{"query": sql} for sql in queries]) for row in rows or ()]
 
 
 def query_tables(
@@ -171,8 +171,7 @@ def query_tables(
 
     try:
         files = [str(Path(workdir) / f"part{i}.sqlite") for i in range(len(queries))]
-        first, *others = [{"setup": list(setup), "query": sql, "into": file} for sql, file in zip(queries, files)]
-        _run(path, others, lambda: run_job(path, first))
+        _run(path, [{"setup": list(setup), "query": sql, "into": file} for sql, file in zip(queries, files)])
         for i, file in enumerate(files):
             schema_name = f"attribution_part{i}"
             db.execute(f"ATTACH DATABASE ? AS {schema_name}", (file,))

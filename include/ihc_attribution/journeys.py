@@ -287,26 +287,25 @@ def _buyers_cache_sql(db: Database, margin: int = 1) -> str | None:
 # ranges: the table holds the single statement's rows in its order (a scan in rowid order),
 # every value exactly as stored. The transaction has written only the pipeline's own tables at
 # this point, never session_sources, and holds the write lock since it began: the parts see
-# session_sources as it does (see sqlite_processes).
-_BUYER_ROWS = f"SELECT {sqlite_processes.transported('user_id')} FROM {BUYERS}"
-_INSERT_BUYER = f"INSERT INTO {BUYERS} (user_id) VALUES ({sqlite_processes.TRANSPORTED_VALUE})"
-
-
+# session_sources as it does (see sqlite_processes). The run's users reach the parts in a file
+# that each attaches and copies into its own temporary key.
 def _buyer_sessions_in_parts(db: Database, shared: tuple[str, int], processes: int) -> int:
     """Make the pass of :func:`buyer_sessions_sql` in ``processes`` parts; 0 when it failed."""
     path, size = shared
-    buyers = [[list(row)] for row in db.query(_BUYER_ROWS)]
     queries = [
         _buyer_sessions_select("sqlite", f" AND s.rowid BETWEEN {low} AND {high}")
         for low, high in sqlite_processes.rowid_ranges(size, processes)
     ]
-    setup = [(f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}", []), (_BUYERS_DDL, []), (_INSERT_BUYER, buyers)]
+    setup = [f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}", _BUYERS_DDL,
+             f"INSERT INTO {BUYERS} (user_id) SELECT user_id FROM inputs.buyers"]
     # The parts' pages are larger than this connection's: room for the key twice over.
     cache = _buyers_cache_sql(db, margin=2)
     if cache:
-        setup.insert(0, (cache, []))
+        setup.insert(0, cache)
     try:
-        parts = sqlite_processes.query_tables(db, path, queries, setup=setup)
+        parts = sqlite_processes.query_tables(
+            db, path, queries, inputs={"buyers": f"SELECT user_id FROM {BUYERS}"}, setup=setup
+        )
     except Exception as exc:
         log.warning("the pass over %s in %d processes failed (%s); making it in this one", SESSION_SOURCES, processes, exc)
         return 0

@@ -18,11 +18,18 @@ Two ways back, for the two sizes of answer:
 - :func:`query_rows`: a few thousand rows as JSON (the callers choose how values are written);
 - :func:`query_tables`: any number of rows, written by each process into a SQLite file of its
   own that the caller attaches until its transaction ends (``INSERT ... SELECT`` from it copies
-  every value exactly, with its type and bytes).
+  every value exactly, with its type and bytes). The caller's own tables a part needs (the run's
+  users, say) go the other way in a file too, which every part attaches.
+
+The files of a pass live in a directory of the system's temporary directory
+(``attribution-parts-*``) for as long as the caller's transaction. The process that made it
+holds a lock on it meanwhile; a directory whose lock nobody holds (its process was killed before
+it could remove it) is removed by the next pass that starts.
 """
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -30,7 +37,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -46,7 +54,10 @@ MIN_ROWS = 250_000
 WORKER = "from ihc_attribution.sqlite_processes import part_main; part_main()"
 #: A value written as (its type, then for text or a blob the hex of its bytes in the database's
 #: encoding): any text (not valid UTF-8, holding a NUL) comes back byte for byte with its type.
-TRANSPORTED_VALUE = "CASE ? WHEN 'text' THEN CAST(? AS TEXT) ELSE ? END"
+#: SQLite reads a blob parameter cast to text as UTF-8 whatever the database's encoding; the
+#: concatenation's result is text of the same bytes in the database's encoding, which is what a
+#: UTF-16 file needs.
+TRANSPORTED_VALUE = "CASE ? WHEN 'text' THEN CAST(x'' || ? AS TEXT) ELSE ? END"
 
 
 def transported(expr: str) -> str:
@@ -146,19 +157,20 @@ def query_tables(
     path: str,
     queries: Sequence[str],
     *,
-    setup: Sequence[tuple[str, list]] = (),
+    inputs: Mapping[str, str] | None = None,
+    setup: Sequence[str] = (),
 ) -> list[str]:
     """Run each query on a connection of its own into a table; the tables, attached to ``db``.
 
     The first query runs in this process (on another read-only connection, while the others run
-    in processes of their own). Each first runs ``setup`` (statements, each with the rows to run
-    it for, or none), for example to create the temporary tables its query reads. A row is a
-    list of values as :func:`transported` writes them (pairs of type and value), and the
-    statement takes each as :data:`TRANSPORTED_VALUE`. The names returned are those of the
-    tables (``schema.rows``), in the order of ``queries``: read from them within the open
-    transaction. They are detached, and their files removed, when the transaction ends.
+    in processes of their own). ``inputs`` maps table names to queries on ``db`` (its temporary
+    tables included): their rows are written, every value exactly, into a file that each part
+    attaches as ``inputs`` before it runs ``setup`` (statements, for example the ones that copy
+    them into the temporary tables its query reads). The names returned are those of the tables
+    (``schema.rows``), in the order of ``queries``: read from them within the open transaction.
+    They are detached, and their files removed, when the transaction ends.
     """
-    workdir = tempfile.mkdtemp(prefix="attribution-parts-")
+    workdir, owner = _new_workdir()
     names: list[str] = []
 
     def cleanup() -> None:
@@ -168,10 +180,15 @@ def query_tables(
             except Exception as exc:  # the connection is closing: the files go anyway
                 log.debug("detaching %s: %s", name, exc)
         shutil.rmtree(workdir, ignore_errors=True)
+        owner.close()
 
     try:
+        input_file = _write_inputs(db, Path(workdir) / "inputs.sqlite", inputs) if inputs else None
         files = [str(Path(workdir) / f"part{i}.sqlite") for i in range(len(queries))]
-        _run(path, [{"setup": list(setup), "query": sql, "into": file} for sql, file in zip(queries, files)])
+        _run(path, [
+            {"inputs": input_file, "setup": list(setup), "query": sql, "into": file}
+            for sql, file in zip(queries, files)
+        ])
         for i, file in enumerate(files):
             schema_name = f"attribution_part{i}"
             db.execute(f"ATTACH DATABASE ? AS {schema_name}", (file,))
@@ -183,6 +200,98 @@ def query_tables(
     return names
 
 
+# The files of a pass live as long as the caller's transaction, and a crash makes them useless:
+# written without a journal and without waiting for the disk.
+_SCRATCH_FILE = "PRAGMA {schema}.journal_mode = OFF; PRAGMA {schema}.synchronous = OFF;"
+
+
+def _write_inputs(db: Database, file: Path, inputs: Mapping[str, str]) -> str:
+    """Write the rows of each query of ``inputs`` into table ``name`` of a new file; its path.
+
+    Text and blobs travel as their bytes in the database's encoding (the file has the same), so
+    that text that is not valid UTF-8 or holds a NUL arrives as it is, with its type. The
+    columns have no declared type: every value is stored exactly as given.
+    """
+    import sqlite3
+
+    encoding = db.scalar("PRAGMA encoding")
+    out = sqlite3.connect(file, isolation_level=None)
+    try:
+        out.execute(f"PRAGMA encoding = '{encoding}'")
+        out.executescript(_SCRATCH_FILE.format(schema="main"))
+        out.execute("BEGIN")
+        for name, sql in inputs.items():
+            columns = [c[0] for c in db.conn.execute(f"SELECT * FROM ({sql}) AS input LIMIT 0").description]
+            out.execute(f"CREATE TABLE {name} ({', '.join(columns)})")
+            exact = ", ".join(transported_bytes(c) for c in columns)
+            values = ", ".join([TRANSPORTED_VALUE] * len(columns))
+            rows = db.iter_query(f"SELECT {exact} FROM ({sql}) AS input")
+            out.executemany(
+                f"INSERT INTO {name} VALUES ({values})",
+                ([v for i in range(0, len(row), 2) for v in (row[i], row[i + 1], row[i + 1])]
+                 for batch in rows for row in batch),
+            )
+        out.execute("COMMIT")
+    finally:
+        out.close()
+    return str(file)
+
+
+def transported_bytes(expr: str) -> str:
+    """Like :func:`transported`, with text and blobs as their bytes rather than hex (within a process)."""
+    return f"typeof({expr}), CASE WHEN typeof({expr}) IN ('text', 'blob') THEN CAST({expr} AS BLOB) ELSE {expr} END"
+
+
+_WORKDIR_PREFIX = "attribution-parts-"
+_OWNER_LOCK = "owner.lock"
+# A directory without its lock file is one being made (or of a version without one): left alone
+# for this long.
+_UNLOCKED_GRACE_SECONDS = 3600
+
+
+def _new_workdir() -> tuple[str, object]:
+    """A new directory for a pass's files, and the open file whose lock says it is in use.
+
+    Directories of earlier passes that nobody holds any more are removed first.
+    """
+    remove_abandoned_workdirs()
+    workdir = tempfile.mkdtemp(prefix=_WORKDIR_PREFIX)
+    owner = open(Path(workdir) / _OWNER_LOCK, "w")
+    fcntl.flock(owner, fcntl.LOCK_EX)  # released when the file is closed, or its process ends
+    return workdir, owner
+
+
+def remove_abandoned_workdirs(parent: str | None = None) -> list[str]:
+    """Remove the pass directories in ``parent`` (the temporary directory) whose lock nobody holds.
+
+    A process killed during a pass (SIGKILL, the machine's OOM killer) cannot remove its files;
+    its lock goes with it. Returns the directories removed.
+    """
+    removed = []
+    for workdir in sorted(Path(parent or tempfile.gettempdir()).glob(_WORKDIR_PREFIX + "*")):
+        try:
+            with open(workdir / _OWNER_LOCK, "r+") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(workdir, ignore_errors=True)
+        except BlockingIOError:  # in use
+            continue
+        except FileNotFoundError:
+            try:
+                if time.time() - workdir.stat().st_mtime < _UNLOCKED_GRACE_SECONDS:
+                    continue
+            except FileNotFoundError:
+                continue
+            shutil.rmtree(workdir, ignore_errors=True)
+        except OSError as exc:  # another user's, a file that is not a directory
+            log.debug("leaving %s: %s", workdir, exc)
+            continue
+        removed.append(str(workdir))
+    if removed:
+        log.info("removed %d directories of passes whose processes ended before they could: %s",
+                 len(removed), ", ".join(removed))
+    return removed
+
+
 def run_job(database: str, job: dict) -> list | None:
     """Run one part on a read-only connection of its own: its rows, or None when written ``into`` a file."""
     import sqlite3
@@ -192,18 +301,15 @@ def run_job(database: str, job: dict) -> list | None:
     )
     try:
         conn.execute("PRAGMA threads = 0")  # as the task's connection (see Database)
-        for sql, rows in job.get("setup", ()):
-            if rows:
-                # In one transaction: one per row would cost more than the pass itself.
-                conn.execute("BEGIN")
-                conn.executemany(sql, ([p for pair in row for p in received_value(*pair)] for row in rows))
-                conn.execute("COMMIT")
-            else:
-                conn.execute(sql)
+        if job.get("inputs"):
+            conn.execute("ATTACH DATABASE ? AS inputs", (f"file:{quote(job['inputs'])}?mode=ro",))
+        for sql in job.get("setup", ()):
+            conn.execute(sql)
         if "into" in job:
             # The part's rows go to a file of its own: they do not take the place of the pages
             # its query reads again and again in the cache of the temporary database.
             conn.execute("ATTACH DATABASE ? AS part", (job["into"],))
+            conn.executescript(_SCRATCH_FILE.format(schema="part"))
             conn.execute(f"CREATE TABLE part.rows AS {job['query']}")
             return None
         return conn.execute(job["query"]).fetchall()

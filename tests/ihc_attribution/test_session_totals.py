@@ -390,9 +390,14 @@ def _raw_totals(db: Database) -> list[tuple]:
     )
 
 
-def _odd_values_db(path) -> Database:
+def _odd_values_db(path, encoding: str = "UTF-8") -> Database:
     """Sessions over many days, with a NULL, malformed and impossible date, channels that are not
     valid UTF-8, hold a NUL or are a blob, NULL and negative costs, float costs that round."""
+    if encoding != "UTF-8":  # the encoding of a database is set before its first table
+        conn = sqlite3.connect(path)
+        conn.execute(f"PRAGMA encoding = '{encoding}'")
+        conn.executescript("CREATE TABLE encoded (x); DROP TABLE encoded;")
+        conn.close()
     rng = random.Random(11)
     channels = ["Paid Search Brand", "FB & IG Ads", "Email", None, ""]
     dates = [f"2024-{m:02d}-{d:02d}" for m in (1, 2) for d in range(1, 29)] + [None, "2024-02-30", "yesterday", "9"]
@@ -410,10 +415,13 @@ def _odd_values_db(path) -> Database:
     return db
 
 
-@pytest.mark.parametrize("processes", [2, 3])
-def test_everything_computed_in_processes_is_the_single_statement_s_table_row_for_row(tmp_path, monkeypatch, processes):
+@pytest.mark.parametrize(("processes", "encoding"), [(2, "UTF-8"), (3, "UTF-8"), (2, "UTF-16le"), (2, "UTF-16be")])
+def test_everything_computed_in_processes_is_the_single_statement_s_table_row_for_row(
+    tmp_path, monkeypatch, processes, encoding
+):
     monkeypatch.setattr(sqlite_processes, "MIN_ROWS", 0)
-    db = _odd_values_db(tmp_path / "db.sqlite")
+    db = _odd_values_db(tmp_path / "db.sqlite", encoding)
+    assert db.scalar("PRAGMA encoding") == encoding
     try:
         single = session_totals.refresh(db, processes=1)
         assert single.everything and single.processes == 1

@@ -6,8 +6,12 @@ import contextlib
 import glob
 import os
 import random
+import signal
 import sqlite3
+import subprocess
+import sys
 import tempfile
+import time
 
 import pytest
 from hypothesis import given
@@ -112,6 +116,13 @@ def test_a_run_staged_with_processes_is_staged_as_with_one(tmp_path, monkeypatch
     assert summary.invalid_input > 0 and issues, "the odd values quarantined conversions"
 
 
+@pytest.fixture(autouse=True)
+def _own_temporary_directory(tmp_path, monkeypatch):
+    # A pass removes the abandoned directories of others: only this test's are looked at.
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+
+
 def _part_files() -> set[str]:
     return set(glob.glob(os.path.join(tempfile.gettempdir(), "attribution-parts-*")))
 
@@ -192,3 +203,76 @@ def test_after_transaction_runs_when_it_ends_and_needs_one(tmp_path):
         assert calls == ["committed", "rolled back"]
     finally:
         db.close()
+
+
+_ODD_VALUES = (
+    "CAST(x'ff41' AS TEXT)", "CAST(x'41004200' AS TEXT)", "x'0102'", "NULL", "7", "0.5", "'plain'", "''",
+)
+
+
+@pytest.mark.parametrize("encoding", ["UTF-8", "UTF-16le"])
+def test_inputs_reach_the_parts_value_for_value(tmp_path, encoding):
+    path = tmp_path / "db.sqlite"
+    setup = sqlite3.connect(path)
+    setup.execute(f"PRAGMA encoding = '{encoding}'")
+    setup.execute("CREATE TABLE t (x)")
+    setup.commit()
+    setup.close()
+    db = Database.connect_sqlite(str(path))
+    exact = "SELECT typeof(v), hex(v) FROM {table} ORDER BY rowid"
+    try:
+        with db.transaction():
+            db.execute("CREATE TEMP TABLE odd (v)")
+            for value in _ODD_VALUES:
+                db.execute(f"INSERT INTO odd VALUES ({value})")
+            expected = db.query(exact.format(table="odd"))
+            assert {row[0] for row in expected} == {"text", "blob", "null", "integer", "real"}
+            file = sqlite_processes._write_inputs(db, tmp_path / "inputs.sqlite", {"odd": "SELECT v FROM odd"})
+        reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            reader.execute("ATTACH DATABASE ? AS inputs", (f"file:{file}?mode=ro",))
+            reader.execute("CREATE TEMP TABLE copied (v)")
+            reader.execute("INSERT INTO copied SELECT v FROM inputs.odd")
+            assert reader.execute(exact.format(table="copied")).fetchall() == expected
+        finally:
+            reader.close()
+    finally:
+        db.close()
+
+
+def _hold_a_workdir(tmp: str, then: str) -> subprocess.Popen:
+    """A process that makes a pass directory in ``tmp`` and then exits (``kill``: SIGKILL) or waits."""
+    code = (
+        "import os, signal, sys, tempfile, time\n"
+        f"tempfile.tempdir = {tmp!r}\n"
+        "from ihc_attribution import sqlite_processes\n"
+        "workdir, owner = sqlite_processes._new_workdir()\n"
+        "open(os.path.join(workdir, 'part0.sqlite'), 'w').write('rows')\n"
+        "print(workdir, flush=True)\n"
+        f"{'os.kill(os.getpid(), signal.SIGKILL)' if then == 'kill' else 'sys.stdin.read()'}\n"
+    )
+    return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def test_the_directory_of_a_killed_pass_is_removed_by_the_next_one(tmp_path):
+    tmp = tempfile.gettempdir()
+    alive = _hold_a_workdir(tmp, "wait")
+    in_use = alive.stdout.readline().strip()
+    killed = _hold_a_workdir(tmp, "kill")
+    abandoned = killed.stdout.read().strip()
+    killed.wait()
+    assert killed.returncode == -signal.SIGKILL and os.path.isdir(abandoned)
+    being_made = tempfile.mkdtemp(prefix="attribution-parts-")  # no lock file yet
+    old_unlocked = tempfile.mkdtemp(prefix="attribution-parts-")
+    os.utime(old_unlocked, (time.time() - 2 * 3600,) * 2)
+    try:
+        removed = sqlite_processes.remove_abandoned_workdirs()
+        assert sorted(removed) == sorted([abandoned, old_unlocked])
+        assert not os.path.exists(abandoned) and not os.path.exists(old_unlocked)
+        assert os.path.isdir(in_use) and os.path.isdir(being_made)
+        workdir, owner = sqlite_processes._new_workdir()
+        owner.close()
+        assert os.path.isdir(in_use), "a pass leaves the directories in use alone"
+    finally:
+        alive.communicate("")
+    assert sqlite_processes.remove_abandoned_workdirs() == sorted([in_use, workdir])

@@ -329,6 +329,55 @@ def sync_dags(say, bags: list) -> None:
             sync_bag_to_db(bag, bundle.name, bundle.version)
 
 
+def serve_only_the_client_s_api_versions() -> Callable[[], None] | None:
+    """Let the in-process execution API generate the routes of the versions its client asks for only.
+
+    The execution API keeps every version of its routes it ever had (nine in Airflow 3.3), and
+    Cadwyn generates all of them: most of the warm-up's time. ``dag.test()``'s tasks talk to it
+    through the Task SDK's client, which asks for one version (``API_VERSION``, the newest). The
+    bundle kept holds the versions from the newest down to the client's, one more with its
+    changes (the routes that only older versions have must be given back by one of them) and one
+    older without changes, as Cadwyn wants the oldest version to be. The routes and models of
+    the client's version are the same in both bundles: they are derived from the current code
+    downwards, never from older versions.
+
+    Replaces ``airflow.api_fastapi.execution_api.versions.bundle`` (read when the API is built)
+    and returns the function that puts the full bundle back; None when there is nothing to trim
+    or the client's version is not among the bundle's. It relies on Cadwyn's and Airflow's
+    internals; :func:`warm_execution_api` puts the full bundle back if the trimmed one fails.
+    """
+    from airflow.api_fastapi.execution_api import versions
+    from airflow.sdk.api.datamodels._generated import API_VERSION
+    from cadwyn import Version, VersionBundle
+
+    full = versions.bundle
+    values = [version.value for version in full.versions]
+    if API_VERSION not in values:
+        return None
+    keep = values.index(API_VERSION) + 2
+    if keep >= len(values):
+        return None
+    kept = list(full.versions[:keep])
+
+    def bind(bundle) -> None:  # a version change may belong to one bundle only
+        for version in kept:
+            for change in version.changes:
+                change._bound_version_bundle = bundle
+
+    bind(None)
+    try:
+        versions.bundle = VersionBundle(full.head_version, *kept, Version(full.versions[keep].value))
+    except Exception:
+        bind(full)
+        raise
+
+    def restore() -> None:
+        bind(full)
+        versions.bundle = full
+
+    return restore
+
+
 def warm_execution_api() -> dict:
     """Build the in-process execution API that ``dag.test()`` runs every task through, now.
 
@@ -337,7 +386,9 @@ def warm_execution_api() -> dict:
     the first task's start took about 4 s, the largest part of Airflow's start-up here. Built
     here, it is built while the garbage collector is off (half of those 4 s were collections,
     see ``child_main``) and while the metadata database is prepared in another process, and
-    the log shows the start-up apart from the first task.
+    the log shows the start-up apart from the first task. Only the versions of the API that the
+    tasks' client asks for are generated (see :func:`serve_only_the_client_s_api_versions`);
+    should that fail, the API is built again with all of them.
 
     ``airflow.sdk.execution_time.supervisor.in_process_api_server`` is not a public API: it is
     the cached instance ``dag.test()`` asks for. Should it be missing or fail, nothing is built
@@ -345,16 +396,40 @@ def warm_execution_api() -> dict:
     ``tests/scripts/test_startup.py`` checks that the instance warmed is the one ``dag.test()`` uses.
     """
     started = time.monotonic()
+    info: dict = {}
     try:
         import httpx
         from airflow.sdk.execution_time.supervisor import in_process_api_server
 
-        api = in_process_api_server()
-        response = httpx.Client(transport=api.transport, base_url="http://in-process.invalid./").get("/health")
-        response.raise_for_status()
+        def build() -> None:
+            api = in_process_api_server()
+            response = httpx.Client(transport=api.transport, base_url="http://in-process.invalid./").get("/health")
+            response.raise_for_status()
+
+        try:
+            restore = serve_only_the_client_s_api_versions()
+        except Exception as exc:
+            restore, info["all_versions_because"] = None, f"{type(exc).__name__}: {exc}"
+        if restore is None:
+            build()
+        else:
+            try:
+                build()
+                info["versions"] = len(_execution_api_bundle().versions)
+            except Exception as exc:  # the trimmed bundle: every version then, as Airflow builds it
+                info["all_versions_because"] = f"{type(exc).__name__}: {exc}"
+                restore()
+                getattr(in_process_api_server, "cache_clear", lambda: None)()
+                build()
     except Exception as exc:  # the run does not depend on it: dag.test() builds the API itself
         return {"warmed": False, "error": f"{type(exc).__name__}: {exc}", "seconds": round(time.monotonic() - started, 3)}
-    return {"warmed": True, "seconds": round(time.monotonic() - started, 3)}
+    return {"warmed": True, **info, "seconds": round(time.monotonic() - started, 3)}
+
+
+def _execution_api_bundle():
+    from airflow.api_fastapi.execution_api import versions
+
+    return versions.bundle
 
 
 def prepare_metadata_db(say, bags: list) -> dict:

@@ -109,6 +109,65 @@ def test_the_warmed_execution_api_is_the_one_dag_test_uses(tmp_path):
     assert out["same_transport"] is True
 
 
+def test_the_warmed_api_serves_the_client_s_version_and_fewer_others(tmp_path):
+    # Its routes for the client's version are those of the API built with every version.
+    out = probe("""
+        from airflow.api_fastapi.execution_api import versions
+        from airflow.sdk.api.datamodels._generated import API_VERSION
+
+        def routes(app):
+            return sorted((r.path, sorted(r.methods or ()), r.name) for r in app.router.versioned_routers[API_VERSION].routes)
+
+        full = versions.bundle
+        out["all"] = len(full.versions)
+        out["warm"] = local_run.warm_execution_api()
+        from airflow.sdk.execution_time.supervisor import in_process_api_server
+
+        trimmed = in_process_api_server().app
+        out["served"] = list(versions.bundle.version_values)
+        out["client"] = API_VERSION
+        out["trimmed_routes"] = routes(trimmed)
+        versions.bundle = full
+        for version in full.versions:
+            for change in version.changes:
+                change._bound_version_bundle = full
+        from airflow.api_fastapi.execution_api.app import InProcessExecutionAPI
+        import httpx
+        api = InProcessExecutionAPI()
+        httpx.Client(transport=api.transport, base_url="http://in-process.invalid./").get("/health")
+        out["full_routes"] = routes(api.app)
+    """, tmp_path / "airflow")
+    assert out["warm"]["warmed"] is True and out["warm"]["versions"] == len(out["served"]), out["warm"]
+    assert out["client"] in out["served"] and len(out["served"]) < out["all"]
+    assert out["trimmed_routes"] and out["trimmed_routes"] == out["full_routes"]
+
+
+def test_a_trimmed_api_that_fails_is_built_again_with_every_version(tmp_path):
+    out = probe("""
+        from airflow.api_fastapi.execution_api import versions
+        from airflow.sdk.api.datamodels._generated import API_VERSION
+        from cadwyn import HeadVersion, Version, VersionBundle
+
+        full = versions.bundle
+        out["all"] = len(full.versions)
+
+        def too_few():  # the route only older versions have is then never given back
+            versions.bundle = VersionBundle(HeadVersion(), Version(API_VERSION))
+            def restore():
+                versions.bundle = full
+            return restore
+        local_run.serve_only_the_client_s_api_versions = too_few
+        out["warm"] = local_run.warm_execution_api()
+        from airflow.sdk.execution_time.supervisor import InProcessTestSupervisor, in_process_api_server
+
+        out["served"] = len(versions.bundle.versions)
+        out["same_transport"] = InProcessTestSupervisor._api_client()._transport is in_process_api_server().transport
+    """, tmp_path / "airflow")
+    assert out["warm"]["warmed"] is True, out["warm"]
+    assert "RouterGenerationError" in out["warm"]["all_versions_because"]
+    assert out["served"] == out["all"] and out["same_transport"] is True
+
+
 def test_a_failing_warm_up_is_reported_and_skipped(tmp_path):
     out = probe("""
         from airflow.sdk.execution_time import supervisor

@@ -256,8 +256,16 @@ def _new_workdir() -> tuple[str, object]:
     """
     remove_abandoned_workdirs()
     workdir = tempfile.mkdtemp(prefix=_WORKDIR_PREFIX)
-    owner = open(Path(workdir) / _OWNER_LOCK, "w")
-    fcntl.flock(owner, fcntl.LOCK_EX)  # released when the file is closed, or its process ends
+    try:
+        owner = open(Path(workdir) / _OWNER_LOCK, "w")
+        try:
+            fcntl.flock(owner, fcntl.LOCK_EX)  # released when the file is closed, or its process ends
+        except BaseException:
+            owner.close()
+            raise
+    except BaseException:  # a file system without locks: the pass is made without parts
+        shutil.rmtree(workdir, ignore_errors=True)
+        raise
     return workdir, owner
 
 

@@ -276,3 +276,22 @@ def test_the_directory_of_a_killed_pass_is_removed_by_the_next_one(tmp_path):
     finally:
         alive.communicate("")
     assert sqlite_processes.remove_abandoned_workdirs() == sorted([in_use, workdir])
+
+
+def test_a_temporary_directory_without_locks_leaves_the_pass_to_the_single_statement(tmp_path, monkeypatch):
+    monkeypatch.setattr(sqlite_processes, "MIN_ROWS", 0)
+    db = _odd_sources(tmp_path / "db.sqlite")
+    try:
+        _, single, _ = _buyer_sessions(db, 1)
+        asked = []
+
+        def no_locks(handle, operation):
+            asked.append(operation)
+            raise OSError(37, "No locks available")
+        monkeypatch.setattr(sqlite_processes.fcntl, "flock", no_locks)
+        used, rows, _ = _buyer_sessions(db, 2)
+        assert sqlite_processes.fcntl.LOCK_EX in asked, "the pass asked for its directory's lock"
+        assert used == 1 and rows == single
+        assert _part_files() == set(), "the directory made for the pass is gone"
+    finally:
+        db.close()

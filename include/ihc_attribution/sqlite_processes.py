@@ -221,9 +221,10 @@ def _write_inputs(db: Database, file: Path, inputs: Mapping[str, str]) -> str:
         out.executescript(_SCRATCH_FILE.format(schema="main"))
         out.execute("BEGIN")
         for name, sql in inputs.items():
-            columns = [c[0] for c in db.conn.execute(f"SELECT * FROM ({sql}) AS input LIMIT 0").description]
+            names = [c[0] for c in db.conn.execute(f"SELECT * FROM ({sql}) AS input LIMIT 0").description]
+            columns = ['"' + column.replace('"', '""') + '"' for column in names]
             out.execute(f"CREATE TABLE {name} ({', '.join(columns)})")
-            exact = ", ".join(transported_bytes(c) for c in columns)
+            exact = ", ".join(transported_bytes(column) for column in columns)
             values = ", ".join([TRANSPORTED_VALUE] * len(columns))
             rows = db.iter_query(f"SELECT {exact} FROM ({sql}) AS input")
             out.executemany(

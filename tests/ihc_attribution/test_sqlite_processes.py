@@ -227,13 +227,15 @@ def test_inputs_reach_the_parts_value_for_value(tmp_path, encoding):
                 db.execute(f"INSERT INTO odd VALUES ({value})")
             expected = db.query(exact.format(table="odd"))
             assert {row[0] for row in expected} == {"text", "blob", "null", "integer", "real"}
-            file = sqlite_processes._write_inputs(db, tmp_path / "inputs.sqlite", {"odd": "SELECT v FROM odd"})
+            file = sqlite_processes._write_inputs(db, tmp_path / "inputs.sqlite", {"odd": "SELECT v, v AS \"odd name\" FROM odd"})
         reader = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
         try:
             reader.execute("ATTACH DATABASE ? AS inputs", (f"file:{file}?mode=ro",))
             reader.execute("CREATE TEMP TABLE copied (v)")
             reader.execute("INSERT INTO copied SELECT v FROM inputs.odd")
             assert reader.execute(exact.format(table="copied")).fetchall() == expected
+            named = 'SELECT typeof("odd name"), hex("odd name") FROM inputs.odd ORDER BY rowid'
+            assert reader.execute(named).fetchall() == expected, "a column named as no identifier is"
         finally:
             reader.close()
     finally:

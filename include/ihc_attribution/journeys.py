@@ -297,14 +297,14 @@ def _buyer_sessions_in_parts(db: Database, shared: tuple[str, int], processes: i
         for low, high in sqlite_processes.rowid_ranges(size, processes)
     ]
     setup = [f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}", _BUYERS_DDL,
-             f"INSERT INTO {BUYERS} (user_id) SELECT user_id FROM inputs.buyers"]
+             f"INSERT INTO {BUYERS} (user_id) SELECT user_id FROM inputs.{BUYERS}"]
     # The parts' pages are larger than this connection's: room for the key twice over.
     cache = _buyers_cache_sql(db, margin=2)
     if cache:
         setup.insert(0, cache)
     try:
         parts = sqlite_processes.query_tables(
-            db, path, queries, inputs={"buyers": f"SELECT user_id FROM {BUYERS}"}, setup=setup
+            db, path, queries, inputs=True, setup=setup
         )
     except Exception as exc:
         log.warning("the pass over %s in %d processes failed (%s); making it in this one", SESSION_SOURCES, processes, exc)

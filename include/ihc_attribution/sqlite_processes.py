@@ -18,8 +18,8 @@ Two ways back, for the two sizes of answer:
 - :func:`query_rows`: a few thousand rows as JSON (the callers choose how values are written);
 - :func:`query_tables`: any number of rows, written by each process into a SQLite file of its
   own that the caller attaches until its transaction ends (``INSERT ... SELECT`` from it copies
-  every value exactly, with its type and bytes). The caller's own tables a part needs (the run's
-  users, say) go the other way in a file too, which every part attaches.
+  every value exactly, with its type and bytes). The caller's temporary tables a part needs
+  (the run's users, say) go the other way in a file too, which every part attaches.
 
 The files of a pass live in a directory of the system's temporary directory
 (``attribution-parts-*``) for as long as the caller's transaction. The process that made it
@@ -38,7 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import quote
 
@@ -157,16 +157,16 @@ def query_tables(
     path: str,
     queries: Sequence[str],
     *,
-    inputs: Mapping[str, str] | None = None,
+    inputs: bool = False,
     setup: Sequence[str] = (),
 ) -> list[str]:
     """Run each query on a connection of its own into a table; the tables, attached to ``db``.
 
     The first query runs in this process (on another read-only connection, while the others run
-    in processes of their own). ``inputs`` maps table names to queries on ``db`` (its temporary
-    tables included): their rows are written, every value exactly, into a file that each part
-    attaches as ``inputs`` before it runs ``setup`` (statements, for example the ones that copy
-    them into the temporary tables its query reads). The names returned are those of the tables
+    in processes of their own). With ``inputs``, the temporary tables of ``db`` as they are in
+    its open transaction are written into a file that each part attaches as ``inputs`` before it
+    runs ``setup`` (statements, for example the ones that copy them into the temporary tables
+    its query reads). The names returned are those of the tables
     (``schema.rows``), in the order of ``queries``: read from them within the open transaction.
     They are detached, and their files removed, when the transaction ends.
     """
@@ -183,7 +183,7 @@ def query_tables(
         owner.close()
 
     try:
-        input_file = _write_inputs(db, Path(workdir) / "inputs.sqlite", inputs) if inputs else None
+        input_file = _write_inputs(db, Path(workdir) / "inputs.sqlite") if inputs else None
         files = [str(Path(workdir) / f"part{i}.sqlite") for i in range(len(queries))]
         _run(path, [
             {"inputs": input_file, "setup": list(setup), "query": sql, "into": file}
@@ -205,42 +205,14 @@ def query_tables(
 _SCRATCH_FILE = "PRAGMA {schema}.journal_mode = OFF; PRAGMA {schema}.synchronous = OFF;"
 
 
-def _write_inputs(db: Database, file: Path, inputs: Mapping[str, str]) -> str:
-    """Write the rows of each query of ``inputs`` into table ``name`` of a new file; its path.
+def _write_inputs(db: Database, file: Path) -> str:
+    """Write the caller's temporary database (its temporary tables) into ``file``; its path.
 
-    Text and blobs travel as their bytes in the database's encoding (the file has the same), so
-    that text that is not valid UTF-8 or holds a NUL arrives as it is, with its type. The
-    columns have no declared type: every value is stored exactly as given.
+    SQLite's own image of it, taken within the open transaction: every value exactly, in the
+    database's encoding, at the cost of a copy of its pages.
     """
-    import sqlite3
-
-    encoding = db.scalar("PRAGMA encoding")
-    out = sqlite3.connect(file, isolation_level=None)
-    try:
-        out.execute(f"PRAGMA encoding = '{encoding}'")
-        out.executescript(_SCRATCH_FILE.format(schema="main"))
-        out.execute("BEGIN")
-        for name, sql in inputs.items():
-            names = [c[0] for c in db.conn.execute(f"SELECT * FROM ({sql}) AS input LIMIT 0").description]
-            columns = ['"' + column.replace('"', '""') + '"' for column in names]
-            out.execute(f"CREATE TABLE {name} ({', '.join(columns)})")
-            exact = ", ".join(transported_bytes(column) for column in columns)
-            values = ", ".join([TRANSPORTED_VALUE] * len(columns))
-            rows = db.iter_query(f"SELECT {exact} FROM ({sql}) AS input")
-            out.executemany(
-                f"INSERT INTO {name} VALUES ({values})",
-                ([v for i in range(0, len(row), 2) for v in (row[i], row[i + 1], row[i + 1])]
-                 for batch in rows for row in batch),
-            )
-        out.execute("COMMIT")
-    finally:
-        out.close()
+    file.write_bytes(db.conn.serialize(name="temp"))
     return str(file)
-
-
-def transported_bytes(expr: str) -> str:
-    """Like :func:`transported`, with text and blobs as their bytes rather than hex (within a process)."""
-    return f"typeof({expr}), CASE WHEN typeof({expr}) IN ('text', 'blob') THEN CAST({expr} AS BLOB) ELSE {expr} END"
 
 
 _WORKDIR_PREFIX = "attribution-parts-"

@@ -303,9 +303,7 @@ def _buyer_sessions_in_parts(db: Database, shared: tuple[str, int], processes: i
     if cache:
         setup.insert(0, cache)
     try:
-        parts = sqlite_processes.query_tables(
-            db, path, queries, inputs=True, setup=setup
-        )
+        parts = sqlite_processes.query_tables(db, path, queries, inputs=True, setup=setup)
     except Exception as exc:
         log.warning("the pass over %s in %d processes failed (%s); making it in this one", SESSION_SOURCES, processes, exc)
         return 0

@@ -334,24 +334,26 @@ def _recompute(
         "sessions": _DISTINCT_SESSIONS if distinct else SESSION_SOURCES,
         "costs": _DISTINCT_COSTS if distinct else SESSION_COSTS,
     }
-    computed = None
+    parts = None
     if dates is None and processes > 1:
-        computed = _figures_in_processes(db, sources, processes)
+        parts = _figures_in_processes(db, sources, processes)
     db.execute(f"DROP TABLE IF EXISTS {BEFORE}")
     db.execute(f"CREATE TEMP TABLE {BEFORE} AS SELECT {_COLUMNS} FROM {TOTALS} {where}")
     db.execute(f"DELETE FROM {TOTALS} {where}")
-    if computed is None:
+    if parts is None:
         db.execute(
             _INSERT
             + _FIGURES.format(**sources, where=where.replace("WHERE date", "WHERE CAST(s.event_date AS TEXT)"))
         )
     else:
-        db.executemany(_INSERT_TRANSPORTED, computed)
+        # In the order of the single statement's groups (by date, then channel).
+        union = " UNION ALL ".join(f"SELECT {_COLUMNS} FROM {part}" for part in parts)
+        db.execute(_INSERT + f"SELECT {_COLUMNS} FROM ({union}) AS parts ORDER BY date, channel_name")
     db.execute(_CHANGED_DATES.format(where=where))
     db.execute(f"DROP TABLE {BEFORE}")
     if dates is not None:
         db.execute(f"DROP TABLE {CLAIMED}")
-    return 1 if computed is None else processes
+    return 1 if parts is None else processes
 
 
 # --- everything, over several processes (SQLite) -------------------------------------------
@@ -374,47 +376,14 @@ def _part(processes: int, part: int) -> str:
     return f"WHERE {day} % {processes} = {part}"
 
 
-# Counts and sums go back as JSON numbers (an integer as one, a float by its exact repr), the
-# date and the channel as sqlite_processes.transported writes them.
-_PART_SQL = f"""
-SELECT {sqlite_processes.transported("date")}, {sqlite_processes.transported("channel_name")},
-       session_rows, sessions, cost_rows, null_costs, negative_costs, cost
-FROM ({{figures}}) AS part
-"""
-_TRANSPORTED_VALUE = sqlite_processes.TRANSPORTED_VALUE
-_INSERT_TRANSPORTED = (
-    _INSERT + f"VALUES ({_TRANSPORTED_VALUE}, {_TRANSPORTED_VALUE}, ?, ?, ?, ?, ?, ?)"
-)
-# SQLite's order of values of different types: NULL, numbers, text, blobs.
-_TYPE_ORDER = {"null": 0, "integer": 1, "real": 1, "text": 2, "blob": 3}
-
-
-def _figures_in_processes(db: Database, sources: dict[str, str], processes: int) -> list[tuple] | None:
-    """The rows of a full recomputation, computed by ``processes`` processes; None when not possible."""
+def _figures_in_processes(db: Database, sources: dict[str, str], processes: int) -> list[str] | None:
+    """The tables of a full recomputation's figures, one per process (attached to ``db``); None when not possible."""
     shared = sqlite_processes.shared_file(db, SESSION_SOURCES)
     if shared is None:
         return None
-    queries = [
-        _PART_SQL.format(figures=_FIGURES.format(**sources, where=_part(processes, part))) for part in range(processes)
-    ]
+    queries = [_FIGURES.format(**sources, where=_part(processes, part)) for part in range(processes)]
     try:
-        rows = [_received(row) for row in sqlite_processes.query_rows(shared[0], queries)]
+        return sqlite_processes.query_tables(db, shared[0], queries)
     except Exception as exc:
         log.warning("computing %s in %d processes failed (%s); computing it in this one", TOTALS, processes, exc)
         return None
-    rows.sort(key=_group_order)
-    return rows
-
-
-def _received(row: list) -> tuple:
-    date_type, date, channel_type, channel, *figures = row
-    return (
-        *sqlite_processes.received_value(date_type, date), *sqlite_processes.received_value(channel_type, channel),
-        *figures,
-    )
-
-
-def _group_order(row: tuple) -> tuple:
-    """The order of the single statement's groups: by date, then channel, as SQLite compares them."""
-    date_type, date, _, channel_type, channel, _, *_ = row
-    return (_TYPE_ORDER[date_type], date or b""), (_TYPE_ORDER[channel_type], channel if channel is not None else b"")

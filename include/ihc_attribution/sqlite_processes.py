@@ -13,13 +13,10 @@ caller's transaction has written itself (each caller checks those are not the ta
 Anything that keeps the processes from running (no WAL, a database in memory, a small table, a
 process that fails) leaves the work to the single statement.
 
-Two ways back, for the two sizes of answer:
-
-- :func:`query_rows`: a few thousand rows as JSON (the callers choose how values are written);
-- :func:`query_tables`: any number of rows, written by each process into a SQLite file of its
-  own that the caller attaches until its transaction ends (``INSERT ... SELECT`` from it copies
-  every value exactly, with its type and bytes). The caller's temporary tables a part needs
-  (the run's users, say) go the other way in a file too, which every part attaches.
+Each part writes its rows into a SQLite file of its own, which the caller attaches until its
+transaction ends: ``INSERT ... SELECT`` from it copies every value exactly, with its type and
+bytes, in the database's encoding (:func:`query_tables`). The caller's temporary tables a part
+needs (the run's users, say) go the other way in a file too, which every part attaches.
 
 The files of a pass live in a directory of the system's temporary directory
 (``attribution-parts-*``) for as long as the caller's transaction. The process that made it
@@ -52,25 +49,6 @@ PROCESSES_VARIABLE = "ATTRIBUTION_SQLITE_PROCESSES"
 MIN_ROWS = 250_000
 # The command each process runs (tests replace it with one that fails).
 WORKER = "from ihc_attribution.sqlite_processes import part_main; part_main()"
-#: A value written as (its type, then for text or a blob the hex of its bytes in the database's
-#: encoding): any text (not valid UTF-8, holding a NUL) comes back byte for byte with its type.
-#: SQLite reads a blob parameter cast to text as UTF-8 whatever the database's encoding; the
-#: concatenation's result is text of the same bytes in the database's encoding, which is what a
-#: UTF-16 file needs.
-TRANSPORTED_VALUE = "CASE ? WHEN 'text' THEN CAST(x'' || ? AS TEXT) ELSE ? END"
-
-
-def transported(expr: str) -> str:
-    """The two columns that carry ``expr`` between processes (read back by :func:`received_value`)."""
-    return f"typeof({expr}), CASE WHEN typeof({expr}) IN ('text', 'blob') THEN hex({expr}) ELSE {expr} END"
-
-
-def received_value(value_type: str, value: object) -> tuple:
-    """The three parameters of :data:`TRANSPORTED_VALUE` for a value of :func:`transported`."""
-    if value_type in ("text", "blob"):
-        value = bytes.fromhex(value)  # type: ignore[arg-type]
-    return (value_type, value, value)
-
 
 def processes_setting() -> int:
     """``$ATTRIBUTION_SQLITE_PROCESSES``: processes a large pass over a SQLite file is split over.
@@ -112,16 +90,16 @@ def _start(path: str, job: dict) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)}
     proc = subprocess.Popen(
         [sys.executable, "-P", "-c", WORKER, path],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
     )
     proc.stdin.write(json.dumps(job).encode())  # type: ignore[union-attr]
     proc.stdin.close()  # type: ignore[union-attr]
-    proc.stdin = None  # sent: communicate() reads stdout and stderr only
+    proc.stdin = None  # sent: communicate() reads stderr only
     return proc
 
 
-def _run(path: str, jobs: Sequence[dict]) -> list[list | None]:
-    """Each job's result (see :func:`run_job`): the first runs here, the others in processes of their own.
+def _run(path: str, jobs: Sequence[dict]) -> None:
+    """Run the jobs (see :func:`run_job`): the first here, the others in processes of their own.
 
     Raises when one failed (the others are stopped).
     """
@@ -129,27 +107,16 @@ def _run(path: str, jobs: Sequence[dict]) -> list[list | None]:
     procs: list[subprocess.Popen] = []
     try:
         procs = [_start(path, job) for job in others]
-        results = [run_job(path, first)]
+        run_job(path, first)
         for proc in procs:
-            out, err = proc.communicate()
+            _, err = proc.communicate()
             if proc.returncode != 0:
                 raise RuntimeError(f"exit status {proc.returncode}: {err.decode(errors='replace').strip()[-2000:]}")
-            results.append(json.loads(out) if out else None)
-        return results
     finally:
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
-
-
-def query_rows(path: str, queries: Sequence[str]) -> list[list]:
-    """Run each query on a connection of its own; the rows of all of them, in the order of ``queries``.
-
-    The first query runs in this process (on another read-only connection), the others in
-    processes of their own, all at once.
-    """
-    return [row for rows in _run(path, [{"query": sql} for sql in queries]) for row in rows or ()]
 
 
 def query_tables(
@@ -273,8 +240,8 @@ def remove_abandoned_workdirs(parent: str | None = None) -> list[str]:
     return removed
 
 
-def run_job(database: str, job: dict) -> list | None:
-    """Run one part on a read-only connection of its own: its rows, or None when written ``into`` a file."""
+def run_job(database: str, job: dict) -> None:
+    """Run one part on a read-only connection of its own, into the file ``into``."""
     import sqlite3
 
     conn = sqlite3.connect(
@@ -286,21 +253,16 @@ def run_job(database: str, job: dict) -> list | None:
             conn.execute("ATTACH DATABASE ? AS inputs", (f"file:{quote(job['inputs'])}?mode=ro",))
         for sql in job.get("setup", ()):
             conn.execute(sql)
-        if "into" in job:
-            # The part's rows go to a file of its own: they do not take the place of the pages
-            # its query reads again and again in the cache of the temporary database.
-            conn.execute("ATTACH DATABASE ? AS part", (job["into"],))
-            conn.executescript(_SCRATCH_FILE.format(schema="part"))
-            conn.execute(f"CREATE TABLE part.rows AS {job['query']}")
-            return None
-        return conn.execute(job["query"]).fetchall()
+        # The part's rows go to a file of its own: they do not take the place of the pages its
+        # query reads again and again in the cache of the temporary database.
+        conn.execute("ATTACH DATABASE ? AS part", (job["into"],))
+        conn.executescript(_SCRATCH_FILE.format(schema="part"))
+        conn.execute(f"CREATE TABLE part.rows AS {job['query']}")
     finally:
         conn.close()
 
 
 def part_main(argv: list[str] | None = None) -> None:
-    """A process of :func:`query_rows` or :func:`query_tables`: the database as argument, the job on stdin."""
+    """A process of :func:`query_tables`: the database as argument, the job on stdin."""
     (database,) = argv if argv is not None else sys.argv[1:]
-    rows = run_job(database, json.load(sys.stdin))
-    if rows is not None:
-        json.dump(rows, sys.stdout)
+    run_job(database, json.load(sys.stdin))

@@ -16,8 +16,18 @@ pass and then kept in step:
   are taken over distinct rows), everything is recomputed.
 
 So the figures are always those of the source tables at the time of the refresh, whatever
-wrote to them. On a large SQLite database, recomputing everything is split over several
-processes by session date (see :func:`_figures_in_processes`): each date's figures are still
+wrote to them.
+
+A date's figures are computed from all sessions of that date, which on SQLite means a pass over
+``session_sources``, except for a date that had no session at the last refresh and has since only
+been given new rows (the next day's sessions of a daily load): its sessions are then all above
+the largest rowid of the last refresh (``attribution_session_totals_state``), and only the rows
+above it are read. Triggers record in ``attribution_session_totals_moved`` the dates where that
+does not hold: a row inserted at or below that rowid (an explicit or reused rowid), and a row
+updated in any way (it may have moved to another date or rowid).
+
+On a large SQLite database, recomputing everything is split over several processes by
+session date (see :func:`_figures_in_processes`): each date's figures are still
 computed by one statement over the same rows in the same order, so they are the same to the bit.
 
 Rows per (date, channel): ``session_rows``, ``sessions`` (those with a session id),
@@ -30,6 +40,7 @@ kept as it is, so that it can be counted), ``channel_name`` as stored.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from ihc_attribution import sqlite_processes
@@ -43,6 +54,10 @@ TOTALS = "attribution_session_totals"
 STALE = "attribution_session_totals_stale"
 EVERYTHING = "*"
 OUTDATED = "attribution_report_outdated_dates"
+MOVED = "attribution_session_totals_moved"
+STATE = "attribution_session_totals_state"
+# The largest rowid of session_sources when the totals were last brought in step (SQLite).
+_WATERMARK = "max_rowid"
 CLAIMED = "attribution_tmp_claimed_dates"
 BEFORE = "attribution_tmp_totals_before"
 
@@ -84,14 +99,22 @@ _SQLITE_SESSION_DATE_MARK = (
 )
 
 
-def _sqlite_triggers() -> dict[str, str]:
+# A date whose sessions may no longer all lie above the watermark (see the module's docstring).
+_SQLITE_MOVED_MARK = (
+    f"INSERT INTO {MOVED} (date) SELECT d FROM (SELECT COALESCE(CAST(NEW.event_date AS TEXT), '{EVERYTHING}') AS d) "
+    f"WHERE NOT EXISTS (SELECT 1 FROM {MOVED} WHERE date = d);"
+)
+
+
+def _sqlite_triggers(rowids: bool = True) -> dict[str, str]:
+    """The triggers on the source tables; ``rowids``: ``session_sources`` has rowids (not WITHOUT ROWID)."""
     sessions, costs = SESSION_SOURCES, SESSION_COSTS
     mark = _SQLITE_MARK.format
     cost_mark = _SQLITE_SESSION_DATE_MARK.format
     # The stored session with the new row's id (the row a REPLACE deletes). A replaced cost row
     # has the id of the new one, so its session's date is recorded by the insert trigger anyway.
     replaced = _SQLITE_SESSION_DATE_MARK.format(row="NEW")
-    return {
+    triggers = {
         f"{_PREFIX}sessions_insert": (
             f"AFTER INSERT ON {sessions} BEGIN {mark(value='NEW.event_date')} END"
         ),
@@ -118,6 +141,14 @@ def _sqlite_triggers() -> dict[str, str]:
             f"AFTER UPDATE OF session_id, cost ON {costs} BEGIN {cost_mark(row='OLD')} {cost_mark(row='NEW')} END"
         ),
     }
+    if rowids:
+        triggers[f"{_PREFIX}sessions_moved"] = f"AFTER UPDATE ON {sessions} BEGIN {_SQLITE_MOVED_MARK} END"
+        triggers[f"{_PREFIX}sessions_insert_below"] = (
+            f"AFTER INSERT ON {sessions} "
+            f"WHEN NEW.rowid <= (SELECT value FROM {STATE} WHERE name = '{_WATERMARK}') "
+            f"BEGIN {_SQLITE_MOVED_MARK} END"
+        )
+    return triggers
 
 
 # PostgreSQL: statement triggers with transition tables (one row of the stale table per
@@ -188,7 +219,7 @@ def _install_triggers(db: Database) -> None:
     """(Re)create the triggers; earlier versions of them are dropped. Raises when not allowed."""
     _drop_triggers(db)
     if db.is_sqlite:
-        for name, body in _sqlite_triggers().items():
+        for name, body in _sqlite_triggers(_has_rowids(db)).items():
             db.execute(f"CREATE TRIGGER {name} {body}")
         return
     schema = db.scalar("SELECT current_schema()")
@@ -210,7 +241,14 @@ def _drop_triggers(db: Database) -> None:
 
 
 def _expected_triggers(db: Database) -> set[str]:
-    return set(_sqlite_triggers()) if db.is_sqlite else set(_pg_triggers("public"))
+    return set(_sqlite_triggers(_has_rowids(db))) if db.is_sqlite else set(_pg_triggers("public"))
+
+
+def _has_rowids(db: Database) -> bool:
+    """Whether ``session_sources`` (SQLite) has rowids: not a WITHOUT ROWID table."""
+    row = db.query("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = ?", (SESSION_SOURCES,))
+    # Table options follow the column list's closing parenthesis: WITHOUT ROWID, STRICT.
+    return bool(row) and not re.search(r"\)[^)]*\bWITHOUT\s+ROWID\b[^)]*$", str(row[0][0] or ""), re.IGNORECASE)
 
 
 @dataclass
@@ -218,13 +256,15 @@ class Refresh:
     """What :func:`refresh` recomputed: ``everything`` or ``dates`` (0 when nothing changed).
 
     ``processes``: how many processes computed the figures (more than 1 only for everything, see
-    :func:`_figures_in_processes`).
+    :func:`_figures_in_processes`). ``from_new_rows``: how many of the ``dates`` were computed from
+    the rows added since the last refresh alone (see the module's docstring).
     """
 
     everything: bool = False
     dates: int = 0
     reason: str = ""
     processes: int = 1
+    from_new_rows: int = 0
 
 
 def triggers_setting() -> bool:
@@ -247,26 +287,37 @@ def refresh(db: Database, *, triggers: bool | None = None, processes: int | None
     if not db.is_sqlite or db.has_written():
         processes = 1
     with db.transaction():
-        keyed = has_unique_key(db, SESSION_SOURCES, "session_id") and has_unique_key(db, SESSION_COSTS, "session_id")
-        if not keyed:
-            used = _recompute(db, distinct=True, processes=processes)
-            return Refresh(everything=True, reason="a source table has no key on session_id", processes=used)
-        if not triggers:
-            _drop_triggers(db)
-            used = _recompute(db, processes=processes)
-            return Refresh(everything=True, reason="triggers are turned off (ATTRIBUTION_SOURCE_TRIGGERS)", processes=used)
-        if not _expected_triggers(db) <= _existing_triggers(db):
-            if _try_install_triggers(db):
-                _claim(db)
-            used = _recompute(db, processes=processes)
-            return Refresh(everything=True, reason="first refresh, or the source tables were created again", processes=used)
-        claimed = _claim(db)
-        if EVERYTHING in claimed:
-            used = _recompute(db, processes=processes)
-            return Refresh(everything=True, reason="a change that touches every date", processes=used)
-        if claimed:
-            _recompute(db, dates=claimed)
-        return Refresh(dates=len(claimed))
+        result = _refresh(db, triggers, processes)
+        if db.is_sqlite:
+            _set_watermark(db)
+        return result
+
+
+def _refresh(db: Database, triggers: bool, processes: int) -> Refresh:
+    """:func:`refresh`'s work, inside its transaction."""
+    # The dates some write may have moved below the watermark, recorded since the last refresh.
+    moved = _claim(db, MOVED) if db.is_sqlite else set()
+    keyed = has_unique_key(db, SESSION_SOURCES, "session_id") and has_unique_key(db, SESSION_COSTS, "session_id")
+    if not keyed:
+        used = _recompute(db, distinct=True, processes=processes)
+        return Refresh(everything=True, reason="a source table has no key on session_id", processes=used)
+    if not triggers:
+        _drop_triggers(db)
+        used = _recompute(db, processes=processes)
+        return Refresh(everything=True, reason="triggers are turned off (ATTRIBUTION_SOURCE_TRIGGERS)", processes=used)
+    if not _expected_triggers(db) <= _existing_triggers(db):
+        if _try_install_triggers(db):
+            _claim(db)
+        used = _recompute(db, processes=processes)
+        return Refresh(everything=True, reason="first refresh, or the source tables were created again", processes=used)
+    claimed = _claim(db)
+    if EVERYTHING in claimed:
+        used = _recompute(db, processes=processes)
+        return Refresh(everything=True, reason="a change that touches every date", processes=used)
+    watermark, new_dates = _dates_of_new_rows_only(db, claimed - moved)
+    if claimed:
+        _recompute(db, dates=claimed, new_dates=new_dates, watermark=watermark)
+    return Refresh(dates=len(claimed), from_new_rows=len(new_dates))
 
 
 def _try_install_triggers(db: Database) -> bool:
@@ -286,14 +337,43 @@ def _try_install_triggers(db: Database) -> bool:
     return True
 
 
-def _claim(db: Database) -> set[str]:
-    """Take the recorded dates off the stale table (they are recomputed in this transaction).
+def _claim(db: Database, table: str = STALE) -> set[str]:
+    """Take the recorded dates off the stale table, or ``table`` (they are recomputed in this transaction).
 
     Deleting first is what keeps a concurrent writer's change from being lost on PostgreSQL: a
     date it records after this delete stays for the next refresh, and one it recorded before
     belongs to a change this transaction's later statements see.
     """
-    return {str(d) for (d,) in db.query(f"DELETE FROM {STALE} RETURNING date") if d is not None}
+    return {str(d) for (d,) in db.query(f"DELETE FROM {table} RETURNING date") if d is not None}
+
+
+def _set_watermark(db: Database) -> None:
+    """Record the largest rowid of ``session_sources`` (SQLite), the totals being in step with it.
+
+    An empty table records 0: the rows to come get rowids above it (one given explicitly at or
+    below it marks its date as moved).
+    """
+    value = db.scalar(f"SELECT COALESCE(MAX(rowid), 0) FROM {SESSION_SOURCES}") if _has_rowids(db) else None
+    db.execute(
+        f"INSERT INTO {STATE} (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET value = excluded.value",
+        (_WATERMARK, value),
+    )
+
+
+def _dates_of_new_rows_only(db: Database, candidates: set[str]) -> tuple[int | None, set[str]]:
+    """The watermark, and the ``candidates`` whose sessions all lie above it (SQLite).
+
+    Those are the dates without any session at the last refresh (no totals row), provided that
+    no write since has been recorded as moving rows of them (the caller leaves those out): all
+    their rows were then inserted since, above the largest rowid of that refresh.
+    """
+    if not db.is_sqlite or not candidates or not _has_rowids(db):
+        return None, set()
+    watermark = db.scalar(f"SELECT value FROM {STATE} WHERE name = ?", (_WATERMARK,))
+    if watermark is None:
+        return None, set()
+    present = {str(d) for (d,) in db.query(f"SELECT DISTINCT date FROM {TOTALS} WHERE date IS NOT NULL")}
+    return int(watermark), candidates - present
 
 
 _COLUMNS = "date, channel_name, session_rows, sessions, cost_rows, null_costs, negative_costs, cost"
@@ -315,9 +395,19 @@ ON CONFLICT (date) DO NOTHING
 
 
 def _recompute(
-    db: Database, *, distinct: bool = False, dates: set[str] | None = None, processes: int = 1
+    db: Database,
+    *,
+    distinct: bool = False,
+    dates: set[str] | None = None,
+    processes: int = 1,
+    new_dates: set[str] = frozenset(),
+    watermark: int | None = None,
 ) -> int:
     """Recompute the totals of ``dates`` (text of the session date), or of every date.
+
+    ``new_dates`` (some of ``dates``) are computed from the rows above ``watermark`` alone (see
+    :func:`_dates_of_new_rows_only`): each date's rows are still summed in rowid order, so the
+    figures are those of a pass over the whole table to the bit.
 
     The dates whose figures changed are added to ``attribution_report_outdated_dates``: the
     report rows of those dates no longer match the sources (a session deleted or moved away
@@ -327,8 +417,10 @@ def _recompute(
     where = ""
     if dates is not None:
         db.execute(f"DROP TABLE IF EXISTS {CLAIMED}")
-        db.execute(f"CREATE TEMP TABLE {CLAIMED} (date TEXT PRIMARY KEY)")
-        db.executemany(f"INSERT INTO {CLAIMED} (date) VALUES (?)", [(d,) for d in sorted(dates)])
+        db.execute(f"CREATE TEMP TABLE {CLAIMED} (date TEXT PRIMARY KEY, new_rows_only INT NOT NULL)")
+        db.executemany(
+            f"INSERT INTO {CLAIMED} (date, new_rows_only) VALUES (?, ?)", [(d, int(d in new_dates)) for d in sorted(dates)]
+        )
         where = f"WHERE date IN (SELECT date FROM {CLAIMED})"
     sources = {
         "sessions": _DISTINCT_SESSIONS if distinct else SESSION_SOURCES,
@@ -340,11 +432,10 @@ def _recompute(
     db.execute(f"DROP TABLE IF EXISTS {BEFORE}")
     db.execute(f"CREATE TEMP TABLE {BEFORE} AS SELECT {_COLUMNS} FROM {TOTALS} {where}")
     db.execute(f"DELETE FROM {TOTALS} {where}")
-    if parts is None:
-        db.execute(
-            _INSERT
-            + _FIGURES.format(**sources, where=where.replace("WHERE date", "WHERE CAST(s.event_date AS TEXT)"))
-        )
+    if dates is not None:
+        _insert_dates(db, sources, bool(dates - new_dates), bool(new_dates), watermark)
+    elif parts is None:
+        db.execute(_INSERT + _FIGURES.format(**sources, where=""))
     else:
         # In the order of the single statement's groups (by date, then channel).
         union = " UNION ALL ".join(f"SELECT {_COLUMNS} FROM {part}" for part in parts)
@@ -354,6 +445,15 @@ def _recompute(
     if dates is not None:
         db.execute(f"DROP TABLE {CLAIMED}")
     return 1 if parts is None else processes
+
+
+def _insert_dates(db: Database, sources: dict[str, str], scanned: bool, new_rows_only: bool, watermark: int | None) -> None:
+    """Insert the figures of the claimed dates: from every session, or from the rows above ``watermark``."""
+    claimed = f"CAST(s.event_date AS TEXT) IN (SELECT date FROM {CLAIMED} WHERE new_rows_only = {{flag}})"
+    if scanned:
+        db.execute(_INSERT + _FIGURES.format(**sources, where="WHERE " + claimed.format(flag=0)))
+    if new_rows_only:
+        db.execute(_INSERT + _FIGURES.format(**sources, where="WHERE s.rowid > ? AND " + claimed.format(flag=1)), (watermark,))
 
 
 # --- everything, over several processes (SQLite) -------------------------------------------

@@ -9,6 +9,7 @@ tables as they are, and recomputes only the dates that changed.
 from __future__ import annotations
 
 import random
+import re
 import sqlite3
 
 import pandas as pd
@@ -173,7 +174,7 @@ def test_sources_without_keys_are_recomputed_every_time_over_distinct_rows(tmp_p
 
 # Random writes of any kind, in any order: the totals stay equal to the recomputation.
 _IDS = st.sampled_from(["s1", "s2", "s3", "s4", "s5", "s6", "n1", "n2"])
-_DATES = st.sampled_from(["2024-01-08", "2024-01-09", "2024-01-10", "2024-01-11"])
+_DATES = st.sampled_from(["2024-01-08", "2024-01-09", "2024-01-10", "2024-01-11", "2024-01-12", "2024-01-13"])
 _WRITES = st.one_of(
     st.tuples(st.just("INSERT OR REPLACE INTO session_sources VALUES (?, 'u', ?, '10:00:00', ?, 0, 0, 0)"),
               st.tuples(_IDS, _DATES, st.sampled_from(["A", "B", None]))),
@@ -182,6 +183,13 @@ _WRITES = st.one_of(
     st.tuples(st.just("UPDATE session_sources SET event_date = ? WHERE session_id = ?"), st.tuples(_DATES, _IDS)),
     st.tuples(st.just("DELETE FROM session_sources WHERE session_id = ?"), st.tuples(_IDS)),
     st.tuples(st.just("DELETE FROM session_costs WHERE session_id = ?"), st.tuples(_IDS)),
+    # Rowids given or changed: a row of a new date may then lie at or below the last refresh's largest.
+    st.tuples(st.just("INSERT OR IGNORE INTO session_sources (rowid, session_id, user_id, event_date, event_time, "
+                      "channel_name, holder_engagement, closer_engagement, impression_interaction) "
+                      "VALUES (?, ?, 'u', ?, '10:00:00', 'A', 0, 0, 0)"),
+              st.tuples(st.integers(-2, 12), _IDS, _DATES)),
+    st.tuples(st.just("UPDATE OR IGNORE session_sources SET rowid = ? WHERE session_id = ?"),
+              st.tuples(st.integers(-2, 12), _IDS)),
 )
 
 
@@ -529,3 +537,127 @@ def test_a_wrong_processes_setting_is_an_error_naming_it(monkeypatch, value):
     monkeypatch.setenv(sqlite_processes.PROCESSES_VARIABLE, value)
     with pytest.raises(ValueError, match=sqlite_processes.PROCESSES_VARIABLE):
         sqlite_processes.processes_setting()
+
+
+# --- dates computed from the rows added since the last refresh ---------------------------------
+
+
+def _full_pass(db: Database) -> list[tuple]:
+    """The single statement over the whole tables, each value with its type, in group order."""
+    figures = session_totals._FIGURES.format(sessions="session_sources", costs="session_costs", where="")
+    return db.query(f"SELECT date, channel_name, session_rows, sessions, cost_rows, null_costs, negative_costs, "
+                    f"cost, typeof(cost) FROM ({figures}) ORDER BY date, channel_name")
+
+
+def _stored_raw(db: Database) -> list[tuple]:
+    return db.query(f"SELECT date, channel_name, session_rows, sessions, cost_rows, null_costs, negative_costs, "
+                    f"cost, typeof(cost) FROM {session_totals.TOTALS} ORDER BY date, channel_name")
+
+
+def test_a_new_day_is_computed_from_its_new_rows_alone_and_to_the_bit(tmp_path):
+    rng = random.Random(3)
+    n = 60_000
+    sessions = [(f"s{i:06d}", f"u{i % 900}", f"2024-01-{1 + i % 3:02d}", "10:00:00", f"Ch{i % 4}") for i in range(n)]
+    costs = [(f"s{i:06d}", rng.uniform(0, 3) / 7) for i in rng.sample(range(n), n - 500)]
+    path = make_db(tmp_path / "db.sqlite", sessions, [], costs)
+    db = Database.connect_sqlite(str(path))
+    db.execute("PRAGMA cache_size = 64")  # many sorted runs to merge, as on a large database
+    try:
+        schema.ensure_schema(db)
+        assert session_totals.refresh(db).everything
+        # The next day's sessions and costs, and one more session of a day already counted.
+        with db.transaction():
+            db.executemany(
+                "INSERT INTO session_sources VALUES (?, ?, '2024-01-04', '09:00:00', ?, 0, 0, 0)",
+                [(f"d{i:05d}", f"u{i % 900}", f"Ch{i % 5}") for i in range(20_000)],
+            )
+            db.executemany("INSERT INTO session_costs VALUES (?, ?)",
+                           [(f"d{i:05d}", rng.choice([None, -0.25, rng.uniform(0, 3) / 7])) for i in range(19_000)])
+            db.execute("INSERT INTO session_sources VALUES ('late', 'u1', '2024-01-02', '09:00:00', 'Ch1', 0, 0, 0)")
+        statements: list[str] = []
+        db.conn.set_trace_callback(statements.append)
+        result = session_totals.refresh(db)
+        db.conn.set_trace_callback(None)
+        assert (result.everything, result.dates, result.from_new_rows) == (False, 2, 1)
+        assert _stored_raw(db) == _full_pass(db)
+        # The new day read only the rows above the last refresh's largest rowid, by their rowids.
+        (new_day,) = [sql for sql in statements if "s.rowid >" in sql]
+        db.execute(f"CREATE TEMP TABLE {session_totals.CLAIMED} (date TEXT PRIMARY KEY, new_rows_only INT NOT NULL)")
+        plan = [row[-1] for row in db.query("EXPLAIN QUERY PLAN " + new_day[new_day.index("SELECT"):])]
+        assert any(step.startswith("SEARCH s USING INTEGER PRIMARY KEY (rowid>?)") for step in plan), plan
+    finally:
+        db.close()
+
+
+_NEW_ROW = "INSERT INTO session_sources VALUES ('n1', 'u9', '2024-01-20', '10:00:00', 'Referral', 0, 0, 0)"
+_COLUMNS = ("session_id, user_id, event_date, event_time, channel_name, holder_engagement, closer_engagement, "
+            "impression_interaction")
+# Writes after which the sessions of the new date 2024-01-20 may not all lie above the last
+# refresh's largest rowid (6 in the fixture): that date is then computed from the whole table.
+BELOW_THE_WATERMARK = {  # the writes, and the channel of the new date's one session
+    "a row given a rowid below it": ([
+        f"INSERT INTO session_sources (rowid, {_COLUMNS}) VALUES (0, 'n0', 'u9', '2024-01-20', '10:00:00', 'A', 0, 0, 0)"
+    ], "A"),
+    "a rowid freed at the top and given again": (["DELETE FROM session_sources WHERE session_id = 's6'", _NEW_ROW], "Referral"),
+    "an earlier session moved to the new date": (
+        ["UPDATE session_sources SET event_date = '2024-01-20' WHERE session_id = 's1'"], "Paid Search Brand",
+    ),
+    "a new session's rowid moved below it": (
+        [_NEW_ROW, "UPDATE session_sources SET rowid = -1 WHERE session_id = 'n1'"], "Referral",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(BELOW_THE_WATERMARK))
+def test_a_new_date_with_rows_that_may_lie_below_the_last_refresh_s_rowids_is_computed_in_full(db, name):
+    statements, channel = BELOW_THE_WATERMARK[name]
+    refreshed(db)
+    for sql in statements:
+        db.execute(sql)
+    result = refreshed(db)  # the figures equal a recomputation, the new date's included
+    assert not result.everything and result.from_new_rows == 0
+    assert stored(db.conn)[("2024-01-20", channel)][0] == 1
+    # The marks are taken with the refresh: the next new date is computed from its new rows.
+    db.execute("INSERT INTO session_sources VALUES ('n2', 'u9', '2024-01-21', '10:00:00', 'A', 0, 0, 0)")
+    assert refreshed(db).from_new_rows == 1
+
+
+def test_a_new_session_of_a_new_date_is_read_alone(db):
+    refreshed(db)
+    db.execute(_NEW_ROW)
+    db.execute("INSERT INTO session_costs VALUES ('n1', 4.5)")
+    result = refreshed(db)
+    assert (result.dates, result.from_new_rows) == (1, 1)
+    assert stored(db.conn)[("2024-01-20", "Referral")] == (1, 1, 1, 0, 0, 4.5)
+
+
+def test_an_empty_table_at_the_last_refresh_has_every_later_date_read_from_its_new_rows(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", [], [], [])
+    db = Database.connect_sqlite(str(path))
+    try:
+        schema.ensure_schema(db)
+        assert refreshed(db).everything
+        for session in SESSIONS[:4]:
+            db.execute("INSERT INTO session_sources VALUES (?, ?, ?, ?, ?, 0, 0, 0)", session)
+        db.execute("INSERT INTO session_costs VALUES ('s2', 1.25)")
+        result = refreshed(db)
+        assert (result.dates, result.from_new_rows) == (3, 3)
+    finally:
+        db.close()
+
+
+def test_a_session_table_without_rowids_is_kept_in_step_from_the_whole_table(tmp_path):
+    ddl = re.sub(r"(CREATE TABLE IF NOT EXISTS session_sources \([^;]*\))", r"\1 WITHOUT ROWID", source_ddl())
+    assert "WITHOUT ROWID" in ddl
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, [], COSTS, ddl=ddl)
+    db = Database.connect_sqlite(str(path))
+    try:
+        schema.ensure_schema(db)
+        assert refreshed(db).everything
+        assert not any(name.endswith("insert_below") for name in session_totals._existing_triggers(db))
+        db.execute(_NEW_ROW)
+        db.execute("UPDATE session_sources SET channel_name = 'B' WHERE session_id = 's1'")
+        result = refreshed(db)
+        assert (result.everything, result.dates, result.from_new_rows) == (False, 2, 0)
+    finally:
+        db.close()

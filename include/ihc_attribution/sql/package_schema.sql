@@ -153,6 +153,18 @@ CREATE TABLE IF NOT EXISTS attribution_session_totals_stale (
 );
 CREATE INDEX IF NOT EXISTS ix_attribution_session_totals_stale_date
     ON attribution_session_totals_stale (date);
+-- SQLite: dates whose sessions may not all lie above the largest rowid of the last refresh (a
+-- row inserted at or below it, or updated), and that rowid: a date without sessions at the last
+-- refresh is otherwise computed from the rows above it alone (see session_totals.py).
+CREATE TABLE IF NOT EXISTS attribution_session_totals_moved (
+    date TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_attribution_session_totals_moved_date
+    ON attribution_session_totals_moved (date);
+CREATE TABLE IF NOT EXISTS attribution_session_totals_state (
+    name TEXT PRIMARY KEY,
+    value BIGINT
+);
 -- Session dates whose totals changed since the report last read them: their channel_reporting
 -- rows (whichever run built them) are rebuilt by the next report stage.
 CREATE TABLE IF NOT EXISTS attribution_report_outdated_dates (

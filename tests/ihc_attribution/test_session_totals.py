@@ -77,6 +77,14 @@ def refreshed(db: Database) -> session_totals.Refresh:
     return result
 
 
+def refreshed_after(db: Database, statements: list[str]) -> session_totals.Refresh:
+    """Refresh, run ``statements``, and refresh again: what the second refresh did."""
+    refreshed(db)
+    for sql in statements:
+        db.execute(sql)
+    return refreshed(db)
+
+
 def test_the_first_refresh_computes_everything_and_the_next_one_nothing(db):
     first = refreshed(db)
     assert first.everything
@@ -121,10 +129,7 @@ CHANGES = {
 @pytest.mark.parametrize("name", list(CHANGES))
 def test_a_change_recomputes_only_the_dates_it_touches(db, name):
     statements, dates = CHANGES[name]
-    refreshed(db)
-    for sql in statements:
-        db.execute(sql)
-    result = refreshed(db)
+    result = refreshed_after(db, statements)
     assert not result.everything and result.dates == dates
 
 
@@ -611,10 +616,7 @@ BELOW_THE_WATERMARK = {  # the writes, and the channel of the new date's one ses
 @pytest.mark.parametrize("name", list(BELOW_THE_WATERMARK))
 def test_a_new_date_with_rows_that_may_lie_below_the_last_refresh_s_rowids_is_computed_in_full(db, name):
     statements, channel = BELOW_THE_WATERMARK[name]
-    refreshed(db)
-    for sql in statements:
-        db.execute(sql)
-    result = refreshed(db)  # the figures equal a recomputation, the new date's included
+    result = refreshed_after(db, statements)  # the figures equal a recomputation, the new date's included
     assert not result.everything and result.from_new_rows == 0
     assert stored(db.conn)[("2024-01-20", channel)][0] == 1
     # The marks are taken with the refresh: the next new date is computed from its new rows.

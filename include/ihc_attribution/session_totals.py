@@ -106,6 +106,16 @@ _SQLITE_MOVED_MARK = (
 )
 
 
+# The stored session at the new row's rowid: the row an INSERT or UPDATE OR REPLACE that names a
+# rowid deletes, without firing delete triggers. (Where the rowid is not given, SQLite leaves it
+# undefined in a BEFORE trigger: whatever row it names, recording one more date is harmless.)
+_SQLITE_ROWID_DATE_MARK = (
+    f"INSERT INTO {STALE} (date) SELECT COALESCE(CAST(event_date AS TEXT), '{EVERYTHING}') FROM {SESSION_SOURCES} "
+    f"WHERE rowid = NEW.rowid AND NOT EXISTS ("
+    f"SELECT 1 FROM {STALE} WHERE date = COALESCE(CAST(event_date AS TEXT), '{EVERYTHING}'));"
+)
+
+
 def _sqlite_triggers(rowids: bool = True) -> dict[str, str]:
     """The triggers on the source tables; ``rowids``: ``session_sources`` has rowids (not WITHOUT ROWID)."""
     sessions, costs = SESSION_SOURCES, SESSION_COSTS
@@ -147,6 +157,12 @@ def _sqlite_triggers(rowids: bool = True) -> dict[str, str]:
             f"AFTER INSERT ON {sessions} "
             f"WHEN NEW.rowid <= (SELECT value FROM {STATE} WHERE name = '{_WATERMARK}') "
             f"BEGIN {_SQLITE_MOVED_MARK} END"
+        )
+        triggers[f"{_PREFIX}sessions_replace_rowid_insert"] = f"BEFORE INSERT ON {sessions} BEGIN {_SQLITE_ROWID_DATE_MARK} END"
+        # A row given another rowid also changes the order in which its date's costs are summed.
+        triggers[f"{_PREFIX}sessions_replace_rowid_update"] = (
+            f"BEFORE UPDATE ON {sessions} WHEN NEW.rowid IS NOT OLD.rowid "
+            f"BEGIN {_SQLITE_ROWID_DATE_MARK} {mark(value='OLD.event_date')} END"
         )
     return triggers
 

@@ -98,6 +98,8 @@ def test_the_first_refresh_computes_everything_and_the_next_one_nothing(db):
     assert not [sql for sql in statements if "session_sources" in sql and "attribution_session_totals" in sql]
 
 
+_COLUMNS = ("session_id, user_id, event_date, event_time, channel_name, holder_engagement, closer_engagement, "
+            "impression_interaction")
 CHANGES = {
     "a session inserted": (
         ["INSERT INTO session_sources VALUES ('n1', 'u9', '2024-01-11', '10:00:00', 'Referral', 0, 0, 0)"], 1,
@@ -106,6 +108,11 @@ CHANGES = {
     "a cost row deleted": (["DELETE FROM session_costs WHERE session_id = 's1'"], 1),
     "a cost row inserted": (["INSERT INTO session_costs VALUES ('s5', 4.0)"], 1),
     "a session moved to another date": (["UPDATE session_sources SET event_date = '2024-01-12' WHERE session_id = 's3'"], 2),
+    "a session replaced through its rowid": (
+        [f"INSERT OR REPLACE INTO session_sources (rowid, {_COLUMNS}) VALUES "
+         "(1, 'zz', 'u9', '2024-01-09', '10:00:00', 'A', 0, 0, 0)"], 2,
+    ),
+    "a session's rowid moved onto another's": (["UPDATE OR REPLACE session_sources SET rowid = 1 WHERE session_id = 's4'"], 2),
     "a session's channel changed": (["UPDATE session_sources SET channel_name = 'Referral' WHERE session_id = 's4'"], 1),
     "a session deleted, its cost row kept": (["DELETE FROM session_sources WHERE session_id = 's2'"], 1),
     "a cost row before its session": (
@@ -189,11 +196,14 @@ _WRITES = st.one_of(
     st.tuples(st.just("DELETE FROM session_sources WHERE session_id = ?"), st.tuples(_IDS)),
     st.tuples(st.just("DELETE FROM session_costs WHERE session_id = ?"), st.tuples(_IDS)),
     # Rowids given or changed: a row of a new date may then lie at or below the last refresh's largest.
-    st.tuples(st.just("INSERT OR IGNORE INTO session_sources (rowid, session_id, user_id, event_date, event_time, "
-                      "channel_name, holder_engagement, closer_engagement, impression_interaction) "
-                      "VALUES (?, ?, 'u', ?, '10:00:00', 'A', 0, 0, 0)"),
+    # A REPLACE over a taken rowid deletes the row holding it, without firing delete triggers.
+    st.tuples(st.sampled_from(["INSERT OR IGNORE", "INSERT OR REPLACE"]).map(
+        lambda verb: f"{verb} INTO session_sources (rowid, session_id, user_id, event_date, event_time, "
+                     "channel_name, holder_engagement, closer_engagement, impression_interaction) "
+                     "VALUES (?, ?, 'u', ?, '10:00:00', 'A', 0, 0, 0)"),
               st.tuples(st.integers(-2, 12), _IDS, _DATES)),
-    st.tuples(st.just("UPDATE OR IGNORE session_sources SET rowid = ? WHERE session_id = ?"),
+    st.tuples(st.sampled_from(["UPDATE OR IGNORE", "UPDATE OR REPLACE"]).map(
+        lambda verb: f"{verb} session_sources SET rowid = ? WHERE session_id = ?"),
               st.tuples(st.integers(-2, 12), _IDS)),
 )
 
@@ -595,8 +605,6 @@ def test_a_new_day_is_computed_from_its_new_rows_alone_and_to_the_bit(tmp_path):
 
 
 _NEW_ROW = "INSERT INTO session_sources VALUES ('n1', 'u9', '2024-01-20', '10:00:00', 'Referral', 0, 0, 0)"
-_COLUMNS = ("session_id, user_id, event_date, event_time, channel_name, holder_engagement, closer_engagement, "
-            "impression_interaction")
 # Writes after which the sessions of the new date 2024-01-20 may not all lie above the last
 # refresh's largest rowid (6 in the fixture): that date is then computed from the whole table.
 BELOW_THE_WATERMARK = {  # the writes, and the channel of the new date's one session

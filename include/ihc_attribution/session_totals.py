@@ -88,42 +88,34 @@ _PREFIX = "attribution_totals_v1_"
 # SQLite: row triggers; a date already recorded is not recorded again. A cost row's date is its
 # session's (none when the session does not exist: the cost then belongs to no date), found by
 # the session id of the row.
-_SQLITE_MARK = (
-    f"INSERT INTO {STALE} (date) SELECT d FROM (SELECT COALESCE(CAST({{value}} AS TEXT), '{EVERYTHING}') AS d) "
-    f"WHERE NOT EXISTS (SELECT 1 FROM {STALE} WHERE date = d);"
-)
-_SQLITE_SESSION_DATE_MARK = (
-    f"INSERT INTO {STALE} (date) SELECT COALESCE(CAST(event_date AS TEXT), '{EVERYTHING}') FROM {SESSION_SOURCES} "
-    f"WHERE session_id = {{row}}.session_id AND NOT EXISTS ("
-    f"SELECT 1 FROM {STALE} WHERE date = COALESCE(CAST(event_date AS TEXT), '{EVERYTHING}'));"
-)
+def _mark(value: str, table: str = STALE) -> str:
+    """A trigger statement recording the session date ``value`` in ``table``."""
+    return (
+        f"INSERT INTO {table} (date) SELECT d FROM (SELECT COALESCE(CAST({value} AS TEXT), '{EVERYTHING}') AS d) "
+        f"WHERE NOT EXISTS (SELECT 1 FROM {table} WHERE date = d);"
+    )
 
 
-# A date whose sessions may no longer all lie above the watermark (see the module's docstring).
-_SQLITE_MOVED_MARK = (
-    f"INSERT INTO {MOVED} (date) SELECT d FROM (SELECT COALESCE(CAST(NEW.event_date AS TEXT), '{EVERYTHING}') AS d) "
-    f"WHERE NOT EXISTS (SELECT 1 FROM {MOVED} WHERE date = d);"
-)
-
-
-# The stored session at the new row's rowid: the row an INSERT or UPDATE OR REPLACE that names a
-# rowid deletes, without firing delete triggers. (Where the rowid is not given, SQLite leaves it
-# undefined in a BEFORE trigger: whatever row it names, recording one more date is harmless.)
-_SQLITE_ROWID_DATE_MARK = (
-    f"INSERT INTO {STALE} (date) SELECT COALESCE(CAST(event_date AS TEXT), '{EVERYTHING}') FROM {SESSION_SOURCES} "
-    f"WHERE rowid = NEW.rowid AND NOT EXISTS ("
-    f"SELECT 1 FROM {STALE} WHERE date = COALESCE(CAST(event_date AS TEXT), '{EVERYTHING}'));"
-)
+def _stored_session_mark(match: str) -> str:
+    """A trigger statement recording the date of the stored session that ``match`` selects."""
+    return (
+        f"INSERT INTO {STALE} (date) SELECT COALESCE(CAST(event_date AS TEXT), '{EVERYTHING}') FROM {SESSION_SOURCES} "
+        f"WHERE {match} AND NOT EXISTS ("
+        f"SELECT 1 FROM {STALE} WHERE date = COALESCE(CAST(event_date AS TEXT), '{EVERYTHING}'));"
+    )
 
 
 def _sqlite_triggers(rowids: bool = True) -> dict[str, str]:
     """The triggers on the source tables; ``rowids``: ``session_sources`` has rowids (not WITHOUT ROWID)."""
     sessions, costs = SESSION_SOURCES, SESSION_COSTS
-    mark = _SQLITE_MARK.format
-    cost_mark = _SQLITE_SESSION_DATE_MARK.format
+    mark = _mark
+
+    def cost_mark(row: str) -> str:
+        return _stored_session_mark(f"session_id = {row}.session_id")
+
     # The stored session with the new row's id (the row a REPLACE deletes). A replaced cost row
     # has the id of the new one, so its session's date is recorded by the insert trigger anyway.
-    replaced = _SQLITE_SESSION_DATE_MARK.format(row="NEW")
+    replaced = cost_mark("NEW")
     triggers = {
         f"{_PREFIX}sessions_insert": (
             f"AFTER INSERT ON {sessions} BEGIN {mark(value='NEW.event_date')} END"
@@ -152,17 +144,23 @@ def _sqlite_triggers(rowids: bool = True) -> dict[str, str]:
         ),
     }
     if rowids:
-        triggers[f"{_PREFIX}sessions_moved"] = f"AFTER UPDATE ON {sessions} BEGIN {_SQLITE_MOVED_MARK} END"
+        # A date whose sessions may no longer all lie above the watermark (see the module's docstring).
+        moved = _mark("NEW.event_date", MOVED)
+        # The stored session at the new row's rowid: the row an INSERT or UPDATE OR REPLACE that
+        # names a rowid deletes, without firing delete triggers. (Where the rowid is not given,
+        # SQLite leaves it undefined in a BEFORE trigger: whatever row it names, recording one
+        # more date is harmless.)
+        replaced_rowid = _stored_session_mark("rowid = NEW.rowid")
+        triggers[f"{_PREFIX}sessions_moved"] = f"AFTER UPDATE ON {sessions} BEGIN {moved} END"
         triggers[f"{_PREFIX}sessions_insert_below"] = (
             f"AFTER INSERT ON {sessions} "
-            f"WHEN NEW.rowid <= (SELECT value FROM {STATE} WHERE name = '{_WATERMARK}') "
-            f"BEGIN {_SQLITE_MOVED_MARK} END"
+            f"WHEN NEW.rowid <= (SELECT value FROM {STATE} WHERE name = '{_WATERMARK}') BEGIN {moved} END"
         )
-        triggers[f"{_PREFIX}sessions_replace_rowid_insert"] = f"BEFORE INSERT ON {sessions} BEGIN {_SQLITE_ROWID_DATE_MARK} END"
+        triggers[f"{_PREFIX}sessions_replace_rowid_insert"] = f"BEFORE INSERT ON {sessions} BEGIN {replaced_rowid} END"
         # A row given another rowid also changes the order in which its date's costs are summed.
         triggers[f"{_PREFIX}sessions_replace_rowid_update"] = (
             f"BEFORE UPDATE ON {sessions} WHEN NEW.rowid IS NOT OLD.rowid "
-            f"BEGIN {_SQLITE_ROWID_DATE_MARK} {mark(value='OLD.event_date')} END"
+            f"BEGIN {replaced_rowid} {mark('OLD.event_date')} END"
         )
     return triggers
 
@@ -449,7 +447,7 @@ def _recompute(
     db.execute(f"CREATE TEMP TABLE {BEFORE} AS SELECT {_COLUMNS} FROM {TOTALS} {where}")
     db.execute(f"DELETE FROM {TOTALS} {where}")
     if dates is not None:
-        _insert_dates(db, sources, bool(dates - new_dates), bool(new_dates), watermark)
+        _insert_dates(db, sources, dates, new_dates, watermark)
     elif parts is None:
         db.execute(_INSERT + _FIGURES.format(**sources, where=""))
     else:
@@ -463,13 +461,15 @@ def _recompute(
     return 1 if parts is None else processes
 
 
-def _insert_dates(db: Database, sources: dict[str, str], scanned: bool, new_rows_only: bool, watermark: int | None) -> None:
-    """Insert the figures of the claimed dates: from every session, or from the rows above ``watermark``."""
-    claimed = f"CAST(s.event_date AS TEXT) IN (SELECT date FROM {CLAIMED} WHERE new_rows_only = {{flag}})"
-    if scanned:
-        db.execute(_INSERT + _FIGURES.format(**sources, where="WHERE " + claimed.format(flag=0)))
-    if new_rows_only:
-        db.execute(_INSERT + _FIGURES.format(**sources, where="WHERE s.rowid > ? AND " + claimed.format(flag=1)), (watermark,))
+def _insert_dates(
+    db: Database, sources: dict[str, str], dates: set[str], new_dates: set[str], watermark: int | None
+) -> None:
+    """Insert the figures of the claimed ``dates``: ``new_dates`` from the rows above ``watermark``, the others from all."""
+    of_claimed = f"CAST(s.event_date AS TEXT) IN (SELECT date FROM {CLAIMED} WHERE new_rows_only = %d)"
+    if dates - new_dates:
+        db.execute(_INSERT + _FIGURES.format(**sources, where="WHERE " + of_claimed % 0))
+    if new_dates:
+        db.execute(_INSERT + _FIGURES.format(**sources, where="WHERE s.rowid > ? AND " + of_claimed % 1), (watermark,))
 
 
 # --- everything, over several processes (SQLite) -------------------------------------------

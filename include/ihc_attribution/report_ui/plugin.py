@@ -4,26 +4,36 @@ The pages are a FastAPI app (``app.py``) mounted at ``/attribution-report/``
 and shown in the UI's navigation as an external view, labelled "Reports". The extra link
 "Attribution report" on the ``export_csv`` task of an ``ihc_attribution`` run opens the report of
 that run's range. Airflow loads plugins in every component, task processes included, so this
-module stays cheap: the app is built on its first request, and nothing here touches a database
-or a connection.
+module stays cheap: the app is built on its first request, and importing it opens no database
+and looks up no connection.
+
+The link is computed in the API server, where Airflow's public XCom API cannot be used: the Task
+SDK's ``XCom.get_value`` talks to a task's supervisor, which only a task process has. So the link
+does not read the export's XCom: it takes the run's range from the attribution database, where
+the run recorded it (its params' dates, else its data interval), the range ``export_csv`` writes.
 """
 
 from __future__ import annotations
 
 import importlib
-import json
 import logging
 import threading
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
-from airflow.sdk.bases.operatorlink import BaseOperatorLink
+from airflow.sdk import BaseOperatorLink
+
+from ihc_attribution.daterange import RunRange, as_naive_utc
+from ihc_attribution.report_ui import sources
 
 URL_PREFIX = "/attribution-report"
 DAG_ID = "ihc_attribution"
 EXPORT_TASK_ID = "export_csv"
 # The navigation bar has room for a short word under each icon.
 NAV_LABEL = "Reports"
+# Where a run's range is recorded: attribution_runs from the run's first data stage until the
+# staging retention purges it, attribution_run_results from the run's final check on, for good.
+RUN_RANGE_TABLES = ("attribution_runs", "attribution_run_results")
 
 log = logging.getLogger(__name__)
 
@@ -51,50 +61,42 @@ class LazyApp:
 report_app = LazyApp("ihc_attribution.report_ui.app:create_app")
 
 
-def _export_result(ti_key: Any) -> dict | None:
-    """The XCom ``return_value`` of an ``export_csv`` task instance, read in the API server."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
+def run_dates(run_id: str) -> tuple[str, str] | None:
+    """The first and last date (``YYYY-MM-DD``, inclusive) of a run's range; None if not recorded.
 
-    with create_session() as session:
-        row = session.execute(
-            XComModel.get_many(
-                key="return_value", run_id=ti_key.run_id, dag_ids=ti_key.dag_id,
-                task_ids=ti_key.task_id, map_indexes=ti_key.map_index,
-            ).with_only_columns(XComModel.value)
-        ).first()
-    if row is None:
-        return None
-    value = row.value
-    if isinstance(value, str | bytes):
-        try:
-            value = json.loads(value)
-        except ValueError:
-            return None
-    if isinstance(value, dict) and "__data__" in value:  # serde's envelope
-        value = value["__data__"]
-    return value if isinstance(value, dict) else None
+    :raises sources.DatabaseUnavailable: when the attribution database cannot be opened.
+    """
+    db = sources.open_db()
+    try:
+        for table in RUN_RANGE_TABLES:
+            if not db.has_table(table):
+                continue
+            rows = db.query(f"SELECT range_start, range_end FROM {table} WHERE run_id = ?", (run_id,))
+            if rows:
+                start, end = rows[0]
+                # The same first and last date as export_csv takes from the same range.
+                rng = RunRange(as_naive_utc(str(start)), as_naive_utc(str(end)))
+                return rng.first_date.isoformat(), rng.last_date.isoformat()
+    finally:
+        db.close()
+    return None
 
 
-def report_link_for(result: dict | None) -> str:
-    """The report page of an export's range: its ``report_url``, else built from its dates."""
-    if not result:
-        return ""
-    if isinstance(result.get("report_url"), str) and result["report_url"]:
-        return result["report_url"]
-    first, last = result.get("first_date"), result.get("last_date")
-    if not (isinstance(first, str) and isinstance(last, str)):
+def report_link(run_id: str) -> str:
+    """The report page of the run's range, or "" while the run has not recorded its range."""
+    dates = run_dates(run_id)
+    if dates is None:
         return ""
     from ihc_attribution.charts import report_url
 
-    return report_url(first, last)
+    return report_url(*dates)
 
 
 class AttributionReportLink(BaseOperatorLink):
     """"Attribution report" on the ``export_csv`` task: the report page of the run's range.
 
     Registered for every operator (the DAG file need not change); empty, so not shown, for any
-    other task and before the export has run.
+    other task and until the run has recorded its range (its ``extract_journeys`` task).
     """
 
     name = "Attribution report"
@@ -103,10 +105,12 @@ class AttributionReportLink(BaseOperatorLink):
         if ti_key.dag_id != DAG_ID or ti_key.task_id != EXPORT_TASK_ID:
             return ""
         try:
-            return report_link_for(_export_result(ti_key))
+            return report_link(ti_key.run_id)
+        except sources.DatabaseUnavailable as exc:  # e.g. the connection is not set for the API server
+            log.warning("no Attribution report link for %s: %s", ti_key, exc)
         except Exception:  # a link must never break the task page
             log.exception("could not build the Attribution report link of %s", ti_key)
-            return ""
+        return ""
 
 
 class AttributionReportPlugin(AirflowPlugin):

@@ -3,16 +3,22 @@ pages, the files it serves, and its auth. The report page itself: test_report_vi
 
 from __future__ import annotations
 
+import ast
+import datetime as dt
+import importlib.util
 import json
 import os
+import re
 import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from airflow.models.taskinstancekey import TaskInstanceKey
 from fastapi.testclient import TestClient
 
+from ihc_attribution.daterange import RunRange, resolve_run_range
 from ihc_attribution.report_ui import app as report_app
 from ihc_attribution.report_ui import plugin as plugin
 from ihc_attribution.report_ui import sources as sources
@@ -127,39 +133,131 @@ def test_lazy_app_is_built_once_on_the_first_request(monkeypatch, output, issue_
 
 # --- the extra link ----------------------------------------------------------------------------
 
+BASE_URL = "https://airflow.example/base"
+REPORT_PAGE = f"{BASE_URL}/plugin/attribution-report/attribution-report/"
+SCHEDULED_RUN_ID = "scheduled__2024-01-04T00:00:00+00:00"
+PACKAGE_SCHEMA = ROOT / "include" / "ihc_attribution" / "sql" / "package_schema.sql"
 
-class Key:
-    def __init__(self, dag_id="ihc_attribution", task_id="export_csv", run_id=RUN_ID, map_index=-1):
-        self.dag_id, self.task_id, self.run_id, self.map_index = dag_id, task_id, run_id, map_index
+
+def package_table_ddl(table: str) -> str:
+    """The package's own DDL of a table, so that the link reads the columns the pipeline writes."""
+    match = re.search(rf"CREATE TABLE IF NOT EXISTS {table} \(.*?\);", PACKAGE_SCHEMA.read_text(), re.S)
+    assert match, table
+    return match.group(0)
 
 
-def test_extra_link_opens_the_report_of_the_exports_range(monkeypatch):
-    url = "http://airflow.example/plugin/attribution-report/attribution-report/?start=2024-01-01&end=2024-01-03"
-    results = {RUN_ID: {"path": "/x.csv", "first_date": "2024-01-01", "last_date": "2024-01-03",
-                        "report_url": url}}
-    monkeypatch.setattr(plugin, "_export_result", lambda key: results.get(key.run_id))
+def record_run(db: Path, table: str, run_id: str, run_range: RunRange) -> None:
+    """Record a run's range as the pipeline does (``extract_journeys``, ``check_run``)."""
+    conn = sqlite3.connect(db)
+    conn.execute(package_table_ddl(table))
+    if table == "attribution_runs":
+        conn.execute("INSERT INTO attribution_runs VALUES (?, ?, ?, ?)",
+                     (run_id, run_range.start_ts, run_range.end_ts, "2024-01-05 10:00:00"))
+    else:
+        conn.execute(f"INSERT INTO {table} VALUES (?, ?, ?, 0, 0, 0, NULL)",
+                     (run_id, run_range.start_ts, run_range.end_ts))
+    conn.commit()
+    conn.close()
+
+
+def key(run_id: str = RUN_ID, dag_id: str = "ihc_attribution", task_id: str = "export_csv") -> TaskInstanceKey:
+    """What Airflow's API server passes to a link: the task instance's key."""
+    return TaskInstanceKey(dag_id=dag_id, task_id=task_id, run_id=run_id, try_number=1, map_index=-1)
+
+
+@pytest.fixture
+def runs_db(tmp_path, monkeypatch) -> Path:
+    """The attribution database of the link, with a scheduled and a manual run recorded."""
+    db = tmp_path / "attribution.db"
+    # A scheduled run: no dates given, its data interval (one day); a manual run: its params.
+    scheduled = resolve_run_range({"start_date": None, "end_date": None},
+                                  dt.datetime(2024, 1, 4, tzinfo=dt.timezone.utc),
+                                  dt.datetime(2024, 1, 5, tzinfo=dt.timezone.utc))
+    manual = resolve_run_range({"start_date": "2024-01-01", "end_date": "2024-01-14"})
+    record_run(db, "attribution_runs", SCHEDULED_RUN_ID, scheduled)
+    record_run(db, "attribution_runs", RUN_ID, manual)
+    monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
+    monkeypatch.setenv("ATTRIBUTION_UI_BASE_URL", BASE_URL + "/")
+    return db
+
+
+@pytest.fixture(scope="module")
+def export_task():
+    """``export_csv`` as the API server holds it: the DAG file's task, serialized and read back."""
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    spec = importlib.util.spec_from_file_location("ihc_attribution_dag_for_links",
+                                                  ROOT / "dags" / "ihc_attribution_dag.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    dag = DagSerialization.from_dict(DagSerialization.to_dict(module.ihc_attribution()))
+    return dag.get_task("export_csv")
+
+
+class TaskInstance:
+    def __init__(self, ti_key: TaskInstanceKey) -> None:
+        self.key = ti_key
+
+
+def test_extra_link_opens_the_report_of_the_runs_range(runs_db, export_task):
+    """Asked the way the API server asks (the extra links endpoint), outside any task process:
+    a scheduled run's link covers its data interval, a manual run's the dates of its params."""
+    assert "Attribution report" in export_task.extra_links
+    assert export_task.get_extra_links(TaskInstance(key(SCHEDULED_RUN_ID)), "Attribution report") == (
+        f"{REPORT_PAGE}?start=2024-01-04&end=2024-01-04")
+    assert export_task.get_extra_links(TaskInstance(key(RUN_ID)), "Attribution report") == (
+        f"{REPORT_PAGE}?start=2024-01-01&end=2024-01-14")
+
+
+def test_extra_link_is_only_on_export_csv_of_a_run_that_recorded_its_range(runs_db, monkeypatch):
     link = plugin.AttributionReportLink()
-    assert link.get_link(None, ti_key=Key()) == url
-    # only on export_csv of the attribution DAG, and only once it has exported
-    assert link.get_link(None, ti_key=Key(task_id="check_run")) == ""
-    assert link.get_link(None, ti_key=Key(dag_id="other_dag")) == ""
-    assert link.get_link(None, ti_key=Key(run_id="manual__not_exported_yet")) == ""
+    assert link.get_link(None, ti_key=key()) == f"{REPORT_PAGE}?start=2024-01-01&end=2024-01-14"
+    assert link.get_link(None, ti_key=key("manual__2024-02-01T08:00:00+00:00")) == ""  # not started yet
+    opened = []
+    monkeypatch.setattr(plugin.sources, "open_db", lambda *a, **k: opened.append(1))
+    assert link.get_link(None, ti_key=key(task_id="check_run")) == ""
+    assert link.get_link(None, ti_key=key(dag_id="other_dag")) == ""
+    assert opened == []  # the task page of any other task costs no database
 
 
-def test_extra_link_of_an_older_export_is_built_from_its_dates(monkeypatch):
-    monkeypatch.setenv("ATTRIBUTION_UI_BASE_URL", "https://airflow.example/base/")
-    link = plugin.report_link_for({"first_date": "2024-01-01", "last_date": "2024-01-31"})
-    assert link == ("https://airflow.example/base/plugin/attribution-report/attribution-report/"
-                    "?start=2024-01-01&end=2024-01-31")
-    assert plugin.report_link_for(None) == "" and plugin.report_link_for({"first_date": 1}) == ""
+def test_extra_link_of_a_run_whose_staging_was_purged_comes_from_its_final_check(runs_db):
+    purged = "manual__2023-11-02T09:30:00+00:00"
+    record_run(runs_db, "attribution_run_results", purged,
+               resolve_run_range({"start_date": "2023-10-01", "end_date": "2023-10-31"}))
+    assert plugin.AttributionReportLink().get_link(None, ti_key=key(purged)) == (
+        f"{REPORT_PAGE}?start=2023-10-01&end=2023-10-31")
 
 
-def test_extra_link_never_breaks_the_task_page(monkeypatch):
-    def boom(key):
-        raise RuntimeError("metadata database away")
+def test_extra_link_never_breaks_the_task_page(runs_db, tmp_path, monkeypatch, caplog):
+    link = plugin.AttributionReportLink()
+    monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite",
+                                                                  "host": str(tmp_path / "gone.db")}))
+    assert link.get_link(None, ti_key=key()) == ""
+    assert "gone.db does not exist" in caplog.text
+    fresh = tmp_path / "fresh.db"
+    sqlite3.connect(fresh).close()
+    monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(fresh)}))
+    assert link.get_link(None, ti_key=key()) == ""  # no run recorded in this database yet
 
-    monkeypatch.setattr(plugin, "_export_result", boom)
-    assert plugin.AttributionReportLink().get_link(None, ti_key=Key()) == ""
+    def boom(*args, **kwargs):
+        raise RuntimeError("database away")
+
+    monkeypatch.setattr(plugin.sources, "open_db", boom)
+    assert link.get_link(None, ti_key=key()) == ""
+    assert "RuntimeError: database away" in caplog.text
+
+
+def test_plugin_uses_only_public_airflow_interfaces():
+    """The plugin runs inside Airflow's components: it imports Airflow's documented public
+    modules only, never a private name or the metadata database's models."""
+    tree = ast.parse((ROOT / "include" / "ihc_attribution" / "report_ui" / "plugin.py").read_text())
+    imported = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] == "airflow":
+            imported += [(node.module, alias.name) for alias in node.names]
+        elif isinstance(node, ast.Import):
+            imported += [(alias.name, "") for alias in node.names if alias.name.split(".")[0] == "airflow"]
+    assert sorted(imported) == [("airflow.plugins_manager", "AirflowPlugin"), ("airflow.sdk", "BaseOperatorLink")]
 
 
 # --- exported files ----------------------------------------------------------------------------

@@ -121,6 +121,14 @@ REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
             description="Only sessions at most this many days before a conversion belong to its "
             "journey. Empty: unlimited. Use the same value for every run over the same data.",
         ),
+        "refresh_spend": Param(
+            False,
+            type="boolean",
+            title="Read all spend again",
+            description="Read the spend of every date the report holds from the source tables again and rebuild "
+            "those dates (after costs or sessions of past days changed). By default a run reads the spend of its own "
+            "dates and of dates never read before.",
+        ),
         "reuse_answers": Param(
             True,
             type="boolean",

@@ -12,6 +12,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pandas as pd
@@ -181,10 +182,20 @@ def _ts_text(value: dt.datetime) -> str:
     return f"{value.year:04d}-{value.month:02d}-{value.day:02d} {value.hour:02d}:{value.minute:02d}:{value.second:02d}"
 
 
+def _exact(value) -> Decimal:
+    return Decimal(0) if value is None or pd.isna(value) else Decimal(repr(float(value)))
+
+
+def _half_up(value: Decimal, places: str) -> float:
+    return float(value.quantize(Decimal(places), ROUND_HALF_UP))
+
+
 def expected_report(db_path: Path, dates: Iterable[str] | None = None) -> pd.DataFrame:
     """channel_reporting recomputed from the source tables and the stored attribution.
 
     Every (channel, session date) with a session gets a row; ``dates`` limits it to those dates.
+    Sums are exact (Decimal) and rounded once, half away from zero: money to the cent, credit to
+    4 decimals, as the report stores them.
     """
     # A row present twice (a table without its primary key) is the same session, cost or order.
     # Ids are compared as text, as the pipeline stores them (sources may hold INTEGER ids).
@@ -193,14 +204,20 @@ def expected_report(db_path: Path, dates: Iterable[str] | None = None) -> pd.Dat
     a = read_table(db_path, "attribution_customer_journey")
     c = _ids_as_text(read_table(db_path, "conversions")).drop_duplicates("conv_id")
     s = s.merge(costs, on="session_id", how="left")
-    s["cost"] = s["cost"].fillna(0.0)
-    spend = s.groupby(["channel_name", "event_date"], as_index=False)["cost"].sum()
+    s["cost"] = s["cost"].map(_exact)
+    spend = s.groupby(["channel_name", "event_date"], as_index=False)["cost"].agg(lambda v: sum(v, Decimal(0)))
     credit = a.merge(s[["session_id", "channel_name", "event_date"]], on="session_id").merge(
         c[["conv_id", "revenue"]], on="conv_id"
     )
-    credit["ihc_revenue"] = credit["ihc"] * credit["revenue"]
-    credit = credit.groupby(["channel_name", "event_date"], as_index=False)[["ihc", "ihc_revenue"]].sum()
-    out = spend.merge(credit, on=["channel_name", "event_date"], how="left").fillna({"ihc": 0.0, "ihc_revenue": 0.0})
+    credit["ihc"] = credit["ihc"].map(_exact)
+    credit["ihc_revenue"] = [i * _exact(r) for i, r in zip(credit["ihc"], credit["revenue"])]
+    credit = credit.groupby(["channel_name", "event_date"], as_index=False)[["ihc", "ihc_revenue"]].agg(
+        lambda v: sum(v, Decimal(0))
+    )
+    out = spend.merge(credit, on=["channel_name", "event_date"], how="left")
+    out["cost"] = out["cost"].map(lambda v: _half_up(v, "0.01"))
+    out["ihc"] = out["ihc"].map(lambda v: 0.0 if pd.isna(v) else _half_up(v, "0.0001"))
+    out["ihc_revenue"] = out["ihc_revenue"].map(lambda v: 0.0 if pd.isna(v) else _half_up(v, "0.01"))
     out = out.rename(columns={"event_date": "date"})
     if dates is not None:
         out = out[out["date"].isin(set(dates))].reset_index(drop=True)
@@ -245,7 +262,7 @@ def run_stages(
     api_stage.pack_requests(db, run_id, max_journeys=max_journeys, max_sessions=max_sessions, oversized_policy=policy)
     api_stage.send_requests(db, run_id, client, max_sessions=max_sessions)
     load.load_attribution(db, run_id, rng, recorded_at="2024-01-01 00:00:00")
-    report.build_report(db, run_id)
+    report.build_report(db, run_id, rng)
     if output_dir is not None:
         export.export_report(db, rng, output_dir)
     return checks.check_run(db, run_id, rng)

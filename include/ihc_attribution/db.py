@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import re
 import sqlite3
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 SQLITE_BUSY_TIMEOUT_MS = 120_000
@@ -71,23 +71,16 @@ class Database:
             # Autocommit mode: transactions are opened explicitly by :meth:`transaction`.
             conn.isolation_level = None
             conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-            # WAL lets readers (the UI plugin, a second run) work while a stage writes.
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode.lower() != "memory":
-                conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            # Sorts in the calling thread only. With worker threads (a build's default may set
-            # some) a large GROUP BY hands the rows of one group to SUM in an order that varies
-            # from run to run, so a float sum such as a day's spend could differ in its last
-            # bits between two computations of the same data (see session_totals).
-            conn.execute("PRAGMA threads = 0")
             # A TEXT value that is not valid UTF-8 is read as a str holding its bytes as
             # surrogates instead of failing the whole query: validation quarantines the row, and
             # the CSV writes the bytes back unchanged.
             conn.text_factory = _decode_text
+        else:
+            # For this session only: dates cast to text read YYYY-MM-DD whatever the database's
+            # DateStyle (a setting of the user's, which the package never changes).
+            self.execute("SET DateStyle TO ISO, YMD")
+            conn.commit()
         self._in_transaction = False
-        self._changes_at_begin = 0
-        self._after_transaction: list[Callable[[], None]] = []
 
     @classmethod
     def connect_sqlite(cls, path: str) -> Database:
@@ -203,7 +196,6 @@ class Database:
         try:
             if self.is_sqlite:
                 self.conn.execute("BEGIN IMMEDIATE")
-                self._changes_at_begin = self.conn.total_changes
             else:
                 # One writer at a time on the pipeline's shared tables, as on SQLite.
                 self.execute("SELECT pg_advisory_xact_lock(?)", (PG_WRITE_LOCK_KEY,))
@@ -215,25 +207,40 @@ class Database:
             self.conn.commit()
         finally:
             self._in_transaction = False
-            callbacks, self._after_transaction = self._after_transaction, []
-            for callback in callbacks:
-                callback()
 
-    def after_transaction(self, callback: Callable[[], None]) -> None:
-        """Call ``callback`` once the open transaction has ended (committed or rolled back)."""
-        if not self._in_transaction:
-            raise RuntimeError("after_transaction() needs an open transaction")
-        self._after_transaction.append(callback)
+    def units(self, expr: str, decimals: int) -> str:
+        """``expr`` (a number) as a whole number of ``10**-decimals``, rounded half away from zero.
 
-    def has_written(self) -> bool:
-        """Whether the open transaction has changed rows so far (SQLite; False outside a transaction).
-
-        Other connections see the database without those changes: work handed to them (see
-        :mod:`session_totals`) is only correct while this is False.
+        Money and credit are summed as such integers, so every order of summation gives the same
+        digits. PostgreSQL rounds a ``double precision`` half to even, so the value goes through
+        ``NUMERIC`` there, which rounds as SQLite does.
         """
-        if not self.is_sqlite:
-            raise NotImplementedError("has_written() is known on SQLite only")
-        return self._in_transaction and self.conn.total_changes != self._changes_at_begin
+        scale = 10**decimals
+        if self.is_sqlite:
+            return f"CAST(ROUND(({expr}) * {scale}) AS INTEGER)"
+        return f"CAST(ROUND(CAST({expr} AS NUMERIC) * {scale}) AS BIGINT)"
+
+    def round_div(self, expr: str, divisor: int) -> str:
+        """The integer ``expr`` divided by ``divisor``, rounded half away from zero, in integers."""
+        half = divisor // 2
+        if self.is_sqlite:
+            up, down = f"(({expr}) + {half}) / {divisor}", f"({half} - ({expr})) / {divisor}"
+        else:  # a SUM of integers is NUMERIC there, whose "/" keeps the fraction
+            up, down = f"div(({expr}) + {half}, {divisor})", f"div({half} - ({expr}), {divisor})"
+        return f"(CASE WHEN ({expr}) >= 0 THEN {up} ELSE -{down} END)"
+
+    def table_exists(self, table: str) -> bool:
+        """Whether ``table`` (a table or view) is found, through the ``search_path`` on PostgreSQL."""
+        if self.is_sqlite:
+            return bool(self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", (table,)))
+        return self.scalar("SELECT to_regclass(?) IS NOT NULL", (table,)) is True
+
+    def describe(self) -> str:
+        """Where the connection points, for error messages (no credentials)."""
+        if self.is_sqlite:
+            return f"SQLite file {self.sqlite_file() or ':memory:'}"
+        database, path = self.query("SELECT current_database(), current_setting('search_path')")[0]
+        return f"PostgreSQL database {database} (search_path {path})"
 
     def sqlite_file(self) -> str | None:
         """The file of the main SQLite database; None for an in-memory or temporary one."""

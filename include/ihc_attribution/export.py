@@ -92,6 +92,25 @@ def report_row(channel_name: str, date: str, cost: float, ihc: float, ihc_revenu
     )
 
 
+@dataclass(frozen=True)
+class Totals:
+    """Sums of report rows, as the CSV's columns add up (the rows hold cents and 4 decimals)."""
+
+    cost: Decimal
+    ihc: Decimal
+    ihc_revenue: Decimal
+
+
+def report_totals(rows: Iterable[ReportRow]) -> Totals:
+    """The totals of ``rows``: exact sums, the same in any order and wherever they are shown."""
+    rows = list(rows)
+    return Totals(
+        cost=sum((r.cost for r in rows), Decimal(0)),
+        ihc=sum((r.ihc for r in rows), Decimal(0)),
+        ihc_revenue=sum((r.ihc_revenue for r in rows), Decimal(0)),
+    )
+
+
 def read_report(db: Database, run_range: RunRange) -> list[ReportRow]:
     """The report rows of the range's dates, ordered by date and channel."""
     rows = db.query(

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ihc_attribution import sqlite_processes
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database, is_valid_text, pg_text_not_a_date, storable
 from ihc_attribution.schema import CONVERSIONS, SESSION_SOURCES, STAGING_TABLES, has_unique_key
@@ -235,36 +234,26 @@ def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
     )
 
 
-def stage_buyer_sessions(db: Database, run_id: str, *, processes: int | None = None) -> int:
+def stage_buyer_sessions(db: Database, run_id: str) -> None:
     """Copy every session of the run's converting users into a temporary table (one pass).
 
     The tables live as long as the connection; :func:`drop_buyer_sessions` removes them.
-    On a large SQLite file the pass is split over ``processes`` processes (default:
-    :func:`sqlite_processes.processes_setting`; see :func:`_buyer_sessions_in_parts`).
-    Returns the number of processes that made the pass.
     """
-    processes = sqlite_processes.processes_setting() if processes is None else processes
-    shared = sqlite_processes.shared_file(db, SESSION_SOURCES) if db.is_sqlite else None
-    if db.is_sqlite and shared is None:
+    if db.is_sqlite:
         # The pass searches the users' key once per session of the database. In 64 KiB pages the
         # key of up to about 3,000 users (a daily run) is one page instead of two levels of 4 KiB
         # ones, which makes each search about a fifth cheaper. It only takes effect before the
         # connection's temporary database exists (as in a task's own connection); later it is
-        # ignored, which changes nothing else. (In parts, each part's connection makes the pass:
-        # this one then holds the copy, whose lookups by user suit smaller pages.)
+        # ignored, which changes nothing else. The temporary database is the connection's own.
         db.execute(f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}")
     drop_buyer_sessions(db)
     db.execute(_BUYERS_DDL)
     db.execute(_BUYERS_SQL, (run_id,))
-    used = _buyer_sessions_in_parts(db, shared, processes) if shared is not None else 0
-    if not used:
-        cache = _buyers_cache_sql(db) if db.is_sqlite else None
-        if cache:
-            db.execute(cache)
-        db.execute(buyer_sessions_sql(db.dialect))
-        used = 1
+    cache = _buyers_cache_sql(db) if db.is_sqlite else None
+    if cache:
+        db.execute(cache)
+    db.execute(buyer_sessions_sql(db.dialect))
     db.execute(_BUYER_SESSIONS_INDEX)
-    return used
 
 
 # SQLite's default page cache (2,000 KiB) holds the users' key of a daily run many times over,
@@ -273,44 +262,10 @@ def stage_buyer_sessions(db: Database, run_id: str, *, processes: int | None = N
 _DEFAULT_CACHE_KIB = 2000
 
 
-def _buyers_cache_sql(db: Database, margin: int = 1) -> str | None:
+def _buyers_cache_sql(db: Database) -> str | None:
     """The statement that lets the temporary database's cache hold the users' key and the default more."""
-    size_kib = int(db.scalar("PRAGMA temp.page_count")) * int(db.scalar("PRAGMA temp.page_size")) // 1024 * margin
+    size_kib = int(db.scalar("PRAGMA temp.page_count")) * int(db.scalar("PRAGMA temp.page_size")) // 1024
     return f"PRAGMA temp.cache_size = -{_DEFAULT_CACHE_KIB + size_kib}" if size_kib > _DEFAULT_CACHE_KIB // 2 else None
-
-
-# The pass in parts (SQLite, a file other connections can read): each part reads one range of
-# rowids of session_sources with the same statement, on a read-only connection of its own (the
-# first in the task's process, the others in processes of their own), and writes the sessions of
-# the run's users it finds into a file of its own, so that they never take the place of the
-# users' key in its cache. The parts are copied into the temporary table in the order of their
-# ranges: the table holds the single statement's rows in its order (a scan in rowid order),
-# every value exactly as stored. The transaction has written only the pipeline's own tables at
-# this point, never session_sources, and holds the write lock since it began: the parts see
-# session_sources as it does (see sqlite_processes). The run's users reach the parts in a file
-# that each attaches and copies into its own temporary key.
-def _buyer_sessions_in_parts(db: Database, shared: tuple[str, int], processes: int) -> int:
-    """Make the pass of :func:`buyer_sessions_sql` in ``processes`` parts; 0 when it failed."""
-    path, size = shared
-    queries = [
-        _buyer_sessions_select("sqlite", f" AND s.rowid BETWEEN {low} AND {high}")
-        for low, high in sqlite_processes.rowid_ranges(size, processes)
-    ]
-    setup = [f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}", _BUYERS_DDL,
-             f"INSERT INTO {BUYERS} (user_id) SELECT user_id FROM inputs.{BUYERS}"]
-    # The parts' pages are larger than this connection's: room for the key twice over.
-    cache = _buyers_cache_sql(db, margin=2)
-    if cache:
-        setup.insert(0, cache)
-    try:
-        parts = sqlite_processes.query_tables(db, path, queries, inputs=True, setup=setup)
-    except Exception as exc:
-        log.warning("the pass over %s in %d processes failed (%s); making it in this one", SESSION_SOURCES, processes, exc)
-        return 0
-    db.execute(f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{_buyer_sessions_select('sqlite', ' AND 0')}")
-    for part in parts:
-        db.execute(f"INSERT INTO {BUYER_SESSIONS} SELECT * FROM {part} ORDER BY rowid")
-    return processes
 
 
 def drop_buyer_sessions(db: Database) -> None:

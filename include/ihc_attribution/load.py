@@ -3,7 +3,8 @@
 In one transaction: the attribution rows of every conversion of the run are replaced by the
 staged answers, the run's issues replace the earlier issues of those conversions, and the
 report dates the change affects (dates credited before and after, and the run's own dates) are
-recorded for the report stage.
+recorded for the report stage. ``attribution_credit`` gets the same rows with the session's date
+and channel as the journey saw them, and the credit and credit x revenue as exact integers.
 """
 
 from __future__ import annotations
@@ -63,26 +64,20 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
 
         # Dates credited before the change, so that report rows losing credit are rebuilt too.
         _add_report_dates(
-            db,
-            run_id,
-            "SELECT DISTINCT ?, s.event_date FROM attribution_customer_journey a "
-            "JOIN session_sources s ON s.session_id = a.session_id "
-            f"WHERE a.conv_id IN ({_RUN_CONVS})",
-            (run_id, run_id),
+            db, run_id, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE conv_id IN ({_RUN_CONVS})", (run_id, run_id)
         )
-        db.execute(f"DELETE FROM attribution_customer_journey WHERE conv_id IN ({_RUN_CONVS})", (run_id,))
+        for table in ("attribution_customer_journey", "attribution_credit"):
+            db.execute(f"DELETE FROM {table} WHERE conv_id IN ({_RUN_CONVS})", (run_id,))
         summary.rows = db.execute(
             "INSERT INTO attribution_customer_journey (conv_id, session_id, ihc) "
             "SELECT conv_id, session_id, ihc FROM attribution_stg_results WHERE run_id = ?",
             (run_id,),
         )
+        credited = db.execute(_credit_sql(db), (run_id,))
+        if credited != summary.rows:
+            raise LoadError(f"{summary.rows - credited} answered sessions of run {run_id} are not in its journeys")
         _add_report_dates(
-            db,
-            run_id,
-            "SELECT DISTINCT ?, substr(event_ts, 1, 10) FROM attribution_stg_sessions s "
-            "WHERE s.run_id = ? AND EXISTS (SELECT 1 FROM attribution_stg_results r "
-            "WHERE r.run_id = s.run_id AND r.conv_id = s.conv_id AND r.session_id = s.session_id)",
-            (run_id, run_id),
+            db, run_id, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE conv_id IN ({_RUN_CONVS})", (run_id, run_id)
         )
         db.executemany(
             "INSERT INTO attribution_stg_report_dates (run_id, report_date) VALUES (?, ?) "
@@ -105,6 +100,20 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
             db.scalar("SELECT COUNT(*) FROM attribution_stg_report_dates WHERE run_id = ?", (run_id,))
         )
     return summary
+
+
+def _credit_sql(db: Database) -> str:
+    """The run's answers with their session's date and channel, credit and credit x revenue as integers."""
+    ihc = db.units("r.ihc", 4)
+    revenue = db.round_div(f"{ihc} * {db.units('c.revenue', 6)}", 10_000)
+    return (
+        "INSERT INTO attribution_credit (conv_id, session_id, date, channel_name, ihc_e4, ihc_revenue_micros) "
+        f"SELECT r.conv_id, r.session_id, substr(s.event_ts, 1, 10), s.channel_name, {ihc}, {revenue} "
+        "FROM attribution_stg_results r "
+        "JOIN attribution_stg_sessions s ON s.run_id = r.run_id AND s.conv_id = r.conv_id AND s.session_id = r.session_id "
+        "JOIN attribution_stg_conversions c ON c.run_id = r.run_id AND c.conv_id = r.conv_id "
+        "WHERE r.run_id = ?"
+    )
 
 
 def _add_report_dates(db: Database, run_id: str, select_sql: str, params: tuple) -> None:

@@ -1,14 +1,22 @@
-"""Table names and schema set-up.
+"""Table names, the package's schema and its upgrades.
 
-The DDL lives in ``sql/``: the challenge schema (source tables and the two result tables) and
-the package's own tables (issues, runs, staging) with the indexes the queries rely on.
+The package creates and changes only its own tables: ``attribution_customer_journey``,
+``channel_reporting`` and the ``attribution_*`` tables (DDL in ``sql/``). The source tables
+(``session_sources``, ``conversions``, ``session_costs``) belong to the user: they are checked
+for and read, never created, altered, indexed or given triggers. ``attribution_schema_version``
+records the versions applied, so that an upgrade knows what to migrate.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 from importlib import resources
 
-from ihc_attribution.db import Database
+from ihc_attribution.db import Database, split_statements
+from ihc_attribution.errors import PermanentError
+
+log = logging.getLogger(__name__)
 
 SESSION_SOURCES = "session_sources"
 CONVERSIONS = "conversions"
@@ -32,6 +40,24 @@ STAGING_TABLES = (
     "attribution_stg_report_dates",
 )
 
+#: Version 2: sources read-only (no triggers, no indexes on them), spend and credit in exact integers.
+SCHEMA_VERSION = 2
+# What version 1 left on the source tables and beside them: its triggers (by name prefix), their
+# PostgreSQL function, and the tables only they wrote.
+_LEGACY_TRIGGER_PREFIX = "attribution_totals_"
+_LEGACY_FUNCTION = "attribution_totals_v1_mark"
+_LEGACY_TABLES = (
+    "attribution_session_totals",
+    "attribution_session_totals_stale",
+    "attribution_session_totals_moved",
+    "attribution_session_totals_state",
+    "attribution_report_outdated_dates",
+)
+
+
+class SourceTableError(PermanentError, RuntimeError):
+    """A source table cannot be read: a wrong path, schema or search path in the connection."""
+
 
 def read_sql(name: str) -> str:
     """Return the text of a file in the package's ``sql/`` folder."""
@@ -39,15 +65,105 @@ def read_sql(name: str) -> str:
 
 
 def challenge_ddl() -> str:
-    """The clean DDL of the challenge database."""
+    """The clean DDL of the challenge database: the source tables and the two result tables.
+
+    The demo generator and the tests build source databases with it; the pipeline itself runs
+    only its result tables' statements (:func:`ensure_schema`).
+    """
     return read_sql("challenge_schema.sql")
 
 
+def _result_tables_ddl() -> list[str]:
+    created = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)", re.IGNORECASE)
+    return [s for s in split_statements(challenge_ddl()) if (m := created.search(s)) and m.group(1) in RESULT_TABLES]
+
+
+def check_sources(db: Database) -> None:
+    """Fail at once, in one line, when a source table cannot be read.
+
+    :raises SourceTableError: naming the table and what the connection points at.
+    """
+    for table in SOURCE_TABLES:
+        try:
+            with db.transaction():
+                db.query(f"SELECT * FROM {table} WHERE 1 = 0")
+        except PermanentError:
+            raise
+        except Exception as exc:
+            raise SourceTableError(
+                f"source table {table} cannot be read in {db.describe()}: {str(exc).splitlines()[0]} "
+                "(check the attribution_db connection: path, database, schema or search_path)"
+            ) from exc
+
+
 def ensure_schema(db: Database) -> None:
-    """Create every table and index the pipeline needs, leaving existing data untouched."""
+    """Create the package's tables and indexes, and upgrade what an earlier version left.
+
+    Idempotent, and a no-op beyond ``IF NOT EXISTS`` checks once the current version is recorded.
+    """
     with db.transaction():
-        db.executescript(challenge_ddl())
+        for statement in _result_tables_ddl():
+            db.execute(statement)
         db.executescript(read_sql("package_schema.sql"))
+        applied = db.scalar("SELECT MAX(version) FROM attribution_schema_version")
+        if applied is not None and applied >= SCHEMA_VERSION:
+            return
+        _remove_legacy(db)
+        _fill_credit(db)
+        db.execute(
+            "INSERT INTO attribution_schema_version (version, applied_at) VALUES (?, CURRENT_TIMESTAMP)",
+            (SCHEMA_VERSION,),
+        )
+
+
+def _remove_legacy(db: Database) -> None:
+    """Remove version 1's triggers on the source tables, their function and the tables only they used.
+
+    Only objects of the package are dropped, found by their names; a user's index or trigger is
+    never touched.
+    """
+    removed = []
+    for table in (SESSION_SOURCES, SESSION_COSTS):
+        for name in _triggers_on(db, table):
+            if name.startswith(_LEGACY_TRIGGER_PREFIX):
+                db.execute(f"DROP TRIGGER IF EXISTS {name}" + ("" if db.is_sqlite else f" ON {table}"))
+                removed.append(f"trigger {name} on {table}")
+    if not db.is_sqlite and db.scalar("SELECT COUNT(*) FROM pg_proc WHERE proname = ?", (_LEGACY_FUNCTION,)):
+        db.execute(f"DROP FUNCTION IF EXISTS {_LEGACY_FUNCTION}()")
+        removed.append(f"function {_LEGACY_FUNCTION}")
+    for table in _LEGACY_TABLES:
+        if db.table_exists(table):
+            db.execute(f"DROP TABLE {table}")
+            removed.append(f"table {table}")
+    if removed:
+        log.warning("upgraded the attribution schema to version %d; removed what an earlier version had "
+                    "created: %s", SCHEMA_VERSION, ", ".join(removed))
+
+
+def _triggers_on(db: Database, table: str) -> list[str]:
+    if db.is_sqlite:
+        rows = db.query("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,))
+    else:
+        rows = db.query("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = to_regclass(?)", (table,))
+    return [str(name) for (name,) in rows]
+
+
+def _fill_credit(db: Database) -> None:
+    """Give attribution rows stored by an earlier version their dated credit (one read of the sources)."""
+    if db.scalar(f"SELECT COUNT(*) FROM (SELECT 1 FROM {ATTRIBUTION} a WHERE NOT EXISTS "
+                 "(SELECT 1 FROM attribution_credit c WHERE c.conv_id = a.conv_id) LIMIT 1) AS missing") == 0:
+        return
+    ihc = db.units("a.ihc", 4)
+    revenue = db.round_div(f"{ihc} * {db.units('v.revenue', 6)}", 10_000)
+    added = db.execute(
+        "INSERT INTO attribution_credit (conv_id, session_id, date, channel_name, ihc_e4, ihc_revenue_micros) "
+        f"SELECT a.conv_id, a.session_id, CAST(s.event_date AS TEXT), s.channel_name, {ihc}, {revenue} "
+        f"FROM {ATTRIBUTION} a JOIN {SESSION_SOURCES} s ON CAST(s.session_id AS TEXT) = a.session_id "
+        f"JOIN {CONVERSIONS} v ON CAST(v.conv_id AS TEXT) = a.conv_id "
+        "WHERE s.event_date IS NOT NULL AND s.channel_name IS NOT NULL AND v.revenue IS NOT NULL "
+        "AND NOT EXISTS (SELECT 1 FROM attribution_credit c WHERE c.conv_id = a.conv_id)",
+    )
+    log.warning("gave %d attribution rows of an earlier version their dated credit", added)
 
 
 def purge_staging(db: Database, created_before: str, keep_run_id: str | None = None) -> int:
@@ -71,8 +187,9 @@ def purge_staging(db: Database, created_before: str, keep_run_id: str | None = N
 def has_unique_key(db: Database, table: str, column: str) -> bool:
     """Whether ``table.column`` alone is a primary key or carries a unique index (no NULL check).
 
-    The source tables of the challenge schema have one; exports often do not, and then a row may
-    be present twice. Queries use this to skip deduplication work that a key makes unneeded.
+    The source tables of the challenge schema have one; exports and views often do not, and
+    then a row may be present twice. Queries use this to skip deduplication work that a key
+    makes unneeded.
     """
     if db.is_sqlite:
         pk = [(r[1], str(r[2]).upper()) for r in db.query(f"PRAGMA table_info({table})") if r[5]]
@@ -86,8 +203,8 @@ def has_unique_key(db: Database, table: str, column: str) -> bool:
         db.scalar(
             "SELECT COUNT(*) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
             "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
-            "WHERE t.relname = ? AND a.attname = ? AND i.indisunique AND i.indnatts = 1 "
-            "AND i.indpred IS NULL AND pg_table_is_visible(t.oid)",
+            "WHERE t.oid = to_regclass(?) AND a.attname = ? AND i.indisunique AND i.indnatts = 1 "
+            "AND i.indpred IS NULL",
             (table, column),
         )
     )

@@ -56,6 +56,13 @@ def _lookback_days(context: Mapping[str, Any]) -> int | None:
     return parse_lookback_days((context.get("params") or {}).get("lookback_days"))
 
 
+def _flag_param(context: Mapping[str, Any], name: str, default: bool) -> bool:
+    value = (context.get("params") or {}).get(name, default)
+    if not isinstance(value, bool):
+        raise ParamError(f"param {name}={value!r} must be true or false")
+    return value
+
+
 def stage(func: Callable[[Mapping[str, Any]], dict]) -> Callable[[Mapping[str, Any]], dict]:
     """Make a stage fail without task retries when its error is permanent.
 
@@ -91,6 +98,9 @@ def db_hook(conn_id: str | None = None) -> Any:
         raise PermanentError(
             f"connection {conn_id!r} has type {conn.conn_type!r}; the attribution database must be one of: {supported}"
         )
+    if conn.conn_type == "sqlite" and conn.host and conn.host != ":memory:" and not os.path.isfile(conn.host):
+        # Opening it would create an empty file, and the run would "succeed" on no data.
+        raise PermanentError(f"connection {conn_id!r}: the SQLite file {conn.host} does not exist")
     try:
         return conn.get_hook()
     except Exception as exc:  # the provider of a supported type is missing or broken
@@ -134,13 +144,14 @@ def _ihc_hook():
 
 @stage
 def setup_tables(context: Mapping[str, Any]) -> dict:
-    """Validate the run's range, then create the tables and indexes the pipeline needs."""
+    """Validate the run's range, check that the source tables can be read, and set up the package's tables."""
     rng = run_range(context)
     _lookback_days(context)
     log.info("run %s handles conversions in [%s, %s)", context.get("run_id"), rng.start_ts, rng.end_ts)
     retention_days = int(os.environ.get("ATTRIBUTION_STAGING_RETENTION_DAYS", "30"))
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)
     with open_db() as db:
+        schema.check_sources(db)
         schema.ensure_schema(db)
         purged = schema.purge_staging(db, cutoff.strftime("%Y-%m-%d %H:%M:%S"), keep_run_id=context.get("run_id"))
     if purged:
@@ -153,9 +164,7 @@ def extract_journeys(context: Mapping[str, Any]) -> dict:
     """Stage the run's conversions and their journeys; quarantine malformed input."""
     rng = run_range(context)
     created = _now()
-    reuse = (context.get("params") or {}).get("reuse_answers", True)
-    if not isinstance(reuse, bool):
-        raise ParamError(f"param reuse_answers={reuse!r} must be true or false")
+    reuse = _flag_param(context, "reuse_answers", True)
     scope = answer_scope(_ihc_hook().settings)
     with open_db() as db:
         summary = journeys.extract_journeys(
@@ -265,6 +274,8 @@ def build_report(context: Mapping[str, Any]) -> dict:
         summary = report.build_report(
             db,
             context["run_id"],
+            run_range(context),
+            refresh_spend=_flag_param(context, "refresh_spend", False),
             lookback_days=_lookback_days(context),
             triggered_at=_triggered_at(context),
             built_at=_now(),

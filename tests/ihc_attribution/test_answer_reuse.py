@@ -36,7 +36,7 @@ def _run(db_path, run_id, client, *, scope="api-1", reuse=True, max_journeys=3):
         api_stage.pack_requests(db, run_id, max_journeys=max_journeys, max_sessions=3000)
         api_stage.send_requests(db, run_id, client, max_sessions=3000)
         load.load_attribution(db, run_id, rng)
-        report.build_report(db, run_id)
+        report.build_report(db, run_id, rng)
     finally:
         db.close()
 

@@ -195,28 +195,22 @@ def test_redoing_a_run_resends_only_journeys_that_changed(tmp_path):
 
 
 @pytest.mark.parametrize("encoding", ["UTF-16le", "UTF-16be"])
-def test_a_utf16_database_gives_the_tables_of_a_utf8_one_in_one_process_or_several(tmp_path, monkeypatch, encoding):
-    from ihc_attribution import sqlite_processes
-
-    monkeypatch.setattr(sqlite_processes, "MIN_ROWS", 0)  # the passes split over processes too
+def test_a_utf16_database_gives_the_tables_of_a_utf8_one(tmp_path, encoding):
     results = {}
-    for name, processes in (("utf8", "1"), (f"{encoding}-1", "1"), (f"{encoding}-2", "2")):
+    for name in ("utf8", encoding):
         path = tmp_path / f"{name}.sqlite"
         conn = sqlite3.connect(path)
         if name != "utf8":  # the encoding of a database is set before its first table
             conn.execute(f"PRAGMA encoding = '{encoding}'")
-        conn.execute("PRAGMA journal_mode = WAL")
         conn.executescript("CREATE TABLE encoded (x); DROP TABLE encoded;")
         conn.close()
         random_db(path, seed=4, users=120)
         with sqlite3.connect(path) as conn:
             assert conn.execute("PRAGMA encoding").fetchone()[0] == ("UTF-8" if name == "utf8" else encoding)
-        monkeypatch.setenv(sqlite_processes.PROCESSES_VARIABLE, processes)
         run_pipeline(path, "r1", "2024-01-01", "2024-01-10")
         results[name] = result_tables(path)
     attribution, reporting = results["utf8"]
     assert attribution and {row[0] for row in reporting} == {
         "Direct Traffic", "Paid Search Brand", "FB & IG Ads", "Organic Traffic", "Referral, Partner"
     }
-    assert results[f"{encoding}-1"] == results["utf8"]
-    assert results[f"{encoding}-2"] == results["utf8"]
+    assert results[encoding] == results["utf8"]

@@ -42,6 +42,8 @@ def pg(tmp_path):
 def _copy_sources(sqlite_path, db: Database) -> None:
     from ihc_attribution import schema
 
+    with db.transaction():
+        db.executescript(schema.challenge_ddl())  # the sources, as a user's loader makes them
     schema.ensure_schema(db)
     src = sqlite3.connect(sqlite_path)
     with db.transaction():

@@ -2,9 +2,9 @@
 
 The journey extraction reads ``session_sources`` exactly once, probing the small table of the
 run's converting users, and builds the journeys from that copy: no index over the whole table
-has to be built first. The report and the source-data warnings read the source totals, which
-one pass computes the first time and later refreshes recompute only for the dates that changed
-(``test_session_totals.py``). The other stages use keys and indexes: a plan that scans
+has to be built first. The report reads the spend of the dates it needs from the sources in one
+statement (its only read of them) and otherwise only the package's own tables, through their
+indexes. The other stages use keys and indexes: a plan that scans
 ``session_sources`` costs time in proportion to the whole database instead of the run's work
 (about 1% of the sessions belong to a journey). SQLite without ``ANALYZE``
 chooses plans from the schema alone, so the plans on this small database are the plans on a
@@ -82,9 +82,7 @@ def test_extraction_reads_session_sources_in_its_pass_only(traced):
     the copied sessions SQLite cannot tell are well-formed are read into Python to be checked."""
     _, statements, _ = traced
     extract = statements["extract"]  # the pass itself is a CREATE TABLE ... AS, not listed here
-    # Its largest rowid (one descent of the table's B-tree) decides whether the pass is split.
-    size = "SELECT MAX(rowid) FROM session_sources"
-    assert not [sql for sql in extract if "session_sources" in sql and sql != size], extract
+    assert not [sql for sql in extract if "session_sources" in sql], extract
     copied = [sql for sql in extract if journeys.BUYER_SESSIONS in sql and sql.lstrip().startswith("SELECT")]
     assert copied and all("WHERE s.clean = 0" in sql for sql in copied), copied
 
@@ -111,21 +109,13 @@ def test_journeys_find_the_copied_sessions_by_user(db_path, name):
     assert not any("TEMP B-TREE" in step for step in steps), steps
 
 
-def test_report_reads_sessions_only_through_the_key_of_the_credited_ones(db_path):
-    sql = report.report_sql()
+def test_report_reads_only_the_package_s_tables_through_their_date_index(db_path):
+    with sqlite3.connect(db_path) as conn:
+        sql = report.report_sql(Database(conn))
+    assert not any(table in sql for table in schema.SOURCE_TABLES), sql
     steps = plan(db_path, sql, (RUN,) * sql.count("?"))
-    assert not scans_of(steps, "s", "session_sources"), steps
-    session_reads = [step for step in steps if re.match(r"^(SEARCH|SCAN) (TABLE )?s\b", step)]
-    # Only the credit reads session_sources: one lookup per attribution row, through the key.
-    assert len(session_reads) == 1, steps
-    assert "sqlite_autoindex_session_sources_1 (session_id=?)" in session_reads[0], steps
-    assert any(re.match(r"^SCAN (TABLE )?a\b", step) for step in steps), steps
-    # Cells and spend come from the totals of the report's dates, found through their index.
-    assert any(
-        re.match(r"^SEARCH (TABLE )?t USING INDEX ix_attribution_session_totals_date \(date=\?", step)
-        for step in steps
-    ), steps
-    assert not any("session_costs" in step or re.match(r"^(SEARCH|SCAN) (TABLE )?c\b", step) for step in steps), steps
+    for index in ("ix_attribution_spend_date", "ix_attribution_credit_date"):
+        assert any(f"USING INDEX {index} (date=?" in step for step in steps), steps
 
 
 def test_request_rows_are_read_by_request_number(db_path):
@@ -185,7 +175,7 @@ def traced(tmp_path_factory):
             "pack": lambda: api_stage.pack_requests(db, RUN, max_journeys=3, max_sessions=8),
             "send": lambda: api_stage.send_requests(db, RUN, FakeIhcClient(), max_sessions=8),
             "load": lambda: load.load_attribution(db, RUN, rng, recorded_at="2024-01-01 00:00:00"),
-            "report": lambda: report.build_report(db, RUN),
+            "report": lambda: report.build_report(db, RUN, rng),
         }
         requests = 0
         for name, run in steps.items():
@@ -202,13 +192,13 @@ def traced(tmp_path_factory):
 
 def test_no_stage_scans_session_sources(traced):
     """Besides the extraction's one pass (``CREATE TABLE ... AS SELECT``, checked above) and the
-    first computation of the source totals (see ``test_session_totals.py``)."""
+    report's read of the spend by date (a scan unless the user indexes ``event_date``, README)."""
     path, statements, _ = traced
     for name, executed in statements.items():
         for sql in dict.fromkeys(executed):
             if "session_sources" not in sql:  # e.g. reading the extraction's copy
                 continue
-            if sql.lstrip().startswith("INSERT INTO attribution_session_totals"):
+            if sql.lstrip().startswith("INSERT INTO attribution_spend "):
                 continue
             steps = plan(path, sql, ())
             assert not scans_of(steps, "s", "session_sources"), (name, sql, steps)

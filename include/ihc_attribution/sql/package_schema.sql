@@ -1,5 +1,11 @@
--- Tables and indexes the attribution pipeline adds to the challenge database.
+-- The package's own tables and their indexes; nothing here touches a source table.
 -- Portable between SQLite and PostgreSQL. Every statement is idempotent.
+
+-- Schema versions applied to this database (see schema.py): an upgrade knows what to migrate.
+CREATE TABLE IF NOT EXISTS attribution_schema_version (
+    version INT PRIMARY KEY,
+    applied_at TEXT NOT NULL
+);
 
 -- Conversions of a run that are not fully attributed, with the reason. One row per conversion
 -- and reason; a run replaces the rows of the conversions it handles, so the table always shows
@@ -133,51 +139,42 @@ CREATE TABLE IF NOT EXISTS attribution_stg_report_dates (
     PRIMARY KEY (run_id, report_date)
 );
 
--- Totals of the source tables per (session date, channel): the report's spend and the source-data
--- warnings read them instead of both source tables. Kept in step by triggers on the source
--- tables, which record the dates a change touches in the stale table (see session_totals.py).
-CREATE TABLE IF NOT EXISTS attribution_session_totals (
-    date TEXT,
+-- Spend of the source tables per (session date, channel), in micro-euros (1e-6 EUR, exact
+-- integers), with the counts the run's source warnings report. Refreshed by reading the sources
+-- (see spend.py) for the dates a run covers and for report dates never read before; the dates
+-- read, and by which run, are in attribution_spend_dates.
+CREATE TABLE IF NOT EXISTS attribution_spend (
+    date TEXT NOT NULL,
     channel_name TEXT,
     session_rows INT NOT NULL,
     sessions INT NOT NULL,
     cost_rows INT NOT NULL,
     null_costs INT NOT NULL,
     negative_costs INT NOT NULL,
-    cost FLOAT NOT NULL
+    cost_micros BIGINT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS ix_attribution_session_totals_date
-    ON attribution_session_totals (date, channel_name);
-CREATE TABLE IF NOT EXISTS attribution_session_totals_stale (
-    date TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ix_attribution_session_totals_stale_date
-    ON attribution_session_totals_stale (date);
--- SQLite: dates whose sessions may not all lie above the largest rowid of the last refresh (a
--- row inserted at or below it, or updated), and that rowid: a date without sessions at the last
--- refresh is otherwise computed from the rows above it alone (see session_totals.py).
-CREATE TABLE IF NOT EXISTS attribution_session_totals_moved (
-    date TEXT NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ix_attribution_session_totals_moved_date
-    ON attribution_session_totals_moved (date);
-CREATE TABLE IF NOT EXISTS attribution_session_totals_state (
-    name TEXT PRIMARY KEY,
-    value BIGINT
-);
--- Session dates whose totals changed since the report last read them: their channel_reporting
--- rows (whichever run built them) are rebuilt by the next report stage.
-CREATE TABLE IF NOT EXISTS attribution_report_outdated_dates (
-    date TEXT PRIMARY KEY
+CREATE INDEX IF NOT EXISTS ix_attribution_spend_date ON attribution_spend (date, channel_name);
+CREATE TABLE IF NOT EXISTS attribution_spend_dates (
+    date TEXT PRIMARY KEY,
+    run_id TEXT NOT NULL
 );
 
--- Indexes the pipeline's queries rely on. None is built over the source tables: the journeys
--- read session_sources once, probing the run's users, and the report reads the totals above.
--- Indexes earlier versions built there are dropped (they only slowed down writes).
-DROP INDEX IF EXISTS ix_session_sources_date;
-DROP INDEX IF EXISTS ix_session_costs_nonzero;
-DROP INDEX IF EXISTS ix_session_sources_session_channel_date;
-DROP INDEX IF EXISTS ix_conversions_date;
+-- The credit of attribution_customer_journey with what the report groups it by: the session's
+-- date and channel as the run's journey saw them, the credit in 1/10,000 and credit x revenue
+-- in micro-euros (exact integers, so sums do not depend on their order).
+CREATE TABLE IF NOT EXISTS attribution_credit (
+    conv_id TEXT NOT NULL,
+    session_id TEXT NOT NULL,
+    date TEXT NOT NULL,
+    channel_name TEXT NOT NULL,
+    ihc_e4 BIGINT NOT NULL,
+    ihc_revenue_micros BIGINT NOT NULL,
+    PRIMARY KEY (conv_id, session_id)
+);
+CREATE INDEX IF NOT EXISTS ix_attribution_credit_date ON attribution_credit (date, channel_name);
+
+-- Indexes of the package's own tables. None is ever built on a source table: the indexes the
+-- queries would use there are the users' to create (README, "Indexes on your tables").
 CREATE INDEX IF NOT EXISTS ix_attribution_customer_journey_session
     ON attribution_customer_journey (session_id);
 -- Answers of other runs for the same journey fingerprint (reused instead of sent again).
@@ -186,4 +183,3 @@ CREATE INDEX IF NOT EXISTS ix_attribution_stg_answered_conv_hash
 -- A request's journeys in conv_id order, the order in which a request is built.
 CREATE INDEX IF NOT EXISTS ix_attribution_stg_request_journeys_request_conv
     ON attribution_stg_request_journeys (run_id, request_no, conv_id);
-DROP INDEX IF EXISTS ix_attribution_stg_request_journeys_request;

@@ -73,6 +73,7 @@ def fill(db: Database, seed: int = 11) -> None:
 def db_path(tmp_path, monkeypatch) -> Path:
     path = tmp_path / "report.db"
     db = Database.connect_sqlite(str(path))
+    db.executescript(schema.challenge_ddl())
     schema.ensure_schema(db)
     fill(db)
     db.close()
@@ -412,6 +413,7 @@ def test_postgres_reads_the_same_figures_as_sqlite(db_path):
         cur.execute(f"SET search_path TO {name}")
     try:
         db = Database(conn)
+        db.executescript(schema.challenge_ddl())
         schema.ensure_schema(db)
         fill(db)
         pg = sources.ReportDb(conn, "postgres")

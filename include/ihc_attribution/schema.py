@@ -123,13 +123,11 @@ def _remove_legacy(db: Database) -> None:
     never touched.
     """
     removed = []
-    for table in (SESSION_SOURCES, SESSION_COSTS):
-        for name in _triggers_on(db, table):
-            if name.startswith(_LEGACY_TRIGGER_PREFIX):
-                db.execute(f"DROP TRIGGER IF EXISTS {name}" + ("" if db.is_sqlite else f" ON {table}"))
-                removed.append(f"trigger {name} on {table}")
-    if not db.is_sqlite and db.scalar("SELECT COUNT(*) FROM pg_proc WHERE proname = ?", (_LEGACY_FUNCTION,)):
-        db.execute(f"DROP FUNCTION IF EXISTS {_LEGACY_FUNCTION}()")
+    for name, table in _legacy_triggers(db):
+        db.execute(f"DROP TRIGGER IF EXISTS {name}" + ("" if db.is_sqlite else f" ON {table}"))
+        removed.append(f"trigger {name} on {table}")
+    if not db.is_sqlite and db.scalar("SELECT to_regproc(?) IS NOT NULL", (_LEGACY_FUNCTION,)):
+        db.execute(f"DROP FUNCTION {_LEGACY_FUNCTION}()")
         removed.append(f"function {_LEGACY_FUNCTION}")
     for table in _LEGACY_TABLES:
         if db.table_exists(table):
@@ -140,12 +138,18 @@ def _remove_legacy(db: Database) -> None:
                     "created: %s", SCHEMA_VERSION, ", ".join(removed))
 
 
-def _triggers_on(db: Database, table: str) -> list[str]:
+def _legacy_triggers(db: Database) -> list[tuple[str, str]]:
+    """(name, table) of version 1's triggers: by their name on SQLite, by their function on PostgreSQL."""
     if db.is_sqlite:
-        rows = db.query("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = ?", (table,))
-    else:
-        rows = db.query("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal AND tgrelid = to_regclass(?)", (table,))
-    return [str(name) for (name,) in rows]
+        return db.query(
+            "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
+            (len(_LEGACY_TRIGGER_PREFIX), _LEGACY_TRIGGER_PREFIX),
+        )
+    return db.query(
+        "SELECT tgname, CAST(tgrelid::regclass AS TEXT) FROM pg_trigger WHERE to_regproc(?) IS NOT NULL "
+        "AND tgfoid = to_regproc(?)",
+        (_LEGACY_FUNCTION, _LEGACY_FUNCTION),
+    )
 
 
 def _fill_credit(db: Database) -> None:

@@ -9,7 +9,7 @@ sends only what was not answered before: API calls cost quota.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -46,17 +46,12 @@ class PackSummary:
 
 
 class IhcApi(Protocol):
-    """What sends requests: :class:`~ihc_attribution.ihc_hook.IhcHook` or ``IhcClient``."""
+    """What sends requests: :class:`~ihc_attribution.ihc_hook.IhcHook` or ``IhcClient``.
 
-    def compute_ihc(
-        self,
-        requests: Iterable[IhcRequest],
-        on_result: Callable[[IhcResult], None],
-        *,
-        progress: Callable[[SendProgress], None] | None = None,
-        total: int | None = None,
-        summary: SendSummary | None = None,
-    ) -> SendSummary: ...
+    ``compute_ihc`` takes the arguments of :meth:`~ihc_attribution.ihc_client.IhcClient.compute_ihc`.
+    """
+
+    compute_ihc: Callable[..., SendSummary]
 
 
 def pack_requests(

@@ -11,13 +11,14 @@ The connection (type ``ihc``; type ``http`` is still read, with a deprecation wa
 * ``schema``: URL scheme when ``host`` has none (default ``https``), as in ``HttpHook``;
 * ``port``: optional;
 * ``password``: the API key (``login`` is not used); surrounding whitespace is dropped;
-* ``extra``: the fields of ``IhcSettings`` but ``base_url``; ``conv_type_id`` is required.
+* ``extra``: the fields of ``IhcSettings`` but ``base_url``; ``conv_type_id`` is required, and
+  ``verify``, ``cert`` and ``proxies`` reach a service behind a proxy or a private CA.
 """
 
 from __future__ import annotations
 
 import signal
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlparse
@@ -28,14 +29,13 @@ from ihc_attribution.ihc_client import (
     IhcClient,
     IhcConfigurationError,
     IhcRequest,
-    IhcResult,
     IhcSettings,
-    SendProgress,
     SendSummary,
     clean_api_key,
     parse_settings,
 )
 from ihc_attribution.provider import CONN_FIELDS, CONN_TYPE, UI_FIELD_BEHAVIOUR
+
 
 def build_base_url(host: str | None, schema: str | None = None, port: int | None = None) -> str:
     """Build the service URL from connection fields the way ``HttpHook`` does (default https).
@@ -134,17 +134,9 @@ class IhcHook(BaseHook):
         """Typed settings of the connection (reads the connection on first use)."""
         return self.get_conn().settings
 
-    def compute_ihc(
-        self,
-        requests: Iterable[IhcRequest],
-        on_result: Callable[[IhcResult], None],
-        *,
-        progress: Callable[[SendProgress], None] | None = None,
-        total: int | None = None,
-        summary: SendSummary | None = None,
-    ) -> SendSummary:
-        """Send packed requests and deliver each validated answer; see :meth:`IhcClient.compute_ihc`."""
-        return self.get_conn().compute_ihc(requests, on_result, progress=progress, total=total, summary=summary)
+    def compute_ihc(self, *args: Any, **kwargs: Any) -> SendSummary:
+        """Send packed requests and deliver each validated answer: :meth:`IhcClient.compute_ihc`, same arguments."""
+        return self.get_conn().compute_ihc(*args, **kwargs)
 
     def on_kill(self) -> None:
         """Stop sending: no new request or retry, waits cut short."""

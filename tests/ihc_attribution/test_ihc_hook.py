@@ -212,6 +212,11 @@ def test_build_base_url_rejects(host, schema):
         ({"max_response_bytes": "0"}, "max_response_bytes"),
         ({"max_rejected_share": "1.5"}, "max_rejected_share"),
         ({"max_rejected_share": "0"}, "max_rejected_share"),
+        ({"verify": "/no/such/ca-bundle.pem"}, "verify"),
+        ({"cert": "/no/such/client.pem"}, "cert"),
+        ({"cert": '["/no/such/client.pem", "/no/such/client.key"]'}, "cert"),
+        ({"proxies": "http://proxy.example:3128"}, "proxies"),
+        ({"proxies": {"https": 3128}}, "proxies"),
     ],
 )
 def test_bad_extras_fail_with_a_message_naming_them(extra, name):
@@ -223,6 +228,32 @@ def test_empty_string_extras_fall_back_to_defaults():
     blanks = {name: "" for name in KNOWN_EXTRAS if name != "conv_type_id"}
     settings = parse_settings({"base_url": "https://h.example", "conv_type_id": "demo", **blanks})
     assert settings == IhcSettings(base_url="https://h.example", conv_type_id="demo")
+
+
+def test_transport_extras_in_text_and_json_forms(tmp_path):
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "client.pem", "client.key"))
+    for path in (ca, cert, key):
+        path.write_text("")
+    base = {"base_url": "https://h.example", "conv_type_id": "demo"}
+    assert parse_settings(base).verify is True
+    assert parse_settings({**base, "verify": "False"}).verify is False
+    assert parse_settings({**base, "verify": " true "}).verify is True
+    assert parse_settings({**base, "verify": str(ca)}).verify == str(ca)
+    assert parse_settings({**base, "verify": str(tmp_path)}).verify == str(tmp_path)  # a CA directory
+    assert parse_settings({**base, "cert": str(cert)}).cert == str(cert)
+    assert parse_settings({**base, "cert": [str(cert), str(key)]}).cert == (str(cert), str(key))
+    assert parse_settings({**base, "cert": json.dumps([str(cert), str(key)])}).cert == (str(cert), str(key))
+    proxies = {"https": "http://proxy.example:3128"}
+    assert parse_settings({**base, "proxies": proxies}).proxies == proxies
+    assert parse_settings({**base, "proxies": json.dumps(proxies)}).proxies == proxies
+
+
+def test_the_connection_reaches_the_service_through_its_proxy(monkeypatch):
+    with stub_server() as proxy:
+        set_connection(monkeypatch, host="ihc.invalid", extra={"conv_type_id": "demo", "proxies": {"http": proxy.url}})
+        ok, message = IhcHook().test_connection()
+    assert ok, message
+    assert proxy.calls[0].headers["host"] == "ihc.invalid"
 
 
 @pytest.mark.parametrize("password", [None, "", " \n"])

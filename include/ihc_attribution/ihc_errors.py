@@ -1,0 +1,76 @@
+"""Errors of the IHC API stage: permanent ones (retrying cannot help) and exhausted retries.
+
+Messages never contain the API key in any form: they are built from status codes, ids and
+redacted excerpts of answers, never from headers or ``requests`` objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ihc_attribution.errors import PermanentError
+
+if TYPE_CHECKING:
+    from ihc_attribution.ihc_client import SendSummary
+
+
+class IhcError(Exception):
+    """Base class of the errors of the IHC API stage.
+
+    :param message: what happened and what to change.
+    :param status_code: HTTP status (or body ``statusCode``), ``None`` for errors before an answer.
+    :param request_id: the request concerned, if one.
+    """
+
+    def __init__(self, message: str, *, status_code: int | None = None, request_id: Any = None):
+        super().__init__(message)
+        self.status_code = status_code
+        self.request_id = request_id
+
+
+class IhcPermanentError(IhcError, PermanentError):
+    """Retrying cannot change the outcome: fail without a retry (the task is not retried either)."""
+
+
+class IhcConfigurationError(IhcPermanentError):
+    """Settings, key, conv type or limits are wrong, or the service refused the request for it."""
+
+
+class IhcContractError(IhcPermanentError):
+    """An answer broke the API contract (shape, completeness, credit range, sums)."""
+
+
+class IhcResponseTooLargeError(IhcContractError):
+    """An answer was larger (decoded) than the cap for its request."""
+
+
+class IhcRejectedJourneysError(IhcPermanentError):
+    """The service rejected at least ``max_rejected_share`` of the journeys sent."""
+
+
+class IhcRetriesExhaustedError(IhcError):
+    """Requests stayed unanswered after all retries; answered ones were delivered before.
+
+    :param request_ids: ids of the requests sent but not answered (those that ran out of retries
+        and those stopped because of them). Requests never sent are not listed.
+    :param last_errors: request id -> last transient problem seen for it.
+    :param summary: counters of the whole call.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_ids: Sequence[Any],
+        last_errors: Mapping[Any, str],
+        summary: SendSummary | None = None,
+    ):
+        super().__init__(message)
+        self.request_ids = list(request_ids)
+        self.last_errors = dict(last_errors)
+        self.summary = summary
+
+
+class IhcCancelledError(IhcRetriesExhaustedError):
+    """The task was cancelled: no new request or retry was sent after it."""

@@ -250,6 +250,7 @@ def run_stages(
     policy: str = "truncate",
     output_dir: Path | None = None,
     lookback_days: int | None = None,
+    refresh_spend: bool = False,
 ):
     """Run every stage in order on an open :class:`Database` (SQLite or PostgreSQL)."""
     from ihc_attribution import api_stage, checks, export, journeys, load, report, schema
@@ -262,7 +263,7 @@ def run_stages(
     api_stage.pack_requests(db, run_id, max_journeys=max_journeys, max_sessions=max_sessions, oversized_policy=policy)
     api_stage.send_requests(db, run_id, client, max_sessions=max_sessions)
     load.load_attribution(db, run_id, rng, recorded_at="2024-01-01 00:00:00")
-    report.build_report(db, run_id, rng)
+    report.build_report(db, run_id, rng, refresh_spend=refresh_spend)
     if output_dir is not None:
         export.export_report(db, rng, output_dir)
     return checks.check_run(db, run_id, rng)

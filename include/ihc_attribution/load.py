@@ -38,6 +38,7 @@ class LoadSummary:
 
 _RUN_CONVS = "SELECT conv_id FROM attribution_stg_conversions WHERE run_id = ?"
 _RUN_ISSUE_CONVS = "SELECT conv_id FROM attribution_stg_issues WHERE run_id = ?"
+_SOURCE_CONVS = "SELECT CAST(conv_id AS TEXT) FROM conversions WHERE conv_id IS NOT NULL"
 
 
 def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded_at: str | None = None) -> LoadSummary:
@@ -62,12 +63,12 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
         if bad:
             raise LoadError(f"{len(bad)} journeys do not sum to 1, e.g. {bad[0][0]}: {bad[0][1]}")
 
-        # Dates credited before the change, so that report rows losing credit are rebuilt too.
-        _add_report_dates(
-            db, run_id, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE conv_id IN ({_RUN_CONVS})", (run_id, run_id)
-        )
+        # The run's conversions are replaced, and those no longer in the source (a refund deleted
+        # them) lose their credit. The dates credited before are rebuilt too.
+        replaced = f"conv_id IN ({_RUN_CONVS}) OR conv_id NOT IN ({_SOURCE_CONVS})"
+        _add_report_dates(db, run_id, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE {replaced}", (run_id, run_id))
         for table in ("attribution_customer_journey", "attribution_credit"):
-            db.execute(f"DELETE FROM {table} WHERE conv_id IN ({_RUN_CONVS})", (run_id,))
+            db.execute(f"DELETE FROM {table} WHERE {replaced}", (run_id,))
         summary.rows = db.execute(
             "INSERT INTO attribution_customer_journey (conv_id, session_id, ihc) "
             "SELECT conv_id, session_id, ihc FROM attribution_stg_results WHERE run_id = ?",

@@ -73,3 +73,68 @@ def test_cost_is_not_multiplied_by_journeys(tmp_path):
     got = report(path)
     total_cost = sum(v[0] for v in got.values())
     assert total_cost == pytest.approx(2.5 + 1.25 + 0.75 + 4.0)
+
+
+# --- when the sources change between runs (README, "When source data changes") -----------------
+
+
+def _reporting(path):
+    with sqlite3.connect(path) as conn:
+        return conn.execute("SELECT channel_name, date, cost, ihc, ihc_revenue FROM channel_reporting ORDER BY 1, 2").fetchall()
+
+
+def _fresh_run(tmp_path, change_sql: str, start="2024-01-09", end="2024-01-10"):
+    """The report of a database that had the change before its first run."""
+    path = make_db(tmp_path / "fresh.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    with sqlite3.connect(path) as conn:
+        conn.execute(change_sql)
+    run_pipeline(path, "r1", start, end)
+    return _reporting(path)
+
+
+def test_a_corrected_cost_of_a_run_s_own_date_is_taken_in_by_re_running_that_date(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-10")
+    change = "UPDATE session_costs SET cost = 3.5 WHERE session_id = 's3'"  # 2024-01-10
+    with sqlite3.connect(path) as conn:
+        conn.execute(change)
+    run_pipeline(path, "r2", "2024-01-10", "2024-01-10")
+    assert _reporting(path) == _fresh_run(tmp_path, change)
+    assert report(path)[("FB & IG Ads", "2024-01-10")][0] == 3.5
+
+
+def test_a_corrected_cost_of_an_earlier_date_waits_for_a_run_of_that_date_or_refresh_spend(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-10")
+    change = "UPDATE session_costs SET cost = 9.0 WHERE session_id = 's1'"  # 2024-01-08, credited, not in the range
+    with sqlite3.connect(path) as conn:
+        conn.execute(change)
+    run_pipeline(path, "r2", "2024-01-09", "2024-01-10")
+    assert report(path)[("Paid Search Brand", "2024-01-08")][0] == 6.5, "as of the last run that read 2024-01-08"
+    run_pipeline(path, "r3", "2024-01-09", "2024-01-10", refresh_spend=True)
+    assert report(path)[("Paid Search Brand", "2024-01-08")][0] == 13.0
+    assert _reporting(path) == _fresh_run(tmp_path, change)
+
+
+def test_a_late_session_extends_the_journey_when_the_conversion_s_day_is_re_run(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-10")
+    late = "INSERT INTO session_sources VALUES ('s9', 'u1', '2024-01-09', '11:00:00', 'Email', 0, 1, 0)"
+    with sqlite3.connect(path) as conn:
+        conn.execute(late)
+    run_pipeline(path, "r2", "2024-01-09", "2024-01-10")
+    assert _reporting(path) == _fresh_run(tmp_path, late)
+    assert report(path)[("Email", "2024-01-09")][1] > 0
+
+
+def test_a_deleted_conversion_loses_its_credit_on_the_next_run_of_any_range(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-10")
+    refund = "DELETE FROM conversions WHERE conv_id = 'c1'"  # a refund, on 2024-01-09
+    with sqlite3.connect(path) as conn:
+        conn.execute(refund)
+    run_pipeline(path, "r2", "2024-01-10", "2024-01-10")  # a later day's run
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM attribution_customer_journey WHERE conv_id = 'c1'").fetchone() == (0,)
+        assert conn.execute("SELECT COUNT(*) FROM attribution_credit WHERE conv_id = 'c1'").fetchone() == (0,)
+    assert _reporting(path) == _fresh_run(tmp_path, refund)

@@ -23,7 +23,7 @@ TODO = "attribution_tmp_spend_dates"
 
 _FIGURES = """
 INSERT INTO {spend} (date, channel_name, session_rows, sessions, cost_rows, null_costs, negative_costs, cost_micros)
-SELECT CAST(s.event_date AS TEXT), s.channel_name, COUNT(*), COUNT({distinct}s.session_id), COUNT(c.session_id),
+SELECT CAST(s.event_date AS TEXT), s.channel_name, {rows}, COUNT({distinct}s.session_id), COUNT(c.session_id),
        SUM(CASE WHEN c.session_id IS NOT NULL AND c.cost IS NULL THEN 1 ELSE 0 END),
        SUM(CASE WHEN c.cost < 0 THEN 1 ELSE 0 END),
        COALESCE(SUM({cost}), 0)
@@ -42,12 +42,15 @@ def figures_sql(db: Database) -> str:
     """
     keyed_sessions = has_unique_key(db, SESSION_SOURCES, "session_id")
     keyed_costs = has_unique_key(db, SESSION_COSTS, "session_id")
+    # Copies of a row are counted (the duplicated-ids warning) but make one session.
     sessions = SESSION_SOURCES if keyed_sessions else (
-        f"(SELECT DISTINCT session_id, event_date, channel_name FROM {SESSION_SOURCES})"
+        f"(SELECT session_id, event_date, channel_name, COUNT(*) AS copies FROM {SESSION_SOURCES} "
+        "GROUP BY session_id, event_date, channel_name)"
     )
     costs = SESSION_COSTS if keyed_costs else f"(SELECT DISTINCT session_id, cost FROM {SESSION_COSTS})"
     return _FIGURES.format(
         spend=SPEND,
+        rows="COUNT(*)" if keyed_sessions else "SUM(s.copies)",
         distinct="" if keyed_sessions else "DISTINCT ",
         cost=db.units("c.cost", 6),
         sessions=sessions,

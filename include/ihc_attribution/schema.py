@@ -170,6 +170,48 @@ def _fill_credit(db: Database) -> None:
     log.warning("gave %d attribution rows of an earlier version their dated credit", added)
 
 
+#: Indexes on the source tables the queries use when the user has created them, and what each saves.
+#: The package never creates them (README, "Indexes on your tables").
+SOURCE_INDEXES = (
+    (SESSION_SOURCES, "user_id", "the extraction reads the sessions of the run's buyers only, not the whole table"),
+    (SESSION_SOURCES, "event_date", "the report reads the sessions of the dates it refreshes only, not the whole table"),
+)
+
+
+def index_advice(db: Database) -> list[str]:
+    """The documented indexes missing on the source tables, each as ``CREATE INDEX ...: what it saves``.
+
+    A view is left out: its tables are indexed, if at all, where they live.
+    """
+    advice = []
+    for table, column, saves in SOURCE_INDEXES:
+        if not _is_view(db, table) and not has_index_on(db, table, column):
+            advice.append(f"CREATE INDEX ix_{table}_{column} ON {table} ({column}): {saves}")
+    return advice
+
+
+def _is_view(db: Database, table: str) -> bool:
+    if db.is_sqlite:
+        return db.scalar("SELECT type FROM sqlite_master WHERE name = ?", (table,)) == "view"
+    return db.scalar("SELECT relkind FROM pg_class WHERE oid = to_regclass(?)", (table,)) in ("v", "m")
+
+
+def has_index_on(db: Database, table: str, column: str) -> bool:
+    """Whether an index of ``table`` (or its primary key) starts with ``column``."""
+    if db.is_sqlite:
+        return any(
+            [r[2] for r in db.query(f"PRAGMA index_info({name})")][:1] == [column]
+            for _, name, *_ in db.query(f"PRAGMA index_list({table})")
+        )
+    return bool(
+        db.scalar(
+            "SELECT COUNT(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE i.indrelid = to_regclass(?) AND a.attname = ?",
+            (table, column),
+        )
+    )
+
+
 def purge_staging(db: Database, created_before: str, keep_run_id: str | None = None) -> int:
     """Delete the staging rows of runs first seen before ``created_before`` (UTC timestamp).
 

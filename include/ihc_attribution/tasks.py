@@ -153,6 +153,8 @@ def setup_tables(context: Mapping[str, Any]) -> dict:
     with open_db() as db:
         schema.check_sources(db)
         schema.ensure_schema(db)
+        for advice in schema.index_advice(db):
+            log.info("an index on your source tables would speed up every run (the package never creates it): %s", advice)
         purged = schema.purge_staging(db, cutoff.strftime("%Y-%m-%d %H:%M:%S"), keep_run_id=context.get("run_id"))
     if purged:
         log.info("purged the staging of %d runs older than %d days", purged, retention_days)

@@ -20,7 +20,6 @@ Every task can be re-run on its own; conversions that cannot be attributed are l
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import (
@@ -36,29 +35,30 @@ from airflow.sdk import (
     task,
 )
 
+from ihc_attribution import settings
 from ihc_attribution.notify import RunFailureNotifier, deadline_missed
 
 # Each task imports its stage when it runs: the stages pull in pandas and requests, which the
 # dag-processor need not load each time it parses this file.
 
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
-RETRIES = int(os.environ.get("ATTRIBUTION_TASK_RETRIES", "2"))
+RETRIES = settings.task_retries()
 # The earliest data interval the DAG accepts. Backfills and `airflow dags test` refuse logical
 # dates before it, so the default lies before any data this package is likely to see; scheduled
 # runs are unaffected (catchup is off).
-START_DATE = datetime.fromisoformat(os.environ.get("ATTRIBUTION_START_DATE", "2000-01-01")).replace(tzinfo=timezone.utc)
+START_DATE = datetime.fromisoformat(settings.start_date_text()).replace(tzinfo=timezone.utc)
 # Upper bounds of a task attempt: a stage that hangs fails (and is retried) instead of holding
 # the DAG's run slot. The API stage gets longer: it waits for the service.
-TASK_TIMEOUT = timedelta(minutes=float(os.environ.get("ATTRIBUTION_TASK_TIMEOUT_MINUTES", "30")))
-API_TASK_TIMEOUT = timedelta(minutes=float(os.environ.get("ATTRIBUTION_API_TASK_TIMEOUT_MINUTES", "120")))
+TASK_TIMEOUT = timedelta(minutes=settings.task_timeout_minutes())
+API_TASK_TIMEOUT = timedelta(minutes=settings.api_task_timeout_minutes())
 # A run still unfinished this many hours after it was queued raises an alert. Opt-in: Airflow
 # 3.3's `dags test` (the local runner) cannot run a DAG that has a deadline.
-DEADLINE_HOURS = float(os.environ.get("ATTRIBUTION_DEADLINE_HOURS") or 0)
+DEADLINE_HOURS = settings.deadline_hours()
 # Every run's API stage takes this many slots of the pool `ihc_api`, whose size is the budget of
 # requests in flight across concurrent runs (backfills run several at once). Keep it equal to
 # the connection's max_concurrency.
 IHC_POOL = "ihc_api"
-IHC_POOL_SLOTS = int(os.environ.get("ATTRIBUTION_IHC_POOL_SLOTS", "4"))
+IHC_POOL_SLOTS = settings.ihc_pool_slots()
 
 # Updated by every export; the event's extra carries the CSV's path and dates, so other DAGs can
 # schedule on it (`schedule=[Asset("ihc_channel_reporting_csv")]`) and read the file. The URI is
@@ -73,7 +73,7 @@ REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
 
 
 @dag(
-    dag_id="ihc_attribution",
+    dag_id=settings.DAG_ID,
     schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
     start_date=START_DATE,
     catchup=False,

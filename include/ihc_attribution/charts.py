@@ -18,7 +18,6 @@ Amounts are in the currency of ``$ATTRIBUTION_CURRENCY`` (an ISO 4217 code, defa
 from __future__ import annotations
 
 import html
-import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlencode
 
+from ihc_attribution import settings
 from ihc_attribution.export import ReportRow, atomic_write, ratios, round_ihc, round_money
 
 _ZERO = Decimal(0)
@@ -53,7 +53,7 @@ def currency() -> str:
 
     :raises ValueError: for anything that is not a three-letter code.
     """
-    code = (os.environ.get(CURRENCY_ENV) or DEFAULT_CURRENCY).strip().upper()
+    code = settings.currency_code()
     if not re.fullmatch(r"[A-Z]{3}", code):
         raise ValueError(f"{CURRENCY_ENV} must be a three-letter ISO 4217 code such as EUR or USD, not {code!r}")
     return code
@@ -65,7 +65,7 @@ def ui_base_url() -> str:
     ``$ATTRIBUTION_UI_BASE_URL`` if set, else Airflow's ``[api] base_url``, else
     ``http://localhost:<[api] port>``.
     """
-    base = os.environ.get(UI_BASE_URL_ENV, "").strip()
+    base = settings.ui_base_url_override()
     if not base:
         try:
             from airflow.configuration import conf

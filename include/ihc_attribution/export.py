@@ -26,7 +26,6 @@ from typing import Any, TextIO
 
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
-from ihc_attribution.settings import env_flag
 
 STALE_TMP_SECONDS = 600
 CSV_COLUMNS = ("channel_name", "date", "cost", "ihc", "ihc_revenue", "CPO", "ROAS")
@@ -199,11 +198,6 @@ def atomic_write(path: Any) -> Iterator[TextIO]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def escape_formulas_setting() -> bool:
-    """``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``: 1/true/yes turns formula escaping on (default off)."""
-    return env_flag("ATTRIBUTION_CSV_ESCAPE_FORMULAS", False)
 
 
 def write_rows(handle: TextIO, rows: Iterable[ReportRow], *, escape_formulas: bool = False) -> None:

@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from typing import Any
 
 from airflow.sdk import BaseNotifier
 
+from ihc_attribution import settings
+
 log = logging.getLogger(__name__)
-
-DEFAULT_ALERT_CONN_ID = "attribution_alerts"
-
 
 def alert_conn_id() -> str:
     """The connection alerts are posted to (``$ATTRIBUTION_ALERT_CONN_ID``)."""
-    return os.environ.get("ATTRIBUTION_ALERT_CONN_ID", DEFAULT_ALERT_CONN_ID)
+    return settings.alert_conn_id()
 
 
 def post_alert(text: str, conn_id: str | None = None) -> bool:

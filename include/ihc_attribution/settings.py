@@ -1,11 +1,24 @@
-"""Settings read from the environment, parsed one way."""
+"""Every deployment setting of the package, in one place, read from the environment.
+
+Connections (``attribution_db``, ``ihc_api``) hold endpoints and secrets; params hold what a
+person chooses per run; these hold where things go and how the DAG behaves. Each is read when
+asked for, so a test or a worker's environment changes it without a reload. The README's
+"Environment variables" table lists the same names.
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
+
+DAG_ID = "ihc_attribution"
 
 _ON = ("1", "true", "yes", "on")
 _OFF = ("0", "false", "no", "off")
+
+
+def _text(name: str, default: str = "") -> str:
+    return os.environ.get(name, "").strip() or default
 
 
 def env_flag(name: str, default: bool) -> bool:
@@ -13,7 +26,7 @@ def env_flag(name: str, default: bool) -> bool:
 
     :raises ValueError: for any other value, naming the variable.
     """
-    value = os.environ.get(name, "").strip().lower()
+    value = _text(name).lower()
     if not value:
         return default
     if value in _ON:
@@ -28,7 +41,7 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
 
     :raises ValueError: for anything but a whole number of at least ``minimum``, naming the variable.
     """
-    value = os.environ.get(name, "").strip()
+    value = _text(name)
     if not value:
         return default
     try:
@@ -38,3 +51,109 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
     if number is None or number < minimum:
         raise ValueError(f"{name}={value!r} must be a whole number of at least {minimum}")
     return number
+
+
+def env_float(name: str, default: float) -> float:
+    """The number setting ``$name``, ``default`` when unset or empty."""
+    value = _text(name)
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise ValueError(f"{name}={value!r} must be a number") from None
+
+
+# --- connections ----------------------------------------------------------------------------
+
+
+def db_conn_id() -> str:
+    """``$ATTRIBUTION_DB_CONN_ID``: the attribution database's connection (default ``attribution_db``)."""
+    return _text("ATTRIBUTION_DB_CONN_ID", "attribution_db")
+
+
+def ihc_conn_id() -> str:
+    """``$IHC_CONN_ID``: the IHC API's connection (default ``ihc_api``)."""
+    return _text("IHC_CONN_ID", "ihc_api")
+
+
+def alert_conn_id() -> str:
+    """``$ATTRIBUTION_ALERT_CONN_ID``: the webhook alerts are posted to (default ``attribution_alerts``)."""
+    return _text("ATTRIBUTION_ALERT_CONN_ID", "attribution_alerts")
+
+
+# --- outputs --------------------------------------------------------------------------------
+
+
+def output_location() -> str:
+    """Where CSVs and charts go: ``$ATTRIBUTION_OUTPUT_BASE_URL``, else ``$ATTRIBUTION_OUTPUT_DIR``, else ``output``.
+
+    A URL (``file://``, ``s3://`` ...) or a local folder (taken from the working directory).
+    """
+    return _text("ATTRIBUTION_OUTPUT_BASE_URL") or _text("ATTRIBUTION_OUTPUT_DIR", "output")
+
+
+def local_output_dir() -> Path | None:
+    """The output location as a local folder (what the report pages list), or None for an object store."""
+    location = output_location()
+    if location.startswith("file://"):
+        location = location.removeprefix("file://")
+    elif "://" in location:
+        return None
+    return Path(location).expanduser().resolve()
+
+
+def output_conn_id() -> str | None:
+    """``$ATTRIBUTION_OUTPUT_CONN_ID``: the object store's connection, if any."""
+    return _text("ATTRIBUTION_OUTPUT_CONN_ID") or None
+
+
+def csv_escape_formulas() -> bool:
+    """``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``: prefix cells a spreadsheet would run with ``'`` (default off)."""
+    return env_flag("ATTRIBUTION_CSV_ESCAPE_FORMULAS", False)
+
+
+def currency_code() -> str:
+    """``$ATTRIBUTION_CURRENCY``: the code amounts are labelled with (default ``EUR``)."""
+    return _text("ATTRIBUTION_CURRENCY", "EUR").upper()
+
+
+def ui_base_url_override() -> str:
+    """``$ATTRIBUTION_UI_BASE_URL``: the Airflow UI's base URL for links ("" = Airflow's own setting)."""
+    return _text("ATTRIBUTION_UI_BASE_URL")
+
+
+# --- the DAG and its tasks ------------------------------------------------------------------
+
+
+def staging_retention_days() -> int:
+    """``$ATTRIBUTION_STAGING_RETENTION_DAYS``: days a run's staging is kept (default 30)."""
+    return env_int("ATTRIBUTION_STAGING_RETENTION_DAYS", 30)
+
+
+def task_retries() -> int:
+    """``$ATTRIBUTION_TASK_RETRIES``: Airflow retries per task (default 2)."""
+    return env_int("ATTRIBUTION_TASK_RETRIES", 2)
+
+
+def start_date_text() -> str:
+    """``$ATTRIBUTION_START_DATE``: the DAG's start date, ``YYYY-MM-DD`` (default 2000-01-01)."""
+    return _text("ATTRIBUTION_START_DATE", "2000-01-01")
+
+
+def task_timeout_minutes() -> float:
+    """``$ATTRIBUTION_TASK_TIMEOUT_MINUTES``: a task attempt's upper bound (default 30)."""
+    return env_float("ATTRIBUTION_TASK_TIMEOUT_MINUTES", 30)
+
+
+def api_task_timeout_minutes() -> float:
+    """``$ATTRIBUTION_API_TASK_TIMEOUT_MINUTES``: the API stage's upper bound (default 120)."""
+    return env_float("ATTRIBUTION_API_TASK_TIMEOUT_MINUTES", 120)
+
+
+def deadline_hours() -> float:
+    """``$ATTRIBUTION_DEADLINE_HOURS``: alert when a run is unfinished this long after queued (0: none)."""
+    return env_float("ATTRIBUTION_DEADLINE_HOURS", 0)
+
+
+def ihc_pool_slots() -> int:
+    """``$ATTRIBUTION_IHC_POOL_SLOTS``: slots of the pool ``ihc_api`` each API stage takes (default 4)."""
+    return env_int("ATTRIBUTION_IHC_POOL_SLOTS", 4, minimum=1)

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from ihc_attribution import api_stage, charts, checks, export, journeys, load, report, schema
+from ihc_attribution import api_stage, charts, checks, export, journeys, load, report, schema, settings
 from ihc_attribution.daterange import ParamError, RunRange, as_naive_utc, parse_lookback_days, resolve_run_range
 from ihc_attribution.db import SUPPORTED_CONN_TYPES, Database
 from ihc_attribution.errors import PermanentError
@@ -25,21 +25,11 @@ from ihc_attribution.ihc_client import SendProgress, SendSummary
 
 log = logging.getLogger(__name__)
 
-DB_CONN_ID = os.environ.get("ATTRIBUTION_DB_CONN_ID", "attribution_db")
-IHC_CONN_ID = os.environ.get("IHC_CONN_ID", "ihc_api")
-
-
-def output_dir() -> str:
-    """Where CSVs go: ``$ATTRIBUTION_OUTPUT_BASE_URL``, else ``$ATTRIBUTION_OUTPUT_DIR``, default ``output/``.
-
-    A URL (``file://``, ``s3://``, ``gs://`` ...) or a local folder (taken from the working directory).
-    """
-    return os.environ.get("ATTRIBUTION_OUTPUT_BASE_URL") or os.environ.get("ATTRIBUTION_OUTPUT_DIR", "output")
 
 
 def output_base() -> Any:
-    """The output base as an ``ObjectStoragePath``; ``$ATTRIBUTION_OUTPUT_CONN_ID`` names the store's connection."""
-    return export.output_base(output_dir(), os.environ.get("ATTRIBUTION_OUTPUT_CONN_ID") or None)
+    """The output base as an ``ObjectStoragePath`` (see :func:`settings.output_location`)."""
+    return export.output_base(settings.output_location(), settings.output_conn_id())
 
 
 def run_range(context: Mapping[str, Any]) -> RunRange:
@@ -91,7 +81,7 @@ def db_hook(conn_id: str | None = None) -> Any:
     """
     from airflow.sdk import BaseHook
 
-    conn_id = conn_id or DB_CONN_ID
+    conn_id = conn_id or settings.db_conn_id()
     conn = BaseHook.get_connection(conn_id)
     supported = ", ".join(sorted(SUPPORTED_CONN_TYPES))
     if conn.conn_type not in SUPPORTED_CONN_TYPES:
@@ -139,7 +129,7 @@ def answer_scope(settings: Any) -> str:
 def _ihc_hook():
     from ihc_attribution.ihc_hook import IhcHook
 
-    return IhcHook(ihc_conn_id=IHC_CONN_ID)
+    return IhcHook(ihc_conn_id=settings.ihc_conn_id())
 
 
 @stage
@@ -148,7 +138,7 @@ def setup_tables(context: Mapping[str, Any]) -> dict:
     rng = run_range(context)
     _lookback_days(context)
     log.info("run %s handles conversions in [%s, %s)", context.get("run_id"), rng.start_ts, rng.end_ts)
-    retention_days = int(os.environ.get("ATTRIBUTION_STAGING_RETENTION_DAYS", "30"))
+    retention_days = settings.staging_retention_days()
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)
     with open_db() as db:
         schema.check_sources(db)
@@ -315,7 +305,7 @@ def export_csv(context: Mapping[str, Any]) -> dict:
     with open_db() as db:
         rows = export.read_report(db, rng)
     csv_file = export.write_csv(
-        rows, export.csv_path(output_base(), rng), escape_formulas=export.escape_formulas_setting()
+        rows, export.csv_path(output_base(), rng), escape_formulas=settings.csv_escape_formulas()
     )
     chart = charts.write_chart(
         rows, charts.chart_path(csv_file), f"Channel report {first} to {last}", csv_name=csv_file.name,

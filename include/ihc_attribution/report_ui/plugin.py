@@ -25,9 +25,9 @@ from airflow.sdk import BaseOperatorLink
 
 from ihc_attribution.daterange import RunRange, as_naive_utc
 from ihc_attribution.report_ui import sources
+from ihc_attribution.settings import DAG_ID
 
 URL_PREFIX = "/attribution-report"
-DAG_ID = "ihc_attribution"
 EXPORT_TASK_ID = "export_csv"
 # The navigation bar has room for a short word under each icon.
 NAV_LABEL = "Reports"

@@ -23,17 +23,15 @@ from pathlib import Path
 from decimal import Decimal
 from typing import Any
 
-DB_CONN_ID_ENV = "ATTRIBUTION_DB_CONN_ID"
-DEFAULT_DB_CONN_ID = "attribution_db"
-OUTPUT_DIR_ENV = "ATTRIBUTION_OUTPUT_DIR"
+from ihc_attribution import settings
+
 REPORT_FILE_RE = re.compile(r"channel_reporting_(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.(csv|html)")
 SQLITE_TIMEOUT_SECONDS = 5.0
 
 
-def output_dir() -> Path:
-    """``$ATTRIBUTION_OUTPUT_DIR`` (default ``output``); a relative path is taken from the working directory,
-    as the export task takes it."""
-    return Path(os.environ.get(OUTPUT_DIR_ENV) or "output").expanduser().resolve()
+def output_dir() -> Path | None:
+    """The folder the export writes to (see :func:`settings.output_location`); None for an object store."""
+    return settings.local_output_dir()
 
 
 @dataclass(frozen=True)
@@ -59,8 +57,10 @@ class Report:
         return self.files.get("html")
 
 
-def list_reports(folder: Path) -> list[Report]:
+def list_reports(folder: Path | None) -> list[Report]:
     """Reports found in ``folder``, by range: latest end date first, then the longer range."""
+    if folder is None:  # the exports go to an object store: the page lists local files only
+        return []
     found: dict[tuple[str, str], dict[str, Path]] = {}
     modified: dict[tuple[str, str], float] = {}
     try:
@@ -87,9 +87,9 @@ def list_reports(folder: Path) -> list[Report]:
     return sorted(reports, key=lambda r: (r.end, -r.days, r.start), reverse=True)
 
 
-def report_file(folder: Path, name: str) -> Path | None:
+def report_file(folder: Path | None, name: str) -> Path | None:
     """The report file ``name`` in ``folder``, or ``None``: only exported report names, no other path."""
-    if not REPORT_FILE_RE.fullmatch(name):
+    if folder is None or not REPORT_FILE_RE.fullmatch(name):
         return None
     path = folder / name
     return path if path.is_file() else None
@@ -142,7 +142,7 @@ class ReportDb:
 
 
 def db_conn_id() -> str:
-    return os.environ.get(DB_CONN_ID_ENV) or DEFAULT_DB_CONN_ID
+    return settings.db_conn_id()
 
 
 def _sqlite_file(path: str) -> Path:

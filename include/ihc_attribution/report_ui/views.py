@@ -16,7 +16,7 @@ from urllib.parse import quote, urlencode
 
 from ihc_attribution.report_ui import sources as sources
 
-DAG_ID = "ihc_attribution"
+from ihc_attribution.settings import DAG_ID
 DEFAULT_DAYS = 30
 ISSUES_LIMIT = 200
 REPORTS_LIMIT = 100
@@ -170,9 +170,10 @@ def csv_name(selection: sources.Selection) -> str:
 
 def selection_csv(rows: Sequence[sources.ReportCell]) -> str:
     """The selected rows as the export writes them: same columns, rounding and formula setting."""
-    from ihc_attribution.export import escape_formulas_setting, report_row, write_rows
+    from ihc_attribution.export import report_row, write_rows
+    from ihc_attribution.settings import csv_escape_formulas
 
     out = io.StringIO()
     report_rows = (report_row(c.channel_name, c.date, c.cost, c.ihc, c.ihc_revenue) for c in rows)
-    write_rows(out, report_rows, escape_formulas=escape_formulas_setting())
+    write_rows(out, report_rows, escape_formulas=csv_escape_formulas())
     return out.getvalue()

@@ -156,8 +156,12 @@ def resolve_run_range(
     params: Mapping[str, Any] | None,
     data_interval_start: Any = None,
     data_interval_end: Any = None,
+    late_days: int = 0,
 ) -> RunRange:
-    """The run's range: the params when given, else the data interval.
+    """The run's range: the params when given, else the data interval and the ``late_days`` before it.
+
+    ``late_days`` lets a scheduled run attribute conversions and sessions that arrived after the
+    runs of those days (see :func:`ihc_attribution.settings.late_data_days`).
 
     :raises RangeError: with a message saying what to do, when neither is available.
     """
@@ -175,4 +179,4 @@ def resolve_run_range(
             f"the data interval [{start}, {end}) is empty: schedule the DAG with a "
             "CronDataIntervalTimetable, or give start_date/end_date params"
         )
-    return RunRange(start, end)
+    return RunRange(start - dt.timedelta(days=late_days), end)

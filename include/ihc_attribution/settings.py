@@ -124,6 +124,15 @@ def ui_base_url_override() -> str:
 # --- the DAG and its tasks ------------------------------------------------------------------
 
 
+def late_data_days() -> int:
+    """``$ATTRIBUTION_LATE_DATA_DAYS``: days before its interval a scheduled run covers again (default 3).
+
+    Conversions and sessions loaded late, and costs restated for those days, are taken in by the
+    next scheduled runs; journeys that did not change reuse their answers (no API quota).
+    """
+    return env_int("ATTRIBUTION_LATE_DATA_DAYS", 3)
+
+
 def staging_retention_days() -> int:
     """``$ATTRIBUTION_STAGING_RETENTION_DAYS``: days a run's staging is kept (default 30)."""
     return env_int("ATTRIBUTION_STAGING_RETENTION_DAYS", 30)

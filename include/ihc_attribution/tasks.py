@@ -33,11 +33,19 @@ def output_base() -> Any:
 
 
 def run_range(context: Mapping[str, Any]) -> RunRange:
-    """The run's range from its params or its data interval (see :mod:`daterange`)."""
+    """The run's range from its params or its data interval (see :mod:`daterange`).
+
+    A scheduled run also covers the ``$ATTRIBUTION_LATE_DATA_DAYS`` days before its interval, so
+    that data loaded after the runs of those days is attributed; backfills and manual runs cover
+    exactly their interval or params.
+    """
+    dag_run = context.get("dag_run")
+    scheduled = str(getattr(dag_run, "run_type", "")).lower().endswith("scheduled")
     return resolve_run_range(
         context.get("params") or {},
         context.get("data_interval_start"),
         context.get("data_interval_end"),
+        late_days=settings.late_data_days() if scheduled else 0,
     )
 
 

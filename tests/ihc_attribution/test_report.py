@@ -138,3 +138,21 @@ def test_a_deleted_conversion_loses_its_credit_on_the_next_run_of_any_range(tmp_
         assert conn.execute("SELECT COUNT(*) FROM attribution_customer_journey WHERE conv_id = 'c1'").fetchone() == (0,)
         assert conn.execute("SELECT COUNT(*) FROM attribution_credit WHERE conv_id = 'c1'").fetchone() == (0,)
     assert _reporting(path) == _fresh_run(tmp_path, refund)
+
+
+def test_a_conversion_loaded_after_its_days_run_is_attributed_by_the_next_run_reaching_back(tmp_path):
+    """What the scheduled runs' late-data window does: the next runs cover the last days again,
+    attribute what arrived late and send nothing for journeys that did not change."""
+    from tests.helpers import FakeIhcClient
+
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS[:2], COSTS)
+    run_pipeline(path, "scheduled__2024-01-10", "2024-01-07", "2024-01-10")
+    with sqlite3.connect(path) as conn:  # c3 of 2024-01-10, loaded after that day's run
+        conn.execute("INSERT INTO conversions VALUES ('c3', 'u1', '2024-01-10', '18:00:00', 60.0)")
+    client = FakeIhcClient()
+    run_pipeline(path, "scheduled__2024-01-11", "2024-01-08", "2024-01-11", client)  # 3 days back
+    sent = {row["conversion_id"] for request in client.sent for row in request.rows}
+    assert sent == {"c3"}, "only the late conversion is sent; unchanged journeys reuse their answers"
+    fresh = make_db(tmp_path / "fresh.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(fresh, "r1", "2024-01-08", "2024-01-11")
+    assert _reporting(path) == _reporting(fresh)

@@ -21,6 +21,8 @@ and :mod:`~ihc_attribution.ihc_answers` can be imported from here too.
 
 from __future__ import annotations
 
+import hashlib
+
 import email.utils
 import json
 import logging
@@ -120,6 +122,11 @@ class IhcClient:
         self._session: requests.Session | None = None
         self._stop = threading.Event()
         self._cancelled = False
+
+    @property
+    def account_digest(self) -> str:
+        """A digest of the API key: tells accounts apart (answers are reused per account), reveals no key."""
+        return hashlib.sha256(f"ihc-account:{self._api_key}".encode()).hexdigest()[:16]
 
     def __repr__(self) -> str:
         s = self.settings

@@ -118,17 +118,18 @@ def open_db() -> Iterator[Database]:
         db.close()
 
 
-def answer_scope(settings: Any) -> str:
-    """What decides an answer besides the journey: the API's host, conv type and redistribution.
+def answer_scope(settings: Any, account: str = "") -> str:
+    """What decides an answer besides the journey: the account, the API's host, conv type and redistribution.
 
-    The port is left out: the local IHC server of ``make run`` listens on a new free port each
-    time, and it is the same service (a re-run after a crash must not pay for answers again).
+    ``account`` is a digest of the API key (another account has another trained model), never
+    the key. The port is left out: the local IHC server of ``make run`` listens on a new free
+    port each time, and it is the same service.
     """
     from urllib.parse import urlsplit
 
     url = urlsplit(settings.base_url)
     return json.dumps(
-        [url.hostname, url.path.rstrip("/"), settings.conv_type_id, settings.redistribution_parameter],
+        [account, url.hostname, url.path.rstrip("/"), settings.conv_type_id, settings.redistribution_parameter],
         sort_keys=True,
         default=str,
     )
@@ -165,7 +166,8 @@ def extract_journeys(context: Mapping[str, Any]) -> dict:
     rng = run_range(context)
     created = _now()
     reuse = _flag_param(context, "reuse_answers", True)
-    scope = answer_scope(_ihc_hook().settings)
+    client = _ihc_hook().get_conn()
+    scope = answer_scope(client.settings, client.account_digest)
     with open_db() as db:
         summary = journeys.extract_journeys(
             db,

@@ -135,3 +135,17 @@ def test_the_answer_scope_is_the_service_not_its_port():
     assert scope("https://api.ihc-attribution.com") != scope("http://127.0.0.1:40001")
     assert scope("http://127.0.0.1:40001", conv="A") != scope("http://127.0.0.1:40001", conv="B")
     assert scope("http://h", redistribution={"holder": {"direction": "any_session"}}) != scope("http://h")
+
+
+def test_answers_are_reused_per_account_told_apart_by_a_digest_of_the_key():
+    from ihc_attribution.ihc_client import IhcClient
+    from ihc_attribution.tasks import answer_scope
+
+    def client(key):
+        return IhcClient("http://127.0.0.1:40001", key, "demo")
+
+    first, same, other = client("key-of-account-a-0001"), client("key-of-account-a-0001"), client("key-of-account-b-0002")
+    assert first.account_digest == same.account_digest != other.account_digest
+    scopes = {answer_scope(c.settings, c.account_digest) for c in (first, same, other)}
+    assert len(scopes) == 2
+    assert not any("key-of-account" in s for s in scopes), "the scope is stored: it never holds the key"

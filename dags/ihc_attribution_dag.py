@@ -25,6 +25,7 @@ from datetime import datetime, timedelta, timezone
 from airflow.sdk import (
     Asset,
     AssetAlias,
+    AssetOrTimeSchedule,
     AsyncCallback,
     CronDataIntervalTimetable,
     DeadlineAlert,
@@ -72,9 +73,20 @@ CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://
 REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
 
 
+# Daily at $ATTRIBUTION_SCHEDULE_CRON (UTC, default midnight); with $ATTRIBUTION_SOURCE_ASSET set,
+# an update of that asset by the users' loader starts a run too, so the day is attributed as soon
+# as its data is there. Either way a run handles the calendar day before it started.
+DAILY = CronDataIntervalTimetable(settings.schedule_cron(), timezone="UTC")
+SCHEDULE = (
+    AssetOrTimeSchedule(timetable=DAILY, assets=Asset(uri=settings.source_asset_uri()))
+    if settings.source_asset_uri()
+    else DAILY
+)
+
+
 @dag(
     dag_id=settings.DAG_ID,
-    schedule=CronDataIntervalTimetable("0 0 * * *", timezone="UTC"),
+    schedule=SCHEDULE,
     start_date=START_DATE,
     catchup=False,
     max_active_runs=1,
@@ -128,6 +140,13 @@ REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
             description="Read the spend of every date the report holds from the source tables again and rebuild "
             "those dates (after costs or sessions of past days changed). By default a run reads the spend of its own "
             "dates and of dates never read before.",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run: estimate the API quota only",
+            description="Extract and pack the journeys, log how many requests, journeys and sessions the run would "
+            "send (after reusing earlier answers), and stop: nothing is sent, the later tasks are skipped.",
         ),
         "reuse_answers": Param(
             True,

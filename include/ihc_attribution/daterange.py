@@ -152,16 +152,22 @@ def range_from_params(params: Mapping[str, Any]) -> RunRange | None:
     )
 
 
+def day_before(moment: Any, late_days: int = 0) -> RunRange:
+    """The calendar day (UTC) before ``moment``'s day, and the ``late_days`` before it: a scheduled run's range.
+
+    A run started at 06:00, by its schedule or by its loader's asset, handles the day before,
+    as one started at 00:00 does.
+    """
+    end = dt.datetime.combine(as_naive_utc(moment).date(), dt.time())
+    return RunRange(end - dt.timedelta(days=1 + late_days), end)
+
+
 def resolve_run_range(
     params: Mapping[str, Any] | None,
     data_interval_start: Any = None,
     data_interval_end: Any = None,
-    late_days: int = 0,
 ) -> RunRange:
-    """The run's range: the params when given, else the data interval and the ``late_days`` before it.
-
-    ``late_days`` lets a scheduled run attribute conversions and sessions that arrived after the
-    runs of those days (see :func:`ihc_attribution.settings.late_data_days`).
+    """The run's range: the params when given, else the data interval.
 
     :raises RangeError: with a message saying what to do, when neither is available.
     """
@@ -179,4 +185,4 @@ def resolve_run_range(
             f"the data interval [{start}, {end}) is empty: schedule the DAG with a "
             "CronDataIntervalTimetable, or give start_date/end_date params"
         )
-    return RunRange(start - dt.timedelta(days=late_days), end)
+    return RunRange(start, end)

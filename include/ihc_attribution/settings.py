@@ -124,6 +124,19 @@ def ui_base_url_override() -> str:
 # --- the DAG and its tasks ------------------------------------------------------------------
 
 
+def schedule_cron() -> str:
+    """``$ATTRIBUTION_SCHEDULE_CRON``: when the daily run starts, UTC (default ``0 0 * * *``).
+
+    Whatever the time, a scheduled run handles the calendar day (UTC) before it starts.
+    """
+    return _text("ATTRIBUTION_SCHEDULE_CRON", "0 0 * * *")
+
+
+def source_asset_uri() -> str:
+    """``$ATTRIBUTION_SOURCE_ASSET``: an asset URI your loader updates; its update also starts a run ("": none)."""
+    return _text("ATTRIBUTION_SOURCE_ASSET")
+
+
 def late_data_days() -> int:
     """``$ATTRIBUTION_LATE_DATA_DAYS``: days before its interval a scheduled run covers again (default 3).
 

@@ -18,7 +18,15 @@ from contextlib import contextmanager
 from typing import Any
 
 from ihc_attribution import api_stage, charts, checks, export, journeys, load, report, schema, settings
-from ihc_attribution.daterange import ParamError, RunRange, as_naive_utc, parse_lookback_days, resolve_run_range
+from ihc_attribution.daterange import (
+    ParamError,
+    RunRange,
+    as_naive_utc,
+    day_before,
+    parse_lookback_days,
+    range_from_params,
+    resolve_run_range,
+)
 from ihc_attribution.db import SUPPORTED_CONN_TYPES, Database
 from ihc_attribution.errors import PermanentError
 from ihc_attribution.ihc_client import SendProgress, SendSummary
@@ -39,14 +47,14 @@ def run_range(context: Mapping[str, Any]) -> RunRange:
     that data loaded after the runs of those days is attributed; backfills and manual runs cover
     exactly their interval or params.
     """
+    params = context.get("params") or {}
     dag_run = context.get("dag_run")
-    scheduled = str(getattr(dag_run, "run_type", "")).lower().endswith("scheduled")
-    return resolve_run_range(
-        context.get("params") or {},
-        context.get("data_interval_start"),
-        context.get("data_interval_end"),
-        late_days=settings.late_data_days() if scheduled else 0,
-    )
+    run_type = str(getattr(dag_run, "run_type", "")).lower()
+    if range_from_params(params) is None and run_type.endswith(("scheduled", "asset_triggered")):
+        started = context.get("data_interval_end") or getattr(dag_run, "run_after", None)
+        if started is not None:
+            return day_before(started, settings.late_data_days())
+    return resolve_run_range(params, context.get("data_interval_start"), context.get("data_interval_end"))
 
 
 def _lookback_days(context: Mapping[str, Any]) -> int | None:
@@ -195,12 +203,24 @@ def pack_requests(context: Mapping[str, Any]) -> dict:
             oversized_policy=settings.oversized_journey_policy,
         )
     log.info("packed %s", summary.as_dict())
+    log.info(
+        "the API stage will send %d requests holding %d journeys and %d sessions (%d journeys reuse earlier answers)",
+        summary.requests, summary.journeys, summary.sessions, summary.reused,
+    )
     return summary.as_dict()
 
 
 @stage
 def call_ihc_api(context: Mapping[str, Any]) -> dict:
     """Send the unanswered requests of the run through the IHC hook; answers are checkpointed one by one."""
+    if _flag_param(context, "dry_run", False):
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        planned = context["ti"].xcom_pull(task_ids="pack_requests") or {}
+        raise AirflowSkipException(
+            f"dry run: nothing sent; a run would send {planned.get('requests', '?')} requests holding "
+            f"{planned.get('journeys', '?')} journeys and {planned.get('sessions', '?')} sessions"
+        )
     hook = _ihc_hook()
     settings = hook.settings
     started = time.monotonic()

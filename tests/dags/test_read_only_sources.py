@@ -290,3 +290,33 @@ def test_daily_runs_a_range_run_and_task_reruns_give_equal_tables_and_one_total(
         assert Decimal(summary[column]) == total, column
     chart = open(exported["chart"], encoding="utf-8").read()
     assert f"{Decimal(summary['ihc_revenue']):,.2f}" in chart
+
+
+# --- a dry run estimates the quota and sends nothing -------------------------------------------
+
+
+def _served(url: str) -> int:
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/stats", timeout=5) as answer:
+        return json.load(answer)["requests"]
+
+
+def test_a_dry_run_sends_nothing_and_its_estimate_is_what_a_real_run_sends(dag, source_db, tmp_path, monkeypatch):
+    db = tmp_path / "warehouse.db"
+    shutil.copy(source_db, db)
+    monkeypatch.setenv("ATTRIBUTION_OUTPUT_BASE_URL", str(tmp_path / "out"))
+    with serve(ServerConfig(api_keys=(API_KEY,))) as url:
+        host, port = url.removeprefix("http://").split(":")
+        monkeypatch.setenv("AIRFLOW_CONN_IHC_API", json.dumps(
+            {"conn_type": "ihc", "host": host, "port": int(port), "schema": "http", "password": API_KEY,
+             "extra": {"conv_type_id": "demo", "max_journeys_per_request": 30}}))
+        dry = _run(dag, monkeypatch, {"conn_type": "sqlite", "host": str(db)}, run_conf={**RANGE, "dry_run": True})
+        states = {ti.task_id: ti.state for ti in dry.get_task_instances()}
+        assert states["call_ihc_api"] == "skipped" and states["load_attribution"] == "skipped"
+        assert _served(url) == 0
+        estimate = dry.get_task_instance("pack_requests").xcom_pull(task_ids="pack_requests")["requests"]
+        assert estimate > 1
+        # dag.test() keeps a run's conf in the DAG's params: the real run says dry_run false
+        _run(dag, monkeypatch, {"conn_type": "sqlite", "host": str(db)}, run_conf={**RANGE, "dry_run": False})
+        assert _served(url) == estimate

@@ -61,3 +61,28 @@ def test_params_of_a_scheduled_run_are_its_range_as_given(monkeypatch):
     params = {"start_date": "2024-01-02", "end_date": "2024-01-03"}
     rng = tasks.run_range({**INTERVAL, "params": params, "dag_run": SimpleNamespace(run_type=DagRunType.SCHEDULED)})
     assert rng.label == "2024-01-02_2024-01-03"
+
+
+def test_a_run_started_later_in_the_day_or_by_the_loader_s_asset_handles_the_day_before(monkeypatch):
+    monkeypatch.setenv("ATTRIBUTION_LATE_DATA_DAYS", "0")
+    six = {"data_interval_start": dt.datetime(2024, 1, 9, 6, tzinfo=dt.timezone.utc),
+           "data_interval_end": dt.datetime(2024, 1, 10, 6, tzinfo=dt.timezone.utc)}
+    scheduled = tasks.run_range({**six, "params": {}, "dag_run": SimpleNamespace(run_type=DagRunType.SCHEDULED)})
+    assert (scheduled.start_ts, scheduled.end_ts) == ("2024-01-09 00:00:00", "2024-01-10 00:00:00")
+    loader = SimpleNamespace(run_type=DagRunType.ASSET_TRIGGERED, run_after=dt.datetime(2024, 1, 10, 2, 30))
+    by_asset = tasks.run_range({"params": {}, "dag_run": loader})
+    assert by_asset == scheduled
+
+
+def test_the_schedule_time_and_the_loader_s_asset_are_settings_of_the_dag(monkeypatch, airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+    from airflow.sdk import AssetOrTimeSchedule
+
+    from tests.helpers import ROOT
+
+    monkeypatch.setenv("ATTRIBUTION_SCHEDULE_CRON", "0 6 * * *")
+    monkeypatch.setenv("ATTRIBUTION_SOURCE_ASSET", "postgres://warehouse:5432/db/raw/conversions")
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("ihc_attribution")
+    assert isinstance(dag.timetable, AssetOrTimeSchedule)
+    assert dag.timetable.timetable.expression == "0 6 * * *"
+    assert dag.timetable.asset_condition.uri == "postgres://warehouse:5432/db/raw/conversions"

@@ -11,15 +11,16 @@ FROM apache/airflow:3.3.2
 # AIRFLOW_VERSION is set by the base image.
 USER airflow
 # The package is installed as users install it: the provider (connection type ``ihc``) and the
-# report plugin reach Airflow through their entry points. INSTALL_DEV=true adds the dev extra
-# (local IHC server, demo-data generator) that the local stack needs; a production image leaves
-# it out, as the DAG never imports it.
+# report plugin reach Airflow through their entry points. INSTALL_DEV=true adds the development
+# tools (include/ihc_attribution_dev, a distribution of its own: the local IHC server and the
+# demo-data generator) that the local stack runs; a production image leaves them out, as the DAG
+# never imports them.
 ARG INSTALL_DEV=false
 COPY --chown=airflow:0 requirements.txt pyproject.toml README.md /opt/ihc-attribution/
 COPY --chown=airflow:0 include/ /opt/ihc-attribution/include/
 RUN pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" -r /opt/ihc-attribution/requirements.txt \
     && if [ "${INSTALL_DEV}" = "true" ]; then \
-         pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" "/opt/ihc-attribution[dev]"; \
+         pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" /opt/ihc-attribution /opt/ihc-attribution/include/ihc_attribution_dev; \
        else \
          pip install --no-cache-dir "apache-airflow==${AIRFLOW_VERSION}" /opt/ihc-attribution; \
        fi

@@ -12,16 +12,19 @@ export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
 
 .PHONY: install test lint demo run backfill ihc-server demo-data calibrate bench clean
 
-# The project is installed the way users install it (editable here), with the dev extra: the
-# provider and the plugin reach Airflow through their entry points.
-$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
+# The project is installed the way users install it (editable here): the provider and the
+# plugin reach Airflow through their entry points. The dev tools (local IHC server, demo data)
+# are a second distribution, include/ihc_attribution_dev, that the production wheel leaves out.
+DEV_DIST := include/ihc_attribution_dev
+
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml $(DEV_DIST)/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements-dev.txt
-	$(PY) -m pip install -q --no-deps -e ".[dev,postgres,celery]"
+	$(PY) -m pip install -q --no-deps -e ".[postgres,celery]" -e $(DEV_DIST)
 	@# The build leaves its metadata next to the sources, which the editable install puts on the
 	@# path: Airflow would then see the distribution, and its entry points, twice.
-	rm -rf include/*.egg-info
+	rm -rf include/*.egg-info $(DEV_DIST)/*.egg-info
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -20,11 +20,13 @@ def test_entry_points_of_the_installed_distribution():
 
 def test_airflow_knows_the_ihc_connection_type_its_form_and_hook():
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
+    # Tasks find the hook through the task SDK's manager, the UI the form through the core's.
+    hook = ProvidersManagerTaskRuntime().hooks["ihc"]
+    assert hook.hook_class_name == "ihc_attribution.ihc_hook.IhcHook" and hook.connection_type == "ihc"
     manager = ProvidersManager()
     assert "ihc-attribution-airflow" in manager.providers
-    hook = manager.hooks["ihc"]
-    assert hook.hook_class_name == "ihc_attribution.ihc_hook.IhcHook" and hook.connection_type == "ihc"
     widgets = manager.connection_form_widgets
     assert {f"extra__ihc__{name}" for name in provider.CONN_FIELDS} <= set(widgets)
     behaviour = manager.field_behaviours["ihc"]

@@ -146,22 +146,29 @@ _CLEAN_CONVERSION = {
     ),
 }
 
+# The copy holds the ids as text, as the package's tables do, whatever type the source gives them
+# (PostgreSQL compares a BIGINT id with text only once cast; SQLite stores them as they are).
 _BUYER_SESSIONS_SELECT = """
-SELECT s.session_id, s.user_id, s.event_date, s.event_time, s.channel_name,
+SELECT {ids}, s.event_date, s.event_time, s.channel_name,
        s.holder_engagement, s.closer_engagement, s.impression_interaction,
        CASE WHEN {clean} THEN 1 ELSE 0 END AS clean
 FROM session_sources s
-WHERE s.user_id IN (SELECT user_id FROM {buyers}){part}
+WHERE s.user_id IN (SELECT {buyer} FROM {buyers})
 """
+_IDS = {
+    "sqlite": "s.session_id, s.user_id",
+    "postgresql": "CAST(s.session_id AS TEXT) AS session_id, CAST(s.user_id AS TEXT) AS user_id",
+}
 
 
-def _buyer_sessions_select(dialect: str, part: str = "") -> str:
-    return _BUYER_SESSIONS_SELECT.format(buyers=BUYERS, clean=_CLEAN_SESSION[dialect], part=part)
+def buyer_sessions_sql(dialect: str, buyer: str = "user_id") -> str:
+    """The one pass over ``session_sources``: the sessions of the run's users, each marked clean or not.
 
-
-def buyer_sessions_sql(dialect: str) -> str:
-    """The one pass over ``session_sources``: the sessions of the run's users, each marked clean or not."""
-    return f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{_buyer_sessions_select(dialect)}"
+    ``buyer`` is the buyers' id as the source's ``user_id`` column compares it (see
+    :meth:`Database.cast_to_column`).
+    """
+    select = _BUYER_SESSIONS_SELECT.format(ids=_IDS[dialect], clean=_CLEAN_SESSION[dialect], buyer=buyer, buyers=BUYERS)
+    return f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{select}"
 
 
 _BUYER_SESSIONS_SQL = buyer_sessions_sql("sqlite")
@@ -176,11 +183,13 @@ _BUYER_SESSIONS_INDEX = (
 
 # Session ids of the converting users that are present more than once anywhere in the table.
 # Asked only when session_id has no primary key or unique index (then it is one more pass).
-_DUPLICATE_SESSIONS_SQL = f"""
-SELECT session_id, COUNT(*) FROM session_sources
-WHERE session_id IN (SELECT session_id FROM {BUYER_SESSIONS})
+_DUPLICATE_SESSIONS_SQL = """
+SELECT {session_id}, COUNT(*) FROM session_sources
+WHERE {session_id} IN (SELECT session_id FROM {copy})
 GROUP BY session_id HAVING COUNT(*) > 1
 """
+# The id as the copy holds it (see _IDS).
+_SESSION_ID = {"sqlite": "session_id", "postgresql": "CAST(session_id AS TEXT)"}
 
 _USER_SESSIONS_SQL = f"""
 SELECT s.session_id, s.user_id, CAST(s.event_date AS TEXT), CAST(s.event_time AS TEXT), s.channel_name,
@@ -252,7 +261,7 @@ def stage_buyer_sessions(db: Database, run_id: str) -> None:
     cache = _buyers_cache_sql(db) if db.is_sqlite else None
     if cache:
         db.execute(cache)
-    db.execute(buyer_sessions_sql(db.dialect))
+    db.execute(buyer_sessions_sql(db.dialect, db.cast_to_column("user_id", SESSION_SOURCES, "user_id")))
     db.execute(_BUYER_SESSIONS_INDEX)
 
 
@@ -550,7 +559,8 @@ def _quarantine_invalid_sessions(
     # A primary key (or unique index) on session_id means no id is present twice: no lookup.
     duplicated = (
         {} if has_unique_key(db, SESSION_SOURCES, "session_id")
-        else {sid: int(n) for sid, n in db.query(_DUPLICATE_SESSIONS_SQL)}
+        else {sid: int(n) for sid, n in db.query(
+            _DUPLICATE_SESSIONS_SQL.format(session_id=_SESSION_ID[db.dialect], copy=BUYER_SESSIONS))}
     )
     # Clean sessions pass every check (see _CLEAN_SESSION); a duplicated one may be clean.
     sessions_sql = _USER_SESSIONS_SQL if duplicated else _UNCLEAN_USER_SESSIONS_SQL

@@ -82,3 +82,58 @@ def test_postgres_gives_the_same_tables_as_sqlite(tmp_path, pg, lookback_days):
     assert summary.attributed == len({c for c, _, _ in got[0]})
     name = "channel_reporting_2024-01-01_2024-01-10.csv"
     assert (tmp_path / "pg-out" / name).read_text() == (tmp_path / "lite-out" / name).read_text()
+
+
+def test_bigint_ids_on_postgres_give_the_tables_of_integer_ids_on_sqlite(tmp_path, pg):
+    """Warehouses key users and sessions with BIGINT: the package compares them as the source has them."""
+    from tests.helpers import make_db, source_ddl
+
+    sessions = [(10 + i, 7 if i < 3 else 8, f"2024-01-0{1 + i % 3}", f"1{i}:00:00", ["Email", "Direct"][i % 2])
+                for i in range(6)]
+    conversions = [(900, 7, "2024-01-03", "20:00:00", 50.0), (901, 8, "2024-01-03", "21:00:00", 80.0)]
+    costs = [(10 + i, 1.25 * i) for i in range(6)]
+    lite = make_db(tmp_path / "lite.sqlite", sessions, conversions, costs, ddl=source_ddl(id_type="INTEGER"))
+    with pg.transaction():
+        pg.executescript(source_ddl(id_type="BIGINT"))
+        pg.executemany("INSERT INTO session_sources VALUES (?, ?, ?, ?, ?, 1, 1, 0)", sessions)
+        pg.executemany("INSERT INTO conversions VALUES (?, ?, ?, ?, ?)", conversions)
+        pg.executemany("INSERT INTO session_costs VALUES (?, ?)", costs)
+    run_stages(pg, "range", "2024-01-01", "2024-01-03")
+    run_pipeline(lite, "range", "2024-01-01", "2024-01-03")
+    with sqlite3.connect(lite) as conn:
+        expected = _tables(lambda sql: conn.execute(sql).fetchall())
+    assert _tables(pg.query) == expected
+    assert len(expected[0]) == 6 and {c for c, _, _ in expected[0]} == {"900", "901"}
+
+
+def test_a_session_whose_datestyle_is_german_gives_the_tables_of_sqlite(tmp_path):
+    """Dates never depend on the DateStyle a database or role sets (psycopg 3 keeps the server's):
+    the package sets ISO on its own session."""
+    from ihc_attribution import schema
+
+    conn = psycopg2.connect(**PG)
+    schema_name = "attribution_test_" + uuid.uuid4().hex[:10]
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {schema_name}")
+        cur.execute(f"SET search_path TO {schema_name}")
+        cur.execute("SET DateStyle TO German, DMY")
+        cur.execute("SELECT CAST(DATE '2024-01-14' AS TEXT)")
+        assert cur.fetchone()[0] == "14.01.2024"
+    conn.commit()
+    try:
+        pg = Database(conn)
+        lite = random_db(tmp_path / "lite.sqlite", seed=3)
+        with pg.transaction():
+            pg.executescript(schema.challenge_ddl())
+        _copy_sources(lite, pg)
+        summary = run_stages(pg, "range", "2024-01-01", "2024-01-10")
+        run_pipeline(lite, "range", "2024-01-01", "2024-01-10")
+        with sqlite3.connect(lite) as lconn:
+            expected = _tables(lambda sql: lconn.execute(sql).fetchall())
+        assert _tables(pg.query) == expected and summary.attributed > 0
+    finally:
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA {schema_name} CASCADE")
+        conn.commit()
+        conn.close()

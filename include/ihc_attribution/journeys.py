@@ -6,23 +6,21 @@ the database side, from a copy of the sessions of the run's converting users mad
 over ``session_sources``. Python validates the conversions of the run and those sessions, in
 bounded batches, so that malformed input is quarantined with a reason instead of being compared
 as text and silently dropped; on SQLite only the rows the database cannot tell are well-formed
-are read for that (see ``_CLEAN_SESSION``).
+are read for that (see ``validation.CLEAN_SESSION``).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import itertools
 import logging
-import operator
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import pandas as pd
 
+from ihc_attribution import reuse, validation
 from ihc_attribution.daterange import RunRange
-from ihc_attribution.db import Database, is_valid_text, pg_text_not_a_date, storable
+from ihc_attribution.db import Database, pg_text_not_a_date, storable
 from ihc_attribution.schema import CONVERSIONS, SESSION_SOURCES, STAGING_TABLES, has_unique_key
 
 log = logging.getLogger(__name__)
@@ -51,8 +49,8 @@ SELECT conv_id, user_id, CAST(conv_date AS TEXT), CAST(conv_time AS TEXT), reven
 FROM conversions
 WHERE ((conv_date >= ? AND conv_date <= ?) OR {malformed}) AND NOT {clean}
 """
-# The clean candidates (see _CLEAN_CONVERSION), staged as ready without passing through Python.
-_CLEAN_CONVERSIONS_SQL = """
+# The clean candidates (see validation.CLEAN_CONVERSION), staged as ready without passing through Python.
+validation.CLEAN_CONVERSIONS_SQL = """
 INSERT INTO attribution_stg_conversions (run_id, conv_id, user_id, conv_date, conv_time, revenue, status)
 SELECT ?, conv_id, user_id, conv_date, conv_time, CAST(revenue AS REAL), 'ready'
 FROM conversions
@@ -80,72 +78,6 @@ _BUYERS_SQL = (
 )
 
 
-# --- rows the database can tell are well-formed -------------------------------------------------
-#
-# Checking every copied session and every candidate conversion in Python cost more than the pass
-# over session_sources itself, most of it in moving the values into Python. So SQLite marks the
-# rows it can tell are well-formed ("clean") and only the others are read and checked in Python
-# (session_problems, conversion_problems), which alone decide. Clean is stricter than those
-# checks, never looser: every clean row passes them (tests/ihc_attribution/test_journeys_clean.py
-# checks this on generated values). Text is clean when it is printable ASCII (so valid UTF-8,
-# and with no whitespace but the space that strip() would remove) with at least one character
-# other than a space; length() stops at a NUL and the length of the blob does not, so a NUL
-# (which GLOB does not look past) makes the two differ. A date is clean when it is the real
-# YYYY-MM-DD date that date(x, '+0 days') gives back, from 1900 to 2199 (pandas reads the years
-# 1677 to 2262 only). Only GLOB compares with text here: a DATE or TIME column has NUMERIC
-# affinity, which turns a literal like '24' into a number. On PostgreSQL every row is checked in
-# Python.
-def _sqlite_clean_text(column: str) -> str:
-    return (
-        f"typeof({column}) = 'text' AND length({column}) = length(CAST({column} AS BLOB)) "
-        f"AND {column} GLOB '*[!-~]*' AND NOT {column} GLOB '*[^ -~]*'"
-    )
-
-
-def _sqlite_clean_date(column: str) -> str:
-    return (
-        f"typeof({column}) = 'text' AND date({column}, '+0 days') IS {column} "
-        f"AND ({column} GLOB '19*' OR {column} GLOB '2[01]*')"
-    )
-
-
-def _sqlite_clean_time(column: str) -> str:
-    return (
-        f"typeof({column}) = 'text' AND length(CAST({column} AS BLOB)) = 8 "
-        f"AND ({column} GLOB '[01][0-9]:[0-5][0-9]:[0-5][0-9]' OR {column} GLOB '2[0-3]:[0-5][0-9]:[0-5][0-9]')"
-    )
-
-
-def _sqlite_clean_flag(column: str) -> str:
-    return f"typeof({column}) IN ('integer', 'real') AND {column} IN (0, 1)"
-
-
-def _all(*conditions: str) -> str:
-    return "(" + " AND ".join(f"({c})" for c in conditions) + ")"
-
-
-_CLEAN_SESSION = {
-    "sqlite": _all(
-        _sqlite_clean_text("s.session_id"),
-        _sqlite_clean_date("s.event_date"),
-        _sqlite_clean_time("s.event_time"),
-        _sqlite_clean_text("s.channel_name"),
-        _sqlite_clean_flag("s.holder_engagement"),
-        _sqlite_clean_flag("s.closer_engagement"),
-        _sqlite_clean_flag("s.impression_interaction"),
-    ),
-    "postgresql": "FALSE",
-}
-_CLEAN_CONVERSION = {
-    "sqlite": _all(
-        _sqlite_clean_text("conv_id"),
-        _sqlite_clean_text("user_id"),
-        _sqlite_clean_date("conv_date"),
-        _sqlite_clean_time("conv_time"),
-        "typeof(revenue) IN ('integer', 'real') AND revenue >= 0 AND revenue <= 1.7976931348623157e308",
-    ),
-}
-
 # The copy holds the ids as text, as the package's tables do, whatever type the source gives them
 # (PostgreSQL compares a BIGINT id with text only once cast; SQLite stores them as they are).
 _BUYER_SESSIONS_SELECT = """
@@ -167,7 +99,7 @@ def buyer_sessions_sql(dialect: str, buyer: str = "user_id") -> str:
     ``buyer`` is the buyers' id as the source's ``user_id`` column compares it (see
     :meth:`Database.cast_to_column`).
     """
-    select = _BUYER_SESSIONS_SELECT.format(ids=_IDS[dialect], clean=_CLEAN_SESSION[dialect], buyer=buyer, buyers=BUYERS)
+    select = _BUYER_SESSIONS_SELECT.format(ids=_IDS[dialect], clean=validation.CLEAN_SESSION[dialect], buyer=buyer, buyers=BUYERS)
     return f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{select}"
 
 
@@ -302,7 +234,7 @@ class ExtractSummary:
 
 
 # Kept when a run's staging is rebuilt: report dates only ever accumulate, and answers are
-# reused for journeys whose fingerprint did not change (see _fingerprint_journeys).
+# reused for journeys whose fingerprint did not change (see reuse.fingerprint_journeys).
 _KEPT_ON_REBUILD = ("attribution_stg_report_dates", "attribution_stg_results", "attribution_stg_answered")
 
 
@@ -330,7 +262,7 @@ def extract_journeys(
     :param answer_scope: what else decides an answer besides the journey (the API's address,
         conversion type and redistribution settings); part of every journey's fingerprint.
     :param reuse_answers: let journeys whose fingerprint another run's answer was given for keep
-        that answer instead of being sent again (see :func:`_reuse_other_runs_answers`).
+        that answer instead of being sent again (see :func:`reuse.reuse_other_runs_answers`).
     """
     summary = ExtractSummary()
     with db.transaction():
@@ -368,92 +300,11 @@ def extract_journeys(
             "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
             (NO_SESSIONS, run_id),
         )
-        sizes = _fingerprint_journeys(db, run_id, answer_scope)
+        sizes = reuse.fingerprint_journeys(db, run_id, answer_scope)
         if reuse_answers:
-            summary.reused_answers = _reuse_other_runs_answers(db, run_id)
+            summary.reused_answers = reuse.reuse_other_runs_answers(db, run_id)
         summary.journeys, summary.sessions, summary.max_journey_sessions = len(sizes), sum(sizes), max(sizes, default=0)
     return summary
-
-
-def _fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> list[int]:
-    """Record a fingerprint of every staged journey and drop answers that no longer fit.
-
-    The fingerprint covers everything the API sees of a journey, and ``answer_scope``; an answer
-    kept from an earlier attempt of the run is reused only when it was given for the same
-    fingerprint. Returns the number of sessions of each journey.
-    """
-    rows = itertools.chain.from_iterable(
-        db.iter_query(
-            "SELECT conv_id, session_id, event_ts, channel_name, holder_engagement, closer_engagement, "
-            "impression_interaction, conversion FROM attribution_stg_sessions WHERE run_id = ? "
-            "ORDER BY conv_id, event_ts, session_id",
-            (run_id,),
-        )
-    )
-    # The scope, then the repr of each session's fields as a list, in order: one digest per journey.
-    keys, sizes = [], []
-    for conv_id, journey in itertools.groupby(rows, key=operator.itemgetter(0)):
-        fields = [
-            f"[{sid!r}, {ts!r}, {channel!r}, {holder!r}, {closer!r}, {impression!r}, {flag!r}]"
-            for _, sid, ts, channel, holder, closer, impression, flag in journey
-        ]
-        keys.append((run_id, conv_id, hashlib.sha256("".join([answer_scope, *fields]).encode()).hexdigest()))
-        sizes.append(len(fields))
-    db.executemany(
-        "INSERT INTO attribution_stg_journey_keys (run_id, conv_id, journey_hash) VALUES (?, ?, ?)", keys
-    )
-    db.execute(
-        "DELETE FROM attribution_stg_answered WHERE run_id = ? AND NOT EXISTS ("
-        " SELECT 1 FROM attribution_stg_journey_keys k WHERE k.run_id = attribution_stg_answered.run_id"
-        " AND k.conv_id = attribution_stg_answered.conv_id"
-        " AND k.journey_hash = attribution_stg_answered.journey_hash)",
-        (run_id,),
-    )
-    db.execute(
-        "DELETE FROM attribution_stg_results WHERE run_id = ? AND NOT EXISTS ("
-        " SELECT 1 FROM attribution_stg_answered a WHERE a.run_id = attribution_stg_results.run_id"
-        " AND a.conv_id = attribution_stg_results.conv_id)",
-        (run_id,),
-    )
-    return sizes
-
-
-# Another run's answer for a journey with the same fingerprint (the same sessions, sent to the
-# same API host and conversion type): the oldest such run, so the choice is deterministic.
-_SOURCE_RUN = """(
-    SELECT MIN(a.run_id) FROM attribution_stg_answered a
-    WHERE a.conv_id = k.conv_id AND a.journey_hash = k.journey_hash AND a.run_id <> k.run_id
-)"""
-_UNANSWERED_KEYS = """
-FROM attribution_stg_journey_keys k
-JOIN {table} src ON src.conv_id = k.conv_id AND src.run_id = {source}
-WHERE k.run_id = ? AND NOT EXISTS (
-    SELECT 1 FROM attribution_stg_answered mine WHERE mine.run_id = k.run_id AND mine.conv_id = k.conv_id
-)
-"""
-
-
-def _reuse_other_runs_answers(db: Database, run_id: str) -> int:
-    """Copy the answers other runs got for journeys identical to this run's unanswered ones.
-
-    The service answers a journey from the journey alone (it normalises each journey it is sent
-    whole), so an identical journey sent again would cost quota for the same numbers. This is
-    what makes a fresh run after a crash, a second ``make run`` of a range or a re-triggered
-    run send only what was never answered. Answers are kept as long as their run's staging
-    (``$ATTRIBUTION_STAGING_RETENTION_DAYS``). Returns the number of journeys reused.
-    """
-    results = _UNANSWERED_KEYS.format(table="attribution_stg_results", source=_SOURCE_RUN)
-    db.execute(
-        "INSERT INTO attribution_stg_results (run_id, conv_id, session_id, initializer, holder, closer, ihc) "
-        f"SELECT k.run_id, src.conv_id, src.session_id, src.initializer, src.holder, src.closer, src.ihc {results}",
-        (run_id,),
-    )
-    answered = _UNANSWERED_KEYS.format(table="attribution_stg_answered", source=_SOURCE_RUN)
-    return db.execute(
-        "INSERT INTO attribution_stg_answered (run_id, conv_id, journey_hash, n_sent) "
-        f"SELECT k.run_id, src.conv_id, src.journey_hash, src.n_sent {answered}",
-        (run_id,),
-    )
 
 
 def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: ExtractSummary) -> None:
@@ -463,12 +314,12 @@ def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: 
         malformed = pg_text_not_a_date("conv_date")
     # A primary key (or unique index) on conv_id means no id is present twice: no count needed.
     counts = {} if has_unique_key(db, CONVERSIONS, "conv_id") else _conversion_id_counts(db)
-    clean = _CLEAN_CONVERSION.get(db.dialect)
+    clean = validation.CLEAN_CONVERSION.get(db.dialect)
     if clean and not counts:
         # A clean candidate is a valid conversion of the run's days, so it is ready: staged in
         # the database, and only the others are read into Python to be checked.
         summary.conversions = db.execute(
-            _CLEAN_CONVERSIONS_SQL.format(clean=clean), (run_id, first, last, run_range.start_ts, run_range.end_ts)
+            validation.CLEAN_CONVERSIONS_SQL.format(clean=clean), (run_id, first, last, run_range.start_ts, run_range.end_ts)
         )
     else:
         clean = "FALSE"
@@ -485,7 +336,7 @@ def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: 
         for n, r in enumerate(frame[missing_id].itertuples(), start=1)
     ]
     frame["conv_id"] = frame["conv_id"].astype(str).map(storable)
-    problems = conversion_problems(frame)
+    problems = validation.conversion_problems(frame)
     problems[missing_id] = problems[missing_id].map(lambda p: f"conv_id is empty, {p}" if p else "conv_id is empty")
     valid = problems.eq("")
     ts = frame["conv_date"].astype(str) + " " + frame["conv_time"].astype(str)
@@ -508,10 +359,10 @@ def _stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: 
     ready = frame[in_range & ~duplicated]
     invalid = frame[invalid_here & ~duplicated]
     staged = [
-        (run_id, r.conv_id, r.user_id, r.conv_date, r.conv_time, _to_float(r.revenue), "ready")
+        (run_id, r.conv_id, r.user_id, r.conv_date, r.conv_time, validation.to_float(r.revenue), "ready")
         for r in ready.itertuples(index=False)
     ] + [
-        (run_id, r.conv_id, _to_text(r.user_id), _to_text(r.conv_date), _to_text(r.conv_time), None, INVALID_INPUT)
+        (run_id, r.conv_id, *map(validation.to_text, (r.user_id, r.conv_date, r.conv_time)), None, INVALID_INPUT)
         for r in invalid.itertuples(index=False)
     ] + [
         (run_id, conv_id, None, None, None, None, DUPLICATE) for conv_id in sorted(duplicates)
@@ -562,11 +413,11 @@ def _quarantine_invalid_sessions(
         else {sid: int(n) for sid, n in db.query(
             _DUPLICATE_SESSIONS_SQL.format(session_id=_SESSION_ID[db.dialect], copy=BUYER_SESSIONS))}
     )
-    # Clean sessions pass every check (see _CLEAN_SESSION); a duplicated one may be clean.
+    # Clean sessions pass every check (see validation.CLEAN_SESSION); a duplicated one may be clean.
     sessions_sql = _USER_SESSIONS_SQL if duplicated else _UNCLEAN_USER_SESSIONS_SQL
     for batch in db.iter_query(sessions_sql, batch_size=50_000):
         frame = pd.DataFrame(batch, columns=columns, dtype=object)
-        problems = session_problems(frame)
+        problems = validation.session_problems(frame)
         if duplicated:
             counts = frame["session_id"].map(duplicated)
             dup = counts.notna()
@@ -577,7 +428,7 @@ def _quarantine_invalid_sessions(
         bad = problems.ne("")
         if bad.any():
             sub = frame[bad]
-            ts_ok = _valid_date(sub["event_date"]) & _valid_time(sub["event_time"])
+            ts_ok = validation.valid_date(sub["event_date"]) & validation.valid_time(sub["event_time"])
             text = sub["event_date"].astype(str) + " " + sub["event_time"].astype(str)
             ts = [t if ok else None for t, ok in zip(text, ts_ok)]
             bad_sessions.extend(zip(sub["session_id"], sub["user_id"], ts, problems[bad]))
@@ -627,73 +478,3 @@ def _insert_issues(db: Database, issues: list[tuple[str, str, str, str]]) -> Non
             "ON CONFLICT (run_id, conv_id, reason) DO NOTHING",
             issues,
         )
-
-
-# --- validation (vectorised: one pass per column over a batch) ---------------------------------
-
-
-def _valid_date(values: pd.Series) -> pd.Series:
-    text = values.astype(str)
-    shaped = values.map(lambda v: isinstance(v, str)) & text.str.fullmatch(_DATE_RE)
-    parsed = pd.to_datetime(text.where(shaped, None), format="%Y-%m-%d", errors="coerce")
-    return shaped & parsed.notna()
-
-
-def _valid_time(values: pd.Series) -> pd.Series:
-    return values.map(lambda v: isinstance(v, str)) & values.astype(str).str.fullmatch(_TIME_RE)
-
-
-def _valid_text(values: pd.Series) -> pd.Series:
-    """False for text that was not valid UTF-8 in the database (see :func:`db.is_valid_text`)."""
-    return values.map(lambda v: not isinstance(v, str) or is_valid_text(v))
-
-
-def _valid_flag(values: pd.Series) -> pd.Series:
-    return values.map(lambda v: not isinstance(v, (str, bytes)) and v in (0, 1))
-
-
-def _collect(checks: list[tuple[pd.Series, str]], index: pd.Index) -> pd.Series:
-    problems = pd.Series([""] * len(index), index=index, dtype=object)
-    for ok, message in checks:
-        bad = ~ok.astype(bool)
-        problems[bad] = problems[bad].map(lambda p, m=message: f"{p}, {m}" if p else m)
-    return problems
-
-
-def conversion_problems(frame: pd.DataFrame) -> pd.Series:
-    """For each conversion row, a description of what is malformed ("" when valid)."""
-    revenue = pd.to_numeric(frame["revenue"].map(lambda v: None if isinstance(v, str) else v), errors="coerce")
-    checks = [
-        (_valid_date(frame["conv_date"]), "conv_date is not a YYYY-MM-DD date"),
-        (_valid_time(frame["conv_time"]), "conv_time is not a HH:MM:SS time"),
-        (frame["user_id"].notna() & frame["user_id"].astype(str).str.strip().ne(""), "user_id is empty"),
-        (_valid_text(frame["conv_id"]) & _valid_text(frame["user_id"]), "an id is not valid UTF-8"),
-        (revenue.notna() & revenue.ge(0) & revenue.lt(float("inf")), "revenue is missing, negative or not a number"),
-    ]
-    return _collect(checks, frame.index)
-
-
-def session_problems(frame: pd.DataFrame) -> pd.Series:
-    """For each session row, a description of what is malformed ("" when valid)."""
-    channel = frame["channel_name"]
-    session_id = frame["session_id"]
-    checks = [
-        (session_id.notna() & session_id.astype(str).str.strip().ne(""), "session_id is empty"),
-        (_valid_text(session_id), "session_id is not valid UTF-8"),
-        (_valid_text(channel), "channel_name is not valid UTF-8"),
-        (_valid_date(frame["event_date"]), "event_date is not a YYYY-MM-DD date"),
-        (_valid_time(frame["event_time"]), "event_time is not a HH:MM:SS time"),
-        (channel.map(lambda v: isinstance(v, str)) & channel.astype(str).str.strip().ne(""), "channel_name is empty"),
-        (_valid_flag(frame["holder_engagement"]), "holder_engagement is not 0 or 1"),
-        (_valid_flag(frame["closer_engagement"]), "closer_engagement is not 0 or 1"),
-        (_valid_flag(frame["impression_interaction"]), "impression_interaction is not 0 or 1"),
-    ]
-    return _collect(checks, frame.index)
-
-
-def _to_float(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
-
-
-def _to_text(value: object) -> str | None:
-    return None if value is None else storable(str(value))

@@ -1,9 +1,9 @@
 """The rows SQLite calls clean pass every Python check, and the shortcut changes no outcome.
 
 The extraction reads into Python, and checks there, only the rows that SQLite cannot tell are
-well-formed (``journeys._CLEAN_SESSION``, ``journeys._CLEAN_CONVERSION``). That is only correct
-if clean is never looser than :func:`journeys.session_problems` and
-:func:`journeys.conversion_problems`: a clean row with a problem would be sent unchecked.
+well-formed (``validation.CLEAN_SESSION``, ``validation.CLEAN_CONVERSION``). That is only correct
+if clean is never looser than :func:`validation.session_problems` and
+:func:`validation.conversion_problems`: a clean row with a problem would be sent unchecked.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ihc_attribution import journeys, schema
+from ihc_attribution import journeys, schema, validation
 from ihc_attribution.daterange import range_from_params
 from ihc_attribution.db import Database
 from tests.helpers import SESSION_COLUMNS, make_db, source_ddl
@@ -106,14 +106,14 @@ def test_a_clean_session_passes_every_check(rows):
     conn = sqlite3.connect(":memory:")
     conn.executescript(source_ddl(keys=False))
     _insert(conn, "session_sources", [(sid, "u1", d, t, ch, h, c, i) for sid, d, t, ch, h, c, i in rows])
-    clean = journeys._CLEAN_SESSION["sqlite"]
+    clean = validation.CLEAN_SESSION["sqlite"]
     got = _read(
         conn,
         f"SELECT {clean}, s.session_id, s.user_id, CAST(s.event_date AS TEXT), CAST(s.event_time AS TEXT), "
         "s.channel_name, s.holder_engagement, s.closer_engagement, s.impression_interaction FROM session_sources s",
     )
     frame = pd.DataFrame([r[1:] for r in got], columns=SESSION_COLUMNS, dtype=object)
-    problems = journeys.session_problems(frame)
+    problems = validation.session_problems(frame)
     for (is_clean, *values), problem in zip(got, problems):
         if is_clean:
             assert problem == "", (values, problem)
@@ -125,14 +125,14 @@ def test_a_clean_conversion_passes_every_check(rows):
     conn = sqlite3.connect(":memory:")
     conn.executescript(source_ddl(keys=False))
     _insert(conn, "conversions", rows)
-    clean = journeys._CLEAN_CONVERSION["sqlite"]
+    clean = validation.CLEAN_CONVERSION["sqlite"]
     got = _read(
         conn,
         f"SELECT {clean}, conv_id, user_id, CAST(conv_date AS TEXT), CAST(conv_time AS TEXT), revenue FROM conversions",
     )
     frame = pd.DataFrame([r[1:] for r in got], columns=["conv_id", "user_id", "conv_date", "conv_time", "revenue"],
                          dtype=object)
-    problems = journeys.conversion_problems(frame)
+    problems = validation.conversion_problems(frame)
     for (is_clean, *values), problem in zip(got, problems):
         if is_clean:
             assert problem == "", (values, problem)
@@ -148,8 +148,8 @@ def test_ordinary_rows_are_clean():
         ("s3", "u1", "2024-02-29", "00:00:00", "Paid, Search", 1.0, 0.0, 0),
     ])
     _insert(conn, "conversions", [("c1", "u1", "2024-01-10", "10:00:00", 50.0), ("c2", "u2", "2024-01-10", "00:00:00", 0)])
-    assert conn.execute(f"SELECT COUNT(*) FROM session_sources s WHERE {journeys._CLEAN_SESSION['sqlite']}").fetchone() == (3,)
-    assert conn.execute(f"SELECT COUNT(*) FROM conversions WHERE {journeys._CLEAN_CONVERSION['sqlite']}").fetchone() == (2,)
+    assert conn.execute(f"SELECT COUNT(*) FROM session_sources s WHERE {validation.CLEAN_SESSION['sqlite']}").fetchone() == (3,)
+    assert conn.execute(f"SELECT COUNT(*) FROM conversions WHERE {validation.CLEAN_CONVERSION['sqlite']}").fetchone() == (2,)
 
 
 # --- the shortcut changes no outcome --------------------------------------------------------------
@@ -174,10 +174,10 @@ CONVERSION_VALUES = st.tuples(
 
 
 def _staged(path: Path, *, shortcut: bool, lookback_days: int | None) -> tuple:
-    saved = dict(journeys._CLEAN_SESSION), dict(journeys._CLEAN_CONVERSION)
+    saved = dict(validation.CLEAN_SESSION), dict(validation.CLEAN_CONVERSION)
     if not shortcut:  # every row is read and checked in Python
-        journeys._CLEAN_SESSION["sqlite"] = "0"
-        journeys._CLEAN_CONVERSION.clear()
+        validation.CLEAN_SESSION["sqlite"] = "0"
+        validation.CLEAN_CONVERSION.clear()
     db = Database.connect_sqlite(str(path))
     try:
         schema.ensure_schema(db)
@@ -193,8 +193,8 @@ def _staged(path: Path, *, shortcut: bool, lookback_days: int | None) -> tuple:
         }
     finally:
         db.close()
-        journeys._CLEAN_SESSION.update(saved[0])
-        journeys._CLEAN_CONVERSION.update(saved[1])
+        validation.CLEAN_SESSION.update(saved[0])
+        validation.CLEAN_CONVERSION.update(saved[1])
     return summary, tables
 
 

@@ -398,58 +398,14 @@ def _quarantine_invalid_sessions(
 ) -> None:
     """Quarantine the run's conversions whose journey would include a malformed session.
 
-    Malformed: a field that is missing or out of its domain (see :func:`session_problems`), or a
-    session id present more than once in ``session_sources``, whose channel and time are then
+    Malformed: a field that is missing or out of its domain (see :func:`validation.session_problems`),
+    or a session id present more than once in ``session_sources``, whose channel and time are then
     ambiguous.
     """
-    bad_sessions: list[tuple[str, str, str | None, str]] = []
-    columns = [
-        "session_id", "user_id", "event_date", "event_time", "channel_name",
-        "holder_engagement", "closer_engagement", "impression_interaction",
-    ]
-    # A primary key (or unique index) on session_id means no id is present twice: no lookup.
-    duplicated = (
-        {} if has_unique_key(db, SESSION_SOURCES, "session_id")
-        else {sid: int(n) for sid, n in db.query(
-            _DUPLICATE_SESSIONS_SQL.format(session_id=_SESSION_ID[db.dialect], copy=BUYER_SESSIONS))}
-    )
-    # Clean sessions pass every check (see validation.CLEAN_SESSION); a duplicated one may be clean.
-    sessions_sql = _USER_SESSIONS_SQL if duplicated else _UNCLEAN_USER_SESSIONS_SQL
-    for batch in db.iter_query(sessions_sql, batch_size=50_000):
-        frame = pd.DataFrame(batch, columns=columns, dtype=object)
-        problems = validation.session_problems(frame)
-        if duplicated:
-            counts = frame["session_id"].map(duplicated)
-            dup = counts.notna()
-            problems[dup] = [
-                f"{p}, present {int(n)} times in session_sources" if p else f"present {int(n)} times in session_sources"
-                for p, n in zip(problems[dup], counts[dup])
-            ]
-        bad = problems.ne("")
-        if bad.any():
-            sub = frame[bad]
-            ts_ok = validation.valid_date(sub["event_date"]) & validation.valid_time(sub["event_time"])
-            text = sub["event_date"].astype(str) + " " + sub["event_time"].astype(str)
-            ts = [t if ok else None for t, ok in zip(text, ts_ok)]
-            bad_sessions.extend(zip(sub["session_id"], sub["user_id"], ts, problems[bad]))
+    bad_sessions = _malformed_sessions(db)
     if not bad_sessions:
         return
-    conversions = db.query(
-        "SELECT conv_id, user_id, conv_date || ' ' || conv_time FROM attribution_stg_conversions "
-        "WHERE run_id = ? AND status = 'ready'",
-        (run_id,),
-    )
-    by_user: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for conv_id, user_id, conv_ts in conversions:
-        by_user[str(user_id)].append((conv_id, conv_ts))
-    affected: dict[str, list[str]] = defaultdict(list)
-    for session_id, user_id, ts, problem in bad_sessions:
-        session_id = "(none)" if session_id is None else storable(str(session_id))
-        for conv_id, conv_ts in by_user.get(str(user_id), ()):
-            # A session with an unreadable timestamp may or may not precede the conversion:
-            # the journey cannot be known, so the conversion is quarantined either way.
-            if ts is None or (ts < conv_ts and _within_lookback(ts, conv_ts, lookback_days)):
-                affected[conv_id].append(f"session {session_id}: {problem}")
+    affected = _conversions_holding(db, run_id, bad_sessions, lookback_days)
     issues = []
     for conv_id, items in sorted(affected.items()):
         detail = "; ".join(items[:_MAX_DETAIL_ITEMS])
@@ -462,6 +418,64 @@ def _quarantine_invalid_sessions(
     )
     _insert_issues(db, issues)
     summary.invalid_input += len(affected)
+
+
+_SESSION_COLUMNS = [
+    "session_id", "user_id", "event_date", "event_time", "channel_name",
+    "holder_engagement", "closer_engagement", "impression_interaction",
+]
+
+
+def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
+    """(session id, user id, timestamp or None when unreadable, problem) of the copied sessions that are malformed."""
+    # A primary key (or unique index) on session_id means no id is present twice: no lookup.
+    duplicated = (
+        {} if has_unique_key(db, SESSION_SOURCES, "session_id")
+        else {sid: int(n) for sid, n in db.query(
+            _DUPLICATE_SESSIONS_SQL.format(session_id=_SESSION_ID[db.dialect], copy=BUYER_SESSIONS))}
+    )
+    # Clean sessions pass every check (see validation.CLEAN_SESSION); a duplicated one may be clean.
+    sessions_sql = _USER_SESSIONS_SQL if duplicated else _UNCLEAN_USER_SESSIONS_SQL
+    bad_sessions: list[tuple[str, str, str | None, str]] = []
+    for batch in db.iter_query(sessions_sql, batch_size=50_000):
+        frame = pd.DataFrame(batch, columns=_SESSION_COLUMNS, dtype=object)
+        problems = validation.session_problems(frame)
+        if duplicated:
+            counts = frame["session_id"].map(duplicated)
+            dup = counts.notna()
+            problems[dup] = [
+                f"{p}, present {int(n)} times in session_sources" if p else f"present {int(n)} times in session_sources"
+                for p, n in zip(problems[dup], counts[dup])
+            ]
+        bad = problems.ne("")
+        sub = frame[bad]
+        ts_ok = validation.valid_date(sub["event_date"]) & validation.valid_time(sub["event_time"])
+        text = sub["event_date"].astype(str) + " " + sub["event_time"].astype(str)
+        ts = [t if ok else None for t, ok in zip(text, ts_ok)]
+        bad_sessions.extend(zip(sub["session_id"], sub["user_id"], ts, problems[bad]))
+    return bad_sessions
+
+
+def _conversions_holding(
+    db: Database, run_id: str, bad_sessions: list[tuple[str, str, str | None, str]], lookback_days: int | None
+) -> dict[str, list[str]]:
+    """The run's ready conversions whose journey holds one of ``bad_sessions``, with what is wrong."""
+    by_user: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for conv_id, user_id, conv_ts in db.query(
+        "SELECT conv_id, user_id, conv_date || ' ' || conv_time FROM attribution_stg_conversions "
+        "WHERE run_id = ? AND status = 'ready'",
+        (run_id,),
+    ):
+        by_user[str(user_id)].append((conv_id, conv_ts))
+    affected: dict[str, list[str]] = defaultdict(list)
+    for session_id, user_id, ts, problem in bad_sessions:
+        session_id = "(none)" if session_id is None else storable(str(session_id))
+        for conv_id, conv_ts in by_user.get(str(user_id), ()):
+            # A session with an unreadable timestamp may or may not precede the conversion:
+            # the journey cannot be known, so the conversion is quarantined either way.
+            if ts is None or (ts < conv_ts and _within_lookback(ts, conv_ts, lookback_days)):
+                affected[conv_id].append(f"session {session_id}: {problem}")
+    return affected
 
 
 def _within_lookback(ts: str, conv_ts: str, lookback_days: int | None) -> bool:

@@ -1,12 +1,13 @@
 """The "Attribution report" pages: a small FastAPI app mounted in the Airflow API server.
 
 - ``GET /``: the report over the database: a date range and channels to pick, headline
-  figures, spend against attributed revenue per channel, per-channel daily spend and revenue,
-  ROAS and CPO over time, totals per channel, and the runs that built the numbers.
+  figures, spend against attributed revenue and ROAS per channel, per-channel daily spend and
+  revenue, ROAS and CPO over time (the lines picked, or the top channels and "Other"), totals per
+  channel, and the runs that built the numbers. The charts are those of the chart file.
 - ``GET /report.csv``: the selected rows as CSV (the export's columns and rounding).
 - ``GET /issues``: the conversions of ``attribution_issues`` by reason and date, linked to runs.
 - ``GET /exports``: the files the ``export_csv`` task wrote; ``GET /files/<name>`` serves one.
-- ``GET /static/<name>``: the page's script and style, and the vendored Chart.js.
+- ``GET /static/<name>``: the pages' script and stylesheet.
 
 Every route requires a logged-in Airflow user allowed to read the runs of ``ihc_attribution``:
 Airflow does not authenticate plugin apps itself. Pages are rendered from Jinja2 templates with
@@ -24,14 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from ihc_attribution.settings import DAG_ID
+
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
                 ".md": "text/markdown; charset=utf-8"}
 EXPORT_ROWS_SCAN_LIMIT = 200
 
-# The pages run only their own scripts (served below) and load nothing from elsewhere; the
-# JSON block of figures is data, which no policy needs to allow.
+# The pages run only their own script (served below) and load nothing from elsewhere; the
+# charts are inline SVG, with a colour swatch or two in style attributes.
 _PAGE_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
     "form-action 'self'; frame-ancestors 'self'"
@@ -57,15 +58,10 @@ def _airflow_authorization() -> Callable[..., Any]:
 
 
 def _templates() -> Any:
-    import jinja2
-
+    from ihc_attribution.charts import template_env
     from ihc_attribution.report_ui import views as views
 
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
-        autoescape=True,
-        undefined=jinja2.StrictUndefined,
-    )
+    env = template_env()
     env.globals.update(run_link=views.run_link, file_link=views.file_link, dag_id=DAG_ID)
     return env
 
@@ -81,13 +77,130 @@ def _export_rows(path: Path | None) -> int | None:
         return None
 
 
+def _render(env: Any, name: str, request: Any, **context: Any) -> Any:
+    from fastapi.responses import HTMLResponse
+
+    # Links start at the app's root: the prefix it is mounted at (behind any base path).
+    root = str(request.scope.get("root_path") or "").rstrip("/") + "/"
+    return HTMLResponse(env.get_template(name).render(root=root, **context), headers=_PAGE_HEADERS)
+
+
+@contextlib.contextmanager
+def _database() -> Iterator[Any]:
+    """The database, or the message saying why it cannot be read."""
+    from ihc_attribution.report_ui import sources
+
+    try:
+        db = sources.open_db()
+    except sources.DatabaseUnavailable as exc:
+        yield str(exc)
+        return
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+def _query_params(request: Any) -> dict[str, Any]:
+    params = request.query_params
+    return {"start": params.get("start"), "end": params.get("end"), "channel": params.getlist("channel"),
+            "line": params.getlist("line")}
+
+
+def _report_page(env: Any, request: Any) -> Any:
+    from ihc_attribution.report_ui import sources, views
+
+    def message(text: str) -> Any:
+        return _render(env, "message.html.j2", request, title="Attribution report", page="Report", message=text)
+
+    with _database() as db:
+        if isinstance(db, str):
+            return message(f"The attribution database cannot be read: {db}")
+        try:
+            context = views.report_context(db, _query_params(request))
+        except Exception as exc:  # a table missing, a locked file: say so on the page
+            if sources.REPORT_TABLE in str(exc).lower():
+                return message(f"No report yet in {db.source}: the pipeline has not run on this database.")
+            return message(f"The attribution database cannot be read: {type(exc).__name__}: {exc}")
+    return _render(env, "report.html.j2", request, title="Attribution report", page="Report", **context)
+
+
+def _report_csv(request: Any) -> Any:
+    from fastapi import HTTPException
+    from fastapi.responses import Response
+
+    from ihc_attribution.report_ui import sources, views
+
+    with _database() as db:
+        if isinstance(db, str):
+            raise HTTPException(status_code=503, detail=f"The attribution database cannot be read: {db}")
+        picked = views.pick(_query_params(request), sources.report_channels(db), sources.report_bounds(db))
+        rows = sources.report_rows(db, picked.selection)
+    name = views.csv_name(picked.selection)
+    return Response(views.selection_csv(rows), media_type="text/csv; charset=utf-8", headers={
+        "Content-Disposition": f'attachment; filename="{name}"', "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-store"})
+
+
+def _issues_page(env: Any, request: Any, reason: str | None) -> Any:
+    from ihc_attribution.report_ui import sources, views
+
+    with _database() as db:
+        if isinstance(db, str):
+            view = sources.IssuesView(error=db)
+        else:
+            try:
+                view = sources.read_issues(db, views.ISSUES_LIMIT, reason or None)
+            except Exception as exc:
+                view = sources.IssuesView(source=db.source, error=f"{type(exc).__name__}: {exc}")
+    return _render(env, "issues.html.j2", request, title="Attribution issues", page="Issues", view=view,
+                   reason=reason or None)
+
+
+def _exports_page(env: Any, request: Any, show_all: bool) -> Any:
+    from ihc_attribution.report_ui import sources, views
+
+    folder = sources.output_dir()
+    found = sources.list_reports(folder)
+    counts = [_export_rows(r.csv) if i < EXPORT_ROWS_SCAN_LIMIT else None for i, r in enumerate(found)]
+    # Scheduled runs over days without conversions still export their (often empty) day.
+    keep = [i for i, (r, n) in enumerate(zip(found, counts, strict=True)) if show_all or not (r.days == 1 and n == 0)]
+    shown = keep[: views.REPORTS_LIMIT]
+    return _render(env, "exports.html.j2", request, title="Exported reports", page="Exported files",
+                   folder=folder, reports=[found[i] for i in shown], rows=[counts[i] for i in shown],
+                   hidden=len(found) - len(keep), more=len(keep) if len(keep) > len(shown) else 0)
+
+
+def _static_file(name: str) -> Any:
+    from fastapi import HTTPException
+    from fastapi.responses import FileResponse
+
+    path = STATIC_DIR / name
+    if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES or not path.is_file():
+        raise HTTPException(status_code=404, detail="No such file")
+    return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
+                        headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
+
+
+def _report_file(name: str) -> Any:
+    from fastapi import HTTPException
+    from fastapi.responses import FileResponse
+
+    from ihc_attribution.report_ui import sources
+
+    path = sources.report_file(sources.output_dir(), name)
+    if path is None:
+        raise HTTPException(status_code=404, detail="No such report file")
+    if path.suffix == ".html":
+        return FileResponse(path, media_type="text/html; charset=utf-8", headers=_CHART_HEADERS)
+    return FileResponse(path, media_type="text/csv; charset=utf-8", filename=path.name,
+                        headers={"X-Content-Type-Options": "nosniff"})
+
+
 def create_app(*, require_auth: bool = True) -> Any:
     """The pages' FastAPI app. ``require_auth=False`` is for tests that run it outside the API server."""
-    from fastapi import Depends, FastAPI, HTTPException, Request
+    from fastapi import Depends, FastAPI, Request
     from fastapi.responses import FileResponse, HTMLResponse, Response
-
-    from ihc_attribution.report_ui import sources as sources
-    from ihc_attribution.report_ui import views as views
 
     env = _templates()
     dependencies = [Depends(_airflow_authorization())] if require_auth else []
@@ -100,84 +213,21 @@ def create_app(*, require_auth: bool = True) -> Any:
         openapi_url=None,
     )
 
-    def render(name: str, request: Request, **context: Any) -> HTMLResponse:
-        # Links start at the app's root: the prefix it is mounted at (behind any base path).
-        root = str(request.scope.get("root_path") or "").rstrip("/") + "/"
-        body = env.get_template(name).render(root=root, **context)
-        return HTMLResponse(body, headers=_PAGE_HEADERS)
-
-    @contextlib.contextmanager
-    def database() -> Iterator[Any]:
-        """The database, or the message saying why it cannot be read."""
-        try:
-            db = sources.open_db()
-        except sources.DatabaseUnavailable as exc:
-            yield str(exc)
-            return
-        try:
-            yield db
-        finally:
-            db.close()
-
-    def query_params(request: Request) -> dict[str, Any]:
-        params = request.query_params
-        return {"start": params.get("start"), "end": params.get("end"), "channel": params.getlist("channel")}
-
-    def unavailable(request: Request, title: str, page: str, problem: str) -> HTMLResponse:
-        return render("message.html.j2", request, title=title, page=page,
-                      message=f"The attribution database cannot be read: {problem}")
-
     @app.get("/", response_class=HTMLResponse)
     def report_page(request: Request):
-        with database() as db:
-            if isinstance(db, str):
-                return unavailable(request, "Attribution report", "Report", db)
-            try:
-                context = views.report_context(db, query_params(request))
-            except Exception as exc:  # a table missing, a locked file: say so on the page
-                if sources.REPORT_TABLE in str(exc).lower():
-                    return render("message.html.j2", request, title="Attribution report", page="Report",
-                                  message=f"No report yet in {db.source}: the pipeline has not run on this "
-                                          "database.")
-                return unavailable(request, "Attribution report", "Report", f"{type(exc).__name__}: {exc}")
-        return render("report.html.j2", request, title="Attribution report", page="Report", **context)
+        return _report_page(env, request)
 
     @app.get("/report.csv", response_class=Response)
     def report_csv(request: Request):
-        with database() as db:
-            if isinstance(db, str):
-                raise HTTPException(status_code=503, detail=f"The attribution database cannot be read: {db}")
-            picked = views.pick(query_params(request), sources.report_channels(db), sources.report_bounds(db))
-            rows = sources.report_rows(db, picked.selection)
-        name = views.csv_name(picked.selection)
-        return Response(views.selection_csv(rows), media_type="text/csv; charset=utf-8", headers={
-            "Content-Disposition": f'attachment; filename="{name}"', "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "no-store"})
+        return _report_csv(request)
 
     @app.get("/issues", response_class=HTMLResponse)
     def issues_page(request: Request, reason: str | None = None):
-        with database() as db:
-            if isinstance(db, str):
-                view = sources.IssuesView(error=db)
-            else:
-                try:
-                    view = sources.read_issues(db, views.ISSUES_LIMIT, reason or None)
-                except Exception as exc:
-                    view = sources.IssuesView(source=db.source, error=f"{type(exc).__name__}: {exc}")
-        return render("issues.html.j2", request, title="Attribution issues", page="Issues", view=view,
-                      reason=reason or None)
+        return _issues_page(env, request, reason)
 
     @app.get("/exports", response_class=HTMLResponse)
     def exports_page(request: Request, all: int = 0):  # noqa: A002  (the query parameter's name)
-        folder = sources.output_dir()
-        found = sources.list_reports(folder)
-        counts = [_export_rows(r.csv) if i < EXPORT_ROWS_SCAN_LIMIT else None for i, r in enumerate(found)]
-        # Scheduled runs over days without conversions still export their (often empty) day.
-        keep = [i for i, (r, n) in enumerate(zip(found, counts, strict=True)) if all or not (r.days == 1 and n == 0)]
-        shown = keep[: views.REPORTS_LIMIT]
-        return render("exports.html.j2", request, title="Exported reports", page="Exported files",
-                      folder=folder, reports=[found[i] for i in shown], rows=[counts[i] for i in shown],
-                      hidden=len(found) - len(keep), more=len(keep) if len(keep) > len(shown) else 0)
+        return _exports_page(env, request, bool(all))
 
     @app.get("/icon.svg", response_class=Response)
     def icon():
@@ -185,20 +235,10 @@ def create_app(*, require_auth: bool = True) -> Any:
 
     @app.get("/static/{name}", response_class=FileResponse)
     def static(name: str):
-        path = STATIC_DIR / name
-        if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES or not path.is_file():
-            raise HTTPException(status_code=404, detail="No such file")
-        return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
-                            headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
+        return _static_file(name)
 
     @app.get("/files/{name}", response_class=FileResponse)
     def report_file(name: str):
-        path = sources.report_file(sources.output_dir(), name)
-        if path is None:
-            raise HTTPException(status_code=404, detail="No such report file")
-        if path.suffix == ".html":
-            return FileResponse(path, media_type="text/html; charset=utf-8", headers=_CHART_HEADERS)
-        return FileResponse(path, media_type="text/csv; charset=utf-8", filename=path.name,
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return _report_file(name)
 
     return app

@@ -13,6 +13,7 @@ Every query is parameterised; only the number of ``?`` placeholders of a channel
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import re
@@ -20,10 +21,12 @@ import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ihc_attribution import settings
+
+if TYPE_CHECKING:
+    from ihc_attribution.export import ReportRow
 
 REPORT_FILE_RE = re.compile(r"channel_reporting_(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}-\d{2})\.(csv|html)")
 SQLITE_TIMEOUT_SECONDS = 5.0
@@ -210,20 +213,13 @@ def report_bounds(db: ReportDb) -> tuple[str, str] | None:
     return None if low is None else (str(low), str(high))
 
 
-@dataclass(frozen=True)
-class ReportCell:
-    """One row of ``channel_reporting``, exactly as stored (as Decimal)."""
+def report_rows(db: ReportDb, selection: Selection) -> list[ReportRow]:
+    """The ``channel_reporting`` rows of the selection, by date and channel, rounded as the CSV holds them.
 
-    channel_name: str
-    date: str
-    cost: Decimal
-    ihc: Decimal
-    ihc_revenue: Decimal
-
-
-def report_rows(db: ReportDb, selection: Selection) -> list[ReportCell]:
-    """The ``channel_reporting`` rows of the selection, by date and channel."""
-    from ihc_attribution.export import to_decimal
+    They are the rows :func:`ihc_attribution.export.read_report` gives the export (CSV and chart
+    file) and the run's check, so every total of the page is theirs to the cent.
+    """
+    from ihc_attribution.export import report_row
 
     where, channel_params = _channel_filter(selection.channels)
     rows = db.query(
@@ -231,26 +227,36 @@ def report_rows(db: ReportDb, selection: Selection) -> list[ReportCell]:
         f"WHERE date >= ? AND date <= ?{where} ORDER BY date, channel_name",
         (selection.start, selection.end, *channel_params),
     )
-    return [ReportCell(str(c), str(d), to_decimal(cost), to_decimal(ihc), to_decimal(rev))
-            for c, d, cost, ihc, rev in rows]
+    return [report_row(str(c), str(d), cost, ihc, rev) for c, d, cost, ihc, rev in rows]
 
 
 @dataclass(frozen=True)
 class Build:
-    """Consecutive report dates last rebuilt by one run, with that run's settings."""
+    """Consecutive report dates last rebuilt by one run, with that run's settings.
+
+    ``started_at`` is when the run's first stage ran (``attribution_runs.created_at``), ``None``
+    once the run's staging has been purged. The builds table's ``triggered_at`` is not used: it
+    holds the run's *run after* time, which for a backfill or a catch-up run is the end of its
+    data interval, not when it was triggered.
+    """
 
     first_date: str
     last_date: str
     run_id: str
     lookback_days: int | None
-    triggered_at: str | None
+    started_at: str | None
     built_at: str
     run_start: str | None = None
     run_end: str | None = None
 
     @property
     def days(self) -> int:
+        """Number of report dates."""
         return (dt.date.fromisoformat(self.last_date) - dt.date.fromisoformat(self.first_date)).days + 1
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 def report_builds(db: ReportDb, selection: Selection) -> list[Build] | None:
@@ -261,25 +267,22 @@ def report_builds(db: ReportDb, selection: Selection) -> list[Build] | None:
     if not db.has_table(BUILDS_TABLE):
         return None
     runs_join = (f" LEFT JOIN {RUNS_TABLE} r ON r.run_id = b.run_id" if db.has_table(RUNS_TABLE) else "")
-    run_cols = "r.range_start, r.range_end" if runs_join else "NULL, NULL"
+    run_cols = "r.range_start, r.range_end, r.created_at" if runs_join else "NULL, NULL, NULL"
     rows = db.query(
-        f"SELECT b.report_date, b.run_id, b.lookback_days, b.triggered_at, b.built_at, {run_cols} "
+        f"SELECT b.report_date, b.run_id, b.lookback_days, b.built_at, {run_cols} "
         f"FROM {BUILDS_TABLE} b{runs_join} WHERE b.report_date >= ? AND b.report_date <= ? ORDER BY b.report_date",
         (selection.start, selection.end),
     )
     builds: list[Build] = []
-    for date, run_id, lookback, triggered, built, run_start, run_end in rows:
+    for date, run_id, lookback, built, run_start, run_end, started in rows:
         date = str(date)
-        lookback = None if lookback is None else int(lookback)
         previous = builds[-1] if builds else None
         if (previous is not None and previous.run_id == run_id and previous.built_at == str(built)
                 and dt.date.fromisoformat(date) - dt.date.fromisoformat(previous.last_date) == dt.timedelta(days=1)):
-            builds[-1] = Build(previous.first_date, date, previous.run_id, previous.lookback_days,
-                               previous.triggered_at, previous.built_at, previous.run_start, previous.run_end)
+            builds[-1] = dataclasses.replace(previous, last_date=date)
             continue
-        builds.append(Build(date, date, str(run_id), lookback, None if triggered is None else str(triggered),
-                            str(built), None if run_start is None else str(run_start),
-                            None if run_end is None else str(run_end)))
+        builds.append(Build(date, date, str(run_id), None if lookback is None else int(lookback), _text(started),
+                            str(built), _text(run_start), _text(run_end)))
     return builds
 
 

@@ -1,13 +1,15 @@
 """The report page over the database: every figure it shows equals a recomputation from the tables.
 
-The recomputation is independent of the package: pandas over the tables as stored, ratios and
-rounding written out here again. The page is read the way an analyst reads it: headline cards,
-the totals table, the numbers the charts draw (the page's JSON block) and the CSV download.
+The recomputation is independent of the package: pandas and Decimal over the tables as stored,
+each row rounded as the CSV rounds it, ratios and rounding written out here again. The page is
+read the way an analyst reads it: headline cards, the totals table, the values the charts draw
+(their SVG marks carry them), the legends and checkboxes, and the CSV download.
 """
 
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import io
 import json
 import random
@@ -21,10 +23,13 @@ import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 
+from ihc_attribution import charts, export, schema
+from ihc_attribution.daterange import range_from_params
+from ihc_attribution.db import Database
 from ihc_attribution.report_ui import app as report_app
 from ihc_attribution.report_ui import sources as sources
-from ihc_attribution import schema
-from ihc_attribution.db import Database
+from ihc_attribution_dev.demo_data import DemoConfig, generate
+from tests.helpers import run_pipeline
 
 CHANNELS = ["Direct Traffic", "Paid Search", "=HYPERLINK(\"x\")", "<b>Display</b> & Co", "Organic", "Email"]
 RUN_A = "manual__2024-01-05T10:00:00+00:00"
@@ -34,12 +39,16 @@ RUN_B = "scheduled__2024-01-09T00:00:00+00:00"
 # --- the database ------------------------------------------------------------------------------
 
 
-def fill(db: Database, seed: int = 11) -> None:
-    """Report rows over 2023-12-20 .. 2024-01-10 with zero spend, zero credit and missing days."""
+def fill(db: Database, seed: int = 11, channels: list[str] = CHANNELS) -> None:
+    """Report rows over 2023-12-20 .. 2024-01-10 with zero spend, zero credit and missing days.
+
+    The amounts are not rounded to the cent (as a database of an older version holds them), so a
+    page that summed them unrounded would differ from the CSV's sums.
+    """
     rng = random.Random(seed)
     rows = []
     for day in pd.date_range("2023-12-20", "2024-01-10").strftime("%Y-%m-%d"):
-        for name in CHANNELS:
+        for name in channels:
             if rng.random() < 0.15:
                 continue  # no session of the channel that day: no row
             cost = 0.0 if name in ("Organic", "Email") else round(rng.uniform(0, 250), 2)
@@ -69,15 +78,24 @@ def fill(db: Database, seed: int = 11) -> None:
         ])
 
 
-@pytest.fixture
-def db_path(tmp_path, monkeypatch) -> Path:
-    path = tmp_path / "report.db"
+
+def make_db(path: Path, channels: list[str] = CHANNELS) -> Path:
     db = Database.connect_sqlite(str(path))
     db.executescript(schema.challenge_ddl())
     schema.ensure_schema(db)
-    fill(db)
+    fill(db, channels=channels)
     db.close()
+    return path
+
+
+def use_db(monkeypatch, path: Path) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+
+
+@pytest.fixture
+def db_path(tmp_path, monkeypatch) -> Path:
+    path = make_db(tmp_path / "report.db")
+    use_db(monkeypatch, path)
     monkeypatch.delenv("ATTRIBUTION_CURRENCY", raising=False)
     return path
 
@@ -91,25 +109,43 @@ def client() -> TestClient:
 
 
 class Page(HTMLParser):
-    """Headline cards, table rows by table id, links, and the JSON of the charts."""
+    """Headline cards, table rows by table id, links, checkboxes, and the charts' marks by figure id.
+
+    ``bars[figure][channel]``: the values of the channel's bars; ``labels[figure]``: the label
+    texts of a bar chart; ``series[figure]``: the attributes of each line (``data-series``,
+    ``data-kind``, ``data-values``); ``legends[figure]``: the legend's entries.
+    """
 
     def __init__(self, text: str) -> None:
         super().__init__(convert_charrefs=True)
         self.cards: dict[str, str] = {}
         self.tables: dict[str, list[list[str]]] = {}
         self.links: list[tuple[str, dict]] = []
-        self.data: dict | None = None
+        self.boxes: dict[str, dict[str, dict]] = {}
+        self.bars: dict[str, dict[str, list[str]]] = {}
+        self.labels: dict[str, list[str]] = {}
+        self.series: dict[str, list[dict]] = {}
+        self.legends: dict[str, list[str]] = {}
+        self.notes: dict[str, str] = {}
         self._table: str | None = None
         self._cell: list[str] | None = None
         self._card: str | None = None
         self._in_v = False
-        self._json: list[str] | None = None
         self._link: dict | None = None
+        self._text: list[str] | None = None
+        self._into: tuple[str, str] | None = None
+        self._figure: str | None = None
+        self._bar: str | None = None
+        self._box: dict | None = None
         self.feed(text)
         self.close()
 
-    def handle_starttag(self, tag, attrs):
+    def _collect(self, into: tuple[str, str]) -> None:
+        self._text, self._into = [], into
+
+    def handle_starttag(self, tag, attrs):  # noqa: C901  (one branch per element the tests read)
         a = dict(attrs)
+        cls = a.get("class") or ""
         if tag == "table":
             self._table = a.get("id", "")
             self.tables[self._table] = []
@@ -119,14 +155,30 @@ class Page(HTMLParser):
             self._cell = []
         elif tag == "div" and "data-figure" in a:
             self._card = a["data-figure"]
-        elif tag == "div" and a.get("class") == "v" and self._card:
+        elif tag == "div" and cls == "v" and self._card:
             self._in_v = True
             self.cards[self._card] = ""
-        elif tag == "script" and a.get("type") == "application/json":
-            self._json = []
         elif tag == "a":
             self._link = dict(a, text="")
             self.links.append((a.get("href", ""), self._link))
+        elif tag == "figure":
+            self._figure = a.get("id")
+        elif tag == "g" and cls == "bar-row":
+            self._bar = a["data-channel"]
+            self.bars.setdefault(self._figure, {})[self._bar] = []
+        elif tag == "rect" and "data-value" in a:
+            self.bars[self._figure][self._bar].append(a["data-value"])
+        elif tag == "text" and cls == "label":
+            self._collect(("labels", self._figure))
+        elif tag == "g" and cls == "series":
+            self.series.setdefault(self._figure, []).append(a)
+        elif tag == "li" and self._figure:
+            self._collect(("legends", self._figure))
+        elif tag == "p" and "clip-note" in cls:
+            self._collect(("notes", self._figure))
+        elif tag == "input" and a.get("type") == "checkbox":
+            self._box = dict(a, text="")
+            self.boxes.setdefault(a["name"], {})[a["value"]] = self._box
 
     def handle_endtag(self, tag):
         if tag in ("td", "th") and self._cell is not None:
@@ -136,63 +188,104 @@ class Page(HTMLParser):
             self._table = None
         elif tag == "div" and self._in_v:
             self._in_v, self._card = False, None
-        elif tag == "script" and self._json is not None:
-            self.data = json.loads("".join(self._json))
-            self._json = None
         elif tag == "a":
             self._link = None
+        elif tag == "figure":
+            self._figure = None
+        elif tag == "label":
+            self._box = None
+        elif tag in ("text", "li", "p") and self._text is not None:
+            kind, figure = self._into
+            text = "".join(self._text).strip()
+            if kind == "notes":
+                self.notes[figure] = text
+            else:
+                getattr(self, kind).setdefault(figure, []).append(text)
+            self._text = None
 
     def handle_data(self, data):
-        if self._cell is not None:
-            self._cell.append(data)
+        for sink in (self._cell, self._text):
+            if sink is not None:
+                sink.append(data)
         if self._in_v:
             self.cards[self._card] += data
-        if self._json is not None:
-            self._json.append(data)
         if self._link is not None:
             self._link["text"] += data
+        if self._box is not None:
+            self._box["text"] += data
+
+    def drawn(self, figure: str) -> dict[str, list[str]]:
+        """The lines of a trend chart: channel name (or "Other" or "Selection") -> values."""
+        names = {"other": "Other", "total": "Selection"}
+        return {names.get(a["data-kind"], a["data-series"]): a["data-values"].split(" ")
+                for a in self.series.get(figure, [])}
 
 
 # --- the independent recomputation -------------------------------------------------------------
+
+CENT, FOUR = Decimal("0.01"), Decimal("0.0001")
 
 
 def q(value: float, places: str) -> Decimal:
     return Decimal(repr(float(value))).quantize(Decimal(places), ROUND_HALF_UP)
 
 
-def eur(value: float | None) -> str:
+def eur(value: Decimal | None) -> str:
     if value is None:
         return "n/a"
-    v = q(value, "0.01")
+    v = value.quantize(CENT, ROUND_HALF_UP)
     return f"{'-' if v < 0 else ''}\u20ac{abs(v):,}"
 
 
-def num(value: float | None) -> str:
-    return "n/a" if value is None else f"{q(value, '0.01'):,}"
+def num(value: Decimal | None) -> str:
+    return "n/a" if value is None else f"{value.quantize(CENT, ROUND_HALF_UP):,}"
 
 
-def cpo(cost: float, ihc: float) -> float | None:
-    return None if ihc == 0 else cost / ihc
+def cpo(cost: Decimal, ihc: Decimal) -> Decimal | None:
+    return None if ihc == 0 else (cost / ihc).quantize(CENT, ROUND_HALF_UP)
 
 
-def roas(cost: float, revenue: float) -> float | None:
-    return None if cost == 0 else revenue / cost
+def roas(cost: Decimal, revenue: Decimal) -> Decimal | None:
+    return None if cost == 0 else (revenue / cost).quantize(FOUR, ROUND_HALF_UP)
 
 
 def table(path: Path, start: str, end: str, channels: list[str]) -> pd.DataFrame:
+    """The selection's rows, each rounded as the CSV rounds it (columns c, i, r as Decimal)."""
     with sqlite3.connect(path) as conn:
         frame = pd.read_sql_query("SELECT * FROM channel_reporting", conn)
     frame = frame[(frame.date >= start) & (frame.date <= end)]
-    return frame[frame.channel_name.isin(channels)] if channels else frame
+    frame = frame[frame.channel_name.isin(channels)] if channels else frame
+    frame = frame.assign(c=[q(v, "0.01") for v in frame.cost], i=[q(v, "0.0001") for v in frame.ihc],
+                         r=[q(v, "0.01") for v in frame.ihc_revenue])
+    return frame
 
 
-def expected_figures(frame: pd.DataFrame) -> dict:
-    total = frame[["cost", "ihc", "ihc_revenue"]].sum()
-    per = frame.groupby("channel_name")[["cost", "ihc", "ihc_revenue"]].sum()
-    per["days"] = frame.groupby("channel_name").date.nunique()
-    return {"total": total, "per": per}
+def sums(frame: pd.DataFrame) -> tuple[Decimal, Decimal, Decimal]:
+    return (sum(frame.c, Decimal(0)), sum(frame.i, Decimal(0)), sum(frame.r, Decimal(0)))
 
 
+def per_channel(frame: pd.DataFrame) -> dict[str, tuple[Decimal, Decimal, Decimal, int]]:
+    return {name: (*sums(g), g.date.nunique()) for name, g in frame.groupby("channel_name")}
+
+
+def by_revenue(per: dict) -> list[str]:
+    return sorted(per, key=lambda n: (-per[n][2], -per[n][0], n))
+
+
+def day_values(frame: pd.DataFrame, dates: list[str]) -> dict[str, list[str]]:
+    """Spend, revenue, ROAS and CPO of ``frame``'s rows per date, as the charts' marks carry them."""
+    out: dict[str, list[str]] = {"cost": [], "ihc_revenue": [], "roas": [], "cpo": []}
+    for day in dates:
+        rows = frame[frame.date == day]
+        c, i, r = sums(rows)
+        out["cost"].append(str(c.quantize(CENT)))  # a day without a row: nothing spent, 0.00
+        out["ihc_revenue"].append(str(r.quantize(CENT)))
+        out["roas"].append("n/a" if rows.empty or roas(c, r) is None else str(roas(c, r)))
+        out["cpo"].append("n/a" if rows.empty or cpo(c, i) is None else str(cpo(c, i)))
+    return out
+
+
+TRENDS = {"chart-daily-cost": "cost", "chart-daily-revenue": "ihc_revenue", "chart-roas": "roas", "chart-cpo": "cpo"}
 SELECTIONS = [
     ("2024-01-01", "2024-01-07", ["Direct Traffic", "Paid Search"]),
     ("2023-12-20", "2024-01-10", []),
@@ -206,57 +299,39 @@ def test_every_figure_equals_a_recomputation_from_the_table(client, db_path, sta
     assert response.status_code == 200
     page = Page(response.text)
     frame = table(db_path, start, end, channels)
-    exp = expected_figures(frame)
-    total, per = exp["total"], exp["per"]
+    cost, ihc, revenue = sums(frame)
+    per = per_channel(frame)
 
-    # headline cards
-    assert page.cards == {
-        "spend": eur(total.cost), "ihc_revenue": eur(total.ihc_revenue), "ihc": num(total.ihc),
-        "roas": num(roas(total.cost, total.ihc_revenue)), "cpo": eur(cpo(total.cost, total.ihc)),
-    }
+    # headline cards: the sums of the CSV's rows
+    assert page.cards == {"spend": eur(cost), "ihc_revenue": eur(revenue), "ihc": num(ihc),
+                          "roas": num(roas(cost, revenue)), "cpo": eur(cpo(cost, ihc))}
 
     # totals table: one row per channel, by attributed revenue, and the selection's row
     rows = page.tables["channel-totals"]
     assert rows[0][0] == "Channel"
     body, foot = rows[1:-1], rows[-1]
-    order = per.sort_values(["ihc_revenue", "cost"], ascending=False).index.tolist()
-    assert [r[0] for r in body] == order
+    assert [r[0] for r in body] == by_revenue(per)
     for r in body:
-        e = per.loc[r[0]]
-        assert r[1:] == [eur(e.cost), num(e.ihc), eur(e.ihc_revenue), eur(cpo(e.cost, e.ihc)),
-                         num(roas(e.cost, e.ihc_revenue)), str(int(e.days))], r[0]
-    assert foot[:6] == ["All channels", eur(total.cost), num(total.ihc), eur(total.ihc_revenue),
-                        eur(cpo(total.cost, total.ihc)), num(roas(total.cost, total.ihc_revenue))]
+        c, i, rev, days = per[r[0]]
+        assert r[1:] == [eur(c), num(i), eur(rev), eur(cpo(c, i)), num(roas(c, rev)), str(days)], r[0]
+    assert foot[:6] == ["All channels", eur(cost), num(ihc), eur(revenue), eur(cpo(cost, ihc)), num(roas(cost, revenue))]
 
-    # what the charts draw
-    data = page.data
+    # what the charts draw: every channel's bars, and every line of the trends day by day
+    assert page.bars["chart-channels"] == {n: [str(v[0]), str(v[2])] for n, v in per.items()}
+    assert page.labels["chart-channels"] == by_revenue(per)
+    assert page.bars["chart-roas-channels"] == {n: [] if v[0] == 0 else [str(roas(v[0], v[2]))] for n, v in per.items()}
     dates = sorted(frame.date.unique())
-    assert data["dates"] == dates and data["currency"] == "EUR"
-    for c in data["channels"]:
-        e = per.loc[c["name"]]
-        assert c["cost"] == float(q(e.cost, "0.01")) and c["ihc_revenue"] == float(q(e.ihc_revenue, "0.01"))
-        assert c["roas"] == (None if e.cost == 0 else float(q(e.ihc_revenue / e.cost, "0.0001")))
-        assert c["cpo"] == (None if e.ihc == 0 else float(q(e.cost / e.ihc, "0.01")))
-    cells = frame.set_index(["channel_name", "date"])
-    for series in data["daily"]:
-        for i, day in enumerate(dates):
-            if (series["name"], day) not in cells.index:
-                assert (series["cost"][i], series["ihc_revenue"][i], series["roas"][i], series["cpo"][i]) == (
-                    0.0, 0.0, None, None)
-                continue
-            e = cells.loc[(series["name"], day)]
-            assert series["cost"][i] == float(q(e.cost, "0.01"))
-            assert series["ihc_revenue"][i] == float(q(e.ihc_revenue, "0.01"))
-            assert series["roas"][i] == (None if e.cost == 0 else float(q(e.ihc_revenue / e.cost, "0.0001")))
-            assert series["cpo"][i] == (None if e.ihc == 0 else float(q(e.cost / e.ihc, "0.01")))
-    per_day = frame.groupby("date")[["cost", "ihc", "ihc_revenue"]].sum()
-    assert data["total"]["cost"] == [float(q(v, "0.01")) for v in per_day.cost]
-    assert data["total"]["roas"] == [None if c == 0 else float(q(r / c, "0.0001"))
-                                     for c, r in zip(per_day.cost, per_day.ihc_revenue, strict=True)]
-    assert data["total"]["cpo"] == [None if i == 0 else float(q(c / i, "0.01"))
-                                    for c, i in zip(per_day.cost, per_day.ihc, strict=True)]
-    for bad in ("Infinity", "NaN"):
-        assert bad not in response.text
+    if len(dates) < 2:
+        assert not page.series and "A selection of one date has no trend" in response.text
+    for figure, metric in TRENDS.items() if len(dates) > 1 else ():
+        drawn = page.drawn(figure)
+        assert set(drawn) - {"Selection"} == set(per), "at most 7 channels: every one has its own line"
+        for name in per:
+            assert drawn[name] == day_values(frame[frame.channel_name == name], dates)[metric], (figure, name)
+        if metric in ("roas", "cpo") and len(per) > 1:
+            assert drawn["Selection"] == day_values(frame, dates)[metric]
+    for bad in ("Infinity", "NaN", "inf"):
+        assert bad not in " ".join(" ".join(v) for f in page.series for v in page.drawn(f).values())
 
 
 @pytest.mark.parametrize(("start", "end", "channels"), SELECTIONS)
@@ -268,8 +343,7 @@ def test_csv_of_the_selection_equals_the_table(client, db_path, start, end, chan
     frame = table(db_path, start, end, channels).sort_values(["date", "channel_name"])
     assert len(got) == len(frame)
     for row, e in zip(got, frame.itertuples(), strict=True):
-        name = e.channel_name
-        assert row["channel_name"] == name, "names exactly as stored (formula escaping is opt-in)"
+        assert row["channel_name"] == e.channel_name, "names exactly as stored (formula escaping is opt-in)"
         assert row["date"] == e.date
         assert Decimal(row["cost"]) == q(e.cost, "0.01")
         assert Decimal(row["ihc"]) == q(e.ihc, "0.0001")
@@ -278,19 +352,56 @@ def test_csv_of_the_selection_equals_the_table(client, db_path, start, end, chan
         assert row["ROAS"] == ("" if e.cost == 0 else str(q(e.ihc_revenue / e.cost, "0.0001")))
 
 
+@pytest.mark.parametrize(("start", "end", "channels"), SELECTIONS)
+def test_page_totals_are_the_sums_of_its_csv(client, db_path, start, end, channels):
+    params = {"start": start, "end": end, "channel": channels}
+    got = list(csv.DictReader(io.StringIO(client.get("/report.csv", params=params).text)))
+    page = Page(client.get("/", params=params).text)
+    cost, ihc, revenue = (sum((Decimal(r[k]) for r in got), Decimal(0)) for k in ("cost", "ihc", "ihc_revenue"))
+    assert page.tables["channel-totals"][-1][1:4] == [eur(cost), num(ihc), eur(revenue)]
+    assert (page.cards["spend"], page.cards["ihc_revenue"]) == (eur(cost), eur(revenue))
+
+
+def test_one_total_on_the_page_the_chart_file_the_csv_and_the_run_summary(client, tmp_path, monkeypatch):
+    path = tmp_path / "demo.db"
+    generate(path, DemoConfig(start=dt.date(2024, 1, 1), end=dt.date(2024, 1, 4), conversions=150,
+                              sessions_per_conversion=15, lookback_days=10))
+    summary = run_pipeline(path, "manual__2024-01-05T00:00:00+00:00", "2024-01-01", "2024-01-04")
+    use_db(monkeypatch, path)
+    monkeypatch.delenv("ATTRIBUTION_CURRENCY", raising=False)
+    params = {"start": "2024-01-01", "end": "2024-01-04"}
+
+    got = list(csv.DictReader(io.StringIO(client.get("/report.csv", params=params).text)))
+    assert len({r["channel_name"] for r in got}) >= 10
+    csv_sums = [sum((Decimal(r[k]) for r in got), Decimal(0)) for k in ("cost", "ihc", "ihc_revenue")]
+    expected = [eur(csv_sums[0]), num(csv_sums[1]), eur(csv_sums[2])]
+    assert [summary.cost, summary.ihc, summary.ihc_revenue] == csv_sums, "the run summary (check_run)"
+    page = Page(client.get("/", params=params).text)
+    assert page.tables["channel-totals"][-1][1:4] == expected
+    db = Database.connect_sqlite(str(path))
+    try:
+        rows = export.read_report(db, range_from_params({"start_date": "2024-01-01", "end_date": "2024-01-04"}))
+    finally:
+        db.close()
+    chart = Page(charts.render_chart(rows, "t"))
+    assert chart.tables["channel-totals"][-1][1:4] == expected
+    assert chart.tables["channel-totals"] == page.tables["channel-totals"]
+    assert chart.bars == page.bars
+
+
 def test_changing_the_selection_changes_the_figures(client, db_path):
     two = Page(client.get("/", params={"start": "2024-01-01", "end": "2024-01-07",
                                        "channel": ["Direct Traffic", "Paid Search"]}).text)
     everything = Page(client.get("/", params={"start": "2024-01-01", "end": "2024-01-07"}).text)
     assert two.cards["spend"] != everything.cards["spend"]
-    assert {s["name"] for s in two.data["daily"]} == {"Direct Traffic", "Paid Search"}
-    assert len(everything.data["daily"]) == len(CHANNELS)
+    assert set(two.drawn("chart-daily-cost")) == {"Direct Traffic", "Paid Search"}
+    assert len(everything.drawn("chart-daily-cost")) == len(CHANNELS)
 
 
 def test_currency_comes_from_the_environment(client, db_path, monkeypatch):
     monkeypatch.setenv("ATTRIBUTION_CURRENCY", "usd")
-    page = Page(client.get("/", params={"start": "2024-01-01", "end": "2024-01-07"}).text)
-    assert page.cards["spend"].startswith("$") and page.data["currency"] == "USD"
+    text = client.get("/", params={"start": "2024-01-01", "end": "2024-01-07"}).text
+    assert Page(text).cards["spend"].startswith("$") and ">$0<" in text  # the axis of a trend chart
     monkeypatch.setenv("ATTRIBUTION_CURRENCY", "CHF")
     assert Page(client.get("/").text).cards["spend"].startswith("CHF\u00a0")
 
@@ -301,34 +412,155 @@ def test_default_is_the_last_30_days_of_the_report(client, db_path):
     assert "2023-12-20 to 2024-01-10" in page  # fewer than 30 days of rows here
 
 
-def test_bad_selection_is_explained_not_an_error(client, db_path):
-    response = client.get("/", params={"start": "2024-13-01", "end": "2024-01-03", "channel": ["Nope"]})
+def shown_range(text: str) -> tuple[str, str]:
+    boxes = {name: text.split(f'name="{name}" value="')[1].split('"')[0] for name in ("start", "end")}
+    return boxes["start"], boxes["end"]
+
+
+@pytest.mark.parametrize(("params", "shown", "message"), [
+    ({"start": "2024-13-01", "end": "2024-01-03"}, ("2023-12-20", "2024-01-03"),
+     "start date &#39;2024-13-01&#39; is not a date (YYYY-MM-DD); showing 2023-12-20 to 2024-01-03, "
+     "up to 30 days to the end date"),
+    ({"start": "2024-01-02", "end": "soon"}, ("2024-01-02", "2024-01-10"),
+     "end date &#39;soon&#39; is not a date (YYYY-MM-DD); showing 2024-01-02 to 2024-01-10, "
+     "up to 30 days from the start date"),
+    ({"start": "x", "end": ""}, ("2023-12-20", "2024-01-10"),
+     "start date &#39;x&#39; is not a date (YYYY-MM-DD); showing 2023-12-20 to 2024-01-10, the default range"),
+    ({"end": "2023-12-25"}, ("2023-12-20", "2023-12-25"), None),
+    ({"start": "2024-01-05", "end": "2024-01-02"}, ("2024-01-02", "2024-01-05"), "were swapped"),
+])
+def test_a_bad_or_partial_range_says_what_it_shows(client, db_path, params, shown, message):
+    response = client.get("/", params=params)
     assert response.status_code == 200
-    assert "is not a date" in response.text and "no report rows for channel(s) &#39;Nope&#39;" in response.text
-    swapped = client.get("/", params={"start": "2024-01-05", "end": "2024-01-02"}).text
-    assert "were swapped" in swapped and 'name="start" value="2024-01-02"' in swapped
+    assert shown_range(response.text) == shown
+    assert f"<h2 id=\"figures-title\">{shown[0]} to {shown[1]}," in response.text
+    if message is None:
+        assert 'class="warn"' not in response.text
+    else:
+        assert message in response.text
+
+
+def test_unknown_channels_are_explained_not_an_error(client, db_path):
+    response = client.get("/", params={"start": "2024-01-01", "end": "2024-01-03", "channel": ["Nope"]})
+    assert response.status_code == 200 and "no report rows for channel(s) &#39;Nope&#39;" in response.text
 
 
 def test_channel_names_are_text_everywhere(client, db_path):
     text = client.get("/", params={"start": "2024-01-01", "end": "2024-01-10"}).text
     assert "<b>Display</b>" not in text and "&lt;b&gt;Display&lt;/b&gt; &amp; Co" in text
-    # In the JSON block too: nothing in it can close the script element.
-    block = text[text.index('id="report-data">'):]
-    assert "</b>" not in block[: block.index("</script>")]
+    assert "<b>" not in text.split("<svg")[1]
 
 
-def test_builds_show_run_trigger_time_and_lookback_linked_to_the_run(client, db_path):
+# --- many channels -----------------------------------------------------------------------------
+
+MANY = [f"Channel {i:02d}" for i in range(1, 18)] + [""]
+
+
+@pytest.fixture
+def many_path(tmp_path, monkeypatch) -> Path:
+    path = make_db(tmp_path / "many.db", MANY)
+    use_db(monkeypatch, path)
+    monkeypatch.delenv("ATTRIBUTION_CURRENCY", raising=False)
+    return path
+
+
+def test_every_channel_is_labelled_in_the_channel_charts(client, many_path):
+    page = Page(client.get("/", params={"start": "2023-12-20", "end": "2024-01-10"}).text)
+    per = per_channel(table(many_path, "2023-12-20", "2024-01-10", []))
+    assert len(per) == 18
+    for figure in ("chart-channels", "chart-roas-channels"):
+        assert page.labels[figure] == [charts.channel_label(n) for n in by_revenue(per)]
+        assert set(page.bars[figure]) == set(MANY)
+
+
+def test_trends_draw_the_top_channels_and_other_unless_lines_are_picked(client, many_path):
+    start, end = "2023-12-20", "2024-01-10"
+    frame = table(many_path, start, end, [])
+    dates = sorted(frame.date.unique())
+    top = by_revenue(per_channel(frame))[:6]
+    page = Page(client.get("/", params={"start": start, "end": end}).text)
+    for figure, metric in TRENDS.items():
+        drawn = page.drawn(figure)
+        assert list(drawn) == top + ["Other"] + (["Selection"] if metric in ("roas", "cpo") else [])
+        assert drawn["Other"] == day_values(frame[~frame.channel_name.isin(top)], dates)[metric], figure
+    assert page.legends["chart-cpo"][-2:] == ["Other (12 channels)", "Selection"]
+    assert not any(box.get("checked") is not None for box in page.boxes["line"].values())
+
+    picked = ["Channel 03", ""]
+    page = Page(client.get("/", params={"start": start, "end": end, "line": picked}).text)
+    drawn = page.drawn("chart-daily-revenue")
+    assert set(drawn) == {"Channel 03", "", "Other"}
+    assert drawn[""] == day_values(frame[frame.channel_name == ""], dates)["ihc_revenue"]
+    assert drawn["Other"] == day_values(frame[~frame.channel_name.isin(picked)], dates)["ihc_revenue"]
+    assert {v for v, box in page.boxes["line"].items() if "checked" in box} == set(picked)
+    assert "(empty name)" in page.legends["chart-daily-revenue"]
+
+
+def test_the_empty_channel_name_reads_the_same_everywhere(client, many_path):
+    page = Page(client.get("/", params={"start": "2023-12-20", "end": "2024-01-10", "line": [""]}).text)
+    assert page.boxes["channel"][""]["text"].strip() == "(empty name)"
+    assert page.boxes["line"][""]["text"].strip() == "(empty name)"
+    assert "(empty name)" in page.labels["chart-channels"] and "" not in page.labels["chart-channels"]
+    assert "(empty name)" in page.legends["chart-cpo"]
+    assert "(empty name)" in [r[0] for r in page.tables["channel-totals"]]
+    assert "" not in [r[0] for r in page.tables["channel-totals"]]
+    # and it can be selected like any other channel
+    only = Page(client.get("/", params={"start": "2023-12-20", "end": "2024-01-10", "channel": [""]}).text)
+    assert [r[0] for r in only.tables["channel-totals"][1:-1]] == ["(empty name)"]
+    assert "checked" in only.boxes["channel"][""]
+
+
+def test_an_outlier_ratio_is_clipped_and_marked_not_flattening_the_chart(client, many_path):
+    with sqlite3.connect(many_path) as conn:  # two steady channels, then a CPO of 125.47 / 0.0104 = 12,064.42
+        conn.execute("UPDATE channel_reporting SET cost = 90 + CAST(substr(date, 9, 2) AS INT), ihc = 2, "
+                     "ihc_revenue = 300 WHERE channel_name IN ('Channel 01', 'Channel 02')")
+        conn.execute("UPDATE channel_reporting SET cost = 125.47, ihc = 0.0104, ihc_revenue = 2 "
+                     "WHERE channel_name = 'Channel 01' AND date = '2024-01-03'")
+    text = client.get("/", params={"start": "2024-01-01", "end": "2024-01-10", "line": ["Channel 01", "Channel 02"]}).text
+    page = Page(text)
+    values = page.drawn("chart-cpo")["Channel 01"]
+    assert values[2] == "12064.42", "the mark keeps the value"
+    assert page.notes["chart-cpo"].startswith("1 point above ")
+    top = Decimal(page.notes["chart-cpo"].split(" above \u20ac")[1].split(" ")[0].replace(",", ""))
+    others = [Decimal(v) for line in page.drawn("chart-cpo").values() for v in line if v not in ("n/a", "12064.42")]
+    assert max(others) <= top < 1000, "the axis ends near the other values"
+    assert "2024-01-03: Channel 01 \u20ac12,064.42 (above the axis)" in text
+    assert "chart-roas" not in page.notes, "ROAS has no outlier here"
+
+
+# --- the runs behind the numbers ---------------------------------------------------------------
+
+
+def test_builds_show_when_each_run_started_and_its_lookback_linked_to_the_run(client, db_path):
     page = Page(client.get("/", params={"start": "2024-01-01", "end": "2024-01-10"}).text)
-    rows = page.tables["builds"][1:]
-    assert rows == [
-        ["2024-01-01 \u2192 2024-01-05", RUN_A, "2024-01-01 \u2192 2024-01-05", "2024-01-05 10:00:00",
+    assert page.tables["builds"][0][3] == "Started (UTC)"
+    assert page.tables["builds"][1:] == [
+        ["2024-01-01 \u2192 2024-01-05", RUN_A, "2024-01-01 \u2192 2024-01-05", "2024-01-05 10:00:01",
          "unlimited", "2024-01-05 10:00:40"],
-        ["2024-01-06 \u2192 2024-01-10", RUN_B, "2024-01-08 \u2192 2024-01-08", "2024-01-09 00:00:00",
+        ["2024-01-06 \u2192 2024-01-10", RUN_B, "2024-01-08 \u2192 2024-01-08", "2024-01-09 00:00:03",
          "14 days", "2024-01-09 00:01:10"],
     ]
     hrefs = [href for href, a in page.links if "data-airflow-page" in a]
     assert "../dags/ihc_attribution/runs/manual__2024-01-05T10%3A00%3A00%2B00%3A00" in hrefs
     assert "../dags/ihc_attribution/runs/scheduled__2024-01-09T00%3A00%3A00%2B00%3A00" in hrefs
+
+
+def test_a_backfill_run_shows_when_it_ran_not_its_logical_date(client, db_path):
+    # A backfill over 2024-01-03, triggered on 2024-02-01: the build stage records the run's
+    # run-after time (the end of its data interval), not when it was triggered.
+    backfill = "backfill__2024-01-04T00:00:00+00:00"
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("INSERT INTO attribution_runs VALUES (?, '2024-01-03 00:00:00', '2024-01-04 00:00:00', "
+                     "'2024-02-01 09:30:02')", (backfill,))
+        conn.execute("UPDATE attribution_report_builds SET run_id = ?, triggered_at = '2024-01-04 00:00:00', "
+                     "built_at = '2024-02-01 09:30:40' WHERE report_date = '2024-01-03'", (backfill,))
+        conn.execute("DELETE FROM attribution_runs WHERE run_id = ?", (RUN_B,))  # staging purged
+    rows = Page(client.get("/", params={"start": "2024-01-03", "end": "2024-01-06"}).text).tables["builds"][1:]
+    assert [r[:4] for r in rows] == [
+        ["2024-01-03", backfill, "2024-01-03 00:00:00 \u2192 2024-01-04 00:00:00", "2024-02-01 09:30:02"],
+        ["2024-01-04 \u2192 2024-01-05", RUN_A, "2024-01-01 \u2192 2024-01-05", "2024-01-05 10:00:01"],
+        ["2024-01-06", RUN_B, "unknown", "unknown"],
+    ]
 
 
 def test_page_links_to_the_csv_of_its_selection_and_to_its_issues(client, db_path):

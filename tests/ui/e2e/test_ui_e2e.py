@@ -2,9 +2,10 @@
 
 Logs in, triggers a run of ``ihc_attribution`` over the demo range from the UI's trigger form,
 waits for it to succeed, finds it on the DAG's pages, follows the run's "Attribution report" link
-to the report of its range and the report's link back to the run, picks a range and two channels
-and sees the figures change, downloads the CSV of the selection and compares it with the
-database, sees the demo's issues, and clears one task and watches it run again.
+to the report of its range (every channel labelled on the channel chart) and the report's link
+back to the run, picks a range and two channels and sees the figures change, downloads the CSV of
+the selection and compares it and its sums with the database and the page's totals, sees the
+demo's issues, and clears one task and watches it run again.
 Screenshots go to ``docs/img/``. Uses the running local Airflow, or starts one and stops it at
 the end. Opt-in: ``make e2e`` (sets ``RUN_E2E=1``); skipped by ``make test``.
 """
@@ -188,7 +189,7 @@ def test_trigger_a_range_from_the_form_and_follow_it_to_the_report(page):
     expect(report.get_by_role("heading", name="Attribution report")).to_be_visible()
     expect(report.locator('input[name="start"]')).to_have_value(START)
     expect(report.locator('input[name="end"]')).to_have_value(END)
-    expect(report.locator("html[data-charts=drawn]")).to_have_count(1)
+    _every_channel_label_shows(report)
     builds = report.locator("#builds")
     expect(builds.get_by_role("link", name=run_id).first).to_be_visible()
     expect(builds).to_contain_text("unlimited")
@@ -207,10 +208,10 @@ def test_trigger_a_range_from_the_form_and_follow_it_to_the_report(page):
     report.locator('input[name="start"]').fill(PICK_START)
     report.locator('input[name="end"]').fill(PICK_END)
     for name in PICK_CHANNELS:
-        report.get_by_label(name, exact=True).check()
+        report.locator("fieldset.channels").get_by_label(name, exact=True).check()
     report.get_by_role("button", name="Show").click()
     expect(report.get_by_role("heading", name=f"{PICK_START} to {PICK_END}, 2 of")).to_be_visible()
-    expect(report.locator("html[data-charts=drawn]")).to_have_count(1)
+    expect(report.locator("#chart-channels .bar-row")).to_have_count(len(PICK_CHANNELS))
     after = report.locator('[data-figure="spend"] .v').inner_text()
     assert after != before
     shown = {r.get_attribute("data-channel") for r in report.locator("#channel-totals tbody tr").all()}
@@ -232,8 +233,11 @@ def test_trigger_a_range_from_the_form_and_follow_it_to_the_report(page):
             _q(cost, "0.01"), _q(ihc, "0.0001"), _q(revenue, "0.01"))
         assert row["ROAS"] == ("" if cost == 0 else str(_q(revenue / cost, "0.0001")))
         assert row["CPO"] == ("" if ihc == 0 else str(_q(cost / ihc, "0.01")))
-    total = sum(r[2] for r in expected)
-    assert after == f"\u20ac{_q(total, '0.01'):,}"
+    # One number: the page's totals are the sums of its CSV's columns, to the cent.
+    totals = report.locator("#channel-totals tfoot td").all_inner_texts()
+    cost, ihc, revenue = (sum((Decimal(r[k]) for r in got), Decimal(0)) for k in ("cost", "ihc", "ihc_revenue"))
+    assert totals[1:4] == [f"\u20ac{cost:,}", f"{_q(ihc, '0.01'):,}", f"\u20ac{revenue:,}"]
+    assert after == f"\u20ac{cost:,}"
 
     # 7. The demo's issues: conversions without sessions and a malformed session, linked to the run.
     report.get_by_role("link", name="Issues").click()
@@ -276,6 +280,17 @@ def test_trigger_a_range_from_the_form_and_follow_it_to_the_report(page):
     expect(report.get_by_role("heading", name="Spend and attributed revenue per channel")).to_be_visible()
     expect(report.get_by_role("link", name=f"Download the CSV (channel_reporting_{START}_{END}.csv)")).to_be_visible()
     _shot(page, "ui-report-chart.png")
+
+
+def _every_channel_label_shows(report) -> None:
+    """Every channel of the totals table has a label on the channel chart, and no two labels overlap."""
+    names = report.locator("#channel-totals tbody td:first-child").all_inner_texts()
+    labels = report.locator("#chart-channels text.label")
+    assert labels.count() == len(names) > 0
+    boxes = [labels.nth(i).bounding_box() for i in range(labels.count())]
+    assert all(box and box["height"] > 0 for box in boxes), "a label is not rendered"
+    for upper, lower in zip(boxes, boxes[1:], strict=False):
+        assert upper["y"] + upper["height"] <= lower["y"] + 0.5, "two labels overlap"
 
 
 def _q(value: float, places: str) -> Decimal:

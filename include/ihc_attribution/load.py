@@ -63,12 +63,18 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
         if bad:
             raise LoadError(f"{len(bad)} journeys do not sum to 1, e.g. {bad[0][0]}: {bad[0][1]}")
 
-        # The run's conversions are replaced, and those no longer in the source (a refund deleted
+        # The run's conversions are replaced; those credited as of the run's days that it no longer
+        # finds there (moved to another day) and those no longer in the source (a refund deleted
         # them) lose their credit. The dates credited before are rebuilt too.
-        replaced = f"conv_id IN ({_RUN_CONVS}) OR conv_id NOT IN ({_SOURCE_CONVS})"
-        _add_report_dates(db, run_id, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE {replaced}", (run_id, run_id))
+        first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
+        gone = (f"SELECT conv_id FROM attribution_credit WHERE (conv_date BETWEEN ? AND ?) "
+                f"OR conv_id NOT IN ({_SOURCE_CONVS})")
+        replaced = f"conv_id IN ({_RUN_CONVS}) OR conv_id IN ({gone})"
+        params = (run_id, first, last)
+        _add_report_dates(db, run_id, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE {replaced}",
+                          (run_id, *params))
         for table in ("attribution_customer_journey", "attribution_credit"):
-            db.execute(f"DELETE FROM {table} WHERE {replaced}", (run_id,))
+            db.execute(f"DELETE FROM {table} WHERE {replaced}", params)
         summary.rows = db.execute(
             "INSERT INTO attribution_customer_journey (conv_id, session_id, ihc) "
             "SELECT conv_id, session_id, ihc FROM attribution_stg_results WHERE run_id = ?",
@@ -108,8 +114,8 @@ def _credit_sql(db: Database) -> str:
     ihc = db.units("r.ihc", 4)
     revenue = db.round_div(f"{ihc} * {db.units('c.revenue', 6)}", 10_000)
     return (
-        "INSERT INTO attribution_credit (conv_id, session_id, date, channel_name, ihc_e4, ihc_revenue_micros) "
-        f"SELECT r.conv_id, r.session_id, substr(s.event_ts, 1, 10), s.channel_name, {ihc}, {revenue} "
+        "INSERT INTO attribution_credit (conv_id, conv_date, session_id, date, channel_name, ihc_e4, ihc_revenue_micros) "
+        f"SELECT r.conv_id, c.conv_date, r.session_id, substr(s.event_ts, 1, 10), s.channel_name, {ihc}, {revenue} "
         "FROM attribution_stg_results r "
         "JOIN attribution_stg_sessions s ON s.run_id = r.run_id AND s.conv_id = r.conv_id AND s.session_id = r.session_id "
         "JOIN attribution_stg_conversions c ON c.run_id = r.run_id AND c.conv_id = r.conv_id "

@@ -160,8 +160,9 @@ def _fill_credit(db: Database) -> None:
     ihc = db.units("a.ihc", 4)
     revenue = db.round_div(f"{ihc} * {db.units('v.revenue', 6)}", 10_000)
     added = db.execute(
-        "INSERT INTO attribution_credit (conv_id, session_id, date, channel_name, ihc_e4, ihc_revenue_micros) "
-        f"SELECT a.conv_id, a.session_id, CAST(s.event_date AS TEXT), s.channel_name, {ihc}, {revenue} "
+        "INSERT INTO attribution_credit (conv_id, conv_date, session_id, date, channel_name, ihc_e4, ihc_revenue_micros) "
+        f"SELECT a.conv_id, CAST(v.conv_date AS TEXT), a.session_id, CAST(s.event_date AS TEXT), s.channel_name, {ihc}, "
+        f"{revenue} "
         f"FROM {ATTRIBUTION} a JOIN {SESSION_SOURCES} s ON CAST(s.session_id AS TEXT) = a.session_id "
         f"JOIN {CONVERSIONS} v ON CAST(v.conv_id AS TEXT) = a.conv_id "
         "WHERE s.event_date IS NOT NULL AND s.channel_name IS NOT NULL AND v.revenue IS NOT NULL "

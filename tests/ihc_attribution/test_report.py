@@ -156,3 +156,32 @@ def test_a_conversion_loaded_after_its_days_run_is_attributed_by_the_next_run_re
     fresh = make_db(tmp_path / "fresh.sqlite", SESSIONS, CONVERSIONS, COSTS)
     run_pipeline(fresh, "r1", "2024-01-08", "2024-01-11")
     assert _reporting(path) == _reporting(fresh)
+
+
+def test_a_conversion_moved_to_another_day_leaves_with_a_re_run_of_its_old_day(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-10")
+    moved = "UPDATE conversions SET conv_date = '2024-01-12' WHERE conv_id = 'c1'"  # was 2024-01-09
+    with sqlite3.connect(path) as conn:
+        conn.execute(moved)
+    run_pipeline(path, "r2", "2024-01-09", "2024-01-09")  # its old day alone
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM attribution_customer_journey WHERE conv_id = 'c1'").fetchone() == (0,)
+    assert _reporting(path) == _fresh_run(tmp_path, moved)
+    run_pipeline(path, "r3", "2024-01-12", "2024-01-12")  # and its new day
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM attribution_customer_journey WHERE conv_id = 'c1'").fetchone() == (3,)
+
+
+def test_a_session_row_duplicated_after_attribution_credits_nothing_twice(tmp_path):
+    """Sources without keys, as exports often are: a copy of a credited session's row."""
+    from tests.helpers import source_ddl
+
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS, ddl=source_ddl(keys=False))
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-10")
+    before = report(path)
+    with sqlite3.connect(path) as conn:
+        conn.execute("INSERT INTO session_sources SELECT * FROM session_sources WHERE session_id = 's1'")
+        conn.execute("INSERT INTO session_costs SELECT * FROM session_costs WHERE session_id = 's1'")
+    run_pipeline(path, "r2", "2024-01-11", "2024-01-11", refresh_spend=True)  # another day's run reads all spend
+    assert report(path) == before, "the copy adds neither spend nor credit"

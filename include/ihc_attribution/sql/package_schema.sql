@@ -161,9 +161,11 @@ CREATE TABLE IF NOT EXISTS attribution_spend_dates (
 
 -- The credit of attribution_customer_journey with what the report groups it by: the session's
 -- date and channel as the run's journey saw them, the credit in 1/10,000 and credit x revenue
--- in micro-euros (exact integers, so sums do not depend on their order).
+-- in micro-euros (exact integers, so sums do not depend on their order), and the conversion's
+-- date (a run owns the conversions of its days: one moved to another day leaves with its run).
 CREATE TABLE IF NOT EXISTS attribution_credit (
     conv_id TEXT NOT NULL,
+    conv_date TEXT,
     session_id TEXT NOT NULL,
     date TEXT NOT NULL,
     channel_name TEXT NOT NULL,
@@ -172,6 +174,7 @@ CREATE TABLE IF NOT EXISTS attribution_credit (
     PRIMARY KEY (conv_id, session_id)
 );
 CREATE INDEX IF NOT EXISTS ix_attribution_credit_date ON attribution_credit (date, channel_name);
+CREATE INDEX IF NOT EXISTS ix_attribution_credit_conv_date ON attribution_credit (conv_date);
 
 -- Indexes of the package's own tables. None is ever built on a source table: the indexes the
 -- queries would use there are the users' to create (README, "Indexes on your tables").

@@ -353,6 +353,12 @@ def _change_source(path: Path, session_id: str, change: str, shift: int) -> None
             )
         elif change == "channel":
             conn.execute("UPDATE session_sources SET channel_name = 'Changed' WHERE session_id = ?", (session_id,))
+        elif change == "revenue":  # a corrected order amount, for the orders of the session's user
+            conn.execute("UPDATE conversions SET revenue = revenue + ? WHERE user_id = "
+                         "(SELECT user_id FROM session_sources WHERE session_id = ?)", (10.5 + shift, session_id))
+        elif change == "duplicate":  # a copy of the session's row (the sources have keys: as an upsert)
+            conn.execute("INSERT OR REPLACE INTO session_sources SELECT * FROM session_sources WHERE session_id = ?",
+                         (session_id,))
         elif change == "cost":
             # A corrected cost, as a loader's upsert writes it (INSERT OR REPLACE deletes the old row).
             conn.execute("INSERT OR REPLACE INTO session_costs VALUES (?, ?)", (session_id, 7.25 + shift))
@@ -364,7 +370,7 @@ def _change_source(path: Path, session_id: str, change: str, shift: int) -> None
 @given(
     data=source_data(),
     pick=st.integers(0, 100),
-    change=st.sampled_from(["user", "date", "channel", "cost", "delete"]),
+    change=st.sampled_from(["user", "date", "channel", "cost", "delete", "revenue", "duplicate"]),
     shift=st.sampled_from([-2, -1, 1, 2]),
     rerun_id=st.sampled_from(["r1", "manual__again"]),
 )

@@ -314,7 +314,7 @@ def _now() -> str:
 def _triggered_at(context: Mapping[str, Any]) -> str | None:
     """When the run was created or queued (UTC), for telling report builds apart."""
     dag_run = context.get("dag_run")
-    for attr in ("run_after", "queued_at", "start_date", "logical_date"):
+    for attr in ("queued_at", "run_after", "start_date", "logical_date"):
         value = getattr(dag_run, attr, None) if dag_run is not None else None
         if value is not None:
             return as_naive_utc(value).isoformat(sep=" ")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 
+from ihc_attribution import credit
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
 from ihc_attribution.errors import PermanentError
@@ -110,16 +111,14 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
 
 
 def _credit_sql(db: Database) -> str:
-    """The run's answers with their session's date and channel, credit and credit x revenue as integers."""
-    ihc = db.units("r.ihc", 4)
-    revenue = db.round_div(f"{ihc} * {db.units('c.revenue', 6)}", 10_000)
-    return (
-        "INSERT INTO attribution_credit (conv_id, conv_date, session_id, date, channel_name, ihc_e4, ihc_revenue_micros) "
-        f"SELECT r.conv_id, c.conv_date, r.session_id, substr(s.event_ts, 1, 10), s.channel_name, {ihc}, {revenue} "
+    """The run's answers as credit rows (see :mod:`credit`), from the journeys the run sent."""
+    return credit.insert_sql(
+        db,
+        "SELECT r.conv_id, c.conv_date, r.session_id, s.event_ts AS ts, s.channel_name, r.ihc, c.revenue "
         "FROM attribution_stg_results r "
         "JOIN attribution_stg_sessions s ON s.run_id = r.run_id AND s.conv_id = r.conv_id AND s.session_id = r.session_id "
         "JOIN attribution_stg_conversions c ON c.run_id = r.run_id AND c.conv_id = r.conv_id "
-        "WHERE r.run_id = ?"
+        "WHERE r.run_id = ?",
     )
 
 

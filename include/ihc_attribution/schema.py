@@ -157,17 +157,18 @@ def _fill_credit(db: Database) -> None:
     if db.scalar(f"SELECT COUNT(*) FROM (SELECT 1 FROM {ATTRIBUTION} a WHERE NOT EXISTS "
                  "(SELECT 1 FROM attribution_credit c WHERE c.conv_id = a.conv_id) LIMIT 1) AS missing") == 0:
         return
-    ihc = db.units("a.ihc", 4)
-    revenue = db.round_div(f"{ihc} * {db.units('v.revenue', 6)}", 10_000)
-    added = db.execute(
-        "INSERT INTO attribution_credit (conv_id, conv_date, session_id, date, channel_name, ihc_e4, ihc_revenue_micros) "
-        f"SELECT a.conv_id, CAST(v.conv_date AS TEXT), a.session_id, CAST(s.event_date AS TEXT), s.channel_name, {ihc}, "
-        f"{revenue} "
+    from ihc_attribution import credit
+
+    added = db.execute(credit.insert_sql(
+        db,
+        "SELECT a.conv_id, CAST(v.conv_date AS TEXT) AS conv_date, a.session_id, "
+        "CAST(s.event_date AS TEXT) || ' ' || CAST(s.event_time AS TEXT) AS ts, s.channel_name, a.ihc, v.revenue "
         f"FROM {ATTRIBUTION} a JOIN {SESSION_SOURCES} s ON CAST(s.session_id AS TEXT) = a.session_id "
         f"JOIN {CONVERSIONS} v ON CAST(v.conv_id AS TEXT) = a.conv_id "
-        "WHERE s.event_date IS NOT NULL AND s.channel_name IS NOT NULL AND v.revenue IS NOT NULL "
+        "WHERE s.event_date IS NOT NULL AND s.event_time IS NOT NULL AND s.channel_name IS NOT NULL "
+        "AND v.revenue IS NOT NULL "
         "AND NOT EXISTS (SELECT 1 FROM attribution_credit c WHERE c.conv_id = a.conv_id)",
-    )
+    ))
     log.warning("gave %d attribution rows of an earlier version their dated credit", added)
 
 

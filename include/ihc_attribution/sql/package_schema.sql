@@ -169,8 +169,14 @@ CREATE TABLE IF NOT EXISTS attribution_credit (
     session_id TEXT NOT NULL,
     date TEXT NOT NULL,
     channel_name TEXT NOT NULL,
+    revenue_micros BIGINT NOT NULL,
     ihc_e4 BIGINT NOT NULL,
     ihc_revenue_micros BIGINT NOT NULL,
+    -- the same sessions under the rule-based models (see credit.py)
+    first_touch_e4 BIGINT NOT NULL,
+    last_touch_e4 BIGINT NOT NULL,
+    linear_e4 BIGINT NOT NULL,
+    position_e4 BIGINT NOT NULL,
     PRIMARY KEY (conv_id, session_id)
 );
 CREATE INDEX IF NOT EXISTS ix_attribution_credit_date ON attribution_credit (date, channel_name);

@@ -1,0 +1,117 @@
+"""``attribution_credit``: each attributed session's credit under IHC and under the rules analysts know.
+
+For every (conversion, session) the API credited: the session's date and channel, the IHC credit,
+and the credit of four rule-based models computed locally over the same sessions (no request):
+first touch, last touch, linear and position-based (40 % first, 40 % last, 20 % shared by the
+sessions between; a journey of two splits 50/50, one of one gets everything). Credit is in
+1/10,000 of an order and money in micro-euros, as exact integers: every model's credit sums to
+exactly 10,000 per conversion (a remainder goes to the earliest sessions), and sums over any
+rows are the same in any order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal
+
+from ihc_attribution.db import Database
+
+CREDIT = "attribution_credit"
+#: The models, as (column prefix, label): the credit column is ``<prefix>_e4``.
+MODELS = (
+    ("ihc", "IHC"),
+    ("last_touch", "Last touch"),
+    ("first_touch", "First touch"),
+    ("linear", "Linear"),
+    ("position", "Position-based (40/20/40)"),
+)
+_ONE = 10_000
+
+# pos: the session's place in its journey (1 = earliest; ties by session id, so the last is the
+# session the conversion flag marks), n: the journey's sessions.
+def _share(total: int, among: str, place: str) -> str:
+    """``total`` split in whole parts among ``among`` sessions, the remainder one each to the first places.
+
+    (The remainder is written without ``%``, which a driver's ``%s`` placeholders would misread.)
+    """
+    return f"{total} / ({among}) + CASE WHEN {place} <= {total} - ({total} / ({among})) * ({among}) THEN 1 ELSE 0 END"
+
+
+_RULES = {
+    "first_touch": f"CASE WHEN pos = 1 THEN {_ONE} ELSE 0 END",
+    "last_touch": f"CASE WHEN pos = n THEN {_ONE} ELSE 0 END",
+    "linear": _share(_ONE, "n", "pos"),
+    "position": (
+        f"CASE WHEN n = 1 THEN {_ONE} WHEN n = 2 THEN {_ONE // 2} WHEN pos = 1 OR pos = n THEN {_ONE * 2 // 5} "
+        f"ELSE {_share(_ONE // 5, 'n - 2', 'pos - 1')} END"
+    ),
+}
+
+
+def insert_sql(db: Database, journeys_sql: str) -> str:
+    """The statement that adds the credit rows of ``journeys_sql``'s sessions.
+
+    ``journeys_sql`` selects, per credited session: ``conv_id, conv_date, session_id, ts`` (the
+    session's ``YYYY-MM-DD HH:MM:SS``), ``channel_name, ihc, revenue`` (the conversion's).
+    """
+    ihc = db.units("j.ihc", 4)
+    rules = ", ".join(f"{sql} AS {name}_e4" for name, sql in _RULES.items())
+    revenue = db.round_div("ihc_e4 * revenue_micros", _ONE)
+    return f"""
+INSERT INTO {CREDIT} (conv_id, conv_date, session_id, date, channel_name, revenue_micros, ihc_e4, ihc_revenue_micros,
+                      first_touch_e4, last_touch_e4, linear_e4, position_e4)
+SELECT conv_id, conv_date, session_id, date, channel_name, revenue_micros, ihc_e4, {revenue},
+       first_touch_e4, last_touch_e4, linear_e4, position_e4
+FROM (
+    SELECT conv_id, conv_date, session_id, date, channel_name, revenue_micros, ihc_e4, {rules}
+    FROM (
+        SELECT j.conv_id, j.conv_date, j.session_id, substr(j.ts, 1, 10) AS date, j.channel_name,
+               {db.units("j.revenue", 6)} AS revenue_micros, {ihc} AS ihc_e4,
+               ROW_NUMBER() OVER (PARTITION BY j.conv_id ORDER BY j.ts, j.session_id) AS pos,
+               COUNT(*) OVER (PARTITION BY j.conv_id) AS n
+        FROM ({journeys_sql}) AS j
+    ) AS placed
+) AS credited
+"""
+
+
+@dataclass(frozen=True)
+class ModelTotals:
+    """One channel's attributed orders and revenue under each model (keys of :data:`MODELS`)."""
+
+    channel_name: str
+    orders: dict[str, Decimal]
+    revenue: dict[str, Decimal]
+
+    def shift(self, model: str = "ihc", against: str = "last_touch") -> Decimal | None:
+        """How much more (or less) revenue ``model`` credits than ``against``, in percent; None without any."""
+        base = self.revenue[against]
+        return None if base == 0 else ((self.revenue[model] - base) / base * 100).quantize(Decimal("0.1"))
+
+
+def model_totals(db: Database, first_date: str, last_date: str, channels: list[str] | None = None) -> list[ModelTotals]:
+    """Per channel, over the sessions of ``[first_date, last_date]``: orders and revenue under every model.
+
+    Revenue is rounded to the cent per (channel, date), as ``channel_reporting`` holds it, and then
+    summed: the IHC column equals the report's totals of the same selection to the cent.
+    """
+    cells, sums = [], []
+    for name, _ in MODELS:
+        micros = db.round_div(f"{name}_e4 * revenue_micros", _ONE)
+        cells += [f"SUM({name}_e4) AS {name}_e4", f"{db.round_div(f'SUM({micros})', 10_000)} AS {name}_cents"]
+        sums += [f"SUM({name}_e4)", f"SUM({name}_cents)"]
+    where, params = "date >= ? AND date <= ?", [first_date, last_date]
+    if channels is not None:
+        where += f" AND channel_name IN ({', '.join('?' * len(channels))})" if channels else " AND 1 = 0"
+        params += channels
+    rows = db.query(
+        f"SELECT channel_name, {', '.join(sums)} FROM (SELECT channel_name, {', '.join(cells)} FROM {CREDIT} "
+        f"WHERE {where} GROUP BY channel_name, date) AS cells GROUP BY channel_name",
+        params,
+    )
+    out = []
+    for channel, *totals in rows:
+        orders = {name: Decimal(int(totals[2 * i] or 0)) / _ONE for i, (name, _) in enumerate(MODELS)}
+        revenue = {name: Decimal(int(totals[2 * i + 1] or 0)) / 100 for i, (name, _) in enumerate(MODELS)}
+        out.append(ModelTotals(str(channel), orders, revenue))
+    return sorted(out, key=lambda t: (-t.revenue["ihc"], t.channel_name))

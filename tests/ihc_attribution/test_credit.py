@@ -1,0 +1,82 @@
+"""The rule-based credits beside IHC, recomputed independently from the stored attribution and the sources."""
+
+from __future__ import annotations
+
+import sqlite3
+from decimal import ROUND_HALF_UP, Decimal
+
+import pytest
+
+from ihc_attribution import credit
+from ihc_attribution.db import Database
+from tests.helpers import random_db, read_table, run_pipeline
+
+
+def _expected_rules(n: int) -> dict[str, list[int]]:
+    """Each model's credit of a journey of ``n`` sessions, earliest first, in 1/10,000 (written out by hand)."""
+    def split(total, parts):
+        base, extra = divmod(total, parts)
+        return [base + (1 if i < extra else 0) for i in range(parts)]
+
+    if n == 1:
+        position = [10_000]
+    elif n == 2:
+        position = [5_000, 5_000]
+    else:
+        position = [4_000, *split(2_000, n - 2), 4_000]
+    return {
+        "first_touch": [10_000] + [0] * (n - 1),
+        "last_touch": [0] * (n - 1) + [10_000],
+        "linear": split(10_000, n),
+        "position": position,
+    }
+
+
+@pytest.fixture(scope="module")
+def db_path(tmp_path_factory):
+    path = random_db(tmp_path_factory.mktemp("credit") / "db.sqlite", seed=7, users=80)
+    run_pipeline(path, "r1", "2024-01-01", "2024-01-10")
+    return path
+
+
+def test_rule_based_credits_match_an_independent_recomputation(db_path):
+    got = read_table(db_path, "attribution_credit")
+    sessions = read_table(db_path, "session_sources")
+    sessions["ts"] = sessions["event_date"] + " " + sessions["event_time"]
+    journeys = read_table(db_path, "attribution_customer_journey").merge(sessions[["session_id", "ts"]], on="session_id")
+    assert len(got) == len(journeys) > 50
+    checked = 0
+    for conv_id, journey in journeys.groupby("conv_id"):
+        ordered = journey.sort_values(["ts", "session_id"])["session_id"].tolist()
+        stored = got[got.conv_id == conv_id].set_index("session_id").loc[ordered]
+        for model, shares in _expected_rules(len(ordered)).items():
+            assert stored[f"{model}_e4"].tolist() == shares, (conv_id, model)
+        checked += len(ordered) > 2
+    assert checked > 5, "journeys long enough for position-based credit to share the middle"
+
+
+def test_model_totals_sum_each_model_over_the_selection_and_match_the_report(db_path):
+    got = read_table(db_path, "attribution_credit")
+    conversions = read_table(db_path, "conversions").set_index("conv_id")["revenue"]
+    db = Database.connect_sqlite(str(db_path))
+    try:
+        totals = {t.channel_name: t for t in credit.model_totals(db, "2023-12-01", "2024-01-31")}
+    finally:
+        db.close()
+    for channel, rows in got.groupby("channel_name"):
+        for model, _ in credit.MODELS:
+            assert totals[channel].orders[model] == Decimal(int(rows[f"{model}_e4"].sum())) / 10_000
+    # every model hands out the same orders in all: one per attributed conversion
+    for model, _ in credit.MODELS:
+        assert sum(t.orders[model] for t in totals.values()) == got.conv_id.nunique()
+    # IHC revenue per channel is the report's, to the cent
+    with sqlite3.connect(db_path) as conn:
+        report = dict(conn.execute("SELECT channel_name, SUM(ihc_revenue) FROM channel_reporting GROUP BY 1").fetchall())
+    for channel, t in totals.items():
+        assert t.revenue["ihc"] == Decimal(repr(report[channel])).quantize(Decimal("0.01"))
+    # last touch: the revenue of the conversions whose last session is of the channel, per cell to the cent
+    last = got[got.last_touch_e4 == 10_000].assign(revenue=lambda f: f.conv_id.map(conversions).map(lambda v: Decimal(repr(v))))
+    cells = last.groupby(["channel_name", "date"])["revenue"].agg(lambda v: sum(v, Decimal(0)))
+    expected = cells.map(lambda v: v.quantize(Decimal("0.01"), ROUND_HALF_UP)).groupby(level=0).sum()
+    for channel, value in expected.items():
+        assert totals[channel].revenue["last_touch"] == value

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
-from ihc_attribution.db import Database
+from ihc_attribution.db import Database, round_div_sql
 
 CREDIT = "attribution_credit"
 #: The models, as (column prefix, label): the credit column is ``<prefix>_e4``.
@@ -89,16 +90,20 @@ class ModelTotals:
         return None if base == 0 else ((self.revenue[model] - base) / base * 100).quantize(Decimal("0.1"))
 
 
-def model_totals(db: Database, first_date: str, last_date: str, channels: list[str] | None = None) -> list[ModelTotals]:
+def model_totals(db: Any, first_date: str, last_date: str, channels: list[str] | None = None) -> list[ModelTotals]:
     """Per channel, over the sessions of ``[first_date, last_date]``: orders and revenue under every model.
+
+    ``db``: anything with ``query(sql, params)`` and ``is_sqlite`` (a :class:`Database`, the report
+    pages' read-only connection).
 
     Revenue is rounded to the cent per (channel, date), as ``channel_reporting`` holds it, and then
     summed: the IHC column equals the report's totals of the same selection to the cent.
     """
     cells, sums = [], []
     for name, _ in MODELS:
-        micros = db.round_div(f"{name}_e4 * revenue_micros", _ONE)
-        cells += [f"SUM({name}_e4) AS {name}_e4", f"{db.round_div(f'SUM({micros})', 10_000)} AS {name}_cents"]
+        micros = round_div_sql(f"{name}_e4 * revenue_micros", _ONE, sqlite=db.is_sqlite)
+        cents = round_div_sql(f"SUM({micros})", 10_000, sqlite=db.is_sqlite)
+        cells += [f"SUM({name}_e4) AS {name}_e4", f"{cents} AS {name}_cents"]
         sums += [f"SUM({name}_e4)", f"SUM({name}_cents)"]
     where, params = "date >= ? AND date <= ?", [first_date, last_date]
     if channels is not None:

@@ -231,13 +231,8 @@ class Database:
         return f"CAST(ROUND(CAST({expr} AS NUMERIC) * {scale}) AS BIGINT)"
 
     def round_div(self, expr: str, divisor: int) -> str:
-        """The integer ``expr`` divided by ``divisor``, rounded half away from zero, in integers."""
-        half = divisor // 2
-        if self.is_sqlite:
-            up, down = f"(({expr}) + {half}) / {divisor}", f"({half} - ({expr})) / {divisor}"
-        else:  # a SUM of integers is NUMERIC there, whose "/" keeps the fraction
-            up, down = f"div(({expr}) + {half}, {divisor})", f"div({half} - ({expr}), {divisor})"
-        return f"(CASE WHEN ({expr}) >= 0 THEN {up} ELSE -{down} END)"
+        """The integer ``expr`` divided by ``divisor``, rounded half away from zero (see :func:`round_div_sql`)."""
+        return round_div_sql(expr, divisor, sqlite=self.is_sqlite)
 
     def table_exists(self, table: str) -> bool:
         """Whether ``table`` (a table or view) is found, through the ``search_path`` on PostgreSQL."""
@@ -296,6 +291,16 @@ def pg_text_not_a_date(column: str) -> str:
         f"THEN CAST(substr({c}, 9, 2) AS INT) <= EXTRACT(DAY FROM CAST(substr({c}, 1, 7) || '-01' AS DATE) "
         "+ INTERVAL '1 month' - INTERVAL '1 day') ELSE FALSE END)"
     )
+
+
+def round_div_sql(expr: str, divisor: int, *, sqlite: bool) -> str:
+    """SQL: the integer ``expr`` divided by ``divisor``, rounded half away from zero, in integers."""
+    half = divisor // 2
+    if sqlite:
+        up, down = f"(({expr}) + {half}) / {divisor}", f"({half} - ({expr})) / {divisor}"
+    else:  # a SUM of integers is NUMERIC there, whose "/" keeps the fraction
+        up, down = f"div(({expr}) + {half}, {divisor})", f"div({half} - ({expr}), {divisor})"
+    return f"(CASE WHEN ({expr}) >= 0 THEN {up} ELSE -{down} END)"
 
 
 def split_statements(script: str) -> list[str]:

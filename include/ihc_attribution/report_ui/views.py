@@ -133,7 +133,7 @@ def selection_query(selection: sources.Selection) -> str:
 
 def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the report page shows for the request's selection."""
-    from ihc_attribution import charts
+    from ihc_attribution import charts, credit
     from ihc_attribution.report_ui import svg
 
     channels = sources.report_channels(db)
@@ -145,6 +145,10 @@ def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str,
     code = charts.currency()
     colors = svg.channel_colors(channels)
     issues = sources.read_issues(db, limit=0)
+    models = (
+        credit.model_totals(db, selection.start, selection.end, list(selection.channels) or None)
+        if db.has_table(credit.CREDIT) else []
+    )
     in_range = sum(n for date, _, n in issues.by_date if selection.start <= date <= selection.end)
     return {
         "selection": selection,
@@ -163,6 +167,8 @@ def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str,
         "lines": picked.lines,
         "top": svg.TREND_TOP,
         "charts": svg.report_charts(figures, colors, code, picked.lines),
+        "models": models,
+        "model_names": credit.MODELS,
     }
 
 

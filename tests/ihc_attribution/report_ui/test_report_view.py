@@ -388,6 +388,19 @@ def test_one_total_on_the_page_the_chart_file_the_csv_and_the_run_summary(client
     assert chart.tables["channel-totals"] == page.tables["channel-totals"]
     assert chart.bars == page.bars
 
+    # the models beside IHC: the IHC revenue per channel is the totals table's, every model hands
+    # out the same orders in all, and the table is the one model_totals computes
+    models = {row[0]: row for row in page.tables["model-comparison"][2:]}
+    totals = {row[0]: row for row in page.tables["channel-totals"][1:-1]}
+    assert models and set(models) == set(totals) - {name for name, row in totals.items() if row[2] == num(Decimal(0))}
+    for name, row in models.items():
+        assert row[1 + 5] == totals[name][3], name  # IHC revenue == attributed revenue
+    # over every date the journeys reach, each model hands out one order per attributed conversion
+    whole = Page(client.get("/", params={"start": "2023-01-01", "end": "2024-01-04"}).text)
+    rows = whole.tables["model-comparison"][2:]
+    per_model = [sum(Decimal(row[1 + i]) for row in rows) for i in range(5)]
+    assert per_model == [Decimal(summary.attributed)] * 5
+
 
 def test_changing_the_selection_changes_the_figures(client, db_path):
     two = Page(client.get("/", params={"start": "2024-01-01", "end": "2024-01-07",

@@ -106,34 +106,23 @@ def test_bigint_ids_on_postgres_give_the_tables_of_integer_ids_on_sqlite(tmp_pat
     assert len(expected[0]) == 6 and {c for c, _, _ in expected[0]} == {"900", "901"}
 
 
-def test_a_session_whose_datestyle_is_german_gives_the_tables_of_sqlite(tmp_path):
+def test_a_session_whose_datestyle_is_german_gives_the_tables_of_sqlite(tmp_path, pg):
     """Dates never depend on the DateStyle a database or role sets (psycopg 3 keeps the server's):
     the package sets ISO on its own session."""
     from ihc_attribution import schema
 
-    conn = psycopg2.connect(**PG)
-    schema_name = "attribution_test_" + uuid.uuid4().hex[:10]
-    with conn.cursor() as cur:
-        cur.execute(f"CREATE SCHEMA {schema_name}")
-        cur.execute(f"SET search_path TO {schema_name}")
+    with pg.conn.cursor() as cur:
         cur.execute("SET DateStyle TO German, DMY")
         cur.execute("SELECT CAST(DATE '2024-01-14' AS TEXT)")
         assert cur.fetchone()[0] == "14.01.2024"
-    conn.commit()
-    try:
-        pg = Database(conn)
-        lite = random_db(tmp_path / "lite.sqlite", seed=3)
-        with pg.transaction():
-            pg.executescript(schema.challenge_ddl())
-        _copy_sources(lite, pg)
-        summary = run_stages(pg, "range", "2024-01-01", "2024-01-10")
-        run_pipeline(lite, "range", "2024-01-01", "2024-01-10")
-        with sqlite3.connect(lite) as lconn:
-            expected = _tables(lambda sql: lconn.execute(sql).fetchall())
-        assert _tables(pg.query) == expected and summary.attributed > 0
-    finally:
-        conn.rollback()
-        with conn.cursor() as cur:
-            cur.execute(f"DROP SCHEMA {schema_name} CASCADE")
-        conn.commit()
-        conn.close()
+    pg.conn.commit()
+    db = Database(pg.conn)  # as the task opens it
+    lite = random_db(tmp_path / "lite.sqlite", seed=3)
+    with db.transaction():
+        db.executescript(schema.challenge_ddl())
+    _copy_sources(lite, db)
+    summary = run_stages(db, "range", "2024-01-01", "2024-01-10")
+    run_pipeline(lite, "range", "2024-01-01", "2024-01-10")
+    with sqlite3.connect(lite) as conn:
+        expected = _tables(lambda sql: conn.execute(sql).fetchall())
+    assert _tables(db.query) == expected and summary.attributed > 0

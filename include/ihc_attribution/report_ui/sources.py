@@ -180,8 +180,12 @@ def open_db(conn_id: str | None = None) -> ReportDb:
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
     try:
         conn = connection.get_hook().get_conn()
-        with contextlib.suppress(Exception):  # psycopg2; other drivers keep their default
-            conn.set_session(readonly=True, autocommit=True)
+        # psycopg 2 and 3 alike: no transaction is left open between page queries, and the
+        # session refuses every write (the pages only read).
+        conn.autocommit = True
+        cur = conn.cursor()
+        cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        cur.close()
     except Exception as exc:
         raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
     return ReportDb(conn, f"{connection.conn_type} connection {conn_id!r}")

@@ -114,7 +114,8 @@ def _credit_sql(db: Database) -> str:
     """The run's answers as credit rows (see :mod:`credit`), from the journeys the run sent."""
     return credit.insert_sql(
         db,
-        "SELECT r.conv_id, c.conv_date, r.session_id, s.event_ts AS ts, s.channel_name, r.ihc, c.revenue "
+        "SELECT r.conv_id, c.conv_date, c.conv_date || ' ' || c.conv_time AS conv_ts, r.session_id, s.event_ts AS ts, "
+        "s.channel_name, r.ihc, c.revenue "
         "FROM attribution_stg_results r "
         "JOIN attribution_stg_sessions s ON s.run_id = r.run_id AND s.conv_id = r.conv_id AND s.session_id = r.session_id "
         "JOIN attribution_stg_conversions c ON c.run_id = r.run_id AND c.conv_id = r.conv_id "

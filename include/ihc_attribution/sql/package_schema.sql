@@ -166,7 +166,9 @@ CREATE TABLE IF NOT EXISTS attribution_spend_dates (
 CREATE TABLE IF NOT EXISTS attribution_credit (
     conv_id TEXT NOT NULL,
     conv_date TEXT,
+    conv_ts TEXT,
     session_id TEXT NOT NULL,
+    session_ts TEXT NOT NULL,
     date TEXT NOT NULL,
     channel_name TEXT NOT NULL,
     revenue_micros BIGINT NOT NULL,

@@ -37,7 +37,7 @@ from airflow.sdk import (
 )
 
 from ihc_attribution import settings
-from ihc_attribution.notify import RunFailureNotifier, deadline_missed
+from ihc_attribution.notify import RunFailureNotifier, deadline_missed, log_task_failure
 
 # Each task imports its stage when it runs: the stages pull in pandas and requests, which the
 # dag-processor need not load each time it parses this file.
@@ -97,6 +97,7 @@ SCHEDULE = (
         "retry_delay": timedelta(seconds=30),
         "retry_exponential_backoff": True,
         "execution_timeout": TASK_TIMEOUT,
+        "on_failure_callback": log_task_failure,
     },
     on_failure_callback=RunFailureNotifier(),
     deadline=DeadlineAlert(

@@ -19,6 +19,7 @@ from ihc_attribution import settings
 
 log = logging.getLogger(__name__)
 
+
 def alert_conn_id() -> str:
     """The connection alerts are posted to (``$ATTRIBUTION_ALERT_CONN_ID``)."""
     return settings.alert_conn_id()
@@ -65,6 +66,17 @@ def failure_message(context: dict[str, Any]) -> str:
     if url:
         parts.append(f"log: {url}")
     return " ".join(parts)
+
+
+def log_task_failure(context: dict[str, Any]) -> None:
+    """Task failure callback: the alert and the error, in one line at the end of the task's own log.
+
+    It runs in the task's process, so a UI user sees it in the log of the failed task even
+    without an alert connection (the run's notifier writes to the dag-processor's log).
+    """
+    error = context.get("exception")
+    first_line = str(error).strip().splitlines()[0] if error is not None and str(error).strip() else ""
+    log.error("ALERT %s%s", failure_message(context), f": {first_line}" if first_line else "")
 
 
 class RunFailureNotifier(BaseNotifier):

@@ -63,3 +63,18 @@ def test_a_missed_deadline_is_posted(webhook, monkeypatch):
                                                                       "port": port, "schema": "http"}))
     asyncio.run(notify.deadline_missed(_context(), hours=6))
     assert received == [{"text": "ihc_attribution run manual__2024-01-01 has not finished 6 h after it was queued"}]
+
+
+def test_a_failed_task_ends_its_own_log_with_the_alert_and_the_error_in_one_line(caplog):
+    from types import SimpleNamespace
+
+    from ihc_attribution.notify import log_task_failure
+
+    ti = SimpleNamespace(task_id="setup_tables", log_url="http://airflow/log/1")
+    context = {"ti": ti, "dag_run": SimpleNamespace(run_id="manual__1"),
+               "exception": ValueError("param end_date=2024-01-01 is before start_date\n(details)")}
+    with caplog.at_level("ERROR"):
+        log_task_failure(context)
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line == ("ALERT ihc_attribution run manual__1 failed in task setup_tables (ValueError) "
+                    "log: http://airflow/log/1: param end_date=2024-01-01 is before start_date")

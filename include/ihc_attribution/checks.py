@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from decimal import Decimal
 
-from ihc_attribution import export
+from ihc_attribution import drift, export
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
 from ihc_attribution.errors import PermanentError
@@ -38,6 +38,8 @@ class RunSummary:
     ihc: Decimal = Decimal(0)
     ihc_revenue: Decimal = Decimal(0)
     source_warnings: dict[str, int] = field(default_factory=dict)
+    #: Conversion days of attributed journeys that no longer match the sources: re-run them.
+    changed_days: list[str] = field(default_factory=list)
     #: What the range covered, when that needs saying (no conversions, before the first one ...).
     note: str = ""
 
@@ -61,6 +63,10 @@ class RunSummary:
             f"ihc_revenue {self.ihc_revenue:.2f}\n"
             f"  source data warnings over the range: "
             + (", ".join(f"{k} {v}" for k, v in sorted(self.source_warnings.items()) if v) or "none")
+            + (f"\n  CHANGED: attributed journeys of {len(self.changed_days)} other days no longer match the sources; "
+               f"re-run them ({', '.join(self.changed_days[:10])}{' ...' if len(self.changed_days) > 10 else ''}): "
+               "clear their runs in the UI, or trigger a run with start_date/end_date"
+               if self.changed_days else "")
         )
 
 
@@ -113,6 +119,7 @@ def check_run(db: Database, run_id: str, run_range: RunRange) -> RunSummary:
     totals = export.report_totals(export.read_report(db, run_range))
     summary.cost, summary.ihc, summary.ihc_revenue = totals.cost, totals.ihc, totals.ihc_revenue
     summary.source_warnings = source_warnings(db, run_range)
+    summary.changed_days = drift.changed_days(db)
     if summary.conversions == 0:
         summary.note = coverage_note(db, run_range)
     _record(db, summary)

@@ -52,21 +52,22 @@ _RULES = {
 def insert_sql(db: Database, journeys_sql: str) -> str:
     """The statement that adds the credit rows of ``journeys_sql``'s sessions.
 
-    ``journeys_sql`` selects, per credited session: ``conv_id, conv_date, conv_ts, session_id, ts``
+    ``journeys_sql`` selects, per credited session: ``conv_id, conv_date, conv_ts, user_id, session_id, ts``
     (timestamps as ``YYYY-MM-DD HH:MM:SS``), ``channel_name, ihc, revenue`` (the conversion's).
     """
     ihc = db.units("j.ihc", 4)
     rules = ", ".join(f"{sql} AS {name}_e4" for name, sql in _RULES.items())
     revenue = db.round_div("ihc_e4 * revenue_micros", _ONE)
     return f"""
-INSERT INTO {CREDIT} (conv_id, conv_date, conv_ts, session_id, session_ts, date, channel_name, revenue_micros, ihc_e4,
-                      ihc_revenue_micros, first_touch_e4, last_touch_e4, linear_e4, position_e4)
-SELECT conv_id, conv_date, conv_ts, session_id, session_ts, date, channel_name, revenue_micros, ihc_e4, {revenue},
-       first_touch_e4, last_touch_e4, linear_e4, position_e4
+INSERT INTO {CREDIT} (conv_id, conv_date, conv_ts, user_id, session_id, session_ts, date, channel_name, revenue_micros,
+                      ihc_e4, ihc_revenue_micros, first_touch_e4, last_touch_e4, linear_e4, position_e4)
+SELECT conv_id, conv_date, conv_ts, user_id, session_id, session_ts, date, channel_name, revenue_micros, ihc_e4,
+       {revenue}, first_touch_e4, last_touch_e4, linear_e4, position_e4
 FROM (
-    SELECT conv_id, conv_date, conv_ts, session_id, session_ts, date, channel_name, revenue_micros, ihc_e4, {rules}
+    SELECT conv_id, conv_date, conv_ts, user_id, session_id, session_ts, date, channel_name, revenue_micros, ihc_e4,
+           {rules}
     FROM (
-        SELECT j.conv_id, j.conv_date, j.conv_ts, j.session_id, j.ts AS session_ts, substr(j.ts, 1, 10) AS date,
+        SELECT j.conv_id, j.conv_date, j.conv_ts, j.user_id, j.session_id, j.ts AS session_ts, substr(j.ts, 1, 10) AS date,
                j.channel_name,
                {db.units("j.revenue", 6)} AS revenue_micros, {ihc} AS ihc_e4,
                ROW_NUMBER() OVER (PARTITION BY j.conv_id ORDER BY j.ts, j.session_id) AS pos,

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ihc_attribution import reuse, validation
+from ihc_attribution import drift, reuse, validation
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database, pg_text_not_a_date, storable
 from ihc_attribution.schema import CONVERSIONS, SESSION_SOURCES, STAGING_TABLES, has_unique_key
@@ -228,6 +228,8 @@ class ExtractSummary:
     unplaceable: int = 0
     max_journey_sessions: int = 0
     reused_answers: int = 0
+    #: Attributed conversions of other days whose journeys changed (see drift.py).
+    changed_elsewhere: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -280,6 +282,9 @@ def extract_journeys(
         if lookback_days is not None:
             params.append(f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days))
         db.execute(journeys_sql(db.dialect, lookback=lookback_days is not None), params)
+        if lookback_days is None:  # stored journeys are compared whole (see drift.py)
+            ts = f"{_SESSION_DATE[db.dialect]} || ' ' || {_SESSION_TIME[db.dialect]}"
+            summary.changed_elsewhere = drift.detect(db, run_id, BUYERS, BUYER_SESSIONS, ts)
         drop_buyer_sessions(db)
         db.execute(
             "UPDATE attribution_stg_conversions SET n_sessions = ("

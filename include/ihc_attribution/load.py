@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 
-from ihc_attribution import credit
+from ihc_attribution import credit, drift
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
 from ihc_attribution.errors import PermanentError
@@ -82,6 +82,7 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
             (run_id,),
         )
         credited = db.execute(_credit_sql(db), (run_id,))
+        drift.forget(db, run_id)
         if credited != summary.rows:
             raise LoadError(f"{summary.rows - credited} answered sessions of run {run_id} are not in its journeys")
         _add_report_dates(
@@ -114,7 +115,8 @@ def _credit_sql(db: Database) -> str:
     """The run's answers as credit rows (see :mod:`credit`), from the journeys the run sent."""
     return credit.insert_sql(
         db,
-        "SELECT r.conv_id, c.conv_date, c.conv_date || ' ' || c.conv_time AS conv_ts, r.session_id, s.event_ts AS ts, "
+        "SELECT r.conv_id, c.conv_date, c.conv_date || ' ' || c.conv_time AS conv_ts, c.user_id, r.session_id, "
+        "s.event_ts AS ts, "
         "s.channel_name, r.ihc, c.revenue "
         "FROM attribution_stg_results r "
         "JOIN attribution_stg_sessions s ON s.run_id = r.run_id AND s.conv_id = r.conv_id AND s.session_id = r.session_id "

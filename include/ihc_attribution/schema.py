@@ -162,7 +162,8 @@ def _fill_credit(db: Database) -> None:
     added = db.execute(credit.insert_sql(
         db,
         "SELECT a.conv_id, CAST(v.conv_date AS TEXT) AS conv_date, "
-        "CAST(v.conv_date AS TEXT) || ' ' || CAST(v.conv_time AS TEXT) AS conv_ts, a.session_id, "
+        "CAST(v.conv_date AS TEXT) || ' ' || CAST(v.conv_time AS TEXT) AS conv_ts, CAST(v.user_id AS TEXT) AS user_id, "
+        "a.session_id, "
         "CAST(s.event_date AS TEXT) || ' ' || CAST(s.event_time AS TEXT) AS ts, s.channel_name, a.ihc, v.revenue "
         f"FROM {ATTRIBUTION} a JOIN {SESSION_SOURCES} s ON CAST(s.session_id AS TEXT) = a.session_id "
         f"JOIN {CONVERSIONS} v ON CAST(v.conv_id AS TEXT) = a.conv_id "

@@ -185,3 +185,26 @@ def test_a_session_row_duplicated_after_attribution_credits_nothing_twice(tmp_pa
         conn.execute("INSERT INTO session_costs SELECT * FROM session_costs WHERE session_id = 's1'")
     run_pipeline(path, "r2", "2024-01-11", "2024-01-11", refresh_spend=True)  # another day's run reads all spend
     assert report(path) == before, "the copy adds neither spend nor credit"
+
+
+def test_a_late_session_of_an_attributed_day_is_named_by_a_later_run_and_cleared_by_re_running_that_day(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-09")  # c1 of u1
+    with sqlite3.connect(path) as conn:
+        # a session of u1 loaded late, before c1; and u1 converts again on 2024-01-12
+        conn.execute("INSERT INTO session_sources VALUES ('s9', 'u1', '2024-01-09', '09:00:00', 'Email', 0, 1, 0)")
+        conn.execute("INSERT INTO conversions VALUES ('c9', 'u1', '2024-01-12', '10:00:00', 25.0)")
+    later = run_pipeline(path, "r2", "2024-01-12", "2024-01-12")
+    assert later.changed_days == ["2024-01-09"]
+    with sqlite3.connect(path) as conn:
+        (detail,) = conn.execute("SELECT detail FROM attribution_drift WHERE conv_id = 'c1'").fetchone()
+    assert "attributed over 2 sessions; the sources now hold 3" in detail
+    assert "CHANGED" in later.render() and "2024-01-09" in later.render()
+    again = run_pipeline(path, "r3", "2024-01-09", "2024-01-09")
+    assert again.changed_days == []
+
+
+def test_unchanged_journeys_of_other_days_are_not_named(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    run_pipeline(path, "r1", "2024-01-09", "2024-01-09")
+    assert run_pipeline(path, "r2", "2024-01-10", "2024-01-10").changed_days == []

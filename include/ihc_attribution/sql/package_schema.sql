@@ -167,6 +167,7 @@ CREATE TABLE IF NOT EXISTS attribution_credit (
     conv_id TEXT NOT NULL,
     conv_date TEXT,
     conv_ts TEXT,
+    user_id TEXT,
     session_id TEXT NOT NULL,
     session_ts TEXT NOT NULL,
     date TEXT NOT NULL,
@@ -183,6 +184,15 @@ CREATE TABLE IF NOT EXISTS attribution_credit (
 );
 CREATE INDEX IF NOT EXISTS ix_attribution_credit_date ON attribution_credit (date, channel_name);
 CREATE INDEX IF NOT EXISTS ix_attribution_credit_conv_date ON attribution_credit (conv_date);
+CREATE INDEX IF NOT EXISTS ix_attribution_credit_user ON attribution_credit (user_id);
+
+-- Attributed conversions whose journey no longer matches the sources (see drift.py): the days to re-run.
+CREATE TABLE IF NOT EXISTS attribution_drift (
+    conv_id TEXT PRIMARY KEY,
+    conv_date TEXT,
+    run_id TEXT NOT NULL,
+    detail TEXT
+);
 
 -- Indexes of the package's own tables. None is ever built on a source table: the indexes the
 -- queries would use there are the users' to create (README, "Indexes on your tables").

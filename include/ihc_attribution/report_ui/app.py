@@ -3,7 +3,9 @@
 - ``GET /``: the report over the database: a date range and channels to pick, headline
   figures, spend against attributed revenue and ROAS per channel, per-channel daily spend and
   revenue, ROAS and CPO over time (the lines picked, or the top channels and "Other"), totals per
-  channel, and the runs that built the numbers. The charts are those of the chart file.
+  channel against the previous period of the same length, the credit under each model, the paths
+  to conversion with journey lengths and times to conversion, and the runs that built the
+  numbers. The charts are those of the chart file.
 - ``GET /report.csv``: the selected rows as CSV (the export's columns and rounding).
 - ``GET /issues``: the conversions of ``attribution_issues`` by reason and date, linked to runs.
 - ``GET /exports``: the files the ``export_csv`` task wrote; ``GET /files/<name>`` serves one.

@@ -3,7 +3,9 @@
 The figures come from :func:`ihc_attribution.charts.compute_figures` over the rows of
 ``channel_reporting`` the analyst selected (a date range, and channels or all of them), rounded as
 the CSV rounds them; the charts are those of the chart file (:mod:`ihc_attribution.report_ui.svg`),
-and the templates only format them.
+and the templates only format them. The previous period is summed the same way
+(:mod:`ihc_attribution.report_ui.comparison`); the paths to conversion come from the credited
+journeys (:mod:`ihc_attribution.journey_stats`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_DAYS = 30
 ISSUES_LIMIT = 200
 REPORTS_LIMIT = 100
+PATHS_LIMIT = 20
 MAX_RANGE_DAYS = 3660
 
 
@@ -134,7 +137,7 @@ def selection_query(selection: sources.Selection) -> str:
 def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str, Any]:
     """Everything the report page shows for the request's selection."""
     from ihc_attribution import charts, credit
-    from ihc_attribution.report_ui import svg
+    from ihc_attribution.report_ui import comparison, svg
 
     channels = sources.report_channels(db)
     bounds = sources.report_bounds(db)
@@ -145,9 +148,10 @@ def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str,
     code = charts.currency()
     colors = svg.channel_colors(channels)
     issues = sources.read_issues(db, limit=0)
+    has_credit = db.has_table(credit.CREDIT)
     models = (
         credit.model_totals(db, selection.start, selection.end, list(selection.channels) or None)
-        if db.has_table(credit.CREDIT) else []
+        if has_credit else []
     )
     in_range = sum(n for date, _, n in issues.by_date if selection.start <= date <= selection.end)
     return {
@@ -169,7 +173,25 @@ def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str,
         "charts": svg.report_charts(figures, colors, code, picked.lines),
         "models": models,
         "model_names": credit.MODELS,
+        "comparison": None if figures.empty else comparison.compare(db, selection, figures),
+        "metrics": comparison.METRICS,
+        "journeys": journey_stats(db, selection) if has_credit else None,
+        "paths_limit": PATHS_LIMIT,
     }
+
+
+def journey_stats(db: sources.ReportDb, selection: sources.Selection) -> Any:
+    """The paths and journey distributions of the selection's conversions, or why they cannot be read.
+
+    A database whose credit rows predate the conversion timestamps fails here alone: the rest of
+    the page still shows.
+    """
+    from ihc_attribution.journey_stats import read_journey_stats
+
+    try:
+        return read_journey_stats(db, selection.start, selection.end, selection.channels)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
 
 
 def csv_name(selection: sources.Selection) -> str:

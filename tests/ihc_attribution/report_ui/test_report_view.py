@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import html
 import io
 import json
 import random
+import re
 import sqlite3
 import uuid
 from decimal import ROUND_HALF_UP, Decimal
@@ -539,6 +541,211 @@ def test_an_outlier_ratio_is_clipped_and_marked_not_flattening_the_chart(client,
     assert max(others) <= top < 1000, "the axis ends near the other values"
     assert "2024-01-03: Channel 01 \u20ac12,064.42 (above the axis)" in text
     assert "chart-roas" not in page.notes, "ROAS has no outlier here"
+
+
+# --- paths to conversion -----------------------------------------------------------------------
+
+LENGTH_EDGES, LENGTH_LABELS = [1, 2, 3, 4, 6, 11, 21, float("inf")], ["1", "2", "3", "4-5", "6-10", "11-20", "21 or more"]
+TIME_EDGES = [0, 3600, 86400, 7 * 86400, 30 * 86400, float("inf")]
+TIME_LABELS = ["under 1 hour", "1 to 24 hours", "1 to 7 days", "7 to 30 days", "30 days or more"]
+
+
+@pytest.fixture(scope="module")
+def demo_path(tmp_path_factory) -> Path:
+    """Two weeks of generated conversions whose journeys reach up to 45 days back, through the pipeline."""
+    path = tmp_path_factory.mktemp("demo") / "demo.db"
+    generate(path, DemoConfig(start=dt.date(2024, 1, 1), end=dt.date(2024, 1, 14), conversions=400,
+                              sessions_per_conversion=15, lookback_days=45))
+    run_pipeline(path, "manual__2024-01-15T00:00:00+00:00", "2024-01-01", "2024-01-14")
+    return path
+
+
+@pytest.fixture
+def demo(demo_path, monkeypatch) -> Path:
+    use_db(monkeypatch, demo_path)
+    monkeypatch.delenv("ATTRIBUTION_CURRENCY", raising=False)
+    return demo_path
+
+
+def text_of(page: str, element_id: str) -> str:
+    """The text of the paragraph with ``element_id``, its tags dropped and its spaces collapsed."""
+    inner = page.split(f'id="{element_id}">')[1].split("</p>")[0]
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", "", inner)).split())
+
+
+def pct(part: int, whole: int) -> str:
+    return f"{(Decimal(part) * 100 / whole).quantize(Decimal('0.1'), ROUND_HALF_UP)} %"
+
+
+def micros_eur(micros: int) -> str:
+    return eur(Decimal(int(micros)) / 1_000_000)
+
+
+def conversions_of(path: Path, start: str, end: str, channels: list[str]) -> pd.DataFrame:
+    """One row per conversion dated [start, end] (touching ``channels``, if any): path, sessions, seconds, revenue."""
+    with sqlite3.connect(path) as conn:
+        credit = pd.read_sql_query("SELECT * FROM attribution_credit", conn)
+    credit = credit[(credit.conv_date >= start) & (credit.conv_date <= end)]
+    if channels:
+        credit = credit[credit.conv_id.isin(credit[credit.channel_name.isin(channels)].conv_id)]
+    credit = credit.sort_values(["conv_id", "session_ts", "session_id"])
+    steps = credit[credit.channel_name != credit.groupby("conv_id").channel_name.shift()]
+    out = credit.groupby("conv_id").agg(sessions=("session_id", "size"), first=("session_ts", "min"),
+                                        conv_ts=("conv_ts", "first"), revenue=("revenue_micros", "first"))
+    out["path"] = steps.groupby("conv_id").channel_name.agg(tuple)
+    out["seconds"] = (pd.to_datetime(out.conv_ts) - pd.to_datetime(out["first"])).dt.total_seconds()
+    return out
+
+
+def bucket_rows(values: pd.Series, revenue: pd.Series, edges: list[float], labels: list[str]) -> list[list[str]]:
+    """The rows of a distribution table: label, conversions, share and revenue of each bucket."""
+    cut = pd.cut(values, edges, right=False, labels=labels)
+    total = len(values)
+    return [[label, str(int((cut == label).sum())), pct(int((cut == label).sum()), total),
+             micros_eur(revenue[cut == label].sum())] for label in labels]
+
+
+PATH_SELECTIONS = [
+    ("2024-01-08", "2024-01-14", []),
+    ("2024-01-01", "2024-01-14", []),
+    ("2024-01-03", "2024-01-09", ["Newsletter & Email", "Referral"]),
+]
+
+
+@pytest.mark.parametrize(("start", "end", "channels"), PATH_SELECTIONS)
+def test_paths_and_journey_distributions_equal_a_recomputation_from_the_credit_table(client, demo, start, end, channels):
+    response = client.get("/", params={"start": start, "end": end, "channel": channels})
+    page = Page(response.text)
+    found = conversions_of(demo, start, end, channels)
+    total = len(found)
+    assert total > 50 and found.path.map(len).max() >= 3, "journeys of several channels to check"
+
+    paths = found.groupby("path").agg(n=("sessions", "size"), revenue=("revenue", "sum"))
+    ranked = sorted(paths.itertuples(), key=lambda p: (-p.n, -p.revenue, p.Index))
+    expected = [[str(i), " > ".join(charts.channel_label(c) for c in p.Index), str(p.n), pct(p.n, total),
+                 micros_eur(p.revenue)] for i, p in enumerate(ranked[:20], start=1)]
+    assert page.tables["paths"][1:] == expected
+    assert len(ranked) > 20 or channels
+    scope = text_of(response.text, "paths-scope")
+    assert f"{total} attributed conversion(s) with a conversion date from {start} to {end}" in scope
+
+    lengths = bucket_rows(found.sessions, found.revenue, LENGTH_EDGES, LENGTH_LABELS)
+    assert [r[:4] for r in page.tables["journey-lengths"][1:]] == lengths
+    times = bucket_rows(found.seconds, found.revenue, TIME_EDGES, TIME_LABELS)
+    assert [r[:4] for r in page.tables["time-to-conversion"][1:]] == times
+    assert sum(int(r[1]) > 0 for r in times) >= 4 and sum(int(r[1]) > 0 for r in lengths) >= 5, "buckets filled"
+
+
+def test_paths_of_a_range_without_conversions_say_so(client, demo):
+    text = client.get("/", params={"start": "2023-12-01", "end": "2023-12-07"}).text
+    assert 'id="paths-none"' in text and 'id="paths"' not in text
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ("DROP TABLE attribution_credit", "holds no attributed journeys yet"),
+    ("ALTER TABLE attribution_credit DROP COLUMN conv_ts", "The journeys cannot be read: OperationalError"),
+])
+def test_a_database_without_journeys_shows_the_rest_of_the_page(client, db_path, change, message):
+    with sqlite3.connect(db_path) as conn:
+        conn.execute(change)
+    text = client.get("/", params={"start": "2024-01-01", "end": "2024-01-07"}).text
+    assert message in text and 'id="channel-totals"' in text and 'id="period-comparison"' in text
+
+
+# --- the previous period -----------------------------------------------------------------------
+
+
+def change(now: Decimal | None, before: Decimal | None, fmt) -> str:
+    if now is None or before is None:
+        return "n/a"
+    delta = now - before
+    text = ("+" if delta > 0 else "") + fmt(delta)
+    if before == 0:
+        return text
+    return f"{text} ({format((delta * 100 / abs(before)).quantize(Decimal('0.1'), ROUND_HALF_UP), '+')} %)"
+
+
+def compared(now: tuple, before: tuple) -> list[str]:
+    """The 12 cells of a comparison row: spend, revenue, ROAS and CPO, each now, before and the change."""
+    cells = []
+    for pick, fmt in ((lambda c, i, r: c, eur), (lambda c, i, r: r, eur), (lambda c, i, r: roas(c, r), num),
+                      (lambda c, i, r: cpo(c, i), eur)):
+        a, b = pick(*now[:3]), pick(*before[:3])
+        cells += [fmt(a), fmt(b), change(a, b, fmt)]
+    return cells
+
+
+def previous(start: str, end: str) -> tuple[str, str]:
+    first, last = dt.date.fromisoformat(start), dt.date.fromisoformat(end)
+    days = (last - first).days + 1
+    return str(first - dt.timedelta(days=days)), str(first - dt.timedelta(days=1))
+
+
+def check_comparison(page: Page, path: Path, start: str, end: str, channels: list[str]) -> None:
+    """The comparison table against a recomputation, and its current columns against the totals table."""
+    now = per_channel(table(path, start, end, channels))
+    before = per_channel(table(path, *previous(start, end), channels))
+    zero = (Decimal(0), Decimal(0), Decimal(0))
+    rows = page.tables["period-comparison"]
+    assert rows[1] == ["This period", "Previous", "Change"] * 4
+    body, foot = rows[2:-1], rows[-1]
+    order = by_revenue(now) + [n for n in by_revenue(before) if n not in now]
+    assert [r[0] for r in body] == [charts.channel_label(n) for n in order]
+    for r, name in zip(body, order, strict=True):
+        assert r[1:] == compared(now.get(name, zero), before.get(name, zero)), name
+    cur, prev = sums(table(path, start, end, channels)), sums(table(path, *previous(start, end), channels))
+    assert foot == ["All channels", *compared(cur, prev)]
+
+    # this period's columns are the totals table's cells, to the cent
+    totals = {r[0]: r for r in page.tables["channel-totals"][1:]}
+    for r in [*body, foot]:
+        if r[0] in totals:
+            t = totals[r[0]]
+            assert [r[1], r[4], r[7], r[10]] == [t[1], t[3], t[5], t[4]], r[0]
+    assert {r[0] for r in body} >= set(totals) - {"All channels"}
+
+
+@pytest.mark.parametrize(("start", "end", "channels"), [
+    ("2024-01-01", "2024-01-07", []),
+    ("2024-01-04", "2024-01-10", ["Direct Traffic", "Paid Search", "Organic"]),
+    ("2023-12-31", "2024-01-10", []),
+])
+def test_the_selection_is_compared_with_the_period_before_it(client, db_path, start, end, channels):
+    page = Page(client.get("/", params={"start": start, "end": end, "channel": channels}).text)
+    check_comparison(page, db_path, start, end, channels)
+
+
+def test_a_channel_without_rows_in_one_period_counts_zero_there(client, db_path):
+    with sqlite3.connect(db_path) as conn:  # Paid Search only before, Email only now
+        conn.execute("DELETE FROM channel_reporting WHERE channel_name = 'Paid Search' AND date >= '2024-01-04'")
+        conn.execute("DELETE FROM channel_reporting WHERE channel_name = 'Email' AND date < '2024-01-04'")
+    page = Page(client.get("/", params={"start": "2024-01-04", "end": "2024-01-10"}).text)
+    check_comparison(page, db_path, "2024-01-04", "2024-01-10", [])
+    rows = {r[0]: r for r in page.tables["period-comparison"][2:]}
+    assert rows["Paid Search"][1] == "\u20ac0.00" and rows["Paid Search"][7] == rows["Paid Search"][9] == "n/a"
+    assert rows["Email"][5] == "\u20ac0.00" and rows["Email"][6].startswith("+") and "(" not in rows["Email"][6], \
+        "no percent of nothing"
+    assert "Paid Search" not in {r[0] for r in page.tables["channel-totals"]}
+
+
+@pytest.mark.parametrize(("start", "end", "note"), [
+    ("2023-12-24", "2023-12-31", "Dates with report rows: 8 of 8 in this period, 4 of 8 in the previous one."),
+    ("2023-12-20", "2023-12-26", None),
+])
+def test_a_previous_period_with_few_or_no_rows_says_so(client, db_path, start, end, note):
+    text = client.get("/", params={"start": start, "end": end}).text
+    if note is None:
+        assert 'id="comparison-none"' in text and 'id="period-comparison"' not in text
+        assert text_of(text, "comparison-none").startswith("No report rows from 2023-12-13 to 2023-12-19, the 7 day(s) before")
+    else:
+        assert text_of(text, "comparison-periods").endswith(note)
+        check_comparison(Page(text), db_path, start, end, [])
+
+
+def test_the_comparison_of_a_pipeline_run_shows_the_totals_table(client, demo):
+    page = Page(client.get("/", params={"start": "2024-01-08", "end": "2024-01-14"}).text)
+    check_comparison(page, demo, "2024-01-08", "2024-01-14", [])
+    assert len(page.tables["period-comparison"]) > 10
 
 
 # --- the runs behind the numbers ---------------------------------------------------------------

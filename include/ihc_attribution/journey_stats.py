@@ -1,0 +1,201 @@
+"""Paths to conversion: the channels each conversion's journey went through, and how long it took.
+
+Read from ``attribution_credit``, one row per (conversion, session) of the journeys the API
+attributed, so a journey here is exactly the sessions that shared the conversion's credit (within
+the run's look-back window). The selection is by the **conversion's date**: a conversion belongs
+to the day it happened, and its whole journey counts, sessions before the range included.
+
+- A conversion's *path* is its sessions' channels in session order (``session_ts``, then
+  ``session_id``) with consecutive repeats collapsed: Email, Email, Direct is ``Email > Direct``.
+- Its *journey length* is its number of sessions (repeats included); its *time to conversion*
+  runs from its first session to the conversion (``conv_ts``).
+- Revenue is the conversion's whole revenue, counted once per conversion, as exact micro-units.
+"""
+
+from __future__ import annotations
+
+import bisect
+import datetime as dt
+import itertools
+import operator
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any, NamedTuple
+
+from ihc_attribution.credit import CREDIT
+
+PATH_SEPARATOR = " > "
+_MICROS = Decimal(1_000_000)
+_HOUR, _DAY = 3600, 86400
+
+#: Journey length buckets: (fewest sessions, label), ascending; each runs up to the next one's lower bound.
+LENGTH_BUCKETS: tuple[tuple[int, str], ...] = (
+    (1, "1"), (2, "2"), (3, "3"), (4, "4-5"), (6, "6-10"), (11, "11-20"), (21, "21 or more"),
+)  # fmt: skip
+#: Time to conversion buckets: (from, in seconds, label), ascending; a bucket includes its lower bound.
+TIME_BUCKETS: tuple[tuple[int, str], ...] = (
+    (0, "under 1 hour"), (_HOUR, "1 to 24 hours"), (_DAY, "1 to 7 days"), (7 * _DAY, "7 to 30 days"),
+    (30 * _DAY, "30 days or more"),
+)  # fmt: skip
+
+
+class Journey(NamedTuple):
+    """One conversion's journey (a named tuple: the page builds one per conversion of the range).
+
+    ``seconds`` runs from the first session to the conversion; ``None`` when the conversion's
+    timestamp is missing or not a timestamp.
+    """
+
+    conv_id: str
+    path: tuple[str, ...]
+    sessions: int
+    seconds: float | None
+    revenue_micros: int
+
+
+@dataclass(frozen=True)
+class Count:
+    """Conversions and their revenue (exact micro-units) under one label: a path or a bucket."""
+
+    label: str
+    conversions: int
+    revenue_micros: int
+    channels: tuple[str, ...] = ()
+
+    @property
+    def revenue(self) -> Decimal:
+        """The revenue, rounded half up to the cent."""
+        return (Decimal(self.revenue_micros) / _MICROS).quantize(Decimal("0.01"), ROUND_HALF_UP)
+
+
+@dataclass(frozen=True)
+class JourneyStats:
+    """Paths, journey lengths and times to conversion of a set of conversions.
+
+    ``paths`` holds every distinct path, the most frequent first (then the most revenue, then by
+    channel names); ``lengths`` and ``times`` hold every bucket of :data:`LENGTH_BUCKETS` and
+    :data:`TIME_BUCKETS`, empty ones included; ``untimed`` counts the conversions without a
+    timestamp, which are in no time bucket.
+    """
+
+    conversions: int
+    revenue_micros: int
+    paths: tuple[Count, ...]
+    lengths: tuple[Count, ...]
+    times: tuple[Count, ...]
+    untimed: int = 0
+
+    @property
+    def revenue(self) -> Decimal:
+        """The conversions' revenue, rounded half up to the cent."""
+        return Count("", self.conversions, self.revenue_micros).revenue
+
+    def share(self, conversions: int) -> Decimal | None:
+        """``conversions`` as a percentage of all, one decimal; ``None`` without any conversion."""
+        if not self.conversions:
+            return None
+        return (Decimal(conversions) * 100 / self.conversions).quantize(Decimal("0.1"), ROUND_HALF_UP)
+
+    def top(self, limit: int) -> tuple[Count, ...]:
+        """The ``limit`` most frequent paths."""
+        return self.paths[:limit]
+
+
+def collapse(channels: Iterable[str]) -> tuple[str, ...]:
+    """The channels with consecutive repeats collapsed into one: ``A, A, B, A`` gives ``A, B, A``."""
+    return tuple(name for name, _ in itertools.groupby(channels))
+
+
+def path_text(path: Sequence[str], label: Any = str) -> str:
+    """A path as text, its channels named by ``label`` and joined by :data:`PATH_SEPARATOR`."""
+    return PATH_SEPARATOR.join(label(name) for name in path)
+
+
+def _timestamp(value: Any) -> dt.datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, dt.datetime):
+        return value
+    try:
+        return dt.datetime.fromisoformat(str(value))
+    except ValueError:
+        return None
+
+
+def _journey(conv_id: Any, group: Iterator[Sequence[Any]]) -> Journey:
+    _, conv_ts, session_ts, _, channel, micros = next(group)
+    path, sessions = [channel], 1
+    for row in group:  # one pass, the repeats collapsed on the way: the page reads every row of the range
+        sessions += 1
+        if row[4] != path[-1]:
+            path.append(row[4])
+    converted, first = _timestamp(conv_ts), _timestamp(session_ts)
+    seconds = None if converted is None or first is None else (converted - first).total_seconds()
+    return Journey(str(conv_id), tuple(map(str, path)), sessions, seconds, int(micros))
+
+
+_SESSION_ORDER = operator.itemgetter(0, 2, 3)
+_CONVERSION = operator.itemgetter(0)
+
+
+def journeys(rows: Iterable[Sequence[Any]]) -> list[Journey]:
+    """The journeys of credit rows ``(conv_id, conv_ts, session_ts, session_id, channel_name, revenue_micros)``, in any order.
+
+    Sessions are ordered here rather than by the database, in code-point order of their
+    timestamp and id (text, as stored), so that PostgreSQL and SQLite give the same paths
+    whatever their collation.
+    """
+    ordered = sorted(rows, key=_SESSION_ORDER)
+    return [_journey(conv_id, group) for conv_id, group in itertools.groupby(ordered, key=_CONVERSION)]
+
+
+def _bucketed(buckets: Sequence[tuple[int, str]], values: Iterable[tuple[float, int]]) -> tuple[Count, ...]:
+    lows = [low for low, _ in buckets]
+    counts, revenue = [0] * len(buckets), [0] * len(buckets)
+    for value, micros in values:
+        # Sessions precede their conversion; a negative time (clock skew in the source) counts as 0.
+        at = max(bisect.bisect_right(lows, value) - 1, 0)
+        counts[at] += 1
+        revenue[at] += micros
+    return tuple(Count(label, counts[i], revenue[i]) for i, (_, label) in enumerate(buckets))
+
+
+def summarize(found: Iterable[Journey]) -> JourneyStats:
+    """Paths, length and time buckets of ``found``."""
+    found = list(found)
+    paths: dict[tuple[str, ...], list[int]] = {}
+    for journey in found:
+        cell = paths.setdefault(journey.path, [0, 0])
+        cell[0] += 1
+        cell[1] += journey.revenue_micros
+    ranked = sorted(paths.items(), key=lambda item: (-item[1][0], -item[1][1], item[0]))
+    timed = [(j.seconds, j.revenue_micros) for j in found if j.seconds is not None]
+    return JourneyStats(
+        conversions=len(found),
+        revenue_micros=sum(j.revenue_micros for j in found),
+        paths=tuple(Count(path_text(path), n, micros, path) for path, (n, micros) in ranked),
+        lengths=_bucketed(LENGTH_BUCKETS, ((j.sessions, j.revenue_micros) for j in found)),
+        times=_bucketed(TIME_BUCKETS, timed),
+        untimed=len(found) - len(timed),
+    )
+
+
+def read_journey_stats(db: Any, first_date: str, last_date: str, channels: Sequence[str] = ()) -> JourneyStats:
+    """Paths, journey lengths and times to conversion of the conversions dated ``[first_date, last_date]``.
+
+    ``db``: anything with ``query(sql, params)`` taking ``?`` placeholders (a :class:`Database`,
+    the report pages' read-only connection). ``channels``: only the conversions with at least one
+    session of these channels (their whole paths); empty, every conversion.
+    """
+    where, params = "conv_date >= ? AND conv_date <= ?", [first_date, last_date]
+    if channels:
+        marks = ", ".join("?" for _ in channels)
+        where += (f" AND conv_id IN (SELECT conv_id FROM {CREDIT} WHERE conv_date >= ? AND conv_date <= ? "
+                  f"AND channel_name IN ({marks}))")
+        params += [first_date, last_date, *channels]
+    rows = db.query(
+        f"SELECT conv_id, conv_ts, session_ts, session_id, channel_name, revenue_micros FROM {CREDIT} WHERE {where}",
+        params,
+    )
+    return summarize(journeys(rows))

@@ -240,6 +240,15 @@ class Database:
             return bool(self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", (table,)))
         return self.scalar("SELECT to_regclass(?) IS NOT NULL", (table,)) is True
 
+    def columns(self, table: str) -> set[str]:
+        """The column names of ``table``."""
+        cur = self.conn.cursor()
+        try:
+            cur.execute(f"SELECT * FROM {table} WHERE 1 = 0")
+            return {d[0] for d in cur.description}
+        finally:
+            cur.close()
+
     def describe(self) -> str:
         """Where the connection points, for error messages (no credentials)."""
         if self.is_sqlite:

@@ -104,16 +104,40 @@ def ensure_schema(db: Database) -> None:
     with db.transaction():
         for statement in _result_tables_ddl():
             db.execute(statement)
-        db.executescript(read_sql("package_schema.sql"))
+        package_ddl = read_sql("package_schema.sql")
+        rebuilt = _drop_reshaped_derived_tables(db, package_ddl)
+        db.executescript(package_ddl)
         applied = db.scalar("SELECT MAX(version) FROM attribution_schema_version")
-        if applied is not None and applied >= SCHEMA_VERSION:
+        current = applied is not None and applied >= SCHEMA_VERSION
+        if rebuilt or not current:
+            _fill_credit(db)
+        if current:
             return
         _remove_legacy(db)
-        _fill_credit(db)
         db.execute(
             "INSERT INTO attribution_schema_version (version, applied_at) VALUES (?, CURRENT_TIMESTAMP)",
             (SCHEMA_VERSION,),
         )
+
+
+#: Tables the package derives from others, rebuilt when their columns are not those of the DDL: the
+#: credit from the stored attribution and the sources (:func:`_fill_credit`), the spend by reading
+#: its dates again (they are forgotten with it).
+_DERIVED = ("attribution_credit", "attribution_spend", "attribution_spend_dates")
+
+
+def _drop_reshaped_derived_tables(db: Database, ddl: str) -> bool:
+    """Drop the derived tables when one of them has other columns than ``ddl`` gives it; return whether."""
+    for table in _DERIVED:
+        block = re.search(rf"CREATE TABLE IF NOT EXISTS {table} \((.*?)\n\);", ddl, re.DOTALL)
+        wanted = {line.split()[0] for line in block.group(1).splitlines()
+                  if line.strip() and not line.strip().startswith(("--", "PRIMARY"))}
+        if db.table_exists(table) and db.columns(table) != wanted:
+            log.warning("%s has other columns than this version's: it is built again", table)
+            for derived in _DERIVED:
+                db.execute(f"DROP TABLE IF EXISTS {derived}")
+            return True
+    return False
 
 
 def _remove_legacy(db: Database) -> None:

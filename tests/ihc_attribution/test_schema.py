@@ -81,3 +81,21 @@ def test_index_advice_names_the_missing_indexes_and_what_they_save(tmp_path):
         assert [a.split(":")[0] for a in schema.index_advice(db)] == [advice[0].split(":")[0]]
     finally:
         db.close()
+
+
+def test_a_derived_table_of_another_shape_is_built_again_from_what_it_derives_from(tmp_path):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, CONVERSIONS)
+    with sqlite3.connect(path) as conn:
+        conn.executescript(
+            "CREATE TABLE attribution_credit (conv_id TEXT, session_id TEXT, date TEXT, channel_name TEXT, ihc_e4 INT);"
+            "INSERT INTO attribution_customer_journey VALUES ('c1', 's1', 1.0);"
+        )
+    db = Database.connect_sqlite(str(path))
+    try:
+        schema.ensure_schema(db)
+        assert {"user_id", "session_ts", "position_e4"} <= db.columns("attribution_credit")
+        assert db.query("SELECT conv_id, session_id, ihc_e4, last_touch_e4 FROM attribution_credit") == [
+            ("c1", "s1", 10_000, 10_000)
+        ]
+    finally:
+        db.close()

@@ -10,7 +10,8 @@
 #   make e2e-celery  a 3-day backfill on two Celery workers and a PostgreSQL warehouse (its own stack, ports and databases)
 .PHONY: up down status airflow e2e e2e-celery
 
-# `down` and `status` need only the standard library, so they work before `make install` too.
+# `down` and `status` work before `make install` too: they need psutil (an Airflow dependency)
+# only once `up` has recorded processes.
 UP_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
 E2E_PLAYWRIGHT ?= playwright==1.65.2
 

@@ -1,4 +1,4 @@
-"""``make up`` / ``make down`` plumbing: process groups, PID files, secrets, the environment."""
+"""``make up`` / ``make status`` / ``make down``: process groups, PID files, secrets, the environment."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ SLEEPER = "import time; time.sleep(120)"
 FAMILY = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); " \
          "time.sleep(120)"
 STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+KEYS = {"ihc_api_key": "k" * 32, "jwt_secret": "j" * 86, "api_secret_key": "s" * 86, "admin_password": "p" * 16}
 
 
 def _load():
@@ -63,67 +64,74 @@ def _wait_for(predicate, timeout=10.0):
         time.sleep(0.05)
 
 
-def test_down_stops_the_whole_process_group_and_waits(up):
+def test_down_stops_the_whole_process_group_waits_and_forgets_it(up, capsys):
     state: dict = {}
     pid = up.start_process("scheduler", [sys.executable, "-c", FAMILY, "airflow"], dict(os.environ), state)
     _wait_for(lambda: len(up.group_members(pid)) == 2)
     assert up.pid_file("scheduler").read_text().strip() == str(pid)
-    assert up.recorded_pid("scheduler", up.load_state()) == pid
+    assert up.running(up.load_state()) == {"scheduler": pid}
 
-    assert up.stop_groups({"scheduler": pid}, timeout=10) == []
+    assert up.main(["down", "--timeout", "10"]) == 0
     assert up.group_members(pid) == []  # leader and child, gone when it returns
+    assert not up.pid_file("scheduler").exists()
+    assert "stopped scheduler" in capsys.readouterr().out
+    assert up.main(["down"]) == 0
+    assert "not running" in capsys.readouterr().out
 
 
-def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(up):
-    pid = up.start_process("api-server", [sys.executable, "-c", STUBBORN], dict(os.environ), {})
+def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(up, capsys):
+    pid = up.start_process("api-server", [sys.executable, "-c", STUBBORN, "airflow"], dict(os.environ), {})
     time.sleep(0.5)  # let it install its handler
     started = time.monotonic()
-    assert up.stop_groups({"api-server": pid}, timeout=1) == ["api-server"]
+    assert up.main(["down", "--timeout", "1"]) == 0
     assert up.group_members(pid) == []
     assert time.monotonic() - started < 10
+    assert "api-server did not stop within 1 s; killing it" in capsys.readouterr().out
 
 
 def test_zombies_do_not_count_as_running(up):
     pid = up.start_process("triggerer", [sys.executable, "-c", "pass", "airflow"], dict(os.environ), {})
     time.sleep(1.0)  # exited; nobody has reaped it yet
     assert up.group_members(pid) == []
-    assert up.recorded_pid("triggerer", up.load_state()) is None
+    assert up.running(up.load_state()) == {}
 
 
 def test_a_recorded_pid_must_still_be_the_same_program(up):
-    state: dict = {}
-    pid = up.start_process("ihc-server", [sys.executable, "-c", SLEEPER, "ihc_attribution_dev.server"], dict(os.environ), state)
-    assert up.recorded_pid("ihc-server", up.load_state()) == pid
+    pid = up.start_process("ihc-server", [sys.executable, "-c", SLEEPER, "ihc_attribution_dev.server"], dict(os.environ), {})
     assert up.running(up.load_state()) == {"ihc-server": pid}
 
     # Another start time: the PID was reused by a different process.
-    other = json.loads(up.STATE_FILE.read_text())
-    other["components"]["ihc-server"]["start_ticks"] += 1
-    assert up.recorded_pid("ihc-server", other) is None
+    other = up.load_state()
+    other["components"]["ihc-server"]["started"] += 1
+    assert up.running(other) == {}
     # Another program under a PID file of ours (this test's own process).
     up.pid_file("ihc-server").write_text(f"{os.getpid()}\n")
-    assert up.recorded_pid("ihc-server", {}) is None
+    assert up.running({}) == {}
     up.stop_groups({"ihc-server": pid}, timeout=5)
 
 
-def test_down_with_nothing_running_is_fine(up, capsys):
-    assert up.main(["down"]) == 0
+def test_status_names_what_runs_and_what_is_missing(up, capsys):
+    assert up.main(["status"]) == 0
     assert "not running" in capsys.readouterr().out
 
-
-def test_down_removes_pid_files_of_what_it_stopped(up):
-    pid = up.start_process("ihc-server", [sys.executable, "-c", SLEEPER, "ihc_attribution_dev.server"], dict(os.environ), {})
-    assert up.main(["down", "--timeout", "5"]) == 0
-    assert up.group_members(pid) == []
-    assert not up.pid_file("ihc-server").exists()
+    up.save_state({"api_port": 8080, "ihc_managed": True, "executor": "local"})
+    pid = up.start_process("ihc-server", [sys.executable, "-c", SLEEPER, "ihc_attribution_dev.server"],
+                           dict(os.environ), up.load_state())
+    assert up.main(["status"]) == 1
+    out = capsys.readouterr().out
+    assert f"ihc-server     running, pid {pid}" in out
+    assert "scheduler      NOT RUNNING" in out and "http://localhost:8080" in out
+    up.stop_groups({"ihc-server": pid}, timeout=5)
 
 
 def test_secret_files_are_private_whatever_the_umask(up):
     old = os.umask(0)
     try:
         path = up.RUN_DIR / "secrets.json"
-        up._write_private(path, "{}")
-        up._write_private(path, '{"again": 1}')  # rewriting keeps it private
+        path.parent.mkdir(parents=True)
+        path.write_text("{}")  # a file of another mode already there
+        path.chmod(0o644)
+        up.write_private(path, '{"again": 1}')
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -131,24 +139,39 @@ def test_secret_files_are_private_whatever_the_umask(up):
 
 
 def test_every_process_gets_the_connections_and_settings(up):
-    keys = up.new_secrets()
     state = {
         "api_port": 8080, "ihc_port": 8765, "ihc_managed": True, "metadata_db": "sqlite:////tmp/x.db",
         "attribution_db_conn": json.dumps({"conn_type": "sqlite", "host": "/data/demo.db"}),
     }
-    env = up.stack_env(state, keys)
+    env = up.stack_env(state, KEYS)
     ihc = json.loads(env["AIRFLOW_CONN_IHC_API"])
-    assert ihc["password"] == keys["ihc_api_key"] and ihc["port"] == 8765 and ihc["conn_type"] == "ihc"
+    assert ihc["password"] == KEYS["ihc_api_key"] and ihc["port"] == 8765 and ihc["conn_type"] == "ihc"
     assert json.loads(env["AIRFLOW_CONN_ATTRIBUTION_DB"])["host"] == "/data/demo.db"
     assert "IHC_API_KEYS" not in env  # only the IHC server itself gets the key that way
+    argv, server_env = up.component("ihc-server", state, env, KEYS)
+    assert server_env["IHC_API_KEYS"] == KEYS["ihc_api_key"] and "AIRFLOW_CONN_IHC_API" not in server_env
+    assert argv[argv.index("--port") + 1] == "8765"
     assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://localhost:8080/execution/"
-    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == keys["jwt_secret"] and len(keys["jwt_secret"]) >= 64
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == KEYS["jwt_secret"]
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"] == str(up.PASSWORDS_FILE)
     assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == "sqlite:////tmp/x.db"
 
     state["ihc_managed"] = False  # AIRFLOW_CONN_IHC_API given by the user: left alone
-    assert up.stack_env(state, keys).get("AIRFLOW_CONN_IHC_API") == os.environ.get("AIRFLOW_CONN_IHC_API")
+    assert up.stack_env(state, KEYS).get("AIRFLOW_CONN_IHC_API") == os.environ.get("AIRFLOW_CONN_IHC_API")
+
+
+def test_celery_workers_have_names_and_log_ports_of_their_own(up):
+    state = {"api_port": 8080, "ihc_port": 8765, "ihc_managed": True, "metadata_db": "postgresql://u@h/m",
+             "attribution_db_conn": "{}", "executor": "celery", "workers": 2, "worker_concurrency": 3,
+             "worker_log_port": 9000, "broker_url": "redis://127.0.0.1:6379/5"}
+    env = up.stack_env(state, KEYS)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+postgresql://u@h/m"
+    assert up.wanted(state) == ["ihc-server", "dag-processor", "scheduler", "celery-worker-1", "celery-worker-2", "api-server"]
+    workers = [up.component(f"celery-worker-{i}", state, env, KEYS) for i in (1, 2)]
+    assert [argv[argv.index("--celery-hostname") + 1] for argv, _ in workers] == ["worker1@%h", "worker2@%h"]
+    assert [env["AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT"] for _, env in workers] == ["9000", "9001"]
 
 
 def test_sqlite_metadata_database_on_request(up):
@@ -157,5 +180,9 @@ def test_sqlite_metadata_database_on_request(up):
     assert up.choose_metadata_db("postgresql+psycopg2://u@db:5432/x") == "postgresql+psycopg2://u@db:5432/x"
 
 
-def test_database_urls_are_shown_without_password(up):
-    assert up.display_url("postgresql+psycopg2://u:s3cret@h:5432/d") == "postgresql+psycopg2://u:***@h:5432/d"
+def test_the_login_is_printed_but_no_database_password(up, capsys):
+    up.print_login({"api_port": 8081, "metadata_db": "postgresql+psycopg2://u:s3cret@h:5432/d"}, KEYS)
+    out = capsys.readouterr().out
+    assert "Airflow is running: http://localhost:8081" in out and f"admin / {KEYS['admin_password']}" in out
+    assert "http://localhost:8081/plugin/attribution-report" in out
+    assert "postgresql+psycopg2://u:***@h:5432/d" in out and "s3cret" not in out

@@ -23,7 +23,7 @@ from ihc_attribution.ihc_client import (
     SendProgress,
     SendSummary,
 )
-from ihc_attribution.journeys import API_REJECTED, OVERSIZED
+from ihc_attribution.validation import API_REJECTED, OVERSIZED
 from ihc_attribution.packing import OVERSIZE_POLICIES, apply_oversize_policy, lower_bound, pack_journeys
 
 log = logging.getLogger(__name__)

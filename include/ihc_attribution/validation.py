@@ -14,6 +14,14 @@ import pandas as pd
 
 from ihc_attribution.db import is_valid_text, storable
 
+# Reasons recorded in attribution_issues.
+NO_SESSIONS = "no_sessions"
+INVALID_INPUT = "invalid_input"
+DUPLICATE = "duplicate_conversion"
+UNPLACEABLE = "unplaceable_conversion"
+OVERSIZED = "oversized_journey"
+API_REJECTED = "api_rejected"
+
 # ASCII digits only: \d also matches other scripts' digits (full-width ２０２４ among them).
 _DATE_RE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
 _TIME_RE = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"

@@ -313,6 +313,8 @@ class IssuesView:
     latest: list[Issue] = field(default_factory=list)
     error: str | None = None
     table_missing: bool = False
+    #: (conversion day, conversions) whose attributed journeys no longer match the sources: to re-run.
+    changed_days: list[tuple[str, int]] = field(default_factory=list)
 
     def counts(self) -> tuple[list[str], list[tuple[str, dict[str, int]]]]:
         """The reason x date table: reasons (columns) and one row per date (newest first)."""
@@ -339,6 +341,9 @@ def read_issues(db: ReportDb, limit: int = 200, reason: str | None = None) -> Is
     view.by_date = [("unknown" if d is None else str(d), str(r), int(n)) for d, r, n in db.query(
         f"SELECT {date_expr}, i.reason, COUNT(*) FROM {ISSUES_TABLE} i{join}{where} "
         f"GROUP BY {date_expr}, i.reason ORDER BY 1, 2", params)]
+    if db.has_table("attribution_drift"):
+        view.changed_days = [(str(d), int(n)) for d, n in db.query(
+            "SELECT conv_date, COUNT(*) FROM attribution_drift WHERE conv_date IS NOT NULL GROUP BY conv_date ORDER BY 1")]
     view.latest = [
         Issue(str(c), str(r), "" if d is None else str(d), str(run), str(at), None if day is None else str(day))
         for c, r, d, run, at, day in db.query(

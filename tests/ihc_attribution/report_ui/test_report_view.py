@@ -901,3 +901,15 @@ def test_the_pages_postgres_connection_refuses_writes(monkeypatch):
             db.query("CREATE TABLE attribution_written_through_the_page (x INT)")
     finally:
         db.close()
+
+
+def test_the_issues_page_names_the_days_whose_sources_changed_after_attribution(client, db_path):
+    assert "changed-days-table" not in Page(client.get("/issues").text).tables
+    with sqlite3.connect(db_path) as conn:
+        conn.executemany("INSERT INTO attribution_drift (conv_id, conv_date, run_id, detail) VALUES (?, ?, ?, ?)", [
+            ("c-10", "2024-01-03", RUN_B, "attributed over 2 sessions; the sources now hold 3 before the conversion"),
+            ("c-11", "2024-01-03", RUN_B, "attributed over 5 sessions; the sources now hold 4 before the conversion"),
+            ("c-12", "2024-01-05", RUN_B, "attributed over 1 sessions; the sources now hold 2 before the conversion"),
+        ])
+    page = Page(client.get("/issues").text)
+    assert page.tables["changed-days-table"][1:] == [["2024-01-03", "2"], ["2024-01-05", "1"]]

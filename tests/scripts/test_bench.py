@@ -1,53 +1,65 @@
-"""``make bench`` end to end on a small database: its table, the daily run and ``--make-run``."""
+"""``scripts/bench.py`` on a small database: every stage timed, requests at least their lower bound."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+STAGES = ("setup_tables", "extract_journeys", "pack_requests", "call_ihc_api",
+          "load_attribution", "build_report", "export_csv", "check_run")
 
 
-def _rows(output: str) -> dict[str, str]:
-    return {m[1]: m[2] for m in re.finditer(r"^\| (.+?) \| (.+?) \|$", output, re.MULTILINE)}
+def _rows(table: str) -> dict[str, list[str]]:
+    return {cells[0]: cells[1:] for line in table.splitlines() if line.startswith("| ")
+            for cells in [[c.strip() for c in line.strip("|").split("|")]]}
 
 
-def test_the_benchmark_prints_every_stage_the_daily_run_and_make_run_end_to_end(tmp_path):
+def test_the_benchmark_times_every_stage_of_each_run_on_a_small_database(tmp_path):
     run = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "bench.py"), "--sessions", "20000", "--conversions", "200",
-         "--days", "3", "--latency-ms", "20", "--max-sessions", "200", "--no-plans", "--make-run",
-         "--db-dir", str(tmp_path)],
+         "--days", "3", "--latency-ms", "20", "--db-dir", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    rows = _rows(run.stdout)
-    stages = [key for key in rows if key.startswith("stage ")]
-    assert [s.removeprefix("stage ") for s in stages] == [
-        "setup_tables", "extract_journeys", "pack_requests", "call_ihc_api",
-        "load_attribution", "build_report", "export_csv", "check_run",
-    ]
-    for stage in stages:
-        assert re.match(r"[0-9.]+ s = [0-9.]+x floor, CPU", rows[stage]), rows[stage]
-    assert int(rows["requests sent (counted by the server)"].replace(",", "")) > 0
-    daily = next(v for k, v in rows.items() if k.startswith("daily run over"))
-    assert re.match(r"[0-9.]+ s of task time", daily)
+    assert "journal_mode delete" in run.stdout
+    tables = run.stdout.split("\n### ")[1:]
+    assert [t.splitlines()[0] for t in tables] == ["SQLite, without indexes on the sources"]
+    rows = _rows(tables[0])
+    for stage in STAGES:
+        assert len(rows[f"{stage} (s)"]) == 3 and all(float(v) > 0 for v in rows[f"{stage} (s)"]), stage
+    requests = [int(v.replace(",", "")) for v in rows["requests (counted by the server)"]]
+    bounds = [int(v.replace(",", "")) for v in next(v for k, v in rows.items() if k.startswith("lower bound"))]
+    assert all(r >= b > 0 for r, b in zip(requests, bounds, strict=True)), (requests, bounds)
+    assert re.match(r"(met|NOT met) \(", rows["target: stages but call_ihc_api within 5 s"][0])
+    # The benchmark's copies are gone; only the generated database stays cached.
+    assert [p.name for p in tmp_path.glob("*.db")] and not list((tmp_path / "run").glob("*.db"))
 
-    make_run = next(v for k, v in rows.items() if k.startswith("`make run` over the range, end to end"))
-    total, startup, dag_run = (float(x) for x in re.match(
-        r"([0-9.]+) s: ([0-9.]+) s before the first task.*the DAG run ([0-9.]+) s", make_run).groups())
-    assert 0 < startup < total and 0 < dag_run < total and startup + dag_run <= total + 0.01
-    empty = next(v for k, v in rows.items() if k.startswith("`make run` over the range on a near-empty database"))
-    fixed, empty_startup, empty_dag_run = (float(x) for x in re.match(
-        r"([0-9.]+) s: ([0-9.]+) s before the first task, the DAG run ([0-9.]+) s", empty).groups())
-    assert 0 < empty_startup < fixed and 0 < empty_dag_run < fixed
-    target = next(v for k, v in rows.items() if k.startswith("target: `make run` end to end under 8 s"))
-    assert target.startswith("met" if total < 8 else "NOT met")
-    # What the target leaves once Airflow's fixed cost and the API's latency bound are paid.
-    requests = int(rows["requests sent (counted by the server)"].replace(",", ""))
-    latency = requests * 0.020 / 8
-    left = float(re.search(r"fixed cost ([0-9.]+) s and the API's latency bound ([0-9.]+) s leave (-?[0-9.]+) s", target)[3])
-    assert abs(left - (8 - fixed - latency)) < 0.02, (target, fixed, latency)
-    # The runner's own outputs went to the benchmark's folder, not to the checkout's.
-    assert list((tmp_path / "run" / "make-run" / "output").glob("channel_reporting_*.csv"))
+
+def _source_indexes(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {name for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name IN "
+            "('session_sources', 'session_costs', 'conversions')")}
+
+
+def test_indexes_are_created_on_the_benchmarks_copy_only_and_only_when_asked(source_db, tmp_path):
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench
+
+    cached = _source_indexes(source_db)
+    day = dt.date(2023, 9, 4)
+    for indexes in (False, True):
+        with bench.scenario_database(bench.Setup(False, indexes), source_db, tmp_path, day) as (target, held):
+            added = _source_indexes(target.sqlite_path) - cached
+            assert added == ({"ix_session_sources_user", "ix_session_sources_date", "ix_conversions_date"}
+                             if indexes else set())
+            assert held["session_sources"] and held["conversions"]
+            with sqlite3.connect(target.sqlite_path) as conn:
+                assert conn.execute("SELECT COUNT(*) FROM conversions WHERE conv_date = ?", (str(day),)).fetchone() == (0,)
+        assert not target.sqlite_path.exists()
+    assert _source_indexes(source_db) == cached

@@ -29,13 +29,19 @@ SELECT CAST(s.event_date AS TEXT), s.channel_name, {rows}, COUNT({distinct}s.ses
        COALESCE(SUM({cost}), 0)
 FROM {sessions} s
 LEFT JOIN {costs} c ON c.session_id = s.session_id
-WHERE s.event_date IN (SELECT {date} FROM {todo})
+WHERE {event_date} IN (SELECT {date} FROM {todo})
 GROUP BY CAST(s.event_date AS TEXT), s.channel_name
 """
 
 
-def figures_sql(db: Database) -> str:
-    """The statement that computes the figures of the dates in :data:`TODO`.
+#: Up to this many dates, SQLite reads them through an index on ``event_date`` when the user has
+#: one; more dates are read in one scan of the table, which then costs less than a random read per
+#: row (a first run over 90 dates: 3.9 s scanning against 9.2 s through the index, at 2.47M sessions).
+INDEXED_DATES = 7
+
+
+def figures_sql(db: Database, n_dates: int = 1) -> str:
+    """The statement that computes the figures of the ``n_dates`` dates in :data:`TODO`.
 
     A source table without a key on ``session_id`` (an export, a view) may hold a row twice: it
     is the same session, or the same cost, and counts once.
@@ -56,6 +62,8 @@ def figures_sql(db: Database) -> str:
         sessions=sessions,
         costs=costs,
         date=db.as_type_of("date", SESSION_SOURCES, "event_date"),
+        # A unary + keeps SQLite off the index (PostgreSQL's planner weighs it from the statistics).
+        event_date="+s.event_date" if db.is_sqlite and n_dates > INDEXED_DATES else "s.event_date",
         todo=TODO,
     )
 
@@ -71,8 +79,11 @@ def refresh(db: Database, run_id: str, dates_sql: str, params: tuple = ()) -> in
         f"INSERT INTO {TODO} (date) SELECT todo.* FROM ({dates_sql}) AS todo WHERE 1 = 1 ON CONFLICT (date) DO NOTHING",
         params,
     )
+    n_dates = int(db.scalar(f"SELECT COUNT(*) FROM {TODO}"))
+    if not db.is_sqlite:
+        db.execute(f"ANALYZE {TODO}")  # without statistics the planner reads every session for a day
     db.execute(f"DELETE FROM {SPEND} WHERE date IN (SELECT date FROM {TODO})")
-    db.execute(figures_sql(db))
+    db.execute(figures_sql(db, n_dates))
     db.execute(f"DELETE FROM {SPEND_DATES} WHERE date IN (SELECT date FROM {TODO})")
     n = db.execute(f"INSERT INTO {SPEND_DATES} (date, run_id) SELECT date, ? FROM {TODO}", (run_id,))
     db.execute(f"DROP TABLE {TODO}")

@@ -216,3 +216,18 @@ def test_statements_run_per_answer_read_only_that_request(traced):
         for step in plan(path, sql, ()):
             assert not re.match(r"^SCAN ", step), (sql, step)
             assert not step.endswith("(run_id=?)"), (sql, step)
+
+
+def test_the_spend_reads_a_few_dates_through_the_users_date_index_and_many_in_one_scan(tmp_path):
+    from ihc_attribution import spend
+
+    path = make_db(tmp_path / "indexed.sqlite", SESSIONS, CONVERSIONS, COSTS)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE INDEX users_dates ON session_sources (event_date)")
+        db = Database(conn)
+        schema.ensure_schema(db)
+        db.execute(f"CREATE TEMP TABLE {spend.TODO} (date TEXT PRIMARY KEY)")
+        few = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + spend.figures_sql(db, 3))]
+        many = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + spend.figures_sql(db, 90))]
+    assert any("USING INDEX users_dates (event_date=?)" in step for step in few), few
+    assert scans_of(many, "s") and not any("users_dates" in step for step in many), many

@@ -31,15 +31,16 @@ from pathlib import Path
 
 from local_run import ihc_server_process  # scripts/ is on sys.path when this file runs
 
+from ihc_attribution import schema
+
 ROOT = Path(__file__).resolve().parents[1]
 # The DAG's tasks, in the order it runs them.
 STAGES = ("setup_tables", "extract_journeys", "pack_requests", "call_ihc_api",
           "load_attribution", "build_report", "export_csv", "check_run")
-# Indexes a user may create on the sources (README, "Indexes on your tables"); the package never does.
-SOURCE_INDEXES = (
-    "CREATE INDEX ix_session_sources_user ON session_sources (user_id)",
-    "CREATE INDEX ix_session_sources_date ON session_sources (event_date)",
-    "CREATE INDEX ix_conversions_date ON conversions (conv_date)",
+# The indexes a user may create on the sources, as the README documents them and setup_tables
+# advises them; the package never creates them.
+SOURCE_INDEXES = tuple(
+    f"CREATE INDEX ix_{table}_{column} ON {table} ({column})" for table, column, _ in schema.SOURCE_INDEXES
 )
 # A day's rows as a loader appends them: its sessions, their costs, its conversions.
 DAY_ROWS = (

@@ -14,6 +14,7 @@ CSV). SQLite compares both alike; PostgreSQL needs each side cast to the other's
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
@@ -71,6 +72,11 @@ class Database:
             # Autocommit mode: transactions are opened explicitly by :meth:`transaction`.
             conn.isolation_level = None
             conn.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            # Large sorts (the spend's GROUP BY, the journeys' copy's index) use helper threads of
+            # this process, one per CPU it may use: 3.7 s down to 2.6 s at 2.47M sessions on 2 CPUs.
+            # Sums are of integers, so their order does not change a digit. A setting of this
+            # connection only, like busy_timeout: nothing of the user's file changes.
+            conn.execute(f"PRAGMA threads = {sorter_threads()}")
             # A TEXT value that is not valid UTF-8 is read as a str holding its bytes as
             # surrogates instead of failing the whole query: validation quarantines the row, and
             # the CSV writes the bytes back unchanged.
@@ -300,6 +306,15 @@ def pg_text_not_a_date(column: str) -> str:
         f"THEN CAST(substr({c}, 9, 2) AS INT) <= EXTRACT(DAY FROM CAST(substr({c}, 1, 7) || '-01' AS DATE) "
         "+ INTERVAL '1 month' - INTERVAL '1 day') ELSE FALSE END)"
     )
+
+
+def sorter_threads() -> int:
+    """Helper threads SQLite's sorter may use: the CPUs this process may run on, at most 4."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        cpus = os.cpu_count() or 1
+    return max(0, min(cpus, 4))
 
 
 def round_div_sql(expr: str, divisor: int, *, sqlite: bool) -> str:

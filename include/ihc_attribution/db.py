@@ -224,17 +224,22 @@ class Database:
         finally:
             self._in_transaction = False
 
-    def units(self, expr: str, decimals: int) -> str:
+    def units(self, expr: str, decimals: int, *, numeric: bool = False) -> str:
         """``expr`` (a number) as a whole number of ``10**-decimals``, rounded half away from zero.
 
         Money and credit are summed as such integers, so every order of summation gives the same
-        digits. PostgreSQL rounds a ``double precision`` half to even, so the value goes through
-        ``NUMERIC`` there, which rounds as SQLite does.
+        digits. SQLite's ``ROUND(x)`` is ``trunc(|x| + 0.5)`` with the sign of ``x``, computed in
+        double precision; on PostgreSQL a ``double precision`` value (``numeric`` false) is rounded
+        by the same arithmetic, bit for bit (its own ``round`` takes a half to the even side), and
+        a ``NUMERIC`` one (``numeric`` true) exactly. Both engines give the same integer.
         """
         scale = 10**decimals
         if self.is_sqlite:
             return f"CAST(ROUND(({expr}) * {scale}) AS INTEGER)"
-        return f"CAST(ROUND(CAST({expr} AS NUMERIC) * {scale}) AS BIGINT)"
+        if numeric:
+            return f"CAST(ROUND(({expr}) * {scale}) AS BIGINT)"
+        v = f"(CAST({expr} AS DOUBLE PRECISION) * {scale})"
+        return f"CAST(CASE WHEN {v} >= 0 THEN TRUNC({v} + 0.5) ELSE -TRUNC(0.5 - {v}) END AS BIGINT)"
 
     def round_div(self, expr: str, divisor: int) -> str:
         """The integer ``expr`` divided by ``divisor``, rounded half away from zero (see :func:`round_div_sql`)."""

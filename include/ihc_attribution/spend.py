@@ -58,7 +58,7 @@ def figures_sql(db: Database, n_dates: int = 1) -> str:
         spend=SPEND,
         rows="COUNT(*)" if keyed_sessions else "SUM(s.copies)",
         distinct="" if keyed_sessions else "DISTINCT ",
-        cost=db.units("c.cost", 6),
+        cost=db.units("c.cost", 6, numeric=db.column_type(SESSION_COSTS, "cost").startswith("numeric")),
         sessions=sessions,
         costs=costs,
         date=db.as_type_of("date", SESSION_SOURCES, "event_date"),

@@ -126,3 +126,20 @@ def test_a_session_whose_datestyle_is_german_gives_the_tables_of_sqlite(tmp_path
     with sqlite3.connect(lite) as conn:
         expected = _tables(lambda sql: conn.execute(sql).fetchall())
     assert _tables(db.query) == expected and summary.attributed > 0
+
+
+VALUES = [0.1, 0.3, 2.675, 1.5e-6, 2.5e-6, -2.5e-6, -0.5e-6, 3.5e-6, 1e-7, 12345678.1234565, -7.0000005, 0.0, -0.0]
+
+
+@pytest.mark.parametrize("decimals", [2, 4, 6])
+def test_fixed_point_units_are_the_same_integers_on_both_engines(pg, decimals):
+    """Ties included: PostgreSQL rounds a double by SQLite's arithmetic, not half to even."""
+    lite = Database(sqlite3.connect(":memory:"))
+    for db in (lite, pg):
+        db.execute("CREATE TEMP TABLE v (i INT, x DOUBLE PRECISION)")
+        db.executemany("INSERT INTO v VALUES (?, ?)", list(enumerate(VALUES)))
+    sql = "SELECT i, {} FROM v ORDER BY i"
+    got_lite = lite.query(sql.format(lite.units("x", decimals)))
+    got_pg = pg.query(sql.format(pg.units("x", decimals)))
+    assert got_pg == got_lite
+    assert dict(got_lite)[VALUES.index(2.5e-6)] == (3 if decimals == 6 else 0), "half away from zero"

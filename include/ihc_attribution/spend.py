@@ -21,15 +21,16 @@ SPEND_DATES = "attribution_spend_dates"
 #: The dates to refresh, one transaction's worth (a temporary table of the connection).
 TODO = "attribution_tmp_spend_dates"
 
+# Dates as values, and on PostgreSQL a SELECT whose rows are inserted apart: it runs neither an
+# INSERT ... SELECT nor a read of a temporary table in parallel (2.9 s against 1.5 s at 2.47M).
 _FIGURES = """
-INSERT INTO {spend} (date, channel_name, session_rows, sessions, cost_rows, null_costs, negative_costs, cost_micros)
 SELECT CAST(s.event_date AS TEXT), s.channel_name, {rows}, COUNT({distinct}s.session_id), COUNT(c.session_id),
        SUM(CASE WHEN c.session_id IS NOT NULL AND c.cost IS NULL THEN 1 ELSE 0 END),
        SUM(CASE WHEN c.cost < 0 THEN 1 ELSE 0 END),
        COALESCE(SUM({cost}), 0)
 FROM {sessions} s
 LEFT JOIN {costs} c ON c.session_id = s.session_id
-WHERE {event_date} IN (SELECT {date} FROM {todo})
+WHERE {event_date} IN ({dates})
 GROUP BY CAST(s.event_date AS TEXT), s.channel_name
 """
 
@@ -41,7 +42,7 @@ INDEXED_DATES = 7
 
 
 def figures_sql(db: Database, n_dates: int = 1) -> str:
-    """The statement that computes the figures of the ``n_dates`` dates in :data:`TODO`.
+    """The query of the figures of ``n_dates`` dates, given as its ``n_dates`` parameters (text).
 
     A source table without a key on ``session_id`` (an export, a view) may hold a row twice: it
     is the same session, or the same cost, and counts once.
@@ -55,16 +56,14 @@ def figures_sql(db: Database, n_dates: int = 1) -> str:
     )
     costs = SESSION_COSTS if keyed_costs else f"(SELECT DISTINCT session_id, cost FROM {SESSION_COSTS})"
     return _FIGURES.format(
-        spend=SPEND,
         rows="COUNT(*)" if keyed_sessions else "SUM(s.copies)",
         distinct="" if keyed_sessions else "DISTINCT ",
         cost=db.units("c.cost", 6, numeric=db.column_type(SESSION_COSTS, "cost").startswith("numeric")),
         sessions=sessions,
         costs=costs,
-        date=db.as_type_of("date", SESSION_SOURCES, "event_date"),
+        dates=", ".join([db.as_type_of("?", SESSION_SOURCES, "event_date")] * n_dates),
         # A unary + keeps SQLite off the index (PostgreSQL's planner weighs it from the statistics).
         event_date="+s.event_date" if db.is_sqlite and n_dates > INDEXED_DATES else "s.event_date",
-        todo=TODO,
     )
 
 
@@ -79,11 +78,14 @@ def refresh(db: Database, run_id: str, dates_sql: str, params: tuple = ()) -> in
         f"INSERT INTO {TODO} (date) SELECT todo.* FROM ({dates_sql}) AS todo WHERE 1 = 1 ON CONFLICT (date) DO NOTHING",
         params,
     )
-    n_dates = int(db.scalar(f"SELECT COUNT(*) FROM {TODO}"))
-    if not db.is_sqlite:
-        db.execute(f"ANALYZE {TODO}")  # without statistics the planner reads every session for a day
+    dates = [d for (d,) in db.query(f"SELECT date FROM {TODO} ORDER BY date")]
     db.execute(f"DELETE FROM {SPEND} WHERE date IN (SELECT date FROM {TODO})")
-    db.execute(figures_sql(db, n_dates))
+    insert = (f"INSERT INTO {SPEND} (date, channel_name, session_rows, sessions, cost_rows, null_costs, "
+              "negative_costs, cost_micros) ")
+    if dates and db.is_sqlite:  # in the database: a name that is not valid UTF-8 stays as stored
+        db.execute(insert + figures_sql(db, len(dates)), dates)
+    elif dates:
+        db.executemany(insert + "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", db.query(figures_sql(db, len(dates)), dates))
     db.execute(f"DELETE FROM {SPEND_DATES} WHERE date IN (SELECT date FROM {TODO})")
     n = db.execute(f"INSERT INTO {SPEND_DATES} (date, run_id) SELECT date, ? FROM {TODO}", (run_id,))
     db.execute(f"DROP TABLE {TODO}")

@@ -227,7 +227,7 @@ def test_the_spend_reads_a_few_dates_through_the_users_date_index_and_many_in_on
         db = Database(conn)
         schema.ensure_schema(db)
         db.execute(f"CREATE TEMP TABLE {spend.TODO} (date TEXT PRIMARY KEY)")
-        few = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + spend.figures_sql(db, 3))]
-        many = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + spend.figures_sql(db, 90))]
+        few = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + spend.figures_sql(db, 3), ["2024-01-09"] * 3)]
+        many = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + spend.figures_sql(db, 90), ["2024-01-09"] * 90)]
     assert any("USING INDEX users_dates (event_date=?)" in step for step in few), few
     assert scans_of(many, "s") and not any("users_dates" in step for step in many), many

@@ -27,303 +27,65 @@ credit of sessions without the engagement flag of a phase (``holder_unengaged``,
 ``closer_unengaged``) and of impressions (``impression``). A :class:`TypeModel` is the parameter
 set and the phase weights that answer one conversion type.
 
+The parameters and the built-in sets are in :mod:`~ihc_attribution_dev.server.family`, the
+sessions and request fields in :mod:`~ihc_attribution_dev.server.journey`, the rounding of answers
+in :mod:`~ihc_attribution_dev.server.rounding`; their names are importable from here as well.
+
 Everything here is deterministic and independent of the order in which rows arrive: sessions are
 ordered by timestamp, then session id.
 """
 
 from __future__ import annotations
 
-import bisect
 import math
-import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
 
-#: Answers are rounded to 4 decimals, i.e. to integers of this many units per journey.
-ROUND_UNITS = 10_000
-
-#: Accepted ``timestamp`` formats: the production service takes an optional UTC offset.
-TIMESTAMP_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S %z")
-
-PHASES = ("initializer", "holder", "closer")
-
-DIRECTIONS = ("earlier_sessions_only", "any_session", "later_sessions_only")
-
-
-@dataclass(frozen=True)
-class PhaseWeights:
-    """Weights of the three phases in ``ihc`` (defaults: fitted for the reference conversion type)."""
-
-    initializer: float = 0.345
-    holder: float = 0.380
-    closer: float = 0.275
-
-    def __post_init__(self) -> None:
-        for name in PHASES:
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
-                raise ValueError(f"phase weight {name} must be a finite number >= 0, got {value!r}")
-        # The holder phase may be dropped, so the other two alone must be able to carry ihc.
-        if self.initializer + self.closer <= 0:
-            raise ValueError("phase weights: initializer + closer must be > 0")
-
-
-@dataclass(frozen=True)
-class Curve:
-    """A piecewise-linear function through ``points`` (x ascending), constant beyond both ends."""
-
-    points: tuple[tuple[float, float], ...]
-
-    def __post_init__(self) -> None:
-        xs = [x for x, _ in self.points]
-        if not xs or any(b <= a for a, b in zip(xs, xs[1:])):
-            raise ValueError("curve points need strictly increasing x values")
-        if any(y < 0 for _, y in self.points):
-            raise ValueError("curve values must be >= 0")
-
-        object.__setattr__(self, "_xs", tuple(xs))
-
-    def __call__(self, x: float) -> float:
-        points = self.points
-        if x <= points[0][0]:
-            return points[0][1]
-        if x >= points[-1][0]:
-            return points[-1][1]
-        i = bisect.bisect_right(self._xs, x)
-        (x0, y0), (x1, y1) = points[i - 1], points[i]
-        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
-
-
-@dataclass(frozen=True)
-class ChannelFactors:
-    """Multipliers of one channel's raw weight in each phase."""
-
-    initializer: float = 1.0
-    holder: float = 1.0
-    closer: float = 1.0
-
-
-#: A curve that is 1 everywhere (the neutral value of the optional curves).
-ONE = Curve(((0.0, 1.0),))
-
-
-@dataclass(frozen=True)
-class ModelParams:
-    """The trained part of the model of one conversion type (phase weights aside).
-
-    The raw weight of a session in a phase is the product of the terms below that apply to it;
-    each phase is then normalised over the journey. The defaults of the optional terms are
-    neutral: with them the model is the one fitted for the reference type A.
-
-    :param initializer_pause: raw initializer weight of a non-first session by hours since the
-        previous session (the first session has 1).
-    :param closer_distance: raw closer weight by hours between a session and the converting one.
-    :param holder_discount: holder weight multiplier by the session's initializer + closer share.
-    :param channel_factors: factors by ``channel_label``; unknown channels get 1, 1, 1.
-    :param closer_rank: closer weight multiplier by the number of sessions between a session and
-        the converting one (0: the converting session itself).
-    :param memory: multiplier of all three phases by the longest pause (hours) between a session
-        and the end of the journey: how far back, across a long pause, a session still counts.
-        Its value at 0 must be > 0 (the last session always counts).
-    :param holder_first: holder weight multiplier of the first session.
-    :param holder_last: holder weight multiplier of the last session.
-    :param holder_unengaged: holder weight of a session with ``holder_engagement`` = 0 (0: none).
-    :param closer_unengaged: closer weight of a session with ``closer_engagement`` = 0 other than
-        the last (0: none).
-    :param impression: multipliers of each phase for sessions with ``impression_interaction`` = 1.
-    """
-
-    initializer_pause: Curve
-    closer_distance: Curve
-    holder_discount: Curve
-    channel_factors: Mapping[str, ChannelFactors] = field(default_factory=dict)
-    closer_rank: Curve = ONE
-    memory: Curve = ONE
-    holder_first: float = 1.0
-    holder_last: float = 1.0
-    holder_unengaged: float = 0.0
-    closer_unengaged: float = 0.0
-    impression: ChannelFactors = field(default_factory=lambda: ChannelFactors())
-
-    def __post_init__(self) -> None:
-        for name in ("holder_first", "holder_last", "holder_unengaged", "closer_unengaged"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        for label, f in [("impression", self.impression), *self.channel_factors.items()]:
-            for phase in PHASES:
-                value = getattr(f, phase)
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-                    raise ValueError(f"factor {phase} of {label!r} must be a finite number >= 0, got {value!r}")
-        if self.memory(0.0) <= 0:
-            raise ValueError("memory must be > 0 at 0 h: the last session of a journey always counts")
-
-    def factors(self, channel_label: str) -> ChannelFactors:
-        """Factors of a channel (neutral for a channel the model was not trained on)."""
-        return self.channel_factors.get(channel_label, _NEUTRAL)
-
-
-_NEUTRAL = ChannelFactors()
-
-# Fitted on the reference answers (1,925 journeys, 787 with 2+ sessions) by
-# `scripts/calibrate_ihc_model.py --fit`. The real service gives no restart credit before about
-# 50 h of pause and only half credit after 9 days, the longest pause in the data; beyond it the
-# curve is extended to full credit at 14 days.
-FITTED_PARAMS = ModelParams(
-    initializer_pause=Curve((
-        (50.0, 0.0), (52.0, 0.0051), (55.0, 0.0112), (60.0, 0.0125), (66.0, 0.0178),
-        (72.0, 0.032), (84.0, 0.0633), (96.0, 0.0977), (120.0, 0.1689), (144.0, 0.2507),
-        (168.0, 0.3405), (216.0, 0.5351), (336.0, 1.0),
-    )),
-    closer_distance=Curve((
-        (0.0, 1.0), (0.25, 0.8657), (0.5, 0.7672), (1.0, 0.6623), (2.0, 0.6027), (4.0, 0.5342),
-        (8.0, 0.5027), (16.0, 0.4482), (24.0, 0.396), (48.0, 0.3357), (72.0, 0.2678),
-        (96.0, 0.2157), (120.0, 0.1536), (168.0, 0.0875), (240.0, 0.0325),
-    )),
-    holder_discount=Curve((
-        (0.0, 1.0), (0.25, 0.8607), (0.5, 0.7074), (0.75, 0.5262), (1.0, 0.256),
-        (1.25, 0.1886), (1.5, 0.1258), (1.75, 0.1068),
-    )),
-    # channel_label: ChannelFactors(initializer, holder, closer)
-    channel_factors={
-        "Affiliate & Partnerships": ChannelFactors(1.015, 1.005, 0.996),
-        "Direct Traffic": ChannelFactors(0.842, 0.961, 1.075),
-        "FB & IG Ads": ChannelFactors(1.0, 0.996, 1.004),
-        "Microsoft Ads": ChannelFactors(1.0, 0.996, 0.993),
-        "Newsletter & Email": ChannelFactors(1.038, 1.011, 0.997),
-        "Organic Traffic": ChannelFactors(1.022, 1.006, 0.996),
-        "Paid Search Brand": ChannelFactors(1.03, 1.009, 0.997),
-        "Paid Search Non Brand": ChannelFactors(1.027, 1.011, 0.996),
-        "Performance Max": ChannelFactors(1.03, 1.006, 0.999),
-        "Referral": ChannelFactors(1.012, 1.008, 0.98),
-        "Social Organic": ChannelFactors(1.0, 0.988, 0.981),
-        "TikTok Ads": ChannelFactors(1.0, 1.005, 0.988),
-        "Untracked Conversions": ChannelFactors(1.0, 1.0, 1.001),
-    },
+from ihc_attribution_dev.server.family import (
+    FITTED_PARAMS,
+    NOMINAL_PARAMS,
+    ONE,
+    PHASES,
+    ChannelFactors,
+    Curve,
+    ModelParams,
+    PhaseWeights,
+    TypeModel,
 )
-
-#: The curves as the design brief describes them, without fitted factors: kept for comparison.
-NOMINAL_PARAMS = ModelParams(
-    initializer_pause=Curve(((2.0, 0.0), (48.0, 1.0))),
-    closer_distance=Curve(((0.0, 1.0), (2.0, 0.5), (48.0, 0.0))),
-    holder_discount=Curve(((0.0, 1.0),)),
+from ihc_attribution_dev.server.journey import (
+    DIRECTIONS,
+    TIMESTAMP_FORMATS,
+    RedistributionRule,
+    SessionCredit,
+    Touchpoint,
+    chronological,
+    parse_redistribution,
+    parse_timestamp,
 )
+from ihc_attribution_dev.server.rounding import ROUND_UNITS, largest_remainder, round_credits
 
-
-@dataclass(frozen=True)
-class TypeModel:
-    """What answers one conversion type: a parameter set, phase weights, and where they came from.
-
-    :param source: shown in the server's startup log (a file name, or ``built-in``).
-    :param fit: calibration summary recorded with the parameters (journeys, MAEs), if any.
-    """
-
-    params: ModelParams = FITTED_PARAMS
-    weights: PhaseWeights = field(default_factory=PhaseWeights)
-    source: str = "built-in (reference type A)"
-    fit: Mapping[str, object] | None = None
-
-
-@dataclass(frozen=True)
-class Touchpoint:
-    """One validated session of a journey, as sent in a request row."""
-
-    session_id: str | int
-    timestamp: datetime
-    channel_label: str
-    holder_engagement: int
-    closer_engagement: int
-    conversion: int = 0
-    impression_interaction: int = 0
-
-
-@dataclass(frozen=True)
-class SessionCredit:
-    """The credit of one session in each phase and overall."""
-
-    session_id: str | int
-    initializer: float
-    holder: float
-    closer: float
-    ihc: float
-
-
-@dataclass(frozen=True)
-class RedistributionRule:
-    """How one phase hands the credit of some channels to the other sessions of a journey.
-
-    :param direction: which sessions receive: ``earlier_sessions_only``, ``any_session`` or
-        ``later_sessions_only`` (relative to the session that gives its credit away).
-    :param receive_threshold: a session receives only if its own share of the phase is at least this.
-    :param channel_labels: channels whose credit in this phase is redistributed.
-    """
-
-    direction: str
-    receive_threshold: float
-    channel_labels: frozenset[str]
-
-
-_PLAIN_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
-
-
-def parse_timestamp(text: str) -> datetime:
-    """Parse a row ``timestamp`` (``%Y-%m-%d %H:%M:%S``, optionally `` %z``) to an aware UTC datetime.
-
-    A timestamp without offset is taken as UTC. Raises ``ValueError`` for anything else.
-    """
-    if not isinstance(text, str):
-        raise ValueError(f"timestamp must be a string, got {type(text).__name__}")
-    # The common form without offset, read without strptime (a third of the model's time before).
-    if _PLAIN_TIMESTAMP.fullmatch(text):
-        try:
-            return datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
-                            int(text[14:16]), int(text[17:19]), tzinfo=timezone.utc)
-        except ValueError:
-            pass  # strptime below gives the same answer, or the same error
-    for fmt in TIMESTAMP_FORMATS:
-        try:
-            parsed = datetime.strptime(text, fmt)
-        except ValueError:
-            continue
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=timezone.utc)
-        return parsed.astimezone(timezone.utc)
-    raise ValueError(f"timestamp {text!r} does not match '%Y-%m-%d %H:%M:%S' (optionally followed by ' %z')")
-
-
-def parse_redistribution(obj: object) -> dict[str, RedistributionRule]:
-    """Validate a ``redistribution_parameter`` object; raise ``ValueError`` saying what is wrong."""
-    if obj is None:
-        return {}
-    if not isinstance(obj, dict):
-        raise ValueError("redistribution_parameter must be an object keyed by phase")
-    rules: dict[str, RedistributionRule] = {}
-    for phase, spec in obj.items():
-        where = f"redistribution_parameter.{phase}"
-        if phase not in PHASES:
-            raise ValueError(f"{where}: unknown phase, expected one of {', '.join(PHASES)}")
-        if not isinstance(spec, dict):
-            raise ValueError(f"{where} must be an object")
-        missing = [k for k in ("direction", "receive_threshold", "redistribution_channel_labels") if k not in spec]
-        if missing:
-            raise ValueError(f"{where}: missing {', '.join(missing)}")
-        direction = spec["direction"]
-        if direction not in DIRECTIONS:
-            raise ValueError(f"{where}.direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
-        threshold = spec["receive_threshold"]
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-            raise ValueError(f"{where}.receive_threshold must be a number, got {threshold!r}")
-        labels = spec["redistribution_channel_labels"]
-        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-            raise ValueError(f"{where}.redistribution_channel_labels must be a list of strings")
-        rules[phase] = RedistributionRule(direction, float(threshold), frozenset(labels))
-    return rules
-
-
-def chronological(touchpoints: Iterable[Touchpoint]) -> list[Touchpoint]:
-    """Sessions ordered by timestamp, then session id (the order the model works in)."""
-    return sorted(touchpoints, key=_order_key)
+__all__ = [
+    "DIRECTIONS",
+    "FITTED_PARAMS",
+    "NOMINAL_PARAMS",
+    "ONE",
+    "PHASES",
+    "ROUND_UNITS",
+    "TIMESTAMP_FORMATS",
+    "ChannelFactors",
+    "Curve",
+    "ModelParams",
+    "PhaseWeights",
+    "RedistributionRule",
+    "SessionCredit",
+    "Touchpoint",
+    "TypeModel",
+    "attribute_journey",
+    "chronological",
+    "largest_remainder",
+    "parse_redistribution",
+    "parse_timestamp",
+    "round_credits",
+]
 
 
 def attribute_journey(
@@ -344,29 +106,59 @@ def attribute_journey(
     if n == 1:
         return [SessionCredit(sessions[0].session_id, 1.0, 0.0, 1.0, 1.0)]
 
-    factors = [params.factors(s.channel_label) for s in sessions]
-    impression = params.impression
-    # The longest pause between each session and the end of the journey (0 for the last).
+    memory = _memory(sessions, params)
+    common = _common_weights(sessions, params, memory)
+    initializer = _initializer_shares(sessions, params, memory, common["initializer"])
+    closer = _closer_shares(sessions, params, common["closer"])
+    holder = _holder_shares(sessions, params, initializer, closer, common["holder"])
+
+    phases = {"initializer": initializer, "holder": holder, "closer": closer}
+    for phase, rule in (redistribution or {}).items():
+        if phases.get(phase) is not None:
+            phases[phase] = _redistribute(phases[phase], [s.channel_label for s in sessions], rule)
+    return _combine(sessions, weights, phases["initializer"], phases["holder"], phases["closer"])
+
+
+def _memory(sessions: Sequence[Touchpoint], params: ModelParams) -> list[float]:
+    """The memory multiplier of every session, by the longest pause between it and the end of the journey."""
+    n = len(sessions)
     longest_after = [0.0] * n
     for i in range(n - 2, -1, -1):
         longest_after[i] = max(longest_after[i + 1], _hours(sessions[i + 1].timestamp - sessions[i].timestamp))
-    memory = [params.memory(h) for h in longest_after]
+    return [params.memory(h) for h in longest_after]
 
-    def common(i: int, phase: str) -> float:
-        # Terms every phase shares: channel factor, memory, impression multiplier.
-        weight = getattr(factors[i], phase) * memory[i]
-        return weight * getattr(impression, phase) if sessions[i].impression_interaction == 1 else weight
 
-    init_raw = [common(0, "initializer")]
+def _common_weights(sessions: Sequence[Touchpoint], params: ModelParams, memory: Sequence[float]) -> dict[str, list[float]]:
+    """Per phase, the terms every phase shares: channel factor, memory, impression multiplier."""
+    impression = params.impression
+    common: dict[str, list[float]] = {}
+    for phase in PHASES:
+        column = []
+        for s, m in zip(sessions, memory):
+            weight = getattr(params.factors(s.channel_label), phase) * m
+            column.append(weight * getattr(impression, phase) if s.impression_interaction == 1 else weight)
+        common[phase] = column
+    return common
+
+
+def _initializer_shares(
+    sessions: Sequence[Touchpoint], params: ModelParams, memory: Sequence[float], common: Sequence[float]
+) -> list[float]:
+    n = len(sessions)
+    init_raw = [common[0]]
     for i in range(1, n):
         pause = _hours(sessions[i].timestamp - sessions[i - 1].timestamp)
-        init_raw.append(params.initializer_pause(pause) * common(i, "initializer"))
+        init_raw.append(params.initializer_pause(pause) * common[i])
     initializer = _normalise(init_raw)
     if initializer is None:
         # Only when factors or memory are 0: the session that counts most starts the journey.
         start = max(range(n), key=lambda i: (memory[i], -i))
         initializer = [float(i == start) for i in range(n)]
+    return initializer
 
+
+def _closer_shares(sessions: Sequence[Touchpoint], params: ModelParams, common: Sequence[float]) -> list[float]:
+    n = len(sessions)
     flagged = [i for i, s in enumerate(sessions) if s.conversion == 1]
     conv_index = flagged[-1] if flagged else n - 1
     converting = sessions[conv_index].timestamp
@@ -375,13 +167,24 @@ def attribute_journey(
         eligible = 1.0 if (s.closer_engagement == 1 or i == n - 1) else params.closer_unengaged
         closer_raw.append(
             eligible * params.closer_distance(abs(_hours(converting - s.timestamp)))
-            * params.closer_rank(abs(conv_index - i)) * common(i, "closer")
+            * params.closer_rank(abs(conv_index - i)) * common[i]
             if eligible else 0.0
         )
     closer = _normalise(closer_raw)
     if closer is None:
         closer = [0.0] * (n - 1) + [1.0]
+    return closer
 
+
+def _holder_shares(
+    sessions: Sequence[Touchpoint],
+    params: ModelParams,
+    initializer: Sequence[float],
+    closer: Sequence[float],
+    common: Sequence[float],
+) -> list[float] | None:
+    """Holder shares, or None when no session qualifies (the phase is then dropped)."""
+    n = len(sessions)
     holder_raw = []
     for i, s in enumerate(sessions):
         eligible = 1.0 if s.holder_engagement == 1 else params.holder_unengaged
@@ -390,16 +193,18 @@ def attribute_journey(
         if i == n - 1:
             eligible *= params.holder_last
         holder_raw.append(
-            eligible * params.holder_discount(initializer[i] + closer[i]) * common(i, "holder") if eligible else 0.0
+            eligible * params.holder_discount(initializer[i] + closer[i]) * common[i] if eligible else 0.0
         )
-    holder = _normalise(holder_raw)
+    return _normalise(holder_raw)
 
-    phases = {"initializer": initializer, "holder": holder, "closer": closer}
-    for phase, rule in (redistribution or {}).items():
-        if phases.get(phase) is not None:
-            phases[phase] = _redistribute(phases[phase], [s.channel_label for s in sessions], rule)
-    initializer, holder, closer = phases["initializer"], phases["holder"], phases["closer"]
 
+def _combine(
+    sessions: Sequence[Touchpoint],
+    weights: PhaseWeights,
+    initializer: Sequence[float],
+    holder: Sequence[float] | None,
+    closer: Sequence[float],
+) -> list[SessionCredit]:
     w_holder = weights.holder if holder is not None else 0.0
     total = weights.initializer + w_holder + weights.closer
     credits = []
@@ -408,54 +213,6 @@ def attribute_journey(
         ihc = (weights.initializer * initializer[i] + w_holder * h + weights.closer * closer[i]) / total
         credits.append(SessionCredit(s.session_id, initializer[i], h, closer[i], ihc))
     return credits
-
-
-def largest_remainder(values: Sequence[float], units: int = ROUND_UNITS) -> list[int]:
-    """Integers proportional to ``values`` that sum to exactly ``units`` (all 0 if the values sum to 0).
-
-    Each value is floored, and the units still missing go to the largest remainders; ties go to
-    the earlier position, so the result is deterministic.
-    """
-    total = math.fsum(values)
-    if total <= 0:
-        return [0] * len(values)
-    scaled = [v / total * units for v in values]
-    result = [math.floor(x) for x in scaled]
-    missing = units - sum(result)
-    if missing == 0:
-        return result
-    order = sorted(range(len(values)), key=lambda i: (result[i] - scaled[i], i))
-    for i in order[:missing]:
-        result[i] += 1
-    return result
-
-
-def round_credits(credits: Sequence[SessionCredit]) -> list[SessionCredit]:
-    """Round every column to 4 decimals so that each sums to exactly 1 (a dropped holder stays 0)."""
-    if len(credits) == 1:
-        # A single session's column is 1 or 0 already (what largest_remainder gives it).
-        c = credits[0]
-        return [SessionCredit(c.session_id, *(1.0 if v > 0 else 0.0 for v in (c.initializer, c.holder, c.closer, c.ihc)))]
-    columns = {
-        name: largest_remainder([getattr(c, name) for c in credits])
-        for name in ("initializer", "holder", "closer", "ihc")
-    }
-    return [
-        SessionCredit(
-            c.session_id,
-            columns["initializer"][i] / ROUND_UNITS,
-            columns["holder"][i] / ROUND_UNITS,
-            columns["closer"][i] / ROUND_UNITS,
-            columns["ihc"][i] / ROUND_UNITS,
-        )
-        for i, c in enumerate(credits)
-    ]
-
-
-def _order_key(t: Touchpoint) -> tuple:
-    # Integer ids sort numerically (9 before 10) and before text ids.
-    sid = t.session_id
-    return (t.timestamp, 0, sid, "") if isinstance(sid, int) else (t.timestamp, 1, 0, sid)
 
 
 def _hours(delta) -> float:

@@ -15,44 +15,84 @@ phase weights) to such answers:
    neutral; a weak smoothness term keeps knots without data near their neighbours.
 
 The model is evaluated here by a vectorised numpy copy of
-:func:`~ihc_attribution_dev.server.model.attribute_journey`; a test checks that both agree.
+:func:`~ihc_attribution_dev.server.model.attribute_journey`
+(:mod:`~ihc_attribution_dev.server.vectorised`); a test checks that both agree.
 
 Needs numpy and scipy (``requirements-dev.txt``): calibrating is a development step. The server
-only reads the resulting JSON (:mod:`ihc_attribution_dev.server.params`).
+only reads the resulting JSON (:mod:`ihc_attribution_dev.server.params`). Recordings and their
+scores are in :mod:`~ihc_attribution_dev.server.recordings`, synthetic ones in
+:mod:`~ihc_attribution_dev.server.synthetic`; their names are importable from here as well.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Sequence
+from dataclasses import dataclass
 
-from ihc_attribution_dev.server.model import (
-    FITTED_PARAMS,
-    PHASES,
-    ChannelFactors,
-    Curve,
-    ModelParams,
-    PhaseWeights,
-    Touchpoint,
-    TypeModel,
-    attribute_journey,
-    largest_remainder,
-    parse_timestamp,
-    round_credits,
+from ihc_attribution_dev.server.model import FITTED_PARAMS, Curve, ModelParams, PhaseWeights, TypeModel
+from ihc_attribution_dev.server.recordings import (
+    Journey,
+    Method,
+    RecordingError,
+    errors,
+    last_touch,
+    linear,
+    load_answers,
+    mae,
+    model_method,
+    multi_session,
+    replay,
+    top_agreement,
+    type_model_method,
+    write_answers,
+)
+from ihc_attribution_dev.server.synthetic import TYPE_B, synthetic_answers, time_of_day_answers
+from ihc_attribution_dev.server.vectorised import (
+    CLOSER_KNOTS,
+    HOLDER_KNOTS,
+    MEMORY_KNOTS,
+    PAUSE_KNOTS,
+    RANK_KNOTS,
+    Batch,
+    Layout,
+    phases,
+    predict_batch,
 )
 
-# Knots of the fitted curves. They contain the knots of the built-in type A curves, so that type A
-# is exactly one parameter set of the family, and reach further (restart credit from 1 h of pause,
-# closer rank up to 10 sessions, memory over pauses of up to 14 days).
-PAUSE_KNOTS = (0.0, 1.0, 2.0, 4.0, 8.0, 12.0, 24.0, 36.0, 48.0, 50.0, 52.0, 55.0, 60.0, 66.0, 72.0, 84.0,
-               96.0, 120.0, 144.0, 168.0, 216.0, 336.0)
-CLOSER_KNOTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 48.0, 72.0, 96.0, 120.0, 168.0, 240.0, 336.0)
-RANK_KNOTS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0)
-HOLDER_KNOTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
-MEMORY_KNOTS = (0.0, 12.0, 24.0, 48.0, 72.0, 96.0, 120.0, 168.0, 240.0, 336.0)
+__all__ = [
+    "MIN_MULTI_JOURNEYS",
+    "MIN_TRAIN_PER_FOLD",
+    "POOR_FIT_RATIO",
+    "RIDGE",
+    "SMOOTH",
+    "TYPE_B",
+    "Batch",
+    "Calibration",
+    "Journey",
+    "Layout",
+    "Method",
+    "RecordingError",
+    "calibrate",
+    "check_size",
+    "cross_validate",
+    "errors",
+    "fit_weights",
+    "folds_of",
+    "last_touch",
+    "linear",
+    "load_answers",
+    "mae",
+    "model_method",
+    "multi_session",
+    "predict_batch",
+    "replay",
+    "synthetic_answers",
+    "time_of_day_answers",
+    "top_agreement",
+    "type_model_method",
+    "write_answers",
+]
 
 #: Weight of the ridge that pulls log factors towards 0 (factor 1): worth, in the sum of squared
 #: errors, a factor of e^0.2 against 0.002 of squared share error (a few sessions a little off).
@@ -65,369 +105,6 @@ MIN_MULTI_JOURNEYS = 100
 MIN_TRAIN_PER_FOLD = 80
 #: A fit is called poor when its cross-validated MAE is more than this share of the best baseline's.
 POOR_FIT_RATIO = 0.5
-
-
-class RecordingError(ValueError):
-    """A recording cannot be used: the message says which line and why, or why it is too small."""
-
-
-@dataclass(frozen=True)
-class Journey:
-    """One recorded journey: what was sent and what the service answered, in chronological order."""
-
-    conversion_id: str
-    touchpoints: list[Touchpoint]
-    answer: list[dict]  # initializer, holder, closer, ihc of each touchpoint
-    conv_type: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------
-# Recordings
-
-
-def load_answers(path: Path, conv_type_id: str | None = None) -> list[Journey]:
-    """Read a recording; the last session is flagged as the converting one (as the pipeline does).
-
-    With ``conv_type_id``, lines with another ``conv_type`` are left out (lines without one are
-    kept). Raises :class:`RecordingError` for a malformed line or when no journey is left.
-    """
-    journeys: list[Journey] = []
-    seen_types: set[str] = set()
-    seen_ids: set[str] = set()
-    with Path(path).open(encoding="utf-8") as fh:
-        for number, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{Path(path).name} line {number}"
-            try:
-                item = json.loads(line)
-                journey = _journey(item)
-            except (ValueError, KeyError, TypeError) as exc:
-                detail = f"missing {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
-                raise RecordingError(f"{where}: {detail}") from None
-            if journey.conv_type is not None:
-                seen_types.add(journey.conv_type)
-                if conv_type_id is not None and journey.conv_type != conv_type_id:
-                    continue
-            if journey.conversion_id in seen_ids:
-                raise RecordingError(f"{where}: conversion_id {journey.conversion_id!r} is recorded twice")
-            seen_ids.add(journey.conversion_id)
-            journeys.append(journey)
-    if not journeys:
-        held = f" (it holds conv_type {', '.join(sorted(seen_types))})" if seen_types else ""
-        wanted = f" of conv_type {conv_type_id!r}" if conv_type_id is not None else ""
-        raise RecordingError(f"{Path(path).name}: no journeys{wanted}{held}")
-    return journeys
-
-
-def _journey(item: dict) -> Journey:
-    sessions = sorted(item["sessions"], key=lambda s: (s["timestamp"], s["session_id"]))
-    if not sessions:
-        raise ValueError("a journey needs at least one session")
-    answer = {r["session_id"]: r for r in item["result"]}
-    ids = [s["session_id"] for s in sessions]
-    if len(set(ids)) != len(ids) or set(answer) != set(ids):
-        raise ValueError("'result' must have exactly one row per session of 'sessions'")
-    touchpoints = []
-    for i, s in enumerate(sessions):
-        flags = [s["holder_engagement"], s["closer_engagement"], s.get("impression_interaction", 0)]
-        if any(f not in (0, 1) or isinstance(f, bool) for f in flags):
-            raise ValueError(f"session {s['session_id']!r}: engagement flags must be 0 or 1")
-        touchpoints.append(Touchpoint(
-            session_id=s["session_id"],
-            timestamp=parse_timestamp(s["timestamp"]),
-            channel_label=s["channel_label"],
-            holder_engagement=flags[0],
-            closer_engagement=flags[1],
-            conversion=int(i == len(sessions) - 1),
-            impression_interaction=flags[2],
-        ))
-    rows = [answer[sid] for sid in ids]
-    for column in ("initializer", "holder", "closer", "ihc"):
-        values = [r[column] for r in rows]
-        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
-            raise ValueError(f"'result' column {column} must hold numbers")
-        total = math.fsum(values)
-        if abs(total - 1) > 0.002 and not (column == "holder" and abs(total) < 0.002):
-            raise ValueError(f"'result' column {column} sums to {total:.4f}, not 1 (a journey split over requests?)")
-    conv_type = item.get("conv_type")
-    return Journey(str(item["conversion_id"]), touchpoints, rows, None if conv_type is None else str(conv_type))
-
-
-def write_answers(path: Path, journeys: Sequence[Journey], conv_type: str) -> None:
-    """Write journeys in the recording format (``sessions`` and ``result`` per line)."""
-    with Path(path).open("w", encoding="utf-8") as fh:
-        for j in journeys:
-            sessions = [{
-                "session_id": t.session_id,
-                "timestamp": t.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
-                "channel_label": t.channel_label,
-                "holder_engagement": t.holder_engagement,
-                "closer_engagement": t.closer_engagement,
-                "impression_interaction": t.impression_interaction,
-            } for t in j.touchpoints]
-            result = [{"session_id": t.session_id, **{k: a[k] for k in ("initializer", "holder", "closer", "ihc")}}
-                      for t, a in zip(j.touchpoints, j.answer)]
-            fh.write(json.dumps({"conv_type": conv_type, "conversion_id": j.conversion_id,
-                                 "sessions": sessions, "result": result}) + "\n")
-
-
-# ---------------------------------------------------------------------------------------------
-# Methods and scores. A method maps a journey to its predicted answer, session by session in
-# chronological order: ihc values (baselines) or dicts with every column (models).
-
-Method = Callable[[Journey], Sequence]
-
-
-def model_method(params: ModelParams, weights: PhaseWeights = PhaseWeights()) -> Method:
-    """The local server's answer for a journey (rounded as the server rounds), as dicts."""
-
-    def predict(journey: Journey) -> list[dict]:
-        credits = round_credits(attribute_journey(journey.touchpoints, weights, params))
-        return [vars(c) for c in credits]
-
-    return predict
-
-
-def type_model_method(model: TypeModel) -> Method:
-    """:func:`model_method` of a :class:`TypeModel`."""
-    return model_method(model.params, model.weights)
-
-
-def linear(journey: Journey) -> list[float]:
-    """Linear baseline: every session 1/n."""
-    n = len(journey.touchpoints)
-    return [1.0 / n] * n
-
-
-def last_touch(journey: Journey) -> list[float]:
-    """Last-touch baseline: all credit to the last session."""
-    n = len(journey.touchpoints)
-    return [0.0] * (n - 1) + [1.0]
-
-
-def errors(journeys: Sequence[Journey], predict: Method, column: str = "ihc") -> list[float]:
-    """Absolute error of one column per session; ``predict`` returns floats or answer dicts."""
-    out = []
-    for j in journeys:
-        for p, real in zip(predict(j), j.answer, strict=True):
-            value = p[column] if isinstance(p, dict) else p
-            out.append(abs(value - real[column]))
-    return out
-
-
-def mae(journeys: Sequence[Journey], predict: Method, column: str = "ihc") -> float:
-    """Mean absolute error of one column per session."""
-    errs = errors(journeys, predict, column)
-    return math.fsum(errs) / len(errs)
-
-
-def top_agreement(journeys: Sequence[Journey], predict: Method) -> float:
-    """Share of journeys whose top-credited session (by ihc) is one the real answer credits most."""
-    agree = 0
-    for j in journeys:
-        predicted = [p["ihc"] if isinstance(p, dict) else p for p in predict(j)]
-        real = [a["ihc"] for a in j.answer]
-        top = max(range(len(predicted)), key=lambda i: (predicted[i], -i))
-        agree += real[top] >= max(real) - 1e-9
-    return agree / len(journeys)
-
-
-def multi_session(journeys: Sequence[Journey]) -> list[Journey]:
-    """The journeys of 2 or more sessions (single sessions are (1, 0, 1, 1) for every method)."""
-    return [j for j in journeys if len(j.touchpoints) > 1]
-
-
-# ---------------------------------------------------------------------------------------------
-# The vectorised model and its parameter vector
-
-
-class _Batch:
-    """Journeys of 2+ sessions as flat numpy arrays, one entry per session."""
-
-    def __init__(self, journeys: Sequence[Journey]) -> None:
-        import numpy as np
-
-        channels = sorted({t.channel_label for j in journeys for t in j.touchpoints})
-        index = {c: i for i, c in enumerate(channels)}
-        cols: dict[str, list] = {k: [] for k in (
-            "jid", "first", "last", "gap", "to_conv", "rank", "longest", "he", "ce", "imp", "ch",
-            "I", "H", "C", "ihc")}
-        for jid, j in enumerate(journeys):
-            tps = j.touchpoints
-            n = len(tps)
-            hours = [(t.timestamp - tps[0].timestamp).total_seconds() / 3600.0 for t in tps]
-            longest = [0.0] * n
-            for i in range(n - 2, -1, -1):
-                longest[i] = max(longest[i + 1], hours[i + 1] - hours[i])
-            for i, (t, a) in enumerate(zip(tps, j.answer)):
-                cols["jid"].append(jid)
-                cols["first"].append(i == 0)
-                cols["last"].append(i == n - 1)
-                cols["gap"].append(hours[i] - hours[i - 1] if i else 0.0)
-                cols["to_conv"].append(hours[-1] - hours[i])
-                cols["rank"].append(float(n - 1 - i))
-                cols["longest"].append(longest[i])
-                cols["he"].append(t.holder_engagement == 1)
-                cols["ce"].append(t.closer_engagement == 1)
-                cols["imp"].append(t.impression_interaction == 1)
-                cols["ch"].append(index[t.channel_label])
-                for k in ("I", "H", "C"):
-                    cols[k].append(a[{"I": "initializer", "H": "holder", "C": "closer"}[k]])
-                cols["ihc"].append(a["ihc"])
-        for k, v in cols.items():
-            setattr(self, k, np.array(v))
-        self.n_journeys = len(journeys)
-        self.labels = tuple(channels)
-
-
-@dataclass(frozen=True)
-class _Layout:
-    """Where each parameter sits in the vector the optimiser works on."""
-
-    channels: tuple[str, ...]
-    fit_holder_unengaged: bool
-    fit_closer_unengaged: bool
-    fit_impression: bool
-
-    def slices(self) -> dict[str, slice]:
-        sizes = [
-            ("pause", len(PAUSE_KNOTS)),
-            ("closer", len(CLOSER_KNOTS) - 1),  # value at 0 h pinned to 1
-            ("rank", len(RANK_KNOTS) - 1),  # value at rank 0 pinned to 1
-            ("holder", len(HOLDER_KNOTS) - 1),  # value at share 0 pinned to 1
-            ("memory", len(MEMORY_KNOTS) - 1),  # value at 0 h pinned to 1
-            ("ends", 2),  # holder_first, holder_last
-            ("hu", int(self.fit_holder_unengaged)),
-            ("cu", int(self.fit_closer_unengaged)),
-            ("imp", 3 * int(self.fit_impression)),  # log multipliers
-            ("factors", 3 * len(self.channels)),  # log factors, phase-major per channel
-        ]
-        out, start = {}, 0
-        for name, size in sizes:
-            out[name] = slice(start, start + size)
-            start += size
-        return out
-
-    @property
-    def size(self) -> int:
-        return list(self.slices().values())[-1].stop
-
-    def bounds(self):
-        import numpy as np
-
-        s = self.slices()
-        lo, hi = np.zeros(self.size), np.full(self.size, np.inf)
-        hi[s["memory"]] = 1.0
-        lo[s["imp"]], lo[s["factors"]] = -np.inf, -np.inf
-        return lo, hi
-
-    def pack(self, p: ModelParams):
-        """The vector of a parameter set (clipped into the bounds)."""
-        import numpy as np
-
-        s = self.slices()
-        x = np.zeros(self.size)
-        x[s["pause"]] = [p.initializer_pause(k) for k in PAUSE_KNOTS]
-        c0 = p.closer_distance(0.0) or 1.0
-        x[s["closer"]] = [p.closer_distance(k) / c0 for k in CLOSER_KNOTS[1:]]
-        r0 = p.closer_rank(0.0) or 1.0
-        x[s["rank"]] = [p.closer_rank(k) / r0 for k in RANK_KNOTS[1:]]
-        h0 = p.holder_discount(0.0) or 1.0
-        x[s["holder"]] = [p.holder_discount(k) / h0 for k in HOLDER_KNOTS[1:]]
-        m0 = p.memory(0.0)
-        x[s["memory"]] = [min(1.0, p.memory(k) / m0) for k in MEMORY_KNOTS[1:]]
-        x[s["ends"]] = [p.holder_first, p.holder_last]
-        x[s["hu"]] = [p.holder_unengaged][: s["hu"].stop - s["hu"].start]
-        x[s["cu"]] = [p.closer_unengaged][: s["cu"].stop - s["cu"].start]
-        if self.fit_impression:
-            x[s["imp"]] = [math.log(max(getattr(p.impression, ph), 1e-6)) for ph in PHASES]
-        logs = [[math.log(max(getattr(p.factors(c), ph), 1e-6)) for ph in PHASES] for c in self.channels]
-        x[s["factors"]] = np.array(logs).reshape(-1) if logs else []
-        return x
-
-    def unpack(self, x, digits: int | None = None) -> ModelParams:
-        """The parameter set of a vector (values rounded to ``digits`` decimals if given)."""
-        s = self.slices()
-
-        def r(v: float) -> float:
-            return round(float(v), digits) if digits is not None else float(v)
-
-        def curve(knots, values, pinned=None) -> Curve:
-            ys = ([pinned] if pinned is not None else []) + [r(v) for v in values]
-            return Curve(tuple((float(k), y) for k, y in zip(knots, ys)))
-
-        ends = x[s["ends"]]
-        imp = [math.exp(v) for v in x[s["imp"]]] if self.fit_impression else [1.0, 1.0, 1.0]
-        logs = x[s["factors"]].reshape(-1, 3) if self.channels else []
-        return ModelParams(
-            initializer_pause=curve(PAUSE_KNOTS, x[s["pause"]]),
-            closer_distance=curve(CLOSER_KNOTS, x[s["closer"]], 1.0),
-            holder_discount=curve(HOLDER_KNOTS, x[s["holder"]], 1.0),
-            closer_rank=curve(RANK_KNOTS, x[s["rank"]], 1.0),
-            memory=curve(MEMORY_KNOTS, x[s["memory"]], 1.0),
-            holder_first=r(ends[0]),
-            holder_last=r(ends[1]),
-            holder_unengaged=r(x[s["hu"]][0]) if self.fit_holder_unengaged else 0.0,
-            closer_unengaged=r(x[s["cu"]][0]) if self.fit_closer_unengaged else 0.0,
-            impression=ChannelFactors(*(r(v) for v in imp)),
-            channel_factors={c: ChannelFactors(*(r(math.exp(v)) for v in row)) for c, row in zip(self.channels, logs)},
-        )
-
-
-def predict_batch(batch: _Batch, params: ModelParams, weights: PhaseWeights):
-    """Unrounded (I, H, C, ihc) arrays of every session of ``batch``: the vectorised model."""
-    import numpy as np
-
-    def curve(c: Curve, x):
-        xs, ys = zip(*c.points)
-        return np.interp(x, xs, ys)
-
-    jid, n_j = batch.jid, batch.n_journeys
-    f = np.array([[getattr(params.factors(c), ph) for ph in PHASES] for c in batch.labels])[batch.ch]
-    memory = curve(params.memory, batch.longest)
-    imp = np.array([getattr(params.impression, ph) for ph in PHASES])
-    common = f * memory[:, None] * np.where(batch.imp[:, None], imp[None, :], 1.0)
-    return _phases(batch, common, curve(params.initializer_pause, batch.gap), curve(params.closer_distance,
-                   batch.to_conv) * curve(params.closer_rank, batch.rank), params.holder_discount, params.holder_first,
-                   params.holder_last, params.holder_unengaged, params.closer_unengaged, memory, weights, jid, n_j)
-
-
-def _phases(batch, common, pause, closeness, discount, h_first, h_last, h_unengaged, c_unengaged, memory, weights,
-            jid, n_j):
-    import numpy as np
-
-    def normalise(raw):
-        total = np.bincount(jid, weights=raw, minlength=n_j)
-        safe = np.where(total > 0, total, 1.0)
-        return raw / safe[jid], total > 0
-
-    init_raw = np.where(batch.first, 1.0, pause) * common[:, 0]
-    initializer, ok = normalise(init_raw)
-    if not ok.all():
-        # The session that counts most (earliest on ties) starts the journey, as in the model.
-        for j in np.flatnonzero(~ok):
-            rows = np.flatnonzero(jid == j)
-            start = rows[np.argmax(memory[rows])]
-            initializer[rows] = (rows == start).astype(float)
-    closer_raw = np.where(batch.ce | batch.last, 1.0, c_unengaged) * closeness * common[:, 2]
-    closer, ok = normalise(closer_raw)
-    if not ok.all():
-        closer = np.where(ok[jid], closer, batch.last.astype(float))
-    xs, ys = zip(*discount.points)
-    eligible = np.where(batch.he, 1.0, h_unengaged) * np.where(batch.first, h_first, 1.0) \
-        * np.where(batch.last, h_last, 1.0)
-    holder_raw = eligible * np.interp(initializer + closer, xs, ys) * common[:, 1]
-    holder, has_holder = normalise(holder_raw)
-    holder = np.where(has_holder[jid], holder, 0.0)
-    w_holder = np.where(has_holder[jid], weights.holder, 0.0)
-    ihc = (weights.initializer * initializer + w_holder * holder + weights.closer * closer) \
-        / (weights.initializer + w_holder + weights.closer)
-    return initializer, holder, closer, ihc
-
-
-# ---------------------------------------------------------------------------------------------
-# Fitting
 
 
 def fit_weights(journeys: Sequence[Journey]) -> PhaseWeights:
@@ -495,9 +172,9 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
     if not multi:
         raise RecordingError("no journeys of 2+ sessions to calibrate on")
     weights = fit_weights(multi)
-    batch = _Batch(multi)
+    batch = Batch(multi)
     channels = batch.labels
-    layout = _Layout(
+    layout = Layout(
         channels=channels,
         fit_holder_unengaged=any(t.holder_engagement == 0 for j in multi for t in j.touchpoints),
         fit_closer_unengaged=any(t.closer_engagement == 0 for j in multi for t in j.touchpoints[:-1]),
@@ -524,7 +201,7 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
             * np.interp(batch.rank, rank_k, np.concatenate([one, x[s["rank"]]]))
         discount = Curve(tuple(zip(HOLDER_KNOTS, np.concatenate([one, x[s["holder"]]]).tolist())))
         ends = x[s["ends"]]
-        predicted = np.concatenate(_phases(
+        predicted = np.concatenate(phases(
             batch, common, np.interp(batch.gap, pause_k, x[s["pause"]]), closeness, discount, ends[0], ends[1],
             x[s["hu"]][0] if layout.fit_holder_unengaged else 0.0,
             x[s["cu"]][0] if layout.fit_closer_unengaged else 0.0, memory, weights, batch.jid, batch.n_journeys))
@@ -586,63 +263,3 @@ def cross_validate(journeys: Sequence[Journey], folds: int, **kwargs) -> tuple[l
             held.append(j)
             predictions.append(predict(j))
     return held, predictions
-
-
-def replay(predictions: Sequence[Sequence[dict]], journeys: Sequence[Journey]) -> Method:
-    """A method that answers ``journeys[i]`` with ``predictions[i]`` (for scoring held-out answers)."""
-    by_id = {id(j): p for j, p in zip(journeys, predictions)}
-    return lambda journey: by_id[id(journey)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Synthetic recordings, to test the calibration on conversion types other than the reference
-
-
-#: A deliberately different conversion type: more closer weight, restart credit after a few hours,
-#: closer credit that falls fast with hours and with sessions, no holder credit for the first
-#: session, sessions forgotten behind pauses of more than 3 days, channel factors of its own.
-TYPE_B = TypeModel(
-    params=ModelParams(
-        initializer_pause=Curve(((2.0, 0.0), (8.0, 0.3), (24.0, 0.8), (48.0, 1.0), (168.0, 1.4))),
-        closer_distance=Curve(((0.0, 1.0), (1.0, 0.45), (4.0, 0.25), (24.0, 0.1), (96.0, 0.02))),
-        holder_discount=Curve(((0.0, 1.0), (1.0, 0.6), (2.0, 0.4))),
-        closer_rank=Curve(((0.0, 1.0), (1.0, 0.5), (2.0, 0.3), (4.0, 0.15))),
-        memory=Curve(((0.0, 1.0), (72.0, 1.0), (120.0, 0.3), (240.0, 0.05))),
-        holder_first=0.0,
-        holder_last=0.6,
-        closer_unengaged=0.2,
-        channel_factors={
-            "Direct Traffic": ChannelFactors(0.6, 1.0, 1.5),
-            "Paid Search Brand": ChannelFactors(1.4, 1.1, 1.2),
-            "Organic Traffic": ChannelFactors(1.2, 1.3, 0.8),
-            "FB & IG Ads": ChannelFactors(1.5, 0.7, 0.7),
-            "Newsletter & Email": ChannelFactors(0.8, 1.4, 1.3),
-        },
-    ),
-    weights=PhaseWeights(0.25, 0.25, 0.5),
-    source="synthetic type B",
-)
-
-
-def synthetic_answers(journeys: Sequence[Journey], model: TypeModel) -> list[Journey]:
-    """The same sessions answered by ``model`` as the local server would answer them (rounded)."""
-    predict = type_model_method(model)
-    return [replace(j, answer=[{k: c[k] for k in ("initializer", "holder", "closer", "ihc")} for c in predict(j)])
-            for j in journeys]
-
-
-def time_of_day_answers(journeys: Sequence[Journey]) -> list[Journey]:
-    """Answers of a shape outside the family: every phase credits sessions by their hour of the day.
-
-    A session's weight is exp(2.5 cos(2 pi (hour - 21) / 24)): evening sessions take most of every
-    phase, whatever their gaps, positions, flags or channels. Nothing the family looks at sees
-    the hour, so a calibration must say that it fits badly.
-    """
-    out = []
-    for j in journeys:
-        raw = [math.exp(2.5 * math.cos(2 * math.pi * (t.timestamp.hour + t.timestamp.minute / 60 - 21) / 24))
-               for t in j.touchpoints]
-        shares = [u / 10_000 for u in largest_remainder(raw)]
-        out.append(replace(j, answer=[{"initializer": s, "holder": s if len(raw) > 1 else 0.0, "closer": s, "ihc": s}
-                                      for s in shares]))
-    return out

@@ -76,7 +76,7 @@ def test_type_a_is_the_family_with_neutral_terms():
 @pytest.mark.parametrize("seed", range(4))
 def test_vectorised_model_is_the_servers_model(seed):
     journeys = random_journeys(seed, 60)
-    batch = cal._Batch(journeys)
+    batch = cal.Batch(journeys)
     for model in (TypeModel(FITTED_PARAMS, PhaseWeights()), EVERY_TERM):
         columns = cal.predict_batch(batch, model.params, model.weights)
         credits = [c for j in journeys for c in attribute_journey(j.touchpoints, model.weights, model.params)]

@@ -159,6 +159,42 @@ def pack_journeys(
     return best
 
 
+class _Remaining:
+    """The journeys not yet packed, grouped by size; within a size ids leave in ascending order."""
+
+    def __init__(self, sizes: Mapping[ConvId, int]) -> None:
+        self.by_size: dict[int, list[ConvId]] = {}
+        for conv_id, size in sizes.items():
+            self.by_size.setdefault(size, []).append(conv_id)
+        for ids in self.by_size.values():
+            ids.sort(reverse=True)
+        self.available = sorted(self.by_size)  # distinct sizes with journeys left, ascending
+        self.journeys = len(sizes)
+        self.sessions = sum(sizes.values())
+
+    def smallest_total(self, count: int) -> int:
+        """Sessions of the ``count`` smallest remaining journeys."""
+        total = 0
+        for size in self.available:
+            here = len(self.by_size[size])
+            if here >= count:
+                return total + count * size
+            total += here * size
+            count -= here
+        return total
+
+    def take(self, size: int) -> ConvId:
+        """Take a journey of ``size`` sessions out."""
+        ids = self.by_size[size]
+        conv_id = ids.pop()
+        if not ids:
+            del self.by_size[size]
+            self.available.pop(bisect.bisect_left(self.available, size))
+        self.journeys -= 1
+        self.sessions -= size
+        return conv_id
+
+
 def _pack_balanced(sizes: Mapping[ConvId, int], max_journeys: int, max_sessions: int) -> list[list[ConvId]]:
     """Fill requests one by one, each with its share of journeys and as many sessions as fit.
 
@@ -169,59 +205,30 @@ def _pack_balanced(sizes: Mapping[ConvId, int], max_journeys: int, max_sessions:
     the smallest remaining journeys to fill the other slots; that invariant guarantees every slot
     can be filled.
     """
-    # Journeys grouped by size; within a size ids are popped in ascending order (determinism).
-    by_size: dict[int, list[ConvId]] = {}
-    for conv_id, size in sizes.items():
-        by_size.setdefault(size, []).append(conv_id)
-    for ids in by_size.values():
-        ids.sort(reverse=True)
-    available = sorted(by_size)  # distinct sizes with journeys left, ascending
-    remaining_journeys = len(sizes)
-    remaining_sessions = sum(sizes.values())
-
-    def smallest_total(count: int) -> int:
-        """Sessions of the ``count`` smallest remaining journeys."""
-        total = 0
-        for size in available:
-            here = len(by_size[size])
-            if here >= count:
-                return total + count * size
-            total += here * size
-            count -= here
-        return total
-
-    def take(size: int) -> ConvId:
-        nonlocal remaining_journeys, remaining_sessions
-        ids = by_size[size]
-        conv_id = ids.pop()
-        if not ids:
-            del by_size[size]
-            available.pop(bisect.bisect_left(available, size))
-        remaining_journeys -= 1
-        remaining_sessions -= size
-        return conv_id
-
+    left = _Remaining(sizes)
     requests: list[list[ConvId]] = []
-    while remaining_journeys:
-        bins_left = max(
-            math.ceil(remaining_journeys / max_journeys), math.ceil(remaining_sessions / max_sessions)
-        )
-        target = min(max_journeys, math.ceil(remaining_journeys / bins_left))
-        largest = available[-1]
-        request = [take(largest)]
-        capacity = max_sessions - largest
-        while target > 1 and smallest_total(target - 1) > capacity:
-            target -= 1
-        for slot in range(1, target):
-            limit = capacity - smallest_total(target - slot - 1)
-            index = bisect.bisect_right(available, limit) - 1
-            if index < 0:  # cannot happen given the invariant; never loop forever on a bug
-                break
-            size = available[index]
-            request.append(take(size))
-            capacity -= size
-        requests.append(request)
+    while left.journeys:
+        bins_left = max(math.ceil(left.journeys / max_journeys), math.ceil(left.sessions / max_sessions))
+        requests.append(_fill_request(left, min(max_journeys, math.ceil(left.journeys / bins_left)), max_sessions))
     return requests
+
+
+def _fill_request(left: _Remaining, target: int, max_sessions: int) -> list[ConvId]:
+    """One request: the largest remaining journey, then up to ``target - 1`` more that fit (see above)."""
+    largest = left.available[-1]
+    request = [left.take(largest)]
+    capacity = max_sessions - largest
+    while target > 1 and left.smallest_total(target - 1) > capacity:
+        target -= 1
+    for slot in range(1, target):
+        limit = capacity - left.smallest_total(target - slot - 1)
+        index = bisect.bisect_right(left.available, limit) - 1
+        if index < 0:  # cannot happen given the invariant; never loop forever on a bug
+            break
+        size = left.available[index]
+        request.append(left.take(size))
+        capacity -= size
+    return request
 
 
 def _pack_first_fit_decreasing(

@@ -86,49 +86,76 @@ def validate_journey(journey: JourneyInput) -> list[Touchpoint]:
     touchpoints: list[Touchpoint] = []
     seen: dict[tuple[type, Any], int] = {}
     for index, row in journey.rows:
-        missing = [name for name in REQUIRED_FIELDS if row.get(name) is None]
-        if missing:
-            problems.append(f"customer_journeys[{index}]: missing {', '.join(missing)}")
-            continue
-        row_problems = []
-        session_id = row["session_id"]
-        if not _is_id(session_id):
-            row_problems.append(f"session_id must be a non-empty string or an integer, got {session_id!r}")
+        checked = _check_row(index, row, seen)
+        if isinstance(checked, str):
+            problems.append(checked)
         else:
-            key = (type(session_id), session_id)
-            if key in seen:
-                row_problems.append(f"session_id {session_id!r} repeats customer_journeys[{seen[key]}]")
-            seen.setdefault(key, index)
-        try:
-            timestamp = parse_timestamp(row["timestamp"])
-        except ValueError as exc:
-            row_problems.append(str(exc))
-        channel = row["channel_label"]
-        if not isinstance(channel, str) or not channel:
-            row_problems.append(f"channel_label must be a non-empty string, got {channel!r}")
-        for flag in FLAGS:
-            value = row[flag]
-            # bool is an int in Python, but true/false is not the 0/1 the contract asks for.
-            if type(value) is not int or value not in (0, 1):
-                row_problems.append(f"{flag} must be 0 or 1, got {value!r}")
-        if row_problems:
-            problems.append(f"customer_journeys[{index}]: " + "; ".join(row_problems))
-            continue
-        touchpoints.append(Touchpoint(
-            session_id=session_id,
-            timestamp=timestamp,
-            channel_label=channel,
-            holder_engagement=row["holder_engagement"],
-            closer_engagement=row["closer_engagement"],
-            conversion=row["conversion"],
-            impression_interaction=row["impression_interaction"],
-        ))
+            touchpoints.append(checked)
     if problems:
-        shown = problems[:MAX_MESSAGES]
-        if len(problems) > MAX_MESSAGES:
-            shown.append(f"and {len(problems) - MAX_MESSAGES} more invalid rows")
-        raise ValueError("invalid rows: " + " | ".join(shown))
+        raise ValueError(_invalid_rows_message(problems))
     return touchpoints
+
+
+def _check_row(index: int, row: dict, seen: dict[tuple[type, Any], int]) -> Touchpoint | str:
+    """The row as a touchpoint, or the line that says what is wrong with it.
+
+    ``seen`` maps the session ids met so far in the journey to their row index; it is updated.
+    """
+    missing = [name for name in REQUIRED_FIELDS if row.get(name) is None]
+    if missing:
+        # A row without all its fields is not checked further, and its session id is not
+        # remembered: the other rows' messages would otherwise blame it for a repeat.
+        return f"customer_journeys[{index}]: missing {', '.join(missing)}"
+    problems = _session_id_problems(index, row["session_id"], seen)
+    try:
+        timestamp = parse_timestamp(row["timestamp"])
+    except ValueError as exc:
+        problems.append(str(exc))
+    problems.extend(_channel_problems(row["channel_label"]))
+    problems.extend(_flag_problems(row))
+    if problems:
+        return f"customer_journeys[{index}]: " + "; ".join(problems)
+    return Touchpoint(
+        session_id=row["session_id"],
+        timestamp=timestamp,
+        channel_label=row["channel_label"],
+        holder_engagement=row["holder_engagement"],
+        closer_engagement=row["closer_engagement"],
+        conversion=row["conversion"],
+        impression_interaction=row["impression_interaction"],
+    )
+
+
+def _session_id_problems(index: int, session_id: Any, seen: dict[tuple[type, Any], int]) -> list[str]:
+    if not _is_id(session_id):
+        return [f"session_id must be a non-empty string or an integer, got {session_id!r}"]
+    key = (type(session_id), session_id)
+    first = seen.setdefault(key, index)
+    if first != index:
+        return [f"session_id {session_id!r} repeats customer_journeys[{first}]"]
+    return []
+
+
+def _channel_problems(channel: Any) -> list[str]:
+    if not isinstance(channel, str) or not channel:
+        return [f"channel_label must be a non-empty string, got {channel!r}"]
+    return []
+
+
+def _flag_problems(row: dict) -> list[str]:
+    # bool is an int in Python, but true/false is not the 0/1 the contract asks for.
+    return [
+        f"{flag} must be 0 or 1, got {row[flag]!r}"
+        for flag in FLAGS
+        if type(row[flag]) is not int or row[flag] not in (0, 1)
+    ]
+
+
+def _invalid_rows_message(problems: list[str]) -> str:
+    shown = problems[:MAX_MESSAGES]
+    if len(problems) > MAX_MESSAGES:
+        shown.append(f"and {len(problems) - MAX_MESSAGES} more invalid rows")
+    return "invalid rows: " + " | ".join(shown)
 
 
 def value_rows(journey: JourneyInput, credits: Sequence[SessionCredit]) -> list[dict]:

@@ -24,8 +24,16 @@ from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
 
 from ihc_attribution_dev.server.config import ServerConfig
-from ihc_attribution_dev.server.contract import FLAGS, BadRequest, parse_body, validate_journey, value_rows
-from ihc_attribution_dev.server.model import attribute_journey, round_credits
+from ihc_attribution_dev.server.contract import (
+    FLAGS,
+    BadRequest,
+    JourneyInput,
+    ParsedRequest,
+    parse_body,
+    validate_journey,
+    value_rows,
+)
+from ihc_attribution_dev.server.model import TypeModel, attribute_journey, round_credits
 
 logger = logging.getLogger("ihc_attribution_dev.server")
 
@@ -179,52 +187,62 @@ _RESPONSES: dict[int | str, dict[str, Any]] = {
 
 def create_app(config: ServerConfig) -> FastAPI:
     """A new application for ``config``, with its own counters and fault sequence."""
-    stats = Stats()
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI):
-        logger.info(banner(config))
-        yield
-        logger.info("IHC local double stopped after %d compute_ihc requests", stats.requests)
-
+    double = _LocalDouble(config)
     app = FastAPI(
         title="IHC-compatible local double",
         summary="Development and test double of the IHC attribution API (not the real service).",
-        lifespan=lifespan,
+        lifespan=double.lifespan,
     )
     app.add_middleware(LocalDoubleHeaderMiddleware)
     app.state.config = config
-    app.state.stats = stats
+    app.state.stats = double.stats
+    app.get("/health")(double.health)
+    app.get("/stats")(double.get_stats)
+    app.post(COMPUTE_PATH, responses=_RESPONSES, openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_SCHEMA}}},
+    })(double.compute_ihc)
+    return app
 
-    @app.get("/health")
-    async def health() -> dict[str, Any]:
+
+class _LocalDouble:
+    """The state of one application (its config, counters and fault sequence) and its routes."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.stats = Stats()
+
+    @asynccontextmanager
+    async def lifespan(self, _app: FastAPI):
+        logger.info(banner(self.config))
+        yield
+        logger.info("IHC local double stopped after %d compute_ihc requests", self.stats.requests)
+
+    async def health(self) -> dict[str, Any]:
         """Liveness: always ``{"status": "ok", "local_double": true}``."""
         return {"status": "ok", "local_double": True}
 
-    @app.get("/stats")
-    async def get_stats() -> dict[str, Any]:
+    async def get_stats(self) -> dict[str, Any]:
         """Request counts by status code, requests in flight, journeys and sessions answered."""
-        return stats.as_dict()
+        return self.stats.as_dict()
 
-    @app.post(COMPUTE_PATH, responses=_RESPONSES, openapi_extra={
-        "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_SCHEMA}}},
-    })
     async def compute_ihc(
+        self,
         request: Request,
         conv_type_id: str | None = Query(None, description="Trained conversion type."),
         x_api_key: str | None = Header(None, description="API key."),
     ) -> JSONResponse:
         """Attribute every journey of the request (each request is normalised on its own)."""
+        stats = self.stats
         # Numbered and planned before the first await: the event loop runs this part atomically.
         stats.requests += 1
         number = stats.requests
-        plan = plan_faults(config, number)
+        plan = plan_faults(self.config, number)
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
         started = time.perf_counter()
         response: JSONResponse | None = None
         try:
-            response = await _handle(request, conv_type_id, x_api_key, plan)
+            response = await self._handle(request, conv_type_id, x_api_key, plan)
             return response
         finally:
             stats.in_flight -= 1
@@ -234,26 +252,42 @@ def create_app(config: ServerConfig) -> FastAPI:
                              (time.perf_counter() - started) * 1000)
 
     async def _handle(
-        request: Request, conv_type_id: str | None, api_key: str | None, plan: FaultPlan
+        self, request: Request, conv_type_id: str | None, api_key: str | None, plan: FaultPlan
     ) -> JSONResponse:
         # Injected latency is the response time the client sees, at least: the double's own work
         # counts toward it, as the real service's computing is part of its response time. So
         # the double's CPU on a small machine does not add to the latency a test asks for. The
         # time counts from the request's arrival, so routing and reading the query count too.
         loop = asyncio.get_running_loop()
-        answer_at = request.scope.get(RECEIVED_AT, loop.time()) + config.faults.latency_ms / 1000
+        answer_at = request.scope.get(RECEIVED_AT, loop.time()) + self.config.faults.latency_ms / 1000
         if plan.hang:
-            await asyncio.sleep(config.faults.hang_seconds)
-        response = await _respond(request, conv_type_id, api_key, plan)
+            await asyncio.sleep(self.config.faults.hang_seconds)
+        response = await self._respond(request, conv_type_id, api_key, plan)
         remaining = answer_at - loop.time()
         if remaining > 0:
             await asyncio.sleep(remaining)
         return response
 
     async def _respond(
-        request: Request, conv_type_id: str | None, api_key: str | None, plan: FaultPlan
+        self, request: Request, conv_type_id: str | None, api_key: str | None, plan: FaultPlan
     ) -> JSONResponse:
-        faults = config.faults
+        refused = self._refusal(conv_type_id, api_key) or self._injected_error(plan)
+        if refused is not None:
+            return refused
+        assert conv_type_id is not None  # _refusal answers requests without one
+        raw = await request.body()
+        # Parsing and the model are CPU work (about 50 ms for 3,000 sessions): run them in a
+        # thread so that the event loop keeps serving other requests, latencies and hangs.
+        response, answered = await asyncio.to_thread(self._answer, raw, plan, conv_type_id)
+        if answered is not None:
+            self.stats.journeys += answered.journeys
+            self.stats.sessions += answered.sessions
+            self.stats.failed_journeys += answered.failed_journeys
+        return response
+
+    def _refusal(self, conv_type_id: str | None, api_key: str | None) -> JSONResponse | None:
+        """The 403, 400 or 404 of a request that no retry can fix; ``None`` if it may go on."""
+        config = self.config
         if not api_key:
             return error_response(403, "missing x-api-key header")
         # Compare every key in constant time, so timing does not tell how much of a key matched.
@@ -265,7 +299,11 @@ def create_app(config: ServerConfig) -> FastAPI:
             return error_response(
                 404, f"unknown conv_type_id {conv_type_id!r}; this server knows: {', '.join(config.conv_type_ids)}"
             )
+        return None
 
+    def _injected_error(self, plan: FaultPlan) -> JSONResponse | None:
+        """The injected 429, 500 or 503 of the request, if its plan has one."""
+        faults = self.config.faults
         if plan.rate_limited:
             return error_response(
                 429,
@@ -276,64 +314,68 @@ def create_app(config: ServerConfig) -> FastAPI:
             )
         if plan.error_status is not None:
             return error_response(plan.error_status, f"injected fault (error-rate {faults.error_rate:g})")
+        return None
 
-        raw = await request.body()
-        # Parsing and the model are CPU work (about 50 ms for 3,000 sessions): run them in a
-        # thread so that the event loop keeps serving other requests, latencies and hangs.
-        response, answered = await asyncio.to_thread(_answer, raw, plan, conv_type_id)
-        if answered is not None:
-            stats.journeys += answered.journeys
-            stats.sessions += answered.sessions
-            stats.failed_journeys += answered.failed_journeys
-        return response
-
-    def _answer(raw: bytes, plan: FaultPlan, conv_type_id: str) -> tuple[JSONResponse, _Answered | None]:
-        faults = config.faults
-        model = config.model_for(conv_type_id)
+    def _answer(self, raw: bytes, plan: FaultPlan, conv_type_id: str) -> tuple[JSONResponse, _Answered | None]:
+        model = self.config.model_for(conv_type_id)
         try:
             parsed = parse_body(raw)
         except BadRequest as exc:
             return error_response(400, str(exc)), None
+        over_limits = self._over_limits(parsed)
+        if over_limits is not None:
+            return over_limits, None
 
+        values: list[dict[str, Any]] = []
+        failures: list[dict[str, Any]] = []
+        for journey in parsed.journeys:
+            rows, failure = self._attribute(journey, parsed, plan, model)
+            values.extend(rows)
+            if failure is not None:
+                failures.append(failure)
+
+        status = 206 if failures else 200
+        body = {"statusCode": status, "value": values, "partialFailureErrors": failures}
+        answered = _Answered(len(parsed.journeys) - len(failures), len(values), len(failures))
+        return JSONResponse(body, status_code=status), answered
+
+    def _over_limits(self, parsed: ParsedRequest) -> JSONResponse | None:
+        """The 413 of a request over the journeys or sessions limit; ``None`` within them."""
+        config = self.config
         n_journeys, n_sessions = len(parsed.journeys), parsed.n_rows
         over = []
         if n_journeys > config.max_journeys:
             over.append(f"{n_journeys} journeys (limit {config.max_journeys})")
         if n_sessions > config.max_sessions:
             over.append(f"{n_sessions} sessions (limit {config.max_sessions})")
-        if over:
-            return error_response(
-                413,
-                f"over the limits per request: {' and '.join(over)}; the whole request is rejected, "
-                "split it into smaller requests without splitting a journey",
-                limits={"max_journeys": config.max_journeys, "max_sessions": config.max_sessions},
-                counts={"journeys": n_journeys, "sessions": n_sessions},
-            ), None
+        if not over:
+            return None
+        return error_response(
+            413,
+            f"over the limits per request: {' and '.join(over)}; the whole request is rejected, "
+            "split it into smaller requests without splitting a journey",
+            limits={"max_journeys": config.max_journeys, "max_sessions": config.max_sessions},
+            counts={"journeys": n_journeys, "sessions": n_sessions},
+        )
 
-        values: list[dict[str, Any]] = []
-        failures: list[dict[str, Any]] = []
-        for journey in parsed.journeys:
-            # Drawn for every journey, failed or not, so the sequence does not depend on the data.
-            forced = plan.rng.random() < faults.partial_failure_rate
-            try:
-                touchpoints = validate_journey(journey)
-            except ValueError as exc:
-                failures.append({"conversion_id": journey.conversion_id, "message": str(exc)})
-                continue
-            if forced:
-                failures.append({
-                    "conversion_id": journey.conversion_id,
-                    "message": f"injected fault: journey not attributed "
-                               f"(partial-failure-rate {faults.partial_failure_rate:g}); send it again",
-                })
-                continue
-            credits = round_credits(
-                attribute_journey(touchpoints, model.weights, model.params, redistribution=parsed.redistribution)
-            )
-            values.extend(value_rows(journey, credits))
-
-        status = 206 if failures else 200
-        body = {"statusCode": status, "value": values, "partialFailureErrors": failures}
-        return JSONResponse(body, status_code=status), _Answered(n_journeys - len(failures), len(values), len(failures))
-
-    return app
+    def _attribute(
+        self, journey: JourneyInput, parsed: ParsedRequest, plan: FaultPlan, model: TypeModel
+    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+        """The value rows of one journey, or no rows and its entry in ``partialFailureErrors``."""
+        faults = self.config.faults
+        # Drawn for every journey, failed or not, so the sequence does not depend on the data.
+        forced = plan.rng.random() < faults.partial_failure_rate
+        try:
+            touchpoints = validate_journey(journey)
+        except ValueError as exc:
+            return [], {"conversion_id": journey.conversion_id, "message": str(exc)}
+        if forced:
+            return [], {
+                "conversion_id": journey.conversion_id,
+                "message": f"injected fault: journey not attributed "
+                           f"(partial-failure-rate {faults.partial_failure_rate:g}); send it again",
+            }
+        credits = round_credits(
+            attribute_journey(touchpoints, model.weights, model.params, redistribution=parsed.redistribution)
+        )
+        return value_rows(journey, credits), None

@@ -92,6 +92,34 @@ class ModelTotals:
         return None if base == 0 else ((self.revenue[model] - base) / base * 100).quantize(Decimal("0.1"))
 
 
+def model_columns(db: Any, first_date: str, last_date: str) -> tuple[tuple[str, ...], dict[tuple[str, str], tuple], tuple]:
+    """The CSV's opt-in columns: per (channel, date), orders and revenue under each rule-based model.
+
+    Rounded as :func:`model_totals` rounds them, so a channel's column sums are its totals there.
+    """
+    rules = [name for name, _ in MODELS if name != "ihc"]
+    cells = []
+    for name in rules:
+        micros = round_div_sql(f"{name}_e4 * revenue_micros", _ONE, sqlite=db.is_sqlite)
+        cells += [f"SUM({name}_e4)", round_div_sql(f"SUM({micros})", 10_000, sqlite=db.is_sqlite)]
+    rows = db.query(
+        f"SELECT channel_name, date, {', '.join(cells)} FROM {CREDIT} WHERE date >= ? AND date <= ? "
+        "GROUP BY channel_name, date",
+        (first_date, last_date),
+    )
+    names = tuple(column for name in rules for column in (f"{name}_orders", f"{name}_revenue"))
+
+    def shown(sums: list) -> tuple:
+        return tuple(
+            (Decimal(int(v or 0)) / _ONE).quantize(Decimal("0.0001")) if i % 2 == 0
+            else (Decimal(int(v or 0)) / 100).quantize(Decimal("0.01"))
+            for i, v in enumerate(sums)
+        )
+
+    values = {(str(channel), str(date)): shown(sums) for channel, date, *sums in rows}
+    return names, values, shown([0] * len(names))
+
+
 def model_totals(db: Any, first_date: str, last_date: str, channels: list[str] | None = None) -> list[ModelTotals]:
     """Per channel, over the sessions of ``[first_date, last_date]``: orders and revenue under every model.
 

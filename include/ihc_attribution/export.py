@@ -200,10 +200,20 @@ def atomic_write(path: Any) -> Iterator[TextIO]:
         raise
 
 
-def write_rows(handle: TextIO, rows: Iterable[ReportRow], *, escape_formulas: bool = False) -> None:
-    """Write the header and the rows as CSV to an open text file: the one format of every report CSV."""
+#: Opt-in columns: their names, their values per (channel, date), and the values of a cell without any.
+Extra = tuple[tuple[str, ...], dict[tuple[str, str], tuple[Any, ...]], tuple[Any, ...]]
+
+
+def write_rows(
+    handle: TextIO, rows: Iterable[ReportRow], *, escape_formulas: bool = False, extra: Extra | None = None
+) -> None:
+    """Write the header and the rows as CSV to an open text file: the one format of every report CSV.
+
+    ``extra``: opt-in columns after the challenge's ones (see :data:`Extra`).
+    """
+    names, values, zeros = extra or ((), {}, ())
     writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
+    writer.writerow(CSV_COLUMNS + names)
     for row in rows:
         writer.writerow(
             [
@@ -214,14 +224,15 @@ def write_rows(handle: TextIO, rows: Iterable[ReportRow], *, escape_formulas: bo
                 row.ihc_revenue,
                 "" if row.cpo is None else row.cpo,
                 "" if row.roas is None else row.roas,
+                *values.get((row.channel_name, row.date), zeros),
             ]
         )
 
 
-def write_csv(rows: list[ReportRow], path: Any, *, escape_formulas: bool = False) -> Any:
+def write_csv(rows: list[ReportRow], path: Any, *, escape_formulas: bool = False, extra: Extra | None = None) -> Any:
     """Write the rows to ``path`` atomically (see :func:`atomic_write`), values exactly as stored."""
     with atomic_write(path) as handle:
-        write_rows(handle, rows, escape_formulas=escape_formulas)
+        write_rows(handle, rows, escape_formulas=escape_formulas, extra=extra)
     return path
 
 

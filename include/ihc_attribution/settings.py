@@ -111,6 +111,11 @@ def csv_escape_formulas() -> bool:
     return env_flag("ATTRIBUTION_CSV_ESCAPE_FORMULAS", False)
 
 
+def csv_model_columns() -> bool:
+    """``$ATTRIBUTION_CSV_MODEL_COLUMNS``: add each rule-based model's orders and revenue to the CSV (default off)."""
+    return env_flag("ATTRIBUTION_CSV_MODEL_COLUMNS", False)
+
+
 def currency_code() -> str:
     """``$ATTRIBUTION_CURRENCY``: the code amounts are labelled with (default ``EUR``)."""
     return _text("ATTRIBUTION_CURRENCY", "EUR").upper()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from ihc_attribution import api_stage, charts, checks, export, journeys, load, report, schema, settings
+from ihc_attribution import api_stage, charts, checks, credit, export, journeys, load, report, schema, settings
 from ihc_attribution.daterange import (
     ParamError,
     RunRange,
@@ -334,8 +334,9 @@ def export_csv(context: Mapping[str, Any]) -> dict:
     url = charts.report_url(first, last)
     with open_db() as db:
         rows = export.read_report(db, rng)
+        extra = credit.model_columns(db, first, last) if settings.csv_model_columns() else None
     csv_file = export.write_csv(
-        rows, export.csv_path(output_base(), rng), escape_formulas=settings.csv_escape_formulas()
+        rows, export.csv_path(output_base(), rng), escape_formulas=settings.csv_escape_formulas(), extra=extra
     )
     chart = charts.write_chart(
         rows, charts.chart_path(csv_file), f"Channel report {first} to {last}", csv_name=csv_file.name,

@@ -80,3 +80,33 @@ def test_model_totals_sum_each_model_over_the_selection_and_match_the_report(db_
     expected = cells.map(lambda v: v.quantize(Decimal("0.01"), ROUND_HALF_UP)).groupby(level=0).sum()
     for channel, value in expected.items():
         assert totals[channel].revenue["last_touch"] == value
+
+
+def test_the_csv_can_carry_each_models_orders_and_revenue_summing_to_its_totals(db_path, tmp_path):
+    import csv
+
+    from ihc_attribution import export
+    from ihc_attribution.daterange import range_from_params
+
+    rng = range_from_params({"start_date": "2023-12-01", "end_date": "2024-01-31"})
+    db = Database.connect_sqlite(str(db_path))
+    try:
+        rows = export.read_report(db, rng)
+        extra = credit.model_columns(db, "2023-12-01", "2024-01-31")
+        totals = {t.channel_name: t for t in credit.model_totals(db, "2023-12-01", "2024-01-31")}
+    finally:
+        db.close()
+    plain = export.write_csv(rows, tmp_path / "plain.csv")
+    wide = export.write_csv(rows, tmp_path / "wide.csv", extra=extra)
+    assert plain.read_text().splitlines()[0] == ",".join(export.CSV_COLUMNS), "the default keeps the challenge's columns"
+    with open(wide, newline="") as handle:
+        got = list(csv.DictReader(handle))
+    assert list(got[0])[len(export.CSV_COLUMNS):] == [
+        "last_touch_orders", "last_touch_revenue", "first_touch_orders", "first_touch_revenue",
+        "linear_orders", "linear_revenue", "position_orders", "position_revenue",
+    ]
+    for channel, t in totals.items():
+        mine = [r for r in got if r["channel_name"] == channel]
+        for model in ("last_touch", "first_touch", "linear", "position"):
+            assert sum(Decimal(r[f"{model}_revenue"]) for r in mine) == t.revenue[model], (channel, model)
+            assert sum(Decimal(r[f"{model}_orders"]) for r in mine) == t.orders[model], (channel, model)

@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from local_run import DEMO_DB, ROOT, _env, ensure_demo_db  # noqa: E402  (scripts/ is not a package)
+from local_stack import (  # noqa: E402
+    UpError,
+    choose_metadata_db,
+    write_private,
+    group_members,
+    http_json,
+    port_open,
+    process_identity,
+    tail,
+)
 
 RUN_DIR = ROOT / ".run" / "airflow"
 STATE_FILE = RUN_DIR / "state.json"
@@ -34,40 +40,11 @@ SECRETS_FILE = RUN_DIR / "secrets.json"
 PASSWORDS_FILE = RUN_DIR / "simple_auth_manager_passwords.json"
 DAG_ID, POOL, ADMIN_USER = "ihc_attribution", "ihc_api", "admin"
 POOL_SLOTS = int(os.environ.get("ATTRIBUTION_IHC_POOL_SIZE", "4"))
-POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/airflow_local"
 AIRFLOW_BIN = str(Path(sys.executable).parent / "airflow")
 MAX_WORKERS = 8
 # Stopped in this order; the IHC server last, so tasks still finishing can reach it.
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer",
               *(f"celery-worker-{i}" for i in range(1, MAX_WORKERS + 1)), "ihc-server")
-
-
-class UpError(RuntimeError):
-    """The local stack could not be started; the message says why and where to look."""
-
-
-def process_identity(pid: int) -> tuple[float, str] | None:
-    """Start time and command line of a live process; ``None`` if it is gone or a zombie."""
-    # An Airflow dependency, imported here so that `make down` (and `make clean`) work before `make install`.
-    import psutil
-
-    with contextlib.suppress(psutil.Error):
-        proc = psutil.Process(pid)
-        if proc.status() != psutil.STATUS_ZOMBIE:
-            return round(proc.create_time(), 2), " ".join(proc.cmdline())
-    return None
-
-
-def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of the process group ``pgid``."""
-    import psutil
-
-    members = []
-    for proc in psutil.process_iter(["status"]):
-        with contextlib.suppress(OSError):
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
-                members.append(proc.pid)
-    return members
 
 
 def pid_file(name: str) -> Path:
@@ -153,38 +130,6 @@ def stop_groups(groups: dict[str, int], timeout: float) -> list[str]:
     raise UpError(f"still running after SIGKILL: {', '.join(groups)}")
 
 
-def port_open(host: str, port: int) -> bool:
-    """Whether something accepts TCP connections at ``host:port``."""
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
-        return True
-    return False
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a secret file readable by its owner only (created 0600, never wider)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)  # created anew, so no earlier mode survives
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-        handle.write(text)
-
-
-def choose_metadata_db(choice: str) -> str:
-    """SQLAlchemy URL of the metadata database: PostgreSQL ``airflow_local`` if possible, else SQLite."""
-    if choice not in ("auto", "postgres", "sqlite"):
-        return choice  # an explicit URL
-    sqlite_url = f"sqlite:///{Path(_env()['AIRFLOW_HOME']).resolve() / 'airflow-local.db'}"
-    if choice == "sqlite":
-        return sqlite_url
-    # Airflow 3 opens the metadata database asynchronously too, hence asyncpg.
-    if all(importlib.util.find_spec(module) for module in ("psycopg2", "asyncpg")) and port_open("127.0.0.1", 5432):
-        return POSTGRES_URL
-    problem = "it needs psycopg2, asyncpg and a server on 127.0.0.1:5432"
-    if choice == "postgres":
-        raise UpError(f"cannot use PostgreSQL for the metadata database: {problem}")
-    print(f"metadata database: SQLite, since PostgreSQL is not usable ({problem})", flush=True)
-    return sqlite_url
-
-
 def load_secrets() -> dict[str, str]:
     """The secrets of the running stack."""
     try:
@@ -223,35 +168,6 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
             "conn_type": "ihc", "host": "127.0.0.1", "port": state["ihc_port"], "schema": "http",
             "password": keys["ihc_api_key"], "extra": {"conv_type_id": "demo", "max_concurrency": 4}})
     return env
-
-
-def http_json(method: str, url: str, body: dict | None = None, token: str = "", timeout: float = 10.0,
-              expect: tuple[int, ...] = ()) -> tuple[int, dict]:
-    """One JSON request; returns (status, decoded body). Network errors raise ``OSError``, another
-    status than one of ``expect`` (when given) raises ``UpError``."""
-    headers = {"Content-Type": "application/json", "Accept": "application/json"}
-    headers |= {"Authorization": f"Bearer {token}"} if token else {}
-    data = None if body is None else json.dumps(body).encode()
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data, headers, method=method), timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        answer = json.loads(raw or b"{}")
-    except ValueError:
-        answer = {"raw": raw[:500].decode(errors="replace")}
-    # A bulk request answers 200 and lists what failed.
-    if expect and (status not in expect or (answer.get("create") or {}).get("errors")):
-        raise UpError(f"{method} {url}: HTTP {status} {answer}")
-    return status, answer
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    """The last lines of a log."""
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return f"(no log at {path})"
 
 
 def wait_until(what: str, check, timeout: float, watch: dict[str, int]) -> None:

@@ -48,72 +48,15 @@ from pathlib import Path
 import numpy as np
 
 from ihc_attribution.schema import CONVERSIONS, SESSION_COSTS, SESSION_SOURCES, challenge_ddl
-from ihc_attribution_dev.demo_draw import _hex_ids, build_tables
-from ihc_attribution_dev.demo_model import (
+from ihc_attribution_dev.demo_draw import hex_ids, build_tables
+from ihc_attribution_dev.demo_model import (  # noqa: F401 - BAD_ROWS: the bad rows, where the tests look for them
     BAD_ROWS,
     CHANNEL_NAMES,
-    CHANNELS,
-    CONVERSIONS_PER_BUYER_WEIGHTS,
-    COST_MAX,
-    COST_MIN,
-    COST_SIGMA,
-    FREE_CHANNELS,
-    HOUR_WEIGHTS,
-    LONG_TAIL_ALPHA,
-    LONG_TAIL_MAX,
-    LONG_TAIL_SHARE,
-    MIN_CONVERSION_SPACING_S,
-    MISSING_COST_SHARE,
-    NEW_SESSIONS_WEIGHTS,
-    NOISE_CLOSER_FACTOR,
-    NOISE_HOLDER_FACTOR,
-    NULL_COST_SHARE,
-    POST_PURCHASE_SHARE,
-    REVENUE_MEAN,
-    REVENUE_SIGMA,
     SECONDS_PER_DAY,
-    TAIL_FROM,
-    ChannelProfile,
     DemoConfig,
     DemoSummary,
     DemoTables,
 )
-
-# The public names of the generator stay importable from here, wherever they are defined.
-__all__ = [
-    "BAD_ROWS",
-    "CHANNEL_NAMES",
-    "CHANNELS",
-    "CONVERSIONS_PER_BUYER_WEIGHTS",
-    "COST_MAX",
-    "COST_MIN",
-    "COST_SIGMA",
-    "FREE_CHANNELS",
-    "HOUR_WEIGHTS",
-    "INSERT_CHUNK",
-    "LONG_TAIL_ALPHA",
-    "LONG_TAIL_MAX",
-    "LONG_TAIL_SHARE",
-    "MIN_CONVERSION_SPACING_S",
-    "MISSING_COST_SHARE",
-    "NEW_SESSIONS_WEIGHTS",
-    "NOISE_CLOSER_FACTOR",
-    "NOISE_HOLDER_FACTOR",
-    "NULL_COST_SHARE",
-    "POST_PURCHASE_SHARE",
-    "REVENUE_MEAN",
-    "REVENUE_SIGMA",
-    "SECONDS_PER_DAY",
-    "TAIL_FROM",
-    "ChannelProfile",
-    "DemoConfig",
-    "DemoSummary",
-    "DemoTables",
-    "build_tables",
-    "generate",
-    "main",
-    "write_database",
-]
 
 # Rows per executemany call. Rows are zipped lazily from column lists, so no chunk is ever
 # materialised; the chunks only bound the work of one call.
@@ -169,7 +112,7 @@ def write_database(path: Path, tables: DemoTables) -> None:
 
         # Keys are unique, and hex of a 64-bit value sorts like the value.
         order = np.argsort(tables.session_keys)
-        session_ids = _hex_ids(tables.session_keys[order])
+        session_ids = hex_ids(tables.session_keys[order])
         t = tables.session_time[order]
         session_dates = days[t // SECONDS_PER_DAY]
         session_channels = np.array(CHANNEL_NAMES, dtype=object)[tables.session_channel[order]]
@@ -207,7 +150,7 @@ def write_database(path: Path, tables: DemoTables) -> None:
         for conv, user in zip(tables.sessionless_convs.tolist(), tables.sessionless_user_ids.tolist(), strict=True):
             conv_users[corder == conv] = user
         conv_rows = zip(
-            _hex_ids(tables.conv_keys[corder]).tolist(),
+            hex_ids(tables.conv_keys[corder]).tolist(),
             conv_users.tolist(),
             days[ct // SECONDS_PER_DAY].tolist(),
             clock[ct % SECONDS_PER_DAY].tolist(),

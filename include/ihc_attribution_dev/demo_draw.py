@@ -52,7 +52,7 @@ def _scramble(index: np.ndarray, key: int) -> np.ndarray:
     return x
 
 
-def _hex_ids(values: np.ndarray) -> np.ndarray:
+def hex_ids(values: np.ndarray) -> np.ndarray:
     """16-character lowercase hex strings of 64-bit values (an object array of ``str``)."""
     text = values.astype(">u8").tobytes().hex()
     return np.array([text[i : i + 16] for i in range(0, len(text), 16)], dtype=object)
@@ -247,7 +247,7 @@ def build_tables(config: DemoConfig) -> DemoTables:
                     int(id_keys[0]), buyers + noise_users)
     return DemoTables(
         config=config,
-        user_ids=_hex_ids(_scramble(np.arange(buyers + noise_users), int(id_keys[0]))),
+        user_ids=hex_ids(_scramble(np.arange(buyers + noise_users), int(id_keys[0]))),
         session_keys=_scramble(np.arange(sessions), int(id_keys[1])),
         session_user=np.concatenate((j_user, p_user, n_user)),
         session_time=np.concatenate((j_time, p_time, n_time)),
@@ -297,7 +297,7 @@ def _bad_rows(
     sessionless = np.sort(convs[:n_sessionless])
     return {
         "sessionless_convs": sessionless,
-        "sessionless_user_ids": _hex_ids(_scramble(np.arange(users, users + len(sessionless)), user_key)),
+        "sessionless_user_ids": hex_ids(_scramble(np.arange(users, users + len(sessionless)), user_key)),
         "bad_date_sessions": np.array(malformed[:n_date], dtype=np.int64),
         "bad_channel_sessions": np.array(malformed[n_date:], dtype=np.int64),
     }

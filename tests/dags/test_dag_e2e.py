@@ -19,7 +19,6 @@ from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve
 from tests.helpers import expected_journeys, expected_report, read_table
 
-ROOT = Path(__file__).resolve().parents[2]
 API_KEY = "e2e-test-key-7f3a9c"
 
 
@@ -37,14 +36,6 @@ def source_db(tmp_path_factory):
         )
         conn.execute("INSERT INTO conversions VALUES ('lonely', 'nobody', '2024-01-02', '10:00:00', 30.0)")
     return path
-
-
-@pytest.fixture
-def dag(airflow_db):
-    """A freshly parsed DAG: ``dag.test(run_conf=...)`` leaves the conf in the DAG's params."""
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("ihc_attribution")
 
 
 @pytest.fixture

@@ -92,15 +92,6 @@ def _without_bad_dates(path) -> None:
 
 
 @pytest.fixture
-def dag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    from tests.dags.test_dag_e2e import ROOT
-
-    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("ihc_attribution")
-
-
-@pytest.fixture
 def ihc_api(monkeypatch):
     with serve(ServerConfig(api_keys=(API_KEY,))) as url:
         host, port = url.removeprefix("http://").split(":")

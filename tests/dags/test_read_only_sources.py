@@ -24,7 +24,6 @@ import pytest
 from ihc_attribution_dev.demo_data import DemoConfig, generate
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve
-from tests.dags.test_dag_e2e import ROOT
 
 psycopg2 = pytest.importorskip("psycopg2")
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "connect_timeout": 3}
@@ -42,13 +41,6 @@ def source_db(tmp_path_factory):
         conn.execute("DELETE FROM session_sources WHERE date(event_date, '+0 days') IS NOT event_date "
                      "OR time(event_time) IS NOT event_time")
     return path
-
-
-@pytest.fixture
-def dag(airflow_db):
-    from airflow.dag_processing.dagbag import DagBag
-
-    return DagBag(dag_folder=str(ROOT / "dags")).get_dag("ihc_attribution")
 
 
 @pytest.fixture

@@ -55,11 +55,10 @@ API_TASK_TIMEOUT = timedelta(minutes=settings.api_task_timeout_minutes())
 # A run still unfinished this many hours after it was queued raises an alert. Opt-in: Airflow
 # 3.3's `dags test` (the local runner) cannot run a DAG that has a deadline.
 DEADLINE_HOURS = settings.deadline_hours()
-# Every run's API stage takes this many slots of the pool `ihc_api`, whose size is the budget of
-# requests in flight across concurrent runs (backfills run several at once). Keep it equal to
-# the connection's max_concurrency.
+# Every run's API stage takes this many slots of the pool `ihc_api` and keeps as many requests in
+# flight; the pool's size is the budget across concurrent runs (backfills run several at once).
 IHC_POOL = "ihc_api"
-IHC_POOL_SLOTS = settings.ihc_pool_slots()
+IHC_POOL_SLOTS = settings.ihc_concurrency()
 
 # Updated by every export; the event's extra carries the CSV's path and dates, so other DAGs can
 # schedule on it (`schedule=[Asset("ihc_channel_reporting_csv")]`) and read the file. The URI is

@@ -39,7 +39,7 @@ STATE_FILE = RUN_DIR / "state.json"
 SECRETS_FILE = RUN_DIR / "secrets.json"
 PASSWORDS_FILE = RUN_DIR / "simple_auth_manager_passwords.json"
 DAG_ID, POOL, ADMIN_USER = "ihc_attribution", "ihc_api", "admin"
-POOL_SLOTS = int(os.environ.get("ATTRIBUTION_IHC_POOL_SIZE", "4"))
+POOL_SLOTS = int(os.environ.get("ATTRIBUTION_IHC_CONCURRENCY", "4"))
 AIRFLOW_BIN = str(Path(sys.executable).parent / "airflow")
 MAX_WORKERS = 8
 # Stopped in this order; the IHC server last, so tasks still finishing can reach it.
@@ -166,7 +166,7 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
     if state.get("ihc_managed"):
         env["AIRFLOW_CONN_IHC_API"] = json.dumps({
             "conn_type": "ihc", "host": "127.0.0.1", "port": state["ihc_port"], "schema": "http",
-            "password": keys["ihc_api_key"], "extra": {"conv_type_id": "demo", "max_concurrency": 4}})
+            "password": keys["ihc_api_key"], "extra": {"conv_type_id": "demo"}})
     return env
 
 
@@ -206,7 +206,7 @@ def wait_ready(state: dict, keys: dict[str, str], watch: dict[str, int], timeout
     login = {"username": ADMIN_USER, "password": keys["admin_password"]}
     token = http_json("POST", f"{base}/auth/token", login, expect=(200, 201))[1]["access_token"]
     pool = {"name": POOL, "slots": POOL_SLOTS, "include_deferred": False,
-            "description": "IHC API requests in flight across runs (each call_ihc_api takes its max_concurrency)"}
+            "description": "IHC API requests in flight across runs (each call_ihc_api takes ihc_concurrency slots)"}
     http_json("PATCH", f"{base}/api/v2/pools", {"actions": [
         {"action": "create", "entities": [pool], "action_on_existence": "overwrite"}]}, token, expect=(200,))
     wait_until(f"the DAG {DAG_ID} to be parsed", lambda: dag_parsed(base, token), timeout, watch)

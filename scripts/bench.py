@@ -206,7 +206,7 @@ def configure(args: argparse.Namespace, target: Target, url: str, key: str, work
            "password": key, "extra": {
                "conv_type_id": "demo", "max_concurrency": args.concurrency,
                "max_journeys_per_request": args.max_journeys, "max_sessions_per_request": args.max_sessions}}
-    for name in ("ATTRIBUTION_DB_CONN_ID", "IHC_CONN_ID", "ATTRIBUTION_OUTPUT_BASE_URL"):
+    for name in ("ATTRIBUTION_DB_CONN_ID", "ATTRIBUTION_IHC_CONN_ID", "ATTRIBUTION_OUTPUT_BASE_URL"):
         os.environ.pop(name, None)
     os.environ.update(AIRFLOW_CONN_ATTRIBUTION_DB=target.conn_json, AIRFLOW_CONN_IHC_API=json.dumps(ihc),
                       ATTRIBUTION_OUTPUT_DIR=str(work_dir / "output"))

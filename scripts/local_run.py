@@ -128,7 +128,7 @@ def connections(env) -> Iterator[Path | None]:
         print(f"local IHC server (development double) on port {port}, log {log_path}", flush=True)
         env["AIRFLOW_CONN_IHC_API"] = json.dumps(
             {"conn_type": "ihc", "host": "127.0.0.1", "port": port, "schema": "http", "password": key,
-             "extra": {"conv_type_id": "demo", "max_concurrency": 4}})
+             "extra": {"conv_type_id": "demo"}})
         yield db_path
 
 

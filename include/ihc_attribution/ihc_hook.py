@@ -74,9 +74,13 @@ class IhcHook(BaseHook):
     conn_type = CONN_TYPE
     hook_name = "IHC Attribution API"
 
-    def __init__(self, ihc_conn_id: str = default_conn_name, *, sleep: Callable[[float], None] | None = None) -> None:
+    def __init__(self, ihc_conn_id: str = default_conn_name, *, max_concurrency: int | None = None,
+                 sleep: Callable[[float], None] | None = None) -> None:
+        """:param max_concurrency: requests in flight (the DAG passes its pool slots); a smaller
+            ``max_concurrency`` in the connection's extra still caps it."""
         super().__init__()
         self.ihc_conn_id = ihc_conn_id
+        self.max_concurrency = max_concurrency
         self._sleep = sleep
         self._client: IhcClient | None = None
 
@@ -119,6 +123,7 @@ class IhcHook(BaseHook):
             extra = {name.rpartition("__")[2]: value for name, value in connection.extra_dejson.items()}
             base_url = build_base_url(connection.host, connection.schema, connection.port)
             settings = parse_settings({"base_url": base_url, **extra}, where)
+            settings = self._with_concurrency(settings, "max_concurrency" in extra, where)
             clean_api_key(connection.password, where)
             self._client = IhcClient(api_key=connection.password, sleep=self._sleep, **settings.model_dump())
             self.log.info(
@@ -128,6 +133,17 @@ class IhcHook(BaseHook):
                 settings.max_sessions_per_request, settings.max_concurrency, settings.max_retries, settings.timeout,
             )
         return self._client
+
+    def _with_concurrency(self, settings: IhcSettings, capped: bool, where: str) -> IhcSettings:
+        """The connection's settings with this hook's ``max_concurrency``, capped by the connection's own."""
+        if self.max_concurrency is None:
+            return settings
+        if capped and settings.max_concurrency < self.max_concurrency:
+            self.log.warning("%s caps requests in flight at its max_concurrency %d, below the %d pool slots the "
+                             "task holds: set ihc_concurrency to %d instead", where, settings.max_concurrency,
+                             self.max_concurrency, settings.max_concurrency)
+            return settings
+        return settings.model_copy(update={"max_concurrency": self.max_concurrency})
 
     @property
     def settings(self) -> IhcSettings:

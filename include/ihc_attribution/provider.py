@@ -1,7 +1,7 @@
 """Provider metadata: what ``pip install`` registers with Airflow (entry point ``apache_airflow_provider``).
 
 It makes the connection type ``ihc`` known to Airflow with its hook, its form fields (API key,
-conversion type, limits, concurrency) and a working *Test* button. This module is read by every
+conversion type, limits) and a working *Test* button. This module is read by every
 Airflow component at start-up, so it imports nothing heavy.
 """
 
@@ -28,10 +28,6 @@ CONN_FIELDS: dict[str, dict[str, Any]] = {
         "schema": {"type": ["integer", "null"], "default": 3000, "minimum": 1},
         "description": "3000 in production, 200 for free test accounts",
     },
-    "max_concurrency": {
-        "label": "Concurrent requests",
-        "schema": {"type": ["integer", "null"], "default": 4, "minimum": 1},
-    },
 }
 
 #: Which standard fields the form hides, relabels and pre-fills.
@@ -50,6 +46,8 @@ UI_FIELD_BEHAVIOUR: dict[str, Any] = {
 def get_provider_info() -> dict[str, Any]:
     """The provider's metadata, in the form of the providers' ``get_provider_info``."""
     from importlib.metadata import PackageNotFoundError, version
+
+    from ihc_attribution.settings import provider_config
 
     try:
         versions = [version("ihc-attribution-airflow")]
@@ -75,4 +73,5 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
         "notifications": ["ihc_attribution.notify.RunFailureNotifier"],
+        "config": provider_config(),
     }

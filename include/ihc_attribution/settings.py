@@ -1,9 +1,12 @@
-"""Every deployment setting of the package, in one place, read from the environment.
+"""Every deployment setting of the package, in one place: the ``[attribution]`` configuration section.
 
 Connections (``attribution_db``, ``ihc_api``) hold endpoints and secrets; params hold what a
-person chooses per run; these hold where things go and how the DAG behaves. Each is read when
-asked for, so a test or a worker's environment changes it without a reload. The README's
-"Environment variables" table lists the same names.
+person chooses per run; these hold where things go and how the DAG behaves. :data:`OPTIONS`
+lists them; the provider declares them as Airflow's configuration section ``attribution``, so
+``airflow config list --section attribution`` shows each with its default. A setting is read
+from ``$ATTRIBUTION_<NAME>``, else from Airflow's configuration (``[attribution] <name>`` in
+``airflow.cfg`` or ``$AIRFLOW__ATTRIBUTION__<NAME>``), else its default. Each is read when asked
+for, so a test or a worker's environment changes it without a reload.
 """
 
 from __future__ import annotations
@@ -12,83 +15,111 @@ import os
 from pathlib import Path
 
 DAG_ID = "ihc_attribution"
+SECTION = "attribution"
+
+#: Every setting: name -> (type, default, description). ``ATTRIBUTION_<NAME>`` in the environment.
+OPTIONS: dict[str, tuple[str, str, str]] = {
+    "db_conn_id": ("string", "attribution_db", "The attribution database's connection."),
+    "ihc_conn_id": ("string", "ihc_api", "The IHC API's connection."),
+    "alert_conn_id": ("string", "attribution_alerts", "The webhook connection alerts are posted to."),
+    "output_base_url": ("string", "", "Where CSVs and charts go, through ObjectStoragePath (a folder or URL); "
+                                      "empty: output_dir."),
+    "output_dir": ("string", "output", "The local output folder, used when output_base_url is empty."),
+    "output_conn_id": ("string", "", "The object store's connection, if any."),
+    "csv_escape_formulas": ("boolean", "false", "Prefix CSV cells a spreadsheet would run with '."),
+    "csv_model_columns": ("boolean", "false", "Add each rule-based model's orders and revenue to the CSV."),
+    "currency": ("string", "EUR", "The ISO 4217 code amounts are labelled with."),
+    "ui_base_url": ("string", "", "The Airflow UI's base URL for report links; empty: Airflow's [api] base_url."),
+    "schedule_cron": ("string", "0 0 * * *", "When the daily run starts (cron, UTC); it handles the day before."),
+    "source_asset": ("string", "", "URI of an asset your loader updates; its update also starts a run."),
+    "late_data_days": ("integer", "3", "Days before its interval a scheduled run covers again."),
+    "staging_retention_days": ("integer", "30", "Days a run's staging rows are kept."),
+    "task_retries": ("integer", "2", "Airflow retries per task."),
+    "start_date": ("string", "2000-01-01", "The DAG's start_date (YYYY-MM-DD)."),
+    "task_timeout_minutes": ("float", "30", "A task attempt's upper bound."),
+    "api_task_timeout_minutes": ("float", "120", "The API stage's upper bound."),
+    "deadline_hours": ("float", "0", "Alert when a run is unfinished this long after it was queued (0: never)."),
+    "ihc_concurrency": ("integer", "4", "IHC requests in flight: the slots of the pool ihc_api each run's API "
+                                        "stage takes, and the requests it sends at once."),
+}
 
 _ON = ("1", "true", "yes", "on")
 _OFF = ("0", "false", "no", "off")
 
 
-def _text(name: str, default: str = "") -> str:
-    return os.environ.get(name, "").strip() or default
+def env_name(name: str) -> str:
+    """The environment variable of the setting ``name``: ``ATTRIBUTION_<NAME>``."""
+    return "ATTRIBUTION_" + name.upper()
 
 
-def env_flag(name: str, default: bool) -> bool:
-    """The on/off setting ``$name``: 1/true/yes/on or 0/false/no/off, ``default`` when unset or empty.
-
-    :raises ValueError: for any other value, naming the variable.
-    """
-    value = _text(name).lower()
+def _text(name: str) -> str:
+    """The setting ``name`` as text: the environment, else Airflow's configuration, else the default."""
+    value = os.environ.get(env_name(name), "").strip()
     if not value:
-        return default
+        from airflow.configuration import conf
+
+        value = (conf.get(SECTION, name, fallback="") or "").strip()
+    return value or OPTIONS[name][1]
+
+
+def _flag(name: str) -> bool:
+    value = _text(name).lower()
     if value in _ON:
         return True
     if value in _OFF:
         return False
-    raise ValueError(f"{name}={value!r} must be 1/true/yes or 0/false/no")
+    raise ValueError(f"{env_name(name)}={value!r} must be 1/true/yes or 0/false/no")
 
 
-def env_int(name: str, default: int, *, minimum: int = 0) -> int:
-    """The whole-number setting ``$name``, ``default`` when unset or empty.
-
-    :raises ValueError: for anything but a whole number of at least ``minimum``, naming the variable.
-    """
+def _int(name: str, *, minimum: int = 0) -> int:
     value = _text(name)
-    if not value:
-        return default
     try:
         number = int(value)
     except ValueError:
         number = None
     if number is None or number < minimum:
-        raise ValueError(f"{name}={value!r} must be a whole number of at least {minimum}")
+        raise ValueError(f"{env_name(name)}={value!r} must be a whole number of at least {minimum}")
     return number
 
 
-def env_float(name: str, default: float) -> float:
-    """The number setting ``$name``, ``default`` when unset or empty."""
+def _float(name: str) -> float:
     value = _text(name)
     try:
-        return float(value) if value else default
+        return float(value)
     except ValueError:
-        raise ValueError(f"{name}={value!r} must be a number") from None
+        raise ValueError(f"{env_name(name)}={value!r} must be a number") from None
 
 
-# --- connections ----------------------------------------------------------------------------
+def provider_config() -> dict:
+    """The section ``attribution`` in the form of a provider's ``config`` (``airflow config list``)."""
+    options = {
+        name: {"description": description, "version_added": "0.4.0", "type": kind, "example": None,
+               "default": default}
+        for name, (kind, default, description) in OPTIONS.items()
+    }
+    return {SECTION: {"description": "Settings of the IHC attribution DAG, its report and its exports. "
+                                     "Each can also be set as the environment variable ATTRIBUTION_<NAME>.",
+                      "options": options}}
+
+
+# --- readers, one per setting (OPTIONS describes each) ------------------------------------
 
 
 def db_conn_id() -> str:
-    """``$ATTRIBUTION_DB_CONN_ID``: the attribution database's connection (default ``attribution_db``)."""
-    return _text("ATTRIBUTION_DB_CONN_ID", "attribution_db")
+    return _text("db_conn_id")
 
 
 def ihc_conn_id() -> str:
-    """``$IHC_CONN_ID``: the IHC API's connection (default ``ihc_api``)."""
-    return _text("IHC_CONN_ID", "ihc_api")
+    return _text("ihc_conn_id")
 
 
 def alert_conn_id() -> str:
-    """``$ATTRIBUTION_ALERT_CONN_ID``: the webhook alerts are posted to (default ``attribution_alerts``)."""
-    return _text("ATTRIBUTION_ALERT_CONN_ID", "attribution_alerts")
-
-
-# --- outputs --------------------------------------------------------------------------------
+    return _text("alert_conn_id")
 
 
 def output_location() -> str:
-    """Where CSVs and charts go: ``$ATTRIBUTION_OUTPUT_BASE_URL``, else ``$ATTRIBUTION_OUTPUT_DIR``, else ``output``.
-
-    A URL (``file://``, ``s3://`` ...) or a local folder (taken from the working directory).
-    """
-    return _text("ATTRIBUTION_OUTPUT_BASE_URL") or _text("ATTRIBUTION_OUTPUT_DIR", "output")
+    """Where CSVs and charts go: a URL (``file://``, ``s3://`` ...) or a local folder (from the working directory)."""
+    return _text("output_base_url") or _text("output_dir")
 
 
 def local_output_dir() -> Path | None:
@@ -102,85 +133,60 @@ def local_output_dir() -> Path | None:
 
 
 def output_conn_id() -> str | None:
-    """``$ATTRIBUTION_OUTPUT_CONN_ID``: the object store's connection, if any."""
-    return _text("ATTRIBUTION_OUTPUT_CONN_ID") or None
+    return _text("output_conn_id") or None
 
 
 def csv_escape_formulas() -> bool:
-    """``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``: prefix cells a spreadsheet would run with ``'`` (default off)."""
-    return env_flag("ATTRIBUTION_CSV_ESCAPE_FORMULAS", False)
+    return _flag("csv_escape_formulas")
 
 
 def csv_model_columns() -> bool:
-    """``$ATTRIBUTION_CSV_MODEL_COLUMNS``: add each rule-based model's orders and revenue to the CSV (default off)."""
-    return env_flag("ATTRIBUTION_CSV_MODEL_COLUMNS", False)
+    return _flag("csv_model_columns")
 
 
 def currency_code() -> str:
-    """``$ATTRIBUTION_CURRENCY``: the code amounts are labelled with (default ``EUR``)."""
-    return _text("ATTRIBUTION_CURRENCY", "EUR").upper()
+    return _text("currency").upper()
 
 
 def ui_base_url_override() -> str:
-    """``$ATTRIBUTION_UI_BASE_URL``: the Airflow UI's base URL for links ("" = Airflow's own setting)."""
-    return _text("ATTRIBUTION_UI_BASE_URL")
-
-
-# --- the DAG and its tasks ------------------------------------------------------------------
+    return _text("ui_base_url")
 
 
 def schedule_cron() -> str:
-    """``$ATTRIBUTION_SCHEDULE_CRON``: when the daily run starts, UTC (default ``0 0 * * *``).
-
-    Whatever the time, a scheduled run handles the calendar day (UTC) before it starts.
-    """
-    return _text("ATTRIBUTION_SCHEDULE_CRON", "0 0 * * *")
+    return _text("schedule_cron")
 
 
 def source_asset_uri() -> str:
-    """``$ATTRIBUTION_SOURCE_ASSET``: an asset URI your loader updates; its update also starts a run ("": none)."""
-    return _text("ATTRIBUTION_SOURCE_ASSET")
+    return _text("source_asset")
 
 
 def late_data_days() -> int:
-    """``$ATTRIBUTION_LATE_DATA_DAYS``: days before its interval a scheduled run covers again (default 3).
-
-    Conversions and sessions loaded late, and costs restated for those days, are taken in by the
-    next scheduled runs; journeys that did not change reuse their answers (no API quota).
-    """
-    return env_int("ATTRIBUTION_LATE_DATA_DAYS", 3)
+    return _int("late_data_days")
 
 
 def staging_retention_days() -> int:
-    """``$ATTRIBUTION_STAGING_RETENTION_DAYS``: days a run's staging is kept (default 30)."""
-    return env_int("ATTRIBUTION_STAGING_RETENTION_DAYS", 30)
+    return _int("staging_retention_days")
 
 
 def task_retries() -> int:
-    """``$ATTRIBUTION_TASK_RETRIES``: Airflow retries per task (default 2)."""
-    return env_int("ATTRIBUTION_TASK_RETRIES", 2)
+    return _int("task_retries")
 
 
 def start_date_text() -> str:
-    """``$ATTRIBUTION_START_DATE``: the DAG's start date, ``YYYY-MM-DD`` (default 2000-01-01)."""
-    return _text("ATTRIBUTION_START_DATE", "2000-01-01")
+    return _text("start_date")
 
 
 def task_timeout_minutes() -> float:
-    """``$ATTRIBUTION_TASK_TIMEOUT_MINUTES``: a task attempt's upper bound (default 30)."""
-    return env_float("ATTRIBUTION_TASK_TIMEOUT_MINUTES", 30)
+    return _float("task_timeout_minutes")
 
 
 def api_task_timeout_minutes() -> float:
-    """``$ATTRIBUTION_API_TASK_TIMEOUT_MINUTES``: the API stage's upper bound (default 120)."""
-    return env_float("ATTRIBUTION_API_TASK_TIMEOUT_MINUTES", 120)
+    return _float("api_task_timeout_minutes")
 
 
 def deadline_hours() -> float:
-    """``$ATTRIBUTION_DEADLINE_HOURS``: alert when a run is unfinished this long after queued (0: none)."""
-    return env_float("ATTRIBUTION_DEADLINE_HOURS", 0)
+    return _float("deadline_hours")
 
 
-def ihc_pool_slots() -> int:
-    """``$ATTRIBUTION_IHC_POOL_SLOTS``: slots of the pool ``ihc_api`` each API stage takes (default 4)."""
-    return env_int("ATTRIBUTION_IHC_POOL_SLOTS", 4, minimum=1)
+def ihc_concurrency() -> int:
+    return _int("ihc_concurrency", minimum=1)

@@ -143,10 +143,10 @@ def answer_scope(settings: Any, account: str = "") -> str:
     )
 
 
-def _ihc_hook():
+def _ihc_hook(max_concurrency: int | None = None):
     from ihc_attribution.ihc_hook import IhcHook
 
-    return IhcHook(ihc_conn_id=settings.ihc_conn_id())
+    return IhcHook(ihc_conn_id=settings.ihc_conn_id(), max_concurrency=max_concurrency)
 
 
 @stage
@@ -221,7 +221,8 @@ def call_ihc_api(context: Mapping[str, Any]) -> dict:
             f"dry run: nothing sent; a run would send {planned.get('requests', '?')} requests holding "
             f"{planned.get('journeys', '?')} journeys and {planned.get('sessions', '?')} sessions"
         )
-    hook = _ihc_hook()
+    # Requests in flight = the slots of the pool ihc_api this task holds: one number, the setting ihc_concurrency.
+    hook = _ihc_hook(getattr(context.get("task"), "pool_slots", None))
     settings = hook.settings
     started = time.monotonic()
     summary = SendSummary()

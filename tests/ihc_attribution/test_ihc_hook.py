@@ -65,8 +65,7 @@ def test_class_attributes_name_the_connection():
 
 
 def test_connection_form_fields_match_the_settings():
-    assert set(CONN_FIELDS) == {"conv_type_id", "max_journeys_per_request", "max_sessions_per_request",
-                                "max_concurrency"}
+    assert set(CONN_FIELDS) == {"conv_type_id", "max_journeys_per_request", "max_sessions_per_request"}
     for name, spec in CONN_FIELDS.items():
         model_field = IhcSettings.model_fields[name]
         expected = None if model_field.is_required() else model_field.default
@@ -448,3 +447,20 @@ def test_sigterm_stops_the_hook_waits_and_chains_to_the_previous_handler(monkeyp
         assert signal.getsignal(signal.SIGTERM) is not previous  # ours is gone, the test's is back
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize(("extra", "slots", "expected"), [
+    ({}, 3, 3),                              # the DAG's one number: the pool slots the task holds
+    ({"max_concurrency": "6"}, 3, 3),        # a larger value in the connection does not raise it
+    ({"max_concurrency": "2"}, 3, 2),        # a smaller one caps it, with a warning
+    ({"max_concurrency": "2"}, None, 2),     # the hook on its own reads the connection
+    ({}, None, 4),                           # else the default
+])
+def test_requests_in_flight_are_the_pool_slots_capped_by_the_connection(monkeypatch, caplog, capsys, extra, slots,
+                                                                        expected):
+    caplog.set_level(logging.WARNING)
+    set_connection(monkeypatch, extra={"conv_type_id": "demo", **extra})
+    assert IhcHook(max_concurrency=slots).settings.max_concurrency == expected
+    captured = capsys.readouterr()
+    warned = "set ihc_concurrency to 2" in caplog.text + captured.out + captured.err
+    assert warned == (slots == 3 and expected == 2)

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from decimal import Decimal
 
-from ihc_attribution import drift, export
+from ihc_attribution import drift, export, sources
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
 from ihc_attribution.errors import PermanentError
@@ -130,7 +130,8 @@ def coverage_note(db: Database, run_range: RunRange) -> str:
     """Why a range has no conversions, in words: before, after or between the data's conversions."""
     first, last = db.query(
         # Only date-shaped values: a malformed date ('0000-00-00', 'yesterday') says nothing of the data's span.
-        "SELECT MIN(conv_date), MAX(conv_date) FROM conversions WHERE conv_date >= '1000-01-01' AND conv_date <= '9999-12-31'"
+        f"SELECT MIN(conv_date), MAX(conv_date) FROM {sources.relation(db, sources.CONVERSIONS)} "
+        "WHERE conv_date >= '1000-01-01' AND conv_date <= '9999-12-31'"
     )[0]
     note = "no conversions in this range: the report holds spend only"
     if first is None:

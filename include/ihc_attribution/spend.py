@@ -13,6 +13,7 @@ with the ``refresh_spend`` param (see README, "When source data changes").
 
 from __future__ import annotations
 
+from ihc_attribution import sources
 from ihc_attribution.db import Database
 from ihc_attribution.schema import SESSION_COSTS, SESSION_SOURCES, has_unique_key
 
@@ -50,18 +51,19 @@ def figures_sql(db: Database, n_dates: int = 1) -> str:
     keyed_sessions = has_unique_key(db, SESSION_SOURCES, "session_id")
     keyed_costs = has_unique_key(db, SESSION_COSTS, "session_id")
     # Copies of a row are counted (the duplicated-ids warning) but make one session.
-    sessions = SESSION_SOURCES if keyed_sessions else (
-        f"(SELECT session_id, event_date, channel_name, COUNT(*) AS copies FROM {SESSION_SOURCES} "
+    sessions = sources.table(db, SESSION_SOURCES) if keyed_sessions else (
+        f"(SELECT session_id, event_date, channel_name, COUNT(*) AS copies FROM {sources.relation(db, SESSION_SOURCES)} "
         "GROUP BY session_id, event_date, channel_name)"
     )
-    costs = SESSION_COSTS if keyed_costs else f"(SELECT DISTINCT session_id, cost FROM {SESSION_COSTS})"
+    costs = (sources.table(db, SESSION_COSTS) if keyed_costs
+             else f"(SELECT DISTINCT session_id, cost FROM {sources.relation(db, SESSION_COSTS)})")
     return _FIGURES.format(
         rows="COUNT(*)" if keyed_sessions else "SUM(s.copies)",
         distinct="" if keyed_sessions else "DISTINCT ",
-        cost=db.units("c.cost", 6, numeric=db.column_type(SESSION_COSTS, "cost").startswith("numeric")),
+        cost=db.units("c.cost", 6, numeric=sources.column_type(db, SESSION_COSTS, "cost").startswith("numeric")),
         sessions=sessions,
         costs=costs,
-        dates=", ".join([db.as_type_of("?", SESSION_SOURCES, "event_date")] * n_dates),
+        dates=", ".join([sources.as_type_of(db, "?", SESSION_SOURCES, "event_date")] * n_dates),
         # A unary + keeps SQLite off the index (PostgreSQL's planner weighs it from the statistics).
         event_date="+s.event_date" if db.is_sqlite and n_dates > INDEXED_DATES else "s.event_date",
     )

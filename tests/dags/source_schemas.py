@@ -68,3 +68,12 @@ def result_tables(query: Callable[[str], list]) -> dict[str, list]:
         "conversion flags": sorted(
             tuple(r) for r in query("SELECT conv_id, session_id FROM attribution_stg_sessions WHERE conversion = 1")),
     }
+
+
+def issue_dates(conn) -> list[tuple]:
+    """(conversion, its date) of every issue as the report pages read them through the sources (``conn``: DB-API)."""
+    from ihc_attribution.report_ui.sources import ReportDb, read_issues
+
+    view = read_issues(ReportDb(conn, "test"))
+    assert view.error is None and view.total == len(view.latest)
+    return sorted((issue.conv_id, issue.conv_date) for issue in view.latest)

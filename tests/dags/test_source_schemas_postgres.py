@@ -22,7 +22,7 @@ import pytest
 
 from ihc_attribution import schema, sources
 from ihc_attribution.db import Database
-from tests.dags.source_schemas import RANGE, result_tables, source_rows, utc_text
+from tests.dags.source_schemas import RANGE, issue_dates, result_tables, source_rows, utc_text
 from tests.helpers import make_db, run_stages
 
 psycopg2 = pytest.importorskip("psycopg2")
@@ -170,7 +170,7 @@ def challenge_tables(tmp_path_factory):
         db = Database.connect_sqlite(str(path))
         try:
             run_stages(db, "r", RANGE["start_date"], END_TS, max_journeys=7)
-            out[int_ids] = result_tables(db.query)
+            out[int_ids] = {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn)}
         finally:
             db.close()
     return out
@@ -190,7 +190,7 @@ def test_a_warehouse_schema_gives_the_tables_of_the_challenge_schema(case, chall
         try:
             schema.check_sources(db)
             run_stages(db, "r", RANGE["start_date"], END_TS, max_journeys=7)
-            got = result_tables(db.query)
+            got = {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn)}
             ordered = db.scalar("SELECT 'B1' < 'a1'")
         finally:
             db.close()

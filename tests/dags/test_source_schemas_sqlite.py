@@ -17,7 +17,7 @@ import pytest
 
 from ihc_attribution import schema, sources
 from ihc_attribution.db import Database
-from tests.dags.source_schemas import RANGE, result_tables, source_rows, utc_text
+from tests.dags.source_schemas import RANGE, issue_dates, result_tables, source_rows, utc_text
 from tests.helpers import make_db, run_stages
 
 END_TS = "2024-01-06"  # run_stages' end is exclusive: the range's last day is 2024-01-05
@@ -107,7 +107,7 @@ def _run(path, run_id: str) -> dict[str, list]:
     try:
         schema.check_sources(db)
         run_stages(db, run_id, RANGE["start_date"], END_TS, max_journeys=7)
-        return result_tables(lambda sql: db.query(sql))
+        return {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn)}
     finally:
         db.close()
 
@@ -121,6 +121,7 @@ def test_a_warehouse_schema_gives_the_tables_of_the_challenge_schema(case, tmp_p
     monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(build(tmp_path / "warehouse.db", *rows)))
     got = _run(tmp_path / "warehouse.db", "r")
     assert all(expected.values()) and any(r == "no_sessions" for _, r, _ in expected["attribution_issues"])
+    assert all(date for _, date in expected["issues as the report pages date them"])
     assert got == expected
 
 

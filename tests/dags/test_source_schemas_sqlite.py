@@ -212,3 +212,20 @@ def test_without_the_setting_the_queries_read_the_tables_by_their_plain_names(tm
         assert [sources.relation(db, name) for name in sources.SOURCE_TABLES] == list(sources.SOURCE_TABLES)
     finally:
         db.close()
+
+
+def test_renamed_columns_keep_the_users_indexes_and_the_advice_names_them(warehouse):
+    """The subquery that renames the columns is flattened: the spend reads a day through the user's index."""
+    from ihc_attribution import spend
+
+    with sqlite3.connect(warehouse) as conn:
+        conn.execute('CREATE INDEX "ix day" ON "Web Sessions" ("Day")')
+    db = Database.connect_sqlite(str(warehouse))
+    try:
+        schema.ensure_schema(db)
+        steps = [r[-1] for r in db.query("EXPLAIN QUERY PLAN " + spend.figures_sql(db, 3), ["2024-01-02"] * 3)]
+        advice = schema.index_advice(db)
+    finally:
+        db.close()
+    assert any(step.startswith("SEARCH main.Web Sessions USING INDEX ix day (Day=?)") for step in steps), steps
+    assert [a.split(":")[0] for a in advice] == ['CREATE INDEX "ix_Web Sessions_Visitor" ON "main"."Web Sessions" ("Visitor")']

@@ -250,4 +250,7 @@ def _source_table(name: str, spec: object) -> dict:
         raise ValueError(f"{where}['columns']: unknown {', '.join(unknown)}; the columns are {', '.join(known)}")
     if timestamp and timestamp[0] in columns and set(timestamp[1:]) & set(columns):
         raise ValueError(f"{where}['columns']: {timestamp[0]} replaces {timestamp[1]} and {timestamp[2]}; give one or the other")
+    odd = [n for n in (schema or "", table, *columns.values()) if set(n) & set("?%\0")]
+    if odd:  # "?" and "%" are the drivers' placeholders, even inside a quoted name
+        raise ValueError(f"{where}: the name {odd[0]!r} holds ?, % or NUL, which the package cannot quote")
     return {"schema": schema, "table": table, "columns": dict(columns)}

@@ -197,6 +197,7 @@ def test_a_missing_table_fails_naming_where_it_looked(warehouse, monkeypatch):
     ('{"conversions": {"columns": {"order_id": "id"}}}', "unknown order_id"),
     ('{"conversions": {"columns": {"conv_timestamp": "at", "conv_date": "day"}}}', "give one or the other"),
     ('{"conversions": {"table": ""}}', "non-empty names"),
+    ('{"conversions": {"table": "orders?"}}', "holds \\?, % or NUL"),
     ("conversions=orders", "not valid JSON"),
 ])
 def test_a_malformed_setting_fails_saying_what_is_wrong(warehouse, monkeypatch, setting, says):

@@ -161,7 +161,8 @@ def _record(db: Database, summary: RunSummary) -> None:
 _RANGE_SPEND_SQL = """
 SELECT COALESCE(SUM(sessions), 0), COALESCE(SUM(session_rows - sessions), 0),
        COALESCE(SUM(CASE WHEN channel_name IS NULL OR channel_name = '' THEN session_rows ELSE 0 END), 0),
-       COALESCE(SUM(cost_rows), 0), COALESCE(SUM(null_costs), 0), COALESCE(SUM(negative_costs), 0)
+       COALESCE(SUM(cost_rows), 0), COALESCE(SUM(null_costs), 0), COALESCE(SUM(negative_costs), 0),
+       COALESCE(SUM(unusable_costs), 0)
 FROM attribution_spend
 WHERE date >= ? AND date <= ?
 """
@@ -171,12 +172,14 @@ def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
     """Counts of the range's source rows that the report treats specially.
 
     Sessions without a cost row and NULL costs count as cost 0; negative costs are summed as
-    they are (credits, refunds); a session without a channel is left out of ``channel_reporting``
-    (an empty one is reported under ""). A session id present twice in the range (a source
-    without its key) is counted once in the spend, and a journey holding it is quarantined.
+    they are (credits, refunds); a cost that is not a number, infinite or beyond
+    :data:`validation.MAX_MONEY` counts as 0 too (``unusable_costs``); a session without a
+    channel is left out of ``channel_reporting`` (an empty one is reported under ""). A session
+    id present twice in the range (a source without its key) is counted once in the spend, and a
+    journey holding it is quarantined.
     """
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
-    sessions, duplicated, no_channel, with_cost_row, null_cost, negative = (
+    sessions, duplicated, no_channel, with_cost_row, null_cost, negative, unusable = (
         int(v) for v in db.query(_RANGE_SPEND_SQL, (first, last))[0]
     )
     return {
@@ -184,5 +187,6 @@ def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
         "sessions_without_cost_row": sessions - with_cost_row,
         "null_costs": null_cost,
         "negative_costs": negative,
+        "unusable_costs": unusable,
         "sessions_without_channel": no_channel,
     }

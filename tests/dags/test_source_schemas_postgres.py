@@ -27,7 +27,6 @@ from tests.helpers import make_db, run_stages
 
 psycopg2 = pytest.importorskip("psycopg2")
 PG = {"host": "127.0.0.1", "port": 5432, "connect_timeout": 3}
-END_TS = "2024-01-06"  # run_stages' end is exclusive: the range's last day is 2024-01-05
 
 
 def _admin(dbname: str = "postgres"):
@@ -169,7 +168,7 @@ def challenge_tables(tmp_path_factory):
         path = make_db(tmp_path_factory.mktemp("challenge") / "challenge.db", *source_rows(int_ids=int_ids))
         db = Database.connect_sqlite(str(path))
         try:
-            run_stages(db, "r", RANGE["start_date"], END_TS, max_journeys=7)
+            run_stages(db, "r", RANGE["start_date"], RANGE["end_date"], max_journeys=7)
             out[int_ids] = {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn)}
         finally:
             db.close()
@@ -189,7 +188,7 @@ def test_a_warehouse_schema_gives_the_tables_of_the_challenge_schema(case, chall
         db = _pipeline_db(dbname, options)
         try:
             schema.check_sources(db)
-            run_stages(db, "r", RANGE["start_date"], END_TS, max_journeys=7)
+            run_stages(db, "r", RANGE["start_date"], RANGE["end_date"], max_journeys=7)
             got = {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn)}
             ordered = db.scalar("SELECT 'B1' < 'a1'")
         finally:

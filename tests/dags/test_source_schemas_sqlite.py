@@ -20,7 +20,6 @@ from ihc_attribution.db import Database
 from tests.dags.source_schemas import RANGE, issue_dates, result_tables, source_rows, utc_text
 from tests.helpers import make_db, run_stages
 
-END_TS = "2024-01-06"  # run_stages' end is exclusive: the range's last day is 2024-01-05
 
 
 def _load(path, ddl: str, inserts: dict[str, list]) -> None:
@@ -106,7 +105,7 @@ def _run(path, run_id: str) -> dict[str, list]:
     db = Database.connect_sqlite(str(path))
     try:
         schema.check_sources(db)
-        run_stages(db, run_id, RANGE["start_date"], END_TS, max_journeys=7)
+        run_stages(db, run_id, RANGE["start_date"], RANGE["end_date"], max_journeys=7)
         return {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn)}
     finally:
         db.close()

@@ -20,6 +20,7 @@ has a type the pipeline cannot read, naming it and where it looked.
 from __future__ import annotations
 
 import re
+import sqlite3
 import weakref
 from dataclasses import dataclass
 from typing import Any
@@ -123,7 +124,10 @@ def catalog(db: Any, ref: str, schema_name: str | None, table_name: str) -> dict
     """The columns of a relation and their declared types, lower case; {} when it is not found."""
     if db.is_sqlite:
         prefix = "" if schema_name is None else f"{quote(schema_name)}."
-        return {str(r[1]): str(r[2]).lower() for r in db.query(f"PRAGMA {prefix}table_info({quote(table_name)})")}
+        try:
+            return {str(r[1]): str(r[2]).lower() for r in db.query(f"PRAGMA {prefix}table_info({quote(table_name)})")}
+        except sqlite3.Error:  # no database of that name: check() says so, reading it
+            return {}
     return {
         str(n): str(t).lower()
         for n, t in db.query(
@@ -318,8 +322,7 @@ def check(db: Any) -> None:
                 f"source table {src.describe()} cannot be read in {db.describe()}: {str(exc).splitlines()[0]} "
                 "(check the attribution_db connection: path, database, schema or search_path; and ATTRIBUTION_SOURCES)"
             ) from exc
-        lower = {c.lower() for c in found}
-        missing = list(src.missing) or _missing(db, src, found, lower)
+        missing = list(src.missing) or _missing(db, src, found)
         if missing:
             raise SourceTableError(
                 f"source table {src.describe()} in {db.describe()} has no column {', '.join(missing)}; "
@@ -331,10 +334,11 @@ def check(db: Any) -> None:
             )
 
 
-def _missing(db: Any, src: Source, found: set[str], lower: set[str]) -> list[str]:
+def _missing(db: Any, src: Source, found: set[str]) -> list[str]:
     """Columns read as they are that the relation lacks (when its catalog did not say: a temporary view ...)."""
-    wanted = [c for c in src.physical.values() if c is not None]
-    return [c for c in wanted if c not in found and not (db.is_sqlite and c.lower() in lower)]
+    lower = {c.lower() for c in found}
+    return [c for c in src.physical.values() if c is not None and c not in found
+            and not (db.is_sqlite and c.lower() in lower)]
 
 
 def physical_column(db: Any, name: str, column: str) -> str | None:
@@ -410,6 +414,6 @@ def exists(db: Any, name: str) -> bool:
         try:
             return bool(db.query(f"SELECT COUNT(*) FROM {master} WHERE type IN ('table', 'view') AND name = ?",
                                  (src.table,))[0][0])
-        except Exception:  # an unknown schema
+        except sqlite3.Error:  # no database of that name
             return False
     return bool(db.query("SELECT COUNT(*) FROM (SELECT to_regclass(?) AS t) AS r WHERE t IS NOT NULL", (src.ref,))[0][0])

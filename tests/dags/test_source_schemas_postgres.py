@@ -270,3 +270,21 @@ def test_a_column_of_an_unusable_type_fails_naming_it_the_table_and_the_database
     message = str(info.value)
     assert message.startswith("source table conversions") and says in message, message
     assert f"PostgreSQL database {dbname}" in message and "\n" not in message
+
+
+def test_a_schema_typo_fails_at_once_and_a_table_on_the_search_path_is_never_read_instead(monkeypatch):
+    with _database() as dbname:
+        setting = renamed_in_a_read_only_schema(dbname, *source_rows(users=5))
+        for spec in setting.values():
+            spec["schema"] = "Raw"
+        monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(setting))
+        db = _pipeline_db(dbname, None)  # search_path "$user", public: public.session_sources is there
+        try:
+            with pytest.raises(sources.SourceTableError) as info:
+                schema.check_sources(db)
+        finally:
+            db.close()
+    message = str(info.value)
+    assert message.startswith(f"source table session_sources (Raw.Web Sessions) cannot be read in PostgreSQL database "
+                              f"{dbname}"), message
+    assert "\n" not in message

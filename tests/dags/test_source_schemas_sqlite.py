@@ -183,12 +183,15 @@ def test_a_missing_column_fails_naming_it_the_table_and_the_file(warehouse, monk
     assert str(warehouse) in message and "\n" not in message
 
 
-def test_a_missing_table_fails_naming_where_it_looked(warehouse, monkeypatch):
+@pytest.mark.parametrize("key, value, where", [("table", "Ad costs 2024", "main.Ad costs 2024"),
+                                               ("schema", "mian", "mian.Ad Costs")])
+def test_a_missing_table_or_schema_fails_naming_where_it_looked(warehouse, monkeypatch, key, value, where):
     settings = json.loads(os.environ["ATTRIBUTION_SOURCES"])
-    settings["session_costs"]["table"] = "Ad costs 2024"
+    settings["session_costs"][key] = value
     monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(settings))
-    with pytest.raises(sources.SourceTableError, match=r"source table session_costs \(main.Ad costs 2024\) cannot be read"):
+    with pytest.raises(sources.SourceTableError) as info:
         _check(warehouse)
+    assert str(info.value).startswith(f"source table session_costs ({where}) cannot be read in SQLite file {warehouse}")
 
 
 @pytest.mark.parametrize("setting, says", [

@@ -232,3 +232,19 @@ def test_renamed_columns_keep_the_users_indexes_and_the_advice_names_them(wareho
         db.close()
     assert any(step.startswith("SEARCH main.Web Sessions USING INDEX ix day (Day=?)") for step in steps), steps
     assert [a.split(":")[0] for a in advice] == ['CREATE INDEX "ix_Web Sessions_Visitor" ON "main"."Web Sessions" ("Visitor")']
+
+
+def test_setup_tables_fails_the_first_try_without_retries(dag, warehouse, monkeypatch):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from ihc_attribution import tasks
+
+    settings = json.loads(os.environ["ATTRIBUTION_SOURCES"])
+    settings["session_sources"]["columns"]["user_id"] = "visitor"
+    monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(settings))
+    monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
+    with pytest.raises(AirflowFailException) as info:
+        tasks.setup_tables({"params": RANGE, "run_id": "manual__typo"})
+    message = str(info.value)
+    assert "session_sources (main.Web Sessions)" in message and "has no column visitor" in message
+    assert "not retried" in message and "\n" not in message

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from ihc_attribution.db import Database
+from ihc_attribution.db import BYTE_ORDER, Database
 from ihc_attribution.ihc_client import (
     IhcError,
     IhcRejectedJourneysError,
@@ -85,7 +85,7 @@ def pack_requests(
         journeys_sizes = dict(
             db.query(
                 "SELECT conv_id, n_sessions FROM attribution_stg_conversions "
-                "WHERE run_id = ? AND status = 'ready' ORDER BY conv_id",
+                f"WHERE run_id = ? AND status = 'ready' ORDER BY conv_id{BYTE_ORDER[db.dialect]}",
                 (run_id,),
             )
         )
@@ -129,14 +129,22 @@ def pack_requests(
     return summary
 
 
-_REQUEST_ROWS_SQL = """
+_REQUEST_ROWS = """
 SELECT j.conv_id, s.session_id, s.event_ts, s.channel_name, s.holder_engagement,
        s.closer_engagement, s.conversion, s.impression_interaction
 FROM attribution_stg_request_journeys j
 JOIN attribution_stg_sessions s ON s.run_id = j.run_id AND s.conv_id = j.conv_id
 WHERE j.run_id = ? AND j.request_no = ?
-ORDER BY j.conv_id, s.event_ts DESC, s.session_id DESC
+ORDER BY j.conv_id{byte_order}, s.event_ts DESC, s.session_id{byte_order} DESC
 """
+
+
+def request_rows_sql(dialect: str) -> str:
+    """The payload rows of one request, ids in byte order on every engine (equal timestamps tie on them)."""
+    return _REQUEST_ROWS.format(byte_order=BYTE_ORDER[dialect])
+
+
+_REQUEST_ROWS_SQL = request_rows_sql("sqlite")
 
 
 def build_request(db: Database, run_id: str, request_no: int, max_sessions: int) -> IhcRequest:
@@ -149,7 +157,7 @@ def build_request(db: Database, run_id: str, request_no: int, max_sessions: int)
     journey: list[dict] = []
     current = None
     for conv_id, session_id, ts, channel, holder, closer, conversion, impression in db.query(
-        _REQUEST_ROWS_SQL, (run_id, request_no)
+        request_rows_sql(db.dialect), (run_id, request_no)
     ):
         if conv_id != current:
             rows.extend(reversed(journey))

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 
 from decimal import Decimal
 
-from ihc_attribution import drift, export
+from ihc_attribution import drift, export, sources
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
 from ihc_attribution.errors import PermanentError
@@ -130,7 +130,8 @@ def coverage_note(db: Database, run_range: RunRange) -> str:
     """Why a range has no conversions, in words: before, after or between the data's conversions."""
     first, last = db.query(
         # Only date-shaped values: a malformed date ('0000-00-00', 'yesterday') says nothing of the data's span.
-        "SELECT MIN(conv_date), MAX(conv_date) FROM conversions WHERE conv_date >= '1000-01-01' AND conv_date <= '9999-12-31'"
+        f"SELECT MIN(conv_date), MAX(conv_date) FROM {sources.relation(db, sources.CONVERSIONS)} "
+        "WHERE conv_date >= '1000-01-01' AND conv_date <= '9999-12-31'"
     )[0]
     note = "no conversions in this range: the report holds spend only"
     if first is None:
@@ -160,7 +161,8 @@ def _record(db: Database, summary: RunSummary) -> None:
 _RANGE_SPEND_SQL = """
 SELECT COALESCE(SUM(sessions), 0), COALESCE(SUM(session_rows - sessions), 0),
        COALESCE(SUM(CASE WHEN channel_name IS NULL OR channel_name = '' THEN session_rows ELSE 0 END), 0),
-       COALESCE(SUM(cost_rows), 0), COALESCE(SUM(null_costs), 0), COALESCE(SUM(negative_costs), 0)
+       COALESCE(SUM(cost_rows), 0), COALESCE(SUM(null_costs), 0), COALESCE(SUM(negative_costs), 0),
+       COALESCE(SUM(unusable_costs), 0)
 FROM attribution_spend
 WHERE date >= ? AND date <= ?
 """
@@ -170,12 +172,14 @@ def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
     """Counts of the range's source rows that the report treats specially.
 
     Sessions without a cost row and NULL costs count as cost 0; negative costs are summed as
-    they are (credits, refunds); a session without a channel is left out of ``channel_reporting``
-    (an empty one is reported under ""). A session id present twice in the range (a source
-    without its key) is counted once in the spend, and a journey holding it is quarantined.
+    they are (credits, refunds); a cost that is not a number, infinite or beyond
+    :data:`validation.MAX_MONEY` counts as 0 too (``unusable_costs``); a session without a
+    channel is left out of ``channel_reporting`` (an empty one is reported under ""). A session
+    id present twice in the range (a source without its key) is counted once in the spend, and a
+    journey holding it is quarantined.
     """
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
-    sessions, duplicated, no_channel, with_cost_row, null_cost, negative = (
+    sessions, duplicated, no_channel, with_cost_row, null_cost, negative, unusable = (
         int(v) for v in db.query(_RANGE_SPEND_SQL, (first, last))[0]
     )
     return {
@@ -183,5 +187,6 @@ def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
         "sessions_without_cost_row": sessions - with_cost_row,
         "null_costs": null_cost,
         "negative_costs": negative,
+        "unusable_costs": unusable,
         "sessions_without_channel": no_channel,
     }

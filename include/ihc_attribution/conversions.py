@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from ihc_attribution import validation
+from ihc_attribution import sources, validation
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database, pg_text_not_a_date, storable
 from ihc_attribution.schema import CONVERSIONS, has_unique_key
@@ -24,14 +24,14 @@ _LENIENT_DATE_RE = r"^\s*([0-9]{4})[-/.]([0-9]{2})[-/.]([0-9]{2})"
 _CANDIDATES_SQL = """
 SELECT conv_id, user_id, CAST(conv_date AS TEXT), CAST(conv_time AS TEXT), revenue,
        CASE WHEN conv_date >= ? AND conv_date <= ? THEN 1 ELSE 0 END AS by_date
-FROM conversions
+FROM {conversions}
 WHERE ((conv_date >= ? AND conv_date <= ?) OR {malformed}) AND NOT {clean}
 """
 # The clean candidates (see validation.CLEAN_CONVERSION), staged as ready without passing through Python.
 validation.CLEAN_CONVERSIONS_SQL = """
 INSERT INTO attribution_stg_conversions (run_id, conv_id, user_id, conv_date, conv_time, revenue, status)
 SELECT ?, conv_id, user_id, conv_date, conv_time, CAST(revenue AS REAL), 'ready'
-FROM conversions
+FROM {conversions}
 WHERE conv_date >= ? AND conv_date <= ? AND {clean}
   AND conv_date || ' ' || conv_time >= ? AND conv_date || ' ' || conv_time < ?
 """
@@ -42,13 +42,14 @@ _MALFORMED_DATE = {
 }
 # Conversion ids present more than once (a source table without its primary key): which row is
 # the order, and with which revenue, cannot be known.
-_DUPLICATE_CONVERSIONS_SQL = "SELECT conv_id, COUNT(*) FROM conversions GROUP BY conv_id HAVING COUNT(*) > 1"
+_DUPLICATE_CONVERSIONS_SQL = "SELECT conv_id, COUNT(*) FROM {conversions} GROUP BY conv_id HAVING COUNT(*) > 1"
 
 
 def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: ExtractSummary) -> None:
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
     malformed = _MALFORMED_DATE[db.dialect]
-    if not db.is_sqlite and db.is_text_column("conversions", "conv_date"):
+    source = sources.relation(db, CONVERSIONS)
+    if not db.is_sqlite and sources.is_text_column(db, CONVERSIONS, "conv_date"):
         malformed = pg_text_not_a_date("conv_date")
     # A primary key (or unique index) on conv_id means no id is present twice: no count needed.
     counts = {} if has_unique_key(db, CONVERSIONS, "conv_id") else _conversion_id_counts(db)
@@ -57,11 +58,12 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
         # A clean candidate is a valid conversion of the run's days, so it is ready: staged in
         # the database, and only the others are read into Python to be checked.
         summary.conversions = db.execute(
-            validation.CLEAN_CONVERSIONS_SQL.format(clean=clean), (run_id, first, last, run_range.start_ts, run_range.end_ts)
+            validation.CLEAN_CONVERSIONS_SQL.format(clean=clean, conversions=source),
+            (run_id, first, last, run_range.start_ts, run_range.end_ts),
         )
     else:
         clean = "FALSE"
-    rows = db.query(_CANDIDATES_SQL.format(malformed=malformed, clean=clean), (first, last, first, last))
+    rows = db.query(_CANDIDATES_SQL.format(malformed=malformed, clean=clean, conversions=source), (first, last, first, last))
     frame = pd.DataFrame(
         rows, columns=["conv_id", "user_id", "conv_date", "conv_time", "revenue", "by_date"], dtype=object
     )
@@ -128,7 +130,8 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
 
 def _conversion_id_counts(db: Database) -> dict[str, int]:
     """The conversion ids present more than once in ``conversions``, with their counts."""
-    return {storable(str(conv_id)): int(n) for conv_id, n in db.query(_DUPLICATE_CONVERSIONS_SQL) if conv_id is not None}
+    return {storable(str(conv_id)): int(n) for conv_id, n in db.query(
+        _DUPLICATE_CONVERSIONS_SQL.format(conversions=sources.relation(db, CONVERSIONS))) if conv_id is not None}
 
 
 def insert_issues(db: Database, issues: list[tuple[str, str, str, str]]) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from ihc_attribution.db import Database, round_div_sql
+from ihc_attribution.db import BYTE_ORDER, Database, round_div_sql
 
 CREDIT = "attribution_credit"
 #: The models, as (column prefix, label): the credit column is ``<prefix>_e4``.
@@ -70,7 +70,7 @@ FROM (
         SELECT j.conv_id, j.conv_date, j.conv_ts, j.user_id, j.session_id, j.ts AS session_ts, substr(j.ts, 1, 10) AS date,
                j.channel_name,
                {db.units("j.revenue", 6)} AS revenue_micros, {ihc} AS ihc_e4,
-               ROW_NUMBER() OVER (PARTITION BY j.conv_id ORDER BY j.ts, j.session_id) AS pos,
+               ROW_NUMBER() OVER (PARTITION BY j.conv_id ORDER BY j.ts, j.session_id{BYTE_ORDER[db.dialect]}) AS pos,
                COUNT(*) OVER (PARTITION BY j.conv_id) AS n
         FROM ({journeys_sql}) AS j
     ) AS placed

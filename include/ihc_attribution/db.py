@@ -46,6 +46,10 @@ SUPPORTED_CONN_TYPES = {
     "sqlite": "apache-airflow-providers-sqlite",
     "postgres": "apache-airflow-providers-postgres",
 }
+# What follows a text in ORDER BY so that it sorts in byte order (code point order), whatever the
+# database's collation: ties of equal timestamps are broken the same way on every engine. SQLite's
+# default (BINARY) is byte order already.
+BYTE_ORDER = {"sqlite": "", "postgresql": ' COLLATE "C"'}
 # Column types a cast may name (they come from the database's catalog, never from input).
 _CASTABLE_TYPE = re.compile(r"^(date|text|time without time zone|timestamp without time zone|character varying(\(\d+\))?)$")
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ihc_attribution.daterange import RunRange
-from ihc_attribution.db import Database
+from ihc_attribution.db import BYTE_ORDER, Database
 
 STALE_TMP_SECONDS = 600
 CSV_COLUMNS = ("channel_name", "date", "cost", "ihc", "ihc_revenue", "CPO", "ROAS")
@@ -114,7 +114,7 @@ def read_report(db: Database, run_range: RunRange) -> list[ReportRow]:
     """The report rows of the range's dates, ordered by date and channel."""
     rows = db.query(
         "SELECT channel_name, date, cost, ihc, ihc_revenue FROM channel_reporting "
-        "WHERE date >= ? AND date <= ? ORDER BY date, channel_name",
+        f"WHERE date >= ? AND date <= ? ORDER BY date, channel_name{BYTE_ORDER[db.dialect]}",
         (run_range.first_date.isoformat(), run_range.last_date.isoformat()),
     )
     return [report_row(*row) for row in rows]

@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ihc_attribution import conversions, drift, reuse, validation
+from ihc_attribution import conversions, drift, reuse, sources, validation
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database, storable
 from ihc_attribution.schema import SESSION_SOURCES, STAGING_TABLES, has_unique_key
@@ -53,7 +53,7 @@ _BUYER_SESSIONS_SELECT = """
 SELECT {ids}, s.event_date, s.event_time, s.channel_name,
        s.holder_engagement, s.closer_engagement, s.impression_interaction,
        CASE WHEN {clean} THEN 1 ELSE 0 END AS clean
-FROM session_sources s
+FROM {sessions}
 WHERE s.user_id IN (SELECT {buyer} FROM {buyers})
 """
 _IDS = {
@@ -62,13 +62,15 @@ _IDS = {
 }
 
 
-def buyer_sessions_sql(dialect: str, buyer: str = "user_id") -> str:
+def buyer_sessions_sql(dialect: str, buyer: str = "user_id", sessions: str = "session_sources s") -> str:
     """The one pass over ``session_sources``: the sessions of the run's users, each marked clean or not.
 
     ``buyer`` is the buyers' id as the source's ``user_id`` column compares it (see
-    :meth:`Database.cast_to_column`).
+    :func:`sources.cast_to_column`); ``sessions`` the source aliased ``s`` (see :func:`sources.table`).
     """
-    select = _BUYER_SESSIONS_SELECT.format(ids=_IDS[dialect], clean=validation.CLEAN_SESSION[dialect], buyer=buyer, buyers=BUYERS)
+    select = _BUYER_SESSIONS_SELECT.format(
+        ids=_IDS[dialect], clean=validation.CLEAN_SESSION[dialect], buyer=buyer, buyers=BUYERS, sessions=sessions
+    )
     return f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{select}"
 
 
@@ -85,7 +87,7 @@ _BUYER_SESSIONS_INDEX = (
 # Session ids of the converting users that are present more than once anywhere in the table.
 # Asked only when session_id has no primary key or unique index (then it is one more pass).
 _DUPLICATE_SESSIONS_SQL = """
-SELECT {session_id}, COUNT(*) FROM session_sources
+SELECT {session_id}, COUNT(*) FROM {sessions}
 WHERE {session_id} IN (SELECT session_id FROM {copy})
 GROUP BY session_id HAVING COUNT(*) > 1
 """
@@ -112,7 +114,7 @@ SELECT c.run_id, c.conv_id, s.session_id,
        s.channel_name, s.holder_engagement, s.closer_engagement, s.impression_interaction,
        CASE WHEN ROW_NUMBER() OVER (
            PARTITION BY c.conv_id
-           ORDER BY s.event_date DESC, s.event_time DESC, s.session_id DESC
+           ORDER BY s.event_date DESC, s.event_time DESC, s.session_id{byte_order} DESC
        ) = 1 THEN 1 ELSE 0 END
 FROM attribution_stg_conversions c
 JOIN {buyer_sessions} s ON s.user_id = c.user_id
@@ -141,6 +143,7 @@ def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
         event_date=_SESSION_DATE[dialect],
         event_time=_SESSION_TIME[dialect],
         buyer_sessions=BUYER_SESSIONS,
+        byte_order=sources.BYTE_ORDER[dialect],
     )
 
 
@@ -162,7 +165,8 @@ def stage_buyer_sessions(db: Database, run_id: str) -> None:
     cache = _buyers_cache_sql(db) if db.is_sqlite else None
     if cache:
         db.execute(cache)
-    db.execute(buyer_sessions_sql(db.dialect, db.cast_to_column("user_id", SESSION_SOURCES, "user_id")))
+    db.execute(buyer_sessions_sql(db.dialect, sources.cast_to_column(db, "user_id", SESSION_SOURCES, "user_id"),
+                                  f"{sources.table(db, SESSION_SOURCES)} s"))
     db.execute(_BUYER_SESSIONS_INDEX)
 
 
@@ -320,7 +324,8 @@ def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
     duplicated = (
         {} if has_unique_key(db, SESSION_SOURCES, "session_id")
         else {sid: int(n) for sid, n in db.query(
-            _DUPLICATE_SESSIONS_SQL.format(session_id=_SESSION_ID[db.dialect], copy=BUYER_SESSIONS))}
+            _DUPLICATE_SESSIONS_SQL.format(session_id=_SESSION_ID[db.dialect], copy=BUYER_SESSIONS,
+                                           sessions=sources.relation(db, SESSION_SOURCES)))}
     )
     # Clean sessions pass every check (see validation.CLEAN_SESSION); a duplicated one may be clean.
     sessions_sql = _USER_SESSIONS_SQL if duplicated else _UNCLEAN_USER_SESSIONS_SQL

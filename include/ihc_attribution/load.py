@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass
 
-from ihc_attribution import credit, drift
+from ihc_attribution import credit, drift, sources
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
 from ihc_attribution.errors import PermanentError
@@ -39,7 +39,7 @@ class LoadSummary:
 
 _RUN_CONVS = "SELECT conv_id FROM attribution_stg_conversions WHERE run_id = ?"
 _RUN_ISSUE_CONVS = "SELECT conv_id FROM attribution_stg_issues WHERE run_id = ?"
-_SOURCE_CONVS = "SELECT CAST(conv_id AS TEXT) FROM conversions WHERE conv_id IS NOT NULL"
+_SOURCE_CONVS = "SELECT CAST(conv_id AS TEXT) FROM {conversions} WHERE conv_id IS NOT NULL"
 
 
 def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded_at: str | None = None) -> LoadSummary:
@@ -69,7 +69,7 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
         # them) lose their credit. The dates credited before are rebuilt too.
         first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
         gone = (f"SELECT conv_id FROM attribution_credit WHERE (conv_date BETWEEN ? AND ?) "
-                f"OR conv_id NOT IN ({_SOURCE_CONVS})")
+                f"OR conv_id NOT IN ({_SOURCE_CONVS.format(conversions=sources.relation(db, sources.CONVERSIONS))})")
         replaced = f"conv_id IN ({_RUN_CONVS}) OR conv_id IN ({gone})"
         params = (run_id, first, last)
         _add_report_dates(db, run_id, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE {replaced}",

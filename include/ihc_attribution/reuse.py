@@ -10,7 +10,7 @@ import hashlib
 import itertools
 import operator
 
-from ihc_attribution.db import Database
+from ihc_attribution.db import BYTE_ORDER, Database
 
 def fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> list[int]:
     """Record a fingerprint of every staged journey and drop answers that no longer fit.
@@ -23,7 +23,7 @@ def fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> l
         db.iter_query(
             "SELECT conv_id, session_id, event_ts, channel_name, holder_engagement, closer_engagement, "
             "impression_interaction, conversion FROM attribution_stg_sessions WHERE run_id = ? "
-            "ORDER BY conv_id, event_ts, session_id",
+            f"ORDER BY conv_id{BYTE_ORDER[db.dialect]}, event_ts, session_id{BYTE_ORDER[db.dialect]}",
             (run_id,),
         )
     )

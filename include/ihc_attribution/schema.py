@@ -13,20 +13,25 @@ import logging
 import re
 from importlib import resources
 
+from ihc_attribution import sources
 from ihc_attribution.db import Database, split_statements
-from ihc_attribution.errors import PermanentError
+from ihc_attribution.sources import (  # noqa: F401 - where callers look for them
+    CONVERSIONS,
+    SESSION_COSTS,
+    SESSION_SOURCES,
+    SOURCE_TABLES,
+    SourceTableError,
+    has_index_on,
+    has_unique_key,
+)
 
 log = logging.getLogger(__name__)
 
-SESSION_SOURCES = "session_sources"
-CONVERSIONS = "conversions"
-SESSION_COSTS = "session_costs"
 ATTRIBUTION = "attribution_customer_journey"
 CHANNEL_REPORTING = "channel_reporting"
 ISSUES = "attribution_issues"
 RUNS = "attribution_runs"
 
-SOURCE_TABLES = (SESSION_SOURCES, CONVERSIONS, SESSION_COSTS)
 RESULT_TABLES = (ATTRIBUTION, CHANNEL_REPORTING)
 STAGING_TABLES = (
     "attribution_stg_conversions",
@@ -55,10 +60,6 @@ _LEGACY_TABLES = (
 )
 
 
-class SourceTableError(PermanentError, RuntimeError):
-    """A source table cannot be read: a wrong path, schema or search path in the connection."""
-
-
 def read_sql(name: str) -> str:
     """Return the text of a file in the package's ``sql/`` folder."""
     return resources.files("ihc_attribution").joinpath("sql", name).read_text(encoding="utf-8")
@@ -79,21 +80,11 @@ def _result_tables_ddl() -> list[str]:
 
 
 def check_sources(db: Database) -> None:
-    """Fail at once, in one line, when a source table cannot be read.
+    """Fail at once, in one line, when a source table, a column or its type cannot be read (see :func:`sources.check`).
 
-    :raises SourceTableError: naming the table and what the connection points at.
+    :raises SourceTableError: naming the table, the column and what the connection points at.
     """
-    for table in SOURCE_TABLES:
-        try:
-            with db.transaction():
-                db.query(f"SELECT * FROM {table} WHERE 1 = 0")
-        except PermanentError:
-            raise
-        except Exception as exc:
-            raise SourceTableError(
-                f"source table {table} cannot be read in {db.describe()}: {str(exc).splitlines()[0]} "
-                "(check the attribution_db connection: path, database, schema or search_path)"
-            ) from exc
+    sources.check(db)
 
 
 def ensure_schema(db: Database) -> None:
@@ -189,8 +180,8 @@ def _fill_credit(db: Database) -> None:
         "CAST(v.conv_date AS TEXT) || ' ' || CAST(v.conv_time AS TEXT) AS conv_ts, CAST(v.user_id AS TEXT) AS user_id, "
         "a.session_id, "
         "CAST(s.event_date AS TEXT) || ' ' || CAST(s.event_time AS TEXT) AS ts, s.channel_name, a.ihc, v.revenue "
-        f"FROM {ATTRIBUTION} a JOIN {SESSION_SOURCES} s ON CAST(s.session_id AS TEXT) = a.session_id "
-        f"JOIN {CONVERSIONS} v ON CAST(v.conv_id AS TEXT) = a.conv_id "
+        f"FROM {ATTRIBUTION} a JOIN {sources.table(db, SESSION_SOURCES)} s ON CAST(s.session_id AS TEXT) = a.session_id "
+        f"JOIN {sources.table(db, CONVERSIONS)} v ON CAST(v.conv_id AS TEXT) = a.conv_id "
         "WHERE s.event_date IS NOT NULL AND s.event_time IS NOT NULL AND s.channel_name IS NOT NULL "
         "AND v.revenue IS NOT NULL "
         "AND NOT EXISTS (SELECT 1 FROM attribution_credit c WHERE c.conv_id = a.conv_id)",
@@ -209,35 +200,18 @@ SOURCE_INDEXES = (
 def index_advice(db: Database) -> list[str]:
     """The documented indexes missing on the source tables, each as ``CREATE INDEX ...: what it saves``.
 
-    A view is left out: its tables are indexed, if at all, where they live.
+    A view is left out: its tables are indexed, if at all, where they live; so is a column derived
+    from another (a timestamp's date), which an index of the table does not serve.
     """
     advice = []
     for table, column, saves in SOURCE_INDEXES:
-        if not _is_view(db, table) and not has_index_on(db, table, column):
-            advice.append(f"CREATE INDEX ix_{table}_{column} ON {table} ({column}): {saves}")
+        own = sources.physical_column(db, table, column)
+        if own is not None and not sources.is_view(db, table) and not has_index_on(db, table, column):
+            src = sources.source(db, table)
+            plain = src.ref == table and own == column
+            name = f"ix_{table}_{column}" if plain else sources.quote(f"ix_{src.table}_{own}")
+            advice.append(f"CREATE INDEX {name} ON {src.ref} ({column if own == column else sources.quote(own)}): {saves}")
     return advice
-
-
-def _is_view(db: Database, table: str) -> bool:
-    if db.is_sqlite:
-        return db.scalar("SELECT type FROM sqlite_master WHERE name = ?", (table,)) == "view"
-    return db.scalar("SELECT relkind FROM pg_class WHERE oid = to_regclass(?)", (table,)) in ("v", "m")
-
-
-def has_index_on(db: Database, table: str, column: str) -> bool:
-    """Whether an index of ``table`` (or its primary key) starts with ``column``."""
-    if db.is_sqlite:
-        return any(
-            [r[2] for r in db.query(f"PRAGMA index_info({name})")][:1] == [column]
-            for _, name, *_ in db.query(f"PRAGMA index_list({table})")
-        )
-    return bool(
-        db.scalar(
-            "SELECT COUNT(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-            "WHERE i.indrelid = to_regclass(?) AND a.attname = ?",
-            (table, column),
-        )
-    )
 
 
 def purge_staging(db: Database, created_before: str, keep_run_id: str | None = None) -> int:
@@ -256,29 +230,3 @@ def purge_staging(db: Database, created_before: str, keep_run_id: str | None = N
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM attribution_runs WHERE run_id = ?", (run_id,))
     return len(runs)
-
-
-def has_unique_key(db: Database, table: str, column: str) -> bool:
-    """Whether ``table.column`` alone is a primary key or carries a unique index (no NULL check).
-
-    The source tables of the challenge schema have one; exports and views often do not, and
-    then a row may be present twice. Queries use this to skip deduplication work that a key
-    makes unneeded.
-    """
-    if db.is_sqlite:
-        pk = [(r[1], str(r[2]).upper()) for r in db.query(f"PRAGMA table_info({table})") if r[5]]
-        if pk == [(column, "INTEGER")]:  # the rowid itself: no index is listed for it
-            return True
-        for _, name, unique, _origin, partial in db.query(f"PRAGMA index_list({table})"):
-            if unique and not partial and [r[2] for r in db.query(f"PRAGMA index_info({name})")] == [column]:
-                return True
-        return False
-    return bool(
-        db.scalar(
-            "SELECT COUNT(*) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
-            "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
-            "WHERE t.oid = to_regclass(?) AND a.attname = ? AND i.indisunique AND i.indnatts = 1 "
-            "AND i.indpred IS NULL",
-            (table, column),
-        )
-    )

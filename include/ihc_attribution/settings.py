@@ -39,6 +39,8 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "task_timeout_minutes": ("float", "30", "A task attempt's upper bound."),
     "api_task_timeout_minutes": ("float", "120", "The API stage's upper bound."),
     "deadline_hours": ("float", "0", "Alert when a run is unfinished this long after it was queued (0: never)."),
+    "sources": ("string", "", "Where the source tables are and what their columns are called (JSON); "
+                              "empty: the challenge's tables through the search path."),
     "ihc_concurrency": ("integer", "4", "IHC requests in flight: the slots of the pool ihc_api each run's API "
                                         "stage takes, and the requests it sends at once."),
 }
@@ -190,3 +192,73 @@ def deadline_hours() -> float:
 
 def ihc_concurrency() -> int:
     return _int("ihc_concurrency", minimum=1)
+
+
+# --- the source tables ----------------------------------------------------------------------
+
+#: The columns the pipeline reads from each source table, by the names of the challenge schema.
+SOURCE_COLUMNS = {
+    "session_sources": (
+        "session_id", "user_id", "event_date", "event_time", "channel_name",
+        "holder_engagement", "closer_engagement", "impression_interaction",
+    ),
+    "conversions": ("conv_id", "user_id", "conv_date", "conv_time", "revenue"),
+    "session_costs": ("session_id", "cost"),
+}
+#: A source's one timestamp column in place of its date and time columns: (key, date, time).
+SOURCE_TIMESTAMPS = {
+    "session_sources": ("event_timestamp", "event_date", "event_time"),
+    "conversions": ("conv_timestamp", "conv_date", "conv_time"),
+}
+
+
+def source_tables() -> dict[str, dict]:
+    """``$ATTRIBUTION_SOURCES``: where the source tables are and what their columns are called.
+
+    JSON, one entry per source table to change (those left out keep the challenge's name and
+    columns), e.g. ``{"conversions": {"schema": "raw", "table": "Orders", "columns": {"conv_id":
+    "order_id", "conv_timestamp": "ordered_at"}}}``. ``schema`` and ``table`` are names, taken
+    exactly (quoted: case and spaces kept); with a schema the table is found there whatever the
+    ``search_path``. ``columns`` maps a column the pipeline reads to yours; ``event_timestamp`` /
+    ``conv_timestamp`` name one ``TIMESTAMP`` or ``TIMESTAMPTZ`` column in place of the date and
+    time columns. Returns ``{table: {"schema": str | None, "table": str, "columns": {name: yours}}}``
+    for the tables given.
+
+    :raises ValueError: for anything else, naming the variable and what is wrong.
+    """
+    import json
+
+    text = _text("sources")
+    if not text:
+        return {}
+    try:
+        given = json.loads(text)
+    except ValueError as exc:
+        raise ValueError(f"ATTRIBUTION_SOURCES is not valid JSON: {exc}") from None
+    if not isinstance(given, dict):
+        raise ValueError("ATTRIBUTION_SOURCES must be a JSON object of source tables")
+    return {name: _source_table(name, spec) for name, spec in given.items()}
+
+
+def _source_table(name: str, spec: object) -> dict:
+    where = f"ATTRIBUTION_SOURCES[{name!r}]"
+    if name not in SOURCE_COLUMNS:
+        raise ValueError(f"{where}: unknown source table; the sources are {', '.join(SOURCE_COLUMNS)}")
+    if not isinstance(spec, dict) or set(spec) - {"schema", "table", "columns"}:
+        raise ValueError(f"{where} must be an object with the keys schema, table and columns")
+    schema, table, columns = spec.get("schema"), spec.get("table", name), spec.get("columns", {})
+    if not all(isinstance(v, str) and v.strip() for v in (table, *([schema] if schema is not None else []))):
+        raise ValueError(f"{where}: schema and table must be non-empty names")
+    timestamp = SOURCE_TIMESTAMPS.get(name)
+    known = SOURCE_COLUMNS[name] + ((timestamp[0],) if timestamp else ())
+    if not isinstance(columns, dict) or not all(isinstance(v, str) and v.strip() for v in columns.values()):
+        raise ValueError(f"{where}['columns'] must map column names to non-empty names")
+    unknown = sorted(set(columns) - set(known))
+    if unknown:
+        raise ValueError(f"{where}['columns']: unknown {', '.join(unknown)}; the columns are {', '.join(known)}")
+    if timestamp and timestamp[0] in columns and set(timestamp[1:]) & set(columns):
+        raise ValueError(f"{where}['columns']: {timestamp[0]} replaces {timestamp[1]} and {timestamp[2]}; give one or the other")
+    odd = [n for n in (schema or "", table, *columns.values()) if set(n) & set("?%\0")]
+    if odd:  # "?" and "%" are the drivers' placeholders, even inside a quoted name
+        raise ValueError(f"{where}: the name {odd[0]!r} holds ?, % or NUL, which the package cannot quote")
+    return {"schema": schema, "table": table, "columns": dict(columns)}

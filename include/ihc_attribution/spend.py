@@ -13,8 +13,10 @@ with the ``refresh_spend`` param (see README, "When source data changes").
 
 from __future__ import annotations
 
+from ihc_attribution import sources
 from ihc_attribution.db import Database
 from ihc_attribution.schema import SESSION_COSTS, SESSION_SOURCES, has_unique_key
+from ihc_attribution.validation import MAX_MONEY
 
 SPEND = "attribution_spend"
 SPEND_DATES = "attribution_spend_dates"
@@ -26,8 +28,9 @@ TODO = "attribution_tmp_spend_dates"
 _FIGURES = """
 SELECT CAST(s.event_date AS TEXT), s.channel_name, {rows}, COUNT({distinct}s.session_id), COUNT(c.session_id),
        SUM(CASE WHEN c.session_id IS NOT NULL AND c.cost IS NULL THEN 1 ELSE 0 END),
-       SUM(CASE WHEN c.cost < 0 THEN 1 ELSE 0 END),
-       COALESCE(SUM({cost}), 0)
+       SUM(CASE WHEN c.cost < 0 AND {usable} THEN 1 ELSE 0 END),
+       SUM(CASE WHEN c.cost IS NOT NULL AND NOT ({usable}) THEN 1 ELSE 0 END),
+       COALESCE(SUM(CASE WHEN {usable} THEN {cost} END), 0)
 FROM {sessions} s
 LEFT JOIN {costs} c ON c.session_id = s.session_id
 WHERE {event_date} IN ({dates})
@@ -50,18 +53,20 @@ def figures_sql(db: Database, n_dates: int = 1) -> str:
     keyed_sessions = has_unique_key(db, SESSION_SOURCES, "session_id")
     keyed_costs = has_unique_key(db, SESSION_COSTS, "session_id")
     # Copies of a row are counted (the duplicated-ids warning) but make one session.
-    sessions = SESSION_SOURCES if keyed_sessions else (
-        f"(SELECT session_id, event_date, channel_name, COUNT(*) AS copies FROM {SESSION_SOURCES} "
+    sessions = sources.table(db, SESSION_SOURCES) if keyed_sessions else (
+        f"(SELECT session_id, event_date, channel_name, COUNT(*) AS copies FROM {sources.relation(db, SESSION_SOURCES)} "
         "GROUP BY session_id, event_date, channel_name)"
     )
-    costs = SESSION_COSTS if keyed_costs else f"(SELECT DISTINCT session_id, cost FROM {SESSION_COSTS})"
+    costs = (sources.table(db, SESSION_COSTS) if keyed_costs
+             else f"(SELECT DISTINCT session_id, cost FROM {sources.relation(db, SESSION_COSTS)})")
     return _FIGURES.format(
         rows="COUNT(*)" if keyed_sessions else "SUM(s.copies)",
         distinct="" if keyed_sessions else "DISTINCT ",
-        cost=db.units("c.cost", 6, numeric=db.column_type(SESSION_COSTS, "cost").startswith("numeric")),
+        usable=f"ABS(c.cost) <= {MAX_MONEY}",  # not NaN (PostgreSQL), infinite or absurd
+        cost=db.units("c.cost", 6, numeric=sources.column_type(db, SESSION_COSTS, "cost").startswith("numeric")),
         sessions=sessions,
         costs=costs,
-        dates=", ".join([db.as_type_of("?", SESSION_SOURCES, "event_date")] * n_dates),
+        dates=", ".join([sources.as_type_of(db, "?", SESSION_SOURCES, "event_date")] * n_dates),
         # A unary + keeps SQLite off the index (PostgreSQL's planner weighs it from the statistics).
         event_date="+s.event_date" if db.is_sqlite and n_dates > INDEXED_DATES else "s.event_date",
     )
@@ -81,11 +86,11 @@ def refresh(db: Database, run_id: str, dates_sql: str, params: tuple = ()) -> in
     dates = [d for (d,) in db.query(f"SELECT date FROM {TODO} ORDER BY date")]
     db.execute(f"DELETE FROM {SPEND} WHERE date IN (SELECT date FROM {TODO})")
     insert = (f"INSERT INTO {SPEND} (date, channel_name, session_rows, sessions, cost_rows, null_costs, "
-              "negative_costs, cost_micros) ")
+              "negative_costs, unusable_costs, cost_micros) ")
     if dates and db.is_sqlite:  # in the database: a name that is not valid UTF-8 stays as stored
         db.execute(insert + figures_sql(db, len(dates)), dates)
     elif dates:
-        db.executemany(insert + "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", db.query(figures_sql(db, len(dates)), dates))
+        db.executemany(insert + "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", db.query(figures_sql(db, len(dates)), dates))
     db.execute(f"DELETE FROM {SPEND_DATES} WHERE date IN (SELECT date FROM {TODO})")
     n = db.execute(f"INSERT INTO {SPEND_DATES} (date, run_id) SELECT date, ? FROM {TODO}", (run_id,))
     db.execute(f"DROP TABLE {TODO}")

@@ -22,6 +22,12 @@ UNPLACEABLE = "unplaceable_conversion"
 OVERSIZED = "oversized_journey"
 API_REJECTED = "api_rejected"
 
+#: The largest amount of money taken, in either direction: credit (1/10,000 of an order) times the
+#: revenue in micro-euros must fit a 64-bit integer: 922,337,203 euros at most. A revenue beyond it, or
+#: not finite, quarantines its conversion; such a cost is left out of the spend and counted
+#: (``unusable_costs``), so that no sum overflows or turns into ``inf``.
+MAX_MONEY = (2**63 - 1) // 10**10
+
 # ASCII digits only: \d also matches other scripts' digits (full-width ２０２４ among them).
 _DATE_RE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
 _TIME_RE = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
@@ -88,7 +94,7 @@ CLEAN_CONVERSION = {
         _sqlite_clean_text("user_id"),
         _sqlite_clean_date("conv_date"),
         _sqlite_clean_time("conv_time"),
-        "typeof(revenue) IN ('integer', 'real') AND revenue >= 0 AND revenue <= 1.7976931348623157e308",
+        f"typeof(revenue) IN ('integer', 'real') AND revenue >= 0 AND revenue <= {MAX_MONEY}",
     ),
 }
 
@@ -132,7 +138,8 @@ def conversion_problems(frame: pd.DataFrame) -> pd.Series:
         (valid_time(frame["conv_time"]), "conv_time is not a HH:MM:SS time"),
         (frame["user_id"].notna() & frame["user_id"].astype(str).str.strip().ne(""), "user_id is empty"),
         (_valid_text(frame["conv_id"]) & _valid_text(frame["user_id"]), "an id is not valid UTF-8"),
-        (revenue.notna() & revenue.ge(0) & revenue.lt(float("inf")), "revenue is missing, negative or not a number"),
+        (revenue.notna() & revenue.ge(0), "revenue is missing, negative or not a number"),
+        (~revenue.gt(MAX_MONEY), f"revenue is infinite or beyond {MAX_MONEY:,} (more than exact sums can hold)"),
     ]
     return _collect(checks, frame.index)
 

@@ -34,6 +34,7 @@ NO_WARNINGS = {
     "sessions_without_cost_row": 0,
     "null_costs": 0,
     "negative_costs": 0,
+    "unusable_costs": 0,
     "sessions_without_channel": 0,
     "duplicated_session_ids": 0,
 }

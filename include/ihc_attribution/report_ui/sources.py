@@ -104,7 +104,6 @@ REPORT_TABLE = "channel_reporting"
 ISSUES_TABLE = "attribution_issues"
 BUILDS_TABLE = "attribution_report_builds"
 RUNS_TABLE = "attribution_runs"
-CONVERSIONS_TABLE = "conversions"
 
 
 class DatabaseUnavailable(Exception):
@@ -185,6 +184,7 @@ def open_db(conn_id: str | None = None) -> ReportDb:
         conn.autocommit = True
         cur = conn.cursor()
         cur.execute("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
+        cur.execute("SET DateStyle TO ISO, YMD")  # dates read as text are YYYY-MM-DD, as the runs read them
         cur.close()
     except Exception as exc:
         raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
@@ -325,15 +325,26 @@ class IssuesView:
         return reasons, sorted(table.items(), reverse=True)
 
 
+def _conversion_date(db: ReportDb) -> tuple[str, str]:
+    """The issue's conversion date (text) and the join that gives it, through the sources' settings."""
+    from ihc_attribution import sources
+
+    try:
+        if not sources.exists(db, sources.CONVERSIONS):
+            return "NULL", ""
+        conv_id = sources.text_id(db, "c.conv_id", sources.CONVERSIONS, "conv_id")
+        return "CAST(c.conv_date AS TEXT)", f" LEFT JOIN {sources.table(db, sources.CONVERSIONS)} c ON {conv_id} = i.conv_id"
+    except sources.SourceTableError:  # ATTRIBUTION_SOURCES is malformed: the runs say so
+        return "NULL", ""
+
+
 def read_issues(db: ReportDb, limit: int = 200, reason: str | None = None) -> IssuesView:
     """Open issues: counts by reason, by conversion date and reason, and the latest ``limit``."""
     view = IssuesView(source=db.source)
     if not db.has_table(ISSUES_TABLE):
         view.table_missing = True
         return view
-    has_conversions = db.has_table(CONVERSIONS_TABLE)
-    date_expr = "CAST(c.conv_date AS TEXT)" if has_conversions else "NULL"
-    join = f" LEFT JOIN {CONVERSIONS_TABLE} c ON c.conv_id = i.conv_id" if has_conversions else ""
+    date_expr, join = _conversion_date(db)
     where, params = (" WHERE i.reason = ?", (reason,)) if reason else ("", ())
     view.total = int(db.query(f"SELECT COUNT(*) FROM {ISSUES_TABLE} i{where}", params)[0][0])
     view.by_reason = [(str(r), int(n)) for r, n in db.query(

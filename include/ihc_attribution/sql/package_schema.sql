@@ -151,6 +151,7 @@ CREATE TABLE IF NOT EXISTS attribution_spend (
     cost_rows INT NOT NULL,
     null_costs INT NOT NULL,
     negative_costs INT NOT NULL,
+    unusable_costs INT NOT NULL,
     cost_micros BIGINT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS ix_attribution_spend_date ON attribution_spend (date, channel_name);

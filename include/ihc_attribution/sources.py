@@ -1,0 +1,419 @@
+"""The source tables as every query reads them: where they are, their columns, names and types.
+
+The pipeline's SQL names the sources and their columns as the challenge schema does
+(``session_sources.event_date`` ...). :func:`table` gives a query the source to read:
+
+- by default (``$ATTRIBUTION_SOURCES`` unset, and types the queries read as they are) the table
+  itself by its plain name, found through the connection's ``search_path``: the SQL, and so its
+  query plans, are those of the challenge schema;
+- a table named in ``$ATTRIBUTION_SOURCES`` with its columns' own names: the table quoted, in its
+  schema when one is given (found there whatever the ``search_path``);
+- a subquery otherwise, giving the columns the challenge's names and the types the pipeline
+  reads: ``YYYY-MM-DD`` and ``HH:MM:SS`` text in UTC from one ``TIMESTAMP``/``TIMESTAMPTZ`` column
+  (or a ``TIMESTAMP`` date column, a ``TIME WITH TIME ZONE`` time column), PostgreSQL ``REAL``
+  money by its shortest decimal, ``BOOLEAN`` flags as 0/1, ``UUID`` ids as text.
+
+:func:`check` (run by ``setup_tables``) fails at once when a source or a column is missing or
+has a type the pipeline cannot read, naming it and where it looked.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+from ihc_attribution import settings
+from ihc_attribution.db import BYTE_ORDER  # noqa: F401 - where the queries over the sources look for it
+from ihc_attribution.errors import PermanentError
+
+SESSION_SOURCES, CONVERSIONS, SESSION_COSTS = settings.SOURCE_COLUMNS
+SOURCE_TABLES = (SESSION_SOURCES, CONVERSIONS, SESSION_COSTS)
+
+
+class SourceTableError(PermanentError, RuntimeError):
+    """A source table cannot be read: a wrong path, schema, name, column or type."""
+
+
+@dataclass(frozen=True)
+class Source:
+    """One source table as the queries read it."""
+
+    name: str
+    #: The relation in SQL: the plain name, or the quoted (schema-qualified) table.
+    ref: str
+    schema: str | None
+    table: str
+    #: Column (challenge name) -> its SQL over ``ref``: the plain name, the quoted column, or a derivation.
+    select: dict[str, str]
+    #: Column -> the type the queries read it as, in PostgreSQL's lower-case spelling ("" unknown).
+    types: dict[str, str]
+    #: Column -> the table's column it is read from unchanged; None for a derived one.
+    physical: dict[str, str | None]
+    #: Unusable columns, each as "column x (name) has type t; ...".
+    problems: tuple[str, ...] = ()
+    missing: tuple[str, ...] = ()
+
+    @property
+    def plain(self) -> bool:
+        return all(expr == column for column, expr in self.select.items())
+
+    def describe(self) -> str:
+        where = self.table if self.schema is None else f"{self.schema}.{self.table}"
+        return self.name if where == self.name else f"{self.name} ({where})"
+
+
+def quote(name: str) -> str:
+    """``name`` as a quoted SQL identifier (case and spaces kept)."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+# --- resolving the settings against the catalog ------------------------------------------------
+
+_resolved: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def source(db: Any, name: str) -> Source:
+    """The source ``name`` of ``db`` (a :class:`Database` or the report pages' connection), once per connection.
+
+    :raises SourceTableError: when ``$ATTRIBUTION_SOURCES`` is malformed.
+    """
+    try:
+        specs = settings.source_tables()
+    except ValueError as exc:
+        raise SourceTableError(str(exc)) from None
+    key = repr(sorted(specs.items()))
+    cached = _resolved.get(db)
+    if cached is None or cached[0] != key:
+        cached = (key, {})
+        _resolved[db] = cached
+    if name not in cached[1]:
+        cached[1][name] = _resolve(db, name, specs.get(name))
+    return cached[1][name]
+
+
+def _resolve(db: Any, name: str, spec: dict | None) -> Source:
+    schema_name, table_name = (spec["schema"], spec["table"]) if spec else (None, name)
+    ref = name if spec is None else (quote(table_name) if schema_name is None else f"{quote(schema_name)}.{quote(table_name)}")
+    declared = catalog(db, ref, schema_name, table_name)
+    mapped = dict(spec["columns"]) if spec else {}
+    select: dict[str, str] = {}
+    types: dict[str, str | None] = {}
+    physical: dict[str, str | None] = {}
+    for column in settings.SOURCE_COLUMNS[name]:
+        own = mapped.get(column, column)
+        select[column] = column if own == column else quote(own)
+        types[column] = _type_of(db, declared, own)
+        physical[column] = own
+    timestamp = settings.SOURCE_TIMESTAMPS.get(name)
+    stamp = None
+    if timestamp and timestamp[0] in mapped:
+        own = mapped[timestamp[0]]
+        stamp = _type_of(db, declared, own) or ""
+        _derive_timestamp(db, select, types, physical, timestamp, quote(own), stamp)
+    wanted = [c for c in physical.values() if c is not None] + ([own] if stamp is not None else [])
+    missing = [c for c in wanted if declared and _type_of(db, declared, c) is None]
+    problems = _convert(db, name, select, types, physical, stamp) if declared and not missing else []
+    return Source(name, ref, schema_name, table_name, select, {c: t or "" for c, t in types.items()}, physical,
+                  tuple(problems), tuple(missing))
+
+
+def catalog(db: Any, ref: str, schema_name: str | None, table_name: str) -> dict[str, str]:
+    """The columns of a relation and their declared types, lower case; {} when it is not found."""
+    if db.is_sqlite:
+        prefix = "" if schema_name is None else f"{quote(schema_name)}."
+        try:
+            return {str(r[1]): str(r[2]).lower() for r in db.query(f"PRAGMA {prefix}table_info({quote(table_name)})")}
+        except sqlite3.Error:  # no database of that name: check() says so, reading it
+            return {}
+    return {
+        str(n): str(t).lower()
+        for n, t in db.query(
+            "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass(?) AND a.attnum > 0 AND NOT a.attisdropped",
+            (ref,),
+        )
+    }
+
+
+def _type_of(db: Any, declared: dict[str, str], column: str) -> str | None:
+    """The declared type of ``column`` (SQLite matches names in any case); None when there is no such column."""
+    if column in declared:
+        return declared[column]
+    if db.is_sqlite:
+        return next((t for n, t in declared.items() if n.lower() == column.lower()), None)
+    return None
+
+
+def _derive_timestamp(
+    db: Any, select: dict, types: dict, physical: dict, timestamp: tuple, column: str, declared: str
+) -> None:
+    """Date and time columns from one timestamp column, in UTC."""
+    _, date_column, time_column = timestamp
+    physical[date_column] = physical[time_column] = None
+    if db.is_sqlite:
+        select[date_column], select[time_column] = f"date({column})", f"time({column})"
+    else:
+        utc = f"({column} AT TIME ZONE 'UTC')" if "with time zone" in declared else column
+        select[date_column] = f"to_char({utc}, 'YYYY-MM-DD')"
+        select[time_column] = f"to_char({utc}, 'HH24:MI:SS')"
+    types[date_column] = types[time_column] = "text"
+
+
+# --- types -----------------------------------------------------------------------------------
+
+_KINDS = {
+    "session_id": "id", "user_id": "id", "conv_id": "id", "event_date": "date", "conv_date": "date",
+    "event_time": "time", "conv_time": "time", "channel_name": "text", "holder_engagement": "flag",
+    "closer_engagement": "flag", "impression_interaction": "flag", "revenue": "money", "cost": "money",
+}
+_TEXT = ("text", "character varying", "character", "varchar", "char")
+_INTEGER = ("smallint", "integer", "bigint")
+#: PostgreSQL types each kind of column is read as it is.
+_READ_AS_IS = {
+    "id": _TEXT + _INTEGER + ("numeric",),
+    "date": ("date",) + _TEXT,
+    "time": ("time without time zone",) + _TEXT,
+    "text": _TEXT,
+    "flag": _INTEGER + ("numeric",),
+    "money": _INTEGER + ("numeric", "double precision"),
+}
+_NEEDED = {
+    "id": "text, VARCHAR or an integer type",
+    "date": "DATE, text or TIMESTAMP (TIMESTAMPTZ)",
+    "time": "TIME, text or TIME WITH TIME ZONE",
+    "text": "text or VARCHAR",
+    "flag": "an integer type or BOOLEAN",
+    "money": "NUMERIC, REAL, DOUBLE PRECISION or an integer type",
+    "timestamp": "TIMESTAMP or TIMESTAMPTZ",
+}
+
+
+def _base(declared: str) -> str:
+    """The type without its modifiers: ``numeric(12,2)`` is ``numeric``, ``timestamp(3) with time zone`` ..."""
+    return re.sub(r"\(\d+(,\s*\d+)?\)", "", declared).strip()
+
+
+def _convert(db: Any, name: str, select: dict, types: dict, physical: dict, stamp: str | None) -> list[str]:
+    """Derive the columns whose type the queries cannot read as it is; return the unusable ones."""
+    if db.is_sqlite:
+        _convert_sqlite(name, select, types, physical)
+        return []
+    problems = []
+    if stamp is not None and _base(stamp) not in ("timestamp without time zone", "timestamp with time zone"):
+        problems.append(f"the timestamp column has type {stamp}; it must be {_NEEDED['timestamp']}")
+    for column, declared in list(types.items()):
+        if physical[column] is None or declared is None:
+            continue
+        kind, base = _KINDS[column], _base(declared)
+        if base in _READ_AS_IS[kind]:
+            continue
+        if not _convert_postgres(name, column, kind, base, select, types, physical):
+            problems.append(f"column {physical[column]} ({column}) has type {declared}; it must be {_NEEDED[kind]}")
+    return problems
+
+
+def _convert_postgres(name: str, column: str, kind: str, base: str, select: dict, types: dict, physical: dict) -> bool:
+    own = select[column]
+    if kind == "date" and base.startswith("timestamp"):
+        utc = f"({own} AT TIME ZONE 'UTC')" if "with time zone" in base else own
+        select[column], types[column] = f"to_char({utc}, 'YYYY-MM-DD')", "text"
+    elif kind == "time" and base == "time with time zone":
+        date_column = settings.SOURCE_TIMESTAMPS[name][1]
+        if _base(types[date_column] or "") != "date" or physical[date_column] is None:
+            return False
+        stamp = f"(({select[date_column]} + {own}) AT TIME ZONE 'UTC')"
+        select[date_column], select[column] = f"to_char({stamp}, 'YYYY-MM-DD')", f"to_char({stamp}, 'HH24:MI:SS')"
+        types[date_column] = types[column] = "text"
+        physical[date_column] = None
+    elif kind == "money" and base == "real":  # its shortest decimal: 12345.67, not 12345.669921875
+        select[column], types[column] = f"CAST(CAST({own} AS TEXT) AS DOUBLE PRECISION)", "double precision"
+    elif kind == "flag" and base == "boolean":
+        select[column], types[column] = f"CAST({own} AS INTEGER)", "integer"
+    elif kind == "id" and base == "uuid":
+        select[column], types[column] = f"CAST({own} AS TEXT)", "text"
+    else:
+        return False
+    physical[column] = None
+    return True
+
+
+def _convert_sqlite(name: str, select: dict, types: dict, physical: dict) -> None:
+    """SQLite's declared types are names only: a date declared TIMESTAMP or DATETIME, a time WITH TIME ZONE."""
+    timestamp = settings.SOURCE_TIMESTAMPS.get(name)
+    if not timestamp or physical[timestamp[1]] is None:
+        return
+    _, date_column, time_column = timestamp
+    declared_time = types[time_column] or ""
+    if "time zone" in declared_time or "timetz" in declared_time:
+        stamp = f"{select[date_column]} || ' ' || {select[time_column]}"
+        select[date_column], select[time_column] = f"date({stamp})", f"time({stamp})"
+        physical[date_column] = physical[time_column] = None
+        types[date_column] = types[time_column] = "text"
+    elif any(word in (types[date_column] or "") for word in ("timestamp", "datetime")):
+        select[date_column], types[date_column], physical[date_column] = f"date({select[date_column]})", "text", None
+
+
+# --- what the queries use ----------------------------------------------------------------------
+
+
+def table(db: Any, name: str) -> str:
+    """The source ``name`` for a ``FROM`` clause that gives it an alias (``FROM {table} s``)."""
+    src = source(db, name)
+    if src.plain:
+        return src.ref
+    columns = ", ".join(expr if expr == column else f"{expr} AS {column}" for column, expr in src.select.items())
+    return f"(SELECT {columns} FROM {src.ref})"
+
+
+def relation(db: Any, name: str) -> str:
+    """The source ``name`` for a ``FROM`` clause without an alias: its columns are ``name.column``."""
+    body = table(db, name)
+    return body if body == name else f"{body} AS {name}"
+
+
+def column_type(db: Any, name: str, column: str) -> str:
+    """The type the queries read ``name.column`` as (lower case; ``text`` for a derived date); "" unknown."""
+    return source(db, name).types[column]
+
+
+def as_type_of(db: Any, expr: str, name: str, column: str) -> str:
+    """``expr`` (text) cast to the type of a source's date column on PostgreSQL (unchanged on SQLite)."""
+    if db.is_sqlite:
+        return expr
+    return f"CAST({expr} AS {column_type(db, name, column) or 'date'})"
+
+
+def cast_to_column(db: Any, expr: str, name: str, column: str) -> str:
+    """``expr`` (text) cast to an integer id column's type on PostgreSQL, as it compares with it."""
+    declared = "" if db.is_sqlite else column_type(db, name, column)
+    return f"CAST({expr} AS {declared})" if _base(declared) in _INTEGER + ("numeric",) else expr
+
+
+def is_text_column(db: Any, name: str, column: str) -> bool:
+    """Whether the column holds text (any value, also a malformed date) rather than a typed value."""
+    return db.is_sqlite or _base(column_type(db, name, column)) in _TEXT
+
+
+def text_id(db: Any, expr: str, name: str, column: str) -> str:
+    """``expr`` (an id column of the source) as the package's tables hold ids (text)."""
+    return expr if db.is_sqlite or _base(column_type(db, name, column)) in _TEXT else f"CAST({expr} AS TEXT)"
+
+
+# --- checks, keys and indexes ------------------------------------------------------------------
+
+
+def check(db: Any) -> None:
+    """Fail at once, in one line, when a source, one of its columns or a column's type is unusable.
+
+    :raises SourceTableError: naming the table, the column and where it looked.
+    """
+    for name in SOURCE_TABLES:
+        src = source(db, name)
+        try:
+            with db.transaction():
+                found = db.columns(src.ref)
+        except PermanentError:
+            raise
+        except Exception as exc:
+            raise SourceTableError(
+                f"source table {src.describe()} cannot be read in {db.describe()}: {str(exc).splitlines()[0]} "
+                "(check the attribution_db connection: path, database, schema or search_path; and ATTRIBUTION_SOURCES)"
+            ) from exc
+        missing = list(src.missing) or _missing(db, src, found)
+        if missing:
+            raise SourceTableError(
+                f"source table {src.describe()} in {db.describe()} has no column {', '.join(missing)}; "
+                f"its columns are {', '.join(sorted(found))} (map yours in ATTRIBUTION_SOURCES)"
+            )
+        if src.problems:
+            raise SourceTableError(
+                f"source table {src.describe()} in {db.describe()}: {'; '.join(src.problems)} (ATTRIBUTION_SOURCES)"
+            )
+
+
+def _missing(db: Any, src: Source, found: set[str]) -> list[str]:
+    """Columns read as they are that the relation lacks (when its catalog did not say: a temporary view ...)."""
+    lower = {c.lower() for c in found}
+    return [c for c in src.physical.values() if c is not None and c not in found
+            and not (db.is_sqlite and c.lower() in lower)]
+
+
+def physical_column(db: Any, name: str, column: str) -> str | None:
+    """The table's own column a source column is read from unchanged; None for a derived one."""
+    return source(db, name).physical[column]
+
+
+def _pragma(src: Source, pragma: str, argument: str) -> str:
+    prefix = "" if src.schema is None else f"{quote(src.schema)}."
+    return f"PRAGMA {prefix}{pragma}({argument})"
+
+
+def has_unique_key(db: Any, name: str, column: str) -> bool:
+    """Whether the source's ``column`` alone is a primary key or carries a unique index (no NULL check).
+
+    The source tables of the challenge schema have one; exports and views often do not, and
+    then a row may be present twice. Queries use this to skip deduplication work that a key
+    makes unneeded. A derived column has none.
+    """
+    src, own = source(db, name), physical_column(db, name, column)
+    if own is None:
+        return False
+    if db.is_sqlite:
+        pk = [(r[1], str(r[2]).upper()) for r in db.query(_pragma(src, "table_info", quote(src.table))) if r[5]]
+        if pk == [(own, "INTEGER")]:  # the rowid itself: no index is listed for it
+            return True
+        for _, index, unique, _origin, partial in db.query(_pragma(src, "index_list", quote(src.table))):
+            if unique and not partial and [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))] == [own]:
+                return True
+        return False
+    return bool(
+        db.scalar(
+            "SELECT COUNT(*) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
+            "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
+            "WHERE t.oid = to_regclass(?) AND a.attname = ? AND i.indisunique AND i.indnatts = 1 "
+            "AND i.indpred IS NULL",
+            (src.ref, own),
+        )
+    )
+
+
+def has_index_on(db: Any, name: str, column: str) -> bool:
+    """Whether an index of the source (or its primary key) starts with the table's column of ``column``."""
+    src, own = source(db, name), physical_column(db, name, column)
+    if db.is_sqlite:
+        return any(
+            [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))][:1] == [own]
+            for _, index, *_ in db.query(_pragma(src, "index_list", quote(src.table)))
+        )
+    return bool(
+        db.scalar(
+            "SELECT COUNT(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
+            "WHERE i.indrelid = to_regclass(?) AND a.attname = ?",
+            (src.ref, own),
+        )
+    )
+
+
+def is_view(db: Any, name: str) -> bool:
+    """Whether the source is a view (its tables are indexed, if at all, where they live)."""
+    src = source(db, name)
+    if db.is_sqlite:
+        master = "sqlite_master" if src.schema is None else f"{quote(src.schema)}.sqlite_master"
+        return db.scalar(f"SELECT type FROM {master} WHERE name = ?", (src.table,)) == "view"
+    return db.scalar("SELECT relkind FROM pg_class WHERE oid = to_regclass(?)", (src.ref,)) in ("v", "m")
+
+
+def exists(db: Any, name: str) -> bool:
+    """Whether the source is found (a table or view), without reading it."""
+    src = source(db, name)
+    if db.is_sqlite:
+        master = "sqlite_master" if src.schema is None else f"{quote(src.schema)}.sqlite_master"
+        try:
+            return bool(db.query(f"SELECT COUNT(*) FROM {master} WHERE type IN ('table', 'view') AND name = ?",
+                                 (src.table,))[0][0])
+        except sqlite3.Error:  # no database of that name
+            return False
+    return bool(db.query("SELECT COUNT(*) FROM (SELECT to_regclass(?) AS t) AS r WHERE t IS NOT NULL", (src.ref,))[0][0])

@@ -240,11 +240,11 @@ def test_setup_tables_fails_the_first_try_without_retries(dag, warehouse, monkey
     from ihc_attribution import tasks
 
     settings = json.loads(os.environ["ATTRIBUTION_SOURCES"])
-    settings["session_sources"]["columns"]["user_id"] = "visitor"
+    settings["session_sources"]["columns"]["user_id"] = "visitor_id"  # (SQLite names are case-blind)
     monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(settings))
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
     with pytest.raises(AirflowFailException) as info:
         tasks.setup_tables({"params": RANGE, "run_id": "manual__typo"})
     message = str(info.value)
-    assert "session_sources (main.Web Sessions)" in message and "has no column visitor" in message
+    assert "session_sources (main.Web Sessions)" in message and "has no column visitor_id" in message
     assert "not retried" in message and "\n" not in message

@@ -11,7 +11,7 @@ The pipeline's SQL names the sources and their columns as the challenge schema d
 - a subquery otherwise, giving the columns the challenge's names and the types the pipeline
   reads: ``YYYY-MM-DD`` and ``HH:MM:SS`` text in UTC from one ``TIMESTAMP``/``TIMESTAMPTZ`` column
   (or a ``TIMESTAMP`` date column, a ``TIME WITH TIME ZONE`` time column), PostgreSQL ``REAL``
-  money by its shortest decimal, ``BOOLEAN`` flags as 0/1, ``UUID`` ids as text.
+  money by its shortest decimal, ``BOOLEAN`` flags as 0/1.
 
 :func:`check` (run by ``setup_tables``) fails at once when a source or a column is missing or
 has a type the pipeline cannot read, naming it and where it looked.
@@ -232,8 +232,6 @@ def _convert_postgres(name: str, column: str, kind: str, base: str, select: dict
         select[column], types[column] = f"CAST(CAST({own} AS TEXT) AS DOUBLE PRECISION)", "double precision"
     elif kind == "flag" and base == "boolean":
         select[column], types[column] = f"CAST({own} AS INTEGER)", "integer"
-    elif kind == "id" and base == "uuid":
-        select[column], types[column] = f"CAST({own} AS TEXT)", "text"
     else:
         return False
     physical[column] = None

@@ -2,7 +2,7 @@
 
 Each test creates a database of its own on the server at 127.0.0.1:5432 (dropped afterwards) and
 loads the same rows (tests/dags/source_schemas.py) in another shape: ``BIGINT`` ids and one
-``TIMESTAMP`` column, ``VARCHAR`` ids with text dates and ``REAL`` money, renamed tables and
+``TIMESTAMP`` column (or a ``TIMESTAMP`` date column), ``VARCHAR`` ids with text dates and ``REAL`` money, renamed tables and
 columns in a schema the pipeline's role may only read (not on its ``search_path``) with
 ``TIMESTAMPTZ`` orders in a database whose time zone is not UTC, views with ``TIME WITH TIME
 ZONE`` and ``BOOLEAN`` flags, a database with ``DateStyle`` German, and one whose collation is a
@@ -69,15 +69,15 @@ def bigint_ids_and_timestamps(dbname, sessions, conversions, costs) -> dict:
     _load(dbname, """
         CREATE TABLE session_sources (session_id BIGINT PRIMARY KEY, user_id BIGINT, event_ts TIMESTAMP(0),
             channel_name TEXT, holder_engagement SMALLINT, closer_engagement SMALLINT, impression_interaction SMALLINT);
-        CREATE TABLE conversions (conv_id BIGINT PRIMARY KEY, user_id BIGINT, conv_ts TIMESTAMP, revenue DOUBLE PRECISION);
+        CREATE TABLE conversions (conv_id BIGINT PRIMARY KEY, user_id BIGINT, conv_date TIMESTAMP, conv_time TIME,
+            revenue DOUBLE PRECISION);
         CREATE TABLE session_costs (session_id BIGINT PRIMARY KEY, cost NUMERIC(12, 2));
     """, {
         "session_sources": [(s[0], s[1], f"{s[2]} {s[3]}", *s[4:]) for s in sessions],
-        "conversions": [(c[0], c[1], f"{c[2]} {c[3]}", c[4]) for c in conversions],
+        "conversions": [(c[0], c[1], c[2], *c[3:]) for c in conversions],  # a TIMESTAMP date column, at midnight
         "session_costs": costs,
     })
-    return {"session_sources": {"columns": {"event_timestamp": "event_ts"}},
-            "conversions": {"columns": {"conv_timestamp": "conv_ts"}}}
+    return {"session_sources": {"columns": {"event_timestamp": "event_ts"}}}
 
 
 def varchar_ids_text_dates_real_money(dbname, sessions, conversions, costs) -> dict:

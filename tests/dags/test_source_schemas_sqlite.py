@@ -1,7 +1,7 @@
 """Sources as SQLite warehouses hold them give the tables of the challenge schema, exactly.
 
 Each case loads the same rows (tests/dags/source_schemas.py) in another shape: integer ids and
-one ``TIMESTAMP`` column in place of date and time, ``VARCHAR`` ids and text dates without keys,
+one ``TIMESTAMP`` column in place of date and time (or a ``DATETIME`` date column), ``VARCHAR`` ids and text dates without keys,
 renamed tables and columns with timestamps at a UTC offset, views with ``TIME WITH TIME ZONE``,
 and points ``ATTRIBUTION_SOURCES`` at them. The run's tables must equal those of the run over the
 challenge schema; one case runs the whole DAG, the others the stages (tests/helpers.py).
@@ -34,15 +34,15 @@ def bigint_ids_and_timestamps(path, sessions, conversions, costs) -> dict:
     _load(path, """
         CREATE TABLE session_sources (session_id BIGINT PRIMARY KEY, user_id BIGINT, event_ts TIMESTAMP,
             channel_name TEXT, holder_engagement INT, closer_engagement INT, impression_interaction INT);
-        CREATE TABLE conversions (conv_id BIGINT PRIMARY KEY, user_id BIGINT, conv_ts TIMESTAMP, revenue DOUBLE);
+        CREATE TABLE conversions (conv_id BIGINT PRIMARY KEY, user_id BIGINT, conv_date DATETIME, conv_time TIME,
+            revenue DOUBLE);
         CREATE TABLE session_costs (session_id BIGINT PRIMARY KEY, cost NUMERIC(12, 2));
     """, {
         "session_sources": [(s[0], s[1], f"{s[2]} {s[3]}", *s[4:]) for s in sessions],
-        "conversions": [(c[0], c[1], f"{c[2]}T{c[3]}", c[4]) for c in conversions],
+        "conversions": [(c[0], c[1], f"{c[2]} 00:00:00", *c[3:]) for c in conversions],  # a date as a timestamp
         "session_costs": costs,
     })
-    return {"session_sources": {"columns": {"event_timestamp": "event_ts"}},
-            "conversions": {"columns": {"conv_timestamp": "conv_ts"}}}
+    return {"session_sources": {"columns": {"event_timestamp": "event_ts"}}}
 
 
 def varchar_ids_and_text_dates(path, sessions, conversions, costs) -> dict:
@@ -240,11 +240,11 @@ def test_setup_tables_fails_the_first_try_without_retries(dag, warehouse, monkey
     from ihc_attribution import tasks
 
     settings = json.loads(os.environ["ATTRIBUTION_SOURCES"])
-    settings["session_sources"]["columns"]["user_id"] = "visitor"
+    settings["session_sources"]["columns"]["user_id"] = "visitor_id"  # (SQLite names are case-blind)
     monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(settings))
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
     with pytest.raises(AirflowFailException) as info:
         tasks.setup_tables({"params": RANGE, "run_id": "manual__typo"})
     message = str(info.value)
-    assert "session_sources (main.Web Sessions)" in message and "has no column visitor" in message
+    assert "session_sources (main.Web Sessions)" in message and "has no column visitor_id" in message
     assert "not retried" in message and "\n" not in message

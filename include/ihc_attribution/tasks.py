@@ -185,6 +185,7 @@ def extract_journeys(context: Mapping[str, Any]) -> dict:
             created_at=created,
             answer_scope=scope,
             reuse_answers=reuse,
+            max_sessions=client.settings.max_sessions_per_request,
         )
     log.info("extracted %s", summary.as_dict())
     return summary.as_dict()

@@ -99,37 +99,30 @@ FROM {BUYER_SESSIONS} s
 """
 _UNCLEAN_USER_SESSIONS_SQL = _USER_SESSIONS_SQL + "WHERE s.clean = 0\n"
 
-# A session of the conversion's user is in its journey when strictly before it (and within the
-# look-back, if any).
+# A session of the conversion's user strictly before it (and within the look-back, if any).
 _IN_JOURNEY = """s.user_id = c.user_id
       AND ({event_date} < c.conv_date OR ({event_date} = c.conv_date AND {event_time} < c.conv_time))
       {lookback}"""
-# Latest first: the conversion flag marks the first session of a journey in this order (equal
-# timestamps broken by the larger session id, so the choice is deterministic), and a journey cut
-# to the API's max_sessions_per_request keeps the first ones (no more of it can be sent: see
-# packing.py).
+# Latest first: the conversion flag marks the first session of a journey in this order (ties broken
+# by the larger session id: deterministic), and a journey over the API's max_sessions_per_request
+# keeps the first ones (no more of it can be sent: see packing.py).
 _LATEST_FIRST = "{s}.event_date DESC, {s}.event_time DESC, {s}.session_id DESC"
 # Each journey's kept sessions are read from the index of the user's sessions, latest first, and
 # the reading stops at the limit: a user with a long history costs the sessions kept, not every
 # journey row (100,000 sessions and 30 conversions: 2.5 million rows). SQLite has no LATERAL.
 _KEPT_SESSIONS = {
-    "sqlite": """JOIN {buyer_sessions} j ON j.rowid IN (
-    SELECT s.rowid FROM {buyer_sessions} s WHERE {in_journey}
-    ORDER BY {latest_first} LIMIT ?
-)""",
-    "postgresql": """CROSS JOIN LATERAL (
-    SELECT s.* FROM {buyer_sessions} s WHERE {in_journey}
-    ORDER BY {latest_first} LIMIT ?
-) AS j""",
+    "sqlite": "JOIN {buyer_sessions} j ON j.rowid IN (\n"
+              "    SELECT s.rowid FROM {buyer_sessions} s WHERE {in_journey} ORDER BY {latest_first} LIMIT ?)",
+    "postgresql": "CROSS JOIN LATERAL (\n"
+                  "    SELECT s.* FROM {buyer_sessions} s WHERE {in_journey} ORDER BY {latest_first} LIMIT ?) AS j",
 }
 _JOURNEYS_SQL = """
 INSERT INTO attribution_stg_sessions (
     run_id, conv_id, session_id, event_ts, channel_name,
     holder_engagement, closer_engagement, impression_interaction, conversion
 )
-SELECT c.run_id, c.conv_id, j.session_id,
-       j.event_date || ' ' || j.event_time,
-       j.channel_name, j.holder_engagement, j.closer_engagement, j.impression_interaction,
+SELECT c.run_id, c.conv_id, j.session_id, j.event_date || ' ' || j.event_time, j.channel_name,
+       j.holder_engagement, j.closer_engagement, j.impression_interaction,
        CASE WHEN ROW_NUMBER() OVER (PARTITION BY c.conv_id ORDER BY {latest_first}) = 1 THEN 1 ELSE 0 END
 FROM attribution_stg_conversions c
 {kept_sessions}
@@ -138,9 +131,7 @@ WHERE c.run_id = ? AND c.status = 'ready'
 # Each journey's full length, cut or not (the oversized-journey policy and its record use it):
 # one count per conversion over the user's sessions in the index.
 _JOURNEY_LENGTHS_SQL = """
-UPDATE attribution_stg_conversions AS c SET n_sessions = (
-    SELECT COUNT(*) FROM {buyer_sessions} s WHERE {in_journey}
-)
+UPDATE attribution_stg_conversions AS c SET n_sessions = (SELECT COUNT(*) FROM {buyer_sessions} s WHERE {in_journey})
 WHERE c.run_id = ? AND c.status = 'ready'
 """
 # The staged conversion's date and time are text; PostgreSQL compares DATE and TIME columns
@@ -160,8 +151,7 @@ _LOOKBACK = {
 def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
     """The statement that stages the run's journeys (parameters: [look-back, ]sessions kept, run id).
 
-    Sessions kept: the most a journey keeps, its latest ones (``-1`` on SQLite and ``None`` on
-    PostgreSQL keep all).
+    Sessions kept: the latest this many of each journey (``-1`` on SQLite, ``None`` on PostgreSQL: all).
     """
     kept = _KEPT_SESSIONS[dialect].format(
         buyer_sessions=BUYER_SESSIONS, in_journey=_in_journey(dialect, lookback), latest_first=_LATEST_FIRST.format(s="s")

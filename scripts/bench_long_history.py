@@ -1,4 +1,4 @@
-"""Benchmark of ``extract_journeys`` for one user with a long history (README: Limits).
+"""Benchmark of ``extract_journeys`` for one user with a long history (docs/bench.md).
 
 Makes a SQLite database holding one user with ``--sessions`` sessions (one every 5 minutes) and
 ``--conversions`` conversions (one every 4 days, at the end of that history), extracts the
@@ -6,7 +6,7 @@ journeys of all of them in one run with the limit ``--max-sessions`` per request
 time, the journey rows staged and the growth of the file.
 
     python scripts/bench_long_history.py                      # 100,000 sessions, 30 conversions
-    python scripts/bench_long_history.py --stage-all          # every session staged, as version 0.3 did
+    python scripts/bench_long_history.py --stage-all          # every session staged
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from ihc_attribution.db import BYTE_ORDER, Database
+from ihc_attribution.errors import PermanentError
 from ihc_attribution.ihc_client import (
     IhcError,
     IhcRejectedJourneysError,
@@ -43,6 +44,33 @@ class PackSummary:
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+class StagedJourneysCutError(PermanentError, ValueError):
+    """The run's journeys were cut to fewer sessions than the session limit now allows."""
+
+
+# Journeys the extraction cut (fewer sessions staged than they hold) to fewer than the limit now:
+# max_sessions_per_request was raised after the run's journeys were extracted.
+_CUT_SHORT_SQL = """
+SELECT MIN(kept) FROM (
+    SELECT COUNT(*) AS kept FROM attribution_stg_conversions c
+    JOIN attribution_stg_sessions s ON s.run_id = c.run_id AND s.conv_id = c.conv_id
+    WHERE c.run_id = ? AND c.status = 'ready'
+    GROUP BY c.conv_id, c.n_sessions
+    HAVING COUNT(*) < c.n_sessions AND COUNT(*) < ?
+) AS cut
+"""
+
+
+def _check_staged_for(db: Database, run_id: str, max_sessions: int) -> None:
+    """Fail when the extraction kept fewer sessions of a journey than ``max_sessions`` lets be sent."""
+    kept = db.scalar(_CUT_SHORT_SQL, (run_id, max_sessions))
+    if kept is not None:
+        raise StagedJourneysCutError(
+            f"the journeys of run {run_id} were extracted for a limit of {kept} sessions per request, "
+            f"lower than max_sessions_per_request={max_sessions} now: re-run extract_journeys and the tasks after it"
+        )
 
 
 class IhcApi(Protocol):
@@ -82,6 +110,7 @@ def pack_requests(
             "DELETE FROM attribution_stg_issues WHERE run_id = ? AND reason IN (?, ?)",
             (run_id, OVERSIZED, API_REJECTED),
         )
+        _check_staged_for(db, run_id, max_sessions)
         journeys_sizes = dict(
             db.query(
                 "SELECT conv_id, n_sessions FROM attribution_stg_conversions "

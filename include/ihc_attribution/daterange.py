@@ -186,3 +186,21 @@ def resolve_run_range(
             "CronDataIntervalTimetable, or give start_date/end_date params"
         )
     return RunRange(start, end)
+
+
+#: The most calendar dates a run's range may touch (10 years): each one is a report date, with a
+#: row per run in the package's tables, whether it holds data or not.
+MAX_RANGE_DAYS = 3_660
+
+
+def check_range_length(run_range: RunRange) -> None:
+    """Refuse a range over :data:`MAX_RANGE_DAYS` calendar dates.
+
+    :raises RangeError: naming the range's dates and the limit, in one line.
+    """
+    days = (run_range.last_date - run_range.first_date).days + 1
+    if days > MAX_RANGE_DAYS:
+        raise RangeError(
+            f"the range {run_range.first_date}..{run_range.last_date} touches {days:,} dates, more than the "
+            f"{MAX_RANGE_DAYS:,} (10 years) a run accepts: split it into several runs"
+        )

@@ -101,26 +101,40 @@ FROM {BUYER_SESSIONS} s
 """
 _UNCLEAN_USER_SESSIONS_SQL = _USER_SESSIONS_SQL + "WHERE s.clean = 0\n"
 
-# The conversion flag marks the latest session of each journey; equal timestamps are broken by
-# the larger session id so the choice is deterministic. The user's sessions are read from the
-# index in that order, so the window needs no sort.
+# A session of the conversion's user strictly before it (and within the look-back, if any).
+_IN_JOURNEY = """s.user_id = c.user_id
+      AND ({event_date} < c.conv_date OR ({event_date} = c.conv_date AND {event_time} < c.conv_time))
+      {lookback}"""
+# Latest first: the conversion flag marks the first session of a journey in this order (ties broken
+# by the larger session id: deterministic), and a journey over the API's max_sessions_per_request
+# keeps the first ones (no more of it can be sent: see packing.py).
+_LATEST_FIRST = "{s}.event_date DESC, {s}.event_time DESC, {s}.session_id{byte_order} DESC"
+# Each journey's kept sessions are read from the index of the user's sessions, latest first, and
+# the reading stops at the limit: a user with a long history costs the sessions kept, not every
+# journey row (100,000 sessions and 30 conversions: 2.5 million rows). SQLite has no LATERAL.
+_KEPT_SESSIONS = {
+    "sqlite": "JOIN {buyer_sessions} j ON j.rowid IN (\n"
+              "    SELECT s.rowid FROM {buyer_sessions} s WHERE {in_journey} ORDER BY {latest_first} LIMIT ?)",
+    "postgresql": "CROSS JOIN LATERAL (\n"
+                  "    SELECT s.* FROM {buyer_sessions} s WHERE {in_journey} ORDER BY {latest_first} LIMIT ?) AS j",
+}
 _JOURNEYS_SQL = """
 INSERT INTO attribution_stg_sessions (
     run_id, conv_id, session_id, event_ts, channel_name,
     holder_engagement, closer_engagement, impression_interaction, conversion
 )
-SELECT c.run_id, c.conv_id, s.session_id,
-       s.event_date || ' ' || s.event_time,
-       s.channel_name, s.holder_engagement, s.closer_engagement, s.impression_interaction,
-       CASE WHEN ROW_NUMBER() OVER (
-           PARTITION BY c.conv_id
-           ORDER BY s.event_date DESC, s.event_time DESC, s.session_id{byte_order} DESC
-       ) = 1 THEN 1 ELSE 0 END
+SELECT c.run_id, c.conv_id, j.session_id, j.event_date || ' ' || j.event_time, j.channel_name,
+       j.holder_engagement, j.closer_engagement, j.impression_interaction,
+       CASE WHEN ROW_NUMBER() OVER (PARTITION BY c.conv_id ORDER BY {latest_first}) = 1 THEN 1 ELSE 0 END
 FROM attribution_stg_conversions c
-JOIN {buyer_sessions} s ON s.user_id = c.user_id
+{kept_sessions}
 WHERE c.run_id = ? AND c.status = 'ready'
-  AND ({event_date} < c.conv_date OR ({event_date} = c.conv_date AND {event_time} < c.conv_time))
-  {lookback}
+"""
+# Each journey's full length, cut or not (the oversized-journey policy and its record use it):
+# one count per conversion over the user's sessions in the index.
+_JOURNEY_LENGTHS_SQL = """
+UPDATE attribution_stg_conversions AS c SET n_sessions = (SELECT COUNT(*) FROM {buyer_sessions} s WHERE {in_journey})
+WHERE c.run_id = ? AND c.status = 'ready'
 """
 # The staged conversion's date and time are text; PostgreSQL compares DATE and TIME columns
 # with text only once cast (SQLite stores them as text already, and keeps its index use).
@@ -137,13 +151,26 @@ _LOOKBACK = {
 
 
 def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
-    """The statement that stages the run's journeys (parameters: run id[, look-back])."""
-    return _JOURNEYS_SQL.format(
+    """The statement that stages the run's journeys (parameters: [look-back, ]sessions kept, run id).
+
+    Sessions kept: the latest this many of each journey (``-1`` on SQLite, ``None`` on PostgreSQL: all).
+    """
+    byte_order = sources.BYTE_ORDER[dialect]
+    kept = _KEPT_SESSIONS[dialect].format(buyer_sessions=BUYER_SESSIONS, in_journey=_in_journey(dialect, lookback),
+                                          latest_first=_LATEST_FIRST.format(s="s", byte_order=byte_order))
+    return _JOURNEYS_SQL.format(kept_sessions=kept, latest_first=_LATEST_FIRST.format(s="j", byte_order=byte_order))
+
+
+def journey_lengths_sql(dialect: str, *, lookback: bool = False) -> str:
+    """The statement that sets each staged conversion's journey length (parameters: [look-back, ]run id)."""
+    return _JOURNEY_LENGTHS_SQL.format(buyer_sessions=BUYER_SESSIONS, in_journey=_in_journey(dialect, lookback))
+
+
+def _in_journey(dialect: str, lookback: bool) -> str:
+    return _IN_JOURNEY.format(
         lookback=_LOOKBACK[dialect] if lookback else "",
         event_date=_SESSION_DATE[dialect],
         event_time=_SESSION_TIME[dialect],
-        buyer_sessions=BUYER_SESSIONS,
-        byte_order=sources.BYTE_ORDER[dialect],
     )
 
 
@@ -229,6 +256,7 @@ def extract_journeys(
     created_at: str = "",
     answer_scope: str = "",
     reuse_answers: bool = True,
+    max_sessions: int | None = None,
 ) -> ExtractSummary:
     """Stage the run's conversions and journeys, quarantining what cannot be attributed.
 
@@ -238,6 +266,9 @@ def extract_journeys(
         conversion type and redistribution settings); part of every journey's fingerprint.
     :param reuse_answers: let journeys whose fingerprint another run's answer was given for keep
         that answer instead of being sent again (see :func:`reuse.reuse_other_runs_answers`).
+    :param max_sessions: stage only the latest this many sessions of each journey (the API's
+        ``max_sessions_per_request``: no more of a journey can be sent); the conversion keeps its
+        journey's full length. ``None`` stages every session.
     """
     summary = ExtractSummary()
     with db.transaction():
@@ -251,22 +282,11 @@ def extract_journeys(
         conversions.stage_conversions(db, run_id, run_range, summary)
         stage_buyer_sessions(db, run_id)
         _quarantine_invalid_sessions(db, run_id, lookback_days, summary)
-        params: list = [run_id]
-        if lookback_days is not None:
-            params.append(f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days))
-        db.execute(journeys_sql(db.dialect, lookback=lookback_days is not None), params)
+        _stage_journeys(db, run_id, lookback_days, max_sessions)
         if lookback_days is None:  # stored journeys are compared whole (see drift.py)
             ts = f"{_SESSION_DATE[db.dialect]} || ' ' || {_SESSION_TIME[db.dialect]}"
             summary.changed_elsewhere = drift.detect(db, run_id, BUYERS, BUYER_SESSIONS, ts)
         drop_buyer_sessions(db)
-        db.execute(
-            "UPDATE attribution_stg_conversions SET n_sessions = ("
-            " SELECT COUNT(*) FROM attribution_stg_sessions s"
-            " WHERE s.run_id = attribution_stg_conversions.run_id"
-            " AND s.conv_id = attribution_stg_conversions.conv_id)"
-            " WHERE run_id = ? AND status = 'ready'",
-            (run_id,),
-        )
         db.execute(
             "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) "
             "SELECT run_id, conv_id, ?, ? FROM attribution_stg_conversions "
@@ -278,11 +298,21 @@ def extract_journeys(
             "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
             (NO_SESSIONS, run_id),
         )
-        sizes = reuse.fingerprint_journeys(db, run_id, answer_scope)
+        reuse.fingerprint_journeys(db, run_id, answer_scope)
         if reuse_answers:
             summary.reused_answers = reuse.reuse_other_runs_answers(db, run_id)
+        sizes = [n for (n,) in db.query(
+            "SELECT n_sessions FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'", (run_id,))]
         summary.journeys, summary.sessions, summary.max_journey_sessions = len(sizes), sum(sizes), max(sizes, default=0)
     return summary
+
+
+def _stage_journeys(db: Database, run_id: str, lookback_days: int | None, max_sessions: int | None) -> None:
+    """Stage the run's journeys, each cut to its latest ``max_sessions`` sessions, and their full lengths."""
+    lookback = [] if lookback_days is None else [f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days)]
+    kept = int(max_sessions) if max_sessions is not None else (-1 if db.is_sqlite else None)
+    db.execute(journeys_sql(db.dialect, lookback=bool(lookback)), [*lookback, kept, run_id])
+    db.execute(journey_lengths_sql(db.dialect, lookback=bool(lookback)), [*lookback, run_id])
 
 
 def _quarantine_invalid_sessions(

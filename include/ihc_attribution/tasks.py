@@ -22,6 +22,7 @@ from ihc_attribution.daterange import (
     ParamError,
     RunRange,
     as_naive_utc,
+    check_range_length,
     day_before,
     parse_lookback_days,
     range_from_params,
@@ -153,6 +154,7 @@ def _ihc_hook(max_concurrency: int | None = None):
 def setup_tables(context: Mapping[str, Any]) -> dict:
     """Validate the run's range, check that the source tables can be read, and set up the package's tables."""
     rng = run_range(context)
+    check_range_length(rng)
     _lookback_days(context)
     log.info("run %s handles conversions in [%s, %s)", context.get("run_id"), rng.start_ts, rng.end_ts)
     retention_days = settings.staging_retention_days()
@@ -185,6 +187,7 @@ def extract_journeys(context: Mapping[str, Any]) -> dict:
             created_at=created,
             answer_scope=scope,
             reuse_answers=reuse,
+            max_sessions=client.settings.max_sessions_per_request,
         )
     log.info("extracted %s", summary.as_dict())
     return summary.as_dict()

@@ -7,7 +7,7 @@ import datetime as dt
 import pendulum
 import pytest
 
-from ihc_attribution.daterange import RangeError, resolve_run_range
+from ihc_attribution.daterange import MAX_RANGE_DAYS, RangeError, check_range_length, resolve_run_range
 
 
 def test_params_are_inclusive_dates():
@@ -91,3 +91,13 @@ def test_historical_and_edge_ranges(start, end, days):
     assert rng.dates()[0] == start and rng.dates()[-1] == end and len(rng.dates()) == days
     next_midnight = dt.date.fromisoformat(end) + dt.timedelta(days=1)
     assert rng.end_ts == f"{next_midnight.isoformat()} 00:00:00"
+
+
+def test_a_range_of_up_to_10_years_is_accepted_and_a_longer_one_refused_in_one_line():
+    first = dt.date(2015, 1, 1)
+    longest = resolve_run_range({"start_date": first, "end_date": first + dt.timedelta(days=MAX_RANGE_DAYS - 1)})
+    check_range_length(longest)
+    assert len(longest.dates()) == MAX_RANGE_DAYS
+    with pytest.raises(RangeError, match="2015-01-01..2025-01-08 touches 3,661 dates") as refused:
+        check_range_length(resolve_run_range({"start_date": first, "end_date": first + dt.timedelta(days=MAX_RANGE_DAYS)}))
+    assert "\n" not in str(refused.value)

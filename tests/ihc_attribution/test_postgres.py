@@ -143,3 +143,25 @@ def test_fixed_point_units_are_the_same_integers_on_both_engines(pg, decimals):
     got_pg = pg.query(sql.format(pg.units("x", decimals)))
     assert got_pg == got_lite
     assert dict(got_lite)[VALUES.index(2.5e-6)] == (3 if decimals == 6 else 0), "half away from zero"
+
+
+@pytest.mark.parametrize("policy", ["truncate", "skip"])
+def test_a_long_history_is_cut_before_staging_on_postgres_with_the_same_tables(tmp_path, pg, policy):
+    from tests.ihc_attribution.test_long_journeys import LIMIT, LONG_CONVERSIONS, long_history_db, run_both_ways
+
+    lite = long_history_db(tmp_path / "long.sqlite", sessions=4_000)
+    _copy_sources(lite, pg)
+    staging = ("attribution_stg_conversions", "attribution_stg_sessions", "attribution_stg_requests",
+               "attribution_stg_request_journeys", "attribution_stg_results", "attribution_stg_journey_keys",
+               "attribution_stg_answered", "attribution_stg_issues", "attribution_stg_report_dates")
+
+    def db_of(cut):  # the same database, its results and staging emptied between the two runs
+        with pg.transaction():
+            for table in ("attribution_customer_journey", "channel_reporting", "attribution_credit",
+                          "attribution_issues", *staging):
+                pg.execute(f"DELETE FROM {table}")
+        return pg
+
+    (whole_summary, whole_staged, whole_sent, whole), (summary, staged, sent, cut) = run_both_ways(db_of, policy, None)
+    assert staged <= (len(LONG_CONVERSIONS) + 1) * LIMIT < whole_staged
+    assert (sent, cut, summary) == (whole_sent, whole, whole_summary)

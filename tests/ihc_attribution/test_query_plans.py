@@ -88,11 +88,13 @@ def test_extraction_reads_session_sources_in_its_pass_only(traced):
 
 
 JOURNEY_QUERIES = {
-    "journeys": (journeys.journeys_sql("sqlite"), (RUN,)),
+    "journeys": (journeys.journeys_sql("sqlite"), (3000, RUN)),
     "journeys with look-back": (
         journeys.journeys_sql("sqlite", lookback=True),
-        (RUN, "-30 days"),
+        ("-30 days", 3000, RUN),
     ),
+    "journey lengths": (journeys.journey_lengths_sql("sqlite"), (RUN,)),
+    "journey lengths with look-back": (journeys.journey_lengths_sql("sqlite", lookback=True), ("-30 days", RUN)),
 }
 
 
@@ -104,9 +106,14 @@ def test_journeys_find_the_copied_sessions_by_user(db_path, name):
     assert any(
         re.match(r"^SEARCH (TABLE )?s USING COVERING INDEX attribution_tmp_ix_buyer_sessions \(user_id=\?", step)
         for step in steps
-    ), steps  # covering: no session is looked up in the table
-    # The index gives each user's sessions in the order of the conversion flag: no sort.
-    assert not any("TEMP B-TREE" in step for step in steps), steps
+    ), steps  # covering: no session is looked up in the table to be counted or chosen
+    # The index gives each user's sessions latest first: a journey's kept sessions are read in
+    # that order and the reading stops at the limit. Only the sessions kept are looked up, and
+    # only they are sorted, per conversion, for the conversion flag: never every journey row.
+    assert not any(re.match(r"^USE TEMP B-TREE FOR (ORDER BY|GROUP BY)", step) for step in steps), steps
+    assert not scans_of(steps, "s", "j"), steps
+    if name.startswith("journeys"):
+        assert "SEARCH j USING INTEGER PRIMARY KEY (rowid=?)" in steps, steps
 
 
 def test_report_reads_only_the_package_s_tables_through_their_date_index(db_path):

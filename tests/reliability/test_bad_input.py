@@ -370,6 +370,8 @@ BAD_PARAMS = [
     pytest.param({"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": True}, ValueError,
                  "lookback_days", id="lookback-boolean"),
     pytest.param({"start_date": "2024-01-01"}, RangeError, "end_date is missing", id="start-only"),
+    pytest.param({"start_date": "0001-01-01", "end_date": "9999-12-30"}, RangeError,
+                 r"touches 3,652,058 dates, more than the 3,660 \(10 years\)", id="range-beyond-10-years"),
 ]
 
 

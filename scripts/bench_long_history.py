@@ -1,0 +1,69 @@
+"""Benchmark of ``extract_journeys`` for one user with a long history (docs/bench.md).
+
+Makes a SQLite database holding one user with ``--sessions`` sessions (one every 5 minutes) and
+``--conversions`` conversions (one every 4 days, at the end of that history), extracts the
+journeys of all of them in one run with the limit ``--max-sessions`` per request, and prints the
+time, the journey rows staged and the growth of the file.
+
+    python scripts/bench_long_history.py                      # 100,000 sessions, 30 conversions
+    python scripts/bench_long_history.py --stage-all          # every session staged
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import sqlite3
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ihc_attribution import journeys, schema
+from ihc_attribution.daterange import range_from_params
+from ihc_attribution.db import Database
+
+
+def make_db(path: Path, sessions: int, conversions: int) -> None:
+    """One user's ``sessions`` sessions, and ``conversions`` conversions over its last months."""
+    conn = sqlite3.connect(path)
+    conn.executescript(schema.challenge_ddl())
+    first = dt.datetime(2023, 1, 1)
+    times = [first + dt.timedelta(minutes=5 * i) for i in range(sessions)]
+    conn.executemany("INSERT INTO session_sources VALUES (?, 'u1', ?, ?, 'Referral', 1, 1, 0)",
+                     [(f"s{i:06d}", t.strftime("%Y-%m-%d"), t.strftime("%H:%M:%S")) for i, t in enumerate(times)])
+    ends = [times[-1] - dt.timedelta(hours=96 * k - 1) for k in range(conversions)]
+    conn.executemany("INSERT INTO conversions VALUES (?, 'u1', ?, ?, 10.0)",
+                     [(f"c{k:03d}", t.strftime("%Y-%m-%d"), t.strftime("%H:%M:%S")) for k, t in enumerate(ends)])
+    conn.commit()
+    conn.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sessions", type=int, default=100_000, help="sessions of the user (default 100,000)")
+    p.add_argument("--conversions", type=int, default=30, help="conversions of the user (default 30)")
+    p.add_argument("--max-sessions", type=int, default=3000, help="max_sessions_per_request (default 3,000)")
+    p.add_argument("--stage-all", action="store_true", help="stage every session of every journey")
+    args = p.parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "long_history.db"
+        make_db(path, args.sessions, args.conversions)
+        db = Database.connect_sqlite(str(path))
+        schema.ensure_schema(db)
+        size = path.stat().st_size
+        cut = {} if args.stage_all else {"max_sessions": args.max_sessions}
+        started = time.perf_counter()
+        summary = journeys.extract_journeys(db, "r1", range_from_params({"start_date": "2000-01-01",
+                                                                         "end_date": "2099-12-31"}), **cut)
+        took = time.perf_counter() - started
+        staged = db.scalar("SELECT COUNT(*) FROM attribution_stg_sessions")
+        db.close()
+        print(f"extract_journeys {took:.1f} s; {summary.journeys} journeys of {summary.sessions:,} sessions "
+              f"(longest {summary.max_journey_sessions:,}); {staged:,} journey rows staged; "
+              f"database {size / 1e6:.1f} MB -> {path.stat().st_size / 1e6:.1f} MB")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -17,8 +17,8 @@ import pytest
 
 from ihc_attribution import schema, sources
 from ihc_attribution.db import Database
-from tests.dags.source_schemas import RANGE, csv_bytes, issue_dates, result_tables, source_rows, utc_text
-from tests.helpers import make_db, run_stages
+from tests.dags.source_schemas import RANGE, csv_bytes, issue_dates, payloads, result_tables, source_rows, utc_text
+from tests.helpers import FakeIhcClient, make_db, run_stages
 
 
 
@@ -106,9 +106,10 @@ def _run(path, run_id: str) -> dict[str, list]:
     try:
         schema.check_sources(db)
         out = path.parent / f"{path.stem}-out"
-        run_stages(db, run_id, RANGE["start_date"], RANGE["end_date"], max_journeys=7, output_dir=out)
+        client = FakeIhcClient()
+        run_stages(db, run_id, RANGE["start_date"], RANGE["end_date"], client, max_journeys=7, output_dir=out)
         return {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn),
-                "csv": csv_bytes(out)}
+                "csv": csv_bytes(out), "requests sent": payloads(client)}
     finally:
         db.close()
 

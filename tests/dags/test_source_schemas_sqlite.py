@@ -295,3 +295,16 @@ def test_a_missing_sources_file_fails_at_once_and_is_not_created(tmp_path, monke
     with pytest.raises(PermanentError, match=f"the SQLite file {missing} to attach as raw does not exist"):
         Database.connect_sqlite(str(make_db(tmp_path / "warehouse.db")))
     assert not missing.exists()
+
+
+def test_an_attached_sources_file_refuses_writes_through_the_package_s_connection(tmp_path, monkeypatch):
+    path = tmp_path / "warehouse.db"
+    monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(renamed_in_an_attached_file(path, *source_rows(users=3))))
+    db = Database.connect_sqlite(str(path))
+    try:
+        with db.transaction():
+            assert db.scalar('SELECT COUNT(*) FROM raw."Orders"') > 0
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                db.execute('DELETE FROM raw."Orders"')
+    finally:
+        db.close()

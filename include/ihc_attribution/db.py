@@ -85,6 +85,7 @@ class Database:
             # surrogates instead of failing the whole query: validation quarantines the row, and
             # the CSV writes the bytes back unchanged.
             conn.text_factory = _decode_text
+            attach_source_files(conn)
         else:
             # For this session only: dates cast to text read YYYY-MM-DD whatever the database's
             # DateStyle (a setting of the user's, which the package never changes).
@@ -315,6 +316,33 @@ def pg_text_not_a_date(column: str) -> str:
         f"THEN CAST(substr({c}, 9, 2) AS INT) <= EXTRACT(DAY FROM CAST(substr({c}, 1, 7) || '-01' AS DATE) "
         "+ INTERVAL '1 month' - INTERVAL '1 day') ELSE FALSE END)"
     )
+
+
+def attach_source_files(conn: sqlite3.Connection) -> None:
+    """Attach the SQLite files ``$ATTRIBUTION_SOURCES`` reads sources from, read-only, to this connection.
+
+    ``ATTACH`` is a setting of the connection, and ``mode=ro`` refuses any write through it: the
+    files are never changed.
+
+    :raises PermanentError: when a file does not exist (attaching would create it) or this SQLite
+        does not read URI file names (``mode=ro`` would be taken for part of the name).
+    """
+    from urllib.parse import quote
+
+    from ihc_attribution import settings
+    from ihc_attribution.errors import PermanentError
+
+    try:
+        files = settings.sqlite_source_files()
+    except ValueError as exc:
+        raise PermanentError(str(exc)) from None
+    if files and ("USE_URI",) not in conn.execute("PRAGMA compile_options").fetchall():
+        raise PermanentError("ATTRIBUTION_SOURCES: this SQLite library cannot attach files read-only (no URI file names)")
+    for name, path in files.items():
+        path = os.path.abspath(os.path.expanduser(path))
+        if not os.path.isfile(path):
+            raise PermanentError(f"ATTRIBUTION_SOURCES: the SQLite file {path} to attach as {name} does not exist")
+        conn.execute(f'ATTACH DATABASE ? AS "{name.replace(chr(34), chr(34) * 2)}"', (f"file:{quote(path)}?mode=ro",))
 
 
 def sorter_threads() -> int:

@@ -219,7 +219,8 @@ def source_tables() -> dict[str, dict]:
     columns), e.g. ``{"conversions": {"schema": "raw", "table": "Orders", "columns": {"conv_id":
     "order_id", "conv_timestamp": "ordered_at"}}}``. ``schema`` and ``table`` are names, taken
     exactly (quoted: case and spaces kept); with a schema the table is found there whatever the
-    ``search_path``. ``columns`` maps a column the pipeline reads to yours; ``event_timestamp`` /
+    ``search_path``; on SQLite a schema is a database of the connection, and ``sqlite_file`` a file
+    attached (read-only) under that name. ``columns`` maps a column the pipeline reads to yours; ``event_timestamp`` /
     ``conv_timestamp`` name one ``TIMESTAMP`` or ``TIMESTAMPTZ`` column in place of the date and
     time columns. Returns ``{table: {"schema": str | None, "table": str, "columns": {name: yours}}}``
     for the tables given.
@@ -244,8 +245,11 @@ def _source_table(name: str, spec: object) -> dict:
     where = f"ATTRIBUTION_SOURCES[{name!r}]"
     if name not in SOURCE_COLUMNS:
         raise ValueError(f"{where}: unknown source table; the sources are {', '.join(SOURCE_COLUMNS)}")
-    if not isinstance(spec, dict) or set(spec) - {"schema", "table", "columns"}:
-        raise ValueError(f"{where} must be an object with the keys schema, table and columns")
+    if not isinstance(spec, dict) or set(spec) - {"schema", "table", "columns", "sqlite_file"}:
+        raise ValueError(f"{where} must be an object with the keys schema, table, columns and sqlite_file")
+    if "sqlite_file" in spec and (not isinstance(spec["sqlite_file"], str) or not spec["sqlite_file"].strip()
+                                  or spec.get("schema") in (None, "main", "temp")):
+        raise ValueError(f"{where}: sqlite_file needs a path, and a schema (not main or temp) to attach it as")
     schema, table, columns = spec.get("schema"), spec.get("table", name), spec.get("columns", {})
     if not all(isinstance(v, str) and v.strip() for v in (table, *([schema] if schema is not None else []))):
         raise ValueError(f"{where}: schema and table must be non-empty names")
@@ -261,4 +265,15 @@ def _source_table(name: str, spec: object) -> dict:
     odd = [n for n in (schema or "", table, *columns.values()) if set(n) & set("?%\0")]
     if odd:  # "?" and "%" are the drivers' placeholders, even inside a quoted name
         raise ValueError(f"{where}: the name {odd[0]!r} holds ?, % or NUL, which the package cannot quote")
-    return {"schema": schema, "table": table, "columns": dict(columns)}
+    found = {"schema": schema, "table": table, "columns": dict(columns)}
+    return {**found, "sqlite_file": spec["sqlite_file"]} if "sqlite_file" in spec else found
+
+
+def sqlite_source_files() -> dict[str, str]:
+    """The SQLite files of ``$ATTRIBUTION_SOURCES`` (``sqlite_file``), by the schema each is attached as."""
+    files: dict[str, str] = {}
+    for name, spec in source_tables().items():
+        if "sqlite_file" in spec:
+            if files.setdefault(spec["schema"], spec["sqlite_file"]) != spec["sqlite_file"]:
+                raise ValueError(f"ATTRIBUTION_SOURCES[{name!r}]: schema {spec['schema']} is given two sqlite_files")
+    return files

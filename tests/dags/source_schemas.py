@@ -64,10 +64,26 @@ def result_tables(query: Callable[[str], list]) -> dict[str, list]:
         "attribution_issues": sorted(tuple(r) for r in query("SELECT conv_id, reason, detail FROM attribution_issues")),
         "channel_reporting": sorted(
             tuple(r) for r in query("SELECT channel_name, CAST(date AS TEXT), cost, ihc, ihc_revenue FROM channel_reporting")),
+        # each session's credit under the rule-based models: first and last touch break ties by the id
+        "attribution_credit": sorted(tuple(r) for r in query(
+            "SELECT conv_id, session_id, first_touch_e4, last_touch_e4, linear_e4, position_e4 FROM attribution_credit")),
+        # each journey's fingerprint (its sessions in order), which decides whether an answer is reused
+        "journey fingerprints": sorted(tuple(r) for r in query("SELECT conv_id, journey_hash FROM attribution_stg_journey_keys")),
         # the session each journey's conversion flag marks: the latest, ties broken by the larger id
         "conversion flags": sorted(
             tuple(r) for r in query("SELECT conv_id, session_id FROM attribution_stg_sessions WHERE conversion = 1")),
     }
+
+
+def payloads(client) -> list[list[tuple]]:
+    """What a :class:`tests.helpers.FakeIhcClient` was sent: each request's rows, in the order sent."""
+    return [[(r["conversion_id"], r["session_id"], r["conversion"]) for r in request.rows] for request in client.sent]
+
+
+def csv_bytes(folder) -> bytes:
+    """The one CSV the run exported to ``folder`` (rows by date and channel, in byte order)."""
+    (found,) = list(folder.glob("channel_reporting_*.csv"))
+    return found.read_bytes()
 
 
 def issue_dates(conn) -> list[tuple]:

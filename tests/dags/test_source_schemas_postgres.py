@@ -22,8 +22,8 @@ import pytest
 
 from ihc_attribution import schema, sources
 from ihc_attribution.db import Database
-from tests.dags.source_schemas import RANGE, issue_dates, result_tables, source_rows, utc_text
-from tests.helpers import make_db, run_stages
+from tests.dags.source_schemas import RANGE, csv_bytes, issue_dates, payloads, result_tables, source_rows, utc_text
+from tests.helpers import FakeIhcClient, make_db, run_stages
 
 psycopg2 = pytest.importorskip("psycopg2")
 PG = {"host": "127.0.0.1", "port": 5432, "connect_timeout": 3}
@@ -168,8 +168,11 @@ def challenge_tables(tmp_path_factory):
         path = make_db(tmp_path_factory.mktemp("challenge") / "challenge.db", *source_rows(int_ids=int_ids))
         db = Database.connect_sqlite(str(path))
         try:
-            run_stages(db, "r", RANGE["start_date"], RANGE["end_date"], max_journeys=7)
-            out[int_ids] = {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn)}
+            client = FakeIhcClient()
+            run_stages(db, "r", RANGE["start_date"], RANGE["end_date"], client, max_journeys=7,
+                       output_dir=path.parent / "out")
+            out[int_ids] = {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn),
+                            "csv": csv_bytes(path.parent / "out"), "requests sent": payloads(client)}
         finally:
             db.close()
     return out
@@ -181,15 +184,17 @@ def _pipeline_db(dbname: str, options: str | None) -> Database:
 
 
 @pytest.mark.parametrize("case", list(CASES))
-def test_a_warehouse_schema_gives_the_tables_of_the_challenge_schema(case, challenge_tables, monkeypatch):
+def test_a_warehouse_schema_gives_the_tables_of_the_challenge_schema(case, challenge_tables, monkeypatch, tmp_path):
     load, int_ids, create, settings, options = CASES[case]
     with _database(create, settings) as dbname:
         monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(load(dbname, *source_rows(int_ids=int_ids))))
         db = _pipeline_db(dbname, options)
         try:
             schema.check_sources(db)
-            run_stages(db, "r", RANGE["start_date"], RANGE["end_date"], max_journeys=7)
-            got = {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn)}
+            client = FakeIhcClient()
+            run_stages(db, "r", RANGE["start_date"], RANGE["end_date"], client, max_journeys=7, output_dir=tmp_path)
+            got = {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn),
+                   "csv": csv_bytes(tmp_path), "requests sent": payloads(client)}
             ordered = db.scalar("SELECT 'B1' < 'a1'")
         finally:
             db.close()

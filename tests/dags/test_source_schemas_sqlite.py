@@ -1,8 +1,9 @@
 """Sources as SQLite warehouses hold them give the tables of the challenge schema, exactly.
 
 Each case loads the same rows (tests/dags/source_schemas.py) in another shape: integer ids and
-one ``TIMESTAMP`` column in place of date and time (or a ``DATETIME`` date column), ``VARCHAR`` ids and text dates without keys,
-renamed tables and columns with timestamps at a UTC offset, views with ``TIME WITH TIME ZONE``,
+one ``TIMESTAMP`` column in place of date and time (or a ``DATETIME`` date column), ``VARCHAR``
+ids and text dates without keys, renamed tables and columns with timestamps at a UTC offset,
+views with ``TIME WITH TIME ZONE``, renamed tables in a file of their own (attached read-only),
 and points ``ATTRIBUTION_SOURCES`` at them. The run's tables must equal those of the run over the
 challenge schema; one case runs the whole DAG, the others the stages (tests/helpers.py).
 """
@@ -17,8 +18,8 @@ import pytest
 
 from ihc_attribution import schema, sources
 from ihc_attribution.db import Database
-from tests.dags.source_schemas import RANGE, issue_dates, result_tables, source_rows, utc_text
-from tests.helpers import make_db, run_stages
+from tests.dags.source_schemas import RANGE, csv_bytes, issue_dates, payloads, result_tables, source_rows, utc_text
+from tests.helpers import FakeIhcClient, make_db, run_stages
 
 
 
@@ -93,11 +94,21 @@ def views_with_time_zones(path, sessions, conversions, costs) -> dict:
             "session_costs": {"table": "v_costs"}}
 
 
+def renamed_in_an_attached_file(path, sessions, conversions, costs) -> dict:
+    """The sources in a file of their own; the pipeline's file holds only its tables."""
+    settings = renamed_tables_and_columns(path.parent / "raw sources.db", sessions, conversions, costs)
+    sqlite3.connect(path).close()
+    for spec in settings.values():
+        spec.update(schema="raw", sqlite_file=str(path.parent / "raw sources.db"))
+    return settings
+
+
 CASES = {
     "bigint ids, one timestamp column": (bigint_ids_and_timestamps, True),
     "varchar ids, text dates, no keys": (varchar_ids_and_text_dates, False),
     "renamed tables and columns, timestamps at +02:00": (renamed_tables_and_columns, False),
     "views, time with time zone": (views_with_time_zones, False),
+    "renamed tables in an attached file": (renamed_in_an_attached_file, False),
 }
 
 
@@ -105,8 +116,11 @@ def _run(path, run_id: str) -> dict[str, list]:
     db = Database.connect_sqlite(str(path))
     try:
         schema.check_sources(db)
-        run_stages(db, run_id, RANGE["start_date"], RANGE["end_date"], max_journeys=7)
-        return {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn)}
+        out = path.parent / f"{path.stem}-out"
+        client = FakeIhcClient()
+        run_stages(db, run_id, RANGE["start_date"], RANGE["end_date"], client, max_journeys=7, output_dir=out)
+        return {**result_tables(db.query), "issues as the report pages date them": issue_dates(db.conn),
+                "csv": csv_bytes(out), "requests sent": payloads(client)}
     finally:
         db.close()
 
@@ -118,14 +132,18 @@ def test_a_warehouse_schema_gives_the_tables_of_the_challenge_schema(case, tmp_p
     monkeypatch.delenv("ATTRIBUTION_SOURCES", raising=False)
     expected = _run(make_db(tmp_path / "challenge.db", *rows), "r")
     monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(build(tmp_path / "warehouse.db", *rows)))
+    sources_file = tmp_path / "raw sources.db"
+    before = sources_file.read_bytes() if sources_file.exists() else None
     got = _run(tmp_path / "warehouse.db", "r")
+    if before is not None:
+        assert sources_file.read_bytes() == before, "the attached sources are never written"
     assert all(expected.values()) and any(r == "no_sessions" for _, r, _ in expected["attribution_issues"])
     assert all(date for _, date in expected["issues as the report pages date them"])
     assert got == expected
 
 
-def test_the_dag_reads_renamed_sources(dag, tmp_path, monkeypatch):
-    """The whole DAG through the connection, against the local IHC server, on both schemas."""
+def test_the_dag_reads_renamed_sources_in_an_attached_file(dag, tmp_path, monkeypatch):
+    """The whole DAG through the connection (the provider's hook), against the local IHC server, on both schemas."""
     from ihc_attribution_dev.server.config import ServerConfig
     from ihc_attribution_dev.server.testing import serve
 
@@ -141,7 +159,7 @@ def test_the_dag_reads_renamed_sources(dag, tmp_path, monkeypatch):
             if name == "challenge":
                 make_db(path, *rows)
             else:
-                monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(renamed_tables_and_columns(path, *rows)))
+                monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(renamed_in_an_attached_file(path, *rows)))
             monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(path)}))
             monkeypatch.setenv("ATTRIBUTION_OUTPUT_BASE_URL", str(tmp_path / f"{name}-out"))
             dagrun = dag.test(run_conf=RANGE)
@@ -203,8 +221,10 @@ def test_a_missing_table_or_schema_fails_naming_where_it_looked(warehouse, monke
     ("conversions=orders", "not valid JSON"),
 ])
 def test_a_malformed_setting_fails_saying_what_is_wrong(warehouse, monkeypatch, setting, says):
+    from ihc_attribution.errors import PermanentError  # not retried
+
     monkeypatch.setenv("ATTRIBUTION_SOURCES", setting)
-    with pytest.raises(sources.SourceTableError, match=says):
+    with pytest.raises(PermanentError, match=says):
         _check(warehouse)
 
 
@@ -248,3 +268,43 @@ def test_setup_tables_fails_the_first_try_without_retries(dag, warehouse, monkey
     message = str(info.value)
     assert "session_sources (main.Web Sessions)" in message and "has no column visitor_id" in message
     assert "not retried" in message and "\n" not in message
+
+
+def test_the_report_pages_read_an_attached_sources_file_too(dag, tmp_path, monkeypatch):
+    from ihc_attribution.report_ui import sources as pages
+
+    rows = source_rows(users=20)
+    path = tmp_path / "warehouse.db"
+    monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(renamed_in_an_attached_file(path, *rows)))
+    _run(path, "r")
+    monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    db = pages.open_db()
+    try:
+        issues = pages.read_issues(db)
+    finally:
+        db.close()
+    assert issues.latest and all(issue.conv_date for issue in issues.latest)
+
+
+def test_a_missing_sources_file_fails_at_once_and_is_not_created(tmp_path, monkeypatch):
+    from ihc_attribution.errors import PermanentError
+
+    missing = tmp_path / "typo_sources.db"
+    monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(
+        {"conversions": {"schema": "raw", "table": "Orders", "sqlite_file": str(missing)}}))
+    with pytest.raises(PermanentError, match=f"the SQLite file {missing} to attach as raw does not exist"):
+        Database.connect_sqlite(str(make_db(tmp_path / "warehouse.db")))
+    assert not missing.exists()
+
+
+def test_an_attached_sources_file_refuses_writes_through_the_package_s_connection(tmp_path, monkeypatch):
+    path = tmp_path / "warehouse.db"
+    monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(renamed_in_an_attached_file(path, *source_rows(users=3))))
+    db = Database.connect_sqlite(str(path))
+    try:
+        with db.transaction():
+            assert db.scalar('SELECT COUNT(*) FROM raw."Orders"') > 0
+            with pytest.raises(sqlite3.OperationalError, match="readonly"):
+                db.execute('DELETE FROM raw."Orders"')
+    finally:
+        db.close()

@@ -174,9 +174,14 @@ def open_db(conn_id: str | None = None) -> ReportDb:
             raise DatabaseUnavailable(f"database file {path} does not exist")
         uri = "file:" + path.as_posix().replace("?", "%3f").replace("#", "%23") + "?mode=ro"
         try:
-            return ReportDb(sqlite3.connect(uri, uri=True, timeout=SQLITE_TIMEOUT_SECONDS), str(path))
+            conn = sqlite3.connect(uri, uri=True, timeout=SQLITE_TIMEOUT_SECONDS)
         except sqlite3.Error as exc:
             raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        with contextlib.suppress(Exception):  # without the sources' files, issues show no conversion date
+            from ihc_attribution.db import attach_source_files
+
+            attach_source_files(conn)
+        return ReportDb(conn, str(path))
     try:
         conn = connection.get_hook().get_conn()
         # psycopg 2 and 3 alike: no transaction is left open between page queries, and the

@@ -886,17 +886,19 @@ def test_postgres_reads_the_same_figures_as_sqlite(db_path):
 
 
 def test_the_pages_postgres_connection_refuses_writes(monkeypatch):
-    """The pages read through a session that PostgreSQL itself keeps read-only."""
+    """The pages read through a session that PostgreSQL itself keeps read-only, with dates in ISO."""
     psycopg2 = pytest.importorskip("psycopg2")
     try:
         psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test", connect_timeout=3).close()
     except psycopg2.OperationalError as exc:
         pytest.skip(f"no PostgreSQL server: {exc}")
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps(
-        {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": "test"}))
+        {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": "test",
+         "extra": {"options": "-cDateStyle=German"}}))  # as a database's own setting would have it
     db = sources.open_db()
     try:
         assert db.query("SELECT 1") == [(1,)]
+        assert db.query("SELECT CAST(DATE '2024-01-02' AS TEXT)") == [("2024-01-02",)]
         with pytest.raises(Exception, match="read-only transaction"):
             db.query("CREATE TABLE attribution_written_through_the_page (x INT)")
     finally:

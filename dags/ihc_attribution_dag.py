@@ -37,6 +37,7 @@ from airflow.sdk import (
 )
 
 from ihc_attribution import settings
+from ihc_attribution.errors import NoRetryOnPermanentFailure
 from ihc_attribution.notify import RunFailureNotifier, deadline_missed, log_task_failure
 
 # Each task imports its stage when it runs: the stages pull in pandas and requests, which the
@@ -96,6 +97,8 @@ SCHEDULE = (
         "retries": RETRIES,
         "retry_delay": timedelta(seconds=30),
         "retry_exponential_backoff": True,
+        # A bad param or a failed check fails its task in one log line, without a retry.
+        "retry_policy": NoRetryOnPermanentFailure(),
         "execution_timeout": TASK_TIMEOUT,
         "on_failure_callback": log_task_failure,
     },
@@ -125,11 +128,14 @@ SCHEDULE = (
             title="End date",
             description="Last conversion date of a manual run (inclusive, YYYY-MM-DD).",
         ),
+        # The bounds are exclusive on purpose: the trigger form's number field clamps a typed value
+        # to `minimum`/`maximum` (0 would become 1 without a word), while these leave the value as
+        # typed and Airflow refuses the run when it is created, naming the param.
         "lookback_days": Param(
             None,
             type=["null", "integer"],
-            minimum=1,
-            maximum=36600,
+            exclusiveMinimum=0,
+            exclusiveMaximum=36601,
             title="Look-back window (days)",
             description="Only sessions at most this many days before a conversion belong to its "
             "journey. Empty: unlimited. Use the same value for every run over the same data.",

@@ -16,6 +16,7 @@ from typing import Any
 from airflow.sdk import BaseNotifier
 
 from ihc_attribution import settings
+from ihc_attribution.errors import PermanentFailure
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def failure_message(context: dict[str, Any]) -> str:
     if task_id:
         parts.append(f"in task {task_id}")
     reason = context.get("reason") or context.get("exception")
-    if reason:
+    # A PermanentFailure's message names its error (the task failure callback appends it).
+    if reason and not isinstance(reason, PermanentFailure):
         parts.append(f"({type(reason).__name__ if isinstance(reason, BaseException) else reason})")
     if url:
         parts.append(f"log: {url}")

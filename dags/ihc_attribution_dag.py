@@ -39,6 +39,7 @@ from airflow.sdk import (
 from ihc_attribution import settings
 from ihc_attribution.errors import NoRetryOnPermanentFailure
 from ihc_attribution.notify import RunFailureNotifier, deadline_missed, log_task_failure
+from ihc_attribution.readiness import WaitForData
 
 # Each task imports its stage when it runs: the stages pull in pandas and requests, which the
 # dag-processor need not load each time it parses this file.
@@ -73,6 +74,10 @@ CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://
 # `Asset("postgres://...")` or on the alias.
 REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
 
+
+# With $ATTRIBUTION_WAIT_FOR_DATA_MINUTES set, a run of the latest day starts by waiting (deferred
+# to the triggerer, holding no worker slot) until that day has conversions, at most that long.
+WAIT_FOR_DATA_MINUTES = settings.wait_for_data_minutes()
 
 # Daily at $ATTRIBUTION_SCHEDULE_CRON (UTC, default midnight); with $ATTRIBUTION_SOURCE_ASSET set,
 # an update of that asset by the users' loader starts a run too, so the day is attributed as soon
@@ -220,8 +225,16 @@ def ihc_attribution():
 
         return tasks.check_run(get_current_context())
 
+    first = setup_tables()
+    if WAIT_FOR_DATA_MINUTES > 0:
+        WaitForData(
+            task_id="wait_for_data",
+            wait_minutes=WAIT_FOR_DATA_MINUTES,
+            poke_seconds=settings.wait_poke_seconds(),
+            doc_md="Waits, deferred, until the run's last day has conversions (ATTRIBUTION_WAIT_FOR_DATA_MINUTES).",
+        ) >> first
     (
-        setup_tables()
+        first
         >> extract_journeys()
         >> pack_requests()
         >> call_ihc_api()

@@ -142,6 +142,26 @@ def source_asset_uri() -> str:
     return _text("ATTRIBUTION_SOURCE_ASSET")
 
 
+def wait_for_data_minutes() -> float:
+    """``$ATTRIBUTION_WAIT_FOR_DATA_MINUTES``: how long a run of the latest day waits for its conversions (0: off).
+
+    Above 0 the DAG starts with the task ``wait_for_data`` (see :mod:`ihc_attribution.readiness`);
+    off (the default), the DAG has no such task.
+    """
+    minutes = env_float("ATTRIBUTION_WAIT_FOR_DATA_MINUTES", 0)
+    if minutes < 0:
+        raise ValueError(f"ATTRIBUTION_WAIT_FOR_DATA_MINUTES={minutes:g} must be 0 (off) or more")
+    return minutes
+
+
+def wait_poke_seconds() -> float:
+    """``$ATTRIBUTION_WAIT_POKE_SECONDS``: how often the wait counts the day's conversions again (default 60)."""
+    seconds = env_float("ATTRIBUTION_WAIT_POKE_SECONDS", 60)
+    if seconds <= 0:
+        raise ValueError(f"ATTRIBUTION_WAIT_POKE_SECONDS={seconds:g} must be above 0")
+    return seconds
+
+
 def late_data_days() -> int:
     """``$ATTRIBUTION_LATE_DATA_DAYS``: days before its interval a scheduled run covers again (default 3).
 

@@ -38,7 +38,7 @@ from airflow.sdk import (
 
 from ihc_attribution import settings
 from ihc_attribution.errors import NoRetryOnPermanentFailure
-from ihc_attribution.notify import RunFailureNotifier, deadline_missed, log_task_failure
+from ihc_attribution.notify import deadline_missed, failure_callbacks, log_task_failure
 from ihc_attribution.readiness import WaitForData
 
 # Each task imports its stage when it runs: the stages pull in pandas and requests, which the
@@ -107,7 +107,8 @@ SCHEDULE = (
         "execution_timeout": TASK_TIMEOUT,
         "on_failure_callback": log_task_failure,
     },
-    on_failure_callback=RunFailureNotifier(),
+    # The alert webhook, plus the notifiers $ATTRIBUTION_FAILURE_NOTIFIERS names (e-mail, Slack).
+    on_failure_callback=failure_callbacks(),
     deadline=DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=timedelta(hours=DEADLINE_HOURS),

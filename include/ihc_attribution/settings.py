@@ -80,6 +80,12 @@ def alert_conn_id() -> str:
     return _text("ATTRIBUTION_ALERT_CONN_ID", "attribution_alerts")
 
 
+def failure_notifiers() -> list[str]:
+    """``$ATTRIBUTION_FAILURE_NOTIFIERS``: import paths (``package.module:factory``, comma-separated) of
+    functions that return a notifier for each failed run ("": none). See :mod:`ihc_attribution.notify`."""
+    return [path.strip() for path in _text("ATTRIBUTION_FAILURE_NOTIFIERS").split(",") if path.strip()]
+
+
 # --- outputs --------------------------------------------------------------------------------
 
 

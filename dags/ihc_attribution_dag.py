@@ -37,7 +37,9 @@ from airflow.sdk import (
 )
 
 from ihc_attribution import settings
-from ihc_attribution.notify import RunFailureNotifier, deadline_missed, log_task_failure
+from ihc_attribution.errors import NoRetryOnPermanentFailure
+from ihc_attribution.notify import deadline_missed, failure_callbacks, log_task_failure
+from ihc_attribution.readiness import WaitForData
 
 # Each task imports its stage when it runs: the stages pull in pandas and requests, which the
 # dag-processor need not load each time it parses this file.
@@ -72,6 +74,10 @@ CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://
 REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
 
 
+# With $ATTRIBUTION_WAIT_FOR_DATA_MINUTES set, a run of the latest day starts by waiting (deferred
+# to the triggerer, holding no worker slot) until that day has conversions, at most that long.
+WAIT_FOR_DATA_MINUTES = settings.wait_for_data_minutes()
+
 # Daily at $ATTRIBUTION_SCHEDULE_CRON (UTC, default midnight); with $ATTRIBUTION_SOURCE_ASSET set,
 # an update of that asset by the users' loader starts a run too, so the day is attributed as soon
 # as its data is there. Either way a run handles the calendar day before it started.
@@ -95,10 +101,13 @@ SCHEDULE = (
         "retries": RETRIES,
         "retry_delay": timedelta(seconds=30),
         "retry_exponential_backoff": True,
+        # A bad param or a failed check fails its task in one log line, without a retry.
+        "retry_policy": NoRetryOnPermanentFailure(),
         "execution_timeout": TASK_TIMEOUT,
         "on_failure_callback": log_task_failure,
     },
-    on_failure_callback=RunFailureNotifier(),
+    # The alert webhook, plus the notifiers $ATTRIBUTION_FAILURE_NOTIFIERS names (e-mail, Slack).
+    on_failure_callback=failure_callbacks(),
     deadline=DeadlineAlert(
         reference=DeadlineReference.DAGRUN_QUEUED_AT,
         interval=timedelta(hours=DEADLINE_HOURS),
@@ -124,11 +133,14 @@ SCHEDULE = (
             title="End date",
             description="Last conversion date of a manual run (inclusive, YYYY-MM-DD).",
         ),
+        # The bounds are exclusive on purpose: the trigger form's number field clamps a typed value
+        # to `minimum`/`maximum` (0 would become 1 without a word), while these leave the value as
+        # typed and Airflow refuses the run when it is created, naming the param.
         "lookback_days": Param(
             None,
             type=["null", "integer"],
-            minimum=1,
-            maximum=36600,
+            exclusiveMinimum=0,
+            exclusiveMaximum=36601,
             title="Look-back window (days)",
             description="Only sessions at most this many days before a conversion belong to its "
             "journey. Empty: unlimited. Use the same value for every run over the same data.",
@@ -213,8 +225,16 @@ def ihc_attribution():
 
         return tasks.check_run(get_current_context())
 
+    first = setup_tables()
+    if WAIT_FOR_DATA_MINUTES > 0:
+        WaitForData(
+            task_id="wait_for_data",
+            wait_minutes=WAIT_FOR_DATA_MINUTES,
+            poke_seconds=settings.wait_poke_seconds(),
+            doc_md="Waits, deferred, until the run's last day has conversions (ATTRIBUTION_WAIT_FOR_DATA_MINUTES).",
+        ) >> first
     (
-        setup_tables()
+        first
         >> extract_journeys()
         >> pack_requests()
         >> call_ihc_api()

@@ -25,6 +25,7 @@ import datetime as dt
 import fcntl
 import json
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -43,6 +44,7 @@ DAG_ID = "ihc_attribution"
 #: Logs, results and locks of local runs.
 RUN_DIR = Path(os.environ.get("ATTRIBUTION_RUN_DIR", ROOT / ".run"))
 SUMMARY_TASK, EXPORT_TASK = "check_run", "export_csv"
+PERMANENT_LINE = re.compile(r"(\w+(?:Error|Exception): .*?\(not retried: [^)]*\))")
 
 
 class RunnerError(Exception):
@@ -293,8 +295,11 @@ def failure_report(run: dict, log_path: Path) -> list[str]:
             continue
         attempt = log[starts[-1]:]
         attempt = attempt[:next((i for i, t in enumerate(attempt) if "[DAG TEST] end task" in t), len(attempt))]
-        errors = [t.strip() for t in attempt
-                  if len(t) < 2000 and (t.split(":", 1)[0].strip().endswith(("Error", "Exception")) or "Exception: " in t)]
+        # A permanent error is one log line without a traceback ("RangeError: ... (not retried: ...)"); others
+        # end their traceback with "SomeError: ...".
+        errors = [m[1] if (m := PERMANENT_LINE.search(t)) else t.strip() for t in attempt
+                  if len(t) < 2000 and (PERMANENT_LINE.search(t) or t.split(":", 1)[0].strip().endswith(("Error", "Exception"))
+                                        or "Exception: " in t)]
         lines.append(f"  task {task_id}: {state} after {run['tries'].get(task_id)} attempt(s); its log: {log_path}:{starts[-1]}")
         lines += [f"    {errors[-1]}"] if errors else []
     lines += [f"  not run ({state}): {', '.join(task_ids)}" for state, task_ids in not_run.items()]

@@ -5,17 +5,25 @@ It always logs the failure; when the connection named by ``$ATTRIBUTION_ALERT_CO
 (default ``attribution_alerts``) exists, it also posts ``{"text": ...}`` to it through the HTTP
 provider's hook, the shape Slack, Mattermost and Teams incoming webhooks accept. The same message
 goes out when a run misses its deadline (:func:`deadline_missed`).
+
+Other notifiers (the SMTP provider's ``SmtpNotifier``, the Slack provider's ``SlackNotifier`` or
+``SlackWebhookNotifier``, any callable taking the context) are added without editing the DAG:
+``$ATTRIBUTION_FAILURE_NOTIFIERS`` names functions of your own that return one
+(:class:`NotifierFactory`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from airflow.sdk import BaseNotifier
 
 from ihc_attribution import settings
+from ihc_attribution.errors import PermanentFailure
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +69,8 @@ def failure_message(context: dict[str, Any]) -> str:
     if task_id:
         parts.append(f"in task {task_id}")
     reason = context.get("reason") or context.get("exception")
-    if reason:
+    # A PermanentFailure's message names its error (the task failure callback appends it).
+    if reason and not isinstance(reason, PermanentFailure):
         parts.append(f"({type(reason).__name__ if isinstance(reason, BaseException) else reason})")
     if url:
         parts.append(f"log: {url}")
@@ -102,3 +111,47 @@ async def deadline_missed(context: dict[str, Any] | None = None, **kwargs: Any) 
     run_id = getattr(dag_run, "run_id", None) if dag_run is not None else None
     text = f"ihc_attribution run {run_id or '?'} has not finished {kwargs.get('hours', '?')} h after it was queued"
     await asyncio.to_thread(post_alert, text)
+
+
+class NotifierFactory:
+    """A failure callback that builds a fresh notifier for each failed run from a function of yours.
+
+    ``path`` is ``package.module:function`` (or ``package.module.function``); the function takes no
+    argument and returns a notifier or any callable taking the context. It is imported when the DAG
+    is parsed, so a wrong path is an import error of the DAG, shown in the UI; it is called at each
+    failure, since a notifier renders its templates in place and is good for one message. A
+    notifier that fails is logged and never hides the others.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self.factory = _import(path)
+
+    def __call__(self, context: dict[str, Any]) -> None:
+        if not hasattr(context.get("dag"), "get_template_env"):
+            # `dag.test()` (make run, make backfill) hands DAG callbacks a serialized DAG without a
+            # template environment: the notifier then renders its templates in a plain sandboxed one.
+            context = {key: value for key, value in context.items() if key != "dag"}
+        try:
+            self.factory()(context)
+        except Exception:  # noqa: BLE001 - see the docstring
+            log.exception("the failure notifier of %s failed", self.path)
+
+    def __repr__(self) -> str:
+        return f"NotifierFactory({self.path!r})"
+
+
+def _import(path: str) -> Callable[[], Any]:
+    module_name, _, name = path.rpartition(":") if ":" in path else path.rpartition(".")
+    try:
+        factory = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise ValueError(f"ATTRIBUTION_FAILURE_NOTIFIERS: cannot import {path!r} ({type(exc).__name__}: {exc})") from exc
+    if not callable(factory):
+        raise ValueError(f"ATTRIBUTION_FAILURE_NOTIFIERS: {path!r} is not a function")
+    return factory
+
+
+def failure_callbacks() -> list[Callable[[dict[str, Any]], None]]:
+    """The DAG's failure callbacks: :class:`RunFailureNotifier`, then one per ``$ATTRIBUTION_FAILURE_NOTIFIERS`` path."""
+    return [RunFailureNotifier(), *(NotifierFactory(path) for path in settings.failure_notifiers())]

@@ -22,6 +22,8 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "db_conn_id": ("string", "attribution_db", "The attribution database's connection."),
     "ihc_conn_id": ("string", "ihc_api", "The IHC API's connection."),
     "alert_conn_id": ("string", "attribution_alerts", "The webhook connection alerts are posted to."),
+    "failure_notifiers": ("string", "", "Import paths (module:function, comma-separated) of functions returning a "
+                                        "notifier (SmtpNotifier, SlackNotifier ...) each failed run sends."),
     "output_base_url": ("string", "", "Where CSVs and charts go, through ObjectStoragePath (a folder or URL); "
                                       "empty: output_dir."),
     "output_dir": ("string", "output", "The local output folder, used when output_base_url is empty."),
@@ -32,6 +34,9 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "ui_base_url": ("string", "", "The Airflow UI's base URL for report links; empty: Airflow's [api] base_url."),
     "schedule_cron": ("string", "0 0 * * *", "When the daily run starts (cron, UTC); it handles the day before."),
     "source_asset": ("string", "", "URI of an asset your loader updates; its update also starts a run."),
+    "wait_for_data_minutes": ("float", "0", "How long a run of the latest day waits, deferred, for that day's "
+                                            "conversions (0: no wait)."),
+    "wait_poke_seconds": ("float", "60", "How often that wait counts the day's conversions again."),
     "late_data_days": ("integer", "3", "Days before its interval a scheduled run covers again."),
     "staging_retention_days": ("integer", "30", "Days a run's staging rows are kept."),
     "task_retries": ("integer", "2", "Airflow retries per task."),
@@ -119,6 +124,11 @@ def alert_conn_id() -> str:
     return _text("alert_conn_id")
 
 
+def failure_notifiers() -> list[str]:
+    """Import paths (``package.module:factory``) of functions returning a notifier (see :mod:`ihc_attribution.notify`)."""
+    return [path.strip() for path in _text("failure_notifiers").split(",") if path.strip()]
+
+
 def output_location() -> str:
     """Where CSVs and charts go: a URL (``file://``, ``s3://`` ...) or a local folder (from the working directory)."""
     return _text("output_base_url") or _text("output_dir")
@@ -160,6 +170,21 @@ def schedule_cron() -> str:
 
 def source_asset_uri() -> str:
     return _text("source_asset")
+
+
+def wait_for_data_minutes() -> float:
+    """Above 0 the DAG starts with the task ``wait_for_data`` (see :mod:`ihc_attribution.readiness`)."""
+    minutes = _float("wait_for_data_minutes")
+    if minutes < 0:
+        raise ValueError(f"ATTRIBUTION_WAIT_FOR_DATA_MINUTES={minutes:g} must be 0 (off) or more")
+    return minutes
+
+
+def wait_poke_seconds() -> float:
+    seconds = _float("wait_poke_seconds")
+    if seconds <= 0:
+        raise ValueError(f"ATTRIBUTION_WAIT_POKE_SECONDS={seconds:g} must be above 0")
+    return seconds
 
 
 def late_data_days() -> int:

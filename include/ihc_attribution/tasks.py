@@ -15,7 +15,7 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from ihc_attribution import api_stage, charts, checks, credit, export, journeys, load, report, schema, settings
 from ihc_attribution.daterange import (
@@ -29,7 +29,7 @@ from ihc_attribution.daterange import (
     resolve_run_range,
 )
 from ihc_attribution.db import SUPPORTED_CONN_TYPES, Database
-from ihc_attribution.errors import PermanentError
+from ihc_attribution.errors import PermanentError, PermanentFailure
 from ihc_attribution.ihc_client import SendProgress, SendSummary
 
 log = logging.getLogger(__name__)
@@ -71,11 +71,11 @@ def _flag_param(context: Mapping[str, Any], name: str, default: bool) -> bool:
 
 
 def stage(func: Callable[[Mapping[str, Any]], dict]) -> Callable[[Mapping[str, Any]], dict]:
-    """Make a stage fail without task retries when its error is permanent.
+    """Make a stage fail in one log line, without a traceback or a task retry, when its error is permanent.
 
     A :class:`PermanentError` (a bad param, a failed final check, a broken answer, a wrong
-    setting) would be raised again by every retry; it becomes ``AirflowFailException``, which
-    Airflow does not retry. Other errors keep the task's retries.
+    setting) would be raised again by every retry: see :func:`fail_permanently`. Other errors
+    keep the task's retries and Airflow's traceback.
     """
 
     @functools.wraps(func)
@@ -83,11 +83,20 @@ def stage(func: Callable[[Mapping[str, Any]], dict]) -> Callable[[Mapping[str, A
         try:
             return func(context)
         except PermanentError as exc:
-            from airflow.sdk.exceptions import AirflowFailException
-
-            raise AirflowFailException(f"{exc} (not retried: a retry would fail the same way)") from exc
+            fail_permanently(exc)
 
     return run
+
+
+def fail_permanently(exc: PermanentError) -> NoReturn:
+    """Log ``exc`` in one line and end the task without a traceback; the DAG's retry policy does not retry it.
+
+    :raises PermanentFailure: always, with that line as its message and ``exc`` as its cause.
+    """
+    text = " ".join(str(exc).splitlines())
+    message = f"{type(exc).__name__}: {text} (not retried: a retry would fail the same way)"
+    log.error("%s", message)
+    raise PermanentFailure(message) from exc
 
 
 def db_hook(conn_id: str | None = None) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import json
+import logging
 import shutil
 import time
 import sqlite3
@@ -155,26 +156,116 @@ def test_manual_run_without_range_fails_before_any_work(dag, env):
 
 
 @pytest.mark.parametrize(
-    "conf",
+    ("conf", "message"),
     [
-        pytest.param({"start_date": "2024-01-04", "end_date": "2024-01-01"}, id="end-before-start"),
-        pytest.param({"start_date": "2024-01-01"}, id="start-only"),
+        pytest.param({"start_date": "2024-01-04", "end_date": "2024-01-01"},
+                     "param start_date=2024-01-04 is after end_date=2024-01-01", id="end-before-start"),
+        pytest.param({"start_date": "2024-01-01"}, "param end_date is missing", id="start-only"),
+        pytest.param({"end_date": "2024-01-01"}, "param start_date is missing", id="end-only"),
     ],
 )
-def test_a_bad_range_fails_on_the_first_try_with_task_retries_on(dag, env, conf):
+def test_a_bad_range_fails_the_first_task_at_once_in_one_line(dag, env, conf, message, caplog):
+    """Airflow validates each param alone, so a range is checked by the first task: it fails on its
+    first try (retries on), its log says why in one line, without a traceback."""
     for t in dag.tasks:
         t.retries, t.retry_delay = 2, dt.timedelta(seconds=30)
     started = time.monotonic()
-    dagrun, states = _run(dag, run_conf=conf)
+    with caplog.at_level(logging.INFO):
+        dagrun, states = _run(dag, run_conf=conf)
     elapsed = time.monotonic() - started
     assert dagrun.state == "failed" and states["setup_tables"] == "failed", states
+    assert all(states[t] == "upstream_failed" for t in states if t != "setup_tables"), states
     assert dagrun.get_task_instance("setup_tables").try_number == 1, "a permanent error is not retried"
     assert elapsed < 30, f"the run took {elapsed:.0f} s to fail"
+    records = caplog.records
+    first = next(i for i, r in enumerate(records) if "[DAG TEST] running task" in r.getMessage())
+    last = next(i for i, r in enumerate(records) if "[DAG TEST] end task" in r.getMessage())
+    task_log = records[first:last]
+    errors = [r.getMessage() for r in task_log if r.levelno >= logging.ERROR]
+    assert errors[0].startswith(f"RangeError: {message}"), errors
+    assert errors[0].endswith("(not retried: a retry would fail the same way)") and "\n" not in errors[0], errors
+    assert not [r for r in task_log if r.exc_info or "Traceback" in r.getMessage()], "no traceback"
+    # the failure callback's ALERT line at the end repeats it
+    assert errors[-1].startswith("ALERT ihc_attribution run") and errors[-1].endswith(errors[0]), errors
 
 
-@pytest.mark.parametrize("lookback", ["abc", 0, 2.5, 99999999])
+def test_the_lookback_field_is_not_clamped_by_the_trigger_form(dag):
+    """The trigger form's number field clamps a typed value to the schema's minimum/maximum (0 became
+    1 without a word); with exclusive bounds the value stays as typed and is refused (next test)."""
+    schema = dag.params.get_param("lookback_days").schema
+    assert "minimum" not in schema and "maximum" not in schema
+    assert (schema["exclusiveMinimum"], schema["exclusiveMaximum"]) == (0, 36601)
+
+
+@pytest.mark.parametrize("lookback", ["abc", 0, -1, 2.5, 36601, 99999999])
 def test_a_bad_lookback_is_refused_when_the_run_is_created(dag, env, lookback):
     from airflow.sdk.exceptions import ParamValidationError
 
     with pytest.raises(ParamValidationError, match="lookback_days"):
         dag.test(run_conf={"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": lookback})
+
+
+def test_the_data_aware_start_waits_and_then_runs(env, monkeypatch, airflow_db, caplog):
+    """With ATTRIBUTION_WAIT_FOR_DATA_MINUTES set, a run of the latest day whose conversions are not
+    loaded yet waits for them (deferred: dag.test runs the trigger inline, as a triggerer would) and,
+    once they arrive, runs to the end and attributes them."""
+    import threading
+
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.helpers import ROOT
+
+    monkeypatch.setenv("ATTRIBUTION_WAIT_FOR_DATA_MINUTES", "5")
+    monkeypatch.setenv("ATTRIBUTION_WAIT_POKE_SECONDS", "0.5")
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("ihc_attribution")
+    assert "wait_for_data" in dag.task_ids
+    with sqlite3.connect(env["db"]) as conn:  # the loader has not written 2024-01-03 yet
+        conn.execute("CREATE TABLE late AS SELECT * FROM conversions WHERE conv_date = '2024-01-03'")
+        late_ids = [r[0] for r in conn.execute("SELECT conv_id FROM late")]
+        conn.execute("DELETE FROM conversions WHERE conv_date = '2024-01-03'")
+    assert late_ids
+
+    def load_later():  # once the task has deferred and the trigger has counted a few times
+        deadline = time.monotonic() + 120
+        while not any(r.getMessage().startswith("no conversions of 2024-01-03 yet") for r in list(caplog.records)):
+            assert time.monotonic() < deadline, "the run never waited for the day's conversions"
+            time.sleep(0.1)
+        time.sleep(1.5)
+        with sqlite3.connect(env["db"], timeout=30) as conn:
+            conn.execute("INSERT INTO conversions SELECT * FROM late")
+
+    loader = threading.Thread(target=load_later)
+    loader.start()
+    try:  # a run of the day 2024-01-03, as the schedule makes it
+        with caplog.at_level(logging.INFO):
+            dagrun, states = _run(dag, logical_date=dt.datetime(2024, 1, 4, tzinfo=dt.timezone.utc))
+    finally:
+        loader.join()
+    assert dagrun.state == "success", states
+    assert set(states.values()) == {"success"} and "wait_for_data" in states
+    waited = dagrun.get_task_instance("wait_for_data").xcom_pull(task_ids="wait_for_data")
+    assert waited["day"] == "2024-01-03" and waited["conversions"] == len(late_ids)
+    assert waited["waited_seconds"] >= 1.5, waited
+    with sqlite3.connect(env["db"]) as conn:
+        attributed = {r[0] for r in conn.execute("SELECT DISTINCT conv_id FROM attribution_customer_journey")}
+    assert attributed & set(late_ids), "the conversions that arrived during the wait are attributed"
+
+
+def test_the_data_aware_start_fails_the_run_in_one_line_when_the_data_never_comes(env, monkeypatch, airflow_db, caplog):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.helpers import ROOT
+
+    monkeypatch.setenv("ATTRIBUTION_WAIT_FOR_DATA_MINUTES", "0.05")  # 3 s
+    monkeypatch.setenv("ATTRIBUTION_WAIT_POKE_SECONDS", "0.5")
+    dag = DagBag(dag_folder=str(ROOT / "dags")).get_dag("ihc_attribution")
+    with caplog.at_level(logging.INFO):  # 2024-01-05 has no conversions
+        dagrun, states = _run(dag, logical_date=dt.datetime(2024, 1, 6, tzinfo=dt.timezone.utc))
+    assert dagrun.state == "failed" and states["wait_for_data"] == "failed", states
+    assert {s for t, s in states.items() if t != "wait_for_data"} == {"upstream_failed"}
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors[0].getMessage().startswith(
+        "DataNotReadyError: no conversions of 2024-01-05 after waiting 0.05 minutes (ATTRIBUTION_WAIT_FOR_DATA_MINUTES)")
+    assert not [r for r in caplog.records if r.exc_info], "no traceback"
+    with sqlite3.connect(env["db"]) as conn:
+        assert not conn.execute("SELECT name FROM sqlite_master WHERE name = 'attribution_issues'").fetchall()

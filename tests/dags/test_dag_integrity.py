@@ -97,3 +97,25 @@ def test_parsing_does_not_load_the_stage_code(airflow_db):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_no_readiness_task_by_default(dagbag):
+    """Off by default: the DAG is the plain daily schedule of its eight stages."""
+    assert "wait_for_data" not in dagbag.get_dag("ihc_attribution").task_ids
+
+
+def test_the_readiness_check_is_a_setting_that_adds_a_deferrable_first_task(monkeypatch, airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    from ihc_attribution.readiness import WaitForData
+
+    monkeypatch.setenv("ATTRIBUTION_WAIT_FOR_DATA_MINUTES", "240")
+    monkeypatch.setenv("ATTRIBUTION_WAIT_POKE_SECONDS", "90")
+    bag = DagBag(dag_folder=str(ROOT / "dags"))
+    assert bag.import_errors == {}
+    dag = bag.get_dag("ihc_attribution")
+    assert [t.task_id for t in dag.topological_sort()] == ["wait_for_data", *TASKS]
+    assert dag.get_task("setup_tables").upstream_task_ids == {"wait_for_data"}
+    wait = dag.get_task("wait_for_data")
+    assert isinstance(wait, WaitForData) and (wait.wait_minutes, wait.poke_seconds) == (240, 90)
+    assert type(dag.timetable).__name__ == "CronDataIntervalTimetable", "the schedule stays the daily one"

@@ -170,12 +170,12 @@ def test_dag_on_a_postgres_connection_gives_the_tables_and_csv_of_sqlite(
     {"conn_type": "http", "host": "db.example"},
 ])
 def test_an_unsupported_connection_type_fails_at_once_naming_the_supported_ones(monkeypatch, conn):
-    from airflow.sdk.exceptions import AirflowFailException
+    from ihc_attribution.errors import PermanentFailure
 
     from ihc_attribution import tasks
 
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps(conn))
-    with pytest.raises(AirflowFailException) as info:
+    with pytest.raises(PermanentFailure) as info:
         tasks.setup_tables({"params": RANGE, "run_id": "manual__unsupported"})
     message = str(info.value)
     assert f"type {conn['conn_type']!r}" in message and "postgres, sqlite" in message

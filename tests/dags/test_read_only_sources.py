@@ -214,26 +214,26 @@ def test_sqlite_sources_keep_their_schema_their_indexes_and_their_journal_mode(
 
 
 def test_a_missing_sqlite_file_fails_at_once_and_is_not_created(dag, ihc_api, tmp_path, monkeypatch):
-    from airflow.sdk.exceptions import AirflowFailException
+    from ihc_attribution.errors import PermanentFailure
 
     from ihc_attribution import tasks
 
     typo = tmp_path / "typo_challange.db"
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(typo)}))
-    with pytest.raises(AirflowFailException, match="does not exist"):
+    with pytest.raises(PermanentFailure, match="does not exist"):
         tasks.setup_tables({"params": RANGE, "run_id": "manual__typo"})
     assert not typo.exists()
 
 
 def test_a_database_without_the_source_tables_fails_naming_the_table(dag, ihc_api, tmp_path, monkeypatch):
-    from airflow.sdk.exceptions import AirflowFailException
+    from ihc_attribution.errors import PermanentFailure
 
     from ihc_attribution import tasks
 
     empty = tmp_path / "empty.db"
     sqlite3.connect(empty).close()
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(empty)}))
-    with pytest.raises(AirflowFailException, match="source table session_sources cannot be read"):
+    with pytest.raises(PermanentFailure, match="source table session_sources cannot be read"):
         tasks.setup_tables({"params": RANGE, "run_id": "manual__empty"})
     with sqlite3.connect(empty) as conn:
         assert conn.execute("SELECT name FROM sqlite_master").fetchall() == []

@@ -11,7 +11,7 @@ import logging
 import shutil
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
+from ihc_attribution.errors import PermanentFailure
 
 from ihc_attribution.ihc_client import (
     IhcConfigurationError,
@@ -131,7 +131,7 @@ def test_retries_exhausted_fail_loudly_record_the_unanswered_and_a_rerun_finishe
     assert failed_rows["error"].str.contains("HTTP 50").all(), "each unanswered request records why"
     first_failed = int(failed_rows["request_no"].min())
     assert f"{failed} of {total} requests unanswered (numbers {first_failed}," in caplog.text
-    with pytest.raises(AirflowFailException, match="re-run the call_ihc_api task") as failure:
+    with pytest.raises(PermanentFailure, match="re-run the call_ihc_api task") as failure:
         run_stages(ctx, ("load_attribution",))
     assert isinstance(failure.value.__cause__, LoadError), "load cannot succeed by retrying itself"
     assert read_table(db, "attribution_customer_journey").empty, "nothing is published from a failed API stage"
@@ -162,8 +162,8 @@ def test_configuration_errors_stop_at_the_first_answer(base, tmp_path, monkeypat
         extra = {"max_journeys_per_request": 2, "max_concurrency": 4, **RETRYING, **conn}
         _use(monkeypatch, connection_env(db, url, tmp_path / "out", **extra))
         planned = run_stages(ctx, STAGES[:3])["pack_requests"]["requests"]
-        # AirflowFailException: Airflow does not retry the task either, a retry would get the same answer
-        with pytest.raises(AirflowFailException) as raised:
+        # PermanentFailure: Airflow does not retry the task either, a retry would get the same answer
+        with pytest.raises(PermanentFailure) as raised:
             run_stages(ctx, ("call_ihc_api",))
         received = server_requests(url)
     cause = raised.value.__cause__
@@ -175,7 +175,7 @@ def test_configuration_errors_stop_at_the_first_answer(base, tmp_path, monkeypat
 
 
 def test_an_answer_breaking_the_contract_fails_the_task_without_retry(base, tmp_path, monkeypatch):
-    """A wrong sum cannot change on a retry: AirflowFailException at the first such answer."""
+    """A wrong sum cannot change on a retry: PermanentFailure at the first such answer."""
     db = tmp_path / "db.sqlite"
     shutil.copy(base, db)
     ctx = context(RUN, START, END)
@@ -188,7 +188,7 @@ def test_an_answer_breaking_the_contract_fails_the_task_without_retry(base, tmp_
     with stub_server(off_by_a_bit) as stub:
         _use(monkeypatch, connection_env(db, stub.url, tmp_path / "out", max_journeys_per_request=2, **RETRYING))
         planned = run_stages(ctx, STAGES[:3])["pack_requests"]["requests"]
-        with pytest.raises(AirflowFailException, match="does not sum to 1") as raised:
+        with pytest.raises(PermanentFailure, match="does not sum to 1") as raised:
             run_stages(ctx, ("call_ihc_api",))
     assert isinstance(raised.value.__cause__, IhcContractError)
     assert len(stub.calls) <= 2, "no retry, no new request after the violation"
@@ -203,7 +203,7 @@ def test_when_the_api_rejects_every_journey_the_task_fails_after_checkpointing(b
     with serve(ServerConfig(api_keys=(API_KEY,), faults=FaultConfig(partial_failure_rate=1.0))) as url:
         _use(monkeypatch, connection_env(db, url, tmp_path / "out", max_journeys_per_request=20, max_concurrency=4))
         planned = run_stages(ctx, STAGES[:3])["pack_requests"]
-        with pytest.raises(AirflowFailException, match=r"rejected (\d+) of \1 journeys sent") as raised:
+        with pytest.raises(PermanentFailure, match=r"rejected (\d+) of \1 journeys sent") as raised:
             run_stages(ctx, ("call_ihc_api",))
     assert isinstance(raised.value.__cause__, IhcRejectedJourneysError)
     assert "injected fault" in str(raised.value), "the first rejection messages are shown"
@@ -223,7 +223,7 @@ def test_max_rejected_share_sets_the_bar(base, tmp_path, monkeypatch, share, fai
                                          max_rejected_share=share))
         run_stages(ctx, STAGES[:3])
         if fails:
-            with pytest.raises(AirflowFailException, match="max_rejected_share=0.5"):
+            with pytest.raises(PermanentFailure, match="max_rejected_share=0.5"):
                 run_stages(ctx, ("call_ihc_api",))
         else:
             assert run_stages(ctx, ("call_ihc_api",))["call_ihc_api"]["journeys_rejected"] > 0
@@ -237,6 +237,6 @@ def test_an_empty_conv_type_id_is_a_configuration_error_naming_the_extra(base, t
     run_stages(context(RUN, START, END), STAGES[:1])
     # extract_journeys is the first stage to read the connection (an answer's scope is part of
     # each journey's fingerprint)
-    with pytest.raises(AirflowFailException, match="extra conv_type_id is required") as raised:
+    with pytest.raises(PermanentFailure, match="extra conv_type_id is required") as raised:
         run_stages(context(RUN, START, END), ("extract_journeys",))
     assert isinstance(raised.value.__cause__, IhcConfigurationError)

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
+from ihc_attribution.errors import PermanentFailure
 
 from ihc_attribution import schema, tasks
 from ihc_attribution.daterange import RangeError
@@ -380,7 +380,7 @@ def test_bad_params_are_refused_before_any_work(params, error, message, tmp_path
     db = make_db(tmp_path / "db.sqlite", [s("s1", "u1", "2024-01-01", "10:00:00")], [conv("c1", "u1")])
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(db)}))
     before = db_digest(db)
-    with pytest.raises(AirflowFailException, match=message) as failure:
+    with pytest.raises(PermanentFailure, match=message) as failure:
         tasks.setup_tables({"run_id": "manual", "params": params})
     assert isinstance(failure.value.__cause__, error), "the cause names the param"
     assert isinstance(failure.value.__cause__, PermanentError), "a bad param is not retried"

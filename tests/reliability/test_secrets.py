@@ -17,7 +17,7 @@ from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
+from ihc_attribution.errors import PermanentFailure
 
 from ihc_attribution import tasks
 from ihc_attribution.ihc_client import IhcConfigurationError
@@ -122,7 +122,7 @@ def test_wrong_key_fails_without_revealing_either_key(dag, world, capfd, caplog,
     # The exception itself, as a caller of the task body gets it, with its whole chain.
     ctx = context("direct", CONF["start_date"], CONF["end_date"])
     run_stages(ctx, STAGES[:3])
-    with pytest.raises(AirflowFailException) as raised:
+    with pytest.raises(PermanentFailure) as raised:
         tasks.call_ihc_api(ctx)
     cause = raised.value.__cause__
     assert isinstance(cause, IhcConfigurationError)
@@ -158,7 +158,7 @@ def test_a_key_with_inner_whitespace_fails_clearly_without_revealing_it(world, c
     world["use_key"](broken)
     ctx = context("inner", CONF["start_date"], CONF["end_date"])
     run_stages(ctx, STAGES[:1])
-    with caplog.at_level(logging.DEBUG), pytest.raises(AirflowFailException, match="whitespace or control") as raised:
+    with caplog.at_level(logging.DEBUG), pytest.raises(PermanentFailure, match="whitespace or control") as raised:
         run_stages(ctx, ("extract_journeys",))
     text = "".join(traceback.format_exception(raised.value)) + repr(vars(raised.value.__cause__))
     output = capfd.readouterr()

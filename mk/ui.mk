@@ -34,7 +34,7 @@ e2e: $(STAMP)
 		echo "installing Debian's chromium for the browser test ..."; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
 	@$(PY) -c "import playwright" 2>/dev/null || $(PY) -m pip install -q "$(E2E_PLAYWRIGHT)"
-	RUN_E2E=1 $(PY) -m pytest -q -p no:cacheprovider tests/ui/e2e $(PYTEST_ARGS)
+	RUN_E2E=1 $(PY) -m pytest -q -p no:cacheprovider -o enable_assertion_pass_hook=true tests/ui/e2e $(PYTEST_ARGS)
 
 e2e-celery: $(STAMP)
 	RUN_E2E_CELERY=1 $(PY) -m pytest -q -p no:cacheprovider tests/e2e_celery $(PYTEST_ARGS)

@@ -12,7 +12,7 @@ rows are the same in any order.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from ihc_attribution.db import BYTE_ORDER, Database, round_div_sql
@@ -87,9 +87,12 @@ class ModelTotals:
     revenue: dict[str, Decimal]
 
     def shift(self, model: str = "ihc", against: str = "last_touch") -> Decimal | None:
-        """How much more (or less) revenue ``model`` credits than ``against``, in percent; None without any."""
+        """How much more (or less) revenue ``model`` credits than ``against``, in percent of it, one
+        decimal half up (as every percentage of the report); None when ``against`` credits none."""
         base = self.revenue[against]
-        return None if base == 0 else ((self.revenue[model] - base) / base * 100).quantize(Decimal("0.1"))
+        if base == 0:
+            return None
+        return ((self.revenue[model] - base) * 100 / abs(base)).quantize(Decimal("0.1"), ROUND_HALF_UP)
 
 
 def model_columns(db: Any, first_date: str, last_date: str) -> tuple[tuple[str, ...], dict[tuple[str, str], tuple], tuple]:

@@ -340,6 +340,21 @@ def test_date_labels_never_crowd_and_the_last_date_is_labelled(days):
     assert len(chart.columns) == days
 
 
+@pytest.mark.parametrize(("first", "days"), [("2024-01-01", 14), ("2023-12-20", 22), ("2023-11-01", 91),
+                                             ("2023-12-31", 2), ("2023-06-01", 400)])
+def test_every_date_label_ends_inside_the_chart(first, days):
+    """A date label is centred under its date. With the year (dates over two years) the last one
+    used to stick out past the chart's right edge, cut off as "2024-01-3" by the SVG's bounds."""
+    dates = [(dt.date.fromisoformat(first) + dt.timedelta(days=d)).isoformat() for d in range(days)]
+    trend = svg.Trend("channel", "A", "A", "#000000", tuple(None for _ in dates))
+    chart = svg.line_chart("c", "t", dates, [trend], "cost", "EUR")
+    for tick in chart.x_ticks:
+        half = len(tick.text) * 12 * 0.636 / 2  # 12 px text, each character at most a digit's width (0.636 em)
+        assert 0 <= tick.at - half and tick.at + half <= chart.width, tick
+    assert chart.x_ticks[-1].at == chart.right  # the last date sits at the plot's right end
+    assert max(c.x + c.width for c in chart.columns) == pytest.approx(chart.right, abs=0.1)
+
+
 # --- undefined ratios --------------------------------------------------------------------------
 
 

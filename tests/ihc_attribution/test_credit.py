@@ -110,3 +110,16 @@ def test_the_csv_can_carry_each_models_orders_and_revenue_summing_to_its_totals(
         for model in ("last_touch", "first_touch", "linear", "position"):
             assert sum(Decimal(r[f"{model}_revenue"]) for r in mine) == t.revenue[model], (channel, model)
             assert sum(Decimal(r[f"{model}_orders"]) for r in mine) == t.orders[model], (channel, model)
+
+
+@pytest.mark.parametrize(("ihc", "last", "shift"), [
+    ("100.25", "100.00", Decimal("0.3")),  # half up, as the comparison's percentages: not 0.2
+    ("99.75", "100.00", Decimal("-0.3")),
+    ("100.35", "100.00", Decimal("0.4")),
+    ("250.00", "100.00", Decimal("150.0")),
+    ("12.00", "0.00", None),  # last touch credits the channel nothing: no percentage of it
+])
+def test_the_shift_against_last_touch_is_a_percentage_rounded_half_up(ihc, last, shift):
+    zero = {name: Decimal(0) for name, _ in credit.MODELS}
+    totals = credit.ModelTotals("Email", zero, dict(zero, ihc=Decimal(ihc), last_touch=Decimal(last)))
+    assert totals.shift() == shift

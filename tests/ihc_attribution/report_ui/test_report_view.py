@@ -748,6 +748,18 @@ def test_the_comparison_of_a_pipeline_run_shows_the_totals_table(client, demo):
     assert len(page.tables["period-comparison"]) > 10
 
 
+def test_the_wide_tables_scroll_in_a_box_of_their_own_not_the_page(client, demo):
+    """The models' and the periods' tables have a group of columns per model or figure, wider than a
+    laptop's window: each scrolls in its own box, so that the cards and charts above do not move
+    sideways with it (the models' table used to widen the whole page to 1,219 px)."""
+    text = client.get("/", params={"start": "2024-01-08", "end": "2024-01-14"}).text
+    for table_id in ("model-comparison", "period-comparison"):
+        assert re.search(rf'<div class="scroll"><table id="{table_id}" class="compact">', text), table_id
+    css = (Path(report_app.STATIC_DIR) / "report.css").read_text(encoding="utf-8")
+    assert re.search(r"\.scroll\{overflow-x:auto\}", css)
+    assert re.search(r"#model-comparison td\{text-align:right;white-space:nowrap\}", css)
+
+
 # --- the runs behind the numbers ---------------------------------------------------------------
 
 

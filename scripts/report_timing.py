@@ -1,0 +1,272 @@
+"""Time the report page: a load and a filter change, on the demo data and on the benchmark's 2.47M sessions.
+
+    python scripts/report_timing.py                      # both databases, server time per request
+    python scripts/report_timing.py --browser            # and the browser's load time (headless Chromium)
+    python scripts/report_timing.py --only bench --repeat 10
+
+``make report-timing`` runs the first (``ARGS="--browser"`` for the second). For each database
+the generated sources (the demo's defaults, 1,500 conversions and 150,000 sessions over 14 days;
+the benchmark's 2.47M sessions and 13,300 conversions over 30 days, ``scripts/bench.py``) are
+copied once and the DAG's stages run over their range against the local IHC server (no latency),
+as ``make bench`` runs them; the copy is kept in ``data/bench/`` (``report_<source>.db``) for the
+next time. Then every request goes through the report app itself (the plugin's FastAPI app,
+without Airflow's login, with ``attribution_db`` pointing at the copy) with its test client: the
+figure is the server's whole time for the request, database reads and rendering included. With
+``--browser`` the same app is served over HTTP by uvicorn and Chromium loads the page and then
+submits the form with another selection: the figure is the navigation's time to its ``load``
+event (the page, its stylesheet and script, the inline SVG drawn).
+
+The requests: a *load* is the page as first opened (the last 30 days of the report, all
+channels) and the whole range; a *filter change* is another range, two channels, and three
+channels picked as the trend charts' lines. Figures are the median and the slowest of
+``--repeat`` requests after one to warm up. See docs/ui.md (Page timing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import socket
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlencode
+
+import bench  # scripts/ is on sys.path when this file runs
+from local_run import ihc_server_process
+
+ROOT = Path(__file__).resolve().parents[1]
+DB_DIR = ROOT / "data" / "bench"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Generated sources and the range the pipeline runs over."""
+
+    name: str
+    label: str
+    bench_args: list[str]  # options of scripts/bench.py that generate the sources
+
+
+def datasets(args: argparse.Namespace) -> dict[str, Dataset]:
+    bench_args = ["--sessions", str(args.sessions), "--conversions", str(args.conversions), "--days", str(args.days)]
+    return {
+        "demo": Dataset("demo", "demo data (150,000 sessions, 1,500 conversions, 14 days)", ["--days", "14"]),
+        "bench": Dataset("bench", f"benchmark ({args.sessions:,} sessions, {args.conversions:,} conversions, "
+                                  f"{args.days} days)", bench_args),
+    }
+
+
+def prepared_database(dataset: Dataset, db_dir: Path) -> Path:
+    """The dataset's sources with the pipeline run once over their range (made once, then reused)."""
+    args = bench.parse_args([*dataset.bench_args, "--db-dir", str(db_dir), "--latency-ms", "0"])
+    if dataset.name == "demo":  # the demo database as make up creates it: the generator's defaults
+        from ihc_attribution_dev.demo_data import generate
+
+        source = db_dir / "demo_sources.db"
+        if not source.exists():
+            db_dir.mkdir(parents=True, exist_ok=True)
+            generate(source)
+    else:
+        source = bench.cached_database(args)
+    target_path = db_dir / f"report_{source.name}"
+    if target_path.exists():
+        return target_path
+    work = db_dir / "run"
+    work.mkdir(parents=True, exist_ok=True)
+    partial = target_path.with_suffix(".partial")
+    shutil.copyfile(source, partial)
+    target = bench.Target(json.dumps({"conn_type": "sqlite", "host": str(partial)}), sqlite_path=partial)
+    print(f"running the pipeline over {args.start} to {bench.last_day(args)} on a copy of {source.name} ...",
+          flush=True)
+    options = ("--latency-ms", "0", "--max-journeys", str(args.max_journeys),
+               "--max-sessions", str(args.max_sessions), "--log-level", "warning")
+    started = time.perf_counter()
+    with ihc_server_process(dict(os.environ), work / "ihc-server.log", *options) as (url, key, _):
+        bench.configure(args, target, url, key, work)
+        bench.run_stages(target, url, f"report-{dataset.name}", args.start, bench.last_day(args))
+    partial.rename(target_path)
+    print(f"  done in {time.perf_counter() - started:.0f} s: {target_path}", flush=True)
+    return target_path
+
+
+def requests(db_path: Path) -> list[tuple[str, str]]:
+    """(what, query string) of the timed requests, from the database's dates and channels."""
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
+        last = conn.execute("SELECT MAX(date) FROM channel_reporting").fetchone()[0]
+        first_conv, last_conv = conn.execute("SELECT MIN(conv_date), MAX(conv_date) FROM attribution_credit").fetchone()
+        top = [r[0] for r in conn.execute(
+            "SELECT channel_name FROM channel_reporting GROUP BY channel_name ORDER BY SUM(ihc_revenue) DESC LIMIT 3")]
+    whole = [("start", first_conv), ("end", last_conv)]
+    week_end = dt.date.fromisoformat(last) - dt.timedelta(days=7)
+    week = [("start", str(week_end - dt.timedelta(days=6))), ("end", str(week_end))]
+    return [
+        ("load: as first opened (last 30 days, all channels)", ""),
+        (f"load: the conversions' range {first_conv} to {last_conv}", urlencode(whole)),
+        (f"filter: another range ({week[0][1]} to {week[1][1]})", urlencode(week)),
+        ("filter: two channels", urlencode(whole + [("channel", c) for c in top[:2]])),
+        ("filter: three channels as trend lines", urlencode(whole + [("line", c) for c in top])),
+        ("CSV of the whole range", "report.csv?" + urlencode(whole)),
+    ]
+
+
+def _path(query: str) -> str:
+    return "/" + query if query.startswith("report.csv") else "/?" + query if query else "/"
+
+
+def timed(call: Callable[[], int], repeat: int) -> tuple[list[float], int]:
+    """Seconds of ``repeat`` calls after one to warm up, and the size of the last answer."""
+    call()
+    seconds, size = [], 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        size = call()
+        seconds.append(time.perf_counter() - started)
+    return seconds, size
+
+
+def server_times(app, cases: list[tuple[str, str]], repeat: int) -> list[tuple[str, list[float], int]]:
+    from fastapi.testclient import TestClient
+
+    client = TestClient(app)
+
+    def get(path: str) -> int:
+        response = client.get(path)
+        assert response.status_code == 200, f"{path}: HTTP {response.status_code}"
+        assert "cannot be read" not in response.text, response.text[:2000]
+        return len(response.content)
+
+    return [(what, *timed(lambda q=query: get(_path(q)), repeat)) for what, query in cases]
+
+
+@contextlib.contextmanager
+def served(app) -> Iterator[str]:
+    """The app over HTTP on a free local port, in a thread, until the block ends."""
+    import uvicorn
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("uvicorn did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+_NAVIGATION_MS = "(() => { const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd - n.startTime; })()"
+
+
+def browser_times(app, cases: list[tuple[str, str]], repeat: int) -> list[tuple[str, list[float], int]]:
+    """Chromium's time from navigation start to the load event: each page opened, then each filter submitted."""
+    from playwright.sync_api import sync_playwright
+
+    executable = shutil.which("chromium") or shutil.which("chromium-browser")
+    if executable is None:
+        raise SystemExit("--browser needs Chromium (apt-get install chromium, or make e2e once)")
+    pages = [(what, query) for what, query in cases if not query.startswith("report.csv")]
+    out = []
+    with served(app) as base, sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        try:
+            tab = browser.new_page(viewport={"width": 1280, "height": 900})
+            load = pages[1][1]  # the whole range, from which the filters are submitted
+            for what, query in pages:
+                if what.startswith("load"):
+                    seconds = _navigation_seconds(tab, base, query, repeat, submit=None)
+                else:
+                    seconds = _navigation_seconds(tab, base, load, repeat, submit=query)
+                size = int(tab.evaluate("document.documentElement.outerHTML.length"))
+                out.append((what, seconds, size))
+        finally:
+            browser.close()
+    return out
+
+
+def _navigation_seconds(tab, base: str, query: str, repeat: int, submit: str | None) -> list[float]:
+    """Load times of ``query``'s page; with ``submit``, of the form submitted with that selection from it."""
+    from urllib.parse import parse_qsl
+
+    seconds = []
+    for i in range(repeat + 1):
+        tab.goto(f"{base}{_path(query)}", wait_until="load")
+        if submit is not None:
+            wanted = parse_qsl(submit)
+            form = tab.locator("#selection")
+            for name in ("start", "end"):
+                value = dict(wanted).get(name)
+                if value:
+                    form.locator(f'input[name="{name}"]').fill(value)
+            for name, value in wanted:
+                if name in ("channel", "line"):
+                    tab.locator(f'input[name="{name}"][value="{value}"]').check()
+            button = "Draw" if any(name == "line" for name, _ in wanted) else "Show"
+            with tab.expect_navigation(wait_until="load"):
+                tab.get_by_role("button", name=button).click()
+        if i:  # the first is the warm-up
+            seconds.append(tab.evaluate(_NAVIGATION_MS) / 1000)
+    return seconds
+
+
+def table(title: str, rows: list[tuple[str, list[float], int]], unit: str) -> str:
+    lines = [f"{title}", "", f"| request | median (s) | slowest (s) | {unit} |", "|---|---|---|---|"]
+    lines += [f"| {what} | {statistics.median(s):.3f} | {max(s):.3f} | {size:,} |" for what, s, size in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--only", choices=("bench", "demo"), help="one database only")
+    p.add_argument("--repeat", type=int, default=5, help="timed requests of each kind (default 5)")
+    p.add_argument("--browser", action="store_true", help="also time the page in headless Chromium")
+    p.add_argument("--db-dir", type=Path, default=DB_DIR, help="where the databases are kept (data/bench)")
+    p.add_argument("--sessions", type=int, default=2_470_000, help="the benchmark's sessions (2,470,000, as make bench)")
+    p.add_argument("--conversions", type=int, default=13_300, help="the benchmark's conversions (13,300)")
+    p.add_argument("--days", type=int, default=30, help="the benchmark's days (30)")
+    args = p.parse_args(sys.argv[1:] if argv is None else argv)
+    db_dir = args.db_dir.resolve()
+    os.environ.setdefault("AIRFLOW_HOME", str(db_dir / "airflow-home"))
+    os.environ.pop("ATTRIBUTION_DB_CONN_ID", None)
+    import sqlite3
+
+    print(f"SQLite {sqlite3.sqlite_version}, Python {sys.version.split()[0]}, {os.cpu_count()} CPUs; "
+          f"median and slowest of {args.repeat} requests after one to warm up.\n", flush=True)
+    known = datasets(args)
+    for name in [args.only] if args.only else list(known):
+        dataset = known[name]
+        path = prepared_database(dataset, db_dir)
+        os.environ["AIRFLOW_CONN_ATTRIBUTION_DB"] = json.dumps({"conn_type": "sqlite", "host": str(path)})
+        from ihc_attribution.report_ui.app import create_app
+
+        app = create_app(require_auth=False)
+        cases = requests(path)
+        print(table(f"### {dataset.label}: server time per request (report app, test client)",
+                    server_times(app, cases, args.repeat), "bytes"), flush=True)
+        if args.browser:
+            print("\n" + table(f"### {dataset.label}: browser, navigation start to load event (headless Chromium)",
+                               browser_times(app, cases, args.repeat), "HTML characters"), flush=True)
+        print(f"Load average over the last minute: {os.getloadavg()[0]:.1f}.\n", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

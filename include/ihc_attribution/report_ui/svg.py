@@ -36,9 +36,7 @@ MAX_LABEL_CHARS = 28
 WIDTH = 620
 LABEL_W, BAR_W = 190, 320
 LEFT, RIGHT, TOP, PLOT_H, BOTTOM_H = 76, 26, 12, 210, 24
-# The room a date label takes on a trend chart's axis (12 px text): "01-14", or "2024-01-14" when
-# the dates span two years.
-SHORT_DATE_W, LONG_DATE_W = 44, 74
+SHORT_DATE_W, LONG_DATE_W = 44, 74  # the room of a date label at 12 px: "01-14", "2024-01-14"
 SPEND_COLOR = "#8d99ae"
 REVENUE_COLOR = "#2a9d8f"
 ROAS_COLOR = "#e9c46a"
@@ -319,28 +317,19 @@ def _shown(value: Decimal | None, metric: str, currency: str) -> tuple[str, str]
     return money(value, currency), str(round_money(value))
 
 
-def _long_dates(dates: Sequence[str]) -> bool:
-    """Whether the date labels need the year: the dates span two years or more."""
-    return dates[0][:4] != dates[-1][:4]
-
-
-def _plot_right(dates: Sequence[str]) -> int:
-    """Where a trend chart's plot ends: the last date's label is centred under it and must end
-    inside the chart (a label with the year is wider than the usual right margin)."""
-    width = LONG_DATE_W if _long_dates(dates) else SHORT_DATE_W
-    return WIDTH - max(RIGHT, width // 2 + 2)
+def _date_width(dates: Sequence[str]) -> int:
+    """The room of a date label: with the year when the dates span two years."""
+    return LONG_DATE_W if dates[0][:4] != dates[-1][:4] else SHORT_DATE_W
 
 
 def _date_ticks(dates: Sequence[str], xs: Sequence[float], right: int) -> tuple[Tick, ...]:
-    long = _long_dates(dates)
-    width = LONG_DATE_W if long else SHORT_DATE_W
-    every = max(1, math.ceil(len(dates) * width / (right - LEFT)))
+    long = _date_width(dates) == LONG_DATE_W
+    every = max(1, math.ceil(len(dates) * _date_width(dates) / (right - LEFT)))
     # evenly spaced, always the last date
     return tuple(Tick(xs[i], d if long else d[5:]) for i, d in enumerate(dates) if (len(dates) - 1 - i) % every == 0)
 
 
-def _columns(dates: Sequence[str], xs: Sequence[float], lines: Sequence[Trend], shown: list[list[str]],
-             right: int) -> tuple:
+def _columns(dates: Sequence[str], xs: Sequence[float], lines: Sequence[Trend], shown: list[list[str]], right: int) -> tuple:
     edges = [LEFT] + [(a + b) / 2 for a, b in zip(xs, xs[1:])] + [right]
     return tuple(
         Column(round(edges[i], 1), round(edges[i + 1] - edges[i], 1),
@@ -372,7 +361,7 @@ def line_chart(chart_id: str, title: str, dates: Sequence[str], trends: Sequence
     ceiling = clip_bound(floats) if clip else None
     ticks = nice_ticks(min([0.0, *floats]), ceiling if ceiling is not None else max([0.0, *floats]))
     low, high = float(ticks[0]), float(ticks[-1])
-    right = _plot_right(dates)
+    right = WIDTH - max(RIGHT, _date_width(dates) // 2 + 2)  # the last date's label, centred, ends inside
     step = (right - LEFT) / max(len(dates) - 1, 1)
     xs = [round(LEFT + i * step, 1) if len(dates) > 1 else (LEFT + right) / 2 for i in range(len(dates))]
 

@@ -251,6 +251,7 @@ def run_stages(
     output_dir: Path | None = None,
     lookback_days: int | None = None,
     refresh_spend: bool = False,
+    reattribute_drift: bool = False,
 ):
     """Run every stage in order on an open :class:`Database` (SQLite or PostgreSQL)."""
     from ihc_attribution import api_stage, checks, export, journeys, load, report, schema
@@ -259,7 +260,8 @@ def run_stages(
     rng = range_from_params({"start_date": start, "end_date": end})
     client = client or FakeIhcClient()
     schema.ensure_schema(db)
-    journeys.extract_journeys(db, run_id, rng, lookback_days=lookback_days, created_at="2024-01-01 00:00:00")
+    journeys.extract_journeys(db, run_id, rng, lookback_days=lookback_days, created_at="2024-01-01 00:00:00",
+                              reattribute_drift=reattribute_drift)
     api_stage.pack_requests(db, run_id, max_journeys=max_journeys, max_sessions=max_sessions, oversized_policy=policy)
     api_stage.send_requests(db, run_id, client, max_sessions=max_sessions)
     load.load_attribution(db, run_id, rng, recorded_at="2024-01-01 00:00:00")

@@ -2,17 +2,23 @@
 
 A journey is every session of the conversion's user whose timestamp is strictly before the
 conversion's timestamp (optionally limited by a look-back window). Journeys are built in SQL on
-the database side, from a copy of the sessions of the run's converting users made in one pass
-over ``session_sources``. Python validates the conversions of the run and those sessions, in
-bounded batches, so that malformed input is quarantined with a reason instead of being compared
-as text and silently dropped; on SQLite only the rows the database cannot tell are well-formed
-are read for that (see ``validation.CLEAN_SESSION``).
+the database side, from a copy of the sessions of every user who converted, made in one pass
+over ``session_sources``; the same copy tells which journeys attributed earlier no longer match
+the sources (see :mod:`drift`). Python validates the conversions of the run and those sessions,
+in bounded batches, so that malformed input is quarantined with a reason instead of being
+compared as text and silently dropped; on SQLite only the rows the database cannot tell are
+well-formed are read for that (see ``validation.CLEAN_SESSION``).
+
+The reading (the pass, the validation, the comparison) writes only temporary tables, outside
+the write transaction; the transaction then stages the run's conversions and journeys from
+them, so the lock other writers wait for is held for the staging only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -34,16 +40,20 @@ from ihc_attribution.validation import (  # noqa: F401 - the reasons, where call
 log = logging.getLogger(__name__)
 
 _MAX_DETAIL_ITEMS = 5
-# The run's converting users, and every session of theirs: one pass over session_sources that
-# probes the small table of users, instead of an index over the whole table built beforehand.
-# Validation, duplicate detection and the journeys then read the copy (a few sessions per buyer).
+# Every user with a conversion in the sources or an attributed journey, and every session of
+# theirs: one pass over session_sources that probes the small table of users, instead of an
+# index over the whole table built beforehand. Validation, duplicate detection, the journeys and
+# the comparison of the attributed ones then read the copy (about 1% of the sessions).
 # CREATE TABLE ... AS SELECT keeps the source columns' types, so values are copied unchanged.
 BUYERS = "attribution_tmp_buyers"
 BUYER_SESSIONS = "attribution_tmp_buyer_sessions"
+#: Users of conversions loaded while the run was reading (see :func:`_copy_late_users`).
+LATE_BUYERS = "attribution_tmp_late_buyers"
 _BUYERS_DDL = f"CREATE TEMP TABLE {BUYERS} (user_id TEXT PRIMARY KEY)"
 _BUYERS_SQL = (
-    f"INSERT INTO {BUYERS} (user_id) SELECT user_id FROM attribution_stg_conversions "
-    "WHERE run_id = ? AND status = 'ready' AND user_id IS NOT NULL ON CONFLICT (user_id) DO NOTHING"
+    f"INSERT INTO {BUYERS} (user_id) SELECT u.user_id FROM ("
+    "SELECT CAST(user_id AS TEXT) AS user_id FROM conversions WHERE user_id IS NOT NULL "
+    "UNION SELECT user_id FROM attribution_journeys WHERE user_id IS NOT NULL) AS u"
 )
 
 
@@ -144,10 +154,11 @@ def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
     )
 
 
-def stage_buyer_sessions(db: Database, run_id: str) -> None:
-    """Copy every session of the run's converting users into a temporary table (one pass).
+def stage_buyer_sessions(db: Database) -> None:
+    """Copy every session of every converting or attributed user into a temporary table (one pass).
 
-    The tables live as long as the connection; :func:`drop_buyer_sessions` removes them.
+    Writes temporary tables only (no write lock on the database). The tables live as long as the
+    connection; :func:`drop_buyer_sessions` removes them.
     """
     if db.is_sqlite:
         # The pass searches the users' key once per session of the database. In 64 KiB pages the
@@ -158,7 +169,7 @@ def stage_buyer_sessions(db: Database, run_id: str) -> None:
         db.execute(f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}")
     drop_buyer_sessions(db)
     db.execute(_BUYERS_DDL)
-    db.execute(_BUYERS_SQL, (run_id,))
+    db.execute(_BUYERS_SQL)
     cache = _buyers_cache_sql(db) if db.is_sqlite else None
     if cache:
         db.execute(cache)
@@ -180,7 +191,7 @@ def _buyers_cache_sql(db: Database) -> str | None:
 
 def drop_buyer_sessions(db: Database) -> None:
     """Remove the temporary tables of :func:`stage_buyer_sessions`."""
-    for table in (BUYER_SESSIONS, BUYERS):
+    for table in (BUYER_SESSIONS, BUYERS, LATE_BUYERS):
         db.execute(f"DROP TABLE IF EXISTS {table}")
 
 
@@ -199,6 +210,10 @@ class ExtractSummary:
     reused_answers: int = 0
     #: Attributed conversions of other days whose journeys changed (see drift.py).
     changed_elsewhere: int = 0
+    #: Days of such conversions the run handled too (param reattribute_drift).
+    reattributed_days: int = 0
+    #: Ready conversions loaded while the run was reading, whose users' sessions were copied then.
+    late_users: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -225,72 +240,159 @@ def extract_journeys(
     created_at: str = "",
     answer_scope: str = "",
     reuse_answers: bool = True,
+    reattribute_drift: bool = False,
 ) -> ExtractSummary:
     """Stage the run's conversions and journeys, quarantining what cannot be attributed.
 
-    Runs in one transaction and replaces the run's staging, so it is safe to re-run.
+    Reads the sources into temporary tables first, then stages in one transaction, which
+    replaces the run's staging: safe to re-run. Every attributed journey is compared with the
+    sources on the way (see :mod:`drift`).
 
     :param answer_scope: what else decides an answer besides the journey (the API's address,
         conversion type and redistribution settings); part of every journey's fingerprint.
     :param reuse_answers: let journeys whose fingerprint another run's answer was given for keep
         that answer instead of being sent again (see :func:`reuse.reuse_other_runs_answers`).
+    :param reattribute_drift: also handle the conversions of the days whose attributed journeys
+        no longer match the sources, as a run of those days would.
     """
     summary = ExtractSummary()
-    with db.transaction():
-        clear_run_staging(db, run_id)
-        db.execute(
-            "INSERT INTO attribution_runs (run_id, range_start, range_end, created_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
-            "range_start = excluded.range_start, range_end = excluded.range_end",
-            (run_id, run_range.start_ts, run_range.end_ts, created_at),
-        )
-        conversions.stage_conversions(db, run_id, run_range, summary)
-        stage_buyer_sessions(db, run_id)
-        _quarantine_invalid_sessions(db, run_id, lookback_days, summary)
-        params: list = [run_id]
-        if lookback_days is not None:
-            params.append(f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days))
-        db.execute(journeys_sql(db.dialect, lookback=lookback_days is not None), params)
-        if lookback_days is None:  # stored journeys are compared whole (see drift.py)
-            ts = f"{_SESSION_DATE[db.dialect]} || ' ' || {_SESSION_TIME[db.dialect]}"
-            summary.changed_elsewhere = drift.detect(db, run_id, BUYERS, BUYER_SESSIONS, ts)
+    try:
+        stage_buyer_sessions(db)
+        bad_sessions = _malformed_sessions(db)
+        started = time.perf_counter()
+        changed = drift.detect(db, BUYER_SESSIONS, _copy_ts(db), _SESSION_ID_TEXT[db.dialect])
+        log.info("compared the attributed journeys with the sources in %.2f s: %d no longer match",
+                 time.perf_counter() - started, changed)
+        extra_days = drift.days_to_reattribute(db, run_range) if reattribute_drift else []
+        with db.transaction():
+            _stage(db, run_id, run_range, extra_days, bad_sessions, lookback_days, created_at, summary)
+            summary.changed_elsewhere = drift.record(db, run_id)
+            sizes = reuse.fingerprint_journeys(db, run_id, answer_scope)
+            if reuse_answers:
+                summary.reused_answers = reuse.reuse_other_runs_answers(db, run_id)
+    finally:
         drop_buyer_sessions(db)
-        db.execute(
-            "UPDATE attribution_stg_conversions SET n_sessions = ("
-            " SELECT COUNT(*) FROM attribution_stg_sessions s"
-            " WHERE s.run_id = attribution_stg_conversions.run_id"
-            " AND s.conv_id = attribution_stg_conversions.conv_id)"
-            " WHERE run_id = ? AND status = 'ready'",
-            (run_id,),
-        )
-        db.execute(
-            "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) "
-            "SELECT run_id, conv_id, ?, ? FROM attribution_stg_conversions "
-            "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
-            (NO_SESSIONS, "no session of the user before the conversion", run_id),
-        )
-        summary.no_sessions = db.execute(
-            "UPDATE attribution_stg_conversions SET status = ? "
-            "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
-            (NO_SESSIONS, run_id),
-        )
-        sizes = reuse.fingerprint_journeys(db, run_id, answer_scope)
-        if reuse_answers:
-            summary.reused_answers = reuse.reuse_other_runs_answers(db, run_id)
-        summary.journeys, summary.sessions, summary.max_journey_sessions = len(sizes), sum(sizes), max(sizes, default=0)
+        drift.drop(db)
+    if extra_days:
+        log.info("re-attributing the conversions of %d days whose journeys changed: %s",
+                 len(extra_days), ", ".join(extra_days))
+    summary.journeys, summary.sessions, summary.max_journey_sessions = len(sizes), sum(sizes), max(sizes, default=0)
     return summary
 
 
-def _quarantine_invalid_sessions(
-    db: Database, run_id: str, lookback_days: int | None, summary: ExtractSummary
+def _stage(
+    db: Database, run_id: str, run_range: RunRange, extra_days: list[str],
+    bad_sessions: list[tuple[str, str, str | None, str]], lookback_days: int | None, created_at: str,
+    summary: ExtractSummary,
 ) -> None:
-    """Quarantine the run's conversions whose journey would include a malformed session.
+    """Stage the run's conversions and their journeys from the copy (in the caller's transaction)."""
+    clear_run_staging(db, run_id)
+    db.execute(
+        "INSERT INTO attribution_runs (run_id, range_start, range_end, created_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+        "range_start = excluded.range_start, range_end = excluded.range_end",
+        (run_id, run_range.start_ts, run_range.end_ts, created_at),
+    )
+    conversions.stage_conversions(db, run_id, run_range, summary)
+    _stage_extra_days(db, run_id, extra_days, summary)
+    summary.late_users = _copy_late_users(db, run_id)
+    if summary.late_users:
+        bad_sessions = _malformed_sessions(db)
+    _quarantine_invalid_sessions(db, run_id, bad_sessions, lookback_days, summary)
+    params: list = [run_id]
+    if lookback_days is not None:
+        params.append(f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days))
+    db.execute(journeys_sql(db.dialect, lookback=lookback_days is not None), params)
+    if lookback_days is not None:
+        db.execute(_WINDOWS_SQL[db.dialect], [params[1], run_id])
+    db.execute(
+        "UPDATE attribution_stg_conversions SET n_sessions = ("
+        " SELECT COUNT(*) FROM attribution_stg_sessions s"
+        " WHERE s.run_id = attribution_stg_conversions.run_id"
+        " AND s.conv_id = attribution_stg_conversions.conv_id)"
+        " WHERE run_id = ? AND status = 'ready'",
+        (run_id,),
+    )
+    db.execute(
+        "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) "
+        "SELECT run_id, conv_id, ?, ? FROM attribution_stg_conversions "
+        "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
+        (NO_SESSIONS, "no session of the user before the conversion", run_id),
+    )
+    summary.no_sessions = db.execute(
+        "UPDATE attribution_stg_conversions SET status = ? "
+        "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
+        (NO_SESSIONS, run_id),
+    )
+
+
+# The copy's timestamp and session id as text, as the package's tables hold them.
+_SESSION_ID_TEXT = {"sqlite": "CAST(s.session_id AS TEXT)", "postgresql": "s.session_id"}
+
+
+def _copy_ts(db: Database) -> str:
+    return f"{_SESSION_DATE[db.dialect]} || ' ' || {_SESSION_TIME[db.dialect]}"
+
+
+# Where each staged journey's look-back window starts, as the journeys' filter computes it.
+_WINDOWS_SQL = {
+    "sqlite": "INSERT INTO attribution_stg_journey_windows (run_id, conv_id, since_ts) "
+              "SELECT run_id, conv_id, datetime(conv_date || ' ' || conv_time, ?) FROM attribution_stg_conversions "
+              "WHERE run_id = ? AND status = 'ready'",
+    "postgresql": "INSERT INTO attribution_stg_journey_windows (run_id, conv_id, since_ts) "
+                  "SELECT run_id, conv_id, to_char((conv_date || ' ' || conv_time)::timestamp - (? || ' days')::interval, "
+                  "'YYYY-MM-DD HH24:MI:SS') FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'",
+}
+
+
+def _stage_extra_days(db: Database, run_id: str, days: list[str], summary: ExtractSummary) -> None:
+    """Stage the conversions of ``days`` besides the run's range, as the runs of those days would."""
+    for day in days:
+        first = dt.datetime.fromisoformat(day)
+        extra = ExtractSummary()
+        conversions.stage_conversions(db, run_id, RunRange(first, first + dt.timedelta(days=1)), extra)
+        summary.conversions += extra.conversions
+        summary.invalid_input += extra.invalid_input
+        summary.duplicates += extra.duplicates
+    db.executemany("INSERT INTO attribution_stg_extra_days (run_id, day) VALUES (?, ?)", [(run_id, d) for d in days])
+    summary.reattributed_days = len(days)
+
+
+def _copy_late_users(db: Database, run_id: str) -> int:
+    """Copy the sessions of the users of staged conversions that were not in the sources when the copy was made.
+
+    A loader may commit a new user's sessions and conversion between the copy and the staging;
+    such a user's sessions are read now (a probe of ``session_sources`` for those users only).
+    Sessions of users already copied that arrive meanwhile are the next run's to see (the
+    comparison then names the journey). Returns the number of users read late.
+    """
+    db.execute(f"DROP TABLE IF EXISTS {LATE_BUYERS}")
+    db.execute(f"CREATE TEMP TABLE {LATE_BUYERS} (user_id TEXT PRIMARY KEY)")
+    late = db.execute(
+        f"INSERT INTO {LATE_BUYERS} (user_id) SELECT DISTINCT user_id FROM attribution_stg_conversions "
+        f"WHERE run_id = ? AND status = 'ready' AND user_id IS NOT NULL AND user_id NOT IN (SELECT user_id FROM {BUYERS})",
+        (run_id,),
+    )
+    if late > 0:
+        buyer = db.cast_to_column("user_id", SESSION_SOURCES, "user_id")
+        select = _BUYER_SESSIONS_SELECT.format(
+            ids=_IDS[db.dialect], clean=validation.CLEAN_SESSION[db.dialect], buyer=buyer, buyers=LATE_BUYERS
+        )
+        db.execute(f"INSERT INTO {BUYER_SESSIONS}{select}")
+        db.execute(f"INSERT INTO {BUYERS} (user_id) SELECT user_id FROM {LATE_BUYERS}")
+    return max(late, 0)
+
+
+def _quarantine_invalid_sessions(
+    db: Database, run_id: str, bad_sessions: list[tuple[str, str, str | None, str]], lookback_days: int | None,
+    summary: ExtractSummary,
+) -> None:
+    """Quarantine the run's conversions whose journey would include one of ``bad_sessions``.
 
     Malformed: a field that is missing or out of its domain (see :func:`validation.session_problems`),
     or a session id present more than once in ``session_sources``, whose channel and time are then
-    ambiguous.
+    ambiguous (see :func:`_malformed_sessions`).
     """
-    bad_sessions = _malformed_sessions(db)
     if not bad_sessions:
         return
     affected = _conversions_holding(db, run_id, bad_sessions, lookback_days)

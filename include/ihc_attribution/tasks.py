@@ -185,6 +185,7 @@ def extract_journeys(context: Mapping[str, Any]) -> dict:
             created_at=created,
             answer_scope=scope,
             reuse_answers=reuse,
+            reattribute_drift=_flag_param(context, "reattribute_drift", False),
         )
     log.info("extracted %s", summary.as_dict())
     return summary.as_dict()

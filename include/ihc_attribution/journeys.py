@@ -27,7 +27,7 @@ import pandas as pd
 from ihc_attribution import conversions, drift, reuse, validation
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database, storable
-from ihc_attribution.schema import SESSION_SOURCES, STAGING_TABLES, has_unique_key
+from ihc_attribution.schema import SESSION_SOURCES, STAGING_TABLES, has_index_on, has_unique_key, rowid_slices
 from ihc_attribution.validation import (  # noqa: F401 - the reasons, where callers look for them
     API_REJECTED,
     DUPLICATE,
@@ -173,7 +173,16 @@ def stage_buyer_sessions(db: Database) -> None:
     cache = _buyers_cache_sql(db) if db.is_sqlite else None
     if cache:
         db.execute(cache)
-    db.execute(buyer_sessions_sql(db.dialect, db.cast_to_column("user_id", SESSION_SOURCES, "user_id")))
+    create = buyer_sessions_sql(db.dialect, db.cast_to_column("user_id", SESSION_SOURCES, "user_id"))
+    # Without an index on user_id the pass reads every row: in slices on SQLite (see rowid_slices).
+    slices = None if has_index_on(db, SESSION_SOURCES, "user_id") else rowid_slices(db, SESSION_SOURCES)
+    if slices is None:
+        db.execute(create)
+    else:
+        db.execute(create + "  AND 1 = 0")
+        select = create.split(" AS", 1)[1]
+        for low, high in slices:
+            db.execute(f"INSERT INTO {BUYER_SESSIONS}{select}  AND s.rowid BETWEEN ? AND ?", (low, high))
     db.execute(_BUYER_SESSIONS_INDEX)
 
 

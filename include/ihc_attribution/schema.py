@@ -285,6 +285,31 @@ def purge_staging(db: Database, created_before: str, keep_run_id: str | None = N
     return len(runs)
 
 
+#: Rows of a source table one reading statement covers on SQLite (see :func:`rowid_slices`).
+SLICE_ROWS = 250_000
+
+
+def rowid_slices(db: Database, table: str, rows: int | None = None) -> list[tuple[int, int]] | None:
+    """Ranges of ``table``'s rowids, about ``rows`` each, for reading a SQLite table in short statements.
+
+    In a rollback-journal file a reading statement holds the shared lock while it runs, and a
+    loader's commit waits for it: a scan of millions of rows read in slices makes it wait for one
+    slice at a time. None on PostgreSQL (readers never block writers there), for a view and for a
+    table without rowids: those are read in one statement.
+    """
+    if not db.is_sqlite:
+        return None
+    found = db.query("SELECT type, sql FROM sqlite_master WHERE name = ?", (table,))
+    if not found or found[0][0] != "table" or "WITHOUT ROWID" in str(found[0][1]).upper():
+        return None
+    # Apart: each is one look at an end of the table (together they would scan it).
+    low, high = (db.scalar(f"SELECT {end}(rowid) FROM {table}") for end in ("MIN", "MAX"))
+    if low is None:
+        return []
+    rows = rows or SLICE_ROWS
+    return [(start, min(start + rows - 1, high)) for start in range(low, high + 1, rows)]
+
+
 def has_unique_key(db: Database, table: str, column: str) -> bool:
     """Whether ``table.column`` alone is a primary key or carries a unique index (no NULL check).
 

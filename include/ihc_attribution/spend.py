@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ihc_attribution.db import Database
-from ihc_attribution.schema import SESSION_COSTS, SESSION_SOURCES, has_unique_key
+from ihc_attribution.schema import SESSION_COSTS, SESSION_SOURCES, has_index_on, has_unique_key, rowid_slices
 
 SPEND = "attribution_spend"
 SPEND_DATES = "attribution_spend_dates"
@@ -36,7 +36,7 @@ SELECT CAST(s.event_date AS TEXT), s.channel_name, {rows}, COUNT({distinct}s.ses
        COALESCE(SUM({cost}), 0)
 FROM {sessions} s
 LEFT JOIN {costs} c ON c.session_id = s.session_id
-WHERE {event_date} IN ({dates})
+WHERE {event_date} IN ({dates}){slice}
 GROUP BY CAST(s.event_date AS TEXT), s.channel_name
 """
 
@@ -47,8 +47,11 @@ GROUP BY CAST(s.event_date AS TEXT), s.channel_name
 INDEXED_DATES = 7
 
 
-def figures_sql(db: Database, n_dates: int = 1) -> str:
+def figures_sql(db: Database, n_dates: int = 1, sliced: bool = False) -> str:
     """The query of the figures of ``n_dates`` dates, given as its ``n_dates`` parameters (text).
+
+    ``sliced``: of the sessions of a range of rowids, given as two more parameters (see
+    :func:`slices`); the figures of the slices add up to those of the whole table.
 
     A source table without a key on ``session_id`` (an export, a view) may hold a row twice: it
     is the same session, or the same cost, and counts once.
@@ -70,7 +73,22 @@ def figures_sql(db: Database, n_dates: int = 1) -> str:
         dates=", ".join([db.as_type_of("?", SESSION_SOURCES, "event_date")] * n_dates),
         # A unary + keeps SQLite off the index (PostgreSQL's planner weighs it from the statistics).
         event_date="+s.event_date" if db.is_sqlite and n_dates > INDEXED_DATES else "s.event_date",
+        slice=" AND s.rowid BETWEEN ? AND ?" if sliced else "",
     )
+
+
+def slices(db: Database, n_dates: int) -> list[tuple[int, int]] | None:
+    """Rowid ranges to read the figures of ``n_dates`` dates in (see :func:`schema.rowid_slices`), or None.
+
+    Only where the read is a scan of a keyed table: a few dates behind the user's index on
+    ``event_date`` are read through it in one short statement, and the figures of a table without
+    a key need all its rows at once (a row present twice counts once).
+    """
+    if n_dates <= INDEXED_DATES and has_index_on(db, SESSION_SOURCES, "event_date"):
+        return None
+    if not has_unique_key(db, SESSION_SOURCES, "session_id") or not has_unique_key(db, SESSION_COSTS, "session_id"):
+        return None
+    return rowid_slices(db, SESSION_SOURCES)
 
 
 @dataclass
@@ -96,7 +114,11 @@ def read(db: Database, dates_sql: str, params: tuple = ()) -> Figures:
     dates = [d for (d,) in db.query(f"SELECT date FROM {TODO} ORDER BY date")]
     if dates and db.is_sqlite:  # in the database: a name that is not valid UTF-8 stays as stored
         db.execute(f"CREATE TEMP TABLE {READ} ({_COLUMNS})")
-        db.execute(f"INSERT INTO {READ} ({_NAMES}) " + figures_sql(db, len(dates)), dates)
+        ranges = slices(db, len(dates))
+        if ranges is None:
+            db.execute(f"INSERT INTO {READ} ({_NAMES}) " + figures_sql(db, len(dates)), dates)
+        for low, high in ranges or ():
+            db.execute(f"INSERT INTO {READ} ({_NAMES}) " + figures_sql(db, len(dates), sliced=True), [*dates, low, high])
         return Figures(dates)
     return Figures(dates, db.query(figures_sql(db, len(dates)), dates) if dates else [])
 
@@ -107,8 +129,10 @@ def publish(db: Database, run_id: str, figures: Figures) -> int:
     Runs in the caller's transaction. Returns the number of dates refreshed.
     """
     db.execute(f"DELETE FROM {SPEND} WHERE date IN (SELECT date FROM {TODO})")
-    if figures.rows is None:
-        db.execute(f"INSERT INTO {SPEND} ({_NAMES}) SELECT {_NAMES} FROM {READ}")
+    if figures.rows is None:  # the figures of each slice read, added up
+        sums = ", ".join(f"SUM({name})" for name in _NAMES.split(", ")[2:])
+        db.execute(f"INSERT INTO {SPEND} ({_NAMES}) SELECT date, channel_name, {sums} FROM {READ} "
+                   "GROUP BY date, channel_name")
     elif figures.rows:
         db.executemany(f"INSERT INTO {SPEND} ({_NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", figures.rows)
     db.execute(f"DELETE FROM {SPEND_DATES} WHERE date IN (SELECT date FROM {TODO})")

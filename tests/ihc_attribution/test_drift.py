@@ -233,3 +233,17 @@ def test_a_conversion_loaded_while_the_run_reads_gets_its_whole_journey(tmp_path
     _change(fresh, "INSERT INTO conversions VALUES ('c5', 'u5', '2024-01-09', '09:00:00', 12.0)")
     run_pipeline(fresh, "r1", *LATER)
     assert tables(path) == tables(fresh)
+
+
+def test_the_sources_read_in_slices_of_rowids_give_the_tables_of_one_read(tmp_path, monkeypatch):
+    """The extraction's pass and the spend read each statement a slice of rows (short shared locks)."""
+    from ihc_attribution import schema
+
+    whole = _history(tmp_path, "whole.sqlite")
+    run_pipeline(whole, "later", *LATER, refresh_spend=True)
+    monkeypatch.setattr(schema, "SLICE_ROWS", 2)
+    sliced = _history(tmp_path, "sliced.sqlite")
+    run_pipeline(sliced, "later", *LATER, refresh_spend=True)
+    assert tables(sliced) == tables(whole)
+    with sqlite3.connect(sliced) as conn:
+        assert len(schema.rowid_slices(drift.Database(conn), "session_sources")) == 4

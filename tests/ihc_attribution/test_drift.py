@@ -12,7 +12,7 @@ import sqlite3
 
 import pytest
 
-from ihc_attribution import drift, journeys
+from ihc_attribution import buyers, drift, journeys
 from tests.helpers import expected_report, make_db, read_table, run_pipeline, source_ddl
 
 SESSIONS = [
@@ -181,8 +181,8 @@ def test_a_re_run_of_a_named_day_clears_its_record_and_the_comparison_holds_no_l
     other = sqlite3.connect(path, isolation_level=None)
     try:
         other.execute("BEGIN IMMEDIATE")
-        journeys.stage_buyer_sessions(db)
-        assert drift.detect(db, journeys.BUYER_SESSIONS, "s.event_date || ' ' || s.event_time",
+        buyers.stage_buyer_sessions(db)
+        assert drift.detect(db, buyers.BUYER_SESSIONS, "s.event_date || ' ' || s.event_time",
                             "CAST(s.session_id AS TEXT)") == 0
     finally:
         other.execute("ROLLBACK")

@@ -157,7 +157,7 @@ def test_a_select_only_role_runs_the_dag_and_leaves_the_raw_schema_as_it_was(dag
         cur.execute("SELECT COUNT(*) FROM attribution.attribution_customer_journey")
         assert cur.fetchone()[0] > 100
         cur.execute("SELECT MAX(version) FROM attribution.attribution_schema_version")
-        assert cur.fetchone()[0] == 2
+        assert cur.fetchone()[0] == 3
 
 
 def test_an_upgrade_removes_version_1s_triggers_and_function_and_never_a_users_index(

@@ -9,6 +9,10 @@ The report refreshes the dates of the run's own range every time, and any other 
 needs that was never read: a date's spend is therefore as of the last run that covered it. A
 change to the costs of other dates is taken in by re-running the days it touches, or by a run
 with the ``refresh_spend`` param (see README, "When source data changes").
+
+:func:`read` reads the sources into temporary tables, outside the write transaction (on SQLite
+in slices of rowids, so a loader's commit waits for one short statement at a time);
+:func:`publish` then replaces the package's rows in the caller's transaction.
 """
 
 from __future__ import annotations

@@ -178,6 +178,9 @@ def extract_journeys(
             sizes = reuse.fingerprint_journeys(db, run_id, answer_scope)
             if reuse_answers:
                 summary.reused_answers = reuse.reuse_other_runs_answers(db, run_id)
+    except BaseException:
+        db.abandon_reads()
+        raise
     finally:
         drop_buyer_sessions(db)
         drift.drop(db)

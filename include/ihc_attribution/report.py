@@ -114,6 +114,9 @@ def build_report(
                 "SELECT report_date, run_id, ?, ?, ? FROM attribution_stg_report_dates WHERE run_id = ?",
                 (lookback_days, triggered_at, built_at, run_id),
             )
+    except BaseException:
+        db.abandon_reads()
+        raise
     finally:
         spend.drop(db)
     return ReportSummary(dates=n_dates, rows=rows, spend_dates_read=read)

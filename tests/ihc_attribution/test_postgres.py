@@ -143,3 +143,18 @@ def test_fixed_point_units_are_the_same_integers_on_both_engines(pg, decimals):
     got_pg = pg.query(sql.format(pg.units("x", decimals)))
     assert got_pg == got_lite
     assert dict(got_lite)[VALUES.index(2.5e-6)] == (3 if decimals == 6 else 0), "half away from zero"
+
+
+def test_an_error_in_the_reads_before_a_stage_s_transaction_is_the_error_raised(tmp_path, pg):
+    """PostgreSQL aborts the implicit transaction of the reads: the clean-up must not hide the error."""
+    from ihc_attribution import journeys, schema
+    from ihc_attribution.daterange import range_from_params
+
+    lite = random_db(tmp_path / "lite.sqlite", seed=12)
+    _copy_sources(lite, pg)
+    schema.ensure_schema(pg)
+    pg.execute("DROP TABLE attribution_journeys")  # what the extraction's first read needs
+    pg.conn.commit()
+    with pytest.raises(psycopg2.errors.UndefinedTable):
+        journeys.extract_journeys(pg, "r1", range_from_params({"start_date": "2024-01-01", "end_date": "2024-01-01"}))
+    assert pg.scalar("SELECT 1") == 1, "the connection is usable again"

@@ -247,3 +247,19 @@ def test_the_sources_read_in_slices_of_rowids_give_the_tables_of_one_read(tmp_pa
     assert tables(sliced) == tables(whole)
     with sqlite3.connect(sliced) as conn:
         assert len(schema.rowid_slices(drift.Database(conn), "session_sources")) == 4
+
+
+@pytest.mark.parametrize("change", [
+    "UPDATE conversions SET conv_date = '2024-01-07' WHERE conv_id = 'c9'",  # moved to another day
+    "DELETE FROM conversions WHERE conv_id = 'c9'",  # refunded
+])
+def test_an_issue_of_a_conversion_that_left_its_day_goes_with_the_re_run_of_that_day(tmp_path, change):
+    path = make_db(tmp_path / "db.sqlite", SESSIONS, [*CONVERSIONS, ("c9", "u9", "2024-01-05", "10:00:00", 5.0)], COSTS)
+    run_pipeline(path, "history", "2024-01-05", "2024-01-05")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT reason, conv_date FROM attribution_issues WHERE conv_id = 'c9'").fetchall() == [
+            (journeys.NO_SESSIONS, "2024-01-05")]
+    _change(path, change)
+    run_pipeline(path, "again", "2024-01-05", "2024-01-05")
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT COUNT(*) FROM attribution_issues WHERE conv_id = 'c9'").fetchone() == (0,)

@@ -263,3 +263,16 @@ def test_an_issue_of_a_conversion_that_left_its_day_goes_with_the_re_run_of_that
     run_pipeline(path, "again", "2024-01-05", "2024-01-05")
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT COUNT(*) FROM attribution_issues WHERE conv_id = 'c9'").fetchone() == (0,)
+
+
+def test_an_upgrade_records_the_journeys_of_the_attribution_already_stored(tmp_path):
+    """A database of schema version 2 has credit but no attribution_journeys: the first run fills them."""
+    path = _history(tmp_path, "db.sqlite")
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE attribution_journeys")
+        conn.execute("DELETE FROM attribution_schema_version WHERE version > 2")
+    assert run_pipeline(path, "later", *LATER).changed_days == [], "the journeys stored are the sources' journeys"
+    with sqlite3.connect(path) as conn:
+        assert {c for (c,) in conn.execute("SELECT conv_id FROM attribution_journeys")} == {"c1", "c2", "c3"}
+    _change(path, CHANGES["channel changed in place"][0])
+    assert run_pipeline(path, "later", *LATER).changed_days == ["2024-01-05"]

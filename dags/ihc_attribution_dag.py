@@ -153,6 +153,15 @@ SCHEDULE = (
             "those dates (after costs or sessions of past days changed). By default a run reads the spend of its own "
             "dates and of dates never read before.",
         ),
+        "reattribute_drift": Param(
+            False,
+            type="boolean",
+            title="Re-attribute changed days",
+            description="Also re-attribute the conversions of the days whose attributed journeys no longer match "
+            "the sources (the days attribution_drift and the run summary name: late, deleted, re-dated or moved "
+            "sessions, changed channels, corrected conversions), as a run of those days would, and rebuild every "
+            "report date they touch. Unchanged journeys of those days reuse their answers.",
+        ),
         "dry_run": Param(
             False,
             type="boolean",

@@ -252,6 +252,7 @@ def run_stages(
     lookback_days: int | None = None,
     refresh_spend: bool = False,
     cut_journeys: bool = True,
+    reattribute_drift: bool = False,
 ):
     """Run every stage in order on an open :class:`Database` (SQLite or PostgreSQL).
 
@@ -264,7 +265,8 @@ def run_stages(
     client = client or FakeIhcClient()
     schema.ensure_schema(db)
     journeys.extract_journeys(db, run_id, rng, lookback_days=lookback_days, created_at="2024-01-01 00:00:00",
-                              max_sessions=max_sessions if cut_journeys else None)
+                              max_sessions=max_sessions if cut_journeys else None,
+                              reattribute_drift=reattribute_drift)
     api_stage.pack_requests(db, run_id, max_journeys=max_journeys, max_sessions=max_sessions, oversized_policy=policy)
     api_stage.send_requests(db, run_id, client, max_sessions=max_sessions)
     load.load_attribution(db, run_id, rng, recorded_at="2024-01-01 00:00:00")

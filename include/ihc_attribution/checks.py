@@ -40,6 +40,8 @@ class RunSummary:
     source_warnings: dict[str, int] = field(default_factory=dict)
     #: Conversion days of attributed journeys that no longer match the sources: re-run them.
     changed_days: list[str] = field(default_factory=list)
+    #: Days besides the range whose conversions the run handled because their journeys had changed.
+    reattributed_days: list[str] = field(default_factory=list)
     #: What the range covered, when that needs saying (no conversions, before the first one ...).
     note: str = ""
 
@@ -63,11 +65,17 @@ class RunSummary:
             f"ihc_revenue {self.ihc_revenue:.2f}\n"
             f"  source data warnings over the range: "
             + (", ".join(f"{k} {v}" for k, v in sorted(self.source_warnings.items()) if v) or "none")
+            + (f"\n  re-attributed the conversions of {len(self.reattributed_days)} other days whose journeys had "
+               f"changed: {_days(self.reattributed_days)}" if self.reattributed_days else "")
             + (f"\n  CHANGED: attributed journeys of {len(self.changed_days)} other days no longer match the sources; "
-               f"re-run them ({', '.join(self.changed_days[:10])}{' ...' if len(self.changed_days) > 10 else ''}): "
-               "clear their runs in the UI, or trigger a run with start_date/end_date"
+               f"re-run them ({_days(self.changed_days)}): clear their runs in the UI, trigger a run with "
+               "start_date/end_date, or any run with reattribute_drift on"
                if self.changed_days else "")
         )
+
+
+def _days(days: list[str], shown: int = 10) -> str:
+    return ", ".join(days[:shown]) + (" ..." if len(days) > shown else "")
 
 
 def check_run(db: Database, run_id: str, run_range: RunRange) -> RunSummary:
@@ -120,6 +128,8 @@ def check_run(db: Database, run_id: str, run_range: RunRange) -> RunSummary:
     summary.cost, summary.ihc, summary.ihc_revenue = totals.cost, totals.ihc, totals.ihc_revenue
     summary.source_warnings = source_warnings(db, run_range)
     summary.changed_days = drift.changed_days(db)
+    summary.reattributed_days = [str(d) for (d,) in db.query(
+        "SELECT day FROM attribution_stg_extra_days WHERE run_id = ? ORDER BY day", (run_id,))]
     if summary.conversions == 0:
         summary.note = coverage_note(db, run_range)
     _record(db, summary)

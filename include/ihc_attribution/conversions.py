@@ -109,7 +109,8 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
     ]
     db.executemany(
         "INSERT INTO attribution_stg_conversions "
-        "(run_id, conv_id, user_id, conv_date, conv_time, revenue, status) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        "(run_id, conv_id, user_id, conv_date, conv_time, revenue, status) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (run_id, conv_id) DO NOTHING",  # an id present twice, on two days the run handles
         staged,
     )
     issues = [(run_id, cid, INVALID_INPUT, f"conversion: {p}") for cid, p in zip(invalid["conv_id"], problems[invalid.index])]

@@ -229,6 +229,15 @@ class Database:
         finally:
             self._in_transaction = False
 
+    def abandon_reads(self) -> None:
+        """After an error in reads made outside :meth:`transaction`, make the connection usable again.
+
+        PostgreSQL runs them in an implicit transaction that an error aborts (every later statement
+        would fail, hiding the error); rolling it back also drops the temporary tables made in it.
+        """
+        if not self.is_sqlite and not self._in_transaction:
+            self.conn.rollback()
+
     def units(self, expr: str, decimals: int, *, numeric: bool = False) -> str:
         """``expr`` (a number) as a whole number of ``10**-decimals``, rounded half away from zero.
 

@@ -1,57 +1,155 @@
-"""Journeys of other days that no longer match the sources: found cheaply, named by their day.
+"""Attributed journeys that no longer match the sources: found cheaply at every run, named by their day.
 
-A late session, a deleted or re-dated session or a merged ``user_id`` changes the journeys of
-conversions already attributed, on days no run is covering now. The extraction has just read
-every session of the run's converting users; for the other attributed conversions of those same
-users it compares the stored journey (sessions, first and last timestamp) with what the sources
-hold now. A mismatch is recorded in ``attribution_drift`` with the conversion's day, and the run
-summary names the days to re-run. A run that handles a conversion again removes its record.
-Conversions of users without a conversion in the run are not looked at (that would read their
-sessions too); a channel changed on a session is not seen (its count and times do not change).
+A late session, a deleted, re-dated or re-channelled session, a merged ``user_id``, or a
+conversion whose time, user or revenue was corrected changes what a journey attributed earlier
+should be. ``attribution_journeys`` holds, per attributed conversion, what its journey was: its
+user, time, revenue, look-back window and number of sessions; ``attribution_credit`` holds each
+session it credited with the date, time and channel the journey saw. At every run the extraction
+copies the sessions of every user who ever converted (one pass over ``session_sources``, which
+the run's own journeys need anyway) and :func:`detect` compares:
+
+- each stored conversion with ``conversions`` (by id): a changed user, time or revenue, or an id
+  now present twice;
+- each stored journey with the copy: the sessions of its user in its window must still number
+  as many, and each credited session must still be there with its date, time and channel (so a
+  deleted, re-dated, re-channelled or moved session is seen, and so is one inserted or moved in).
+
+What no longer matches is recorded in ``attribution_drift`` under the conversion's day (the day
+it was attributed as), the run summary names those days, and a run with ``reattribute_drift``
+also handles them (see :mod:`journeys`). A run that handles a conversion again removes its
+record. Not seen: a change of a session's engagement flags alone, and a session whose date is
+malformed text that sorts after the conversion (one with no date at all is seen).
 """
 
 from __future__ import annotations
 
+from ihc_attribution.daterange import RunRange
+from ihc_attribution import sources
 from ihc_attribution.db import Database
+from ihc_attribution.sources import CONVERSIONS
 
 DRIFT = "attribution_drift"
+JOURNEYS = "attribution_journeys"
+#: What the run's detection found, before it is published with the run's staging.
+FOUND = "attribution_tmp_drift"
 
-_STORED = """
-SELECT conv_id, conv_date, conv_ts, user_id, COUNT(*) AS n, MIN(session_ts) AS first_ts, MAX(session_ts) AS last_ts
-FROM attribution_credit
-WHERE user_id IN (SELECT user_id FROM {buyers})
-  AND conv_id NOT IN (SELECT conv_id FROM attribution_stg_conversions WHERE run_id = ?)
-  AND conv_id NOT IN (SELECT conv_id FROM attribution_issues WHERE reason = 'oversized_journey')
-GROUP BY conv_id, conv_date, conv_ts, user_id
+# Stored conversions against the sources: a changed user, time or revenue, or an id present twice.
+_CONVERSIONS_SQL = """
+SELECT j.conv_id, j.conv_date, COUNT(*),
+       MAX(CASE WHEN {user} IS NULL OR {user} <> j.user_id THEN 1 ELSE 0 END),
+       MAX(CASE WHEN {ts} IS NULL OR {ts} <> j.conv_ts THEN 1 ELSE 0 END),
+       MAX(CASE WHEN {revenue} IS NULL OR {revenue} <> j.revenue_micros THEN 1 ELSE 0 END),
+       MIN({ts})
+FROM attribution_journeys j
+JOIN {conversions} v ON {conv_id} = j.conv_id
+GROUP BY j.conv_id, j.conv_date, j.user_id, j.conv_ts, j.revenue_micros
 """
-_DETECT = """
-INSERT INTO {drift} (conv_id, conv_date, run_id, detail)
-SELECT st.conv_id, st.conv_date, ?,
-       'attributed over ' || CAST(st.n AS TEXT) || ' sessions; the sources now hold '
-       || CAST(COUNT(s.ts) AS TEXT) || ' before the conversion'
-FROM ({stored}) AS st
-LEFT JOIN (SELECT s.user_id, {ts} AS ts FROM {copy} s) AS s ON s.user_id = st.user_id AND s.ts < st.conv_ts
-GROUP BY st.conv_id, st.conv_date, st.n, st.first_ts, st.last_ts
-HAVING COUNT(s.ts) <> st.n OR COALESCE(MIN(s.ts), '') <> COALESCE(st.first_ts, '')
-    OR COALESCE(MAX(s.ts), '') <> COALESCE(st.last_ts, '')
+# Stored journeys against the copy of their users' sessions. now: the sessions in the window
+# (one without a timestamp counts: a journey holding it is quarantined); kept: the credited ones
+# still there unchanged; from_first: those from the earliest one sent on (equal to sent unless a
+# session now ranks among the latest sent of a truncated journey).
+_SESSIONS_SQL = """
+SELECT conv_id, conv_date, sessions, sent, now, kept, from_first FROM (
+    SELECT j.conv_id, j.conv_date, j.sessions, j.sent, COUNT(s.user_id) AS now, COUNT(cr.session_id) AS kept,
+           COALESCE(SUM(CASE WHEN {ts} > j.first_ts OR ({ts} = j.first_ts AND {sid} >= j.first_session_id)
+                        THEN 1 ELSE 0 END), 0) AS from_first
+    FROM attribution_journeys j
+    LEFT JOIN {copy} s ON s.user_id = j.user_id
+         AND ({ts} IS NULL OR ({ts} < j.conv_ts AND (j.since_ts IS NULL OR {ts} >= j.since_ts)))
+    LEFT JOIN attribution_credit cr ON cr.conv_id = j.conv_id AND cr.session_id = {sid}
+         AND cr.session_ts = {ts} AND cr.channel_name = s.channel_name
+    GROUP BY j.conv_id, j.conv_date, j.sessions, j.sent
+) AS compared
+WHERE now <> sessions OR kept <> sent OR from_first <> sent
 """
 
 
-def detect(db: Database, run_id: str, buyers: str, copy: str, ts: str) -> int:
-    """Record the conversions of the run's users, not handled by the run, whose journey changed.
+def _conversion_detail(copies: int, user: int, moved: int, revenue: int, now_ts: object) -> str:
+    if copies > 1:
+        return f"the conversion is now present {copies} times in conversions"
+    changed = [what for what, flag in (("its user_id", user), (f"its time (now {now_ts})", moved),
+                                       ("its revenue", revenue)) if flag]
+    return "the conversion changed in the sources: " + ", ".join(changed)
 
-    ``buyers``/``copy``: the extraction's temporary tables of the run's users and their sessions;
-    ``ts``: the copy's session timestamp as ``YYYY-MM-DD HH:MM:SS``. Returns the number recorded.
+
+def _journey_detail(sessions: int, sent: int, now: int, kept: int) -> str:
+    if now != sessions:
+        return f"attributed over {sessions} sessions; the sources now hold {now} before the conversion"
+    if kept != sent:
+        return f"{sent - kept} of the {sent} sessions it credited changed (date, time, channel or user) or are gone"
+    return f"another session now ranks among the latest {sent} sent of its truncated journey"
+
+
+def detect(db: Database, copy: str, ts: str, session_id: str) -> int:
+    """Compare every attributed journey with the sources; keep what changed in :data:`FOUND` (temporary).
+
+    ``copy``: the extraction's temporary table of the sessions of every user who converted;
+    ``ts``, ``session_id``: its timestamp as ``YYYY-MM-DD HH:MM:SS`` and its session id as text
+    (expressions over the alias ``s``). Writes only the temporary table, so it runs outside the
+    write transaction. Returns the number of conversions that changed.
     """
-    stored = _STORED.format(buyers=buyers)
-    db.execute(f"DELETE FROM {DRIFT} WHERE conv_id IN (SELECT conv_id FROM ({stored}) AS st)", (run_id,))
-    return db.execute(_DETECT.format(drift=DRIFT, stored=stored, ts=ts, copy=copy), (run_id, run_id))
+    drop(db)
+    db.execute(f"CREATE TEMP TABLE {FOUND} (conv_id TEXT PRIMARY KEY, conv_date TEXT, detail TEXT)")
+    found: dict[str, tuple] = {}
+    for conv_id, conv_date, copies, user, moved, revenue, now_ts in db.query(_conversions_sql(db)):
+        if copies > 1 or user or moved or revenue:
+            found[conv_id] = (conv_date, _conversion_detail(int(copies), user, moved, revenue, now_ts))
+    for conv_id, conv_date, sessions, sent, now, kept, _from_first in db.query(
+        _SESSIONS_SQL.format(copy=copy, ts=ts, sid=session_id)
+    ):
+        found.setdefault(conv_id, (conv_date, _journey_detail(sessions, sent, now, kept)))
+    db.executemany(f"INSERT INTO {FOUND} (conv_id, conv_date, detail) VALUES (?, ?, ?)",
+                   [(conv_id, *rest) for conv_id, rest in found.items()])
+    return len(found)
+
+
+def _conversions_sql(db: Database) -> str:
+    """:data:`_CONVERSIONS_SQL` for the dialect: the source's values as the staging reads them."""
+    if db.is_sqlite:
+        # conv_id compared as stored (an INTEGER id matches its text), so the key can be used.
+        conv_id, user, revenue = "v.conv_id", "CAST(v.user_id AS TEXT)", db.units("CAST(v.revenue AS REAL)", 6)
+    else:  # revenue as its text, as the driver reads it into a float (REAL and NUMERIC included)
+        conv_id, user, revenue = "CAST(v.conv_id AS TEXT)", "CAST(v.user_id AS TEXT)", db.units("CAST(v.revenue AS TEXT)", 6)
+        if sources.is_text_column(db, CONVERSIONS, "revenue"):  # text is never a valid revenue: nothing to compare
+            revenue = "CAST(NULL AS BIGINT)"
+    ts = "CAST(v.conv_date AS TEXT) || ' ' || CAST(v.conv_time AS TEXT)"
+    return _CONVERSIONS_SQL.format(conv_id=conv_id, user=user, ts=ts, revenue=revenue,
+                                   conversions=sources.table(db, CONVERSIONS))
+
+
+def days_to_reattribute(db: Database, run_range: RunRange) -> list[str]:
+    """The days :func:`detect` found changed journeys on, besides the run's own days, oldest first."""
+    first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
+    return [str(d) for (d,) in db.query(
+        f"SELECT DISTINCT conv_date FROM {FOUND} WHERE conv_date IS NOT NULL AND (conv_date < ? OR conv_date > ?) "
+        "ORDER BY 1", (first, last))]
+
+
+def record(db: Database, run_id: str) -> int:
+    """Replace ``attribution_drift`` with what the run found (in the caller's transaction).
+
+    Returns how many of them belong to conversions the run does not handle itself.
+    """
+    db.execute(f"DELETE FROM {DRIFT}")
+    db.execute(f"INSERT INTO {DRIFT} (conv_id, conv_date, run_id, detail) SELECT conv_id, conv_date, ?, detail FROM {FOUND}",
+               (run_id,))
+    return int(db.scalar(
+        f"SELECT COUNT(*) FROM {FOUND} WHERE conv_id NOT IN "
+        "(SELECT conv_id FROM attribution_stg_conversions WHERE run_id = ?)", (run_id,)))
+
+
+def drop(db: Database) -> None:
+    """Remove the temporary table of :func:`detect`."""
+    db.execute(f"DROP TABLE IF EXISTS {FOUND}")
 
 
 def forget(db: Database, run_id: str) -> None:
-    """Remove the records of the conversions the run has just published again."""
-    db.execute(f"DELETE FROM {DRIFT} WHERE conv_id IN (SELECT conv_id FROM attribution_stg_conversions WHERE run_id = ?)",
-               (run_id,))
+    """Remove the records of the conversions the run has just published again, and of those no longer attributed."""
+    db.execute(
+        f"DELETE FROM {DRIFT} WHERE conv_id IN (SELECT conv_id FROM attribution_stg_conversions WHERE run_id = ?) "
+        f"OR conv_id NOT IN (SELECT conv_id FROM {JOURNEYS})",
+        (run_id,),
+    )
 
 
 def changed_days(db: Database) -> list[str]:

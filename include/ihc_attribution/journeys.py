@@ -2,17 +2,23 @@
 
 A journey is every session of the conversion's user whose timestamp is strictly before the
 conversion's timestamp (optionally limited by a look-back window). Journeys are built in SQL on
-the database side, from a copy of the sessions of the run's converting users made in one pass
-over ``session_sources``. Python validates the conversions of the run and those sessions, in
-bounded batches, so that malformed input is quarantined with a reason instead of being compared
-as text and silently dropped; on SQLite only the rows the database cannot tell are well-formed
-are read for that (see ``validation.CLEAN_SESSION``).
+the database side, from a copy of the sessions of every user who converted, made in one pass
+over ``session_sources``; the same copy tells which journeys attributed earlier no longer match
+the sources (see :mod:`drift`). Python validates the conversions of the run and those sessions,
+in bounded batches, so that malformed input is quarantined with a reason instead of being
+compared as text and silently dropped; on SQLite only the rows the database cannot tell are
+well-formed are read for that (see ``validation.CLEAN_SESSION``).
+
+The reading (the pass, the validation, the comparison) writes only temporary tables, outside
+the write transaction; the transaction then stages the run's conversions and journeys from
+them, so the lock other writers wait for is held for the staging only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
@@ -21,6 +27,7 @@ import pandas as pd
 from ihc_attribution import conversions, drift, reuse, sources, validation
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database, storable
+from ihc_attribution.buyers import BUYER_SESSIONS, copy_late_users, drop_buyer_sessions, stage_buyer_sessions
 from ihc_attribution.schema import SESSION_SOURCES, STAGING_TABLES, has_unique_key
 from ihc_attribution.validation import (  # noqa: F401 - the reasons, where callers look for them
     API_REJECTED,
@@ -34,56 +41,6 @@ from ihc_attribution.validation import (  # noqa: F401 - the reasons, where call
 log = logging.getLogger(__name__)
 
 _MAX_DETAIL_ITEMS = 5
-# The run's converting users, and every session of theirs: one pass over session_sources that
-# probes the small table of users, instead of an index over the whole table built beforehand.
-# Validation, duplicate detection and the journeys then read the copy (a few sessions per buyer).
-# CREATE TABLE ... AS SELECT keeps the source columns' types, so values are copied unchanged.
-BUYERS = "attribution_tmp_buyers"
-BUYER_SESSIONS = "attribution_tmp_buyer_sessions"
-_BUYERS_DDL = f"CREATE TEMP TABLE {BUYERS} (user_id TEXT PRIMARY KEY)"
-_BUYERS_SQL = (
-    f"INSERT INTO {BUYERS} (user_id) SELECT user_id FROM attribution_stg_conversions "
-    "WHERE run_id = ? AND status = 'ready' AND user_id IS NOT NULL ON CONFLICT (user_id) DO NOTHING"
-)
-
-
-# The copy holds the ids as text, as the package's tables do, whatever type the source gives them
-# (PostgreSQL compares a BIGINT id with text only once cast; SQLite stores them as they are).
-_BUYER_SESSIONS_SELECT = """
-SELECT {ids}, s.event_date, s.event_time, s.channel_name,
-       s.holder_engagement, s.closer_engagement, s.impression_interaction,
-       CASE WHEN {clean} THEN 1 ELSE 0 END AS clean
-FROM {sessions}
-WHERE s.user_id IN (SELECT {buyer} FROM {buyers})
-"""
-_IDS = {
-    "sqlite": "s.session_id, s.user_id",
-    "postgresql": "CAST(s.session_id AS TEXT) AS session_id, CAST(s.user_id AS TEXT) AS user_id",
-}
-
-
-def buyer_sessions_sql(dialect: str, buyer: str = "user_id", sessions: str = "session_sources s") -> str:
-    """The one pass over ``session_sources``: the sessions of the run's users, each marked clean or not.
-
-    ``buyer`` is the buyers' id as the source's ``user_id`` column compares it (see
-    :func:`sources.cast_to_column`); ``sessions`` the source aliased ``s`` (see :func:`sources.table`).
-    """
-    select = _BUYER_SESSIONS_SELECT.format(
-        ids=_IDS[dialect], clean=validation.CLEAN_SESSION[dialect], buyer=buyer, buyers=BUYERS, sessions=sessions
-    )
-    return f"CREATE TEMP TABLE {BUYER_SESSIONS} AS{select}"
-
-
-_BUYER_SESSIONS_SQL = buyer_sessions_sql("sqlite")
-_TEMP_PAGE_SIZE = 65_536
-# A user's sessions in the order of the conversion flag: the journeys need no sort. It holds
-# every column the journeys read, so that they never look a row up in the table (a random read
-# per session: on a large run the copy is far larger than the cache).
-_BUYER_SESSIONS_INDEX = (
-    f"CREATE INDEX attribution_tmp_ix_buyer_sessions ON {BUYER_SESSIONS} (user_id, event_date, event_time, session_id, "
-    "channel_name, holder_engagement, closer_engagement, impression_interaction)"
-)
-
 # Session ids of the converting users that are present more than once anywhere in the table.
 # Asked only when session_id has no primary key or unique index (then it is one more pass).
 _DUPLICATE_SESSIONS_SQL = """
@@ -91,7 +48,7 @@ SELECT {session_id}, COUNT(*) FROM {sessions}
 WHERE {session_id} IN (SELECT session_id FROM {copy})
 GROUP BY session_id HAVING COUNT(*) > 1
 """
-# The id as the copy holds it (see _IDS).
+# The id as the copy holds it (see buyers._IDS).
 _SESSION_ID = {"sqlite": "session_id", "postgresql": "CAST(session_id AS TEXT)"}
 
 _USER_SESSIONS_SQL = f"""
@@ -174,47 +131,6 @@ def _in_journey(dialect: str, lookback: bool) -> str:
     )
 
 
-def stage_buyer_sessions(db: Database, run_id: str) -> None:
-    """Copy every session of the run's converting users into a temporary table (one pass).
-
-    The tables live as long as the connection; :func:`drop_buyer_sessions` removes them.
-    """
-    if db.is_sqlite:
-        # The pass searches the users' key once per session of the database. In 64 KiB pages the
-        # key of up to about 3,000 users (a daily run) is one page instead of two levels of 4 KiB
-        # ones, which makes each search about a fifth cheaper. It only takes effect before the
-        # connection's temporary database exists (as in a task's own connection); later it is
-        # ignored, which changes nothing else. The temporary database is the connection's own.
-        db.execute(f"PRAGMA temp.page_size = {_TEMP_PAGE_SIZE}")
-    drop_buyer_sessions(db)
-    db.execute(_BUYERS_DDL)
-    db.execute(_BUYERS_SQL, (run_id,))
-    cache = _buyers_cache_sql(db) if db.is_sqlite else None
-    if cache:
-        db.execute(cache)
-    db.execute(buyer_sessions_sql(db.dialect, sources.cast_to_column(db, "user_id", SESSION_SOURCES, "user_id"),
-                                  f"{sources.table(db, SESSION_SOURCES)} s"))
-    db.execute(_BUYER_SESSIONS_INDEX)
-
-
-# SQLite's default page cache (2,000 KiB) holds the users' key of a daily run many times over,
-# but not that of a month on a large database (120,000 users: 6 MB): each of the pass's searches
-# then reads pages of the temporary file again, and the pass took 3 to 4 times as long.
-_DEFAULT_CACHE_KIB = 2000
-
-
-def _buyers_cache_sql(db: Database) -> str | None:
-    """The statement that lets the temporary database's cache hold the users' key and the default more."""
-    size_kib = int(db.scalar("PRAGMA temp.page_count")) * int(db.scalar("PRAGMA temp.page_size")) // 1024
-    return f"PRAGMA temp.cache_size = -{_DEFAULT_CACHE_KIB + size_kib}" if size_kib > _DEFAULT_CACHE_KIB // 2 else None
-
-
-def drop_buyer_sessions(db: Database) -> None:
-    """Remove the temporary tables of :func:`stage_buyer_sessions`."""
-    for table in (BUYER_SESSIONS, BUYERS):
-        db.execute(f"DROP TABLE IF EXISTS {table}")
-
-
 @dataclass
 class ExtractSummary:
     """Counts of the extraction stage (all small: safe for XCom)."""
@@ -230,6 +146,10 @@ class ExtractSummary:
     reused_answers: int = 0
     #: Attributed conversions of other days whose journeys changed (see drift.py).
     changed_elsewhere: int = 0
+    #: Days of such conversions the run handled too (param reattribute_drift).
+    reattributed_days: int = 0
+    #: Ready conversions loaded while the run was reading, whose users' sessions were copied then.
+    late_users: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)
@@ -257,10 +177,13 @@ def extract_journeys(
     answer_scope: str = "",
     reuse_answers: bool = True,
     max_sessions: int | None = None,
+    reattribute_drift: bool = False,
 ) -> ExtractSummary:
     """Stage the run's conversions and journeys, quarantining what cannot be attributed.
 
-    Runs in one transaction and replaces the run's staging, so it is safe to re-run.
+    Reads the sources into temporary tables first, then stages in one transaction, which
+    replaces the run's staging: safe to re-run. Every attributed journey is compared with the
+    sources on the way (see :mod:`drift`).
 
     :param answer_scope: what else decides an answer besides the journey (the API's address,
         conversion type and redistribution settings); part of every journey's fingerprint.
@@ -269,62 +192,124 @@ def extract_journeys(
     :param max_sessions: stage only the latest this many sessions of each journey (the API's
         ``max_sessions_per_request``: no more of a journey can be sent); the conversion keeps its
         journey's full length. ``None`` stages every session.
+    :param reattribute_drift: also handle the conversions of the days whose attributed journeys
+        no longer match the sources, as a run of those days would.
     """
     summary = ExtractSummary()
-    with db.transaction():
-        clear_run_staging(db, run_id)
-        db.execute(
-            "INSERT INTO attribution_runs (run_id, range_start, range_end, created_at) "
-            "VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
-            "range_start = excluded.range_start, range_end = excluded.range_end",
-            (run_id, run_range.start_ts, run_range.end_ts, created_at),
-        )
-        conversions.stage_conversions(db, run_id, run_range, summary)
-        stage_buyer_sessions(db, run_id)
-        _quarantine_invalid_sessions(db, run_id, lookback_days, summary)
-        _stage_journeys(db, run_id, lookback_days, max_sessions)
-        if lookback_days is None:  # stored journeys are compared whole (see drift.py)
-            ts = f"{_SESSION_DATE[db.dialect]} || ' ' || {_SESSION_TIME[db.dialect]}"
-            summary.changed_elsewhere = drift.detect(db, run_id, BUYERS, BUYER_SESSIONS, ts)
+    try:
+        stage_buyer_sessions(db)
+        bad_sessions = _malformed_sessions(db)
+        started = time.perf_counter()
+        changed = drift.detect(db, BUYER_SESSIONS, _copy_ts(db), _SESSION_ID_TEXT[db.dialect])
+        log.info("compared the attributed journeys with the sources in %.2f s: %d no longer match",
+                 time.perf_counter() - started, changed)
+        extra_days = drift.days_to_reattribute(db, run_range) if reattribute_drift else []
+        with db.transaction():
+            _stage(db, run_id, run_range, extra_days, bad_sessions, lookback_days, max_sessions, created_at, summary)
+            summary.changed_elsewhere = drift.record(db, run_id)
+            reuse.fingerprint_journeys(db, run_id, answer_scope)
+            if reuse_answers:
+                summary.reused_answers = reuse.reuse_other_runs_answers(db, run_id)
+            sizes = [n for (n,) in db.query(
+                "SELECT n_sessions FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'", (run_id,))]
+    except BaseException:
+        db.abandon_reads()
+        raise
+    finally:
         drop_buyer_sessions(db)
-        db.execute(
-            "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) "
-            "SELECT run_id, conv_id, ?, ? FROM attribution_stg_conversions "
-            "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
-            (NO_SESSIONS, "no session of the user before the conversion", run_id),
-        )
-        summary.no_sessions = db.execute(
-            "UPDATE attribution_stg_conversions SET status = ? "
-            "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
-            (NO_SESSIONS, run_id),
-        )
-        reuse.fingerprint_journeys(db, run_id, answer_scope)
-        if reuse_answers:
-            summary.reused_answers = reuse.reuse_other_runs_answers(db, run_id)
-        sizes = [n for (n,) in db.query(
-            "SELECT n_sessions FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'", (run_id,))]
-        summary.journeys, summary.sessions, summary.max_journey_sessions = len(sizes), sum(sizes), max(sizes, default=0)
+        drift.drop(db)
+    if extra_days:
+        log.info("re-attributing the conversions of %d days whose journeys changed: %s",
+                 len(extra_days), ", ".join(extra_days))
+    summary.journeys, summary.sessions, summary.max_journey_sessions = len(sizes), sum(sizes), max(sizes, default=0)
     return summary
 
 
+def _stage(
+    db: Database, run_id: str, run_range: RunRange, extra_days: list[str],
+    bad_sessions: list[tuple[str, str, str | None, str]], lookback_days: int | None, max_sessions: int | None,
+    created_at: str, summary: ExtractSummary,
+) -> None:
+    """Stage the run's conversions and their journeys from the copy (in the caller's transaction)."""
+    clear_run_staging(db, run_id)
+    db.execute(
+        "INSERT INTO attribution_runs (run_id, range_start, range_end, created_at) "
+        "VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
+        "range_start = excluded.range_start, range_end = excluded.range_end",
+        (run_id, run_range.start_ts, run_range.end_ts, created_at),
+    )
+    conversions.stage_conversions(db, run_id, run_range, summary)
+    _stage_extra_days(db, run_id, extra_days, summary)
+    summary.late_users = copy_late_users(db, run_id)
+    if summary.late_users:
+        bad_sessions = _malformed_sessions(db)
+    _quarantine_invalid_sessions(db, run_id, bad_sessions, lookback_days, summary)
+    _stage_journeys(db, run_id, lookback_days, max_sessions)
+    db.execute(
+        "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) "
+        "SELECT run_id, conv_id, ?, ? FROM attribution_stg_conversions "
+        "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
+        (NO_SESSIONS, "no session of the user before the conversion", run_id),
+    )
+    summary.no_sessions = db.execute(
+        "UPDATE attribution_stg_conversions SET status = ? "
+        "WHERE run_id = ? AND status = 'ready' AND n_sessions = 0",
+        (NO_SESSIONS, run_id),
+    )
+
+
 def _stage_journeys(db: Database, run_id: str, lookback_days: int | None, max_sessions: int | None) -> None:
-    """Stage the run's journeys, each cut to its latest ``max_sessions`` sessions, and their full lengths."""
+    """Stage the run's journeys, each cut to its latest ``max_sessions`` sessions, their full lengths and windows."""
     lookback = [] if lookback_days is None else [f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days)]
     kept = int(max_sessions) if max_sessions is not None else (-1 if db.is_sqlite else None)
     db.execute(journeys_sql(db.dialect, lookback=bool(lookback)), [*lookback, kept, run_id])
     db.execute(journey_lengths_sql(db.dialect, lookback=bool(lookback)), [*lookback, run_id])
+    if lookback:
+        db.execute(_WINDOWS_SQL[db.dialect], [*lookback, run_id])
+
+
+# The copy's timestamp and session id as text, as the package's tables hold them.
+_SESSION_ID_TEXT = {"sqlite": "CAST(s.session_id AS TEXT)", "postgresql": "s.session_id"}
+
+
+def _copy_ts(db: Database) -> str:
+    return f"{_SESSION_DATE[db.dialect]} || ' ' || {_SESSION_TIME[db.dialect]}"
+
+
+# Where each staged journey's look-back window starts, as the journeys' filter computes it.
+_WINDOWS_SQL = {
+    "sqlite": "INSERT INTO attribution_stg_journey_windows (run_id, conv_id, since_ts) "
+              "SELECT run_id, conv_id, datetime(conv_date || ' ' || conv_time, ?) FROM attribution_stg_conversions "
+              "WHERE run_id = ? AND status = 'ready'",
+    "postgresql": "INSERT INTO attribution_stg_journey_windows (run_id, conv_id, since_ts) "
+                  "SELECT run_id, conv_id, to_char((conv_date || ' ' || conv_time)::timestamp - (? || ' days')::interval, "
+                  "'YYYY-MM-DD HH24:MI:SS') FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'",
+}
+
+
+def _stage_extra_days(db: Database, run_id: str, days: list[str], summary: ExtractSummary) -> None:
+    """Stage the conversions of ``days`` besides the run's range, as the runs of those days would."""
+    for day in days:
+        first = dt.datetime.fromisoformat(day)
+        extra = ExtractSummary()
+        conversions.stage_conversions(db, run_id, RunRange(first, first + dt.timedelta(days=1)), extra)
+        summary.conversions += extra.conversions
+        summary.invalid_input += extra.invalid_input
+        summary.duplicates += extra.duplicates
+    db.executemany("INSERT INTO attribution_stg_extra_days (run_id, day) VALUES (?, ?)", [(run_id, d) for d in days])
+    summary.reattributed_days = len(days)
 
 
 def _quarantine_invalid_sessions(
-    db: Database, run_id: str, lookback_days: int | None, summary: ExtractSummary
+    db: Database, run_id: str, bad_sessions: list[tuple[str, str, str | None, str]], lookback_days: int | None,
+    summary: ExtractSummary,
 ) -> None:
-    """Quarantine the run's conversions whose journey would include a malformed session.
+    """Quarantine the run's conversions whose journey would include one of ``bad_sessions``.
 
     Malformed: a field that is missing or out of its domain (see :func:`validation.session_problems`),
     or a session id present more than once in ``session_sources``, whose channel and time are then
-    ambiguous.
+    ambiguous (see :func:`_malformed_sessions`).
     """
-    bad_sessions = _malformed_sessions(db)
     if not bad_sessions:
         return
     affected = _conversions_holding(db, run_id, bad_sessions, lookback_days)

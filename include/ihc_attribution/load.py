@@ -4,7 +4,10 @@ In one transaction: the attribution rows of every conversion of the run are repl
 staged answers, the run's issues replace the earlier issues of those conversions, and the
 report dates the change affects (dates credited before and after, and the run's own dates) are
 recorded for the report stage. ``attribution_credit`` gets the same rows with the session's date
-and channel as the journey saw them, and the credit and credit x revenue as exact integers.
+and channel as the journey saw them, and the credit and credit x revenue as exact integers;
+``attribution_journeys`` what each journey was, for comparing it with the sources later
+(:mod:`drift`). A run owns the conversions of its days (its range and the days it re-attributes):
+credit and issues recorded under those days that the run no longer finds there are removed.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from ihc_attribution import credit, drift, sources
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
 from ihc_attribution.errors import PermanentError
+from ihc_attribution.validation import UNPLACEABLE
 
 SUM_TOLERANCE = 1e-6
 
@@ -39,6 +43,7 @@ class LoadSummary:
 
 _RUN_CONVS = "SELECT conv_id FROM attribution_stg_conversions WHERE run_id = ?"
 _RUN_ISSUE_CONVS = "SELECT conv_id FROM attribution_stg_issues WHERE run_id = ?"
+_EXTRA_DAYS = "SELECT day FROM attribution_stg_extra_days WHERE run_id = ?"
 _SOURCE_CONVS = "SELECT CAST(conv_id AS TEXT) FROM {conversions} WHERE conv_id IS NOT NULL"
 
 
@@ -69,12 +74,13 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
         # them) lose their credit. The dates credited before are rebuilt too.
         first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
         gone = (f"SELECT conv_id FROM attribution_credit WHERE (conv_date BETWEEN ? AND ?) "
+                f"OR conv_date IN ({_EXTRA_DAYS}) "
                 f"OR conv_id NOT IN ({_SOURCE_CONVS.format(conversions=sources.relation(db, sources.CONVERSIONS))})")
         replaced = f"conv_id IN ({_RUN_CONVS}) OR conv_id IN ({gone})"
-        params = (run_id, first, last)
+        params = (run_id, first, last, run_id)
         _add_report_dates(db, run_id, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE {replaced}",
                           (run_id, *params))
-        for table in ("attribution_customer_journey", "attribution_credit"):
+        for table in ("attribution_journeys", "attribution_customer_journey", "attribution_credit"):
             db.execute(f"DELETE FROM {table} WHERE {replaced}", params)
         summary.rows = db.execute(
             "INSERT INTO attribution_customer_journey (conv_id, session_id, ihc) "
@@ -82,6 +88,7 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
             (run_id,),
         )
         credited = db.execute(_credit_sql(db), (run_id,))
+        db.execute(_JOURNEYS_SQL, (run_id, run_id))
         drift.forget(db, run_id)
         if credited != summary.rows:
             raise LoadError(f"{summary.rows - credited} answered sessions of run {run_id} are not in its journeys")
@@ -93,13 +100,18 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
             "ON CONFLICT (run_id, report_date) DO NOTHING",
             [(run_id, d) for d in run_range.dates()],
         )
+        _add_report_dates(db, run_id, "SELECT ?, day FROM attribution_stg_extra_days WHERE run_id = ?", (run_id, run_id))
+        # Every run records every conversion whose date cannot be read at all: those rows are its own too.
         db.execute(
-            f"DELETE FROM attribution_issues WHERE conv_id IN ({_RUN_CONVS}) OR conv_id IN ({_RUN_ISSUE_CONVS})",
-            (run_id, run_id),
+            f"DELETE FROM attribution_issues WHERE conv_id IN ({_RUN_CONVS}) OR conv_id IN ({_RUN_ISSUE_CONVS}) "
+            f"OR conv_date BETWEEN ? AND ? OR conv_date IN ({_EXTRA_DAYS}) OR reason = ?",
+            (run_id, run_id, first, last, run_id, UNPLACEABLE),
         )
         summary.issues = db.execute(
-            "INSERT INTO attribution_issues (conv_id, reason, detail, run_id, recorded_at) "
-            "SELECT conv_id, reason, detail, run_id, ? FROM attribution_stg_issues WHERE run_id = ?",
+            "INSERT INTO attribution_issues (conv_id, reason, detail, run_id, recorded_at, conv_date) "
+            "SELECT i.conv_id, i.reason, i.detail, i.run_id, ?, c.conv_date FROM attribution_stg_issues i "
+            "LEFT JOIN attribution_stg_conversions c ON c.run_id = i.run_id AND c.conv_id = i.conv_id "
+            "WHERE i.run_id = ?",
             (recorded_at, run_id),
         )
         summary.conversions_attributed = int(
@@ -123,6 +135,25 @@ def _credit_sql(db: Database) -> str:
         "JOIN attribution_stg_conversions c ON c.run_id = r.run_id AND c.conv_id = r.conv_id "
         "WHERE r.run_id = ?",
     )
+
+
+# What each journey the run published was (see drift.py): its window and sessions from the
+# staging, the sessions sent and the earliest of them from the credit just written.
+_JOURNEYS_SQL = """
+INSERT INTO attribution_journeys (conv_id, user_id, conv_date, conv_ts, since_ts, sessions, sent, first_ts,
+                                  first_session_id, revenue_micros)
+SELECT c.conv_id, cr.user_id, cr.conv_date, cr.conv_ts, w.since_ts, c.n_sessions, cr.n, cr.session_ts, cr.session_id,
+       cr.revenue_micros
+FROM attribution_stg_conversions c
+JOIN (
+    SELECT conv_id, user_id, conv_date, conv_ts, session_ts, session_id, revenue_micros,
+           COUNT(*) OVER (PARTITION BY conv_id) AS n,
+           ROW_NUMBER() OVER (PARTITION BY conv_id ORDER BY session_ts, session_id) AS pos
+    FROM attribution_credit WHERE conv_id IN (SELECT conv_id FROM attribution_stg_results WHERE run_id = ?)
+) AS cr ON cr.conv_id = c.conv_id AND cr.pos = 1
+LEFT JOIN attribution_stg_journey_windows w ON w.run_id = c.run_id AND w.conv_id = c.conv_id
+WHERE c.run_id = ?
+"""
 
 
 def _add_report_dates(db: Database, run_id: str, select_sql: str, params: tuple) -> None:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 #: Counting the run's last day: one indexed lookup with an index on ``conversions (conv_date)``,
 #: else one pass over the conversions (not over the sessions).
-COUNT_SQL = "SELECT COUNT(*) FROM conversions WHERE conv_date = ?"
+COUNT_SQL = "SELECT COUNT(*) FROM {conversions} WHERE conv_date = {day}"
 #: How long after the wait's end Airflow's own deferral timeout fails the task, should the
 #: trigger not have answered by then (a triggerer that was down).
 DEFERRAL_GRACE = dt.timedelta(minutes=10)
@@ -48,7 +48,7 @@ def count_conversions(day: str, conn_id: str | None = None, *, check_sources: bo
     :param check_sources: first check that the source tables can be read, failing in one line
         (:class:`~ihc_attribution.schema.SourceTableError`) when not, as ``setup_tables`` does.
     """
-    from ihc_attribution import schema
+    from ihc_attribution import schema, sources
     from ihc_attribution.db import Database
     from ihc_attribution.tasks import db_hook
 
@@ -56,7 +56,9 @@ def count_conversions(day: str, conn_id: str | None = None, *, check_sources: bo
     try:
         if check_sources:
             schema.check_sources(db)
-        return int(db.scalar(COUNT_SQL, (day,)) or 0)
+        count = COUNT_SQL.format(conversions=sources.relation(db, sources.CONVERSIONS),
+                                 day=sources.as_type_of(db, "?", sources.CONVERSIONS, "conv_date"))
+        return int(db.scalar(count, (day,)) or 0)
     finally:
         db.close()
 

@@ -21,6 +21,8 @@ from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
 
 _REPORT_DATES = "SELECT report_date FROM attribution_stg_report_dates WHERE run_id = ?"
+# Every date the package holds spend or credit for (what refresh_spend rebuilds).
+_ALL_DATES = f"SELECT date FROM {spend.SPEND_DATES} UNION SELECT date FROM attribution_credit"
 
 
 def report_sql(db: Database, out_date: str = "cells.date") -> str:
@@ -69,42 +71,52 @@ def build_report(
     """Replace the ``channel_reporting`` rows of the run's report dates, in one transaction.
 
     The report dates are those the run's load recorded. The spend of the run's own dates is read
-    from the sources again, and that of any report date never read before; ``refresh_spend``
-    reads every date the package holds spend or credit for again, and rebuilds them all. Every
-    (channel, date) with at least one session gets a row, so days without attributed conversions
-    still show their spend. Each rebuilt date is recorded in ``attribution_report_builds``.
+    from the sources again, and that of any report date never read before; a run that
+    re-attributed changed days reads all its report dates; ``refresh_spend`` reads every date the
+    package holds spend or credit for again, and rebuilds them all. The spend is read before the transaction, which then only
+    publishes it and the rows. Every (channel, date) with at least one session gets a row, so
+    days without attributed conversions still show their spend. Each rebuilt date is recorded in
+    ``attribution_report_builds``.
     """
-    with db.transaction():
-        if refresh_spend:
+    first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
+    if refresh_spend:
+        to_read, params = f"{_REPORT_DATES} UNION {_ALL_DATES}", (run_id,)
+    else:
+        # A run that re-attributed changed days reads all its report dates: the sessions of the
+        # dates those journeys credited before or credit now may have moved, gone or changed channel.
+        to_read = (f"{_REPORT_DATES} AND (report_date BETWEEN ? AND ? "
+                   "OR EXISTS (SELECT 1 FROM attribution_stg_extra_days WHERE run_id = ?) "
+                   f"OR report_date NOT IN (SELECT date FROM {spend.SPEND_DATES}))")
+        params = (run_id, first, last, run_id)
+    try:
+        figures = spend.read(db, to_read, params)
+        with db.transaction():
+            if refresh_spend:
+                db.execute(
+                    "INSERT INTO attribution_stg_report_dates (run_id, report_date) SELECT ?, d.date FROM "
+                    f"({_ALL_DATES}) AS d WHERE 1 = 1 ON CONFLICT (run_id, report_date) DO NOTHING",
+                    (run_id,),
+                )
+            read = spend.publish(db, run_id, figures)
+            n_dates = int(db.scalar("SELECT COUNT(*) FROM attribution_stg_report_dates WHERE run_id = ?", (run_id,)))
+            report_date = db.as_type_of("report_date", "channel_reporting", "date")
+            dates = f"SELECT {report_date} FROM attribution_stg_report_dates WHERE run_id = ?"
+            db.execute(f"DELETE FROM channel_reporting WHERE date IN ({dates})", (run_id,))
+            sql = report_sql(db, db.as_type_of("cells.date", "channel_reporting", "date"))
+            rows = db.execute(sql, (run_id,) * sql.count("?"))
             db.execute(
-                "INSERT INTO attribution_stg_report_dates (run_id, report_date) SELECT ?, d.date FROM ("
-                f"SELECT date FROM {spend.SPEND_DATES} UNION SELECT date FROM attribution_credit) AS d "
-                "WHERE 1 = 1 ON CONFLICT (run_id, report_date) DO NOTHING",
+                "DELETE FROM attribution_report_builds WHERE report_date IN "
+                "(SELECT report_date FROM attribution_stg_report_dates WHERE run_id = ?)",
                 (run_id,),
             )
-        first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
-        never_read = f"report_date NOT IN (SELECT date FROM {spend.SPEND_DATES})"
-        read = spend.refresh(
-            db,
-            run_id,
-            "SELECT report_date FROM attribution_stg_report_dates WHERE run_id = ? "
-            f"AND (report_date BETWEEN ? AND ? OR {'1 = 1' if refresh_spend else never_read})",
-            (run_id, first, last),
-        )
-        n_dates = int(db.scalar("SELECT COUNT(*) FROM attribution_stg_report_dates WHERE run_id = ?", (run_id,)))
-        report_date = db.as_type_of("report_date", "channel_reporting", "date")
-        dates = f"SELECT {report_date} FROM attribution_stg_report_dates WHERE run_id = ?"
-        db.execute(f"DELETE FROM channel_reporting WHERE date IN ({dates})", (run_id,))
-        sql = report_sql(db, db.as_type_of("cells.date", "channel_reporting", "date"))
-        rows = db.execute(sql, (run_id,) * sql.count("?"))
-        db.execute(
-            "DELETE FROM attribution_report_builds WHERE report_date IN "
-            "(SELECT report_date FROM attribution_stg_report_dates WHERE run_id = ?)",
-            (run_id,),
-        )
-        db.execute(
-            "INSERT INTO attribution_report_builds (report_date, run_id, lookback_days, triggered_at, built_at) "
-            "SELECT report_date, run_id, ?, ?, ? FROM attribution_stg_report_dates WHERE run_id = ?",
-            (lookback_days, triggered_at, built_at, run_id),
-        )
+            db.execute(
+                "INSERT INTO attribution_report_builds (report_date, run_id, lookback_days, triggered_at, built_at) "
+                "SELECT report_date, run_id, ?, ?, ? FROM attribution_stg_report_dates WHERE run_id = ?",
+                (lookback_days, triggered_at, built_at, run_id),
+            )
+    except BaseException:
+        db.abandon_reads()
+        raise
+    finally:
+        spend.drop(db)
     return ReportSummary(dates=n_dates, rows=rows, spend_dates_read=read)

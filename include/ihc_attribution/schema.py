@@ -43,10 +43,13 @@ STAGING_TABLES = (
     "attribution_stg_answered",
     "attribution_stg_issues",
     "attribution_stg_report_dates",
+    "attribution_stg_extra_days",
+    "attribution_stg_journey_windows",
 )
 
 #: Version 2: sources read-only (no triggers, no indexes on them), spend and credit in exact integers.
-SCHEMA_VERSION = 2
+#: Version 3: attribution_journeys (what drift detection compares), the day of each issue.
+SCHEMA_VERSION = 3
 # What version 1 left on the source tables and beside them: its triggers (by name prefix), their
 # PostgreSQL function, and the tables only they wrote.
 _LEGACY_TRIGGER_PREFIX = "attribution_totals_"
@@ -98,10 +101,13 @@ def ensure_schema(db: Database) -> None:
         package_ddl = read_sql("package_schema.sql")
         rebuilt = _drop_reshaped_derived_tables(db, package_ddl)
         db.executescript(package_ddl)
+        if "conv_date" not in db.columns(ISSUES):  # added by version 3
+            db.execute(f"ALTER TABLE {ISSUES} ADD COLUMN conv_date TEXT")
         applied = db.scalar("SELECT MAX(version) FROM attribution_schema_version")
         current = applied is not None and applied >= SCHEMA_VERSION
         if rebuilt or not current:
             _fill_credit(db)
+            _fill_journeys(db)
         if current:
             return
         _remove_legacy(db)
@@ -114,7 +120,7 @@ def ensure_schema(db: Database) -> None:
 #: Tables the package derives from others, rebuilt when their columns are not those of the DDL: the
 #: credit from the stored attribution and the sources (:func:`_fill_credit`), the spend by reading
 #: its dates again (they are forgotten with it).
-_DERIVED = ("attribution_credit", "attribution_spend", "attribution_spend_dates")
+_DERIVED = ("attribution_credit", "attribution_journeys", "attribution_spend", "attribution_spend_dates")
 
 
 def _drop_reshaped_derived_tables(db: Database, ddl: str) -> bool:
@@ -189,6 +195,27 @@ def _fill_credit(db: Database) -> None:
     log.warning("gave %d attribution rows of an earlier version their dated credit", added)
 
 
+def _fill_journeys(db: Database) -> None:
+    """Record the journeys of credit stored by an earlier version, for drift detection.
+
+    Their look-back is unknown and taken as unlimited, and a truncated journey's full length as
+    the sessions it was credited over: such a journey may be named as changed once, and its
+    re-run records it exactly.
+    """
+    added = db.execute(
+        "INSERT INTO attribution_journeys (conv_id, user_id, conv_date, conv_ts, since_ts, sessions, sent, first_ts, "
+        "first_session_id, revenue_micros) "
+        "SELECT conv_id, user_id, conv_date, conv_ts, NULL, n, n, session_ts, session_id, revenue_micros FROM ("
+        " SELECT conv_id, user_id, conv_date, conv_ts, session_ts, session_id, revenue_micros,"
+        " COUNT(*) OVER (PARTITION BY conv_id) AS n,"
+        " ROW_NUMBER() OVER (PARTITION BY conv_id ORDER BY session_ts, session_id) AS pos"
+        " FROM attribution_credit c WHERE NOT EXISTS (SELECT 1 FROM attribution_journeys j WHERE j.conv_id = c.conv_id)"
+        ") AS placed WHERE pos = 1"
+    )
+    if added:
+        log.warning("recorded the journeys of %d conversions attributed by an earlier version", added)
+
+
 #: Indexes on the source tables the queries use when the user has created them, and what each saves.
 #: The package never creates them (README, "Indexes on your tables").
 SOURCE_INDEXES = (
@@ -230,3 +257,29 @@ def purge_staging(db: Database, created_before: str, keep_run_id: str | None = N
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
             db.execute("DELETE FROM attribution_runs WHERE run_id = ?", (run_id,))
     return len(runs)
+
+
+#: Rows of a source table one reading statement covers on SQLite (see :func:`rowid_slices`).
+SLICE_ROWS = 250_000
+
+
+def rowid_slices(db: Database, table: str, rows: int | None = None) -> list[tuple[int, int]] | None:
+    """Ranges of ``table``'s rowids, about ``rows`` each, for reading a SQLite table in short statements.
+
+    In a rollback-journal file a reading statement holds the shared lock while it runs, and a
+    loader's commit waits for it: a scan of millions of rows read in slices makes it wait for one
+    slice at a time. None on PostgreSQL (readers never block writers there), for a view and for a
+    table without rowids: those are read in one statement.
+    """
+    if not db.is_sqlite or sources.source(db, table).ref != table:  # a source configured elsewhere: one statement
+        return None
+    found = db.query("SELECT type, sql FROM sqlite_master WHERE name = ?", (table,))
+    if not found or found[0][0] != "table" or "WITHOUT ROWID" in str(found[0][1]).upper():
+        return None
+    # Apart: each is one look at an end of the table (together they would scan it).
+    low, high = (db.scalar(f"SELECT {end}(rowid) FROM {table}") for end in ("MIN", "MAX"))
+    if low is None:
+        return []
+    rows = rows or SLICE_ROWS
+    return [(start, min(start + rows - 1, high)) for start in range(low, high + 1, rows)]
+

@@ -197,6 +197,7 @@ def extract_journeys(context: Mapping[str, Any]) -> dict:
             answer_scope=scope,
             reuse_answers=reuse,
             max_sessions=client.settings.max_sessions_per_request,
+            reattribute_drift=_flag_param(context, "reattribute_drift", False),
         )
     log.info("extracted %s", summary.as_dict())
     return summary.as_dict()

@@ -44,6 +44,7 @@ def test_dag_shape(dagbag):
     for upstream, downstream in zip(TASKS, TASKS[1:]):
         assert dag.get_task(downstream).upstream_task_ids == {upstream}
     assert set(dag.params) >= {"start_date", "end_date", "lookback_days"}
+    assert dag.params["reattribute_drift"] is False, "re-attributing changed days is opt-in"
     assert dag.doc_md and "attribution" in dag.doc_md
 
 

@@ -157,7 +157,7 @@ def test_a_select_only_role_runs_the_dag_and_leaves_the_raw_schema_as_it_was(dag
         cur.execute("SELECT COUNT(*) FROM attribution.attribution_customer_journey")
         assert cur.fetchone()[0] > 100
         cur.execute("SELECT MAX(version) FROM attribution.attribution_schema_version")
-        assert cur.fetchone()[0] == 2
+        assert cur.fetchone()[0] == 3
 
 
 def test_an_upgrade_removes_version_1s_triggers_and_function_and_never_a_users_index(
@@ -312,3 +312,25 @@ def test_a_dry_run_sends_nothing_and_its_estimate_is_what_a_real_run_sends(dag, 
         # dag.test() keeps a run's conf in the DAG's params: the real run says dry_run false
         _run(dag, monkeypatch, {"conn_type": "sqlite", "host": str(db)}, run_conf={**RANGE, "dry_run": False})
         assert _served(url) == estimate
+
+
+def test_reattribute_drift_from_the_trigger_form_re_attributes_the_named_days(dag, source_db, ihc_api, tmp_path,
+                                                                               monkeypatch):
+    db = tmp_path / "warehouse.db"
+    shutil.copy(source_db, db)
+    conn = {"conn_type": "sqlite", "host": str(db)}
+    _run(dag, monkeypatch, conn, run_conf={**RANGE, "reattribute_drift": False})
+    with sqlite3.connect(db) as sql:  # a channel renamed in place, on a session credited on the range's first day
+        (session_id,) = sql.execute("SELECT session_id FROM attribution_credit WHERE conv_date = ? ORDER BY 1 LIMIT 1",
+                                    (RANGE["start_date"],)).fetchone()
+        sql.execute("UPDATE session_sources SET channel_name = 'Renamed' WHERE session_id = ?", (session_id,))
+    last_day = {"start_date": RANGE["end_date"], "end_date": RANGE["end_date"]}
+    dagrun = _run(dag, monkeypatch, conn, run_conf={**last_day, "reattribute_drift": True})
+    summary = dagrun.get_task_instance("check_run").xcom_pull(task_ids="check_run")
+    assert summary["reattributed_days"] == [RANGE["start_date"]] and summary["changed_days"] == []
+    with sqlite3.connect(db) as sql:
+        assert {c for (c,) in sql.execute("SELECT channel_name FROM attribution_credit WHERE session_id = ?",
+                                          (session_id,))} == {"Renamed"}
+    # dag.test() keeps a run's conf in the DAG's params: back to the default for the tests after this one
+    dagrun = _run(dag, monkeypatch, conn, run_conf={**last_day, "reattribute_drift": False})
+    assert dagrun.get_task_instance("check_run").xcom_pull(task_ids="check_run")["reattributed_days"] == []

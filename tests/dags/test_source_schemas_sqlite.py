@@ -255,15 +255,14 @@ def test_renamed_columns_keep_the_users_indexes_and_the_advice_names_them(wareho
 
 
 def test_setup_tables_fails_the_first_try_without_retries(dag, warehouse, monkeypatch):
-    from airflow.sdk.exceptions import AirflowFailException
-
     from ihc_attribution import tasks
+    from ihc_attribution.errors import PermanentFailure
 
     settings = json.loads(os.environ["ATTRIBUTION_SOURCES"])
     settings["session_sources"]["columns"]["user_id"] = "visitor_id"  # (SQLite names are case-blind)
     monkeypatch.setenv("ATTRIBUTION_SOURCES", json.dumps(settings))
     monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", json.dumps({"conn_type": "sqlite", "host": str(warehouse)}))
-    with pytest.raises(AirflowFailException) as info:
+    with pytest.raises(PermanentFailure) as info:  # one line, no traceback, not retried
         tasks.setup_tables({"params": RANGE, "run_id": "manual__typo"})
     message = str(info.value)
     assert "session_sources (main.Web Sessions)" in message and "has no column visitor_id" in message

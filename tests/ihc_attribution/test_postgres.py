@@ -165,3 +165,16 @@ def test_a_long_history_is_cut_before_staging_on_postgres_with_the_same_tables(t
     (whole_summary, whole_staged, whole_sent, whole), (summary, staged, sent, cut) = run_both_ways(db_of, policy, None)
     assert staged <= (len(LONG_CONVERSIONS) + 1) * LIMIT < whole_staged
     assert (sent, cut, summary) == (whole_sent, whole, whole_summary)
+def test_an_error_in_the_reads_before_a_stage_s_transaction_is_the_error_raised(tmp_path, pg):
+    """PostgreSQL aborts the implicit transaction of the reads: the clean-up must not hide the error."""
+    from ihc_attribution import journeys, schema
+    from ihc_attribution.daterange import range_from_params
+
+    lite = random_db(tmp_path / "lite.sqlite", seed=12)
+    _copy_sources(lite, pg)
+    schema.ensure_schema(pg)
+    pg.execute("DROP TABLE attribution_journeys")  # what the extraction's first read needs
+    pg.conn.commit()
+    with pytest.raises(psycopg2.errors.UndefinedTable):
+        journeys.extract_journeys(pg, "r1", range_from_params({"start_date": "2024-01-01", "end_date": "2024-01-01"}))
+    assert pg.scalar("SELECT 1") == 1, "the connection is usable again"

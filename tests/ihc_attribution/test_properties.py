@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from ihc_attribution import journeys
 from ihc_attribution.daterange import RangeError, RunRange, range_from_params, resolve_run_range
 from tests.helpers import (
+    CHANNELS,
     EDGE_DATES,
+    TIMES,
     FakeIhcClient,
     SourceData,
     expected_credit,
@@ -30,6 +32,7 @@ from tests.helpers import (
     read_table,
     run_pipeline,
     source_data,
+    source_ddl,
 )
 
 # A pipeline example runs several whole runs on SQLite: fewer of them than of the pure ones.
@@ -342,62 +345,104 @@ def test_rerunning_a_run_changes_nothing(data, run_id):
         )
 
 
-def _change_source(path: Path, session_id: str, change: str, shift: int) -> None:
+# Changes a loader or a correction makes between runs, each applied to a row picked by number.
+CHANGE_KINDS = (
+    "delete session", "insert session", "session date", "session user", "channel", "cost", "revenue",
+    "conversion date", "conversion user", "delete conversion", "insert conversion", "duplicate session",
+    "duplicate conversion", "duplicate cost",
+)
+
+
+def _change_source(conn: sqlite3.Connection, kind: str, pick: int, shift: int, n: int) -> None:
+    """Apply one change of ``kind`` (a duplicate is a no-op where the source has its key)."""
+    sessions = [r for r in conn.execute("SELECT session_id, user_id, event_date FROM session_sources ORDER BY rowid")]
+    convs = [r for r in conn.execute("SELECT conv_id, user_id, conv_date FROM conversions ORDER BY rowid")]
+    sid, user, date = sessions[pick % len(sessions)] if sessions else ("none", "u0", "2024-01-01")
+    other_user = sessions[(pick * 7 + 3) % len(sessions)][1] if sessions else "u0"
+    conv_id, _, conv_date = convs[pick % len(convs)] if convs else ("none", "u0", date)
+    days = f"{shift:+d} days"
+    statements = {
+        "delete session": [("DELETE FROM session_sources WHERE session_id = ?", (sid,))],
+        "insert session": [
+            ("INSERT INTO session_sources VALUES (?, ?, date(?, ?), ?, ?, 1, 0, 0)",
+             (f"new{n}", user, conv_date, days, TIMES[pick % len(TIMES)], CHANNELS[pick % len(CHANNELS)])),
+            ("INSERT INTO session_costs VALUES (?, ?)", (f"new{n}", 0.5 * (pick % 5))),
+        ],
+        "session date": [("UPDATE session_sources SET event_date = date(event_date, ?) WHERE session_id = ?", (days, sid))],
+        "session user": [("UPDATE session_sources SET user_id = ? WHERE session_id = ?", (other_user, sid))],
+        "channel": [("UPDATE session_sources SET channel_name = ? WHERE session_id = ?", (f"Changed {pick % 2}", sid))],
+        "cost": [("DELETE FROM session_costs WHERE session_id = ?", (sid,)),
+                 ("INSERT INTO session_costs VALUES (?, ?)", (sid, 7.25 + shift))],
+        "revenue": [("UPDATE conversions SET revenue = revenue + ? WHERE conv_id = ?", (10.5 + shift, conv_id))],
+        "conversion date": [("UPDATE conversions SET conv_date = date(conv_date, ?) WHERE conv_id = ?", (days, conv_id))],
+        "conversion user": [("UPDATE conversions SET user_id = ? WHERE conv_id = ?", (other_user, conv_id))],
+        "delete conversion": [("DELETE FROM conversions WHERE conv_id = ?", (conv_id,))],
+        "insert conversion": [("INSERT INTO conversions VALUES (?, ?, date(?, ?), '23:59:59', 33.3)",
+                               (f"cnew{n}", user, conv_date, f"{abs(shift) - 1:+d} days"))],
+        "duplicate session": [("INSERT OR IGNORE INTO session_sources SELECT * FROM session_sources WHERE session_id = ?",
+                               (sid,))],
+        "duplicate conversion": [("INSERT OR IGNORE INTO conversions SELECT * FROM conversions WHERE conv_id = ?",
+                                  (conv_id,))],
+        "duplicate cost": [("INSERT OR IGNORE INTO session_costs SELECT * FROM session_costs WHERE session_id = ?",
+                            (sid,))],
+    }
+    for sql, params in statements[kind]:
+        conn.execute(sql, params)
+
+
+def _attribution_by_conversion(path: Path) -> dict[str, list[tuple]]:
     with sqlite3.connect(path) as conn:
-        if change == "user":
-            conn.execute("UPDATE session_sources SET user_id = 'u_other' WHERE session_id = ?", (session_id,))
-        elif change == "date":
-            conn.execute(
-                "UPDATE session_sources SET event_date = date(event_date, ?) WHERE session_id = ?",
-                (f"{shift:+d} days", session_id),
-            )
-        elif change == "channel":
-            conn.execute("UPDATE session_sources SET channel_name = 'Changed' WHERE session_id = ?", (session_id,))
-        elif change == "revenue":  # a corrected order amount, for the orders of the session's user
-            conn.execute("UPDATE conversions SET revenue = revenue + ? WHERE user_id = "
-                         "(SELECT user_id FROM session_sources WHERE session_id = ?)", (10.5 + shift, session_id))
-        elif change == "duplicate":  # a copy of the session's row (the sources have keys: as an upsert)
-            conn.execute("INSERT OR REPLACE INTO session_sources SELECT * FROM session_sources WHERE session_id = ?",
-                         (session_id,))
-        elif change == "cost":
-            # A corrected cost, as a loader's upsert writes it (INSERT OR REPLACE deletes the old row).
-            conn.execute("INSERT OR REPLACE INTO session_costs VALUES (?, ?)", (session_id, 7.25 + shift))
-        else:
-            conn.execute("DELETE FROM session_sources WHERE session_id = ?", (session_id,))
+        rows = conn.execute(
+            "SELECT a.conv_id, a.session_id, a.ihc, c.date, c.channel_name, c.revenue_micros "
+            "FROM attribution_customer_journey a JOIN attribution_credit c USING (conv_id, session_id) ORDER BY 1, 2"
+        ).fetchall()
+    out: dict[str, list[tuple]] = {}
+    for conv_id, *rest in rows:
+        out.setdefault(conv_id, []).append(tuple(rest))
+    return out
 
 
 @settings(max_examples=PIPELINE_EXAMPLES)
 @given(
     data=source_data(),
-    pick=st.integers(0, 100),
-    change=st.sampled_from(["user", "date", "channel", "cost", "delete", "revenue", "duplicate"]),
-    shift=st.sampled_from([-2, -1, 1, 2]),
-    rerun_id=st.sampled_from(["r1", "manual__again"]),
+    keys=st.booleans(),
+    changes=st.lists(st.tuples(st.sampled_from(CHANGE_KINDS), st.integers(0, 100), st.sampled_from([-2, -1, 1, 2])),
+                     min_size=1, max_size=5),
+    pick_day=st.integers(0, 10),
 )
-def test_rerunning_after_a_source_change_equals_a_run_on_the_changed_data(data, pick, change, shift, rerun_id):
+def test_random_source_changes_then_re_running_the_reported_days_equals_a_fresh_run(data, keys, changes, pick_day):
+    """After any changes to the sources, one day's run with ``reattribute_drift`` leaves every
+    attributed conversion as a fresh run on the changed sources attributes it (what it does not
+    re-attribute did not change), and re-running the reported days leaves the tables of that
+    fresh run, exactly."""
     with tempfile.TemporaryDirectory() as tmp:
-        rerun = build(tmp, data, "rerun.sqlite")
-        fresh = build(tmp, data, "fresh.sqlite")
-        run_pipeline(rerun, "r1", data.start_date, data.end_date, lookback_days=data.lookback_days)
-        before = read_table(rerun, "channel_reporting")
-        # Preferably a credited session: changing it moves credit between report dates.
-        credited = sorted(set(read_table(rerun, "attribution_customer_journey")["session_id"]))
-        candidates = credited or [s[0] for s in data.sessions]
-        session_id = candidates[pick % len(candidates)]
+        ddl = source_ddl(keys=keys)
+        rerun = make_db(Path(tmp) / "rerun.sqlite", data.sessions, data.conversions, data.costs, ddl=ddl)
+        fresh = make_db(Path(tmp) / "fresh.sqlite", data.sessions, data.conversions, data.costs, ddl=ddl)
+        options = {"lookback_days": data.lookback_days}
+        run_pipeline(rerun, "r1", data.start_date, data.end_date, **options)
         for path in (rerun, fresh):
-            _change_source(path, session_id, change, shift)
-        # The same run again, or a new run over the same range (which knows nothing of the
-        # first run's report dates), reading all spend again (the README's way after a change
-        # of past days' sources).
-        run_pipeline(rerun, rerun_id, data.start_date, data.end_date, lookback_days=data.lookback_days,
-                     refresh_spend=True)
-        run_pipeline(fresh, "r1", data.start_date, data.end_date, lookback_days=data.lookback_days)
-        got, expected = result_tables(rerun), result_tables(fresh)
-        assert got["attribution"] == expected["attribution"]
-        assert got["issues"] == expected["issues"]
-        # The re-run also rebuilt the dates its first attempt had credited: every row it holds
-        # is up to date, none is left from before the change.
+            with sqlite3.connect(path) as conn:
+                for n, (kind, pick, shift) in enumerate(changes):
+                    _change_source(conn, kind, pick, shift, n)
+        run_pipeline(fresh, "r1", data.start_date, data.end_date, **options)
+        expected = _attribution_by_conversion(fresh)
+
+        day = data.days()[pick_day % len(data.days())]
+        one_day = run_pipeline(rerun, f"day_{day}", day, day, reattribute_drift=True, **options)
+        event(f"days re-attributed: {min(len(one_day.reattributed_days), 2)}")
+        assert one_day.changed_days == []
+        for conv_id, rows in _attribution_by_conversion(rerun).items():
+            assert rows == expected.get(conv_id), f"{conv_id} changed and was not re-attributed"
+
+        run_pipeline(rerun, "again", data.start_date, data.end_date, refresh_spend=True, reattribute_drift=True,
+                     **options)
+        got, want = result_tables(rerun), result_tables(fresh)
+        assert got["attribution"] == want["attribution"]
+        assert got["issues"] == want["issues"]
+        assert _attribution_by_conversion(rerun) == expected
+        # Every report row is up to date; dates earlier runs credited and none credits now keep a
+        # row of spend only.
+        assert set(want["reporting"]) <= set(got["reporting"])
         dates = set(read_table(rerun, "channel_reporting")["date"])
-        assert dates >= set(before["date"]) & set(read_table(rerun, "session_sources")["event_date"])
         assert_report_matches(rerun, dates)
-        assert set(expected["reporting"]) <= set(got["reporting"])

@@ -65,7 +65,7 @@ def test_an_upgrade_removes_version_1s_triggers_and_tables_once_and_keeps_the_us
         assert conn.execute("SELECT date, channel_name, ihc_e4, ihc_revenue_micros FROM attribution_credit").fetchall() == [
             ("2024-01-08", "Paid Search Brand", 10_000, 100_000_000)
         ]
-        assert conn.execute("SELECT version FROM attribution_schema_version").fetchall() == [(2,)]
+        assert conn.execute("SELECT version FROM attribution_schema_version").fetchall() == [(3,)]
 
 
 def test_index_advice_names_the_missing_indexes_and_what_they_save(tmp_path):

@@ -10,12 +10,15 @@ CREATE TABLE IF NOT EXISTS attribution_schema_version (
 -- Conversions of a run that are not fully attributed, with the reason. One row per conversion
 -- and reason; a run replaces the rows of the conversions it handles, so the table always shows
 -- the outcome of the latest run over each conversion.
+-- conv_date: the conversion's date as the run that recorded it read it (NULL when it had none
+-- to read): a run over that day replaces the row, as it replaces credit (see load.py).
 CREATE TABLE IF NOT EXISTS attribution_issues (
     conv_id TEXT NOT NULL,
     reason TEXT NOT NULL,
     detail TEXT,
     run_id TEXT NOT NULL,
     recorded_at TEXT NOT NULL,
+    conv_date TEXT,
     PRIMARY KEY (conv_id, reason)
 );
 
@@ -132,6 +135,22 @@ CREATE TABLE IF NOT EXISTS attribution_stg_issues (
     PRIMARY KEY (run_id, conv_id, reason)
 );
 
+-- Conversion days a run handles besides its range: the days attribution_drift named when the run
+-- was asked to re-attribute them (param reattribute_drift).
+CREATE TABLE IF NOT EXISTS attribution_stg_extra_days (
+    run_id TEXT NOT NULL,
+    day TEXT NOT NULL,
+    PRIMARY KEY (run_id, day)
+);
+
+-- The start of each staged journey's look-back window (only for runs with a look-back).
+CREATE TABLE IF NOT EXISTS attribution_stg_journey_windows (
+    run_id TEXT NOT NULL,
+    conv_id TEXT NOT NULL,
+    since_ts TEXT NOT NULL,
+    PRIMARY KEY (run_id, conv_id)
+);
+
 -- Report dates a run must recompute: dates its conversions credit now or credited before.
 CREATE TABLE IF NOT EXISTS attribution_stg_report_dates (
     run_id TEXT NOT NULL,
@@ -186,6 +205,24 @@ CREATE TABLE IF NOT EXISTS attribution_credit (
 CREATE INDEX IF NOT EXISTS ix_attribution_credit_date ON attribution_credit (date, channel_name);
 CREATE INDEX IF NOT EXISTS ix_attribution_credit_conv_date ON attribution_credit (conv_date);
 CREATE INDEX IF NOT EXISTS ix_attribution_credit_user ON attribution_credit (user_id);
+
+-- One row per attributed conversion: what its journey was when it was attributed, for comparing
+-- with the sources at every run (see drift.py). sessions: the journey's sessions in its window
+-- [since_ts, conv_ts) (since_ts NULL: unlimited look-back); sent: those sent and credited (fewer
+-- when an oversized journey was truncated), the earliest of them first_ts/first_session_id.
+CREATE TABLE IF NOT EXISTS attribution_journeys (
+    conv_id TEXT PRIMARY KEY,
+    user_id TEXT,
+    conv_date TEXT,
+    conv_ts TEXT,
+    since_ts TEXT,
+    sessions INT NOT NULL,
+    sent INT NOT NULL,
+    first_ts TEXT,
+    first_session_id TEXT,
+    revenue_micros BIGINT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ix_attribution_journeys_user ON attribution_journeys (user_id);
 
 -- Attributed conversions whose journey no longer matches the sources (see drift.py): the days to re-run.
 CREATE TABLE IF NOT EXISTS attribution_drift (

@@ -71,7 +71,7 @@ def fill(db: Database, seed: int = 11, channels: list[str] = CHANNELS) -> None:
             ("c-1", "u-1", "2024-01-02", "10:00:00", 50.0), ("c-2", "u-2", "2024-01-02", "11:00:00", 20.0),
             ("c-3", "u-3", "2024-01-08", "09:00:00", 70.0), ("c-4", "u-4", "2024-01-09", "09:00:00", 10.0),
         ])
-        db.executemany("INSERT INTO attribution_issues VALUES (?, ?, ?, ?, ?)", [
+        db.executemany("INSERT INTO attribution_issues (conv_id, reason, detail, run_id, recorded_at) VALUES (?, ?, ?, ?, ?)", [
             ("c-1", "no_sessions", "no session before the conversion", RUN_A, "2024-01-05 10:00:20"),
             ("c-2", "invalid_input", "session s-9: event_date '2024-01-00' is not a date", RUN_A,
              "2024-01-05 10:00:21"),

@@ -207,6 +207,15 @@ def deadline_hours() -> float:
     return env_float("ATTRIBUTION_DEADLINE_HOURS", 0)
 
 
+def max_active_runs() -> int:
+    """``$ATTRIBUTION_MAX_ACTIVE_RUNS``: runs of the DAG at once (default 4); the UI's Backfill dialog allows up to it.
+
+    Runs at once are safe: staging is keyed by run, writers take the database's write lock one at
+    a time, and the pool ``ihc_api`` bounds the API requests in flight across runs.
+    """
+    return env_int("ATTRIBUTION_MAX_ACTIVE_RUNS", 4, minimum=1)
+
+
 def ihc_pool_slots() -> int:
     """``$ATTRIBUTION_IHC_POOL_SLOTS``: slots of the pool ``ihc_api`` each API stage takes (default 4)."""
     return env_int("ATTRIBUTION_IHC_POOL_SLOTS", 4, minimum=1)

@@ -94,7 +94,9 @@ SCHEDULE = (
     schedule=SCHEDULE,
     start_date=START_DATE,
     catchup=False,
-    max_active_runs=1,
+    # Several runs at once (a backfill from the UI takes up to this many) are safe: staging is keyed
+    # by run, writers take the database's write lock in turn, the pool bounds the API requests.
+    max_active_runs=settings.max_active_runs(),
     doc_md=__doc__,
     tags=["attribution", "ihc"],
     default_args={

@@ -46,6 +46,8 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
     "deadline_hours": ("float", "0", "Alert when a run is unfinished this long after it was queued (0: never)."),
     "sources": ("string", "", "Where the source tables are and what their columns are called (JSON); "
                               "empty: the challenge's tables through the search path."),
+    "max_active_runs": ("integer", "4", "Runs of the DAG at once; the UI's Backfill dialog allows Max Active Runs up "
+                                        "to it (staging is keyed by run, the pool ihc_api bounds the API requests)."),
     "ihc_concurrency": ("integer", "4", "IHC requests in flight: the slots of the pool ihc_api each run's API "
                                         "stage takes, and the requests it sends at once."),
 }
@@ -302,3 +304,7 @@ def sqlite_source_files() -> dict[str, str]:
             if files.setdefault(spec["schema"], spec["sqlite_file"]) != spec["sqlite_file"]:
                 raise ValueError(f"ATTRIBUTION_SOURCES[{name!r}]: schema {spec['schema']} is given two sqlite_files")
     return files
+
+
+def max_active_runs() -> int:
+    return _int("max_active_runs", minimum=1)

@@ -38,7 +38,7 @@ def test_dag_imports_without_errors(dagbag):
 def test_dag_shape(dagbag):
     dag = dagbag.get_dag("ihc_attribution")
     assert dag.catchup is False
-    assert dag.max_active_runs == 1
+    assert dag.max_active_runs == 4, "the Backfill dialog allows up to the DAG's max_active_runs"
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable"
     assert [t.task_id for t in dag.topological_sort()] == TASKS
     for upstream, downstream in zip(TASKS, TASKS[1:]):
@@ -120,3 +120,10 @@ def test_the_readiness_check_is_a_setting_that_adds_a_deferrable_first_task(monk
     wait = dag.get_task("wait_for_data")
     assert isinstance(wait, WaitForData) and (wait.wait_minutes, wait.poke_seconds) == (240, 90)
     assert type(dag.timetable).__name__ == "CronDataIntervalTimetable", "the schedule stays the daily one"
+
+
+def test_runs_at_once_are_a_setting(monkeypatch, airflow_db):
+    from airflow.dag_processing.dagbag import DagBag
+
+    monkeypatch.setenv("ATTRIBUTION_MAX_ACTIVE_RUNS", "1")
+    assert DagBag(dag_folder=str(ROOT / "dags")).get_dag("ihc_attribution").max_active_runs == 1

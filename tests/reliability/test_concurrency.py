@@ -2,9 +2,9 @@
 
 What keeps them apart is database locking: every stage writes in one transaction that takes the
 write lock when it begins (``BEGIN IMMEDIATE``), other writers wait for it (``busy_timeout``),
-and readers are not blocked (WAL); staging rows are keyed by run id. (The DAG's
-``max_active_runs=1`` keeps a scheduler from starting two runs of it at once, but backfills and
-``airflow dags test`` can, so the tables must not rely on it.)
+and readers are not blocked (WAL); staging rows are keyed by run id. This is what lets the DAG run
+several runs at once (``max_active_runs``, ``ATTRIBUTION_MAX_ACTIVE_RUNS``, default 4): a
+backfill from the UI runs up to that many days at once.
 
 The first run pauses inside its load transaction until the second asks for the write lock, so the
 two really collide. The final tables must equal those of the two runs one after the other, in

@@ -7,16 +7,20 @@ time, the journey rows staged and the growth of the file.
 
     python scripts/bench_long_history.py                      # 100,000 sessions, 30 conversions
     python scripts/bench_long_history.py --stage-all          # every session staged
+    python scripts/bench_long_history.py --postgres           # on PostgreSQL (127.0.0.1:5432, database test)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import sqlite3
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from ihc_attribution import journeys, schema
@@ -39,29 +43,64 @@ def make_db(path: Path, sessions: int, conversions: int) -> None:
     conn.close()
 
 
+@contextlib.contextmanager
+def postgres_copy(lite: Path) -> Iterator[Database]:
+    """The SQLite file's sources in a throw-away schema of PostgreSQL's database ``test``, dropped afterwards."""
+    import psycopg2
+
+    conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
+    name = f"attribution_bench_{uuid.uuid4().hex[:8]}"
+    with conn.cursor() as cur:
+        cur.execute(f"CREATE SCHEMA {name}")
+        cur.execute(f"SET search_path TO {name}")
+    db = Database(conn)
+    try:
+        db.executescript(schema.challenge_ddl())
+        src = sqlite3.connect(lite)
+        db.executemany("INSERT INTO session_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       src.execute("SELECT * FROM session_sources").fetchall())
+        db.executemany("INSERT INTO conversions VALUES (?, ?, ?, ?, ?)", src.execute("SELECT * FROM conversions").fetchall())
+        src.close()
+        conn.commit()
+        yield db
+    finally:
+        conn.rollback()
+        with conn.cursor() as cur:
+            cur.execute(f"DROP SCHEMA {name} CASCADE")
+        conn.commit()
+        conn.close()
+
+
+def size_mb(db: Database, path: Path) -> float:
+    """The database's size: the SQLite file, or the tables of the PostgreSQL schema."""
+    return (path.stat().st_size if db.is_sqlite else int(db.scalar(
+        "SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')"))) / 1e6
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=100_000, help="sessions of the user (default 100,000)")
     p.add_argument("--conversions", type=int, default=30, help="conversions of the user (default 30)")
     p.add_argument("--max-sessions", type=int, default=3000, help="max_sessions_per_request (default 3,000)")
     p.add_argument("--stage-all", action="store_true", help="stage every session of every journey")
+    p.add_argument("--postgres", action="store_true", help="run on PostgreSQL at 127.0.0.1:5432, user postgres")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long_history.db"
         make_db(path, args.sessions, args.conversions)
-        db = Database.connect_sqlite(str(path))
-        schema.ensure_schema(db)
-        size = path.stat().st_size
-        cut = {} if args.stage_all else {"max_sessions": args.max_sessions}
-        started = time.perf_counter()
-        summary = journeys.extract_journeys(db, "r1", range_from_params({"start_date": "2000-01-01",
-                                                                         "end_date": "2099-12-31"}), **cut)
-        took = time.perf_counter() - started
-        staged = db.scalar("SELECT COUNT(*) FROM attribution_stg_sessions")
-        db.close()
-        print(f"extract_journeys {took:.1f} s; {summary.journeys} journeys of {summary.sessions:,} sessions "
-              f"(longest {summary.max_journey_sessions:,}); {staged:,} journey rows staged; "
-              f"database {size / 1e6:.1f} MB -> {path.stat().st_size / 1e6:.1f} MB")
+        with postgres_copy(path) if args.postgres else contextlib.closing(Database.connect_sqlite(str(path))) as db:
+            schema.ensure_schema(db)
+            size = size_mb(db, path)
+            cut = {} if args.stage_all else {"max_sessions": args.max_sessions}
+            started = time.perf_counter()
+            summary = journeys.extract_journeys(db, "r1", range_from_params({"start_date": "2000-01-01",
+                                                                             "end_date": "2099-12-31"}), **cut)
+            took = time.perf_counter() - started
+            staged = db.scalar("SELECT COUNT(*) FROM attribution_stg_sessions")
+            print(f"extract_journeys {took:.1f} s; {summary.journeys} journeys of {summary.sessions:,} sessions "
+                  f"(longest {summary.max_journey_sessions:,}); {staged:,} journey rows staged; "
+                  f"database {size:.1f} MB -> {size_mb(db, path):.1f} MB")
     return 0
 
 

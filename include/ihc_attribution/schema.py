@@ -271,7 +271,12 @@ def rowid_slices(db: Database, table: str, rows: int | None = None) -> list[tupl
     slice at a time. None on PostgreSQL (readers never block writers there), for a view and for a
     table without rowids: those are read in one statement.
     """
-    if not db.is_sqlite or sources.source(db, table).ref != table:  # a source configured elsewhere: one statement
+    if not db.is_sqlite:
+        return None
+    src = sources.source(db, table)
+    # A source configured elsewhere, or read through a subquery (a derived column): a subquery's
+    # rowid is NULL, so a slice of it would read nothing. One statement.
+    if src.ref != table or not src.plain:
         return None
     found = db.query("SELECT type, sql FROM sqlite_master WHERE name = ?", (table,))
     if not found or found[0][0] != "table" or "WITHOUT ROWID" in str(found[0][1]).upper():

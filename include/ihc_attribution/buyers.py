@@ -29,8 +29,11 @@ _BUYERS_SQL = (
 )
 
 
-# The copy holds the ids as text, as the package's tables do, whatever type the source gives them
-# (PostgreSQL compares a BIGINT id with text only once cast; SQLite stores them as they are).
+# The copy holds the session ids as text, as the package's tables do, whatever type the source
+# gives them: equal timestamps are then ordered by the id in byte order on every engine (an
+# INTEGER 10 after 9 as the text '10' is before '9', as the credit and the comparison order them).
+# PostgreSQL compares a BIGINT user id with text only once cast; SQLite compares an INTEGER one
+# with text by its affinity, so it is copied as it is.
 _BUYER_SESSIONS_SELECT = """
 SELECT {ids}, s.event_date, s.event_time, s.channel_name,
        s.holder_engagement, s.closer_engagement, s.impression_interaction,
@@ -39,7 +42,7 @@ FROM {sessions}
 WHERE s.user_id IN (SELECT {buyer} FROM {buyers})
 """
 _IDS = {
-    "sqlite": "s.session_id, s.user_id",
+    "sqlite": "CAST(s.session_id AS TEXT) AS session_id, s.user_id",
     "postgresql": "CAST(s.session_id AS TEXT) AS session_id, CAST(s.user_id AS TEXT) AS user_id",
 }
 

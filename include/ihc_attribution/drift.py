@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from ihc_attribution.daterange import RunRange
 from ihc_attribution import sources
-from ihc_attribution.db import Database
+from ihc_attribution.db import BYTE_ORDER, Database
 from ihc_attribution.sources import CONVERSIONS
 
 DRIFT = "attribution_drift"
@@ -47,11 +47,12 @@ GROUP BY j.conv_id, j.conv_date, j.user_id, j.conv_ts, j.revenue_micros
 # Stored journeys against the copy of their users' sessions. now: the sessions in the window
 # (one without a timestamp counts: a journey holding it is quarantined); kept: the credited ones
 # still there unchanged; from_first: those from the earliest one sent on (equal to sent unless a
-# session now ranks among the latest sent of a truncated journey).
+# session now ranks among the latest sent of a truncated journey), ties of a second broken in byte
+# order as the cut breaks them, whatever the database's collation.
 _SESSIONS_SQL = """
 SELECT conv_id, conv_date, sessions, sent, now, kept, from_first FROM (
     SELECT j.conv_id, j.conv_date, j.sessions, j.sent, COUNT(s.user_id) AS now, COUNT(cr.session_id) AS kept,
-           COALESCE(SUM(CASE WHEN {ts} > j.first_ts OR ({ts} = j.first_ts AND {sid} >= j.first_session_id)
+           COALESCE(SUM(CASE WHEN {ts} > j.first_ts OR ({ts} = j.first_ts AND {sid}{byte_order} >= j.first_session_id)
                         THEN 1 ELSE 0 END), 0) AS from_first
     FROM attribution_journeys j
     LEFT JOIN {copy} s ON s.user_id = j.user_id
@@ -95,7 +96,7 @@ def detect(db: Database, copy: str, ts: str, session_id: str) -> int:
         if copies > 1 or user or moved or revenue:
             found[conv_id] = (conv_date, _conversion_detail(int(copies), user, moved, revenue, now_ts))
     for conv_id, conv_date, sessions, sent, now, kept, _from_first in db.query(
-        _SESSIONS_SQL.format(copy=copy, ts=ts, sid=session_id)
+        _SESSIONS_SQL.format(copy=copy, ts=ts, sid=session_id, byte_order=BYTE_ORDER[db.dialect])
     ):
         found.setdefault(conv_id, (conv_date, _journey_detail(sessions, sent, now, kept)))
     db.executemany(f"INSERT INTO {FOUND} (conv_id, conv_date, detail) VALUES (?, ?, ?)",

@@ -44,11 +44,11 @@ _MAX_DETAIL_ITEMS = 5
 # Session ids of the converting users that are present more than once anywhere in the table.
 # Asked only when session_id has no primary key or unique index (then it is one more pass).
 _DUPLICATE_SESSIONS_SQL = """
-SELECT {session_id}, COUNT(*) FROM {sessions}
+SELECT CAST(session_id AS TEXT), COUNT(*) FROM {sessions}
 WHERE {session_id} IN (SELECT session_id FROM {copy})
 GROUP BY session_id HAVING COUNT(*) > 1
 """
-# The id as the copy holds it (see buyers._IDS).
+# The id as it compares with the copy's text (see buyers._IDS): SQLite by the column's affinity.
 _SESSION_ID = {"sqlite": "session_id", "postgresql": "CAST(session_id AS TEXT)"}
 
 _USER_SESSIONS_SQL = f"""

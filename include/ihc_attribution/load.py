@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 from ihc_attribution import credit, drift, sources
 from ihc_attribution.daterange import RunRange
-from ihc_attribution.db import Database
+from ihc_attribution.db import BYTE_ORDER, Database
 from ihc_attribution.errors import PermanentError
 from ihc_attribution.validation import UNPLACEABLE
 
@@ -88,7 +88,7 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
             (run_id,),
         )
         credited = db.execute(_credit_sql(db), (run_id,))
-        db.execute(_JOURNEYS_SQL, (run_id, run_id))
+        db.execute(_JOURNEYS_SQL.format(byte_order=BYTE_ORDER[db.dialect]), (run_id, run_id))
         drift.forget(db, run_id)
         if credited != summary.rows:
             raise LoadError(f"{summary.rows - credited} answered sessions of run {run_id} are not in its journeys")
@@ -138,7 +138,8 @@ def _credit_sql(db: Database) -> str:
 
 
 # What each journey the run published was (see drift.py): its window and sessions from the
-# staging, the sessions sent and the earliest of them from the credit just written.
+# staging, the sessions sent and the earliest of them from the credit just written (ties of a
+# second broken in byte order, as the journeys' cut breaks them).
 _JOURNEYS_SQL = """
 INSERT INTO attribution_journeys (conv_id, user_id, conv_date, conv_ts, since_ts, sessions, sent, first_ts,
                                   first_session_id, revenue_micros)
@@ -148,7 +149,7 @@ FROM attribution_stg_conversions c
 JOIN (
     SELECT conv_id, user_id, conv_date, conv_ts, session_ts, session_id, revenue_micros,
            COUNT(*) OVER (PARTITION BY conv_id) AS n,
-           ROW_NUMBER() OVER (PARTITION BY conv_id ORDER BY session_ts, session_id) AS pos
+           ROW_NUMBER() OVER (PARTITION BY conv_id ORDER BY session_ts, session_id{byte_order}) AS pos
     FROM attribution_credit WHERE conv_id IN (SELECT conv_id FROM attribution_stg_results WHERE run_id = ?)
 ) AS cr ON cr.conv_id = c.conv_id AND cr.pos = 1
 LEFT JOIN attribution_stg_journey_windows w ON w.run_id = c.run_id AND w.conv_id = c.conv_id

@@ -14,7 +14,7 @@ import re
 from importlib import resources
 
 from ihc_attribution import sources
-from ihc_attribution.db import Database, split_statements
+from ihc_attribution.db import BYTE_ORDER, Database, split_statements
 from ihc_attribution.sources import (  # noqa: F401 - where callers look for them
     CONVERSIONS,
     SESSION_COSTS,
@@ -208,7 +208,7 @@ def _fill_journeys(db: Database) -> None:
         "SELECT conv_id, user_id, conv_date, conv_ts, NULL, n, n, session_ts, session_id, revenue_micros FROM ("
         " SELECT conv_id, user_id, conv_date, conv_ts, session_ts, session_id, revenue_micros,"
         " COUNT(*) OVER (PARTITION BY conv_id) AS n,"
-        " ROW_NUMBER() OVER (PARTITION BY conv_id ORDER BY session_ts, session_id) AS pos"
+        f" ROW_NUMBER() OVER (PARTITION BY conv_id ORDER BY session_ts, session_id{BYTE_ORDER[db.dialect]}) AS pos"
         " FROM attribution_credit c WHERE NOT EXISTS (SELECT 1 FROM attribution_journeys j WHERE j.conv_id = c.conv_id)"
         ") AS placed WHERE pos = 1"
     )
@@ -271,7 +271,12 @@ def rowid_slices(db: Database, table: str, rows: int | None = None) -> list[tupl
     slice at a time. None on PostgreSQL (readers never block writers there), for a view and for a
     table without rowids: those are read in one statement.
     """
-    if not db.is_sqlite or sources.source(db, table).ref != table:  # a source configured elsewhere: one statement
+    if not db.is_sqlite:
+        return None
+    src = sources.source(db, table)
+    # A source configured elsewhere, or read through a subquery (a derived column): a subquery's
+    # rowid is NULL, so a slice of it would read nothing. One statement.
+    if src.ref != table or not src.plain:
         return None
     found = db.query("SELECT type, sql FROM sqlite_master WHERE name = ?", (table,))
     if not found or found[0][0] != "table" or "WITHOUT ROWID" in str(found[0][1]).upper():

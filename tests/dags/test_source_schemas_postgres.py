@@ -293,3 +293,31 @@ def test_a_schema_typo_fails_at_once_and_a_table_on_the_search_path_is_never_rea
     assert message.startswith(f"source table session_sources (Raw.Web Sessions) cannot be read in PostgreSQL database "
                               f"{dbname}"), message
     assert "\n" not in message
+
+
+def test_a_truncated_journey_tied_at_its_earliest_sent_second_is_not_named_under_a_language_s_collation(monkeypatch):
+    """The cut keeps the tied session that sorts last in byte order ('a8', not 'B7'), and the earliest
+    session sent is the first in byte order ('B5', not 'a6'); the comparison of the journeys with the
+    sources must break ties the same way, whatever the database's collation."""
+    sessions = [("B7", "u1", "2024-01-01", "10:00:00", "Email", 1, 1, 0),
+                ("a8", "u1", "2024-01-01", "10:00:00", "Direct Traffic", 1, 1, 0),
+                ("z9", "u1", "2024-01-02", "10:00:00", "Email", 1, 1, 0),
+                ("s1", "u2", "2024-01-05", "10:00:00", "Email", 1, 1, 0),
+                ("B5", "u3", "2024-01-01", "10:00:00", "Email", 1, 1, 0),  # both sent: the earliest is B5
+                ("a6", "u3", "2024-01-01", "10:00:00", "Direct Traffic", 1, 1, 0)]
+    conversions = [("c1", "u1", "2024-01-03", "10:00:00", 10.0), ("c2", "u2", "2024-01-06", "10:00:00", 5.0),
+                   ("c3", "u3", "2024-01-03", "10:00:00", 7.0)]
+    monkeypatch.delenv("ATTRIBUTION_SOURCES", raising=False)
+    with _database(CASES["a language's collation"][2]) as dbname:
+        challenge_schema(dbname, sessions, conversions, [("z9", 1.5)])
+        db = _pipeline_db(dbname, None)
+        try:
+            assert db.scalar("SELECT 'B7' > 'a8'") is True, "the database's collation must not be byte order"
+            run_stages(db, "history", "2024-01-03", "2024-01-03", FakeIhcClient(), max_sessions=2)
+            sent = db.query("SELECT session_id FROM attribution_customer_journey WHERE conv_id = 'c1' ORDER BY 1")
+            later = run_stages(db, "later", "2024-01-06", "2024-01-06", FakeIhcClient(), max_sessions=2)
+            drift = db.query("SELECT conv_id, detail FROM attribution_drift")
+        finally:
+            db.close()
+    assert sent == [("a8",), ("z9",)]
+    assert later.changed_days == [] and drift == []

@@ -94,6 +94,22 @@ def views_with_time_zones(path, sessions, conversions, costs) -> dict:
             "session_costs": {"table": "v_costs"}}
 
 
+def datetime_dates_under_the_challenge_names(path, sessions, conversions, costs) -> dict:
+    """The challenge's tables and columns, without the setting, the session date declared DATETIME
+    (read as its date) and no index on user_id: the tables are read in rowid slices."""
+    _load(path, """
+        CREATE TABLE session_sources (session_id TEXT PRIMARY KEY, user_id TEXT, event_date DATETIME, event_time TEXT,
+            channel_name TEXT, holder_engagement INTEGER, closer_engagement INTEGER, impression_interaction INTEGER);
+        CREATE TABLE conversions (conv_id TEXT PRIMARY KEY, user_id TEXT, conv_date TEXT, conv_time TEXT, revenue REAL);
+        CREATE TABLE session_costs (session_id TEXT PRIMARY KEY, cost REAL);
+    """, {
+        "session_sources": [(s[0], s[1], f"{s[2]} 00:00:00", *s[3:]) for s in sessions],
+        "conversions": conversions,
+        "session_costs": costs,
+    })
+    return {}
+
+
 def renamed_in_an_attached_file(path, sessions, conversions, costs) -> dict:
     """The sources in a file of their own; the pipeline's file holds only its tables."""
     settings = renamed_tables_and_columns(path.parent / "raw sources.db", sessions, conversions, costs)
@@ -109,6 +125,7 @@ CASES = {
     "renamed tables and columns, timestamps at +02:00": (renamed_tables_and_columns, False),
     "views, time with time zone": (views_with_time_zones, False),
     "renamed tables in an attached file": (renamed_in_an_attached_file, False),
+    "datetime dates under the challenge's names, no setting": (datetime_dates_under_the_challenge_names, False),
 }
 
 

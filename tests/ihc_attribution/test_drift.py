@@ -276,3 +276,22 @@ def test_an_upgrade_records_the_journeys_of_the_attribution_already_stored(tmp_p
         assert {c for (c,) in conn.execute("SELECT conv_id FROM attribution_journeys")} == {"c1", "c2", "c3"}
     _change(path, CHANGES["channel changed in place"][0])
     assert run_pipeline(path, "later", *LATER).changed_days == ["2024-01-05"]
+
+
+def test_integer_session_ids_tied_at_a_second_are_cut_and_compared_as_text_ids_are(tmp_path):
+    """Sessions 9 and 10 tie at the earliest second of a truncated journey: the cut keeps the one
+    that sorts last as text ('9'), as with TEXT ids and on PostgreSQL, and a later run, comparing
+    the journey with the sources, finds it unchanged."""
+    sessions = [(9, "u1", "2024-01-01", "10:00:00", "Email"), (10, "u1", "2024-01-01", "10:00:00", "Direct Traffic"),
+                (11, "u1", "2024-01-02", "10:00:00", "Email"), (20, "u2", "2024-01-05", "10:00:00", "Email")]
+    conversions = [(1, "u1", "2024-01-03", "10:00:00", 10.0), (2, "u2", "2024-01-06", "10:00:00", 5.0)]
+    sent = {}
+    for id_type in ("TEXT", "INTEGER"):
+        path = make_db(tmp_path / f"{id_type}.sqlite", sessions, conversions, [(11, 1.5)],
+                       ddl=source_ddl(id_type=id_type))
+        run_pipeline(path, "history", "2024-01-03", "2024-01-03", max_sessions=2)
+        assert run_pipeline(path, "later", "2024-01-06", "2024-01-06", max_sessions=2).changed_days == [], id_type
+        with sqlite3.connect(path) as conn:
+            sent[id_type] = conn.execute(
+                "SELECT conv_id, session_id, ihc FROM attribution_customer_journey ORDER BY 1, 2").fetchall()
+    assert sent["INTEGER"] == sent["TEXT"] == [("1", "11", 0.5), ("1", "9", 0.5), ("2", "20", 1.0)]

@@ -225,13 +225,15 @@ def test_the_shortcut_stages_what_checking_every_row_in_python_stages(tmp_path_f
     )
 
 
-def test_a_clean_copy_of_a_duplicated_session_still_quarantines(tmp_path):
+@pytest.mark.parametrize("id_type, session_id", [("TEXT", "s1"), ("INTEGER", 7)])
+def test_a_clean_copy_of_a_duplicated_session_still_quarantines(tmp_path, id_type, session_id):
     """Without a primary key a session id may be present twice: a clean row is checked too."""
     path = make_db(
         tmp_path / "db.sqlite",
-        sessions=[("s1", "u1", "2024-01-05", "10:00:00", "Referral"), ("s1", "u1", "2024-01-06", "10:00:00", "Referral")],
+        sessions=[(session_id, "u1", "2024-01-05", "10:00:00", "Referral"),
+                  (session_id, "u1", "2024-01-06", "10:00:00", "Referral")],
         conversions=[("c1", "u1", "2024-01-10", "10:00:00", 5.0)],
-        ddl=source_ddl(keys=False),
+        ddl=source_ddl(keys=False, id_type=id_type),
     )
     summary, tables = _staged(path, shortcut=True, lookback_days=None)
     assert summary["invalid_input"] == 1

@@ -139,21 +139,6 @@ class Database:
             raise ValueError(f"{table}.{column} has type {declared!r}; dates must be DATE or text columns")
         return f"CAST({expr} AS {declared})"
 
-    def cast_to_column(self, expr: str, table: str, column: str) -> str:
-        """``expr`` (text) cast to the type of ``table.column`` where PostgreSQL needs it (integer ids).
-
-        SQLite compares across types as it is; on PostgreSQL a text column needs no cast either.
-        """
-        declared = "" if self.is_sqlite else self.column_type(table, column)
-        if declared in ("bigint", "integer", "smallint", "numeric"):
-            return f"CAST({expr} AS {declared})"
-        return expr
-
-    def is_text_column(self, table: str, column: str) -> bool:
-        """Whether the column holds text (any value, also a malformed date) rather than a typed value."""
-        declared = self.column_type(table, column)
-        return self.is_sqlite or declared == "text" or declared.startswith("character")
-
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; return the number of rows it changed (-1 if unknown)."""
         cur = self.conn.cursor()

@@ -200,7 +200,7 @@ def configure(args: argparse.Namespace, target: Target, url: str, key: str, work
     it in its own process, here it would fall on whichever stage came first.
     """
     from ihc_attribution import tasks
-    from ihc_attribution.ihc_hook import IhcHook
+    from ihc_attribution.ihc.hook import IhcHook
 
     ihc = {"conn_type": "ihc", "host": "127.0.0.1", "port": int(url.rsplit(":", 1)[1]), "schema": "http",
            "password": key, "extra": {

@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 from hypothesis import strategies as st
 
-from ihc_attribution.ihc_client import (
+from ihc_attribution.ihc.client import (
     IhcRequest,
     IhcResult,
     IhcRetriesExhaustedError,

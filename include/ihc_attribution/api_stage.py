@@ -15,7 +15,7 @@ from typing import Protocol
 
 from ihc_attribution.db import BYTE_ORDER, Database
 from ihc_attribution.errors import PermanentError
-from ihc_attribution.ihc_client import (
+from ihc_attribution.ihc.client import (
     IhcError,
     IhcRejectedJourneysError,
     IhcRequest,
@@ -74,9 +74,9 @@ def _check_staged_for(db: Database, run_id: str, max_sessions: int) -> None:
 
 
 class IhcApi(Protocol):
-    """What sends requests: :class:`~ihc_attribution.ihc_hook.IhcHook` or ``IhcClient``.
+    """What sends requests: :class:`~ihc_attribution.ihc.hook.IhcHook` or ``IhcClient``.
 
-    ``compute_ihc`` takes the arguments of :meth:`~ihc_attribution.ihc_client.IhcClient.compute_ihc`.
+    ``compute_ihc`` takes the arguments of :meth:`~ihc_attribution.ihc.client.IhcClient.compute_ihc`.
     """
 
     compute_ihc: Callable[..., SendSummary]

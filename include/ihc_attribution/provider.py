@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 CONN_TYPE = "ihc"
-HOOK_CLASS = "ihc_attribution.ihc_hook.IhcHook"
+HOOK_CLASS = "ihc_attribution.ihc.hook.IhcHook"
 
 #: Form fields of the settings most often changed, stored in the connection's extra.
 CONN_FIELDS: dict[str, dict[str, Any]] = {
@@ -58,7 +58,7 @@ def get_provider_info() -> dict[str, Any]:
         "name": "IHC attribution",
         "description": "Marketing attribution with the IHC attribution API: hook, DAG stages and report plugin.",
         "versions": versions,
-        "hooks": [{"integration-name": "IHC attribution", "python-modules": ["ihc_attribution.ihc_hook"]}],
+        "hooks": [{"integration-name": "IHC attribution", "python-modules": ["ihc_attribution.ihc.hook"]}],
         "connection-types": [
             {
                 "hook-class-name": HOOK_CLASS,

@@ -30,7 +30,7 @@ from ihc_attribution.daterange import (
 )
 from ihc_attribution.db import SUPPORTED_CONN_TYPES, Database
 from ihc_attribution.errors import PermanentError, PermanentFailure
-from ihc_attribution.ihc_client import SendProgress, SendSummary
+from ihc_attribution.ihc.client import SendProgress, SendSummary
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def answer_scope(settings: Any, account: str = "") -> str:
 
 
 def _ihc_hook(max_concurrency: int | None = None):
-    from ihc_attribution.ihc_hook import IhcHook
+    from ihc_attribution.ihc.hook import IhcHook
 
     return IhcHook(ihc_conn_id=settings.ihc_conn_id(), max_concurrency=max_concurrency)
 

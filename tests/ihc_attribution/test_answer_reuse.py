@@ -9,7 +9,7 @@ import pytest
 from ihc_attribution import api_stage, journeys, load, report, schema
 from ihc_attribution.daterange import range_from_params
 from ihc_attribution.db import Database
-from ihc_attribution.ihc_client import IhcRetriesExhaustedError
+from ihc_attribution.ihc.client import IhcRetriesExhaustedError
 from tests.helpers import FakeIhcClient, expected_report, random_db, read_table, run_pipeline
 
 START, END = "2024-01-01", "2024-01-10"
@@ -138,7 +138,7 @@ def test_the_answer_scope_is_the_service_not_its_port():
 
 
 def test_answers_are_reused_per_account_told_apart_by_a_digest_of_the_key():
-    from ihc_attribution.ihc_client import IhcClient
+    from ihc_attribution.ihc.client import IhcClient
     from ihc_attribution.tasks import answer_scope
 
     def client(key):

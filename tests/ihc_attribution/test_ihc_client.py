@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from ihc_attribution.ihc_client import (
+from ihc_attribution.ihc.client import (
     IhcCancelledError,
     IhcClient,
     IhcConfigurationError,

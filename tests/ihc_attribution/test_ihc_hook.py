@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ihc_attribution.ihc_client import (
+from ihc_attribution.ihc.client import (
     KNOWN_EXTRAS,
     IhcCancelledError,
     IhcClient,
@@ -22,7 +22,7 @@ from ihc_attribution.ihc_client import (
     IhcSettings,
     parse_settings,
 )
-from ihc_attribution.ihc_hook import CONN_FIELDS, IhcHook, build_base_url
+from ihc_attribution.ihc.hook import CONN_FIELDS, IhcHook, build_base_url
 from ihc_attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve

@@ -24,7 +24,7 @@ def test_airflow_knows_the_ihc_connection_type_its_form_and_hook():
 
     # Tasks find the hook through the task SDK's manager, the UI the form through the core's.
     hook = ProvidersManagerTaskRuntime().hooks["ihc"]
-    assert hook.hook_class_name == "ihc_attribution.ihc_hook.IhcHook" and hook.connection_type == "ihc"
+    assert hook.hook_class_name == "ihc_attribution.ihc.hook.IhcHook" and hook.connection_type == "ihc"
     manager = ProvidersManager()
     assert "ihc-attribution-airflow" in manager.providers
     widgets = manager.connection_form_widgets
@@ -34,6 +34,6 @@ def test_airflow_knows_the_ihc_connection_type_its_form_and_hook():
 
 
 def test_form_fields_are_settings_the_hook_reads():
-    from ihc_attribution.ihc_client import KNOWN_EXTRAS
+    from ihc_attribution.ihc.client import KNOWN_EXTRAS
 
     assert set(provider.CONN_FIELDS) <= set(KNOWN_EXTRAS)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ihc_attribution import tasks
-from ihc_attribution.ihc_client import SendSummary
+from ihc_attribution.ihc.client import SendSummary
 
 
 def test_api_metrics_say_what_they_count(monkeypatch):

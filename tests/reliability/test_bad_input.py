@@ -23,7 +23,7 @@ from ihc_attribution.errors import PermanentFailure
 from ihc_attribution import schema, tasks
 from ihc_attribution.daterange import RangeError
 from ihc_attribution.errors import PermanentError
-from ihc_attribution.ihc_client import IhcClient
+from ihc_attribution.ihc.client import IhcClient
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve
 from tests.helpers import expected_report, make_db, read_table, run_pipeline, source_ddl

@@ -2,7 +2,7 @@
 
 :class:`IhcClient` sends packed requests from a thread pool over one ``requests`` session,
 retries with ``tenacity`` what is worth retrying, and hands over each answer that
-:func:`~ihc_attribution.ihc_answers.check_answer` accepts.
+:func:`~ihc_attribution.ihc.answers.check_answer` accepts.
 
 * **Transient** failures (HTTP 429, 500, 502, 503, 504, timeouts, connection errors) are retried
   up to ``max_retries`` times with exponential backoff and full jitter, honouring ``Retry-After``
@@ -15,8 +15,8 @@ retries with ``tenacity`` what is worth retrying, and hands over each answer tha
   settings, answers that break the contract or exceed the size cap) are raised at once and no
   new request is sent.
 
-The names callers use from :mod:`~ihc_attribution.ihc_errors`, :mod:`~ihc_attribution.ihc_settings`
-and :mod:`~ihc_attribution.ihc_answers` can be imported from here too.
+The names callers use from :mod:`~ihc_attribution.ihc.errors`, :mod:`~ihc_attribution.ihc.settings`
+and :mod:`~ihc_attribution.ihc.answers` can be imported from here too.
 """
 
 from __future__ import annotations
@@ -39,13 +39,13 @@ import tenacity
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from ihc_attribution.ihc_answers import (SUCCESS_STATUSES, IhcRequest, IhcResult, IhcRow, PartialFailure,
+from ihc_attribution.ihc.answers import (SUCCESS_STATUSES, IhcRequest, IhcResult, IhcRow, PartialFailure,
                                          PreparedRequest, check_answer, prepare_request, refusal)
-from ihc_attribution.ihc_dispatch import GaveUp, SendProgress, SendSummary, dispatch
-from ihc_attribution.ihc_errors import (IhcCancelledError, IhcConfigurationError, IhcContractError, IhcError,
+from ihc_attribution.ihc.dispatch import GaveUp, SendProgress, SendSummary, dispatch
+from ihc_attribution.ihc.errors import (IhcCancelledError, IhcConfigurationError, IhcContractError, IhcError,
                                         IhcPermanentError, IhcRejectedJourneysError, IhcResponseTooLargeError,
                                         IhcRetriesExhaustedError)
-from ihc_attribution.ihc_settings import KNOWN_EXTRAS, IhcSettings, Redactor, clean_api_key, parse_settings
+from ihc_attribution.ihc.settings import KNOWN_EXTRAS, IhcSettings, Redactor, clean_api_key, parse_settings
 
 __all__ = [
     "KNOWN_EXTRAS", "IhcCancelledError", "IhcClient", "IhcConfigurationError", "IhcContractError", "IhcError",
@@ -171,7 +171,7 @@ class IhcClient:
         """Send requests concurrently and deliver each validated answer as it arrives.
 
         ``requests`` is read lazily and ``on_result`` and ``progress`` are called in the calling
-        thread, in completion order (see :func:`~ihc_attribution.ihc_dispatch.dispatch`).
+        thread, in completion order (see :func:`~ihc_attribution.ihc.dispatch.dispatch`).
 
         :param requests: the requests; ids must be unique.
         :param on_result: receives each :class:`IhcResult`; an exception from it stops the call.

@@ -14,7 +14,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ihc_attribution.ihc_answers import IhcRequest, IhcResult
+from ihc_attribution.ihc.answers import IhcRequest, IhcResult
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ihc_attribution.errors import PermanentError
 
 if TYPE_CHECKING:
-    from ihc_attribution.ihc_client import SendSummary
+    from ihc_attribution.ihc.client import SendSummary
 
 
 class IhcError(Exception):

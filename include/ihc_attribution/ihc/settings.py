@@ -14,7 +14,7 @@ from urllib.parse import quote, quote_plus, urlparse
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ihc_attribution.ihc_errors import IhcConfigurationError
+from ihc_attribution.ihc.errors import IhcConfigurationError
 
 ENDPOINT = "/v1/compute_ihc"
 _MAX_EXCERPT = 300

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ihc_attribution.ihc_errors import IhcConfigurationError, IhcContractError, IhcError
+from ihc_attribution.ihc.errors import IhcConfigurationError, IhcContractError, IhcError
 
 #: Body ``statusCode`` values of a usable answer: full success and partial success.
 SUCCESS_STATUSES = frozenset({200, 206})

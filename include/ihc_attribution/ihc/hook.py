@@ -3,7 +3,7 @@
 Shaped like the HTTP provider's ``HttpHook``: the connection is looked up lazily in
 :meth:`IhcHook.get_conn` (never in ``__init__``, so DAG files can build the hook at parse time),
 the client is cached, and the settings live in the connection's extra, validated once by
-:class:`~ihc_attribution.ihc_client.IhcSettings`.
+:class:`~ihc_attribution.ihc.client.IhcSettings`.
 
 The connection (type ``ihc``; type ``http`` is still read, with a deprecation warning):
 
@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 
 from airflow.sdk import BaseHook
 
-from ihc_attribution.ihc_client import (
+from ihc_attribution.ihc.client import (
     IhcClient,
     IhcConfigurationError,
     IhcRequest,

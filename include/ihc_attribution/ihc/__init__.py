@@ -1,0 +1,5 @@
+"""The IHC attribution API: settings, client, answer contract, errors and the Airflow hook.
+
+Knows nothing of the database: the API stage (``ihc_attribution.api_stage``) reads the requests and
+stores the answers.
+"""

@@ -18,14 +18,9 @@ from pathlib import Path
 import pandas as pd
 from hypothesis import strategies as st
 
-from ihc_attribution.ihc.client import (
-    IhcRequest,
-    IhcResult,
-    IhcRetriesExhaustedError,
-    IhcRow,
-    PartialFailure,
-    SendSummary,
-)
+from ihc_attribution.ihc.answers import IhcRequest, IhcResult, IhcRow, PartialFailure
+from ihc_attribution.ihc.client import SendSummary
+from ihc_attribution.ihc.errors import IhcRetriesExhaustedError
 from ihc_attribution.schema import challenge_ddl
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -407,7 +407,7 @@ def test_ihc_api_connection_reaches_the_local_ihc_server(env_name):
 
 
 def test_ihc_api_extras_are_known_to_the_hook():
-    from ihc_attribution.ihc.client import KNOWN_EXTRAS
+    from ihc_attribution.ihc.settings import KNOWN_EXTRAS
 
     unknown = set(connection("ihc_api")["extra"]) - set(KNOWN_EXTRAS)
     assert not unknown, f"the hook rejects unknown extras: {sorted(unknown)}"

@@ -11,21 +11,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 from ihc_attribution.db import BYTE_ORDER, Database
 from ihc_attribution.errors import PermanentError
-from ihc_attribution.ihc.client import (
-    IhcError,
-    IhcRejectedJourneysError,
-    IhcRequest,
-    IhcResult,
-    IhcRetriesExhaustedError,
-    SendProgress,
-    SendSummary,
-)
+from ihc_attribution.ihc.answers import IhcRequest, IhcResult
+from ihc_attribution.ihc.client import IhcClient, SendProgress, SendSummary
+from ihc_attribution.ihc.errors import IhcError, IhcRejectedJourneysError, IhcRetriesExhaustedError
 from ihc_attribution.validation import API_REJECTED, OVERSIZED
 from ihc_attribution.packing import OVERSIZE_POLICIES, apply_oversize_policy, lower_bound, pack_journeys
+
+if TYPE_CHECKING:
+    from ihc_attribution.ihc.hook import IhcHook
 
 log = logging.getLogger(__name__)
 
@@ -71,15 +68,6 @@ def _check_staged_for(db: Database, run_id: str, max_sessions: int) -> None:
             f"the journeys of run {run_id} were extracted for a limit of {kept} sessions per request, "
             f"lower than max_sessions_per_request={max_sessions} now: re-run extract_journeys and the tasks after it"
         )
-
-
-class IhcApi(Protocol):
-    """What sends requests: :class:`~ihc_attribution.ihc.hook.IhcHook` or ``IhcClient``.
-
-    ``compute_ihc`` takes the arguments of :meth:`~ihc_attribution.ihc.client.IhcClient.compute_ihc`.
-    """
-
-    compute_ihc: Callable[..., SendSummary]
 
 
 def pack_requests(
@@ -212,7 +200,7 @@ def build_request(db: Database, run_id: str, request_no: int, max_sessions: int)
 def send_requests(
     db: Database,
     run_id: str,
-    api: IhcApi,
+    api: IhcHook | IhcClient,
     *,
     max_sessions: int,
     max_rejected_share: float = 1.0,
@@ -221,7 +209,7 @@ def send_requests(
 ) -> SendSummary:
     """Send the run's unanswered requests and checkpoint each answer as it arrives.
 
-    :param api: sends the requests (the IHC hook in the DAG).
+    :param api: sends the requests (the IHC hook in the DAG; tests pass a client or a fake).
     :param max_rejected_share: once every answer is stored, fail when the service rejected at
         least this share of the run's journeys sent (1.0: only when it rejected all of them).
     :param progress: called after each finished request.

@@ -9,7 +9,7 @@ import pytest
 from ihc_attribution import api_stage, journeys, load, report, schema
 from ihc_attribution.daterange import range_from_params
 from ihc_attribution.db import Database
-from ihc_attribution.ihc.client import IhcRetriesExhaustedError
+from ihc_attribution.ihc.errors import IhcRetriesExhaustedError
 from tests.helpers import FakeIhcClient, expected_report, random_db, read_table, run_pipeline
 
 START, END = "2024-01-01", "2024-01-10"

@@ -12,18 +12,13 @@ import time
 
 import pytest
 
-from ihc_attribution.ihc.client import (
-    KNOWN_EXTRAS,
-    IhcCancelledError,
-    IhcClient,
-    IhcConfigurationError,
-    IhcRequest,
-    IhcResult,
-    IhcSettings,
-    parse_settings,
-)
-from ihc_attribution.ihc.hook import CONN_FIELDS, IhcHook, build_base_url
+from ihc_attribution.ihc.answers import IhcRequest, IhcResult
+from ihc_attribution.ihc.client import IhcClient
+from ihc_attribution.ihc.errors import IhcConfigurationError, IhcRetriesExhaustedError
+from ihc_attribution.ihc.hook import IhcHook, build_base_url
+from ihc_attribution.ihc.settings import KNOWN_EXTRAS, IhcSettings, parse_settings
 from ihc_attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
+from ihc_attribution.provider import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve
 from tests.ihc_attribution.ihc_stub import Reply, ihc_answer, stub_server
@@ -56,7 +51,7 @@ def test_class_attributes_name_the_connection():
     assert IhcHook.default_conn_name == "ihc_api"
     assert IhcHook.conn_type == "ihc"
     assert IhcHook.hook_name == "IHC Attribution API"
-    behaviour = IhcHook.get_ui_field_behaviour()
+    behaviour = UI_FIELD_BEHAVIOUR
     assert "login" in behaviour["hidden_fields"]
     assert behaviour["relabeling"]["password"] == "API key"
     placeholder = json.loads(behaviour["placeholders"]["extra"])
@@ -71,7 +66,7 @@ def test_connection_form_fields_match_the_settings():
         expected = None if model_field.is_required() else model_field.default
         assert spec["schema"].get("default") == expected, name
         assert spec["label"]
-    assert "password" in IhcHook.get_ui_field_behaviour()["relabeling"]  # the API key field
+    assert "password" in UI_FIELD_BEHAVIOUR["relabeling"]  # the API key field
 
 
 def test_http_connections_still_work_with_a_deprecation_warning(monkeypatch, caplog, capsys):
@@ -253,6 +248,30 @@ def test_the_connection_reaches_the_service_through_its_proxy(monkeypatch):
         ok, message = IhcHook().test_connection()
     assert ok, message
     assert proxy.calls[0].headers["host"] == "ihc.invalid"
+
+
+def test_the_connection_accepts_the_transport_extras_of_airflows_http_hook(monkeypatch, tmp_path):
+    ca = tmp_path / "ca.pem"
+    ca.write_text("")
+    proxies = {"https": "http://proxy.example:3128"}
+    set_connection(monkeypatch, extra={"conv_type_id": "demo", "verify_ssl": str(ca), "cert": str(ca),
+                                       "proxy": json.dumps(proxies), "trust_env": "false", "timeout": "5"})
+    settings = IhcHook().settings
+    assert (settings.verify, settings.cert, settings.proxies) == (str(ca), str(ca), proxies)
+    assert settings.trust_env is False and settings.timeout == 5.0
+    assert parse_settings({"base_url": "https://h.example", "conv_type_id": "demo", "verify": "false"}).verify is False
+
+
+@pytest.mark.parametrize("trust_env", [True, False])
+def test_trust_env_decides_whether_the_environment_s_proxy_is_used(monkeypatch, trust_env):
+    with stub_server() as proxy, stub_server() as service:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        set_connection(monkeypatch, host=service.url, extra={"conv_type_id": "demo", "trust_env": str(trust_env)})
+        ok, message = IhcHook().test_connection()
+    assert ok, message
+    assert (len(proxy.calls), len(service.calls)) == ((1, 0) if trust_env else (0, 1))
 
 
 @pytest.mark.parametrize("password", [None, "", " \n"])
@@ -440,7 +459,7 @@ def test_sigterm_stops_the_hook_waits_and_chains_to_the_previous_handler(monkeyp
                      "impression_interaction": 0}]
             threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
             started = time.monotonic()
-            with hook.stop_on_sigterm(), pytest.raises(IhcCancelledError):
+            with hook.stop_on_sigterm(), pytest.raises(IhcRetriesExhaustedError, match="cancelled"):
                 hook.compute_ihc([IhcRequest("r1", rows)], lambda result: None)
         assert time.monotonic() - started < 3 and len(stub.calls) == 1
         assert seen == [signal.SIGTERM], "the previous handler ran too"

@@ -13,7 +13,7 @@ from ihc_attribution import api_stage, journeys, schema
 from ihc_attribution.checks import CheckError, check_run
 from ihc_attribution.daterange import range_from_params
 from ihc_attribution.db import Database
-from ihc_attribution.ihc.client import IhcRetriesExhaustedError
+from ihc_attribution.ihc.errors import IhcRetriesExhaustedError
 from ihc_attribution.load import LoadError, load_attribution
 from tests.helpers import FakeIhcClient, expected_journeys, make_db, random_db, read_table, run_pipeline
 

@@ -34,6 +34,6 @@ def test_airflow_knows_the_ihc_connection_type_its_form_and_hook():
 
 
 def test_form_fields_are_settings_the_hook_reads():
-    from ihc_attribution.ihc.client import KNOWN_EXTRAS
+    from ihc_attribution.ihc.settings import KNOWN_EXTRAS
 
     assert set(provider.CONN_FIELDS) <= set(KNOWN_EXTRAS)

@@ -13,7 +13,7 @@ import shutil
 import pytest
 from ihc_attribution.errors import PermanentFailure
 
-from ihc_attribution.ihc.client import (
+from ihc_attribution.ihc.errors import (
     IhcConfigurationError,
     IhcContractError,
     IhcRejectedJourneysError,

@@ -20,7 +20,7 @@ import pytest
 from ihc_attribution.errors import PermanentFailure
 
 from ihc_attribution import tasks
-from ihc_attribution.ihc.client import IhcConfigurationError
+from ihc_attribution.ihc.errors import IhcConfigurationError
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve
 from tests.helpers import random_db

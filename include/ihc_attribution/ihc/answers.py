@@ -220,7 +220,7 @@ def _rows(
     for problem, keys in (("row(s) for sessions not sent", unknown), ("session(s) returned twice", duplicates),
                           ("session(s) sent but not returned", missing)):
         if keys:
-            raise _Invalid(f"{len(keys)} {problem}: {_examples(keys)}")
+            raise _Invalid(f"{len(keys)} {problem}: {examples(keys)}")
     return rows, sums
 
 
@@ -238,10 +238,10 @@ def _credits(item: Mapping[str, Any], key: tuple[str, str]) -> list[float]:
 def _check_sums(sums: Mapping[str, float]) -> None:
     off = [(conv, round(total, 8)) for conv, total in sums.items() if abs(total - 1) > SUM_TOLERANCE]
     if off:
-        raise _Invalid(f"ihc does not sum to 1 in {len(off)} journey(s): {_examples(off)}")
+        raise _Invalid(f"ihc does not sum to 1 in {len(off)} journey(s): {examples(off)}")
 
 
-def _examples(items: Iterable[Any]) -> str:
+def examples(items: Iterable[Any]) -> str:
     items = list(items)
     shown = ", ".join(repr(item) for item in items[:_MAX_EXAMPLES])
     return shown + (f" and {len(items) - _MAX_EXAMPLES} more" if len(items) > _MAX_EXAMPLES else "")

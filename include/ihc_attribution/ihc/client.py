@@ -1,37 +1,25 @@
 """HTTP client for the IHC attribution API (``POST /v1/compute_ihc``), without Airflow.
 
-:class:`IhcClient` sends packed requests from a thread pool over one ``requests`` session,
-retries with ``tenacity`` what is worth retrying, and hands over each answer that
-:func:`~ihc_attribution.ihc.answers.check_answer` accepts.
-
-* **Transient** failures (HTTP 429, 500, 502, 503, 504, timeouts, connection errors) are retried
-  up to ``max_retries`` times with exponential backoff and full jitter, honouring ``Retry-After``
-  (capped at ``backoff_max``). ``timeout`` bounds connecting, each wait for data, and the time
-  until the whole body is in (headers sent byte by byte are bounded per byte only). When a
-  request runs out of retries (or the task is cancelled) no new request is started, those in
-  flight finish their current attempt and are delivered, then :class:`IhcRetriesExhaustedError`
-  (:class:`IhcCancelledError`) lists the requests left unanswered.
-* **Permanent** failures (:class:`IhcPermanentError`: other 4xx, redirects, TLS errors, bad
-  settings, answers that break the contract or exceed the size cap) are raised at once and no
-  new request is sent.
-
-The names callers use from :mod:`~ihc_attribution.ihc.errors`, :mod:`~ihc_attribution.ihc.settings`
-and :mod:`~ihc_attribution.ihc.answers` can be imported from here too.
+Requests go out from a thread pool, at most ``max_concurrency`` in flight over one ``requests``
+session. HTTP 429, 500, 502, 503, 504, timeouts and connection errors are retried with ``tenacity``
+(exponential backoff, full jitter, ``Retry-After`` capped at ``backoff_max``); when a request runs
+out of retries (or the client is cancelled) no new request starts, those in flight are delivered,
+then :class:`IhcRetriesExhaustedError` lists the unanswered ones. A permanent error stops at once.
 """
 
 from __future__ import annotations
 
-import hashlib
-
 import email.utils
+import hashlib
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import requests
@@ -39,20 +27,10 @@ import tenacity
 import urllib3
 from requests.adapters import HTTPAdapter
 
-from ihc_attribution.ihc.answers import (SUCCESS_STATUSES, IhcRequest, IhcResult, IhcRow, PartialFailure,
-                                         PreparedRequest, check_answer, prepare_request, refusal)
-from ihc_attribution.ihc.dispatch import GaveUp, SendProgress, SendSummary, dispatch
-from ihc_attribution.ihc.errors import (IhcCancelledError, IhcConfigurationError, IhcContractError, IhcError,
-                                        IhcPermanentError, IhcRejectedJourneysError, IhcResponseTooLargeError,
-                                        IhcRetriesExhaustedError)
-from ihc_attribution.ihc.settings import KNOWN_EXTRAS, IhcSettings, Redactor, clean_api_key, parse_settings
-
-__all__ = [
-    "KNOWN_EXTRAS", "IhcCancelledError", "IhcClient", "IhcConfigurationError", "IhcContractError", "IhcError",
-    "IhcPermanentError", "IhcRejectedJourneysError", "IhcRequest", "IhcResponseTooLargeError", "IhcResult",
-    "IhcRetriesExhaustedError", "IhcRow", "IhcSettings", "PartialFailure", "Redactor", "SendProgress",
-    "SendSummary", "clean_api_key", "parse_retry_after", "parse_settings",
-]
+from ihc_attribution.ihc.answers import (SUCCESS_STATUSES, IhcRequest, IhcResult, PreparedRequest, check_answer,
+                                         examples, prepare_request, refusal)
+from ihc_attribution.ihc.errors import IhcConfigurationError, IhcContractError, IhcRetriesExhaustedError
+from ihc_attribution.ihc.settings import IhcSettings, Redactor, clean_api_key, parse_settings
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +45,51 @@ DEFAULT_RESPONSE_BYTES_PER_SENT_BYTE = 4
 _CHUNK = 64 * 1024
 
 
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Return the wait a ``Retry-After`` header asks for, in seconds (>= 0), ``None`` if unusable.
+@dataclass(frozen=True)
+class SendProgress:
+    """Progress of a call, reported after each finished request."""
 
-    :param value: header value: delay in seconds or an HTTP date.
-    :param now: current time for HTTP dates (default: now, UTC).
+    done: int
+    total: int | None
+    retries: int
+    journeys_answered: int
+    journeys_rejected: int
+    elapsed_seconds: float
+
+
+@dataclass
+class SendSummary:
+    """Counters of the API stage: one call of :meth:`IhcClient.compute_ihc`, plus the API stage's checkpoints.
+
+    ``attempts`` and ``retries`` count the requests that finished; ``journeys_answered`` includes
+    the rejected ones (``partialFailureErrors``); ``unanswered`` lists the requests left without an answer.
     """
+
+    requests_total: int = 0
+    requests_already_done: int = 0
+    requests_sent: int = 0
+    requests_answered: int = 0
+    attempts: int = 0
+    retries: int = 0
+    rows: int = 0
+    journeys_answered: int = 0
+    journeys_rejected: int = 0
+    elapsed_seconds: float = 0.0
+    unanswered: list[Any] = field(default_factory=list)
+    local_double: bool = False
+
+    @property
+    def requests_failed(self) -> int:
+        """Requests left without an answer."""
+        return len(self.unanswered)
+
+    def as_dict(self) -> dict[str, Any]:
+        """The counters as a plain dict (for XCom and logs)."""
+        return asdict(self)
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """Return the wait a ``Retry-After`` header (seconds or an HTTP date) asks for, ``None`` if unusable."""
     if value is None or not value.strip():
         return None
     try:
@@ -90,11 +107,12 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
 
 
 class _Transient(Exception):
-    """A failed attempt worth retrying."""
+    """A failed attempt worth retrying; ``attempts`` is set on the last one, when the request gives up."""
 
     def __init__(self, problem: str, retry_after: float | None = None):
         super().__init__(problem)
         self.retry_after = retry_after
+        self.attempts = 0
 
 
 class IhcClient:
@@ -103,10 +121,8 @@ class IhcClient:
     :param base_url: scheme, host and port of the service, e.g. ``https://api.ihc-attribution.com``.
     :param api_key: sent as header ``x-api-key``, stripped; never logged.
     :param conv_type_id: trained conversion type, query parameter ``conv_type_id``.
-    :param sleep: waits between attempts; tests inject a no-op. By default the waits end early
-        when the call stops (a request gave up, a permanent error, :meth:`cancel`).
-    :param settings: the other fields of :class:`IhcSettings` (``timeout``, ``max_retries``,
-        ``verify``, ``cert``, ``proxies``, ...).
+    :param sleep: waits between attempts (tests inject a no-op); by default they end early when the call stops.
+    :param settings: the other fields of :class:`~ihc_attribution.ihc.settings.IhcSettings`.
     :raises IhcConfigurationError: for a bad setting or key.
     """
 
@@ -132,12 +148,6 @@ class IhcClient:
         s = self.settings
         return f"{type(self).__name__}(url={self.url!r}, conv_type_id={s.conv_type_id!r}, max_concurrency={s.max_concurrency})"
 
-    def __enter__(self) -> IhcClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def close(self) -> None:
         """Close the HTTP session (the next request opens a new one)."""
         if self._session is not None:
@@ -150,11 +160,7 @@ class IhcClient:
         self._stop.set()
 
     def send_one(self, request: IhcRequest) -> IhcResult:
-        """Send one request (with retries) and return its validated answer.
-
-        :raises IhcPermanentError: for an answer retrying cannot fix.
-        :raises IhcRetriesExhaustedError: when all attempts failed transiently.
-        """
+        """Send one request (with retries) and return its validated answer."""
         results: list[IhcResult] = []
         self.compute_ihc([request], results.append)
         return results[0]
@@ -168,20 +174,17 @@ class IhcClient:
         total: int | None = None,
         summary: SendSummary | None = None,
     ) -> SendSummary:
-        """Send requests concurrently and deliver each validated answer as it arrives.
+        """Send requests, at most ``max_concurrency`` in flight, and deliver each validated answer as it arrives.
 
-        ``requests`` is read lazily and ``on_result`` and ``progress`` are called in the calling
-        thread, in completion order (see :func:`~ihc_attribution.ihc.dispatch.dispatch`).
+        ``requests`` is read lazily; ``on_result`` (whose exception stops the call) and ``progress`` run
+        in the calling thread, so the requests may come from a database and the answers go into SQLite.
+        When answers come in, one request goes out before they are delivered, so the service is not
+        idle while they are stored (with ``max_concurrency`` 1, nothing goes out before).
 
-        :param requests: the requests; ids must be unique.
-        :param on_result: receives each :class:`IhcResult`; an exception from it stops the call.
-        :param progress: receives a :class:`SendProgress` after each finished request.
         :param total: number of requests, for progress (default: ``len(requests)`` if sized).
         :param summary: counters to fill in, so the caller has them even when this raises.
-        :raises IhcPermanentError: at the first answer retrying cannot fix; requests in flight
-            are abandoned, no new one is sent.
-        :raises IhcRetriesExhaustedError: after the requests in flight have been delivered, when
-            some stayed unanswered (:class:`IhcCancelledError` after :meth:`cancel`).
+        :raises IhcPermanentError: at once; the requests in flight are abandoned.
+        :raises IhcRetriesExhaustedError: when some stayed unanswered, after delivering those in flight.
         :raises ValueError: for a malformed request (duplicate id, no rows, duplicate session).
         """
         if total is None and hasattr(requests, "__len__"):
@@ -191,21 +194,25 @@ class IhcClient:
         if self._cancelled:
             stop.set()
         if self._session is None:
-            self._session = make_session(self.settings.max_concurrency)
-
-        def send(request: IhcRequest) -> Callable[[], IhcResult]:
-            return partial(self._send, prepare_request(request, self.settings.redistribution_parameter), stop)
-
-        last_errors = dispatch(requests, send, on_result, max_concurrency=self.settings.max_concurrency, stop=stop,
-                               summary=summary, progress=progress, total=total)
-        if last_errors:
-            self._raise_unanswered(summary, last_errors)
+            self._session = make_session(self.settings)
+        pool = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="ihc-client")
+        run = _Run(self, iter(requests), pool, stop, summary, total)
+        try:
+            run.loop(on_result, progress)
+        except BaseException:
+            stop.set()
+            # Answers still in flight cannot be used now; their workers stop before another attempt.
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        finally:
+            summary.elapsed_seconds += time.monotonic() - run.started
+        pool.shutdown()
+        if run.last_errors:
+            self._raise_unanswered(summary, run.last_errors)
         return summary
 
-    # --- one request, its retries and its attempts
-
     def _send(self, sent: PreparedRequest, stop: threading.Event) -> IhcResult:
-        """Send one request until answered; raise GaveUp when giving up, or a permanent error."""
+        """Send one request until answered: the result, a permanent error, or the last _Transient."""
         attempts, problem = 0, ""
 
         def attempt() -> IhcResult:
@@ -222,7 +229,8 @@ class IhcClient:
         try:
             return self._retrying(sent.request.request_id, stop)(attempt)
         except _Transient as exc:
-            raise GaveUp(str(exc), attempts) from None
+            exc.attempts = attempts
+            raise
 
     def _retrying(self, request_id: Any, stop: threading.Event) -> tenacity.Retrying:
         s = self.settings
@@ -281,7 +289,7 @@ class IhcClient:
         while chunk := response.raw.read1(_CHUNK, decode_content=True):
             size += len(chunk)
             if size > cap:
-                raise IhcResponseTooLargeError(
+                raise IhcContractError(
                     f"IHC request {request_id!r}: the HTTP {response.status_code} answer is larger than the cap of "
                     f"{cap:,} bytes (decoded); not retried. Raise the extra max_response_bytes if such answers are "
                     "expected", request_id=request_id, status_code=response.status_code)
@@ -313,23 +321,92 @@ class IhcClient:
         local_double = response.headers.get(LOCAL_DOUBLE_HEADER, "").lower() == "true"
         return check_answer(sent, body, status, number, local_double, self._redact.excerpt)
 
-    def _refusal(self, status: int, text: str, request_id: Any) -> IhcError:
+    def _refusal(self, status: int, text: str, request_id: Any) -> Exception:
         return refusal(status, text, request_id, self.settings.conv_type_id, self.url, self._redact.excerpt)
 
     def _raise_unanswered(self, summary: SendSummary, last_errors: dict[Any, str]) -> None:
         ids = list(last_errors)
-        kind = IhcCancelledError if self._cancelled else IhcRetriesExhaustedError
         reason = "the task was cancelled" if self._cancelled else f"up to {self.settings.max_retries} retries"
-        shown = ", ".join(repr(request_id) for request_id in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
-        raise kind(f"{len(ids)} IHC request(s) not answered after {reason}: {shown}; last error: {last_errors[ids[0]]}. "
-                   f"{summary.requests_answered} answered request(s) were delivered; requests after the failure were "
-                   "not sent.", request_ids=ids, last_errors=last_errors, summary=summary)
+        raise IhcRetriesExhaustedError(
+            f"{len(ids)} IHC request(s) not answered after {reason}: {examples(ids)}; last error: {last_errors[ids[0]]}. "
+            f"{summary.requests_answered} answered request(s) were delivered; requests after the failure were not sent.",
+            request_ids=ids, last_errors=last_errors, summary=summary)
 
 
-def make_session(max_concurrency: int) -> requests.Session:
+def make_session(settings: IhcSettings) -> requests.Session:
     """A session with a connection per worker and no urllib3 retries (tenacity retries)."""
     session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=max_concurrency, max_retries=0)
+    session.trust_env = settings.trust_env
+    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.max_concurrency, max_retries=0)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
     return session
+
+
+class _Run:
+    """One call of :meth:`IhcClient.compute_ihc`: the requests in flight and what came of them."""
+
+    def __init__(self, client: IhcClient, pending: Iterator[IhcRequest], pool: ThreadPoolExecutor,
+                 stop: threading.Event, summary: SendSummary, total: int | None) -> None:
+        self.client, self.pending, self.pool, self.stop, self.summary, self.total = client, pending, pool, stop, summary, total
+        self.limit = client.settings.max_concurrency
+        self.in_flight: dict[Future[IhcResult], Any] = {}
+        self.seen: set[Any] = set()
+        self.last_errors: dict[Any, str] = {}
+        self.done = 0
+        self.started = time.monotonic()
+
+    def loop(self, on_result: Callable[[IhcResult], None], progress: Callable[[SendProgress], None] | None) -> None:
+        """Until nothing is in flight: wait for answers, deliver them, start the next requests."""
+        self.submit(self.limit)
+        while self.in_flight:
+            done, _ = wait(self.in_flight, return_when=FIRST_COMPLETED)
+            finished = [(future, self.in_flight.pop(future)) for future in list(self.in_flight) if future in done]
+            if self.limit > 1 and not any(future.exception() for future, _ in finished):
+                self.submit(len(self.in_flight) + 1)
+            for future, request_id in finished:
+                self.finish(future, request_id, on_result)
+                if progress is not None:
+                    s = self.summary
+                    progress(SendProgress(self.done, self.total, s.retries, s.journeys_answered, s.journeys_rejected,
+                                          time.monotonic() - self.started))
+            self.submit(self.limit)
+
+    def submit(self, in_flight: int) -> None:
+        """Start requests until ``in_flight`` are in flight, none is left or the run stopped."""
+        while not self.stop.is_set() and len(self.in_flight) < in_flight:
+            request = next(self.pending, None)
+            if request is None:
+                return
+            if request.request_id in self.seen:
+                raise ValueError(f"duplicate request id {request.request_id!r}")
+            self.seen.add(request.request_id)
+            sent = prepare_request(request, self.client.settings.redistribution_parameter)
+            self.in_flight[self.pool.submit(self.client._send, sent, self.stop)] = request.request_id
+            self.summary.requests_sent += 1
+
+    def finish(self, future: Future[IhcResult], request_id: Any, on_result: Callable[[IhcResult], None]) -> None:
+        """Deliver a finished request's answer and count it, or record that it gave up and stop."""
+        self.done += 1
+        s = self.summary
+        try:
+            result = future.result()
+        except _Transient as problem:
+            s.attempts, s.retries = s.attempts + problem.attempts, s.retries + max(problem.attempts - 1, 0)
+            s.unanswered.append(request_id)
+            self.last_errors[request_id] = str(problem)
+            if not self.stop.is_set():
+                log.error("IHC request %r gave up (%s); sending no new requests, waiting for %d in flight.",
+                          request_id, problem, len(self.in_flight))
+            self.stop.set()
+            return
+        if result.local_double and not s.local_double:
+            log.warning("Answers come from the local IHC double, not from the production IHC service: point "
+                        "the connection at the real API for production numbers.")
+        on_result(result)
+        s.attempts, s.retries = s.attempts + result.attempts, s.retries + result.attempts - 1
+        s.requests_answered += 1
+        s.rows += len(result.rows)
+        s.journeys_answered += len({str(row.conversion_id) for row in result.rows}) + len(result.failed)
+        s.journeys_rejected += len(result.failed)
+        s.local_double |= result.local_double

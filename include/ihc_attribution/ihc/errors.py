@@ -1,4 +1,4 @@
-"""Errors of the IHC API stage: permanent ones (retrying cannot help) and exhausted retries.
+"""Errors of the IHC API: permanent ones (retrying cannot help) and exhausted retries.
 
 Messages never contain the API key in any form: they are built from status codes, ids and
 redacted excerpts of answers, never from headers or ``requests`` objects.
@@ -16,12 +16,7 @@ if TYPE_CHECKING:
 
 
 class IhcError(Exception):
-    """Base class of the errors of the IHC API stage.
-
-    :param message: what happened and what to change.
-    :param status_code: HTTP status (or body ``statusCode``), ``None`` for errors before an answer.
-    :param request_id: the request concerned, if one.
-    """
+    """An error of the IHC API stage, with the HTTP status (or body ``statusCode``) and the request, when known."""
 
     def __init__(self, message: str, *, status_code: int | None = None, request_id: Any = None):
         super().__init__(message)
@@ -30,7 +25,7 @@ class IhcError(Exception):
 
 
 class IhcPermanentError(IhcError, PermanentError):
-    """Retrying cannot change the outcome: fail without a retry (the task is not retried either)."""
+    """Retrying cannot change the outcome: the task fails without a retry."""
 
 
 class IhcConfigurationError(IhcPermanentError):
@@ -38,11 +33,7 @@ class IhcConfigurationError(IhcPermanentError):
 
 
 class IhcContractError(IhcPermanentError):
-    """An answer broke the API contract (shape, completeness, credit range, sums)."""
-
-
-class IhcResponseTooLargeError(IhcContractError):
-    """An answer was larger (decoded) than the cap for its request."""
+    """An answer broke the API contract (shape, completeness, credit range, sums, size cap)."""
 
 
 class IhcRejectedJourneysError(IhcPermanentError):
@@ -50,27 +41,15 @@ class IhcRejectedJourneysError(IhcPermanentError):
 
 
 class IhcRetriesExhaustedError(IhcError):
-    """Requests stayed unanswered after all retries; answered ones were delivered before.
+    """Requests stayed unanswered after all retries, or after a cancel; answered ones were delivered before.
 
-    :param request_ids: ids of the requests sent but not answered (those that ran out of retries
-        and those stopped because of them). Requests never sent are not listed.
+    :param request_ids: the requests sent but not answered (requests never sent are not listed).
     :param last_errors: request id -> last transient problem seen for it.
-    :param summary: counters of the whole call.
     """
 
-    def __init__(
-        self,
-        message: str,
-        *,
-        request_ids: Sequence[Any],
-        last_errors: Mapping[Any, str],
-        summary: SendSummary | None = None,
-    ):
+    def __init__(self, message: str, *, request_ids: Sequence[Any], last_errors: Mapping[Any, str],
+                 summary: SendSummary | None = None):
         super().__init__(message)
         self.request_ids = list(request_ids)
         self.last_errors = dict(last_errors)
         self.summary = summary
-
-
-class IhcCancelledError(IhcRetriesExhaustedError):
-    """The task was cancelled: no new request or retry was sent after it."""

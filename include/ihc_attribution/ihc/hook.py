@@ -1,18 +1,10 @@
 """Airflow hook for the IHC attribution API: an Airflow connection -> :class:`IhcClient`.
 
-Shaped like the HTTP provider's ``HttpHook``: the connection is looked up lazily in
-:meth:`IhcHook.get_conn` (never in ``__init__``, so DAG files can build the hook at parse time),
-the client is cached, and the settings live in the connection's extra, validated once by
-:class:`~ihc_attribution.ihc.client.IhcSettings`.
-
-The connection (type ``ihc``; type ``http`` is still read, with a deprecation warning):
-
-* ``host``: ``api.ihc-attribution.com``, or a full URL such as ``http://127.0.0.1:8080``;
-* ``schema``: URL scheme when ``host`` has none (default ``https``), as in ``HttpHook``;
-* ``port``: optional;
-* ``password``: the API key (``login`` is not used); surrounding whitespace is dropped;
-* ``extra``: the fields of ``IhcSettings`` but ``base_url``; ``conv_type_id`` is required, and
-  ``verify``, ``cert`` and ``proxies`` reach a service behind a proxy or a private CA.
+Shaped like the HTTP provider's ``HttpHook``: the connection (type ``ihc``; ``http`` still read, with
+a warning) is looked up lazily in :meth:`IhcHook.get_conn`, never in ``__init__``, and the client is
+cached. Host, schema and port make the URL, the password is the API key, the extras are the fields of
+:class:`~ihc_attribution.ihc.settings.IhcSettings` (docs/ihc_hook.md). The connection form comes from
+the provider's metadata (:mod:`ihc_attribution.provider`).
 """
 
 from __future__ import annotations
@@ -25,24 +17,17 @@ from urllib.parse import urlparse
 
 from airflow.sdk import BaseHook
 
-from ihc_attribution.ihc.client import (
-    IhcClient,
-    IhcConfigurationError,
-    IhcRequest,
-    IhcSettings,
-    SendSummary,
-    clean_api_key,
-    parse_settings,
-)
-from ihc_attribution.provider import CONN_FIELDS, CONN_TYPE, UI_FIELD_BEHAVIOUR
+from ihc_attribution.ihc.answers import IhcRequest
+from ihc_attribution.ihc.client import IhcClient, SendSummary
+from ihc_attribution.ihc.errors import IhcConfigurationError
+from ihc_attribution.ihc.settings import IhcSettings, clean_api_key, parse_settings
+from ihc_attribution.provider import CONN_TYPE
 
 
 def build_base_url(host: str | None, schema: str | None = None, port: int | None = None) -> str:
-    """Build the service URL from connection fields the way ``HttpHook`` does (default https).
+    """Build the service URL from connection fields the way ``HttpHook`` does: ``host`` may be a URL (it wins),
+    ``schema`` is the scheme (default https), ``port`` is appended unless ``host`` has one.
 
-    :param host: host name, or a URL with scheme (and possibly port and path prefix).
-    :param schema: scheme used when ``host`` has none: ``http`` or ``https`` (default).
-    :param port: appended unless ``host`` already carries a port.
     :raises IhcConfigurationError: when the host is missing or the scheme is not http(s).
     """
     host = (host or "").strip()
@@ -64,8 +49,9 @@ def build_base_url(host: str | None, schema: str | None = None, port: int | None
 class IhcHook(BaseHook):
     """Interact with the IHC attribution API through an Airflow connection.
 
-    :param ihc_conn_id: connection with the service URL, the API key as password and the
-        settings as extras (see the module docstring).
+    :param ihc_conn_id: the connection (see the module docstring).
+    :param max_concurrency: requests in flight (the DAG passes its pool slots); a smaller
+        ``max_concurrency`` in the connection's extra still caps it.
     :param sleep: waits between attempts, passed to :class:`IhcClient` (tests turn them off).
     """
 
@@ -76,8 +62,6 @@ class IhcHook(BaseHook):
 
     def __init__(self, ihc_conn_id: str = default_conn_name, *, max_concurrency: int | None = None,
                  sleep: Callable[[float], None] | None = None) -> None:
-        """:param max_concurrency: requests in flight (the DAG passes its pool slots); a smaller
-            ``max_concurrency`` in the connection's extra still caps it."""
         super().__init__()
         self.ihc_conn_id = ihc_conn_id
         self.max_concurrency = max_concurrency
@@ -86,27 +70,6 @@ class IhcHook(BaseHook):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(ihc_conn_id={self.ihc_conn_id!r})"
-
-    @classmethod
-    def get_ui_field_behaviour(cls) -> dict[str, Any]:
-        """Return custom field behaviour for the connection form (see :mod:`ihc_attribution.provider`)."""
-        return UI_FIELD_BEHAVIOUR
-
-    @classmethod
-    def get_connection_form_widgets(cls) -> dict[str, Any]:
-        """Return the form fields of :data:`CONN_FIELDS` (needs ``wtforms``, as the old UI does)."""
-        from wtforms import IntegerField, StringField
-        from wtforms.validators import NumberRange, Optional
-
-        widgets: dict[str, Any] = {}
-        for name, spec in CONN_FIELDS.items():
-            schema = spec["schema"]
-            if "integer" in schema["type"]:
-                widgets[name] = IntegerField(spec["label"], default=schema.get("default"),
-                                             validators=[Optional(), NumberRange(min=schema["minimum"])])
-            else:
-                widgets[name] = StringField(spec["label"], description=spec.get("description"))
-        return widgets
 
     def get_conn(self) -> IhcClient:
         """Read the connection (first call only) and return the cached :class:`IhcClient`.

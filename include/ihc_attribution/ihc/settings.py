@@ -1,7 +1,8 @@
 """Settings of an IHC connection, validated once, and the handling of its API key.
 
-The settings are the connection's extras (plus ``base_url``); values may be strings, as the URI
-form of connections delivers them, and blank values mean "not set".
+The settings are the connection's extras (plus ``base_url``), with the transport extras of Airflow's
+``HttpHook`` (``verify``/``verify_ssl``, ``cert``, ``proxies``/``proxy``, ``trust_env``, ``timeout``); values
+may be strings, as the URI form of connections delivers them, and blank values mean "not set".
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 from urllib.parse import quote, quote_plus, urlparse
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ihc_attribution.ihc.errors import IhcConfigurationError
 
@@ -54,12 +55,13 @@ class IhcSettings(BaseModel):
     #: what to do with journeys over ``max_sessions_per_request``.
     oversized_journey_policy: Literal["truncate", "skip"] = "truncate"
     #: check the service's TLS certificate (true), don't (false), or against this CA bundle file or directory.
-    verify: bool | str = True
+    verify: bool | str = Field(True, validation_alias=AliasChoices("verify", "verify_ssl"))
     #: TLS client certificate: one file with certificate and key, or ``[certificate file, key file]``.
     cert: str | tuple[str, str] | None = None
-    #: proxy per URL scheme, e.g. ``{"https": "http://proxy.example:3128"}``; else ``HTTPS_PROXY`` etc.
-    #: Left out of ``repr``: a proxy URL may carry credentials.
-    proxies: dict[str, str] | None = Field(default=None, repr=False)
+    #: proxy per URL scheme, e.g. ``{"https": "http://proxy.example:3128"}``; out of ``repr``: it may hold credentials.
+    proxies: dict[str, str] | None = Field(None, repr=False, validation_alias=AliasChoices("proxies", "proxy"))
+    #: also read proxies (``HTTPS_PROXY``, ``NO_PROXY``), CA bundle and ``.netrc`` from the environment.
+    trust_env: bool = True
 
     @model_validator(mode="before")
     @classmethod

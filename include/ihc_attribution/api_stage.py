@@ -9,17 +9,17 @@ sends only what was not answered before: API calls cost quota.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
 from ihc_attribution.db import BYTE_ORDER, Database
 from ihc_attribution.errors import PermanentError
-from ihc_attribution.ihc.answers import IhcRequest, IhcResult
+from ihc_attribution.ihc.answers import IhcRequest, IhcResult, examples
 from ihc_attribution.ihc.client import IhcClient, SendProgress, SendSummary
 from ihc_attribution.ihc.errors import IhcError, IhcRejectedJourneysError, IhcRetriesExhaustedError
 from ihc_attribution.validation import API_REJECTED, OVERSIZED
-from ihc_attribution.packing import OVERSIZE_POLICIES, apply_oversize_policy, lower_bound, pack_journeys
+from ihc_attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
 
 if TYPE_CHECKING:
     from ihc_attribution.ihc.hook import IhcHook
@@ -86,10 +86,6 @@ def pack_requests(
     earlier attempt of the run for the same journey (same fingerprint, same size sent) are
     reused instead of planned again.
     """
-    if oversized_policy not in OVERSIZE_POLICIES:
-        raise ValueError(f"oversized_journey_policy must be one of {OVERSIZE_POLICIES}, not {oversized_policy!r}")
-    if max_journeys < 1 or max_sessions < 1:
-        raise ValueError("max_journeys_per_request and max_sessions_per_request must be at least 1")
     summary = PackSummary()
     with db.transaction():
         for table in ("attribution_stg_requests", "attribution_stg_request_journeys"):
@@ -162,6 +158,7 @@ def request_rows_sql(dialect: str) -> str:
 
 
 _REQUEST_ROWS_SQL = request_rows_sql("sqlite")
+_FLAGS = ("holder_engagement", "closer_engagement", "conversion", "impression_interaction")
 
 
 def build_request(db: Database, run_id: str, request_no: int, max_sessions: int) -> IhcRequest:
@@ -173,26 +170,14 @@ def build_request(db: Database, run_id: str, request_no: int, max_sessions: int)
     rows: list[dict] = []
     journey: list[dict] = []
     current = None
-    for conv_id, session_id, ts, channel, holder, closer, conversion, impression in db.query(
-        request_rows_sql(db.dialect), (run_id, request_no)
-    ):
+    for conv_id, session_id, ts, channel, *flags in db.query(request_rows_sql(db.dialect), (run_id, request_no)):
         if conv_id != current:
             rows.extend(reversed(journey))
             current, journey = conv_id, []
         if len(journey) == max_sessions:
             continue
-        journey.append(
-            {
-                "conversion_id": conv_id,
-                "session_id": session_id,
-                "timestamp": ts,
-                "channel_label": channel,
-                "holder_engagement": int(holder),
-                "closer_engagement": int(closer),
-                "conversion": int(conversion),
-                "impression_interaction": int(impression),
-            }
-        )
+        journey.append({"conversion_id": conv_id, "session_id": session_id, "timestamp": ts, "channel_label": channel,
+                        **{name: int(flag) for name, flag in zip(_FLAGS, flags)}})
     rows.extend(reversed(journey))
     return IhcRequest(request_id=request_no, rows=rows)
 
@@ -212,11 +197,9 @@ def send_requests(
     :param api: sends the requests (the IHC hook in the DAG; tests pass a client or a fake).
     :param max_rejected_share: once every answer is stored, fail when the service rejected at
         least this share of the run's journeys sent (1.0: only when it rejected all of them).
-    :param progress: called after each finished request.
     :param summary: counters to fill in (so a caller sees them even when this raises).
-    :raises IhcError: when the API refuses the configuration or an answer, or retries are
-        exhausted; the answers received until then are kept, and the unanswered requests are
-        marked failed. :class:`IhcRejectedJourneysError` for too many rejected journeys.
+    :raises IhcError: when the API refuses the configuration or an answer, or retries are exhausted; the
+        answers received are kept, the unanswered requests marked failed. IhcRejectedJourneysError, see above.
     """
     summary = summary if summary is not None else SendSummary()
     states = db.query(
@@ -226,9 +209,8 @@ def send_requests(
     summary.requests_total = len(states)
     summary.requests_already_done = len(states) - len(pending)
 
-    def requests() -> Iterator[IhcRequest]:
-        for no in pending:
-            yield build_request(db, run_id, no, max_sessions)
+    requests = (build_request(db, run_id, no, max_sessions) for no in pending)
+    answered: set[int] = set()
 
     def on_result(result: IhcResult) -> None:
         no = int(result.request_id)
@@ -271,15 +253,11 @@ def send_requests(
                 "http_status = ?, error = NULL WHERE run_id = ? AND request_no = ?",
                 (result.attempts, result.status_code, run_id, no),
             )
+        answered.add(no)
 
     try:
-        api.compute_ihc(requests(), on_result, progress=progress, total=len(pending), summary=summary)
+        api.compute_ihc(requests, on_result, progress=progress, total=len(pending), summary=summary)
     except IhcError as exc:
-        answered = {
-            no for (no,) in db.query(
-                "SELECT request_no FROM attribution_stg_requests WHERE run_id = ? AND status = 'done'", (run_id,)
-            )
-        }
         summary.unanswered = [no for no in pending if no not in answered]
         message = str(exc)[:1000]
         with db.transaction():
@@ -290,7 +268,7 @@ def send_requests(
         kind = "retries exhausted" if isinstance(exc, IhcRetriesExhaustedError) else "request refused"
         log.error(
             "IHC API %s: %d of %d requests unanswered (numbers %s); a re-run sends only those",
-            kind, len(summary.unanswered), summary.requests_total, _preview(summary.unanswered),
+            kind, len(summary.unanswered), summary.requests_total, examples(summary.unanswered, 20),
         )
         raise
     _check_rejected_share(db, run_id, max_rejected_share)
@@ -316,8 +294,3 @@ def _check_rejected_share(db: Database, run_id: str, max_share: float) -> None:
             "rejections recorded as api_rejected; not retried: fix the journeys or the conversion type, "
             "or raise max_rejected_share"
         )
-
-
-def _preview(numbers: list[int], limit: int = 20) -> str:
-    text = ", ".join(str(n) for n in numbers[:limit])
-    return text + (f", ... ({len(numbers) - limit} more)" if len(numbers) > limit else "")

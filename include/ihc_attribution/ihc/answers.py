@@ -1,9 +1,8 @@
 """Requests to the IHC API and the checks on its answers, without any HTTP.
 
-An answer is accepted only if every session sent comes back exactly once (except those of
-journeys the service reports as failed), every credit is in [0, 1] and the ``ihc`` of every
-journey sums to 1; anything else is an :class:`IhcContractError`, since asking again would not
-change it.
+An answer is accepted only if every session sent comes back exactly once (except those of journeys
+the service reports as failed), every credit is in [0, 1] and the ``ihc`` of every journey sums to 1;
+anything else is an :class:`IhcContractError`, since asking again would not change it.
 """
 
 from __future__ import annotations
@@ -22,7 +21,6 @@ SUCCESS_STATUSES = frozenset({200, 206})
 SUM_TOLERANCE = 1e-6
 
 _CREDITS = ("initializer", "holder", "closer", "ihc")
-_MAX_EXAMPLES = 5
 
 _WRONG_KEY = "the API key is missing or wrong; set the right key as the password of the IHC connection"
 # What to change, by HTTP status of a refused request.
@@ -40,12 +38,9 @@ _HINTS = {
 
 @dataclass(frozen=True)
 class IhcRequest:
-    """One API request: the rows of whole journeys, as the API expects them.
-
-    :param request_id: caller's id of the request (e.g. its checkpoint key); unique per call.
-    :param rows: ``conversion_id``, ``session_id``, ``timestamp``, ``channel_label``,
-        ``holder_engagement``, ``closer_engagement``, ``conversion``, ``impression_interaction``.
-    """
+    """One API request: the rows of whole journeys as the API expects them (``conversion_id``, ``session_id``,
+    ``timestamp``, ``channel_label``, ``holder_engagement``, ``closer_engagement``, ``conversion``,
+    ``impression_interaction``); ``request_id`` is unique per call (e.g. its checkpoint key)."""
 
     request_id: str | int
     rows: Sequence[Mapping[str, Any]]
@@ -73,14 +68,8 @@ class PartialFailure:
 
 @dataclass(frozen=True)
 class IhcResult:
-    """A validated answer to one request.
-
-    :param rows: one row per session sent, except sessions of failed journeys.
-    :param failed: journeys the service reported as failed; they have no rows.
-    :param attempts: HTTP attempts it took (1 = no retry).
-    :param status_code: ``statusCode`` of the answer: 200, or 206 with failed journeys.
-    :param local_double: the answer came from the project's local IHC double, not production.
-    """
+    """A validated answer to one request: a row per session sent except those of the ``failed`` journeys;
+    ``status_code`` 200, or 206 with failed journeys; ``local_double``: from the project's local IHC double."""
 
     request_id: str | int
     rows: list[IhcRow]
@@ -104,10 +93,7 @@ class PreparedRequest:
 
 
 def prepare_request(request: IhcRequest, redistribution_parameter: Mapping[str, Any] | None) -> PreparedRequest:
-    """Serialise a request and note its sessions.
-
-    :raises ValueError: for a request without rows, a row without ids or a session given twice.
-    """
+    """Serialise a request and note its sessions; ValueError for no rows, a row without ids or a session twice."""
     if not request.rows:
         raise ValueError(f"IHC request {request.request_id!r} has no rows")
     journeys: Journeys = {}
@@ -135,20 +121,19 @@ def check_answer(
     sent: PreparedRequest, body: Any, http_status: int, attempts: int, local_double: bool,
     excerpt: Callable[[str], str],
 ) -> IhcResult:
-    """Check an answer against what was sent and return it typed.
+    """Check an answer against what was sent and return it typed, or raise IhcContractError saying what is wrong.
 
-    Ids are compared as text (JSON may bring numbers back as strings) and returned as they were
-    sent. Credits just outside [0, 1], within the rounding tolerance, are stored as the bound.
-
-    :param excerpt: makes a redacted excerpt of answer text for messages.
-    :raises IhcContractError: naming what breaks the contract.
+    Ids are compared as text (JSON may bring numbers back as strings) and returned as they were sent.
+    Credits just outside [0, 1], within the rounding tolerance, are stored as the bound.
     """
     request_id = sent.request.request_id
     try:
         code, values, errors = _parts(body, http_status)
         failed = _failures(errors, sent.journeys, excerpt)
         rows, sums = _rows(values, sent.journeys, failed, excerpt)
-        _check_sums(sums)
+        off = [(conv, round(total, 8)) for conv, total in sums.items() if abs(total - 1) > SUM_TOLERANCE]
+        if off:
+            raise _Invalid(f"ihc does not sum to 1 in {len(off)} journey(s): {examples(off)}")
     except _Invalid as problem:
         raise IhcContractError(f"IHC request {request_id!r}: invalid answer: {problem}",
                                request_id=request_id, status_code=http_status) from None
@@ -235,25 +220,17 @@ def _credits(item: Mapping[str, Any], key: tuple[str, str]) -> list[float]:
     return [float(value) for value in values]
 
 
-def _check_sums(sums: Mapping[str, float]) -> None:
-    off = [(conv, round(total, 8)) for conv, total in sums.items() if abs(total - 1) > SUM_TOLERANCE]
-    if off:
-        raise _Invalid(f"ihc does not sum to 1 in {len(off)} journey(s): {examples(off)}")
-
-
-def examples(items: Iterable[Any]) -> str:
+def examples(items: Iterable[Any], limit: int = 5) -> str:
+    """The first ``limit`` items and how many more, for messages."""
     items = list(items)
-    shown = ", ".join(repr(item) for item in items[:_MAX_EXAMPLES])
-    return shown + (f" and {len(items) - _MAX_EXAMPLES} more" if len(items) > _MAX_EXAMPLES else "")
+    shown = ", ".join(repr(item) for item in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
 def refusal(status: int, text: str, request_id: Any, conv_type_id: str, url: str,
             excerpt: Callable[[str], str]) -> IhcError:
-    """The error for an answer that refuses a request (other than 429 and the transient 5xx).
-
-    :class:`IhcConfigurationError` for 3xx and 4xx (settings, key, conv type, limits),
-    :class:`IhcContractError` for other 5xx; both say what to change and quote the service.
-    """
+    """The error for an answer refusing a request (but 429 and the transient 5xx), saying what to change:
+    :class:`IhcConfigurationError` for 3xx and 4xx, :class:`IhcContractError` for other 5xx."""
     if 300 <= status < 400:
         hint = f"the service answered with a redirect; point the connection at the final URL instead of {url}"
     else:

@@ -34,14 +34,11 @@ from ihc_attribution.ihc.settings import IhcSettings, Redactor, clean_api_key, p
 
 log = logging.getLogger(__name__)
 
-#: Statuses worth another attempt: rate limiting and transient server or gateway failures.
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-#: Header set by the project's local IHC double on every answer.
-LOCAL_DOUBLE_HEADER = "X-IHC-Local-Double"
+LOCAL_DOUBLE_HEADER = "X-IHC-Local-Double"  # set by the project's local IHC double on every answer
 #: Answer size cap when ``max_response_bytes`` is not set: 1 MiB plus 4 bytes per byte sent.
 DEFAULT_RESPONSE_BASE_BYTES = 1 << 20
 DEFAULT_RESPONSE_BYTES_PER_SENT_BYTE = 4
-
 _CHUNK = 64 * 1024
 
 
@@ -59,11 +56,8 @@ class SendProgress:
 
 @dataclass
 class SendSummary:
-    """Counters of the API stage: one call of :meth:`IhcClient.compute_ihc`, plus the API stage's checkpoints.
-
-    ``attempts`` and ``retries`` count the requests that finished; ``journeys_answered`` includes
-    the rejected ones (``partialFailureErrors``); ``unanswered`` lists the requests left without an answer.
-    """
+    """Counters of one call of :meth:`IhcClient.compute_ihc` (``attempts`` and ``retries`` of the requests that
+    finished; ``journeys_answered`` includes rejected ones), plus the API stage's checkpoints."""
 
     requests_total: int = 0
     requests_already_done: int = 0
@@ -80,11 +74,9 @@ class SendSummary:
 
     @property
     def requests_failed(self) -> int:
-        """Requests left without an answer."""
         return len(self.unanswered)
 
     def as_dict(self) -> dict[str, Any]:
-        """The counters as a plain dict (for XCom and logs)."""
         return asdict(self)
 
 
@@ -118,11 +110,9 @@ class _Transient(Exception):
 class IhcClient:
     """Send customer journeys to the IHC API, concurrently, with retries and answer checks.
 
-    :param base_url: scheme, host and port of the service, e.g. ``https://api.ihc-attribution.com``.
     :param api_key: sent as header ``x-api-key``, stripped; never logged.
-    :param conv_type_id: trained conversion type, query parameter ``conv_type_id``.
     :param sleep: waits between attempts (tests inject a no-op); by default they end early when the call stops.
-    :param settings: the other fields of :class:`~ihc_attribution.ihc.settings.IhcSettings`.
+    :param settings: ``base_url``, ``conv_type_id`` and the other fields of :class:`~ihc_attribution.ihc.settings.IhcSettings`.
     :raises IhcConfigurationError: for a bad setting or key.
     """
 
@@ -149,7 +139,7 @@ class IhcClient:
         return f"{type(self).__name__}(url={self.url!r}, conv_type_id={s.conv_type_id!r}, max_concurrency={s.max_concurrency})"
 
     def close(self) -> None:
-        """Close the HTTP session (the next request opens a new one)."""
+        """Close the HTTP session (the next call opens a new one)."""
         if self._session is not None:
             self._session.close()
             self._session = None
@@ -213,6 +203,7 @@ class IhcClient:
 
     def _send(self, sent: PreparedRequest, stop: threading.Event) -> IhcResult:
         """Send one request until answered: the result, a permanent error, or the last _Transient."""
+        s, request_id = self.settings, sent.request.request_id
         attempts, problem = 0, ""
 
         def attempt() -> IhcResult:
@@ -226,14 +217,6 @@ class IhcClient:
                 problem = str(exc)
                 raise
 
-        try:
-            return self._retrying(sent.request.request_id, stop)(attempt)
-        except _Transient as exc:
-            exc.attempts = attempts
-            raise
-
-    def _retrying(self, request_id: Any, stop: threading.Event) -> tenacity.Retrying:
-        s = self.settings
         jitter = tenacity.wait_random_exponential(multiplier=s.backoff_base, max=s.backoff_max)
 
         def wait(state: tenacity.RetryCallState) -> float:
@@ -244,11 +227,16 @@ class IhcClient:
             log.warning("IHC request %r: %s; retry %d/%d in %.2f s", request_id, state.outcome.exception(),
                         state.attempt_number, s.max_retries, state.next_action.sleep)
 
-        return tenacity.Retrying(
+        retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(s.max_retries + 1) | tenacity.stop_when_event_set(stop),
             wait=wait, retry=tenacity.retry_if_exception_type(_Transient), sleep=self._sleep or stop.wait,
             before_sleep=before_sleep, reraise=True,
         )
+        try:
+            return retrying(attempt)
+        except _Transient as exc:
+            exc.attempts = attempts
+            raise
 
     def _attempt(self, sent: PreparedRequest, number: int) -> IhcResult:
         """One HTTP attempt: the checked answer, or _Transient, or a permanent error."""
@@ -300,13 +288,13 @@ class IhcClient:
 
     def _interpret(self, sent: PreparedRequest, response: requests.Response, content: bytes, number: int) -> IhcResult:
         """What an answer means: a result, a transient failure or a permanent error."""
-        status, request_id = response.status_code, sent.request.request_id
+        s, status, request_id = self.settings, response.status_code, sent.request.request_id
         retry_after = parse_retry_after(response.headers.get("Retry-After"))
         if status in RETRYABLE_STATUSES:
             raise _Transient(f"HTTP {status}", retry_after)
         text = content.decode("utf-8", errors="replace")
         if status not in SUCCESS_STATUSES:
-            raise self._refusal(status, text, request_id)
+            raise refusal(status, text, request_id, s.conv_type_id, self.url, self._redact.excerpt)
         try:
             body = json.loads(content)
         except ValueError:
@@ -317,12 +305,9 @@ class IhcClient:
         if code in RETRYABLE_STATUSES:
             raise _Transient(f"statusCode {code} in an HTTP {status} answer", retry_after)
         if type(code) is int and code >= 300:
-            raise self._refusal(code, text, request_id)
+            raise refusal(code, text, request_id, s.conv_type_id, self.url, self._redact.excerpt)
         local_double = response.headers.get(LOCAL_DOUBLE_HEADER, "").lower() == "true"
         return check_answer(sent, body, status, number, local_double, self._redact.excerpt)
-
-    def _refusal(self, status: int, text: str, request_id: Any) -> Exception:
-        return refusal(status, text, request_id, self.settings.conv_type_id, self.url, self._redact.excerpt)
 
     def _raise_unanswered(self, summary: SendSummary, last_errors: dict[Any, str]) -> None:
         ids = list(last_errors)

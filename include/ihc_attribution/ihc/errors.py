@@ -41,11 +41,8 @@ class IhcRejectedJourneysError(IhcPermanentError):
 
 
 class IhcRetriesExhaustedError(IhcError):
-    """Requests stayed unanswered after all retries, or after a cancel; answered ones were delivered before.
-
-    :param request_ids: the requests sent but not answered (requests never sent are not listed).
-    :param last_errors: request id -> last transient problem seen for it.
-    """
+    """Requests sent stayed unanswered after all retries, or after a cancel; answered ones were delivered.
+    ``last_errors``: request id -> last transient problem seen for it."""
 
     def __init__(self, message: str, *, request_ids: Sequence[Any], last_errors: Mapping[Any, str],
                  summary: SendSummary | None = None):

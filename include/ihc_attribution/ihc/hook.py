@@ -10,6 +10,7 @@ the provider's metadata (:mod:`ihc_attribution.provider`).
 from __future__ import annotations
 
 import signal
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -72,10 +73,8 @@ class IhcHook(BaseHook):
         return f"{type(self).__name__}(ihc_conn_id={self.ihc_conn_id!r})"
 
     def get_conn(self) -> IhcClient:
-        """Read the connection (first call only) and return the cached :class:`IhcClient`.
-
-        :raises IhcConfigurationError: when the connection lacks a host or key or has bad extras.
-        """
+        """Read the connection (first call only) and return the cached :class:`IhcClient`; IhcConfigurationError
+        when the connection lacks a host or key or has bad extras."""
         if self._client is None:
             connection = self.get_connection(self.ihc_conn_id)
             where = f"connection {self.ihc_conn_id!r}"
@@ -117,34 +116,26 @@ class IhcHook(BaseHook):
         """Send packed requests and deliver each validated answer: :meth:`IhcClient.compute_ihc`, same arguments."""
         return self.get_conn().compute_ihc(*args, **kwargs)
 
-    def on_kill(self) -> None:
-        """Stop sending: no new request or retry, waits cut short."""
-        if self._client is not None:
-            self._client.cancel()
-
     @contextmanager
     def stop_on_sigterm(self) -> Iterator[None]:
-        """Within the block, SIGTERM (how Airflow cancels a task) first stops this hook's requests.
-
-        The previous handler still runs afterwards. Outside the main thread this does nothing.
-        """
-        previous: Any = None
+        """Within the block, SIGTERM (how Airflow cancels a task) first stops this hook's requests, then runs
+        the previous handler. Outside the main thread this does nothing."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = signal.getsignal(signal.SIGTERM)
 
         def handler(signum: int, frame: Any) -> None:
-            self.on_kill()
+            if self._client is not None:
+                self._client.cancel()
             if callable(previous):
                 previous(signum, frame)
 
-        try:
-            previous = signal.signal(signal.SIGTERM, handler)
-            installed = True
-        except ValueError:  # not the main thread
-            installed = False
+        signal.signal(signal.SIGTERM, handler)
         try:
             yield
         finally:
-            if installed:
-                signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
 
     def close(self) -> None:
         """Close the client's HTTP session (the next call opens a new one)."""

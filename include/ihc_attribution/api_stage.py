@@ -8,6 +8,7 @@ sends only what was not answered before: API calls cost quota.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -47,8 +48,6 @@ class StagedJourneysCutError(PermanentError, ValueError):
     """The run's journeys were cut to fewer sessions than the session limit now allows."""
 
 
-# Journeys the extraction cut (fewer sessions staged than they hold) to fewer than the limit now:
-# max_sessions_per_request was raised after the run's journeys were extracted.
 _CUT_SHORT_SQL = """
 SELECT MIN(kept) FROM (
     SELECT COUNT(*) AS kept FROM attribution_stg_conversions c
@@ -61,7 +60,8 @@ SELECT MIN(kept) FROM (
 
 
 def _check_staged_for(db: Database, run_id: str, max_sessions: int) -> None:
-    """Fail when the extraction kept fewer sessions of a journey than ``max_sessions`` lets be sent."""
+    """Fail when the extraction cut a journey to fewer sessions than ``max_sessions`` lets be sent now
+    (``max_sessions_per_request`` was raised after the run's journeys were extracted)."""
     kept = db.scalar(_CUT_SHORT_SQL, (run_id, max_sessions))
     if kept is not None:
         raise StagedJourneysCutError(
@@ -86,7 +86,6 @@ def pack_requests(
     earlier attempt of the run for the same journey (same fingerprint, same size sent) are
     reused instead of planned again.
     """
-    summary = PackSummary()
     with db.transaction():
         for table in ("attribution_stg_requests", "attribution_stg_request_journeys"):
             db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
@@ -111,11 +110,7 @@ def pack_requests(
             (run_id, c, OVERSIZED, f"not sent: {n} sessions, over the limit of {max_sessions} per request")
             for c, n in sorted(outcome.skipped.items())
         ]
-        summary.truncated, summary.skipped = len(outcome.truncated), len(outcome.skipped)
-        if issues:
-            db.executemany(
-                "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?)", issues
-            )
+        db.executemany("INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?)", issues)
         answered = dict(
             db.query("SELECT conv_id, n_sent FROM attribution_stg_answered WHERE run_id = ?", (run_id,))
         )
@@ -124,7 +119,6 @@ def pack_requests(
         for table in ("attribution_stg_answered", "attribution_stg_results"):
             db.executemany(f"DELETE FROM {table} WHERE run_id = ? AND conv_id = ?", stale)
         to_send = {c: n for c, n in sizes.items() if c not in reused}
-        summary.reused = len(reused)
         bins = pack_journeys(to_send, max_journeys, max_sessions)
         db.executemany(
             "INSERT INTO attribution_stg_requests (run_id, request_no, n_journeys, n_sessions, status) "
@@ -135,11 +129,11 @@ def pack_requests(
             "INSERT INTO attribution_stg_request_journeys (run_id, conv_id, request_no) VALUES (?, ?, ?)",
             [(run_id, conv_id, no) for no, b in enumerate(bins) for conv_id in b],
         )
-    summary.journeys = len(to_send)
-    summary.sessions = sum(to_send.values())
-    summary.requests = len(bins)
-    summary.lower_bound = lower_bound(to_send, max_journeys, max_sessions) if to_send else 0
-    return summary
+    return PackSummary(
+        journeys=len(to_send), sessions=sum(to_send.values()), requests=len(bins),
+        lower_bound=lower_bound(to_send, max_journeys, max_sessions) if to_send else 0,
+        truncated=len(outcome.truncated), skipped=len(outcome.skipped), reused=len(reused),
+    )
 
 
 _REQUEST_ROWS = """
@@ -168,17 +162,11 @@ def build_request(db: Database, run_id: str, request_no: int, max_sessions: int)
     ``max_sessions`` sessions; each journey is then put back in time order.
     """
     rows: list[dict] = []
-    journey: list[dict] = []
-    current = None
-    for conv_id, session_id, ts, channel, *flags in db.query(request_rows_sql(db.dialect), (run_id, request_no)):
-        if conv_id != current:
-            rows.extend(reversed(journey))
-            current, journey = conv_id, []
-        if len(journey) == max_sessions:
-            continue
-        journey.append({"conversion_id": conv_id, "session_id": session_id, "timestamp": ts, "channel_label": channel,
-                        **{name: int(flag) for name, flag in zip(_FLAGS, flags)}})
-    rows.extend(reversed(journey))
+    newest_first = db.query(request_rows_sql(db.dialect), (run_id, request_no))
+    for _, journey in itertools.groupby(newest_first, key=lambda row: row[0]):
+        for conv_id, session_id, ts, channel, *flags in reversed(list(itertools.islice(journey, max_sessions))):
+            rows.append({"conversion_id": conv_id, "session_id": session_id, "timestamp": ts, "channel_label": channel,
+                         **{name: int(flag) for name, flag in zip(_FLAGS, flags)}})
     return IhcRequest(request_id=request_no, rows=rows)
 
 

@@ -30,13 +30,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from ihc_attribution.errors import PermanentError
 from ihc_attribution.ihc.answers import IhcRequest, IhcResult, IhcRow, PartialFailure
 from ihc_attribution.ihc.client import IhcClient, parse_retry_after
 from ihc_attribution.ihc.errors import (
     IhcConfigurationError,
     IhcContractError,
     IhcError,
-    IhcPermanentError,
     IhcRetriesExhaustedError,
 )
 from ihc_attribution.ihc.settings import Redactor
@@ -764,7 +764,7 @@ def test_trickle_until_retries_run_out_is_a_transient_failure():
             make_client(stub.url, timeout=0.5, max_retries=1).send_one(request())
     assert time.monotonic() - started < 3
     assert "no complete answer within 0.5 s" in info.value.last_errors["r1"]
-    assert not isinstance(info.value, IhcPermanentError)
+    assert not isinstance(info.value, PermanentError)
 
 
 def _gzip_bomb(decoded_bytes: int) -> bytes:
@@ -830,9 +830,9 @@ def test_credit_out_of_range_or_not_finite_is_a_contract_violation(column, value
 
 
 def test_contract_and_configuration_errors_are_permanent_transient_ones_are_not():
-    assert issubclass(IhcContractError, IhcPermanentError)
-    assert issubclass(IhcConfigurationError, IhcPermanentError)
-    assert not issubclass(IhcRetriesExhaustedError, IhcPermanentError)
+    assert issubclass(IhcContractError, PermanentError)
+    assert issubclass(IhcConfigurationError, PermanentError)
+    assert not issubclass(IhcRetriesExhaustedError, PermanentError)
 
 
 def test_cancel_cuts_a_long_wait_short_and_sends_nothing_more():

@@ -128,7 +128,16 @@ def check_answer(
     """
     request_id = sent.request.request_id
     try:
-        code, values, errors = _parts(body, http_status)
+        if not isinstance(body, dict):
+            raise _Invalid(f"expected a JSON object, got {type(body).__name__}")
+        code = body.get("statusCode", http_status)
+        if code not in SUCCESS_STATUSES:
+            raise _Invalid(f"statusCode {code!r} is not 200 or 206")
+        values, errors = body.get("value"), body.get("partialFailureErrors") or []
+        if not isinstance(values, list):
+            raise _Invalid("'value' is missing or not a list")
+        if not isinstance(errors, list):
+            raise _Invalid("'partialFailureErrors' is not a list")
         failed = _failures(errors, sent.journeys, excerpt)
         rows, sums = _rows(values, sent.journeys, failed, excerpt)
         off = [(conv, round(total, 8)) for conv, total in sums.items() if abs(total - 1) > SUM_TOLERANCE]
@@ -138,20 +147,6 @@ def check_answer(
         raise IhcContractError(f"IHC request {request_id!r}: invalid answer: {problem}",
                                request_id=request_id, status_code=http_status) from None
     return IhcResult(request_id, rows, list(failed.values()), attempts, int(code), local_double)
-
-
-def _parts(body: Any, http_status: int) -> tuple[int, list[Any], list[Any]]:
-    if not isinstance(body, dict):
-        raise _Invalid(f"expected a JSON object, got {type(body).__name__}")
-    code = body.get("statusCode", http_status)
-    if code not in SUCCESS_STATUSES:
-        raise _Invalid(f"statusCode {code!r} is not 200 or 206")
-    values, errors = body.get("value"), body.get("partialFailureErrors") or []
-    if not isinstance(values, list):
-        raise _Invalid("'value' is missing or not a list")
-    if not isinstance(errors, list):
-        raise _Invalid("'partialFailureErrors' is not a list")
-    return code, values, errors
 
 
 def _failures(errors: list[Any], journeys: Journeys, excerpt: Callable[[str], str]) -> dict[str, PartialFailure]:

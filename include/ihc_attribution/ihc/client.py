@@ -1,14 +1,13 @@
 """HTTP client for the IHC attribution API (``POST /v1/compute_ihc``), without Airflow.
 
-Requests go out from a thread pool, at most ``max_concurrency`` in flight over one ``requests``
-session. HTTP 429, 500, 502, 503, 504, timeouts and connection errors are retried with ``tenacity``
-(exponential backoff, full jitter, ``Retry-After`` capped at ``backoff_max``); when a request runs
-out of retries (or the client is cancelled) no new request starts, those in flight are delivered,
-then :class:`IhcRetriesExhaustedError` lists the unanswered ones. A permanent error stops at once.
+A thread pool over one ``requests`` session; HTTP 429, 500, 502, 503, 504, timeouts and connection
+errors are retried with ``tenacity`` (exponential backoff, full jitter, ``Retry-After`` capped at
+``backoff_max``). Every answer is checked by :func:`~ihc_attribution.ihc.answers.check_answer`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import hashlib
 import json
@@ -25,12 +24,13 @@ from typing import Any
 import requests
 import tenacity
 import urllib3
+from requests import Session
 from requests.adapters import HTTPAdapter
 
 from ihc_attribution.ihc.answers import (SUCCESS_STATUSES, IhcRequest, IhcResult, PreparedRequest, check_answer,
                                          examples, prepare_request, refusal)
 from ihc_attribution.ihc.errors import IhcConfigurationError, IhcContractError, IhcRetriesExhaustedError
-from ihc_attribution.ihc.settings import IhcSettings, Redactor, clean_api_key, parse_settings
+from ihc_attribution.ihc.settings import Redactor, clean_api_key, parse_settings
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,8 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     """Return the wait a ``Retry-After`` header (seconds or an HTTP date) asks for, ``None`` if unusable."""
     if value is None or not value.strip():
         return None
-    try:
+    with contextlib.suppress(ValueError):
         seconds = float(value)
-    except ValueError:
-        pass
-    else:
         return max(seconds, 0.0) if math.isfinite(seconds) else None
     try:
         when = email.utils.parsedate_to_datetime(value.strip())
@@ -125,7 +122,7 @@ class IhcClient:
         self._api_key = clean_api_key(api_key)
         self._redact = Redactor(api_key)
         self._sleep = sleep
-        self._session: requests.Session | None = None
+        self._session: Session | None = None
         self._stop = threading.Event()
         self._cancelled = False
 
@@ -133,10 +130,6 @@ class IhcClient:
     def account_digest(self) -> str:
         """A digest of the API key: tells accounts apart (answers are reused per account), reveals no key."""
         return hashlib.sha256(f"ihc-account:{self._api_key}".encode()).hexdigest()[:16]
-
-    def __repr__(self) -> str:
-        s = self.settings
-        return f"{type(self).__name__}(url={self.url!r}, conv_type_id={s.conv_type_id!r}, max_concurrency={s.max_concurrency})"
 
     def close(self) -> None:
         """Close the HTTP session (the next call opens a new one)."""
@@ -169,12 +162,12 @@ class IhcClient:
         ``requests`` is read lazily; ``on_result`` (whose exception stops the call) and ``progress`` run
         in the calling thread, so the requests may come from a database and the answers go into SQLite.
         When answers come in, one request goes out before they are delivered, so the service is not
-        idle while they are stored (with ``max_concurrency`` 1, nothing goes out before).
+        idle while they are stored (with ``max_concurrency`` 1, nothing goes out before). ``total``
+        (default ``len(requests)`` if sized) is for progress; ``summary`` is filled in even when this raises.
 
-        :param total: number of requests, for progress (default: ``len(requests)`` if sized).
-        :param summary: counters to fill in, so the caller has them even when this raises.
-        :raises IhcPermanentError: at once; the requests in flight are abandoned.
-        :raises IhcRetriesExhaustedError: when some stayed unanswered, after delivering those in flight.
+        :raises PermanentError: (an IhcConfigurationError or IhcContractError) at once; the requests in flight are abandoned.
+        :raises IhcRetriesExhaustedError: when some stayed unanswered (retries ran out, or :meth:`cancel`),
+            after no new request was sent and those in flight were delivered.
         :raises ValueError: for a malformed request (duplicate id, no rows, duplicate session).
         """
         if total is None and hasattr(requests, "__len__"):
@@ -183,22 +176,30 @@ class IhcClient:
         self._stop = stop = threading.Event()
         if self._cancelled:
             stop.set()
-        if self._session is None:
-            self._session = make_session(self.settings)
-        pool = ThreadPoolExecutor(self.settings.max_concurrency, thread_name_prefix="ihc-client")
-        run = _Run(self, iter(requests), pool, stop, summary, total)
+        if self._session is None:  # a connection per worker, no urllib3 retries (tenacity retries)
+            self._session = Session()  # `requests` is the argument here
+            self._session.trust_env = self.settings.trust_env
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self.settings.max_concurrency, max_retries=0)
+            self._session.mount("http://", adapter)
+            self._session.mount("https://", adapter)
+        run = _Run(self, iter(requests), stop, summary, total)
         try:
             run.loop(on_result, progress)
         except BaseException:
             stop.set()
             # Answers still in flight cannot be used now; their workers stop before another attempt.
-            pool.shutdown(wait=False, cancel_futures=True)
+            run.pool.shutdown(wait=False, cancel_futures=True)
             raise
         finally:
             summary.elapsed_seconds += time.monotonic() - run.started
-        pool.shutdown()
+        run.pool.shutdown()
         if run.last_errors:
-            self._raise_unanswered(summary, run.last_errors)
+            ids = list(run.last_errors)
+            reason = "the task was cancelled" if self._cancelled else f"up to {self.settings.max_retries} retries"
+            raise IhcRetriesExhaustedError(
+                f"{len(ids)} IHC request(s) not answered after {reason}: {examples(ids)}; last error: "
+                f"{run.last_errors[ids[0]]}. {summary.requests_answered} answered request(s) were delivered; requests "
+                "after the failure were not sent.", request_ids=ids, last_errors=run.last_errors, summary=summary)
         return summary
 
     def _send(self, sent: PreparedRequest, stop: threading.Event) -> IhcResult:
@@ -309,32 +310,14 @@ class IhcClient:
         local_double = response.headers.get(LOCAL_DOUBLE_HEADER, "").lower() == "true"
         return check_answer(sent, body, status, number, local_double, self._redact.excerpt)
 
-    def _raise_unanswered(self, summary: SendSummary, last_errors: dict[Any, str]) -> None:
-        ids = list(last_errors)
-        reason = "the task was cancelled" if self._cancelled else f"up to {self.settings.max_retries} retries"
-        raise IhcRetriesExhaustedError(
-            f"{len(ids)} IHC request(s) not answered after {reason}: {examples(ids)}; last error: {last_errors[ids[0]]}. "
-            f"{summary.requests_answered} answered request(s) were delivered; requests after the failure were not sent.",
-            request_ids=ids, last_errors=last_errors, summary=summary)
-
-
-def make_session(settings: IhcSettings) -> requests.Session:
-    """A session with a connection per worker and no urllib3 retries (tenacity retries)."""
-    session = requests.Session()
-    session.trust_env = settings.trust_env
-    adapter = HTTPAdapter(pool_connections=1, pool_maxsize=settings.max_concurrency, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    return session
-
-
 class _Run:
     """One call of :meth:`IhcClient.compute_ihc`: the requests in flight and what came of them."""
 
-    def __init__(self, client: IhcClient, pending: Iterator[IhcRequest], pool: ThreadPoolExecutor,
-                 stop: threading.Event, summary: SendSummary, total: int | None) -> None:
-        self.client, self.pending, self.pool, self.stop, self.summary, self.total = client, pending, pool, stop, summary, total
+    def __init__(self, client: IhcClient, pending: Iterator[IhcRequest], stop: threading.Event, summary: SendSummary,
+                 total: int | None) -> None:
+        self.client, self.pending, self.stop, self.summary, self.total = client, pending, stop, summary, total
         self.limit = client.settings.max_concurrency
+        self.pool = ThreadPoolExecutor(self.limit, thread_name_prefix="ihc-client")
         self.in_flight: dict[Future[IhcResult], Any] = {}
         self.seen: set[Any] = set()
         self.last_errors: dict[Any, str] = {}

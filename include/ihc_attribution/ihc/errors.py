@@ -1,4 +1,4 @@
-"""Errors of the IHC API: permanent ones (retrying cannot help) and exhausted retries.
+"""Errors of the IHC API: permanent ones (a ``PermanentError``: retrying cannot help) and exhausted retries.
 
 Messages never contain the API key in any form: they are built from status codes, ids and
 redacted excerpts of answers, never from headers or ``requests`` objects.
@@ -24,19 +24,15 @@ class IhcError(Exception):
         self.request_id = request_id
 
 
-class IhcPermanentError(IhcError, PermanentError):
-    """Retrying cannot change the outcome: the task fails without a retry."""
-
-
-class IhcConfigurationError(IhcPermanentError):
+class IhcConfigurationError(IhcError, PermanentError):
     """Settings, key, conv type or limits are wrong, or the service refused the request for it."""
 
 
-class IhcContractError(IhcPermanentError):
+class IhcContractError(IhcError, PermanentError):
     """An answer broke the API contract (shape, completeness, credit range, sums, size cap)."""
 
 
-class IhcRejectedJourneysError(IhcPermanentError):
+class IhcRejectedJourneysError(IhcError, PermanentError):
     """The service rejected at least ``max_rejected_share`` of the journeys sent."""
 
 

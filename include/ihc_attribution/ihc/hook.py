@@ -1,10 +1,9 @@
 """Airflow hook for the IHC attribution API: an Airflow connection -> :class:`IhcClient`.
 
-Shaped like the HTTP provider's ``HttpHook``: the connection (type ``ihc``; ``http`` still read, with
-a warning) is looked up lazily in :meth:`IhcHook.get_conn`, never in ``__init__``, and the client is
-cached. Host, schema and port make the URL, the password is the API key, the extras are the fields of
-:class:`~ihc_attribution.ihc.settings.IhcSettings` (docs/ihc_hook.md). The connection form comes from
-the provider's metadata (:mod:`ihc_attribution.provider`).
+Shaped like ``HttpHook``: the connection (type ``ihc``; ``http`` still read, with a warning) is read
+lazily in :meth:`IhcHook.get_conn`, never in ``__init__``. Host, schema and port make the URL, the
+password is the API key, the extras are the fields of ``IhcSettings`` (docs/ihc_hook.md); the
+connection form comes from the provider's metadata (:mod:`ihc_attribution.provider`).
 """
 
 from __future__ import annotations
@@ -68,9 +67,6 @@ class IhcHook(BaseHook):
         self.max_concurrency = max_concurrency
         self._sleep = sleep
         self._client: IhcClient | None = None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(ihc_conn_id={self.ihc_conn_id!r})"
 
     def get_conn(self) -> IhcClient:
         """Read the connection (first call only) and return the cached :class:`IhcClient`; IhcConfigurationError

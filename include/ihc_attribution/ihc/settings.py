@@ -133,12 +133,8 @@ KNOWN_EXTRAS = tuple(name for name in IhcSettings.model_fields if name != "base_
 
 
 def parse_settings(values: Mapping[str, Any], where: str = "the IHC connection") -> IhcSettings:
-    """Validate settings once, with messages naming each bad extra.
-
-    :param values: ``base_url`` and the connection's extras.
-    :param where: what holds the settings, for messages (e.g. ``connection 'ihc_api'``).
-    :raises IhcConfigurationError: naming every bad, missing or unknown extra.
-    """
+    """Validate ``base_url`` and the connection's extras once; IhcConfigurationError naming every bad, missing or
+    unknown extra and ``where`` they are (e.g. ``connection 'ihc_api'``)."""
     try:
         return IhcSettings.model_validate(dict(values))
     except ValidationError as exc:
@@ -157,10 +153,7 @@ def _problem(error: Any) -> str:
 
 
 def clean_api_key(raw: str | None, where: str = "the IHC connection") -> str:
-    """The key without surrounding whitespace; refuse an empty one or one with inner blanks.
-
-    :raises IhcConfigurationError: with a message that never contains the key.
-    """
+    """The key without surrounding whitespace; IhcConfigurationError (never showing it) if empty or with inner blanks."""
     key = (raw or "").strip()
     if not key:
         raise IhcConfigurationError(f"{where} has no API key; set the IHC API key as its password")

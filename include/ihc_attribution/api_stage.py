@@ -275,10 +275,10 @@ def _check_rejected_share(db: Database, run_id: str, max_share: float) -> None:
         (run_id, API_REJECTED),
     )
     if sent and len(rejected) / sent >= max_share:
-        examples = "; ".join(f"{conv_id}: {detail}" for conv_id, detail in rejected[:3])
+        shown = "; ".join(f"{conv_id}: {detail}" for conv_id, detail in rejected[:3])
         raise IhcRejectedJourneysError(
             f"the IHC API rejected {len(rejected)} of {sent} journeys sent (at least the extra "
-            f"max_rejected_share={max_share:g} of them), e.g. {examples}. The answers are stored and the "
+            f"max_rejected_share={max_share:g} of them), e.g. {shown}. The answers are stored and the "
             "rejections recorded as api_rejected; not retried: fix the journeys or the conversion type, "
             "or raise max_rejected_share"
         )

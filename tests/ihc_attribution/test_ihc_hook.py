@@ -7,6 +7,8 @@ import logging
 import os
 import random
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -33,6 +35,14 @@ def set_connection(monkeypatch, env: str = CONN_ENV, **fields) -> None:
             "extra": {"conv_type_id": "demo"}}
     conn.update(fields)
     monkeypatch.setenv(env, json.dumps(conn))
+
+
+def test_the_ihc_package_knows_nothing_of_the_database():
+    code = "import sys, ihc_attribution.ihc.hook; print(' '.join(m for m in sys.modules if m.startswith('ihc_attribution.')))"
+    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    outside = {name for name in loaded if not name.startswith("ihc_attribution.ihc")}
+    # PermanentError, the provider's connection type, and the env settings that Airflow's provider loading reads.
+    assert outside <= {"ihc_attribution.errors", "ihc_attribution.provider", "ihc_attribution.settings"}, outside
 
 
 def test_init_does_not_look_up_the_connection(monkeypatch):

@@ -1,8 +1,7 @@
 """Settings of an IHC connection, validated once, and the handling of its API key.
 
-The settings are the connection's extras (plus ``base_url``), with the transport extras of Airflow's
-``HttpHook`` (``verify``/``verify_ssl``, ``cert``, ``proxies``/``proxy``, ``trust_env``, ``timeout``); values
-may be strings, as the URI form of connections delivers them, and blank values mean "not set".
+The settings are the connection's extras (plus ``base_url``), transport ones named as in ``HttpHook``;
+values may be strings, as the URI form of connections delivers them, and blank values mean "not set".
 """
 
 from __future__ import annotations

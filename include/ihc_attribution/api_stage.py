@@ -186,8 +186,8 @@ def send_requests(
     :param max_rejected_share: once every answer is stored, fail when the service rejected at
         least this share of the run's journeys sent (1.0: only when it rejected all of them).
     :param summary: counters to fill in (so a caller sees them even when this raises).
-    :raises IhcError: when the API refuses the configuration or an answer, or retries are exhausted; the
-        answers received are kept, the unanswered requests marked failed. IhcRejectedJourneysError, see above.
+    :raises IhcError: when the API refuses the configuration or an answer, or retries are exhausted (the
+        answers received are kept, the unanswered requests marked failed), or for ``max_rejected_share``.
     """
     summary = summary if summary is not None else SendSummary()
     states = db.query(

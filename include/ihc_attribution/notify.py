@@ -28,11 +28,6 @@ from ihc_attribution.errors import PermanentFailure
 log = logging.getLogger(__name__)
 
 
-def alert_conn_id() -> str:
-    """The connection alerts are posted to (``$ATTRIBUTION_ALERT_CONN_ID``)."""
-    return settings.alert_conn_id()
-
-
 def post_alert(text: str, conn_id: str | None = None) -> bool:
     """Log ``text`` and post it to the alert connection when one is configured.
 
@@ -41,7 +36,7 @@ def post_alert(text: str, conn_id: str | None = None) -> bool:
     """
     from airflow.sdk import BaseHook
 
-    conn_id = conn_id or alert_conn_id()
+    conn_id = conn_id or settings.get("alert_conn_id")
     log.warning("%s", text)
     try:
         BaseHook.get_connection(conn_id)
@@ -61,20 +56,18 @@ def post_alert(text: str, conn_id: str | None = None) -> bool:
 def failure_message(context: dict[str, Any]) -> str:
     """One line naming the DAG, the run, the failed task and where its log is."""
     ti = context.get("ti") or context.get("task_instance")
-    dag_run = context.get("dag_run")
-    run_id = getattr(dag_run, "run_id", None) or context.get("run_id")
-    task_id = getattr(ti, "task_id", None)
-    url = getattr(ti, "log_url", None)
-    parts = [f"ihc_attribution run {run_id} failed"]
-    if task_id:
-        parts.append(f"in task {task_id}")
+    run_id = getattr(context.get("dag_run"), "run_id", None) or context.get("run_id")
+    task_id, url = getattr(ti, "task_id", None), getattr(ti, "log_url", None)
     reason = context.get("reason") or context.get("exception")
     # A PermanentFailure's message names its error (the task failure callback appends it).
-    if reason and not isinstance(reason, PermanentFailure):
-        parts.append(f"({type(reason).__name__ if isinstance(reason, BaseException) else reason})")
-    if url:
-        parts.append(f"log: {url}")
-    return " ".join(parts)
+    if isinstance(reason, PermanentFailure):
+        reason = None
+    return " ".join([
+        f"ihc_attribution run {run_id} failed",
+        *([f"in task {task_id}"] if task_id else []),
+        *([f"({type(reason).__name__ if isinstance(reason, BaseException) else reason})"] if reason else []),
+        *([f"log: {url}"] if url else []),
+    ])
 
 
 def log_task_failure(context: dict[str, Any]) -> None:
@@ -107,8 +100,7 @@ class RunFailureNotifier(BaseNotifier):
 
 async def deadline_missed(context: dict[str, Any] | None = None, **kwargs: Any) -> None:
     """Deadline callback: the run is still not finished when its deadline passed."""
-    dag_run = (context or {}).get("dag_run")
-    run_id = getattr(dag_run, "run_id", None) if dag_run is not None else None
+    run_id = getattr((context or {}).get("dag_run"), "run_id", None)
     text = f"ihc_attribution run {run_id or '?'} has not finished {kwargs.get('hours', '?')} h after it was queued"
     await asyncio.to_thread(post_alert, text)
 

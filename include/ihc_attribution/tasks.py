@@ -1,8 +1,6 @@
-"""The DAG's task bodies: Airflow context in, a stage of the package run, small results out.
+"""The DAG's task bodies: the task's context in, one stage run on the ``attribution_db`` database, a small dict out.
 
-Each function takes the task's context, opens the database through the ``attribution_db``
-connection, runs one stage and returns a small dict for XCom (counts, ids, paths). Connections
-are looked up only here, at run time, never when the DAG file is parsed.
+Connections are looked up only here, at run time, never when the DAG file is parsed.
 """
 
 from __future__ import annotations
@@ -13,8 +11,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import closing
 from typing import Any, NoReturn
 
 from ihc_attribution import api_stage, charts, checks, credit, export, journeys, load, report, schema, settings
@@ -35,12 +33,6 @@ from ihc_attribution.ihc_client import SendProgress, SendSummary
 log = logging.getLogger(__name__)
 
 
-
-def output_base() -> Any:
-    """The output base as an ``ObjectStoragePath`` (see :func:`settings.output_location`)."""
-    return export.output_base(settings.output_location(), settings.output_conn_id())
-
-
 def run_range(context: Mapping[str, Any]) -> RunRange:
     """The run's range from its params or its data interval (see :mod:`daterange`).
 
@@ -54,12 +46,11 @@ def run_range(context: Mapping[str, Any]) -> RunRange:
     if range_from_params(params) is None and run_type.endswith(("scheduled", "asset_triggered")):
         started = context.get("data_interval_end") or getattr(dag_run, "run_after", None)
         if started is not None:
-            return day_before(started, settings.late_data_days())
+            return day_before(started, settings.get("late_data_days"))
     return resolve_run_range(params, context.get("data_interval_start"), context.get("data_interval_end"))
 
 
 def _lookback_days(context: Mapping[str, Any]) -> int | None:
-    """The ``lookback_days`` param (see :func:`daterange.parse_lookback_days`)."""
     return parse_lookback_days((context.get("params") or {}).get("lookback_days"))
 
 
@@ -126,14 +117,9 @@ def db_hook(conn_id: str | None = None) -> Any:
         ) from exc
 
 
-@contextmanager
-def open_db() -> Iterator[Database]:
+def open_db() -> closing[Database]:
     """The pipeline database, through the Airflow connection ``attribution_db`` and its provider's hook."""
-    db = Database.from_hook(db_hook())
-    try:
-        yield db
-    finally:
-        db.close()
+    return closing(Database.from_hook(db_hook()))
 
 
 def answer_scope(settings: Any, account: str = "") -> str:
@@ -156,7 +142,7 @@ def answer_scope(settings: Any, account: str = "") -> str:
 def _ihc_hook(max_concurrency: int | None = None):
     from ihc_attribution.ihc_hook import IhcHook
 
-    return IhcHook(ihc_conn_id=settings.ihc_conn_id(), max_concurrency=max_concurrency)
+    return IhcHook(ihc_conn_id=settings.get("ihc_conn_id"), max_concurrency=max_concurrency)
 
 
 @stage
@@ -166,7 +152,7 @@ def setup_tables(context: Mapping[str, Any]) -> dict:
     check_range_length(rng)
     _lookback_days(context)
     log.info("run %s handles conversions in [%s, %s)", context.get("run_id"), rng.start_ts, rng.end_ts)
-    retention_days = settings.staging_retention_days()
+    retention_days = settings.get("staging_retention_days")
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)
     with open_db() as db:
         schema.check_sources(db)
@@ -257,19 +243,19 @@ def call_ihc_api(context: Mapping[str, Any]) -> dict:
     return summary.as_dict()
 
 
+#: The API stage's counters sent to Airflow's metrics as ``ihc_attribution.api.<name>``.
+API_METRICS = ("requests_sent", "requests_answered", "requests_failed", "attempts", "retries", "journeys_answered",
+               "journeys_rejected")
+
+
 def _emit_api_metrics(summary: SendSummary) -> None:
     """Counters for dashboards, through Airflow's metrics (StatsD or OpenTelemetry when on)."""
     try:
         from airflow.sdk.observability.stats import Stats
     except ImportError:  # metrics are optional
         return
-    Stats.incr("ihc_attribution.api.requests_sent", summary.requests_sent)
-    Stats.incr("ihc_attribution.api.requests_answered", summary.requests_answered)
-    Stats.incr("ihc_attribution.api.requests_failed", summary.requests_failed)
-    Stats.incr("ihc_attribution.api.attempts", summary.attempts)
-    Stats.incr("ihc_attribution.api.retries", summary.retries)
-    Stats.incr("ihc_attribution.api.journeys_answered", summary.journeys_answered)
-    Stats.incr("ihc_attribution.api.journeys_rejected", summary.journeys_rejected)
+    for name in API_METRICS:
+        Stats.incr(f"ihc_attribution.api.{name}", getattr(summary, name))
 
 
 def _progress_logger(every_seconds: float = 10.0):
@@ -348,9 +334,10 @@ def export_csv(context: Mapping[str, Any]) -> dict:
     url = charts.report_url(first, last)
     with open_db() as db:
         rows = export.read_report(db, rng)
-        extra = credit.model_columns(db, first, last) if settings.csv_model_columns() else None
+        extra = credit.model_columns(db, first, last) if settings.get("csv_model_columns") else None
+    base = export.output_base(settings.output_location(), settings.get("output_conn_id") or None)
     csv_file = export.write_csv(
-        rows, export.csv_path(output_base(), rng), escape_formulas=settings.csv_escape_formulas(), extra=extra
+        rows, export.csv_path(base, rng), escape_formulas=settings.csv_escape_formulas(), extra=extra
     )
     chart = charts.write_chart(
         rows, charts.chart_path(csv_file), f"Channel report {first} to {last}", csv_name=csv_file.name,

@@ -1,14 +1,8 @@
 """A small DB-API wrapper: one place for transactions, placeholders and dialect quirks.
 
-The pipeline writes its SQL once, with ``?`` placeholders, and runs it on SQLite (the default)
-or PostgreSQL. In Airflow the connection, its driver, its placeholder and its dialect come from
-the provider's ``DbApiHook`` (``SqliteHook``, ``PostgresHook``; see :meth:`Database.from_hook`).
-:class:`Database` converts the placeholders to the hook's and makes every write stage a single
-explicit transaction, so a crash leaves either the old or the new state and never half of it.
-
-Source tables may store dates and times as ``DATE``/``TIME`` or as ``TEXT`` (as loaded from
-CSV). SQLite compares both alike; PostgreSQL needs each side cast to the other's type, which
-:meth:`Database.as_type_of` does from the column's declared type.
+The pipeline writes its SQL once, with ``?`` placeholders, and runs it on SQLite or PostgreSQL
+through the connection of the provider's ``DbApiHook`` (:meth:`Database.from_hook`). Every write
+stage is a single explicit transaction, so a crash leaves either the old or the new state.
 """
 
 from __future__ import annotations
@@ -95,7 +89,7 @@ class Database:
 
     @classmethod
     def connect_sqlite(cls, path: str) -> Database:
-        """Open a SQLite database file (used by tools and tests outside Airflow)."""
+        """Open a SQLite database file (for tools and tests outside Airflow)."""
         return cls(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000))
 
     @classmethod
@@ -141,20 +135,13 @@ class Database:
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; return the number of rows it changed (-1 if unknown)."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(self._sql(sql), tuple(params))
             return cur.rowcount
-        finally:
-            cur.close()
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Run one statement for many parameter rows."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.executemany(self._sql(sql), rows)
-        finally:
-            cur.close()
 
     def executescript(self, script: str) -> None:
         """Run a script of ``;``-separated statements without parameters."""
@@ -162,13 +149,9 @@ class Database:
             self.execute(statement)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """Run a query and return all rows."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(self._sql(sql), tuple(params))
             return cur.fetchall()
-        finally:
-            cur.close()
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run a query and return the first column of the first row (None if no row)."""
@@ -177,16 +160,10 @@ class Database:
 
     def iter_query(self, sql: str, params: Sequence[Any] = (), batch_size: int = 10_000) -> Iterator[list[tuple]]:
         """Run a query and yield its rows in batches, so memory stays bounded."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(self._sql(sql), tuple(params))
-            while True:
-                batch = cur.fetchmany(batch_size)
-                if not batch:
-                    return
+            while batch := cur.fetchmany(batch_size):
                 yield batch
-        finally:
-            cur.close()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Database]:
@@ -251,13 +228,9 @@ class Database:
         return self.scalar("SELECT to_regclass(?) IS NOT NULL", (table,)) is True
 
     def columns(self, table: str) -> set[str]:
-        """The column names of ``table``."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(f"SELECT * FROM {table} WHERE 1 = 0")
             return {d[0] for d in cur.description}
-        finally:
-            cur.close()
 
     def describe(self) -> str:
         """Where the connection points, for error messages (no credentials)."""
@@ -288,7 +261,6 @@ class Database:
         return f"postgres://{host}:{port}/{database}/{schema_name}/{table}"
 
     def close(self) -> None:
-        """Close the connection."""
         self.conn.close()
 
 

@@ -16,8 +16,6 @@ from typing import Any
 from ihc_attribution.errors import PermanentError
 
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-TS_FORMAT = "%Y-%m-%d %H:%M:%S"
-
 
 #: The longest look-back accepted (100 years): beyond it, date arithmetic leaves the calendar
 #: (SQLite's datetime() gives NULL), and "unlimited" (no value) says what is meant.
@@ -68,25 +66,23 @@ class RunRange:
         if self.end <= self.start:
             raise RangeError(f"empty range: end {self.end} is not after start {self.start}")
 
+    # Timestamps as ``YYYY-MM-DD HH:MM:SS``, comparable with the database's. Not strftime: its %Y
+    # does not pad years before 1000 to four digits on every platform.
     @property
     def start_ts(self) -> str:
-        """Start as ``YYYY-MM-DD HH:MM:SS``, comparable with the database's timestamps."""
-        # Not strftime: its %Y does not pad years before 1000 to four digits on every platform.
         return self.start.isoformat(sep=" ", timespec="seconds")
 
     @property
     def end_ts(self) -> str:
-        """End (exclusive) as ``YYYY-MM-DD HH:MM:SS``."""
         return self.end.isoformat(sep=" ", timespec="seconds")
 
     @property
     def first_date(self) -> dt.date:
-        """First calendar date the range touches."""
         return self.start.date()
 
     @property
     def last_date(self) -> dt.date:
-        """Last calendar date the range touches (inclusive)."""
+        """The last calendar date the range touches (inclusive)."""
         return (self.end - dt.timedelta(microseconds=1)).date()
 
     def dates(self) -> list[str]:
@@ -97,7 +93,7 @@ class RunRange:
     @property
     def label(self) -> str:
         """``<first date>_<last date>``, used in file names."""
-        return f"{self.first_date.isoformat()}_{self.last_date.isoformat()}"
+        return f"{self.first_date}_{self.last_date}"
 
 
 def parse_date_param(name: str, value: Any) -> dt.date | None:
@@ -171,8 +167,7 @@ def resolve_run_range(
 
     :raises RangeError: with a message saying what to do, when neither is available.
     """
-    from_params = range_from_params(params or {})
-    if from_params is not None:
+    if from_params := range_from_params(params or {}):
         return from_params
     if data_interval_start is None or data_interval_end is None:
         raise RangeError(
@@ -194,10 +189,7 @@ MAX_RANGE_DAYS = 3_660
 
 
 def check_range_length(run_range: RunRange) -> None:
-    """Refuse a range over :data:`MAX_RANGE_DAYS` calendar dates.
-
-    :raises RangeError: naming the range's dates and the limit, in one line.
-    """
+    """:raises RangeError: naming the range's dates and the limit, when it touches over :data:`MAX_RANGE_DAYS`."""
     days = (run_range.last_date - run_range.first_date).days + 1
     if days > MAX_RANGE_DAYS:
         raise RangeError(

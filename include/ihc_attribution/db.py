@@ -63,7 +63,6 @@ class Database:
         self.is_sqlite = isinstance(conn, sqlite3.Connection)
         self.dialect = dialect or ("sqlite" if self.is_sqlite else "postgresql")
         self.placeholder = placeholder or ("?" if self.is_sqlite else "%s")
-        self._column_types: dict[tuple[str, str], str] = {}
         # The provider's hook the connection came from, if any (see :meth:`from_hook`).
         self.hook: Any = None
         if self.is_sqlite:
@@ -102,33 +101,20 @@ class Database:
     def _sql(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
-    def column_type(self, table: str, column: str) -> str:
-        """The declared type of ``table.column`` in lower case (``date``, ``text`` ...); ``""`` if unknown.
-
-        On PostgreSQL the table is looked up through the ``search_path``, as the queries find it.
-        """
-        key = (table, column)
-        if key not in self._column_types:
-            if self.is_sqlite:
-                rows = [(str(r[2]),) for r in self.query(f"PRAGMA table_info({table})") if r[1] == column]
-            else:
-                rows = self.query(
-                    "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-                    "WHERE a.attrelid = to_regclass(?) AND a.attname = ? AND NOT a.attisdropped",
-                    (table, column),
-                )
-            self._column_types[key] = str(rows[0][0]).lower() if rows else ""
-        return self._column_types[key]
-
     def as_type_of(self, expr: str, table: str, column: str) -> str:
-        """``expr`` cast to the type of ``table.column`` on PostgreSQL (a ``DATE`` or a ``TEXT`` date).
+        """``expr`` cast to the declared type of ``table.column`` on PostgreSQL (a ``DATE`` or a ``TEXT`` date).
 
-        SQLite compares a ``DATE`` column with text as it is, and keeps using its indexes, so
-        ``expr`` is returned unchanged there.
+        The table is found through the ``search_path``, as the queries find it. SQLite compares a
+        ``DATE`` column with text as it is, and keeps using its indexes, so ``expr`` is returned
+        unchanged there.
         """
         if self.is_sqlite:
             return expr
-        declared = self.column_type(table, column) or "date"
+        declared = str(self.scalar(
+            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass(?) AND a.attname = ? AND NOT a.attisdropped",
+            (table, column),
+        ) or "date").lower()
         if not _CASTABLE_TYPE.match(declared):
             raise ValueError(f"{table}.{column} has type {declared!r}; dates must be DATE or text columns")
         return f"CAST({expr} AS {declared})"

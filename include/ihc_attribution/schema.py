@@ -64,16 +64,11 @@ _LEGACY_TABLES = (
 
 
 def read_sql(name: str) -> str:
-    """Return the text of a file in the package's ``sql/`` folder."""
     return resources.files("ihc_attribution").joinpath("sql", name).read_text(encoding="utf-8")
 
 
 def challenge_ddl() -> str:
-    """The clean DDL of the challenge database: the source tables and the two result tables.
-
-    The demo generator and the tests build source databases with it; the pipeline itself runs
-    only its result tables' statements (:func:`ensure_schema`).
-    """
+    """The clean DDL of the challenge database; the pipeline runs only its result tables' statements."""
     return read_sql("challenge_schema.sql")
 
 
@@ -83,10 +78,7 @@ def _result_tables_ddl() -> list[str]:
 
 
 def check_sources(db: Database) -> None:
-    """Fail at once, in one line, when a source table, a column or its type cannot be read (see :func:`sources.check`).
-
-    :raises SourceTableError: naming the table, the column and what the connection points at.
-    """
+    """:raises SourceTableError: in one line, when a source table, a column or its type cannot be read."""
     sources.check(db)
 
 
@@ -198,9 +190,8 @@ def _fill_credit(db: Database) -> None:
 def _fill_journeys(db: Database) -> None:
     """Record the journeys of credit stored by an earlier version, for drift detection.
 
-    Their look-back is unknown and taken as unlimited, and a truncated journey's full length as
-    the sessions it was credited over: such a journey may be named as changed once, and its
-    re-run records it exactly.
+    Their look-back is taken as unlimited, and a truncated journey's length as the sessions it was
+    credited over: such a journey may be named as changed once, and its re-run records it exactly.
     """
     added = db.execute(
         "INSERT INTO attribution_journeys (conv_id, user_id, conv_date, conv_ts, since_ts, sessions, sent, first_ts, "
@@ -242,16 +233,13 @@ def index_advice(db: Database) -> list[str]:
 
 
 def purge_staging(db: Database, created_before: str, keep_run_id: str | None = None) -> int:
-    """Delete the staging rows of runs first seen before ``created_before`` (UTC timestamp).
+    """Delete the staging rows of runs first seen before ``created_before`` (UTC); return how many runs.
 
-    Staging is kept after a run so that any task of it can be re-run on its own; this bounds
-    how long. Returns the number of runs purged.
+    Staging is kept after a run so that any task of it can be re-run on its own; this bounds how long.
     """
     with db.transaction():
-        runs = [
-            r for (r,) in db.query("SELECT run_id FROM attribution_runs WHERE created_at < ?", (created_before,))
-            if r != keep_run_id
-        ]
+        found = db.query("SELECT run_id FROM attribution_runs WHERE created_at < ?", (created_before,))
+        runs = [r for (r,) in found if r != keep_run_id]
         for run_id in runs:
             for table in STAGING_TABLES:
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))

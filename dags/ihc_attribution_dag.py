@@ -41,9 +41,6 @@ from ihc_attribution.errors import NoRetryOnPermanentFailure
 from ihc_attribution.notify import deadline_missed, failure_callbacks, log_task_failure
 from ihc_attribution.readiness import WaitForData
 
-# Each task imports its stage when it runs: the stages pull in pandas and requests, which the
-# dag-processor need not load each time it parses this file.
-
 DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 # The earliest data interval the DAG accepts. Backfills and `airflow dags test` refuse logical
 # dates before it, so the default lies before any data this package is likely to see; scheduled
@@ -53,15 +50,11 @@ START_DATE = datetime.fromisoformat(settings.get("start_date")).replace(tzinfo=t
 # 3.3's `dags test` (the local runner) cannot run a DAG that has a deadline.
 DEADLINE_HOURS = settings.get("deadline_hours")
 
-# Updated by every export; the event's extra carries the CSV's path and dates, so other DAGs can
-# schedule on it (`schedule=[Asset("ihc_channel_reporting_csv")]`) and read the file. The URI is
-# fixed (not the output folder) so that one asset stays one asset wherever the files go.
+# Updated by every export, with the CSV's path and dates in the event's extra. The URI is fixed
+# (not the output folder) so that one asset stays one asset wherever the files go.
 CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://channel_reporting")
-# Updated by every report build: the table channel_reporting itself, under its standard URI
-# (`postgres://host:5432/db/schema/channel_reporting`, `sqlite://localhost/path/file.db/main/channel_reporting`).
-# The URI depends on the connection, which is looked up only when the task runs, so the task
-# declares this alias and attaches the table's asset to it at run time; other DAGs schedule on
-# `Asset("postgres://...")` or on the alias.
+# Updated by every report build: the table channel_reporting under its standard URI, which depends
+# on the connection, looked up only when the task runs; so the task attaches it to this alias then.
 REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
 
 

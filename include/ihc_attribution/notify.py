@@ -1,15 +1,9 @@
 """Telling people that a run failed or is late.
 
-``RunFailureNotifier`` is an Airflow notifier: the DAG uses it as its ``on_failure_callback``.
-It always logs the failure; when the connection named by ``$ATTRIBUTION_ALERT_CONN_ID``
-(default ``attribution_alerts``) exists, it also posts ``{"text": ...}`` to it through the HTTP
-provider's hook, the shape Slack, Mattermost and Teams incoming webhooks accept. The same message
-goes out when a run misses its deadline (:func:`deadline_missed`).
-
-Other notifiers (the SMTP provider's ``SmtpNotifier``, the Slack provider's ``SlackNotifier`` or
-``SlackWebhookNotifier``, any callable taking the context) are added without editing the DAG:
-``$ATTRIBUTION_FAILURE_NOTIFIERS`` names functions of your own that return one
-(:class:`NotifierFactory`).
+``RunFailureNotifier``, the DAG's ``on_failure_callback``, logs the failure and, when the connection
+``$ATTRIBUTION_ALERT_CONN_ID`` exists, posts ``{"text": ...}`` to it (the shape Slack, Mattermost and
+Teams webhooks accept); so does a missed deadline. ``$ATTRIBUTION_FAILURE_NOTIFIERS`` adds notifiers
+of your own (SMTP, Slack ...) without editing the DAG (:class:`NotifierFactory`).
 """
 
 from __future__ import annotations
@@ -57,17 +51,16 @@ def failure_message(context: dict[str, Any]) -> str:
     """One line naming the DAG, the run, the failed task and where its log is."""
     ti = context.get("ti") or context.get("task_instance")
     run_id = getattr(context.get("dag_run"), "run_id", None) or context.get("run_id")
-    task_id, url = getattr(ti, "task_id", None), getattr(ti, "log_url", None)
+    parts = [f"ihc_attribution run {run_id} failed"]
+    if task_id := getattr(ti, "task_id", None):
+        parts.append(f"in task {task_id}")
     reason = context.get("reason") or context.get("exception")
     # A PermanentFailure's message names its error (the task failure callback appends it).
-    if isinstance(reason, PermanentFailure):
-        reason = None
-    return " ".join([
-        f"ihc_attribution run {run_id} failed",
-        *([f"in task {task_id}"] if task_id else []),
-        *([f"({type(reason).__name__ if isinstance(reason, BaseException) else reason})"] if reason else []),
-        *([f"log: {url}"] if url else []),
-    ])
+    if reason and not isinstance(reason, PermanentFailure):
+        parts.append(f"({type(reason).__name__ if isinstance(reason, BaseException) else reason})")
+    if url := getattr(ti, "log_url", None):
+        parts.append(f"log: {url}")
+    return " ".join(parts)
 
 
 def log_task_failure(context: dict[str, Any]) -> None:

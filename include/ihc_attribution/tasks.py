@@ -61,8 +61,8 @@ def _flag_param(context: Mapping[str, Any], name: str, default: bool) -> bool:
     return value
 
 
-def stage(func: Callable[[Mapping[str, Any]], dict]) -> Callable[[Mapping[str, Any]], dict]:
-    """Make a stage fail in one log line, without a traceback or a task retry, when its error is permanent.
+def stage(func: Callable[[Mapping[str, Any], Database], dict]) -> Callable[[Mapping[str, Any]], dict]:
+    """Run a stage on the pipeline database, closed when it ends; a permanent error fails it in one log line.
 
     A :class:`PermanentError` (a bad param, a failed final check, a broken answer, a wrong
     setting) would be raised again by every retry: see :func:`fail_permanently`. Other errors
@@ -72,7 +72,8 @@ def stage(func: Callable[[Mapping[str, Any]], dict]) -> Callable[[Mapping[str, A
     @functools.wraps(func)
     def run(context: Mapping[str, Any]) -> dict:
         try:
-            return func(context)
+            with open_db() as db:
+                return func(context, db)
         except PermanentError as exc:
             fail_permanently(exc)
 
@@ -146,7 +147,7 @@ def _ihc_hook(max_concurrency: int | None = None):
 
 
 @stage
-def setup_tables(context: Mapping[str, Any]) -> dict:
+def setup_tables(context: Mapping[str, Any], db: Database) -> dict:
     """Validate the run's range, check that the source tables can be read, and set up the package's tables."""
     rng = run_range(context)
     check_range_length(rng)
@@ -154,53 +155,46 @@ def setup_tables(context: Mapping[str, Any]) -> dict:
     log.info("run %s handles conversions in [%s, %s)", context.get("run_id"), rng.start_ts, rng.end_ts)
     retention_days = settings.get("staging_retention_days")
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)
-    with open_db() as db:
-        schema.check_sources(db)
-        schema.ensure_schema(db)
-        for advice in schema.index_advice(db):
-            log.info("an index on your source tables would speed up every run (the package never creates it): %s", advice)
-        purged = schema.purge_staging(db, cutoff.strftime("%Y-%m-%d %H:%M:%S"), keep_run_id=context.get("run_id"))
+    schema.check_sources(db)
+    schema.ensure_schema(db)
+    for advice in schema.index_advice(db):
+        log.info("an index on your source tables would speed up every run (the package never creates it): %s", advice)
+    purged = schema.purge_staging(db, cutoff.strftime("%Y-%m-%d %H:%M:%S"), keep_run_id=context.get("run_id"))
     if purged:
         log.info("purged the staging of %d runs older than %d days", purged, retention_days)
     return {"range_start": rng.start_ts, "range_end": rng.end_ts}
 
 
 @stage
-def extract_journeys(context: Mapping[str, Any]) -> dict:
+def extract_journeys(context: Mapping[str, Any], db: Database) -> dict:
     """Stage the run's conversions and their journeys; quarantine malformed input."""
-    rng = run_range(context)
-    created = _now()
-    reuse = _flag_param(context, "reuse_answers", True)
     client = _ihc_hook().get_conn()
-    scope = answer_scope(client.settings, client.account_digest)
-    with open_db() as db:
-        summary = journeys.extract_journeys(
-            db,
-            context["run_id"],
-            rng,
-            lookback_days=_lookback_days(context),
-            created_at=created,
-            answer_scope=scope,
-            reuse_answers=reuse,
-            max_sessions=client.settings.max_sessions_per_request,
-            reattribute_drift=_flag_param(context, "reattribute_drift", False),
-        )
+    summary = journeys.extract_journeys(
+        db,
+        context["run_id"],
+        run_range(context),
+        lookback_days=_lookback_days(context),
+        created_at=_now(),
+        answer_scope=answer_scope(client.settings, client.account_digest),
+        reuse_answers=_flag_param(context, "reuse_answers", True),
+        max_sessions=client.settings.max_sessions_per_request,
+        reattribute_drift=_flag_param(context, "reattribute_drift", False),
+    )
     log.info("extracted %s", summary.as_dict())
     return summary.as_dict()
 
 
 @stage
-def pack_requests(context: Mapping[str, Any]) -> dict:
+def pack_requests(context: Mapping[str, Any], db: Database) -> dict:
     """Plan the API requests under the connection's limits."""
     settings = _ihc_hook().settings
-    with open_db() as db:
-        summary = api_stage.pack_requests(
-            db,
-            context["run_id"],
-            max_journeys=settings.max_journeys_per_request,
-            max_sessions=settings.max_sessions_per_request,
-            oversized_policy=settings.oversized_journey_policy,
-        )
+    summary = api_stage.pack_requests(
+        db,
+        context["run_id"],
+        max_journeys=settings.max_journeys_per_request,
+        max_sessions=settings.max_sessions_per_request,
+        oversized_policy=settings.oversized_journey_policy,
+    )
     log.info("packed %s", summary.as_dict())
     log.info(
         "the API stage will send %d requests holding %d journeys and %d sessions (%d journeys reuse earlier answers)",
@@ -210,7 +204,7 @@ def pack_requests(context: Mapping[str, Any]) -> dict:
 
 
 @stage
-def call_ihc_api(context: Mapping[str, Any]) -> dict:
+def call_ihc_api(context: Mapping[str, Any], db: Database) -> dict:
     """Send the unanswered requests of the run through the IHC hook; answers are checkpointed one by one."""
     if _flag_param(context, "dry_run", False):
         from airflow.sdk.exceptions import AirflowSkipException
@@ -226,7 +220,7 @@ def call_ihc_api(context: Mapping[str, Any]) -> dict:
     started = time.monotonic()
     summary = SendSummary()
     try:
-        with open_db() as db, hook.stop_on_sigterm():
+        with hook.stop_on_sigterm():
             api_stage.send_requests(
                 db,
                 context["run_id"],
@@ -281,30 +275,27 @@ def _progress_logger(every_seconds: float = 10.0):
 
 
 @stage
-def load_attribution(context: Mapping[str, Any]) -> dict:
+def load_attribution(context: Mapping[str, Any], db: Database) -> dict:
     """Publish the run's answers and issues."""
-    with open_db() as db:
-        summary = load.load_attribution(db, context["run_id"], run_range(context))
+    summary = load.load_attribution(db, context["run_id"], run_range(context))
     log.info("loaded %s", summary.as_dict())
     return summary.as_dict()
 
 
 @stage
-def build_report(context: Mapping[str, Any]) -> dict:
+def build_report(context: Mapping[str, Any], db: Database) -> dict:
     """Rebuild channel_reporting for every date the run touched."""
-    with open_db() as db:
-        summary = report.build_report(
-            db,
-            context["run_id"],
-            run_range(context),
-            refresh_spend=_flag_param(context, "refresh_spend", False),
-            lookback_days=_lookback_days(context),
-            triggered_at=_triggered_at(context),
-            built_at=_now(),
-        )
-        table = db.table_uri(schema.CHANNEL_REPORTING)
+    summary = report.build_report(
+        db,
+        context["run_id"],
+        run_range(context),
+        refresh_spend=_flag_param(context, "refresh_spend", False),
+        lookback_days=_lookback_days(context),
+        triggered_at=_triggered_at(context),
+        built_at=_now(),
+    )
     log.info("report rebuilt: %s", summary.as_dict())
-    return {**summary.as_dict(), "table_uri": table}
+    return {**summary.as_dict(), "table_uri": db.table_uri(schema.CHANNEL_REPORTING)}
 
 
 def _now() -> str:
@@ -322,7 +313,7 @@ def _triggered_at(context: Mapping[str, Any]) -> str | None:
 
 
 @stage
-def export_csv(context: Mapping[str, Any]) -> dict:
+def export_csv(context: Mapping[str, Any], db: Database) -> dict:
     """Write the range's report as CSV, and a chart of it next to it; return their paths.
 
     The result (XCom) and the log also carry ``report_url``: the range's page of the
@@ -332,9 +323,8 @@ def export_csv(context: Mapping[str, Any]) -> dict:
     rng = run_range(context)
     first, last = rng.first_date.isoformat(), rng.last_date.isoformat()
     url = charts.report_url(first, last)
-    with open_db() as db:
-        rows = export.read_report(db, rng)
-        extra = credit.model_columns(db, first, last) if settings.get("csv_model_columns") else None
+    rows = export.read_report(db, rng)
+    extra = credit.model_columns(db, first, last) if settings.get("csv_model_columns") else None
     base = export.output_base(settings.output_location(), settings.get("output_conn_id") or None)
     csv_file = export.write_csv(
         rows, export.csv_path(base, rng), escape_formulas=settings.csv_escape_formulas(), extra=extra
@@ -361,10 +351,9 @@ def export_csv(context: Mapping[str, Any]) -> dict:
 
 
 @stage
-def check_run(context: Mapping[str, Any]) -> dict:
+def check_run(context: Mapping[str, Any], db: Database) -> dict:
     """Fail the run if a conversion of its range is neither attributed nor recorded."""
-    with open_db() as db:
-        summary = checks.check_run(db, context["run_id"], run_range(context))
+    summary = checks.check_run(db, context["run_id"], run_range(context))
     log.info("run summary\n%s", summary.render())
     if summary.note:
         log.warning("%s", summary.note)

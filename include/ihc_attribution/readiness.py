@@ -42,18 +42,14 @@ def count_conversions(day: str, conn_id: str | None = None, *, check_sources: bo
         (:class:`~ihc_attribution.schema.SourceTableError`) when not, as ``setup_tables`` does.
     """
     from ihc_attribution import schema, sources
-    from ihc_attribution.db import Database
-    from ihc_attribution.tasks import db_hook
+    from ihc_attribution.tasks import open_db
 
-    db = Database.from_hook(db_hook(conn_id))
-    try:
+    with open_db(conn_id) as db:
         if check_sources:
             schema.check_sources(db)
         count = COUNT_SQL.format(conversions=sources.relation(db, sources.CONVERSIONS),
                                  day=sources.as_type_of(db, "?", sources.CONVERSIONS, "conv_date"))
         return int(db.scalar(count, (day,)) or 0)
-    finally:
-        db.close()
 
 
 def waits_for_data(context: Mapping[str, Any]) -> bool:

@@ -118,9 +118,9 @@ def db_hook(conn_id: str | None = None) -> Any:
         ) from exc
 
 
-def open_db() -> closing[Database]:
+def open_db(conn_id: str | None = None) -> closing[Database]:
     """The pipeline database, through the Airflow connection ``attribution_db`` and its provider's hook."""
-    return closing(Database.from_hook(db_hook()))
+    return closing(Database.from_hook(db_hook(conn_id)))
 
 
 def answer_scope(settings: Any, account: str = "") -> str:

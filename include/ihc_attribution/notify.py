@@ -9,8 +9,8 @@ of your own (SMTP, Slack ...) without editing the DAG (:class:`NotifierFactory`)
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -110,7 +110,12 @@ class NotifierFactory:
 
     def __init__(self, path: str):
         self.path = path
-        self.factory = _import(path)
+        try:
+            self.factory = pkgutil.resolve_name(path)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ValueError(f"ATTRIBUTION_FAILURE_NOTIFIERS: cannot import {path!r} ({type(exc).__name__}: {exc})") from exc
+        if not callable(self.factory):
+            raise ValueError(f"ATTRIBUTION_FAILURE_NOTIFIERS: {path!r} is not a function")
 
     def __call__(self, context: dict[str, Any]) -> None:
         if not hasattr(context.get("dag"), "get_template_env"):
@@ -124,17 +129,6 @@ class NotifierFactory:
 
     def __repr__(self) -> str:
         return f"NotifierFactory({self.path!r})"
-
-
-def _import(path: str) -> Callable[[], Any]:
-    module_name, _, name = path.rpartition(":") if ":" in path else path.rpartition(".")
-    try:
-        factory = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"ATTRIBUTION_FAILURE_NOTIFIERS: cannot import {path!r} ({type(exc).__name__}: {exc})") from exc
-    if not callable(factory):
-        raise ValueError(f"ATTRIBUTION_FAILURE_NOTIFIERS: {path!r} is not a function")
-    return factory
 
 
 def failure_callbacks() -> list[Callable[[dict[str, Any]], None]]:

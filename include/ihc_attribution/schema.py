@@ -33,19 +33,6 @@ ISSUES = "attribution_issues"
 RUNS = "attribution_runs"
 
 RESULT_TABLES = (ATTRIBUTION, CHANNEL_REPORTING)
-STAGING_TABLES = (
-    "attribution_stg_conversions",
-    "attribution_stg_sessions",
-    "attribution_stg_requests",
-    "attribution_stg_request_journeys",
-    "attribution_stg_results",
-    "attribution_stg_journey_keys",
-    "attribution_stg_answered",
-    "attribution_stg_issues",
-    "attribution_stg_report_dates",
-    "attribution_stg_extra_days",
-    "attribution_stg_journey_windows",
-)
 
 #: Version 2: sources read-only (no triggers, no indexes on them), spend and credit in exact integers.
 #: Version 3: attribution_journeys (what drift detection compares), the day of each issue.
@@ -65,6 +52,10 @@ _LEGACY_TABLES = (
 
 def read_sql(name: str) -> str:
     return resources.files("ihc_attribution").joinpath("sql", name).read_text(encoding="utf-8")
+
+
+#: The staging tables, keyed by run id, as ``sql/package_schema.sql`` creates them.
+STAGING_TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (attribution_stg_\w+)", read_sql("package_schema.sql")))
 
 
 def challenge_ddl() -> str:

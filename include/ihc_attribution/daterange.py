@@ -33,10 +33,8 @@ class ParamError(PermanentError, ValueError):
 def parse_lookback_days(value: Any) -> int | None:
     """The ``lookback_days`` param: None (unlimited) when not given, else whole days in [1, 36600].
 
-    Nothing is coerced: text that is not a whole number, fractions, booleans, 0 and negative
-    values are refused, so that a typo cannot silently change whose sessions a journey holds.
-
-    :raises ParamError: naming the param and the accepted values.
+    :raises ParamError: for anything else (fractions, booleans, 0, text that is not a whole number):
+        a typo must not silently change whose sessions a journey holds.
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -97,10 +95,7 @@ class RunRange:
 
 
 def parse_date_param(name: str, value: Any) -> dt.date | None:
-    """Parse an inclusive ``YYYY-MM-DD`` date param; ``None`` or empty means not given.
-
-    :raises RangeError: naming the param, when the value is not a real calendar date.
-    """
+    """An inclusive ``YYYY-MM-DD`` date param, None when not given (RangeError names a bad one)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, dt.datetime):
@@ -127,10 +122,7 @@ def as_naive_utc(value: Any) -> dt.datetime:
 
 
 def range_from_params(params: Mapping[str, Any]) -> RunRange | None:
-    """The range given by the ``start_date``/``end_date`` params, or None if neither is set.
-
-    :raises RangeError: when only one is set, one is malformed, or start is after end.
-    """
+    """The range of the ``start_date``/``end_date`` params, or None if neither is set (RangeError if they are wrong)."""
     start = parse_date_param("start_date", params.get("start_date"))
     end = parse_date_param("end_date", params.get("end_date"))
     if start is None and end is None:
@@ -163,10 +155,7 @@ def resolve_run_range(
     data_interval_start: Any = None,
     data_interval_end: Any = None,
 ) -> RunRange:
-    """The run's range: the params when given, else the data interval.
-
-    :raises RangeError: with a message saying what to do, when neither is available.
-    """
+    """The run's range: the params when given, else the data interval (RangeError, saying what to do, if neither)."""
     if from_params := range_from_params(params or {}):
         return from_params
     if data_interval_start is None or data_interval_end is None:
@@ -189,7 +178,7 @@ MAX_RANGE_DAYS = 3_660
 
 
 def check_range_length(run_range: RunRange) -> None:
-    """:raises RangeError: naming the range's dates and the limit, when it touches over :data:`MAX_RANGE_DAYS`."""
+    """Refuse, with a RangeError naming the dates and the limit, a range over :data:`MAX_RANGE_DAYS` dates."""
     days = (run_range.last_date - run_range.first_date).days + 1
     if days > MAX_RANGE_DAYS:
         raise RangeError(

@@ -49,13 +49,10 @@ _CASTABLE_TYPE = re.compile(r"^(date|text|time without time zone|timestamp witho
 
 
 class Database:
-    """A DB-API connection with explicit transactions and portable placeholders.
+    """An open DB-API 2 connection (``sqlite3``, ``psycopg``) with explicit transactions and ``?`` placeholders.
 
-    :param conn: an open DB-API 2 connection (``sqlite3``, ``psycopg`` or ``psycopg2``).
-    :param placeholder: the driver's parameter marker (the hook's ``placeholder``); by default
-        ``?`` for SQLite and ``%s`` otherwise.
-    :param dialect: ``sqlite`` or ``postgresql`` (the hook's ``dialect_name``); by default
-        taken from the connection's class.
+    ``placeholder`` and ``dialect`` are the hook's (``placeholder``, ``dialect_name``); by default
+    they follow from the connection's class.
     """
 
     def __init__(self, conn: Any, *, placeholder: str | None = None, dialect: str | None = None) -> None:

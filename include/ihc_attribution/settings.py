@@ -75,11 +75,7 @@ def _text(name: str) -> str:
 
 
 def get(name: str) -> str | bool | int | float:
-    """The setting ``name`` parsed as its type in :data:`OPTIONS`.
-
-    :raises ValueError: naming the variable, when the value is not of that type (or below an
-        integer's minimum).
-    """
+    """The setting ``name`` parsed as its type in :data:`OPTIONS` (ValueError names a bad one's variable)."""
     kind, value = OPTIONS[name][0], _text(name)
     if kind == "boolean" and value.lower() in _ON + _OFF:
         return value.lower() in _ON

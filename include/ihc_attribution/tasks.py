@@ -81,10 +81,7 @@ def stage(func: Callable[[Mapping[str, Any], Database], dict]) -> Callable[[Mapp
 
 
 def fail_permanently(exc: PermanentError) -> NoReturn:
-    """Log ``exc`` in one line and end the task without a traceback; the DAG's retry policy does not retry it.
-
-    :raises PermanentFailure: always, with that line as its message and ``exc`` as its cause.
-    """
+    """Log ``exc`` in one line and end the task with :class:`PermanentFailure`: no traceback, no retry."""
     text = " ".join(str(exc).splitlines())
     message = f"{type(exc).__name__}: {text} (not retried: a retry would fail the same way)"
     log.error("%s", message)
@@ -94,8 +91,7 @@ def fail_permanently(exc: PermanentError) -> NoReturn:
 def db_hook(conn_id: str | None = None) -> Any:
     """The provider's ``DbApiHook`` of the ``attribution_db`` connection (``SqliteHook`` or ``PostgresHook``).
 
-    :raises PermanentError: the connection has a type the pipeline does not run on, or its
-        provider is not installed; a retry would fail the same way.
+    :raises PermanentError: for a type the pipeline does not run on, or a provider not installed.
     """
     from airflow.sdk import BaseHook
 
@@ -314,12 +310,8 @@ def _triggered_at(context: Mapping[str, Any]) -> str | None:
 
 @stage
 def export_csv(context: Mapping[str, Any], db: Database) -> dict:
-    """Write the range's report as CSV, and a chart of it next to it; return their paths.
-
-    The result (XCom) and the log also carry ``report_url``: the range's page of the
-    *Attribution report* in the Airflow UI (base URL from ``$ATTRIBUTION_UI_BASE_URL`` or
-    ``[api] base_url``).
-    """
+    """Write the range's report as CSV, and a chart of it next to it; return their paths and
+    ``report_url``, the range's page of the *Attribution report* in the Airflow UI."""
     rng = run_range(context)
     first, last = rng.first_date.isoformat(), rng.last_date.isoformat()
     url = charts.report_url(first, last)

@@ -58,6 +58,14 @@ CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://
 REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
 
 
+def publish_table(events, result: dict) -> None:
+    events[REPORT_TABLE].add(Asset(uri=result["table_uri"]), extra=result)
+
+
+def publish_csv(events, result: dict) -> None:
+    events[CHANNEL_REPORT].extra = result
+
+
 # Daily at $ATTRIBUTION_SCHEDULE_CRON (UTC, default midnight); with $ATTRIBUTION_SOURCE_ASSET set,
 # an update of that asset by the users' loader starts a run too, so the day is attributed as soon
 # as its data is there. Either way a run handles the calendar day before it started.
@@ -160,34 +168,21 @@ SCHEDULE = AssetOrTimeSchedule(timetable=DAILY, assets=Asset(uri=SOURCE_ASSET)) 
     },
 )
 def ihc_attribution():
-    def stage(name: str, **task_args):
-        """The task running ``ihc_attribution.tasks.<name>``, imported when it runs (it loads pandas)."""
+    def stage(name: str, publish=None, **task_args):
+        """The task running ``ihc_attribution.tasks.<name>``, imported when it runs (it loads pandas);
+        ``publish(outlet_events, result)`` updates the task's outlets."""
 
         @task(task_id=name, multiple_outputs=False, **task_args)
         def run() -> dict:
             from ihc_attribution import tasks
 
-            return getattr(tasks, name)(get_current_context())
+            context = get_current_context()
+            result = getattr(tasks, name)(context)
+            if publish is not None:
+                publish(context["outlet_events"], result)
+            return result
 
         return run()
-
-    @task(multiple_outputs=False, outlets=[REPORT_TABLE])
-    def build_report() -> dict:
-        from ihc_attribution import tasks
-
-        context = get_current_context()
-        result = tasks.build_report(context)
-        context["outlet_events"][REPORT_TABLE].add(Asset(uri=result["table_uri"]), extra=result)
-        return result
-
-    @task(multiple_outputs=False, outlets=[CHANNEL_REPORT])
-    def export_csv() -> dict:
-        from ihc_attribution import tasks
-
-        context = get_current_context()
-        result = tasks.export_csv(context)
-        context["outlet_events"][CHANNEL_REPORT].extra = result
-        return result
 
     first = stage("setup_tables")
     # With $ATTRIBUTION_WAIT_FOR_DATA_MINUTES set, a run of the latest day starts by waiting (deferred
@@ -210,8 +205,8 @@ def ihc_attribution():
         >> stage("call_ihc_api", pool="ihc_api", pool_slots=settings.get("ihc_concurrency"),
                  execution_timeout=timedelta(minutes=settings.get("api_task_timeout_minutes")))
         >> stage("load_attribution")
-        >> build_report()
-        >> export_csv()
+        >> stage("build_report", publish_table, outlets=[REPORT_TABLE])
+        >> stage("export_csv", publish_csv, outlets=[CHANNEL_REPORT])
         >> stage("check_run")
     )
 

@@ -15,17 +15,7 @@ from collections.abc import Callable, Mapping
 from contextlib import closing
 from typing import Any, NoReturn
 
-from ihc_attribution import api_stage, charts, checks, credit, export, journeys, load, report, schema, settings
-from ihc_attribution.daterange import (
-    ParamError,
-    RunRange,
-    as_naive_utc,
-    check_range_length,
-    day_before,
-    parse_lookback_days,
-    range_from_params,
-    resolve_run_range,
-)
+from ihc_attribution import api_stage, charts, checks, credit, daterange, export, journeys, load, report, schema, settings
 from ihc_attribution.db import SUPPORTED_CONN_TYPES, Database
 from ihc_attribution.errors import PermanentError, PermanentFailure
 from ihc_attribution.ihc_client import SendProgress, SendSummary
@@ -33,7 +23,7 @@ from ihc_attribution.ihc_client import SendProgress, SendSummary
 log = logging.getLogger(__name__)
 
 
-def run_range(context: Mapping[str, Any]) -> RunRange:
+def run_range(context: Mapping[str, Any]) -> daterange.RunRange:
     """The run's range from its params or its data interval (see :mod:`daterange`).
 
     A scheduled run also covers the ``$ATTRIBUTION_LATE_DATA_DAYS`` days before its interval, so
@@ -43,21 +33,21 @@ def run_range(context: Mapping[str, Any]) -> RunRange:
     params = context.get("params") or {}
     dag_run = context.get("dag_run")
     run_type = str(getattr(dag_run, "run_type", "")).lower()
-    if range_from_params(params) is None and run_type.endswith(("scheduled", "asset_triggered")):
+    if daterange.range_from_params(params) is None and run_type.endswith(("scheduled", "asset_triggered")):
         started = context.get("data_interval_end") or getattr(dag_run, "run_after", None)
         if started is not None:
-            return day_before(started, settings.get("late_data_days"))
-    return resolve_run_range(params, context.get("data_interval_start"), context.get("data_interval_end"))
+            return daterange.day_before(started, settings.get("late_data_days"))
+    return daterange.resolve_run_range(params, context.get("data_interval_start"), context.get("data_interval_end"))
 
 
 def _lookback_days(context: Mapping[str, Any]) -> int | None:
-    return parse_lookback_days((context.get("params") or {}).get("lookback_days"))
+    return daterange.parse_lookback_days((context.get("params") or {}).get("lookback_days"))
 
 
 def _flag_param(context: Mapping[str, Any], name: str, default: bool) -> bool:
     value = (context.get("params") or {}).get(name, default)
     if not isinstance(value, bool):
-        raise ParamError(f"param {name}={value!r} must be true or false")
+        raise daterange.ParamError(f"param {name}={value!r} must be true or false")
     return value
 
 
@@ -146,7 +136,7 @@ def _ihc_hook(max_concurrency: int | None = None):
 def setup_tables(context: Mapping[str, Any], db: Database) -> dict:
     """Validate the run's range, check that the source tables can be read, and set up the package's tables."""
     rng = run_range(context)
-    check_range_length(rng)
+    daterange.check_range_length(rng)
     _lookback_days(context)
     log.info("run %s handles conversions in [%s, %s)", context.get("run_id"), rng.start_ts, rng.end_ts)
     retention_days = settings.get("staging_retention_days")
@@ -300,11 +290,9 @@ def _now() -> str:
 
 def _triggered_at(context: Mapping[str, Any]) -> str | None:
     """When the run was created or queued (UTC), for telling report builds apart."""
-    dag_run = context.get("dag_run")
     for attr in ("queued_at", "run_after", "start_date", "logical_date"):
-        value = getattr(dag_run, attr, None) if dag_run is not None else None
-        if value is not None:
-            return as_naive_utc(value).isoformat(sep=" ")
+        if (value := getattr(context.get("dag_run"), attr, None)) is not None:
+            return daterange.as_naive_utc(value).isoformat(sep=" ")
     return None
 
 

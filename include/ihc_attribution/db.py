@@ -268,10 +268,7 @@ def pg_text_not_a_date(column: str) -> str:
 
 
 def attach_source_files(conn: sqlite3.Connection) -> None:
-    """Attach the SQLite files ``$ATTRIBUTION_SOURCES`` reads sources from, read-only, to this connection.
-
-    ``ATTACH`` is a setting of the connection, and ``mode=ro`` refuses any write through it: the
-    files are never changed.
+    """Attach the SQLite files ``$ATTRIBUTION_SOURCES`` reads sources from to this connection, read-only (``mode=ro``).
 
     :raises PermanentError: when a file does not exist (attaching would create it) or this SQLite
         does not read URI file names (``mode=ro`` would be taken for part of the name).

@@ -180,17 +180,12 @@ SOURCE_TIMESTAMPS = {
 
 
 def source_tables() -> dict[str, dict]:
-    """``$ATTRIBUTION_SOURCES``: where the source tables are and what their columns are called.
+    """``$ATTRIBUTION_SOURCES`` (docs/operations.md): where the source tables are and what their columns are called.
 
-    JSON, one entry per source table to change (those left out keep the challenge's name and
-    columns), e.g. ``{"conversions": {"schema": "raw", "table": "Orders", "columns": {"conv_id":
-    "order_id", "conv_timestamp": "ordered_at"}}}``. ``schema`` and ``table`` are names, taken
-    exactly (quoted: case and spaces kept); with a schema the table is found there whatever the
-    ``search_path``; on SQLite a schema is a database of the connection, and ``sqlite_file`` a file
-    attached (read-only) under that name. ``columns`` maps a column the pipeline reads to yours; ``event_timestamp`` /
-    ``conv_timestamp`` name one ``TIMESTAMP`` or ``TIMESTAMPTZ`` column in place of the date and
-    time columns. Returns ``{table: {"schema": str | None, "table": str, "columns": {name: yours}}}``
-    for the tables given.
+    JSON, one entry per source table to change, e.g. ``{"conversions": {"schema": "raw", "table":
+    "Orders", "columns": {"conv_id": "order_id", "conv_timestamp": "ordered_at"}}}`` (and on SQLite
+    ``sqlite_file``, attached read-only as the schema). Returns ``{table: {"schema": str | None,
+    "table": str, "columns": {name: yours}}}`` for the tables given.
 
     :raises ValueError: for anything else, naming the variable and what is wrong.
     """

@@ -41,7 +41,6 @@ from ihc_attribution.errors import NoRetryOnPermanentFailure
 from ihc_attribution.notify import deadline_missed, failure_callbacks, log_task_failure
 from ihc_attribution.readiness import WaitForData
 
-DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
 # The earliest data interval the DAG accepts. Backfills and `airflow dags test` refuse logical
 # dates before it, so the default lies before any data this package is likely to see; scheduled
 # runs are unaffected (catchup is off).
@@ -56,6 +55,12 @@ CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://
 # Updated by every report build: the table channel_reporting under its standard URI, which depends
 # on the connection, looked up only when the task runs; so the task attaches it to this alias then.
 REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
+
+
+def date_param(title: str, description: str) -> Param:
+    """An optional inclusive date (YYYY-MM-DD) of a manual run."""
+    return Param(None, type=["null", "string"], format="date", pattern=r"^\d{4}-\d{2}-\d{2}$", title=title,
+                 description=description)
 
 
 def publish_table(events, result: dict) -> None:
@@ -104,23 +109,11 @@ SCHEDULE = AssetOrTimeSchedule(timetable=DAILY, assets=Asset(uri=SOURCE_ASSET)) 
     if DEADLINE_HOURS > 0
     else None,
     params={
-        "start_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            pattern=DATE_PATTERN,
-            title="Start date",
-            description="First conversion date of a manual run (inclusive, YYYY-MM-DD). "
-            "Leave empty to use the run's data interval.",
+        "start_date": date_param(
+            "Start date",
+            "First conversion date of a manual run (inclusive, YYYY-MM-DD). Leave empty to use the run's data interval.",
         ),
-        "end_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            pattern=DATE_PATTERN,
-            title="End date",
-            description="Last conversion date of a manual run (inclusive, YYYY-MM-DD).",
-        ),
+        "end_date": date_param("End date", "Last conversion date of a manual run (inclusive, YYYY-MM-DD)."),
         # The bounds are exclusive on purpose: the trigger form's number field clamps a typed value
         # to `minimum`/`maximum` (0 would become 1 without a word), while these leave the value as
         # typed and Airflow refuses the run when it is created, naming the param.

@@ -23,9 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def post_alert(text: str, conn_id: str | None = None) -> bool:
-    """Log ``text`` and post it to the alert connection when one is configured.
+    """Log ``text`` and post it to the alert connection if there is one; return whether it was posted.
 
-    Returns whether it was posted. A missing connection is not an error: alerts are optional.
     A failing webhook is logged, never raised, so that an alert cannot fail a task.
     """
     from airflow.sdk import BaseHook
@@ -101,11 +100,10 @@ async def deadline_missed(context: dict[str, Any] | None = None, **kwargs: Any) 
 class NotifierFactory:
     """A failure callback that builds a fresh notifier for each failed run from a function of yours.
 
-    ``path`` is ``package.module:function`` (or ``package.module.function``); the function takes no
-    argument and returns a notifier or any callable taking the context. It is imported when the DAG
-    is parsed, so a wrong path is an import error of the DAG, shown in the UI; it is called at each
-    failure, since a notifier renders its templates in place and is good for one message. A
-    notifier that fails is logged and never hides the others.
+    ``path`` (``package.module:function`` or ``package.module.function``) names a function without
+    arguments returning a notifier or any callable taking the context. It is imported when the DAG is
+    parsed, so a wrong path is an import error of the DAG, shown in the UI, and called at each failure,
+    since a notifier renders its templates in place. One that fails never hides the others.
     """
 
     def __init__(self, path: str):

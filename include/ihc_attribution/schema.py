@@ -209,8 +209,7 @@ SOURCE_INDEXES = (
 def index_advice(db: Database) -> list[str]:
     """The documented indexes missing on the source tables, each as ``CREATE INDEX ...: what it saves``.
 
-    A view is left out: its tables are indexed, if at all, where they live; so is a column derived
-    from another (a timestamp's date), which an index of the table does not serve.
+    Views and derived columns (a timestamp's date) are left out: an index of the table does not serve them.
     """
     advice = []
     for table, column, saves in SOURCE_INDEXES:

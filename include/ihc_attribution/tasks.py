@@ -52,11 +52,10 @@ def _flag_param(context: Mapping[str, Any], name: str, default: bool) -> bool:
 
 
 def stage(func: Callable[[Mapping[str, Any], Database], dict]) -> Callable[[Mapping[str, Any]], dict]:
-    """Run a stage on the pipeline database, closed when it ends; a permanent error fails it in one log line.
+    """Run a stage on the pipeline database, closed when it ends.
 
-    A :class:`PermanentError` (a bad param, a failed final check, a broken answer, a wrong
-    setting) would be raised again by every retry: see :func:`fail_permanently`. Other errors
-    keep the task's retries and Airflow's traceback.
+    A :class:`PermanentError`, which every retry would raise again, fails it in one log line
+    (:func:`fail_permanently`); other errors keep the task's retries and Airflow's traceback.
     """
 
     @functools.wraps(func)

@@ -41,52 +41,42 @@ from ihc_attribution.errors import NoRetryOnPermanentFailure
 from ihc_attribution.notify import deadline_missed, failure_callbacks, log_task_failure
 from ihc_attribution.readiness import WaitForData
 
-# Each task imports its stage when it runs: the stages pull in pandas and requests, which the
-# dag-processor need not load each time it parses this file.
-
-DATE_PATTERN = r"^\d{4}-\d{2}-\d{2}$"
-RETRIES = settings.task_retries()
 # The earliest data interval the DAG accepts. Backfills and `airflow dags test` refuse logical
 # dates before it, so the default lies before any data this package is likely to see; scheduled
 # runs are unaffected (catchup is off).
-START_DATE = datetime.fromisoformat(settings.start_date_text()).replace(tzinfo=timezone.utc)
-# Upper bounds of a task attempt: a stage that hangs fails (and is retried) instead of holding
-# the DAG's run slot. The API stage gets longer: it waits for the service.
-TASK_TIMEOUT = timedelta(minutes=settings.task_timeout_minutes())
-API_TASK_TIMEOUT = timedelta(minutes=settings.api_task_timeout_minutes())
+START_DATE = datetime.fromisoformat(settings.get("start_date")).replace(tzinfo=timezone.utc)
 # A run still unfinished this many hours after it was queued raises an alert. Opt-in: Airflow
 # 3.3's `dags test` (the local runner) cannot run a DAG that has a deadline.
-DEADLINE_HOURS = settings.deadline_hours()
-# Every run's API stage takes this many slots of the pool `ihc_api` and keeps as many requests in
-# flight; the pool's size is the budget across concurrent runs (backfills run several at once).
-IHC_POOL = "ihc_api"
-IHC_POOL_SLOTS = settings.ihc_concurrency()
+DEADLINE_HOURS = settings.get("deadline_hours")
 
-# Updated by every export; the event's extra carries the CSV's path and dates, so other DAGs can
-# schedule on it (`schedule=[Asset("ihc_channel_reporting_csv")]`) and read the file. The URI is
-# fixed (not the output folder) so that one asset stays one asset wherever the files go.
+# Updated by every export, with the CSV's path and dates in the event's extra. The URI is fixed
+# (not the output folder) so that one asset stays one asset wherever the files go.
 CHANNEL_REPORT = Asset(name="ihc_channel_reporting_csv", uri="ihc-attribution://channel_reporting")
-# Updated by every report build: the table channel_reporting itself, under its standard URI
-# (`postgres://host:5432/db/schema/channel_reporting`, `sqlite://localhost/path/file.db/main/channel_reporting`).
-# The URI depends on the connection, which is looked up only when the task runs, so the task
-# declares this alias and attaches the table's asset to it at run time; other DAGs schedule on
-# `Asset("postgres://...")` or on the alias.
+# Updated by every report build: the table channel_reporting under its standard URI, which depends
+# on the connection, looked up only when the task runs; so the task attaches it to this alias then.
 REPORT_TABLE = AssetAlias(name="ihc_channel_reporting_table")
 
 
-# With $ATTRIBUTION_WAIT_FOR_DATA_MINUTES set, a run of the latest day starts by waiting (deferred
-# to the triggerer, holding no worker slot) until that day has conversions, at most that long.
-WAIT_FOR_DATA_MINUTES = settings.wait_for_data_minutes()
+def date_param(title: str, description: str) -> Param:
+    """An optional inclusive date (YYYY-MM-DD) of a manual run."""
+    return Param(None, type=["null", "string"], format="date", pattern=r"^\d{4}-\d{2}-\d{2}$", title=title,
+                 description=description)
+
+
+def publish_table(events, result: dict) -> None:
+    events[REPORT_TABLE].add(Asset(uri=result["table_uri"]), extra=result)
+
+
+def publish_csv(events, result: dict) -> None:
+    events[CHANNEL_REPORT].extra = result
+
 
 # Daily at $ATTRIBUTION_SCHEDULE_CRON (UTC, default midnight); with $ATTRIBUTION_SOURCE_ASSET set,
 # an update of that asset by the users' loader starts a run too, so the day is attributed as soon
 # as its data is there. Either way a run handles the calendar day before it started.
-DAILY = CronDataIntervalTimetable(settings.schedule_cron(), timezone="UTC")
-SCHEDULE = (
-    AssetOrTimeSchedule(timetable=DAILY, assets=Asset(uri=settings.source_asset_uri()))
-    if settings.source_asset_uri()
-    else DAILY
-)
+DAILY = CronDataIntervalTimetable(settings.get("schedule_cron"), timezone="UTC")
+SOURCE_ASSET = settings.get("source_asset")
+SCHEDULE = AssetOrTimeSchedule(timetable=DAILY, assets=Asset(uri=SOURCE_ASSET)) if SOURCE_ASSET else DAILY
 
 
 @dag(
@@ -96,16 +86,17 @@ SCHEDULE = (
     catchup=False,
     # Several runs at once (a backfill from the UI takes up to this many) are safe: staging is keyed
     # by run, writers take the database's write lock in turn, the pool bounds the API requests.
-    max_active_runs=settings.max_active_runs(),
+    max_active_runs=settings.get("max_active_runs"),
     doc_md=__doc__,
     tags=["attribution", "ihc"],
     default_args={
-        "retries": RETRIES,
+        "retries": settings.get("task_retries"),
         "retry_delay": timedelta(seconds=30),
         "retry_exponential_backoff": True,
         # A bad param or a failed check fails its task in one log line, without a retry.
         "retry_policy": NoRetryOnPermanentFailure(),
-        "execution_timeout": TASK_TIMEOUT,
+        # A stage that hangs fails (and is retried) instead of holding the DAG's run slot.
+        "execution_timeout": timedelta(minutes=settings.get("task_timeout_minutes")),
         "on_failure_callback": log_task_failure,
     },
     # The alert webhook, plus the notifiers $ATTRIBUTION_FAILURE_NOTIFIERS names (e-mail, Slack).
@@ -118,23 +109,11 @@ SCHEDULE = (
     if DEADLINE_HOURS > 0
     else None,
     params={
-        "start_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            pattern=DATE_PATTERN,
-            title="Start date",
-            description="First conversion date of a manual run (inclusive, YYYY-MM-DD). "
-            "Leave empty to use the run's data interval.",
+        "start_date": date_param(
+            "Start date",
+            "First conversion date of a manual run (inclusive, YYYY-MM-DD). Leave empty to use the run's data interval.",
         ),
-        "end_date": Param(
-            None,
-            type=["null", "string"],
-            format="date",
-            pattern=DATE_PATTERN,
-            title="End date",
-            description="Last conversion date of a manual run (inclusive, YYYY-MM-DD).",
-        ),
+        "end_date": date_param("End date", "Last conversion date of a manual run (inclusive, YYYY-MM-DD)."),
         # The bounds are exclusive on purpose: the trigger form's number field clamps a typed value
         # to `minimum`/`maximum` (0 would become 1 without a word), while these leave the value as
         # typed and Airflow refuses the run when it is created, naming the param.
@@ -182,77 +161,46 @@ SCHEDULE = (
     },
 )
 def ihc_attribution():
-    @task(multiple_outputs=False)
-    def setup_tables() -> dict:
-        from ihc_attribution import tasks
+    def stage(name: str, publish=None, **task_args):
+        """The task running ``ihc_attribution.tasks.<name>``, imported when it runs (it loads pandas);
+        ``publish(outlet_events, result)`` updates the task's outlets."""
 
-        return tasks.setup_tables(get_current_context())
+        @task(task_id=name, multiple_outputs=False, **task_args)
+        def run() -> dict:
+            from ihc_attribution import tasks
 
-    @task(multiple_outputs=False)
-    def extract_journeys() -> dict:
-        from ihc_attribution import tasks
+            context = get_current_context()
+            result = getattr(tasks, name)(context)
+            if publish is not None:
+                publish(context["outlet_events"], result)
+            return result
 
-        return tasks.extract_journeys(get_current_context())
+        return run()
 
-    @task(multiple_outputs=False)
-    def pack_requests() -> dict:
-        from ihc_attribution import tasks
-
-        return tasks.pack_requests(get_current_context())
-
-    @task(multiple_outputs=False, pool=IHC_POOL, pool_slots=IHC_POOL_SLOTS, execution_timeout=API_TASK_TIMEOUT)
-    def call_ihc_api() -> dict:
-        from ihc_attribution import tasks
-
-        return tasks.call_ihc_api(get_current_context())
-
-    @task(multiple_outputs=False)
-    def load_attribution() -> dict:
-        from ihc_attribution import tasks
-
-        return tasks.load_attribution(get_current_context())
-
-    @task(multiple_outputs=False, outlets=[REPORT_TABLE])
-    def build_report() -> dict:
-        from ihc_attribution import tasks
-
-        context = get_current_context()
-        result = tasks.build_report(context)
-        context["outlet_events"][REPORT_TABLE].add(Asset(uri=result["table_uri"]), extra=result)
-        return result
-
-    @task(multiple_outputs=False, outlets=[CHANNEL_REPORT])
-    def export_csv() -> dict:
-        from ihc_attribution import tasks
-
-        context = get_current_context()
-        result = tasks.export_csv(context)
-        context["outlet_events"][CHANNEL_REPORT].extra = result
-        return result
-
-    @task(multiple_outputs=False)
-    def check_run() -> dict:
-        from ihc_attribution import tasks
-
-        return tasks.check_run(get_current_context())
-
-    first = setup_tables()
-    if WAIT_FOR_DATA_MINUTES > 0:
+    first = stage("setup_tables")
+    # With $ATTRIBUTION_WAIT_FOR_DATA_MINUTES set, a run of the latest day starts by waiting (deferred
+    # to the triggerer, holding no worker slot) until that day has conversions, at most that long.
+    wait_minutes = settings.wait_for_data_minutes()
+    if wait_minutes > 0:
         WaitForData(
             task_id="wait_for_data",
-            wait_minutes=WAIT_FOR_DATA_MINUTES,
+            wait_minutes=wait_minutes,
             poke_seconds=settings.wait_poke_seconds(),
             doc_md="Waits, deferred, until the run's last day has conversions (ATTRIBUTION_WAIT_FOR_DATA_MINUTES).",
         ) >> first
     (
         first
-        >> extract_journeys()
-        >> pack_requests()
-        >> call_ihc_api()
-        >> load_attribution()
-        >> build_report()
-        >> export_csv()
-        >> check_run()
+        >> stage("extract_journeys")
+        >> stage("pack_requests")
+        # Every run's API stage takes this many slots of the pool `ihc_api` and keeps as many requests in
+        # flight; the pool's size is the budget across concurrent runs (backfills run several at once).
+        # It gets a longer timeout: it waits for the service.
+        >> stage("call_ihc_api", pool="ihc_api", pool_slots=settings.get("ihc_concurrency"),
+                 execution_timeout=timedelta(minutes=settings.get("api_task_timeout_minutes")))
+        >> stage("load_attribution")
+        >> stage("build_report", publish_table, outlets=[REPORT_TABLE])
+        >> stage("export_csv", publish_csv, outlets=[CHANNEL_REPORT])
+        >> stage("check_run")
     )
 
 

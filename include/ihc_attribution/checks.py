@@ -8,7 +8,6 @@ silently.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-
 from decimal import Decimal
 
 from ihc_attribution import drift, export, sources
@@ -104,16 +103,12 @@ def check_run(db: Database, run_id: str, run_range: RunRange) -> RunSummary:
         raise CheckError(f"{len(bad_sums)} attributed journeys do not sum to 1, e.g. {bad_sums[0]}")
 
     summary = RunSummary(run_id=run_id, range_start=run_range.start_ts, range_end=run_range.end_ts)
-    summary.conversions = int(
-        db.scalar("SELECT COUNT(*) FROM attribution_stg_conversions WHERE run_id = ?", (run_id,))
-    )
-    summary.attributed = int(
-        db.scalar(
-            "SELECT COUNT(*) FROM attribution_stg_conversions c WHERE c.run_id = ? AND EXISTS "
-            "(SELECT 1 FROM attribution_customer_journey a WHERE a.conv_id = c.conv_id)",
-            (run_id,),
-        )
-    )
+    summary.conversions = int(db.scalar("SELECT COUNT(*) FROM attribution_stg_conversions WHERE run_id = ?", (run_id,)))
+    summary.attributed = int(db.scalar(
+        "SELECT COUNT(*) FROM attribution_stg_conversions c WHERE c.run_id = ? AND EXISTS "
+        "(SELECT 1 FROM attribution_customer_journey a WHERE a.conv_id = c.conv_id)",
+        (run_id,),
+    ))
     summary.issues_by_reason = {
         reason: int(n)
         for reason, n in db.query(
@@ -156,14 +151,13 @@ def coverage_note(db: Database, run_range: RunRange) -> str:
 
 def _record(db: Database, summary: RunSummary) -> None:
     """Keep the run's outcome in ``attribution_run_results`` (one row per run, replaced on re-run)."""
-    issues = sum(summary.issues_by_reason.values())
     with db.transaction():
         db.execute("DELETE FROM attribution_run_results WHERE run_id = ?", (summary.run_id,))
         db.execute(
             "INSERT INTO attribution_run_results (run_id, range_start, range_end, conversions, attributed, "
             "issues, note) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (summary.run_id, summary.range_start, summary.range_end, summary.conversions, summary.attributed,
-             issues, summary.note or None),
+             sum(summary.issues_by_reason.values()), summary.note or None),
         )
 
 

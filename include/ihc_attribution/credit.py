@@ -126,11 +126,8 @@ def model_columns(db: Any, first_date: str, last_date: str) -> tuple[tuple[str, 
 def model_totals(db: Any, first_date: str, last_date: str, channels: list[str] | None = None) -> list[ModelTotals]:
     """Per channel, over the sessions of ``[first_date, last_date]``: orders and revenue under every model.
 
-    ``db``: anything with ``query(sql, params)`` and ``is_sqlite`` (a :class:`Database`, the report
-    pages' read-only connection).
-
-    Revenue is rounded to the cent per (channel, date), as ``channel_reporting`` holds it, and then
-    summed: the IHC column equals the report's totals of the same selection to the cent.
+    ``db`` has ``query(sql, params)`` and ``is_sqlite``. Revenue is rounded to the cent per (channel,
+    date), as ``channel_reporting`` holds it, then summed: the IHC column equals the report's totals.
     """
     cells, sums = [], []
     for name, _ in MODELS:

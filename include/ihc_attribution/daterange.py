@@ -16,8 +16,6 @@ from typing import Any
 from ihc_attribution.errors import PermanentError
 
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
-TS_FORMAT = "%Y-%m-%d %H:%M:%S"
-
 
 #: The longest look-back accepted (100 years): beyond it, date arithmetic leaves the calendar
 #: (SQLite's datetime() gives NULL), and "unlimited" (no value) says what is meant.
@@ -35,10 +33,8 @@ class ParamError(PermanentError, ValueError):
 def parse_lookback_days(value: Any) -> int | None:
     """The ``lookback_days`` param: None (unlimited) when not given, else whole days in [1, 36600].
 
-    Nothing is coerced: text that is not a whole number, fractions, booleans, 0 and negative
-    values are refused, so that a typo cannot silently change whose sessions a journey holds.
-
-    :raises ParamError: naming the param and the accepted values.
+    :raises ParamError: for anything else (fractions, booleans, 0, text that is not a whole number):
+        a typo must not silently change whose sessions a journey holds.
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
@@ -68,25 +64,23 @@ class RunRange:
         if self.end <= self.start:
             raise RangeError(f"empty range: end {self.end} is not after start {self.start}")
 
+    # Timestamps as ``YYYY-MM-DD HH:MM:SS``, comparable with the database's. Not strftime: its %Y
+    # does not pad years before 1000 to four digits on every platform.
     @property
     def start_ts(self) -> str:
-        """Start as ``YYYY-MM-DD HH:MM:SS``, comparable with the database's timestamps."""
-        # Not strftime: its %Y does not pad years before 1000 to four digits on every platform.
         return self.start.isoformat(sep=" ", timespec="seconds")
 
     @property
     def end_ts(self) -> str:
-        """End (exclusive) as ``YYYY-MM-DD HH:MM:SS``."""
         return self.end.isoformat(sep=" ", timespec="seconds")
 
     @property
     def first_date(self) -> dt.date:
-        """First calendar date the range touches."""
         return self.start.date()
 
     @property
     def last_date(self) -> dt.date:
-        """Last calendar date the range touches (inclusive)."""
+        """The last calendar date the range touches (inclusive)."""
         return (self.end - dt.timedelta(microseconds=1)).date()
 
     def dates(self) -> list[str]:
@@ -97,14 +91,11 @@ class RunRange:
     @property
     def label(self) -> str:
         """``<first date>_<last date>``, used in file names."""
-        return f"{self.first_date.isoformat()}_{self.last_date.isoformat()}"
+        return f"{self.first_date}_{self.last_date}"
 
 
 def parse_date_param(name: str, value: Any) -> dt.date | None:
-    """Parse an inclusive ``YYYY-MM-DD`` date param; ``None`` or empty means not given.
-
-    :raises RangeError: naming the param, when the value is not a real calendar date.
-    """
+    """An inclusive ``YYYY-MM-DD`` date param, None when not given (RangeError names a bad one)."""
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
     if isinstance(value, dt.datetime):
@@ -131,10 +122,7 @@ def as_naive_utc(value: Any) -> dt.datetime:
 
 
 def range_from_params(params: Mapping[str, Any]) -> RunRange | None:
-    """The range given by the ``start_date``/``end_date`` params, or None if neither is set.
-
-    :raises RangeError: when only one is set, one is malformed, or start is after end.
-    """
+    """The range of the ``start_date``/``end_date`` params, or None if neither is set (RangeError if they are wrong)."""
     start = parse_date_param("start_date", params.get("start_date"))
     end = parse_date_param("end_date", params.get("end_date"))
     if start is None and end is None:
@@ -167,12 +155,8 @@ def resolve_run_range(
     data_interval_start: Any = None,
     data_interval_end: Any = None,
 ) -> RunRange:
-    """The run's range: the params when given, else the data interval.
-
-    :raises RangeError: with a message saying what to do, when neither is available.
-    """
-    from_params = range_from_params(params or {})
-    if from_params is not None:
+    """The run's range: the params when given, else the data interval (RangeError, saying what to do, if neither)."""
+    if from_params := range_from_params(params or {}):
         return from_params
     if data_interval_start is None or data_interval_end is None:
         raise RangeError(
@@ -194,10 +178,7 @@ MAX_RANGE_DAYS = 3_660
 
 
 def check_range_length(run_range: RunRange) -> None:
-    """Refuse a range over :data:`MAX_RANGE_DAYS` calendar dates.
-
-    :raises RangeError: naming the range's dates and the limit, in one line.
-    """
+    """Refuse, with a RangeError naming the dates and the limit, a range over :data:`MAX_RANGE_DAYS` dates."""
     days = (run_range.last_date - run_range.first_date).days + 1
     if days > MAX_RANGE_DAYS:
         raise RangeError(

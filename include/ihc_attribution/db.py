@@ -1,14 +1,8 @@
 """A small DB-API wrapper: one place for transactions, placeholders and dialect quirks.
 
-The pipeline writes its SQL once, with ``?`` placeholders, and runs it on SQLite (the default)
-or PostgreSQL. In Airflow the connection, its driver, its placeholder and its dialect come from
-the provider's ``DbApiHook`` (``SqliteHook``, ``PostgresHook``; see :meth:`Database.from_hook`).
-:class:`Database` converts the placeholders to the hook's and makes every write stage a single
-explicit transaction, so a crash leaves either the old or the new state and never half of it.
-
-Source tables may store dates and times as ``DATE``/``TIME`` or as ``TEXT`` (as loaded from
-CSV). SQLite compares both alike; PostgreSQL needs each side cast to the other's type, which
-:meth:`Database.as_type_of` does from the column's declared type.
+The pipeline writes its SQL once, with ``?`` placeholders, and runs it on SQLite or PostgreSQL
+through the connection of the provider's ``DbApiHook`` (:meth:`Database.from_hook`). Every write
+stage is a single explicit transaction, so a crash leaves either the old or the new state.
 """
 
 from __future__ import annotations
@@ -55,13 +49,10 @@ _CASTABLE_TYPE = re.compile(r"^(date|text|time without time zone|timestamp witho
 
 
 class Database:
-    """A DB-API connection with explicit transactions and portable placeholders.
+    """An open DB-API 2 connection (``sqlite3``, ``psycopg``) with explicit transactions and ``?`` placeholders.
 
-    :param conn: an open DB-API 2 connection (``sqlite3``, ``psycopg`` or ``psycopg2``).
-    :param placeholder: the driver's parameter marker (the hook's ``placeholder``); by default
-        ``?`` for SQLite and ``%s`` otherwise.
-    :param dialect: ``sqlite`` or ``postgresql`` (the hook's ``dialect_name``); by default
-        taken from the connection's class.
+    ``placeholder`` and ``dialect`` are the hook's (``placeholder``, ``dialect_name``); by default
+    they follow from the connection's class.
     """
 
     def __init__(self, conn: Any, *, placeholder: str | None = None, dialect: str | None = None) -> None:
@@ -69,7 +60,6 @@ class Database:
         self.is_sqlite = isinstance(conn, sqlite3.Connection)
         self.dialect = dialect or ("sqlite" if self.is_sqlite else "postgresql")
         self.placeholder = placeholder or ("?" if self.is_sqlite else "%s")
-        self._column_types: dict[tuple[str, str], str] = {}
         # The provider's hook the connection came from, if any (see :meth:`from_hook`).
         self.hook: Any = None
         if self.is_sqlite:
@@ -95,7 +85,7 @@ class Database:
 
     @classmethod
     def connect_sqlite(cls, path: str) -> Database:
-        """Open a SQLite database file (used by tools and tests outside Airflow)."""
+        """Open a SQLite database file (for tools and tests outside Airflow)."""
         return cls(sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000))
 
     @classmethod
@@ -108,53 +98,33 @@ class Database:
     def _sql(self, sql: str) -> str:
         return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
 
-    def column_type(self, table: str, column: str) -> str:
-        """The declared type of ``table.column`` in lower case (``date``, ``text`` ...); ``""`` if unknown.
-
-        On PostgreSQL the table is looked up through the ``search_path``, as the queries find it.
-        """
-        key = (table, column)
-        if key not in self._column_types:
-            if self.is_sqlite:
-                rows = [(str(r[2]),) for r in self.query(f"PRAGMA table_info({table})") if r[1] == column]
-            else:
-                rows = self.query(
-                    "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
-                    "WHERE a.attrelid = to_regclass(?) AND a.attname = ? AND NOT a.attisdropped",
-                    (table, column),
-                )
-            self._column_types[key] = str(rows[0][0]).lower() if rows else ""
-        return self._column_types[key]
-
     def as_type_of(self, expr: str, table: str, column: str) -> str:
-        """``expr`` cast to the type of ``table.column`` on PostgreSQL (a ``DATE`` or a ``TEXT`` date).
+        """``expr`` cast to the declared type of ``table.column`` on PostgreSQL (a ``DATE`` or a ``TEXT`` date).
 
-        SQLite compares a ``DATE`` column with text as it is, and keeps using its indexes, so
-        ``expr`` is returned unchanged there.
+        The table is found through the ``search_path``, as the queries find it. SQLite compares a
+        ``DATE`` column with text as it is, and keeps using its indexes, so ``expr`` is returned
+        unchanged there.
         """
         if self.is_sqlite:
             return expr
-        declared = self.column_type(table, column) or "date"
+        declared = str(self.scalar(
+            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a "
+            "WHERE a.attrelid = to_regclass(?) AND a.attname = ? AND NOT a.attisdropped",
+            (table, column),
+        ) or "date").lower()
         if not _CASTABLE_TYPE.match(declared):
             raise ValueError(f"{table}.{column} has type {declared!r}; dates must be DATE or text columns")
         return f"CAST({expr} AS {declared})"
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
         """Run one statement; return the number of rows it changed (-1 if unknown)."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(self._sql(sql), tuple(params))
             return cur.rowcount
-        finally:
-            cur.close()
 
     def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
-        """Run one statement for many parameter rows."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.executemany(self._sql(sql), rows)
-        finally:
-            cur.close()
 
     def executescript(self, script: str) -> None:
         """Run a script of ``;``-separated statements without parameters."""
@@ -162,13 +132,9 @@ class Database:
             self.execute(statement)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        """Run a query and return all rows."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(self._sql(sql), tuple(params))
             return cur.fetchall()
-        finally:
-            cur.close()
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
         """Run a query and return the first column of the first row (None if no row)."""
@@ -177,16 +143,10 @@ class Database:
 
     def iter_query(self, sql: str, params: Sequence[Any] = (), batch_size: int = 10_000) -> Iterator[list[tuple]]:
         """Run a query and yield its rows in batches, so memory stays bounded."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(self._sql(sql), tuple(params))
-            while True:
-                batch = cur.fetchmany(batch_size)
-                if not batch:
-                    return
+            while batch := cur.fetchmany(batch_size):
                 yield batch
-        finally:
-            cur.close()
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[Database]:
@@ -251,13 +211,9 @@ class Database:
         return self.scalar("SELECT to_regclass(?) IS NOT NULL", (table,)) is True
 
     def columns(self, table: str) -> set[str]:
-        """The column names of ``table``."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(f"SELECT * FROM {table} WHERE 1 = 0")
             return {d[0] for d in cur.description}
-        finally:
-            cur.close()
 
     def describe(self) -> str:
         """Where the connection points, for error messages (no credentials)."""
@@ -288,7 +244,6 @@ class Database:
         return f"postgres://{host}:{port}/{database}/{schema_name}/{table}"
 
     def close(self) -> None:
-        """Close the connection."""
         self.conn.close()
 
 
@@ -313,10 +268,7 @@ def pg_text_not_a_date(column: str) -> str:
 
 
 def attach_source_files(conn: sqlite3.Connection) -> None:
-    """Attach the SQLite files ``$ATTRIBUTION_SOURCES`` reads sources from, read-only, to this connection.
-
-    ``ATTACH`` is a setting of the connection, and ``mode=ro`` refuses any write through it: the
-    files are never changed.
+    """Attach the SQLite files ``$ATTRIBUTION_SOURCES`` reads sources from to this connection, read-only (``mode=ro``).
 
     :raises PermanentError: when a file does not exist (attaching would create it) or this SQLite
         does not read URI file names (``mode=ro`` would be taken for part of the name).

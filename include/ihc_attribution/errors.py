@@ -1,11 +1,8 @@
 """Errors that a retry cannot change, and how a task ends on one.
 
-A bad param, a final check that fails, an answer that breaks the API contract or a setting
-that is wrong gives the same result on every attempt: retrying only delays the failure and holds
-the DAG's run slot. Such errors derive from :class:`PermanentError`. A task ends on one with
-:class:`PermanentFailure`: one line in its log saying what is wrong, no traceback, and no retry
-(:class:`NoRetryOnPermanentFailure`, the DAG's retry policy). Everything else (a database that is
-busy, an API that kept answering 503) keeps the task's retries and Airflow's traceback.
+A bad param, a failed final check, an answer that breaks the API contract or a wrong setting
+fails every attempt alike (:class:`PermanentError`): the task ends with :class:`PermanentFailure`,
+one log line, no traceback and no retry. Everything else keeps the task's retries and traceback.
 """
 
 from __future__ import annotations

@@ -1,13 +1,9 @@
-"""Stage 5: publish the run's answers to ``attribution_customer_journey`` and its issues.
+"""Stage 5: publish the run's answers to ``attribution_customer_journey`` and its issues, in one transaction.
 
-In one transaction: the attribution rows of every conversion of the run are replaced by the
-staged answers, the run's issues replace the earlier issues of those conversions, and the
-report dates the change affects (dates credited before and after, and the run's own dates) are
-recorded for the report stage. ``attribution_credit`` gets the same rows with the session's date
-and channel as the journey saw them, and the credit and credit x revenue as exact integers;
-``attribution_journeys`` what each journey was, for comparing it with the sources later
-(:mod:`drift`). A run owns the conversions of its days (its range and the days it re-attributes):
-credit and issues recorded under those days that the run no longer finds there are removed.
+The run's conversions get the staged answers (with dated, exact credit in ``attribution_credit`` and
+their journeys in ``attribution_journeys``) and issues, and the report dates the change affects are
+recorded for the report stage. A run owns the conversions of its days (its range and the days it
+re-attributes): credit and issues recorded under those days that it no longer finds there go.
 """
 
 from __future__ import annotations
@@ -30,8 +26,6 @@ class LoadError(PermanentError, RuntimeError):
 
 @dataclass
 class LoadSummary:
-    """Counts of the load stage."""
-
     conversions_attributed: int = 0
     rows: int = 0
     issues: int = 0

@@ -1,22 +1,16 @@
 """Telling people that a run failed or is late.
 
-``RunFailureNotifier`` is an Airflow notifier: the DAG uses it as its ``on_failure_callback``.
-It always logs the failure; when the connection named by ``$ATTRIBUTION_ALERT_CONN_ID``
-(default ``attribution_alerts``) exists, it also posts ``{"text": ...}`` to it through the HTTP
-provider's hook, the shape Slack, Mattermost and Teams incoming webhooks accept. The same message
-goes out when a run misses its deadline (:func:`deadline_missed`).
-
-Other notifiers (the SMTP provider's ``SmtpNotifier``, the Slack provider's ``SlackNotifier`` or
-``SlackWebhookNotifier``, any callable taking the context) are added without editing the DAG:
-``$ATTRIBUTION_FAILURE_NOTIFIERS`` names functions of your own that return one
-(:class:`NotifierFactory`).
+``RunFailureNotifier``, the DAG's ``on_failure_callback``, logs the failure and, when the connection
+``$ATTRIBUTION_ALERT_CONN_ID`` exists, posts ``{"text": ...}`` to it (the shape Slack, Mattermost and
+Teams webhooks accept); so does a missed deadline. ``$ATTRIBUTION_FAILURE_NOTIFIERS`` adds notifiers
+of your own (SMTP, Slack ...) without editing the DAG (:class:`NotifierFactory`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
+import pkgutil
 from collections.abc import Callable
 from typing import Any
 
@@ -28,20 +22,14 @@ from ihc_attribution.errors import PermanentFailure
 log = logging.getLogger(__name__)
 
 
-def alert_conn_id() -> str:
-    """The connection alerts are posted to (``$ATTRIBUTION_ALERT_CONN_ID``)."""
-    return settings.alert_conn_id()
-
-
 def post_alert(text: str, conn_id: str | None = None) -> bool:
-    """Log ``text`` and post it to the alert connection when one is configured.
+    """Log ``text`` and post it to the alert connection if there is one; return whether it was posted.
 
-    Returns whether it was posted. A missing connection is not an error: alerts are optional.
     A failing webhook is logged, never raised, so that an alert cannot fail a task.
     """
     from airflow.sdk import BaseHook
 
-    conn_id = conn_id or alert_conn_id()
+    conn_id = conn_id or settings.get("alert_conn_id")
     log.warning("%s", text)
     try:
         BaseHook.get_connection(conn_id)
@@ -61,18 +49,15 @@ def post_alert(text: str, conn_id: str | None = None) -> bool:
 def failure_message(context: dict[str, Any]) -> str:
     """One line naming the DAG, the run, the failed task and where its log is."""
     ti = context.get("ti") or context.get("task_instance")
-    dag_run = context.get("dag_run")
-    run_id = getattr(dag_run, "run_id", None) or context.get("run_id")
-    task_id = getattr(ti, "task_id", None)
-    url = getattr(ti, "log_url", None)
+    run_id = getattr(context.get("dag_run"), "run_id", None) or context.get("run_id")
     parts = [f"ihc_attribution run {run_id} failed"]
-    if task_id:
+    if task_id := getattr(ti, "task_id", None):
         parts.append(f"in task {task_id}")
     reason = context.get("reason") or context.get("exception")
     # A PermanentFailure's message names its error (the task failure callback appends it).
     if reason and not isinstance(reason, PermanentFailure):
         parts.append(f"({type(reason).__name__ if isinstance(reason, BaseException) else reason})")
-    if url:
+    if url := getattr(ti, "log_url", None):
         parts.append(f"log: {url}")
     return " ".join(parts)
 
@@ -107,8 +92,7 @@ class RunFailureNotifier(BaseNotifier):
 
 async def deadline_missed(context: dict[str, Any] | None = None, **kwargs: Any) -> None:
     """Deadline callback: the run is still not finished when its deadline passed."""
-    dag_run = (context or {}).get("dag_run")
-    run_id = getattr(dag_run, "run_id", None) if dag_run is not None else None
+    run_id = getattr((context or {}).get("dag_run"), "run_id", None)
     text = f"ihc_attribution run {run_id or '?'} has not finished {kwargs.get('hours', '?')} h after it was queued"
     await asyncio.to_thread(post_alert, text)
 
@@ -116,16 +100,20 @@ async def deadline_missed(context: dict[str, Any] | None = None, **kwargs: Any) 
 class NotifierFactory:
     """A failure callback that builds a fresh notifier for each failed run from a function of yours.
 
-    ``path`` is ``package.module:function`` (or ``package.module.function``); the function takes no
-    argument and returns a notifier or any callable taking the context. It is imported when the DAG
-    is parsed, so a wrong path is an import error of the DAG, shown in the UI; it is called at each
-    failure, since a notifier renders its templates in place and is good for one message. A
-    notifier that fails is logged and never hides the others.
+    ``path`` (``package.module:function`` or ``package.module.function``) names a function without
+    arguments returning a notifier or any callable taking the context. It is imported when the DAG is
+    parsed, so a wrong path is an import error of the DAG, shown in the UI, and called at each failure,
+    since a notifier renders its templates in place. One that fails never hides the others.
     """
 
     def __init__(self, path: str):
         self.path = path
-        self.factory = _import(path)
+        try:
+            self.factory = pkgutil.resolve_name(path)
+        except (ImportError, AttributeError, ValueError) as exc:
+            raise ValueError(f"ATTRIBUTION_FAILURE_NOTIFIERS: cannot import {path!r} ({type(exc).__name__}: {exc})") from exc
+        if not callable(self.factory):
+            raise ValueError(f"ATTRIBUTION_FAILURE_NOTIFIERS: {path!r} is not a function")
 
     def __call__(self, context: dict[str, Any]) -> None:
         if not hasattr(context.get("dag"), "get_template_env"):
@@ -139,17 +127,6 @@ class NotifierFactory:
 
     def __repr__(self) -> str:
         return f"NotifierFactory({self.path!r})"
-
-
-def _import(path: str) -> Callable[[], Any]:
-    module_name, _, name = path.rpartition(":") if ":" in path else path.rpartition(".")
-    try:
-        factory = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"ATTRIBUTION_FAILURE_NOTIFIERS: cannot import {path!r} ({type(exc).__name__}: {exc})") from exc
-    if not callable(factory):
-        raise ValueError(f"ATTRIBUTION_FAILURE_NOTIFIERS: {path!r} is not a function")
-    return factory
 
 
 def failure_callbacks() -> list[Callable[[dict[str, Any]], None]]:

@@ -64,11 +64,7 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": HOOK_CLASS,
                 "hook-name": "IHC attribution API",
                 "connection-type": CONN_TYPE,
-                "ui-field-behaviour": {
-                    "hidden-fields": UI_FIELD_BEHAVIOUR["hidden_fields"],
-                    "relabeling": UI_FIELD_BEHAVIOUR["relabeling"],
-                    "placeholders": UI_FIELD_BEHAVIOUR["placeholders"],
-                },
+                "ui-field-behaviour": {key.replace("_", "-"): value for key, value in UI_FIELD_BEHAVIOUR.items()},
                 "conn-fields": CONN_FIELDS,
             }
         ],

@@ -1,17 +1,10 @@
 """Start when the data is there: the optional first task ``wait_for_data`` and its trigger.
 
-With ``$ATTRIBUTION_WAIT_FOR_DATA_MINUTES`` above 0 the DAG starts with :class:`WaitForData`. It
-counts the conversions of the run's last day (for a scheduled run, the day before it started).
-When there are some, the run goes on at once. When there are none and the run is one of the
-latest day (scheduled, started by the loader's asset, or triggered without a range), the task
-defers to :class:`ConversionsPresentTrigger`: the triggerer counts again every
-``$ATTRIBUTION_WAIT_POKE_SECONDS`` and the run goes on as soon as the day has conversions; no
-worker slot is held meanwhile. When the time is up, the task fails in one line, without a retry.
-Backfills and runs with ``start_date``/``end_date`` cover days that are already loaded: they
-check once, log what they found, and go on.
-
-Only Airflow's public APIs: ``airflow.sdk.BaseOperator`` and ``airflow.triggers.base``. Nothing
-here imports the stage code (pandas) until a task runs.
+With ``$ATTRIBUTION_WAIT_FOR_DATA_MINUTES`` above 0, :class:`WaitForData` counts the conversions
+of the run's last day. When there are none and the run is one of the latest day, it defers to
+:class:`ConversionsPresentTrigger` (no worker slot held) until there are some or the time is up,
+then fails in one line without a retry. Backfills and runs with a range check once and go on.
+Nothing here imports the stage code (pandas) until a task runs.
 """
 
 from __future__ import annotations
@@ -49,26 +42,18 @@ def count_conversions(day: str, conn_id: str | None = None, *, check_sources: bo
         (:class:`~ihc_attribution.schema.SourceTableError`) when not, as ``setup_tables`` does.
     """
     from ihc_attribution import schema, sources
-    from ihc_attribution.db import Database
-    from ihc_attribution.tasks import db_hook
+    from ihc_attribution.tasks import open_db
 
-    db = Database.from_hook(db_hook(conn_id))
-    try:
+    with open_db(conn_id) as db:
         if check_sources:
             schema.check_sources(db)
         count = COUNT_SQL.format(conversions=sources.relation(db, sources.CONVERSIONS),
                                  day=sources.as_type_of(db, "?", sources.CONVERSIONS, "conv_date"))
         return int(db.scalar(count, (day,)) or 0)
-    finally:
-        db.close()
 
 
 def waits_for_data(context: Mapping[str, Any]) -> bool:
-    """Whether the run waits for its last day's data: a run of the latest day, not a backfill or a range.
-
-    Scheduled runs, runs started by the loader's asset and runs triggered without
-    ``start_date``/``end_date`` handle the latest day, whose data may still be loading.
-    """
+    """Whether the run handles the latest day, whose data may still be loading: not a backfill, no range params."""
     from ihc_attribution.daterange import range_from_params
 
     run_type = str(getattr(context.get("dag_run"), "run_type", "")).lower()
@@ -122,11 +107,7 @@ class ConversionsPresentTrigger(BaseTrigger):
 
 
 class WaitForData(BaseOperator):
-    """The run's first task when ``$ATTRIBUTION_WAIT_FOR_DATA_MINUTES`` is set: see the module docstring.
-
-    It also checks the run's params, as ``setup_tables`` does when it comes first: a bad range
-    fails here, in one line.
-    """
+    """The run's first task when ``$ATTRIBUTION_WAIT_FOR_DATA_MINUTES`` is set; a bad range fails here, in one line."""
 
     ui_color = "#e8f0fe"
 

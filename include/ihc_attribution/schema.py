@@ -33,19 +33,6 @@ ISSUES = "attribution_issues"
 RUNS = "attribution_runs"
 
 RESULT_TABLES = (ATTRIBUTION, CHANNEL_REPORTING)
-STAGING_TABLES = (
-    "attribution_stg_conversions",
-    "attribution_stg_sessions",
-    "attribution_stg_requests",
-    "attribution_stg_request_journeys",
-    "attribution_stg_results",
-    "attribution_stg_journey_keys",
-    "attribution_stg_answered",
-    "attribution_stg_issues",
-    "attribution_stg_report_dates",
-    "attribution_stg_extra_days",
-    "attribution_stg_journey_windows",
-)
 
 #: Version 2: sources read-only (no triggers, no indexes on them), spend and credit in exact integers.
 #: Version 3: attribution_journeys (what drift detection compares), the day of each issue.
@@ -64,16 +51,15 @@ _LEGACY_TABLES = (
 
 
 def read_sql(name: str) -> str:
-    """Return the text of a file in the package's ``sql/`` folder."""
     return resources.files("ihc_attribution").joinpath("sql", name).read_text(encoding="utf-8")
 
 
-def challenge_ddl() -> str:
-    """The clean DDL of the challenge database: the source tables and the two result tables.
+#: The staging tables, keyed by run id, as ``sql/package_schema.sql`` creates them.
+STAGING_TABLES = tuple(re.findall(r"CREATE TABLE IF NOT EXISTS (attribution_stg_\w+)", read_sql("package_schema.sql")))
 
-    The demo generator and the tests build source databases with it; the pipeline itself runs
-    only its result tables' statements (:func:`ensure_schema`).
-    """
+
+def challenge_ddl() -> str:
+    """The clean DDL of the challenge database; the pipeline runs only its result tables' statements."""
     return read_sql("challenge_schema.sql")
 
 
@@ -83,10 +69,7 @@ def _result_tables_ddl() -> list[str]:
 
 
 def check_sources(db: Database) -> None:
-    """Fail at once, in one line, when a source table, a column or its type cannot be read (see :func:`sources.check`).
-
-    :raises SourceTableError: naming the table, the column and what the connection points at.
-    """
+    """:raises SourceTableError: in one line, when a source table, a column or its type cannot be read."""
     sources.check(db)
 
 
@@ -198,9 +181,8 @@ def _fill_credit(db: Database) -> None:
 def _fill_journeys(db: Database) -> None:
     """Record the journeys of credit stored by an earlier version, for drift detection.
 
-    Their look-back is unknown and taken as unlimited, and a truncated journey's full length as
-    the sessions it was credited over: such a journey may be named as changed once, and its
-    re-run records it exactly.
+    Their look-back is taken as unlimited, and a truncated journey's length as the sessions it was
+    credited over: such a journey may be named as changed once, and its re-run records it exactly.
     """
     added = db.execute(
         "INSERT INTO attribution_journeys (conv_id, user_id, conv_date, conv_ts, since_ts, sessions, sent, first_ts, "
@@ -227,8 +209,7 @@ SOURCE_INDEXES = (
 def index_advice(db: Database) -> list[str]:
     """The documented indexes missing on the source tables, each as ``CREATE INDEX ...: what it saves``.
 
-    A view is left out: its tables are indexed, if at all, where they live; so is a column derived
-    from another (a timestamp's date), which an index of the table does not serve.
+    Views and derived columns (a timestamp's date) are left out: an index of the table does not serve them.
     """
     advice = []
     for table, column, saves in SOURCE_INDEXES:
@@ -242,16 +223,13 @@ def index_advice(db: Database) -> list[str]:
 
 
 def purge_staging(db: Database, created_before: str, keep_run_id: str | None = None) -> int:
-    """Delete the staging rows of runs first seen before ``created_before`` (UTC timestamp).
+    """Delete the staging rows of runs first seen before ``created_before`` (UTC); return how many runs.
 
-    Staging is kept after a run so that any task of it can be re-run on its own; this bounds
-    how long. Returns the number of runs purged.
+    Staging is kept after a run so that any task of it can be re-run on its own; this bounds how long.
     """
     with db.transaction():
-        runs = [
-            r for (r,) in db.query("SELECT run_id FROM attribution_runs WHERE created_at < ?", (created_before,))
-            if r != keep_run_id
-        ]
+        found = db.query("SELECT run_id FROM attribution_runs WHERE created_at < ?", (created_before,))
+        runs = [r for (r,) in found if r != keep_run_id]
         for run_id in runs:
             for table in STAGING_TABLES:
                 db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))

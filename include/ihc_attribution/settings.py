@@ -11,6 +11,7 @@ for, so a test or a worker's environment changes it without a reload.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -54,6 +55,8 @@ OPTIONS: dict[str, tuple[str, str, str]] = {
 
 _ON = ("1", "true", "yes", "on")
 _OFF = ("0", "false", "no", "off")
+#: The least value of an integer setting (0 when not listed).
+_MINIMUM = {"ihc_concurrency": 1, "max_active_runs": 1}
 
 
 def env_name(name: str) -> str:
@@ -71,32 +74,25 @@ def _text(name: str) -> str:
     return value or OPTIONS[name][1]
 
 
-def _flag(name: str) -> bool:
-    value = _text(name).lower()
-    if value in _ON:
-        return True
-    if value in _OFF:
-        return False
-    raise ValueError(f"{env_name(name)}={value!r} must be 1/true/yes or 0/false/no")
-
-
-def _int(name: str, *, minimum: int = 0) -> int:
-    value = _text(name)
-    try:
-        number = int(value)
-    except ValueError:
-        number = None
-    if number is None or number < minimum:
+def get(name: str) -> str | bool | int | float:
+    """The setting ``name`` parsed as its type in :data:`OPTIONS` (ValueError names a bad one's variable)."""
+    kind, value = OPTIONS[name][0], _text(name)
+    if kind == "boolean" and value.lower() in _ON + _OFF:
+        return value.lower() in _ON
+    if kind == "boolean":
+        raise ValueError(f"{env_name(name)}={value.lower()!r} must be 1/true/yes or 0/false/no")
+    if kind == "integer":
+        minimum = _MINIMUM.get(name, 0)
+        with contextlib.suppress(ValueError):
+            if int(value) >= minimum:
+                return int(value)
         raise ValueError(f"{env_name(name)}={value!r} must be a whole number of at least {minimum}")
-    return number
-
-
-def _float(name: str) -> float:
-    value = _text(name)
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"{env_name(name)}={value!r} must be a number") from None
+    if kind == "float":
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{env_name(name)}={value!r} must be a number") from None
+    return value
 
 
 def provider_config() -> dict:
@@ -111,19 +107,11 @@ def provider_config() -> dict:
                       "options": options}}
 
 
-# --- readers, one per setting (OPTIONS describes each) ------------------------------------
+# --- the settings read elsewhere than through get() ------------------------------------------
 
 
 def db_conn_id() -> str:
     return _text("db_conn_id")
-
-
-def ihc_conn_id() -> str:
-    return _text("ihc_conn_id")
-
-
-def alert_conn_id() -> str:
-    return _text("alert_conn_id")
 
 
 def failure_notifiers() -> list[str]:
@@ -146,16 +134,8 @@ def local_output_dir() -> Path | None:
     return Path(location).expanduser().resolve()
 
 
-def output_conn_id() -> str | None:
-    return _text("output_conn_id") or None
-
-
 def csv_escape_formulas() -> bool:
-    return _flag("csv_escape_formulas")
-
-
-def csv_model_columns() -> bool:
-    return _flag("csv_model_columns")
+    return get("csv_escape_formulas")
 
 
 def currency_code() -> str:
@@ -166,59 +146,19 @@ def ui_base_url_override() -> str:
     return _text("ui_base_url")
 
 
-def schedule_cron() -> str:
-    return _text("schedule_cron")
-
-
-def source_asset_uri() -> str:
-    return _text("source_asset")
-
-
 def wait_for_data_minutes() -> float:
     """Above 0 the DAG starts with the task ``wait_for_data`` (see :mod:`ihc_attribution.readiness`)."""
-    minutes = _float("wait_for_data_minutes")
+    minutes = get("wait_for_data_minutes")
     if minutes < 0:
         raise ValueError(f"ATTRIBUTION_WAIT_FOR_DATA_MINUTES={minutes:g} must be 0 (off) or more")
     return minutes
 
 
 def wait_poke_seconds() -> float:
-    seconds = _float("wait_poke_seconds")
+    seconds = get("wait_poke_seconds")
     if seconds <= 0:
         raise ValueError(f"ATTRIBUTION_WAIT_POKE_SECONDS={seconds:g} must be above 0")
     return seconds
-
-
-def late_data_days() -> int:
-    return _int("late_data_days")
-
-
-def staging_retention_days() -> int:
-    return _int("staging_retention_days")
-
-
-def task_retries() -> int:
-    return _int("task_retries")
-
-
-def start_date_text() -> str:
-    return _text("start_date")
-
-
-def task_timeout_minutes() -> float:
-    return _float("task_timeout_minutes")
-
-
-def api_task_timeout_minutes() -> float:
-    return _float("api_task_timeout_minutes")
-
-
-def deadline_hours() -> float:
-    return _float("deadline_hours")
-
-
-def ihc_concurrency() -> int:
-    return _int("ihc_concurrency", minimum=1)
 
 
 # --- the source tables ----------------------------------------------------------------------
@@ -240,17 +180,12 @@ SOURCE_TIMESTAMPS = {
 
 
 def source_tables() -> dict[str, dict]:
-    """``$ATTRIBUTION_SOURCES``: where the source tables are and what their columns are called.
+    """``$ATTRIBUTION_SOURCES`` (docs/operations.md): where the source tables are and what their columns are called.
 
-    JSON, one entry per source table to change (those left out keep the challenge's name and
-    columns), e.g. ``{"conversions": {"schema": "raw", "table": "Orders", "columns": {"conv_id":
-    "order_id", "conv_timestamp": "ordered_at"}}}``. ``schema`` and ``table`` are names, taken
-    exactly (quoted: case and spaces kept); with a schema the table is found there whatever the
-    ``search_path``; on SQLite a schema is a database of the connection, and ``sqlite_file`` a file
-    attached (read-only) under that name. ``columns`` maps a column the pipeline reads to yours; ``event_timestamp`` /
-    ``conv_timestamp`` name one ``TIMESTAMP`` or ``TIMESTAMPTZ`` column in place of the date and
-    time columns. Returns ``{table: {"schema": str | None, "table": str, "columns": {name: yours}}}``
-    for the tables given.
+    JSON, one entry per source table to change, e.g. ``{"conversions": {"schema": "raw", "table":
+    "Orders", "columns": {"conv_id": "order_id", "conv_timestamp": "ordered_at"}}}`` (and on SQLite
+    ``sqlite_file``, attached read-only as the schema). Returns ``{table: {"schema": str | None,
+    "table": str, "columns": {name: yours}}}`` for the tables given.
 
     :raises ValueError: for anything else, naming the variable and what is wrong.
     """
@@ -304,7 +239,3 @@ def sqlite_source_files() -> dict[str, str]:
             if files.setdefault(spec["schema"], spec["sqlite_file"]) != spec["sqlite_file"]:
                 raise ValueError(f"ATTRIBUTION_SOURCES[{name!r}]: schema {spec['schema']} is given two sqlite_files")
     return files
-
-
-def max_active_runs() -> int:
-    return _int("max_active_runs", minimum=1)

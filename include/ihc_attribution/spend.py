@@ -1,18 +1,9 @@
-"""Spend per (session date, channel), read from the source tables into the package's own table.
+"""Spend per (session date, channel), read from the source tables into ``attribution_spend`` (micro-euros).
 
-``attribution_spend`` holds, per session date and channel, the sessions and the sum of their
-costs in micro-euros (exact integers: sums do not depend on their order), with the counts the
-run's source warnings report. :func:`refresh` recomputes the figures of the dates it is given
-by reading the sources (SELECT only) and records each date read in ``attribution_spend_dates``.
-
-The report refreshes the dates of the run's own range every time, and any other report date it
-needs that was never read: a date's spend is therefore as of the last run that covered it. A
-change to the costs of other dates is taken in by re-running the days it touches, or by a run
-with the ``refresh_spend`` param (see README, "When source data changes").
-
-:func:`read` reads the sources into temporary tables, outside the write transaction (on SQLite
-in slices of rowids, so a loader's commit waits for one short statement at a time);
-:func:`publish` then replaces the package's rows in the caller's transaction.
+:func:`read` reads the figures of some dates into temporary tables, outside the write transaction
+(on SQLite in slices of rowids, so a loader's commit waits for one short statement at a time);
+:func:`publish` then replaces the package's rows in the caller's transaction and records each date
+read in ``attribution_spend_dates``: a date's spend is as of the last run that read it.
 """
 
 from __future__ import annotations
@@ -102,18 +93,14 @@ def slices(db: Database, n_dates: int) -> list[tuple[int, int]] | None:
 
 @dataclass
 class Figures:
-    """The spend read for some dates, to publish: on SQLite in the temporary table :data:`READ`, else in ``rows``."""
+    """The spend read for some dates: on SQLite in the temporary table :data:`READ`, else in ``rows``."""
 
     dates: list[str]
     rows: list[tuple] | None = None
 
 
 def read(db: Database, dates_sql: str, params: tuple = ()) -> Figures:
-    """Read the spend of the dates ``dates_sql`` selects (one column: text dates, none NULL) from the sources.
-
-    Writes only temporary tables, so it runs outside the write transaction: other writers wait
-    only for :func:`publish`.
-    """
+    """Read the spend of the dates ``dates_sql`` selects (one column: text dates, none NULL) from the sources."""
     drop(db)
     db.execute(f"CREATE TEMP TABLE {TODO} (date TEXT PRIMARY KEY)")
     db.execute(
@@ -133,10 +120,7 @@ def read(db: Database, dates_sql: str, params: tuple = ()) -> Figures:
 
 
 def publish(db: Database, run_id: str, figures: Figures) -> int:
-    """Replace the spend of the figures' dates with them; record the dates as read by ``run_id``.
-
-    Runs in the caller's transaction. Returns the number of dates refreshed.
-    """
+    """Replace the spend of the figures' dates with them, as read by ``run_id``; return the number of dates."""
     db.execute(f"DELETE FROM {SPEND} WHERE date IN (SELECT date FROM {TODO})")
     if figures.rows is None:  # the figures of each slice read, added up
         sums = ", ".join(f"SUM({name})" for name in _NAMES.split(", ")[2:])
@@ -145,12 +129,10 @@ def publish(db: Database, run_id: str, figures: Figures) -> int:
     elif figures.rows:
         db.executemany(f"INSERT INTO {SPEND} ({_NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", figures.rows)
     db.execute(f"DELETE FROM {SPEND_DATES} WHERE date IN (SELECT date FROM {TODO})")
-    n = db.execute(f"INSERT INTO {SPEND_DATES} (date, run_id) SELECT date, ? FROM {TODO}", (run_id,))
-    return n
+    return db.execute(f"INSERT INTO {SPEND_DATES} (date, run_id) SELECT date, ? FROM {TODO}", (run_id,))
 
 
 def drop(db: Database) -> None:
-    """Remove the temporary tables of :func:`read`."""
     for table in (TODO, READ):
         db.execute(f"DROP TABLE IF EXISTS {table}")
 

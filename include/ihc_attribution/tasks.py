@@ -1,8 +1,6 @@
-"""The DAG's task bodies: Airflow context in, a stage of the package run, small results out.
+"""The DAG's task bodies: the task's context in, one stage run on the ``attribution_db`` database, a small dict out.
 
-Each function takes the task's context, opens the database through the ``attribution_db``
-connection, runs one stage and returns a small dict for XCom (counts, ids, paths). Connections
-are looked up only here, at run time, never when the DAG file is parsed.
+Connections are looked up only here, at run time, never when the DAG file is parsed.
 """
 
 from __future__ import annotations
@@ -13,21 +11,11 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
+from contextlib import closing
 from typing import Any, NoReturn
 
-from ihc_attribution import api_stage, charts, checks, credit, export, journeys, load, report, schema, settings
-from ihc_attribution.daterange import (
-    ParamError,
-    RunRange,
-    as_naive_utc,
-    check_range_length,
-    day_before,
-    parse_lookback_days,
-    range_from_params,
-    resolve_run_range,
-)
+from ihc_attribution import api_stage, charts, checks, credit, daterange, export, journeys, load, report, schema, settings
 from ihc_attribution.db import SUPPORTED_CONN_TYPES, Database
 from ihc_attribution.errors import PermanentError, PermanentFailure
 from ihc_attribution.ihc.client import SendProgress, SendSummary
@@ -35,13 +23,7 @@ from ihc_attribution.ihc.client import SendProgress, SendSummary
 log = logging.getLogger(__name__)
 
 
-
-def output_base() -> Any:
-    """The output base as an ``ObjectStoragePath`` (see :func:`settings.output_location`)."""
-    return export.output_base(settings.output_location(), settings.output_conn_id())
-
-
-def run_range(context: Mapping[str, Any]) -> RunRange:
+def run_range(context: Mapping[str, Any]) -> daterange.RunRange:
     """The run's range from its params or its data interval (see :mod:`daterange`).
 
     A scheduled run also covers the ``$ATTRIBUTION_LATE_DATA_DAYS`` days before its interval, so
@@ -51,37 +33,36 @@ def run_range(context: Mapping[str, Any]) -> RunRange:
     params = context.get("params") or {}
     dag_run = context.get("dag_run")
     run_type = str(getattr(dag_run, "run_type", "")).lower()
-    if range_from_params(params) is None and run_type.endswith(("scheduled", "asset_triggered")):
+    if daterange.range_from_params(params) is None and run_type.endswith(("scheduled", "asset_triggered")):
         started = context.get("data_interval_end") or getattr(dag_run, "run_after", None)
         if started is not None:
-            return day_before(started, settings.late_data_days())
-    return resolve_run_range(params, context.get("data_interval_start"), context.get("data_interval_end"))
+            return daterange.day_before(started, settings.get("late_data_days"))
+    return daterange.resolve_run_range(params, context.get("data_interval_start"), context.get("data_interval_end"))
 
 
 def _lookback_days(context: Mapping[str, Any]) -> int | None:
-    """The ``lookback_days`` param (see :func:`daterange.parse_lookback_days`)."""
-    return parse_lookback_days((context.get("params") or {}).get("lookback_days"))
+    return daterange.parse_lookback_days((context.get("params") or {}).get("lookback_days"))
 
 
 def _flag_param(context: Mapping[str, Any], name: str, default: bool) -> bool:
     value = (context.get("params") or {}).get(name, default)
     if not isinstance(value, bool):
-        raise ParamError(f"param {name}={value!r} must be true or false")
+        raise daterange.ParamError(f"param {name}={value!r} must be true or false")
     return value
 
 
-def stage(func: Callable[[Mapping[str, Any]], dict]) -> Callable[[Mapping[str, Any]], dict]:
-    """Make a stage fail in one log line, without a traceback or a task retry, when its error is permanent.
+def stage(func: Callable[[Mapping[str, Any], Database], dict]) -> Callable[[Mapping[str, Any]], dict]:
+    """Run a stage on the pipeline database, closed when it ends.
 
-    A :class:`PermanentError` (a bad param, a failed final check, a broken answer, a wrong
-    setting) would be raised again by every retry: see :func:`fail_permanently`. Other errors
-    keep the task's retries and Airflow's traceback.
+    A :class:`PermanentError`, which every retry would raise again, fails it in one log line
+    (:func:`fail_permanently`); other errors keep the task's retries and Airflow's traceback.
     """
 
     @functools.wraps(func)
     def run(context: Mapping[str, Any]) -> dict:
         try:
-            return func(context)
+            with open_db() as db:
+                return func(context, db)
         except PermanentError as exc:
             fail_permanently(exc)
 
@@ -89,10 +70,7 @@ def stage(func: Callable[[Mapping[str, Any]], dict]) -> Callable[[Mapping[str, A
 
 
 def fail_permanently(exc: PermanentError) -> NoReturn:
-    """Log ``exc`` in one line and end the task without a traceback; the DAG's retry policy does not retry it.
-
-    :raises PermanentFailure: always, with that line as its message and ``exc`` as its cause.
-    """
+    """Log ``exc`` in one line and end the task with :class:`PermanentFailure`: no traceback, no retry."""
     text = " ".join(str(exc).splitlines())
     message = f"{type(exc).__name__}: {text} (not retried: a retry would fail the same way)"
     log.error("%s", message)
@@ -102,8 +80,7 @@ def fail_permanently(exc: PermanentError) -> NoReturn:
 def db_hook(conn_id: str | None = None) -> Any:
     """The provider's ``DbApiHook`` of the ``attribution_db`` connection (``SqliteHook`` or ``PostgresHook``).
 
-    :raises PermanentError: the connection has a type the pipeline does not run on, or its
-        provider is not installed; a retry would fail the same way.
+    :raises PermanentError: for a type the pipeline does not run on, or a provider not installed.
     """
     from airflow.sdk import BaseHook
 
@@ -126,14 +103,9 @@ def db_hook(conn_id: str | None = None) -> Any:
         ) from exc
 
 
-@contextmanager
-def open_db() -> Iterator[Database]:
+def open_db(conn_id: str | None = None) -> closing[Database]:
     """The pipeline database, through the Airflow connection ``attribution_db`` and its provider's hook."""
-    db = Database.from_hook(db_hook())
-    try:
-        yield db
-    finally:
-        db.close()
+    return closing(Database.from_hook(db_hook(conn_id)))
 
 
 def answer_scope(settings: Any, account: str = "") -> str:
@@ -156,65 +128,58 @@ def answer_scope(settings: Any, account: str = "") -> str:
 def _ihc_hook(max_concurrency: int | None = None):
     from ihc_attribution.ihc.hook import IhcHook
 
-    return IhcHook(ihc_conn_id=settings.ihc_conn_id(), max_concurrency=max_concurrency)
+    return IhcHook(ihc_conn_id=settings.get("ihc_conn_id"), max_concurrency=max_concurrency)
 
 
 @stage
-def setup_tables(context: Mapping[str, Any]) -> dict:
+def setup_tables(context: Mapping[str, Any], db: Database) -> dict:
     """Validate the run's range, check that the source tables can be read, and set up the package's tables."""
     rng = run_range(context)
-    check_range_length(rng)
+    daterange.check_range_length(rng)
     _lookback_days(context)
     log.info("run %s handles conversions in [%s, %s)", context.get("run_id"), rng.start_ts, rng.end_ts)
-    retention_days = settings.staging_retention_days()
+    retention_days = settings.get("staging_retention_days")
     cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)
-    with open_db() as db:
-        schema.check_sources(db)
-        schema.ensure_schema(db)
-        for advice in schema.index_advice(db):
-            log.info("an index on your source tables would speed up every run (the package never creates it): %s", advice)
-        purged = schema.purge_staging(db, cutoff.strftime("%Y-%m-%d %H:%M:%S"), keep_run_id=context.get("run_id"))
+    schema.check_sources(db)
+    schema.ensure_schema(db)
+    for advice in schema.index_advice(db):
+        log.info("an index on your source tables would speed up every run (the package never creates it): %s", advice)
+    purged = schema.purge_staging(db, cutoff.strftime("%Y-%m-%d %H:%M:%S"), keep_run_id=context.get("run_id"))
     if purged:
         log.info("purged the staging of %d runs older than %d days", purged, retention_days)
     return {"range_start": rng.start_ts, "range_end": rng.end_ts}
 
 
 @stage
-def extract_journeys(context: Mapping[str, Any]) -> dict:
+def extract_journeys(context: Mapping[str, Any], db: Database) -> dict:
     """Stage the run's conversions and their journeys; quarantine malformed input."""
-    rng = run_range(context)
-    created = _now()
-    reuse = _flag_param(context, "reuse_answers", True)
     client = _ihc_hook().get_conn()
-    scope = answer_scope(client.settings, client.account_digest)
-    with open_db() as db:
-        summary = journeys.extract_journeys(
-            db,
-            context["run_id"],
-            rng,
-            lookback_days=_lookback_days(context),
-            created_at=created,
-            answer_scope=scope,
-            reuse_answers=reuse,
-            max_sessions=client.settings.max_sessions_per_request,
-            reattribute_drift=_flag_param(context, "reattribute_drift", False),
-        )
+    summary = journeys.extract_journeys(
+        db,
+        context["run_id"],
+        run_range(context),
+        lookback_days=_lookback_days(context),
+        created_at=_now(),
+        answer_scope=answer_scope(client.settings, client.account_digest),
+        reuse_answers=_flag_param(context, "reuse_answers", True),
+        max_sessions=client.settings.max_sessions_per_request,
+        reattribute_drift=_flag_param(context, "reattribute_drift", False),
+    )
     log.info("extracted %s", summary.as_dict())
     return summary.as_dict()
 
 
 @stage
-def pack_requests(context: Mapping[str, Any]) -> dict:
+def pack_requests(context: Mapping[str, Any], db: Database) -> dict:
     """Plan the API requests under the connection's limits."""
     settings = _ihc_hook().settings
-    with open_db() as db:
-        summary = api_stage.pack_requests(
-            db,
-            context["run_id"],
-            max_journeys=settings.max_journeys_per_request,
-            max_sessions=settings.max_sessions_per_request,
-            oversized_policy=settings.oversized_journey_policy,
-        )
+    summary = api_stage.pack_requests(
+        db,
+        context["run_id"],
+        max_journeys=settings.max_journeys_per_request,
+        max_sessions=settings.max_sessions_per_request,
+        oversized_policy=settings.oversized_journey_policy,
+    )
     log.info("packed %s", summary.as_dict())
     log.info(
         "the API stage will send %d requests holding %d journeys and %d sessions (%d journeys reuse earlier answers)",
@@ -224,7 +189,7 @@ def pack_requests(context: Mapping[str, Any]) -> dict:
 
 
 @stage
-def call_ihc_api(context: Mapping[str, Any]) -> dict:
+def call_ihc_api(context: Mapping[str, Any], db: Database) -> dict:
     """Send the unanswered requests of the run through the IHC hook; answers are checkpointed one by one."""
     if _flag_param(context, "dry_run", False):
         from airflow.sdk.exceptions import AirflowSkipException
@@ -240,7 +205,7 @@ def call_ihc_api(context: Mapping[str, Any]) -> dict:
     started = time.monotonic()
     summary = SendSummary()
     try:
-        with open_db() as db, hook.stop_on_sigterm():
+        with hook.stop_on_sigterm():
             api_stage.send_requests(
                 db,
                 context["run_id"],
@@ -257,19 +222,19 @@ def call_ihc_api(context: Mapping[str, Any]) -> dict:
     return summary.as_dict()
 
 
+#: The API stage's counters sent to Airflow's metrics as ``ihc_attribution.api.<name>``.
+API_METRICS = ("requests_sent", "requests_answered", "requests_failed", "attempts", "retries", "journeys_answered",
+               "journeys_rejected")
+
+
 def _emit_api_metrics(summary: SendSummary) -> None:
     """Counters for dashboards, through Airflow's metrics (StatsD or OpenTelemetry when on)."""
     try:
         from airflow.sdk.observability.stats import Stats
     except ImportError:  # metrics are optional
         return
-    Stats.incr("ihc_attribution.api.requests_sent", summary.requests_sent)
-    Stats.incr("ihc_attribution.api.requests_answered", summary.requests_answered)
-    Stats.incr("ihc_attribution.api.requests_failed", summary.requests_failed)
-    Stats.incr("ihc_attribution.api.attempts", summary.attempts)
-    Stats.incr("ihc_attribution.api.retries", summary.retries)
-    Stats.incr("ihc_attribution.api.journeys_answered", summary.journeys_answered)
-    Stats.incr("ihc_attribution.api.journeys_rejected", summary.journeys_rejected)
+    for name in API_METRICS:
+        Stats.incr(f"ihc_attribution.api.{name}", getattr(summary, name))
 
 
 def _progress_logger(every_seconds: float = 10.0):
@@ -295,30 +260,27 @@ def _progress_logger(every_seconds: float = 10.0):
 
 
 @stage
-def load_attribution(context: Mapping[str, Any]) -> dict:
+def load_attribution(context: Mapping[str, Any], db: Database) -> dict:
     """Publish the run's answers and issues."""
-    with open_db() as db:
-        summary = load.load_attribution(db, context["run_id"], run_range(context))
+    summary = load.load_attribution(db, context["run_id"], run_range(context))
     log.info("loaded %s", summary.as_dict())
     return summary.as_dict()
 
 
 @stage
-def build_report(context: Mapping[str, Any]) -> dict:
+def build_report(context: Mapping[str, Any], db: Database) -> dict:
     """Rebuild channel_reporting for every date the run touched."""
-    with open_db() as db:
-        summary = report.build_report(
-            db,
-            context["run_id"],
-            run_range(context),
-            refresh_spend=_flag_param(context, "refresh_spend", False),
-            lookback_days=_lookback_days(context),
-            triggered_at=_triggered_at(context),
-            built_at=_now(),
-        )
-        table = db.table_uri(schema.CHANNEL_REPORTING)
+    summary = report.build_report(
+        db,
+        context["run_id"],
+        run_range(context),
+        refresh_spend=_flag_param(context, "refresh_spend", False),
+        lookback_days=_lookback_days(context),
+        triggered_at=_triggered_at(context),
+        built_at=_now(),
+    )
     log.info("report rebuilt: %s", summary.as_dict())
-    return {**summary.as_dict(), "table_uri": table}
+    return {**summary.as_dict(), "table_uri": db.table_uri(schema.CHANNEL_REPORTING)}
 
 
 def _now() -> str:
@@ -327,30 +289,24 @@ def _now() -> str:
 
 def _triggered_at(context: Mapping[str, Any]) -> str | None:
     """When the run was created or queued (UTC), for telling report builds apart."""
-    dag_run = context.get("dag_run")
     for attr in ("queued_at", "run_after", "start_date", "logical_date"):
-        value = getattr(dag_run, attr, None) if dag_run is not None else None
-        if value is not None:
-            return as_naive_utc(value).isoformat(sep=" ")
+        if (value := getattr(context.get("dag_run"), attr, None)) is not None:
+            return daterange.as_naive_utc(value).isoformat(sep=" ")
     return None
 
 
 @stage
-def export_csv(context: Mapping[str, Any]) -> dict:
-    """Write the range's report as CSV, and a chart of it next to it; return their paths.
-
-    The result (XCom) and the log also carry ``report_url``: the range's page of the
-    *Attribution report* in the Airflow UI (base URL from ``$ATTRIBUTION_UI_BASE_URL`` or
-    ``[api] base_url``).
-    """
+def export_csv(context: Mapping[str, Any], db: Database) -> dict:
+    """Write the range's report as CSV, and a chart of it next to it; return their paths and
+    ``report_url``, the range's page of the *Attribution report* in the Airflow UI."""
     rng = run_range(context)
     first, last = rng.first_date.isoformat(), rng.last_date.isoformat()
     url = charts.report_url(first, last)
-    with open_db() as db:
-        rows = export.read_report(db, rng)
-        extra = credit.model_columns(db, first, last) if settings.csv_model_columns() else None
+    rows = export.read_report(db, rng)
+    extra = credit.model_columns(db, first, last) if settings.get("csv_model_columns") else None
+    base = export.output_base(settings.output_location(), settings.get("output_conn_id") or None)
     csv_file = export.write_csv(
-        rows, export.csv_path(output_base(), rng), escape_formulas=settings.csv_escape_formulas(), extra=extra
+        rows, export.csv_path(base, rng), escape_formulas=settings.csv_escape_formulas(), extra=extra
     )
     chart = charts.write_chart(
         rows, charts.chart_path(csv_file), f"Channel report {first} to {last}", csv_name=csv_file.name,
@@ -374,10 +330,9 @@ def export_csv(context: Mapping[str, Any]) -> dict:
 
 
 @stage
-def check_run(context: Mapping[str, Any]) -> dict:
+def check_run(context: Mapping[str, Any], db: Database) -> dict:
     """Fail the run if a conversion of its range is neither attributed nor recorded."""
-    with open_db() as db:
-        summary = checks.check_run(db, context["run_id"], run_range(context))
+    summary = checks.check_run(db, context["run_id"], run_range(context))
     log.info("run summary\n%s", summary.render())
     if summary.note:
         log.warning("%s", summary.note)

@@ -7,11 +7,8 @@ CREATE TABLE IF NOT EXISTS attribution_schema_version (
     applied_at TEXT NOT NULL
 );
 
--- Conversions of a run that are not fully attributed, with the reason. One row per conversion
--- and reason; a run replaces the rows of the conversions it handles, so the table always shows
--- the outcome of the latest run over each conversion.
--- conv_date: the conversion's date as the run that recorded it read it (NULL when it had none
--- to read): a run over that day replaces the row, as it replaces credit (see load.py).
+-- Conversions not fully attributed, with the reason, as of the latest run over each. conv_date: the
+-- date the run read (NULL when none): a run over that day replaces the row, as it replaces credit.
 CREATE TABLE IF NOT EXISTS attribution_issues (
     conv_id TEXT NOT NULL,
     reason TEXT NOT NULL,
@@ -30,9 +27,8 @@ CREATE TABLE IF NOT EXISTS attribution_runs (
     created_at TEXT NOT NULL
 );
 
--- Which run last rebuilt the report rows of each date, and with which settings: two reports over
--- the same dates that disagree can be told apart (a 1-day look-back run changes the numbers
--- behind an older 14-day CSV). lookback_days NULL means unlimited.
+-- Which run last rebuilt the report rows of each date, and with which look-back (NULL: unlimited),
+-- so that two reports over the same dates that disagree can be told apart.
 CREATE TABLE IF NOT EXISTS attribution_report_builds (
     report_date TEXT PRIMARY KEY,
     run_id TEXT NOT NULL,
@@ -41,8 +37,7 @@ CREATE TABLE IF NOT EXISTS attribution_report_builds (
     built_at TEXT NOT NULL
 );
 
--- The outcome of each run's final check: what its range held and what became of it. note says
--- what needs saying, e.g. that the range held no conversions or lies before the first one.
+-- The outcome of each run's final check; note says e.g. that the range held no conversions.
 CREATE TABLE IF NOT EXISTS attribution_run_results (
     run_id TEXT PRIMARY KEY,
     range_start TEXT NOT NULL,
@@ -109,9 +104,8 @@ CREATE TABLE IF NOT EXISTS attribution_stg_results (
     PRIMARY KEY (run_id, conv_id, session_id)
 );
 
--- Fingerprint of each staged journey (its sessions, in order, with what is sent of them), and
--- the fingerprint and size of each journey answered. A journey whose fingerprint and size are
--- unchanged keeps its answer when the run is redone, so it is not sent (and paid for) again.
+-- Fingerprint of each staged journey, and fingerprint and size of each journey answered: an
+-- unchanged journey keeps its answer when the run is redone, so it is not sent (and paid for) again.
 CREATE TABLE IF NOT EXISTS attribution_stg_journey_keys (
     run_id TEXT NOT NULL,
     conv_id TEXT NOT NULL,
@@ -158,10 +152,8 @@ CREATE TABLE IF NOT EXISTS attribution_stg_report_dates (
     PRIMARY KEY (run_id, report_date)
 );
 
--- Spend of the source tables per (session date, channel), in micro-euros (1e-6 EUR, exact
--- integers), with the counts the run's source warnings report. Refreshed by reading the sources
--- (see spend.py) for the dates a run covers and for report dates never read before; the dates
--- read, and by which run, are in attribution_spend_dates.
+-- Spend per (session date, channel) in micro-euros (exact integers), with the counts the run's
+-- source warnings report (see spend.py); the dates read, and by which run, in attribution_spend_dates.
 CREATE TABLE IF NOT EXISTS attribution_spend (
     date TEXT NOT NULL,
     channel_name TEXT,
@@ -179,10 +171,9 @@ CREATE TABLE IF NOT EXISTS attribution_spend_dates (
     run_id TEXT NOT NULL
 );
 
--- The credit of attribution_customer_journey with what the report groups it by: the session's
--- date and channel as the run's journey saw them, the credit in 1/10,000 and credit x revenue
--- in micro-euros (exact integers, so sums do not depend on their order), and the conversion's
--- date (a run owns the conversions of its days: one moved to another day leaves with its run).
+-- The credit of attribution_customer_journey with the session's date and channel as the journey saw
+-- them, the credit in 1/10,000 and credit x revenue in micro-euros (exact integers, so sums do not
+-- depend on their order), and the conversion's date (a run owns the conversions of its days).
 CREATE TABLE IF NOT EXISTS attribution_credit (
     conv_id TEXT NOT NULL,
     conv_date TEXT,

@@ -28,7 +28,7 @@ FROM {conversions}
 WHERE ((conv_date >= ? AND conv_date <= ?) OR {malformed}) AND NOT {clean}
 """
 # The clean candidates (see validation.CLEAN_CONVERSION), staged as ready without passing through Python.
-validation.CLEAN_CONVERSIONS_SQL = """
+_CLEAN_CONVERSIONS_SQL = """
 INSERT INTO attribution_stg_conversions (run_id, conv_id, user_id, conv_date, conv_time, revenue, status)
 SELECT ?, conv_id, user_id, conv_date, conv_time, CAST(revenue AS REAL), 'ready'
 FROM {conversions}
@@ -58,7 +58,7 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
         # A clean candidate is a valid conversion of the run's days, so it is ready: staged in
         # the database, and only the others are read into Python to be checked.
         summary.conversions = db.execute(
-            validation.CLEAN_CONVERSIONS_SQL.format(clean=clean, conversions=source),
+            _CLEAN_CONVERSIONS_SQL.format(clean=clean, conversions=source),
             (run_id, first, last, run_range.start_ts, run_range.end_ts),
         )
     else:
@@ -99,10 +99,11 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
     ready = frame[in_range & ~duplicated]
     invalid = frame[invalid_here & ~duplicated]
     staged = [
-        (run_id, r.conv_id, r.user_id, r.conv_date, r.conv_time, validation.to_float(r.revenue), "ready")
+        (run_id, r.conv_id, r.user_id, r.conv_date, r.conv_time, None if r.revenue is None else float(r.revenue), "ready")
         for r in ready.itertuples(index=False)
     ] + [
-        (run_id, r.conv_id, *map(validation.to_text, (r.user_id, r.conv_date, r.conv_time)), None, INVALID_INPUT)
+        (run_id, r.conv_id, *(None if v is None else storable(str(v)) for v in (r.user_id, r.conv_date, r.conv_time)),
+         None, INVALID_INPUT)
         for r in invalid.itertuples(index=False)
     ] + [
         (run_id, conv_id, None, None, None, None, DUPLICATE) for conv_id in sorted(duplicates)

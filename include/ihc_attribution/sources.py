@@ -1,20 +1,12 @@
-"""The source tables as every query reads them: where they are, their columns, names and types.
+"""The source tables as every query reads them (``$ATTRIBUTION_SOURCES``), with the challenge's names and types.
 
-The pipeline's SQL names the sources and their columns as the challenge schema does
-(``session_sources.event_date`` ...). :func:`table` gives a query the source to read:
-
-- by default (``$ATTRIBUTION_SOURCES`` unset, and types the queries read as they are) the table
-  itself by its plain name, found through the connection's ``search_path``: the SQL, and so its
-  query plans, are those of the challenge schema;
-- a table named in ``$ATTRIBUTION_SOURCES`` with its columns' own names: the table quoted, in its
-  schema when one is given (found there whatever the ``search_path``);
-- a subquery otherwise, giving the columns the challenge's names and the types the pipeline
-  reads: ``YYYY-MM-DD`` and ``HH:MM:SS`` text in UTC from one ``TIMESTAMP``/``TIMESTAMPTZ`` column
-  (or a ``TIMESTAMP`` date column, a ``TIME WITH TIME ZONE`` time column), PostgreSQL ``REAL``
-  money by its shortest decimal, ``BOOLEAN`` flags as 0/1.
-
-:func:`check` (run by ``setup_tables``) fails at once when a source or a column is missing or
-has a type the pipeline cannot read, naming it and where it looked.
+:func:`table` gives a query the source to read: by default the plain table name (found through the
+``search_path``: the SQL and its plans are those of the challenge schema); a table named in
+``$ATTRIBUTION_SOURCES`` with the challenge's columns: quoted, in its schema if one is given;
+otherwise a subquery giving the columns the challenge's names and the types the pipeline reads:
+``YYYY-MM-DD`` and ``HH:MM:SS`` text in UTC from one ``TIMESTAMP``/``TIMESTAMPTZ`` column (or a
+``TIMESTAMP`` date, a ``TIME WITH TIME ZONE`` time), ``REAL`` money by its shortest decimal,
+``BOOLEAN`` flags as 0/1. :func:`check` fails at once on a missing source, column or unreadable type.
 """
 
 from __future__ import annotations
@@ -339,11 +331,6 @@ def _missing(db: Any, src: Source, found: set[str]) -> list[str]:
             and not (db.is_sqlite and c.lower() in lower)]
 
 
-def physical_column(db: Any, name: str, column: str) -> str | None:
-    """The table's own column a source column is read from unchanged; None for a derived one."""
-    return source(db, name).physical[column]
-
-
 def _pragma(src: Source, pragma: str, argument: str) -> str:
     prefix = "" if src.schema is None else f"{quote(src.schema)}."
     return f"PRAGMA {prefix}{pragma}({argument})"
@@ -356,7 +343,8 @@ def has_unique_key(db: Any, name: str, column: str) -> bool:
     then a row may be present twice. Queries use this to skip deduplication work that a key
     makes unneeded. A derived column has none.
     """
-    src, own = source(db, name), physical_column(db, name, column)
+    src = source(db, name)
+    own = src.physical[column]
     if own is None:
         return False
     if db.is_sqlite:
@@ -380,7 +368,8 @@ def has_unique_key(db: Any, name: str, column: str) -> bool:
 
 def has_index_on(db: Any, name: str, column: str) -> bool:
     """Whether an index of the source (or its primary key) starts with the table's column of ``column``."""
-    src, own = source(db, name), physical_column(db, name, column)
+    src = source(db, name)
+    own = src.physical[column]
     if db.is_sqlite:
         return any(
             [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))][:1] == [own]

@@ -1,18 +1,17 @@
-"""The rules that tell a well-formed conversion or session from a malformed one.
+"""The rules that tell a well-formed conversion or session from a malformed one, and the reasons recorded.
 
-One rule set, written twice on purpose for speed: :func:`conversion_problems` and
-:func:`session_problems` check rows in pandas and say what is wrong (the reasons quarantined
-conversions carry); :data:`CLEAN_SESSION` and :data:`CLEAN_CONVERSION` are SQLite predicates
-stricter than them, so rows SQLite can tell are well-formed skip the trip into Python.
-``tests/ihc_attribution/test_journeys_clean.py`` checks on generated values that every row the
-predicates call clean passes the pandas checks.
+:func:`conversion_problems` and :func:`session_problems` check rows in pandas and say what is wrong.
+Checking every row in Python cost more than the pass over ``session_sources`` itself, so on SQLite
+:data:`CLEAN_SESSION` and :data:`CLEAN_CONVERSION` mark the rows the database can tell are
+well-formed, and only the others are read and checked. Clean is stricter than the pandas checks,
+never looser (``tests/ihc_attribution/test_journeys_clean.py`` checks this on generated values).
 """
 
 from __future__ import annotations
 
 import pandas as pd
 
-from ihc_attribution.db import is_valid_text, storable
+from ihc_attribution.db import is_valid_text
 
 # Reasons recorded in attribution_issues.
 NO_SESSIONS = "no_sessions"
@@ -32,69 +31,36 @@ MAX_MONEY = (2**63 - 1) // 10**10
 _DATE_RE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
 _TIME_RE = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
 
-# --- rows the database can tell are well-formed -------------------------------------------------
-#
-# Checking every copied session and every candidate conversion in Python cost more than the pass
-# over session_sources itself, most of it in moving the values into Python. So SQLite marks the
-# rows it can tell are well-formed ("clean") and only the others are read and checked in Python
-# (session_problems, conversion_problems), which alone decide. Clean is stricter than those
-# checks, never looser: every clean row passes them (tests/ihc_attribution/test_journeys_clean.py
-# checks this on generated values). Text is clean when it is printable ASCII (so valid UTF-8,
-# and with no whitespace but the space that strip() would remove) with at least one character
-# other than a space; length() stops at a NUL and the length of the blob does not, so a NUL
-# (which GLOB does not look past) makes the two differ. A date is clean when it is the real
+# Clean text is printable ASCII (so valid UTF-8, with no whitespace but the space strip() removes)
+# with a character other than a space; length() stops at a NUL and the length of the blob does
+# not, so a NUL (which GLOB does not look past) makes them differ. A clean date is the real
 # YYYY-MM-DD date that date(x, '+0 days') gives back, from 1900 to 2199 (pandas reads the years
-# 1677 to 2262 only). Only GLOB compares with text here: a DATE or TIME column has NUMERIC
-# affinity, which turns a literal like '24' into a number. On PostgreSQL every row is checked in
-# Python.
-def _sqlite_clean_text(column: str) -> str:
-    return (
-        f"typeof({column}) = 'text' AND length({column}) = length(CAST({column} AS BLOB)) "
-        f"AND {column} GLOB '*[!-~]*' AND NOT {column} GLOB '*[^ -~]*'"
-    )
+# 1677 to 2262 only). Only GLOB compares with text: a DATE or TIME column has NUMERIC affinity,
+# which turns a literal like '24' into a number. On PostgreSQL every row is checked in Python.
+_CLEAN_TEXT = ("typeof({c}) = 'text' AND length({c}) = length(CAST({c} AS BLOB)) "
+               "AND {c} GLOB '*[!-~]*' AND NOT {c} GLOB '*[^ -~]*'")
+_CLEAN_DATE = "typeof({c}) = 'text' AND date({c}, '+0 days') IS {c} AND ({c} GLOB '19*' OR {c} GLOB '2[01]*')"
+_CLEAN_TIME = ("typeof({c}) = 'text' AND length(CAST({c} AS BLOB)) = 8 "
+               "AND ({c} GLOB '[01][0-9]:[0-5][0-9]:[0-5][0-9]' OR {c} GLOB '2[0-3]:[0-5][0-9]:[0-5][0-9]')")
+_CLEAN_FLAG = "typeof({c}) IN ('integer', 'real') AND {c} IN (0, 1)"
 
 
-def _sqlite_clean_date(column: str) -> str:
-    return (
-        f"typeof({column}) = 'text' AND date({column}, '+0 days') IS {column} "
-        f"AND ({column} GLOB '19*' OR {column} GLOB '2[01]*')"
-    )
-
-
-def _sqlite_clean_time(column: str) -> str:
-    return (
-        f"typeof({column}) = 'text' AND length(CAST({column} AS BLOB)) = 8 "
-        f"AND ({column} GLOB '[01][0-9]:[0-5][0-9]:[0-5][0-9]' OR {column} GLOB '2[0-3]:[0-5][0-9]:[0-5][0-9]')"
-    )
-
-
-def _sqlite_clean_flag(column: str) -> str:
-    return f"typeof({column}) IN ('integer', 'real') AND {column} IN (0, 1)"
-
-
-def _all(*conditions: str) -> str:
-    return "(" + " AND ".join(f"({c})" for c in conditions) + ")"
+def _all(*checks: tuple[str, str]) -> str:
+    return "(" + " AND ".join(f"({rule.format(c=column)})" for rule, column in checks) + ")"
 
 
 CLEAN_SESSION = {
     "sqlite": _all(
-        _sqlite_clean_text("s.session_id"),
-        _sqlite_clean_date("s.event_date"),
-        _sqlite_clean_time("s.event_time"),
-        _sqlite_clean_text("s.channel_name"),
-        _sqlite_clean_flag("s.holder_engagement"),
-        _sqlite_clean_flag("s.closer_engagement"),
-        _sqlite_clean_flag("s.impression_interaction"),
+        (_CLEAN_TEXT, "s.session_id"), (_CLEAN_DATE, "s.event_date"), (_CLEAN_TIME, "s.event_time"),
+        (_CLEAN_TEXT, "s.channel_name"), (_CLEAN_FLAG, "s.holder_engagement"), (_CLEAN_FLAG, "s.closer_engagement"),
+        (_CLEAN_FLAG, "s.impression_interaction"),
     ),
     "postgresql": "FALSE",
 }
 CLEAN_CONVERSION = {
     "sqlite": _all(
-        _sqlite_clean_text("conv_id"),
-        _sqlite_clean_text("user_id"),
-        _sqlite_clean_date("conv_date"),
-        _sqlite_clean_time("conv_time"),
-        f"typeof(revenue) IN ('integer', 'real') AND revenue >= 0 AND revenue <= {MAX_MONEY}",
+        (_CLEAN_TEXT, "conv_id"), (_CLEAN_TEXT, "user_id"), (_CLEAN_DATE, "conv_date"), (_CLEAN_TIME, "conv_time"),
+        (f"typeof({{c}}) IN ('integer', 'real') AND {{c}} >= 0 AND {{c}} <= {MAX_MONEY}", "revenue"),
     ),
 }
 
@@ -161,10 +127,3 @@ def session_problems(frame: pd.DataFrame) -> pd.Series:
     ]
     return _collect(checks, frame.index)
 
-
-def to_float(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
-
-
-def to_text(value: object) -> str | None:
-    return None if value is None else storable(str(value))

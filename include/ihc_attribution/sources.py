@@ -113,11 +113,11 @@ def _resolve(db: Any, name: str, spec: dict | None) -> Source:
 
 
 def catalog(db: Any, ref: str, schema_name: str | None, table_name: str) -> dict[str, str]:
-    """The columns of a relation and their declared types, lower case; {} when it is not found."""
-    if db.is_sqlite:
+    """The columns of a relation and their declared types (lower case); {} when it is not found."""
+    if db.is_sqlite:  # names lower case: SQLite matches them in any case
         prefix = "" if schema_name is None else f"{quote(schema_name)}."
         try:
-            return {str(r[1]): str(r[2]).lower() for r in db.query(f"PRAGMA {prefix}table_info({quote(table_name)})")}
+            return {str(r[1]).lower(): str(r[2]).lower() for r in db.query(f"PRAGMA {prefix}table_info({quote(table_name)})")}
         except sqlite3.Error:  # no database of that name: check() says so, reading it
             return {}
     return {
@@ -131,12 +131,8 @@ def catalog(db: Any, ref: str, schema_name: str | None, table_name: str) -> dict
 
 
 def _type_of(db: Any, declared: dict[str, str], column: str) -> str | None:
-    """The declared type of ``column`` (SQLite matches names in any case); None when there is no such column."""
-    if column in declared:
-        return declared[column]
-    if db.is_sqlite:
-        return next((t for n, t in declared.items() if n.lower() == column.lower()), None)
-    return None
+    """The declared type of ``column`` (see :func:`catalog`); None when there is no such column."""
+    return declared.get(column.lower() if db.is_sqlite else column)
 
 
 def _derive_timestamp(
@@ -163,23 +159,14 @@ _KINDS = {
 }
 _TEXT = ("text", "character varying", "character", "varchar", "char")
 _INTEGER = ("smallint", "integer", "bigint")
-#: PostgreSQL types each kind of column is read as it is.
+#: Kind of column -> the PostgreSQL types it is read as it is, and what an error asks for.
 _READ_AS_IS = {
-    "id": _TEXT + _INTEGER + ("numeric",),
-    "date": ("date",) + _TEXT,
-    "time": ("time without time zone",) + _TEXT,
-    "text": _TEXT,
-    "flag": _INTEGER + ("numeric",),
-    "money": _INTEGER + ("numeric", "double precision"),
-}
-_NEEDED = {
-    "id": "text, VARCHAR or an integer type",
-    "date": "DATE, text or TIMESTAMP (TIMESTAMPTZ)",
-    "time": "TIME, text or TIME WITH TIME ZONE",
-    "text": "text or VARCHAR",
-    "flag": "an integer type or BOOLEAN",
-    "money": "NUMERIC, REAL, DOUBLE PRECISION or an integer type",
-    "timestamp": "TIMESTAMP or TIMESTAMPTZ",
+    "id": (_TEXT + _INTEGER + ("numeric",), "text, VARCHAR or an integer type"),
+    "date": (("date",) + _TEXT, "DATE, text or TIMESTAMP (TIMESTAMPTZ)"),
+    "time": (("time without time zone",) + _TEXT, "TIME, text or TIME WITH TIME ZONE"),
+    "text": (_TEXT, "text or VARCHAR"),
+    "flag": (_INTEGER + ("numeric",), "an integer type or BOOLEAN"),
+    "money": (_INTEGER + ("numeric", "double precision"), "NUMERIC, REAL, DOUBLE PRECISION or an integer type"),
 }
 
 
@@ -195,15 +182,14 @@ def _convert(db: Any, name: str, select: dict, types: dict, physical: dict, stam
         return []
     problems = []
     if stamp is not None and _base(stamp) not in ("timestamp without time zone", "timestamp with time zone"):
-        problems.append(f"the timestamp column has type {stamp}; it must be {_NEEDED['timestamp']}")
+        problems.append(f"the timestamp column has type {stamp}; it must be TIMESTAMP or TIMESTAMPTZ")
     for column, declared in list(types.items()):
         if physical[column] is None or declared is None:
             continue
         kind, base = _KINDS[column], _base(declared)
-        if base in _READ_AS_IS[kind]:
-            continue
-        if not _convert_postgres(name, column, kind, base, select, types, physical):
-            problems.append(f"column {physical[column]} ({column}) has type {declared}; it must be {_NEEDED[kind]}")
+        as_is, needed = _READ_AS_IS[kind]
+        if base not in as_is and not _convert_postgres(name, column, kind, base, select, types, physical):
+            problems.append(f"column {physical[column]} ({column}) has type {declared}; it must be {needed}")
     return problems
 
 
@@ -289,7 +275,7 @@ def is_text_column(db: Any, name: str, column: str) -> bool:
 
 def text_id(db: Any, expr: str, name: str, column: str) -> str:
     """``expr`` (an id column of the source) as the package's tables hold ids (text)."""
-    return expr if db.is_sqlite or _base(column_type(db, name, column)) in _TEXT else f"CAST({expr} AS TEXT)"
+    return expr if is_text_column(db, name, column) else f"CAST({expr} AS TEXT)"
 
 
 # --- checks, keys and indexes ------------------------------------------------------------------
@@ -331,9 +317,13 @@ def _missing(db: Any, src: Source, found: set[str]) -> list[str]:
             and not (db.is_sqlite and c.lower() in lower)]
 
 
+def _in_schema(src: Source, name: str) -> str:
+    """``name`` (a pragma or ``sqlite_master``) in the SQLite database (schema) of the source."""
+    return name if src.schema is None else f"{quote(src.schema)}.{name}"
+
+
 def _pragma(src: Source, pragma: str, argument: str) -> str:
-    prefix = "" if src.schema is None else f"{quote(src.schema)}."
-    return f"PRAGMA {prefix}{pragma}({argument})"
+    return f"PRAGMA {_in_schema(src, pragma)}({argument})"
 
 
 def has_unique_key(db: Any, name: str, column: str) -> bool:
@@ -388,19 +378,17 @@ def is_view(db: Any, name: str) -> bool:
     """Whether the source is a view (its tables are indexed, if at all, where they live)."""
     src = source(db, name)
     if db.is_sqlite:
-        master = "sqlite_master" if src.schema is None else f"{quote(src.schema)}.sqlite_master"
-        return db.scalar(f"SELECT type FROM {master} WHERE name = ?", (src.table,)) == "view"
+        return db.scalar(f"SELECT type FROM {_in_schema(src, 'sqlite_master')} WHERE name = ?", (src.table,)) == "view"
     return db.scalar("SELECT relkind FROM pg_class WHERE oid = to_regclass(?)", (src.ref,)) in ("v", "m")
 
 
 def exists(db: Any, name: str) -> bool:
-    """Whether the source is found (a table or view), without reading it."""
+    """Whether the source is found (a table or view), without reading it (``db`` may be the report pages' connection)."""
     src = source(db, name)
     if db.is_sqlite:
-        master = "sqlite_master" if src.schema is None else f"{quote(src.schema)}.sqlite_master"
         try:
-            return bool(db.query(f"SELECT COUNT(*) FROM {master} WHERE type IN ('table', 'view') AND name = ?",
-                                 (src.table,))[0][0])
+            return bool(db.query(f"SELECT COUNT(*) FROM {_in_schema(src, 'sqlite_master')} "
+                                 "WHERE type IN ('table', 'view') AND name = ?", (src.table,))[0][0])
         except sqlite3.Error:  # no database of that name
             return False
     return bool(db.query("SELECT COUNT(*) FROM (SELECT to_regclass(?) AS t) AS r WHERE t IS NOT NULL", (src.ref,))[0][0])

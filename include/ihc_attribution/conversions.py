@@ -35,11 +35,7 @@ FROM {conversions}
 WHERE conv_date >= ? AND conv_date <= ? AND {clean}
   AND conv_date || ' ' || conv_time >= ? AND conv_date || ' ' || conv_time < ?
 """
-_MALFORMED_DATE = {
-    "sqlite": "conv_date IS NULL OR typeof(conv_date) <> 'text' OR date(conv_date, '+0 days') IS NOT conv_date",
-    # A DATE column cannot hold a malformed value on PostgreSQL; a text one can (pg_text_not_a_date).
-    "postgresql": "conv_date IS NULL",
-}
+_SQLITE_MALFORMED_DATE = "conv_date IS NULL OR typeof(conv_date) <> 'text' OR date(conv_date, '+0 days') IS NOT conv_date"
 # Conversion ids present more than once (a source table without its primary key): which row is
 # the order, and with which revenue, cannot be known.
 _DUPLICATE_CONVERSIONS_SQL = "SELECT conv_id, COUNT(*) FROM {conversions} GROUP BY conv_id HAVING COUNT(*) > 1"
@@ -47,10 +43,10 @@ _DUPLICATE_CONVERSIONS_SQL = "SELECT conv_id, COUNT(*) FROM {conversions} GROUP 
 
 def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: ExtractSummary) -> None:
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
-    malformed = _MALFORMED_DATE[db.dialect]
     source = sources.relation(db, CONVERSIONS)
+    malformed = _SQLITE_MALFORMED_DATE if db.is_sqlite else "conv_date IS NULL"
     if not db.is_sqlite and sources.is_text_column(db, CONVERSIONS, "conv_date"):
-        malformed = pg_text_not_a_date("conv_date")
+        malformed = pg_text_not_a_date("conv_date")  # a DATE column cannot hold a malformed value; a text one can
     # A primary key (or unique index) on conv_id means no id is present twice: no count needed.
     counts = {} if has_unique_key(db, CONVERSIONS, "conv_id") else _conversion_id_counts(db)
     clean = validation.CLEAN_CONVERSION.get(db.dialect)

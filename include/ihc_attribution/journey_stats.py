@@ -99,13 +99,9 @@ def path_text(path: Sequence[str], label: Any = str) -> str:
 
 
 def _timestamp(value: Any) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value
     try:
-        return dt.datetime.fromisoformat(str(value))
-    except ValueError:
+        return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+    except ValueError:  # None, or not a timestamp
         return None
 
 
@@ -116,10 +112,6 @@ def _journey(conv_id: Any, rows: list[Sequence[Any]]) -> Journey:
     return Journey(str(conv_id), tuple(map(str, collapse(row[4] for row in rows))), len(rows), seconds, int(micros))
 
 
-_SESSION_ORDER = operator.itemgetter(0, 2, 3)
-_CONVERSION = operator.itemgetter(0)
-
-
 def journeys(rows: Iterable[Sequence[Any]]) -> list[Journey]:
     """The journeys of credit rows ``(conv_id, conv_ts, session_ts, session_id, channel_name, revenue_micros)``, in any order.
 
@@ -127,8 +119,8 @@ def journeys(rows: Iterable[Sequence[Any]]) -> list[Journey]:
     timestamp and id (text, as stored), so that PostgreSQL and SQLite give the same paths
     whatever their collation.
     """
-    ordered = sorted(rows, key=_SESSION_ORDER)
-    return [_journey(conv_id, list(group)) for conv_id, group in itertools.groupby(ordered, key=_CONVERSION)]
+    ordered = sorted(rows, key=operator.itemgetter(0, 2, 3))
+    return [_journey(conv_id, list(group)) for conv_id, group in itertools.groupby(ordered, key=operator.itemgetter(0))]
 
 
 def _bucketed(buckets: Sequence[tuple[int, str]], values: Iterable[tuple[float, int]]) -> tuple[Count, ...]:

@@ -91,14 +91,9 @@ def _resolve(db: Any, name: str, spec: dict | None) -> Source:
     ref = name if spec is None else (quote(table_name) if schema_name is None else f"{quote(schema_name)}.{quote(table_name)}")
     declared = catalog(db, ref, schema_name, table_name)
     mapped = dict(spec["columns"]) if spec else {}
-    select: dict[str, str] = {}
-    types: dict[str, str | None] = {}
-    physical: dict[str, str | None] = {}
-    for column in settings.SOURCE_COLUMNS[name]:
-        own = mapped.get(column, column)
-        select[column] = column if own == column else quote(own)
-        types[column] = _type_of(db, declared, own)
-        physical[column] = own
+    physical: dict[str, str | None] = {column: mapped.get(column, column) for column in settings.SOURCE_COLUMNS[name]}
+    select = {column: column if own == column else quote(own) for column, own in physical.items()}
+    types = {column: _type_of(db, declared, own) for column, own in physical.items()}
     timestamp = settings.SOURCE_TIMESTAMPS.get(name)
     stamp = None
     if timestamp and timestamp[0] in mapped:
@@ -326,6 +321,12 @@ def _pragma(src: Source, pragma: str, argument: str) -> str:
     return f"PRAGMA {_in_schema(src, pragma)}({argument})"
 
 
+def _sqlite_indexes(db: Any, src: Source) -> list[tuple[int, int, list[str]]]:
+    """(unique, partial, columns) of each index of a SQLite source."""
+    return [(unique, partial, [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))])
+            for _, index, unique, _origin, partial in db.query(_pragma(src, "index_list", quote(src.table)))]
+
+
 def has_unique_key(db: Any, name: str, column: str) -> bool:
     """Whether the source's ``column`` alone is a primary key or carries a unique index (no NULL check).
 
@@ -339,12 +340,9 @@ def has_unique_key(db: Any, name: str, column: str) -> bool:
         return False
     if db.is_sqlite:
         pk = [(r[1], str(r[2]).upper()) for r in db.query(_pragma(src, "table_info", quote(src.table))) if r[5]]
-        if pk == [(own, "INTEGER")]:  # the rowid itself: no index is listed for it
-            return True
-        for _, index, unique, _origin, partial in db.query(_pragma(src, "index_list", quote(src.table))):
-            if unique and not partial and [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))] == [own]:
-                return True
-        return False
+        # An INTEGER primary key is the rowid itself: no index is listed for it.
+        return pk == [(own, "INTEGER")] or any(unique and not partial and columns == [own]
+                                               for unique, partial, columns in _sqlite_indexes(db, src))
     return bool(
         db.scalar(
             "SELECT COUNT(*) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
@@ -361,10 +359,7 @@ def has_index_on(db: Any, name: str, column: str) -> bool:
     src = source(db, name)
     own = src.physical[column]
     if db.is_sqlite:
-        return any(
-            [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))][:1] == [own]
-            for _, index, *_ in db.query(_pragma(src, "index_list", quote(src.table)))
-        )
+        return any(columns[:1] == [own] for _, _, columns in _sqlite_indexes(db, src))
     return bool(
         db.scalar(
             "SELECT COUNT(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "

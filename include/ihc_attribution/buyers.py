@@ -61,10 +61,7 @@ def buyer_sessions_select(db: Database, buyers: str = BUYERS) -> str:
 
 
 def stage_buyer_sessions(db: Database) -> None:
-    """Copy every session of every converting or attributed user into a temporary table (one pass).
-
-    The tables live as long as the connection; :func:`drop_buyer_sessions` removes them.
-    """
+    """Copy every session of every converting or attributed user into a temporary table (one pass)."""
     if db.is_sqlite:
         # The pass searches the users' key once per session of the database. In 64 KiB pages the
         # key of up to about 3,000 users (a daily run) is one page instead of two levels of 4 KiB

@@ -122,10 +122,7 @@ def days_to_reattribute(db: Database, run_range: RunRange) -> list[str]:
 
 
 def record(db: Database, run_id: str) -> int:
-    """Replace ``attribution_drift`` with what the run found (in the caller's transaction).
-
-    Returns how many of them belong to conversions the run does not handle itself.
-    """
+    """Replace ``attribution_drift`` with what the run found; return how many the run does not handle itself."""
     db.execute(f"DELETE FROM {DRIFT}")
     db.execute(f"INSERT INTO {DRIFT} (conv_id, conv_date, run_id, detail) SELECT conv_id, conv_date, ?, detail FROM {FOUND}",
                (run_id,))

@@ -113,11 +113,10 @@ def _journey(conv_id: Any, rows: list[Sequence[Any]]) -> Journey:
 
 
 def journeys(rows: Iterable[Sequence[Any]]) -> list[Journey]:
-    """The journeys of credit rows ``(conv_id, conv_ts, session_ts, session_id, channel_name, revenue_micros)``, in any order.
+    """The journeys of credit rows ``(conv_id, conv_ts, session_ts, session_id, channel_name, revenue_micros)``.
 
-    Sessions are ordered here rather than by the database, in code-point order of their
-    timestamp and id (text, as stored), so that PostgreSQL and SQLite give the same paths
-    whatever their collation.
+    Sessions are ordered here, in code-point order of their timestamp and id, so that PostgreSQL
+    and SQLite give the same paths whatever their collation.
     """
     ordered = sorted(rows, key=operator.itemgetter(0, 2, 3))
     return [_journey(conv_id, list(group)) for conv_id, group in itertools.groupby(ordered, key=operator.itemgetter(0))]
@@ -155,12 +154,8 @@ def summarize(found: Iterable[Journey]) -> JourneyStats:
 
 
 def read_journey_stats(db: Any, first_date: str, last_date: str, channels: Sequence[str] = ()) -> JourneyStats:
-    """Paths, journey lengths and times to conversion of the conversions dated ``[first_date, last_date]``.
-
-    ``db``: anything with ``query(sql, params)`` taking ``?`` placeholders (a :class:`Database`,
-    the report pages' read-only connection). ``channels``: only the conversions with at least one
-    session of these channels (their whole paths); empty, every conversion.
-    """
+    """Paths, journey lengths and times to conversion of the conversions dated ``[first_date, last_date]``
+    (with a session of one of ``channels``, if any), read through anything with ``query(sql, params)``."""
     where, params = "conv_date >= ? AND conv_date <= ?", [first_date, last_date]
     if channels:
         marks = ", ".join("?" for _ in channels)

@@ -103,10 +103,8 @@ def _in_journey(dialect: str, lookback: bool) -> str:
 
 
 def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
-    """The statement that stages the run's journeys (parameters: [look-back, ]sessions kept, run id).
-
-    Sessions kept: the latest this many of each journey (``-1`` on SQLite, ``None`` on PostgreSQL: all).
-    """
+    """The statement that stages the run's journeys (parameters: [look-back, ]sessions kept, run id); sessions
+    kept: the latest this many of each journey (``-1`` on SQLite, ``None`` on PostgreSQL: all)."""
     byte_order = sources.BYTE_ORDER[dialect]
     kept = _KEPT_SESSIONS[dialect].format(buyer_sessions=BUYER_SESSIONS, in_journey=_in_journey(dialect, lookback),
                                           latest_first=_LATEST_FIRST.format(s="s", byte_order=byte_order))

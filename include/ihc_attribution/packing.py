@@ -105,10 +105,8 @@ def pack_journeys(
     if not sizes:
         return []
     best = _pack_balanced(sizes, max_journeys, max_sessions)
-    if len(best) > lower_bound(sizes, max_journeys, max_sessions):
-        ffd = _pack_first_fit_decreasing(sizes, max_journeys, max_sessions)
-        if len(ffd) < len(best):
-            best = ffd
+    if len(best) > lower_bound(sizes, max_journeys, max_sessions):  # first-fit decreasing only where it does better
+        best = min(best, _pack_first_fit_decreasing(sizes, max_journeys, max_sessions), key=len)
     return best
 
 
@@ -185,12 +183,8 @@ def _fill_request(left: _Remaining, target: int, max_sessions: int) -> list[Conv
 def _pack_first_fit_decreasing(
     sizes: Mapping[ConvId, int], max_journeys: int, max_sessions: int
 ) -> list[list[ConvId]]:
-    """First-fit decreasing by sessions (ties by conversion id) under both limits.
-
-    A max segment tree over request slots holds each request's free sessions (-1 once it holds
-    ``max_journeys`` journeys), so "first request with room" is a walk from the root: O(log n)
-    per journey instead of a scan over all open requests.
-    """
+    """First-fit decreasing by sessions (ties by conversion id) under both limits. A max segment tree holds
+    each request's free sessions (-1 once full of journeys): the first with room is O(log n) away."""
     items = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))
     leaves = 1
     while leaves < len(items):

@@ -68,10 +68,8 @@ _resolved: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def source(db: Any, name: str) -> Source:
-    """The source ``name`` of ``db`` (a :class:`Database` or the report pages' connection), once per connection.
-
-    :raises SourceTableError: when ``$ATTRIBUTION_SOURCES`` is malformed.
-    """
+    """The source ``name`` of ``db`` (a :class:`Database` or the report pages' connection), resolved once per
+    connection; :class:`SourceTableError` when ``$ATTRIBUTION_SOURCES`` is malformed."""
     try:
         specs = settings.source_tables()
     except ValueError as exc:
@@ -277,10 +275,8 @@ def text_id(db: Any, expr: str, name: str, column: str) -> str:
 
 
 def check(db: Any) -> None:
-    """Fail at once, in one line, when a source, one of its columns or a column's type is unusable.
-
-    :raises SourceTableError: naming the table, the column and where it looked.
-    """
+    """Raise a one-line :class:`SourceTableError` naming the table, the column and where it looked, when a
+    source, one of its columns or a column's type is unusable."""
     for name in SOURCE_TABLES:
         src = source(db, name)
         try:
@@ -328,12 +324,8 @@ def _sqlite_indexes(db: Any, src: Source) -> list[tuple[int, int, list[str]]]:
 
 
 def has_unique_key(db: Any, name: str, column: str) -> bool:
-    """Whether the source's ``column`` alone is a primary key or carries a unique index (no NULL check).
-
-    The source tables of the challenge schema have one; exports and views often do not, and
-    then a row may be present twice. Queries use this to skip deduplication work that a key
-    makes unneeded. A derived column has none.
-    """
+    """Whether the source's ``column`` alone is a primary key or carries a unique index (no NULL check): then
+    no row is present twice, and queries skip the deduplication (exports and views often have none)."""
     src = source(db, name)
     own = src.physical[column]
     if own is None:

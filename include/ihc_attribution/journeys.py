@@ -9,26 +9,23 @@ The reading writes only temporary tables; the write transaction holds its lock f
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import itertools
 import logging
+import operator
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ihc_attribution import conversions, drift, reuse, settings, sources, validation
+from ihc_attribution import conversions, drift, settings, sources, validation
 from ihc_attribution.daterange import RunRange
-from ihc_attribution.db import Database, storable
+from ihc_attribution.db import BYTE_ORDER, Database, storable
 from ihc_attribution.buyers import BUYER_SESSIONS, copy_late_users, drop_buyer_sessions, stage_buyer_sessions
 from ihc_attribution.schema import SESSION_SOURCES, STAGING_TABLES, has_unique_key
-from ihc_attribution.validation import (  # noqa: F401 - the reasons, where callers look for them
-    API_REJECTED,
-    DUPLICATE,
-    INVALID_INPUT,
-    NO_SESSIONS,
-    OVERSIZED,
-    UNPLACEABLE,
-)
+# The reasons, where callers look for them.
+from ihc_attribution.validation import API_REJECTED, DUPLICATE, INVALID_INPUT, NO_SESSIONS, OVERSIZED, UNPLACEABLE  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +102,7 @@ def _in_journey(dialect: str, lookback: bool) -> str:
 def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
     """The statement that stages the run's journeys (parameters: [look-back, ]sessions kept, run id); sessions
     kept: the latest this many of each journey (``-1`` on SQLite, ``None`` on PostgreSQL: all)."""
-    byte_order = sources.BYTE_ORDER[dialect]
+    byte_order = BYTE_ORDER[dialect]
     kept = _KEPT_SESSIONS[dialect].format(buyer_sessions=BUYER_SESSIONS, in_journey=_in_journey(dialect, lookback),
                                           latest_first=_LATEST_FIRST.format(s="s", byte_order=byte_order))
     return _JOURNEYS_SQL.format(kept_sessions=kept, latest_first=_LATEST_FIRST.format(s="j", byte_order=byte_order))
@@ -141,7 +138,7 @@ class ExtractSummary:
 
 
 # Kept when a run's staging is rebuilt: report dates only ever accumulate, and answers are
-# reused for journeys whose fingerprint did not change (see reuse.fingerprint_journeys).
+# reused for journeys whose fingerprint did not change (see fingerprint_journeys).
 _KEPT_ON_REBUILD = ("attribution_stg_report_dates", "attribution_stg_results", "attribution_stg_answered")
 
 
@@ -165,7 +162,7 @@ def extract_journeys(
     :param answer_scope: what else decides an answer besides the journey (the API's address,
         conversion type and redistribution settings); part of every journey's fingerprint.
     :param reuse_answers: let journeys whose fingerprint another run's answer was given for keep
-        that answer instead of being sent again (see :func:`reuse.reuse_other_runs_answers`).
+        that answer instead of being sent again (see :func:`reuse_other_runs_answers`).
     :param max_sessions: stage only the latest this many sessions of each journey (the API's
         ``max_sessions_per_request``: no more of a journey can be sent); the conversion keeps its
         journey's full length. ``None`` stages every session.
@@ -184,9 +181,9 @@ def extract_journeys(
         with db.transaction():
             _stage(db, run_id, run_range, extra_days, bad_sessions, lookback_days, max_sessions, created_at, summary)
             summary.changed_elsewhere = drift.record(db, run_id)
-            reuse.fingerprint_journeys(db, run_id, answer_scope)
+            fingerprint_journeys(db, run_id, answer_scope)
             if reuse_answers:
-                summary.reused_answers = reuse.reuse_other_runs_answers(db, run_id)
+                summary.reused_answers = reuse_other_runs_answers(db, run_id)
             sizes = [n for (n,) in db.query(
                 "SELECT n_sessions FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'", (run_id,))]
     except BaseException:
@@ -326,3 +323,81 @@ def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
         bad_sessions.extend(zip(sub["session_id"], sub["user_id"], [t if ok else None for t, ok in zip(text, ts_ok)],
                                 problems[bad]))
     return bad_sessions
+
+
+# --- answers reused across runs ----------------------------------------------------------------
+#
+# The service answers a journey from the journey alone (it normalises each journey it is sent whole),
+# so an identical journey sent again would cost quota for the same numbers: a fresh run after a crash,
+# a second ``make run`` or a re-trigger sends only what was never answered. Answers are kept as long
+# as their run's staging ($ATTRIBUTION_STAGING_RETENTION_DAYS).
+
+
+def fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> None:
+    """Record a fingerprint of every staged journey and drop answers that no longer fit.
+
+    The fingerprint covers everything the API sees of a journey, and ``answer_scope``; an answer
+    kept from an earlier attempt of the run is reused only when it was given for the same fingerprint.
+    """
+    rows = itertools.chain.from_iterable(
+        db.iter_query(
+            "SELECT conv_id, session_id, event_ts, channel_name, holder_engagement, closer_engagement, "
+            "impression_interaction, conversion FROM attribution_stg_sessions WHERE run_id = ? "
+            f"ORDER BY conv_id{BYTE_ORDER[db.dialect]}, event_ts, session_id{BYTE_ORDER[db.dialect]}",
+            (run_id,),
+        )
+    )
+    # The scope, then the repr of each session's fields as a list, in order: one digest per journey.
+    keys = []
+    for conv_id, journey in itertools.groupby(rows, key=operator.itemgetter(0)):
+        fields = [
+            f"[{sid!r}, {ts!r}, {channel!r}, {holder!r}, {closer!r}, {impression!r}, {flag!r}]"
+            for _, sid, ts, channel, holder, closer, impression, flag in journey
+        ]
+        keys.append((run_id, conv_id, hashlib.sha256("".join([answer_scope, *fields]).encode()).hexdigest()))
+    db.executemany(
+        "INSERT INTO attribution_stg_journey_keys (run_id, conv_id, journey_hash) VALUES (?, ?, ?)", keys
+    )
+    db.execute(
+        "DELETE FROM attribution_stg_answered WHERE run_id = ? AND NOT EXISTS ("
+        " SELECT 1 FROM attribution_stg_journey_keys k WHERE k.run_id = attribution_stg_answered.run_id"
+        " AND k.conv_id = attribution_stg_answered.conv_id"
+        " AND k.journey_hash = attribution_stg_answered.journey_hash)",
+        (run_id,),
+    )
+    db.execute(
+        "DELETE FROM attribution_stg_results WHERE run_id = ? AND NOT EXISTS ("
+        " SELECT 1 FROM attribution_stg_answered a WHERE a.run_id = attribution_stg_results.run_id"
+        " AND a.conv_id = attribution_stg_results.conv_id)",
+        (run_id,),
+    )
+
+
+# Another run's answer for a journey with the same fingerprint (the same sessions, sent to the
+# same API host and conversion type): the oldest such run, so the choice is deterministic.
+_UNANSWERED_KEYS = """
+FROM attribution_stg_journey_keys k
+JOIN {table} src ON src.conv_id = k.conv_id AND src.run_id = (
+    SELECT MIN(a.run_id) FROM attribution_stg_answered a
+    WHERE a.conv_id = k.conv_id AND a.journey_hash = k.journey_hash AND a.run_id <> k.run_id
+)
+WHERE k.run_id = ? AND NOT EXISTS (
+    SELECT 1 FROM attribution_stg_answered mine WHERE mine.run_id = k.run_id AND mine.conv_id = k.conv_id
+)
+"""
+
+
+def reuse_other_runs_answers(db: Database, run_id: str) -> int:
+    """Copy the answers other runs got for journeys identical to this run's unanswered ones; return how many."""
+    db.execute(
+        "INSERT INTO attribution_stg_results (run_id, conv_id, session_id, initializer, holder, closer, ihc) "
+        "SELECT k.run_id, src.conv_id, src.session_id, src.initializer, src.holder, src.closer, src.ihc "
+        + _UNANSWERED_KEYS.format(table="attribution_stg_results"),
+        (run_id,),
+    )
+    return db.execute(
+        "INSERT INTO attribution_stg_answered (run_id, conv_id, journey_hash, n_sent) "
+        "SELECT k.run_id, src.conv_id, src.journey_hash, src.n_sent "
+        + _UNANSWERED_KEYS.format(table="attribution_stg_answered"),
+        (run_id,),
+    )

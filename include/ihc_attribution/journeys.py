@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ihc_attribution import conversions, drift, settings, sources, validation
+from ihc_attribution import drift, settings, sources, validation
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import BYTE_ORDER, Database, storable
 from ihc_attribution.buyers import BUYER_SESSIONS, copy_late_users, drop_buyer_sessions, stage_buyer_sessions
@@ -213,7 +213,7 @@ def _stage(
         "range_start = excluded.range_start, range_end = excluded.range_end",
         (run_id, run_range.start_ts, run_range.end_ts, created_at),
     )
-    conversions.stage_conversions(db, run_id, run_range, summary)
+    validation.stage_conversions(db, run_id, run_range, summary)
     _stage_extra_days(db, run_id, extra_days, summary)
     summary.late_users = copy_late_users(db, run_id)
     if summary.late_users:
@@ -248,7 +248,7 @@ def _stage_extra_days(db: Database, run_id: str, days: list[str], summary: Extra
     for day in days:
         first = dt.datetime.fromisoformat(day)
         extra = ExtractSummary()
-        conversions.stage_conversions(db, run_id, RunRange(first, first + dt.timedelta(days=1)), extra)
+        validation.stage_conversions(db, run_id, RunRange(first, first + dt.timedelta(days=1)), extra)
         summary.conversions += extra.conversions
         summary.invalid_input += extra.invalid_input
         summary.duplicates += extra.duplicates
@@ -284,7 +284,7 @@ def _quarantine_invalid_sessions(
         "UPDATE attribution_stg_conversions SET status = ? WHERE run_id = ? AND conv_id = ?",
         [(INVALID_INPUT, run_id, conv_id) for conv_id in affected],
     )
-    conversions.insert_issues(db, issues)
+    validation.insert_issues(db, issues)
     summary.invalid_input += len(affected)
 
 

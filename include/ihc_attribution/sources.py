@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ihc_attribution import settings
-from ihc_attribution.db import BYTE_ORDER  # noqa: F401 - where the queries over the sources look for it
 from ihc_attribution.errors import PermanentError
 
 SESSION_SOURCES, CONVERSIONS, SESSION_COSTS = settings.SOURCE_COLUMNS

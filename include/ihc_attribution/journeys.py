@@ -87,9 +87,9 @@ _WINDOWS_SQL = (
 )
 
 
+# PostgreSQL compares DATE and TIME columns with the staged text only once cast; SQLite holds them as
+# text already (and the cast would lose its index use).
 def _text(dialect: str, expr: str) -> str:
-    """A column of the copy as text. PostgreSQL compares DATE and TIME columns with the staged text only
-    once cast; SQLite holds them as text already (and the cast would lose its index use)."""
     return expr if dialect == "sqlite" else f"CAST({expr} AS TEXT)"
 
 

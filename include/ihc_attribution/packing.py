@@ -70,19 +70,12 @@ def apply_oversize_policy(
             f"unknown oversized journey policy {policy!r}; use one of {', '.join(OVERSIZE_POLICIES)}"
         )
     _check_limits(1, max_sessions)
-    kept: dict = {}
-    truncated: dict = {}
-    skipped: dict = {}
     for conv_id, size in sizes.items():
         _check_size(conv_id, size)
-        if size <= max_sessions:
-            kept[conv_id] = size
-        elif policy == POLICY_TRUNCATE:
-            kept[conv_id] = max_sessions
-            truncated[conv_id] = size
-        else:
-            skipped[conv_id] = size
-    return OversizeOutcome(kept, truncated, skipped, policy, max_sessions)
+    truncate = policy == POLICY_TRUNCATE
+    kept = {c: min(n, max_sessions) for c, n in sizes.items() if n <= max_sessions or truncate}
+    over = {c: n for c, n in sizes.items() if n > max_sessions}
+    return OversizeOutcome(kept, over if truncate else {}, {} if truncate else over, policy, max_sessions)
 
 
 def pack_journeys(

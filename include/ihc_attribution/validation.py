@@ -172,7 +172,10 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
     if not db.is_sqlite and sources.is_text_column(db, CONVERSIONS, "conv_date"):
         malformed = pg_text_not_a_date("conv_date")  # a DATE column cannot hold a malformed value; a text one can
     # A primary key (or unique index) on conv_id means no id is present twice: no count needed.
-    counts = {} if has_unique_key(db, CONVERSIONS, "conv_id") else _conversion_id_counts(db)
+    counts = {} if has_unique_key(db, CONVERSIONS, "conv_id") else {
+        storable(str(conv_id)): int(n)
+        for conv_id, n in db.query(_DUPLICATE_CONVERSIONS_SQL.format(conversions=source)) if conv_id is not None
+    }
     clean = CLEAN_CONVERSION.get(db.dialect)
     if clean and not counts:
         # A clean candidate is a valid conversion of the run's days, so it is ready: staged in
@@ -248,12 +251,6 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
     summary.invalid_input = len(invalid)
     summary.duplicates = len(duplicates)
     summary.unplaceable = int(unplaceable.sum())
-
-
-def _conversion_id_counts(db: Database) -> dict[str, int]:
-    """The conversion ids present more than once in ``conversions``, with their counts."""
-    return {storable(str(conv_id)): int(n) for conv_id, n in db.query(
-        _DUPLICATE_CONVERSIONS_SQL.format(conversions=sources.relation(db, CONVERSIONS))) if conv_id is not None}
 
 
 def insert_issues(db: Database, issues: list[tuple[str, str, str, str]]) -> None:

@@ -1,30 +1,20 @@
 """Attributed journeys that no longer match the sources: found cheaply at every run, named by their day.
 
-A late session, a deleted, re-dated or re-channelled session, a merged ``user_id``, or a
-conversion whose time, user or revenue was corrected changes what a journey attributed earlier
-should be. ``attribution_journeys`` holds, per attributed conversion, what its journey was: its
-user, time, revenue, look-back window and number of sessions; ``attribution_credit`` holds each
-session it credited with the date, time and channel the journey saw. At every run the extraction
-copies the sessions of every user who ever converted (one pass over ``session_sources``, which
-the run's own journeys need anyway) and :func:`detect` compares:
-
-- each stored conversion with ``conversions`` (by id): a changed user, time or revenue, or an id
-  now present twice;
-- each stored journey with the copy: the sessions of its user in its window must still number
-  as many, and each credited session must still be there with its date, time and channel (so a
-  deleted, re-dated, re-channelled or moved session is seen, and so is one inserted or moved in).
-
-What no longer matches is recorded in ``attribution_drift`` under the conversion's day (the day
-it was attributed as), the run summary names those days, and a run with ``reattribute_drift``
-also handles them (see :mod:`journeys`). A run that handles a conversion again removes its
-record. Not seen: a change of a session's engagement flags alone, and a session whose date is
-malformed text that sorts after the conversion (one with no date at all is seen).
+``attribution_journeys`` holds what each attributed journey was (user, time, revenue, look-back
+window, number of sessions) and ``attribution_credit`` each session it credited. At every run
+:func:`detect` compares each stored conversion with ``conversions`` (a changed user, time or
+revenue, or an id now present twice) and each stored journey with the extraction's copy of its
+user's sessions (as many in its window, each credited one still there with its date, time and
+channel). What changed is recorded in ``attribution_drift`` under the conversion's day; a run with
+``reattribute_drift`` handles those days too. Not seen: a change of a session's engagement flags
+alone, and a session whose date is malformed text that sorts after the conversion.
 """
 
 from __future__ import annotations
 
-from ihc_attribution.daterange import RunRange
 from ihc_attribution import sources
+from ihc_attribution.buyers import BUYER_SESSIONS
+from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import BYTE_ORDER, Database
 from ihc_attribution.sources import CONVERSIONS
 
@@ -65,6 +55,13 @@ WHERE now <> sessions OR kept <> sent OR from_first <> sent
 """
 
 
+# The copy's timestamp and session id as text, as the package's tables hold them.
+_COPY_TEXT = {
+    "sqlite": {"ts": "s.event_date || ' ' || s.event_time", "sid": "CAST(s.session_id AS TEXT)"},
+    "postgresql": {"ts": "CAST(s.event_date AS TEXT) || ' ' || CAST(s.event_time AS TEXT)", "sid": "s.session_id"},
+}
+
+
 def _conversion_detail(copies: int, user: int, moved: int, revenue: int, now_ts: object) -> str:
     if copies > 1:
         return f"the conversion is now present {copies} times in conversions"
@@ -81,13 +78,11 @@ def _journey_detail(sessions: int, sent: int, now: int, kept: int) -> str:
     return f"another session now ranks among the latest {sent} sent of its truncated journey"
 
 
-def detect(db: Database, copy: str, ts: str, session_id: str) -> int:
+def detect(db: Database) -> int:
     """Compare every attributed journey with the sources; keep what changed in :data:`FOUND` (temporary).
 
-    ``copy``: the extraction's temporary table of the sessions of every user who converted;
-    ``ts``, ``session_id``: its timestamp as ``YYYY-MM-DD HH:MM:SS`` and its session id as text
-    (expressions over the alias ``s``). Writes only the temporary table, so it runs outside the
-    write transaction. Returns the number of conversions that changed.
+    Reads the extraction's copy of the buyers' sessions (see :mod:`buyers`) and writes only a
+    temporary table, so it runs outside the write transaction. Returns the conversions that changed.
     """
     drop(db)
     db.execute(f"CREATE TEMP TABLE {FOUND} (conv_id TEXT PRIMARY KEY, conv_date TEXT, detail TEXT)")
@@ -96,7 +91,7 @@ def detect(db: Database, copy: str, ts: str, session_id: str) -> int:
         if copies > 1 or user or moved or revenue:
             found[conv_id] = (conv_date, _conversion_detail(int(copies), user, moved, revenue, now_ts))
     for conv_id, conv_date, sessions, sent, now, kept, _from_first in db.query(
-        _SESSIONS_SQL.format(copy=copy, ts=ts, sid=session_id, byte_order=BYTE_ORDER[db.dialect])
+        _SESSIONS_SQL.format(copy=BUYER_SESSIONS, byte_order=BYTE_ORDER[db.dialect], **_COPY_TEXT[db.dialect])
     ):
         found.setdefault(conv_id, (conv_date, _journey_detail(sessions, sent, now, kept)))
     db.executemany(f"INSERT INTO {FOUND} (conv_id, conv_date, detail) VALUES (?, ?, ?)",
@@ -127,10 +122,7 @@ def days_to_reattribute(db: Database, run_range: RunRange) -> list[str]:
 
 
 def record(db: Database, run_id: str) -> int:
-    """Replace ``attribution_drift`` with what the run found (in the caller's transaction).
-
-    Returns how many of them belong to conversions the run does not handle itself.
-    """
+    """Replace ``attribution_drift`` with what the run found; return how many the run does not handle itself."""
     db.execute(f"DELETE FROM {DRIFT}")
     db.execute(f"INSERT INTO {DRIFT} (conv_id, conv_date, run_id, detail) SELECT conv_id, conv_date, ?, detail FROM {FOUND}",
                (run_id,))

@@ -1,15 +1,9 @@
-"""Paths to conversion: the channels each conversion's journey went through, and how long it took.
+"""Paths to conversion, journey lengths and times to conversion, from ``attribution_credit``.
 
-Read from ``attribution_credit``, one row per (conversion, session) of the journeys the API
-attributed, so a journey here is exactly the sessions that shared the conversion's credit (within
-the run's look-back window). The selection is by the **conversion's date**: a conversion belongs
-to the day it happened, and its whole journey counts, sessions before the range included.
-
-- A conversion's *path* is its sessions' channels in session order (``session_ts``, then
-  ``session_id``) with consecutive repeats collapsed: Email, Email, Direct is ``Email > Direct``.
-- Its *journey length* is its number of sessions (repeats included); its *time to conversion*
-  runs from its first session to the conversion (``conv_ts``).
-- Revenue is the conversion's whole revenue, counted once per conversion, as exact micro-units.
+A journey is exactly the sessions that shared a conversion's credit; conversions are selected by
+their own date, their whole journeys counting. A *path* is the sessions' channels in session order
+with consecutive repeats collapsed (Email, Email, Direct is ``Email > Direct``); the *time to
+conversion* runs from the first session to the conversion. Revenue counts once per conversion.
 """
 
 from __future__ import annotations
@@ -18,7 +12,7 @@ import bisect
 import datetime as dt
 import itertools
 import operator
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, NamedTuple
@@ -41,11 +35,7 @@ TIME_BUCKETS: tuple[tuple[int, str], ...] = (
 
 
 class Journey(NamedTuple):
-    """One conversion's journey (a named tuple: the page builds one per conversion of the range).
-
-    ``seconds`` runs from the first session to the conversion; ``None`` when the conversion's
-    timestamp is missing or not a timestamp.
-    """
+    """One conversion's journey; ``seconds`` is ``None`` when the conversion has no readable timestamp."""
 
     conv_id: str
     path: tuple[str, ...]
@@ -71,13 +61,9 @@ class Count:
 
 @dataclass(frozen=True)
 class JourneyStats:
-    """Paths, journey lengths and times to conversion of a set of conversions.
-
-    ``paths`` holds every distinct path, the most frequent first (then the most revenue, then by
-    channel names); ``lengths`` and ``times`` hold every bucket of :data:`LENGTH_BUCKETS` and
-    :data:`TIME_BUCKETS`, empty ones included; ``untimed`` counts the conversions without a
-    timestamp, which are in no time bucket.
-    """
+    """Every distinct path, the most frequent first (then the most revenue, then by channel names);
+    every bucket of :data:`LENGTH_BUCKETS` and :data:`TIME_BUCKETS`, empty ones included; and
+    ``untimed``: the conversions without a timestamp, which are in no time bucket."""
 
     conversions: int
     revenue_micros: int
@@ -113,41 +99,27 @@ def path_text(path: Sequence[str], label: Any = str) -> str:
 
 
 def _timestamp(value: Any) -> dt.datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.datetime):
-        return value
     try:
-        return dt.datetime.fromisoformat(str(value))
-    except ValueError:
+        return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
+    except ValueError:  # None, or not a timestamp
         return None
 
 
-def _journey(conv_id: Any, group: Iterator[Sequence[Any]]) -> Journey:
-    _, conv_ts, session_ts, _, channel, micros = next(group)
-    path, sessions = [channel], 1
-    for row in group:  # one pass, the repeats collapsed on the way: the page reads every row of the range
-        sessions += 1
-        if row[4] != path[-1]:
-            path.append(row[4])
+def _journey(conv_id: Any, rows: list[Sequence[Any]]) -> Journey:
+    _, conv_ts, session_ts, _, _, micros = rows[0]
     converted, first = _timestamp(conv_ts), _timestamp(session_ts)
     seconds = None if converted is None or first is None else (converted - first).total_seconds()
-    return Journey(str(conv_id), tuple(map(str, path)), sessions, seconds, int(micros))
-
-
-_SESSION_ORDER = operator.itemgetter(0, 2, 3)
-_CONVERSION = operator.itemgetter(0)
+    return Journey(str(conv_id), tuple(map(str, collapse(row[4] for row in rows))), len(rows), seconds, int(micros))
 
 
 def journeys(rows: Iterable[Sequence[Any]]) -> list[Journey]:
-    """The journeys of credit rows ``(conv_id, conv_ts, session_ts, session_id, channel_name, revenue_micros)``, in any order.
+    """The journeys of credit rows ``(conv_id, conv_ts, session_ts, session_id, channel_name, revenue_micros)``.
 
-    Sessions are ordered here rather than by the database, in code-point order of their
-    timestamp and id (text, as stored), so that PostgreSQL and SQLite give the same paths
-    whatever their collation.
+    Sessions are ordered here, in code-point order of their timestamp and id, so that PostgreSQL
+    and SQLite give the same paths whatever their collation.
     """
-    ordered = sorted(rows, key=_SESSION_ORDER)
-    return [_journey(conv_id, group) for conv_id, group in itertools.groupby(ordered, key=_CONVERSION)]
+    ordered = sorted(rows, key=operator.itemgetter(0, 2, 3))
+    return [_journey(conv_id, list(group)) for conv_id, group in itertools.groupby(ordered, key=operator.itemgetter(0))]
 
 
 def _bucketed(buckets: Sequence[tuple[int, str]], values: Iterable[tuple[float, int]]) -> tuple[Count, ...]:
@@ -182,12 +154,8 @@ def summarize(found: Iterable[Journey]) -> JourneyStats:
 
 
 def read_journey_stats(db: Any, first_date: str, last_date: str, channels: Sequence[str] = ()) -> JourneyStats:
-    """Paths, journey lengths and times to conversion of the conversions dated ``[first_date, last_date]``.
-
-    ``db``: anything with ``query(sql, params)`` taking ``?`` placeholders (a :class:`Database`,
-    the report pages' read-only connection). ``channels``: only the conversions with at least one
-    session of these channels (their whole paths); empty, every conversion.
-    """
+    """Paths, journey lengths and times to conversion of the conversions dated ``[first_date, last_date]``
+    (with a session of one of ``channels``, if any), read through anything with ``query(sql, params)``."""
     where, params = "conv_date >= ? AND conv_date <= ?", [first_date, last_date]
     if channels:
         marks = ", ".join("?" for _ in channels)

@@ -1,42 +1,31 @@
 """Stage 2: find the run's conversions, check the input, and build their customer journeys.
 
-A journey is every session of the conversion's user whose timestamp is strictly before the
-conversion's timestamp (optionally limited by a look-back window). Journeys are built in SQL on
-the database side, from a copy of the sessions of every user who converted, made in one pass
-over ``session_sources``; the same copy tells which journeys attributed earlier no longer match
-the sources (see :mod:`drift`). Python validates the conversions of the run and those sessions,
-in bounded batches, so that malformed input is quarantined with a reason instead of being
-compared as text and silently dropped; on SQLite only the rows the database cannot tell are
-well-formed are read for that (see ``validation.CLEAN_SESSION``).
-
-The reading (the pass, the validation, the comparison) writes only temporary tables, outside
-the write transaction; the transaction then stages the run's conversions and journeys from
-them, so the lock other writers wait for is held for the staging only.
+A journey is every session of the conversion's user strictly before the conversion (optionally
+within a look-back window), built in SQL from the copy of the buyers' sessions (see :mod:`buyers`).
+Malformed conversions and sessions are quarantined with a reason, checked in Python in batches.
+The reading writes only temporary tables; the write transaction holds its lock for the staging only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
+import itertools
 import logging
+import operator
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
 import pandas as pd
 
-from ihc_attribution import conversions, drift, reuse, sources, validation
+from ihc_attribution import drift, settings, sources, validation
 from ihc_attribution.daterange import RunRange
-from ihc_attribution.db import Database, storable
+from ihc_attribution.db import BYTE_ORDER, Database, storable
 from ihc_attribution.buyers import BUYER_SESSIONS, copy_late_users, drop_buyer_sessions, stage_buyer_sessions
 from ihc_attribution.schema import SESSION_SOURCES, STAGING_TABLES, has_unique_key
-from ihc_attribution.validation import (  # noqa: F401 - the reasons, where callers look for them
-    API_REJECTED,
-    DUPLICATE,
-    INVALID_INPUT,
-    NO_SESSIONS,
-    OVERSIZED,
-    UNPLACEABLE,
-)
+# The reasons, where callers look for them.
+from ihc_attribution.validation import API_REJECTED, DUPLICATE, INVALID_INPUT, NO_SESSIONS, OVERSIZED, UNPLACEABLE  # noqa: F401
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +37,11 @@ SELECT CAST(session_id AS TEXT), COUNT(*) FROM {sessions}
 WHERE {session_id} IN (SELECT session_id FROM {copy})
 GROUP BY session_id HAVING COUNT(*) > 1
 """
-# The id as it compares with the copy's text (see buyers._IDS): SQLite by the column's affinity.
-_SESSION_ID = {"sqlite": "session_id", "postgresql": "CAST(session_id AS TEXT)"}
-
 _USER_SESSIONS_SQL = f"""
 SELECT s.session_id, s.user_id, CAST(s.event_date AS TEXT), CAST(s.event_time AS TEXT), s.channel_name,
        s.holder_engagement, s.closer_engagement, s.impression_interaction
 FROM {BUYER_SESSIONS} s
 """
-_UNCLEAN_USER_SESSIONS_SQL = _USER_SESSIONS_SQL + "WHERE s.clean = 0\n"
-
 # A session of the conversion's user strictly before it (and within the look-back, if any).
 _IN_JOURNEY = """s.user_id = c.user_id
       AND ({event_date} < c.conv_date OR ({event_date} = c.conv_date AND {event_time} < c.conv_time))
@@ -87,32 +71,38 @@ FROM attribution_stg_conversions c
 {kept_sessions}
 WHERE c.run_id = ? AND c.status = 'ready'
 """
-# Each journey's full length, cut or not (the oversized-journey policy and its record use it):
-# one count per conversion over the user's sessions in the index.
+# Each journey's full length, cut or not (the oversized-journey policy and its record use it).
 _JOURNEY_LENGTHS_SQL = """
 UPDATE attribution_stg_conversions AS c SET n_sessions = (SELECT COUNT(*) FROM {buyer_sessions} s WHERE {in_journey})
 WHERE c.run_id = ? AND c.status = 'ready'
 """
-# The staged conversion's date and time are text; PostgreSQL compares DATE and TIME columns
-# with text only once cast (SQLite stores them as text already, and keeps its index use).
-_SESSION_DATE = {"sqlite": "s.event_date", "postgresql": "CAST(s.event_date AS TEXT)"}
-_SESSION_TIME = {"sqlite": "s.event_time", "postgresql": "CAST(s.event_time AS TEXT)"}
-_LOOKBACK = {
-    "sqlite": "AND s.event_date || ' ' || s.event_time >= datetime(c.conv_date || ' ' || c.conv_time, ?)",
-    "postgresql": (
-        "AND (s.event_date || ' ' || s.event_time) >= "
-        "to_char((c.conv_date || ' ' || c.conv_time)::timestamp - (? || ' days')::interval, "
-        "'YYYY-MM-DD HH24:MI:SS')"
-    ),
+# Where a journey's look-back window starts.
+_SINCE = {
+    "sqlite": "datetime(c.conv_date || ' ' || c.conv_time, ?)",
+    "postgresql": "to_char((c.conv_date || ' ' || c.conv_time)::timestamp - (? || ' days')::interval, 'YYYY-MM-DD HH24:MI:SS')",
 }
+_WINDOWS_SQL = (
+    "INSERT INTO attribution_stg_journey_windows (run_id, conv_id, since_ts) "
+    "SELECT run_id, conv_id, {since} FROM attribution_stg_conversions c WHERE run_id = ? AND status = 'ready'"
+)
+
+
+# PostgreSQL compares DATE and TIME columns with the staged text only once cast; SQLite holds them as
+# text already (and the cast would lose its index use).
+def _text(dialect: str, expr: str) -> str:
+    return expr if dialect == "sqlite" else f"CAST({expr} AS TEXT)"
+
+
+def _in_journey(dialect: str, lookback: bool) -> str:
+    since = f"AND s.event_date || ' ' || s.event_time >= {_SINCE[dialect]}" if lookback else ""
+    return _IN_JOURNEY.format(lookback=since, event_date=_text(dialect, "s.event_date"),
+                              event_time=_text(dialect, "s.event_time"))
 
 
 def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
-    """The statement that stages the run's journeys (parameters: [look-back, ]sessions kept, run id).
-
-    Sessions kept: the latest this many of each journey (``-1`` on SQLite, ``None`` on PostgreSQL: all).
-    """
-    byte_order = sources.BYTE_ORDER[dialect]
+    """The statement that stages the run's journeys (parameters: [look-back, ]sessions kept, run id); sessions
+    kept: the latest this many of each journey (``-1`` on SQLite, ``None`` on PostgreSQL: all)."""
+    byte_order = BYTE_ORDER[dialect]
     kept = _KEPT_SESSIONS[dialect].format(buyer_sessions=BUYER_SESSIONS, in_journey=_in_journey(dialect, lookback),
                                           latest_first=_LATEST_FIRST.format(s="s", byte_order=byte_order))
     return _JOURNEYS_SQL.format(kept_sessions=kept, latest_first=_LATEST_FIRST.format(s="j", byte_order=byte_order))
@@ -121,14 +111,6 @@ def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
 def journey_lengths_sql(dialect: str, *, lookback: bool = False) -> str:
     """The statement that sets each staged conversion's journey length (parameters: [look-back, ]run id)."""
     return _JOURNEY_LENGTHS_SQL.format(buyer_sessions=BUYER_SESSIONS, in_journey=_in_journey(dialect, lookback))
-
-
-def _in_journey(dialect: str, lookback: bool) -> str:
-    return _IN_JOURNEY.format(
-        lookback=_LOOKBACK[dialect] if lookback else "",
-        event_date=_SESSION_DATE[dialect],
-        event_time=_SESSION_TIME[dialect],
-    )
 
 
 @dataclass
@@ -156,15 +138,8 @@ class ExtractSummary:
 
 
 # Kept when a run's staging is rebuilt: report dates only ever accumulate, and answers are
-# reused for journeys whose fingerprint did not change (see reuse.fingerprint_journeys).
+# reused for journeys whose fingerprint did not change (see fingerprint_journeys).
 _KEPT_ON_REBUILD = ("attribution_stg_report_dates", "attribution_stg_results", "attribution_stg_answered")
-
-
-def clear_run_staging(db: Database, run_id: str) -> None:
-    """Delete the run's staging rows, except report dates and reusable answers."""
-    for table in STAGING_TABLES:
-        if table not in _KEPT_ON_REBUILD:
-            db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
 
 
 def extract_journeys(
@@ -181,14 +156,13 @@ def extract_journeys(
 ) -> ExtractSummary:
     """Stage the run's conversions and journeys, quarantining what cannot be attributed.
 
-    Reads the sources into temporary tables first, then stages in one transaction, which
-    replaces the run's staging: safe to re-run. Every attributed journey is compared with the
-    sources on the way (see :mod:`drift`).
+    Reads the sources into temporary tables first, then stages in one transaction, which replaces
+    the run's staging: safe to re-run. Every attributed journey is compared with the sources (:mod:`drift`).
 
     :param answer_scope: what else decides an answer besides the journey (the API's address,
         conversion type and redistribution settings); part of every journey's fingerprint.
     :param reuse_answers: let journeys whose fingerprint another run's answer was given for keep
-        that answer instead of being sent again (see :func:`reuse.reuse_other_runs_answers`).
+        that answer instead of being sent again (see :func:`reuse_other_runs_answers`).
     :param max_sessions: stage only the latest this many sessions of each journey (the API's
         ``max_sessions_per_request``: no more of a journey can be sent); the conversion keeps its
         journey's full length. ``None`` stages every session.
@@ -200,16 +174,16 @@ def extract_journeys(
         stage_buyer_sessions(db)
         bad_sessions = _malformed_sessions(db)
         started = time.perf_counter()
-        changed = drift.detect(db, BUYER_SESSIONS, _copy_ts(db), _SESSION_ID_TEXT[db.dialect])
+        changed = drift.detect(db)
         log.info("compared the attributed journeys with the sources in %.2f s: %d no longer match",
                  time.perf_counter() - started, changed)
         extra_days = drift.days_to_reattribute(db, run_range) if reattribute_drift else []
         with db.transaction():
             _stage(db, run_id, run_range, extra_days, bad_sessions, lookback_days, max_sessions, created_at, summary)
             summary.changed_elsewhere = drift.record(db, run_id)
-            reuse.fingerprint_journeys(db, run_id, answer_scope)
+            fingerprint_journeys(db, run_id, answer_scope)
             if reuse_answers:
-                summary.reused_answers = reuse.reuse_other_runs_answers(db, run_id)
+                summary.reused_answers = reuse_other_runs_answers(db, run_id)
             sizes = [n for (n,) in db.query(
                 "SELECT n_sessions FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'", (run_id,))]
     except BaseException:
@@ -231,14 +205,15 @@ def _stage(
     created_at: str, summary: ExtractSummary,
 ) -> None:
     """Stage the run's conversions and their journeys from the copy (in the caller's transaction)."""
-    clear_run_staging(db, run_id)
+    for table in (t for t in STAGING_TABLES if t not in _KEPT_ON_REBUILD):
+        db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
     db.execute(
         "INSERT INTO attribution_runs (run_id, range_start, range_end, created_at) "
         "VALUES (?, ?, ?, ?) ON CONFLICT (run_id) DO UPDATE SET "
         "range_start = excluded.range_start, range_end = excluded.range_end",
         (run_id, run_range.start_ts, run_range.end_ts, created_at),
     )
-    conversions.stage_conversions(db, run_id, run_range, summary)
+    validation.stage_conversions(db, run_id, run_range, summary)
     _stage_extra_days(db, run_id, extra_days, summary)
     summary.late_users = copy_late_users(db, run_id)
     if summary.late_users:
@@ -265,26 +240,7 @@ def _stage_journeys(db: Database, run_id: str, lookback_days: int | None, max_se
     db.execute(journeys_sql(db.dialect, lookback=bool(lookback)), [*lookback, kept, run_id])
     db.execute(journey_lengths_sql(db.dialect, lookback=bool(lookback)), [*lookback, run_id])
     if lookback:
-        db.execute(_WINDOWS_SQL[db.dialect], [*lookback, run_id])
-
-
-# The copy's timestamp and session id as text, as the package's tables hold them.
-_SESSION_ID_TEXT = {"sqlite": "CAST(s.session_id AS TEXT)", "postgresql": "s.session_id"}
-
-
-def _copy_ts(db: Database) -> str:
-    return f"{_SESSION_DATE[db.dialect]} || ' ' || {_SESSION_TIME[db.dialect]}"
-
-
-# Where each staged journey's look-back window starts, as the journeys' filter computes it.
-_WINDOWS_SQL = {
-    "sqlite": "INSERT INTO attribution_stg_journey_windows (run_id, conv_id, since_ts) "
-              "SELECT run_id, conv_id, datetime(conv_date || ' ' || conv_time, ?) FROM attribution_stg_conversions "
-              "WHERE run_id = ? AND status = 'ready'",
-    "postgresql": "INSERT INTO attribution_stg_journey_windows (run_id, conv_id, since_ts) "
-                  "SELECT run_id, conv_id, to_char((conv_date || ' ' || conv_time)::timestamp - (? || ' days')::interval, "
-                  "'YYYY-MM-DD HH24:MI:SS') FROM attribution_stg_conversions WHERE run_id = ? AND status = 'ready'",
-}
+        db.execute(_WINDOWS_SQL.format(since=_SINCE[db.dialect]), [*lookback, run_id])
 
 
 def _stage_extra_days(db: Database, run_id: str, days: list[str], summary: ExtractSummary) -> None:
@@ -292,7 +248,7 @@ def _stage_extra_days(db: Database, run_id: str, days: list[str], summary: Extra
     for day in days:
         first = dt.datetime.fromisoformat(day)
         extra = ExtractSummary()
-        conversions.stage_conversions(db, run_id, RunRange(first, first + dt.timedelta(days=1)), extra)
+        validation.stage_conversions(db, run_id, RunRange(first, first + dt.timedelta(days=1)), extra)
         summary.conversions += extra.conversions
         summary.invalid_input += extra.invalid_input
         summary.duplicates += extra.duplicates
@@ -304,70 +260,7 @@ def _quarantine_invalid_sessions(
     db: Database, run_id: str, bad_sessions: list[tuple[str, str, str | None, str]], lookback_days: int | None,
     summary: ExtractSummary,
 ) -> None:
-    """Quarantine the run's conversions whose journey would include one of ``bad_sessions``.
-
-    Malformed: a field that is missing or out of its domain (see :func:`validation.session_problems`),
-    or a session id present more than once in ``session_sources``, whose channel and time are then
-    ambiguous (see :func:`_malformed_sessions`).
-    """
-    if not bad_sessions:
-        return
-    affected = _conversions_holding(db, run_id, bad_sessions, lookback_days)
-    issues = []
-    for conv_id, items in sorted(affected.items()):
-        detail = "; ".join(items[:_MAX_DETAIL_ITEMS])
-        if len(items) > _MAX_DETAIL_ITEMS:
-            detail += f"; and {len(items) - _MAX_DETAIL_ITEMS} more"
-        issues.append((run_id, conv_id, INVALID_INPUT, detail))
-    db.executemany(
-        "UPDATE attribution_stg_conversions SET status = ? WHERE run_id = ? AND conv_id = ?",
-        [(INVALID_INPUT, run_id, conv_id) for conv_id in affected],
-    )
-    conversions.insert_issues(db, issues)
-    summary.invalid_input += len(affected)
-
-
-_SESSION_COLUMNS = [
-    "session_id", "user_id", "event_date", "event_time", "channel_name",
-    "holder_engagement", "closer_engagement", "impression_interaction",
-]
-
-
-def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
-    """(session id, user id, timestamp or None when unreadable, problem) of the copied sessions that are malformed."""
-    # A primary key (or unique index) on session_id means no id is present twice: no lookup.
-    duplicated = (
-        {} if has_unique_key(db, SESSION_SOURCES, "session_id")
-        else {sid: int(n) for sid, n in db.query(
-            _DUPLICATE_SESSIONS_SQL.format(session_id=_SESSION_ID[db.dialect], copy=BUYER_SESSIONS,
-                                           sessions=sources.relation(db, SESSION_SOURCES)))}
-    )
-    # Clean sessions pass every check (see validation.CLEAN_SESSION); a duplicated one may be clean.
-    sessions_sql = _USER_SESSIONS_SQL if duplicated else _UNCLEAN_USER_SESSIONS_SQL
-    bad_sessions: list[tuple[str, str, str | None, str]] = []
-    for batch in db.iter_query(sessions_sql, batch_size=50_000):
-        frame = pd.DataFrame(batch, columns=_SESSION_COLUMNS, dtype=object)
-        problems = validation.session_problems(frame)
-        if duplicated:
-            counts = frame["session_id"].map(duplicated)
-            dup = counts.notna()
-            problems[dup] = [
-                f"{p}, present {int(n)} times in session_sources" if p else f"present {int(n)} times in session_sources"
-                for p, n in zip(problems[dup], counts[dup])
-            ]
-        bad = problems.ne("")
-        sub = frame[bad]
-        ts_ok = validation.valid_date(sub["event_date"]) & validation.valid_time(sub["event_time"])
-        text = sub["event_date"].astype(str) + " " + sub["event_time"].astype(str)
-        ts = [t if ok else None for t, ok in zip(text, ts_ok)]
-        bad_sessions.extend(zip(sub["session_id"], sub["user_id"], ts, problems[bad]))
-    return bad_sessions
-
-
-def _conversions_holding(
-    db: Database, run_id: str, bad_sessions: list[tuple[str, str, str | None, str]], lookback_days: int | None
-) -> dict[str, list[str]]:
-    """The run's ready conversions whose journey holds one of ``bad_sessions``, with what is wrong."""
+    """Quarantine the run's ready conversions whose journey would hold one of ``bad_sessions``."""
     by_user: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for conv_id, user_id, conv_ts in db.query(
         "SELECT conv_id, user_id, conv_date || ' ' || conv_time FROM attribution_stg_conversions "
@@ -383,11 +276,128 @@ def _conversions_holding(
             # the journey cannot be known, so the conversion is quarantined either way.
             if ts is None or (ts < conv_ts and _within_lookback(ts, conv_ts, lookback_days)):
                 affected[conv_id].append(f"session {session_id}: {problem}")
-    return affected
+    issues = []
+    for conv_id, items in sorted(affected.items()):
+        more = f"; and {len(items) - _MAX_DETAIL_ITEMS} more" if len(items) > _MAX_DETAIL_ITEMS else ""
+        issues.append((run_id, conv_id, INVALID_INPUT, "; ".join(items[:_MAX_DETAIL_ITEMS]) + more))
+    db.executemany(
+        "UPDATE attribution_stg_conversions SET status = ? WHERE run_id = ? AND conv_id = ?",
+        [(INVALID_INPUT, run_id, conv_id) for conv_id in affected],
+    )
+    validation.insert_issues(db, issues)
+    summary.invalid_input += len(affected)
 
 
 def _within_lookback(ts: str, conv_ts: str, lookback_days: int | None) -> bool:
     if lookback_days is None:
         return True
-    limit = dt.datetime.fromisoformat(conv_ts) - dt.timedelta(days=lookback_days)
-    return dt.datetime.fromisoformat(ts) >= limit
+    return dt.datetime.fromisoformat(ts) >= dt.datetime.fromisoformat(conv_ts) - dt.timedelta(days=lookback_days)
+
+
+def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
+    """(session id, user id, timestamp or None when unreadable, problem) of the copied sessions that are malformed.
+
+    Malformed: a field missing or out of its domain (see :func:`validation.session_problems`), or a
+    session id present more than once in ``session_sources``, whose channel and time are then ambiguous.
+    """
+    # A primary key (or unique index) on session_id means no id is present twice: no lookup.
+    duplicated = {} if has_unique_key(db, SESSION_SOURCES, "session_id") else {
+        sid: int(n) for sid, n in db.query(_DUPLICATE_SESSIONS_SQL.format(
+            # the id as it compares with the copy's text: SQLite by the column's affinity
+            session_id="session_id" if db.is_sqlite else "CAST(session_id AS TEXT)", copy=BUYER_SESSIONS,
+            sessions=sources.relation(db, SESSION_SOURCES)))
+    }
+    # Clean sessions pass every check (see validation.CLEAN_SESSION); a duplicated one may be clean.
+    bad_sessions: list[tuple[str, str, str | None, str]] = []
+    for batch in db.iter_query(_USER_SESSIONS_SQL + ("" if duplicated else "WHERE s.clean = 0\n"), batch_size=50_000):
+        frame = pd.DataFrame(batch, columns=list(settings.SOURCE_COLUMNS[SESSION_SOURCES]), dtype=object)
+        problems = validation.session_problems(frame)
+        counts = frame["session_id"].map(duplicated)
+        dup = counts.notna()
+        problems[dup] = [f"{p}, present {int(n)} times in session_sources" if p else f"present {int(n)} times in session_sources"
+                         for p, n in zip(problems[dup], counts[dup])]
+        bad = problems.ne("")
+        sub = frame[bad]
+        ts_ok = validation.valid_date(sub["event_date"]) & validation.valid_time(sub["event_time"])
+        text = sub["event_date"].astype(str) + " " + sub["event_time"].astype(str)
+        bad_sessions.extend(zip(sub["session_id"], sub["user_id"], [t if ok else None for t, ok in zip(text, ts_ok)],
+                                problems[bad]))
+    return bad_sessions
+
+
+# --- answers reused across runs ----------------------------------------------------------------
+#
+# The service answers a journey from the journey alone (it normalises each journey it is sent whole),
+# so an identical journey sent again would cost quota for the same numbers: a fresh run after a crash,
+# a second ``make run`` or a re-trigger sends only what was never answered. Answers are kept as long
+# as their run's staging ($ATTRIBUTION_STAGING_RETENTION_DAYS).
+
+
+def fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> None:
+    """Record a fingerprint of every staged journey and drop answers that no longer fit.
+
+    The fingerprint covers everything the API sees of a journey, and ``answer_scope``; an answer
+    kept from an earlier attempt of the run is reused only when it was given for the same fingerprint.
+    """
+    rows = itertools.chain.from_iterable(
+        db.iter_query(
+            "SELECT conv_id, session_id, event_ts, channel_name, holder_engagement, closer_engagement, "
+            "impression_interaction, conversion FROM attribution_stg_sessions WHERE run_id = ? "
+            f"ORDER BY conv_id{BYTE_ORDER[db.dialect]}, event_ts, session_id{BYTE_ORDER[db.dialect]}",
+            (run_id,),
+        )
+    )
+    # The scope, then the repr of each session's fields as a list, in order: one digest per journey.
+    keys = []
+    for conv_id, journey in itertools.groupby(rows, key=operator.itemgetter(0)):
+        fields = [
+            f"[{sid!r}, {ts!r}, {channel!r}, {holder!r}, {closer!r}, {impression!r}, {flag!r}]"
+            for _, sid, ts, channel, holder, closer, impression, flag in journey
+        ]
+        keys.append((run_id, conv_id, hashlib.sha256("".join([answer_scope, *fields]).encode()).hexdigest()))
+    db.executemany(
+        "INSERT INTO attribution_stg_journey_keys (run_id, conv_id, journey_hash) VALUES (?, ?, ?)", keys
+    )
+    db.execute(
+        "DELETE FROM attribution_stg_answered WHERE run_id = ? AND NOT EXISTS ("
+        " SELECT 1 FROM attribution_stg_journey_keys k WHERE k.run_id = attribution_stg_answered.run_id"
+        " AND k.conv_id = attribution_stg_answered.conv_id"
+        " AND k.journey_hash = attribution_stg_answered.journey_hash)",
+        (run_id,),
+    )
+    db.execute(
+        "DELETE FROM attribution_stg_results WHERE run_id = ? AND NOT EXISTS ("
+        " SELECT 1 FROM attribution_stg_answered a WHERE a.run_id = attribution_stg_results.run_id"
+        " AND a.conv_id = attribution_stg_results.conv_id)",
+        (run_id,),
+    )
+
+
+# Another run's answer for a journey with the same fingerprint (the same sessions, sent to the
+# same API host and conversion type): the oldest such run, so the choice is deterministic.
+_UNANSWERED_KEYS = """
+FROM attribution_stg_journey_keys k
+JOIN {table} src ON src.conv_id = k.conv_id AND src.run_id = (
+    SELECT MIN(a.run_id) FROM attribution_stg_answered a
+    WHERE a.conv_id = k.conv_id AND a.journey_hash = k.journey_hash AND a.run_id <> k.run_id
+)
+WHERE k.run_id = ? AND NOT EXISTS (
+    SELECT 1 FROM attribution_stg_answered mine WHERE mine.run_id = k.run_id AND mine.conv_id = k.conv_id
+)
+"""
+
+
+def reuse_other_runs_answers(db: Database, run_id: str) -> int:
+    """Copy the answers other runs got for journeys identical to this run's unanswered ones; return how many."""
+    db.execute(
+        "INSERT INTO attribution_stg_results (run_id, conv_id, session_id, initializer, holder, closer, ihc) "
+        "SELECT k.run_id, src.conv_id, src.session_id, src.initializer, src.holder, src.closer, src.ihc "
+        + _UNANSWERED_KEYS.format(table="attribution_stg_results"),
+        (run_id,),
+    )
+    return db.execute(
+        "INSERT INTO attribution_stg_answered (run_id, conv_id, journey_hash, n_sent) "
+        "SELECT k.run_id, src.conv_id, src.journey_hash, src.n_sent "
+        + _UNANSWERED_KEYS.format(table="attribution_stg_answered"),
+        (run_id,),
+    )

@@ -1,26 +1,11 @@
-"""Pack whole customer journeys into IHC API requests.
+"""Pack whole customer journeys into IHC API requests, under both limits of a request.
 
-The IHC service normalises every request on its own, so a journey split over two requests would
-get twice the credit: journeys are the unit of packing and are never split. Each request may hold
-at most ``max_journeys`` journeys and ``max_sessions`` sessions (100 and 3,000 on the production
-service, 200 sessions on free test accounts), and fewer requests means fewer round trips and less
-exposure to rate limits.
-
-Two packers run and the one with fewer requests wins:
-
-* a *balanced fill* that gives each request its share of the remaining journeys and fills its
-  sessions with the largest journeys that still leave room for the smallest ones. On realistic
-  journey-length distributions (mostly one- and two-session journeys, a long tail) it reaches the
-  lower bound. First-fit decreasing by sessions does not: it leaves the many one-session journeys
-  for last, where they fill requests by journey count with most of the session capacity unused
-  (about 20% more requests with a 200-session limit);
-* classic *first-fit decreasing* by sessions, which is better when journeys are large relative to
-  the session limit (the textbook bin-packing regime).
-
-Both run in O(n log n) for n journeys; 100,000 journeys pack in well under a second.
-
-Journeys longer than ``max_sessions`` cannot be sent at all; :func:`apply_oversize_policy` decides
-what happens to them before packing, and reports them so the caller can record the decision.
+The service normalises every request on its own, so a journey split over two requests would get
+twice the credit: journeys are never split. Two packers run and the one with fewer requests wins:
+a *balanced fill* (each request gets its share of the remaining journeys, filled with the largest
+ones that leave room for the smallest), which reaches the lower bound on realistic distributions
+(many one-session journeys, where first-fit decreasing needs about 20% more requests), and
+*first-fit decreasing*, better when journeys are large relative to the session limit.
 """
 
 from __future__ import annotations
@@ -43,16 +28,8 @@ OVERSIZE_POLICIES = (POLICY_TRUNCATE, POLICY_SKIP)
 
 @dataclass(frozen=True)
 class OversizeOutcome:
-    """Result of :func:`apply_oversize_policy`.
-
-    :param sizes: sessions per journey as they will be sent: truncated journeys have
-        ``max_sessions``, skipped journeys are absent.
-    :param truncated: conversion id -> original session count, for journeys cut to their most
-        recent ``max_sessions`` sessions.
-    :param skipped: conversion id -> session count, for journeys left out.
-    :param policy: the policy that was applied.
-    :param max_sessions: the session limit that was applied.
-    """
+    """Sizes to pack (truncated journeys at ``max_sessions``, skipped ones absent), conv id -> original
+    size of the journeys truncated and of those skipped, and the policy and limit applied."""
 
     sizes: dict[Hashable, int]
     truncated: dict[Hashable, int] = field(default_factory=dict)
@@ -73,16 +50,9 @@ def _check_size(conv_id: Hashable, size: int) -> None:
 
 
 def lower_bound(sizes: Mapping[ConvId, int], max_journeys: int, max_sessions: int) -> int:
-    """Return a lower bound on the number of requests any packing needs.
-
-    :param sizes: conversion id -> number of sessions of its journey.
-    :param max_journeys: at most this many journeys per request.
-    :param max_sessions: at most this many sessions per request.
-    :return: ``max(ceil(n / max_journeys), ceil(total_sessions / max_sessions))``, 0 when empty.
-    """
+    """The fewest requests any packing needs: ``max(ceil(n / max_journeys), ceil(sessions / max_sessions))``."""
     _check_limits(max_journeys, max_sessions)
-    total = sum(sizes.values())
-    return max(math.ceil(len(sizes) / max_journeys), math.ceil(total / max_sessions))
+    return max(math.ceil(len(sizes) / max_journeys), math.ceil(sum(sizes.values()) / max_sessions))
 
 
 def apply_oversize_policy(
@@ -90,17 +60,9 @@ def apply_oversize_policy(
     max_sessions: int,
     policy: str = POLICY_TRUNCATE,
 ) -> OversizeOutcome:
-    """Decide what happens to journeys longer than the session limit of one request.
+    """Decide what happens to journeys longer than ``max_sessions`` (``truncate`` or ``skip``), on sizes only.
 
-    The function works on sizes only; with ``truncate`` the caller must send the most recent
-    ``max_sessions`` sessions of each journey listed in ``truncated`` (by timestamp, so the
-    converting session stays), and should record both lists: truncated journeys get all their
-    credit spread over fewer sessions, skipped ones get none.
-
-    :param sizes: conversion id -> number of sessions of its journey.
-    :param max_sessions: the session limit of one request.
-    :param policy: ``"truncate"`` (default) or ``"skip"``.
-    :return: the sizes to pack and the journeys that were truncated or skipped.
+    With ``truncate`` the caller sends the latest ``max_sessions`` sessions of each truncated journey.
     :raises ValueError: for an unknown policy, a non-positive limit or a journey with < 1 session.
     """
     if policy not in OVERSIZE_POLICIES:
@@ -108,38 +70,22 @@ def apply_oversize_policy(
             f"unknown oversized journey policy {policy!r}; use one of {', '.join(OVERSIZE_POLICIES)}"
         )
     _check_limits(1, max_sessions)
-    kept: dict = {}
-    truncated: dict = {}
-    skipped: dict = {}
     for conv_id, size in sizes.items():
         _check_size(conv_id, size)
-        if size <= max_sessions:
-            kept[conv_id] = size
-        elif policy == POLICY_TRUNCATE:
-            kept[conv_id] = max_sessions
-            truncated[conv_id] = size
-        else:
-            skipped[conv_id] = size
-    return OversizeOutcome(
-        sizes=kept, truncated=truncated, skipped=skipped, policy=policy, max_sessions=max_sessions
-    )
+    truncate = policy == POLICY_TRUNCATE
+    kept = {c: min(n, max_sessions) for c, n in sizes.items() if n <= max_sessions or truncate}
+    over = {c: n for c, n in sizes.items() if n > max_sessions}
+    return OversizeOutcome(kept, over if truncate else {}, {} if truncate else over, policy, max_sessions)
 
 
 def pack_journeys(
     sizes: Mapping[ConvId, int], max_journeys: int, max_sessions: int
 ) -> list[list[ConvId]]:
-    """Pack whole journeys into as few requests as possible under both limits.
+    """Pack whole journeys (conv id -> sessions) into as few requests as possible under both limits.
 
-    The result is deterministic: it depends on the sizes and on the order of the conversion ids
-    (which must be mutually comparable, e.g. all strings), not on the mapping's order.
-
-    :param sizes: conversion id -> number of sessions of its journey (apply
-        :func:`apply_oversize_policy` first).
-    :param max_journeys: at most this many journeys per request.
-    :param max_sessions: at most this many sessions per request.
-    :return: one list of conversion ids per request; every id appears exactly once.
-    :raises ValueError: for a journey with fewer than 1 or more than ``max_sessions`` sessions, or
-        a non-positive limit.
+    Deterministic: the result depends on the sizes and the order of the (mutually comparable) ids.
+    :raises ValueError: for a journey with fewer than 1 or more than ``max_sessions`` sessions, or a
+        non-positive limit (apply :func:`apply_oversize_policy` first).
     """
     _check_limits(max_journeys, max_sessions)
     for conv_id, size in sizes.items():
@@ -152,10 +98,8 @@ def pack_journeys(
     if not sizes:
         return []
     best = _pack_balanced(sizes, max_journeys, max_sessions)
-    if len(best) > lower_bound(sizes, max_journeys, max_sessions):
-        ffd = _pack_first_fit_decreasing(sizes, max_journeys, max_sessions)
-        if len(ffd) < len(best):
-            best = ffd
+    if len(best) > lower_bound(sizes, max_journeys, max_sessions):  # first-fit decreasing only where it does better
+        best = min(best, _pack_first_fit_decreasing(sizes, max_journeys, max_sessions), key=len)
     return best
 
 
@@ -198,12 +142,9 @@ class _Remaining:
 def _pack_balanced(sizes: Mapping[ConvId, int], max_journeys: int, max_sessions: int) -> list[list[ConvId]]:
     """Fill requests one by one, each with its share of journeys and as many sessions as fit.
 
-    Each request opens with the largest remaining journey (so long journeys are not starved and
-    left to fragment the last requests), and aims at ``ceil(remaining journeys / remaining lower
-    bound)`` journeys, so one-session journeys are spread over all requests instead of being left
-    for the last ones. Slot by slot it then takes the largest journey that still leaves room for
-    the smallest remaining journeys to fill the other slots; that invariant guarantees every slot
-    can be filled.
+    Each request opens with the largest remaining journey (long ones would fragment the last
+    requests) and aims at ``ceil(remaining journeys / remaining lower bound)`` journeys, so that
+    one-session journeys are spread over all requests.
     """
     left = _Remaining(sizes)
     requests: list[list[ConvId]] = []
@@ -214,7 +155,8 @@ def _pack_balanced(sizes: Mapping[ConvId, int], max_journeys: int, max_sessions:
 
 
 def _fill_request(left: _Remaining, target: int, max_sessions: int) -> list[ConvId]:
-    """One request: the largest remaining journey, then up to ``target - 1`` more that fit (see above)."""
+    """The largest remaining journey, then up to ``target - 1`` more: each the largest that still leaves
+    room for the smallest remaining ones to fill the other slots (so every slot can be filled)."""
     largest = left.available[-1]
     request = [left.take(largest)]
     capacity = max_sessions - largest
@@ -234,12 +176,8 @@ def _fill_request(left: _Remaining, target: int, max_sessions: int) -> list[Conv
 def _pack_first_fit_decreasing(
     sizes: Mapping[ConvId, int], max_journeys: int, max_sessions: int
 ) -> list[list[ConvId]]:
-    """First-fit decreasing by sessions (ties by conversion id) under both limits.
-
-    A max segment tree over request slots holds each request's free sessions (-1 once it holds
-    ``max_journeys`` journeys), so "first request with room" is a walk from the root: O(log n)
-    per journey instead of a scan over all open requests.
-    """
+    """First-fit decreasing by sessions (ties by conversion id) under both limits. A max segment tree holds
+    each request's free sessions (-1 once full of journeys): the first with room is O(log n) away."""
     items = sorted(sizes.items(), key=lambda item: (-item[1], item[0]))
     leaves = 1
     while leaves < len(items):

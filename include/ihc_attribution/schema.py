@@ -213,7 +213,7 @@ def index_advice(db: Database) -> list[str]:
     """
     advice = []
     for table, column, saves in SOURCE_INDEXES:
-        own = sources.physical_column(db, table, column)
+        own = sources.source(db, table).physical[column]
         if own is not None and not sources.is_view(db, table) and not has_index_on(db, table, column):
             src = sources.source(db, table)
             plain = src.ref == table and own == column

@@ -1,20 +1,12 @@
-"""The source tables as every query reads them: where they are, their columns, names and types.
+"""The source tables as every query reads them (``$ATTRIBUTION_SOURCES``), with the challenge's names and types.
 
-The pipeline's SQL names the sources and their columns as the challenge schema does
-(``session_sources.event_date`` ...). :func:`table` gives a query the source to read:
-
-- by default (``$ATTRIBUTION_SOURCES`` unset, and types the queries read as they are) the table
-  itself by its plain name, found through the connection's ``search_path``: the SQL, and so its
-  query plans, are those of the challenge schema;
-- a table named in ``$ATTRIBUTION_SOURCES`` with its columns' own names: the table quoted, in its
-  schema when one is given (found there whatever the ``search_path``);
-- a subquery otherwise, giving the columns the challenge's names and the types the pipeline
-  reads: ``YYYY-MM-DD`` and ``HH:MM:SS`` text in UTC from one ``TIMESTAMP``/``TIMESTAMPTZ`` column
-  (or a ``TIMESTAMP`` date column, a ``TIME WITH TIME ZONE`` time column), PostgreSQL ``REAL``
-  money by its shortest decimal, ``BOOLEAN`` flags as 0/1.
-
-:func:`check` (run by ``setup_tables``) fails at once when a source or a column is missing or
-has a type the pipeline cannot read, naming it and where it looked.
+:func:`table` gives a query the source to read: by default the plain table name (found through the
+``search_path``: the SQL and its plans are those of the challenge schema); a table named in
+``$ATTRIBUTION_SOURCES`` with the challenge's columns: quoted, in its schema if one is given;
+otherwise a subquery giving the columns the challenge's names and the types the pipeline reads:
+``YYYY-MM-DD`` and ``HH:MM:SS`` text in UTC from one ``TIMESTAMP``/``TIMESTAMPTZ`` column (or a
+``TIMESTAMP`` date, a ``TIME WITH TIME ZONE`` time), ``REAL`` money by its shortest decimal,
+``BOOLEAN`` flags as 0/1. :func:`check` fails at once on a missing source, column or unreadable type.
 """
 
 from __future__ import annotations
@@ -26,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from ihc_attribution import settings
-from ihc_attribution.db import BYTE_ORDER  # noqa: F401 - where the queries over the sources look for it
 from ihc_attribution.errors import PermanentError
 
 SESSION_SOURCES, CONVERSIONS, SESSION_COSTS = settings.SOURCE_COLUMNS
@@ -76,10 +67,8 @@ _resolved: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def source(db: Any, name: str) -> Source:
-    """The source ``name`` of ``db`` (a :class:`Database` or the report pages' connection), once per connection.
-
-    :raises SourceTableError: when ``$ATTRIBUTION_SOURCES`` is malformed.
-    """
+    """The source ``name`` of ``db`` (a :class:`Database` or the report pages' connection), resolved once per
+    connection; :class:`SourceTableError` when ``$ATTRIBUTION_SOURCES`` is malformed."""
     try:
         specs = settings.source_tables()
     except ValueError as exc:
@@ -99,14 +88,9 @@ def _resolve(db: Any, name: str, spec: dict | None) -> Source:
     ref = name if spec is None else (quote(table_name) if schema_name is None else f"{quote(schema_name)}.{quote(table_name)}")
     declared = catalog(db, ref, schema_name, table_name)
     mapped = dict(spec["columns"]) if spec else {}
-    select: dict[str, str] = {}
-    types: dict[str, str | None] = {}
-    physical: dict[str, str | None] = {}
-    for column in settings.SOURCE_COLUMNS[name]:
-        own = mapped.get(column, column)
-        select[column] = column if own == column else quote(own)
-        types[column] = _type_of(db, declared, own)
-        physical[column] = own
+    physical: dict[str, str | None] = {column: mapped.get(column, column) for column in settings.SOURCE_COLUMNS[name]}
+    select = {column: column if own == column else quote(own) for column, own in physical.items()}
+    types = {column: _type_of(db, declared, own) for column, own in physical.items()}
     timestamp = settings.SOURCE_TIMESTAMPS.get(name)
     stamp = None
     if timestamp and timestamp[0] in mapped:
@@ -121,11 +105,11 @@ def _resolve(db: Any, name: str, spec: dict | None) -> Source:
 
 
 def catalog(db: Any, ref: str, schema_name: str | None, table_name: str) -> dict[str, str]:
-    """The columns of a relation and their declared types, lower case; {} when it is not found."""
-    if db.is_sqlite:
+    """The columns of a relation and their declared types (lower case); {} when it is not found."""
+    if db.is_sqlite:  # names lower case: SQLite matches them in any case
         prefix = "" if schema_name is None else f"{quote(schema_name)}."
         try:
-            return {str(r[1]): str(r[2]).lower() for r in db.query(f"PRAGMA {prefix}table_info({quote(table_name)})")}
+            return {str(r[1]).lower(): str(r[2]).lower() for r in db.query(f"PRAGMA {prefix}table_info({quote(table_name)})")}
         except sqlite3.Error:  # no database of that name: check() says so, reading it
             return {}
     return {
@@ -139,12 +123,8 @@ def catalog(db: Any, ref: str, schema_name: str | None, table_name: str) -> dict
 
 
 def _type_of(db: Any, declared: dict[str, str], column: str) -> str | None:
-    """The declared type of ``column`` (SQLite matches names in any case); None when there is no such column."""
-    if column in declared:
-        return declared[column]
-    if db.is_sqlite:
-        return next((t for n, t in declared.items() if n.lower() == column.lower()), None)
-    return None
+    """The declared type of ``column`` (see :func:`catalog`); None when there is no such column."""
+    return declared.get(column.lower() if db.is_sqlite else column)
 
 
 def _derive_timestamp(
@@ -171,23 +151,14 @@ _KINDS = {
 }
 _TEXT = ("text", "character varying", "character", "varchar", "char")
 _INTEGER = ("smallint", "integer", "bigint")
-#: PostgreSQL types each kind of column is read as it is.
+#: Kind of column -> the PostgreSQL types it is read as it is, and what an error asks for.
 _READ_AS_IS = {
-    "id": _TEXT + _INTEGER + ("numeric",),
-    "date": ("date",) + _TEXT,
-    "time": ("time without time zone",) + _TEXT,
-    "text": _TEXT,
-    "flag": _INTEGER + ("numeric",),
-    "money": _INTEGER + ("numeric", "double precision"),
-}
-_NEEDED = {
-    "id": "text, VARCHAR or an integer type",
-    "date": "DATE, text or TIMESTAMP (TIMESTAMPTZ)",
-    "time": "TIME, text or TIME WITH TIME ZONE",
-    "text": "text or VARCHAR",
-    "flag": "an integer type or BOOLEAN",
-    "money": "NUMERIC, REAL, DOUBLE PRECISION or an integer type",
-    "timestamp": "TIMESTAMP or TIMESTAMPTZ",
+    "id": (_TEXT + _INTEGER + ("numeric",), "text, VARCHAR or an integer type"),
+    "date": (("date",) + _TEXT, "DATE, text or TIMESTAMP (TIMESTAMPTZ)"),
+    "time": (("time without time zone",) + _TEXT, "TIME, text or TIME WITH TIME ZONE"),
+    "text": (_TEXT, "text or VARCHAR"),
+    "flag": (_INTEGER + ("numeric",), "an integer type or BOOLEAN"),
+    "money": (_INTEGER + ("numeric", "double precision"), "NUMERIC, REAL, DOUBLE PRECISION or an integer type"),
 }
 
 
@@ -203,15 +174,14 @@ def _convert(db: Any, name: str, select: dict, types: dict, physical: dict, stam
         return []
     problems = []
     if stamp is not None and _base(stamp) not in ("timestamp without time zone", "timestamp with time zone"):
-        problems.append(f"the timestamp column has type {stamp}; it must be {_NEEDED['timestamp']}")
+        problems.append(f"the timestamp column has type {stamp}; it must be TIMESTAMP or TIMESTAMPTZ")
     for column, declared in list(types.items()):
         if physical[column] is None or declared is None:
             continue
         kind, base = _KINDS[column], _base(declared)
-        if base in _READ_AS_IS[kind]:
-            continue
-        if not _convert_postgres(name, column, kind, base, select, types, physical):
-            problems.append(f"column {physical[column]} ({column}) has type {declared}; it must be {_NEEDED[kind]}")
+        as_is, needed = _READ_AS_IS[kind]
+        if base not in as_is and not _convert_postgres(name, column, kind, base, select, types, physical):
+            problems.append(f"column {physical[column]} ({column}) has type {declared}; it must be {needed}")
     return problems
 
 
@@ -297,17 +267,15 @@ def is_text_column(db: Any, name: str, column: str) -> bool:
 
 def text_id(db: Any, expr: str, name: str, column: str) -> str:
     """``expr`` (an id column of the source) as the package's tables hold ids (text)."""
-    return expr if db.is_sqlite or _base(column_type(db, name, column)) in _TEXT else f"CAST({expr} AS TEXT)"
+    return expr if is_text_column(db, name, column) else f"CAST({expr} AS TEXT)"
 
 
 # --- checks, keys and indexes ------------------------------------------------------------------
 
 
 def check(db: Any) -> None:
-    """Fail at once, in one line, when a source, one of its columns or a column's type is unusable.
-
-    :raises SourceTableError: naming the table, the column and where it looked.
-    """
+    """Raise a one-line :class:`SourceTableError` naming the table, the column and where it looked, when a
+    source, one of its columns or a column's type is unusable."""
     for name in SOURCE_TABLES:
         src = source(db, name)
         try:
@@ -339,34 +307,33 @@ def _missing(db: Any, src: Source, found: set[str]) -> list[str]:
             and not (db.is_sqlite and c.lower() in lower)]
 
 
-def physical_column(db: Any, name: str, column: str) -> str | None:
-    """The table's own column a source column is read from unchanged; None for a derived one."""
-    return source(db, name).physical[column]
+def _in_schema(src: Source, name: str) -> str:
+    """``name`` (a pragma or ``sqlite_master``) in the SQLite database (schema) of the source."""
+    return name if src.schema is None else f"{quote(src.schema)}.{name}"
 
 
 def _pragma(src: Source, pragma: str, argument: str) -> str:
-    prefix = "" if src.schema is None else f"{quote(src.schema)}."
-    return f"PRAGMA {prefix}{pragma}({argument})"
+    return f"PRAGMA {_in_schema(src, pragma)}({argument})"
+
+
+def _sqlite_indexes(db: Any, src: Source) -> list[tuple[int, int, list[str]]]:
+    """(unique, partial, columns) of each index of a SQLite source."""
+    return [(unique, partial, [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))])
+            for _, index, unique, _origin, partial in db.query(_pragma(src, "index_list", quote(src.table)))]
 
 
 def has_unique_key(db: Any, name: str, column: str) -> bool:
-    """Whether the source's ``column`` alone is a primary key or carries a unique index (no NULL check).
-
-    The source tables of the challenge schema have one; exports and views often do not, and
-    then a row may be present twice. Queries use this to skip deduplication work that a key
-    makes unneeded. A derived column has none.
-    """
-    src, own = source(db, name), physical_column(db, name, column)
+    """Whether the source's ``column`` alone is a primary key or carries a unique index (no NULL check): then
+    no row is present twice, and queries skip the deduplication (exports and views often have none)."""
+    src = source(db, name)
+    own = src.physical[column]
     if own is None:
         return False
     if db.is_sqlite:
         pk = [(r[1], str(r[2]).upper()) for r in db.query(_pragma(src, "table_info", quote(src.table))) if r[5]]
-        if pk == [(own, "INTEGER")]:  # the rowid itself: no index is listed for it
-            return True
-        for _, index, unique, _origin, partial in db.query(_pragma(src, "index_list", quote(src.table))):
-            if unique and not partial and [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))] == [own]:
-                return True
-        return False
+        # An INTEGER primary key is the rowid itself: no index is listed for it.
+        return pk == [(own, "INTEGER")] or any(unique and not partial and columns == [own]
+                                               for unique, partial, columns in _sqlite_indexes(db, src))
     return bool(
         db.scalar(
             "SELECT COUNT(*) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
@@ -380,12 +347,10 @@ def has_unique_key(db: Any, name: str, column: str) -> bool:
 
 def has_index_on(db: Any, name: str, column: str) -> bool:
     """Whether an index of the source (or its primary key) starts with the table's column of ``column``."""
-    src, own = source(db, name), physical_column(db, name, column)
+    src = source(db, name)
+    own = src.physical[column]
     if db.is_sqlite:
-        return any(
-            [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))][:1] == [own]
-            for _, index, *_ in db.query(_pragma(src, "index_list", quote(src.table)))
-        )
+        return any(columns[:1] == [own] for _, _, columns in _sqlite_indexes(db, src))
     return bool(
         db.scalar(
             "SELECT COUNT(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
@@ -399,19 +364,17 @@ def is_view(db: Any, name: str) -> bool:
     """Whether the source is a view (its tables are indexed, if at all, where they live)."""
     src = source(db, name)
     if db.is_sqlite:
-        master = "sqlite_master" if src.schema is None else f"{quote(src.schema)}.sqlite_master"
-        return db.scalar(f"SELECT type FROM {master} WHERE name = ?", (src.table,)) == "view"
+        return db.scalar(f"SELECT type FROM {_in_schema(src, 'sqlite_master')} WHERE name = ?", (src.table,)) == "view"
     return db.scalar("SELECT relkind FROM pg_class WHERE oid = to_regclass(?)", (src.ref,)) in ("v", "m")
 
 
 def exists(db: Any, name: str) -> bool:
-    """Whether the source is found (a table or view), without reading it."""
+    """Whether the source is found (a table or view), without reading it (``db`` may be the report pages' connection)."""
     src = source(db, name)
     if db.is_sqlite:
-        master = "sqlite_master" if src.schema is None else f"{quote(src.schema)}.sqlite_master"
         try:
-            return bool(db.query(f"SELECT COUNT(*) FROM {master} WHERE type IN ('table', 'view') AND name = ?",
-                                 (src.table,))[0][0])
+            return bool(db.query(f"SELECT COUNT(*) FROM {_in_schema(src, 'sqlite_master')} "
+                                 "WHERE type IN ('table', 'view') AND name = ?", (src.table,))[0][0])
         except sqlite3.Error:  # no database of that name
             return False
     return bool(db.query("SELECT COUNT(*) FROM (SELECT to_regclass(?) AS t) AS r WHERE t IS NOT NULL", (src.ref,))[0][0])

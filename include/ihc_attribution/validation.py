@@ -1,18 +1,26 @@
-"""The rules that tell a well-formed conversion or session from a malformed one.
+"""The rules that tell a well-formed conversion or session from a malformed one, the reasons recorded, and
+the run's conversions staged by them: those of its range ready to attribute, the others quarantined.
 
-One rule set, written twice on purpose for speed: :func:`conversion_problems` and
-:func:`session_problems` check rows in pandas and say what is wrong (the reasons quarantined
-conversions carry); :data:`CLEAN_SESSION` and :data:`CLEAN_CONVERSION` are SQLite predicates
-stricter than them, so rows SQLite can tell are well-formed skip the trip into Python.
-``tests/ihc_attribution/test_journeys_clean.py`` checks on generated values that every row the
-predicates call clean passes the pandas checks.
+:func:`conversion_problems` and :func:`session_problems` check rows in pandas and say what is wrong.
+Checking every row in Python cost more than the pass over ``session_sources`` itself, so on SQLite
+:data:`CLEAN_SESSION` and :data:`CLEAN_CONVERSION` mark the rows the database can tell are
+well-formed, and only the others are read and checked. Clean is stricter than the pandas checks,
+never looser (``tests/ihc_attribution/test_journeys_clean.py`` checks this on generated values).
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 
-from ihc_attribution.db import is_valid_text, storable
+from ihc_attribution import sources
+from ihc_attribution.daterange import RunRange
+from ihc_attribution.db import Database, is_valid_text, pg_text_not_a_date, storable
+from ihc_attribution.schema import CONVERSIONS, has_unique_key
+
+if TYPE_CHECKING:
+    from ihc_attribution.journeys import ExtractSummary
 
 # Reasons recorded in attribution_issues.
 NO_SESSIONS = "no_sessions"
@@ -32,69 +40,36 @@ MAX_MONEY = (2**63 - 1) // 10**10
 _DATE_RE = r"[0-9]{4}-[0-9]{2}-[0-9]{2}"
 _TIME_RE = r"(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]"
 
-# --- rows the database can tell are well-formed -------------------------------------------------
-#
-# Checking every copied session and every candidate conversion in Python cost more than the pass
-# over session_sources itself, most of it in moving the values into Python. So SQLite marks the
-# rows it can tell are well-formed ("clean") and only the others are read and checked in Python
-# (session_problems, conversion_problems), which alone decide. Clean is stricter than those
-# checks, never looser: every clean row passes them (tests/ihc_attribution/test_journeys_clean.py
-# checks this on generated values). Text is clean when it is printable ASCII (so valid UTF-8,
-# and with no whitespace but the space that strip() would remove) with at least one character
-# other than a space; length() stops at a NUL and the length of the blob does not, so a NUL
-# (which GLOB does not look past) makes the two differ. A date is clean when it is the real
+# Clean text is printable ASCII (so valid UTF-8, with no whitespace but the space strip() removes)
+# with a character other than a space; length() stops at a NUL and the length of the blob does
+# not, so a NUL (which GLOB does not look past) makes them differ. A clean date is the real
 # YYYY-MM-DD date that date(x, '+0 days') gives back, from 1900 to 2199 (pandas reads the years
-# 1677 to 2262 only). Only GLOB compares with text here: a DATE or TIME column has NUMERIC
-# affinity, which turns a literal like '24' into a number. On PostgreSQL every row is checked in
-# Python.
-def _sqlite_clean_text(column: str) -> str:
-    return (
-        f"typeof({column}) = 'text' AND length({column}) = length(CAST({column} AS BLOB)) "
-        f"AND {column} GLOB '*[!-~]*' AND NOT {column} GLOB '*[^ -~]*'"
-    )
+# 1677 to 2262 only). Only GLOB compares with text: a DATE or TIME column has NUMERIC affinity,
+# which turns a literal like '24' into a number. On PostgreSQL every row is checked in Python.
+_CLEAN_TEXT = ("typeof({c}) = 'text' AND length({c}) = length(CAST({c} AS BLOB)) "
+               "AND {c} GLOB '*[!-~]*' AND NOT {c} GLOB '*[^ -~]*'")
+_CLEAN_DATE = "typeof({c}) = 'text' AND date({c}, '+0 days') IS {c} AND ({c} GLOB '19*' OR {c} GLOB '2[01]*')"
+_CLEAN_TIME = ("typeof({c}) = 'text' AND length(CAST({c} AS BLOB)) = 8 "
+               "AND ({c} GLOB '[01][0-9]:[0-5][0-9]:[0-5][0-9]' OR {c} GLOB '2[0-3]:[0-5][0-9]:[0-5][0-9]')")
+_CLEAN_FLAG = "typeof({c}) IN ('integer', 'real') AND {c} IN (0, 1)"
 
 
-def _sqlite_clean_date(column: str) -> str:
-    return (
-        f"typeof({column}) = 'text' AND date({column}, '+0 days') IS {column} "
-        f"AND ({column} GLOB '19*' OR {column} GLOB '2[01]*')"
-    )
-
-
-def _sqlite_clean_time(column: str) -> str:
-    return (
-        f"typeof({column}) = 'text' AND length(CAST({column} AS BLOB)) = 8 "
-        f"AND ({column} GLOB '[01][0-9]:[0-5][0-9]:[0-5][0-9]' OR {column} GLOB '2[0-3]:[0-5][0-9]:[0-5][0-9]')"
-    )
-
-
-def _sqlite_clean_flag(column: str) -> str:
-    return f"typeof({column}) IN ('integer', 'real') AND {column} IN (0, 1)"
-
-
-def _all(*conditions: str) -> str:
-    return "(" + " AND ".join(f"({c})" for c in conditions) + ")"
+def _all(*checks: tuple[str, str]) -> str:
+    return "(" + " AND ".join(f"({rule.format(c=column)})" for rule, column in checks) + ")"
 
 
 CLEAN_SESSION = {
     "sqlite": _all(
-        _sqlite_clean_text("s.session_id"),
-        _sqlite_clean_date("s.event_date"),
-        _sqlite_clean_time("s.event_time"),
-        _sqlite_clean_text("s.channel_name"),
-        _sqlite_clean_flag("s.holder_engagement"),
-        _sqlite_clean_flag("s.closer_engagement"),
-        _sqlite_clean_flag("s.impression_interaction"),
+        (_CLEAN_TEXT, "s.session_id"), (_CLEAN_DATE, "s.event_date"), (_CLEAN_TIME, "s.event_time"),
+        (_CLEAN_TEXT, "s.channel_name"), (_CLEAN_FLAG, "s.holder_engagement"), (_CLEAN_FLAG, "s.closer_engagement"),
+        (_CLEAN_FLAG, "s.impression_interaction"),
     ),
     "postgresql": "FALSE",
 }
 CLEAN_CONVERSION = {
     "sqlite": _all(
-        _sqlite_clean_text("conv_id"),
-        _sqlite_clean_text("user_id"),
-        _sqlite_clean_date("conv_date"),
-        _sqlite_clean_time("conv_time"),
-        f"typeof(revenue) IN ('integer', 'real') AND revenue >= 0 AND revenue <= {MAX_MONEY}",
+        (_CLEAN_TEXT, "conv_id"), (_CLEAN_TEXT, "user_id"), (_CLEAN_DATE, "conv_date"), (_CLEAN_TIME, "conv_time"),
+        (f"typeof({{c}}) IN ('integer', 'real') AND {{c}} >= 0 AND {{c}} <= {MAX_MONEY}", "revenue"),
     ),
 }
 
@@ -162,9 +137,128 @@ def session_problems(frame: pd.DataFrame) -> pd.Series:
     return _collect(checks, frame.index)
 
 
-def to_float(value: object) -> float | None:
-    return None if value is None else float(value)  # type: ignore[arg-type]
+# --- the run's conversions, staged ------------------------------------------------------------
+
+_LENIENT_DATE_RE = r"^\s*([0-9]{4})[-/.]([0-9]{2})[-/.]([0-9]{2})"
+
+# Conversions whose date is in the run's days by text comparison, plus (on SQLite, where a DATE
+# column holds any text) every conversion whose date is not a real YYYY-MM-DD date, so that a
+# malformed date cannot hide from validation. date(x, '+0 days') gives NULL for text SQLite
+# cannot read and moves impossible days (2023-09-31) to real ones, so it differs from x then.
+_CANDIDATES_SQL = """
+SELECT conv_id, user_id, CAST(conv_date AS TEXT), CAST(conv_time AS TEXT), revenue,
+       CASE WHEN conv_date >= ? AND conv_date <= ? THEN 1 ELSE 0 END AS by_date
+FROM {conversions}
+WHERE ((conv_date >= ? AND conv_date <= ?) OR {malformed}) AND NOT {clean}
+"""
+# The clean candidates (see CLEAN_CONVERSION), staged as ready without passing through Python.
+_CLEAN_CONVERSIONS_SQL = """
+INSERT INTO attribution_stg_conversions (run_id, conv_id, user_id, conv_date, conv_time, revenue, status)
+SELECT ?, conv_id, user_id, conv_date, conv_time, CAST(revenue AS REAL), 'ready'
+FROM {conversions}
+WHERE conv_date >= ? AND conv_date <= ? AND {clean}
+  AND conv_date || ' ' || conv_time >= ? AND conv_date || ' ' || conv_time < ?
+"""
+_SQLITE_MALFORMED_DATE = "conv_date IS NULL OR typeof(conv_date) <> 'text' OR date(conv_date, '+0 days') IS NOT conv_date"
+# Conversion ids present more than once (a source table without its primary key): which row is
+# the order, and with which revenue, cannot be known.
+_DUPLICATE_CONVERSIONS_SQL = "SELECT conv_id, COUNT(*) FROM {conversions} GROUP BY conv_id HAVING COUNT(*) > 1"
 
 
-def to_text(value: object) -> str | None:
-    return None if value is None else storable(str(value))
+def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: ExtractSummary) -> None:
+    first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
+    source = sources.relation(db, CONVERSIONS)
+    malformed = _SQLITE_MALFORMED_DATE if db.is_sqlite else "conv_date IS NULL"
+    if not db.is_sqlite and sources.is_text_column(db, CONVERSIONS, "conv_date"):
+        malformed = pg_text_not_a_date("conv_date")  # a DATE column cannot hold a malformed value; a text one can
+    # A primary key (or unique index) on conv_id means no id is present twice: no count needed.
+    counts = {} if has_unique_key(db, CONVERSIONS, "conv_id") else {
+        storable(str(conv_id)): int(n)
+        for conv_id, n in db.query(_DUPLICATE_CONVERSIONS_SQL.format(conversions=source)) if conv_id is not None
+    }
+    clean = CLEAN_CONVERSION.get(db.dialect)
+    if clean and not counts:
+        # A clean candidate is a valid conversion of the run's days, so it is ready: staged in
+        # the database, and only the others are read into Python to be checked.
+        summary.conversions = db.execute(
+            _CLEAN_CONVERSIONS_SQL.format(clean=clean, conversions=source),
+            (run_id, first, last, run_range.start_ts, run_range.end_ts),
+        )
+    else:
+        clean = "FALSE"
+    rows = db.query(_CANDIDATES_SQL.format(malformed=malformed, clean=clean, conversions=source), (first, last, first, last))
+    frame = pd.DataFrame(
+        rows, columns=["conv_id", "user_id", "conv_date", "conv_time", "revenue", "by_date"], dtype=object
+    )
+    if frame.empty:
+        return
+    # A conversion without an id is recorded under a name that says so and where it is.
+    missing_id = frame["conv_id"].isna() | frame["conv_id"].astype(str).str.strip().eq("")
+    frame.loc[missing_id, "conv_id"] = [
+        f"(no conv_id #{n}: user {r.user_id} at {r.conv_date} {r.conv_time})"
+        for n, r in enumerate(frame[missing_id].itertuples(), start=1)
+    ]
+    frame["conv_id"] = frame["conv_id"].astype(str).map(storable)
+    problems = conversion_problems(frame)
+    problems[missing_id] = problems[missing_id].map(lambda p: f"conv_id is empty, {p}" if p else "conv_id is empty")
+    valid = problems.eq("")
+    ts = frame["conv_date"].astype(str) + " " + frame["conv_time"].astype(str)
+    in_range = valid & ts.ge(run_range.start_ts) & ts.lt(run_range.end_ts)
+
+    # An invalid conversion belongs to this run when its date, read leniently (the leading
+    # year, month and day of the text, so that '2024-03-05T10:00:00Z' and '2024/03/05' belong
+    # to 2024-03-05; no timezone is read, so one odd row cannot fail the run), is in the
+    # run's days; one whose date cannot be read at all belongs to no run and every run reports it.
+    parts = frame["conv_date"].map(lambda v: v if isinstance(v, str) else None).str.extract(_LENIENT_DATE_RE)
+    lenient = pd.to_datetime(parts[0] + "-" + parts[1] + "-" + parts[2], format="%Y-%m-%d", errors="coerce")
+    lenient_in_range = lenient.between(pd.Timestamp(run_range.first_date), pd.Timestamp(run_range.last_date))
+    by_date = frame["by_date"].astype(int).eq(1)
+    invalid_here = ~valid & (by_date | lenient_in_range)
+    unplaceable = ~valid & ~invalid_here & lenient.isna()
+
+    wanted = set(frame["conv_id"][in_range | invalid_here])
+    duplicates = {conv_id: n for conv_id, n in counts.items() if conv_id in wanted}
+    duplicated = frame["conv_id"].isin(duplicates) & (in_range | invalid_here)
+    ready = frame[in_range & ~duplicated]
+    invalid = frame[invalid_here & ~duplicated]
+    staged = [
+        (run_id, r.conv_id, r.user_id, r.conv_date, r.conv_time, None if r.revenue is None else float(r.revenue), "ready")
+        for r in ready.itertuples(index=False)
+    ] + [
+        (run_id, r.conv_id, *(None if v is None else storable(str(v)) for v in (r.user_id, r.conv_date, r.conv_time)),
+         None, INVALID_INPUT)
+        for r in invalid.itertuples(index=False)
+    ] + [
+        (run_id, conv_id, None, None, None, None, DUPLICATE) for conv_id in sorted(duplicates)
+    ]
+    db.executemany(
+        "INSERT INTO attribution_stg_conversions "
+        "(run_id, conv_id, user_id, conv_date, conv_time, revenue, status) VALUES (?, ?, ?, ?, ?, ?, ?) "
+        "ON CONFLICT (run_id, conv_id) DO NOTHING",  # an id present twice, on two days the run handles
+        staged,
+    )
+    issues = [(run_id, cid, INVALID_INPUT, f"conversion: {p}") for cid, p in zip(invalid["conv_id"], problems[invalid.index])]
+    issues += [
+        (run_id, cid, UNPLACEABLE, f"conversion: {p}; it cannot be placed in any run's range")
+        for cid, p in zip(frame.loc[unplaceable, "conv_id"], problems[unplaceable])
+    ]
+    issues += [
+        (run_id, conv_id, DUPLICATE, f"conv_id is present {n} times in conversions; which row is the order is unknown")
+        for conv_id, n in sorted(duplicates.items())
+    ]
+    insert_issues(db, issues)
+    summary.conversions += len(ready) + len(invalid) + len(duplicates)
+    summary.invalid_input = len(invalid)
+    summary.duplicates = len(duplicates)
+    summary.unplaceable = int(unplaceable.sum())
+
+
+def insert_issues(db: Database, issues: list[tuple[str, str, str, str]]) -> None:
+    """Record quarantined conversions in the run's staged issues (a repeated one is kept once)."""
+    if issues:
+        db.executemany(
+            "INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (run_id, conv_id, reason) DO NOTHING",
+            issues,
+        )
+

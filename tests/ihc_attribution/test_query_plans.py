@@ -71,7 +71,9 @@ def scans_of(steps: list[str], *names: str) -> list[str]:
 
 
 def test_extraction_reads_session_sources_once_probing_the_run_s_users(db_path):
-    steps = plan(db_path, buyers._BUYER_SESSIONS_SQL.split(" AS\n", 1)[1], ())
+    with sqlite3.connect(db_path) as conn:
+        select = buyers.buyer_sessions_select(Database(conn))
+    steps = plan(db_path, select, ())
     assert scans_of(steps, "s") == ["SCAN s"], steps
     assert any(re.match(r"^USING INDEX sqlite_autoindex_attribution_tmp_buyers_1 FOR IN-OPERATOR", step)
                for step in steps), steps

@@ -118,7 +118,7 @@ def test_totals_per_channel_are_the_sums_of_the_rows(seed):
         assert t.ihc_revenue == sum((r.ihc_revenue for r in mine), Decimal(0))
         assert t.days == len({r.date for r in mine})
 
-    overall = charts.overall_totals(rows)
+    overall = charts.compute_figures(rows).total
     assert overall.cost == sum((t.cost for t in totals.values()), Decimal(0))
     assert overall.ihc_revenue == sum((r.ihc_revenue for r in rows), Decimal(0))
 
@@ -145,11 +145,11 @@ def test_channels_are_ordered_by_attributed_revenue():
 
 def test_daily_totals_add_up_all_channels():
     rows = random_rows(4)
-    days = charts.daily_totals(rows)
-    assert [d.date for d in days] == sorted({r.date for r in rows})
+    days = charts.compute_figures(rows).per_date
+    assert [d.channel_name for d in days] == sorted({r.date for r in rows})
     for d in days:
-        assert d.cost == sum((r.cost for r in rows if r.date == d.date), Decimal(0))
-        assert d.ihc_revenue == sum((r.ihc_revenue for r in rows if r.date == d.date), Decimal(0))
+        assert d.cost == sum((r.cost for r in rows if r.date == d.channel_name), Decimal(0))
+        assert d.ihc_revenue == sum((r.ihc_revenue for r in rows if r.date == d.channel_name), Decimal(0))
 
 
 def test_totals_are_the_exports_totals_and_the_csvs_sums():
@@ -157,7 +157,7 @@ def test_totals_are_the_exports_totals_and_the_csvs_sums():
     exact = report_totals(rows)
     shown = table_rows(charts.render_chart(rows, "t"))["All channels"]
     assert shown[:3] == [charts.money(exact.cost), charts.number(exact.ihc), charts.money(exact.ihc_revenue)]
-    assert charts.overall_totals(rows).ihc_revenue == exact.ihc_revenue
+    assert charts.compute_figures(rows).total.ihc_revenue == exact.ihc_revenue
 
 
 # --- many channels -----------------------------------------------------------------------------

@@ -1,9 +1,8 @@
 """The selected range against the previous period of the same length, per channel.
 
-Both periods are read and summed the one way the page sums its selection
-(:func:`sources.report_rows`, then :func:`ihc_attribution.charts.compute_figures`), so the
-current period's figures are those of the totals table, to the cent. A channel without a row in
-one period had no session then: its spend and revenue there are 0, its ratios undefined.
+Both periods are summed as the page sums its selection (``sources.report_rows``, then
+``compute_figures``), so this period's figures are the totals table's to the cent. A channel
+without a row in one period had no session then: spend and revenue 0 there, ratios undefined.
 """
 
 from __future__ import annotations
@@ -48,14 +47,13 @@ class Change:
 
 @dataclass(frozen=True)
 class ChannelChange:
-    """A channel's totals (or the selection's) in both periods."""
+    """A channel's totals (or the selection's) in both periods; ``change(metric)`` for each of :data:`METRICS`."""
 
     channel_name: str
     current: ChannelTotals
     previous: ChannelTotals
 
     def change(self, metric: str) -> Change:
-        """The figure ``metric`` (a name of :data:`METRICS`) in both periods."""
         return Change(getattr(self.current, metric), getattr(self.previous, metric))
 
 
@@ -78,7 +76,7 @@ class Comparison:
 
     @property
     def empty(self) -> bool:
-        """Whether the previous period has no report row, and so nothing to compare with."""
+        """Whether the previous period has no report row to compare with."""
         return self.previous_dates == 0
 
 
@@ -94,25 +92,15 @@ def previous_period(selection: sources.Selection) -> sources.Selection:
     return sources.Selection(first.isoformat(), last.isoformat(), selection.channels)
 
 
-def _nothing(name: str) -> ChannelTotals:
-    return ChannelTotals(name, _ZERO, _ZERO, _ZERO, 0)
-
-
-def compare_figures(selection: sources.Selection, current: Figures, previous: Figures) -> Comparison:
-    """The comparison of two periods' figures (``current`` of ``selection``, ``previous`` of the period before)."""
+def compare(db: sources.ReportDb, selection: sources.Selection, current: Figures) -> Comparison:
+    """The selection (whose figures are ``current``) against the previous period of the same length."""
+    period = previous_period(selection)
+    previous = compute_figures(sources.report_rows(db, period))
     before = {t.channel_name: t for t in previous.channels}
     now = {t.channel_name: t for t in current.channels}
-    rows = [ChannelChange(t.channel_name, t, before.get(t.channel_name) or _nothing(t.channel_name))
-            for t in current.channels]
-    rows += [ChannelChange(t.channel_name, _nothing(t.channel_name), t)
-             for t in previous.channels if t.channel_name not in now]
-    period = previous_period(selection)
+    nothing = ChannelTotals("", _ZERO, _ZERO, _ZERO, 0)
+    rows = [ChannelChange(t.channel_name, t, before.get(t.channel_name, nothing)) for t in current.channels]
+    rows += [ChannelChange(t.channel_name, nothing, t) for t in previous.channels if t.channel_name not in now]
     days = (dt.date.fromisoformat(selection.end) - dt.date.fromisoformat(selection.start)).days + 1
     return Comparison(selection, period, days, len(current.dates), len(previous.dates), tuple(rows),
                       ChannelChange(TOTAL_LABEL, current.total, previous.total))
-
-
-def compare(db: sources.ReportDb, selection: sources.Selection, current: Figures) -> Comparison:
-    """The selection (whose figures are ``current``) against the previous period of the same length."""
-    previous = compute_figures(sources.report_rows(db, previous_period(selection)))
-    return compare_figures(selection, current, previous)

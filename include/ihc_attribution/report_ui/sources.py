@@ -1,13 +1,8 @@
-"""What the report pages read: the attribution database, and the exported files on disk.
+"""What the report pages read, per request and never at import: the attribution database and the exported files.
 
-Everything here runs per request, never at import: the connection, the database and the output
-folder are looked up when a page is asked for, so a missing connection, database or table shows
-as a message on the page instead of breaking the API server.
-
-The database is the one of the ``attribution_db`` connection (``$ATTRIBUTION_DB_CONN_ID``),
-looked up through Airflow (``BaseHook``). A SQLite file is opened read-only (``mode=ro``) at the
-connection's path; any other database through the connection's hook, in a read-only session.
-Every query is parameterised; only the number of ``?`` placeholders of a channel list is built.
+The database is the one of the ``attribution_db`` connection (``$ATTRIBUTION_DB_CONN_ID``), looked
+up through Airflow: a SQLite file opened read-only, any other database through the connection's
+hook in a read-only session. A missing connection, database or table is a message on the page.
 """
 
 from __future__ import annotations
@@ -15,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import os
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -33,13 +27,13 @@ SQLITE_TIMEOUT_SECONDS = 5.0
 
 
 def output_dir() -> Path | None:
-    """The folder the export writes to (see :func:`settings.output_location`); None for an object store."""
+    """The folder the export writes to; None for an object store (the pages list local files only)."""
     return settings.local_output_dir()
 
 
 @dataclass(frozen=True)
 class Report:
-    """The exported files of one range: the CSV, the chart, or both."""
+    """The exported files of one range (``files`` by suffix): the CSV, the chart, or both."""
 
     start: str
     end: str
@@ -48,7 +42,6 @@ class Report:
 
     @property
     def days(self) -> int:
-        """Number of calendar days the range covers."""
         return (dt.date.fromisoformat(self.end) - dt.date.fromisoformat(self.start)).days + 1
 
     @property
@@ -62,31 +55,21 @@ class Report:
 
 def list_reports(folder: Path | None) -> list[Report]:
     """Reports found in ``folder``, by range: latest end date first, then the longer range."""
-    if folder is None:  # the exports go to an object store: the page lists local files only
-        return []
     found: dict[tuple[str, str], dict[str, Path]] = {}
     modified: dict[tuple[str, str], float] = {}
     try:
-        entries = list(os.scandir(folder))
+        paths = list(folder.iterdir()) if folder else []
     except OSError:
-        return []
-    for entry in entries:
-        match = REPORT_FILE_RE.fullmatch(entry.name)
-        if not match:
-            continue
-        try:
-            if not entry.is_file():
-                continue
-            mtime = entry.stat().st_mtime
-        except OSError:
-            continue
-        key = (match.group(1), match.group(2))
-        found.setdefault(key, {})[match.group(3)] = Path(entry.path)
-        modified[key] = max(modified.get(key, 0.0), mtime)
-    reports = [
-        Report(start, end, files, dt.datetime.fromtimestamp(modified[(start, end)], dt.timezone.utc))
-        for (start, end), files in found.items()
-    ]
+        paths = []
+    for path in paths:
+        match = REPORT_FILE_RE.fullmatch(path.name)
+        with contextlib.suppress(OSError):  # a file gone while listed
+            if match and path.is_file():
+                mtime, key = path.stat().st_mtime, (match.group(1), match.group(2))
+                found.setdefault(key, {})[match.group(3)] = path
+                modified[key] = max(modified.get(key, 0.0), mtime)
+    reports = [Report(start, end, files, dt.datetime.fromtimestamp(modified[(start, end)], dt.timezone.utc))
+               for (start, end), files in found.items()]
     return sorted(reports, key=lambda r: (r.end, -r.days, r.start), reverse=True)
 
 
@@ -143,10 +126,6 @@ class ReportDb:
             self.conn.close()
 
 
-def db_conn_id() -> str:
-    return settings.db_conn_id()
-
-
 def _sqlite_file(path: str) -> Path:
     if path.startswith("//"):  # POSIX keeps a leading "//", which a file: URI would read as a host
         path = "/" + path.lstrip("/")
@@ -159,7 +138,7 @@ def open_db(conn_id: str | None = None) -> ReportDb:
     :raises DatabaseUnavailable: when the connection is not defined, the SQLite file does not
         exist, or the database cannot be reached.
     """
-    conn_id = conn_id or db_conn_id()
+    conn_id = conn_id or settings.db_conn_id()
     try:
         from airflow.sdk import BaseHook
 
@@ -205,12 +184,6 @@ class Selection:
     channels: tuple[str, ...] = ()
 
 
-def _channel_filter(channels: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    if not channels:
-        return "", ()
-    return f" AND channel_name IN ({', '.join('?' for _ in channels)})", tuple(channels)
-
-
 def report_channels(db: ReportDb) -> list[str]:
     """Every channel of ``channel_reporting``, by name."""
     return [str(r[0]) for r in db.query(f"SELECT DISTINCT channel_name FROM {REPORT_TABLE} ORDER BY channel_name")]
@@ -230,11 +203,11 @@ def report_rows(db: ReportDb, selection: Selection) -> list[ReportRow]:
     """
     from ihc_attribution.export import report_row
 
-    where, channel_params = _channel_filter(selection.channels)
+    where = f" AND channel_name IN ({', '.join('?' * len(selection.channels))})" if selection.channels else ""
     rows = db.query(
         f"SELECT channel_name, date, cost, ihc, ihc_revenue FROM {REPORT_TABLE} "
         f"WHERE date >= ? AND date <= ?{where} ORDER BY date, channel_name",
-        (selection.start, selection.end, *channel_params),
+        (selection.start, selection.end, *selection.channels),
     )
     return [report_row(str(c), str(d), cost, ihc, rev) for c, d, cost, ihc, rev in rows]
 
@@ -257,11 +230,6 @@ class Build:
     built_at: str
     run_start: str | None = None
     run_end: str | None = None
-
-    @property
-    def days(self) -> int:
-        """Number of report dates."""
-        return (dt.date.fromisoformat(self.last_date) - dt.date.fromisoformat(self.first_date)).days + 1
 
 
 def _text(value: Any) -> str | None:

@@ -1,11 +1,7 @@
 """What each page of the report shows, computed once per request and handed to its template.
 
-The figures come from :func:`ihc_attribution.charts.compute_figures` over the rows of
-``channel_reporting`` the analyst selected (a date range, and channels or all of them), rounded as
-the CSV rounds them; the charts are those of the chart file (:mod:`ihc_attribution.report_ui.svg`),
-and the templates only format them. The previous period is summed the same way
-(:mod:`ihc_attribution.report_ui.comparison`); the paths to conversion come from the credited
-journeys (:mod:`ihc_attribution.journey_stats`).
+The figures are :func:`ihc_attribution.charts.compute_figures` of the selected rows of
+``channel_reporting``, rounded as the CSV rounds them; the templates only format them.
 """
 
 from __future__ import annotations
@@ -57,16 +53,6 @@ class Picked:
     lines: tuple[str, ...] = ()
 
 
-def _asked_dates(params: Mapping[str, Any]) -> tuple[dict[str, dt.date | None], list[str]]:
-    """The dates asked for (``None`` when missing or not a date), and the names of those that are not dates."""
-    dates, invalid = {}, []
-    for name in ("start", "end"):
-        dates[name] = _date(params.get(name))
-        if params.get(name) and dates[name] is None:
-            invalid.append(name)
-    return dates, invalid
-
-
 def _range(start: dt.date | None, end: dt.date | None, bounds: tuple[str, str] | None) -> tuple[dt.date, dt.date]:
     """The range to show: both dates as asked; one date with up to 30 days after or before it,
     within the report's dates; neither, the last 30 days of the report."""
@@ -82,22 +68,14 @@ def _range(start: dt.date | None, end: dt.date | None, bounds: tuple[str, str] |
     return max(first, last - window), last
 
 
-def _date_problem(name: str, asked: str, start: dt.date, end: dt.date, kept: str | None) -> str:
-    shown = f"{start} to {end}"
-    if kept == "start":
-        shown += f", up to {DEFAULT_DAYS} days from the start date"
-    elif kept == "end":
-        shown += f", up to {DEFAULT_DAYS} days to the end date"
-    else:
-        shown += f", the default range (the last {DEFAULT_DAYS} days of the report)"
-    return f"{name} date {asked!r} is not a date (YYYY-MM-DD); showing {shown}"
-
-
 def _pick_range(params: Mapping[str, Any], bounds: tuple[str, str] | None) -> tuple[dt.date, dt.date, list[str]]:
-    dates, invalid = _asked_dates(params)
-    start, end = _range(dates["start"], dates["end"], bounds)
-    kept = next((name for name in ("start", "end") if dates[name] is not None), None)
-    problems = [_date_problem(name, params[name], start, end, kept) for name in invalid]
+    asked = {name: _date(params.get(name)) for name in ("start", "end")}
+    start, end = _range(asked["start"], asked["end"], bounds)
+    kept = next((name for name in ("start", "end") if asked[name] is not None), None)
+    shown = {"start": f"up to {DEFAULT_DAYS} days from the start date", "end": f"up to {DEFAULT_DAYS} days to the end date",
+             None: f"the default range (the last {DEFAULT_DAYS} days of the report)"}[kept]
+    problems = [f"{name} date {params[name]!r} is not a date (YYYY-MM-DD); showing {start} to {end}, {shown}"
+                for name in ("start", "end") if params.get(name) and asked[name] is None]
     if start > end:
         problems.append(f"start {start} is after end {end}; the two were swapped")
         start, end = end, start

@@ -77,23 +77,14 @@ def round_ihc(value: Decimal) -> Decimal:
 
 
 def report_row(channel_name: str, date: str, cost: float, ihc: float, ihc_revenue: float) -> ReportRow:
-    """Round one ``channel_reporting`` row and add its ratios."""
+    """Round one ``channel_reporting`` row and add its ratios (of the unrounded values)."""
     c, i, r = to_decimal(cost), to_decimal(ihc), to_decimal(ihc_revenue)
-    cpo, roas = ratios(c, i, r)
-    return ReportRow(
-        channel_name=channel_name,
-        date=str(date),
-        cost=round_money(c),
-        ihc=round_ihc(i),
-        ihc_revenue=round_money(r),
-        cpo=cpo,
-        roas=roas,
-    )
+    return ReportRow(channel_name, str(date), round_money(c), round_ihc(i), round_money(r), *ratios(c, i, r))
 
 
 @dataclass(frozen=True)
 class Totals:
-    """Sums of report rows, as the CSV's columns add up (the rows hold cents and 4 decimals)."""
+    """Sums of report rows, as the CSV's columns add up."""
 
     cost: Decimal
     ihc: Decimal
@@ -103,11 +94,8 @@ class Totals:
 def report_totals(rows: Iterable[ReportRow]) -> Totals:
     """The totals of ``rows``: exact sums, the same in any order and wherever they are shown."""
     rows = list(rows)
-    return Totals(
-        cost=sum((r.cost for r in rows), Decimal(0)),
-        ihc=sum((r.ihc for r in rows), Decimal(0)),
-        ihc_revenue=sum((r.ihc_revenue for r in rows), Decimal(0)),
-    )
+    return Totals(sum((r.cost for r in rows), Decimal(0)), sum((r.ihc for r in rows), Decimal(0)),
+                  sum((r.ihc_revenue for r in rows), Decimal(0)))
 
 
 def read_report(db: Database, run_range: RunRange) -> list[ReportRow]:
@@ -132,9 +120,6 @@ def safe_cell(text: str, escape_formulas: bool = False) -> str:
     return text
 
 
-LOCAL_PROTOCOLS = ("file", "local")
-
-
 def output_base(location: str, conn_id: str | None = None) -> Any:
     """The output base as an ``ObjectStoragePath``: a URL (``s3://bucket/prefix`` ...) or a local folder.
 
@@ -150,11 +135,10 @@ def output_base(location: str, conn_id: str | None = None) -> Any:
 
 def is_local(path: Any) -> bool:
     """Whether ``path`` (a ``Path`` or an ``ObjectStoragePath``) is on the local filesystem."""
-    return isinstance(path, Path) or getattr(path, "protocol", None) in LOCAL_PROTOCOLS
+    return isinstance(path, Path) or getattr(path, "protocol", None) in ("file", "local")
 
 
 def local_path(path: Any) -> Path:
-    """The local ``Path`` of a local ``path`` (see :func:`is_local`)."""
     return path if isinstance(path, Path) else Path(path.path)
 
 
@@ -165,13 +149,10 @@ def location(path: Any) -> str:
 
 @contextlib.contextmanager
 def atomic_write(path: Any) -> Iterator[TextIO]:
-    """Open a text file that replaces ``path`` only once complete.
+    """Open a text file that replaces ``path`` only once complete, so readers see the old file or the new one.
 
-    Locally (a ``Path``, or an ``ObjectStoragePath`` of ``file://``) the content goes to a
-    temporary file in the same folder, which is synced and renamed over ``path`` when the block
-    ends. On an object store the content is kept in memory and uploaded in one request when the
-    block ends (an object appears whole or not at all). Readers see the previous complete file or
-    the new one; on an error nothing is written and ``path`` is left as it was.
+    Locally: a temporary file in the same folder, synced and renamed over ``path``. On an object
+    store: the content in memory, uploaded in one request. On an error ``path`` is left as it was.
     """
     if not is_local(path):
         buffer = io.StringIO(newline="")
@@ -207,26 +188,14 @@ Extra = tuple[tuple[str, ...], dict[tuple[str, str], tuple[Any, ...]], tuple[Any
 def write_rows(
     handle: TextIO, rows: Iterable[ReportRow], *, escape_formulas: bool = False, extra: Extra | None = None
 ) -> None:
-    """Write the header and the rows as CSV to an open text file: the one format of every report CSV.
-
-    ``extra``: opt-in columns after the challenge's ones (see :data:`Extra`).
-    """
+    """Write the header and the rows as CSV: the one format of every report CSV; ``extra`` columns after them."""
     names, values, zeros = extra or ((), {}, ())
     writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
     writer.writerow(CSV_COLUMNS + names)
     for row in rows:
-        writer.writerow(
-            [
-                safe_cell(row.channel_name, escape_formulas),
-                row.date,
-                row.cost,
-                row.ihc,
-                row.ihc_revenue,
-                "" if row.cpo is None else row.cpo,
-                "" if row.roas is None else row.roas,
-                *values.get((row.channel_name, row.date), zeros),
-            ]
-        )
+        cells = [safe_cell(row.channel_name, escape_formulas), row.date, row.cost, row.ihc, row.ihc_revenue,
+                 "" if row.cpo is None else row.cpo, "" if row.roas is None else row.roas]
+        writer.writerow(cells + list(values.get((row.channel_name, row.date), zeros)))
 
 
 def write_csv(rows: list[ReportRow], path: Any, *, escape_formulas: bool = False, extra: Extra | None = None) -> Any:

@@ -1,21 +1,10 @@
 """The report's charts as drawings: where each bar, line, tick and label goes, and its text.
 
-One implementation for the two places the report is drawn, the chart file next to each CSV
-(:func:`ihc_attribution.charts.write_chart`) and the report page of the UI: the functions here
-turn figures into geometry and text, the macros of ``templates/parts.html.j2`` write them as
-inline SVG and ``static/report.css`` styles them. Nothing runs in the browser: a mark's tooltip
-is its SVG ``<title>``, and hovering a date of a trend chart lists the value of every line.
-
-What keeps the charts readable at 16 channels and more:
-
-- Bar charts have one labelled row per channel and grow with the channels.
-- Trend charts draw the channels picked, by default the :data:`TREND_TOP` with the most
-  attributed revenue, and "Other", the sum of the rest.
-- A ratio over a near-zero denominator (a CPO over 0.01 attributed orders) does not flatten its
-  chart: when the largest values lie beyond Tukey's far-out fence and more than twice above the
-  largest value within it, the axis ends there and the points above sit on the top edge, marked,
-  with their value in the tooltip (:func:`clip_bound`).
-- A channel keeps its colour (by name order) from a palette of 20 distinct colours.
+The chart file and the report page draw the same charts: the functions here turn figures into
+geometry and text, the macros of ``templates/parts.html.j2`` write them as inline SVG (a mark's
+tooltip is its ``<title>``; no script). Bar charts have a labelled row per channel; trend charts
+draw the channels picked (by default the :data:`TREND_TOP`) and "Other", the sum of the rest;
+outliers of a ratio sit on the top edge (:func:`clip_bound`); a channel keeps its colour by name.
 """
 
 from __future__ import annotations
@@ -54,16 +43,11 @@ _ZERO = Decimal(0)
 
 
 def channel_colors(names: Iterable[str]) -> dict[str, str]:
-    """The colour of each channel, by its place among ``names`` in name order.
-
-    Given all channels of the report, a channel keeps its colour whatever else is selected; up to
-    ``len(PALETTE)`` channels get distinct colours.
-    """
+    """The colour of each channel by its place among ``names`` in name order (distinct up to ``len(PALETTE)``)."""
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(names)))}
 
 
 def short_label(name: str) -> str:
-    """The channel's label, shortened with an ellipsis to fit the label column of a chart."""
     label = channel_label(name)
     return label if len(label) <= MAX_LABEL_CHARS else label[: MAX_LABEL_CHARS - 1] + "\u2026"
 

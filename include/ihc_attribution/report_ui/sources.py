@@ -33,24 +33,17 @@ def output_dir() -> Path | None:
 
 @dataclass(frozen=True)
 class Report:
-    """The exported files of one range (``files`` by suffix): the CSV, the chart, or both."""
+    """The exported files of one range: the CSV, the chart, or both."""
 
     start: str
     end: str
-    files: dict[str, Path]
+    csv: Path | None
+    chart: Path | None
     modified: dt.datetime
 
     @property
     def days(self) -> int:
         return (dt.date.fromisoformat(self.end) - dt.date.fromisoformat(self.start)).days + 1
-
-    @property
-    def csv(self) -> Path | None:
-        return self.files.get("csv")
-
-    @property
-    def chart(self) -> Path | None:
-        return self.files.get("html")
 
 
 def list_reports(folder: Path | None) -> list[Report]:
@@ -68,7 +61,8 @@ def list_reports(folder: Path | None) -> list[Report]:
                 mtime, key = path.stat().st_mtime, (match.group(1), match.group(2))
                 found.setdefault(key, {})[match.group(3)] = path
                 modified[key] = max(modified.get(key, 0.0), mtime)
-    reports = [Report(start, end, files, dt.datetime.fromtimestamp(modified[(start, end)], dt.timezone.utc))
+    reports = [Report(start, end, files.get("csv"), files.get("html"),
+                      dt.datetime.fromtimestamp(modified[(start, end)], dt.timezone.utc))
                for (start, end), files in found.items()]
     return sorted(reports, key=lambda r: (r.end, -r.days, r.start), reverse=True)
 

@@ -107,10 +107,8 @@ def spend_revenue_chart(channels: Sequence[ChannelTotals], currency: str) -> Bar
     rows = []
     for i, t in enumerate(channels):
         y = top + i * group_h
-        bars = tuple(
-            Bar(LABEL_W, y + j * (bar_h + 2), _length(v, scale), bar_h, color, money(v, currency), str(round_money(v)))
-            for j, (v, color) in enumerate(((t.cost, SPEND_COLOR), (t.ihc_revenue, REVENUE_COLOR)))
-        )
+        bars = tuple(Bar(LABEL_W, y + j * (bar_h + 2), _length(v, scale), bar_h, color, *_shown(v, "cost", currency))
+                     for j, (v, color) in enumerate(((t.cost, SPEND_COLOR), (t.ihc_revenue, REVENUE_COLOR))))
         tooltip = (f"{channel_label(t.channel_name)}: spend {money(t.cost, currency)}, "
                    f"attributed revenue {money(t.ihc_revenue, currency)}")
         rows.append(BarRow(t.channel_name, short_label(t.channel_name), tooltip, y + bar_h + 4, bars))
@@ -126,17 +124,13 @@ def roas_chart(channels: Sequence[ChannelTotals]) -> BarChart:
     even_x = LABEL_W + _length(Decimal(1), scale)
     rows = []
     for i, t in enumerate(channels):
-        y = top + i * row_h
-        roas, label = t.roas, channel_label(t.channel_name)
-        if roas is None:
-            # right of the break-even line, which would cross the text
-            rows.append(BarRow(t.channel_name, short_label(t.channel_name), f"{label}: ROAS n/a (no spend)",
-                               y + bar_h - 3, (), "n/a (no spend)", max(LABEL_W, even_x) + 6))
-            continue
-        bar = Bar(LABEL_W, y, _length(roas, scale), bar_h, ROAS_COLOR if roas >= 1 else LOSS_COLOR, number(roas),
-                  str(round_ihc(roas)))
-        rows.append(BarRow(t.channel_name, short_label(t.channel_name), f"{label}: ROAS {number(roas)}",
-                           y + bar_h - 3, (bar,)))
+        y, roas = top + i * row_h, t.roas
+        bars = () if roas is None else (
+            Bar(LABEL_W, y, _length(roas, scale), bar_h, ROAS_COLOR if roas >= 1 else LOSS_COLOR, *_shown(roas, "roas", "")),)
+        note = "" if bars else "n/a (no spend)"  # right of the break-even line, which would cross the text
+        rows.append(BarRow(t.channel_name, short_label(t.channel_name),
+                           f"{channel_label(t.channel_name)}: ROAS {note or number(roas)}",
+                           y + bar_h - 3, bars, note, max(LABEL_W, even_x) + 6))
     return BarChart("chart-roas-channels", "ROAS per channel (attributed revenue / spend)", height, tuple(rows),
                     guide_x=even_x)
 
@@ -287,9 +281,9 @@ def _tick_text(value: Decimal, step: Decimal, metric: str, currency: str) -> str
 
 
 def _value(day: ChannelTotals | None, metric: str) -> Decimal | None:
-    if metric in ("cost", "ihc_revenue"):  # no row: no session, nothing spent or attributed
-        return _ZERO if day is None else getattr(day, metric)
-    return None if day is None else getattr(day, metric)
+    if day is None:  # no row: no session, nothing spent or attributed, no ratio
+        return _ZERO if metric in ("cost", "ihc_revenue") else None
+    return getattr(day, metric)
 
 
 def _shown(value: Decimal | None, metric: str, currency: str) -> tuple[str, str]:

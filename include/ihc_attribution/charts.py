@@ -67,12 +67,9 @@ def ui_base_url() -> str:
     return base.rstrip("/")
 
 
-def report_url(first_date: str, last_date: str, base_url: str | None = None,
-               channels: Sequence[str] = ()) -> str:
-    """URL of the report page in the Airflow UI for a date range (and optionally channels)."""
-    query = [("start", first_date), ("end", last_date), *(("channel", c) for c in channels)]
-    base = ui_base_url() if base_url is None else base_url.rstrip("/")
-    return f"{base}{REPORT_PAGE_PATH}?{urlencode(query)}"
+def report_url(first_date: str, last_date: str) -> str:
+    """URL of the report page in the Airflow UI for a date range."""
+    return f"{ui_base_url()}{REPORT_PAGE_PATH}?{urlencode({'start': first_date, 'end': last_date})}"
 
 
 # --- figures -----------------------------------------------------------------------------------

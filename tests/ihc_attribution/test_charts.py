@@ -435,8 +435,6 @@ def test_report_url_of_a_range(monkeypatch):
     monkeypatch.setenv("ATTRIBUTION_UI_BASE_URL", "https://airflow.example/")
     assert charts.report_url("2024-01-01", "2024-01-31") == (
         "https://airflow.example/plugin/attribution-report/attribution-report/?start=2024-01-01&end=2024-01-31")
-    assert charts.report_url("2024-01-01", "2024-01-01", "http://h:8081", ["A & B"]).endswith(
-        "?start=2024-01-01&end=2024-01-01&channel=A+%26+B")
     monkeypatch.delenv("ATTRIBUTION_UI_BASE_URL")
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://ui.example:9000")
     assert charts.ui_base_url() == "http://ui.example:9000"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
@@ -49,8 +49,8 @@ class Picked:
     """The selection of a request, the trend lines picked, and what was wrong with what was asked."""
 
     selection: sources.Selection
-    problems: list[str] = field(default_factory=list)
-    lines: tuple[str, ...] = ()
+    problems: list[str]
+    lines: tuple[str, ...]
 
 
 def _range(start: dt.date | None, end: dt.date | None, bounds: tuple[str, str] | None) -> tuple[dt.date, dt.date]:
@@ -127,10 +127,7 @@ def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str,
     colors = svg.channel_colors(channels)
     issues = sources.read_issues(db, limit=0)
     has_credit = db.has_table(credit.CREDIT)
-    models = (
-        credit.model_totals(db, selection.start, selection.end, list(selection.channels) or None)
-        if has_credit else []
-    )
+    models = credit.model_totals(db, selection.start, selection.end, list(selection.channels) or None) if has_credit else []
     in_range = sum(n for date, _, n in issues.by_date if selection.start <= date <= selection.end)
     return {
         "selection": selection,
@@ -143,7 +140,6 @@ def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str,
         "money": lambda v: charts.money(v, code),
         "builds": sources.report_builds(db, selection),
         "issues_in_range": in_range,
-        "issues_total": issues.total,
         "query": selection_query(selection),
         "colors": colors,
         "lines": picked.lines,

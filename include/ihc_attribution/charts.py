@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 from typing import Any
@@ -108,7 +108,7 @@ class Figures:
     total: ChannelTotals
     channels: tuple[ChannelTotals, ...]
     per_date: tuple[ChannelTotals, ...]
-    daily: dict[str, tuple[ChannelTotals | None, ...]] = field(default_factory=dict)
+    daily: dict[str, tuple[ChannelTotals | None, ...]]
 
     @property
     def empty(self) -> bool:
@@ -156,11 +156,6 @@ def compute_figures(rows: Iterable[ReportRow]) -> Figures:
     }
     per_date = tuple(_sum(d, by_date[d]) for d in dates)
     return Figures(dates, _sum(TOTAL_LABEL, rows), tuple(channels), per_date, daily)
-
-
-def channel_totals(rows: Iterable[ReportRow]) -> list[ChannelTotals]:
-    """Totals per channel, by attributed revenue, then spend (both descending), then name."""
-    return list(compute_figures(rows).channels)
 
 
 # --- formatting --------------------------------------------------------------------------------

@@ -108,7 +108,7 @@ def test_long_names_are_shortened_in_the_charts_only():
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_totals_per_channel_are_the_sums_of_the_rows(seed):
     rows = random_rows(seed)
-    totals = {t.channel_name: t for t in charts.channel_totals(rows)}
+    totals = {t.channel_name: t for t in charts.compute_figures(rows).channels}
 
     assert set(totals) == {r.channel_name for r in rows}
     for name, t in totals.items():
@@ -132,7 +132,7 @@ def test_totals_per_channel_are_the_sums_of_the_rows(seed):
 
 def test_ratios_come_from_the_sums_not_from_averaging_daily_ratios():
     rows = [report_row("A", "2024-01-01", 10, 1, 30), report_row("A", "2024-01-02", 30, 3, 10)]
-    (total,) = charts.channel_totals(rows)
+    (total,) = charts.compute_figures(rows).channels
     assert total.roas == Decimal("1.0000")  # 40 / 40, not the mean of 3 and 0.33
     assert total.cpo == Decimal("10.00")  # 40 / 4
 
@@ -140,7 +140,7 @@ def test_ratios_come_from_the_sums_not_from_averaging_daily_ratios():
 def test_channels_are_ordered_by_attributed_revenue():
     rows = [report_row("small", "2024-01-01", 1, 1, 5), report_row("big", "2024-01-01", 1, 1, 500),
             report_row("mid", "2024-01-01", 1, 1, 50)]
-    assert [t.channel_name for t in charts.channel_totals(rows)] == ["big", "mid", "small"]
+    assert [t.channel_name for t in charts.compute_figures(rows).channels] == ["big", "mid", "small"]
 
 
 def test_daily_totals_add_up_all_channels():
@@ -223,7 +223,7 @@ def marks(page: str) -> Marks:
 def test_every_channel_has_its_own_label_and_room_in_the_channel_charts():
     rows = many_rows(20)
     page = marks(charts.render_chart(rows, "t"))
-    order = [charts.channel_label(t.channel_name) for t in charts.channel_totals(rows)]
+    order = [charts.channel_label(t.channel_name) for t in charts.compute_figures(rows).channels]
     for figure in ("chart-channels", "chart-roas-channels"):
         labels = page.labels[figure]
         assert [svg.short_label(t) if t != "(empty name)" else t for t in order] == [text for _, text in labels]
@@ -364,7 +364,7 @@ def test_undefined_roas_and_cpo_show_as_na():
         report_row("Display", "2024-01-01", 25, 0, 0),  # no attributed order: CPO undefined
         report_row("Search", "2024-01-01", 10, 2, 40),
     ]
-    totals = {t.channel_name: t for t in charts.channel_totals(rows)}
+    totals = {t.channel_name: t for t in charts.compute_figures(rows).channels}
     assert totals["Organic"].roas is None and totals["Organic"].cpo == Decimal("0.00")
     assert totals["Display"].cpo is None and totals["Display"].roas == Decimal("0.0000")
 

@@ -9,9 +9,9 @@ run recorded it, the range ``export_csv`` writes.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
-import threading
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
@@ -33,23 +33,18 @@ log = logging.getLogger(__name__)
 
 
 class LazyApp:
-    """An ASGI app that builds the real one on its first request."""
+    """An ASGI app that builds the real one on its first request (in the event loop, so only once)."""
 
     def __init__(self, factory_path: str) -> None:
-        self._factory_path = factory_path
-        self._app: Any = None
-        self._lock = threading.Lock()
+        self.factory_path = factory_path
 
-    def _build(self) -> Any:
-        with self._lock:
-            if self._app is None:
-                module_name, _, attr = self._factory_path.partition(":")
-                self._app = getattr(importlib.import_module(module_name), attr)()
-        return self._app
+    @functools.cached_property
+    def app(self) -> Any:
+        module_name, _, attr = self.factory_path.partition(":")
+        return getattr(importlib.import_module(module_name), attr)()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        app = self._app if self._app is not None else self._build()
-        await app(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 report_app = LazyApp("ihc_attribution.report_ui.app:create_app")

@@ -120,12 +120,6 @@ class ReportDb:
             self.conn.close()
 
 
-def _sqlite_file(path: str) -> Path:
-    if path.startswith("//"):  # POSIX keeps a leading "//", which a file: URI would read as a host
-        path = "/" + path.lstrip("/")
-    return Path(path).expanduser().resolve()
-
-
 def open_db(conn_id: str | None = None) -> ReportDb:
     """Open the attribution database of the connection, read-only.
 
@@ -141,8 +135,9 @@ def open_db(conn_id: str | None = None) -> ReportDb:
         raise DatabaseUnavailable(f"connection {conn_id!r} is not defined or cannot be read "
                                   f"({type(exc).__name__})") from exc
     if connection.conn_type == "sqlite":
-        # The JSON form gives the path as host; the URI form (sqlite:////abs/path.db) as schema.
-        path = _sqlite_file(connection.host or connection.schema or "")
+        # The JSON form gives the path as host; the URI form (sqlite:////abs/path.db) as schema. POSIX
+        # keeps a leading "//", which a file: URI would read as a host.
+        path = Path(re.sub("^//+", "/", connection.host or connection.schema or "")).expanduser().resolve()
         if not path.is_file():
             raise DatabaseUnavailable(f"database file {path} does not exist")
         uri = "file:" + path.as_posix().replace("?", "%3f").replace("#", "%23") + "?mode=ro"

@@ -36,10 +36,8 @@ def file_link(name: str) -> str:
 
 
 def _date(text: str | None) -> dt.date | None:
-    if not text:
-        return None
     try:
-        return dt.date.fromisoformat(text.strip())
+        return dt.date.fromisoformat(text.strip()) if text else None
     except ValueError:
         return None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import NamedTuple
 from decimal import ROUND_HALF_UP, Decimal
 
 from ihc_attribution.charts import TOTAL_LABEL, ChannelTotals, Figures, compute_figures
@@ -24,25 +25,14 @@ METRICS = (
 )
 
 
-@dataclass(frozen=True)
-class Change:
-    """One figure in both periods; ``None`` where it is undefined (a ratio over 0)."""
+class Change(NamedTuple):
+    """One figure in both periods, the difference, and that in percent of the previous value (one
+    decimal); ``None`` where undefined (a ratio over 0, a percent of 0)."""
 
     current: Decimal | None
     previous: Decimal | None
-
-    @property
-    def delta(self) -> Decimal | None:
-        """Current less previous; ``None`` when either is undefined."""
-        return None if self.current is None or self.previous is None else self.current - self.previous
-
-    @property
-    def percent(self) -> Decimal | None:
-        """The change in percent of the previous value, one decimal; ``None`` when that is 0 or undefined."""
-        delta = self.delta
-        if delta is None or not self.previous:
-            return None
-        return (delta * 100 / abs(self.previous)).quantize(Decimal("0.1"), ROUND_HALF_UP)
+    delta: Decimal | None
+    percent: Decimal | None
 
 
 @dataclass(frozen=True)
@@ -54,17 +44,16 @@ class ChannelChange:
     previous: ChannelTotals
 
     def change(self, metric: str) -> Change:
-        return Change(getattr(self.current, metric), getattr(self.previous, metric))
+        now, before = getattr(self.current, metric), getattr(self.previous, metric)
+        delta = None if now is None or before is None else now - before
+        percent = None if delta is None or not before else (delta * 100 / abs(before)).quantize(Decimal("0.1"), ROUND_HALF_UP)
+        return Change(now, before, delta, percent)
 
 
 @dataclass(frozen=True)
 class Comparison:
-    """The selection against its previous period.
-
-    ``current_dates`` and ``previous_dates`` count the dates with report rows in each period, of
-    ``days``; ``channels`` are those of the current period in the totals table's order, then
-    those only in the previous period.
-    """
+    """The selection against its previous period: ``days`` each, ``*_dates`` of them with report rows;
+    ``channels`` in the totals table's order, then those only in the previous period."""
 
     current: sources.Selection
     previous: sources.Selection

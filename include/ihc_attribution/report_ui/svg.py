@@ -9,6 +9,7 @@ outliers of a ratio sit on the top edge (:func:`clip_bound`); a channel keeps it
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -318,13 +319,8 @@ def _columns(dates: Sequence[str], xs: Sequence[float], lines: Sequence[Trend], 
 
 def _draw_line(trend: Trend, ys: Sequence[float | None], xs: Sequence[float], tips: Sequence[str],
                clipped: Sequence[bool], values: str) -> Line:
-    runs: list[list[tuple[float, float]]] = [[]]
-    for x, y in zip(xs, ys):
-        if y is None:
-            runs.append([])
-        else:
-            runs[-1].append((x, y))
-    runs = [r for r in runs if r]
+    points = [None if y is None else (x, y) for x, y in zip(xs, ys)]
+    runs = [list(run) for drawn, run in itertools.groupby(points, key=lambda p: p is not None) if drawn]
     many = len(xs) > MAX_DOTS
     dots = tuple(p for r in runs for p in r if not many or len(r) == 1)
     return Line(trend, tuple(" ".join(f"{x},{y}" for x, y in r) for r in runs if len(r) > 1), dots,

@@ -104,11 +104,7 @@ def build_report(
             db.execute(f"DELETE FROM channel_reporting WHERE date IN ({dates})", (run_id,))
             sql = report_sql(db, db.as_type_of("cells.date", "channel_reporting", "date"))
             rows = db.execute(sql, (run_id,) * sql.count("?"))
-            db.execute(
-                "DELETE FROM attribution_report_builds WHERE report_date IN "
-                "(SELECT report_date FROM attribution_stg_report_dates WHERE run_id = ?)",
-                (run_id,),
-            )
+            db.execute(f"DELETE FROM attribution_report_builds WHERE report_date IN ({_REPORT_DATES})", (run_id,))
             db.execute(
                 "INSERT INTO attribution_report_builds (report_date, run_id, lookback_days, triggered_at, built_at) "
                 "SELECT report_date, run_id, ?, ?, ? FROM attribution_stg_report_dates WHERE run_id = ?",

@@ -88,11 +88,8 @@ class DatabaseUnavailable(Exception):
 
 
 class ReportDb:
-    """A read-only connection to the attribution database, with portable ``?`` placeholders.
-
-    :param conn: an open DB-API connection (``sqlite3`` or a PostgreSQL driver's).
-    :param source: where the data comes from, as shown on the page.
-    """
+    """A read-only DB-API connection (``sqlite3`` or a PostgreSQL driver's) with portable ``?`` placeholders;
+    ``source`` says on the page where the data comes from."""
 
     def __init__(self, conn: Any, source: str) -> None:
         self.conn = conn
@@ -101,12 +98,9 @@ class ReportDb:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Rows of one query; ``?`` placeholders are converted for drivers that use ``%s``."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(sql if self.is_sqlite else sql.replace("?", "%s"), tuple(params))
             return cur.fetchall()
-        finally:
-            cur.close()
 
     def has_table(self, table: str) -> bool:
         if self.is_sqlite:

@@ -65,12 +65,6 @@ def _database() -> Iterator[Any]:
         db.close()
 
 
-def _query_params(request: Request) -> dict[str, Any]:
-    params = request.query_params
-    return {"start": params.get("start"), "end": params.get("end"), "channel": params.getlist("channel"),
-            "line": params.getlist("line")}
-
-
 def _message(request: Request, text: str) -> HTMLResponse:
     return _render("message.html.j2", request, title="Attribution report", page="Report", message=text)
 
@@ -81,7 +75,7 @@ def report_page(request: Request):
         if isinstance(db, str):
             return _message(request, f"The attribution database cannot be read: {db}")
         try:
-            context = views.report_context(db, _query_params(request))
+            context = views.report_context(db, request.query_params)
         except Exception as exc:  # a table missing, a locked file: say so on the page
             if sources.REPORT_TABLE in str(exc).lower():
                 return _message(request, f"No report yet in {db.source}: the pipeline has not run on this database.")
@@ -94,7 +88,7 @@ def report_csv(request: Request):
     with _database() as db:
         if isinstance(db, str):
             raise HTTPException(status_code=503, detail=f"The attribution database cannot be read: {db}")
-        picked = views.pick(_query_params(request), sources.report_channels(db), sources.report_bounds(db))
+        picked = views.pick(request.query_params, sources.report_channels(db), sources.report_bounds(db))
         rows = sources.report_rows(db, picked.selection)
     name = views.csv_name(picked.selection)
     return Response(views.selection_csv(rows), media_type="text/csv; charset=utf-8", headers={

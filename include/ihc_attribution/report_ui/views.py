@@ -1,7 +1,9 @@
 """What each page of the report shows, computed once per request and handed to its template.
 
 The figures are :func:`ihc_attribution.charts.compute_figures` of the selected rows of
-``channel_reporting``, rounded as the CSV rounds them; the templates only format them.
+``channel_reporting``, rounded as the CSV rounds them; the templates only format them. The previous
+period is summed the same way, so this period's figures in the comparison are the totals table's.
+A channel without a row in one period had no session then: spend and revenue 0, ratios undefined.
 """
 
 from __future__ import annotations
@@ -10,13 +12,17 @@ import datetime as dt
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
+from ihc_attribution.charts import TOTAL_LABEL, ChannelTotals, Figures, channel_label, compute_figures, currency, money
 from ihc_attribution.report_ui import sources as sources
 from ihc_attribution.settings import DAG_ID
 
 if TYPE_CHECKING:
+    from starlette.datastructures import QueryParams
+
     from ihc_attribution.export import ReportRow
 
 DEFAULT_DAYS = 30
@@ -83,7 +89,7 @@ def _pick_range(params: Mapping[str, Any], bounds: tuple[str, str] | None) -> tu
     return start, end, problems
 
 
-def pick(params: Mapping[str, Any], channels: Sequence[str], bounds: tuple[str, str] | None) -> Picked:
+def pick(params: QueryParams, channels: Sequence[str], bounds: tuple[str, str] | None) -> Picked:
     """The selection from the query (``start``, ``end``, ``channel`` and ``line`` repeated).
 
     Without dates: the last 30 days of ``channel_reporting``; with one date, up to 30 days from
@@ -91,16 +97,14 @@ def pick(params: Mapping[str, Any], channels: Sequence[str], bounds: tuple[str, 
     range is shown instead. Channels (and lines) that the report does not have are dropped, the
     channels with a message.
     """
-    from ihc_attribution.charts import channel_label
-
     start, end, problems = _pick_range(params, bounds)
     known = set(channels)
-    asked = list(params.get("channel", []))
+    asked = params.getlist("channel")
     unknown = [c for c in asked if c not in known]
     if unknown:
         problems.append("no report rows for channel(s) " + ", ".join(repr(channel_label(c)) for c in unknown))
     picked = tuple(dict.fromkeys(c for c in asked if c in known))
-    lines = tuple(dict.fromkeys(c for c in params.get("line", []) if c in known))
+    lines = tuple(dict.fromkeys(c for c in params.getlist("line") if c in known))
     return Picked(sources.Selection(start.isoformat(), end.isoformat(), picked), problems, lines)
 
 
@@ -110,18 +114,18 @@ def selection_query(selection: sources.Selection) -> str:
                       *(("channel", c) for c in selection.channels)])
 
 
-def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str, Any]:
+def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
     """Everything the report page shows for the request's selection."""
-    from ihc_attribution import charts, credit
-    from ihc_attribution.report_ui import comparison, svg
+    from ihc_attribution import credit
+    from ihc_attribution.report_ui import svg
 
     channels = sources.report_channels(db)
     bounds = sources.report_bounds(db)
     picked = pick(params, channels, bounds)
     selection = picked.selection
     rows = sources.report_rows(db, selection)
-    figures = charts.compute_figures(rows)
-    code = charts.currency()
+    figures = compute_figures(rows)
+    code = currency()
     colors = svg.channel_colors(channels)
     issues = sources.read_issues(db, limit=0)
     has_credit = db.has_table(credit.CREDIT)
@@ -135,7 +139,7 @@ def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str,
         "rows": rows,
         "figures": figures,
         "currency": code,
-        "money": lambda v: charts.money(v, code),
+        "money": lambda v: money(v, code),
         "builds": sources.report_builds(db, selection),
         "issues_in_range": in_range,
         "query": selection_query(selection),
@@ -145,11 +149,93 @@ def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str,
         "charts": svg.report_charts(figures, colors, code, picked.lines),
         "models": models,
         "model_names": credit.MODELS,
-        "comparison": None if figures.empty else comparison.compare(db, selection, figures),
-        "metrics": comparison.METRICS,
+        "comparison": None if figures.empty else compare(db, selection, figures),
+        "metrics": METRICS,
         "journeys": journey_stats(db, selection) if has_credit else None,
         "paths_limit": PATHS_LIMIT,
     }
+
+
+# --- the previous period ----------------------------------------------------------------------
+
+_ZERO = Decimal(0)
+#: What the comparison shows per channel: (attribute of ``ChannelTotals``, heading, kind of number).
+METRICS = (
+    ("cost", "Spend", "money"),
+    ("ihc_revenue", "Attributed revenue", "money"),
+    ("roas", "ROAS", "number"),
+    ("cpo", "CPO", "money"),
+)
+
+
+class Change(NamedTuple):
+    """One figure in both periods, the difference, and that in percent of the previous value (one
+    decimal); ``None`` where undefined (a ratio over 0, a percent of 0)."""
+
+    current: Decimal | None
+    previous: Decimal | None
+    delta: Decimal | None
+    percent: Decimal | None
+
+
+@dataclass(frozen=True)
+class ChannelChange:
+    """A channel's totals (or the selection's) in both periods; ``change(metric)`` for each of :data:`METRICS`."""
+
+    channel_name: str
+    current: ChannelTotals
+    previous: ChannelTotals
+
+    def change(self, metric: str) -> Change:
+        now, before = getattr(self.current, metric), getattr(self.previous, metric)
+        delta = None if now is None or before is None else now - before
+        percent = None if delta is None or not before else (delta * 100 / abs(before)).quantize(Decimal("0.1"), ROUND_HALF_UP)
+        return Change(now, before, delta, percent)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The selection against its previous period: ``days`` each, ``*_dates`` of them with report rows;
+    ``channels`` in the totals table's order, then those only in the previous period."""
+
+    current: sources.Selection
+    previous: sources.Selection
+    days: int
+    current_dates: int
+    previous_dates: int
+    channels: tuple[ChannelChange, ...]
+    total: ChannelChange
+
+    @property
+    def empty(self) -> bool:
+        """Whether the previous period has no report row to compare with."""
+        return self.previous_dates == 0
+
+
+def previous_period(selection: sources.Selection) -> sources.Selection:
+    """The days just before the selection, as many as it has, with the same channels.
+
+    ``2024-01-08 .. 2024-01-14`` gives ``2024-01-01 .. 2024-01-07``.
+    """
+    start, end = dt.date.fromisoformat(selection.start), dt.date.fromisoformat(selection.end)
+    days = (end - start).days + 1
+    # Ordinals, so that a range asked for near year 1 gives an (empty) period instead of an error.
+    first, last = (dt.date.fromordinal(max(start.toordinal() - n, 1)) for n in (days, 1))
+    return sources.Selection(first.isoformat(), last.isoformat(), selection.channels)
+
+
+def compare(db: sources.ReportDb, selection: sources.Selection, current: Figures) -> Comparison:
+    """The selection (whose figures are ``current``) against the previous period of the same length."""
+    period = previous_period(selection)
+    previous = compute_figures(sources.report_rows(db, period))
+    before = {t.channel_name: t for t in previous.channels}
+    now = {t.channel_name: t for t in current.channels}
+    nothing = ChannelTotals("", _ZERO, _ZERO, _ZERO, 0)
+    rows = [ChannelChange(t.channel_name, t, before.get(t.channel_name, nothing)) for t in current.channels]
+    rows += [ChannelChange(t.channel_name, nothing, t) for t in previous.channels if t.channel_name not in now]
+    days = (dt.date.fromisoformat(selection.end) - dt.date.fromisoformat(selection.start)).days + 1
+    return Comparison(selection, period, days, len(current.dates), len(previous.dates), tuple(rows),
+                      ChannelChange(TOTAL_LABEL, current.total, previous.total))
 
 
 def journey_stats(db: sources.ReportDb, selection: sources.Selection) -> Any:

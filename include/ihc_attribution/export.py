@@ -108,18 +108,6 @@ def read_report(db: Database, run_range: RunRange) -> list[ReportRow]:
     return [report_row(*row) for row in rows]
 
 
-def safe_cell(text: str, escape_formulas: bool = False) -> str:
-    """The cell's text; with ``escape_formulas``, text a spreadsheet would run as a formula gets an apostrophe.
-
-    Off by default: the CSV is the report's data, read by other programs through the asset, and
-    must hold the names exactly as stored. Turn it on (``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``) only
-    when the files are opened in spreadsheets by people who do not control the channel names.
-    """
-    if escape_formulas and text.startswith(_FORMULA_PREFIXES):
-        return "'" + text
-    return text
-
-
 def output_base(location: str, conn_id: str | None = None) -> Any:
     """The output base as an ``ObjectStoragePath``: a URL (``s3://bucket/prefix`` ...) or a local folder.
 
@@ -188,12 +176,21 @@ Extra = tuple[tuple[str, ...], dict[tuple[str, str], tuple[Any, ...]], tuple[Any
 def write_rows(
     handle: TextIO, rows: Iterable[ReportRow], *, escape_formulas: bool = False, extra: Extra | None = None
 ) -> None:
-    """Write the header and the rows as CSV: the one format of every report CSV; ``extra`` columns after them."""
+    """Write the header and the rows as CSV: the one format of every report CSV; ``extra`` columns after them.
+
+    With ``escape_formulas`` a channel name a spreadsheet would run as a formula gets an apostrophe.
+    Off by default: the CSV is the report's data, read by other programs through the asset, and must
+    hold the names as stored. Turn it on (``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``) only when the files
+    are opened in spreadsheets by people who do not control the channel names.
+    """
     names, values, zeros = extra or ((), {}, ())
     writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
     writer.writerow(CSV_COLUMNS + names)
     for row in rows:
-        cells = [safe_cell(row.channel_name, escape_formulas), row.date, row.cost, row.ihc, row.ihc_revenue,
+        name = row.channel_name
+        if escape_formulas and name.startswith(_FORMULA_PREFIXES):
+            name = "'" + name
+        cells = [name, row.date, row.cost, row.ihc, row.ihc_revenue,
                  "" if row.cpo is None else row.cpo, "" if row.roas is None else row.roas]
         writer.writerow(cells + list(values.get((row.channel_name, row.date), zeros)))
 

@@ -108,12 +108,6 @@ def pick(params: QueryParams, channels: Sequence[str], bounds: tuple[str, str] |
     return Picked(sources.Selection(start.isoformat(), end.isoformat(), picked), problems, lines)
 
 
-def selection_query(selection: sources.Selection) -> str:
-    """The query string that selects ``selection`` again."""
-    return urlencode([("start", selection.start), ("end", selection.end),
-                      *(("channel", c) for c in selection.channels)])
-
-
 def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
     """Everything the report page shows for the request's selection."""
     from ihc_attribution import credit
@@ -142,7 +136,8 @@ def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
         "money": lambda v: money(v, code),
         "builds": sources.report_builds(db, selection),
         "issues_in_range": in_range,
-        "query": selection_query(selection),
+        "query": urlencode([("start", selection.start), ("end", selection.end),
+                            *(("channel", c) for c in selection.channels)]),
         "colors": colors,
         "lines": picked.lines,
         "top": svg.TREND_TOP,

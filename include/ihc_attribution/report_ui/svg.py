@@ -94,7 +94,6 @@ class BarChart:
     guide_x: float | None = None
     width: int = WIDTH
     label_x: int = LABEL_W - 8
-    kind: str = "bars"
 
 
 def _length(value: Decimal, scale: Decimal) -> float:
@@ -236,7 +235,6 @@ class LineChart:
     right: int = WIDTH - RIGHT
     top: int = TOP
     bottom: int = TOP + PLOT_H
-    kind: str = "lines"
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float:

@@ -38,10 +38,7 @@ STYLESHEET = Path(__file__).resolve().parent / "report_ui" / "static" / "report.
 
 
 def currency() -> str:
-    """The report currency: ``$ATTRIBUTION_CURRENCY`` (three letters, e.g. ``USD``), default ``EUR``.
-
-    :raises ValueError: for anything that is not a three-letter code.
-    """
+    """The report currency: ``$ATTRIBUTION_CURRENCY``, default ``EUR``; ValueError unless three capital letters."""
     code = settings.currency_code()
     if not re.fullmatch(r"[A-Z]{3}", code):
         raise ValueError(f"{CURRENCY_ENV} must be a three-letter ISO 4217 code such as EUR or USD, not {code!r}")
@@ -49,11 +46,8 @@ def currency() -> str:
 
 
 def ui_base_url() -> str:
-    """Base URL of the Airflow UI, for links written into logs and XCom.
-
-    ``$ATTRIBUTION_UI_BASE_URL`` if set, else Airflow's ``[api] base_url``, else
-    ``http://localhost:<[api] port>``.
-    """
+    """Base URL of the Airflow UI for links in logs and XCom: ``$ATTRIBUTION_UI_BASE_URL``, else
+    Airflow's ``[api] base_url``, else ``http://localhost:<[api] port>``."""
     base = settings.ui_base_url_override()
     if not base:
         try:
@@ -98,11 +92,8 @@ class ChannelTotals:
 
 @dataclass(frozen=True)
 class Figures:
-    """Everything the report shows for a set of rows.
-
-    ``dates`` are the dates with at least one row, ascending. ``daily[channel]`` is aligned with
-    ``dates``: the channel's totals of each date, ``None`` where it has no row (no session).
-    """
+    """Everything the report shows for a set of rows: ``dates`` with a row, ascending; ``daily[channel]``
+    aligned with them, ``None`` where the channel has no row (no session)."""
 
     dates: tuple[str, ...]
     total: ChannelTotals
@@ -130,12 +121,9 @@ def combine(name: str, totals: Iterable[ChannelTotals | None]) -> ChannelTotals 
 
 
 def compute_figures(rows: Iterable[ReportRow]) -> Figures:
-    """The figures of ``rows``: the one computation behind every number of the report.
-
-    Sums are exact (Decimal) sums of the rows as given, the totals of
-    :func:`ihc_attribution.export.report_totals`. Ratios are ratios of sums, never means of daily
-    ratios. Channels are ordered by attributed revenue, then spend (both descending), then name.
-    """
+    """The one computation behind every number of the report: exact sums of ``rows`` (the totals of
+    :func:`ihc_attribution.export.report_totals`), ratios of sums, never means of daily ratios; channels
+    by attributed revenue, then spend (both descending), then name."""
     rows = list(rows)
     by_channel: dict[str, list[ReportRow]] = {}
     by_date: dict[str, list[ReportRow]] = {}

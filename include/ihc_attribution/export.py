@@ -1,13 +1,9 @@
 """Stage 7: export the report of the run's dates as CSV, with CPO and ROAS.
 
-``CPO = cost / ihc`` and ``ROAS = ihc_revenue / cost``; where the denominator is 0 the cell is
-empty, never ``inf``, ``NaN`` or 0. Money is rounded half-up to the cent, ``ihc`` and ``ROAS``
-to 4 decimals.
-
-Files go to an output base given as a local folder or a URL (``file://``, ``s3://``, ``gs://``
-... through Airflow's ``ObjectStoragePath`` and the matching provider). On a local filesystem a
-file is written to a temporary name and renamed into place; on an object store it is uploaded
-in one piece once complete. Readers see either the previous complete file or the new one.
+``CPO = cost / ihc`` and ``ROAS = ihc_revenue / cost``, an empty cell where the denominator is 0;
+money half-up to the cent, ``ihc`` and ``ROAS`` to 4 decimals. Files go to a local folder or a URL
+(``s3://`` ... through Airflow's ``ObjectStoragePath``), written whole: readers see the previous
+complete file or the new one.
 """
 
 from __future__ import annotations
@@ -55,12 +51,8 @@ def to_decimal(value: float | int | Decimal | None) -> Decimal:
 
 
 def ratios(cost: Decimal, ihc: Decimal, ihc_revenue: Decimal) -> tuple[Decimal | None, Decimal | None]:
-    """``(CPO, ROAS)`` of unrounded sums, rounded as the report shows them.
-
-    CPO = cost / ihc, half-up to the cent; ROAS = ihc_revenue / cost, half-up to 4 decimals.
-    Each is ``None`` where its denominator is 0: undefined, never ``inf``, ``NaN`` or 0. The CSV,
-    the chart next to it and the report page all take their ratios from here.
-    """
+    """``(CPO, ROAS)`` of unrounded sums: cost / ihc half-up to the cent, ihc_revenue / cost half-up to
+    4 decimals, ``None`` where the denominator is 0 (never ``inf``, ``NaN`` or 0). Every report takes its ratios here."""
     cpo = (cost / ihc).quantize(_CENT, ROUND_HALF_UP) if ihc != 0 else None
     roas = (ihc_revenue / cost).quantize(_FOUR, ROUND_HALF_UP) if cost != 0 else None
     return cpo, roas
@@ -109,11 +101,8 @@ def read_report(db: Database, run_range: RunRange) -> list[ReportRow]:
 
 
 def output_base(location: str, conn_id: str | None = None) -> Any:
-    """The output base as an ``ObjectStoragePath``: a URL (``s3://bucket/prefix`` ...) or a local folder.
-
-    A folder without a scheme is taken from the working directory and becomes a ``file://`` URL.
-    ``conn_id`` names the Airflow connection of the store (e.g. ``aws_default`` for ``s3://``).
-    """
+    """The output base as an ``ObjectStoragePath``: a URL (``s3://bucket/prefix`` ...), or a local folder
+    (from the working directory) as ``file://``; ``conn_id`` is the store's Airflow connection."""
     from airflow.sdk import ObjectStoragePath
 
     if "://" not in location:

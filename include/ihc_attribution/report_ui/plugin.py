@@ -51,10 +51,7 @@ report_app = LazyApp("ihc_attribution.report_ui.app:create_app")
 
 
 def report_link(run_id: str) -> str:
-    """The report page of the run's range, or "" while the run has not recorded its range.
-
-    :raises sources.DatabaseUnavailable: when the attribution database cannot be opened.
-    """
+    """The report page of the run's range, or "" before the run recorded it; raises ``DatabaseUnavailable``."""
     from ihc_attribution.charts import report_url
 
     db = sources.open_db()
@@ -73,11 +70,8 @@ def report_link(run_id: str) -> str:
 
 
 class AttributionReportLink(BaseOperatorLink):
-    """"Attribution report" on the ``export_csv`` task: the report page of the run's range.
-
-    Registered for every operator (the DAG file need not change); empty, so not shown, for any
-    other task and until the run has recorded its range (its ``extract_journeys`` task).
-    """
+    """"Attribution report" on ``export_csv``: registered for every operator (the DAG file need not change),
+    empty, so not shown, on other tasks and until the run has recorded its range."""
 
     name = "Attribution report"
 

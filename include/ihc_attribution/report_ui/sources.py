@@ -115,11 +115,8 @@ class ReportDb:
 
 
 def open_db(conn_id: str | None = None) -> ReportDb:
-    """Open the attribution database of the connection, read-only.
-
-    :raises DatabaseUnavailable: when the connection is not defined, the SQLite file does not
-        exist, or the database cannot be reached.
-    """
+    """The attribution database of the connection, read-only; ``DatabaseUnavailable`` when the connection
+    is not defined, the SQLite file does not exist or the database cannot be reached."""
     conn_id = conn_id or settings.db_conn_id()
     try:
         from airflow.sdk import BaseHook
@@ -179,11 +176,8 @@ def report_bounds(db: ReportDb) -> tuple[str, str] | None:
 
 
 def report_rows(db: ReportDb, selection: Selection) -> list[ReportRow]:
-    """The ``channel_reporting`` rows of the selection, by date and channel, rounded as the CSV holds them.
-
-    They are the rows :func:`ihc_attribution.export.read_report` gives the export (CSV and chart
-    file) and the run's check, so every total of the page is theirs to the cent.
-    """
+    """The ``channel_reporting`` rows of the selection rounded as the CSV holds them: those
+    :func:`ihc_attribution.export.read_report` gives the export and the run's check, so every total is theirs."""
     from ihc_attribution.export import report_row
 
     where = f" AND channel_name IN ({', '.join('?' * len(selection.channels))})" if selection.channels else ""
@@ -220,10 +214,7 @@ def _text(value: Any) -> str | None:
 
 
 def report_builds(db: ReportDb, selection: Selection) -> list[Build] | None:
-    """Which runs built the report dates of the selection, as runs of consecutive dates.
-
-    ``None`` when the database has no ``attribution_report_builds`` table yet.
-    """
+    """The runs that built the selection's report dates, as runs of consecutive dates; ``None`` without the table."""
     if not db.has_table(BUILDS_TABLE):
         return None
     runs_join = (f" LEFT JOIN {RUNS_TABLE} r ON r.run_id = b.run_id" if db.has_table(RUNS_TABLE) else "")

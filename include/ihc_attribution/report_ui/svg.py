@@ -151,12 +151,9 @@ class Trend:
 
 
 def trend_lines(figures: Figures, colors: dict[str, str], picked: Sequence[str] = ()) -> list[Trend]:
-    """The lines of the trend charts: the channels ``picked`` (default: the :data:`TREND_TOP` with
-    the most attributed revenue), then "Other", the sum of the selection's other channels.
-
-    Without a pick, a selection of one channel more than :data:`TREND_TOP` draws them all: an
-    "Other" of one channel would only hide its name.
-    """
+    """The channels ``picked`` (default: the :data:`TREND_TOP` with the most attributed revenue), then
+    "Other", the sum of the rest; with no pick, one channel more than :data:`TREND_TOP` draws them all
+    (an "Other" of one channel would only hide its name)."""
     names = [t.channel_name for t in figures.channels]
     chosen = set(picked) & set(names)
     if chosen:
@@ -202,10 +199,8 @@ class Column:
 
 @dataclass(frozen=True)
 class Line:
-    """A trend as drawn: runs of points between gaps, its dots, and its points clipped to the top edge.
-
-    ``values`` are the line's values as the CSV rounds them, space-separated, ``n/a`` where undefined.
-    """
+    """A trend as drawn: runs of points between gaps, dots, points clipped to the top edge, and ``values``
+    as the CSV rounds them (space-separated, ``n/a`` where undefined)."""
 
     trend: Trend
     paths: tuple[str, ...]

@@ -90,13 +90,9 @@ def _pick_range(params: Mapping[str, Any], bounds: tuple[str, str] | None) -> tu
 
 
 def pick(params: QueryParams, channels: Sequence[str], bounds: tuple[str, str] | None) -> Picked:
-    """The selection from the query (``start``, ``end``, ``channel`` and ``line`` repeated).
-
-    Without dates: the last 30 days of ``channel_reporting``; with one date, up to 30 days from
-    the start or to the end. A date that is not one is left out, and the message says which
-    range is shown instead. Channels (and lines) that the report does not have are dropped, the
-    channels with a message.
-    """
+    """The selection from the query (``start``, ``end``, ``channel`` and ``line`` repeated): the last 30
+    days of the report, or up to 30 from one date; a date that is not one is left out and the message
+    says what is shown instead. Channels (with a message) and lines the report does not have are dropped."""
     start, end, problems = _pick_range(params, bounds)
     known = set(channels)
     asked = params.getlist("channel")
@@ -208,10 +204,7 @@ class Comparison:
 
 
 def previous_period(selection: sources.Selection) -> sources.Selection:
-    """The days just before the selection, as many as it has, with the same channels.
-
-    ``2024-01-08 .. 2024-01-14`` gives ``2024-01-01 .. 2024-01-07``.
-    """
+    """The days just before the selection, as many, same channels (``01-08..01-14`` gives ``01-01..01-07``)."""
     start, end = dt.date.fromisoformat(selection.start), dt.date.fromisoformat(selection.end)
     days = (end - start).days + 1
     # Ordinals, so that a range asked for near year 1 gives an (empty) period instead of an error.
@@ -234,11 +227,8 @@ def compare(db: sources.ReportDb, selection: sources.Selection, current: Figures
 
 
 def journey_stats(db: sources.ReportDb, selection: sources.Selection) -> Any:
-    """The paths and journey distributions of the selection's conversions, or why they cannot be read.
-
-    A database whose credit rows predate the conversion timestamps fails here alone: the rest of
-    the page still shows.
-    """
+    """The paths and journey distributions of the selection's conversions, or why they cannot be read
+    (credit rows older than the conversion timestamps fail here alone: the rest of the page shows)."""
     from ihc_attribution.journey_stats import read_journey_stats
 
     try:

@@ -110,10 +110,8 @@ def issues_page(request: Request, reason: str | None = None):
                    reason=reason or None)
 
 
-def _export_rows(path: Path | None) -> int | None:
+def _export_rows(path: Path) -> int | None:
     """Data rows of an exported CSV (its lines less the header); ``None`` if unreadable."""
-    if path is None:
-        return None
     try:
         with path.open("rb") as handle:
             return max(sum(1 for _ in handle) - 1, 0)
@@ -125,7 +123,7 @@ def _export_rows(path: Path | None) -> int | None:
 def exports_page(request: Request, all: int = 0):  # noqa: A002  (the query parameter's name)
     folder = sources.output_dir()
     found = sources.list_reports(folder)
-    counts = [_export_rows(r.csv) if i < EXPORT_ROWS_SCAN_LIMIT else None for i, r in enumerate(found)]
+    counts = [_export_rows(r.csv) if r.csv and i < EXPORT_ROWS_SCAN_LIMIT else None for i, r in enumerate(found)]
     # Scheduled runs over days without conversions still export their (often empty) day.
     keep = [i for i, (r, n) in enumerate(zip(found, counts, strict=True)) if all or not (r.days == 1 and n == 0)]
     shown = keep[: views.REPORTS_LIMIT]

@@ -142,7 +142,7 @@ def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
         "model_names": credit.MODELS,
         "comparison": None if figures.empty else compare(db, selection, figures),
         "metrics": METRICS,
-        "journeys": journey_stats(db, selection) if has_credit else None,
+        "journeys": _journey_stats(db, selection) if has_credit else None,
         "paths_limit": PATHS_LIMIT,
     }
 
@@ -226,7 +226,7 @@ def compare(db: sources.ReportDb, selection: sources.Selection, current: Figures
                       ChannelChange(TOTAL_LABEL, current.total, previous.total))
 
 
-def journey_stats(db: sources.ReportDb, selection: sources.Selection) -> Any:
+def _journey_stats(db: sources.ReportDb, selection: sources.Selection) -> Any:
     """The paths and journey distributions of the selection's conversions, or why they cannot be read
     (credit rows older than the conversion timestamps fail here alone: the rest of the page shows)."""
     from ihc_attribution.journey_stats import read_journey_stats

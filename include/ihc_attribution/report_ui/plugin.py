@@ -91,9 +91,7 @@ class AttributionReportPlugin(AirflowPlugin):
     """The report pages: a FastAPI app, its entry in the UI's navigation, and the run's link to it."""
 
     name = "attribution_report"
-    fastapi_apps = [
-        {"app": report_app, "url_prefix": URL_PREFIX, "name": "Attribution report"},
-    ]
+    fastapi_apps = [{"app": report_app, "url_prefix": URL_PREFIX, "name": "Attribution report"}]
     external_views = [
         {
             "name": NAV_LABEL,

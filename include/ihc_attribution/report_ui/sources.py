@@ -226,11 +226,10 @@ def report_builds(db: ReportDb, selection: Selection) -> list[Build] | None:
     )
     builds: list[Build] = []
     for date, run_id, lookback, built, run_start, run_end, started in rows:
-        date = str(date)
-        previous = builds[-1] if builds else None
-        if (previous is not None and previous.run_id == run_id and previous.built_at == str(built)
-                and dt.date.fromisoformat(date) - dt.date.fromisoformat(previous.last_date) == dt.timedelta(days=1)):
-            builds[-1] = dataclasses.replace(previous, last_date=date)
+        date, last = str(date), builds[-1] if builds else None
+        if (last is not None and (last.run_id, last.built_at) == (run_id, str(built))
+                and dt.date.fromisoformat(date) - dt.date.fromisoformat(last.last_date) == dt.timedelta(days=1)):
+            builds[-1] = dataclasses.replace(last, last_date=date)
             continue
         builds.append(Build(date, date, str(run_id), None if lookback is None else int(lookback), _text(started),
                             str(built), _text(run_start), _text(run_end)))

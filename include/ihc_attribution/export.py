@@ -44,12 +44,6 @@ class ReportRow:
     roas: Decimal | None
 
 
-def to_decimal(value: float | int | Decimal | None) -> Decimal:
-    """A database number as an exact Decimal (NULL is 0), for sums that are rounded only at the end."""
-    # repr() gives the shortest decimal that round-trips, so 2.675 stays 2.675 and rounds up.
-    return Decimal(repr(float(value or 0)))
-
-
 def ratios(cost: Decimal, ihc: Decimal, ihc_revenue: Decimal) -> tuple[Decimal | None, Decimal | None]:
     """``(CPO, ROAS)`` of unrounded sums: cost / ihc half-up to the cent, ihc_revenue / cost half-up to
     4 decimals, ``None`` where the denominator is 0 (never ``inf``, ``NaN`` or 0). Every report takes its ratios here."""
@@ -70,7 +64,9 @@ def round_ihc(value: Decimal) -> Decimal:
 
 def report_row(channel_name: str, date: str, cost: float, ihc: float, ihc_revenue: float) -> ReportRow:
     """Round one ``channel_reporting`` row and add its ratios (of the unrounded values)."""
-    c, i, r = to_decimal(cost), to_decimal(ihc), to_decimal(ihc_revenue)
+    # Exact Decimals (NULL is 0): repr() gives the shortest decimal that round-trips, so 2.675 stays
+    # 2.675 and rounds up.
+    c, i, r = (Decimal(repr(float(value or 0))) for value in (cost, ihc, ihc_revenue))
     return ReportRow(channel_name, str(date), round_money(c), round_ihc(i), round_money(r), *ratios(c, i, r))
 
 

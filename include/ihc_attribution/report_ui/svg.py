@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from ihc_attribution.charts import ChannelTotals, Figures, channel_label, combine, currency_symbol, money, number
 from ihc_attribution.export import round_ihc, round_money
@@ -180,21 +180,9 @@ def lines_note(lines: Sequence[Trend], picked: bool) -> str:
     return f"Lines: {head}, and {other.label}, the sum of the rest."
 
 
-@dataclass(frozen=True)
-class Tick:
-    """An axis label at a position (x for dates, y for values)."""
-
-    at: float
-    text: str
-
-
-@dataclass(frozen=True)
-class Column:
-    """The hover area of one date: every line's value in its tooltip."""
-
-    x: float
-    width: float
-    tooltip: str
+# An axis label at a position (x for dates, y for values); the hover area of a date, every line's value its tooltip.
+Tick = NamedTuple("Tick", [("at", float), ("text", str)])
+Column = NamedTuple("Column", [("x", float), ("width", float), ("tooltip", str)])
 
 
 @dataclass(frozen=True)

@@ -159,14 +159,10 @@ METRICS = (
 )
 
 
-class Change(NamedTuple):
-    """One figure in both periods, the difference, and that in percent of the previous value (one
-    decimal); ``None`` where undefined (a ratio over 0, a percent of 0)."""
-
-    current: Decimal | None
-    previous: Decimal | None
-    delta: Decimal | None
-    percent: Decimal | None
+# One figure in both periods, the difference, and that in percent of the previous value (one decimal);
+# None where undefined (a ratio over 0, a percent of 0).
+Change = NamedTuple("Change", [("current", Decimal | None), ("previous", Decimal | None), ("delta", Decimal | None),
+                               ("percent", Decimal | None)])
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ def pick(params: QueryParams, channels: Sequence[str], bounds: tuple[str, str] |
 def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
     """Everything the report page shows for the request's selection."""
     from ihc_attribution import credit
+    from ihc_attribution.journey_stats import read_journey_stats
     from ihc_attribution.report_ui import svg
 
     channels = sources.report_channels(db)
@@ -121,6 +122,12 @@ def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
     has_credit = db.has_table(credit.CREDIT)
     models = credit.model_totals(db, selection.start, selection.end, list(selection.channels) or None) if has_credit else []
     in_range = sum(n for date, _, n in issues.by_date if selection.start <= date <= selection.end)
+    journeys = None  # the paths and journey distributions of the selection's conversions, or why they cannot be read
+    if has_credit:
+        try:  # credit rows older than the conversion timestamps fail here alone: the rest of the page shows
+            journeys = read_journey_stats(db, selection.start, selection.end, selection.channels)
+        except Exception as exc:
+            journeys = f"{type(exc).__name__}: {exc}"
     return {
         "selection": selection,
         "problems": picked.problems,
@@ -142,7 +149,7 @@ def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
         "model_names": credit.MODELS,
         "comparison": None if figures.empty else compare(db, selection, figures),
         "metrics": METRICS,
-        "journeys": _journey_stats(db, selection) if has_credit else None,
+        "journeys": journeys,
         "paths_limit": PATHS_LIMIT,
     }
 
@@ -220,17 +227,6 @@ def compare(db: sources.ReportDb, selection: sources.Selection, current: Figures
     days = (dt.date.fromisoformat(selection.end) - dt.date.fromisoformat(selection.start)).days + 1
     return Comparison(selection, period, days, len(current.dates), len(previous.dates), tuple(rows),
                       ChannelChange(TOTAL_LABEL, current.total, previous.total))
-
-
-def _journey_stats(db: sources.ReportDb, selection: sources.Selection) -> Any:
-    """The paths and journey distributions of the selection's conversions, or why they cannot be read
-    (credit rows older than the conversion timestamps fail here alone: the rest of the page shows)."""
-    from ihc_attribution.journey_stats import read_journey_stats
-
-    try:
-        return read_journey_stats(db, selection.start, selection.end, selection.channels)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
 
 
 def csv_name(selection: sources.Selection) -> str:

@@ -1,30 +1,21 @@
 """The report's figures, computed once, and the chart file written next to each CSV.
 
-:func:`compute_figures` sums report rows into everything the report shows: totals of the
-selection, totals per channel and per date, and per-channel daily values, with CPO and ROAS from
-:func:`ihc_attribution.export.ratios` (undefined, ``None``, where the denominator is 0; never
-``inf``, ``NaN`` or 0). The rows are those of the CSV, rounded as it rounds them, so every total
-the report shows is the sum of the CSV's column, to the cent.
-
-:func:`write_chart` renders the rows of an exported report into one self-contained HTML file:
-the template ``chart.html.j2`` and the charts of :mod:`ihc_attribution.report_ui.svg`, the same
-templates, drawings and stylesheet as the *Attribution report* page of the UI, inline SVG and CSS,
-no script and no external resource (a Content-Security-Policy forbids them), so it opens from
-disk, from an e-mail attachment or behind the Airflow UI alike. It links to its CSV (same folder)
-and, when given, to the report page of its range. The file is written to a temporary name and
-renamed into place.
-
-Amounts are in the currency of ``$ATTRIBUTION_CURRENCY`` (an ISO 4217 code, default ``EUR``).
+:func:`compute_figures` sums report rows, rounded as the CSV holds them, into every number the
+report shows, so each total is the sum of a CSV column to the cent; ratios are those of
+:func:`ihc_attribution.export.ratios` (``None`` where undefined). :func:`write_chart` renders them
+into one self-contained HTML file (inline SVG and CSS, no script, nothing loaded from elsewhere)
+with the templates and drawings of the report page. Amounts are in ``$ATTRIBUTION_CURRENCY``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import urlencode
 
 from ihc_attribution import settings
@@ -33,7 +24,6 @@ from ihc_attribution.export import ReportRow, atomic_write, ratios, round_money
 _ZERO = Decimal(0)
 
 CURRENCY_ENV = "ATTRIBUTION_CURRENCY"
-DEFAULT_CURRENCY = "EUR"
 _CURRENCY_SYMBOLS = {"EUR": "\u20ac", "USD": "$", "GBP": "\u00a3", "JPY": "\u00a5"}
 # The one label of a channel whose name is empty, wherever a channel is named.
 EMPTY_NAME_LABEL = "(empty name)"
@@ -42,17 +32,13 @@ TOTAL_LABEL = "All channels"
 # The report page inside the Airflow UI: the plugin's view (url_route "attribution-report") with
 # the plugin app's own path (mounted at /attribution-report/) after it. Airflow 3.3 loads that
 # path, with its query, into the view's frame.
-UI_BASE_URL_ENV = "ATTRIBUTION_UI_BASE_URL"
 REPORT_PAGE_PATH = "/plugin/attribution-report/attribution-report/"
 TEMPLATE_DIR = Path(__file__).resolve().parent / "report_ui" / "templates"
 STYLESHEET = Path(__file__).resolve().parent / "report_ui" / "static" / "report.css"
 
 
 def currency() -> str:
-    """The report currency: ``$ATTRIBUTION_CURRENCY`` (three letters, e.g. ``USD``), default ``EUR``.
-
-    :raises ValueError: for anything that is not a three-letter code.
-    """
+    """The report currency: ``$ATTRIBUTION_CURRENCY``, default ``EUR``; ValueError unless three capital letters."""
     code = settings.currency_code()
     if not re.fullmatch(r"[A-Z]{3}", code):
         raise ValueError(f"{CURRENCY_ENV} must be a three-letter ISO 4217 code such as EUR or USD, not {code!r}")
@@ -60,11 +46,8 @@ def currency() -> str:
 
 
 def ui_base_url() -> str:
-    """Base URL of the Airflow UI, for links written into logs and XCom.
-
-    ``$ATTRIBUTION_UI_BASE_URL`` if set, else Airflow's ``[api] base_url``, else
-    ``http://localhost:<[api] port>``.
-    """
+    """Base URL of the Airflow UI for links in logs and XCom: ``$ATTRIBUTION_UI_BASE_URL``, else
+    Airflow's ``[api] base_url``, else ``http://localhost:<[api] port>``."""
     base = settings.ui_base_url_override()
     if not base:
         try:
@@ -78,25 +61,12 @@ def ui_base_url() -> str:
     return base.rstrip("/")
 
 
-def report_url(first_date: str, last_date: str, base_url: str | None = None,
-               channels: Sequence[str] = ()) -> str:
-    """URL of the report page in the Airflow UI for a date range (and optionally channels)."""
-    query = [("start", first_date), ("end", last_date), *(("channel", c) for c in channels)]
-    base = ui_base_url() if base_url is None else base_url.rstrip("/")
-    return f"{base}{REPORT_PAGE_PATH}?{urlencode(query)}"
+def report_url(first_date: str, last_date: str) -> str:
+    """URL of the report page in the Airflow UI for a date range."""
+    return f"{ui_base_url()}{REPORT_PAGE_PATH}?{urlencode({'start': first_date, 'end': last_date})}"
 
 
 # --- figures -----------------------------------------------------------------------------------
-
-
-class Cell(Protocol):
-    """A report row as the figures need it: a ``ReportRow`` (rounded as the CSV holds it)."""
-
-    channel_name: str
-    date: str
-    cost: Decimal
-    ihc: Decimal
-    ihc_revenue: Decimal
 
 
 @dataclass(frozen=True)
@@ -121,42 +91,24 @@ class ChannelTotals:
 
 
 @dataclass(frozen=True)
-class DayTotals:
-    """Spend and attributed revenue of all channels on one date."""
-
-    date: str
-    cost: Decimal
-    ihc_revenue: Decimal
-
-
-@dataclass(frozen=True)
 class Figures:
-    """Everything the report shows for a set of rows.
-
-    ``dates`` are the dates with at least one row, ascending. ``daily[channel]`` is aligned with
-    ``dates``: the channel's totals of each date, ``None`` where it has no row (no session).
-    """
+    """Everything the report shows for a set of rows: ``dates`` with a row, ascending; ``daily[channel]``
+    aligned with them, ``None`` where the channel has no row (no session)."""
 
     dates: tuple[str, ...]
     total: ChannelTotals
     channels: tuple[ChannelTotals, ...]
     per_date: tuple[ChannelTotals, ...]
-    daily: dict[str, tuple[ChannelTotals | None, ...]] = field(default_factory=dict)
+    daily: dict[str, tuple[ChannelTotals | None, ...]]
 
     @property
     def empty(self) -> bool:
-        """Whether there is no row at all."""
         return not self.dates
 
 
-def _sum(name: str, rows: Sequence[Cell]) -> ChannelTotals:
-    return ChannelTotals(
-        channel_name=name,
-        cost=sum((r.cost for r in rows), _ZERO),
-        ihc=sum((r.ihc for r in rows), _ZERO),
-        ihc_revenue=sum((r.ihc_revenue for r in rows), _ZERO),
-        days=len({r.date for r in rows}),
-    )
+def _sum(name: str, rows: Sequence[ReportRow]) -> ChannelTotals:
+    return ChannelTotals(name, sum((r.cost for r in rows), _ZERO), sum((r.ihc for r in rows), _ZERO),
+                         sum((r.ihc_revenue for r in rows), _ZERO), len({r.date for r in rows}))
 
 
 def combine(name: str, totals: Iterable[ChannelTotals | None]) -> ChannelTotals | None:
@@ -168,28 +120,21 @@ def combine(name: str, totals: Iterable[ChannelTotals | None]) -> ChannelTotals 
                          sum((t.ihc_revenue for t in present), _ZERO), max(t.days for t in present))
 
 
-def _by_revenue(totals: Iterable[ChannelTotals]) -> list[ChannelTotals]:
-    return sorted(totals, key=lambda t: (-t.ihc_revenue, -t.cost, t.channel_name))
-
-
-def compute_figures(rows: Iterable[Cell]) -> Figures:
-    """The figures of ``rows``: the one computation behind every number of the report.
-
-    Sums are exact (Decimal) sums of the rows as given; with rows of the CSV (``ReportRow``) the
-    totals are those of :func:`ihc_attribution.export.report_totals`. Ratios are ratios of sums,
-    never means of daily ratios. Channels are ordered by attributed revenue, then spend (both
-    descending), then name.
-    """
+def compute_figures(rows: Iterable[ReportRow]) -> Figures:
+    """The one computation behind every number of the report: exact sums of ``rows`` (the totals of
+    :func:`ihc_attribution.export.report_totals`), ratios of sums, never means of daily ratios; channels
+    by attributed revenue, then spend (both descending), then name."""
     rows = list(rows)
-    by_channel: dict[str, list[Cell]] = {}
-    by_date: dict[str, list[Cell]] = {}
-    by_cell: dict[tuple[str, str], list[Cell]] = {}
+    by_channel: dict[str, list[ReportRow]] = {}
+    by_date: dict[str, list[ReportRow]] = {}
+    by_cell: dict[tuple[str, str], list[ReportRow]] = {}
     for row in rows:
         by_channel.setdefault(row.channel_name, []).append(row)
         by_date.setdefault(row.date, []).append(row)
         by_cell.setdefault((row.channel_name, row.date), []).append(row)
     dates = tuple(sorted(by_date))
-    channels = tuple(_by_revenue(_sum(name, channel_rows) for name, channel_rows in by_channel.items()))
+    channels = sorted((_sum(name, channel_rows) for name, channel_rows in by_channel.items()),
+                      key=lambda t: (-t.ihc_revenue, -t.cost, t.channel_name))
     daily = {
         t.channel_name: tuple(
             _sum(t.channel_name, by_cell[(t.channel_name, d)]) if (t.channel_name, d) in by_cell else None
@@ -197,28 +142,8 @@ def compute_figures(rows: Iterable[Cell]) -> Figures:
         )
         for t in channels
     }
-    return Figures(
-        dates=dates,
-        total=_sum(TOTAL_LABEL, rows),
-        channels=channels,
-        per_date=tuple(_sum(d, by_date[d]) for d in dates),
-        daily=daily,
-    )
-
-
-def channel_totals(rows: Iterable[Cell]) -> list[ChannelTotals]:
-    """Totals per channel, by attributed revenue, then spend (both descending), then name."""
-    return list(compute_figures(rows).channels)
-
-
-def overall_totals(rows: Iterable[Cell]) -> ChannelTotals:
-    """Totals of all channels over the range."""
-    return compute_figures(rows).total
-
-
-def daily_totals(rows: Iterable[Cell]) -> list[DayTotals]:
-    """Spend and attributed revenue of all channels per date, in date order."""
-    return [DayTotals(t.channel_name, t.cost, t.ihc_revenue) for t in compute_figures(rows).per_date]
+    per_date = tuple(_sum(d, by_date[d]) for d in dates)
+    return Figures(dates, _sum(TOTAL_LABEL, rows), tuple(channels), per_date, daily)
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -229,12 +154,12 @@ def channel_label(name: str) -> str:
     return name if name != "" else EMPTY_NAME_LABEL
 
 
-def currency_symbol(currency: str = DEFAULT_CURRENCY) -> str:
+def currency_symbol(currency: str = "EUR") -> str:
     """What stands before an amount: ``€`` for EUR, ``CHF`` and a no-break space for a code without a symbol here."""
     return _CURRENCY_SYMBOLS.get(currency, f"{currency}\u00a0")
 
 
-def money(value: Decimal | None, currency: str = DEFAULT_CURRENCY) -> str:
+def money(value: Decimal | None, currency: str = "EUR") -> str:
     """``€1,234.56`` (``CHF 1,234.56`` for a code without a symbol here); ``n/a`` if undefined."""
     if value is None:
         return "n/a"
@@ -251,16 +176,11 @@ def number(value: Decimal | None, places: int = 2) -> str:
 
 # --- the chart file ----------------------------------------------------------------------------
 
-_ENV: Any = None
 
-
+@functools.cache
 def template_env() -> Any:
-    """A Jinja2 environment over the report's templates: autoescaped, undefined names are errors.
-
-    The chart file and the UI's pages share its templates (``report_ui/templates``), among them
-    the drawings of ``parts.html.j2``, and its filters: ``label`` (:func:`channel_label`) and
-    ``number``.
-    """
+    """The Jinja2 environment of the chart file and the UI's pages: autoescaped, undefined names
+    are errors, with the filters ``label`` (:func:`channel_label`) and ``number``."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)), autoescape=True,
@@ -269,37 +189,21 @@ def template_env() -> Any:
     return env
 
 
-def _env() -> Any:
-    global _ENV
-    if _ENV is None:
-        _ENV = template_env()
-    return _ENV
-
-
-def render_chart(
-    rows: Sequence[Cell],
-    title: str,
-    *,
-    csv_name: str | None = None,
-    report_url: str | None = None,
-    currency_code: str | None = None,
-) -> str:
-    """The whole HTML page for the report rows (see the module docstring)."""
+def render_chart(rows: Sequence[ReportRow], title: str, *, csv_name: str | None = None,
+                 report_url: str | None = None) -> str:
+    """The chart file's HTML for the report rows; ``csv_name`` and ``report_url`` become links."""
     from markupsafe import Markup
 
     from ihc_attribution.report_ui import svg
 
-    code = currency_code or currency()
-    rows = list(rows)
+    code = currency()
     figures = compute_figures(rows)
     colors = svg.channel_colors(t.channel_name for t in figures.channels)
-    context: dict[str, Any] = {
-        "title": title, "css": Markup(STYLESHEET.read_text(encoding="utf-8")), "figures": figures,
-        "row_count": len(rows), "currency": code, "csv_name": csv_name, "report_url": report_url,
-        "money": lambda v: money(v, code), "top": svg.TREND_TOP,
-        "charts": svg.report_charts(figures, colors, code),
-    }
-    return _env().get_template("chart.html.j2").render(context)
+    return template_env().get_template("chart.html.j2").render(
+        title=title, css=Markup(STYLESHEET.read_text(encoding="utf-8")), figures=figures, row_count=len(rows),
+        currency=code, csv_name=csv_name, report_url=report_url, money=lambda v: money(v, code),
+        charts=svg.report_charts(figures, colors, code),
+    )
 
 
 def chart_path(csv_file: Any) -> Any:
@@ -309,14 +213,7 @@ def chart_path(csv_file: Any) -> Any:
 
 def write_chart(rows: list[ReportRow], path: Any, title: str, *, csv_name: str | None = None,
                 report_url: str | None = None) -> Any:
-    """Write the report page for ``rows`` to ``path`` atomically; return ``path``.
-
-    ``csv_name`` (the CSV beside it) and ``report_url`` (the report page of the range) become links.
-
-    The page is built in memory and written with :func:`export.atomic_write` (a temporary file
-    renamed over ``path``, or one upload to an object store): readers see the previous complete
-    page or the new one, never a part.
-    """
+    """Write :func:`render_chart`'s page to ``path`` atomically (see :func:`export.atomic_write`); return ``path``."""
     page = render_chart(rows, title, csv_name=csv_name, report_url=report_url)
     path = Path(path) if isinstance(path, str) else path
     with atomic_write(path) as handle:

@@ -1,13 +1,9 @@
 """Stage 7: export the report of the run's dates as CSV, with CPO and ROAS.
 
-``CPO = cost / ihc`` and ``ROAS = ihc_revenue / cost``; where the denominator is 0 the cell is
-empty, never ``inf``, ``NaN`` or 0. Money is rounded half-up to the cent, ``ihc`` and ``ROAS``
-to 4 decimals.
-
-Files go to an output base given as a local folder or a URL (``file://``, ``s3://``, ``gs://``
-... through Airflow's ``ObjectStoragePath`` and the matching provider). On a local filesystem a
-file is written to a temporary name and renamed into place; on an object store it is uploaded
-in one piece once complete. Readers see either the previous complete file or the new one.
+``CPO = cost / ihc`` and ``ROAS = ihc_revenue / cost``, an empty cell where the denominator is 0;
+money half-up to the cent, ``ihc`` and ``ROAS`` to 4 decimals. Files go to a local folder or a URL
+(``s3://`` ... through Airflow's ``ObjectStoragePath``), written whole: readers see the previous
+complete file or the new one.
 """
 
 from __future__ import annotations
@@ -48,19 +44,9 @@ class ReportRow:
     roas: Decimal | None
 
 
-def to_decimal(value: float | int | Decimal | None) -> Decimal:
-    """A database number as an exact Decimal (NULL is 0), for sums that are rounded only at the end."""
-    # repr() gives the shortest decimal that round-trips, so 2.675 stays 2.675 and rounds up.
-    return Decimal(repr(float(value or 0)))
-
-
 def ratios(cost: Decimal, ihc: Decimal, ihc_revenue: Decimal) -> tuple[Decimal | None, Decimal | None]:
-    """``(CPO, ROAS)`` of unrounded sums, rounded as the report shows them.
-
-    CPO = cost / ihc, half-up to the cent; ROAS = ihc_revenue / cost, half-up to 4 decimals.
-    Each is ``None`` where its denominator is 0: undefined, never ``inf``, ``NaN`` or 0. The CSV,
-    the chart next to it and the report page all take their ratios from here.
-    """
+    """``(CPO, ROAS)`` of unrounded sums: cost / ihc half-up to the cent, ihc_revenue / cost half-up to
+    4 decimals, ``None`` where the denominator is 0 (never ``inf``, ``NaN`` or 0). Every report takes its ratios here."""
     cpo = (cost / ihc).quantize(_CENT, ROUND_HALF_UP) if ihc != 0 else None
     roas = (ihc_revenue / cost).quantize(_FOUR, ROUND_HALF_UP) if cost != 0 else None
     return cpo, roas
@@ -77,23 +63,16 @@ def round_ihc(value: Decimal) -> Decimal:
 
 
 def report_row(channel_name: str, date: str, cost: float, ihc: float, ihc_revenue: float) -> ReportRow:
-    """Round one ``channel_reporting`` row and add its ratios."""
-    c, i, r = to_decimal(cost), to_decimal(ihc), to_decimal(ihc_revenue)
-    cpo, roas = ratios(c, i, r)
-    return ReportRow(
-        channel_name=channel_name,
-        date=str(date),
-        cost=round_money(c),
-        ihc=round_ihc(i),
-        ihc_revenue=round_money(r),
-        cpo=cpo,
-        roas=roas,
-    )
+    """Round one ``channel_reporting`` row and add its ratios (of the unrounded values)."""
+    # Exact Decimals (NULL is 0): repr() gives the shortest decimal that round-trips, so 2.675 stays
+    # 2.675 and rounds up.
+    c, i, r = (Decimal(repr(float(value or 0))) for value in (cost, ihc, ihc_revenue))
+    return ReportRow(channel_name, str(date), round_money(c), round_ihc(i), round_money(r), *ratios(c, i, r))
 
 
 @dataclass(frozen=True)
 class Totals:
-    """Sums of report rows, as the CSV's columns add up (the rows hold cents and 4 decimals)."""
+    """Sums of report rows, as the CSV's columns add up."""
 
     cost: Decimal
     ihc: Decimal
@@ -103,11 +82,8 @@ class Totals:
 def report_totals(rows: Iterable[ReportRow]) -> Totals:
     """The totals of ``rows``: exact sums, the same in any order and wherever they are shown."""
     rows = list(rows)
-    return Totals(
-        cost=sum((r.cost for r in rows), Decimal(0)),
-        ihc=sum((r.ihc for r in rows), Decimal(0)),
-        ihc_revenue=sum((r.ihc_revenue for r in rows), Decimal(0)),
-    )
+    return Totals(sum((r.cost for r in rows), Decimal(0)), sum((r.ihc for r in rows), Decimal(0)),
+                  sum((r.ihc_revenue for r in rows), Decimal(0)))
 
 
 def read_report(db: Database, run_range: RunRange) -> list[ReportRow]:
@@ -120,27 +96,9 @@ def read_report(db: Database, run_range: RunRange) -> list[ReportRow]:
     return [report_row(*row) for row in rows]
 
 
-def safe_cell(text: str, escape_formulas: bool = False) -> str:
-    """The cell's text; with ``escape_formulas``, text a spreadsheet would run as a formula gets an apostrophe.
-
-    Off by default: the CSV is the report's data, read by other programs through the asset, and
-    must hold the names exactly as stored. Turn it on (``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``) only
-    when the files are opened in spreadsheets by people who do not control the channel names.
-    """
-    if escape_formulas and text.startswith(_FORMULA_PREFIXES):
-        return "'" + text
-    return text
-
-
-LOCAL_PROTOCOLS = ("file", "local")
-
-
 def output_base(location: str, conn_id: str | None = None) -> Any:
-    """The output base as an ``ObjectStoragePath``: a URL (``s3://bucket/prefix`` ...) or a local folder.
-
-    A folder without a scheme is taken from the working directory and becomes a ``file://`` URL.
-    ``conn_id`` names the Airflow connection of the store (e.g. ``aws_default`` for ``s3://``).
-    """
+    """The output base as an ``ObjectStoragePath``: a URL (``s3://bucket/prefix`` ...), or a local folder
+    (from the working directory) as ``file://``; ``conn_id`` is the store's Airflow connection."""
     from airflow.sdk import ObjectStoragePath
 
     if "://" not in location:
@@ -150,11 +108,10 @@ def output_base(location: str, conn_id: str | None = None) -> Any:
 
 def is_local(path: Any) -> bool:
     """Whether ``path`` (a ``Path`` or an ``ObjectStoragePath``) is on the local filesystem."""
-    return isinstance(path, Path) or getattr(path, "protocol", None) in LOCAL_PROTOCOLS
+    return isinstance(path, Path) or getattr(path, "protocol", None) in ("file", "local")
 
 
 def local_path(path: Any) -> Path:
-    """The local ``Path`` of a local ``path`` (see :func:`is_local`)."""
     return path if isinstance(path, Path) else Path(path.path)
 
 
@@ -165,13 +122,10 @@ def location(path: Any) -> str:
 
 @contextlib.contextmanager
 def atomic_write(path: Any) -> Iterator[TextIO]:
-    """Open a text file that replaces ``path`` only once complete.
+    """Open a text file that replaces ``path`` only once complete, so readers see the old file or the new one.
 
-    Locally (a ``Path``, or an ``ObjectStoragePath`` of ``file://``) the content goes to a
-    temporary file in the same folder, which is synced and renamed over ``path`` when the block
-    ends. On an object store the content is kept in memory and uploaded in one request when the
-    block ends (an object appears whole or not at all). Readers see the previous complete file or
-    the new one; on an error nothing is written and ``path`` is left as it was.
+    Locally: a temporary file in the same folder, synced and renamed over ``path``. On an object
+    store: the content in memory, uploaded in one request. On an error ``path`` is left as it was.
     """
     if not is_local(path):
         buffer = io.StringIO(newline="")
@@ -207,26 +161,23 @@ Extra = tuple[tuple[str, ...], dict[tuple[str, str], tuple[Any, ...]], tuple[Any
 def write_rows(
     handle: TextIO, rows: Iterable[ReportRow], *, escape_formulas: bool = False, extra: Extra | None = None
 ) -> None:
-    """Write the header and the rows as CSV to an open text file: the one format of every report CSV.
+    """Write the header and the rows as CSV: the one format of every report CSV; ``extra`` columns after them.
 
-    ``extra``: opt-in columns after the challenge's ones (see :data:`Extra`).
+    With ``escape_formulas`` a channel name a spreadsheet would run as a formula gets an apostrophe.
+    Off by default: the CSV is the report's data, read by other programs through the asset, and must
+    hold the names as stored. Turn it on (``$ATTRIBUTION_CSV_ESCAPE_FORMULAS``) only when the files
+    are opened in spreadsheets by people who do not control the channel names.
     """
     names, values, zeros = extra or ((), {}, ())
     writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
     writer.writerow(CSV_COLUMNS + names)
     for row in rows:
-        writer.writerow(
-            [
-                safe_cell(row.channel_name, escape_formulas),
-                row.date,
-                row.cost,
-                row.ihc,
-                row.ihc_revenue,
-                "" if row.cpo is None else row.cpo,
-                "" if row.roas is None else row.roas,
-                *values.get((row.channel_name, row.date), zeros),
-            ]
-        )
+        name = row.channel_name
+        if escape_formulas and name.startswith(_FORMULA_PREFIXES):
+            name = "'" + name
+        cells = [name, row.date, row.cost, row.ihc, row.ihc_revenue,
+                 "" if row.cpo is None else row.cpo, "" if row.roas is None else row.roas]
+        writer.writerow(cells + list(values.get((row.channel_name, row.date), zeros)))
 
 
 def write_csv(rows: list[ReportRow], path: Any, *, escape_formulas: bool = False, extra: Extra | None = None) -> Any:

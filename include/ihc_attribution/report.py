@@ -1,15 +1,11 @@
 """Stage 6: rebuild ``channel_reporting`` for every date the run touched.
 
-Per (channel, session date): ``cost`` is the sum of the costs of all sessions (NULL or missing
-cost counts 0), ``ihc`` the sum of the stored credit of those sessions, ``ihc_revenue`` the sum
-of credit x the conversion's revenue. Spend (``attribution_spend``, see :mod:`spend`) and credit
-(``attribution_credit``, written by the load) are the package's own tables, aggregated apart and
-put together per (channel, date): a join of all four source tables would count a session's cost
-once per journey it belongs to.
-
-Both are exact integers (micro-euros, 1/10,000 of an order); a report row holds them rounded
-half away from zero to the cent and to 4 decimals, so that every sum of report rows, in any
-order, on any path, gives the same digits.
+Per (channel, session date): ``cost`` sums the costs of all sessions (NULL counts 0), ``ihc`` their
+stored credit, ``ihc_revenue`` credit x the conversion's revenue. Spend (``attribution_spend``, see
+:mod:`spend`) and credit (``attribution_credit``) are aggregated apart and put together per (channel,
+date): a join of the four source tables would count a session's cost once per journey it belongs to.
+Both are exact integers (micro-euros); a row holds them rounded half away from zero to the cent and to
+4 decimals, so every sum of report rows, in any order, on any path, gives the same digits.
 """
 
 from __future__ import annotations
@@ -104,11 +100,7 @@ def build_report(
             db.execute(f"DELETE FROM channel_reporting WHERE date IN ({dates})", (run_id,))
             sql = report_sql(db, db.as_type_of("cells.date", "channel_reporting", "date"))
             rows = db.execute(sql, (run_id,) * sql.count("?"))
-            db.execute(
-                "DELETE FROM attribution_report_builds WHERE report_date IN "
-                "(SELECT report_date FROM attribution_stg_report_dates WHERE run_id = ?)",
-                (run_id,),
-            )
+            db.execute(f"DELETE FROM attribution_report_builds WHERE report_date IN ({_REPORT_DATES})", (run_id,))
             db.execute(
                 "INSERT INTO attribution_report_builds (report_date, run_id, lookback_days, triggered_at, built_at) "
                 "SELECT report_date, run_id, ?, ?, ? FROM attribution_stg_report_dates WHERE run_id = ?",

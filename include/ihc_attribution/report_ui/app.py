@@ -1,48 +1,38 @@
 """The "Attribution report" pages: a small FastAPI app mounted in the Airflow API server.
 
-- ``GET /``: the report over the database: a date range and channels to pick, headline
-  figures, spend against attributed revenue and ROAS per channel, per-channel daily spend and
-  revenue, ROAS and CPO over time (the lines picked, or the top channels and "Other"), totals per
-  channel against the previous period of the same length, the credit under each model, the paths
-  to conversion with journey lengths and times to conversion, and the runs that built the
-  numbers. The charts are those of the chart file.
-- ``GET /report.csv``: the selected rows as CSV (the export's columns and rounding).
-- ``GET /issues``: the conversions of ``attribution_issues`` by reason and date, linked to runs.
-- ``GET /exports``: the files the ``export_csv`` task wrote; ``GET /files/<name>`` serves one.
-- ``GET /static/<name>``: the pages' script and stylesheet.
-
-Every route requires a logged-in Airflow user allowed to read the runs of ``ihc_attribution``:
-Airflow does not authenticate plugin apps itself. Pages are rendered from Jinja2 templates with
-autoescaping; they run only the plugin's own scripts and load nothing from elsewhere.
-
-Airflow imports every module under ``plugins/`` in every component, task processes included, so
-the top level of this module imports only the standard library; FastAPI, Jinja2 and the package
-are imported when the app is built, on the first request.
+``/`` the report of a selection (``views.report_context``), ``/report.csv`` its rows as the export
+writes them, ``/issues`` the conversions of ``attribution_issues``, ``/exports`` the files
+``export_csv`` wrote (``/files/<name>`` serves one), ``/static/<name>`` the pages' script and
+stylesheet. Every route needs an Airflow user allowed to read the runs of ``ihc_attribution``:
+Airflow does not authenticate plugin apps itself. The plugin builds the app on its first request.
 """
 
-
 import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response
+
+from ihc_attribution.charts import template_env
+from ihc_attribution.report_ui import sources, views
 from ihc_attribution.settings import DAG_ID
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
-                ".md": "text/markdown; charset=utf-8"}
+STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
 EXPORT_ROWS_SCAN_LIMIT = 200
 
 # The pages run only their own script (served below) and load nothing from elsewhere; the
 # charts are inline SVG, with a colour swatch or two in style attributes.
-_PAGE_CSP = (
-    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
-    "form-action 'self'; frame-ancestors 'self'"
-)
-_CHART_CSP = "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'"
-_PAGE_HEADERS = {"Content-Security-Policy": _PAGE_CSP, "X-Content-Type-Options": "nosniff",
-                 "Cache-Control": "no-store"}
-_CHART_HEADERS = {"Content-Security-Policy": _CHART_CSP, "X-Content-Type-Options": "nosniff"}
+_PAGE_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+                               "img-src 'self' data:; form-action 'self'; frame-ancestors 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+}
+_CHART_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'",
+                  "X-Content-Type-Options": "nosniff"}
 # Navigation icon: three bars, in the UI's icon size.
 _ICON = (
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="#808ea3" '
@@ -50,48 +40,20 @@ _ICON = (
     '<path d="M17 16v-8"/></svg>'
 )
 
-
-def _airflow_authorization() -> Callable[..., Any]:
-    """Airflow's own check: a valid UI or API token of a user who may read the DAG's runs."""
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
-    from airflow.api_fastapi.core_api.security import requires_access_dag
-
-    return requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID)
+router = APIRouter()
 
 
-def _templates() -> Any:
-    from ihc_attribution.charts import template_env
-    from ihc_attribution.report_ui import views as views
-
-    env = template_env()
-    env.globals.update(run_link=views.run_link, file_link=views.file_link, dag_id=DAG_ID)
-    return env
-
-
-def _export_rows(path: Path | None) -> int | None:
-    """Data rows of an exported CSV (its lines less the header); ``None`` if unreadable."""
-    if path is None:
-        return None
-    try:
-        with path.open("rb") as handle:
-            return max(sum(1 for _ in handle) - 1, 0)
-    except OSError:
-        return None
-
-
-def _render(env: Any, name: str, request: Any, **context: Any) -> Any:
-    from fastapi.responses import HTMLResponse
-
+def _render(name: str, request: Request, **context: Any) -> HTMLResponse:
     # Links start at the app's root: the prefix it is mounted at (behind any base path).
     root = str(request.scope.get("root_path") or "").rstrip("/") + "/"
-    return HTMLResponse(env.get_template(name).render(root=root, **context), headers=_PAGE_HEADERS)
+    page = template_env().get_template(name).render(
+        root=root, run_link=views.run_link, file_link=views.file_link, dag_id=DAG_ID, **context)
+    return HTMLResponse(page, headers=_PAGE_HEADERS)
 
 
 @contextlib.contextmanager
 def _database() -> Iterator[Any]:
     """The database, or the message saying why it cannot be read."""
-    from ihc_attribution.report_ui import sources
-
     try:
         db = sources.open_db()
     except sources.DatabaseUnavailable as exc:
@@ -103,40 +65,30 @@ def _database() -> Iterator[Any]:
         db.close()
 
 
-def _query_params(request: Any) -> dict[str, Any]:
-    params = request.query_params
-    return {"start": params.get("start"), "end": params.get("end"), "channel": params.getlist("channel"),
-            "line": params.getlist("line")}
+def _message(request: Request, text: str) -> HTMLResponse:
+    return _render("message.html.j2", request, title="Attribution report", page="Report", message=text)
 
 
-def _report_page(env: Any, request: Any) -> Any:
-    from ihc_attribution.report_ui import sources, views
-
-    def message(text: str) -> Any:
-        return _render(env, "message.html.j2", request, title="Attribution report", page="Report", message=text)
-
+@router.get("/", response_class=HTMLResponse)
+def report_page(request: Request):
     with _database() as db:
         if isinstance(db, str):
-            return message(f"The attribution database cannot be read: {db}")
+            return _message(request, f"The attribution database cannot be read: {db}")
         try:
-            context = views.report_context(db, _query_params(request))
+            context = views.report_context(db, request.query_params)
         except Exception as exc:  # a table missing, a locked file: say so on the page
             if sources.REPORT_TABLE in str(exc).lower():
-                return message(f"No report yet in {db.source}: the pipeline has not run on this database.")
-            return message(f"The attribution database cannot be read: {type(exc).__name__}: {exc}")
-    return _render(env, "report.html.j2", request, title="Attribution report", page="Report", **context)
+                return _message(request, f"No report yet in {db.source}: the pipeline has not run on this database.")
+            return _message(request, f"The attribution database cannot be read: {type(exc).__name__}: {exc}")
+    return _render("report.html.j2", request, title="Attribution report", page="Report", **context)
 
 
-def _report_csv(request: Any) -> Any:
-    from fastapi import HTTPException
-    from fastapi.responses import Response
-
-    from ihc_attribution.report_ui import sources, views
-
+@router.get("/report.csv", response_class=Response)
+def report_csv(request: Request):
     with _database() as db:
         if isinstance(db, str):
             raise HTTPException(status_code=503, detail=f"The attribution database cannot be read: {db}")
-        picked = views.pick(_query_params(request), sources.report_channels(db), sources.report_bounds(db))
+        picked = views.pick(request.query_params, sources.report_channels(db), sources.report_bounds(db))
         rows = sources.report_rows(db, picked.selection)
     name = views.csv_name(picked.selection)
     return Response(views.selection_csv(rows), media_type="text/csv; charset=utf-8", headers={
@@ -144,9 +96,8 @@ def _report_csv(request: Any) -> Any:
         "Cache-Control": "no-store"})
 
 
-def _issues_page(env: Any, request: Any, reason: str | None) -> Any:
-    from ihc_attribution.report_ui import sources, views
-
+@router.get("/issues", response_class=HTMLResponse)
+def issues_page(request: Request, reason: str | None = None):
     with _database() as db:
         if isinstance(db, str):
             view = sources.IssuesView(error=db)
@@ -155,28 +106,39 @@ def _issues_page(env: Any, request: Any, reason: str | None) -> Any:
                 view = sources.read_issues(db, views.ISSUES_LIMIT, reason or None)
             except Exception as exc:
                 view = sources.IssuesView(source=db.source, error=f"{type(exc).__name__}: {exc}")
-    return _render(env, "issues.html.j2", request, title="Attribution issues", page="Issues", view=view,
+    return _render("issues.html.j2", request, title="Attribution issues", page="Issues", view=view,
                    reason=reason or None)
 
 
-def _exports_page(env: Any, request: Any, show_all: bool) -> Any:
-    from ihc_attribution.report_ui import sources, views
+def _export_rows(path: Path) -> int | None:
+    """Data rows of an exported CSV (its lines less the header); ``None`` if unreadable."""
+    try:
+        with path.open("rb") as handle:
+            return max(sum(1 for _ in handle) - 1, 0)
+    except OSError:
+        return None
 
+
+@router.get("/exports", response_class=HTMLResponse)
+def exports_page(request: Request, all: int = 0):  # noqa: A002  (the query parameter's name)
     folder = sources.output_dir()
     found = sources.list_reports(folder)
-    counts = [_export_rows(r.csv) if i < EXPORT_ROWS_SCAN_LIMIT else None for i, r in enumerate(found)]
+    counts = [_export_rows(r.csv) if r.csv and i < EXPORT_ROWS_SCAN_LIMIT else None for i, r in enumerate(found)]
     # Scheduled runs over days without conversions still export their (often empty) day.
-    keep = [i for i, (r, n) in enumerate(zip(found, counts, strict=True)) if show_all or not (r.days == 1 and n == 0)]
+    keep = [i for i, (r, n) in enumerate(zip(found, counts, strict=True)) if all or not (r.days == 1 and n == 0)]
     shown = keep[: views.REPORTS_LIMIT]
-    return _render(env, "exports.html.j2", request, title="Exported reports", page="Exported files",
+    return _render("exports.html.j2", request, title="Exported reports", page="Exported files",
                    folder=folder, reports=[found[i] for i in shown], rows=[counts[i] for i in shown],
                    hidden=len(found) - len(keep), more=len(keep) if len(keep) > len(shown) else 0)
 
 
-def _static_file(name: str) -> Any:
-    from fastapi import HTTPException
-    from fastapi.responses import FileResponse
+@router.get("/icon.svg", response_class=Response)
+def icon():
+    return Response(_ICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
+
+@router.get("/static/{name}", response_class=FileResponse)
+def static(name: str):
     path = STATIC_DIR / name
     if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES or not path.is_file():
         raise HTTPException(status_code=404, detail="No such file")
@@ -184,12 +146,8 @@ def _static_file(name: str) -> Any:
                         headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
 
 
-def _report_file(name: str) -> Any:
-    from fastapi import HTTPException
-    from fastapi.responses import FileResponse
-
-    from ihc_attribution.report_ui import sources
-
+@router.get("/files/{name}", response_class=FileResponse)
+def report_file(name: str):
     path = sources.report_file(sources.output_dir(), name)
     if path is None:
         raise HTTPException(status_code=404, detail="No such report file")
@@ -199,13 +157,14 @@ def _report_file(name: str) -> Any:
                         headers={"X-Content-Type-Options": "nosniff"})
 
 
-def create_app(*, require_auth: bool = True) -> Any:
+def create_app(*, require_auth: bool = True) -> FastAPI:
     """The pages' FastAPI app. ``require_auth=False`` is for tests that run it outside the API server."""
-    from fastapi import Depends, FastAPI, Request
-    from fastapi.responses import FileResponse, HTMLResponse, Response
+    dependencies = []
+    if require_auth:  # Airflow's own check: a UI or API token of a user who may read the DAG's runs
+        from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+        from airflow.api_fastapi.core_api.security import requires_access_dag
 
-    env = _templates()
-    dependencies = [Depends(_airflow_authorization())] if require_auth else []
+        dependencies = [Depends(requires_access_dag("GET", DagAccessEntity.RUN, param_dag_id=DAG_ID))]
     app = FastAPI(
         title="Attribution report",
         description="Channel report, open attribution issues and exported files of the ihc_attribution DAG.",
@@ -214,33 +173,5 @@ def create_app(*, require_auth: bool = True) -> Any:
         redoc_url=None,
         openapi_url=None,
     )
-
-    @app.get("/", response_class=HTMLResponse)
-    def report_page(request: Request):
-        return _report_page(env, request)
-
-    @app.get("/report.csv", response_class=Response)
-    def report_csv(request: Request):
-        return _report_csv(request)
-
-    @app.get("/issues", response_class=HTMLResponse)
-    def issues_page(request: Request, reason: str | None = None):
-        return _issues_page(env, request, reason)
-
-    @app.get("/exports", response_class=HTMLResponse)
-    def exports_page(request: Request, all: int = 0):  # noqa: A002  (the query parameter's name)
-        return _exports_page(env, request, bool(all))
-
-    @app.get("/icon.svg", response_class=Response)
-    def icon():
-        return Response(_ICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
-
-    @app.get("/static/{name}", response_class=FileResponse)
-    def static(name: str):
-        return _static_file(name)
-
-    @app.get("/files/{name}", response_class=FileResponse)
-    def report_file(name: str):
-        return _report_file(name)
-
+    app.include_router(router)
     return app

@@ -1,23 +1,17 @@
-"""Registers the "Attribution report" pages in the Airflow UI, and the link to them from a run.
+"""Registers the report pages (``app.py``, mounted at ``/attribution-report/``, "Reports" in the
+UI's navigation) and the extra link "Attribution report" of an ``ihc_attribution`` run's ``export_csv``.
 
-The pages are a FastAPI app (``app.py``) mounted at ``/attribution-report/``
-and shown in the UI's navigation as an external view, labelled "Reports". The extra link
-"Attribution report" on the ``export_csv`` task of an ``ihc_attribution`` run opens the report of
-that run's range. Airflow loads plugins in every component, task processes included, so this
-module stays cheap: the app is built on its first request, and importing it opens no database
-and looks up no connection.
-
-The link is computed in the API server, where Airflow's public XCom API cannot be used: the Task
-SDK's ``XCom.get_value`` talks to a task's supervisor, which only a task process has. So the link
-does not read the export's XCom: it takes the run's range from the attribution database, where
-the run recorded it (its params' dates, else its data interval), the range ``export_csv`` writes.
+Airflow loads plugins in every component, so importing this opens no database and builds no app.
+The link is computed in the API server, where the Task SDK's ``XCom.get_value`` cannot be used (it
+talks to a task's supervisor): it takes the run's range from the attribution database, where the
+run recorded it, the range ``export_csv`` writes.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
-import threading
 from typing import Any
 
 from airflow.plugins_manager import AirflowPlugin
@@ -39,33 +33,27 @@ log = logging.getLogger(__name__)
 
 
 class LazyApp:
-    """An ASGI app that builds the real one on its first request."""
+    """An ASGI app that builds the real one on its first request (in the event loop, so only once)."""
 
     def __init__(self, factory_path: str) -> None:
-        self._factory_path = factory_path
-        self._app: Any = None
-        self._lock = threading.Lock()
+        self.factory_path = factory_path
 
-    def _build(self) -> Any:
-        with self._lock:
-            if self._app is None:
-                module_name, _, attr = self._factory_path.partition(":")
-                self._app = getattr(importlib.import_module(module_name), attr)()
-        return self._app
+    @functools.cached_property
+    def app(self) -> Any:
+        module_name, _, attr = self.factory_path.partition(":")
+        return getattr(importlib.import_module(module_name), attr)()
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        app = self._app if self._app is not None else self._build()
-        await app(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 report_app = LazyApp("ihc_attribution.report_ui.app:create_app")
 
 
-def run_dates(run_id: str) -> tuple[str, str] | None:
-    """The first and last date (``YYYY-MM-DD``, inclusive) of a run's range; None if not recorded.
+def report_link(run_id: str) -> str:
+    """The report page of the run's range, or "" before the run recorded it; raises ``DatabaseUnavailable``."""
+    from ihc_attribution.charts import report_url
 
-    :raises sources.DatabaseUnavailable: when the attribution database cannot be opened.
-    """
     db = sources.open_db()
     try:
         for table in RUN_RANGE_TABLES:
@@ -73,31 +61,17 @@ def run_dates(run_id: str) -> tuple[str, str] | None:
                 continue
             rows = db.query(f"SELECT range_start, range_end FROM {table} WHERE run_id = ?", (run_id,))
             if rows:
-                start, end = rows[0]
                 # The same first and last date as export_csv takes from the same range.
-                rng = RunRange(as_naive_utc(str(start)), as_naive_utc(str(end)))
-                return rng.first_date.isoformat(), rng.last_date.isoformat()
+                rng = RunRange(as_naive_utc(str(rows[0][0])), as_naive_utc(str(rows[0][1])))
+                return report_url(rng.first_date.isoformat(), rng.last_date.isoformat())
     finally:
         db.close()
-    return None
-
-
-def report_link(run_id: str) -> str:
-    """The report page of the run's range, or "" while the run has not recorded its range."""
-    dates = run_dates(run_id)
-    if dates is None:
-        return ""
-    from ihc_attribution.charts import report_url
-
-    return report_url(*dates)
+    return ""
 
 
 class AttributionReportLink(BaseOperatorLink):
-    """"Attribution report" on the ``export_csv`` task: the report page of the run's range.
-
-    Registered for every operator (the DAG file need not change); empty, so not shown, for any
-    other task and until the run has recorded its range (its ``extract_journeys`` task).
-    """
+    """"Attribution report" on ``export_csv``: registered for every operator (the DAG file need not change),
+    empty, so not shown, on other tasks and until the run has recorded its range."""
 
     name = "Attribution report"
 
@@ -117,9 +91,7 @@ class AttributionReportPlugin(AirflowPlugin):
     """The report pages: a FastAPI app, its entry in the UI's navigation, and the run's link to it."""
 
     name = "attribution_report"
-    fastapi_apps = [
-        {"app": report_app, "url_prefix": URL_PREFIX, "name": "Attribution report"},
-    ]
+    fastapi_apps = [{"app": report_app, "url_prefix": URL_PREFIX, "name": "Attribution report"}]
     external_views = [
         {
             "name": NAV_LABEL,

@@ -1,13 +1,8 @@
-"""What the report pages read: the attribution database, and the exported files on disk.
+"""What the report pages read, per request and never at import: the attribution database and the exported files.
 
-Everything here runs per request, never at import: the connection, the database and the output
-folder are looked up when a page is asked for, so a missing connection, database or table shows
-as a message on the page instead of breaking the API server.
-
-The database is the one of the ``attribution_db`` connection (``$ATTRIBUTION_DB_CONN_ID``),
-looked up through Airflow (``BaseHook``). A SQLite file is opened read-only (``mode=ro``) at the
-connection's path; any other database through the connection's hook, in a read-only session.
-Every query is parameterised; only the number of ``?`` placeholders of a channel list is built.
+The database is the one of the ``attribution_db`` connection (``$ATTRIBUTION_DB_CONN_ID``), looked
+up through Airflow: a SQLite file opened read-only, any other database through the connection's
+hook in a read-only session. A missing connection, database or table is a message on the page.
 """
 
 from __future__ import annotations
@@ -15,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import datetime as dt
-import os
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -33,7 +27,7 @@ SQLITE_TIMEOUT_SECONDS = 5.0
 
 
 def output_dir() -> Path | None:
-    """The folder the export writes to (see :func:`settings.output_location`); None for an object store."""
+    """The folder the export writes to; None for an object store (the pages list local files only)."""
     return settings.local_output_dir()
 
 
@@ -43,50 +37,33 @@ class Report:
 
     start: str
     end: str
-    files: dict[str, Path]
+    csv: Path | None
+    chart: Path | None
     modified: dt.datetime
 
     @property
     def days(self) -> int:
-        """Number of calendar days the range covers."""
         return (dt.date.fromisoformat(self.end) - dt.date.fromisoformat(self.start)).days + 1
-
-    @property
-    def csv(self) -> Path | None:
-        return self.files.get("csv")
-
-    @property
-    def chart(self) -> Path | None:
-        return self.files.get("html")
 
 
 def list_reports(folder: Path | None) -> list[Report]:
     """Reports found in ``folder``, by range: latest end date first, then the longer range."""
-    if folder is None:  # the exports go to an object store: the page lists local files only
-        return []
     found: dict[tuple[str, str], dict[str, Path]] = {}
     modified: dict[tuple[str, str], float] = {}
     try:
-        entries = list(os.scandir(folder))
+        paths = list(folder.iterdir()) if folder else []
     except OSError:
-        return []
-    for entry in entries:
-        match = REPORT_FILE_RE.fullmatch(entry.name)
-        if not match:
-            continue
-        try:
-            if not entry.is_file():
-                continue
-            mtime = entry.stat().st_mtime
-        except OSError:
-            continue
-        key = (match.group(1), match.group(2))
-        found.setdefault(key, {})[match.group(3)] = Path(entry.path)
-        modified[key] = max(modified.get(key, 0.0), mtime)
-    reports = [
-        Report(start, end, files, dt.datetime.fromtimestamp(modified[(start, end)], dt.timezone.utc))
-        for (start, end), files in found.items()
-    ]
+        paths = []
+    for path in paths:
+        match = REPORT_FILE_RE.fullmatch(path.name)
+        with contextlib.suppress(OSError):  # a file gone while listed
+            if match and path.is_file():
+                mtime, key = path.stat().st_mtime, (match.group(1), match.group(2))
+                found.setdefault(key, {})[match.group(3)] = path
+                modified[key] = max(modified.get(key, 0.0), mtime)
+    reports = [Report(start, end, files.get("csv"), files.get("html"),
+                      dt.datetime.fromtimestamp(modified[(start, end)], dt.timezone.utc))
+               for (start, end), files in found.items()]
     return sorted(reports, key=lambda r: (r.end, -r.days, r.start), reverse=True)
 
 
@@ -111,11 +88,8 @@ class DatabaseUnavailable(Exception):
 
 
 class ReportDb:
-    """A read-only connection to the attribution database, with portable ``?`` placeholders.
-
-    :param conn: an open DB-API connection (``sqlite3`` or a PostgreSQL driver's).
-    :param source: where the data comes from, as shown on the page.
-    """
+    """A read-only DB-API connection (``sqlite3`` or a PostgreSQL driver's) with portable ``?`` placeholders;
+    ``source`` says on the page where the data comes from."""
 
     def __init__(self, conn: Any, source: str) -> None:
         self.conn = conn
@@ -124,12 +98,9 @@ class ReportDb:
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
         """Rows of one query; ``?`` placeholders are converted for drivers that use ``%s``."""
-        cur = self.conn.cursor()
-        try:
+        with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(sql if self.is_sqlite else sql.replace("?", "%s"), tuple(params))
             return cur.fetchall()
-        finally:
-            cur.close()
 
     def has_table(self, table: str) -> bool:
         if self.is_sqlite:
@@ -143,23 +114,10 @@ class ReportDb:
             self.conn.close()
 
 
-def db_conn_id() -> str:
-    return settings.db_conn_id()
-
-
-def _sqlite_file(path: str) -> Path:
-    if path.startswith("//"):  # POSIX keeps a leading "//", which a file: URI would read as a host
-        path = "/" + path.lstrip("/")
-    return Path(path).expanduser().resolve()
-
-
 def open_db(conn_id: str | None = None) -> ReportDb:
-    """Open the attribution database of the connection, read-only.
-
-    :raises DatabaseUnavailable: when the connection is not defined, the SQLite file does not
-        exist, or the database cannot be reached.
-    """
-    conn_id = conn_id or db_conn_id()
+    """The attribution database of the connection, read-only; ``DatabaseUnavailable`` when the connection
+    is not defined, the SQLite file does not exist or the database cannot be reached."""
+    conn_id = conn_id or settings.db_conn_id()
     try:
         from airflow.sdk import BaseHook
 
@@ -168,8 +126,9 @@ def open_db(conn_id: str | None = None) -> ReportDb:
         raise DatabaseUnavailable(f"connection {conn_id!r} is not defined or cannot be read "
                                   f"({type(exc).__name__})") from exc
     if connection.conn_type == "sqlite":
-        # The JSON form gives the path as host; the URI form (sqlite:////abs/path.db) as schema.
-        path = _sqlite_file(connection.host or connection.schema or "")
+        # The JSON form gives the path as host; the URI form (sqlite:////abs/path.db) as schema. POSIX
+        # keeps a leading "//", which a file: URI would read as a host.
+        path = Path(re.sub("^//+", "/", connection.host or connection.schema or "")).expanduser().resolve()
         if not path.is_file():
             raise DatabaseUnavailable(f"database file {path} does not exist")
         uri = "file:" + path.as_posix().replace("?", "%3f").replace("#", "%23") + "?mode=ro"
@@ -205,12 +164,6 @@ class Selection:
     channels: tuple[str, ...] = ()
 
 
-def _channel_filter(channels: Sequence[str]) -> tuple[str, tuple[str, ...]]:
-    if not channels:
-        return "", ()
-    return f" AND channel_name IN ({', '.join('?' for _ in channels)})", tuple(channels)
-
-
 def report_channels(db: ReportDb) -> list[str]:
     """Every channel of ``channel_reporting``, by name."""
     return [str(r[0]) for r in db.query(f"SELECT DISTINCT channel_name FROM {REPORT_TABLE} ORDER BY channel_name")]
@@ -223,18 +176,15 @@ def report_bounds(db: ReportDb) -> tuple[str, str] | None:
 
 
 def report_rows(db: ReportDb, selection: Selection) -> list[ReportRow]:
-    """The ``channel_reporting`` rows of the selection, by date and channel, rounded as the CSV holds them.
-
-    They are the rows :func:`ihc_attribution.export.read_report` gives the export (CSV and chart
-    file) and the run's check, so every total of the page is theirs to the cent.
-    """
+    """The ``channel_reporting`` rows of the selection rounded as the CSV holds them: those
+    :func:`ihc_attribution.export.read_report` gives the export and the run's check, so every total is theirs."""
     from ihc_attribution.export import report_row
 
-    where, channel_params = _channel_filter(selection.channels)
+    where = f" AND channel_name IN ({', '.join('?' * len(selection.channels))})" if selection.channels else ""
     rows = db.query(
         f"SELECT channel_name, date, cost, ihc, ihc_revenue FROM {REPORT_TABLE} "
         f"WHERE date >= ? AND date <= ?{where} ORDER BY date, channel_name",
-        (selection.start, selection.end, *channel_params),
+        (selection.start, selection.end, *selection.channels),
     )
     return [report_row(str(c), str(d), cost, ihc, rev) for c, d, cost, ihc, rev in rows]
 
@@ -258,21 +208,13 @@ class Build:
     run_start: str | None = None
     run_end: str | None = None
 
-    @property
-    def days(self) -> int:
-        """Number of report dates."""
-        return (dt.date.fromisoformat(self.last_date) - dt.date.fromisoformat(self.first_date)).days + 1
-
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
 
 
 def report_builds(db: ReportDb, selection: Selection) -> list[Build] | None:
-    """Which runs built the report dates of the selection, as runs of consecutive dates.
-
-    ``None`` when the database has no ``attribution_report_builds`` table yet.
-    """
+    """The runs that built the selection's report dates, as runs of consecutive dates; ``None`` without the table."""
     if not db.has_table(BUILDS_TABLE):
         return None
     runs_join = (f" LEFT JOIN {RUNS_TABLE} r ON r.run_id = b.run_id" if db.has_table(RUNS_TABLE) else "")
@@ -284,11 +226,10 @@ def report_builds(db: ReportDb, selection: Selection) -> list[Build] | None:
     )
     builds: list[Build] = []
     for date, run_id, lookback, built, run_start, run_end, started in rows:
-        date = str(date)
-        previous = builds[-1] if builds else None
-        if (previous is not None and previous.run_id == run_id and previous.built_at == str(built)
-                and dt.date.fromisoformat(date) - dt.date.fromisoformat(previous.last_date) == dt.timedelta(days=1)):
-            builds[-1] = dataclasses.replace(previous, last_date=date)
+        date, last = str(date), builds[-1] if builds else None
+        if (last is not None and (last.run_id, last.built_at) == (run_id, str(built))
+                and dt.date.fromisoformat(date) - dt.date.fromisoformat(last.last_date) == dt.timedelta(days=1)):
+            builds[-1] = dataclasses.replace(last, last_date=date)
             continue
         builds.append(Build(date, date, str(run_id), None if lookback is None else int(lookback), _text(started),
                             str(built), _text(run_start), _text(run_end)))

@@ -1,30 +1,20 @@
 """The report's charts as drawings: where each bar, line, tick and label goes, and its text.
 
-One implementation for the two places the report is drawn, the chart file next to each CSV
-(:func:`ihc_attribution.charts.write_chart`) and the report page of the UI: the functions here
-turn figures into geometry and text, the macros of ``templates/parts.html.j2`` write them as
-inline SVG and ``static/report.css`` styles them. Nothing runs in the browser: a mark's tooltip
-is its SVG ``<title>``, and hovering a date of a trend chart lists the value of every line.
-
-What keeps the charts readable at 16 channels and more:
-
-- Bar charts have one labelled row per channel and grow with the channels.
-- Trend charts draw the channels picked, by default the :data:`TREND_TOP` with the most
-  attributed revenue, and "Other", the sum of the rest.
-- A ratio over a near-zero denominator (a CPO over 0.01 attributed orders) does not flatten its
-  chart: when the largest values lie beyond Tukey's far-out fence and more than twice above the
-  largest value within it, the axis ends there and the points above sit on the top edge, marked,
-  with their value in the tooltip (:func:`clip_bound`).
-- A channel keeps its colour (by name order) from a palette of 20 distinct colours.
+The chart file and the report page draw the same charts: the functions here turn figures into
+geometry and text, the macros of ``templates/parts.html.j2`` write them as inline SVG (a mark's
+tooltip is its ``<title>``; no script). Bar charts have a labelled row per channel; trend charts
+draw the channels picked (by default the :data:`TREND_TOP`) and "Other", the sum of the rest;
+outliers of a ratio sit on the top edge (:func:`clip_bound`); a channel keeps its colour by name.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from ihc_attribution.charts import ChannelTotals, Figures, channel_label, combine, currency_symbol, money, number
 from ihc_attribution.export import round_ihc, round_money
@@ -54,16 +44,11 @@ _ZERO = Decimal(0)
 
 
 def channel_colors(names: Iterable[str]) -> dict[str, str]:
-    """The colour of each channel, by its place among ``names`` in name order.
-
-    Given all channels of the report, a channel keeps its colour whatever else is selected; up to
-    ``len(PALETTE)`` channels get distinct colours.
-    """
+    """The colour of each channel by its place among ``names`` in name order (distinct up to ``len(PALETTE)``)."""
     return {name: PALETTE[i % len(PALETTE)] for i, name in enumerate(sorted(set(names)))}
 
 
 def short_label(name: str) -> str:
-    """The channel's label, shortened with an ellipsis to fit the label column of a chart."""
     label = channel_label(name)
     return label if len(label) <= MAX_LABEL_CHARS else label[: MAX_LABEL_CHARS - 1] + "\u2026"
 
@@ -109,7 +94,6 @@ class BarChart:
     guide_x: float | None = None
     width: int = WIDTH
     label_x: int = LABEL_W - 8
-    kind: str = "bars"
 
 
 def _length(value: Decimal, scale: Decimal) -> float:
@@ -123,10 +107,8 @@ def spend_revenue_chart(channels: Sequence[ChannelTotals], currency: str) -> Bar
     rows = []
     for i, t in enumerate(channels):
         y = top + i * group_h
-        bars = tuple(
-            Bar(LABEL_W, y + j * (bar_h + 2), _length(v, scale), bar_h, color, money(v, currency), str(round_money(v)))
-            for j, (v, color) in enumerate(((t.cost, SPEND_COLOR), (t.ihc_revenue, REVENUE_COLOR)))
-        )
+        bars = tuple(Bar(LABEL_W, y + j * (bar_h + 2), _length(v, scale), bar_h, color, *_shown(v, "cost", currency))
+                     for j, (v, color) in enumerate(((t.cost, SPEND_COLOR), (t.ihc_revenue, REVENUE_COLOR))))
         tooltip = (f"{channel_label(t.channel_name)}: spend {money(t.cost, currency)}, "
                    f"attributed revenue {money(t.ihc_revenue, currency)}")
         rows.append(BarRow(t.channel_name, short_label(t.channel_name), tooltip, y + bar_h + 4, bars))
@@ -142,17 +124,13 @@ def roas_chart(channels: Sequence[ChannelTotals]) -> BarChart:
     even_x = LABEL_W + _length(Decimal(1), scale)
     rows = []
     for i, t in enumerate(channels):
-        y = top + i * row_h
-        roas, label = t.roas, channel_label(t.channel_name)
-        if roas is None:
-            # right of the break-even line, which would cross the text
-            rows.append(BarRow(t.channel_name, short_label(t.channel_name), f"{label}: ROAS n/a (no spend)",
-                               y + bar_h - 3, (), "n/a (no spend)", max(LABEL_W, even_x) + 6))
-            continue
-        bar = Bar(LABEL_W, y, _length(roas, scale), bar_h, ROAS_COLOR if roas >= 1 else LOSS_COLOR, number(roas),
-                  str(round_ihc(roas)))
-        rows.append(BarRow(t.channel_name, short_label(t.channel_name), f"{label}: ROAS {number(roas)}",
-                           y + bar_h - 3, (bar,)))
+        y, roas = top + i * row_h, t.roas
+        bars = () if roas is None else (
+            Bar(LABEL_W, y, _length(roas, scale), bar_h, ROAS_COLOR if roas >= 1 else LOSS_COLOR, *_shown(roas, "roas", "")),)
+        note = "" if bars else "n/a (no spend)"  # right of the break-even line, which would cross the text
+        rows.append(BarRow(t.channel_name, short_label(t.channel_name),
+                           f"{channel_label(t.channel_name)}: ROAS {note or number(roas)}",
+                           y + bar_h - 3, bars, note, max(LABEL_W, even_x) + 6))
     return BarChart("chart-roas-channels", "ROAS per channel (attributed revenue / spend)", height, tuple(rows),
                     guide_x=even_x)
 
@@ -173,12 +151,9 @@ class Trend:
 
 
 def trend_lines(figures: Figures, colors: dict[str, str], picked: Sequence[str] = ()) -> list[Trend]:
-    """The lines of the trend charts: the channels ``picked`` (default: the :data:`TREND_TOP` with
-    the most attributed revenue), then "Other", the sum of the selection's other channels.
-
-    Without a pick, a selection of one channel more than :data:`TREND_TOP` draws them all: an
-    "Other" of one channel would only hide its name.
-    """
+    """The channels ``picked`` (default: the :data:`TREND_TOP` with the most attributed revenue), then
+    "Other", the sum of the rest; with no pick, one channel more than :data:`TREND_TOP` draws them all
+    (an "Other" of one channel would only hide its name)."""
     names = [t.channel_name for t in figures.channels]
     chosen = set(picked) & set(names)
     if chosen:
@@ -205,29 +180,15 @@ def lines_note(lines: Sequence[Trend], picked: bool) -> str:
     return f"Lines: {head}, and {other.label}, the sum of the rest."
 
 
-@dataclass(frozen=True)
-class Tick:
-    """An axis label at a position (x for dates, y for values)."""
-
-    at: float
-    text: str
-
-
-@dataclass(frozen=True)
-class Column:
-    """The hover area of one date: every line's value in its tooltip."""
-
-    x: float
-    width: float
-    tooltip: str
+# An axis label at a position (x for dates, y for values); the hover area of a date, every line's value its tooltip.
+Tick = NamedTuple("Tick", [("at", float), ("text", str)])
+Column = NamedTuple("Column", [("x", float), ("width", float), ("tooltip", str)])
 
 
 @dataclass(frozen=True)
 class Line:
-    """A trend as drawn: runs of points between gaps, its dots, and its points clipped to the top edge.
-
-    ``values`` are the line's values as the CSV rounds them, space-separated, ``n/a`` where undefined.
-    """
+    """A trend as drawn: runs of points between gaps, dots, points clipped to the top edge, and ``values``
+    as the CSV rounds them (space-separated, ``n/a`` where undefined)."""
 
     trend: Trend
     paths: tuple[str, ...]
@@ -257,7 +218,6 @@ class LineChart:
     right: int = WIDTH - RIGHT
     top: int = TOP
     bottom: int = TOP + PLOT_H
-    kind: str = "lines"
 
 
 def _quantile(ordered: Sequence[float], q: float) -> float:
@@ -303,9 +263,9 @@ def _tick_text(value: Decimal, step: Decimal, metric: str, currency: str) -> str
 
 
 def _value(day: ChannelTotals | None, metric: str) -> Decimal | None:
-    if metric in ("cost", "ihc_revenue"):  # no row: no session, nothing spent or attributed
-        return _ZERO if day is None else getattr(day, metric)
-    return None if day is None else getattr(day, metric)
+    if day is None:  # no row: no session, nothing spent or attributed, no ratio
+        return _ZERO if metric in ("cost", "ihc_revenue") else None
+    return getattr(day, metric)
 
 
 def _shown(value: Decimal | None, metric: str, currency: str) -> tuple[str, str]:
@@ -340,13 +300,8 @@ def _columns(dates: Sequence[str], xs: Sequence[float], lines: Sequence[Trend], 
 
 def _draw_line(trend: Trend, ys: Sequence[float | None], xs: Sequence[float], tips: Sequence[str],
                clipped: Sequence[bool], values: str) -> Line:
-    runs: list[list[tuple[float, float]]] = [[]]
-    for x, y in zip(xs, ys):
-        if y is None:
-            runs.append([])
-        else:
-            runs[-1].append((x, y))
-    runs = [r for r in runs if r]
+    points = [None if y is None else (x, y) for x, y in zip(xs, ys)]
+    runs = [list(run) for drawn, run in itertools.groupby(points, key=lambda p: p is not None) if drawn]
     many = len(xs) > MAX_DOTS
     dots = tuple(p for r in runs for p in r if not many or len(r) == 1)
     return Line(trend, tuple(" ".join(f"{x},{y}" for x, y in r) for r in runs if len(r) > 1), dots,

@@ -1,11 +1,9 @@
 """What each page of the report shows, computed once per request and handed to its template.
 
-The figures come from :func:`ihc_attribution.charts.compute_figures` over the rows of
-``channel_reporting`` the analyst selected (a date range, and channels or all of them), rounded as
-the CSV rounds them; the charts are those of the chart file (:mod:`ihc_attribution.report_ui.svg`),
-and the templates only format them. The previous period is summed the same way
-(:mod:`ihc_attribution.report_ui.comparison`); the paths to conversion come from the credited
-journeys (:mod:`ihc_attribution.journey_stats`).
+The figures are :func:`ihc_attribution.charts.compute_figures` of the selected rows of
+``channel_reporting``, rounded as the CSV rounds them; the templates only format them. The previous
+period is summed the same way, so this period's figures in the comparison are the totals table's.
+A channel without a row in one period had no session then: spend and revenue 0, ratios undefined.
 """
 
 from __future__ import annotations
@@ -13,14 +11,18 @@ from __future__ import annotations
 import datetime as dt
 import io
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
+from ihc_attribution.charts import TOTAL_LABEL, ChannelTotals, Figures, channel_label, compute_figures, currency, money
 from ihc_attribution.report_ui import sources as sources
 from ihc_attribution.settings import DAG_ID
 
 if TYPE_CHECKING:
+    from starlette.datastructures import QueryParams
+
     from ihc_attribution.export import ReportRow
 
 DEFAULT_DAYS = 30
@@ -40,10 +42,8 @@ def file_link(name: str) -> str:
 
 
 def _date(text: str | None) -> dt.date | None:
-    if not text:
-        return None
     try:
-        return dt.date.fromisoformat(text.strip())
+        return dt.date.fromisoformat(text.strip()) if text else None
     except ValueError:
         return None
 
@@ -53,18 +53,8 @@ class Picked:
     """The selection of a request, the trend lines picked, and what was wrong with what was asked."""
 
     selection: sources.Selection
-    problems: list[str] = field(default_factory=list)
-    lines: tuple[str, ...] = ()
-
-
-def _asked_dates(params: Mapping[str, Any]) -> tuple[dict[str, dt.date | None], list[str]]:
-    """The dates asked for (``None`` when missing or not a date), and the names of those that are not dates."""
-    dates, invalid = {}, []
-    for name in ("start", "end"):
-        dates[name] = _date(params.get(name))
-        if params.get(name) and dates[name] is None:
-            invalid.append(name)
-    return dates, invalid
+    problems: list[str]
+    lines: tuple[str, ...]
 
 
 def _range(start: dt.date | None, end: dt.date | None, bounds: tuple[str, str] | None) -> tuple[dt.date, dt.date]:
@@ -82,22 +72,14 @@ def _range(start: dt.date | None, end: dt.date | None, bounds: tuple[str, str] |
     return max(first, last - window), last
 
 
-def _date_problem(name: str, asked: str, start: dt.date, end: dt.date, kept: str | None) -> str:
-    shown = f"{start} to {end}"
-    if kept == "start":
-        shown += f", up to {DEFAULT_DAYS} days from the start date"
-    elif kept == "end":
-        shown += f", up to {DEFAULT_DAYS} days to the end date"
-    else:
-        shown += f", the default range (the last {DEFAULT_DAYS} days of the report)"
-    return f"{name} date {asked!r} is not a date (YYYY-MM-DD); showing {shown}"
-
-
 def _pick_range(params: Mapping[str, Any], bounds: tuple[str, str] | None) -> tuple[dt.date, dt.date, list[str]]:
-    dates, invalid = _asked_dates(params)
-    start, end = _range(dates["start"], dates["end"], bounds)
-    kept = next((name for name in ("start", "end") if dates[name] is not None), None)
-    problems = [_date_problem(name, params[name], start, end, kept) for name in invalid]
+    asked = {name: _date(params.get(name)) for name in ("start", "end")}
+    start, end = _range(asked["start"], asked["end"], bounds)
+    kept = next((name for name in ("start", "end") if asked[name] is not None), None)
+    shown = {"start": f"up to {DEFAULT_DAYS} days from the start date", "end": f"up to {DEFAULT_DAYS} days to the end date",
+             None: f"the default range (the last {DEFAULT_DAYS} days of the report)"}[kept]
+    problems = [f"{name} date {params[name]!r} is not a date (YYYY-MM-DD); showing {start} to {end}, {shown}"
+                for name in ("start", "end") if params.get(name) and asked[name] is None]
     if start > end:
         problems.append(f"start {start} is after end {end}; the two were swapped")
         start, end = end, start
@@ -107,53 +89,45 @@ def _pick_range(params: Mapping[str, Any], bounds: tuple[str, str] | None) -> tu
     return start, end, problems
 
 
-def pick(params: Mapping[str, Any], channels: Sequence[str], bounds: tuple[str, str] | None) -> Picked:
-    """The selection from the query (``start``, ``end``, ``channel`` and ``line`` repeated).
-
-    Without dates: the last 30 days of ``channel_reporting``; with one date, up to 30 days from
-    the start or to the end. A date that is not one is left out, and the message says which
-    range is shown instead. Channels (and lines) that the report does not have are dropped, the
-    channels with a message.
-    """
-    from ihc_attribution.charts import channel_label
-
+def pick(params: QueryParams, channels: Sequence[str], bounds: tuple[str, str] | None) -> Picked:
+    """The selection from the query (``start``, ``end``, ``channel`` and ``line`` repeated): the last 30
+    days of the report, or up to 30 from one date; a date that is not one is left out and the message
+    says what is shown instead. Channels (with a message) and lines the report does not have are dropped."""
     start, end, problems = _pick_range(params, bounds)
     known = set(channels)
-    asked = list(params.get("channel", []))
+    asked = params.getlist("channel")
     unknown = [c for c in asked if c not in known]
     if unknown:
         problems.append("no report rows for channel(s) " + ", ".join(repr(channel_label(c)) for c in unknown))
     picked = tuple(dict.fromkeys(c for c in asked if c in known))
-    lines = tuple(dict.fromkeys(c for c in params.get("line", []) if c in known))
+    lines = tuple(dict.fromkeys(c for c in params.getlist("line") if c in known))
     return Picked(sources.Selection(start.isoformat(), end.isoformat(), picked), problems, lines)
 
 
-def selection_query(selection: sources.Selection) -> str:
-    """The query string that selects ``selection`` again."""
-    return urlencode([("start", selection.start), ("end", selection.end),
-                      *(("channel", c) for c in selection.channels)])
-
-
-def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str, Any]:
+def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
     """Everything the report page shows for the request's selection."""
-    from ihc_attribution import charts, credit
-    from ihc_attribution.report_ui import comparison, svg
+    from ihc_attribution import credit
+    from ihc_attribution.journey_stats import read_journey_stats
+    from ihc_attribution.report_ui import svg
 
     channels = sources.report_channels(db)
     bounds = sources.report_bounds(db)
     picked = pick(params, channels, bounds)
     selection = picked.selection
     rows = sources.report_rows(db, selection)
-    figures = charts.compute_figures(rows)
-    code = charts.currency()
+    figures = compute_figures(rows)
+    code = currency()
     colors = svg.channel_colors(channels)
     issues = sources.read_issues(db, limit=0)
     has_credit = db.has_table(credit.CREDIT)
-    models = (
-        credit.model_totals(db, selection.start, selection.end, list(selection.channels) or None)
-        if has_credit else []
-    )
+    models = credit.model_totals(db, selection.start, selection.end, list(selection.channels) or None) if has_credit else []
     in_range = sum(n for date, _, n in issues.by_date if selection.start <= date <= selection.end)
+    journeys = None  # the paths and journey distributions of the selection's conversions, or why they cannot be read
+    if has_credit:
+        try:  # credit rows older than the conversion timestamps fail here alone: the rest of the page shows
+            journeys = read_journey_stats(db, selection.start, selection.end, selection.channels)
+        except Exception as exc:
+            journeys = f"{type(exc).__name__}: {exc}"
     return {
         "selection": selection,
         "problems": picked.problems,
@@ -162,36 +136,97 @@ def report_context(db: sources.ReportDb, params: Mapping[str, Any]) -> dict[str,
         "rows": rows,
         "figures": figures,
         "currency": code,
-        "money": lambda v: charts.money(v, code),
+        "money": lambda v: money(v, code),
         "builds": sources.report_builds(db, selection),
         "issues_in_range": in_range,
-        "issues_total": issues.total,
-        "query": selection_query(selection),
+        "query": urlencode([("start", selection.start), ("end", selection.end),
+                            *(("channel", c) for c in selection.channels)]),
         "colors": colors,
         "lines": picked.lines,
         "top": svg.TREND_TOP,
         "charts": svg.report_charts(figures, colors, code, picked.lines),
         "models": models,
         "model_names": credit.MODELS,
-        "comparison": None if figures.empty else comparison.compare(db, selection, figures),
-        "metrics": comparison.METRICS,
-        "journeys": journey_stats(db, selection) if has_credit else None,
+        "comparison": None if figures.empty else compare(db, selection, figures),
+        "metrics": METRICS,
+        "journeys": journeys,
         "paths_limit": PATHS_LIMIT,
     }
 
 
-def journey_stats(db: sources.ReportDb, selection: sources.Selection) -> Any:
-    """The paths and journey distributions of the selection's conversions, or why they cannot be read.
+# --- the previous period ----------------------------------------------------------------------
 
-    A database whose credit rows predate the conversion timestamps fails here alone: the rest of
-    the page still shows.
-    """
-    from ihc_attribution.journey_stats import read_journey_stats
+_ZERO = Decimal(0)
+#: What the comparison shows per channel: (attribute of ``ChannelTotals``, heading, kind of number).
+METRICS = (
+    ("cost", "Spend", "money"),
+    ("ihc_revenue", "Attributed revenue", "money"),
+    ("roas", "ROAS", "number"),
+    ("cpo", "CPO", "money"),
+)
 
-    try:
-        return read_journey_stats(db, selection.start, selection.end, selection.channels)
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+
+# One figure in both periods, the difference, and that in percent of the previous value (one decimal);
+# None where undefined (a ratio over 0, a percent of 0).
+Change = NamedTuple("Change", [("current", Decimal | None), ("previous", Decimal | None), ("delta", Decimal | None),
+                               ("percent", Decimal | None)])
+
+
+@dataclass(frozen=True)
+class ChannelChange:
+    """A channel's totals (or the selection's) in both periods; ``change(metric)`` for each of :data:`METRICS`."""
+
+    channel_name: str
+    current: ChannelTotals
+    previous: ChannelTotals
+
+    def change(self, metric: str) -> Change:
+        now, before = getattr(self.current, metric), getattr(self.previous, metric)
+        delta = None if now is None or before is None else now - before
+        percent = None if delta is None or not before else (delta * 100 / abs(before)).quantize(Decimal("0.1"), ROUND_HALF_UP)
+        return Change(now, before, delta, percent)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The selection against its previous period: ``days`` each, ``*_dates`` of them with report rows;
+    ``channels`` in the totals table's order, then those only in the previous period."""
+
+    current: sources.Selection
+    previous: sources.Selection
+    days: int
+    current_dates: int
+    previous_dates: int
+    channels: tuple[ChannelChange, ...]
+    total: ChannelChange
+
+    @property
+    def empty(self) -> bool:
+        """Whether the previous period has no report row to compare with."""
+        return self.previous_dates == 0
+
+
+def previous_period(selection: sources.Selection) -> sources.Selection:
+    """The days just before the selection, as many, same channels (``01-08..01-14`` gives ``01-01..01-07``)."""
+    start, end = dt.date.fromisoformat(selection.start), dt.date.fromisoformat(selection.end)
+    days = (end - start).days + 1
+    # Ordinals, so that a range asked for near year 1 gives an (empty) period instead of an error.
+    first, last = (dt.date.fromordinal(max(start.toordinal() - n, 1)) for n in (days, 1))
+    return sources.Selection(first.isoformat(), last.isoformat(), selection.channels)
+
+
+def compare(db: sources.ReportDb, selection: sources.Selection, current: Figures) -> Comparison:
+    """The selection (whose figures are ``current``) against the previous period of the same length."""
+    period = previous_period(selection)
+    previous = compute_figures(sources.report_rows(db, period))
+    before = {t.channel_name: t for t in previous.channels}
+    now = {t.channel_name: t for t in current.channels}
+    nothing = ChannelTotals("", _ZERO, _ZERO, _ZERO, 0)
+    rows = [ChannelChange(t.channel_name, t, before.get(t.channel_name, nothing)) for t in current.channels]
+    rows += [ChannelChange(t.channel_name, nothing, t) for t in previous.channels if t.channel_name not in now]
+    days = (dt.date.fromisoformat(selection.end) - dt.date.fromisoformat(selection.start)).days + 1
+    return Comparison(selection, period, days, len(current.dates), len(previous.dates), tuple(rows),
+                      ChannelChange(TOTAL_LABEL, current.total, previous.total))
 
 
 def csv_name(selection: sources.Selection) -> str:

@@ -133,7 +133,7 @@ def test_the_exported_files_tab_and_the_chart_of_a_range(page, run_id):
 
 def test_the_chart_file_renders_on_its_own(page, run_id, tmp_path):
     """The chart file of the range, opened from disk (no Airflow around it), as a browser shows it."""
-    from ihc_attribution.charts import channel_totals, write_chart
+    from ihc_attribution.charts import compute_figures, write_chart
     from ihc_attribution.daterange import range_from_params
     from ihc_attribution.db import Database
     from ihc_attribution.export import read_report
@@ -150,8 +150,8 @@ def test_the_chart_file_renders_on_its_own(page, run_id, tmp_path):
     try:
         page.goto(chart.as_uri())
         expect(page.locator("#chart-roas-channels figcaption")).to_contain_text("ROAS per channel")
-        assert page.locator("#channel-totals tbody tr").count() == len(channel_totals(rows))
-        channels = [t.channel_name for t in channel_totals(rows)]
+        assert page.locator("#channel-totals tbody tr").count() == len(compute_figures(rows).channels)
+        channels = [t.channel_name for t in compute_figures(rows).channels]
         ui.every_channel_labelled(page, "chart-channels", channels)
         ui.every_channel_labelled(page, "chart-roas-channels", channels)
         for chart_id in TREND_CHARTS:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+from ihc_attribution_dev.server.calibration import Journey, errors, model_method
 from ihc_attribution_dev.server.model import ChannelFactors, Curve, ModelParams, Touchpoint
-from ihc_attribution_dev.server.recordings import Journey, errors, model_method
 
 # Knots of the built-in type A curves (the general calibration has its own, wider ones in
 # ihc_attribution_dev.server.vectorised). Initializer: the service gives no restart credit below about 50 h of

@@ -11,7 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ihc_attribution_dev.server.model import PHASES, ChannelFactors, Curve, ModelParams, PhaseWeights
-from ihc_attribution_dev.server.recordings import Journey
 
 # Knots of the fitted curves. They contain the knots of the built-in type A curves, so that type A
 # is exactly one parameter set of the family, and reach further (restart credit from 1 h of pause,
@@ -27,7 +26,7 @@ MEMORY_KNOTS = (0.0, 12.0, 24.0, 48.0, 72.0, 96.0, 120.0, 168.0, 240.0, 336.0)
 class Batch:
     """Journeys of 2+ sessions as flat numpy arrays, one entry per session."""
 
-    def __init__(self, journeys: Sequence[Journey]) -> None:
+    def __init__(self, journeys: Sequence) -> None:  # calibration.Journey
         import numpy as np
 
         channels = sorted({t.channel_label for j in journeys for t in j.touchpoints})

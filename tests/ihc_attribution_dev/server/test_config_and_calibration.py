@@ -72,7 +72,7 @@ def test_model_beats_the_baselines_on_the_real_answers(capsys):
     cal = _calibration_module()
     if not cal.DEFAULT_REFERENCE.is_file():
         pytest.skip(f"reference answers not found at {cal.DEFAULT_REFERENCE}")
-    journeys = cal.load_reference(cal.DEFAULT_REFERENCE)
+    journeys = cal.load_answers(cal.DEFAULT_REFERENCE)
     multi = [j for j in journeys if len(j.touchpoints) > 1]
     assert (len(journeys), len(multi)) == (1925, 787)
     model = cal.mae(multi, cal.model_method(cal.FITTED_PARAMS))
@@ -94,7 +94,7 @@ def test_shipped_constants_are_what_the_fit_gives():
     cal = _calibration_module()
     if not cal.DEFAULT_REFERENCE.is_file():
         pytest.skip(f"reference answers not found at {cal.DEFAULT_REFERENCE}")
-    fitted = cal.fit(cal.load_reference(cal.DEFAULT_REFERENCE))
+    fitted = cal.fit(cal.load_answers(cal.DEFAULT_REFERENCE))
     shipped = cal.FITTED_PARAMS
     assert fitted.initializer_pause == shipped.initializer_pause
     assert fitted.closer_distance == shipped.closer_distance

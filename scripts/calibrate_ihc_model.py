@@ -18,14 +18,10 @@ mean absolute error (MAE) of ``ihc`` per session in and out of sample (K-fold cr
 recording too small to fit. Scores cover journeys of 2 or more sessions: every method gives a
 single session ihc 1, as the service does.
 
-In the table mode, ``--folds K`` adds a row for the built-in constants refitted K times on the
-other folds, and ``--fit`` prints the constants fitted on the whole file as Python for
-``include/ihc_attribution_dev/server/model.py``. ``--write-synthetic KIND FILE`` writes the sessions of the
-reference file answered by a synthetic conversion type (``B`` or ``time-of-day``), to try the
-calibration on.
-
-Calibrating needs numpy and scipy (``requirements-dev.txt``). The fit of the built-in constants is
-``ihc_attribution_dev.server.reference_fit``; the general calibration ``ihc_attribution_dev.server.calibration``.
+In the table mode, ``--folds K`` adds a row for the model calibrated K times on the other folds,
+and ``--fit`` prints the parameters calibrated on the whole file. ``--write-synthetic KIND FILE``
+writes the sessions of the reference file answered by a synthetic conversion type (``B`` or
+``time-of-day``), to try the calibration on. Calibrating needs numpy and scipy (``requirements-dev.txt``).
 """
 from __future__ import annotations
 
@@ -60,7 +56,6 @@ from ihc_attribution_dev.server.calibration import (
     write_answers,
 )
 from ihc_attribution_dev.server.model import FITTED_PARAMS, NOMINAL_PARAMS, PHASES, Curve, TypeModel
-from ihc_attribution_dev.server.reference_fit import cross_validated_errors, fit, format_params
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ihc_real_responses.jsonl"
 
@@ -223,8 +218,9 @@ def reference_table(reference: Path, folds: int, refit: bool) -> int:
         row("local IHC model (include/ihc_attribution_dev/server/model.py)", errors(multi, shipped), shipped),
     ]
     if folds > 1:
-        lines.append(row(f"same model refitted in {folds}-fold cross-validation (held-out folds)",
-                         cross_validated_errors(multi, folds)))
+        held, predictions = cross_validate(multi, folds)
+        lines.append(row(f"model calibrated in {folds}-fold cross-validation (held-out folds)",
+                         errors(held, replay(predictions, held))))
     lines += [
         row("same model, nominal curves of the design brief, no fit", errors(multi, nominal), nominal),
         row("linear (1/n)", errors(multi, linear)),
@@ -233,8 +229,8 @@ def reference_table(reference: Path, folds: int, refit: bool) -> int:
     print("\n".join(lines))
 
     if refit:
-        print("\n# Fitted on the whole reference file:\n")
-        print(format_params(fit(journeys)))
+        print("\nCalibrated on the whole reference file:")
+        print(describe(calibrate(journeys).model))
     return 0
 
 
@@ -249,7 +245,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="write the calibrated parameters here (for --model-params of the server)")
     parser.add_argument("--folds", type=int, default=None,
                         help="K-fold cross-validation (calibration: default 5; reference table: off)")
-    parser.add_argument("--fit", action="store_true", help="print built-in constants fitted on the whole file")
+    parser.add_argument("--fit", action="store_true", help="also print the parameters calibrated on the whole file")
     parser.add_argument("--experiments", action="store_true",
                         help="calibrate on half of type A, synthetic type B and time-of-day answers, score the rest")
     parser.add_argument("--write-synthetic", nargs=2, metavar=("KIND", "FILE"), default=None,

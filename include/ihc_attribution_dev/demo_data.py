@@ -28,8 +28,8 @@ table contents. Rows are written with ``executemany`` in large chunks inside one
 journaling off, into a temporary file that is renamed into place at the end: an interrupted run
 never leaves a half-written database behind.
 
-The channel profiles, calibrated constants and configuration are in :mod:`.demo_model`, the
-random draws in :mod:`.demo_draw`; this module writes the file and holds the command line.
+The channel profiles, calibrated constants and random draws are in :mod:`.demo_draw`; this module
+holds the configuration, writes the file and holds the command line.
 """
 
 from __future__ import annotations
@@ -41,26 +41,112 @@ import secrets
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain, islice
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ihc_attribution.schema import CONVERSIONS, SESSION_COSTS, SESSION_SOURCES, challenge_ddl
-from ihc_attribution_dev.demo_draw import hex_ids, build_tables
-from ihc_attribution_dev.demo_model import (  # noqa: F401 - BAD_ROWS: the bad rows, where the tests look for them
-    BAD_ROWS,
-    CHANNEL_NAMES,
-    SECONDS_PER_DAY,
-    DemoConfig,
-    DemoSummary,
-    DemoTables,
-)
+from ihc_attribution_dev.demo_draw import CHANNEL_NAMES, SECONDS_PER_DAY, DemoTables, build_tables, hex_ids
 
-# Rows per executemany call. Rows are zipped lazily from column lists, so no chunk is ever
-# materialised; the chunks only bound the work of one call.
-INSERT_CHUNK = 200_000
+@dataclass(frozen=True)
+class DemoConfig:
+    """What to generate.
+
+    :param start: first day with conversions (inclusive).
+    :param end: last day with conversions (inclusive).
+    :param conversions: number of conversions, spread over ``[start, end]``.
+    :param sessions_per_conversion: total sessions divided by conversions; the real database
+        had about 225. Sessions beyond the converting journeys belong to users who never
+        convert. If the journeys alone need more, the total is larger than asked.
+    :param users: total number of distinct users; by default about 2.4 sessions per
+        non-converting user.
+    :param seed: seed of every random draw.
+    :param lookback_days: how many days before ``start`` sessions reach back.
+    :param bad_rows: add the few bad rows of :data:`BAD_ROWS` (when there are buyers enough).
+    """
+
+    start: dt.date = dt.date(2024, 1, 1)
+    end: dt.date = dt.date(2024, 1, 14)
+    conversions: int = 1_500
+    sessions_per_conversion: float = 100.0
+    users: int | None = None
+    seed: int = 42
+    lookback_days: int = 60
+    bad_rows: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for a configuration that cannot be generated."""
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        if self.conversions < 1:
+            raise ValueError("conversions must be at least 1")
+        if self.sessions_per_conversion < 1:
+            raise ValueError("sessions_per_conversion must be at least 1")
+        if self.lookback_days < 0:
+            raise ValueError("lookback_days must not be negative")
+        if self.users is not None and self.users < 1:
+            raise ValueError("users must be at least 1")
+
+    @property
+    def window_start(self) -> dt.date:
+        """First day that may hold sessions."""
+        return self.start - dt.timedelta(days=self.lookback_days)
+
+    @property
+    def window_days(self) -> int:
+        """Days from the first possible session to the end of the range."""
+        return (self.end - self.window_start).days + 1
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """What :func:`generate` wrote."""
+
+    path: Path
+    sessions: int
+    conversions: int
+    users: int
+    buyers: int
+    repeat_buyers: int
+    journey_sessions: int
+    post_purchase_sessions: int
+    noise_sessions: int
+    sessions_before_start: int
+    cost_rows: int
+    null_costs: int
+    total_revenue: float
+    first_session_date: str
+    last_session_date: str
+    seconds: float
+    conversions_without_sessions: int = 0
+    malformed_sessions: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path}: {self.sessions:,} sessions ({self.first_session_date} .. "
+            f"{self.last_session_date}), {self.conversions:,} conversions, {self.users:,} users, "
+            f"in {self.seconds:.2f} s"
+        )
+
+    def lines(self) -> list[str]:
+        """A human-readable description, one fact per line."""
+        return [
+            f"wrote {self.path} in {self.seconds:.2f} s",
+            f"sessions            {self.sessions:>12,}  "
+            f"({self.first_session_date} .. {self.last_session_date})",
+            f"  in journeys       {self.journey_sessions:>12,}",
+            f"  after last order  {self.post_purchase_sessions:>12,}",
+            f"  never converting  {self.noise_sessions:>12,}",
+            f"  before start      {self.sessions_before_start:>12,}",
+            f"conversions         {self.conversions:>12,}  (revenue {self.total_revenue:,.2f} EUR)",
+            f"users               {self.users:>12,}  ({self.buyers:,} buyers, {self.repeat_buyers:,} repeat)",
+            f"session_costs rows  {self.cost_rows:>12,}  ({self.null_costs:,} NULL)",
+            f"bad rows on purpose {self.conversions_without_sessions + self.malformed_sessions:>12,}  "
+            f"({self.conversions_without_sessions} conversions without sessions, "
+            f"{self.malformed_sessions} malformed sessions)",
+        ]
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,18 +164,10 @@ def _time_strings() -> np.ndarray:
     )
 
 
-def _chunks(rows: Iterable[tuple], size: int) -> Iterator[Iterator[tuple]]:
-    """Consecutive slices of at most ``size`` rows, as iterators (no list is materialised)."""
-    iterator = iter(rows)
-    while (first := next(iterator, None)) is not None:
-        yield chain((first,), islice(iterator, size - 1))
-
-
 def _insert(conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+    # Rows are zipped lazily from column lists: executemany streams them, no list is materialised.
     placeholders = ", ".join("?" for _ in columns)
-    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
-    for chunk in _chunks(rows, INSERT_CHUNK):
-        conn.executemany(sql, chunk)
+    conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows)
 
 
 def write_database(path: Path, tables: DemoTables) -> None:

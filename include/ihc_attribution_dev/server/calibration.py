@@ -14,7 +14,7 @@ phase weights) to such answers:
    are fitted as logarithms with a small ridge towards 1, so that a rare channel stays near
    neutral; a weak smoothness term keeps knots without data near their neighbours.
 
-The optimiser evaluates the numpy copy of the model in :mod:`~ihc_attribution_dev.server.vectorised`.
+The optimiser evaluates the numpy copy of the model, :func:`~ihc_attribution_dev.server.vectorised.predict_batch`.
 Fitting needs numpy and scipy (``requirements-dev.txt``); reading recordings and scoring do not,
 and the server only reads the resulting JSON (:mod:`ihc_attribution_dev.server.params`).
 """
@@ -40,16 +40,7 @@ from ihc_attribution_dev.server.model import (
     largest_remainder,
     round_credits,
 )
-from ihc_attribution_dev.server.vectorised import (
-    CLOSER_KNOTS,
-    HOLDER_KNOTS,
-    MEMORY_KNOTS,
-    PAUSE_KNOTS,
-    RANK_KNOTS,
-    Batch,
-    Layout,
-    phases,
-)
+from ihc_attribution_dev.server.vectorised import Batch, Layout, predict_batch
 
 
 class RecordingError(ValueError):
@@ -366,25 +357,8 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
     real = np.concatenate([batch.I, batch.H, batch.C, batch.ihc])
     smooth_groups = [("pause", None), ("closer", 1.0), ("rank", 1.0), ("holder", 1.0), ("memory", 1.0)]
 
-    # The parts of the model that do not depend on the parameters, computed once.
-    pause_k, closer_k, rank_k, holder_k, memory_k = (np.array(k) for k in (
-        PAUSE_KNOTS, CLOSER_KNOTS, RANK_KNOTS, HOLDER_KNOTS, MEMORY_KNOTS))
-    one = np.ones(1)
-
     def residuals(x):
-        # The vectorised model straight from the vector (what predict_batch does from a ModelParams).
-        memory = np.interp(batch.longest, memory_k, np.concatenate([one, x[s["memory"]]]))
-        logs = x[s["factors"]].reshape(-1, 3)
-        imp = np.exp(x[s["imp"]]) if layout.fit_impression else one.repeat(3)
-        common = np.exp(logs)[batch.ch] * memory[:, None] * np.where(batch.imp[:, None], imp[None, :], 1.0)
-        closeness = np.interp(batch.to_conv, closer_k, np.concatenate([one, x[s["closer"]]])) \
-            * np.interp(batch.rank, rank_k, np.concatenate([one, x[s["rank"]]]))
-        discount = Curve(tuple(zip(HOLDER_KNOTS, np.concatenate([one, x[s["holder"]]]).tolist())))
-        ends = x[s["ends"]]
-        predicted = np.concatenate(phases(
-            batch, common, np.interp(batch.gap, pause_k, x[s["pause"]]), closeness, discount, ends[0], ends[1],
-            x[s["hu"]][0] if layout.fit_holder_unengaged else 0.0,
-            x[s["cu"]][0] if layout.fit_closer_unengaged else 0.0, memory, weights, batch.jid, batch.n_journeys))
+        predicted = np.concatenate(predict_batch(batch, layout.unpack(x), weights))
         penalties = [math.sqrt(RIDGE) * x[s["factors"]], math.sqrt(RIDGE) * x[s["imp"]]]
         for name, pinned in smooth_groups:
             values = x[s[name]] if pinned is None else np.concatenate([[pinned], x[s[name]]])

@@ -164,42 +164,30 @@ def predict_batch(batch: Batch, params: ModelParams, weights: PhaseWeights):
         xs, ys = zip(*c.points)
         return np.interp(x, xs, ys)
 
-    jid, n_j = batch.jid, batch.n_journeys
-    f = np.array([[getattr(params.factors(c), ph) for ph in PHASES] for c in batch.labels])[batch.ch]
-    memory = curve(params.memory, batch.longest)
-    imp = np.array([getattr(params.impression, ph) for ph in PHASES])
-    common = f * memory[:, None] * np.where(batch.imp[:, None], imp[None, :], 1.0)
-    return phases(batch, common, curve(params.initializer_pause, batch.gap), curve(params.closer_distance,
-                   batch.to_conv) * curve(params.closer_rank, batch.rank), params.holder_discount, params.holder_first,
-                   params.holder_last, params.holder_unengaged, params.closer_unengaged, memory, weights, jid, n_j)
-
-
-def phases(batch, common, pause, closeness, discount, h_first, h_last, h_unengaged, c_unengaged, memory, weights,
-            jid, n_j):
-    import numpy as np
-
     def normalise(raw):
-        total = np.bincount(jid, weights=raw, minlength=n_j)
+        total = np.bincount(batch.jid, weights=raw, minlength=batch.n_journeys)
         safe = np.where(total > 0, total, 1.0)
-        return raw / safe[jid], total > 0
+        return raw / safe[batch.jid], total > 0
 
-    init_raw = np.where(batch.first, 1.0, pause) * common[:, 0]
-    initializer, ok = normalise(init_raw)
+    p, jid = params, batch.jid
+    memory = curve(p.memory, batch.longest)
+    imp = np.array([getattr(p.impression, ph) for ph in PHASES])
+    common = np.array([[getattr(p.factors(c), ph) for ph in PHASES] for c in batch.labels])[batch.ch] \
+        * memory[:, None] * np.where(batch.imp[:, None], imp[None, :], 1.0)
+    initializer, ok = normalise(np.where(batch.first, 1.0, curve(p.initializer_pause, batch.gap)) * common[:, 0])
     if not ok.all():
         # The session that counts most (earliest on ties) starts the journey, as in the model.
         for j in np.flatnonzero(~ok):
             rows = np.flatnonzero(jid == j)
             start = rows[np.argmax(memory[rows])]
             initializer[rows] = (rows == start).astype(float)
-    closer_raw = np.where(batch.ce | batch.last, 1.0, c_unengaged) * closeness * common[:, 2]
-    closer, ok = normalise(closer_raw)
+    closeness = curve(p.closer_distance, batch.to_conv) * curve(p.closer_rank, batch.rank)
+    closer, ok = normalise(np.where(batch.ce | batch.last, 1.0, p.closer_unengaged) * closeness * common[:, 2])
     if not ok.all():
         closer = np.where(ok[jid], closer, batch.last.astype(float))
-    xs, ys = zip(*discount.points)
-    eligible = np.where(batch.he, 1.0, h_unengaged) * np.where(batch.first, h_first, 1.0) \
-        * np.where(batch.last, h_last, 1.0)
-    holder_raw = eligible * np.interp(initializer + closer, xs, ys) * common[:, 1]
-    holder, has_holder = normalise(holder_raw)
+    eligible = np.where(batch.he, 1.0, p.holder_unengaged) * np.where(batch.first, p.holder_first, 1.0) \
+        * np.where(batch.last, p.holder_last, 1.0)
+    holder, has_holder = normalise(eligible * curve(p.holder_discount, initializer + closer) * common[:, 1])
     holder = np.where(has_holder[jid], holder, 0.0)
     w_holder = np.where(has_holder[jid], weights.holder, 0.0)
     ihc = (weights.initializer * initializer + w_holder * holder + weights.closer * closer) \

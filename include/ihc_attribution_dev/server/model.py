@@ -135,8 +135,8 @@ class ModelParams:
 
 _NEUTRAL = ChannelFactors()
 
-# Fitted on the reference answers (1,925 journeys, 787 with 2+ sessions) by
-# `scripts/calibrate_ihc_model.py --fit`. The real service gives no restart credit before about
+# Fitted on the reference answers (1,925 journeys, 787 with 2+ sessions) by a closed-form fit of
+# log ratios of shares within a journey (docs/ihc_server.md). The real service gives no restart credit before about
 # 50 h of pause and only half credit after 9 days, the longest pause in the data; beyond it the
 # curve is extended to full credit at 14 days.
 FITTED_PARAMS = ModelParams(
@@ -270,24 +270,8 @@ def largest_remainder(values: Sequence[float], units: int = ROUND_UNITS) -> list
 
 def round_credits(credits: Sequence[SessionCredit]) -> list[SessionCredit]:
     """Round every column to 4 decimals so that each sums to exactly 1 (a dropped holder stays 0)."""
-    if len(credits) == 1:
-        # A single session's column is 1 or 0 already (what largest_remainder gives it).
-        c = credits[0]
-        return [SessionCredit(c.session_id, *(1.0 if v > 0 else 0.0 for v in (c.initializer, c.holder, c.closer, c.ihc)))]
-    columns = {
-        name: largest_remainder([getattr(c, name) for c in credits])
-        for name in ("initializer", "holder", "closer", "ihc")
-    }
-    return [
-        SessionCredit(
-            c.session_id,
-            columns["initializer"][i] / ROUND_UNITS,
-            columns["holder"][i] / ROUND_UNITS,
-            columns["closer"][i] / ROUND_UNITS,
-            columns["ihc"][i] / ROUND_UNITS,
-        )
-        for i, c in enumerate(credits)
-    ]
+    columns = [largest_remainder([getattr(c, name) for c in credits]) for name in ("initializer", "holder", "closer", "ihc")]
+    return [SessionCredit(c.session_id, *(column[i] / ROUND_UNITS for column in columns)) for i, c in enumerate(credits)]
 
 
 def attribute_journey(

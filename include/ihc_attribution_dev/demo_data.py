@@ -42,7 +42,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -308,69 +308,32 @@ def _summarise(path: Path, tables: DemoTables, seconds: float) -> DemoSummary:
 # --------------------------------------------------------------------------------------------
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    defaults = DemoConfig()
+# One option per DemoConfig field but bad_rows: (field, type, help).
+OPTIONS = (
+    ("start", dt.date.fromisoformat, "first day with conversions, YYYY-MM-DD (default %(default)s)"),
+    ("end", dt.date.fromisoformat, "last day with conversions, inclusive (default %(default)s)"),
+    ("conversions", int, "number of conversions (default %(default)s)"),
+    ("sessions_per_conversion", float, "total sessions per conversion (default %(default)s; the real data had ~225)"),
+    ("users", int, "total distinct users (default: about 2.4 sessions per non-converting user)"),
+    ("seed", int, "random seed (default %(default)s)"),
+    ("lookback_days", int, "days before --start that sessions reach back (default %(default)s)"),
+)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(
         prog="python -m ihc_attribution_dev.demo_data",
         description="Generate a realistic demo database with the challenge schema (SQLite).",
     )
     parser.add_argument("--out", required=True, type=Path, help="SQLite file to create")
-    parser.add_argument(
-        "--start",
-        type=dt.date.fromisoformat,
-        default=defaults.start,
-        help="first day with conversions, YYYY-MM-DD (default %(default)s)",
-    )
-    parser.add_argument(
-        "--end",
-        type=dt.date.fromisoformat,
-        default=defaults.end,
-        help="last day with conversions, inclusive (default %(default)s)",
-    )
-    parser.add_argument(
-        "--conversions",
-        type=int,
-        default=defaults.conversions,
-        help="number of conversions (default %(default)s)",
-    )
-    parser.add_argument(
-        "--sessions-per-conversion",
-        type=float,
-        default=defaults.sessions_per_conversion,
-        help="total sessions per conversion (default %(default)s; the real data had ~225)",
-    )
-    parser.add_argument(
-        "--users",
-        type=int,
-        default=None,
-        help="total distinct users (default: about 2.4 sessions per non-converting user)",
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
-    parser.add_argument(
-        "--lookback-days",
-        type=int,
-        default=defaults.lookback_days,
-        help="days before --start that sessions reach back (default %(default)s)",
-    )
+    for name, kind, text in OPTIONS:
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(DemoConfig(), name), help=text)
     parser.add_argument("--no-bad-rows", dest="bad_rows", action="store_false",
                         help="leave out the few bad rows (conversions without sessions, malformed sessions)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the process exit code."""
-    args = _parse_args(argv)
-    config = DemoConfig(
-        start=args.start,
-        end=args.end,
-        conversions=args.conversions,
-        sessions_per_conversion=args.sessions_per_conversion,
-        users=args.users,
-        seed=args.seed,
-        lookback_days=args.lookback_days,
-        bad_rows=args.bad_rows,
-    )
+    args = parser.parse_args(argv)
+    config = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
     try:
         summary = generate(args.out, config, overwrite=args.overwrite)
     except (FileExistsError, ValueError) as exc:

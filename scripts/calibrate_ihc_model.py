@@ -11,17 +11,9 @@ Three uses:
     # the calibration's own checks: type A, a synthetic type B, a shape the model cannot express
     PYTHONPATH=. python scripts/calibrate_ihc_model.py --experiments
 
-A recording has the format of ``../shared/reference/ihc_real_responses.jsonl`` (one journey a
-line: the sessions sent and the service's answer). Calibrating prints the fitted parameters, the
-mean absolute error (MAE) of ``ihc`` per session in and out of sample (K-fold cross-validation,
-``--folds``, default 5) next to the linear and last-touch baselines, and a verdict; it refuses a
-recording too small to fit. Scores cover journeys of 2 or more sessions: every method gives a
-single session ihc 1, as the service does.
-
-In the table mode, ``--folds K`` adds a row for the model calibrated K times on the other folds,
-and ``--fit`` prints the parameters calibrated on the whole file. ``--write-synthetic KIND FILE``
-writes the sessions of the reference file answered by a synthetic conversion type (``B`` or
-``time-of-day``), to try the calibration on. Calibrating needs numpy and scipy (``requirements-dev.txt``).
+A recording has the format of ``../shared/reference/ihc_real_responses.jsonl``. Scores cover
+journeys of 2 or more sessions (every method gives a single session ihc 1, as the service does).
+Options and outputs: docs/ihc_server.md, "Calibration". Calibrating needs numpy and scipy.
 """
 from __future__ import annotations
 
@@ -31,30 +23,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from ihc_attribution_dev.server import calibration as cal
 from ihc_attribution_dev.server import params as params_file
-from ihc_attribution_dev.server.calibration import (
-    POOR_FIT_RATIO,
-    TYPE_B,
-    Journey,
-    Method,
-    RecordingError,
-    calibrate,
-    check_size,
-    cross_validate,
-    errors,
-    last_touch,
-    linear,
-    load_answers,
-    mae,
-    model_method,
-    multi_session,
-    replay,
-    synthetic_answers,
-    time_of_day_answers,
-    top_agreement,
-    type_model_method,
-    write_answers,
-)
 from ihc_attribution_dev.server.model import FITTED_PARAMS, NOMINAL_PARAMS, PHASES, Curve, TypeModel
 
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ihc_real_responses.jsonl"
@@ -64,13 +34,13 @@ DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 OFF_BY = 0.01
 
 
-def _cells(journeys: Sequence[Journey], predict: Method, phases: bool) -> list[str]:
-    cells = [f"{mae(journeys, predict):.4f}", f"{top_agreement(journeys, predict):.0%}"]
-    cells += [f"{mae(journeys, predict, c):.4f}" for c in PHASES] if phases else ["-"] * 3
+def _cells(journeys: Sequence[cal.Journey], predict: cal.Method, phases: bool) -> list[str]:
+    cells = [f"{cal.mae(journeys, predict):.4f}", f"{cal.top_agreement(journeys, predict):.0%}"]
+    cells += [f"{cal.mae(journeys, predict, c):.4f}" for c in PHASES] if phases else ["-"] * 3
     return cells
 
 
-def score_table(journeys: Sequence[Journey], rows: Sequence[tuple[str, Method, bool]]) -> str:
+def score_table(journeys: Sequence[cal.Journey], rows: Sequence[tuple[str, cal.Method, bool]]) -> str:
     """A markdown table of MAE ihc, top-session agreement and per-phase MAE, one row per method."""
     lines = ["| method | MAE ihc | top session agrees | MAE initializer | MAE holder | MAE closer |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -82,7 +52,7 @@ def verdict(cv_mae: float, linear_mae: float, last_mae: float) -> tuple[str, str
     """("good" or "poor", a sentence) for a cross-validated MAE against the better baseline."""
     best_name, best = min((("linear", linear_mae), ("last touch", last_mae)), key=lambda x: x[1])
     ratio = cv_mae / best if best > 0 else math.inf
-    if ratio <= POOR_FIT_RATIO:
+    if ratio <= cal.POOR_FIT_RATIO:
         return "good", (f"good fit: the cross-validated MAE {cv_mae:.4f} is {ratio:.0%} of the better "
                         f"baseline's ({best_name} {best:.4f})")
     return "poor", (f"POOR FIT: the cross-validated MAE {cv_mae:.4f} is {ratio:.0%} of the better baseline's "
@@ -120,31 +90,31 @@ def describe(model: TypeModel) -> str:
 def run_calibration(answers: Path, conv_type_id: str, out: Path | None, folds: int) -> int:
     """Calibrate ``conv_type_id`` on ``answers``; print the fit and the scores; write ``out``."""
     try:
-        journeys = load_answers(answers, conv_type_id)
-        check_size(journeys, folds)
-    except RecordingError as exc:
+        journeys = cal.load_answers(answers, conv_type_id)
+        cal.check_size(journeys, folds)
+    except cal.RecordingError as exc:
         print(f"error: cannot calibrate on {answers}: {exc}", file=sys.stderr)
         return 2
-    multi = multi_session(journeys)
+    multi = cal.multi_session(journeys)
     sessions = sum(len(j.touchpoints) for j in multi)
     print(f"Recording {answers.name}, conv_type_id {conv_type_id}: {len(journeys)} journeys, {len(multi)} with "
           f"2+ sessions ({sessions} sessions scored)\n")
 
-    fitted = calibrate(journeys)
+    fitted = cal.calibrate(journeys)
     print(f"Fitted on all {len(multi)} journeys of 2+ sessions ({fitted.iterations} evaluations):")
     print(describe(fitted.model) + "\n")
 
-    held, predictions = cross_validate(journeys, folds)
-    cv = replay(predictions, held)
-    in_sample = type_model_method(fitted.model)
+    held, predictions = cal.cross_validate(journeys, folds)
+    cv = cal.replay(predictions, held)
+    in_sample = cal.type_model_method(fitted.model)
     print(score_table(multi, [
         ("calibrated model, in-sample (fitted on all journeys)", in_sample, True),
         (f"calibrated model, {folds}-fold cross-validated (held-out journeys)", cv, True),
-        ("built-in type A model, no calibration", model_method(FITTED_PARAMS), True),
-        ("linear (1/n)", linear, False),
-        ("last touch", last_touch, False),
+        ("built-in type A model, no calibration", cal.model_method(FITTED_PARAMS), True),
+        ("linear (1/n)", cal.linear, False),
+        ("last touch", cal.last_touch, False),
     ]))
-    cv_mae, lin, last = mae(held, cv), mae(multi, linear), mae(multi, last_touch)
+    cv_mae, lin, last = cal.mae(held, cv), cal.mae(multi, cal.linear), cal.mae(multi, cal.last_touch)
     quality, sentence = verdict(cv_mae, lin, last)
     print(f"\n{sentence}.")
 
@@ -154,7 +124,7 @@ def run_calibration(answers: Path, conv_type_id: str, out: Path | None, folds: i
             "journeys": len(journeys),
             "multi_session_journeys": len(multi),
             "folds": folds,
-            "mae_in_sample": round(mae(multi, in_sample), 5),
+            "mae_in_sample": round(cal.mae(multi, in_sample), 5),
             "mae_cross_validated": round(cv_mae, 5),
             "mae_linear": round(lin, 5),
             "mae_last_touch": round(last, 5),
@@ -170,67 +140,67 @@ def run_calibration(answers: Path, conv_type_id: str, out: Path | None, folds: i
 def run_experiments(reference: Path) -> int:
     """The calibration's checks on the reference sessions: type A, synthetic type B, time of day."""
     try:
-        real = load_answers(reference)
-    except (OSError, RecordingError) as exc:
+        real = cal.load_answers(reference)
+    except (OSError, cal.RecordingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     experiments = [
         ("type A: the real reference answers", real),
         ("synthetic type B: the reference sessions answered by a deliberately different parameter set",
-         synthetic_answers(real, TYPE_B)),
+         cal.synthetic_answers(real, cal.TYPE_B)),
         ("synthetic time of day: credit by the hour of the day, a shape outside the family",
-         time_of_day_answers(real)),
+         cal.time_of_day_answers(real)),
     ]
     print(f"Each model is calibrated on one half of the journeys of 2+ sessions of {reference.name} and "
           "answers the other half (2-fold: every journey is answered by the model calibrated on the "
           "half without it).\n")
     for title, journeys in experiments:
-        held, predictions = cross_validate(journeys, 2)
-        cv = replay(predictions, held)
+        held, predictions = cal.cross_validate(journeys, 2)
+        cv = cal.replay(predictions, held)
         print(f"### {title}\n")
         print(score_table(held, [
             ("calibrated model (held-out half)", cv, True),
-            ("built-in type A model, no calibration", model_method(FITTED_PARAMS), True),
-            ("linear (1/n)", linear, False),
-            ("last touch", last_touch, False),
+            ("built-in type A model, no calibration", cal.model_method(FITTED_PARAMS), True),
+            ("linear (1/n)", cal.linear, False),
+            ("last touch", cal.last_touch, False),
         ]))
-        print(f"\n{verdict(mae(held, cv), mae(held, linear), mae(held, last_touch))[1]}.\n")
+        print(f"\n{verdict(cal.mae(held, cv), cal.mae(held, cal.linear), cal.mae(held, cal.last_touch))[1]}.\n")
     return 0
 
 
 def reference_table(reference: Path, folds: int, refit: bool) -> int:
     """Print the table of the built-in model against ``reference`` (and, with ``refit``, fitted constants)."""
-    journeys = load_answers(reference)
+    journeys = cal.load_answers(reference)
     multi = [j for j in journeys if len(j.touchpoints) > 1]
     sessions = sum(len(j.touchpoints) for j in multi)
     print(f"Reference: {reference.name}: {len(journeys)} journeys, {len(multi)} with 2+ sessions "
           f"({sessions} sessions scored)\n")
 
-    def row(name: str, ihc_errors: list[float], predict: Method | None = None) -> str:
+    def row(name: str, ihc_errors: list[float], predict: cal.Method | None = None) -> str:
         cells = [f"{math.fsum(ihc_errors) / len(ihc_errors):.4f}", f"{sum(e > OFF_BY for e in ihc_errors) / len(ihc_errors):.1%}"]
-        cells += [f"{mae(multi, predict, c):.4f}" for c in PHASES] if predict else ["-"] * 3
+        cells += [f"{cal.mae(multi, predict, c):.4f}" for c in PHASES] if predict else ["-"] * 3
         return f"| {name} | " + " | ".join(cells) + " |"
 
-    shipped, nominal = model_method(FITTED_PARAMS), model_method(NOMINAL_PARAMS)
+    shipped, nominal = cal.model_method(FITTED_PARAMS), cal.model_method(NOMINAL_PARAMS)
     lines = [
         f"| method | MAE ihc | sessions off by > {OFF_BY} | MAE initializer | MAE holder | MAE closer |",
         "|---|---:|---:|---:|---:|---:|",
-        row("local IHC model (include/ihc_attribution_dev/server/model.py)", errors(multi, shipped), shipped),
+        row("local IHC model (include/ihc_attribution_dev/server/model.py)", cal.errors(multi, shipped), shipped),
     ]
     if folds > 1:
-        held, predictions = cross_validate(multi, folds)
+        held, predictions = cal.cross_validate(multi, folds)
         lines.append(row(f"model calibrated in {folds}-fold cross-validation (held-out folds)",
-                         errors(held, replay(predictions, held))))
+                         cal.errors(held, cal.replay(predictions, held))))
     lines += [
-        row("same model, nominal curves of the design brief, no fit", errors(multi, nominal), nominal),
-        row("linear (1/n)", errors(multi, linear)),
-        row("last touch", errors(multi, last_touch)),
+        row("same model, nominal curves of the design brief, no fit", cal.errors(multi, nominal), nominal),
+        row("linear (1/n)", cal.errors(multi, cal.linear)),
+        row("last touch", cal.errors(multi, cal.last_touch)),
     ]
     print("\n".join(lines))
 
     if refit:
         print("\nCalibrated on the whole reference file:")
-        print(describe(calibrate(journeys).model))
+        print(describe(cal.calibrate(journeys).model))
     return 0
 
 
@@ -261,10 +231,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_experiments(answers)
     if args.write_synthetic:
         kind, target = args.write_synthetic
-        makers = {"B": lambda js: synthetic_answers(js, TYPE_B), "time-of-day": time_of_day_answers}
+        makers = {"B": lambda js: cal.synthetic_answers(js, cal.TYPE_B), "time-of-day": cal.time_of_day_answers}
         if kind not in makers:
             parser.error(f"--write-synthetic KIND must be one of {', '.join(makers)}")
-        write_answers(Path(target), makers[kind](load_answers(answers)), kind)
+        cal.write_answers(Path(target), makers[kind](cal.load_answers(answers)), kind)
         print(f"Wrote {target}: the sessions of {answers.name} answered by synthetic type {kind}")
         return 0
     if args.out is not None and args.conv_type_id is None:

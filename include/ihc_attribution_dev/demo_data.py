@@ -1,35 +1,9 @@
-"""Demo database generator: a realistic, seeded challenge database in a few seconds.
+"""Demo database generator: a realistic, seeded challenge database in a few seconds (docs/demo_data.md).
 
 ``python -m ihc_attribution_dev.demo_data --out demo.db`` writes a SQLite file with the exact
-challenge schema (``sql/challenge_schema.sql``): ``session_sources``, ``conversions`` and
-``session_costs`` filled, ``attribution_customer_journey`` and ``channel_reporting`` empty.
-
-The data has the shape that makes the real task hard, so the pipeline can be exercised on it:
-
-- far more sessions than conversions: most sessions belong to users who never convert;
-- journeys (a user's sessions strictly before a conversion) that are mostly one or two sessions
-  long, with a long tail of 30-100+ sessions;
-- journeys reaching back weeks before the date range, so filtering sessions by the range is
-  visibly wrong;
-- repeat buyers whose journeys overlap (the second journey contains the first);
-- free channels with cost 0, paid channels with a per-session cost, some NULL costs and some
-  sessions without a cost row;
-- a few bad rows, as real exports have them (:data:`BAD_ROWS`): conversions of users without any
-  earlier session, a session with an impossible date and one with an empty channel, each in the
-  journey of its own conversion. The pipeline records them in ``attribution_issues`` as
-  ``no_sessions`` and ``invalid_input``; ``bad_rows=False`` leaves them out.
-
-Channel shares, engagement flag rates, journey lengths, gaps between sessions and the hour-of-day
-profile are calibrated on the real IHC answers in the reference data; costs, revenue and the
-noise traffic mix are plausible assumptions.
-
-Everything is drawn with numpy from one seed, so the same configuration always gives the same
-table contents. Rows are written with ``executemany`` in large chunks inside one transaction, with
-journaling off, into a temporary file that is renamed into place at the end: an interrupted run
-never leaves a half-written database behind.
-
-The channel profiles, calibrated constants and random draws are in :mod:`.demo_draw`; this module
-holds the configuration, writes the file and holds the command line.
+challenge schema, the source tables filled. The same configuration always gives the same table
+contents. The file is built under a temporary name and renamed into place, so an interrupted run
+never leaves a half-written database behind. The model and its draws are in :mod:`.demo_draw`.
 """
 
 from __future__ import annotations

@@ -1,22 +1,9 @@
 """Recorded answers of the IHC service, and calibrating the local IHC model on those of one conversion type.
 
-A recording is a JSONL file in the format of ``../shared/reference/ihc_real_responses.jsonl``:
-one journey a line, with the sessions sent and the service's answer. :func:`calibrate` fits
-every parameter of the model family (:class:`~ihc_attribution_dev.server.model.ModelParams` and the
-phase weights) to such answers:
-
-1. Phase weights in closed form: every answer row satisfies ihc = wI*I + wH*H + wC*C with
-   wI + wH + wC = 1 (holder dropped and the others renormalised where no session qualifies),
-   so they come out of a linear least-squares fit on the recorded phase columns.
-2. Everything else by bounded non-linear least squares (``scipy.optimize.least_squares``) on the
-   errors of the three phase columns and of ihc, session by session, starting from the
-   built-in type A parameters. Curves are piecewise linear over fixed knots; channel factors
-   are fitted as logarithms with a small ridge towards 1, so that a rare channel stays near
-   neutral; a weak smoothness term keeps knots without data near their neighbours.
-
-The optimiser evaluates the numpy copy of the model, :func:`~ihc_attribution_dev.server.vectorised.predict_batch`.
-Fitting needs numpy and scipy (``requirements-dev.txt``); reading recordings and scoring do not,
-and the server only reads the resulting JSON (:mod:`ihc_attribution_dev.server.params`).
+A recording is a JSONL file in the format of ``../shared/reference/ihc_real_responses.jsonl``: one
+journey a line, the sessions sent and the service's answer. :func:`calibrate` fits the phase weights
+in closed form, then every other parameter by bounded least squares on the vectorised model
+(docs/ihc_server.md, "How it fits"). Fitting needs numpy and scipy; reading and scoring do not.
 """
 
 from __future__ import annotations

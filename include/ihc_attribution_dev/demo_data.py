@@ -24,21 +24,14 @@ import numpy as np
 from ihc_attribution.schema import CONVERSIONS, SESSION_COSTS, SESSION_SOURCES, challenge_ddl
 from ihc_attribution_dev.demo_draw import CHANNEL_NAMES, SECONDS_PER_DAY, DemoTables, build_tables, hex_ids
 
+
 @dataclass(frozen=True)
 class DemoConfig:
-    """What to generate.
+    """What to generate: the command line's options (docs/demo_data.md).
 
-    :param start: first day with conversions (inclusive).
-    :param end: last day with conversions (inclusive).
-    :param conversions: number of conversions, spread over ``[start, end]``.
-    :param sessions_per_conversion: total sessions divided by conversions; the real database
-        had about 225. Sessions beyond the converting journeys belong to users who never
-        convert. If the journeys alone need more, the total is larger than asked.
-    :param users: total number of distinct users; by default about 2.4 sessions per
-        non-converting user.
-    :param seed: seed of every random draw.
-    :param lookback_days: how many days before ``start`` sessions reach back.
-    :param bad_rows: add the few bad rows of :data:`BAD_ROWS` (when there are buyers enough).
+    Sessions beyond the converting journeys belong to users who never convert; if the journeys
+    alone need more than ``conversions * sessions_per_conversion``, the total is larger than asked.
+    ``bad_rows`` adds the few bad rows of ``demo_draw.BAD_ROWS`` when there are buyers enough.
     """
 
     start: dt.date = dt.date(2024, 1, 1)

@@ -270,7 +270,8 @@ def largest_remainder(values: Sequence[float], units: int = ROUND_UNITS) -> list
 
 def round_credits(credits: Sequence[SessionCredit]) -> list[SessionCredit]:
     """Round every column to 4 decimals so that each sums to exactly 1 (a dropped holder stays 0)."""
-    columns = [largest_remainder([getattr(c, name) for c in credits]) for name in ("initializer", "holder", "closer", "ihc")]
+    names = ("initializer", "holder", "closer", "ihc")
+    columns = [largest_remainder([getattr(c, name) for c in credits]) for name in names]
     return [SessionCredit(c.session_id, *(column[i] / ROUND_UNITS for column in columns)) for i, c in enumerate(credits)]
 
 

@@ -67,7 +67,6 @@ CHANNELS: tuple[ChannelProfile, ...] = (
     ChannelProfile("YouTube Ads", 0.004, 0.030, 0.25, 0.90, 0.70, 0.30),
 )
 CHANNEL_NAMES: tuple[str, ...] = tuple(c.name for c in CHANNELS)
-FREE_CHANNELS: frozenset[str] = frozenset(c.name for c in CHANNELS if c.cpc == 0)
 
 # Sessions of users who never convert are less engaged than sessions that lead to an order.
 NOISE_HOLDER_FACTOR = 0.6

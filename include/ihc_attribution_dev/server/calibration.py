@@ -300,8 +300,6 @@ class Calibration:
     """A fitted parameter set and what the fit says about itself."""
 
     model: TypeModel
-    train_journeys: int
-    cost: float
     iterations: int
 
 
@@ -331,9 +329,8 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
         raise RecordingError("no journeys of 2+ sessions to calibrate on")
     weights = fit_weights(multi)
     batch = Batch(multi)
-    channels = batch.labels
     layout = Layout(
-        channels=channels,
+        channels=batch.labels,
         fit_holder_unengaged=any(t.holder_engagement == 0 for j in multi for t in j.touchpoints),
         fit_closer_unengaged=any(t.closer_engagement == 0 for j in multi for t in j.touchpoints[:-1]),
         fit_impression=any(t.impression_interaction == 1 for j in multi for t in j.touchpoints),
@@ -382,7 +379,7 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
         nfev += result.nfev
     params = layout.unpack(result.x, digits=4)
     model = TypeModel(params, weights, source="calibration")
-    return Calibration(model, len(multi), float(result.cost), int(nfev))
+    return Calibration(model, int(nfev))
 
 
 def folds_of(journeys: Sequence[Journey], folds: int) -> list[tuple[list[Journey], list[Journey]]]:

@@ -173,15 +173,8 @@ def _check_row(index: int, row: dict, seen: dict[tuple[type, Any], int]) -> Touc
     problems.extend(_flag_problems(row))
     if problems:
         return f"customer_journeys[{index}]: " + "; ".join(problems)
-    return Touchpoint(
-        session_id=row["session_id"],
-        timestamp=timestamp,
-        channel_label=row["channel_label"],
-        holder_engagement=row["holder_engagement"],
-        closer_engagement=row["closer_engagement"],
-        conversion=row["conversion"],
-        impression_interaction=row["impression_interaction"],
-    )
+    # Touchpoint's fields end with the flags, in the order of FLAGS.
+    return Touchpoint(row["session_id"], timestamp, row["channel_label"], *(row[flag] for flag in FLAGS))
 
 
 def _session_id_problems(index: int, session_id: Any, seen: dict[tuple[type, Any], int]) -> list[str]:
@@ -219,18 +212,9 @@ def _invalid_rows_message(problems: list[str]) -> str:
 def value_rows(journey: JourneyInput, credits: Sequence[SessionCredit]) -> list[dict]:
     """Answer rows of one journey, in the order its rows were sent, ids as they were sent."""
     by_session = {(type(c.session_id), c.session_id): c for c in credits}
-    out = []
-    for _, row in journey.rows:
-        c = by_session[(type(row["session_id"]), row["session_id"])]
-        out.append({
-            "conversion_id": journey.conversion_id,
-            "session_id": c.session_id,
-            "initializer": c.initializer,
-            "holder": c.holder,
-            "closer": c.closer,
-            "ihc": c.ihc,
-        })
-    return out
+    keys = ((type(row["session_id"]), row["session_id"]) for _, row in journey.rows)
+    # SessionCredit's fields: session_id, initializer, holder, closer, ihc.
+    return [{"conversion_id": journey.conversion_id, **vars(by_session[key])} for key in keys]
 
 
 def _is_id(value: Any) -> bool:

@@ -104,8 +104,7 @@ def run_calibration(answers: Path, conv_type_id: str, out: Path | None, folds: i
     print(f"Fitted on all {len(multi)} journeys of 2+ sessions ({fitted.iterations} evaluations):")
     print(describe(fitted.model) + "\n")
 
-    held, predictions = cal.cross_validate(journeys, folds)
-    cv = cal.replay(predictions, held)
+    held, cv = cal.cross_validate(journeys, folds)
     in_sample = cal.type_model_method(fitted.model)
     print(score_table(multi, [
         ("calibrated model, in-sample (fitted on all journeys)", in_sample, True),
@@ -155,8 +154,7 @@ def run_experiments(reference: Path) -> int:
           "answers the other half (2-fold: every journey is answered by the model calibrated on the "
           "half without it).\n")
     for title, journeys in experiments:
-        held, predictions = cal.cross_validate(journeys, 2)
-        cv = cal.replay(predictions, held)
+        held, cv = cal.cross_validate(journeys, 2)
         print(f"### {title}\n")
         print(score_table(held, [
             ("calibrated model (held-out half)", cv, True),
@@ -188,9 +186,9 @@ def reference_table(reference: Path, folds: int, refit: bool) -> int:
         row("local IHC model (include/ihc_attribution_dev/server/model.py)", cal.errors(multi, shipped), shipped),
     ]
     if folds > 1:
-        held, predictions = cal.cross_validate(multi, folds)
+        held, cv = cal.cross_validate(multi, folds)
         lines.append(row(f"model calibrated in {folds}-fold cross-validation (held-out folds)",
-                         cal.errors(held, cal.replay(predictions, held))))
+                         cal.errors(held, cv)))
     lines += [
         row("same model, nominal curves of the design brief, no fit", cal.errors(multi, nominal), nominal),
         row("linear (1/n)", cal.errors(multi, cal.linear)),

@@ -116,11 +116,6 @@ class DemoSummary:
         ]
 
 
-# --------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------
-
-
 def _day_strings(start: dt.date, days: int) -> np.ndarray:
     return np.array([(start + dt.timedelta(days=d)).isoformat() for d in range(days)], dtype=object)
 
@@ -212,15 +207,10 @@ def write_database(path: Path, tables: DemoTables) -> None:
 def generate(
     path: str | os.PathLike[str], config: DemoConfig | None = None, *, overwrite: bool = False
 ) -> DemoSummary:
-    """Write a demo challenge database to ``path`` and describe it.
+    """Write a demo challenge database to ``path`` (:class:`DemoConfig` defaults without ``config``).
 
-    The file is built under a temporary name in the same folder and renamed into place when
-    complete, so ``path`` holds either its previous content or the full new database.
-
-    :param path: the SQLite file to create.
-    :param config: what to generate; :class:`DemoConfig` defaults if omitted.
-    :param overwrite: replace an existing file; otherwise an existing ``path`` raises
-        ``FileExistsError`` and is left untouched.
+    ``path`` holds either its previous content or the full new database. An existing ``path``
+    raises ``FileExistsError`` and is left untouched unless ``overwrite``.
     """
     config = config or DemoConfig()
     started = time.perf_counter()
@@ -268,11 +258,6 @@ def _summarise(path: Path, tables: DemoTables, seconds: float) -> DemoSummary:
         conversions_without_sessions=len(tables.sessionless_convs),
         malformed_sessions=len(tables.bad_date_sessions) + len(tables.bad_channel_sessions),
     )
-
-
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
 
 
 # One option per DemoConfig field but bad_rows: (field, type, help).

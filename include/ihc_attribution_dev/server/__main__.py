@@ -17,7 +17,7 @@ from dataclasses import fields
 
 from ihc_attribution_dev.server import params as params_file
 from ihc_attribution_dev.server.config import API_KEYS_ENV, PROFILES, FaultConfig, ServerConfig
-from ihc_attribution_dev.server.model import PhaseWeights
+from ihc_attribution_dev.server.model import PHASES, PhaseWeights
 
 logger = logging.getLogger("ihc_attribution_dev.server")
 
@@ -63,12 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer conv_type_id ID with the parameters of PARAMS.json (written by "
                         "scripts/calibrate_ihc_model.py --out), repeatable; ID must be served (--conv-type-id). "
                         "Types without a file use the built-in type A parameters and the weights below")
-    g.add_argument("--weight-initializer", type=float, default=weights.initializer, metavar="W",
-                   help="phase weight of the initializer of the built-in model (default: %(default)s)")
-    g.add_argument("--weight-holder", type=float, default=weights.holder, metavar="W",
-                   help="phase weight of the holder of the built-in model (default: %(default)s)")
-    g.add_argument("--weight-closer", type=float, default=weights.closer, metavar="W",
-                   help="phase weight of the closer of the built-in model (default: %(default)s)")
+    for phase in PHASES:
+        g.add_argument(f"--weight-{phase}", type=float, default=getattr(weights, phase), metavar="W",
+                       help=f"phase weight of the {phase} of the built-in model (default: %(default)s)")
 
     g = p.add_argument_group("fault injection (all off by default)")
     for name, kind, metavar, text in FAULT_OPTIONS:

@@ -177,8 +177,6 @@ def create_app(config: ServerConfig) -> FastAPI:
         lifespan=double.lifespan,
     )
     app.add_middleware(LocalDoubleHeaderMiddleware)
-    app.state.config = config
-    app.state.stats = double.stats
     app.get("/health")(double.health)
     app.get("/stats")(double.get_stats)
     app.post(COMPUTE_PATH, responses=_RESPONSES, openapi_extra={

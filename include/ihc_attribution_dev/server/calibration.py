@@ -196,12 +196,6 @@ def multi_session(journeys: Sequence[Journey]) -> list[Journey]:
     return [j for j in journeys if len(j.touchpoints) > 1]
 
 
-def replay(predictions: Sequence[Sequence[dict]], journeys: Sequence[Journey]) -> Method:
-    """A method that answers ``journeys[i]`` with ``predictions[i]`` (for scoring held-out answers)."""
-    by_id = {id(j): p for j, p in zip(journeys, predictions)}
-    return lambda journey: by_id[id(journey)]
-
-
 #: A deliberately different conversion type: more closer weight, restart credit after a few hours,
 #: closer credit that falls fast with hours and with sessions, no holder credit for the first
 #: session, sessions forgotten behind pauses of more than 3 days, channel factors of its own.
@@ -338,7 +332,7 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
     s = layout.slices()
     lo, hi = layout.bounds()
     x0 = np.clip(layout.pack(start), lo, hi)
-    real = np.concatenate([batch.I, batch.H, batch.C, batch.ihc])
+    real = batch.answer.T.ravel()  # the four columns one after the other, as predicted
     smooth_groups = [("pause", None), ("closer", 1.0), ("rank", 1.0), ("holder", 1.0), ("memory", 1.0)]
 
     def residuals(x):
@@ -388,16 +382,11 @@ def folds_of(journeys: Sequence[Journey], folds: int) -> list[tuple[list[Journey
             for k in range(folds)]
 
 
-def cross_validate(journeys: Sequence[Journey], folds: int, **kwargs) -> tuple[list[Journey], list[dict]]:
-    """Every journey of 2+ sessions with its answer from a model calibrated on the other folds.
-
-    Returns the held-out journeys and, aligned with them, the predictions (answer dicts).
-    """
-    multi = multi_session(journeys)
-    held, predictions = [], []
-    for train, test in folds_of(multi, folds):
+def cross_validate(journeys: Sequence[Journey], folds: int, **kwargs) -> tuple[list[Journey], Method]:
+    """Every journey of 2+ sessions, and a method answering each with a model calibrated on the other folds."""
+    held, answers = [], {}
+    for train, test in folds_of(multi_session(journeys), folds):
         predict = type_model_method(calibrate(train, **kwargs).model)
-        for j in test:
-            held.append(j)
-            predictions.append(predict(j))
-    return held, predictions
+        held.extend(test)
+        answers.update({id(j): predict(j) for j in test})
+    return held, lambda journey: answers[id(journey)]

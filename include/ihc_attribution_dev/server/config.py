@@ -70,12 +70,8 @@ class FaultConfig:
 class ServerConfig:
     """Everything the local IHC double needs; ``api_keys`` is required and never has a default.
 
-    ``max_journeys`` and ``max_sessions`` left at ``None`` come from ``profile`` (``standard``:
-    100 journeys and 3,000 sessions per request; ``free``: 100 and 200).
-
-    ``models`` maps a conversion type to the model that answers it (parameter files of
-    ``scripts/calibrate_ihc_model.py``); every type without one is answered by the built-in type A
-    parameters with ``weights``.
+    Limits left at ``None`` come from ``profile`` (:data:`PROFILES`). ``models`` maps a conversion
+    type to its parameter file's model; the others get the built-in type A parameters with ``weights``.
     """
 
     api_keys: tuple[str, ...]

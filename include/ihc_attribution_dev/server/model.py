@@ -81,26 +81,11 @@ ONE = Curve(((0.0, 1.0),))
 class ModelParams:
     """The trained part of the model of one conversion type (phase weights aside).
 
-    The raw weight of a session in a phase is the product of the terms below that apply to it;
-    each phase is then normalised over the journey. The defaults of the optional terms are
-    neutral: with them the model is the one fitted for the reference type A.
-
-    :param initializer_pause: raw initializer weight of a non-first session by hours since the
-        previous session (the first session has 1).
-    :param closer_distance: raw closer weight by hours between a session and the converting one.
-    :param holder_discount: holder weight multiplier by the session's initializer + closer share.
-    :param channel_factors: factors by ``channel_label``; unknown channels get 1, 1, 1.
-    :param closer_rank: closer weight multiplier by the number of sessions between a session and
-        the converting one (0: the converting session itself).
-    :param memory: multiplier of all three phases by the longest pause (hours) between a session
-        and the end of the journey: how far back, across a long pause, a session still counts.
-        Its value at 0 must be > 0 (the last session always counts).
-    :param holder_first: holder weight multiplier of the first session.
-    :param holder_last: holder weight multiplier of the last session.
-    :param holder_unengaged: holder weight of a session with ``holder_engagement`` = 0 (0: none).
-    :param closer_unengaged: closer weight of a session with ``closer_engagement`` = 0 other than
-        the last (0: none).
-    :param impression: multipliers of each phase for sessions with ``impression_interaction`` = 1.
+    A session's raw weight in a phase is the product of the terms that apply to it (the table in
+    docs/ihc_server.md, "One model per conversion type"); each phase is then normalised over the
+    journey. Curves are over hours (pause since the previous session, distance and longest pause
+    to the converting session), sessions to the converting one (rank) or the initializer + closer
+    share (holder discount). The optional terms' defaults are neutral: type A's model.
     """
 
     initializer_pause: Curve
@@ -220,12 +205,8 @@ class SessionCredit:
 
 @dataclass(frozen=True)
 class RedistributionRule:
-    """How one phase hands the credit of some channels to the other sessions of a journey.
-
-    :param direction: which sessions receive: ``earlier_sessions_only``, ``any_session`` or
-        ``later_sessions_only`` (relative to the session that gives its credit away).
-    :param receive_threshold: a session receives only if its own share of the phase is at least this.
-    :param channel_labels: channels whose credit in this phase is redistributed.
+    """How one phase hands the credit of ``channel_labels`` to the other sessions of a journey:
+    those in ``direction`` whose own share is at least ``receive_threshold`` (:func:`_redistribute`).
     """
 
     direction: str

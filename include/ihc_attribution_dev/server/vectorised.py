@@ -32,8 +32,7 @@ class Batch:
         channels = sorted({t.channel_label for j in journeys for t in j.touchpoints})
         index = {c: i for i, c in enumerate(channels)}
         cols: dict[str, list] = {k: [] for k in (
-            "jid", "first", "last", "gap", "to_conv", "rank", "longest", "he", "ce", "imp", "ch",
-            "I", "H", "C", "ihc")}
+            "jid", "first", "last", "gap", "to_conv", "rank", "longest", "he", "ce", "imp", "ch", "answer")}
         for jid, j in enumerate(journeys):
             tps = j.touchpoints
             n = len(tps)
@@ -53,9 +52,7 @@ class Batch:
                 cols["ce"].append(t.closer_engagement == 1)
                 cols["imp"].append(t.impression_interaction == 1)
                 cols["ch"].append(index[t.channel_label])
-                for k in ("I", "H", "C"):
-                    cols[k].append(a[{"I": "initializer", "H": "holder", "C": "closer"}[k]])
-                cols["ihc"].append(a["ihc"])
+                cols["answer"].append([a[k] for k in ("initializer", "holder", "closer", "ihc")])
         for k, v in cols.items():
             setattr(self, k, np.array(v))
         self.n_journeys = len(journeys)

@@ -329,7 +329,7 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
         fit_closer_unengaged=any(t.closer_engagement == 0 for j in multi for t in j.touchpoints[:-1]),
         fit_impression=any(t.impression_interaction == 1 for j in multi for t in j.touchpoints),
     )
-    s = layout.slices()
+    s = layout.slices
     lo, hi = layout.bounds()
     x0 = np.clip(layout.pack(start), lo, hi)
     real = batch.answer.T.ravel()  # the four columns one after the other, as predicted

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from ihc_attribution_dev.server.model import PHASES, ChannelFactors, Curve, ModelParams, PhaseWeights
 
@@ -68,6 +69,7 @@ class Layout:
     fit_closer_unengaged: bool
     fit_impression: bool
 
+    @cached_property
     def slices(self) -> dict[str, slice]:
         sizes = [
             ("pause", len(PAUSE_KNOTS)),
@@ -89,12 +91,12 @@ class Layout:
 
     @property
     def size(self) -> int:
-        return list(self.slices().values())[-1].stop
+        return list(self.slices.values())[-1].stop
 
     def bounds(self):
         import numpy as np
 
-        s = self.slices()
+        s = self.slices
         lo, hi = np.zeros(self.size), np.full(self.size, np.inf)
         hi[s["memory"]] = 1.0
         lo[s["imp"]], lo[s["factors"]] = -np.inf, -np.inf
@@ -104,7 +106,7 @@ class Layout:
         """The vector of a parameter set (clipped into the bounds)."""
         import numpy as np
 
-        s = self.slices()
+        s = self.slices
         x = np.zeros(self.size)
         x[s["pause"]] = [p.initializer_pause(k) for k in PAUSE_KNOTS]
         c0 = p.closer_distance(0.0) or 1.0
@@ -126,7 +128,7 @@ class Layout:
 
     def unpack(self, x, digits: int | None = None) -> ModelParams:
         """The parameter set of a vector (values rounded to ``digits`` decimals if given)."""
-        s = self.slices()
+        s = self.slices
 
         def r(v: float) -> float:
             return round(float(v), digits) if digits is not None else float(v)

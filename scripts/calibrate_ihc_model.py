@@ -105,7 +105,7 @@ def run_calibration(answers: Path, conv_type_id: str, out: Path | None, folds: i
     print(describe(fitted.model) + "\n")
 
     held, cv = cal.cross_validate(journeys, folds)
-    in_sample = cal.type_model_method(fitted.model)
+    in_sample = cal.model_method(fitted.model.params, fitted.model.weights)
     print(score_table(multi, [
         ("calibrated model, in-sample (fitted on all journeys)", in_sample, True),
         (f"calibrated model, {folds}-fold cross-validated (held-out journeys)", cv, True),

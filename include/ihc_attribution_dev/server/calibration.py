@@ -50,9 +50,8 @@ def load_answers(path: Path, conv_type_id: str | None = None) -> list[Journey]:
     With ``conv_type_id``, lines with another ``conv_type`` are left out (lines without one are
     kept). Raises :class:`RecordingError` for a malformed line or when no journey is left.
     """
-    journeys: list[Journey] = []
+    journeys: dict[str, Journey] = {}  # by conversion_id
     seen_types: set[str] = set()
-    seen_ids: set[str] = set()
     with Path(path).open(encoding="utf-8") as fh:
         for number, line in enumerate(fh, 1):
             if not line.strip():
@@ -68,15 +67,14 @@ def load_answers(path: Path, conv_type_id: str | None = None) -> list[Journey]:
                 seen_types.add(journey.conv_type)
                 if conv_type_id is not None and journey.conv_type != conv_type_id:
                     continue
-            if journey.conversion_id in seen_ids:
+            if journey.conversion_id in journeys:
                 raise RecordingError(f"{where}: conversion_id {journey.conversion_id!r} is recorded twice")
-            seen_ids.add(journey.conversion_id)
-            journeys.append(journey)
+            journeys[journey.conversion_id] = journey
     if not journeys:
         held = f" (it holds conv_type {', '.join(sorted(seen_types))})" if seen_types else ""
         wanted = f" of conv_type {conv_type_id!r}" if conv_type_id is not None else ""
         raise RecordingError(f"{Path(path).name}: no journeys{wanted}{held}")
-    return journeys
+    return list(journeys.values())
 
 
 def _journey(item: dict) -> Journey:
@@ -131,9 +129,7 @@ def write_answers(path: Path, journeys: Sequence[Journey], conv_type: str) -> No
                                  "sessions": sessions, "result": result}) + "\n")
 
 
-# A method maps a journey to its predicted answer, session by session in
-# chronological order: ihc values (baselines) or dicts with every column (models).
-
+# A journey's predicted answer in chronological order: ihc values (baselines) or answer dicts (models).
 Method = Callable[[Journey], Sequence]
 
 
@@ -145,11 +141,6 @@ def model_method(params: ModelParams, weights: PhaseWeights = PhaseWeights()) ->
         return [vars(c) for c in credits]
 
     return predict
-
-
-def type_model_method(model: TypeModel) -> Method:
-    """:func:`model_method` of a :class:`TypeModel`."""
-    return model_method(model.params, model.weights)
 
 
 def linear(journey: Journey) -> list[float]:
@@ -224,7 +215,7 @@ TYPE_B = TypeModel(
 
 def synthetic_answers(journeys: Sequence[Journey], model: TypeModel) -> list[Journey]:
     """The same sessions answered by ``model`` as the local server would answer them (rounded)."""
-    predict = type_model_method(model)
+    predict = model_method(model.params, model.weights)
     return [replace(j, answer=[{k: c[k] for k in ("initializer", "holder", "closer", "ihc")} for c in predict(j)])
             for j in journeys]
 
@@ -331,7 +322,6 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
     )
     s = layout.slices
     lo, hi = layout.bounds()
-    x0 = np.clip(layout.pack(start), lo, hi)
     real = batch.answer.T.ravel()  # the four columns one after the other, as predicted
     smooth_groups = [("pause", None), ("closer", 1.0), ("rank", 1.0), ("holder", 1.0), ("memory", 1.0)]
 
@@ -347,7 +337,7 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
         return least_squares(residuals, x, bounds=(lo, upper), method="trf", x_scale="jac", max_nfev=max_nfev,
                              tr_solver="lsmr", diff_step=1e-4)
 
-    result = solve(x0)
+    result = solve(np.clip(layout.pack(start), lo, hi))
     nfev = result.nfev
     # A multiplier of exactly 0 switches a phase off for some sessions (a journey whose only holder
     # candidate is the first session then has no holder phase at all): a jump that the optimiser,
@@ -386,7 +376,8 @@ def cross_validate(journeys: Sequence[Journey], folds: int, **kwargs) -> tuple[l
     """Every journey of 2+ sessions, and a method answering each with a model calibrated on the other folds."""
     held, answers = [], {}
     for train, test in folds_of(multi_session(journeys), folds):
-        predict = type_model_method(calibrate(train, **kwargs).model)
+        model = calibrate(train, **kwargs).model
+        predict = model_method(model.params, model.weights)
         held.extend(test)
         answers.update({id(j): predict(j) for j in test})
     return held, lambda journey: answers[id(journey)]

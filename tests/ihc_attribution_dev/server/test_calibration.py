@@ -219,7 +219,7 @@ def _held_out_mae(journeys) -> tuple[float, float, TypeModel]:
     """Calibrate on the even journeys, score ihc on the odd ones: (model MAE, linear MAE, model)."""
     train, test = cal.folds_of(cal.multi_session(journeys), 2)[1]
     model = cal.calibrate(train).model
-    return cal.mae(test, cal.type_model_method(model)), cal.mae(test, cal.linear), model
+    return cal.mae(test, cal.model_method(model.params, model.weights)), cal.mae(test, cal.linear), model
 
 
 def test_calibration_recovers_a_different_conversion_type():

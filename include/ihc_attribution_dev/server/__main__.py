@@ -69,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("fault injection (all off by default)")
     for name, kind, metavar, text in FAULT_OPTIONS:
-        g.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(faults, name), metavar=metavar, help=text)
+        g.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(faults, name), metavar=metavar,
+                       help=text)
     return p
 
 

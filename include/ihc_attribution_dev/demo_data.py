@@ -1,35 +1,9 @@
-"""Demo database generator: a realistic, seeded challenge database in a few seconds.
+"""Demo database generator: a realistic, seeded challenge database in a few seconds (docs/demo_data.md).
 
 ``python -m ihc_attribution_dev.demo_data --out demo.db`` writes a SQLite file with the exact
-challenge schema (``sql/challenge_schema.sql``): ``session_sources``, ``conversions`` and
-``session_costs`` filled, ``attribution_customer_journey`` and ``channel_reporting`` empty.
-
-The data has the shape that makes the real task hard, so the pipeline can be exercised on it:
-
-- far more sessions than conversions: most sessions belong to users who never convert;
-- journeys (a user's sessions strictly before a conversion) that are mostly one or two sessions
-  long, with a long tail of 30-100+ sessions;
-- journeys reaching back weeks before the date range, so filtering sessions by the range is
-  visibly wrong;
-- repeat buyers whose journeys overlap (the second journey contains the first);
-- free channels with cost 0, paid channels with a per-session cost, some NULL costs and some
-  sessions without a cost row;
-- a few bad rows, as real exports have them (:data:`BAD_ROWS`): conversions of users without any
-  earlier session, a session with an impossible date and one with an empty channel, each in the
-  journey of its own conversion. The pipeline records them in ``attribution_issues`` as
-  ``no_sessions`` and ``invalid_input``; ``bad_rows=False`` leaves them out.
-
-Channel shares, engagement flag rates, journey lengths, gaps between sessions and the hour-of-day
-profile are calibrated on the real IHC answers in the reference data; costs, revenue and the
-noise traffic mix are plausible assumptions.
-
-Everything is drawn with numpy from one seed, so the same configuration always gives the same
-table contents. Rows are written with ``executemany`` in large chunks inside one transaction, with
-journaling off, into a temporary file that is renamed into place at the end: an interrupted run
-never leaves a half-written database behind.
-
-The channel profiles, calibrated constants and configuration are in :mod:`.demo_model`, the
-random draws in :mod:`.demo_draw`; this module writes the file and holds the command line.
+challenge schema, the source tables filled. The same configuration always gives the same table
+contents. The file is built under a temporary name and renamed into place, so an interrupted run
+never leaves a half-written database behind. The model and its draws are in :mod:`.demo_draw`.
 """
 
 from __future__ import annotations
@@ -41,31 +15,105 @@ import secrets
 import sqlite3
 import sys
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from itertools import chain, islice
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
 from ihc_attribution.schema import CONVERSIONS, SESSION_COSTS, SESSION_SOURCES, challenge_ddl
-from ihc_attribution_dev.demo_draw import hex_ids, build_tables
-from ihc_attribution_dev.demo_model import (  # noqa: F401 - BAD_ROWS: the bad rows, where the tests look for them
-    BAD_ROWS,
-    CHANNEL_NAMES,
-    SECONDS_PER_DAY,
-    DemoConfig,
-    DemoSummary,
-    DemoTables,
-)
-
-# Rows per executemany call. Rows are zipped lazily from column lists, so no chunk is ever
-# materialised; the chunks only bound the work of one call.
-INSERT_CHUNK = 200_000
+from ihc_attribution_dev.demo_draw import CHANNEL_NAMES, SECONDS_PER_DAY, DemoTables, build_tables, hex_ids
 
 
-# --------------------------------------------------------------------------------------------
-# Writing
-# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class DemoConfig:
+    """What to generate: the command line's options (docs/demo_data.md).
+
+    Sessions beyond the converting journeys belong to users who never convert; if the journeys
+    alone need more than ``conversions * sessions_per_conversion``, the total is larger than asked.
+    ``bad_rows`` adds the few bad rows of ``demo_draw.BAD_ROWS`` when there are buyers enough.
+    """
+
+    start: dt.date = dt.date(2024, 1, 1)
+    end: dt.date = dt.date(2024, 1, 14)
+    conversions: int = 1_500
+    sessions_per_conversion: float = 100.0
+    users: int | None = None
+    seed: int = 42
+    lookback_days: int = 60
+    bad_rows: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for a configuration that cannot be generated."""
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        if self.conversions < 1:
+            raise ValueError("conversions must be at least 1")
+        if self.sessions_per_conversion < 1:
+            raise ValueError("sessions_per_conversion must be at least 1")
+        if self.lookback_days < 0:
+            raise ValueError("lookback_days must not be negative")
+        if self.users is not None and self.users < 1:
+            raise ValueError("users must be at least 1")
+
+    @property
+    def window_start(self) -> dt.date:
+        """First day that may hold sessions."""
+        return self.start - dt.timedelta(days=self.lookback_days)
+
+    @property
+    def window_days(self) -> int:
+        """Days from the first possible session to the end of the range."""
+        return (self.end - self.window_start).days + 1
+
+
+@dataclass(frozen=True)
+class DemoSummary:
+    """What :func:`generate` wrote."""
+
+    path: Path
+    sessions: int
+    conversions: int
+    users: int
+    buyers: int
+    repeat_buyers: int
+    journey_sessions: int
+    post_purchase_sessions: int
+    noise_sessions: int
+    sessions_before_start: int
+    cost_rows: int
+    null_costs: int
+    total_revenue: float
+    first_session_date: str
+    last_session_date: str
+    seconds: float
+    conversions_without_sessions: int = 0
+    malformed_sessions: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.path}: {self.sessions:,} sessions ({self.first_session_date} .. "
+            f"{self.last_session_date}), {self.conversions:,} conversions, {self.users:,} users, "
+            f"in {self.seconds:.2f} s"
+        )
+
+    def lines(self) -> list[str]:
+        """A human-readable description, one fact per line."""
+        return [
+            f"wrote {self.path} in {self.seconds:.2f} s",
+            f"sessions            {self.sessions:>12,}  "
+            f"({self.first_session_date} .. {self.last_session_date})",
+            f"  in journeys       {self.journey_sessions:>12,}",
+            f"  after last order  {self.post_purchase_sessions:>12,}",
+            f"  never converting  {self.noise_sessions:>12,}",
+            f"  before start      {self.sessions_before_start:>12,}",
+            f"conversions         {self.conversions:>12,}  (revenue {self.total_revenue:,.2f} EUR)",
+            f"users               {self.users:>12,}  ({self.buyers:,} buyers, {self.repeat_buyers:,} repeat)",
+            f"session_costs rows  {self.cost_rows:>12,}  ({self.null_costs:,} NULL)",
+            f"bad rows on purpose {self.conversions_without_sessions + self.malformed_sessions:>12,}  "
+            f"({self.conversions_without_sessions} conversions without sessions, "
+            f"{self.malformed_sessions} malformed sessions)",
+        ]
 
 
 def _day_strings(start: dt.date, days: int) -> np.ndarray:
@@ -78,18 +126,10 @@ def _time_strings() -> np.ndarray:
     )
 
 
-def _chunks(rows: Iterable[tuple], size: int) -> Iterator[Iterator[tuple]]:
-    """Consecutive slices of at most ``size`` rows, as iterators (no list is materialised)."""
-    iterator = iter(rows)
-    while (first := next(iterator, None)) is not None:
-        yield chain((first,), islice(iterator, size - 1))
-
-
 def _insert(conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
+    # Rows are zipped lazily from column lists: executemany streams them, no list is materialised.
     placeholders = ", ".join("?" for _ in columns)
-    sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})"
-    for chunk in _chunks(rows, INSERT_CHUNK):
-        conn.executemany(sql, chunk)
+    conn.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({placeholders})", rows)
 
 
 def write_database(path: Path, tables: DemoTables) -> None:
@@ -167,15 +207,10 @@ def write_database(path: Path, tables: DemoTables) -> None:
 def generate(
     path: str | os.PathLike[str], config: DemoConfig | None = None, *, overwrite: bool = False
 ) -> DemoSummary:
-    """Write a demo challenge database to ``path`` and describe it.
+    """Write a demo challenge database to ``path`` (:class:`DemoConfig` defaults without ``config``).
 
-    The file is built under a temporary name in the same folder and renamed into place when
-    complete, so ``path`` holds either its previous content or the full new database.
-
-    :param path: the SQLite file to create.
-    :param config: what to generate; :class:`DemoConfig` defaults if omitted.
-    :param overwrite: replace an existing file; otherwise an existing ``path`` raises
-        ``FileExistsError`` and is left untouched.
+    ``path`` holds either its previous content or the full new database. An existing ``path``
+    raises ``FileExistsError`` and is left untouched unless ``overwrite``.
     """
     config = config or DemoConfig()
     started = time.perf_counter()
@@ -225,74 +260,32 @@ def _summarise(path: Path, tables: DemoTables, seconds: float) -> DemoSummary:
     )
 
 
-# --------------------------------------------------------------------------------------------
-# Command line
-# --------------------------------------------------------------------------------------------
+# One option per DemoConfig field but bad_rows: (field, type, help).
+OPTIONS = (
+    ("start", dt.date.fromisoformat, "first day with conversions, YYYY-MM-DD (default %(default)s)"),
+    ("end", dt.date.fromisoformat, "last day with conversions, inclusive (default %(default)s)"),
+    ("conversions", int, "number of conversions (default %(default)s)"),
+    ("sessions_per_conversion", float, "total sessions per conversion (default %(default)s; the real data had ~225)"),
+    ("users", int, "total distinct users (default: about 2.4 sessions per non-converting user)"),
+    ("seed", int, "random seed (default %(default)s)"),
+    ("lookback_days", int, "days before --start that sessions reach back (default %(default)s)"),
+)
 
 
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    defaults = DemoConfig()
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command-line entry point; returns the process exit code."""
     parser = argparse.ArgumentParser(
         prog="python -m ihc_attribution_dev.demo_data",
         description="Generate a realistic demo database with the challenge schema (SQLite).",
     )
     parser.add_argument("--out", required=True, type=Path, help="SQLite file to create")
-    parser.add_argument(
-        "--start",
-        type=dt.date.fromisoformat,
-        default=defaults.start,
-        help="first day with conversions, YYYY-MM-DD (default %(default)s)",
-    )
-    parser.add_argument(
-        "--end",
-        type=dt.date.fromisoformat,
-        default=defaults.end,
-        help="last day with conversions, inclusive (default %(default)s)",
-    )
-    parser.add_argument(
-        "--conversions",
-        type=int,
-        default=defaults.conversions,
-        help="number of conversions (default %(default)s)",
-    )
-    parser.add_argument(
-        "--sessions-per-conversion",
-        type=float,
-        default=defaults.sessions_per_conversion,
-        help="total sessions per conversion (default %(default)s; the real data had ~225)",
-    )
-    parser.add_argument(
-        "--users",
-        type=int,
-        default=None,
-        help="total distinct users (default: about 2.4 sessions per non-converting user)",
-    )
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="random seed (default %(default)s)")
-    parser.add_argument(
-        "--lookback-days",
-        type=int,
-        default=defaults.lookback_days,
-        help="days before --start that sessions reach back (default %(default)s)",
-    )
+    for name, kind, text in OPTIONS:
+        parser.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(DemoConfig(), name), help=text)
     parser.add_argument("--no-bad-rows", dest="bad_rows", action="store_false",
                         help="leave out the few bad rows (conversions without sessions, malformed sessions)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    return parser.parse_args(argv)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point; returns the process exit code."""
-    args = _parse_args(argv)
-    config = DemoConfig(
-        start=args.start,
-        end=args.end,
-        conversions=args.conversions,
-        sessions_per_conversion=args.sessions_per_conversion,
-        users=args.users,
-        seed=args.seed,
-        lookback_days=args.lookback_days,
-        bad_rows=args.bad_rows,
-    )
+    args = parser.parse_args(argv)
+    config = DemoConfig(**{f.name: getattr(args, f.name) for f in fields(DemoConfig)})
     try:
         summary = generate(args.out, config, overwrite=args.overwrite)
     except (FileExistsError, ValueError) as exc:

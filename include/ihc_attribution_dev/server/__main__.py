@@ -13,12 +13,25 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from dataclasses import fields
 
 from ihc_attribution_dev.server import params as params_file
 from ihc_attribution_dev.server.config import API_KEYS_ENV, PROFILES, FaultConfig, ServerConfig
-from ihc_attribution_dev.server.model import PhaseWeights
+from ihc_attribution_dev.server.model import PHASES, PhaseWeights
 
 logger = logging.getLogger("ihc_attribution_dev.server")
+
+# One option per FaultConfig field: (field, type, metavar, help).
+FAULT_OPTIONS = (
+    ("latency_ms", float, "MS", "least time every request takes to answer; the model's own work counts toward it"),
+    ("error_rate", float, "P", "share of requests answered 500 or 503"),
+    ("rate_limit_every", int, "N", "answer every Nth request 429 (0: never)"),
+    ("retry_after", int, "S", "Retry-After seconds of a 429 (default: %(default)s)"),
+    ("hang_rate", float, "P", "share of requests that sleep --hang-seconds before answering"),
+    ("hang_seconds", float, "S", "length of a hang (default: %(default)s)"),
+    ("partial_failure_rate", float, "P", "share of valid journeys failed on purpose, answered in a 206"),
+    ("seed", int, "SEED", "seed of the fault decisions (default: %(default)s)"),
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,30 +63,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="answer conv_type_id ID with the parameters of PARAMS.json (written by "
                         "scripts/calibrate_ihc_model.py --out), repeatable; ID must be served (--conv-type-id). "
                         "Types without a file use the built-in type A parameters and the weights below")
-    g.add_argument("--weight-initializer", type=float, default=weights.initializer, metavar="W",
-                   help="phase weight of the initializer of the built-in model (default: %(default)s)")
-    g.add_argument("--weight-holder", type=float, default=weights.holder, metavar="W",
-                   help="phase weight of the holder of the built-in model (default: %(default)s)")
-    g.add_argument("--weight-closer", type=float, default=weights.closer, metavar="W",
-                   help="phase weight of the closer of the built-in model (default: %(default)s)")
+    for phase in PHASES:
+        g.add_argument(f"--weight-{phase}", type=float, default=getattr(weights, phase), metavar="W",
+                       help=f"phase weight of the {phase} of the built-in model (default: %(default)s)")
 
     g = p.add_argument_group("fault injection (all off by default)")
-    g.add_argument("--latency-ms", type=float, default=faults.latency_ms, metavar="MS",
-                   help="least time every request takes to answer; the model's own work counts toward it")
-    g.add_argument("--error-rate", type=float, default=faults.error_rate, metavar="P",
-                   help="share of requests answered 500 or 503")
-    g.add_argument("--rate-limit-every", type=int, default=faults.rate_limit_every, metavar="N",
-                   help="answer every Nth request 429 (0: never)")
-    g.add_argument("--retry-after", type=int, default=faults.retry_after, metavar="S",
-                   help="Retry-After seconds of a 429 (default: %(default)s)")
-    g.add_argument("--hang-rate", type=float, default=faults.hang_rate, metavar="P",
-                   help="share of requests that sleep --hang-seconds before answering")
-    g.add_argument("--hang-seconds", type=float, default=faults.hang_seconds, metavar="S",
-                   help="length of a hang (default: %(default)s)")
-    g.add_argument("--partial-failure-rate", type=float, default=faults.partial_failure_rate, metavar="P",
-                   help="share of valid journeys failed on purpose, answered in a 206")
-    g.add_argument("--seed", type=int, default=faults.seed,
-                   help="seed of the fault decisions (default: %(default)s)")
+    for name, kind, metavar, text in FAULT_OPTIONS:
+        g.add_argument("--" + name.replace("_", "-"), type=kind, default=getattr(faults, name), metavar=metavar,
+                       help=text)
     return p
 
 
@@ -99,16 +96,7 @@ def config_from_args(args: argparse.Namespace, environ: dict[str, str] | None = 
         max_sessions=args.max_sessions,
         weights=PhaseWeights(args.weight_initializer, args.weight_holder, args.weight_closer),
         models=models,
-        faults=FaultConfig(
-            latency_ms=args.latency_ms,
-            error_rate=args.error_rate,
-            rate_limit_every=args.rate_limit_every,
-            retry_after=args.retry_after,
-            hang_rate=args.hang_rate,
-            hang_seconds=args.hang_seconds,
-            partial_failure_rate=args.partial_failure_rate,
-            seed=args.seed,
-        ),
+        faults=FaultConfig(**{f.name: getattr(args, f.name) for f in fields(FaultConfig)}),
         host=args.host,
         port=args.port,
     )

@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
 from typing import Any
 
@@ -59,24 +59,7 @@ class Stats:
 
     def as_dict(self) -> dict[str, Any]:
         """JSON form: ``by_status`` keyed by the status code as text."""
-        return {
-            "requests": self.requests,
-            "by_status": {str(k): v for k, v in sorted(self.by_status.items())},
-            "in_flight": self.in_flight,
-            "max_in_flight": self.max_in_flight,
-            "journeys": self.journeys,
-            "sessions": self.sessions,
-            "failed_journeys": self.failed_journeys,
-        }
-
-
-@dataclass(frozen=True)
-class _Answered:
-    """What one answered request adds to the stats."""
-
-    journeys: int
-    sessions: int
-    failed_journeys: int
+        return {**asdict(self), "by_status": {str(k): v for k, v in sorted(self.by_status.items())}}
 
 
 @dataclass(frozen=True)
@@ -194,8 +177,6 @@ def create_app(config: ServerConfig) -> FastAPI:
         lifespan=double.lifespan,
     )
     app.add_middleware(LocalDoubleHeaderMiddleware)
-    app.state.config = config
-    app.state.stats = double.stats
     app.get("/health")(double.health)
     app.get("/stats")(double.get_stats)
     app.post(COMPUTE_PATH, responses=_RESPONSES, openapi_extra={
@@ -262,27 +243,18 @@ class _LocalDouble:
         answer_at = request.scope.get(RECEIVED_AT, loop.time()) + self.config.faults.latency_ms / 1000
         if plan.hang:
             await asyncio.sleep(self.config.faults.hang_seconds)
-        response = await self._respond(request, conv_type_id, api_key, plan)
+        response = self._refusal(conv_type_id, api_key) or self._injected_error(plan)
+        if response is None:
+            raw = await request.body()
+            # Parsing and the model are CPU work (about 50 ms for 3,000 sessions): run them in a
+            # thread so that the event loop keeps serving other requests, latencies and hangs.
+            response, (journeys, sessions, failed) = await asyncio.to_thread(self._answer, raw, plan, conv_type_id)
+            self.stats.journeys += journeys
+            self.stats.sessions += sessions
+            self.stats.failed_journeys += failed
         remaining = answer_at - loop.time()
         if remaining > 0:
             await asyncio.sleep(remaining)
-        return response
-
-    async def _respond(
-        self, request: Request, conv_type_id: str | None, api_key: str | None, plan: FaultPlan
-    ) -> JSONResponse:
-        refused = self._refusal(conv_type_id, api_key) or self._injected_error(plan)
-        if refused is not None:
-            return refused
-        assert conv_type_id is not None  # _refusal answers requests without one
-        raw = await request.body()
-        # Parsing and the model are CPU work (about 50 ms for 3,000 sessions): run them in a
-        # thread so that the event loop keeps serving other requests, latencies and hangs.
-        response, answered = await asyncio.to_thread(self._answer, raw, plan, conv_type_id)
-        if answered is not None:
-            self.stats.journeys += answered.journeys
-            self.stats.sessions += answered.sessions
-            self.stats.failed_journeys += answered.failed_journeys
         return response
 
     def _refusal(self, conv_type_id: str | None, api_key: str | None) -> JSONResponse | None:
@@ -316,15 +288,16 @@ class _LocalDouble:
             return error_response(plan.error_status, f"injected fault (error-rate {faults.error_rate:g})")
         return None
 
-    def _answer(self, raw: bytes, plan: FaultPlan, conv_type_id: str) -> tuple[JSONResponse, _Answered | None]:
+    def _answer(self, raw: bytes, plan: FaultPlan, conv_type_id: str) -> tuple[JSONResponse, tuple[int, int, int]]:
+        """The answer and what it adds to the stats: journeys answered, sessions answered, journeys failed."""
         model = self.config.model_for(conv_type_id)
         try:
             parsed = parse_body(raw)
         except BadRequest as exc:
-            return error_response(400, str(exc)), None
+            return error_response(400, str(exc)), (0, 0, 0)
         over_limits = self._over_limits(parsed)
         if over_limits is not None:
-            return over_limits, None
+            return over_limits, (0, 0, 0)
 
         values: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
@@ -336,8 +309,7 @@ class _LocalDouble:
 
         status = 206 if failures else 200
         body = {"statusCode": status, "value": values, "partialFailureErrors": failures}
-        answered = _Answered(len(parsed.journeys) - len(failures), len(values), len(failures))
-        return JSONResponse(body, status_code=status), answered
+        return JSONResponse(body, status_code=status), (len(parsed.journeys) - len(failures), len(values), len(failures))
 
     def _over_limits(self, parsed: ParsedRequest) -> JSONResponse | None:
         """The 413 of a request over the journeys or sessions limit; ``None`` within them."""

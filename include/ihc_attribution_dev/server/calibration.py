@@ -1,98 +1,241 @@
-"""Calibrating the local IHC model on recorded answers of one conversion type.
+"""Recorded answers of the IHC service, and calibrating the local IHC model on those of one conversion type.
 
-A recording is a JSONL file in the format of ``../shared/reference/ihc_real_responses.jsonl``:
-one journey a line, with the sessions sent and the service's answer. :func:`calibrate` fits
-every parameter of the model family (:class:`~ihc_attribution_dev.server.model.ModelParams` and the
-phase weights) to such answers:
-
-1. Phase weights in closed form: every answer row satisfies ihc = wI*I + wH*H + wC*C with
-   wI + wH + wC = 1 (holder dropped and the others renormalised where no session qualifies),
-   so they come out of a linear least-squares fit on the recorded phase columns.
-2. Everything else by bounded non-linear least squares (``scipy.optimize.least_squares``) on the
-   errors of the three phase columns and of ihc, session by session, starting from the
-   built-in type A parameters. Curves are piecewise linear over fixed knots; channel factors
-   are fitted as logarithms with a small ridge towards 1, so that a rare channel stays near
-   neutral; a weak smoothness term keeps knots without data near their neighbours.
-
-The model is evaluated here by a vectorised numpy copy of
-:func:`~ihc_attribution_dev.server.model.attribute_journey`
-(:mod:`~ihc_attribution_dev.server.vectorised`); a test checks that both agree.
-
-Needs numpy and scipy (``requirements-dev.txt``): calibrating is a development step. The server
-only reads the resulting JSON (:mod:`ihc_attribution_dev.server.params`). Recordings and their
-scores are in :mod:`~ihc_attribution_dev.server.recordings`, synthetic ones in
-:mod:`~ihc_attribution_dev.server.synthetic`; their names are importable from here as well.
+A recording is a JSONL file in the format of ``../shared/reference/ihc_real_responses.jsonl``: one
+journey a line, the sessions sent and the service's answer. :func:`calibrate` fits the phase weights
+in closed form, then every other parameter by bounded least squares on the vectorised model
+(docs/ihc_server.md, "How it fits"). Fitting needs numpy and scipy; reading and scoring do not.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
 
-from ihc_attribution_dev.server.model import FITTED_PARAMS, Curve, ModelParams, PhaseWeights, TypeModel
-from ihc_attribution_dev.server.recordings import (
-    Journey,
-    Method,
-    RecordingError,
-    errors,
-    last_touch,
-    linear,
-    load_answers,
-    mae,
-    model_method,
-    multi_session,
-    replay,
-    top_agreement,
-    type_model_method,
-    write_answers,
+from ihc_attribution_dev.server.contract import parse_timestamp
+from ihc_attribution_dev.server.model import (
+    FITTED_PARAMS,
+    ChannelFactors,
+    Curve,
+    ModelParams,
+    PhaseWeights,
+    Touchpoint,
+    TypeModel,
+    attribute_journey,
+    largest_remainder,
+    round_credits,
 )
-from ihc_attribution_dev.server.synthetic import TYPE_B, synthetic_answers, time_of_day_answers
-from ihc_attribution_dev.server.vectorised import (
-    CLOSER_KNOTS,
-    HOLDER_KNOTS,
-    MEMORY_KNOTS,
-    PAUSE_KNOTS,
-    RANK_KNOTS,
-    Batch,
-    Layout,
-    phases,
-    predict_batch,
+from ihc_attribution_dev.server.vectorised import Batch, Layout, predict_batch
+
+
+class RecordingError(ValueError):
+    """A recording cannot be used: the message says which line and why, or why it is too small."""
+
+
+@dataclass(frozen=True)
+class Journey:
+    """One recorded journey: what was sent and what the service answered, in chronological order."""
+
+    conversion_id: str
+    touchpoints: list[Touchpoint]
+    answer: list[dict]  # initializer, holder, closer, ihc of each touchpoint
+    conv_type: str | None = None
+
+
+def load_answers(path: Path, conv_type_id: str | None = None) -> list[Journey]:
+    """Read a recording; the last session is flagged as the converting one (as the pipeline does).
+
+    With ``conv_type_id``, lines with another ``conv_type`` are left out (lines without one are
+    kept). Raises :class:`RecordingError` for a malformed line or when no journey is left.
+    """
+    journeys: dict[str, Journey] = {}  # by conversion_id
+    seen_types: set[str] = set()
+    with Path(path).open(encoding="utf-8") as fh:
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            where = f"{Path(path).name} line {number}"
+            try:
+                item = json.loads(line)
+                journey = _journey(item)
+            except (ValueError, KeyError, TypeError) as exc:
+                detail = f"missing {exc.args[0]!r}" if isinstance(exc, KeyError) else str(exc)
+                raise RecordingError(f"{where}: {detail}") from None
+            if journey.conv_type is not None:
+                seen_types.add(journey.conv_type)
+                if conv_type_id is not None and journey.conv_type != conv_type_id:
+                    continue
+            if journey.conversion_id in journeys:
+                raise RecordingError(f"{where}: conversion_id {journey.conversion_id!r} is recorded twice")
+            journeys[journey.conversion_id] = journey
+    if not journeys:
+        held = f" (it holds conv_type {', '.join(sorted(seen_types))})" if seen_types else ""
+        wanted = f" of conv_type {conv_type_id!r}" if conv_type_id is not None else ""
+        raise RecordingError(f"{Path(path).name}: no journeys{wanted}{held}")
+    return list(journeys.values())
+
+
+def _journey(item: dict) -> Journey:
+    sessions = sorted(item["sessions"], key=lambda s: (s["timestamp"], s["session_id"]))
+    if not sessions:
+        raise ValueError("a journey needs at least one session")
+    answer = {r["session_id"]: r for r in item["result"]}
+    ids = [s["session_id"] for s in sessions]
+    if len(set(ids)) != len(ids) or set(answer) != set(ids):
+        raise ValueError("'result' must have exactly one row per session of 'sessions'")
+    touchpoints = []
+    for i, s in enumerate(sessions):
+        flags = [s["holder_engagement"], s["closer_engagement"], s.get("impression_interaction", 0)]
+        if any(f not in (0, 1) or isinstance(f, bool) for f in flags):
+            raise ValueError(f"session {s['session_id']!r}: engagement flags must be 0 or 1")
+        touchpoints.append(Touchpoint(
+            session_id=s["session_id"],
+            timestamp=parse_timestamp(s["timestamp"]),
+            channel_label=s["channel_label"],
+            holder_engagement=flags[0],
+            closer_engagement=flags[1],
+            conversion=int(i == len(sessions) - 1),
+            impression_interaction=flags[2],
+        ))
+    rows = [answer[sid] for sid in ids]
+    for column in ("initializer", "holder", "closer", "ihc"):
+        values = [r[column] for r in rows]
+        if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
+            raise ValueError(f"'result' column {column} must hold numbers")
+        total = math.fsum(values)
+        if abs(total - 1) > 0.002 and not (column == "holder" and abs(total) < 0.002):
+            raise ValueError(f"'result' column {column} sums to {total:.4f}, not 1 (a journey split over requests?)")
+    conv_type = item.get("conv_type")
+    return Journey(str(item["conversion_id"]), touchpoints, rows, None if conv_type is None else str(conv_type))
+
+
+def write_answers(path: Path, journeys: Sequence[Journey], conv_type: str) -> None:
+    """Write journeys in the recording format (``sessions`` and ``result`` per line)."""
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for j in journeys:
+            sessions = [{
+                "session_id": t.session_id,
+                "timestamp": t.timestamp.strftime("%Y-%m-%d %H:%M:%S"),
+                "channel_label": t.channel_label,
+                "holder_engagement": t.holder_engagement,
+                "closer_engagement": t.closer_engagement,
+                "impression_interaction": t.impression_interaction,
+            } for t in j.touchpoints]
+            result = [{"session_id": t.session_id, **{k: a[k] for k in ("initializer", "holder", "closer", "ihc")}}
+                      for t, a in zip(j.touchpoints, j.answer)]
+            fh.write(json.dumps({"conv_type": conv_type, "conversion_id": j.conversion_id,
+                                 "sessions": sessions, "result": result}) + "\n")
+
+
+# A journey's predicted answer in chronological order: ihc values (baselines) or answer dicts (models).
+Method = Callable[[Journey], Sequence]
+
+
+def model_method(params: ModelParams, weights: PhaseWeights = PhaseWeights()) -> Method:
+    """The local server's answer for a journey (rounded as the server rounds), as dicts."""
+
+    def predict(journey: Journey) -> list[dict]:
+        credits = round_credits(attribute_journey(journey.touchpoints, weights, params))
+        return [vars(c) for c in credits]
+
+    return predict
+
+
+def linear(journey: Journey) -> list[float]:
+    """Linear baseline: every session 1/n."""
+    n = len(journey.touchpoints)
+    return [1.0 / n] * n
+
+
+def last_touch(journey: Journey) -> list[float]:
+    """Last-touch baseline: all credit to the last session."""
+    n = len(journey.touchpoints)
+    return [0.0] * (n - 1) + [1.0]
+
+
+def errors(journeys: Sequence[Journey], predict: Method, column: str = "ihc") -> list[float]:
+    """Absolute error of one column per session; ``predict`` returns floats or answer dicts."""
+    out = []
+    for j in journeys:
+        for p, real in zip(predict(j), j.answer, strict=True):
+            value = p[column] if isinstance(p, dict) else p
+            out.append(abs(value - real[column]))
+    return out
+
+
+def mae(journeys: Sequence[Journey], predict: Method, column: str = "ihc") -> float:
+    """Mean absolute error of one column per session."""
+    errs = errors(journeys, predict, column)
+    return math.fsum(errs) / len(errs)
+
+
+def top_agreement(journeys: Sequence[Journey], predict: Method) -> float:
+    """Share of journeys whose top-credited session (by ihc) is one the real answer credits most."""
+    agree = 0
+    for j in journeys:
+        predicted = [p["ihc"] if isinstance(p, dict) else p for p in predict(j)]
+        real = [a["ihc"] for a in j.answer]
+        top = max(range(len(predicted)), key=lambda i: (predicted[i], -i))
+        agree += real[top] >= max(real) - 1e-9
+    return agree / len(journeys)
+
+
+def multi_session(journeys: Sequence[Journey]) -> list[Journey]:
+    """The journeys of 2 or more sessions (single sessions are (1, 0, 1, 1) for every method)."""
+    return [j for j in journeys if len(j.touchpoints) > 1]
+
+
+#: A deliberately different conversion type: more closer weight, restart credit after a few hours,
+#: closer credit that falls fast with hours and with sessions, no holder credit for the first
+#: session, sessions forgotten behind pauses of more than 3 days, channel factors of its own.
+TYPE_B = TypeModel(
+    params=ModelParams(
+        initializer_pause=Curve(((2.0, 0.0), (8.0, 0.3), (24.0, 0.8), (48.0, 1.0), (168.0, 1.4))),
+        closer_distance=Curve(((0.0, 1.0), (1.0, 0.45), (4.0, 0.25), (24.0, 0.1), (96.0, 0.02))),
+        holder_discount=Curve(((0.0, 1.0), (1.0, 0.6), (2.0, 0.4))),
+        closer_rank=Curve(((0.0, 1.0), (1.0, 0.5), (2.0, 0.3), (4.0, 0.15))),
+        memory=Curve(((0.0, 1.0), (72.0, 1.0), (120.0, 0.3), (240.0, 0.05))),
+        holder_first=0.0,
+        holder_last=0.6,
+        closer_unengaged=0.2,
+        channel_factors={
+            "Direct Traffic": ChannelFactors(0.6, 1.0, 1.5),
+            "Paid Search Brand": ChannelFactors(1.4, 1.1, 1.2),
+            "Organic Traffic": ChannelFactors(1.2, 1.3, 0.8),
+            "FB & IG Ads": ChannelFactors(1.5, 0.7, 0.7),
+            "Newsletter & Email": ChannelFactors(0.8, 1.4, 1.3),
+        },
+    ),
+    weights=PhaseWeights(0.25, 0.25, 0.5),
+    source="synthetic type B",
 )
 
-__all__ = [
-    "MIN_MULTI_JOURNEYS",
-    "MIN_TRAIN_PER_FOLD",
-    "POOR_FIT_RATIO",
-    "RIDGE",
-    "SMOOTH",
-    "TYPE_B",
-    "Batch",
-    "Calibration",
-    "Journey",
-    "Layout",
-    "Method",
-    "RecordingError",
-    "calibrate",
-    "check_size",
-    "cross_validate",
-    "errors",
-    "fit_weights",
-    "folds_of",
-    "last_touch",
-    "linear",
-    "load_answers",
-    "mae",
-    "model_method",
-    "multi_session",
-    "predict_batch",
-    "replay",
-    "synthetic_answers",
-    "time_of_day_answers",
-    "top_agreement",
-    "type_model_method",
-    "write_answers",
-]
+
+def synthetic_answers(journeys: Sequence[Journey], model: TypeModel) -> list[Journey]:
+    """The same sessions answered by ``model`` as the local server would answer them (rounded)."""
+    predict = model_method(model.params, model.weights)
+    return [replace(j, answer=[{k: c[k] for k in ("initializer", "holder", "closer", "ihc")} for c in predict(j)])
+            for j in journeys]
+
+
+def time_of_day_answers(journeys: Sequence[Journey]) -> list[Journey]:
+    """Answers of a shape outside the family: every phase credits sessions by their hour of the day.
+
+    A session's weight is exp(2.5 cos(2 pi (hour - 21) / 24)): evening sessions take most of every
+    phase, whatever their gaps, positions, flags or channels. Nothing the family looks at sees
+    the hour, so a calibration must say that it fits badly.
+    """
+    out = []
+    for j in journeys:
+        raw = [math.exp(2.5 * math.cos(2 * math.pi * (t.timestamp.hour + t.timestamp.minute / 60 - 21) / 24))
+               for t in j.touchpoints]
+        shares = [u / 10_000 for u in largest_remainder(raw)]
+        out.append(replace(j, answer=[{"initializer": s, "holder": s if len(raw) > 1 else 0.0, "closer": s, "ihc": s}
+                                      for s in shares]))
+    return out
+
 
 #: Weight of the ridge that pulls log factors towards 0 (factor 1): worth, in the sum of squared
 #: errors, a factor of e^0.2 against 0.002 of squared share error (a few sessions a little off).
@@ -142,8 +285,6 @@ class Calibration:
     """A fitted parameter set and what the fit says about itself."""
 
     model: TypeModel
-    train_journeys: int
-    cost: float
     iterations: int
 
 
@@ -173,38 +314,19 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
         raise RecordingError("no journeys of 2+ sessions to calibrate on")
     weights = fit_weights(multi)
     batch = Batch(multi)
-    channels = batch.labels
     layout = Layout(
-        channels=channels,
+        channels=batch.labels,
         fit_holder_unengaged=any(t.holder_engagement == 0 for j in multi for t in j.touchpoints),
         fit_closer_unengaged=any(t.closer_engagement == 0 for j in multi for t in j.touchpoints[:-1]),
         fit_impression=any(t.impression_interaction == 1 for j in multi for t in j.touchpoints),
     )
-    s = layout.slices()
+    s = layout.slices
     lo, hi = layout.bounds()
-    x0 = np.clip(layout.pack(start), lo, hi)
-    real = np.concatenate([batch.I, batch.H, batch.C, batch.ihc])
+    real = batch.answer.T.ravel()  # the four columns one after the other, as predicted
     smooth_groups = [("pause", None), ("closer", 1.0), ("rank", 1.0), ("holder", 1.0), ("memory", 1.0)]
 
-    # The parts of the model that do not depend on the parameters, computed once.
-    pause_k, closer_k, rank_k, holder_k, memory_k = (np.array(k) for k in (
-        PAUSE_KNOTS, CLOSER_KNOTS, RANK_KNOTS, HOLDER_KNOTS, MEMORY_KNOTS))
-    one = np.ones(1)
-
     def residuals(x):
-        # The vectorised model straight from the vector (what predict_batch does from a ModelParams).
-        memory = np.interp(batch.longest, memory_k, np.concatenate([one, x[s["memory"]]]))
-        logs = x[s["factors"]].reshape(-1, 3)
-        imp = np.exp(x[s["imp"]]) if layout.fit_impression else one.repeat(3)
-        common = np.exp(logs)[batch.ch] * memory[:, None] * np.where(batch.imp[:, None], imp[None, :], 1.0)
-        closeness = np.interp(batch.to_conv, closer_k, np.concatenate([one, x[s["closer"]]])) \
-            * np.interp(batch.rank, rank_k, np.concatenate([one, x[s["rank"]]]))
-        discount = Curve(tuple(zip(HOLDER_KNOTS, np.concatenate([one, x[s["holder"]]]).tolist())))
-        ends = x[s["ends"]]
-        predicted = np.concatenate(phases(
-            batch, common, np.interp(batch.gap, pause_k, x[s["pause"]]), closeness, discount, ends[0], ends[1],
-            x[s["hu"]][0] if layout.fit_holder_unengaged else 0.0,
-            x[s["cu"]][0] if layout.fit_closer_unengaged else 0.0, memory, weights, batch.jid, batch.n_journeys))
+        predicted = np.concatenate(predict_batch(batch, layout.unpack(x), weights))
         penalties = [math.sqrt(RIDGE) * x[s["factors"]], math.sqrt(RIDGE) * x[s["imp"]]]
         for name, pinned in smooth_groups:
             values = x[s[name]] if pinned is None else np.concatenate([[pinned], x[s[name]]])
@@ -215,7 +337,7 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
         return least_squares(residuals, x, bounds=(lo, upper), method="trf", x_scale="jac", max_nfev=max_nfev,
                              tr_solver="lsmr", diff_step=1e-4)
 
-    result = solve(x0)
+    result = solve(np.clip(layout.pack(start), lo, hi))
     nfev = result.nfev
     # A multiplier of exactly 0 switches a phase off for some sessions (a journey whose only holder
     # candidate is the first session then has no holder phase at all): a jump that the optimiser,
@@ -241,7 +363,7 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
         nfev += result.nfev
     params = layout.unpack(result.x, digits=4)
     model = TypeModel(params, weights, source="calibration")
-    return Calibration(model, len(multi), float(result.cost), int(nfev))
+    return Calibration(model, int(nfev))
 
 
 def folds_of(journeys: Sequence[Journey], folds: int) -> list[tuple[list[Journey], list[Journey]]]:
@@ -250,16 +372,12 @@ def folds_of(journeys: Sequence[Journey], folds: int) -> list[tuple[list[Journey
             for k in range(folds)]
 
 
-def cross_validate(journeys: Sequence[Journey], folds: int, **kwargs) -> tuple[list[Journey], list[dict]]:
-    """Every journey of 2+ sessions with its answer from a model calibrated on the other folds.
-
-    Returns the held-out journeys and, aligned with them, the predictions (answer dicts).
-    """
-    multi = multi_session(journeys)
-    held, predictions = [], []
-    for train, test in folds_of(multi, folds):
-        predict = type_model_method(calibrate(train, **kwargs).model)
-        for j in test:
-            held.append(j)
-            predictions.append(predict(j))
-    return held, predictions
+def cross_validate(journeys: Sequence[Journey], folds: int, **kwargs) -> tuple[list[Journey], Method]:
+    """Every journey of 2+ sessions, and a method answering each with a model calibrated on the other folds."""
+    held, answers = [], {}
+    for train, test in folds_of(multi_session(journeys), folds):
+        model = calibrate(train, **kwargs).model
+        predict = model_method(model.params, model.weights)
+        held.extend(test)
+        answers.update({id(j): predict(j) for j in test})
+    return held, lambda journey: answers[id(journey)]

@@ -20,17 +20,10 @@ API_KEYS_ENV = "IHC_API_KEYS"
 
 @dataclass(frozen=True)
 class FaultConfig:
-    """Faults to inject; all off by default. Decisions are drawn from ``seed`` and the request number.
+    """Faults to inject, all off by default: one field per CLI option (``__main__.FAULT_OPTIONS``).
 
-    :param latency_ms: least time every ``compute_ihc`` request takes to answer (the model's own
-        work counts toward it).
-    :param error_rate: share of requests answered 500 or 503 (half each, drawn per request).
-    :param rate_limit_every: answer every Nth request 429 (0 = never).
-    :param retry_after: seconds announced in the ``Retry-After`` header of a 429.
-    :param hang_rate: share of requests that sleep ``hang_seconds`` before answering.
-    :param hang_seconds: how long a hanging request sleeps (pick more than the client's timeout).
-    :param partial_failure_rate: share of valid journeys failed on purpose (answered in a 206).
-    :param seed: seed of the fault decisions; the same seed gives the same faults per request number.
+    Decisions are drawn from ``seed`` and the request number, so the same seed gives the same
+    faults per request number. Pick ``hang_seconds`` longer than the client's timeout.
     """
 
     latency_ms: float = 0.0
@@ -77,12 +70,8 @@ class FaultConfig:
 class ServerConfig:
     """Everything the local IHC double needs; ``api_keys`` is required and never has a default.
 
-    ``max_journeys`` and ``max_sessions`` left at ``None`` come from ``profile`` (``standard``:
-    100 journeys and 3,000 sessions per request; ``free``: 100 and 200).
-
-    ``models`` maps a conversion type to the model that answers it (parameter files of
-    ``scripts/calibrate_ihc_model.py``); every type without one is answered by the built-in type A
-    parameters with ``weights``.
+    Limits left at ``None`` come from ``profile`` (:data:`PROFILES`). ``models`` maps a conversion
+    type to its parameter file's model; the others get the built-in type A parameters with ``weights``.
     """
 
     api_keys: tuple[str, ...]

@@ -9,18 +9,19 @@ fails alone: it is listed in ``partialFailureErrors`` and the rest of the reques
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any
 
-from ihc_attribution_dev.server.model import (
-    RedistributionRule,
-    SessionCredit,
-    Touchpoint,
-    parse_redistribution,
-    parse_timestamp,
-)
+from ihc_attribution_dev.server.model import PHASES, RedistributionRule, SessionCredit, Touchpoint
 
+#: Accepted ``timestamp`` formats: the production service takes an optional UTC offset.
+TIMESTAMP_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M:%S %z")
+
+DIRECTIONS = ("earlier_sessions_only", "any_session", "later_sessions_only")
 FLAGS = ("holder_engagement", "closer_engagement", "conversion", "impression_interaction")
 REQUIRED_FIELDS = ("session_id", "timestamp", "channel_label", *FLAGS)
 # At most this many row problems are spelled out per failed journey.
@@ -46,6 +47,63 @@ class ParsedRequest:
     journeys: list[JourneyInput]
     n_rows: int
     redistribution: dict[str, RedistributionRule]
+
+
+_PLAIN_TIMESTAMP = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Parse a row ``timestamp`` (``%Y-%m-%d %H:%M:%S``, optionally `` %z``) to an aware UTC datetime.
+
+    A timestamp without offset is taken as UTC. Raises ``ValueError`` for anything else.
+    """
+    if not isinstance(text, str):
+        raise ValueError(f"timestamp must be a string, got {type(text).__name__}")
+    # The common form without offset, read without strptime (a third of the model's time before).
+    if _PLAIN_TIMESTAMP.fullmatch(text):
+        try:
+            return datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
+                            int(text[14:16]), int(text[17:19]), tzinfo=timezone.utc)
+        except ValueError:
+            pass  # strptime below gives the same answer, or the same error
+    for fmt in TIMESTAMP_FORMATS:
+        try:
+            parsed = datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=timezone.utc)
+        return parsed.astimezone(timezone.utc)
+    raise ValueError(f"timestamp {text!r} does not match '%Y-%m-%d %H:%M:%S' (optionally followed by ' %z')")
+
+
+def parse_redistribution(obj: object) -> dict[str, RedistributionRule]:
+    """Validate a ``redistribution_parameter`` object; raise ``ValueError`` saying what is wrong."""
+    if obj is None:
+        return {}
+    if not isinstance(obj, dict):
+        raise ValueError("redistribution_parameter must be an object keyed by phase")
+    rules: dict[str, RedistributionRule] = {}
+    for phase, spec in obj.items():
+        where = f"redistribution_parameter.{phase}"
+        if phase not in PHASES:
+            raise ValueError(f"{where}: unknown phase, expected one of {', '.join(PHASES)}")
+        if not isinstance(spec, dict):
+            raise ValueError(f"{where} must be an object")
+        missing = [k for k in ("direction", "receive_threshold", "redistribution_channel_labels") if k not in spec]
+        if missing:
+            raise ValueError(f"{where}: missing {', '.join(missing)}")
+        direction = spec["direction"]
+        if direction not in DIRECTIONS:
+            raise ValueError(f"{where}.direction must be one of {', '.join(DIRECTIONS)}, got {direction!r}")
+        threshold = spec["receive_threshold"]
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
+            raise ValueError(f"{where}.receive_threshold must be a number, got {threshold!r}")
+        labels = spec["redistribution_channel_labels"]
+        if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+            raise ValueError(f"{where}.redistribution_channel_labels must be a list of strings")
+        rules[phase] = RedistributionRule(direction, float(threshold), frozenset(labels))
+    return rules
 
 
 def parse_body(raw: bytes) -> ParsedRequest:
@@ -115,15 +173,8 @@ def _check_row(index: int, row: dict, seen: dict[tuple[type, Any], int]) -> Touc
     problems.extend(_flag_problems(row))
     if problems:
         return f"customer_journeys[{index}]: " + "; ".join(problems)
-    return Touchpoint(
-        session_id=row["session_id"],
-        timestamp=timestamp,
-        channel_label=row["channel_label"],
-        holder_engagement=row["holder_engagement"],
-        closer_engagement=row["closer_engagement"],
-        conversion=row["conversion"],
-        impression_interaction=row["impression_interaction"],
-    )
+    # Touchpoint's fields end with the flags, in the order of FLAGS.
+    return Touchpoint(row["session_id"], timestamp, row["channel_label"], *(row[flag] for flag in FLAGS))
 
 
 def _session_id_problems(index: int, session_id: Any, seen: dict[tuple[type, Any], int]) -> list[str]:
@@ -161,18 +212,9 @@ def _invalid_rows_message(problems: list[str]) -> str:
 def value_rows(journey: JourneyInput, credits: Sequence[SessionCredit]) -> list[dict]:
     """Answer rows of one journey, in the order its rows were sent, ids as they were sent."""
     by_session = {(type(c.session_id), c.session_id): c for c in credits}
-    out = []
-    for _, row in journey.rows:
-        c = by_session[(type(row["session_id"]), row["session_id"])]
-        out.append({
-            "conversion_id": journey.conversion_id,
-            "session_id": c.session_id,
-            "initializer": c.initializer,
-            "holder": c.holder,
-            "closer": c.closer,
-            "ihc": c.ihc,
-        })
-    return out
+    keys = ((type(row["session_id"]), row["session_id"]) for _, row in journey.rows)
+    # SessionCredit's fields: session_id, initializer, holder, closer, ihc.
+    return [{"conversion_id": journey.conversion_id, **vars(by_session[key])} for key in keys]
 
 
 def _is_id(value: Any) -> bool:

@@ -1,91 +1,259 @@
-"""The Initializer-Holder-Closer (IHC) model of the local IHC double, and its rounding.
+"""The Initializer-Holder-Closer (IHC) model of the local IHC double, its parameters and its rounding.
 
-A journey is the list of sessions that led to one conversion. The model gives every session a
-share of three phase distributions, each summing to 1 over the journey:
-
-- **initializer**: the first session, plus sessions that restart the journey after a long pause.
-  A session's raw weight grows with the pause since the previous session
-  (:data:`FITTED_PARAMS` ``initializer_pause``); the first session has raw weight 1.
-- **holder**: sessions with ``holder_engagement`` = 1, only in journeys of 2 or more sessions.
-  Sessions that already take much initializer or closer credit get less holder credit
-  (``holder_discount`` over the session's initializer + closer share), as the real answers show.
-- **closer**: sessions with ``closer_engagement`` = 1 and always the last session, weighted by
-  closeness in time to the converting session (the one flagged ``conversion`` = 1, else the last)
-  (``closer_distance``).
-
-Per-channel factors scale each phase's raw weights. ``ihc`` = (wI*I + wH*H + wC*C) / (wI + wH + wC),
-dropping the holder phase (its weight and its column) when no session qualifies. A
-single-session journey always gets (1, 0, 1, ihc 1). Curves and factors were fitted to real
-answers of the production service (``scripts/calibrate_ihc_model.py --fit``).
-
-The real service trains one model per conversion type, so :class:`ModelParams` is a family:
-besides the three curves and the channel factors it has terms that are neutral for the reference
-type A and let other types differ (see ``docs/ihc_server.md``): closer credit by the number of
-sessions to the converting one (``closer_rank``), sessions forgotten behind a long pause
-(``memory``), holder credit of the first and last sessions (``holder_first``, ``holder_last``),
-credit of sessions without the engagement flag of a phase (``holder_unengaged``,
-``closer_unengaged``) and of impressions (``impression``). A :class:`TypeModel` is the parameter
-set and the phase weights that answer one conversion type.
-
-The parameters and the built-in sets are in :mod:`~ihc_attribution_dev.server.family`, the
-sessions and request fields in :mod:`~ihc_attribution_dev.server.journey`, the rounding of answers
-in :mod:`~ihc_attribution_dev.server.rounding`; their names are importable from here as well.
-
-Everything here is deterministic and independent of the order in which rows arrive: sessions are
-ordered by timestamp, then session id.
+Every session of a journey gets a share of three phase distributions, each summing to 1 (see
+docs/ihc_server.md): initializer (the first session and restarts after a long pause), holder
+(engaged sessions, journeys of 2+ sessions), closer (engaged sessions and the last, by closeness to
+the converting one). ``ihc`` = (wI*I + wH*H + wC*C) / (wI + wH + wC), dropping a phase without an
+eligible session. :class:`ModelParams` is the trained part of one conversion type; its optional
+terms are neutral for the reference type A (:data:`FITTED_PARAMS`). Everything is deterministic
+and independent of the order rows arrive in: sessions are ordered by timestamp, then session id.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
 
-from ihc_attribution_dev.server.family import (
-    FITTED_PARAMS,
-    NOMINAL_PARAMS,
-    ONE,
-    PHASES,
-    ChannelFactors,
-    Curve,
-    ModelParams,
-    PhaseWeights,
-    TypeModel,
-)
-from ihc_attribution_dev.server.journey import (
-    DIRECTIONS,
-    TIMESTAMP_FORMATS,
-    RedistributionRule,
-    SessionCredit,
-    Touchpoint,
-    chronological,
-    parse_redistribution,
-    parse_timestamp,
-)
-from ihc_attribution_dev.server.rounding import ROUND_UNITS, largest_remainder, round_credits
+PHASES = ("initializer", "holder", "closer")
 
-__all__ = [
-    "DIRECTIONS",
-    "FITTED_PARAMS",
-    "NOMINAL_PARAMS",
-    "ONE",
-    "PHASES",
-    "ROUND_UNITS",
-    "TIMESTAMP_FORMATS",
-    "ChannelFactors",
-    "Curve",
-    "ModelParams",
-    "PhaseWeights",
-    "RedistributionRule",
-    "SessionCredit",
-    "Touchpoint",
-    "TypeModel",
-    "attribute_journey",
-    "chronological",
-    "largest_remainder",
-    "parse_redistribution",
-    "parse_timestamp",
-    "round_credits",
-]
+
+@dataclass(frozen=True)
+class PhaseWeights:
+    """Weights of the three phases in ``ihc`` (defaults: fitted for the reference conversion type)."""
+
+    initializer: float = 0.345
+    holder: float = 0.380
+    closer: float = 0.275
+
+    def __post_init__(self) -> None:
+        for name in PHASES:
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"phase weight {name} must be a finite number >= 0, got {value!r}")
+        # The holder phase may be dropped, so the other two alone must be able to carry ihc.
+        if self.initializer + self.closer <= 0:
+            raise ValueError("phase weights: initializer + closer must be > 0")
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A piecewise-linear function through ``points`` (x ascending), constant beyond both ends."""
+
+    points: tuple[tuple[float, float], ...]
+
+    def __post_init__(self) -> None:
+        xs = [x for x, _ in self.points]
+        if not xs or any(b <= a for a, b in zip(xs, xs[1:])):
+            raise ValueError("curve points need strictly increasing x values")
+        if any(y < 0 for _, y in self.points):
+            raise ValueError("curve values must be >= 0")
+
+        object.__setattr__(self, "_xs", tuple(xs))
+
+    def __call__(self, x: float) -> float:
+        points = self.points
+        if x <= points[0][0]:
+            return points[0][1]
+        if x >= points[-1][0]:
+            return points[-1][1]
+        i = bisect.bisect_right(self._xs, x)
+        (x0, y0), (x1, y1) = points[i - 1], points[i]
+        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+
+
+@dataclass(frozen=True)
+class ChannelFactors:
+    """Multipliers of one channel's raw weight in each phase."""
+
+    initializer: float = 1.0
+    holder: float = 1.0
+    closer: float = 1.0
+
+
+#: A curve that is 1 everywhere (the neutral value of the optional curves).
+ONE = Curve(((0.0, 1.0),))
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """The trained part of the model of one conversion type (phase weights aside).
+
+    A session's raw weight in a phase is the product of the terms that apply to it (the table in
+    docs/ihc_server.md, "One model per conversion type"); each phase is then normalised over the
+    journey. Curves are over hours (pause since the previous session, distance and longest pause
+    to the converting session), sessions to the converting one (rank) or the initializer + closer
+    share (holder discount). The optional terms' defaults are neutral: type A's model.
+    """
+
+    initializer_pause: Curve
+    closer_distance: Curve
+    holder_discount: Curve
+    channel_factors: Mapping[str, ChannelFactors] = field(default_factory=dict)
+    closer_rank: Curve = ONE
+    memory: Curve = ONE
+    holder_first: float = 1.0
+    holder_last: float = 1.0
+    holder_unengaged: float = 0.0
+    closer_unengaged: float = 0.0
+    impression: ChannelFactors = field(default_factory=lambda: ChannelFactors())
+
+    def __post_init__(self) -> None:
+        for name in ("holder_first", "holder_last", "holder_unengaged", "closer_unengaged"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for label, f in [("impression", self.impression), *self.channel_factors.items()]:
+            for phase in PHASES:
+                value = getattr(f, phase)
+                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                    raise ValueError(f"factor {phase} of {label!r} must be a finite number >= 0, got {value!r}")
+        if self.memory(0.0) <= 0:
+            raise ValueError("memory must be > 0 at 0 h: the last session of a journey always counts")
+
+    def factors(self, channel_label: str) -> ChannelFactors:
+        """Factors of a channel (neutral for a channel the model was not trained on)."""
+        return self.channel_factors.get(channel_label, _NEUTRAL)
+
+
+_NEUTRAL = ChannelFactors()
+
+# Fitted on the reference answers (1,925 journeys, 787 with 2+ sessions) by a closed-form fit of
+# log ratios of shares within a journey (docs/ihc_server.md). The real service gives no restart credit before about
+# 50 h of pause and only half credit after 9 days, the longest pause in the data; beyond it the
+# curve is extended to full credit at 14 days.
+FITTED_PARAMS = ModelParams(
+    initializer_pause=Curve((
+        (50.0, 0.0), (52.0, 0.0051), (55.0, 0.0112), (60.0, 0.0125), (66.0, 0.0178),
+        (72.0, 0.032), (84.0, 0.0633), (96.0, 0.0977), (120.0, 0.1689), (144.0, 0.2507),
+        (168.0, 0.3405), (216.0, 0.5351), (336.0, 1.0),
+    )),
+    closer_distance=Curve((
+        (0.0, 1.0), (0.25, 0.8657), (0.5, 0.7672), (1.0, 0.6623), (2.0, 0.6027), (4.0, 0.5342),
+        (8.0, 0.5027), (16.0, 0.4482), (24.0, 0.396), (48.0, 0.3357), (72.0, 0.2678),
+        (96.0, 0.2157), (120.0, 0.1536), (168.0, 0.0875), (240.0, 0.0325),
+    )),
+    holder_discount=Curve((
+        (0.0, 1.0), (0.25, 0.8607), (0.5, 0.7074), (0.75, 0.5262), (1.0, 0.256),
+        (1.25, 0.1886), (1.5, 0.1258), (1.75, 0.1068),
+    )),
+    # channel_label: ChannelFactors(initializer, holder, closer)
+    channel_factors={
+        "Affiliate & Partnerships": ChannelFactors(1.015, 1.005, 0.996),
+        "Direct Traffic": ChannelFactors(0.842, 0.961, 1.075),
+        "FB & IG Ads": ChannelFactors(1.0, 0.996, 1.004),
+        "Microsoft Ads": ChannelFactors(1.0, 0.996, 0.993),
+        "Newsletter & Email": ChannelFactors(1.038, 1.011, 0.997),
+        "Organic Traffic": ChannelFactors(1.022, 1.006, 0.996),
+        "Paid Search Brand": ChannelFactors(1.03, 1.009, 0.997),
+        "Paid Search Non Brand": ChannelFactors(1.027, 1.011, 0.996),
+        "Performance Max": ChannelFactors(1.03, 1.006, 0.999),
+        "Referral": ChannelFactors(1.012, 1.008, 0.98),
+        "Social Organic": ChannelFactors(1.0, 0.988, 0.981),
+        "TikTok Ads": ChannelFactors(1.0, 1.005, 0.988),
+        "Untracked Conversions": ChannelFactors(1.0, 1.0, 1.001),
+    },
+)
+
+#: The curves as the design brief describes them, without fitted factors: kept for comparison.
+NOMINAL_PARAMS = ModelParams(
+    initializer_pause=Curve(((2.0, 0.0), (48.0, 1.0))),
+    closer_distance=Curve(((0.0, 1.0), (2.0, 0.5), (48.0, 0.0))),
+    holder_discount=Curve(((0.0, 1.0),)),
+)
+
+
+@dataclass(frozen=True)
+class TypeModel:
+    """What answers one conversion type: a parameter set, phase weights, and where they came from.
+
+    :param source: shown in the server's startup log (a file name, or ``built-in``).
+    :param fit: calibration summary recorded with the parameters (journeys, MAEs), if any.
+    """
+
+    params: ModelParams = FITTED_PARAMS
+    weights: PhaseWeights = field(default_factory=PhaseWeights)
+    source: str = "built-in (reference type A)"
+    fit: Mapping[str, object] | None = None
+
+
+@dataclass(frozen=True)
+class Touchpoint:
+    """One validated session of a journey, as sent in a request row."""
+
+    session_id: str | int
+    timestamp: datetime
+    channel_label: str
+    holder_engagement: int
+    closer_engagement: int
+    conversion: int = 0
+    impression_interaction: int = 0
+
+
+@dataclass(frozen=True)
+class SessionCredit:
+    """The credit of one session in each phase and overall."""
+
+    session_id: str | int
+    initializer: float
+    holder: float
+    closer: float
+    ihc: float
+
+
+@dataclass(frozen=True)
+class RedistributionRule:
+    """How one phase hands the credit of ``channel_labels`` to the other sessions of a journey:
+    those in ``direction`` whose own share is at least ``receive_threshold`` (:func:`_redistribute`).
+    """
+
+    direction: str
+    receive_threshold: float
+    channel_labels: frozenset[str]
+
+
+def chronological(touchpoints: Iterable[Touchpoint]) -> list[Touchpoint]:
+    """Sessions ordered by timestamp, then session id (the order the model works in)."""
+    return sorted(touchpoints, key=_order_key)
+
+
+def _order_key(t: Touchpoint) -> tuple:
+    # Integer ids sort numerically (9 before 10) and before text ids.
+    sid = t.session_id
+    return (t.timestamp, 0, sid, "") if isinstance(sid, int) else (t.timestamp, 1, 0, sid)
+
+
+#: Answers are rounded to 4 decimals, i.e. to integers of this many units per journey.
+ROUND_UNITS = 10_000
+
+
+def largest_remainder(values: Sequence[float], units: int = ROUND_UNITS) -> list[int]:
+    """Integers proportional to ``values`` that sum to exactly ``units`` (all 0 if the values sum to 0).
+
+    Each value is floored, and the units still missing go to the largest remainders; ties go to
+    the earlier position, so the result is deterministic.
+    """
+    total = math.fsum(values)
+    if total <= 0:
+        return [0] * len(values)
+    scaled = [v / total * units for v in values]
+    result = [math.floor(x) for x in scaled]
+    missing = units - sum(result)
+    if missing == 0:
+        return result
+    order = sorted(range(len(values)), key=lambda i: (result[i] - scaled[i], i))
+    for i in order[:missing]:
+        result[i] += 1
+    return result
+
+
+def round_credits(credits: Sequence[SessionCredit]) -> list[SessionCredit]:
+    """Round every column to 4 decimals so that each sums to exactly 1 (a dropped holder stays 0)."""
+    names = ("initializer", "holder", "closer", "ihc")
+    columns = [largest_remainder([getattr(c, name) for c in credits]) for name in names]
+    return [SessionCredit(c.session_id, *(column[i] / ROUND_UNITS for column in columns)) for i, c in enumerate(credits)]
 
 
 def attribute_journey(

@@ -101,11 +101,9 @@ def load(path: str | Path) -> TypeModel:
     """Read a parameter file; raises ``ValueError`` (unreadable, not JSON, or invalid)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        data = json.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ValueError(f"cannot read model parameters {path}: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
     except ValueError as exc:
         raise ValueError(f"{path}: not valid JSON: {exc}") from None
     return from_dict(data, source=path.name)

@@ -38,17 +38,10 @@ def serve(
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # Bind before starting: the port is known at once and nobody else can take it meanwhile.
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        # Accepted connections inherit this; without it keep-alive requests can stall ~40 ms
-        # on Nagle's algorithm meeting delayed ACKs.
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        sock.bind((host, port))
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
+    sock = socket.create_server((host, port), family=family, backlog=128)
+    # Accepted connections inherit this; without it keep-alive requests can stall ~40 ms on
+    # Nagle's algorithm meeting delayed ACKs.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     bound_port = sock.getsockname()[1]
 
     server = uvicorn.Server(uvicorn.Config(

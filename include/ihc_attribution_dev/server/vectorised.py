@@ -9,9 +9,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from ihc_attribution_dev.server.model import PHASES, ChannelFactors, Curve, ModelParams, PhaseWeights
-from ihc_attribution_dev.server.recordings import Journey
 
 # Knots of the fitted curves. They contain the knots of the built-in type A curves, so that type A
 # is exactly one parameter set of the family, and reach further (restart credit from 1 h of pause,
@@ -27,14 +27,13 @@ MEMORY_KNOTS = (0.0, 12.0, 24.0, 48.0, 72.0, 96.0, 120.0, 168.0, 240.0, 336.0)
 class Batch:
     """Journeys of 2+ sessions as flat numpy arrays, one entry per session."""
 
-    def __init__(self, journeys: Sequence[Journey]) -> None:
+    def __init__(self, journeys: Sequence) -> None:  # calibration.Journey
         import numpy as np
 
         channels = sorted({t.channel_label for j in journeys for t in j.touchpoints})
         index = {c: i for i, c in enumerate(channels)}
         cols: dict[str, list] = {k: [] for k in (
-            "jid", "first", "last", "gap", "to_conv", "rank", "longest", "he", "ce", "imp", "ch",
-            "I", "H", "C", "ihc")}
+            "jid", "first", "last", "gap", "to_conv", "rank", "longest", "he", "ce", "imp", "ch", "answer")}
         for jid, j in enumerate(journeys):
             tps = j.touchpoints
             n = len(tps)
@@ -54,9 +53,7 @@ class Batch:
                 cols["ce"].append(t.closer_engagement == 1)
                 cols["imp"].append(t.impression_interaction == 1)
                 cols["ch"].append(index[t.channel_label])
-                for k in ("I", "H", "C"):
-                    cols[k].append(a[{"I": "initializer", "H": "holder", "C": "closer"}[k]])
-                cols["ihc"].append(a["ihc"])
+                cols["answer"].append([a[k] for k in ("initializer", "holder", "closer", "ihc")])
         for k, v in cols.items():
             setattr(self, k, np.array(v))
         self.n_journeys = len(journeys)
@@ -72,6 +69,7 @@ class Layout:
     fit_closer_unengaged: bool
     fit_impression: bool
 
+    @cached_property
     def slices(self) -> dict[str, slice]:
         sizes = [
             ("pause", len(PAUSE_KNOTS)),
@@ -93,12 +91,12 @@ class Layout:
 
     @property
     def size(self) -> int:
-        return list(self.slices().values())[-1].stop
+        return list(self.slices.values())[-1].stop
 
     def bounds(self):
         import numpy as np
 
-        s = self.slices()
+        s = self.slices
         lo, hi = np.zeros(self.size), np.full(self.size, np.inf)
         hi[s["memory"]] = 1.0
         lo[s["imp"]], lo[s["factors"]] = -np.inf, -np.inf
@@ -108,7 +106,7 @@ class Layout:
         """The vector of a parameter set (clipped into the bounds)."""
         import numpy as np
 
-        s = self.slices()
+        s = self.slices
         x = np.zeros(self.size)
         x[s["pause"]] = [p.initializer_pause(k) for k in PAUSE_KNOTS]
         c0 = p.closer_distance(0.0) or 1.0
@@ -130,7 +128,7 @@ class Layout:
 
     def unpack(self, x, digits: int | None = None) -> ModelParams:
         """The parameter set of a vector (values rounded to ``digits`` decimals if given)."""
-        s = self.slices()
+        s = self.slices
 
         def r(v: float) -> float:
             return round(float(v), digits) if digits is not None else float(v)
@@ -165,42 +163,30 @@ def predict_batch(batch: Batch, params: ModelParams, weights: PhaseWeights):
         xs, ys = zip(*c.points)
         return np.interp(x, xs, ys)
 
-    jid, n_j = batch.jid, batch.n_journeys
-    f = np.array([[getattr(params.factors(c), ph) for ph in PHASES] for c in batch.labels])[batch.ch]
-    memory = curve(params.memory, batch.longest)
-    imp = np.array([getattr(params.impression, ph) for ph in PHASES])
-    common = f * memory[:, None] * np.where(batch.imp[:, None], imp[None, :], 1.0)
-    return phases(batch, common, curve(params.initializer_pause, batch.gap), curve(params.closer_distance,
-                   batch.to_conv) * curve(params.closer_rank, batch.rank), params.holder_discount, params.holder_first,
-                   params.holder_last, params.holder_unengaged, params.closer_unengaged, memory, weights, jid, n_j)
-
-
-def phases(batch, common, pause, closeness, discount, h_first, h_last, h_unengaged, c_unengaged, memory, weights,
-            jid, n_j):
-    import numpy as np
-
     def normalise(raw):
-        total = np.bincount(jid, weights=raw, minlength=n_j)
+        total = np.bincount(batch.jid, weights=raw, minlength=batch.n_journeys)
         safe = np.where(total > 0, total, 1.0)
-        return raw / safe[jid], total > 0
+        return raw / safe[batch.jid], total > 0
 
-    init_raw = np.where(batch.first, 1.0, pause) * common[:, 0]
-    initializer, ok = normalise(init_raw)
+    p, jid = params, batch.jid
+    memory = curve(p.memory, batch.longest)
+    imp = np.array([getattr(p.impression, ph) for ph in PHASES])
+    common = np.array([[getattr(p.factors(c), ph) for ph in PHASES] for c in batch.labels])[batch.ch] \
+        * memory[:, None] * np.where(batch.imp[:, None], imp[None, :], 1.0)
+    initializer, ok = normalise(np.where(batch.first, 1.0, curve(p.initializer_pause, batch.gap)) * common[:, 0])
     if not ok.all():
         # The session that counts most (earliest on ties) starts the journey, as in the model.
         for j in np.flatnonzero(~ok):
             rows = np.flatnonzero(jid == j)
             start = rows[np.argmax(memory[rows])]
             initializer[rows] = (rows == start).astype(float)
-    closer_raw = np.where(batch.ce | batch.last, 1.0, c_unengaged) * closeness * common[:, 2]
-    closer, ok = normalise(closer_raw)
+    closeness = curve(p.closer_distance, batch.to_conv) * curve(p.closer_rank, batch.rank)
+    closer, ok = normalise(np.where(batch.ce | batch.last, 1.0, p.closer_unengaged) * closeness * common[:, 2])
     if not ok.all():
         closer = np.where(ok[jid], closer, batch.last.astype(float))
-    xs, ys = zip(*discount.points)
-    eligible = np.where(batch.he, 1.0, h_unengaged) * np.where(batch.first, h_first, 1.0) \
-        * np.where(batch.last, h_last, 1.0)
-    holder_raw = eligible * np.interp(initializer + closer, xs, ys) * common[:, 1]
-    holder, has_holder = normalise(holder_raw)
+    eligible = np.where(batch.he, 1.0, p.holder_unengaged) * np.where(batch.first, p.holder_first, 1.0) \
+        * np.where(batch.last, p.holder_last, 1.0)
+    holder, has_holder = normalise(eligible * curve(p.holder_discount, initializer + closer) * common[:, 1])
     holder = np.where(has_holder[jid], holder, 0.0)
     w_holder = np.where(has_holder[jid], weights.holder, 0.0)
     ihc = (weights.initializer * initializer + w_holder * holder + weights.closer * closer) \

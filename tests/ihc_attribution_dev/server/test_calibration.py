@@ -28,6 +28,7 @@ from ihc_attribution_dev.server.model import (
     round_credits,
 )
 from ihc_attribution_dev.server.testing import serve
+from ihc_attribution_dev.server.vectorised import predict_batch
 from tests.ihc_attribution_dev.server.helpers import KEY, journey, post
 
 np = pytest.importorskip("numpy")
@@ -78,7 +79,7 @@ def test_vectorised_model_is_the_servers_model(seed):
     journeys = random_journeys(seed, 60)
     batch = cal.Batch(journeys)
     for model in (TypeModel(FITTED_PARAMS, PhaseWeights()), EVERY_TERM):
-        columns = cal.predict_batch(batch, model.params, model.weights)
+        columns = predict_batch(batch, model.params, model.weights)
         credits = [c for j in journeys for c in attribute_journey(j.touchpoints, model.weights, model.params)]
         for values, name in zip(columns, ("initializer", "holder", "closer", "ihc")):
             assert np.abs(values - np.array([getattr(c, name) for c in credits])).max() < 1e-12, name
@@ -218,7 +219,7 @@ def _held_out_mae(journeys) -> tuple[float, float, TypeModel]:
     """Calibrate on the even journeys, score ihc on the odd ones: (model MAE, linear MAE, model)."""
     train, test = cal.folds_of(cal.multi_session(journeys), 2)[1]
     model = cal.calibrate(train).model
-    return cal.mae(test, cal.type_model_method(model)), cal.mae(test, cal.linear), model
+    return cal.mae(test, cal.model_method(model.params, model.weights)), cal.mae(test, cal.linear), model
 
 
 def test_calibration_recovers_a_different_conversion_type():

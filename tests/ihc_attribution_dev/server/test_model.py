@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from ihc_attribution_dev.server.contract import parse_redistribution, parse_timestamp
 from ihc_attribution_dev.server.model import (
     FITTED_PARAMS,
     Curve,
@@ -20,8 +21,6 @@ from ihc_attribution_dev.server.model import (
     attribute_journey,
     chronological,
     largest_remainder,
-    parse_redistribution,
-    parse_timestamp,
     round_credits,
 )
 

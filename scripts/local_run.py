@@ -155,47 +155,50 @@ def file_lock(path: Path, say, what: str) -> Iterator[None]:
         yield
 
 
+def airflow_cli(*args: str) -> int:
+    """An ``airflow`` command in this process's environment; its output goes where this process's does."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], cwd=ROOT).returncode
+
+
+def load_dag():
+    """The DAG, parsed from the DAGs folder; RunnerError naming the folder and the import errors."""
+    from airflow.models import DagBag
+
+    folder = os.environ["AIRFLOW__CORE__DAGS_FOLDER"]
+    bag = DagBag(dag_folder=folder)
+    if DAG_ID not in bag.dags:
+        errors = "; ".join(f"{path}: {err}" for path, err in bag.import_errors.items()) or "none"
+        raise RunnerError(f"DAG {DAG_ID} not found in {folder} (import errors: {errors})")
+    return bag.dags[DAG_ID]
+
+
 def prepare(say, specs: list[dict]):
-    """Migrate the Airflow metadata database if it is behind, parse the DAG and write it there; return both.
+    """Migrate the Airflow metadata database if it is behind and write the DAG there; return the DAG and
+    whether it migrated.
 
-    Under a lock: concurrent first runs would otherwise migrate at once, or both insert the DAG's
-    asset (``dag.test()`` writes the DAG too) and one fail on the unique constraint. RunnerError
-    when the DAG is missing or a backfill's day is before the DAG's start date.
+    Through Airflow's CLI, under a lock: concurrent first runs would otherwise migrate at once, or
+    both insert the DAG's asset (``dag.test()`` writes the DAG too) and one fail on the unique
+    constraint. RunnerError when the DAG is missing or a backfill's day is before its start date.
     """
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
-    from airflow.serialization.encoders import coerce_to_core_timetable
-    from airflow.utils import db
-
-    manager, bags = DagBundlesManager(), []
-    for bundle in manager.get_all_dag_bundles():
-        if not bundle.is_initialized:
-            bundle.initialize()
-        bags.append((bundle, BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)))
-    with file_lock(RUN_DIR / "locks" / "airflow-metadata-db.lock", say, "the Airflow metadata database"):
-        try:
-            db.check_migrations(timeout=0)
-            migrated = False
-        except TimeoutError:
-            say("creating or upgrading the Airflow metadata database ...")
-            db.upgradedb()
-            migrated = True
-        manager.sync_bundles_to_db()
-        for bundle, bag in bags:
-            sync_bag_to_db(bag, bundle.name, bundle.version)
-    dag = next((bag.dags[DAG_ID] for _, bag in bags if DAG_ID in bag.dags), None)
-    if dag is None:
-        folders = ", ".join(str(bundle.path) for bundle, _ in bags) or "no DAG bundle configured"
-        errors = "; ".join(f"{path}: {err}" for _, bag in bags for path, err in bag.import_errors.items()) or "none"
-        raise RunnerError(f"DAG {DAG_ID} not found in {folders} (import errors: {errors})")
-    # Airflow marks a run whose data interval starts before the DAG's start date successful without running a task.
-    timetable = coerce_to_core_timetable(dag.timetable)
-    for spec in (s for s in specs if s["logical_date"]):
-        if timetable.infer_manual_data_interval(run_after=dt.datetime.fromisoformat(spec["logical_date"])).start < dag.start_date:
+    dag = load_dag()
+    # Airflow marks a run whose data interval (the day before its logical date) starts before the
+    # DAG's start date successful without running a task.
+    for spec in specs:
+        if spec["logical_date"] and dt.datetime.fromisoformat(spec["logical_date"]) - dt.timedelta(days=1) < dag.start_date:
             raise RunnerError(
                 f"{spec['label']} is before the DAG's start date {dag.start_date:%Y-%m-%d}: Airflow would mark its run "
                 f"successful without running a task. Set ATTRIBUTION_START_DATE to a date on or before the first day, "
                 f"e.g. ATTRIBUTION_START_DATE={specs[0]['label']} make backfill ...")
+    with file_lock(RUN_DIR / "locks" / "airflow-metadata-db.lock", say, "the Airflow metadata database"):
+        migrated = airflow_cli("db", "check-migrations", "--migration-wait-timeout", "0") != 0
+        if migrated:
+            say("creating or upgrading the Airflow metadata database ...")
+        if migrated and airflow_cli("db", "migrate") != 0:
+            raise RunnerError("`airflow db migrate` failed")
+        if airflow_cli("dags", "reserialize") != 0:
+            raise RunnerError("`airflow dags reserialize` failed")
     return dag, migrated
 
 
@@ -205,9 +208,6 @@ def _state(value) -> str | None:
 
 def run_once(dag, spec: dict, say) -> dict:
     """One DAG run through ``dag.test()`` (a day's under the lock of its logical date), and what it recorded."""
-    from airflow.models.dagrun import DagRun
-    from airflow.utils.session import create_session
-
     dated = spec["logical_date"] is not None
     logical_date = dt.datetime.fromisoformat(spec["logical_date"]) if dated else dt.datetime.now(dt.timezone.utc)
     started = time.monotonic()
@@ -215,17 +215,15 @@ def run_once(dag, spec: dict, say) -> dict:
     with lock if dated else contextlib.nullcontext():
         print(f"\n=== {spec['label']}: dag.test(logical_date={logical_date.isoformat()}, run_conf={spec['conf']})", flush=True)
         try:
-            run_id = dag.test(logical_date=logical_date, run_conf=spec["conf"]).id
-            with create_session() as session:
-                dag_run = session.get(DagRun, run_id)
-                tis = {ti.task_id: ti for ti in dag_run.get_task_instances(session=session)}
-                tasks = {t: _state(tis[t].state) if t in tis else None for t in dag.task_ids}
-                result = {
-                    "run_id": dag_run.run_id, "state": _state(dag_run.state), "tasks": tasks,
-                    "tries": {t: ti.try_number for t, ti in tis.items()},
-                    **{key: tis[t].xcom_pull(task_ids=t, session=session) if tasks.get(t) == "success" else None
-                       for key, t in (("summary", SUMMARY_TASK), ("export", EXPORT_TASK))},
-                }
+            dag_run = dag.test(logical_date=logical_date, run_conf=spec["conf"])
+            tis = {ti.task_id: ti for ti in dag_run.get_task_instances()}
+            tasks = {t: _state(tis[t].state) if t in tis else None for t in dag.task_ids}
+            result = {
+                "run_id": dag_run.run_id, "state": _state(dag_run.state), "tasks": tasks,
+                "tries": {t: ti.try_number for t, ti in tis.items()},
+                **{key: tis[t].xcom_pull(task_ids=t) if tasks.get(t) == "success" else None
+                   for key, t in (("summary", SUMMARY_TASK), ("export", EXPORT_TASK))},
+            }
         except Exception as exc:  # recorded and reported as a failed run, never hidden
             traceback.print_exc()
             result = {"state": "error", "error": f"{type(exc).__name__}: {exc}", "tasks": {}}

@@ -19,8 +19,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -61,7 +59,7 @@ def tail(path: Path, lines: int = 25) -> str:
 
 
 def load_state() -> dict:
-    """What ``up`` recorded about the stack; ``{}`` before the first ``up``."""
+    """What ``up`` recorded; ``{}`` before the first ``up``."""
     try:
         return json.loads(STATE_FILE.read_text())
     except (FileNotFoundError, ValueError):
@@ -123,25 +121,22 @@ def http_json(method: str, url: str, body: dict | None = None, token: str = "", 
               expect: tuple[int, ...] = ()) -> tuple[int, dict]:
     """One JSON request: (status, decoded body). Network errors raise ``OSError``; a status not in ``expect``
     (when given), or a bulk request answering 200 with errors, raises ``UpError``."""
-    headers = {"Content-Type": "application/json"} | ({"Authorization": f"Bearer {token}"} if token else {})
-    request = urllib.request.Request(url, None if body is None else json.dumps(body).encode(), headers, method=method)
+    import requests  # its errors are OSErrors
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = requests.request(method, url, json=body, headers=headers, timeout=timeout)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
-            status, raw = response.status, response.read()
-    except urllib.error.HTTPError as exc:
-        status, raw = exc.code, exc.read()
-    try:
-        answer = json.loads(raw or b"{}")
+        answer = response.json() if response.content else {}
     except ValueError:
-        answer = {"raw": raw[:500].decode(errors="replace")}
-    if expect and (status not in expect or (answer.get("create") or {}).get("errors")):
-        raise UpError(f"{method} {url}: HTTP {status} {answer}")
-    return status, answer
+        answer = {"raw": response.text[:500]}
+    if expect and (response.status_code not in expect or (answer.get("create") or {}).get("errors")):
+        raise UpError(f"{method} {url}: HTTP {response.status_code} {answer}")
+    return response.status_code, answer
 
 
 def recorded_pid(name: str, state: dict) -> int | None:
-    """The PID ``up`` recorded for ``name`` if that very process still runs: same start time and
-    the expected program, so that a reused PID is never taken for ours."""
+    """The PID ``up`` recorded for ``name`` if that very process still runs (same start time and program:
+    a reused PID is never taken for ours)."""
     try:
         pid = int(pid_file(name).read_text().strip())
     except (FileNotFoundError, ValueError):
@@ -157,7 +152,6 @@ def recorded_pid(name: str, state: dict) -> int | None:
 
 
 def running(state: dict) -> dict[str, int]:
-    """Components of the stack that are running, by name."""
     return {name: pid for name in COMPONENTS if (pid := recorded_pid(name, state)) is not None}
 
 
@@ -293,14 +287,13 @@ def wait_ready(state: dict, keys: dict[str, str], watch: dict[str, int], timeout
 
 
 def wanted(state: dict) -> list[str]:
-    """The components of the stack, in start order."""
+    """The stack's components, in start order."""
     names = ["ihc-server"] if state.get("ihc_managed") else []
     names += ["dag-processor", "scheduler", *(f"celery-worker-{i}" for i in range(1, state.get("workers", 0) + 1))]
     return names + (["triggerer"] if state.get("triggerer") else []) + ["api-server"]
 
 
 def component(name: str, state: dict, env: dict[str, str], keys: dict[str, str]) -> tuple[list[str], dict]:
-    """Command line and environment of one component."""
     if name == "ihc-server":
         env = {k: v for k, v in env.items() if k != "AIRFLOW_CONN_IHC_API"} | {"IHC_API_KEYS": keys["ihc_api_key"]}
         return [sys.executable, "-m", "ihc_attribution_dev.server", "--host", "127.0.0.1",
@@ -418,7 +411,7 @@ Airflow is running: {base}
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Start what is not running of the local stack and wait until it serves the DAG."""
+    """Start what is not running and wait until the stack serves the DAG; stop what it started if that fails."""
     started_at = time.monotonic()
     state, keys, alive = prepare(args)
     missing = [name for name in wanted(state) if name not in alive]
@@ -442,7 +435,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    """Stop the process groups ``up`` recorded and wait for them to exit."""
     state, started = load_state(), time.monotonic()
     groups = running(state)
     try:
@@ -460,7 +452,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print what runs; exit 1 if a component of a running stack is missing."""
+    """Exit 1 if a component of a running stack is missing."""
     state = load_state()
     if not (alive := running(state)):
         print("the local Airflow is not running (make up starts it)")
@@ -472,7 +464,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_airflow(args: argparse.Namespace) -> int:
-    """Run an ``airflow`` command against the local stack's metadata database and settings."""
     if not (state := load_state()):
         raise UpError("no local Airflow set up yet; run `make up` first")
     rest = args.args[1:] if args.args[:1] == ["--"] else args.args
@@ -480,7 +471,6 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; 1 on failure, with the reason on stderr."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local Airflow (only what is not running)")

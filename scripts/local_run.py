@@ -1,20 +1,13 @@
-"""Run the ``ihc_attribution`` DAG locally, without a scheduler, and report what each run did.
-
-Used by ``make demo``, ``make run`` and ``make backfill``. Connections come from
-``AIRFLOW_CONN_ATTRIBUTION_DB`` and ``AIRFLOW_CONN_IHC_API`` when they are set. Otherwise the
-demo database is used (created when missing) and the local IHC server is started on a free port
-with a throw-away API key, and stopped after the run.
+"""Run the ``ihc_attribution`` DAG locally with ``dag.test()``, without a scheduler: ``make demo`` / ``run`` / ``backfill``.
 
     python scripts/local_run.py demo
     python scripts/local_run.py run --start 2024-01-01 --end 2024-01-31
     python scripts/local_run.py backfill --start 2024-01-01 --end 2024-01-07
 
-The DAG runs through ``dag.test()`` in this process, Airflow's output going to
-``.run/logs/<command>-<time>-<pid>.log``; next to it, ``.json`` holds per DAG run its state, every
-task's state and what ``check_run`` (the summary printed) and ``export_csv`` returned. The command
-succeeds only if every run and every task succeeded. ``dag.test()`` replaces an existing run of the
-same logical date, so a backfill's day runs under a lock per logical date in ``.run/locks/``; a
-range run (``run``, ``demo``) gets a logical date of its own, to the microsecond.
+Without ``AIRFLOW_CONN_ATTRIBUTION_DB`` the demo database is used (created when missing); without
+``AIRFLOW_CONN_IHC_API`` the local IHC server runs on a free port with a throw-away key. Airflow's output
+goes to ``.run/logs/<command>-<time>-<pid>.log``, what each run recorded to the ``.json`` next to it; the
+command succeeds only if every run and every task did. See docs/operations.md.
 """
 
 from __future__ import annotations
@@ -41,7 +34,6 @@ if str(ROOT) not in sys.path:  # the package, when run as `python scripts/local_
     sys.path.insert(0, str(ROOT))
 DEMO_DB = Path(os.environ.get("ATTRIBUTION_DEMO_DB", ROOT / "data" / "demo.db"))
 DAG_ID = "ihc_attribution"
-#: Logs, results and locks of local runs.
 RUN_DIR = Path(os.environ.get("ATTRIBUTION_RUN_DIR", ROOT / ".run"))
 SUMMARY_TASK, EXPORT_TASK = "check_run", "export_csv"
 PERMANENT_LINE = re.compile(r"(\w+(?:Error|Exception): .*?\(not retried: [^)]*\))")
@@ -74,11 +66,8 @@ def ensure_demo_db() -> Path:
 
 @contextlib.contextmanager
 def ihc_server_process(env: dict[str, str], log_path: Path, *options: str) -> Iterator[tuple[str, str, subprocess.Popen]]:
-    """Run the local IHC server on a free port with a fresh key until the block ends.
-
-    Yields its base URL, the key and the process once it answers ``/health``; ``options`` are
-    further command-line flags. RunnerError when it exits or does not answer within 30 s.
-    """
+    """The local IHC server on a free port with a fresh key, until the block ends: its URL, key and process
+    once it answers ``/health``. ``options`` are further flags; RunnerError if it exits or is silent for 30 s."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         url, key = f"http://127.0.0.1:{sock.getsockname()[1]}", secrets.token_urlsafe(24)
@@ -110,10 +99,8 @@ def ihc_server_process(env: dict[str, str], log_path: Path, *options: str) -> It
 
 @contextlib.contextmanager
 def connections(env) -> Iterator[Path | None]:
-    """Point the connections that ``env`` does not set at the demo database and the local IHC server.
-
-    Yields the attribution database's path when it is a file.
-    """
+    """Point the connections ``env`` does not set at the demo database and the local IHC server; yield the
+    attribution database's path when it is a file."""
     db_path: Path | None = None
     if "AIRFLOW_CONN_ATTRIBUTION_DB" not in env:
         db_path = ensure_demo_db()
@@ -135,7 +122,6 @@ def connections(env) -> Iterator[Path | None]:
 
 
 def lock_path(logical_date: dt.datetime) -> Path:
-    """The lock file of the DAG run at ``logical_date``."""
     stamp = logical_date.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%S.%fZ")
     return RUN_DIR / "locks" / f"{DAG_ID}__{stamp}.lock"
 
@@ -175,8 +161,8 @@ def load_dag():
 
 
 def prepare(say, specs: list[dict]):
-    """Migrate the Airflow metadata database if it is behind and write the DAG there; return the DAG and
-    whether it migrated.
+    """Write the DAG to the Airflow metadata database, migrating it first if it is behind; return the DAG
+    and whether it migrated.
 
     Through Airflow's CLI, under a lock: concurrent first runs would otherwise migrate at once, or
     both insert the DAG's asset (``dag.test()`` writes the DAG too) and one fail on the unique
@@ -192,13 +178,12 @@ def prepare(say, specs: list[dict]):
                 f"successful without running a task. Set ATTRIBUTION_START_DATE to a date on or before the first day, "
                 f"e.g. ATTRIBUTION_START_DATE={specs[0]['label']} make backfill ...")
     with file_lock(RUN_DIR / "locks" / "airflow-metadata-db.lock", say, "the Airflow metadata database"):
-        migrated = airflow_cli("db", "check-migrations", "--migration-wait-timeout", "0") != 0
+        # One Airflow command in the usual case: writing the DAG fails when the database is behind.
+        migrated = airflow_cli("dags", "reserialize") != 0
         if migrated:
             say("creating or upgrading the Airflow metadata database ...")
-        if migrated and airflow_cli("db", "migrate") != 0:
-            raise RunnerError("`airflow db migrate` failed")
-        if airflow_cli("dags", "reserialize") != 0:
-            raise RunnerError("`airflow dags reserialize` failed")
+            if airflow_cli("db", "migrate") != 0 or airflow_cli("dags", "reserialize") != 0:
+                raise RunnerError("`airflow db migrate` or `airflow dags reserialize` failed")
     return dag, migrated
 
 

@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import bench  # scripts/ is on sys.path when this file runs
 
@@ -140,7 +140,8 @@ _NAVIGATION_MS = "(() => { const n = performance.getEntriesByType('navigation')[
 
 
 def browser_times(app, cases: list[tuple[str, str]], repeat: int) -> list[tuple[str, list[float], int]]:
-    """Chromium's time from navigation start to the load event: each page opened, then each filter submitted."""
+    """Chromium's time from navigation start to the load event: each page opened, then each filter submitted
+    from the page of the whole range."""
     from playwright.sync_api import sync_playwright
 
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -151,41 +152,29 @@ def browser_times(app, cases: list[tuple[str, str]], repeat: int) -> list[tuple[
     with served(app) as base, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True,
                                              args=["--no-sandbox", "--disable-gpu"])
-        try:
-            tab = browser.new_page(viewport={"width": 1280, "height": 900})
-            load = pages[1][1]  # the whole range, from which the filters are submitted
-            for what, query in pages:
-                if what.startswith("load"):
-                    seconds = _navigation_seconds(tab, base, query, repeat, submit=None)
-                else:
-                    seconds = _navigation_seconds(tab, base, load, repeat, submit=query)
-                size = int(tab.evaluate("document.documentElement.outerHTML.length"))
-                out.append((what, seconds, size))
-        finally:
-            browser.close()
+        tab = browser.new_page(viewport={"width": 1280, "height": 900})
+        for what, query in pages:
+            seconds = []
+            for i in range(repeat + 1):  # the first is the warm-up
+                tab.goto(f"{base}{_path(query if what.startswith('load') else pages[1][1])}", wait_until="load")
+                if not what.startswith("load"):
+                    submit(tab, parse_qsl(query))
+                if i:
+                    seconds.append(tab.evaluate(_NAVIGATION_MS) / 1000)
+            out.append((what, seconds, int(tab.evaluate("document.documentElement.outerHTML.length"))))
+        browser.close()
     return out
 
 
-def _navigation_seconds(tab, base: str, query: str, repeat: int, submit: str | None) -> list[float]:
-    """Load times of ``query``'s page; with ``submit``, of the form submitted with that selection from it."""
-    from urllib.parse import parse_qsl
-
-    seconds = []
-    for i in range(repeat + 1):
-        tab.goto(f"{base}{_path(query)}", wait_until="load")
-        if submit is not None:
-            wanted = parse_qsl(submit)
-            for name, value in wanted:
-                if name in ("start", "end"):
-                    tab.locator(f'#selection input[name="{name}"]').fill(value)
-                else:
-                    tab.locator(f'input[name="{name}"][value="{value}"]').check()
-            button = "Draw" if any(name == "line" for name, _ in wanted) else "Show"
-            with tab.expect_navigation(wait_until="load"):
-                tab.get_by_role("button", name=button).click()
-        if i:  # the first is the warm-up
-            seconds.append(tab.evaluate(_NAVIGATION_MS) / 1000)
-    return seconds
+def submit(tab, wanted: list[tuple[str, str]]) -> None:
+    """Fill the selection form with the dates and tick the channels or lines of ``wanted``; submit it, wait for the load."""
+    for name, value in wanted:
+        if name in ("start", "end"):
+            tab.locator(f'#selection input[name="{name}"]').fill(value)
+        else:
+            tab.locator(f'input[name="{name}"][value="{value}"]').check()
+    with tab.expect_navigation(wait_until="load"):
+        tab.get_by_role("button", name="Draw" if any(name == "line" for name, _ in wanted) else "Show").click()
 
 
 def table(title: str, rows: list[tuple[str, list[float], int]], unit: str) -> str:

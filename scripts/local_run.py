@@ -149,14 +149,13 @@ def airflow_cli(*args: str) -> int:
 
 
 def load_dag():
-    """The DAG, parsed from the DAGs folder; RunnerError naming the folder and the import errors."""
+    """The DAG, parsed from Airflow's DAGs folder; RunnerError naming the folder and the import errors."""
     from airflow.models import DagBag
 
-    folder = os.environ["AIRFLOW__CORE__DAGS_FOLDER"]
-    bag = DagBag(dag_folder=folder)
+    bag = DagBag()
     if DAG_ID not in bag.dags:
         errors = "; ".join(f"{path}: {err}" for path, err in bag.import_errors.items()) or "none"
-        raise RunnerError(f"DAG {DAG_ID} not found in {folder} (import errors: {errors})")
+        raise RunnerError(f"DAG {DAG_ID} not found in {bag.dag_folder} (import errors: {errors})")
     return bag.dags[DAG_ID]
 
 

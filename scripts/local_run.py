@@ -27,6 +27,7 @@ import time
 import traceback
 import urllib.request
 from collections.abc import Iterator
+from typing import IO
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -127,18 +128,22 @@ def lock_path(logical_date: dt.datetime) -> Path:
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, say, what: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (the kernel releases it however its holder exits); say when waiting."""
+def file_lock(path: Path, say, what: str) -> Iterator[tuple[IO[str], bool]]:
+    """Hold an exclusive ``flock`` on ``path`` (the kernel releases it however its holder exits); say when waiting.
+
+    Yields the open lock file and whether another runner held it first.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
         except BlockingIOError:
             say(f"{what} is in use by another runner; waiting for it (lock {path}) ...")
-            waited = time.monotonic()
+            since, waited = time.monotonic(), True
             fcntl.flock(handle, fcntl.LOCK_EX)
-            say(f"  {what}: lock acquired after {time.monotonic() - waited:.1f} s")
-        yield
+            say(f"  {what}: lock acquired after {time.monotonic() - since:.1f} s")
+        yield handle, waited
 
 
 def airflow_cli(*args: str) -> int:
@@ -171,18 +176,24 @@ def prepare(say, specs: list[dict]):
     # Airflow marks a run whose data interval (the day before its logical date) starts before the
     # DAG's start date successful without running a task.
     for spec in specs:
-        if spec["logical_date"] and dt.datetime.fromisoformat(spec["logical_date"]) - dt.timedelta(days=1) < dag.start_date:
+        if spec["logical_date"] and spec["logical_date"] - dt.timedelta(days=1) < dag.start_date:
             raise RunnerError(
                 f"{spec['label']} is before the DAG's start date {dag.start_date:%Y-%m-%d}: Airflow would mark its run "
                 f"successful without running a task. Set ATTRIBUTION_START_DATE to a date on or before the first day, "
                 f"e.g. ATTRIBUTION_START_DATE={specs[0]['label']} make backfill ...")
-    with file_lock(RUN_DIR / "locks" / "airflow-metadata-db.lock", say, "the Airflow metadata database"):
+    with file_lock(RUN_DIR / "locks" / "airflow-metadata-db.lock", say, "the Airflow metadata database") as (lock, waited):
+        # A runner that waited for another finds the work done, unless the other failed.
+        lock.seek(0)
+        if waited and lock.read() == "done":
+            return dag, False
+        lock.truncate(0)
         # One Airflow command in the usual case: writing the DAG fails when the database is behind.
         migrated = airflow_cli("dags", "reserialize") != 0
         if migrated:
             say("creating or upgrading the Airflow metadata database ...")
             if airflow_cli("db", "migrate") != 0 or airflow_cli("dags", "reserialize") != 0:
                 raise RunnerError("`airflow db migrate` or `airflow dags reserialize` failed")
+        lock.write("done")
     return dag, migrated
 
 
@@ -193,7 +204,7 @@ def _state(value) -> str | None:
 def run_once(dag, spec: dict, say) -> dict:
     """One DAG run through ``dag.test()`` (a day's under the lock of its logical date), and what it recorded."""
     dated = spec["logical_date"] is not None
-    logical_date = dt.datetime.fromisoformat(spec["logical_date"]) if dated else dt.datetime.now(dt.timezone.utc)
+    logical_date = spec["logical_date"] or dt.datetime.now(dt.timezone.utc)
     started = time.monotonic()
     lock = file_lock(lock_path(logical_date), say, f"the DAG run at {logical_date.isoformat()}")
     with lock if dated else contextlib.nullcontext():
@@ -346,10 +357,9 @@ def plan(command: str, start: str, end: str) -> list[dict]:
     if command != "backfill":
         return [{"label": f"{start}..{end}", "logical_date": None, "conf": {"start_date": start, "end_date": end}}]
     # dag.test() runs the data interval that ends at the logical date it is given: the day after.
-    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
-    return [{"label": day.isoformat(), "conf": None,
-             "logical_date": dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc).isoformat()}
-            for day in days]
+    midnight = dt.datetime.combine(first, dt.time(), dt.timezone.utc)
+    return [{"label": str(first + dt.timedelta(days=i)), "conf": None, "logical_date": midnight + dt.timedelta(days=i + 1)}
+            for i in range((last - first).days + 1)]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,8 +27,8 @@ import time
 import traceback
 import urllib.request
 from collections.abc import Iterator
-from typing import IO
 from pathlib import Path
+from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the package, when run as `python scripts/local_run.py`

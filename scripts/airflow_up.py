@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -23,16 +25,6 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from local_run import DEMO_DB, ROOT, _env, ensure_demo_db  # noqa: E402  (scripts/ is not a package)
-from local_stack import (  # noqa: E402
-    UpError,
-    choose_metadata_db,
-    write_private,
-    group_members,
-    http_json,
-    port_open,
-    process_identity,
-    tail,
-)
 
 RUN_DIR = ROOT / ".run" / "airflow"
 STATE_FILE = RUN_DIR / "state.json"
@@ -41,24 +33,33 @@ PASSWORDS_FILE = RUN_DIR / "simple_auth_manager_passwords.json"
 DAG_ID, POOL, ADMIN_USER = "ihc_attribution", "ihc_api", "admin"
 POOL_SLOTS = int(os.environ.get("ATTRIBUTION_IHC_CONCURRENCY", "4"))
 AIRFLOW_BIN = str(Path(sys.executable).parent / "airflow")
+POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/airflow_local"
 MAX_WORKERS = 8
 # Stopped in this order; the IHC server last, so tasks still finishing can reach it.
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer",
               *(f"celery-worker-{i}" for i in range(1, MAX_WORKERS + 1)), "ihc-server")
 
 
+class UpError(RuntimeError):
+    """The local stack could not be started; the message says why and where to look."""
+
+
 def pid_file(name: str) -> Path:
-    """Where ``up`` records the PID (and process group) of a component."""
     return RUN_DIR / f"{name}.pid"
 
 
 def log_file(name: str) -> Path:
-    """The output of a component."""
     return RUN_DIR / f"{name}.log"
 
 
+def tail(path: Path, lines: int = 25) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return f"(no log at {path})"
+
+
 def load_state() -> dict:
-    """What ``up`` recorded about the stack; ``{}`` before the first ``up``."""
+    """What ``up`` recorded; ``{}`` before the first ``up``."""
     try:
         return json.loads(STATE_FILE.read_text())
     except (FileNotFoundError, ValueError):
@@ -66,15 +67,76 @@ def load_state() -> dict:
 
 
 def save_state(state: dict) -> None:
-    """Record the stack's state, atomically."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     STATE_FILE.with_suffix(".tmp").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
     os.replace(STATE_FILE.with_suffix(".tmp"), STATE_FILE)
 
 
+def load_secrets() -> dict[str, str]:
+    try:
+        return json.loads(SECRETS_FILE.read_text())
+    except (FileNotFoundError, ValueError) as exc:
+        raise UpError(f"{SECRETS_FILE} is missing or unreadable; run `make down` and `make up` again") from exc
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a secret file readable by its owner only: created anew with mode 0600, so no earlier mode survives."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+        handle.write(text)
+
+
+def process_identity(pid: int) -> tuple[float, str] | None:
+    """Start time and command line of a live process; ``None`` if it is gone or a zombie."""
+    # An Airflow dependency, imported here so that `make down` (and `make clean`) work before `make install`.
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        proc = psutil.Process(pid)
+        if proc.status() != psutil.STATUS_ZOMBIE:
+            return round(proc.create_time(), 2), " ".join(proc.cmdline())
+    return None
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of the process group ``pgid``."""
+    import psutil
+
+    members = []
+    for proc in psutil.process_iter(["status"]):
+        with contextlib.suppress(OSError):
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
+                members.append(proc.pid)
+    return members
+
+
+def port_open(host: str, port: int) -> bool:
+    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
+        return True
+    return False
+
+
+def http_json(method: str, url: str, body: dict | None = None, token: str = "", timeout: float = 10.0,
+              expect: tuple[int, ...] = ()) -> tuple[int, dict]:
+    """One JSON request: (status, decoded body). Network errors raise ``OSError``; a status not in ``expect``
+    (when given), or a bulk request answering 200 with errors, raises ``UpError``."""
+    import requests  # its errors are OSErrors
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    response = requests.request(method, url, json=body, headers=headers, timeout=timeout)
+    try:
+        answer = response.json() if response.content else {}
+    except ValueError:
+        answer = {"raw": response.text[:500]}
+    if expect and (response.status_code not in expect or (answer.get("create") or {}).get("errors")):
+        raise UpError(f"{method} {url}: HTTP {response.status_code} {answer}")
+    return response.status_code, answer
+
+
 def recorded_pid(name: str, state: dict) -> int | None:
-    """The PID ``up`` recorded for ``name`` if that very process still runs: same start time and
-    the expected program, so that a reused PID is never taken for ours."""
+    """The PID ``up`` recorded for ``name`` if that very process still runs (same start time and program:
+    a reused PID is never taken for ours)."""
     try:
         pid = int(pid_file(name).read_text().strip())
     except (FileNotFoundError, ValueError):
@@ -83,14 +145,13 @@ def recorded_pid(name: str, state: dict) -> int | None:
     started = state.get("components", {}).get(name, {}).get("started")
     # A Celery worker renames its process ("[celeryd: worker1@host:MainProcess] ... celery worker").
     marker = "celery worker" if name.startswith("celery-worker-") else "airflow"
-    marker = {"ihc-server": "ihc_attribution_dev.server"}.get(name, marker)
+    marker = "ihc_attribution_dev.server" if name == "ihc-server" else marker
     if identity is None or started not in (None, identity[0]) or marker not in identity[1]:
         return None
     return pid
 
 
 def running(state: dict) -> dict[str, int]:
-    """Components of the stack that are running, by name."""
     return {name: pid for name in COMPONENTS if (pid := recorded_pid(name, state)) is not None}
 
 
@@ -109,12 +170,8 @@ def start_process(name: str, argv: list[str], env: dict[str, str], state: dict) 
     return proc.pid
 
 
-def stop_groups(groups: dict[str, int], timeout: float) -> list[str]:
-    """SIGTERM each process group, wait up to ``timeout`` s, then SIGKILL what is left.
-
-    Returns the names of the groups that had to be killed; raises ``UpError`` if one survives that.
-    """
-    killed: list[str] = []
+def stop_groups(groups: dict[str, int], timeout: float) -> None:
+    """SIGTERM each process group, wait up to ``timeout`` s, then SIGKILL what is left; ``UpError`` if one survives."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
         for name, pgid in groups.items():
             print(f"  stopping {name} (process group {pgid})" if sig == signal.SIGTERM
@@ -125,17 +182,25 @@ def stop_groups(groups: dict[str, int], timeout: float) -> list[str]:
         while (groups := {n: g for n, g in groups.items() if group_members(g)}) and time.monotonic() < deadline:
             time.sleep(0.3)
         if not groups:
-            return killed
-        killed = list(groups)
+            return
     raise UpError(f"still running after SIGKILL: {', '.join(groups)}")
 
 
-def load_secrets() -> dict[str, str]:
-    """The secrets of the running stack."""
-    try:
-        return json.loads(SECRETS_FILE.read_text())
-    except (FileNotFoundError, ValueError) as exc:
-        raise UpError(f"{SECRETS_FILE} is missing or unreadable; run `make down` and `make up` again") from exc
+def choose_metadata_db(choice: str) -> str:
+    """SQLAlchemy URL of the metadata database: PostgreSQL ``airflow_local`` if possible, else SQLite."""
+    if choice not in ("auto", "postgres", "sqlite"):
+        return choice  # an explicit URL
+    sqlite_url = f"sqlite:///{Path(_env()['AIRFLOW_HOME']).resolve() / 'airflow-local.db'}"
+    if choice == "sqlite":
+        return sqlite_url
+    # Airflow 3 opens the metadata database asynchronously too, hence asyncpg.
+    if all(importlib.util.find_spec(module) for module in ("psycopg2", "asyncpg")) and port_open("127.0.0.1", 5432):
+        return POSTGRES_URL
+    problem = "it needs psycopg2, asyncpg and a server on 127.0.0.1:5432"
+    if choice == "postgres":
+        raise UpError(f"cannot use PostgreSQL for the metadata database: {problem}")
+    print(f"metadata database: SQLite, since PostgreSQL is not usable ({problem})", flush=True)
+    return sqlite_url
 
 
 def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
@@ -195,16 +260,22 @@ def dag_parsed(base: str, token: str) -> bool:
     return False
 
 
+def login(state: dict, keys: dict[str, str]) -> tuple[str, str]:
+    """The API's base URL and a token of the admin user."""
+    base = f"http://localhost:{state['api_port']}"
+    credentials = {"username": ADMIN_USER, "password": keys["admin_password"]}
+    return base, http_json("POST", f"{base}/auth/token", credentials, expect=(200, 201))[1]["access_token"]
+
+
 def wait_ready(state: dict, keys: dict[str, str], watch: dict[str, int], timeout: float) -> None:
     """Wait until the stack serves the DAG: API up, pool ``ihc_api`` set, DAG parsed and unpaused,
     scheduler beating. The pool's slots are the budget of IHC requests in flight across all runs."""
-    base = f"http://localhost:{state['api_port']}"
-    health, ihc_health = f"{base}/api/v2/monitor/health", f"http://127.0.0.1:{state['ihc_port']}/health"
+    health = f"http://localhost:{state['api_port']}/api/v2/monitor/health"
     if "ihc-server" in watch:
+        ihc_health = f"http://127.0.0.1:{state['ihc_port']}/health"
         wait_until("the local IHC server", lambda: http_json("GET", ihc_health, timeout=2)[0] == 200, 60, watch)
     wait_until("the API server", lambda: http_json("GET", health, timeout=3)[0] == 200, timeout, watch)
-    login = {"username": ADMIN_USER, "password": keys["admin_password"]}
-    token = http_json("POST", f"{base}/auth/token", login, expect=(200, 201))[1]["access_token"]
+    base, token = login(state, keys)
     pool = {"name": POOL, "slots": POOL_SLOTS, "include_deferred": False,
             "description": "IHC API requests in flight across runs (each call_ihc_api takes ihc_concurrency slots)"}
     http_json("PATCH", f"{base}/api/v2/pools", {"actions": [
@@ -216,14 +287,13 @@ def wait_ready(state: dict, keys: dict[str, str], watch: dict[str, int], timeout
 
 
 def wanted(state: dict) -> list[str]:
-    """The components of the stack, in start order."""
+    """The stack's components, in start order."""
     names = ["ihc-server"] if state.get("ihc_managed") else []
     names += ["dag-processor", "scheduler", *(f"celery-worker-{i}" for i in range(1, state.get("workers", 0) + 1))]
     return names + (["triggerer"] if state.get("triggerer") else []) + ["api-server"]
 
 
 def component(name: str, state: dict, env: dict[str, str], keys: dict[str, str]) -> tuple[list[str], dict]:
-    """Command line and environment of one component."""
     if name == "ihc-server":
         env = {k: v for k, v in env.items() if k != "AIRFLOW_CONN_IHC_API"} | {"IHC_API_KEYS": keys["ihc_api_key"]}
         return [sys.executable, "-m", "ihc_attribution_dev.server", "--host", "127.0.0.1",
@@ -341,7 +411,7 @@ Airflow is running: {base}
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Start what is not running of the local stack and wait until it serves the DAG."""
+    """Start what is not running and wait until the stack serves the DAG; stop what it started if that fails."""
     started_at = time.monotonic()
     state, keys, alive = prepare(args)
     missing = [name for name in wanted(state) if name not in alive]
@@ -365,7 +435,6 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
-    """Stop the process groups ``up`` recorded and wait for them to exit."""
     state, started = load_state(), time.monotonic()
     groups = running(state)
     try:
@@ -383,7 +452,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Print what runs; exit 1 if a component of a running stack is missing."""
+    """Exit 1 if a component of a running stack is missing."""
     state = load_state()
     if not (alive := running(state)):
         print("the local Airflow is not running (make up starts it)")
@@ -395,7 +464,6 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_airflow(args: argparse.Namespace) -> int:
-    """Run an ``airflow`` command against the local stack's metadata database and settings."""
     if not (state := load_state()):
         raise UpError("no local Airflow set up yet; run `make up` first")
     rest = args.args[1:] if args.args[:1] == ["--"] else args.args
@@ -403,7 +471,6 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run one command; 1 on failure, with the reason on stderr."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local Airflow (only what is not running)")

@@ -11,6 +11,7 @@ or ``--minutes`` have passed (it then cancels the backfill), and prints the rate
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
@@ -18,22 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from airflow_up import ADMIN_USER, DAG_ID, load_secrets, load_state  # noqa: E402  (scripts/ is not a package)
-from local_stack import http_json  # noqa: E402
+from airflow_up import DAG_ID, http_json, load_secrets, load_state, login  # noqa: E402  (scripts/ is not a package)
 
 
-def runs_by_state(base: str, token: str, start: str, end: str) -> dict[str, int]:
+def runs_by_state(base: str, token: str, start: str, end: str) -> collections.Counter:
     """The backfill runs of the logical dates [start, end], by state."""
-    states: dict[str, int] = {}
-    offset = 0
+    states: collections.Counter = collections.Counter()
     query = f"run_type=backfill&logical_date_gte={start}T00:00:00Z&logical_date_lte={end}T00:00:00Z&limit=100"
     while True:
-        page = http_json("GET", f"{base}/api/v2/dags/{DAG_ID}/dagRuns?{query}&offset={offset}", token=token)[1]
-        runs = page.get("dag_runs", [])
-        for run in runs:
-            states[run["state"]] = states.get(run["state"], 0) + 1
-        offset += len(runs)
-        if not runs or offset >= page.get("total_entries", 0):
+        page = http_json("GET", f"{base}/api/v2/dags/{DAG_ID}/dagRuns?{query}&offset={states.total()}", token=token)[1]
+        states.update(run["state"] for run in page.get("dag_runs", []))
+        if not page.get("dag_runs") or states.total() >= page.get("total_entries", 0):
             return states
 
 
@@ -46,10 +42,7 @@ def main() -> int:
     parser.add_argument("--reprocess", default="none", choices=("none", "failed", "completed"),
                         help="days that already have a run: none (the dialog's default) skips them")
     args = parser.parse_args()
-    state, keys = load_state(), load_secrets()
-    base = f"http://localhost:{state['api_port']}"
-    token = http_json("POST", f"{base}/auth/token", {"username": ADMIN_USER, "password": keys["admin_password"]},
-                      expect=(200, 201))[1]["access_token"]
+    base, token = login(load_state(), load_secrets())
     body = {"dag_id": DAG_ID, "from_date": f"{args.start}T00:00:00Z", "to_date": f"{args.end}T00:00:00Z",
             "max_active_runs": args.max_active_runs, "reprocess_behavior": args.reprocess, "run_backwards": False}
     started = time.monotonic()
@@ -59,10 +52,9 @@ def main() -> int:
     while True:
         time.sleep(10)
         states = runs_by_state(base, token, args.start, args.end)
-        elapsed = time.monotonic() - started
-        done = states.get("success", 0) + states.get("failed", 0)
-        print(f"{elapsed:7.0f} s  {done} runs finished  {states}", flush=True)
-        if states and done == sum(states.values()):
+        elapsed, done = time.monotonic() - started, states["success"] + states["failed"]
+        print(f"{elapsed:7.0f} s  {done} runs finished  {dict(states)}", flush=True)
+        if states and done == states.total():
             break
         if elapsed > args.minutes * 60:
             http_json("PUT", f"{base}/api/v2/backfills/{backfill['id']}/cancel", token=token, expect=(200,))
@@ -70,7 +62,7 @@ def main() -> int:
             break
     if done:
         print(f"{done} days in {elapsed:.0f} s: {elapsed / done:.1f} s a day", flush=True)
-    return 0 if not states.get("failed") else 1
+    return 0 if not states["failed"] else 1
 
 
 if __name__ == "__main__":

@@ -37,11 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 # The DAG's tasks, in the order it runs them.
 STAGES = ("setup_tables", "extract_journeys", "pack_requests", "call_ihc_api",
           "load_attribution", "build_report", "export_csv", "check_run")
-# The indexes a user may create on the sources, as the README documents them and setup_tables
-# advises them; the package never creates them.
-SOURCE_INDEXES = tuple(
-    f"CREATE INDEX ix_{table}_{column} ON {table} ({column})" for table, column, _ in schema.SOURCE_INDEXES
-)
+# The indexes setup_tables advises on the sources; the package never creates them.
+SOURCE_INDEXES = tuple(f"CREATE INDEX ix_{t}_{c} ON {t} ({c})" for t, c, _ in schema.SOURCE_INDEXES)
 # A day's rows as a loader appends them: its sessions, their costs, its conversions.
 DAY_ROWS = (
     ("session_costs", "session_id IN (SELECT session_id FROM session_sources WHERE event_date = ?)"),
@@ -60,18 +57,17 @@ class Setup:
     indexes: bool
 
     def __str__(self) -> str:
-        backend = "PostgreSQL" if self.postgres else "SQLite"
-        return f"{backend}, {'with' if self.indexes else 'without'} indexes on the sources"
+        return f"{'PostgreSQL' if self.postgres else 'SQLite'}, {'with' if self.indexes else 'without'} indexes on the sources"
 
 
 @dataclass
 class Run:
-    """One run of every stage: wall seconds and result per stage, requests the server counted."""
+    """One run of every stage: wall seconds and result per stage, requests the server counted, source sizes."""
 
     seconds: dict[str, float]
     results: dict[str, dict]
     requests: int
-    sessions: int  # in the sources when the run started
+    sessions: int
     conversions: int
 
     def total(self, without: str = "") -> float:
@@ -96,10 +92,6 @@ class Target:
         return contextlib.closing(Database(psycopg2.connect(dbname=self.pg_dbname, **PG)))
 
 
-def last_day(args: argparse.Namespace) -> dt.date:
-    return args.start + dt.timedelta(days=args.days - 1)
-
-
 def cached_database(args: argparse.Namespace) -> Path:
     """The generated database for these parameters, made once with the demo generator."""
     from ihc_attribution_dev.demo_data import DemoConfig, generate
@@ -108,27 +100,10 @@ def cached_database(args: argparse.Namespace) -> Path:
     if not path.exists():
         print(f"generating {path} ...", flush=True)
         started = time.perf_counter()
-        generate(path, DemoConfig(start=args.start, end=last_day(args), conversions=args.conversions,
+        generate(path, DemoConfig(start=args.start, end=args.last, conversions=args.conversions,
                                   sessions_per_conversion=args.sessions / args.conversions, seed=args.seed))
         print(f"  generated in {time.perf_counter() - started:.0f} s", flush=True)
     return path
-
-
-def hold_back(copy: Path, day: dt.date) -> dict[str, list[tuple]]:
-    """Take the rows of ``day`` out of the sources of ``copy``; return them by table."""
-    with Target("", sqlite_path=copy).open() as db, db.transaction():
-        held = {table: db.query(f"SELECT * FROM {table} WHERE {where}", (str(day),)) for table, where in DAY_ROWS}
-        for table, where in DAY_ROWS:
-            db.execute(f"DELETE FROM {table} WHERE {where}", (str(day),))
-    return held
-
-
-def insert_held(target: Target, held: dict[str, list[tuple]]) -> None:
-    """Append the held-back day to the sources, as a loader would."""
-    with target.open() as db, db.transaction():
-        for table, rows in held.items():
-            if rows:
-                db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
 
 
 def drop_pg_database(dbname: str) -> None:
@@ -139,30 +114,28 @@ def drop_pg_database(dbname: str) -> None:
         conn.cursor().execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
 
 
-def load_postgres(copy: Path, dbname: str) -> Target:
-    """The copy's sources in a new PostgreSQL database."""
-    from ihc_attribution_dev import pg_load
-
-    drop_pg_database(dbname)
-    pg_load.load(copy, dbname, **PG)
-    conn = {"conn_type": "postgres", "host": PG["host"], "port": PG["port"], "login": PG["user"], "schema": dbname}
-    return Target(json.dumps(conn), pg_dbname=dbname)
-
-
 @contextlib.contextmanager
 def scenario_database(setup: Setup, source: Path, work_dir: Path, held_day: dt.date | None):
     """A fresh copy of ``source``, on SQLite or in a throw-away PostgreSQL database, removed afterwards.
 
-    Yields the target and the rows held back from ``held_day``.
+    Yields the target and the rows taken out of the copy's sources for ``held_day``, by table.
     """
+    from ihc_attribution_dev import pg_load
+
     copy, dbname = work_dir / "work.db", f"ihc_bench_{os.getpid()}"
     shutil.copyfile(source, copy)
     try:
-        held = hold_back(copy, held_day) if held_day else {}
+        held = {}
+        with Target("", copy).open() as db, db.transaction():
+            for table, where in DAY_ROWS if held_day else ():
+                held[table] = db.query(f"SELECT * FROM {table} WHERE {where}", (str(held_day),))
+                db.execute(f"DELETE FROM {table} WHERE {where}", (str(held_day),))
+        target = Target(json.dumps({"conn_type": "sqlite", "host": str(copy)}), sqlite_path=copy)
         if setup.postgres:
-            target = load_postgres(copy, dbname)
-        else:
-            target = Target(json.dumps({"conn_type": "sqlite", "host": str(copy)}), sqlite_path=copy)
+            drop_pg_database(dbname)
+            pg_load.load(copy, dbname, **PG)
+            target = Target(json.dumps({"conn_type": "postgres", "host": PG["host"], "port": PG["port"],
+                                        "login": PG["user"], "schema": dbname}), pg_dbname=dbname)
         with target.open() as db, db.transaction():
             for statement in SOURCE_INDEXES if setup.indexes else ():
                 db.execute(statement)
@@ -175,10 +148,17 @@ def scenario_database(setup: Setup, source: Path, work_dir: Path, held_day: dt.d
             drop_pg_database(dbname)
 
 
+def insert_held(target: Target, held: dict[str, list[tuple]]) -> None:
+    """Append the held-back day to the sources, as a loader would."""
+    with target.open() as db, db.transaction():
+        for table, rows in held.items():
+            if rows:
+                db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
+
+
 def floor_seconds(target: Target) -> float:
     """Median of three scans of ``session_sources`` that read every row, after one to warm the cache."""
-    sql = "SELECT COUNT(*), SUM(LENGTH(channel_name)) FROM session_sources"
-    sql += " NOT INDEXED" if target.sqlite_path else ""
+    sql = "SELECT COUNT(*), SUM(LENGTH(channel_name)) FROM session_sources" + (" NOT INDEXED" if target.sqlite_path else "")
     with target.open() as db:
         times = []
         for _ in range(4):
@@ -188,9 +168,13 @@ def floor_seconds(target: Target) -> float:
     return statistics.median(times[1:])
 
 
-def server_requests(url: str) -> int:
-    with urllib.request.urlopen(f"{url}/stats", timeout=10) as response:
-        return json.load(response)["requests"]
+@contextlib.contextmanager
+def local_server(args: argparse.Namespace, work_dir: Path):
+    """The local IHC server in its own process with the benchmark's latency and limits; yields its URL and key."""
+    options = ("--latency-ms", str(args.latency_ms), "--max-journeys", str(args.max_journeys),
+               "--max-sessions", str(args.max_sessions), "--log-level", "warning")
+    with ihc_server_process(dict(os.environ), work_dir / "ihc-server.log", *options) as (url, key, _):
+        yield url, key
 
 
 def configure(args: argparse.Namespace, target: Target, url: str, key: str, work_dir: Path) -> None:
@@ -214,90 +198,81 @@ def configure(args: argparse.Namespace, target: Target, url: str, key: str, work
         IhcHook(ihc_conn_id="ihc_api").settings  # noqa: B018
 
 
+def server_requests(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/stats", timeout=10) as response:
+        return json.load(response)["requests"]
+
+
 def run_stages(target: Target, url: str, name: str, first: dt.date, last: dt.date) -> Run:
     """Every stage over ``[first, last]`` in this process, called as the DAG's tasks call them."""
     from ihc_attribution import tasks
 
     with target.open() as db:
-        sessions = db.scalar("SELECT COUNT(*) FROM session_sources")
-        conversions = db.scalar("SELECT COUNT(*) FROM conversions")
+        sizes = [db.scalar(f"SELECT COUNT(*) FROM {table}") for table in ("session_sources", "conversions")]
     context = {"run_id": f"bench-{name}", "params": {"start_date": str(first), "end_date": str(last)}}
     before, seconds, results = server_requests(url), {}, {}
     for stage in STAGES:
         started = time.perf_counter()
         results[stage] = getattr(tasks, stage)(context)
         seconds[stage] = time.perf_counter() - started
-    return Run(seconds, results, server_requests(url) - before, sessions, conversions)
+    return Run(seconds, results, server_requests(url) - before, *sizes)
 
 
 def measure(args, setup: Setup, source: Path, server: tuple[str, str], work_dir: Path) -> str:
     """Both scenarios of one configuration, each on a fresh copy; the table of their figures."""
-    last = last_day(args)
     with scenario_database(setup, source, work_dir, None) as (target, _):
         configure(args, target, *server, work_dir)
         floor = floor_seconds(target)
         print(f"{setup}: first run over the whole range ...", flush=True)
-        runs = [("whole range, first run", run_stages(target, server[0], "range", args.start, last))]
+        runs = [("whole range, first run", run_stages(target, server[0], "range", args.start, args.last))]
     if args.days > 1:
-        with scenario_database(setup, source, work_dir, last) as (target, held):
+        with scenario_database(setup, source, work_dir, args.last) as (target, held):
             configure(args, target, *server, work_dir)
             print(f"{setup}: the range without its last day, then that day ...", flush=True)
-            before = run_stages(target, server[0], "range", args.start, last - dt.timedelta(days=1))
+            before = run_stages(target, server[0], "range", args.start, args.last - dt.timedelta(days=1))
             insert_held(target, held)
             runs += [("range without its last day", before),
-                     ("last day alone", run_stages(target, server[0], "last-day", last, last))]
+                     ("last day alone", run_stages(target, server[0], "last-day", args.last, args.last))]
     return render(args, setup, floor, runs)
 
 
-def lower_bound(run: Run, args: argparse.Namespace) -> int:
-    packed = run.results["pack_requests"]
-    return max(math.ceil(packed["journeys"] / args.max_journeys), math.ceil(packed["sessions"] / args.max_sessions))
-
-
-def latency_bound(run: Run, args: argparse.Namespace) -> float:
-    return run.requests * args.latency_ms / 1000 / args.concurrency
-
-
-def verdict(ok: bool, figure: str) -> str:
-    return f"{'met' if ok else 'NOT met'} ({figure})"
-
-
-def target_rows(args: argparse.Namespace, runs: list[Run]) -> list[list[str]]:
-    whole, others = runs[0], runs[0].total(without="call_ihc_api")
-    api, bound = whole.seconds["call_ihc_api"], latency_bound(whole, args)
-    rows = [
-        [f"target: stages but call_ihc_api within {TARGET_OTHER_STAGES_S:g} s",
-         verdict(others <= TARGET_OTHER_STAGES_S, f"{others:.2f} s")],
-        [f"target: call_ihc_api within {TARGET_API_RATIO}x its latency bound",
-         verdict(0 < bound and api <= TARGET_API_RATIO * bound, f"{api / bound:.2f}x" if bound else "no latency")],
-    ]
-    if len(runs) == 3:
-        rows.append([f"target: the last day's run under {TARGET_LAST_DAY_S:g} s of task time", "", "",
-                     verdict(runs[2].total() < TARGET_LAST_DAY_S, f"{runs[2].total():.2f} s")])
-    return rows
-
-
 def render(args: argparse.Namespace, setup: Setup, floor: float, runs: list[tuple[str, Run]]) -> str:
-    """One markdown table: a column per run; the sizes, a row per stage, totals, requests, targets."""
+    """One markdown table: a column per run; the sizes, a row per stage, totals, requests, bounds, targets."""
     values = [run for _, run in runs]
+
+    def lower_bound(r: Run) -> int:
+        packed = r.results["pack_requests"]
+        return max(math.ceil(packed["journeys"] / args.max_journeys), math.ceil(packed["sessions"] / args.max_sessions))
+
+    def latency_bound(r: Run) -> float:
+        return r.requests * args.latency_ms / 1000 / args.concurrency
+
+    def verdict(ok: bool, figure: str) -> str:
+        return f"{'met' if ok else 'NOT met'} ({figure})"
 
     def row(name: str, cell) -> list[str]:
         return [name, *(cell(run) for run in values)]
 
+    whole = values[0]
+    others, api, bound = whole.total(without="call_ihc_api"), whole.seconds["call_ihc_api"], latency_bound(whole)
     rows = [row("sessions in the database", lambda r: f"{r.sessions:,}"),
-            row("conversions in the database", lambda r: f"{r.conversions:,}")]
-    rows += [row(f"{stage} (s)", lambda r, s=stage: f"{r.seconds[s]:.3f}") for stage in STAGES]
-    rows += [
-        row("total task time (s)", lambda r: f"{r.total():.3f}"),
-        row("stages but call_ihc_api (s)", lambda r: f"{r.total(without='call_ihc_api'):.3f}"),
-        row("requests (counted by the server)", lambda r: f"{r.requests:,}"),
-        row(f"lower bound max(ceil(journeys / {args.max_journeys}), ceil(sessions / {args.max_sessions}))",
-            lambda r: f"{lower_bound(r, args):,}"),
-        row(f"latency bound: requests x {args.latency_ms:g} ms / {args.concurrency} (s)",
-            lambda r: f"{latency_bound(r, args):.3f}"),
-        ["floor: one scan of session_sources (s)", f"{floor:.3f}"],
-        *target_rows(args, values),
-    ]
+            row("conversions in the database", lambda r: f"{r.conversions:,}"),
+            *(row(f"{stage} (s)", lambda r, s=stage: f"{r.seconds[s]:.3f}") for stage in STAGES),
+            row("total task time (s)", lambda r: f"{r.total():.3f}"),
+            row("stages but call_ihc_api (s)", lambda r: f"{r.total(without='call_ihc_api'):.3f}"),
+            row("requests (counted by the server)", lambda r: f"{r.requests:,}"),
+            row(f"lower bound max(ceil(journeys / {args.max_journeys}), ceil(sessions / {args.max_sessions}))",
+                lambda r: f"{lower_bound(r):,}"),
+            row(f"latency bound: requests x {args.latency_ms:g} ms / {args.concurrency} (s)",
+                lambda r: f"{latency_bound(r):.3f}"),
+            ["floor: one scan of session_sources (s)", f"{floor:.3f}"],
+            [f"target: stages but call_ihc_api within {TARGET_OTHER_STAGES_S:g} s",
+             verdict(others <= TARGET_OTHER_STAGES_S, f"{others:.2f} s")],
+            [f"target: call_ihc_api within {TARGET_API_RATIO}x its latency bound",
+             verdict(0 < bound and api <= TARGET_API_RATIO * bound, f"{api / bound:.2f}x" if bound else "no latency")]]
+    if len(values) == 3:
+        rows.append([f"target: the last day's run under {TARGET_LAST_DAY_S:g} s of task time", "", "",
+                     verdict(values[2].total() < TARGET_LAST_DAY_S, f"{values[2].total():.2f} s")])
     width = len(runs) + 1
     lines = [f"### {setup}", "", "| | " + " | ".join(label for label, _ in runs) + " |", "|---" * width + "|"]
     lines += ["| " + " | ".join(r + [""] * (width - len(r))) + " |" for r in rows]
@@ -306,6 +281,8 @@ def render(args: argparse.Namespace, setup: Setup, floor: float, runs: list[tupl
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The options, shared with lock_probe.py and report_timing.py; also sets ``last`` (the range's last day),
+    prepares ``db_dir`` and the Airflow home the stages' hooks use."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=2_470_000, help="sessions generated (default 2,470,000)")
     p.add_argument("--conversions", type=int, default=13_300, help="conversions generated (default 13,300)")
@@ -323,32 +300,29 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.days < 1 or args.conversions < 1 or args.sessions < args.conversions:
         p.error("--days and --conversions must be at least 1, --sessions at least --conversions")
-    args.db_dir = args.db_dir.resolve()
+    args.db_dir, args.last = args.db_dir.resolve(), args.start + dt.timedelta(days=args.days - 1)
+    args.work_dir = args.db_dir / "run"
+    args.work_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("AIRFLOW_HOME", str(args.db_dir / "airflow-home"))
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    work_dir = args.db_dir / "run"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("AIRFLOW_HOME", str(args.db_dir / "airflow-home"))
     source = cached_database(args)
     with contextlib.closing(sqlite3.connect(source)) as conn:
         mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
     if mode != "delete":
         raise SystemExit(f"{source}: journal_mode is {mode}, not a plain rollback-journal file")
-    setups = [Setup(args.postgres, i) for i in {"no": [False], "yes": [True], "both": [False, True]}[args.indexes]]
-    options = ("--latency-ms", str(args.latency_ms), "--max-journeys", str(args.max_journeys),
-               "--max-sessions", str(args.max_sessions), "--log-level", "warning")
     print("\n`" + " ".join(["python scripts/bench.py", *argv]) + "`\n", flush=True)
-    print(f"{source.name}: journal_mode {mode}; range {args.start} to {last_day(args)}; API latency "
+    print(f"{source.name}: journal_mode {mode}; range {args.start} to {args.last}; API latency "
           f"{args.latency_ms:g} ms, concurrency {args.concurrency}, at most {args.max_journeys} journeys and "
           f"{args.max_sessions} sessions per request; SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs.\n",
           flush=True)
-    with ihc_server_process(dict(os.environ), work_dir / "ihc-server.log", *options) as (url, key, _):
-        for setup in setups:
-            print(f"{measure(args, setup, source, (url, key), work_dir)}\n", flush=True)
+    with local_server(args, args.work_dir) as server:
+        for indexes in {"no": [False], "yes": [True], "both": [False, True]}[args.indexes]:
+            print(f"{measure(args, Setup(args.postgres, indexes), source, server, args.work_dir)}\n", flush=True)
     return 0
 
 

@@ -56,11 +56,10 @@ def postgres_copy(lite: Path) -> Iterator[Database]:
     db = Database(conn)
     try:
         db.executescript(schema.challenge_ddl())
-        src = sqlite3.connect(lite)
-        db.executemany("INSERT INTO session_sources VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       src.execute("SELECT * FROM session_sources").fetchall())
-        db.executemany("INSERT INTO conversions VALUES (?, ?, ?, ?, ?)", src.execute("SELECT * FROM conversions").fetchall())
-        src.close()
+        with contextlib.closing(sqlite3.connect(lite)) as src:
+            for table, columns in (("session_sources", 8), ("conversions", 5)):
+                db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * columns)})",
+                               src.execute(f"SELECT * FROM {table}").fetchall())
         conn.commit()
         yield db
     finally:
@@ -72,7 +71,7 @@ def postgres_copy(lite: Path) -> Iterator[Database]:
 
 
 def size_mb(db: Database, path: Path) -> float:
-    """The database's size: the SQLite file, or the tables of the PostgreSQL schema."""
+    """The SQLite file's size, or the size of the PostgreSQL schema's tables."""
     return (path.stat().st_size if db.is_sqlite else int(db.scalar(
         "SELECT SUM(pg_total_relation_size(c.oid)) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
         "WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'm')"))) / 1e6

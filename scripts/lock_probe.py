@@ -14,15 +14,14 @@ about a millisecond); exits 1 if one of them failed. See docs/operations.md.
 
 from __future__ import annotations
 
+import collections
 import datetime as dt
 import multiprocessing
-import os
 import sqlite3
 import sys
 import time
 
 import bench  # scripts/ is on sys.path when this file runs
-from local_run import ihc_server_process
 
 LOADER_TIMEOUT_S = 5
 PAUSE_S = 0.05
@@ -31,12 +30,12 @@ RUNS = (("first run over the range", {}), ("again, refresh_spend and reattribute
                                         {"refresh_spend": True, "reattribute_drift": True}))
 
 
-def _connect(target: dict):
-    if target["sqlite_path"]:
-        return sqlite3.connect(target["sqlite_path"], timeout=LOADER_TIMEOUT_S, isolation_level=None)
+def _connect(sqlite_path: str | None, pg_dbname: str | None):
+    if sqlite_path:  # sqlite3 opens a deferred transaction before the first INSERT, as BEGIN does
+        return sqlite3.connect(sqlite_path, timeout=LOADER_TIMEOUT_S)
     import psycopg2
 
-    conn = psycopg2.connect(dbname=target["pg_dbname"], **bench.PG)
+    conn = psycopg2.connect(dbname=pg_dbname, **bench.PG)
     with conn.cursor() as cur:
         cur.execute(f"SET lock_timeout = '{LOADER_TIMEOUT_S}s'")
         cur.execute(f"SET statement_timeout = '{LOADER_TIMEOUT_S}s'")
@@ -46,28 +45,21 @@ def _connect(target: dict):
 
 def _commit_rows(conn, n: int, day: dt.date, after: dt.date) -> None:
     """One loader transaction: a batch of sessions of a new user with their costs, and a later conversion."""
-    cur = conn.cursor()
-    is_sqlite = isinstance(conn, sqlite3.Connection)
-    if is_sqlite:
-        cur.execute("BEGIN")
-    p = "?" if is_sqlite else "%s"
+    cur, p = conn.cursor(), "?" if isinstance(conn, sqlite3.Connection) else "%s"
     ids = [f"probe-{n}-{k}" for k in range(ROWS_PER_COMMIT)]
     cur.executemany(f"INSERT INTO session_sources VALUES ({', '.join([p] * 8)})",
                     [(i, f"probe-u{n}", str(day), "12:00:00", "Probe", 1, 1, 0) for i in ids])
     cur.executemany(f"INSERT INTO session_costs VALUES ({p}, {p})", [(i, 0.25) for i in ids])
     cur.execute(f"INSERT INTO conversions VALUES ({p}, {p}, {p}, {p}, {p})",
                 (f"probe-c{n}", f"probe-u{n}", str(after), "12:00:00", 9.5))
-    if is_sqlite:
-        cur.execute("COMMIT")
-    else:
-        conn.commit()
+    conn.commit()
 
 
-def loader(target: dict, days: list[dt.date], stage, stop, results) -> None:
+def loader(sqlite_path: str | None, pg_dbname: str | None, days: list[dt.date], stage, stop, results) -> None:
     """Commit rows until ``stop``; put per stage index (transactions, longest seconds) and the failures."""
-    conn = _connect(target)
-    counts: dict[int, int] = {}
-    longest: dict[int, float] = {}
+    conn = _connect(sqlite_path, pg_dbname)
+    counts: collections.Counter = collections.Counter()
+    longest: collections.defaultdict = collections.defaultdict(float)
     failures: list[str] = []
     n = 0
     while not stop.is_set():
@@ -79,23 +71,23 @@ def loader(target: dict, days: list[dt.date], stage, stop, results) -> None:
             conn.rollback()
         seconds = time.perf_counter() - started
         for index in {at_start, stage.value}:
-            counts[index] = counts.get(index, 0) + 1
-            longest[index] = max(longest.get(index, 0.0), seconds)
+            counts[index] += 1
+            longest[index] = max(longest[index], seconds)
         n += 1
         time.sleep(PAUSE_S)
     conn.close()
-    results.put((counts, longest, failures))
+    results.put((dict(counts), dict(longest), failures))
 
 
-def run_with_loader(args, target: bench.Target, url: str) -> tuple[list[str], dict, dict, list[str]]:
+def run_with_loader(args, target: bench.Target) -> tuple[list[str], dict, dict, list[str]]:
     """Both runs, the loader committing throughout; the stage labels and what the loader saw."""
     from ihc_attribution import tasks
 
     ctx = multiprocessing.get_context("spawn")
     stage, stop, results = ctx.Value("i", -1), ctx.Event(), ctx.Queue()
     days = [args.start + dt.timedelta(days=i) for i in range(args.days)]
-    spec = {"sqlite_path": str(target.sqlite_path) if target.sqlite_path else None, "pg_dbname": target.pg_dbname}
-    proc = ctx.Process(target=loader, args=(spec, days, stage, stop, results))
+    sqlite_path = str(target.sqlite_path) if target.sqlite_path else None
+    proc = ctx.Process(target=loader, args=(sqlite_path, target.pg_dbname, days, stage, stop, results))
     proc.start()
     labels = []
     try:
@@ -120,17 +112,11 @@ def run_with_loader(args, target: bench.Target, url: str) -> tuple[list[str], di
 
 def main(argv: list[str] | None = None) -> int:
     args = bench.parse_args(sys.argv[1:] if argv is None else argv)
-    work_dir = args.db_dir / "run"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("AIRFLOW_HOME", str(args.db_dir / "airflow-home"))
-    source = bench.cached_database(args)
-    setup = bench.Setup(args.postgres, indexes=False)
-    options = ("--latency-ms", str(args.latency_ms), "--max-journeys", str(args.max_journeys),
-               "--max-sessions", str(args.max_sessions), "--log-level", "warning")
-    with ihc_server_process(dict(os.environ), work_dir / "ihc-server.log", *options) as (url, key, _):
-        with bench.scenario_database(setup, source, work_dir, None) as (target, _):
-            bench.configure(args, target, url, key, work_dir)
-            labels, counts, longest, failures = run_with_loader(args, target, url)
+    source, setup = bench.cached_database(args), bench.Setup(args.postgres, indexes=False)
+    with bench.local_server(args, args.work_dir) as server, \
+            bench.scenario_database(setup, source, args.work_dir, None) as (target, _):
+        bench.configure(args, target, *server, args.work_dir)
+        labels, counts, longest, failures = run_with_loader(args, target)
     print(f"\n### {setup}: a loader with a {LOADER_TIMEOUT_S} s timeout committing every {PAUSE_S * 1000:.0f} ms\n")
     print("| stage | loader transactions | longest (s) |\n|---|---|---|")
     for index, label in enumerate(labels):

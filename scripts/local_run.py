@@ -1,13 +1,20 @@
-"""Run the ``ihc_attribution`` DAG locally with ``dag.test()``, without a scheduler: ``make demo`` / ``run`` / ``backfill``.
+"""Run the ``ihc_attribution`` DAG locally, without a scheduler, and report what each run did.
+
+Used by ``make demo``, ``make run`` and ``make backfill``. Connections come from
+``AIRFLOW_CONN_ATTRIBUTION_DB`` and ``AIRFLOW_CONN_IHC_API`` when they are set. Otherwise the
+demo database is used (created when missing) and the local IHC server is started on a free port
+with a throw-away API key, and stopped after the run.
 
     python scripts/local_run.py demo
     python scripts/local_run.py run --start 2024-01-01 --end 2024-01-31
     python scripts/local_run.py backfill --start 2024-01-01 --end 2024-01-07
 
-Without ``AIRFLOW_CONN_ATTRIBUTION_DB`` the demo database is used (created when missing); without
-``AIRFLOW_CONN_IHC_API`` the local IHC server runs on a free port with a throw-away key. Airflow's output
-goes to ``.run/logs/<command>-<time>-<pid>.log``, what each run recorded to the ``.json`` next to it; the
-command succeeds only if every run and every task did. See docs/operations.md.
+The DAG runs through ``dag.test()`` in this process, Airflow's output going to
+``.run/logs/<command>-<time>-<pid>.log``; next to it, ``.json`` holds per DAG run its state, every
+task's state and what ``check_run`` (the summary printed) and ``export_csv`` returned. The command
+succeeds only if every run and every task succeeded. ``dag.test()`` replaces an existing run of the
+same logical date, so a backfill's day runs under a lock per logical date in ``.run/locks/``; a
+range run (``run``, ``demo``) gets a logical date of its own, to the microsecond.
 """
 
 from __future__ import annotations
@@ -28,13 +35,13 @@ import traceback
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # the package, when run as `python scripts/local_run.py`
     sys.path.insert(0, str(ROOT))
 DEMO_DB = Path(os.environ.get("ATTRIBUTION_DEMO_DB", ROOT / "data" / "demo.db"))
 DAG_ID = "ihc_attribution"
+#: Logs, results and locks of local runs.
 RUN_DIR = Path(os.environ.get("ATTRIBUTION_RUN_DIR", ROOT / ".run"))
 SUMMARY_TASK, EXPORT_TASK = "check_run", "export_csv"
 PERMANENT_LINE = re.compile(r"(\w+(?:Error|Exception): .*?\(not retried: [^)]*\))")
@@ -67,8 +74,11 @@ def ensure_demo_db() -> Path:
 
 @contextlib.contextmanager
 def ihc_server_process(env: dict[str, str], log_path: Path, *options: str) -> Iterator[tuple[str, str, subprocess.Popen]]:
-    """The local IHC server on a free port with a fresh key, until the block ends: its URL, key and process
-    once it answers ``/health``. ``options`` are further flags; RunnerError if it exits or is silent for 30 s."""
+    """Run the local IHC server on a free port with a fresh key until the block ends.
+
+    Yields its base URL, the key and the process once it answers ``/health``; ``options`` are
+    further command-line flags. RunnerError when it exits or does not answer within 30 s.
+    """
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         url, key = f"http://127.0.0.1:{sock.getsockname()[1]}", secrets.token_urlsafe(24)
@@ -100,8 +110,10 @@ def ihc_server_process(env: dict[str, str], log_path: Path, *options: str) -> It
 
 @contextlib.contextmanager
 def connections(env) -> Iterator[Path | None]:
-    """Point the connections ``env`` does not set at the demo database and the local IHC server; yield the
-    attribution database's path when it is a file."""
+    """Point the connections that ``env`` does not set at the demo database and the local IHC server.
+
+    Yields the attribution database's path when it is a file.
+    """
     db_path: Path | None = None
     if "AIRFLOW_CONN_ATTRIBUTION_DB" not in env:
         db_path = ensure_demo_db()
@@ -123,77 +135,67 @@ def connections(env) -> Iterator[Path | None]:
 
 
 def lock_path(logical_date: dt.datetime) -> Path:
+    """The lock file of the DAG run at ``logical_date``."""
     stamp = logical_date.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%S.%fZ")
     return RUN_DIR / "locks" / f"{DAG_ID}__{stamp}.lock"
 
 
 @contextlib.contextmanager
-def file_lock(path: Path, say, what: str) -> Iterator[tuple[IO[str], bool]]:
-    """Hold an exclusive ``flock`` on ``path`` (the kernel releases it however its holder exits); say when waiting.
-
-    Yields the open lock file and whether another runner held it first.
-    """
+def file_lock(path: Path, say, what: str) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (the kernel releases it however its holder exits); say when waiting."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            waited = False
         except BlockingIOError:
             say(f"{what} is in use by another runner; waiting for it (lock {path}) ...")
-            since, waited = time.monotonic(), True
+            waited = time.monotonic()
             fcntl.flock(handle, fcntl.LOCK_EX)
-            say(f"  {what}: lock acquired after {time.monotonic() - since:.1f} s")
-        yield handle, waited
-
-
-def airflow_cli(*args: str) -> int:
-    """An ``airflow`` command in this process's environment; its output goes where this process's does."""
-    sys.stdout.flush()
-    sys.stderr.flush()
-    return subprocess.run([str(Path(sys.executable).parent / "airflow"), *args], cwd=ROOT).returncode
-
-
-def load_dag():
-    """The DAG, parsed from Airflow's DAGs folder; RunnerError naming the folder and the import errors."""
-    from airflow.models import DagBag
-
-    bag = DagBag()
-    if DAG_ID not in bag.dags:
-        errors = "; ".join(f"{path}: {err}" for path, err in bag.import_errors.items()) or "none"
-        raise RunnerError(f"DAG {DAG_ID} not found in {bag.dag_folder} (import errors: {errors})")
-    return bag.dags[DAG_ID]
+            say(f"  {what}: lock acquired after {time.monotonic() - waited:.1f} s")
+        yield
 
 
 def prepare(say, specs: list[dict]):
-    """Write the DAG to the Airflow metadata database, migrating it first if it is behind; return the DAG
-    and whether it migrated.
+    """Migrate the Airflow metadata database if it is behind, parse the DAG and write it there; return both.
 
-    Through Airflow's CLI, under a lock: concurrent first runs would otherwise migrate at once, or
-    both insert the DAG's asset (``dag.test()`` writes the DAG too) and one fail on the unique
-    constraint. RunnerError when the DAG is missing or a backfill's day is before its start date.
+    Under a lock: concurrent first runs would otherwise migrate at once, or both insert the DAG's
+    asset (``dag.test()`` writes the DAG too) and one fail on the unique constraint. RunnerError
+    when the DAG is missing or a backfill's day is before the DAG's start date.
     """
-    dag = load_dag()
-    # Airflow marks a run whose data interval (the day before its logical date) starts before the
-    # DAG's start date successful without running a task.
-    for spec in specs:
-        if spec["logical_date"] and spec["logical_date"] - dt.timedelta(days=1) < dag.start_date:
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
+    from airflow.serialization.encoders import coerce_to_core_timetable
+    from airflow.utils import db
+
+    manager, bags = DagBundlesManager(), []
+    for bundle in manager.get_all_dag_bundles():
+        if not bundle.is_initialized:
+            bundle.initialize()
+        bags.append((bundle, BundleDagBag(dag_folder=bundle.path, bundle_path=bundle.path, bundle_name=bundle.name)))
+    with file_lock(RUN_DIR / "locks" / "airflow-metadata-db.lock", say, "the Airflow metadata database"):
+        try:
+            db.check_migrations(timeout=0)
+            migrated = False
+        except TimeoutError:
+            say("creating or upgrading the Airflow metadata database ...")
+            db.upgradedb()
+            migrated = True
+        manager.sync_bundles_to_db()
+        for bundle, bag in bags:
+            sync_bag_to_db(bag, bundle.name, bundle.version)
+    dag = next((bag.dags[DAG_ID] for _, bag in bags if DAG_ID in bag.dags), None)
+    if dag is None:
+        folders = ", ".join(str(bundle.path) for bundle, _ in bags) or "no DAG bundle configured"
+        errors = "; ".join(f"{path}: {err}" for _, bag in bags for path, err in bag.import_errors.items()) or "none"
+        raise RunnerError(f"DAG {DAG_ID} not found in {folders} (import errors: {errors})")
+    # Airflow marks a run whose data interval starts before the DAG's start date successful without running a task.
+    timetable = coerce_to_core_timetable(dag.timetable)
+    for spec in (s for s in specs if s["logical_date"]):
+        if timetable.infer_manual_data_interval(run_after=dt.datetime.fromisoformat(spec["logical_date"])).start < dag.start_date:
             raise RunnerError(
                 f"{spec['label']} is before the DAG's start date {dag.start_date:%Y-%m-%d}: Airflow would mark its run "
                 f"successful without running a task. Set ATTRIBUTION_START_DATE to a date on or before the first day, "
                 f"e.g. ATTRIBUTION_START_DATE={specs[0]['label']} make backfill ...")
-    with file_lock(RUN_DIR / "locks" / "airflow-metadata-db.lock", say, "the Airflow metadata database") as (lock, waited):
-        # A runner that waited for another finds the work done, unless the other failed.
-        lock.seek(0)
-        if waited and lock.read() == "done":
-            return dag, False
-        lock.truncate(0)
-        # One Airflow command in the usual case: writing the DAG fails when the database is behind.
-        migrated = airflow_cli("dags", "reserialize") != 0
-        if migrated:
-            say("creating or upgrading the Airflow metadata database ...")
-            if airflow_cli("db", "migrate") != 0 or airflow_cli("dags", "reserialize") != 0:
-                raise RunnerError("`airflow db migrate` or `airflow dags reserialize` failed")
-        lock.write("done")
     return dag, migrated
 
 
@@ -203,22 +205,27 @@ def _state(value) -> str | None:
 
 def run_once(dag, spec: dict, say) -> dict:
     """One DAG run through ``dag.test()`` (a day's under the lock of its logical date), and what it recorded."""
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+
     dated = spec["logical_date"] is not None
-    logical_date = spec["logical_date"] or dt.datetime.now(dt.timezone.utc)
+    logical_date = dt.datetime.fromisoformat(spec["logical_date"]) if dated else dt.datetime.now(dt.timezone.utc)
     started = time.monotonic()
     lock = file_lock(lock_path(logical_date), say, f"the DAG run at {logical_date.isoformat()}")
     with lock if dated else contextlib.nullcontext():
         print(f"\n=== {spec['label']}: dag.test(logical_date={logical_date.isoformat()}, run_conf={spec['conf']})", flush=True)
         try:
-            dag_run = dag.test(logical_date=logical_date, run_conf=spec["conf"])
-            tis = {ti.task_id: ti for ti in dag_run.get_task_instances()}
-            tasks = {t: _state(tis[t].state) if t in tis else None for t in dag.task_ids}
-            result = {
-                "run_id": dag_run.run_id, "state": _state(dag_run.state), "tasks": tasks,
-                "tries": {t: ti.try_number for t, ti in tis.items()},
-                **{key: tis[t].xcom_pull(task_ids=t) if tasks.get(t) == "success" else None
-                   for key, t in (("summary", SUMMARY_TASK), ("export", EXPORT_TASK))},
-            }
+            run_id = dag.test(logical_date=logical_date, run_conf=spec["conf"]).id
+            with create_session() as session:
+                dag_run = session.get(DagRun, run_id)
+                tis = {ti.task_id: ti for ti in dag_run.get_task_instances(session=session)}
+                tasks = {t: _state(tis[t].state) if t in tis else None for t in dag.task_ids}
+                result = {
+                    "run_id": dag_run.run_id, "state": _state(dag_run.state), "tasks": tasks,
+                    "tries": {t: ti.try_number for t, ti in tis.items()},
+                    **{key: tis[t].xcom_pull(task_ids=t, session=session) if tasks.get(t) == "success" else None
+                       for key, t in (("summary", SUMMARY_TASK), ("export", EXPORT_TASK))},
+                }
         except Exception as exc:  # recorded and reported as a failed run, never hidden
             traceback.print_exc()
             result = {"state": "error", "error": f"{type(exc).__name__}: {exc}", "tasks": {}}
@@ -357,9 +364,10 @@ def plan(command: str, start: str, end: str) -> list[dict]:
     if command != "backfill":
         return [{"label": f"{start}..{end}", "logical_date": None, "conf": {"start_date": start, "end_date": end}}]
     # dag.test() runs the data interval that ends at the logical date it is given: the day after.
-    midnight = dt.datetime.combine(first, dt.time(), dt.timezone.utc)
-    return [{"label": str(first + dt.timedelta(days=i)), "conf": None, "logical_date": midnight + dt.timedelta(days=i + 1)}
-            for i in range((last - first).days + 1)]
+    days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
+    return [{"label": day.isoformat(), "conf": None,
+             "logical_date": dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc).isoformat()}
+            for day in days]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,7 @@ def recording() -> RecordingNotifier:
 
 
 def email() -> BaseNotifier:
-    """The README's e-mail example: the SMTP provider's notifier on the connection ``smtp_alerts``."""
+    """The e-mail example of docs/operations.md: the SMTP provider's notifier on the connection ``smtp_alerts``."""
     from airflow.providers.smtp.notifications.smtp import SmtpNotifier
 
     return SmtpNotifier(

@@ -1,7 +1,7 @@
 """ATTRIBUTION_FAILURE_NOTIFIERS: notifiers of your own on a failed run, without editing the DAG.
 
 A failed run (a bad range: its first task fails at once) through ``dag.test()`` calls them; the
-SMTP provider's ``SmtpNotifier``, wired as the README shows, delivers its e-mail to a local SMTP server.
+SMTP provider's ``SmtpNotifier``, wired as docs/operations.md shows, delivers its e-mail to a local SMTP server.
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ def traced(tmp_path_factory):
 
 def test_no_stage_scans_session_sources(traced):
     """Besides the extraction's one pass (``CREATE TABLE ... AS SELECT``, checked above) and the
-    report's read of the spend by date (a scan unless the user indexes ``event_date``, README)."""
+    report's read of the spend by date (a scan unless the user indexes ``event_date``, docs/configuration.md)."""
     path, statements, _ = traced
     for name, executed in statements.items():
         for sql in dict.fromkeys(executed):

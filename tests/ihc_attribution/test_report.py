@@ -75,7 +75,7 @@ def test_cost_is_not_multiplied_by_journeys(tmp_path):
     assert total_cost == pytest.approx(2.5 + 1.25 + 0.75 + 4.0)
 
 
-# --- when the sources change between runs (README, "When source data changes") -----------------
+# --- when the sources change between runs (docs/configuration.md, "When source data changes") -----------------
 
 
 def _reporting(path):

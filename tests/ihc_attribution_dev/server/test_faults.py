@@ -154,7 +154,7 @@ def test_concurrent_requests_with_latency_complete_in_about_the_time_of_one():
             elapsed = time.perf_counter() - started
         stats = requests.get(url + "/stats").json()
     assert [a.status_code for a in answers] == [200] * n
-    assert elapsed < latency * 3  # one after the other: n * latency = 8 s
+    assert elapsed < n * latency / 3  # one after the other: n * latency = 8 s; concurrent: about one latency
     assert stats["max_in_flight"] >= n // 2
     assert stats["requests"] == n and stats["in_flight"] == 0
 

@@ -93,7 +93,6 @@ def pack_requests(
             "DELETE FROM attribution_stg_issues WHERE run_id = ? AND reason IN (?, ?)",
             (run_id, OVERSIZED, API_REJECTED),
         )
-        _check_staged_for(db, run_id, max_sessions)
         journeys_sizes = dict(
             db.query(
                 "SELECT conv_id, n_sessions FROM attribution_stg_conversions "
@@ -101,7 +100,8 @@ def pack_requests(
                 (run_id,),
             )
         )
-        outcome = apply_oversize_policy(journeys_sizes, max_sessions, oversized_policy)
+        outcome = apply_oversize_policy(journeys_sizes, max_sessions, oversized_policy)  # checks policy and limit
+        _check_staged_for(db, run_id, max_sessions)
         sizes = outcome.sizes
         issues = [
             (run_id, c, OVERSIZED, f"sent truncated to its latest {max_sessions} of {n} sessions")

@@ -175,10 +175,12 @@ class Database:
             self._in_transaction = False
 
     def abandon_reads(self) -> None:
-        """After an error in reads made outside :meth:`transaction`, make the connection usable again.
+        """End the implicit transaction of reads made outside :meth:`transaction`: after an error, or
+        before slow work that needs the database no longer.
 
         PostgreSQL runs them in an implicit transaction that an error aborts (every later statement
-        would fail, hiding the error); rolling it back also drops the temporary tables made in it.
+        would fail, hiding the error) and that holds its snapshot and locks until it ends; rolling it
+        back also drops the temporary tables made in it.
         """
         if not self.is_sqlite and not self._in_transaction:
             self.conn.rollback()

@@ -261,6 +261,8 @@ def _quarantine_invalid_sessions(
     summary: ExtractSummary,
 ) -> None:
     """Quarantine the run's ready conversions whose journey would hold one of ``bad_sessions``."""
+    if not bad_sessions:
+        return
     by_user: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for conv_id, user_id, conv_ts in db.query(
         "SELECT conv_id, user_id, conv_date || ' ' || conv_time FROM attribution_stg_conversions "

@@ -75,7 +75,10 @@ def apply_oversize_policy(
     truncate = policy == POLICY_TRUNCATE
     kept = {c: min(n, max_sessions) for c, n in sizes.items() if n <= max_sessions or truncate}
     over = {c: n for c, n in sizes.items() if n > max_sessions}
-    return OversizeOutcome(kept, over if truncate else {}, {} if truncate else over, policy, max_sessions)
+    return OversizeOutcome(
+        sizes=kept, truncated=over if truncate else {}, skipped={} if truncate else over, policy=policy,
+        max_sessions=max_sessions,
+    )
 
 
 def pack_journeys(

@@ -304,6 +304,7 @@ def export_csv(context: Mapping[str, Any], db: Database) -> dict:
     url = charts.report_url(first, last)
     rows = export.read_report(db, rng)
     extra = credit.model_columns(db, first, last) if settings.get("csv_model_columns") else None
+    db.abandon_reads()  # no snapshot or lock is held while the files are written (an upload may take long)
     base = export.output_base(settings.output_location(), settings.get("output_conn_id") or None)
     csv_file = export.write_csv(
         rows, export.csv_path(base, rng), escape_formulas=settings.csv_escape_formulas(), extra=extra

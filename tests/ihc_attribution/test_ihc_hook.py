@@ -265,11 +265,22 @@ def test_the_connection_accepts_the_transport_extras_of_airflows_http_hook(monke
     ca.write_text("")
     proxies = {"https": "http://proxy.example:3128"}
     set_connection(monkeypatch, extra={"conv_type_id": "demo", "verify_ssl": str(ca), "cert": str(ca),
-                                       "proxy": json.dumps(proxies), "trust_env": "false", "timeout": "5"})
+                                       "proxies": json.dumps(proxies), "trust_env": "false", "timeout": "5"})
     settings = IhcHook().settings
     assert (settings.verify, settings.cert, settings.proxies) == (str(ca), str(ca), proxies)
     assert settings.trust_env is False and settings.timeout == 5.0
     assert parse_settings({"base_url": "https://h.example", "conv_type_id": "demo", "verify": "false"}).verify is False
+
+
+def test_a_bad_proxies_extra_is_named_without_showing_its_value():
+    with pytest.raises(IhcConfigurationError) as raised:
+        parse_settings({"base_url": "https://h.example", "conv_type_id": "demo", "proxies": "http://u:s3cret@proxy.example:1"})
+    assert "proxies" in str(raised.value) and "s3cret" not in str(raised.value)
+
+
+def test_verify_and_verify_ssl_together_are_refused_as_one_setting_given_twice():
+    with pytest.raises(IhcConfigurationError, match="verify and verify_ssl are one setting"):
+        parse_settings({"base_url": "https://h.example", "conv_type_id": "demo", "verify": "true", "verify_ssl": "false"})
 
 
 @pytest.mark.parametrize("trust_env", [True, False])

@@ -58,7 +58,7 @@ class IhcSettings(BaseModel):
     #: TLS client certificate: one file with certificate and key, or ``[certificate file, key file]``.
     cert: str | tuple[str, str] | None = None
     #: proxy per URL scheme, e.g. ``{"https": "http://proxy.example:3128"}``; out of ``repr``: it may hold credentials.
-    proxies: dict[str, str] | None = Field(None, repr=False, validation_alias=AliasChoices("proxies", "proxy"))
+    proxies: dict[str, str] | None = Field(None, repr=False)
     #: also read proxies (``HTTPS_PROXY``, ``NO_PROXY``), CA bundle and ``.netrc`` from the environment.
     trust_env: bool = True
 
@@ -142,10 +142,14 @@ def parse_settings(values: Mapping[str, Any], where: str = "the IHC connection")
 
 def _problem(error: Any) -> str:
     name = ".".join(str(part) for part in error["loc"])
+    if error["type"] == "extra_forbidden" and name == "verify_ssl":
+        return "extras verify and verify_ssl are one setting: give one of them"
     if error["type"] == "extra_forbidden":
         return f"unknown extra {name} (known extras: {', '.join(KNOWN_EXTRAS)})"
     if error["type"] == "missing":
         return f"extra {name} is required and must not be empty"
+    if name.startswith("proxies"):  # a proxy URL may hold credentials: never shown
+        return f"extra {name}: {error['msg']}"
     shown = repr(error.get("input"))
     shown = shown if len(shown) <= 80 else shown[:80] + "..."
     return f"extra {name}: {error['msg']}, got {shown}"

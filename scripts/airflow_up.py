@@ -41,7 +41,7 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer",
 
 
 class UpError(RuntimeError):
-    """The local stack could not be started; the message says why and where to look."""
+    """The stack could not be started; the message says why and where to look."""
 
 
 def pid_file(name: str) -> Path:
@@ -59,7 +59,6 @@ def tail(path: Path, lines: int = 25) -> str:
 
 
 def load_state() -> dict:
-    """What ``up`` recorded; ``{}`` before the first ``up``."""
     try:
         return json.loads(STATE_FILE.read_text())
     except (FileNotFoundError, ValueError):
@@ -89,8 +88,7 @@ def write_private(path: Path, text: str) -> None:
 
 def process_identity(pid: int) -> tuple[float, str] | None:
     """Start time and command line of a live process; ``None`` if it is gone or a zombie."""
-    # An Airflow dependency, imported here so that `make down` (and `make clean`) work before `make install`.
-    import psutil
+    import psutil  # an Airflow dependency: `make down` and `make clean` work before `make install`
 
     with contextlib.suppress(psutil.Error):
         proc = psutil.Process(pid)
@@ -100,7 +98,6 @@ def process_identity(pid: int) -> tuple[float, str] | None:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes of the process group ``pgid``."""
     import psutil
 
     members = []
@@ -119,44 +116,37 @@ def port_open(host: str, port: int) -> bool:
 
 def http_json(method: str, url: str, body: dict | None = None, token: str = "", timeout: float = 10.0,
               expect: tuple[int, ...] = ()) -> tuple[int, dict]:
-    """One JSON request: (status, decoded body). Network errors raise ``OSError``; a status not in ``expect``
-    (when given), or a bulk request answering 200 with errors, raises ``UpError``."""
+    """(status, JSON body); ``UpError`` for a status not in ``expect``, or a bulk request answering 200 with errors."""
     import requests  # its errors are OSErrors
 
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     response = requests.request(method, url, json=body, headers=headers, timeout=timeout)
-    try:
+    answer = {"raw": response.text[:500]}
+    with contextlib.suppress(ValueError):
         answer = response.json() if response.content else {}
-    except ValueError:
-        answer = {"raw": response.text[:500]}
     if expect and (response.status_code not in expect or (answer.get("create") or {}).get("errors")):
         raise UpError(f"{method} {url}: HTTP {response.status_code} {answer}")
     return response.status_code, answer
 
 
-def recorded_pid(name: str, state: dict) -> int | None:
-    """The PID ``up`` recorded for ``name`` if that very process still runs (same start time and program:
-    a reused PID is never taken for ours)."""
-    try:
-        pid = int(pid_file(name).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    identity = process_identity(pid)
-    started = state.get("components", {}).get(name, {}).get("started")
-    # A Celery worker renames its process ("[celeryd: worker1@host:MainProcess] ... celery worker").
-    marker = "celery worker" if name.startswith("celery-worker-") else "airflow"
-    marker = "ihc_attribution_dev.server" if name == "ihc-server" else marker
-    if identity is None or started not in (None, identity[0]) or marker not in identity[1]:
-        return None
-    return pid
-
-
 def running(state: dict) -> dict[str, int]:
-    return {name: pid for name in COMPONENTS if (pid := recorded_pid(name, state)) is not None}
+    """The recorded PIDs whose very process still runs (same start time and program): a reused PID is never ours."""
+    alive = {}
+    for name in COMPONENTS:
+        with contextlib.suppress(FileNotFoundError, ValueError):
+            pid = int(pid_file(name).read_text().strip())
+            identity = process_identity(pid)
+            started = state.get("components", {}).get(name, {}).get("started")
+            # A Celery worker renames its process ("[celeryd: worker1@host:MainProcess] ... celery worker").
+            marker = "celery worker" if name.startswith("celery-worker-") else "airflow"
+            marker = "ihc_attribution_dev.server" if name == "ihc-server" else marker
+            if identity and started in (None, identity[0]) and marker in identity[1]:
+                alive[name] = pid
+    return alive
 
 
 def start_process(name: str, argv: list[str], env: dict[str, str], state: dict) -> int:
-    """Start ``argv`` in a new session (its own process group), output to its log; record its PID."""
+    """Start ``argv`` in a process group of its own, output to its log; record its PID."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     with open(log_file(name), "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n")
@@ -171,7 +161,7 @@ def start_process(name: str, argv: list[str], env: dict[str, str], state: dict) 
 
 
 def stop_groups(groups: dict[str, int], timeout: float) -> None:
-    """SIGTERM each process group, wait up to ``timeout`` s, then SIGKILL what is left; ``UpError`` if one survives."""
+    """SIGTERM each process group, after ``timeout`` s SIGKILL what is left; ``UpError`` if one survives."""
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
         for name, pgid in groups.items():
             print(f"  stopping {name} (process group {pgid})" if sig == signal.SIGTERM
@@ -187,7 +177,6 @@ def stop_groups(groups: dict[str, int], timeout: float) -> None:
 
 
 def choose_metadata_db(choice: str) -> str:
-    """SQLAlchemy URL of the metadata database: PostgreSQL ``airflow_local`` if possible, else SQLite."""
     if choice not in ("auto", "postgres", "sqlite"):
         return choice  # an explicit URL
     sqlite_url = f"sqlite:///{Path(_env()['AIRFLOW_HOME']).resolve() / 'airflow-local.db'}"
@@ -205,7 +194,7 @@ def choose_metadata_db(choice: str) -> str:
 
 def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
     """Environment of every process of the stack (and of ``airflow`` commands run against it)."""
-    env = _env()  # AIRFLOW_HOME, DAGS_FOLDER, PYTHONPATH, ATTRIBUTION_OUTPUT_DIR, examples off
+    env = _env()
     port, celery = state["api_port"], state.get("executor") == "celery"
     if celery:
         env["AIRFLOW__CELERY__BROKER_URL"] = state["broker_url"]
@@ -236,8 +225,7 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
 
 
 def wait_until(what: str, check, timeout: float, watch: dict[str, int]) -> None:
-    """Call ``check`` until it returns something truthy; fail after ``timeout`` s, or as soon as a
-    watched process exits (with the tail of its log)."""
+    """Call ``check`` until it is truthy; fail after ``timeout`` s, or once a watched process exits."""
     deadline = time.monotonic() + timeout
     while True:
         with contextlib.suppress(OSError):
@@ -251,7 +239,7 @@ def wait_until(what: str, check, timeout: float, watch: dict[str, int]) -> None:
 
 
 def dag_parsed(base: str, token: str) -> bool:
-    """Whether the DAG is known to the API server; raises with the trace if its file does not import."""
+    """Whether the API server knows the DAG; raises with the trace if its file does not import."""
     if http_json("GET", f"{base}/api/v2/dags/{DAG_ID}", token=token)[0] == 200:
         return True
     for error in http_json("GET", f"{base}/api/v2/importErrors?limit=100", token=token)[1].get("import_errors", []):
@@ -261,15 +249,15 @@ def dag_parsed(base: str, token: str) -> bool:
 
 
 def login(state: dict, keys: dict[str, str]) -> tuple[str, str]:
-    """The API's base URL and a token of the admin user."""
+    """The API's base URL and an admin token."""
     base = f"http://localhost:{state['api_port']}"
     credentials = {"username": ADMIN_USER, "password": keys["admin_password"]}
     return base, http_json("POST", f"{base}/auth/token", credentials, expect=(200, 201))[1]["access_token"]
 
 
 def wait_ready(state: dict, keys: dict[str, str], watch: dict[str, int], timeout: float) -> None:
-    """Wait until the stack serves the DAG: API up, pool ``ihc_api`` set, DAG parsed and unpaused,
-    scheduler beating. The pool's slots are the budget of IHC requests in flight across all runs."""
+    """Wait until the stack serves the DAG: API up, pool set, DAG parsed and unpaused, scheduler beating.
+    The pool's slots are the budget of IHC requests in flight across all runs."""
     health = f"http://localhost:{state['api_port']}/api/v2/monitor/health"
     if "ihc-server" in watch:
         ihc_health = f"http://127.0.0.1:{state['ihc_port']}/health"
@@ -287,7 +275,6 @@ def wait_ready(state: dict, keys: dict[str, str], watch: dict[str, int], timeout
 
 
 def wanted(state: dict) -> list[str]:
-    """The stack's components, in start order."""
     names = ["ihc-server"] if state.get("ihc_managed") else []
     names += ["dag-processor", "scheduler", *(f"celery-worker-{i}" for i in range(1, state.get("workers", 0) + 1))]
     return names + (["triggerer"] if state.get("triggerer") else []) + ["api-server"]
@@ -310,7 +297,7 @@ def component(name: str, state: dict, env: dict[str, str], keys: dict[str, str])
 
 
 def attribution_conn(args: argparse.Namespace) -> str:
-    """``attribution_db``: the user's connection, a PostgreSQL warehouse with the demo data, or the demo file."""
+    """The user's connection, a PostgreSQL warehouse with the demo data, or the demo file."""
     if "AIRFLOW_CONN_ATTRIBUTION_DB" in os.environ:
         return os.environ["AIRFLOW_CONN_ATTRIBUTION_DB"]
     if args.warehouse == "sqlite":
@@ -326,7 +313,6 @@ def attribution_conn(args: argparse.Namespace) -> str:
 
 
 def fresh_state(args: argparse.Namespace) -> dict:
-    """The settings of a new stack, checked: databases chosen, the Celery broker reachable."""
     celery = args.executor == "celery"
     if celery and not 1 <= args.workers <= MAX_WORKERS:
         raise UpError(f"--workers must be from 1 to {MAX_WORKERS}")
@@ -344,7 +330,7 @@ def fresh_state(args: argparse.Namespace) -> dict:
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict, dict[str, str], dict[str, int]]:
-    """State, secrets and running components: the running stack's, or new ones when nothing runs."""
+    """State, secrets and running components: the running stack's, or new ones."""
     state = load_state()
     if alive := running(state):
         if args.executor != state.get("executor", "local"):
@@ -362,7 +348,7 @@ def prepare(args: argparse.Namespace) -> tuple[dict, dict[str, str], dict[str, i
 
 
 def migrate(env: dict[str, str], metadata_db: str, timeout: float) -> None:
-    """``airflow db migrate``, creating the PostgreSQL database first when it is missing."""
+    """``airflow db migrate``, creating a missing PostgreSQL database first."""
     if metadata_db.startswith("postgresql"):
         from ihc_attribution_dev.pg_load import ensure_database
         from sqlalchemy.engine import make_url
@@ -383,7 +369,6 @@ def migrate(env: dict[str, str], metadata_db: str, timeout: float) -> None:
 
 
 def launch(args: argparse.Namespace, state: dict, keys: dict[str, str], missing: list[str], started: dict[str, int]) -> None:
-    """Start the ``missing`` components into ``started``, migrating first when the scheduler is among them."""
     if "api-server" in missing and port_open("127.0.0.1", state["api_port"]):
         raise UpError(f"port {state['api_port']} is in use by another program; stop it or use --port")
     if "ihc-server" in missing and port_open("127.0.0.1", state["ihc_port"]):
@@ -397,7 +382,6 @@ def launch(args: argparse.Namespace, state: dict, keys: dict[str, str], missing:
 
 
 def print_login(state: dict, keys: dict[str, str]) -> None:
-    """Where the UI is and how to log in (not the database password)."""
     from sqlalchemy.engine import make_url
 
     base = f"http://localhost:{state['api_port']}"
@@ -411,7 +395,7 @@ Airflow is running: {base}
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Start what is not running and wait until the stack serves the DAG; stop what it started if that fails."""
+    """Start what is not running and wait until the stack serves the DAG; on failure stop what it started."""
     started_at = time.monotonic()
     state, keys, alive = prepare(args)
     missing = [name for name in wanted(state) if name not in alive]
@@ -452,7 +436,6 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Exit 1 if a component of a running stack is missing."""
     state = load_state()
     if not (alive := running(state)):
         print("the local Airflow is not running (make up starts it)")

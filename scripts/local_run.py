@@ -1,20 +1,8 @@
-"""Run the ``ihc_attribution`` DAG locally, without a scheduler, and report what each run did.
+"""Run the ``ihc_attribution`` DAG locally through ``dag.test()`` (``make demo``/``run``/``backfill``).
 
-Used by ``make demo``, ``make run`` and ``make backfill``. Connections come from
-``AIRFLOW_CONN_ATTRIBUTION_DB`` and ``AIRFLOW_CONN_IHC_API`` when they are set. Otherwise the
-demo database is used (created when missing) and the local IHC server is started on a free port
-with a throw-away API key, and stopped after the run.
-
-    python scripts/local_run.py demo
-    python scripts/local_run.py run --start 2024-01-01 --end 2024-01-31
-    python scripts/local_run.py backfill --start 2024-01-01 --end 2024-01-07
-
-The DAG runs through ``dag.test()`` in this process, Airflow's output going to
-``.run/logs/<command>-<time>-<pid>.log``; next to it, ``.json`` holds per DAG run its state, every
-task's state and what ``check_run`` (the summary printed) and ``export_csv`` returned. The command
-succeeds only if every run and every task succeeded. ``dag.test()`` replaces an existing run of the
-same logical date, so a backfill's day runs under a lock per logical date in ``.run/locks/``; a
-range run (``run``, ``demo``) gets a logical date of its own, to the microsecond.
+Without ``AIRFLOW_CONN_ATTRIBUTION_DB`` / ``AIRFLOW_CONN_IHC_API`` the demo database and a local IHC server
+(free port, throw-away key) are used. Airflow's output goes to ``.run/logs/<command>-<time>-<pid>.log``, each
+run's states and results to the ``.json`` next to it; the command succeeds only if every run and task did.
 """
 
 from __future__ import annotations
@@ -37,11 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the package, when run as `python scripts/local_run.py`
-    sys.path.insert(0, str(ROOT))
 DEMO_DB = Path(os.environ.get("ATTRIBUTION_DEMO_DB", ROOT / "data" / "demo.db"))
 DAG_ID = "ihc_attribution"
-#: Logs, results and locks of local runs.
 RUN_DIR = Path(os.environ.get("ATTRIBUTION_RUN_DIR", ROOT / ".run"))
 SUMMARY_TASK, EXPORT_TASK = "check_run", "export_csv"
 PERMANENT_LINE = re.compile(r"(\w+(?:Error|Exception): .*?\(not retried: [^)]*\))")
@@ -62,7 +47,6 @@ def _env() -> dict[str, str]:
 
 
 def ensure_demo_db() -> Path:
-    """Create the demo database with the generator's defaults when it does not exist."""
     if not DEMO_DB.exists():
         from ihc_attribution_dev.demo_data import generate
 
@@ -74,11 +58,8 @@ def ensure_demo_db() -> Path:
 
 @contextlib.contextmanager
 def ihc_server_process(env: dict[str, str], log_path: Path, *options: str) -> Iterator[tuple[str, str, subprocess.Popen]]:
-    """Run the local IHC server on a free port with a fresh key until the block ends.
-
-    Yields its base URL, the key and the process once it answers ``/health``; ``options`` are
-    further command-line flags. RunnerError when it exits or does not answer within 30 s.
-    """
+    """The local IHC server on a free port with a fresh key, until the block ends: (base URL, key, process)
+    once it answers ``/health``; RunnerError when it exits or does not answer within 30 s."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         url, key = f"http://127.0.0.1:{sock.getsockname()[1]}", secrets.token_urlsafe(24)
@@ -91,13 +72,11 @@ def ihc_server_process(env: dict[str, str], log_path: Path, *options: str) -> It
     try:
         deadline = time.monotonic() + 30
         while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RunnerError(f"the local IHC server did not start; see {log_path}") from None
-                time.sleep(0.05)
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=1):
+                break
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RunnerError(f"the local IHC server did not start; see {log_path}")
+            time.sleep(0.05)
         yield url, key, proc
     finally:
         proc.terminate()
@@ -110,17 +89,12 @@ def ihc_server_process(env: dict[str, str], log_path: Path, *options: str) -> It
 
 @contextlib.contextmanager
 def connections(env) -> Iterator[Path | None]:
-    """Point the connections that ``env`` does not set at the demo database and the local IHC server.
-
-    Yields the attribution database's path when it is a file.
-    """
-    db_path: Path | None = None
+    """Point the connections ``env`` lacks at the demo database and the local IHC server; yield the database file."""
     if "AIRFLOW_CONN_ATTRIBUTION_DB" not in env:
-        db_path = ensure_demo_db()
-        env["AIRFLOW_CONN_ATTRIBUTION_DB"] = json.dumps({"conn_type": "sqlite", "host": str(db_path.resolve())})
-    else:
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            db_path = Path(json.loads(env["AIRFLOW_CONN_ATTRIBUTION_DB"])["host"])
+        env["AIRFLOW_CONN_ATTRIBUTION_DB"] = json.dumps({"conn_type": "sqlite", "host": str(ensure_demo_db().resolve())})
+    db_path = None
+    with contextlib.suppress(ValueError, KeyError, TypeError):
+        db_path = Path(json.loads(env["AIRFLOW_CONN_ATTRIBUTION_DB"])["host"])
     if "AIRFLOW_CONN_IHC_API" in env:
         yield db_path
         return
@@ -135,14 +109,13 @@ def connections(env) -> Iterator[Path | None]:
 
 
 def lock_path(logical_date: dt.datetime) -> Path:
-    """The lock file of the DAG run at ``logical_date``."""
     stamp = logical_date.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H%M%S.%fZ")
     return RUN_DIR / "locks" / f"{DAG_ID}__{stamp}.lock"
 
 
 @contextlib.contextmanager
 def file_lock(path: Path, say, what: str) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``path`` (the kernel releases it however its holder exits); say when waiting."""
+    """An exclusive ``flock`` (the kernel releases it however its holder exits); say when waiting."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as handle:
         try:
@@ -156,12 +129,10 @@ def file_lock(path: Path, say, what: str) -> Iterator[None]:
 
 
 def prepare(say, specs: list[dict]):
-    """Migrate the Airflow metadata database if it is behind, parse the DAG and write it there; return both.
+    """Migrate the metadata database if it is behind, parse the DAG and write it there; return both.
 
     Under a lock: concurrent first runs would otherwise migrate at once, or both insert the DAG's
-    asset (``dag.test()`` writes the DAG too) and one fail on the unique constraint. RunnerError
-    when the DAG is missing or a backfill's day is before the DAG's start date.
-    """
+    asset and one fail on the unique constraint."""
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import BundleDagBag, sync_bag_to_db
     from airflow.serialization.encoders import coerce_to_core_timetable
@@ -204,7 +175,8 @@ def _state(value) -> str | None:
 
 
 def run_once(dag, spec: dict, say) -> dict:
-    """One DAG run through ``dag.test()`` (a day's under the lock of its logical date), and what it recorded."""
+    """One DAG run through ``dag.test()``, and what it recorded. ``dag.test()`` replaces a run of the same logical
+    date: a day runs under the lock of its logical date, a range run gets a date of its own, to the microsecond."""
     from airflow.models.dagrun import DagRun
     from airflow.utils.session import create_session
 
@@ -280,7 +252,7 @@ def run_all(specs: list[dict], log_path: Path) -> dict:
 
 
 def failure_report(run: dict, log_path: Path) -> list[str]:
-    """What went wrong in a run: each failed task with its attempts, log line and last error, and the tasks not run."""
+    """Each failed task with its attempts, log line and last error, and the tasks not run."""
     lines = [f"run {run.get('run_id', '?')} ({run['label']}): DAG run state {run.get('state')}"]
     lines += [f"  the run raised {run['error']}"] if run.get("error") else []
     log = log_path.read_text(errors="replace").splitlines()
@@ -309,8 +281,7 @@ def failure_report(run: dict, log_path: Path) -> list[str]:
 
 
 def _figures(s: dict) -> tuple[str, str, str, str]:
-    """The issues by reason, the report's cost, attributed orders and revenue of a summary, as printed."""
-    # The figures may come as numbers or as decimal strings.
+    """Issues by reason, cost, attributed orders and revenue of a summary (numbers or decimal strings), as printed."""
     cost, orders, revenue = ("-" if s.get(k) is None else f"{float(s[k]):.{d}f}"
                              for k, d in (("cost", 2), ("ihc", 4), ("ihc_revenue", 2)))
     issues = ", ".join(f"{k} {v}" for k, v in sorted((s.get("issues_by_reason") or {}).items())) or "none"
@@ -318,7 +289,6 @@ def _figures(s: dict) -> tuple[str, str, str, str]:
 
 
 def render_run(run: dict, demo: bool = False) -> list[str]:
-    """The run's own summary: what ``check_run`` returned, and the file ``export_csv`` wrote."""
     s, export = run["summary"], run.get("export") or {}
     issues, cost, orders, revenue = _figures(s)
     warnings = ", ".join(f"{k} {v}" for k, v in sorted((s.get("source_warnings") or {}).items()) if v)
@@ -337,7 +307,6 @@ def render_run(run: dict, demo: bool = False) -> list[str]:
 
 
 def render_backfill(runs: list[dict]) -> list[str]:
-    """One line per day from each run's own summary, and the totals of the counts."""
     lines = []
     for run in runs:
         s = run["summary"]
@@ -371,7 +340,6 @@ def plan(command: str, start: str, end: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """The command line; returns the exit code, 1 when a run or a task failed."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("demo", help="run over the demo range on the demo database and the local server")

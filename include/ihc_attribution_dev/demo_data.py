@@ -3,7 +3,8 @@
 ``python -m ihc_attribution_dev.demo_data --out demo.db`` writes a SQLite file with the exact
 challenge schema, the source tables filled. The same configuration always gives the same table
 contents. The file is built under a temporary name and renamed into place, so an interrupted run
-never leaves a half-written database behind. The model and its draws are in :mod:`.demo_draw`.
+never leaves a half-written database behind. Its profile and draws are in :mod:`.demo_profile` and
+:mod:`.demo_draw`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from ihc_attribution.schema import CONVERSIONS, SESSION_COSTS, SESSION_SOURCES, challenge_ddl
-from ihc_attribution_dev.demo_draw import CHANNEL_NAMES, SECONDS_PER_DAY, DemoTables, build_tables, hex_ids
+from ihc_attribution_dev.demo_draw import SECONDS_PER_DAY, DemoTables, build_tables, hex_ids
+from ihc_attribution_dev.demo_profile import CHANNEL_NAMES
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class DemoConfig:
 
     Sessions beyond the converting journeys belong to users who never convert; if the journeys
     alone need more than ``conversions * sessions_per_conversion``, the total is larger than asked.
-    ``bad_rows`` adds the few bad rows of ``demo_draw.BAD_ROWS`` when there are buyers enough.
+    ``bad_rows`` adds the few bad rows of ``demo_profile.BAD_ROWS`` when there are buyers enough.
     """
 
     start: dt.date = dt.date(2024, 1, 1)

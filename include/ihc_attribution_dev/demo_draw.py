@@ -1,118 +1,23 @@
-"""The demo data's model and its draws: channel profiles, calibrated constants, and every row of
-the demo database as numpy arrays from one seed.
+"""Every row of the demo database as numpy arrays, drawn from one seed.
 
-The figures are calibrated on the real IHC answers in the reference data where it has them
-(channel shares, engagement rates, journey lengths, hour-of-day profile); costs, revenue and the
-noise traffic mix are plausible assumptions. Pure numpy, no I/O: :func:`build_tables` turns a
+The figures come from :mod:`.demo_profile`. Pure numpy, no I/O: :func:`build_tables` turns a
 :class:`~.demo_data.DemoConfig` into :class:`DemoTables`, which :mod:`.demo_data` writes.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+
+from ihc_attribution_dev import demo_profile as profile
 
 if TYPE_CHECKING:
     from ihc_attribution_dev.demo_data import DemoConfig
 
 SECONDS_PER_DAY = 86_400
-
-
-@dataclass(frozen=True)
-class ChannelProfile:
-    """How one traffic channel behaves in the generated data.
-
-    :param name: the channel name as it appears in ``session_sources.channel_name``.
-    :param journey_weight: relative share among sessions of converting journeys.
-    :param noise_weight: relative share among sessions of users who do not convert.
-    :param cpc: mean cost per session in EUR; 0 for free channels.
-    :param holder: probability of ``holder_engagement`` = 1 in a converting journey.
-    :param closer: probability of ``closer_engagement`` = 1 in a converting journey.
-    :param impression: probability of ``impression_interaction`` = 1 (view-through ad channels).
-    """
-
-    name: str
-    journey_weight: float
-    noise_weight: float
-    cpc: float
-    holder: float
-    closer: float
-    impression: float
-
-
-# Journey shares and the holder/closer rates come from the real IHC answers (reference data);
-# the three channels absent there get small shares. The real data has no impression
-# interactions at all; view-through ad channels get a few here so the flag is exercised.
-# Untracked Conversions is a pseudo-channel attached to conversions, hence (almost) absent
-# from non-converting traffic and always a closer, never a holder.
-CHANNELS: tuple[ChannelProfile, ...] = (
-    ChannelProfile("Affiliate & Partnerships", 0.030, 0.025, 1.60, 0.98, 0.76, 0.00),
-    ChannelProfile("Direct Traffic", 0.225, 0.160, 0.00, 0.87, 0.83, 0.00),
-    ChannelProfile("FB & IG Ads", 0.065, 0.120, 0.45, 0.94, 0.85, 0.08),
-    ChannelProfile("Lead Generation", 0.004, 0.010, 2.40, 0.90, 0.70, 0.00),
-    ChannelProfile("Microsoft Ads", 0.006, 0.015, 0.80, 0.95, 0.74, 0.00),
-    ChannelProfile("Newsletter & Email", 0.195, 0.060, 0.00, 0.96, 0.86, 0.00),
-    ChannelProfile("Organic Traffic", 0.075, 0.220, 0.00, 0.95, 0.71, 0.00),
-    ChannelProfile("Paid Search Brand", 0.120, 0.070, 0.35, 0.97, 0.78, 0.00),
-    ChannelProfile("Paid Search Non Brand", 0.015, 0.060, 1.10, 0.96, 0.59, 0.00),
-    ChannelProfile("Performance Max", 0.205, 0.120, 0.55, 0.91, 0.69, 0.05),
-    ChannelProfile("Pinterest Ads", 0.004, 0.020, 0.40, 0.90, 0.70, 0.15),
-    ChannelProfile("Referral", 0.030, 0.030, 0.00, 0.97, 0.83, 0.00),
-    ChannelProfile("Social Organic", 0.008, 0.030, 0.00, 0.96, 0.71, 0.00),
-    ChannelProfile("TikTok Ads", 0.004, 0.040, 0.30, 0.95, 0.75, 0.15),
-    ChannelProfile("Untracked Conversions", 0.015, 0.002, 0.00, 0.00, 1.00, 0.00),
-    ChannelProfile("YouTube Ads", 0.004, 0.030, 0.25, 0.90, 0.70, 0.30),
-)
-CHANNEL_NAMES: tuple[str, ...] = tuple(c.name for c in CHANNELS)
-
-# Sessions of users who never convert are less engaged than sessions that lead to an order.
-NOISE_HOLDER_FACTOR = 0.6
-NOISE_CLOSER_FACTOR = 0.5
-
-# Share of sessions per hour of day (UTC), from the real sessions: quiet at night, a morning
-# peak around 9-10 and an evening peak around 21-22.
-HOUR_WEIGHTS = np.array(
-    [4.4, 1.8, 1.1, 0.7, 0.2, 0.4, 1.0, 2.5, 4.8, 7.3, 7.0, 5.9,
-     4.3, 5.2, 5.3, 4.9, 4.4, 4.3, 5.0, 4.7, 5.8, 6.3, 6.9, 5.8]
-)  # fmt: skip
-
-# Number of new sessions before a conversion (sessions since the user's previous conversion).
-# Tuned so that journey lengths over all conversions, repeat buyers included, come out near the
-# real ones: about 58% one session, 21% two, 10% three, then a thin tail.
-NEW_SESSIONS_WEIGHTS = np.array([0.640, 0.212, 0.080, 0.030, 0.015, 0.010, 0.005, 0.004, 0.003, 0.003])
-# The rest of the mass is a Pareto tail from 11 sessions on: a few journeys of 30-100+ sessions.
-TAIL_FROM = len(NEW_SESSIONS_WEIGHTS) + 1
-LONG_TAIL_SHARE = 0.006
-LONG_TAIL_ALPHA = 1.1
-LONG_TAIL_MAX = 250
-
-# Conversions per buyer within the range: most buy once, some two or three times.
-CONVERSIONS_PER_BUYER_WEIGHTS = np.array([0.90, 0.08, 0.02])
-# Conversions of one buyer at least this far apart, so every journey has room for its sessions.
-MIN_CONVERSION_SPACING_S = 600
-
-# Revenue per conversion, EUR: log-normal with mean exp(mu + sigma^2 / 2) = 57.
-REVENUE_MEAN = 57.0
-REVENUE_SIGMA = 0.7
-
-# Cost per session of paid channels: log-normal around the channel's mean, clipped so that no
-# session is free or absurdly expensive.
-COST_SIGMA = 0.45
-COST_MIN, COST_MAX = 0.05, 8.0
-# Data-quality gaps the pipeline must tolerate.
-NULL_COST_SHARE = 0.01
-MISSING_COST_SHARE = 0.02
-
-# Bad rows, by kind: conversions whose user has no session at all (recorded as no_sessions), and
-# sessions of a converting journey with an impossible date (day 00) or an empty channel name
-# (recorded as invalid_input for their conversion). Each hits a different one-time buyer.
-BAD_ROWS = {"conversion_without_sessions": 2, "session_impossible_date": 1, "session_empty_channel": 1}
-
-# Share of buyers who come back after their last conversion (sessions in no journey).
-POST_PURCHASE_SHARE = 0.35
 
 
 @dataclass
@@ -144,11 +49,11 @@ class DemoTables:
     journey_sessions: int
     post_purchase_sessions: int
     #: conversions (indexes) moved to a user without sessions, and their new user ids
-    sessionless_convs: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    sessionless_user_ids: np.ndarray = field(default_factory=lambda: np.zeros(0, object))
-    #: sessions (indexes) written with an impossible date / an empty channel
-    bad_date_sessions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    bad_channel_sessions: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    sessionless_convs: np.ndarray
+    sessionless_user_ids: np.ndarray
+    #: sessions (indexes) written with an impossible date / an empty channel (all empty without bad rows)
+    bad_date_sessions: np.ndarray
+    bad_channel_sessions: np.ndarray
 
 
 def _scramble(index: np.ndarray, key: int) -> np.ndarray:
@@ -182,7 +87,7 @@ def _grouped_cumsum(values: np.ndarray, counts: np.ndarray) -> np.ndarray:
 
 def _time_of_day(rng: np.random.Generator, n: int) -> np.ndarray:
     """Seconds since midnight following the hour-of-day profile."""
-    hours = rng.choice(24, size=n, p=HOUR_WEIGHTS / HOUR_WEIGHTS.sum())
+    hours = rng.choice(24, size=n, p=profile.HOUR_WEIGHTS / profile.HOUR_WEIGHTS.sum())
     return hours * 3600 + rng.integers(0, 3600, size=n)
 
 
@@ -209,12 +114,12 @@ def _closing_gaps(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def _new_sessions_per_conversion(rng: np.random.Generator, n: int) -> np.ndarray:
     """How many sessions each conversion adds to its user's history (at least 1)."""
-    head = NEW_SESSIONS_WEIGHTS / NEW_SESSIONS_WEIGHTS.sum()
+    head = profile.NEW_SESSIONS_WEIGHTS / profile.NEW_SESSIONS_WEIGHTS.sum()
     counts = rng.choice(len(head), size=n, p=head) + 1
-    tail = rng.random(n) < LONG_TAIL_SHARE
+    tail = rng.random(n) < profile.LONG_TAIL_SHARE
     # Inverse CDF of a Pareto truncated at LONG_TAIL_MAX: no pile-up of journeys at the cap.
-    cut = 1.0 - (TAIL_FROM / LONG_TAIL_MAX) ** LONG_TAIL_ALPHA
-    pareto = np.floor(TAIL_FROM * (1.0 - cut * rng.random(n)) ** (-1.0 / LONG_TAIL_ALPHA))
+    cut = 1.0 - (profile.TAIL_FROM / profile.LONG_TAIL_MAX) ** profile.LONG_TAIL_ALPHA
+    pareto = np.floor(profile.TAIL_FROM * (1.0 - cut * rng.random(n)) ** (-1.0 / profile.LONG_TAIL_ALPHA))
     return np.where(tail, pareto, counts).astype(np.int64)
 
 
@@ -246,18 +151,18 @@ def _conversion_times(
     # Keep every conversion at least MIN_CONVERSION_SPACING_S after the buyer's previous one
     # and away from both ends of the window, so every journey and every post-purchase visit
     # fits. Buyers have at most a handful of conversions, so one pass per rank is enough.
-    low = first_day * SECONDS_PER_DAY + (MIN_CONVERSION_SPACING_S if first_day == 0 else 0)
-    high = config.window_days * SECONDS_PER_DAY - MIN_CONVERSION_SPACING_S
+    low = first_day * SECONDS_PER_DAY + (profile.MIN_CONVERSION_SPACING_S if first_day == 0 else 0)
+    high = config.window_days * SECONDS_PER_DAY - profile.MIN_CONVERSION_SPACING_S
     max_rank = int(rank.max())
     for r in range(max_rank + 1):
         at = np.flatnonzero(rank == r)
-        floor = np.full(len(at), low) if r == 0 else times[at - 1] + MIN_CONVERSION_SPACING_S
+        floor = np.full(len(at), low) if r == 0 else times[at - 1] + profile.MIN_CONVERSION_SPACING_S
         times[at] = np.maximum(times[at], floor)
     last = np.ones(n, dtype=bool)
     last[:-1] = buyer_of_conv[1:] != buyer_of_conv[:-1]
     for r in range(max_rank, -1, -1):
         at = np.flatnonzero(rank == r)
-        ceiling = np.where(last[at], high, times[np.minimum(at + 1, n - 1)] - MIN_CONVERSION_SPACING_S)
+        ceiling = np.where(last[at], high, times[np.minimum(at + 1, n - 1)] - profile.MIN_CONVERSION_SPACING_S)
         times[at] = np.minimum(times[at], ceiling)
     return times
 
@@ -266,14 +171,14 @@ def _channels_and_flags(
     rng: np.random.Generator, n: int, converting: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Channel index and the three engagement flags of ``n`` sessions."""
-    weights = np.array([c.journey_weight if converting else c.noise_weight for c in CHANNELS])
-    channel = rng.choice(len(CHANNELS), size=n, p=weights / weights.sum()).astype(np.int8)
-    holder_p = np.array([c.holder for c in CHANNELS])
-    closer_p = np.array([c.closer for c in CHANNELS])
+    weights = np.array([c.journey_weight if converting else c.noise_weight for c in profile.CHANNELS])
+    channel = rng.choice(len(profile.CHANNELS), size=n, p=weights / weights.sum()).astype(np.int8)
+    holder_p = np.array([c.holder for c in profile.CHANNELS])
+    closer_p = np.array([c.closer for c in profile.CHANNELS])
     if not converting:
-        holder_p = holder_p * NOISE_HOLDER_FACTOR
-        closer_p = np.where(closer_p >= 1.0, 1.0, closer_p * NOISE_CLOSER_FACTOR)
-    impression_p = np.array([c.impression for c in CHANNELS])
+        holder_p = holder_p * profile.NOISE_HOLDER_FACTOR
+        closer_p = np.where(closer_p >= 1.0, 1.0, closer_p * profile.NOISE_CLOSER_FACTOR)
+    impression_p = np.array([c.impression for c in profile.CHANNELS])
     holder = (rng.random(n) < holder_p[channel]).astype(np.int8)
     closer = (rng.random(n) < closer_p[channel]).astype(np.int8)
     impression = (rng.random(n) < impression_p[channel]).astype(np.int8)
@@ -283,14 +188,14 @@ def _channels_and_flags(
 def _costs(rng: np.random.Generator, channel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cost per session (NaN for NULL) and whether the session has a ``session_costs`` row."""
     n = len(channel)
-    cpc = np.array([c.cpc for c in CHANNELS])[channel]
+    cpc = np.array([c.cpc for c in profile.CHANNELS])[channel]
     # Log-normal with mean cpc: mu = log(cpc) - sigma^2 / 2.
-    draw = rng.lognormal(-(COST_SIGMA**2) / 2, COST_SIGMA, size=n) * cpc
-    cost = np.where(cpc > 0, np.round(np.clip(draw, COST_MIN, COST_MAX), 2), 0.0)
+    draw = rng.lognormal(-(profile.COST_SIGMA**2) / 2, profile.COST_SIGMA, size=n) * cpc
+    cost = np.where(cpc > 0, np.round(np.clip(draw, profile.COST_MIN, profile.COST_MAX), 2), 0.0)
     quality = rng.random(n)
-    cost[quality < NULL_COST_SHARE] = np.nan
-    has_cost = quality >= NULL_COST_SHARE + MISSING_COST_SHARE
-    has_cost |= quality < NULL_COST_SHARE
+    cost[quality < profile.NULL_COST_SHARE] = np.nan
+    has_cost = quality >= profile.NULL_COST_SHARE + profile.MISSING_COST_SHARE
+    has_cost |= quality < profile.NULL_COST_SHARE
     return cost, has_cost
 
 
@@ -307,7 +212,7 @@ def build_tables(config: DemoConfig) -> DemoTables:
     window_s = config.window_days * SECONDS_PER_DAY
 
     # Buyers and their conversions.
-    per_buyer_p = CONVERSIONS_PER_BUYER_WEIGHTS / CONVERSIONS_PER_BUYER_WEIGHTS.sum()
+    per_buyer_p = profile.CONVERSIONS_PER_BUYER_WEIGHTS / profile.CONVERSIONS_PER_BUYER_WEIGHTS.sum()
     draws = rng_buyers.choice(len(per_buyer_p), size=config.conversions, p=per_buyer_p) + 1
     buyers = int(np.searchsorted(np.cumsum(draws), config.conversions)) + 1
     per_buyer = draws[:buyers].copy()
@@ -315,8 +220,8 @@ def build_tables(config: DemoConfig) -> DemoTables:
     buyer_of_conv = np.repeat(np.arange(buyers), per_buyer)
     rank = np.arange(config.conversions) - np.repeat(np.cumsum(per_buyer) - per_buyer, per_buyer)
     conv_time = _conversion_times(rng_conv, config, buyer_of_conv, rank)
-    revenue_mu = math.log(REVENUE_MEAN) - REVENUE_SIGMA**2 / 2
-    revenue = np.maximum(np.round(rng_rev.lognormal(revenue_mu, REVENUE_SIGMA, config.conversions), 2), 0.01)
+    revenue_mu = math.log(profile.REVENUE_MEAN) - profile.REVENUE_SIGMA**2 / 2
+    revenue = np.maximum(np.round(rng_rev.lognormal(revenue_mu, profile.REVENUE_SIGMA, config.conversions), 2), 0.01)
 
     # Journey sessions: counted back from each conversion, never earlier than the user's
     # previous conversion (or the window start), so each journey is exactly the previous one
@@ -336,7 +241,7 @@ def build_tables(config: DemoConfig) -> DemoTables:
 
     # Some buyers come back after their last order: sessions that belong to no journey.
     last_conv = np.flatnonzero(np.append(buyer_of_conv[1:] != buyer_of_conv[:-1], True))
-    returning = last_conv[rng_post.random(len(last_conv)) < POST_PURCHASE_SHARE]
+    returning = last_conv[rng_post.random(len(last_conv)) < profile.POST_PURCHASE_SHARE]
     p_counts = np.minimum(rng_post.geometric(0.5, size=len(returning)), 5)
     p_conv = np.repeat(returning, p_counts)
     p_offsets = _grouped_cumsum(_session_gaps(rng_post, len(p_conv)), p_counts)
@@ -392,22 +297,20 @@ def _bad_rows(
     user_key: int,
     users: int,
 ) -> dict[str, np.ndarray]:
-    """Pick the bad rows of :data:`BAD_ROWS`: each on a different one-time buyer's conversion.
+    """Pick the bad rows of :data:`.demo_profile.BAD_ROWS`: each on a different one-time buyer's conversion.
 
     A conversion without sessions gets a user id of its own (drawn like every other, after the
     last user), so its buyer's sessions stay as visits of someone who never bought. A malformed
     session is one of another such conversion's journey.
     """
-    wanted = sum(BAD_ROWS.values())
+    wanted = sum(profile.BAD_ROWS.values())
     single = np.flatnonzero(per_buyer[buyer_of_conv] == 1)
-    if not config.bad_rows or len(single) < 2 * wanted:
-        return {}
-    convs = rng.choice(single, size=wanted, replace=False)
-    n_sessionless = BAD_ROWS["conversion_without_sessions"]
-    n_date = BAD_ROWS["session_impossible_date"]
-    malformed = []
-    for conv in convs[n_sessionless:]:
-        malformed.append(int(rng.choice(np.flatnonzero(j_conv == conv))))
+    convs = np.zeros(0, np.int64)
+    if config.bad_rows and len(single) >= 2 * wanted:
+        convs = rng.choice(single, size=wanted, replace=False)
+    n_sessionless = profile.BAD_ROWS["conversion_without_sessions"]
+    n_date = profile.BAD_ROWS["session_impossible_date"]
+    malformed = [int(rng.choice(np.flatnonzero(j_conv == conv))) for conv in convs[n_sessionless:]]
     sessionless = np.sort(convs[:n_sessionless])
     return {
         "sessionless_convs": sessionless,

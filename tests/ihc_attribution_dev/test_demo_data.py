@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ihc_attribution_dev import demo_data, demo_draw
+from ihc_attribution_dev import demo_data, demo_profile
 from ihc_attribution_dev.demo_data import DemoConfig, generate, main
 
 DDL_FILE = Path(__file__).resolve().parents[2] / "include" / "ihc_attribution" / "sql" / "challenge_schema.sql"
@@ -158,12 +158,12 @@ def test_ids_are_unique_hex_strings(demo):
     no_sessions = (
         "SELECT COUNT(*) FROM conversions WHERE user_id NOT IN (SELECT user_id FROM session_sources)"
     )
-    assert scalar(conn, no_sessions) == demo_draw.BAD_ROWS["conversion_without_sessions"]
+    assert scalar(conn, no_sessions) == demo_profile.BAD_ROWS["conversion_without_sessions"]
 
 
 def test_dates_and_times_are_well_formed(demo):
     _, conn = demo
-    impossible = demo_draw.BAD_ROWS["session_impossible_date"]
+    impossible = demo_profile.BAD_ROWS["session_impossible_date"]
     for table, d, t in (
         ("session_sources", "event_date", "event_time"),
         ("conversions", "conv_date", "conv_time"),
@@ -226,7 +226,7 @@ def test_journey_length_shares(demo):
     lengths = list(journey_lengths(conn).values())
     n = len(lengths)
     assert n == CONFIG.conversions
-    assert sum(1 for x in lengths if x == 0) == demo_draw.BAD_ROWS["conversion_without_sessions"]
+    assert sum(1 for x in lengths if x == 0) == demo_profile.BAD_ROWS["conversion_without_sessions"]
     lengths = [x for x in lengths if x > 0]
     n = len(lengths)
     share = {k: sum(1 for x in lengths if x == k) / n for k in (1, 2, 3)}
@@ -286,7 +286,7 @@ def test_gaps_within_journeys_mix_minutes_and_days(demo):
 def test_channels_are_the_sixteen_of_the_challenge(demo):
     _, conn = demo
     shares = dict(conn.execute("SELECT channel_name, COUNT(*) FROM session_sources GROUP BY 1"))
-    assert shares.pop("") == demo_draw.BAD_ROWS["session_empty_channel"]  # the bad row, on purpose
+    assert shares.pop("") == demo_profile.BAD_ROWS["session_empty_channel"]  # the bad row, on purpose
     assert set(shares) == CHALLENGE_CHANNELS
     total = sum(shares.values())
     # The big three of real traffic are each a sizeable share; no channel dominates.
@@ -373,7 +373,7 @@ def test_a_one_day_range_without_lookback_keeps_every_session_inside(tmp_path):
     dates = "SELECT DISTINCT event_date FROM session_sources WHERE event_date NOT LIKE '%-00'"
     assert conn.execute(dates).fetchall() == [(day.isoformat(),)]
     empty = f"SELECT COUNT(*) FROM conversions WHERE conv_id NOT IN (SELECT conv_id FROM ({JOURNEY_SQL}))"
-    assert scalar(conn, empty) == demo_draw.BAD_ROWS["conversion_without_sessions"]
+    assert scalar(conn, empty) == demo_profile.BAD_ROWS["conversion_without_sessions"]
 
 
 # ---------------------------------------------------------------------------- writing
@@ -430,7 +430,7 @@ def test_command_line(tmp_path, capsys):
 
 def test_bad_rows_are_few_documented_and_each_in_a_journey_of_its_own(demo):
     summary, conn = demo
-    kinds = demo_draw.BAD_ROWS
+    kinds = demo_profile.BAD_ROWS
     assert summary.conversions_without_sessions == kinds["conversion_without_sessions"]
     assert summary.malformed_sessions == kinds["session_impossible_date"] + kinds["session_empty_channel"]
     sessionless = [c for c, n in journey_lengths(conn).items() if n == 0]

@@ -373,11 +373,14 @@ def folds_of(journeys: Sequence[Journey], folds: int) -> list[tuple[list[Journey
 
 
 def cross_validate(journeys: Sequence[Journey], folds: int, **kwargs) -> tuple[list[Journey], Method]:
-    """Every journey of 2+ sessions, and a method answering each with a model calibrated on the other folds."""
+    """Every journey of 2+ sessions, and a method answering each with a model calibrated on the other folds.
+
+    Answers are looked up by conversion id, unique within a recording (:func:`load_answers`).
+    """
     held, answers = [], {}
     for train, test in folds_of(multi_session(journeys), folds):
         model = calibrate(train, **kwargs).model
         predict = model_method(model.params, model.weights)
         held.extend(test)
-        answers.update({id(j): predict(j) for j in test})
-    return held, lambda journey: answers[id(journey)]
+        answers.update({j.conversion_id: predict(j) for j in test})
+    return held, lambda journey: answers[journey.conversion_id]

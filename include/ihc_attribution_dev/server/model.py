@@ -1,12 +1,8 @@
 """The Initializer-Holder-Closer (IHC) model of the local IHC double, its parameters and its rounding.
 
-Every session of a journey gets a share of three phase distributions, each summing to 1 (see
-docs/ihc_server.md): initializer (the first session and restarts after a long pause), holder
-(engaged sessions, journeys of 2+ sessions), closer (engaged sessions and the last, by closeness to
-the converting one). ``ihc`` = (wI*I + wH*H + wC*C) / (wI + wH + wC), dropping a phase without an
-eligible session. :class:`ModelParams` is the trained part of one conversion type; its optional
-terms are neutral for the reference type A (:data:`FITTED_PARAMS`). Everything is deterministic
-and independent of the order rows arrive in: sessions are ordered by timestamp, then session id.
+Every session gets a share of three phase distributions, each summing to 1 (docs/ihc_server.md);
+``ihc`` = (wI*I + wH*H + wC*C) / (wI + wH + wC), dropping a phase without an eligible session.
+Deterministic and independent of row order: sessions are ordered by timestamp, then session id.
 """
 
 from __future__ import annotations
@@ -16,8 +12,13 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import accumulate
 
 PHASES = ("initializer", "holder", "closer")
+
+
+def _finite_non_negative(value: object) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value) and value >= 0
 
 
 @dataclass(frozen=True)
@@ -31,7 +32,7 @@ class PhaseWeights:
     def __post_init__(self) -> None:
         for name in PHASES:
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value >= 0):
+            if not _finite_non_negative(value):
                 raise ValueError(f"phase weight {name} must be a finite number >= 0, got {value!r}")
         # The holder phase may be dropped, so the other two alone must be able to carry ihc.
         if self.initializer + self.closer <= 0:
@@ -51,15 +52,13 @@ class Curve:
         if any(y < 0 for _, y in self.points):
             raise ValueError("curve values must be >= 0")
 
-        object.__setattr__(self, "_xs", tuple(xs))
-
     def __call__(self, x: float) -> float:
         points = self.points
         if x <= points[0][0]:
             return points[0][1]
         if x >= points[-1][0]:
             return points[-1][1]
-        i = bisect.bisect_right(self._xs, x)
+        i = bisect.bisect_right(points, x, key=lambda point: point[0])
         (x0, y0), (x1, y1) = points[i - 1], points[i]
         return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
 
@@ -81,11 +80,10 @@ ONE = Curve(((0.0, 1.0),))
 class ModelParams:
     """The trained part of the model of one conversion type (phase weights aside).
 
-    A session's raw weight in a phase is the product of the terms that apply to it (the table in
-    docs/ihc_server.md, "One model per conversion type"); each phase is then normalised over the
-    journey. Curves are over hours (pause since the previous session, distance and longest pause
-    to the converting session), sessions to the converting one (rank) or the initializer + closer
-    share (holder discount). The optional terms' defaults are neutral: type A's model.
+    A session's raw weight in a phase is the product of the terms that apply to it (docs/ihc_server.md,
+    "One model per conversion type"), normalised over the journey. Curves are over hours (pause,
+    distance, longest pause to the converting session), sessions to the converting one (rank) or the
+    initializer + closer share (holder discount). The optional terms' defaults are neutral: type A.
     """
 
     initializer_pause: Curve
@@ -103,22 +101,19 @@ class ModelParams:
     def __post_init__(self) -> None:
         for name in ("holder_first", "holder_last", "holder_unengaged", "closer_unengaged"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+            if isinstance(value, bool) or not _finite_non_negative(value):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         for label, f in [("impression", self.impression), *self.channel_factors.items()]:
             for phase in PHASES:
                 value = getattr(f, phase)
-                if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
+                if isinstance(value, bool) or not _finite_non_negative(value):
                     raise ValueError(f"factor {phase} of {label!r} must be a finite number >= 0, got {value!r}")
         if self.memory(0.0) <= 0:
             raise ValueError("memory must be > 0 at 0 h: the last session of a journey always counts")
 
     def factors(self, channel_label: str) -> ChannelFactors:
         """Factors of a channel (neutral for a channel the model was not trained on)."""
-        return self.channel_factors.get(channel_label, _NEUTRAL)
-
-
-_NEUTRAL = ChannelFactors()
+        return self.channel_factors.get(channel_label, ChannelFactors())
 
 # Fitted on the reference answers (1,925 journeys, 787 with 2+ sessions) by a closed-form fit of
 # log ratios of shares within a journey (docs/ihc_server.md). The real service gives no restart credit before about
@@ -240,19 +235,15 @@ def largest_remainder(values: Sequence[float], units: int = ROUND_UNITS) -> list
         return [0] * len(values)
     scaled = [v / total * units for v in values]
     result = [math.floor(x) for x in scaled]
-    missing = units - sum(result)
-    if missing == 0:
-        return result
     order = sorted(range(len(values)), key=lambda i: (result[i] - scaled[i], i))
-    for i in order[:missing]:
+    for i in order[: units - sum(result)]:
         result[i] += 1
     return result
 
 
 def round_credits(credits: Sequence[SessionCredit]) -> list[SessionCredit]:
     """Round every column to 4 decimals so that each sums to exactly 1 (a dropped holder stays 0)."""
-    names = ("initializer", "holder", "closer", "ihc")
-    columns = [largest_remainder([getattr(c, name) for c in credits]) for name in names]
+    columns = [largest_remainder([getattr(c, name) for c in credits]) for name in (*PHASES, "ihc")]
     return [SessionCredit(c.session_id, *(column[i] / ROUND_UNITS for column in columns)) for i, c in enumerate(credits)]
 
 
@@ -274,9 +265,11 @@ def attribute_journey(
     if n == 1:
         return [SessionCredit(sessions[0].session_id, 1.0, 0.0, 1.0, 1.0)]
 
-    memory = _memory(sessions, params)
+    pauses = [_hours(b.timestamp - a.timestamp) for a, b in zip(sessions, sessions[1:])]
+    # A session's memory multiplier goes by the longest pause between it and the end of the journey.
+    memory = [params.memory(h) for h in list(accumulate(reversed(pauses), max, initial=0.0))[::-1]]
     common = _common_weights(sessions, params, memory)
-    initializer = _initializer_shares(sessions, params, memory, common["initializer"])
+    initializer = _initializer_shares(pauses, params, memory, common["initializer"])
     closer = _closer_shares(sessions, params, common["closer"])
     holder = _holder_shares(sessions, params, initializer, closer, common["holder"])
 
@@ -287,36 +280,23 @@ def attribute_journey(
     return _combine(sessions, weights, phases["initializer"], phases["holder"], phases["closer"])
 
 
-def _memory(sessions: Sequence[Touchpoint], params: ModelParams) -> list[float]:
-    """The memory multiplier of every session, by the longest pause between it and the end of the journey."""
-    n = len(sessions)
-    longest_after = [0.0] * n
-    for i in range(n - 2, -1, -1):
-        longest_after[i] = max(longest_after[i + 1], _hours(sessions[i + 1].timestamp - sessions[i].timestamp))
-    return [params.memory(h) for h in longest_after]
-
-
 def _common_weights(sessions: Sequence[Touchpoint], params: ModelParams, memory: Sequence[float]) -> dict[str, list[float]]:
     """Per phase, the terms every phase shares: channel factor, memory, impression multiplier."""
-    impression = params.impression
-    common: dict[str, list[float]] = {}
+    common = {}
     for phase in PHASES:
-        column = []
-        for s, m in zip(sessions, memory):
-            weight = getattr(params.factors(s.channel_label), phase) * m
-            column.append(weight * getattr(impression, phase) if s.impression_interaction == 1 else weight)
-        common[phase] = column
+        impression = getattr(params.impression, phase)
+        common[phase] = [
+            getattr(params.factors(s.channel_label), phase) * m * (impression if s.impression_interaction == 1 else 1.0)
+            for s, m in zip(sessions, memory)
+        ]
     return common
 
 
 def _initializer_shares(
-    sessions: Sequence[Touchpoint], params: ModelParams, memory: Sequence[float], common: Sequence[float]
+    pauses: Sequence[float], params: ModelParams, memory: Sequence[float], common: Sequence[float]
 ) -> list[float]:
-    n = len(sessions)
-    init_raw = [common[0]]
-    for i in range(1, n):
-        pause = _hours(sessions[i].timestamp - sessions[i - 1].timestamp)
-        init_raw.append(params.initializer_pause(pause) * common[i])
+    n = len(memory)
+    init_raw = [common[0]] + [params.initializer_pause(pause) * c for pause, c in zip(pauses, common[1:])]
     initializer = _normalise(init_raw)
     if initializer is None:
         # Only when factors or memory are 0: the session that counts most starts the journey.
@@ -327,8 +307,7 @@ def _initializer_shares(
 
 def _closer_shares(sessions: Sequence[Touchpoint], params: ModelParams, common: Sequence[float]) -> list[float]:
     n = len(sessions)
-    flagged = [i for i, s in enumerate(sessions) if s.conversion == 1]
-    conv_index = flagged[-1] if flagged else n - 1
+    conv_index = max((i for i, s in enumerate(sessions) if s.conversion == 1), default=n - 1)
     converting = sessions[conv_index].timestamp
     closer_raw = []
     for i, s in enumerate(sessions):
@@ -406,12 +385,7 @@ def _redistribute(shares: list[float], channels: list[str], rule: Redistribution
     result = list(shares)
     donors = [i for i in range(n) if channels[i] in rule.channel_labels and shares[i] > 0]
     for d in donors:
-        if rule.direction == "earlier_sessions_only":
-            candidates = range(d)
-        elif rule.direction == "later_sessions_only":
-            candidates = range(d + 1, n)
-        else:
-            candidates = range(n)
+        candidates = {"earlier_sessions_only": range(d), "later_sessions_only": range(d + 1, n)}.get(rule.direction, range(n))
         receivers = [
             j for j in candidates
             if j != d and channels[j] not in rule.channel_labels and shares[j] >= rule.receive_threshold

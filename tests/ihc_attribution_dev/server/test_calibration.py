@@ -235,6 +235,16 @@ def test_calibration_recovers_a_different_conversion_type():
     assert model.params.impression.initializer > 1.3
 
 
+def test_cross_validation_answers_each_journey_with_the_model_of_the_other_fold():
+    journeys = cal.synthetic_answers(random_journeys(9, 240), EVERY_TERM)
+    held, cv = cal.cross_validate(journeys, 2, max_nfev=5)
+    assert sorted(j.conversion_id for j in held) == sorted(j.conversion_id for j in cal.multi_session(journeys))
+    train, test = cal.folds_of(cal.multi_session(journeys), 2)[0]
+    model = cal.calibrate(train, max_nfev=5).model
+    # Looked up by conversion id: an equal copy of a journey (as read again from its file) gets the same answer.
+    assert cv(replace(test[0])) == cal.model_method(model.params, model.weights)(test[0])
+
+
 def test_calibration_of_a_shape_outside_the_family_fits_poorly():
     journeys = cal.time_of_day_answers(random_journeys(8, 500))
     model_mae, linear_mae, _ = _held_out_mae(journeys)

@@ -10,7 +10,7 @@ export AIRFLOW__CORE__LOAD_EXAMPLES ?= False
 export AIRFLOW__CORE__DAGS_FOLDER ?= $(CURDIR)/dags
 export AIRFLOW__CORE__PLUGINS_FOLDER ?= $(CURDIR)/plugins
 
-.PHONY: install test lint demo run backfill ihc-server demo-data calibrate bench clean
+.PHONY: install test test-slow test-all lint demo run backfill ihc-server demo-data calibrate bench clean
 
 # The project is installed the way users install it (editable here): the provider and the
 # plugin reach Airflow through their entry points. The dev tools (local IHC server, demo data)
@@ -29,7 +29,16 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml $(DEV_DIST)/pypro
 
 install: $(STAMP)
 
+# make test is the fast default; the tests marked slow (end to end through Airflow, property and
+# crash tests) run with make test-slow, and make test-all runs both. CI runs make test, then make
+# test-slow.
 test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+test-all: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 lint: $(STAMP)

@@ -126,6 +126,7 @@ def test_manual_range_run_matches_independent_recomputation(dag, env):
     assert summary["attributed"] == len(got)
 
 
+@pytest.mark.slow
 def test_daily_scheduled_runs_converge_with_the_range_run(dag, env, tmp_path):
     for day in (2, 3):  # dag.test runs the data interval that ends at the logical date
         dagrun, states = _run(dag, logical_date=dt.datetime(2024, 1, day + 1, tzinfo=dt.timezone.utc))
@@ -145,6 +146,7 @@ def test_daily_scheduled_runs_converge_with_the_range_run(dag, env, tmp_path):
     assert range_attr == daily_attr and daily_attr
 
 
+@pytest.mark.slow
 def test_manual_run_without_range_fails_before_any_work(dag, env):
     dagrun, states = _run(dag, logical_date=None)
     assert dagrun.state == "failed"
@@ -164,6 +166,7 @@ def test_manual_run_without_range_fails_before_any_work(dag, env):
         pytest.param({"end_date": "2024-01-01"}, "param start_date is missing", id="end-only"),
     ],
 )
+@pytest.mark.slow
 def test_a_bad_range_fails_the_first_task_at_once_in_one_line(dag, env, conf, message, caplog):
     """Airflow validates each param alone, so a range is checked by the first task: it fails on its
     first try (retries on), its log says why in one line, without a traceback."""
@@ -205,6 +208,7 @@ def test_a_bad_lookback_is_refused_when_the_run_is_created(dag, env, lookback):
         dag.test(run_conf={"start_date": "2024-01-01", "end_date": "2024-01-02", "lookback_days": lookback})
 
 
+@pytest.mark.slow
 def test_the_data_aware_start_waits_and_then_runs(env, monkeypatch, airflow_db, caplog):
     """With ATTRIBUTION_WAIT_FOR_DATA_MINUTES set, a run of the latest day whose conversions are not
     loaded yet waits for them (deferred: dag.test runs the trigger inline, as a triggerer would) and,
@@ -251,6 +255,7 @@ def test_the_data_aware_start_waits_and_then_runs(env, monkeypatch, airflow_db, 
     assert attributed & set(late_ids), "the conversions that arrived during the wait are attributed"
 
 
+@pytest.mark.slow
 def test_the_data_aware_start_fails_the_run_in_one_line_when_the_data_never_comes(env, monkeypatch, airflow_db, caplog):
     from airflow.dag_processing.dagbag import DagBag
 

@@ -84,6 +84,7 @@ def test_a_wrong_path_is_an_import_error_of_the_dag_naming_the_setting(monkeypat
     assert "ATTRIBUTION_FAILURE_NOTIFIERS" in error and path in error
 
 
+@pytest.mark.slow
 def test_each_failed_run_gets_a_fresh_notifier_and_a_broken_one_hides_no_other(monkeypatch, airflow_db):
     paths = "tests.dags.notifier_factories:broken, tests.dags.notifier_factories:recording"
     dag = _dag(monkeypatch, paths).get_dag("ihc_attribution")

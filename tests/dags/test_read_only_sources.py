@@ -25,6 +25,8 @@ from ihc_attribution_dev.demo_data import DemoConfig, generate
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve
 
+pytestmark = pytest.mark.slow  # make test-slow; CI runs both
+
 psycopg2 = pytest.importorskip("psycopg2")
 PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres", "connect_timeout": 3}
 API_KEY = "read-only-test-key-93b1"

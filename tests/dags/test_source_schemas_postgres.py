@@ -25,6 +25,8 @@ from ihc_attribution.db import Database
 from tests.dags.source_schemas import RANGE, csv_bytes, issue_dates, payloads, result_tables, source_rows, utc_text
 from tests.helpers import FakeIhcClient, make_db, run_stages
 
+pytestmark = pytest.mark.slow  # make test-slow; CI runs both
+
 psycopg2 = pytest.importorskip("psycopg2")
 PG = {"host": "127.0.0.1", "port": 5432, "connect_timeout": 3}
 

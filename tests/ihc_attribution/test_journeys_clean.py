@@ -23,6 +23,8 @@ from ihc_attribution.daterange import range_from_params
 from ihc_attribution.db import Database
 from tests.helpers import SESSION_COLUMNS, make_db, source_ddl
 
+pytestmark = pytest.mark.slow  # make test-slow; CI runs both
+
 
 class InvalidUtf8(bytes):
     """Bytes stored as TEXT: text that is not valid UTF-8, as a CSV import can leave it."""

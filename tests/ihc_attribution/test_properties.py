@@ -229,6 +229,7 @@ def test_a_conversion_before_the_year_1000_is_handled_by_its_run(tmp_path):
     assert read_table(path, "channel_reporting").values.tolist() == [["Direct Traffic", "0999-01-01", 1.0, 1.0, 5.0]]
 
 
+@pytest.mark.slow
 @settings(max_examples=PIPELINE_EXAMPLES)
 @given(data=source_data())
 def test_one_run_matches_the_independent_recomputation(data):
@@ -272,6 +273,7 @@ def test_one_run_matches_the_independent_recomputation(data):
         assert summary.attributed == sum(1 for sids in order.values() if sids)
 
 
+@pytest.mark.slow
 @settings(max_examples=PIPELINE_EXAMPLES)
 @given(data=source_data(), order=st.randoms(use_true_random=False), repeats=st.lists(st.integers(0, 4), max_size=4))
 def test_daily_runs_in_any_order_and_repeated_equal_one_run_over_the_range(data, order, repeats):
@@ -299,6 +301,7 @@ def test_daily_runs_in_any_order_and_repeated_equal_one_run_over_the_range(data,
         assert [i[:2] for i in after_one_pass["issues"]] == [i[:2] for i in expected["issues"]]
 
 
+@pytest.mark.slow
 @settings(max_examples=PIPELINE_EXAMPLES)
 @given(data=source_data(), max_sessions=st.sampled_from([2, 3, 3000]), policy=st.sampled_from(["truncate", "skip"]))
 def test_every_conversion_of_the_range_is_attributed_or_recorded(data, max_sessions, policy):
@@ -326,6 +329,7 @@ def test_every_conversion_of_the_range_is_attributed_or_recorded(data, max_sessi
         assert all(n <= max_sessions for n in sent)
 
 
+@pytest.mark.slow
 @settings(max_examples=PIPELINE_EXAMPLES)
 @given(data=source_data(), run_id=st.sampled_from(["manual__1", "scheduled__x"]))
 def test_rerunning_a_run_changes_nothing(data, run_id):
@@ -402,6 +406,7 @@ def _attribution_by_conversion(path: Path) -> dict[str, list[tuple]]:
     return out
 
 
+@pytest.mark.slow
 @settings(max_examples=PIPELINE_EXAMPLES)
 @given(
     data=source_data(),

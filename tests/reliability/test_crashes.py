@@ -38,6 +38,8 @@ from tests.reliability.support import (
     start_driver,
 )
 
+pytestmark = pytest.mark.slow  # make test-slow; CI runs both
+
 RUN, START, END = "target", "2024-01-01", "2024-01-10"
 CSV_NAME = f"channel_reporting_{START}_{END}.csv"
 

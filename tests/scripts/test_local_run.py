@@ -23,6 +23,8 @@ SCRIPT = ROOT / "scripts" / "local_run.py"
 sys.path.insert(0, str(SCRIPT.parent))
 import local_run  # noqa: E402  (scripts/ is not a package)
 
+pytestmark = pytest.mark.slow  # make test-slow; CI runs both
+
 # Conversions on 2023-09-01 .. 2023-09-04, sessions from 2023-08-22: 2023-08-31 has none.
 FIRST, LAST = "2023-08-31", "2023-09-03"
 TIMEOUT = 300

@@ -22,6 +22,8 @@ from tests.scripts.test_local_run import ROOT, SCRIPT, counts, log_of, range_sum
 sys.path.insert(0, str(SCRIPT.parent))
 import local_run  # noqa: E402  (scripts/ is not a package)
 
+pytestmark = pytest.mark.slow  # make test-slow; CI runs both
+
 PROBE_TIMEOUT = 180
 
 

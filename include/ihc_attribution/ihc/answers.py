@@ -145,7 +145,7 @@ def check_answer(
             raise _Invalid(f"ihc does not sum to 1 in {len(off)} journey(s): {examples(off)}")
     except _Invalid as problem:
         raise IhcContractError(f"IHC request {request_id!r}: invalid answer: {problem}",
-                               request_id=request_id, status_code=http_status) from None
+                               status_code=http_status) from None
     return IhcResult(request_id, rows, list(failed.values()), attempts, int(code), local_double)
 
 
@@ -235,7 +235,7 @@ def refusal(status: int, text: str, request_id: Any, conv_type_id: str, url: str
     if detail:
         message += f" (service said: {detail!r})"
     kind = IhcConfigurationError if status < 500 else IhcContractError
-    return kind(message, status_code=status, request_id=request_id)
+    return kind(message, status_code=status)
 
 
 def _service_message(text: str, excerpt: Callable[[str], str]) -> str:

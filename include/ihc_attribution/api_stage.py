@@ -136,7 +136,7 @@ def pack_requests(
     )
 
 
-_REQUEST_ROWS = """
+_REQUEST_ROWS_SQL = """
 SELECT j.conv_id, s.session_id, s.event_ts, s.channel_name, s.holder_engagement,
        s.closer_engagement, s.conversion, s.impression_interaction
 FROM attribution_stg_request_journeys j
@@ -146,12 +146,6 @@ ORDER BY j.conv_id{byte_order}, s.event_ts DESC, s.session_id{byte_order} DESC
 """
 
 
-def request_rows_sql(dialect: str) -> str:
-    """The payload rows of one request, ids in byte order on every engine (equal timestamps tie on them)."""
-    return _REQUEST_ROWS.format(byte_order=BYTE_ORDER[dialect])
-
-
-_REQUEST_ROWS_SQL = request_rows_sql("sqlite")
 _FLAGS = ("holder_engagement", "closer_engagement", "conversion", "impression_interaction")
 
 
@@ -162,7 +156,8 @@ def build_request(db: Database, run_id: str, request_no: int, max_sessions: int)
     ``max_sessions`` sessions; each journey is then put back in time order.
     """
     rows: list[dict] = []
-    newest_first = db.query(request_rows_sql(db.dialect), (run_id, request_no))
+    # Ids in byte order on every engine: equal timestamps tie on them.
+    newest_first = db.query(_REQUEST_ROWS_SQL.format(byte_order=BYTE_ORDER[db.dialect]), (run_id, request_no))
     for _, journey in itertools.groupby(newest_first, key=lambda row: row[0]):
         for conv_id, session_id, ts, channel, *flags in reversed(list(itertools.islice(journey, max_sessions))):
             rows.append({"conversion_id": conv_id, "session_id": session_id, "timestamp": ts, "channel_label": channel,

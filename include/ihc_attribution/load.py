@@ -15,9 +15,8 @@ from ihc_attribution import credit, drift, sources
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import BYTE_ORDER, Database
 from ihc_attribution.errors import PermanentError
+from ihc_attribution.ihc.answers import SUM_TOLERANCE
 from ihc_attribution.validation import UNPLACEABLE
-
-SUM_TOLERANCE = 1e-6
 
 
 class LoadError(PermanentError, RuntimeError):

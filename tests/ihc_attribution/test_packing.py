@@ -184,16 +184,14 @@ def test_lower_bound(sizes, max_journeys, max_sessions, expected):
 )
 def test_oversize_policy(policy, kept, truncated, skipped):
     outcome = apply_oversize_policy({"a": 3, "b": 6, "c": 90}, 5, policy)
-    assert outcome == OversizeOutcome(kept, truncated, skipped, policy, 5)
+    assert outcome == OversizeOutcome(kept, truncated, skipped)
     # Whatever the policy, what is left can be packed.
     assert_valid(pack_journeys(outcome.sizes, 100, 5), outcome.sizes, 100, 5)
 
 
 def test_oversize_policy_defaults_to_truncate_and_leaves_fitting_journeys_alone():
-    outcome = apply_oversize_policy({"a": 1, "b": 200}, 200)
-    assert outcome.policy == "truncate"
-    assert outcome.sizes == {"a": 1, "b": 200}
-    assert outcome.truncated == {} and outcome.skipped == {}
+    assert apply_oversize_policy({"a": 1, "b": 200}, 200) == OversizeOutcome({"a": 1, "b": 200})
+    assert apply_oversize_policy({"a": 1, "b": 201}, 200) == OversizeOutcome({"a": 1, "b": 200}, truncated={"b": 201})
 
 
 @pytest.mark.parametrize(

@@ -150,26 +150,21 @@ def check_answer(
 
 
 def _failures(errors: list[Any], journeys: Journeys, excerpt: Callable[[str], str]) -> dict[str, PartialFailure]:
+    """The journeys listed in ``partialFailureErrors``, by conversion id as text. The entries' field names
+    are not documented, so the usual spellings are accepted."""
     failed: dict[str, PartialFailure] = {}
     for entry in errors:
-        conv_key, message = _partial_failure(entry)
-        if conv_key is None:
+        fields = entry if isinstance(entry, dict) else {}
+        conv_id = next((fields[k] for k in ("conversion_id", "conversionId", "conv_id") if fields.get(k) is not None), None)
+        if conv_id is None:
             raise _Invalid(f"partial failure without a conversion id: {excerpt(json.dumps(entry))!r}")
-        if conv_key not in journeys:
-            raise _Invalid(f"partial failure for conversion {conv_key!r}, which was not sent")
-        original = next(iter(journeys[conv_key].values()))[0]
-        failed.setdefault(conv_key, PartialFailure(original, excerpt(message)))
+        if str(conv_id) not in journeys:
+            raise _Invalid(f"partial failure for conversion {str(conv_id)!r}, which was not sent")
+        message = next((fields[k] for k in ("message", "error", "errorMessage", "detail", "reason") if fields.get(k)),
+                       json.dumps(entry, default=str))
+        original = next(iter(journeys[str(conv_id)].values()))[0]
+        failed.setdefault(str(conv_id), PartialFailure(original, excerpt(str(message))))
     return failed
-
-
-def _partial_failure(entry: Any) -> tuple[str | None, str]:
-    """Conversion id (as text) and message of one ``partialFailureErrors`` entry."""
-    if not isinstance(entry, dict):
-        return None, str(entry)
-    ids = (entry[name] for name in ("conversion_id", "conversionId", "conv_id") if entry.get(name) is not None)
-    messages = (entry[name] for name in ("message", "error", "errorMessage", "detail", "reason") if entry.get(name))
-    conv_id = next(ids, None)
-    return (None if conv_id is None else str(conv_id)), str(next(messages, json.dumps(entry, default=str)))
 
 
 def _rows(

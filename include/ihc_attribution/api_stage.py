@@ -20,7 +20,7 @@ from ihc_attribution.ihc.answers import IhcRequest, IhcResult, examples
 from ihc_attribution.ihc.client import IhcClient, SendProgress, SendSummary
 from ihc_attribution.ihc.errors import IhcError, IhcRejectedJourneysError, IhcRetriesExhaustedError
 from ihc_attribution.validation import API_REJECTED, OVERSIZED
-from ihc_attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
+from ihc_attribution.packing import lower_bound, pack_journeys
 
 if TYPE_CHECKING:
     from ihc_attribution.ihc.hook import IhcHook
@@ -86,6 +86,8 @@ def pack_requests(
     earlier attempt of the run for the same journey (same fingerprint, same size sent) are
     reused instead of planned again.
     """
+    if oversized_policy not in ("truncate", "skip"):
+        raise ValueError(f"unknown oversized journey policy {oversized_policy!r}; use one of truncate, skip")
     with db.transaction():
         for table in ("attribution_stg_requests", "attribution_stg_request_journeys"):
             db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
@@ -93,23 +95,22 @@ def pack_requests(
             "DELETE FROM attribution_stg_issues WHERE run_id = ? AND reason IN (?, ?)",
             (run_id, OVERSIZED, API_REJECTED),
         )
-        journeys_sizes = dict(
+        sizes = dict(
             db.query(
                 "SELECT conv_id, n_sessions FROM attribution_stg_conversions "
                 f"WHERE run_id = ? AND status = 'ready' ORDER BY conv_id{BYTE_ORDER[db.dialect]}",
                 (run_id,),
             )
         )
-        outcome = apply_oversize_policy(journeys_sizes, max_sessions, oversized_policy)  # checks policy and limit
         _check_staged_for(db, run_id, max_sessions)
-        sizes = outcome.sizes
+        over = {c: n for c, n in sizes.items() if n > max_sessions}
+        truncate = oversized_policy == "truncate"
         issues = [
-            (run_id, c, OVERSIZED, f"sent truncated to its latest {max_sessions} of {n} sessions")
-            for c, n in sorted(outcome.truncated.items())
-        ] + [
-            (run_id, c, OVERSIZED, f"not sent: {n} sessions, over the limit of {max_sessions} per request")
-            for c, n in sorted(outcome.skipped.items())
+            (run_id, c, OVERSIZED, f"sent truncated to its latest {max_sessions} of {n} sessions" if truncate
+             else f"not sent: {n} sessions, over the limit of {max_sessions} per request")
+            for c, n in sorted(over.items())
         ]
+        sizes = {c: min(n, max_sessions) for c, n in sizes.items() if truncate or c not in over}
         db.executemany("INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?)", issues)
         answered = dict(
             db.query("SELECT conv_id, n_sent FROM attribution_stg_answered WHERE run_id = ?", (run_id,))
@@ -132,7 +133,7 @@ def pack_requests(
     return PackSummary(
         journeys=len(to_send), sessions=sum(to_send.values()), requests=len(bins),
         lower_bound=lower_bound(to_send, max_journeys, max_sessions) if to_send else 0,
-        truncated=len(outcome.truncated), skipped=len(outcome.skipped), reused=len(reused),
+        truncated=len(over) if truncate else 0, skipped=0 if truncate else len(over), reused=len(reused),
     )
 
 

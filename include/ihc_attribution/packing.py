@@ -13,20 +13,9 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 ConvId = TypeVar("ConvId", bound=Hashable)
-
-
-@dataclass(frozen=True)
-class OversizeOutcome:
-    """Sizes to pack (truncated journeys at ``max_sessions``, skipped ones absent), and conv id -> original
-    size of the journeys truncated and of those skipped."""
-
-    sizes: dict[Hashable, int]
-    truncated: dict[Hashable, int] = field(default_factory=dict)
-    skipped: dict[Hashable, int] = field(default_factory=dict)
 
 
 def _check_limits(max_journeys: int, max_sessions: int) -> None:
@@ -46,23 +35,6 @@ def lower_bound(sizes: Mapping[ConvId, int], max_journeys: int, max_sessions: in
     return max(math.ceil(len(sizes) / max_journeys), math.ceil(sum(sizes.values()) / max_sessions))
 
 
-def apply_oversize_policy(sizes: Mapping[ConvId, int], max_sessions: int, policy: str = "truncate") -> OversizeOutcome:
-    """Decide what happens to journeys longer than ``max_sessions``, on sizes only: ``truncate`` (the caller
-    sends their latest ``max_sessions`` sessions, the converting one among them) or ``skip`` (not sent).
-
-    :raises ValueError: for an unknown policy, a non-positive limit or a journey with < 1 session.
-    """
-    if policy not in ("truncate", "skip"):
-        raise ValueError(f"unknown oversized journey policy {policy!r}; use one of truncate, skip")
-    _check_limits(1, max_sessions)
-    for conv_id, size in sizes.items():
-        _check_size(conv_id, size)
-    truncate = policy == "truncate"
-    kept = {c: min(n, max_sessions) for c, n in sizes.items() if n <= max_sessions or truncate}
-    over = {c: n for c, n in sizes.items() if n > max_sessions}
-    return OversizeOutcome(kept, truncated=over if truncate else {}, skipped={} if truncate else over)
-
-
 def pack_journeys(
     sizes: Mapping[ConvId, int], max_journeys: int, max_sessions: int
 ) -> list[list[ConvId]]:
@@ -70,7 +42,7 @@ def pack_journeys(
 
     Deterministic: the result depends on the sizes and the order of the (mutually comparable) ids.
     :raises ValueError: for a journey with fewer than 1 or more than ``max_sessions`` sessions, or a
-        non-positive limit (apply :func:`apply_oversize_policy` first).
+        non-positive limit (apply the oversized journey policy first).
     """
     _check_limits(max_journeys, max_sessions)
     for conv_id, size in sizes.items():

@@ -132,7 +132,7 @@ def pack_requests(
         )
     return PackSummary(
         journeys=len(to_send), sessions=sum(to_send.values()), requests=len(bins),
-        lower_bound=lower_bound(to_send, max_journeys, max_sessions) if to_send else 0,
+        lower_bound=lower_bound(to_send, max_journeys, max_sessions),
         truncated=len(over) if truncate else 0, skipped=0 if truncate else len(over), reused=len(reused),
     )
 

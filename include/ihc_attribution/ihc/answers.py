@@ -158,12 +158,12 @@ def _failures(errors: list[Any], journeys: Journeys, excerpt: Callable[[str], st
         conv_id = next((fields[k] for k in ("conversion_id", "conversionId", "conv_id") if fields.get(k) is not None), None)
         if conv_id is None:
             raise _Invalid(f"partial failure without a conversion id: {excerpt(json.dumps(entry))!r}")
-        if str(conv_id) not in journeys:
-            raise _Invalid(f"partial failure for conversion {str(conv_id)!r}, which was not sent")
+        if (key := str(conv_id)) not in journeys:
+            raise _Invalid(f"partial failure for conversion {key!r}, which was not sent")
         message = next((fields[k] for k in ("message", "error", "errorMessage", "detail", "reason") if fields.get(k)),
                        json.dumps(entry, default=str))
-        original = next(iter(journeys[str(conv_id)].values()))[0]
-        failed.setdefault(str(conv_id), PartialFailure(original, excerpt(str(message))))
+        original = next(iter(journeys[key].values()))[0]
+        failed.setdefault(key, PartialFailure(original, excerpt(str(message))))
     return failed
 
 

@@ -304,6 +304,7 @@ class IhcClient:
         local_double = response.headers.get(LOCAL_DOUBLE_HEADER, "").lower() == "true"
         return check_answer(sent, body, status, number, local_double, self._redact.excerpt)
 
+
 class _Run:
     """One call of :meth:`IhcClient.compute_ihc`: the requests in flight and what came of them."""
 

@@ -20,7 +20,7 @@ from ihc_attribution.ihc.answers import IhcRequest, IhcResult, examples
 from ihc_attribution.ihc.client import IhcClient, SendProgress, SendSummary
 from ihc_attribution.ihc.errors import IhcError, IhcRejectedJourneysError, IhcRetriesExhaustedError
 from ihc_attribution.validation import API_REJECTED, OVERSIZED
-from ihc_attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
+from ihc_attribution.packing import lower_bound, pack_journeys
 
 if TYPE_CHECKING:
     from ihc_attribution.ihc.hook import IhcHook
@@ -86,6 +86,8 @@ def pack_requests(
     earlier attempt of the run for the same journey (same fingerprint, same size sent) are
     reused instead of planned again.
     """
+    if oversized_policy not in ("truncate", "skip"):
+        raise ValueError(f"unknown oversized journey policy {oversized_policy!r}; use one of truncate, skip")
     with db.transaction():
         for table in ("attribution_stg_requests", "attribution_stg_request_journeys"):
             db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
@@ -93,23 +95,22 @@ def pack_requests(
             "DELETE FROM attribution_stg_issues WHERE run_id = ? AND reason IN (?, ?)",
             (run_id, OVERSIZED, API_REJECTED),
         )
-        journeys_sizes = dict(
+        sizes = dict(
             db.query(
                 "SELECT conv_id, n_sessions FROM attribution_stg_conversions "
                 f"WHERE run_id = ? AND status = 'ready' ORDER BY conv_id{BYTE_ORDER[db.dialect]}",
                 (run_id,),
             )
         )
-        outcome = apply_oversize_policy(journeys_sizes, max_sessions, oversized_policy)  # checks policy and limit
         _check_staged_for(db, run_id, max_sessions)
-        sizes = outcome.sizes
+        over = {c: n for c, n in sizes.items() if n > max_sessions}
+        truncate = oversized_policy == "truncate"
         issues = [
-            (run_id, c, OVERSIZED, f"sent truncated to its latest {max_sessions} of {n} sessions")
-            for c, n in sorted(outcome.truncated.items())
-        ] + [
-            (run_id, c, OVERSIZED, f"not sent: {n} sessions, over the limit of {max_sessions} per request")
-            for c, n in sorted(outcome.skipped.items())
+            (run_id, c, OVERSIZED, f"sent truncated to its latest {max_sessions} of {n} sessions" if truncate
+             else f"not sent: {n} sessions, over the limit of {max_sessions} per request")
+            for c, n in sorted(over.items())
         ]
+        sizes = {c: min(n, max_sessions) for c, n in sizes.items() if truncate or c not in over}
         db.executemany("INSERT INTO attribution_stg_issues (run_id, conv_id, reason, detail) VALUES (?, ?, ?, ?)", issues)
         answered = dict(
             db.query("SELECT conv_id, n_sent FROM attribution_stg_answered WHERE run_id = ?", (run_id,))
@@ -131,12 +132,12 @@ def pack_requests(
         )
     return PackSummary(
         journeys=len(to_send), sessions=sum(to_send.values()), requests=len(bins),
-        lower_bound=lower_bound(to_send, max_journeys, max_sessions) if to_send else 0,
-        truncated=len(outcome.truncated), skipped=len(outcome.skipped), reused=len(reused),
+        lower_bound=lower_bound(to_send, max_journeys, max_sessions),
+        truncated=len(over) if truncate else 0, skipped=0 if truncate else len(over), reused=len(reused),
     )
 
 
-_REQUEST_ROWS = """
+_REQUEST_ROWS_SQL = """
 SELECT j.conv_id, s.session_id, s.event_ts, s.channel_name, s.holder_engagement,
        s.closer_engagement, s.conversion, s.impression_interaction
 FROM attribution_stg_request_journeys j
@@ -146,12 +147,6 @@ ORDER BY j.conv_id{byte_order}, s.event_ts DESC, s.session_id{byte_order} DESC
 """
 
 
-def request_rows_sql(dialect: str) -> str:
-    """The payload rows of one request, ids in byte order on every engine (equal timestamps tie on them)."""
-    return _REQUEST_ROWS.format(byte_order=BYTE_ORDER[dialect])
-
-
-_REQUEST_ROWS_SQL = request_rows_sql("sqlite")
 _FLAGS = ("holder_engagement", "closer_engagement", "conversion", "impression_interaction")
 
 
@@ -162,7 +157,8 @@ def build_request(db: Database, run_id: str, request_no: int, max_sessions: int)
     ``max_sessions`` sessions; each journey is then put back in time order.
     """
     rows: list[dict] = []
-    newest_first = db.query(request_rows_sql(db.dialect), (run_id, request_no))
+    # Ids in byte order on every engine: equal timestamps tie on them.
+    newest_first = db.query(_REQUEST_ROWS_SQL.format(byte_order=BYTE_ORDER[db.dialect]), (run_id, request_no))
     for _, journey in itertools.groupby(newest_first, key=lambda row: row[0]):
         for conv_id, session_id, ts, channel, *flags in reversed(list(itertools.islice(journey, max_sessions))):
             rows.append({"conversion_id": conv_id, "session_id": session_id, "timestamp": ts, "channel_label": channel,

@@ -95,22 +95,26 @@ class ModelTotals:
         return ((self.revenue[model] - base) * 100 / abs(base)).quantize(Decimal("0.1"), ROUND_HALF_UP)
 
 
-def model_columns(db: Any, first_date: str, last_date: str) -> tuple[tuple[str, ...], dict[tuple[str, str], tuple], tuple]:
-    """The CSV's opt-in columns: per (channel, date), orders and revenue under each rule-based model.
-
-    Rounded as :func:`model_totals` rounds them, so a channel's column sums are its totals there.
-    """
-    rules = [name for name, _ in MODELS if name != "ihc"]
-    cells = []
-    for name in rules:
+def _cells(db: Any, first_date: str, last_date: str, channels: list[str] | None = None) -> list[tuple]:
+    """Per (channel, date) of ``[first_date, last_date]``: each model's credit (1/10,000 orders) and revenue in
+    cents, in the order of :data:`MODELS`. Revenue is rounded to the cent per cell, as ``channel_reporting``
+    holds it, so that sums over cells match the report."""
+    sums = []
+    for name, _ in MODELS:
         micros = round_div_sql(f"{name}_e4 * revenue_micros", _ONE, sqlite=db.is_sqlite)
-        cells += [f"SUM({name}_e4)", round_div_sql(f"SUM({micros})", 10_000, sqlite=db.is_sqlite)]
-    rows = db.query(
-        f"SELECT channel_name, date, {', '.join(cells)} FROM {CREDIT} WHERE date >= ? AND date <= ? "
-        "GROUP BY channel_name, date",
-        (first_date, last_date),
+        sums += [f"SUM({name}_e4)", round_div_sql(f"SUM({micros})", 10_000, sqlite=db.is_sqlite)]
+    where, params = "date >= ? AND date <= ?", [first_date, last_date]
+    if channels is not None:
+        where += f" AND channel_name IN ({', '.join('?' * len(channels))})" if channels else " AND 1 = 0"
+        params += channels
+    return db.query(
+        f"SELECT channel_name, date, {', '.join(sums)} FROM {CREDIT} WHERE {where} GROUP BY channel_name, date", params
     )
-    names = tuple(column for name in rules for column in (f"{name}_orders", f"{name}_revenue"))
+
+
+def model_columns(db: Any, first_date: str, last_date: str) -> tuple[tuple[str, ...], dict[tuple[str, str], tuple], tuple]:
+    """The CSV's opt-in columns: per (channel, date), orders and revenue under each rule-based model."""
+    names = tuple(f"{name}_{column}" for name, _ in MODELS[1:] for column in ("orders", "revenue"))
 
     def shown(sums: list) -> tuple:
         return tuple(
@@ -119,34 +123,25 @@ def model_columns(db: Any, first_date: str, last_date: str) -> tuple[tuple[str, 
             for i, v in enumerate(sums)
         )
 
-    values = {(str(channel), str(date)): shown(sums) for channel, date, *sums in rows}
+    # MODELS[0] is IHC, already in the report's columns.
+    values = {(str(channel), str(date)): shown(sums[2:]) for channel, date, *sums in _cells(db, first_date, last_date)}
     return names, values, shown([0] * len(names))
 
 
 def model_totals(db: Any, first_date: str, last_date: str, channels: list[str] | None = None) -> list[ModelTotals]:
     """Per channel, over the sessions of ``[first_date, last_date]``: orders and revenue under every model.
 
-    ``db`` has ``query(sql, params)`` and ``is_sqlite``. Revenue is rounded to the cent per (channel,
-    date), as ``channel_reporting`` holds it, then summed: the IHC column equals the report's totals.
+    ``db`` has ``query(sql, params)`` and ``is_sqlite``. Revenue is summed from the cells' cents, so the
+    IHC column equals the report's totals and each model's the sums of its CSV column.
     """
-    cells, sums = [], []
-    for name, _ in MODELS:
-        micros = round_div_sql(f"{name}_e4 * revenue_micros", _ONE, sqlite=db.is_sqlite)
-        cents = round_div_sql(f"SUM({micros})", 10_000, sqlite=db.is_sqlite)
-        cells += [f"SUM({name}_e4) AS {name}_e4", f"{cents} AS {name}_cents"]
-        sums += [f"SUM({name}_e4)", f"SUM({name}_cents)"]
-    where, params = "date >= ? AND date <= ?", [first_date, last_date]
-    if channels is not None:
-        where += f" AND channel_name IN ({', '.join('?' * len(channels))})" if channels else " AND 1 = 0"
-        params += channels
-    rows = db.query(
-        f"SELECT channel_name, {', '.join(sums)} FROM (SELECT channel_name, {', '.join(cells)} FROM {CREDIT} "
-        f"WHERE {where} GROUP BY channel_name, date) AS cells GROUP BY channel_name",
-        params,
-    )
-    out = []
-    for channel, *totals in rows:
-        orders = {name: Decimal(int(totals[2 * i] or 0)) / _ONE for i, (name, _) in enumerate(MODELS)}
-        revenue = {name: Decimal(int(totals[2 * i + 1] or 0)) / 100 for i, (name, _) in enumerate(MODELS)}
-        out.append(ModelTotals(str(channel), orders, revenue))
+    sums: dict[str, list[int]] = {}
+    for channel, _, *cell in _cells(db, first_date, last_date, channels):
+        total = sums.setdefault(str(channel), [0] * len(cell))
+        for i, value in enumerate(cell):
+            total[i] += int(value or 0)
+    out = [
+        ModelTotals(channel, {name: Decimal(total[2 * i]) / _ONE for i, (name, _) in enumerate(MODELS)},
+                    {name: Decimal(total[2 * i + 1]) / 100 for i, (name, _) in enumerate(MODELS)})
+        for channel, total in sums.items()
+    ]
     return sorted(out, key=lambda t: (-t.revenue["ihc"], t.channel_name))

@@ -15,9 +15,8 @@ from ihc_attribution import credit, drift, sources
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import BYTE_ORDER, Database
 from ihc_attribution.errors import PermanentError
+from ihc_attribution.ihc.answers import SUM_TOLERANCE
 from ihc_attribution.validation import UNPLACEABLE
-
-SUM_TOLERANCE = 1e-6
 
 
 class LoadError(PermanentError, RuntimeError):
@@ -72,7 +71,7 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
                 f"OR conv_id NOT IN ({_SOURCE_CONVS.format(conversions=sources.relation(db, sources.CONVERSIONS))})")
         replaced = f"conv_id IN ({_RUN_CONVS}) OR conv_id IN ({gone})"
         params = (run_id, first, last, run_id)
-        _add_report_dates(db, run_id, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE {replaced}",
+        _add_report_dates(db, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE {replaced}",
                           (run_id, *params))
         for table in ("attribution_journeys", "attribution_customer_journey", "attribution_credit"):
             db.execute(f"DELETE FROM {table} WHERE {replaced}", params)
@@ -86,15 +85,14 @@ def load_attribution(db: Database, run_id: str, run_range: RunRange, *, recorded
         drift.forget(db, run_id)
         if credited != summary.rows:
             raise LoadError(f"{summary.rows - credited} answered sessions of run {run_id} are not in its journeys")
-        _add_report_dates(
-            db, run_id, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE conv_id IN ({_RUN_CONVS})", (run_id, run_id)
-        )
+        _add_report_dates(db, f"SELECT DISTINCT ?, date FROM attribution_credit WHERE conv_id IN ({_RUN_CONVS})",
+                          (run_id, run_id))
         db.executemany(
             "INSERT INTO attribution_stg_report_dates (run_id, report_date) VALUES (?, ?) "
             "ON CONFLICT (run_id, report_date) DO NOTHING",
             [(run_id, d) for d in run_range.dates()],
         )
-        _add_report_dates(db, run_id, "SELECT ?, day FROM attribution_stg_extra_days WHERE run_id = ?", (run_id, run_id))
+        _add_report_dates(db, "SELECT ?, day FROM attribution_stg_extra_days WHERE run_id = ?", (run_id, run_id))
         # Every run records every conversion whose date cannot be read at all: those rows are its own too.
         db.execute(
             f"DELETE FROM attribution_issues WHERE conv_id IN ({_RUN_CONVS}) OR conv_id IN ({_RUN_ISSUE_CONVS}) "
@@ -151,7 +149,7 @@ WHERE c.run_id = ?
 """
 
 
-def _add_report_dates(db: Database, run_id: str, select_sql: str, params: tuple) -> None:
+def _add_report_dates(db: Database, select_sql: str, params: tuple) -> None:
     db.execute(
         "INSERT INTO attribution_stg_report_dates (run_id, report_date) "
         f"{select_sql} ON CONFLICT (run_id, report_date) DO NOTHING",

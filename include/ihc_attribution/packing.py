@@ -13,29 +13,9 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Hashable, Mapping
-from dataclasses import dataclass, field
 from typing import TypeVar
 
 ConvId = TypeVar("ConvId", bound=Hashable)
-
-#: Keep the most recent ``max_sessions`` sessions of an oversized journey (the converting session,
-#: the latest one, always stays).
-POLICY_TRUNCATE = "truncate"
-#: Leave an oversized journey out of the run altogether.
-POLICY_SKIP = "skip"
-OVERSIZE_POLICIES = (POLICY_TRUNCATE, POLICY_SKIP)
-
-
-@dataclass(frozen=True)
-class OversizeOutcome:
-    """Sizes to pack (truncated journeys at ``max_sessions``, skipped ones absent), conv id -> original
-    size of the journeys truncated and of those skipped, and the policy and limit applied."""
-
-    sizes: dict[Hashable, int]
-    truncated: dict[Hashable, int] = field(default_factory=dict)
-    skipped: dict[Hashable, int] = field(default_factory=dict)
-    policy: str = POLICY_TRUNCATE
-    max_sessions: int = 0
 
 
 def _check_limits(max_journeys: int, max_sessions: int) -> None:
@@ -55,32 +35,6 @@ def lower_bound(sizes: Mapping[ConvId, int], max_journeys: int, max_sessions: in
     return max(math.ceil(len(sizes) / max_journeys), math.ceil(sum(sizes.values()) / max_sessions))
 
 
-def apply_oversize_policy(
-    sizes: Mapping[ConvId, int],
-    max_sessions: int,
-    policy: str = POLICY_TRUNCATE,
-) -> OversizeOutcome:
-    """Decide what happens to journeys longer than ``max_sessions`` (``truncate`` or ``skip``), on sizes only.
-
-    With ``truncate`` the caller sends the latest ``max_sessions`` sessions of each truncated journey.
-    :raises ValueError: for an unknown policy, a non-positive limit or a journey with < 1 session.
-    """
-    if policy not in OVERSIZE_POLICIES:
-        raise ValueError(
-            f"unknown oversized journey policy {policy!r}; use one of {', '.join(OVERSIZE_POLICIES)}"
-        )
-    _check_limits(1, max_sessions)
-    for conv_id, size in sizes.items():
-        _check_size(conv_id, size)
-    truncate = policy == POLICY_TRUNCATE
-    kept = {c: min(n, max_sessions) for c, n in sizes.items() if n <= max_sessions or truncate}
-    over = {c: n for c, n in sizes.items() if n > max_sessions}
-    return OversizeOutcome(
-        sizes=kept, truncated=over if truncate else {}, skipped={} if truncate else over, policy=policy,
-        max_sessions=max_sessions,
-    )
-
-
 def pack_journeys(
     sizes: Mapping[ConvId, int], max_journeys: int, max_sessions: int
 ) -> list[list[ConvId]]:
@@ -88,7 +42,7 @@ def pack_journeys(
 
     Deterministic: the result depends on the sizes and the order of the (mutually comparable) ids.
     :raises ValueError: for a journey with fewer than 1 or more than ``max_sessions`` sessions, or a
-        non-positive limit (apply :func:`apply_oversize_policy` first).
+        non-positive limit (apply the oversized journey policy first).
     """
     _check_limits(max_journeys, max_sessions)
     for conv_id, size in sizes.items():

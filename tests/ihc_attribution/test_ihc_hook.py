@@ -19,7 +19,7 @@ from ihc_attribution.ihc.client import IhcClient
 from ihc_attribution.ihc.errors import IhcConfigurationError, IhcRetriesExhaustedError
 from ihc_attribution.ihc.hook import IhcHook, build_base_url
 from ihc_attribution.ihc.settings import KNOWN_EXTRAS, IhcSettings, parse_settings
-from ihc_attribution.packing import apply_oversize_policy, lower_bound, pack_journeys
+from ihc_attribution.packing import lower_bound, pack_journeys
 from ihc_attribution.provider import CONN_FIELDS, UI_FIELD_BEHAVIOUR
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.testing import serve
@@ -429,15 +429,16 @@ def test_packed_journeys_fit_the_free_account_limits_end_to_end(monkeypatch):
                                                      "max_concurrency": "3"})
         hook = IhcHook()
         settings = hook.settings
-        outcome = apply_oversize_policy(sizes, settings.max_sessions_per_request, settings.oversized_journey_policy)
-        packed = pack_journeys(outcome.sizes, settings.max_journeys_per_request, settings.max_sessions_per_request)
+        assert settings.oversized_journey_policy == "truncate"
+        sent = {conv_id: min(n, settings.max_sessions_per_request) for conv_id, n in sizes.items()}
+        packed = pack_journeys(sent, settings.max_journeys_per_request, settings.max_sessions_per_request)
 
         def requests():
             for number, conv_ids in enumerate(packed):
                 rows = []
                 for conv_id in conv_ids:
                     n = sizes[conv_id]
-                    kept = range(n - outcome.sizes[conv_id], n)  # the most recent sessions
+                    kept = range(n - sent[conv_id], n)  # the most recent sessions
                     rows += [
                         {
                             "conversion_id": conv_id,
@@ -460,8 +461,8 @@ def test_packed_journeys_fit_the_free_account_limits_end_to_end(monkeypatch):
                 credit[row.conversion_id] = credit.get(row.conversion_id, 0.0) + row.ihc
 
         summary = hook.compute_ihc(requests(), store, total=len(packed))
-    assert outcome.truncated == {"conv-long": 250}
-    assert summary.requests_answered == len(packed) <= lower_bound(outcome.sizes, 100, 200) * 1.02
+    assert sent["conv-long"] == 200
+    assert summary.requests_answered == len(packed) <= lower_bound(sent, 100, 200) * 1.02
     assert summary.retries == 0 and summary.journeys_rejected == 0
     assert set(credit) == set(sizes)
     assert all(abs(total - 1) < 1e-6 for total in credit.values())

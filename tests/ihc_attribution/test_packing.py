@@ -10,10 +10,8 @@ from collections import Counter
 import pytest
 
 from ihc_attribution.packing import (
-    OversizeOutcome,
     _pack_balanced,
     _pack_first_fit_decreasing,
-    apply_oversize_policy,
     lower_bound,
     pack_journeys,
 )
@@ -170,36 +168,3 @@ def test_invalid_limits_raise(max_journeys, max_sessions):
 )
 def test_lower_bound(sizes, max_journeys, max_sessions, expected):
     assert lower_bound(sizes, max_journeys, max_sessions) == expected
-
-
-# --- oversized journeys ------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("policy", "kept", "truncated", "skipped"),
-    [
-        ("truncate", {"a": 3, "b": 5, "c": 5}, {"b": 6, "c": 90}, {}),
-        ("skip", {"a": 3}, {}, {"b": 6, "c": 90}),
-    ],
-)
-def test_oversize_policy(policy, kept, truncated, skipped):
-    outcome = apply_oversize_policy({"a": 3, "b": 6, "c": 90}, 5, policy)
-    assert outcome == OversizeOutcome(kept, truncated, skipped, policy, 5)
-    # Whatever the policy, what is left can be packed.
-    assert_valid(pack_journeys(outcome.sizes, 100, 5), outcome.sizes, 100, 5)
-
-
-def test_oversize_policy_defaults_to_truncate_and_leaves_fitting_journeys_alone():
-    outcome = apply_oversize_policy({"a": 1, "b": 200}, 200)
-    assert outcome.policy == "truncate"
-    assert outcome.sizes == {"a": 1, "b": 200}
-    assert outcome.truncated == {} and outcome.skipped == {}
-
-
-@pytest.mark.parametrize(
-    ("sizes", "max_sessions", "policy"),
-    [({"a": 1}, 5, "split"), ({"a": 0}, 5, "skip"), ({"a": 1}, 0, "truncate")],
-)
-def test_oversize_policy_rejects_bad_input(sizes, max_sessions, policy):
-    with pytest.raises(ValueError):
-        apply_oversize_policy(sizes, max_sessions, policy)

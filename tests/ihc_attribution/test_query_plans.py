@@ -133,7 +133,7 @@ def test_report_reads_only_the_package_s_tables_through_their_date_index(db_path
 
 
 def test_request_rows_are_read_by_request_number(db_path):
-    steps = plan(db_path, api_stage._REQUEST_ROWS_SQL, (RUN, 0))
+    steps = plan(db_path, api_stage._REQUEST_ROWS_SQL.format(byte_order=""), (RUN, 0))
     assert any(
         "j USING COVERING INDEX ix_attribution_stg_request_journeys_request_conv (run_id=? AND request_no=?)" in step
         for step in steps

@@ -145,31 +145,26 @@ def check_answer(
             raise _Invalid(f"ihc does not sum to 1 in {len(off)} journey(s): {examples(off)}")
     except _Invalid as problem:
         raise IhcContractError(f"IHC request {request_id!r}: invalid answer: {problem}",
-                               request_id=request_id, status_code=http_status) from None
+                               status_code=http_status) from None
     return IhcResult(request_id, rows, list(failed.values()), attempts, int(code), local_double)
 
 
 def _failures(errors: list[Any], journeys: Journeys, excerpt: Callable[[str], str]) -> dict[str, PartialFailure]:
+    """The journeys listed in ``partialFailureErrors``, by conversion id as text. The entries' field names
+    are not documented, so the usual spellings are accepted."""
     failed: dict[str, PartialFailure] = {}
     for entry in errors:
-        conv_key, message = _partial_failure(entry)
-        if conv_key is None:
+        fields = entry if isinstance(entry, dict) else {}
+        conv_id = next((fields[k] for k in ("conversion_id", "conversionId", "conv_id") if fields.get(k) is not None), None)
+        if conv_id is None:
             raise _Invalid(f"partial failure without a conversion id: {excerpt(json.dumps(entry))!r}")
-        if conv_key not in journeys:
-            raise _Invalid(f"partial failure for conversion {conv_key!r}, which was not sent")
-        original = next(iter(journeys[conv_key].values()))[0]
-        failed.setdefault(conv_key, PartialFailure(original, excerpt(message)))
+        if (key := str(conv_id)) not in journeys:
+            raise _Invalid(f"partial failure for conversion {key!r}, which was not sent")
+        message = next((fields[k] for k in ("message", "error", "errorMessage", "detail", "reason") if fields.get(k)),
+                       json.dumps(entry, default=str))
+        original = next(iter(journeys[key].values()))[0]
+        failed.setdefault(key, PartialFailure(original, excerpt(str(message))))
     return failed
-
-
-def _partial_failure(entry: Any) -> tuple[str | None, str]:
-    """Conversion id (as text) and message of one ``partialFailureErrors`` entry."""
-    if not isinstance(entry, dict):
-        return None, str(entry)
-    ids = (entry[name] for name in ("conversion_id", "conversionId", "conv_id") if entry.get(name) is not None)
-    messages = (entry[name] for name in ("message", "error", "errorMessage", "detail", "reason") if entry.get(name))
-    conv_id = next(ids, None)
-    return (None if conv_id is None else str(conv_id)), str(next(messages, json.dumps(entry, default=str)))
 
 
 def _rows(
@@ -235,7 +230,7 @@ def refusal(status: int, text: str, request_id: Any, conv_type_id: str, url: str
     if detail:
         message += f" (service said: {detail!r})"
     kind = IhcConfigurationError if status < 500 else IhcContractError
-    return kind(message, status_code=status, request_id=request_id)
+    return kind(message, status_code=status)
 
 
 def _service_message(text: str, excerpt: Callable[[str], str]) -> str:

@@ -36,9 +36,6 @@ log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 LOCAL_DOUBLE_HEADER = "X-IHC-Local-Double"  # set by the project's local IHC double on every answer
-#: Answer size cap when ``max_response_bytes`` is not set: 1 MiB plus 4 bytes per byte sent.
-DEFAULT_RESPONSE_BASE_BYTES = 1 << 20
-DEFAULT_RESPONSE_BYTES_PER_SENT_BYTE = 4
 _CHUNK = 64 * 1024
 
 
@@ -81,18 +78,15 @@ class SendSummary:
 
 
 def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """Return the wait a ``Retry-After`` header (seconds or an HTTP date) asks for, ``None`` if unusable."""
-    if value is None or not value.strip():
-        return None
-    with contextlib.suppress(ValueError):
-        seconds = float(value)
+    """The wait a ``Retry-After`` header (seconds or an HTTP date) asks for, ``None`` if unusable."""
+    with contextlib.suppress(TypeError, ValueError):
+        seconds = float(value)  # type: ignore[arg-type]
         return max(seconds, 0.0) if math.isfinite(seconds) else None
-    try:
-        when = email.utils.parsedate_to_datetime(value.strip())
-    except (TypeError, ValueError, IndexError):
-        return None
-    when = when if when.tzinfo else when.replace(tzinfo=UTC)
-    return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+    with contextlib.suppress(TypeError, ValueError, IndexError):
+        when = email.utils.parsedate_to_datetime(value)  # type: ignore[arg-type]
+        when = when if when.tzinfo else when.replace(tzinfo=UTC)
+        return max((when - (now or datetime.now(UTC))).total_seconds(), 0.0)
+    return None
 
 
 class _Transient(Exception):
@@ -258,20 +252,20 @@ class IhcClient:
         # `from None` throughout: requests exceptions carry the request, the key among its headers.
         except requests.exceptions.SSLError as exc:
             raise IhcConfigurationError(f"TLS error talking to {self.url}: {self._redact(str(exc))}; check the "
-                                        "host, the scheme and the extras verify and cert", request_id=request_id) from None
+                                        "host, the scheme and the extras verify and cert") from None
         except (requests.Timeout, requests.ConnectionError, urllib3.exceptions.HTTPError) as exc:
             if time.monotonic() >= deadline:
                 raise _Transient(f"Timeout: no complete answer within {s.timeout:g} s") from None
             raise _Transient(f"{type(exc).__name__}: {self._redact(str(exc))}") from None
         except requests.RequestException as exc:
             raise IhcConfigurationError(f"IHC request {request_id!r} could not be sent: {type(exc).__name__}: "
-                                        f"{self._redact(str(exc))}", request_id=request_id) from None
+                                        f"{self._redact(str(exc))}") from None
         return self._interpret(sent, response, content, number)
 
     def _read(self, response: requests.Response, sent: PreparedRequest, deadline: float) -> bytes:
         """The decoded body, at most the size cap, complete before the deadline."""
         s, request_id = self.settings, sent.request.request_id
-        cap = s.max_response_bytes or DEFAULT_RESPONSE_BASE_BYTES + DEFAULT_RESPONSE_BYTES_PER_SENT_BYTE * len(sent.body)
+        cap = s.max_response_bytes or (1 << 20) + 4 * len(sent.body)  # by default 1 MiB + 4 x the request body
         chunks, size = [], 0
         # read1 returns what has arrived, so a trickling body still meets the deadline check, and
         # decodes at most _CHUNK bytes at a time, so a compressed answer is never inflated at once.
@@ -281,7 +275,7 @@ class IhcClient:
                 raise IhcContractError(
                     f"IHC request {request_id!r}: the HTTP {response.status_code} answer is larger than the cap of "
                     f"{cap:,} bytes (decoded); not retried. Raise the extra max_response_bytes if such answers are "
-                    "expected", request_id=request_id, status_code=response.status_code)
+                    "expected", status_code=response.status_code)
             if time.monotonic() >= deadline:
                 raise _Transient(f"Timeout: no complete answer within {s.timeout:g} s")
             chunks.append(chunk)
@@ -300,7 +294,7 @@ class IhcClient:
             body = json.loads(content)
         except ValueError:
             raise IhcContractError(f"IHC request {request_id!r}: HTTP {status} answer is not JSON: "
-                                   f"{self._redact.excerpt(text)!r}", request_id=request_id, status_code=status) from None
+                                   f"{self._redact.excerpt(text)!r}", status_code=status) from None
         code = body.get("statusCode", status) if isinstance(body, dict) else status
         # Some gateways report errors in the body of an HTTP 200; treat them like the status.
         if code in RETRYABLE_STATUSES:
@@ -309,6 +303,7 @@ class IhcClient:
             raise refusal(code, text, request_id, s.conv_type_id, self.url, self._redact.excerpt)
         local_double = response.headers.get(LOCAL_DOUBLE_HEADER, "").lower() == "true"
         return check_answer(sent, body, status, number, local_double, self._redact.excerpt)
+
 
 class _Run:
     """One call of :meth:`IhcClient.compute_ihc`: the requests in flight and what came of them."""

@@ -16,12 +16,11 @@ if TYPE_CHECKING:
 
 
 class IhcError(Exception):
-    """An error of the IHC API stage, with the HTTP status (or body ``statusCode``) and the request, when known."""
+    """An error of the IHC API stage, with the HTTP status (or body ``statusCode``) when known."""
 
-    def __init__(self, message: str, *, status_code: int | None = None, request_id: Any = None):
+    def __init__(self, message: str, *, status_code: int | None = None):
         super().__init__(message)
         self.status_code = status_code
-        self.request_id = request_id
 
 
 class IhcConfigurationError(IhcError, PermanentError):

@@ -23,43 +23,30 @@ PositiveInt = Annotated[int, Field(ge=1)]
 
 
 class IhcSettings(BaseModel):
-    """Settings of an IHC connection: everything but the API key, so it is safe to log."""
+    """Settings of an IHC connection: everything but the API key, so it is safe to log.
+
+    ``base_url`` is the service's scheme, host and port (a trailing ``/v1/compute_ihc`` is accepted);
+    the other fields are the connection's extras, described in docs/ihc_hook.md.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    #: scheme, host and port of the service (a trailing ``/v1/compute_ihc`` is accepted).
     base_url: str
-    #: trained conversion type sent with every request; required.
     conv_type_id: Annotated[str, Field(min_length=1)]
-    #: journeys per request (production limit: 100).
     max_journeys_per_request: PositiveInt = 100
-    #: sessions per request (production: 3000; free accounts: 200).
     max_sessions_per_request: PositiveInt = 3000
-    #: requests in flight at once.
     max_concurrency: PositiveInt = 4
-    #: seconds to connect, to wait for each read, and to receive the whole answer.
     timeout: Annotated[float, Field(gt=0)] = 30.0
-    #: retries per request for 429, 5xx, timeouts and connection errors.
     max_retries: Annotated[int, Field(ge=0)] = 5
-    #: first backoff cap in seconds, doubled per retry.
     backoff_base: Annotated[float, Field(ge=0)] = 1.0
-    #: longest wait between attempts (caps ``Retry-After`` too).
     backoff_max: Annotated[float, Field(ge=0)] = 60.0
-    #: largest answer accepted, decoded; default 1 MiB + 4 x the request body.
-    max_response_bytes: PositiveInt | None = None
-    #: fail the task when this share of the journeys sent (or more) is rejected by the service.
+    max_response_bytes: PositiveInt | None = None  # None: 1 MiB + 4 x the request body
     max_rejected_share: Annotated[float, Field(gt=0, le=1)] = 1.0
-    #: the API's optional ``redistribution_parameter``.
     redistribution_parameter: dict[Literal["initializer", "holder", "closer"], dict[str, Any]] | None = None
-    #: what to do with journeys over ``max_sessions_per_request``.
     oversized_journey_policy: Literal["truncate", "skip"] = "truncate"
-    #: check the service's TLS certificate (true), don't (false), or against this CA bundle file or directory.
     verify: bool | str = Field(True, validation_alias=AliasChoices("verify", "verify_ssl"))
-    #: TLS client certificate: one file with certificate and key, or ``[certificate file, key file]``.
     cert: str | tuple[str, str] | None = None
-    #: proxy per URL scheme, e.g. ``{"https": "http://proxy.example:3128"}``; out of ``repr``: it may hold credentials.
-    proxies: dict[str, str] | None = Field(None, repr=False)
-    #: also read proxies (``HTTPS_PROXY``, ``NO_PROXY``), CA bundle and ``.netrc`` from the environment.
+    proxies: dict[str, str] | None = Field(None, repr=False)  # out of repr: a proxy URL may hold credentials
     trust_env: bool = True
 
     @model_validator(mode="before")

@@ -101,23 +101,20 @@ class Figures:
     per_date: tuple[ChannelTotals, ...]
     daily: dict[str, tuple[ChannelTotals | None, ...]]
 
-    @property
-    def empty(self) -> bool:
-        return not self.dates
+
+def _sum(name: str, items: Sequence[ReportRow | ChannelTotals], days: int) -> ChannelTotals:
+    return ChannelTotals(name, *(sum((getattr(i, f) for i in items), _ZERO) for f in ("cost", "ihc", "ihc_revenue")),
+                         days)
 
 
-def _sum(name: str, rows: Sequence[ReportRow]) -> ChannelTotals:
-    return ChannelTotals(name, sum((r.cost for r in rows), _ZERO), sum((r.ihc for r in rows), _ZERO),
-                         sum((r.ihc_revenue for r in rows), _ZERO), len({r.date for r in rows}))
+def _rows_total(name: str, rows: Sequence[ReportRow]) -> ChannelTotals:
+    return _sum(name, rows, len({r.date for r in rows}))
 
 
 def combine(name: str, totals: Iterable[ChannelTotals | None]) -> ChannelTotals | None:
     """The sum of several totals of one date under ``name`` (``None`` if there is none)."""
     present = [t for t in totals if t is not None]
-    if not present:
-        return None
-    return ChannelTotals(name, sum((t.cost for t in present), _ZERO), sum((t.ihc for t in present), _ZERO),
-                         sum((t.ihc_revenue for t in present), _ZERO), max(t.days for t in present))
+    return _sum(name, present, 1) if present else None
 
 
 def compute_figures(rows: Iterable[ReportRow]) -> Figures:
@@ -133,17 +130,13 @@ def compute_figures(rows: Iterable[ReportRow]) -> Figures:
         by_date.setdefault(row.date, []).append(row)
         by_cell.setdefault((row.channel_name, row.date), []).append(row)
     dates = tuple(sorted(by_date))
-    channels = sorted((_sum(name, channel_rows) for name, channel_rows in by_channel.items()),
+    channels = sorted((_rows_total(name, channel_rows) for name, channel_rows in by_channel.items()),
                       key=lambda t: (-t.ihc_revenue, -t.cost, t.channel_name))
-    daily = {
-        t.channel_name: tuple(
-            _sum(t.channel_name, by_cell[(t.channel_name, d)]) if (t.channel_name, d) in by_cell else None
-            for d in dates
-        )
-        for t in channels
-    }
-    per_date = tuple(_sum(d, by_date[d]) for d in dates)
-    return Figures(dates, _sum(TOTAL_LABEL, rows), tuple(channels), per_date, daily)
+    daily = {t.channel_name: tuple(_rows_total(t.channel_name, by_cell[t.channel_name, d])
+                                   if (t.channel_name, d) in by_cell else None for d in dates)
+             for t in channels}
+    per_date = tuple(_rows_total(d, by_date[d]) for d in dates)
+    return Figures(dates, _rows_total(TOTAL_LABEL, rows), tuple(channels), per_date, daily)
 
 
 # --- formatting --------------------------------------------------------------------------------

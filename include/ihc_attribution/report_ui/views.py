@@ -147,7 +147,7 @@ def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
         "charts": svg.report_charts(figures, colors, code, picked.lines),
         "models": models,
         "model_names": credit.MODELS,
-        "comparison": None if figures.empty else compare(db, selection, figures),
+        "comparison": compare(db, selection, figures) if figures.dates else None,
         "metrics": METRICS,
         "journeys": journeys,
         "paths_limit": PATHS_LIMIT,

@@ -17,10 +17,10 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from ihc_attribution.charts import template_env
 from ihc_attribution.report_ui import sources, views
-from ihc_attribution.settings import DAG_ID
+from ihc_attribution.settings import DAG_ID, local_output_dir
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+STATIC_FILES = {"report.js": "text/javascript; charset=utf-8", "report.css": "text/css; charset=utf-8"}
 EXPORT_ROWS_SCAN_LIMIT = 200
 
 # The pages run only their own script (served below) and load nothing from elsewhere; the
@@ -88,9 +88,9 @@ def report_csv(request: Request):
     with _database() as db:
         if isinstance(db, str):
             raise HTTPException(status_code=503, detail=f"The attribution database cannot be read: {db}")
-        picked = views.pick(request.query_params, sources.report_channels(db), sources.report_bounds(db))
-        rows = sources.report_rows(db, picked.selection)
-    name = views.csv_name(picked.selection)
+        selection, _, _ = views.pick(request.query_params, sources.report_channels(db), sources.report_bounds(db))
+        rows = sources.report_rows(db, selection)
+    name = views.csv_name(selection)
     return Response(views.selection_csv(rows), media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="{name}"', "X-Content-Type-Options": "nosniff",
         "Cache-Control": "no-store"})
@@ -121,7 +121,7 @@ def _export_rows(path: Path) -> int | None:
 
 @router.get("/exports", response_class=HTMLResponse)
 def exports_page(request: Request, all: int = 0):  # noqa: A002  (the query parameter's name)
-    folder = sources.output_dir()
+    folder = local_output_dir()  # None for an object store: the pages list local files only
     found = sources.list_reports(folder)
     counts = [_export_rows(r.csv) if r.csv and i < EXPORT_ROWS_SCAN_LIMIT else None for i, r in enumerate(found)]
     # Scheduled runs over days without conversions still export their (often empty) day.
@@ -139,16 +139,15 @@ def icon():
 
 @router.get("/static/{name}", response_class=FileResponse)
 def static(name: str):
-    path = STATIC_DIR / name
-    if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES or not path.is_file():
+    if name not in STATIC_FILES:
         raise HTTPException(status_code=404, detail="No such file")
-    return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
+    return FileResponse(STATIC_DIR / name, media_type=STATIC_FILES[name],
                         headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
 
 
 @router.get("/files/{name}", response_class=FileResponse)
 def report_file(name: str):
-    path = sources.report_file(sources.output_dir(), name)
+    path = sources.report_file(local_output_dir(), name)
     if path is None:
         raise HTTPException(status_code=404, detail="No such report file")
     if path.suffix == ".html":

@@ -26,11 +26,6 @@ REPORT_FILE_RE = re.compile(r"channel_reporting_(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}
 SQLITE_TIMEOUT_SECONDS = 5.0
 
 
-def output_dir() -> Path | None:
-    """The folder the export writes to; None for an object store (the pages list local files only)."""
-    return settings.local_output_dir()
-
-
 @dataclass(frozen=True)
 class Report:
     """The exported files of one range: the CSV, the chart, or both."""

@@ -160,7 +160,7 @@ def trend_lines(figures: Figures, colors: dict[str, str], picked: Sequence[str] 
         drawn = [n for n in names if n in chosen]
     else:
         drawn = names if len(names) <= TREND_TOP + 1 else names[:TREND_TOP]
-    rest = names[len(drawn):] if not chosen else [n for n in names if n not in chosen]
+    rest = [n for n in names if n not in drawn]
     lines = [Trend("channel", n, channel_label(n), colors.get(n, OTHER_COLOR), figures.daily[n]) for n in drawn]
     if rest:
         days = tuple(combine("Other", (figures.daily[n][i] for n in rest)) for i in range(len(figures.dates)))
@@ -289,7 +289,7 @@ def _date_ticks(dates: Sequence[str], xs: Sequence[float], right: int) -> tuple[
     return tuple(Tick(xs[i], d if long else d[5:]) for i, d in enumerate(dates) if (len(dates) - 1 - i) % every == 0)
 
 
-def _columns(dates: Sequence[str], xs: Sequence[float], lines: Sequence[Trend], shown: list[list[str]], right: int) -> tuple:
+def _columns(dates: Sequence[str], xs: Sequence[float], lines: Sequence[Trend], shown: list, right: int) -> tuple:
     edges = [LEFT] + [(a + b) / 2 for a, b in zip(xs, xs[1:])] + [right]
     return tuple(
         Column(round(edges[i], 1), round(edges[i + 1] - edges[i], 1),
@@ -323,14 +323,13 @@ def line_chart(chart_id: str, title: str, dates: Sequence[str], trends: Sequence
     def y(v: float) -> float:
         return round(TOP + PLOT_H - (min(v, high) - low) / (high - low) * PLOT_H, 1)
 
-    pairs = [[_shown(v, metric, currency) for v in vs] for vs in values]
-    shown = [[text for text, _ in p] for p in pairs]
-    lines = []
-    for t, vs, texts, p in zip(trends, values, shown, pairs):
+    lines, shown = [], []
+    for t, vs in zip(trends, values):
+        texts, exact = zip(*(_shown(v, metric, currency) for v in vs))
         tips = [f"{d}: {t.label} {text} (above the axis)" for d, text in zip(dates, texts)]
         over = [v is not None and float(v) > high for v in vs]
-        exact = " ".join(value for _, value in p)
-        lines.append(_draw_line(t, [None if v is None else y(float(v)) for v in vs], xs, tips, over, exact))
+        lines.append(_draw_line(t, [None if v is None else y(float(v)) for v in vs], xs, tips, over, " ".join(exact)))
+        shown.append(texts)
     n_clipped = sum(len(line.clipped) for line in lines)
     top_text = _tick_text(ticks[-1], ticks[1] - ticks[0], metric, currency)
     note = (f"{n_clipped} point{'s' if n_clipped > 1 else ''} above {top_text} drawn on the top edge (\u25b2); "

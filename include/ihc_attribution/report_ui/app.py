@@ -125,11 +125,10 @@ def exports_page(request: Request, all: int = 0):  # noqa: A002  (the query para
     found = sources.list_reports(folder)
     counts = [_export_rows(r.csv) if r.csv and i < EXPORT_ROWS_SCAN_LIMIT else None for i, r in enumerate(found)]
     # Scheduled runs over days without conversions still export their (often empty) day.
-    keep = [i for i, (r, n) in enumerate(zip(found, counts, strict=True)) if all or not (r.days == 1 and n == 0)]
-    shown = keep[: views.REPORTS_LIMIT]
-    return _render("exports.html.j2", request, title="Exported reports", page="Exported files",
-                   folder=folder, reports=[found[i] for i in shown], rows=[counts[i] for i in shown],
-                   hidden=len(found) - len(keep), more=len(keep) if len(keep) > len(shown) else 0)
+    listed = [(r, n) for r, n in zip(found, counts, strict=True) if all or not (r.days == 1 and n == 0)]
+    shown = listed[: views.REPORTS_LIMIT]
+    return _render("exports.html.j2", request, title="Exported reports", page="Exported files", folder=folder,
+                   reports=shown, hidden=len(found) - len(listed), more=len(listed) if len(listed) > len(shown) else 0)
 
 
 @router.get("/icon.svg", response_class=Response)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -220,13 +221,6 @@ class LineChart:
     bottom: int = TOP + PLOT_H
 
 
-def _quantile(ordered: Sequence[float], q: float) -> float:
-    pos = q * (len(ordered) - 1)
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def clip_bound(values: Iterable[float]) -> float | None:
     """Where a ratio chart's axis ends when outliers would flatten it, else ``None``.
 
@@ -237,7 +231,7 @@ def clip_bound(values: Iterable[float]) -> float | None:
     ordered = sorted(values)
     if len(ordered) < MIN_POINTS_TO_CLIP:
         return None
-    q1, q3 = _quantile(ordered, 0.25), _quantile(ordered, 0.75)
+    q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
     fence = q3 + 3 * (q3 - q1)
     inside = [v for v in ordered if v <= fence]
     if not inside or inside[-1] <= 0 or ordered[-1] <= 2 * inside[-1]:

@@ -50,14 +50,10 @@ def ui_base_url() -> str:
     Airflow's ``[api] base_url``, else ``http://localhost:<[api] port>``."""
     base = settings.ui_base_url_override()
     if not base:
-        try:
-            from airflow.configuration import conf
+        from airflow.configuration import conf
 
-            base = (conf.get("api", "base_url", fallback="") or "").strip()
-            port = conf.get("api", "port", fallback="8080")
-        except Exception:  # no Airflow configuration here: a plain local default
-            port = "8080"
-        base = base or f"http://localhost:{port}"
+        base = (conf.get("api", "base_url", fallback="") or "").strip()
+        base = base or f"http://localhost:{conf.get('api', 'port', fallback='8080')}"
     return base.rstrip("/")
 
 

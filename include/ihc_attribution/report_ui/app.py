@@ -47,7 +47,7 @@ def _render(name: str, request: Request, **context: Any) -> HTMLResponse:
     # Links start at the app's root: the prefix it is mounted at (behind any base path).
     root = str(request.scope.get("root_path") or "").rstrip("/") + "/"
     page = template_env().get_template(name).render(
-        root=root, run_link=views.run_link, file_link=views.file_link, dag_id=DAG_ID, **context)
+        root=root, run_link=views.run_link, dag_id=DAG_ID, **context)
     return HTMLResponse(page, headers=_PAGE_HEADERS)
 
 

@@ -37,10 +37,6 @@ def run_link(run_id: str) -> str:
     return f"../dags/{quote(DAG_ID, safe='')}/runs/{quote(run_id, safe='')}"
 
 
-def file_link(name: str) -> str:
-    return f"files/{quote(name, safe='')}"
-
-
 def _date(text: str | None) -> dt.date | None:
     try:
         return dt.date.fromisoformat(text.strip()) if text else None

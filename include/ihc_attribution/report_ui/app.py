@@ -8,7 +8,6 @@ Airflow does not authenticate plugin apps itself. The plugin builds the app on i
 """
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -51,29 +50,17 @@ def _render(name: str, request: Request, **context: Any) -> HTMLResponse:
     return HTMLResponse(page, headers=_PAGE_HEADERS)
 
 
-@contextlib.contextmanager
-def _database() -> Iterator[Any]:
-    """The database, or the message saying why it cannot be read."""
-    try:
-        db = sources.open_db()
-    except sources.DatabaseUnavailable as exc:
-        yield str(exc)
-        return
-    try:
-        yield db
-    finally:
-        db.close()
-
-
 def _message(request: Request, text: str) -> HTMLResponse:
     return _render("message.html.j2", request, title="Attribution report", page="Report", message=text)
 
 
 @router.get("/", response_class=HTMLResponse)
 def report_page(request: Request):
-    with _database() as db:
-        if isinstance(db, str):
-            return _message(request, f"The attribution database cannot be read: {db}")
+    try:
+        db = sources.open_db()
+    except sources.DatabaseUnavailable as exc:
+        return _message(request, f"The attribution database cannot be read: {exc}")
+    with contextlib.closing(db):
         try:
             context = views.report_context(db, request.query_params)
         except Exception as exc:  # a table missing, a locked file: say so on the page
@@ -85,11 +72,12 @@ def report_page(request: Request):
 
 @router.get("/report.csv", response_class=Response)
 def report_csv(request: Request):
-    with _database() as db:
-        if isinstance(db, str):
-            raise HTTPException(status_code=503, detail=f"The attribution database cannot be read: {db}")
-        selection, _, _ = views.pick(request.query_params, sources.report_channels(db), sources.report_bounds(db))
-        rows = sources.report_rows(db, selection)
+    try:
+        with contextlib.closing(sources.open_db()) as db:
+            selection, _, _ = views.pick(request.query_params, sources.report_channels(db), sources.report_bounds(db))
+            rows = sources.report_rows(db, selection)
+    except sources.DatabaseUnavailable as exc:
+        raise HTTPException(status_code=503, detail=f"The attribution database cannot be read: {exc}") from exc
     name = views.csv_name(selection)
     return Response(views.selection_csv(rows), media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="{name}"', "X-Content-Type-Options": "nosniff",
@@ -98,14 +86,13 @@ def report_csv(request: Request):
 
 @router.get("/issues", response_class=HTMLResponse)
 def issues_page(request: Request, reason: str | None = None):
-    with _database() as db:
-        if isinstance(db, str):
-            view = sources.IssuesView(error=db)
-        else:
-            try:
-                view = sources.read_issues(db, views.ISSUES_LIMIT, reason or None)
-            except Exception as exc:
-                view = sources.IssuesView(source=db.source, error=f"{type(exc).__name__}: {exc}")
+    try:
+        with contextlib.closing(sources.open_db()) as db:
+            view = sources.read_issues(db, views.ISSUES_LIMIT, reason or None)
+    except sources.DatabaseUnavailable as exc:
+        view = sources.IssuesView(error=str(exc))
+    except Exception as exc:  # e.g. a locked file: the page says so
+        view = sources.IssuesView(source=db.source, error=f"{type(exc).__name__}: {exc}")
     return _render("issues.html.j2", request, title="Attribution issues", page="Issues", view=view,
                    reason=reason or None)
 

@@ -23,10 +23,7 @@ from ihc_attribution.export import ReportRow, atomic_write, ratios, round_money
 
 _ZERO = Decimal(0)
 
-CURRENCY_ENV = "ATTRIBUTION_CURRENCY"
 _CURRENCY_SYMBOLS = {"EUR": "\u20ac", "USD": "$", "GBP": "\u00a3", "JPY": "\u00a5"}
-# The one label of a channel whose name is empty, wherever a channel is named.
-EMPTY_NAME_LABEL = "(empty name)"
 TOTAL_LABEL = "All channels"
 
 # The report page inside the Airflow UI: the plugin's view (url_route "attribution-report") with
@@ -41,7 +38,7 @@ def currency() -> str:
     """The report currency: ``$ATTRIBUTION_CURRENCY``, default ``EUR``; ValueError unless three capital letters."""
     code = settings.currency_code()
     if not re.fullmatch(r"[A-Z]{3}", code):
-        raise ValueError(f"{CURRENCY_ENV} must be a three-letter ISO 4217 code such as EUR or USD, not {code!r}")
+        raise ValueError(f"ATTRIBUTION_CURRENCY must be a three-letter ISO 4217 code such as EUR or USD, not {code!r}")
     return code
 
 
@@ -140,7 +137,7 @@ def compute_figures(rows: Iterable[ReportRow]) -> Figures:
 
 def channel_label(name: str) -> str:
     """How a channel is named on every page, chart and legend: its name, or ``(empty name)``."""
-    return name if name != "" else EMPTY_NAME_LABEL
+    return name if name != "" else "(empty name)"
 
 
 def currency_symbol(currency: str = "EUR") -> str:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
 from ihc_attribution.charts import TOTAL_LABEL, ChannelTotals, Figures, channel_label, compute_figures, currency, money
+from ihc_attribution.daterange import MAX_RANGE_DAYS  # the limit of a run's range too
 from ihc_attribution.report_ui import sources as sources
 from ihc_attribution.settings import DAG_ID
 
@@ -29,7 +30,6 @@ DEFAULT_DAYS = 30
 ISSUES_LIMIT = 200
 REPORTS_LIMIT = 100
 PATHS_LIMIT = 20
-MAX_RANGE_DAYS = 3660
 
 
 def run_link(run_id: str) -> str:

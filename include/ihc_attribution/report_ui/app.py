@@ -1,10 +1,6 @@
-"""The "Attribution report" pages: a small FastAPI app mounted in the Airflow API server.
-
-``/`` the report of a selection (``views.report_context``), ``/report.csv`` its rows as the export
-writes them, ``/issues`` the conversions of ``attribution_issues``, ``/exports`` the files
-``export_csv`` wrote (``/files/<name>`` serves one), ``/static/<name>`` the pages' script and
-stylesheet. Every route needs an Airflow user allowed to read the runs of ``ihc_attribution``:
-Airflow does not authenticate plugin apps itself. The plugin builds the app on its first request.
+"""The "Attribution report" pages (``/``, ``/report.csv``, ``/issues``, ``/exports``): a small FastAPI app
+mounted in the Airflow API server, built by the plugin on its first request. Every route needs an Airflow
+user allowed to read the runs of ``ihc_attribution``: Airflow does not authenticate plugin apps itself.
 """
 
 import contextlib

@@ -194,14 +194,13 @@ def render_chart(rows: Sequence[ReportRow], title: str, *, csv_name: str | None 
 
 def chart_path(csv_file: Any) -> Any:
     """The chart next to an exported CSV (a path, or an ``ObjectStoragePath``): same name, ``.html``."""
-    return (Path(csv_file) if isinstance(csv_file, str) else csv_file).with_suffix(".html")
+    return csv_file.with_suffix(".html")
 
 
 def write_chart(rows: list[ReportRow], path: Any, title: str, *, csv_name: str | None = None,
                 report_url: str | None = None) -> Any:
     """Write :func:`render_chart`'s page to ``path`` atomically (see :func:`export.atomic_write`); return ``path``."""
     page = render_chart(rows, title, csv_name=csv_name, report_url=report_url)
-    path = Path(path) if isinstance(path, str) else path
     with atomic_write(path) as handle:
         handle.write(page)
     return path

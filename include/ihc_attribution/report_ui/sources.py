@@ -105,8 +105,7 @@ class ReportDb:
         return bool(self.query(sql, (table,))[0][0])
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.close()
+        self.conn.close()
 
 
 def open_db(conn_id: str | None = None) -> ReportDb:

@@ -15,7 +15,9 @@ from ihc_attribution.report_ui import sources, views
 from ihc_attribution.settings import DAG_ID, local_output_dir
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-STATIC_FILES = {"report.js": "text/javascript; charset=utf-8", "report.css": "text/css; charset=utf-8"}
+# The pages' script and stylesheet, and the icon of their entry in the UI's navigation.
+STATIC_FILES = {"report.js": "text/javascript; charset=utf-8", "report.css": "text/css; charset=utf-8",
+                "icon.svg": "image/svg+xml"}
 EXPORT_ROWS_SCAN_LIMIT = 200
 
 # The pages run only their own script (served below) and load nothing from elsewhere; the
@@ -28,12 +30,6 @@ _PAGE_HEADERS = {
 }
 _CHART_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'",
                   "X-Content-Type-Options": "nosniff"}
-# Navigation icon: three bars, in the UI's icon size.
-_ICON = (
-    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="#808ea3" '
-    'stroke-width="2" stroke-linecap="round"><path d="M4 20h16"/><path d="M7 16v-5"/><path d="M12 16V6"/>'
-    '<path d="M17 16v-8"/></svg>'
-)
 
 router = APIRouter()
 
@@ -112,11 +108,6 @@ def exports_page(request: Request, all: int = 0):  # noqa: A002  (the query para
     shown = listed[: views.REPORTS_LIMIT]
     return _render("exports.html.j2", request, title="Exported reports", page="Exported files", folder=folder,
                    reports=shown, hidden=len(found) - len(listed), more=len(listed) if len(listed) > len(shown) else 0)
-
-
-@router.get("/icon.svg", response_class=Response)
-def icon():
-    return Response(_ICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
 
 @router.get("/static/{name}", response_class=FileResponse)

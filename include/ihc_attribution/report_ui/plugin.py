@@ -98,7 +98,7 @@ class AttributionReportPlugin(AirflowPlugin):
             "href": f"{URL_PREFIX}/",
             "url_route": "attribution-report",
             "destination": "nav",
-            "icon": f"{URL_PREFIX}/icon.svg",
+            "icon": f"{URL_PREFIX}/static/icon.svg",
         },
     ]
     global_operator_extra_links = [AttributionReportLink()]

@@ -401,7 +401,7 @@ def test_serves_nothing_else(client, output, name):
 
 
 @pytest.mark.parametrize("path", ["/", "/issues", "/exports", "/report.csv", "/static/report.js",
-                                  "/files/channel_reporting_2024-01-08_2024-01-08.csv", "/icon.svg"])
+                                  "/files/channel_reporting_2024-01-08_2024-01-08.csv", "/static/icon.svg"])
 def test_every_route_needs_an_airflow_login(output, path):
     anonymous = TestClient(report_app.create_app())
     assert anonymous.get(path).status_code == 401

@@ -280,10 +280,9 @@ def _conversion_date(db: ReportDb) -> tuple[str, str]:
 
 def read_issues(db: ReportDb, limit: int = 200, reason: str | None = None) -> IssuesView:
     """Open issues: counts by reason, by conversion date and reason, and the latest ``limit``."""
-    view = IssuesView(source=db.source)
     if not db.has_table(ISSUES_TABLE):
-        view.table_missing = True
-        return view
+        return IssuesView(source=db.source, table_missing=True)
+    view = IssuesView(source=db.source)
     date_expr, join = _conversion_date(db)
     where, params = (" WHERE i.reason = ?", (reason,)) if reason else ("", ())
     view.total = int(db.query(f"SELECT COUNT(*) FROM {ISSUES_TABLE} i{where}", params)[0][0])
@@ -296,7 +295,7 @@ def read_issues(db: ReportDb, limit: int = 200, reason: str | None = None) -> Is
         view.changed_days = [(str(d), int(n)) for d, n in db.query(
             "SELECT conv_date, COUNT(*) FROM attribution_drift WHERE conv_date IS NOT NULL GROUP BY conv_date ORDER BY 1")]
     view.latest = [
-        Issue(str(c), str(r), "" if d is None else str(d), str(run), str(at), None if day is None else str(day))
+        Issue(str(c), str(r), "" if d is None else str(d), str(run), str(at), _text(day))
         for c, r, d, run, at, day in db.query(
             f"SELECT i.conv_id, i.reason, i.detail, i.run_id, i.recorded_at, {date_expr} "
             f"FROM {ISSUES_TABLE} i{join}{where} ORDER BY i.recorded_at DESC, i.conv_id, i.reason LIMIT ?",

@@ -79,12 +79,15 @@ def report_csv(request: Request):
 @router.get("/issues", response_class=HTMLResponse)
 def issues_page(request: Request, reason: str | None = None):
     try:
-        with contextlib.closing(sources.open_db()) as db:
-            view = sources.read_issues(db, views.ISSUES_LIMIT, reason or None)
+        db = sources.open_db()
     except sources.DatabaseUnavailable as exc:
         view = sources.IssuesView(error=str(exc))
-    except Exception as exc:  # e.g. a locked file: the page says so
-        view = sources.IssuesView(source=db.source, error=f"{type(exc).__name__}: {exc}")
+    else:
+        with contextlib.closing(db):
+            try:
+                view = sources.read_issues(db, views.ISSUES_LIMIT, reason or None)
+            except Exception as exc:  # e.g. a locked file: the page says so
+                view = sources.IssuesView(source=db.source, error=f"{type(exc).__name__}: {exc}")
     return _render("issues.html.j2", request, title="Attribution issues", page="Issues", view=view,
                    reason=reason or None)
 

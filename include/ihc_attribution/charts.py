@@ -96,8 +96,8 @@ class Figures:
 
 
 def _sum(name: str, items: Sequence[ReportRow | ChannelTotals], days: int) -> ChannelTotals:
-    return ChannelTotals(name, *(sum((getattr(i, f) for i in items), _ZERO) for f in ("cost", "ihc", "ihc_revenue")),
-                         days)
+    cost, ihc, revenue = (sum((getattr(i, f) for i in items), _ZERO) for f in ("cost", "ihc", "ihc_revenue"))
+    return ChannelTotals(name, cost, ihc, revenue, days)
 
 
 def _rows_total(name: str, rows: Sequence[ReportRow]) -> ChannelTotals:

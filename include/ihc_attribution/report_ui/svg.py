@@ -304,15 +304,15 @@ def _draw_line(trend: Trend, ys: Sequence[float | None], xs: Sequence[float], ti
 
 def line_chart(chart_id: str, title: str, dates: Sequence[str], trends: Sequence[Trend], metric: str,
                currency: str, *, clip: bool = False) -> LineChart:
-    """One trend chart of ``metric`` (``cost``, ``ihc_revenue``, ``roas`` or ``cpo``) for ``trends``."""
+    """One trend chart of ``metric`` (``cost``, ``ihc_revenue``, ``roas`` or ``cpo``) for ``trends`` over two dates or more."""
     values = [[_value(d, metric) for d in t.days] for t in trends]
     floats = [float(v) for vs in values for v in vs if v is not None]
     ceiling = clip_bound(floats) if clip else None
     ticks = nice_ticks(min([0.0, *floats]), ceiling if ceiling is not None else max([0.0, *floats]))
     low, high = float(ticks[0]), float(ticks[-1])
     right = WIDTH - max(RIGHT, _date_width(dates) // 2 + 2)  # the last date's label, centred, ends inside
-    step = (right - LEFT) / max(len(dates) - 1, 1)
-    xs = [round(LEFT + i * step, 1) if len(dates) > 1 else (LEFT + right) / 2 for i in range(len(dates))]
+    step = (right - LEFT) / (len(dates) - 1)
+    xs = [round(LEFT + i * step, 1) for i in range(len(dates))]
 
     def y(v: float) -> float:
         return round(TOP + PLOT_H - (min(v, high) - low) / (high - low) * PLOT_H, 1)

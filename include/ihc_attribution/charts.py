@@ -23,10 +23,7 @@ from ihc_attribution.export import ReportRow, atomic_write, ratios, round_money
 
 _ZERO = Decimal(0)
 
-CURRENCY_ENV = "ATTRIBUTION_CURRENCY"
 _CURRENCY_SYMBOLS = {"EUR": "\u20ac", "USD": "$", "GBP": "\u00a3", "JPY": "\u00a5"}
-# The one label of a channel whose name is empty, wherever a channel is named.
-EMPTY_NAME_LABEL = "(empty name)"
 TOTAL_LABEL = "All channels"
 
 # The report page inside the Airflow UI: the plugin's view (url_route "attribution-report") with
@@ -41,7 +38,7 @@ def currency() -> str:
     """The report currency: ``$ATTRIBUTION_CURRENCY``, default ``EUR``; ValueError unless three capital letters."""
     code = settings.currency_code()
     if not re.fullmatch(r"[A-Z]{3}", code):
-        raise ValueError(f"{CURRENCY_ENV} must be a three-letter ISO 4217 code such as EUR or USD, not {code!r}")
+        raise ValueError(f"ATTRIBUTION_CURRENCY must be a three-letter ISO 4217 code such as EUR or USD, not {code!r}")
     return code
 
 
@@ -50,14 +47,10 @@ def ui_base_url() -> str:
     Airflow's ``[api] base_url``, else ``http://localhost:<[api] port>``."""
     base = settings.ui_base_url_override()
     if not base:
-        try:
-            from airflow.configuration import conf
+        from airflow.configuration import conf
 
-            base = (conf.get("api", "base_url", fallback="") or "").strip()
-            port = conf.get("api", "port", fallback="8080")
-        except Exception:  # no Airflow configuration here: a plain local default
-            port = "8080"
-        base = base or f"http://localhost:{port}"
+        base = (conf.get("api", "base_url", fallback="") or "").strip()
+        base = base or f"http://localhost:{conf.get('api', 'port', fallback='8080')}"
     return base.rstrip("/")
 
 
@@ -101,23 +94,20 @@ class Figures:
     per_date: tuple[ChannelTotals, ...]
     daily: dict[str, tuple[ChannelTotals | None, ...]]
 
-    @property
-    def empty(self) -> bool:
-        return not self.dates
+
+def _sum(name: str, items: Sequence[ReportRow | ChannelTotals], days: int) -> ChannelTotals:
+    cost, ihc, revenue = (sum((getattr(i, f) for i in items), _ZERO) for f in ("cost", "ihc", "ihc_revenue"))
+    return ChannelTotals(name, cost, ihc, revenue, days)
 
 
-def _sum(name: str, rows: Sequence[ReportRow]) -> ChannelTotals:
-    return ChannelTotals(name, sum((r.cost for r in rows), _ZERO), sum((r.ihc for r in rows), _ZERO),
-                         sum((r.ihc_revenue for r in rows), _ZERO), len({r.date for r in rows}))
+def _rows_total(name: str, rows: Sequence[ReportRow]) -> ChannelTotals:
+    return _sum(name, rows, len({r.date for r in rows}))
 
 
 def combine(name: str, totals: Iterable[ChannelTotals | None]) -> ChannelTotals | None:
     """The sum of several totals of one date under ``name`` (``None`` if there is none)."""
     present = [t for t in totals if t is not None]
-    if not present:
-        return None
-    return ChannelTotals(name, sum((t.cost for t in present), _ZERO), sum((t.ihc for t in present), _ZERO),
-                         sum((t.ihc_revenue for t in present), _ZERO), max(t.days for t in present))
+    return _sum(name, present, 1) if present else None
 
 
 def compute_figures(rows: Iterable[ReportRow]) -> Figures:
@@ -133,17 +123,13 @@ def compute_figures(rows: Iterable[ReportRow]) -> Figures:
         by_date.setdefault(row.date, []).append(row)
         by_cell.setdefault((row.channel_name, row.date), []).append(row)
     dates = tuple(sorted(by_date))
-    channels = sorted((_sum(name, channel_rows) for name, channel_rows in by_channel.items()),
+    channels = sorted((_rows_total(name, channel_rows) for name, channel_rows in by_channel.items()),
                       key=lambda t: (-t.ihc_revenue, -t.cost, t.channel_name))
-    daily = {
-        t.channel_name: tuple(
-            _sum(t.channel_name, by_cell[(t.channel_name, d)]) if (t.channel_name, d) in by_cell else None
-            for d in dates
-        )
-        for t in channels
-    }
-    per_date = tuple(_sum(d, by_date[d]) for d in dates)
-    return Figures(dates, _sum(TOTAL_LABEL, rows), tuple(channels), per_date, daily)
+    daily = {t.channel_name: tuple(_rows_total(t.channel_name, by_cell[t.channel_name, d])
+                                   if (t.channel_name, d) in by_cell else None for d in dates)
+             for t in channels}
+    per_date = tuple(_rows_total(d, by_date[d]) for d in dates)
+    return Figures(dates, _rows_total(TOTAL_LABEL, rows), tuple(channels), per_date, daily)
 
 
 # --- formatting --------------------------------------------------------------------------------
@@ -151,7 +137,7 @@ def compute_figures(rows: Iterable[ReportRow]) -> Figures:
 
 def channel_label(name: str) -> str:
     """How a channel is named on every page, chart and legend: its name, or ``(empty name)``."""
-    return name if name != "" else EMPTY_NAME_LABEL
+    return name if name != "" else "(empty name)"
 
 
 def currency_symbol(currency: str = "EUR") -> str:
@@ -208,14 +194,13 @@ def render_chart(rows: Sequence[ReportRow], title: str, *, csv_name: str | None 
 
 def chart_path(csv_file: Any) -> Any:
     """The chart next to an exported CSV (a path, or an ``ObjectStoragePath``): same name, ``.html``."""
-    return (Path(csv_file) if isinstance(csv_file, str) else csv_file).with_suffix(".html")
+    return csv_file.with_suffix(".html")
 
 
 def write_chart(rows: list[ReportRow], path: Any, title: str, *, csv_name: str | None = None,
                 report_url: str | None = None) -> Any:
     """Write :func:`render_chart`'s page to ``path`` atomically (see :func:`export.atomic_write`); return ``path``."""
     page = render_chart(rows, title, csv_name=csv_name, report_url=report_url)
-    path = Path(path) if isinstance(path, str) else path
     with atomic_write(path) as handle:
         handle.write(page)
     return path

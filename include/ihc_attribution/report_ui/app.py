@@ -1,14 +1,9 @@
-"""The "Attribution report" pages: a small FastAPI app mounted in the Airflow API server.
-
-``/`` the report of a selection (``views.report_context``), ``/report.csv`` its rows as the export
-writes them, ``/issues`` the conversions of ``attribution_issues``, ``/exports`` the files
-``export_csv`` wrote (``/files/<name>`` serves one), ``/static/<name>`` the pages' script and
-stylesheet. Every route needs an Airflow user allowed to read the runs of ``ihc_attribution``:
-Airflow does not authenticate plugin apps itself. The plugin builds the app on its first request.
+"""The "Attribution report" pages (``/``, ``/report.csv``, ``/issues``, ``/exports``): a small FastAPI app
+mounted in the Airflow API server, built by the plugin on its first request. Every route needs an Airflow
+user allowed to read the runs of ``ihc_attribution``: Airflow does not authenticate plugin apps itself.
 """
 
 import contextlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +12,12 @@ from fastapi.responses import FileResponse, HTMLResponse, Response
 
 from ihc_attribution.charts import template_env
 from ihc_attribution.report_ui import sources, views
-from ihc_attribution.settings import DAG_ID
+from ihc_attribution.settings import DAG_ID, local_output_dir
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-STATIC_TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8"}
+# The pages' script and stylesheet, and the icon of their entry in the UI's navigation.
+STATIC_FILES = {"report.js": "text/javascript; charset=utf-8", "report.css": "text/css; charset=utf-8",
+                "icon.svg": "image/svg+xml"}
 EXPORT_ROWS_SCAN_LIMIT = 200
 
 # The pages run only their own script (served below) and load nothing from elsewhere; the
@@ -33,12 +30,6 @@ _PAGE_HEADERS = {
 }
 _CHART_HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'self'",
                   "X-Content-Type-Options": "nosniff"}
-# Navigation icon: three bars, in the UI's icon size.
-_ICON = (
-    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="#808ea3" '
-    'stroke-width="2" stroke-linecap="round"><path d="M4 20h16"/><path d="M7 16v-5"/><path d="M12 16V6"/>'
-    '<path d="M17 16v-8"/></svg>'
-)
 
 router = APIRouter()
 
@@ -47,22 +38,8 @@ def _render(name: str, request: Request, **context: Any) -> HTMLResponse:
     # Links start at the app's root: the prefix it is mounted at (behind any base path).
     root = str(request.scope.get("root_path") or "").rstrip("/") + "/"
     page = template_env().get_template(name).render(
-        root=root, run_link=views.run_link, file_link=views.file_link, dag_id=DAG_ID, **context)
+        root=root, run_link=views.run_link, dag_id=DAG_ID, **context)
     return HTMLResponse(page, headers=_PAGE_HEADERS)
-
-
-@contextlib.contextmanager
-def _database() -> Iterator[Any]:
-    """The database, or the message saying why it cannot be read."""
-    try:
-        db = sources.open_db()
-    except sources.DatabaseUnavailable as exc:
-        yield str(exc)
-        return
-    try:
-        yield db
-    finally:
-        db.close()
 
 
 def _message(request: Request, text: str) -> HTMLResponse:
@@ -71,9 +48,11 @@ def _message(request: Request, text: str) -> HTMLResponse:
 
 @router.get("/", response_class=HTMLResponse)
 def report_page(request: Request):
-    with _database() as db:
-        if isinstance(db, str):
-            return _message(request, f"The attribution database cannot be read: {db}")
+    try:
+        db = sources.open_db()
+    except sources.DatabaseUnavailable as exc:
+        return _message(request, f"The attribution database cannot be read: {exc}")
+    with contextlib.closing(db):
         try:
             context = views.report_context(db, request.query_params)
         except Exception as exc:  # a table missing, a locked file: say so on the page
@@ -85,12 +64,13 @@ def report_page(request: Request):
 
 @router.get("/report.csv", response_class=Response)
 def report_csv(request: Request):
-    with _database() as db:
-        if isinstance(db, str):
-            raise HTTPException(status_code=503, detail=f"The attribution database cannot be read: {db}")
-        picked = views.pick(request.query_params, sources.report_channels(db), sources.report_bounds(db))
-        rows = sources.report_rows(db, picked.selection)
-    name = views.csv_name(picked.selection)
+    try:
+        with contextlib.closing(sources.open_db()) as db:
+            selection, _, _ = views.pick(request.query_params, sources.report_channels(db), sources.report_bounds(db))
+            rows = sources.report_rows(db, selection)
+    except sources.DatabaseUnavailable as exc:
+        raise HTTPException(status_code=503, detail=f"The attribution database cannot be read: {exc}") from exc
+    name = views.csv_name(selection)
     return Response(views.selection_csv(rows), media_type="text/csv; charset=utf-8", headers={
         "Content-Disposition": f'attachment; filename="{name}"', "X-Content-Type-Options": "nosniff",
         "Cache-Control": "no-store"})
@@ -98,13 +78,15 @@ def report_csv(request: Request):
 
 @router.get("/issues", response_class=HTMLResponse)
 def issues_page(request: Request, reason: str | None = None):
-    with _database() as db:
-        if isinstance(db, str):
-            view = sources.IssuesView(error=db)
-        else:
+    try:
+        db = sources.open_db()
+    except sources.DatabaseUnavailable as exc:
+        view = sources.IssuesView(error=str(exc))
+    else:
+        with contextlib.closing(db):
             try:
                 view = sources.read_issues(db, views.ISSUES_LIMIT, reason or None)
-            except Exception as exc:
+            except Exception as exc:  # e.g. a locked file: the page says so
                 view = sources.IssuesView(source=db.source, error=f"{type(exc).__name__}: {exc}")
     return _render("issues.html.j2", request, title="Attribution issues", page="Issues", view=view,
                    reason=reason or None)
@@ -121,34 +103,27 @@ def _export_rows(path: Path) -> int | None:
 
 @router.get("/exports", response_class=HTMLResponse)
 def exports_page(request: Request, all: int = 0):  # noqa: A002  (the query parameter's name)
-    folder = sources.output_dir()
+    folder = local_output_dir()  # None for an object store: the pages list local files only
     found = sources.list_reports(folder)
     counts = [_export_rows(r.csv) if r.csv and i < EXPORT_ROWS_SCAN_LIMIT else None for i, r in enumerate(found)]
     # Scheduled runs over days without conversions still export their (often empty) day.
-    keep = [i for i, (r, n) in enumerate(zip(found, counts, strict=True)) if all or not (r.days == 1 and n == 0)]
-    shown = keep[: views.REPORTS_LIMIT]
-    return _render("exports.html.j2", request, title="Exported reports", page="Exported files",
-                   folder=folder, reports=[found[i] for i in shown], rows=[counts[i] for i in shown],
-                   hidden=len(found) - len(keep), more=len(keep) if len(keep) > len(shown) else 0)
-
-
-@router.get("/icon.svg", response_class=Response)
-def icon():
-    return Response(_ICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+    listed = [(r, n) for r, n in zip(found, counts, strict=True) if all or not (r.days == 1 and n == 0)]
+    shown = listed[: views.REPORTS_LIMIT]
+    return _render("exports.html.j2", request, title="Exported reports", page="Exported files", folder=folder,
+                   reports=shown, hidden=len(found) - len(listed), more=len(listed) if len(listed) > len(shown) else 0)
 
 
 @router.get("/static/{name}", response_class=FileResponse)
 def static(name: str):
-    path = STATIC_DIR / name
-    if "/" in name or name.startswith(".") or path.suffix not in STATIC_TYPES or not path.is_file():
+    if name not in STATIC_FILES:
         raise HTTPException(status_code=404, detail="No such file")
-    return FileResponse(path, media_type=STATIC_TYPES[path.suffix],
+    return FileResponse(STATIC_DIR / name, media_type=STATIC_FILES[name],
                         headers={"X-Content-Type-Options": "nosniff", "Cache-Control": "max-age=3600"})
 
 
 @router.get("/files/{name}", response_class=FileResponse)
 def report_file(name: str):
-    path = sources.report_file(sources.output_dir(), name)
+    path = sources.report_file(local_output_dir(), name)
     if path is None:
         raise HTTPException(status_code=404, detail="No such report file")
     if path.suffix == ".html":

@@ -9,6 +9,7 @@ run recorded it, the range ``export_csv`` writes.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import logging
@@ -54,18 +55,13 @@ def report_link(run_id: str) -> str:
     """The report page of the run's range, or "" before the run recorded it; raises ``DatabaseUnavailable``."""
     from ihc_attribution.charts import report_url
 
-    db = sources.open_db()
-    try:
-        for table in RUN_RANGE_TABLES:
-            if not db.has_table(table):
-                continue
+    with contextlib.closing(sources.open_db()) as db:
+        for table in filter(db.has_table, RUN_RANGE_TABLES):
             rows = db.query(f"SELECT range_start, range_end FROM {table} WHERE run_id = ?", (run_id,))
             if rows:
                 # The same first and last date as export_csv takes from the same range.
                 rng = RunRange(as_naive_utc(str(rows[0][0])), as_naive_utc(str(rows[0][1])))
                 return report_url(rng.first_date.isoformat(), rng.last_date.isoformat())
-    finally:
-        db.close()
     return ""
 
 
@@ -98,7 +94,7 @@ class AttributionReportPlugin(AirflowPlugin):
             "href": f"{URL_PREFIX}/",
             "url_route": "attribution-report",
             "destination": "nav",
-            "icon": f"{URL_PREFIX}/icon.svg",
+            "icon": f"{URL_PREFIX}/static/icon.svg",
         },
     ]
     global_operator_extra_links = [AttributionReportLink()]

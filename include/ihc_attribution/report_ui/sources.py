@@ -26,11 +26,6 @@ REPORT_FILE_RE = re.compile(r"channel_reporting_(\d{4}-\d{2}-\d{2})_(\d{4}-\d{2}
 SQLITE_TIMEOUT_SECONDS = 5.0
 
 
-def output_dir() -> Path | None:
-    """The folder the export writes to; None for an object store (the pages list local files only)."""
-    return settings.local_output_dir()
-
-
 @dataclass(frozen=True)
 class Report:
     """The exported files of one range: the CSV, the chart, or both."""
@@ -110,8 +105,7 @@ class ReportDb:
         return bool(self.query(sql, (table,))[0][0])
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.conn.close()
+        self.conn.close()
 
 
 def open_db(conn_id: str | None = None) -> ReportDb:
@@ -286,10 +280,9 @@ def _conversion_date(db: ReportDb) -> tuple[str, str]:
 
 def read_issues(db: ReportDb, limit: int = 200, reason: str | None = None) -> IssuesView:
     """Open issues: counts by reason, by conversion date and reason, and the latest ``limit``."""
-    view = IssuesView(source=db.source)
     if not db.has_table(ISSUES_TABLE):
-        view.table_missing = True
-        return view
+        return IssuesView(source=db.source, table_missing=True)
+    view = IssuesView(source=db.source)
     date_expr, join = _conversion_date(db)
     where, params = (" WHERE i.reason = ?", (reason,)) if reason else ("", ())
     view.total = int(db.query(f"SELECT COUNT(*) FROM {ISSUES_TABLE} i{where}", params)[0][0])
@@ -302,7 +295,7 @@ def read_issues(db: ReportDb, limit: int = 200, reason: str | None = None) -> Is
         view.changed_days = [(str(d), int(n)) for d, n in db.query(
             "SELECT conv_date, COUNT(*) FROM attribution_drift WHERE conv_date IS NOT NULL GROUP BY conv_date ORDER BY 1")]
     view.latest = [
-        Issue(str(c), str(r), "" if d is None else str(d), str(run), str(at), None if day is None else str(day))
+        Issue(str(c), str(r), "" if d is None else str(d), str(run), str(at), _text(day))
         for c, r, d, run, at, day in db.query(
             f"SELECT i.conv_id, i.reason, i.detail, i.run_id, i.recorded_at, {date_expr} "
             f"FROM {ISSUES_TABLE} i{join}{where} ORDER BY i.recorded_at DESC, i.conv_id, i.reason LIMIT ?",

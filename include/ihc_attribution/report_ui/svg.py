@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import statistics
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_FLOOR, Decimal
@@ -160,7 +161,7 @@ def trend_lines(figures: Figures, colors: dict[str, str], picked: Sequence[str] 
         drawn = [n for n in names if n in chosen]
     else:
         drawn = names if len(names) <= TREND_TOP + 1 else names[:TREND_TOP]
-    rest = names[len(drawn):] if not chosen else [n for n in names if n not in chosen]
+    rest = [n for n in names if n not in drawn]
     lines = [Trend("channel", n, channel_label(n), colors.get(n, OTHER_COLOR), figures.daily[n]) for n in drawn]
     if rest:
         days = tuple(combine("Other", (figures.daily[n][i] for n in rest)) for i in range(len(figures.dates)))
@@ -220,13 +221,6 @@ class LineChart:
     bottom: int = TOP + PLOT_H
 
 
-def _quantile(ordered: Sequence[float], q: float) -> float:
-    pos = q * (len(ordered) - 1)
-    low = math.floor(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
 def clip_bound(values: Iterable[float]) -> float | None:
     """Where a ratio chart's axis ends when outliers would flatten it, else ``None``.
 
@@ -237,7 +231,7 @@ def clip_bound(values: Iterable[float]) -> float | None:
     ordered = sorted(values)
     if len(ordered) < MIN_POINTS_TO_CLIP:
         return None
-    q1, q3 = _quantile(ordered, 0.25), _quantile(ordered, 0.75)
+    q1, _, q3 = statistics.quantiles(ordered, n=4, method="inclusive")
     fence = q3 + 3 * (q3 - q1)
     inside = [v for v in ordered if v <= fence]
     if not inside or inside[-1] <= 0 or ordered[-1] <= 2 * inside[-1]:
@@ -289,7 +283,7 @@ def _date_ticks(dates: Sequence[str], xs: Sequence[float], right: int) -> tuple[
     return tuple(Tick(xs[i], d if long else d[5:]) for i, d in enumerate(dates) if (len(dates) - 1 - i) % every == 0)
 
 
-def _columns(dates: Sequence[str], xs: Sequence[float], lines: Sequence[Trend], shown: list[list[str]], right: int) -> tuple:
+def _columns(dates: Sequence[str], xs: Sequence[float], lines: Sequence[Trend], shown: list, right: int) -> tuple:
     edges = [LEFT] + [(a + b) / 2 for a, b in zip(xs, xs[1:])] + [right]
     return tuple(
         Column(round(edges[i], 1), round(edges[i + 1] - edges[i], 1),
@@ -310,27 +304,26 @@ def _draw_line(trend: Trend, ys: Sequence[float | None], xs: Sequence[float], ti
 
 def line_chart(chart_id: str, title: str, dates: Sequence[str], trends: Sequence[Trend], metric: str,
                currency: str, *, clip: bool = False) -> LineChart:
-    """One trend chart of ``metric`` (``cost``, ``ihc_revenue``, ``roas`` or ``cpo``) for ``trends``."""
+    """One trend chart of ``metric`` (``cost``, ``ihc_revenue``, ``roas`` or ``cpo``) for ``trends`` over two dates or more."""
     values = [[_value(d, metric) for d in t.days] for t in trends]
     floats = [float(v) for vs in values for v in vs if v is not None]
     ceiling = clip_bound(floats) if clip else None
     ticks = nice_ticks(min([0.0, *floats]), ceiling if ceiling is not None else max([0.0, *floats]))
     low, high = float(ticks[0]), float(ticks[-1])
     right = WIDTH - max(RIGHT, _date_width(dates) // 2 + 2)  # the last date's label, centred, ends inside
-    step = (right - LEFT) / max(len(dates) - 1, 1)
-    xs = [round(LEFT + i * step, 1) if len(dates) > 1 else (LEFT + right) / 2 for i in range(len(dates))]
+    step = (right - LEFT) / (len(dates) - 1)
+    xs = [round(LEFT + i * step, 1) for i in range(len(dates))]
 
     def y(v: float) -> float:
         return round(TOP + PLOT_H - (min(v, high) - low) / (high - low) * PLOT_H, 1)
 
-    pairs = [[_shown(v, metric, currency) for v in vs] for vs in values]
-    shown = [[text for text, _ in p] for p in pairs]
-    lines = []
-    for t, vs, texts, p in zip(trends, values, shown, pairs):
+    lines, shown = [], []
+    for t, vs in zip(trends, values):
+        texts, exact = zip(*(_shown(v, metric, currency) for v in vs))
         tips = [f"{d}: {t.label} {text} (above the axis)" for d, text in zip(dates, texts)]
         over = [v is not None and float(v) > high for v in vs]
-        exact = " ".join(value for _, value in p)
-        lines.append(_draw_line(t, [None if v is None else y(float(v)) for v in vs], xs, tips, over, exact))
+        lines.append(_draw_line(t, [None if v is None else y(float(v)) for v in vs], xs, tips, over, " ".join(exact)))
+        shown.append(texts)
     n_clipped = sum(len(line.clipped) for line in lines)
     top_text = _tick_text(ticks[-1], ticks[1] - ticks[0], metric, currency)
     note = (f"{n_clipped} point{'s' if n_clipped > 1 else ''} above {top_text} drawn on the top edge (\u25b2); "

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import quote, urlencode
 
 from ihc_attribution.charts import TOTAL_LABEL, ChannelTotals, Figures, channel_label, compute_figures, currency, money
+from ihc_attribution.daterange import MAX_RANGE_DAYS  # the limit of a run's range too
 from ihc_attribution.report_ui import sources as sources
 from ihc_attribution.settings import DAG_ID
 
@@ -29,7 +30,6 @@ DEFAULT_DAYS = 30
 ISSUES_LIMIT = 200
 REPORTS_LIMIT = 100
 PATHS_LIMIT = 20
-MAX_RANGE_DAYS = 3660
 
 
 def run_link(run_id: str) -> str:
@@ -37,24 +37,11 @@ def run_link(run_id: str) -> str:
     return f"../dags/{quote(DAG_ID, safe='')}/runs/{quote(run_id, safe='')}"
 
 
-def file_link(name: str) -> str:
-    return f"files/{quote(name, safe='')}"
-
-
 def _date(text: str | None) -> dt.date | None:
     try:
         return dt.date.fromisoformat(text.strip()) if text else None
     except ValueError:
         return None
-
-
-@dataclass
-class Picked:
-    """The selection of a request, the trend lines picked, and what was wrong with what was asked."""
-
-    selection: sources.Selection
-    problems: list[str]
-    lines: tuple[str, ...]
 
 
 def _range(start: dt.date | None, end: dt.date | None, bounds: tuple[str, str] | None) -> tuple[dt.date, dt.date]:
@@ -89,10 +76,12 @@ def _pick_range(params: Mapping[str, Any], bounds: tuple[str, str] | None) -> tu
     return start, end, problems
 
 
-def pick(params: QueryParams, channels: Sequence[str], bounds: tuple[str, str] | None) -> Picked:
-    """The selection from the query (``start``, ``end``, ``channel`` and ``line`` repeated): the last 30
-    days of the report, or up to 30 from one date; a date that is not one is left out and the message
-    says what is shown instead. Channels (with a message) and lines the report does not have are dropped."""
+def pick(params: QueryParams, channels: Sequence[str],
+         bounds: tuple[str, str] | None) -> tuple[sources.Selection, list[str], tuple[str, ...]]:
+    """The selection, what was wrong with what was asked, and the trend lines picked, from the query
+    (``start``, ``end``, ``channel`` and ``line`` repeated): the last 30 days of the report, or up to 30
+    from one date; a date that is not one is left out and the message says what is shown instead.
+    Channels (with a message) and lines the report does not have are dropped."""
     start, end, problems = _pick_range(params, bounds)
     known = set(channels)
     asked = params.getlist("channel")
@@ -101,7 +90,7 @@ def pick(params: QueryParams, channels: Sequence[str], bounds: tuple[str, str] |
         problems.append("no report rows for channel(s) " + ", ".join(repr(channel_label(c)) for c in unknown))
     picked = tuple(dict.fromkeys(c for c in asked if c in known))
     lines = tuple(dict.fromkeys(c for c in params.getlist("line") if c in known))
-    return Picked(sources.Selection(start.isoformat(), end.isoformat(), picked), problems, lines)
+    return sources.Selection(start.isoformat(), end.isoformat(), picked), problems, lines
 
 
 def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
@@ -112,8 +101,7 @@ def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
 
     channels = sources.report_channels(db)
     bounds = sources.report_bounds(db)
-    picked = pick(params, channels, bounds)
-    selection = picked.selection
+    selection, problems, lines = pick(params, channels, bounds)
     rows = sources.report_rows(db, selection)
     figures = compute_figures(rows)
     code = currency()
@@ -130,7 +118,7 @@ def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
             journeys = f"{type(exc).__name__}: {exc}"
     return {
         "selection": selection,
-        "problems": picked.problems,
+        "problems": problems,
         "all_channels": channels,
         "bounds": bounds,
         "rows": rows,
@@ -142,12 +130,12 @@ def report_context(db: sources.ReportDb, params: QueryParams) -> dict[str, Any]:
         "query": urlencode([("start", selection.start), ("end", selection.end),
                             *(("channel", c) for c in selection.channels)]),
         "colors": colors,
-        "lines": picked.lines,
+        "lines": lines,
         "top": svg.TREND_TOP,
-        "charts": svg.report_charts(figures, colors, code, picked.lines),
+        "charts": svg.report_charts(figures, colors, code, lines),
         "models": models,
         "model_names": credit.MODELS,
-        "comparison": None if figures.empty else compare(db, selection, figures),
+        "comparison": compare(db, selection, figures) if figures.dates else None,
         "metrics": METRICS,
         "journeys": journeys,
         "paths_limit": PATHS_LIMIT,
@@ -187,25 +175,6 @@ class ChannelChange:
         return Change(now, before, delta, percent)
 
 
-@dataclass(frozen=True)
-class Comparison:
-    """The selection against its previous period: ``days`` each, ``*_dates`` of them with report rows;
-    ``channels`` in the totals table's order, then those only in the previous period."""
-
-    current: sources.Selection
-    previous: sources.Selection
-    days: int
-    current_dates: int
-    previous_dates: int
-    channels: tuple[ChannelChange, ...]
-    total: ChannelChange
-
-    @property
-    def empty(self) -> bool:
-        """Whether the previous period has no report row to compare with."""
-        return self.previous_dates == 0
-
-
 def previous_period(selection: sources.Selection) -> sources.Selection:
     """The days just before the selection, as many, same channels (``01-08..01-14`` gives ``01-01..01-07``)."""
     start, end = dt.date.fromisoformat(selection.start), dt.date.fromisoformat(selection.end)
@@ -215,8 +184,10 @@ def previous_period(selection: sources.Selection) -> sources.Selection:
     return sources.Selection(first.isoformat(), last.isoformat(), selection.channels)
 
 
-def compare(db: sources.ReportDb, selection: sources.Selection, current: Figures) -> Comparison:
-    """The selection (whose figures are ``current``) against the previous period of the same length."""
+def compare(db: sources.ReportDb, selection: sources.Selection, current: Figures) -> dict[str, Any]:
+    """The selection (whose figures are ``current``) against the previous period of the same length:
+    ``days`` each, ``*_dates`` of them with report rows; ``channels`` in the totals table's order, then
+    those only in the previous period."""
     period = previous_period(selection)
     previous = compute_figures(sources.report_rows(db, period))
     before = {t.channel_name: t for t in previous.channels}
@@ -225,8 +196,9 @@ def compare(db: sources.ReportDb, selection: sources.Selection, current: Figures
     rows = [ChannelChange(t.channel_name, t, before.get(t.channel_name, nothing)) for t in current.channels]
     rows += [ChannelChange(t.channel_name, nothing, t) for t in previous.channels if t.channel_name not in now]
     days = (dt.date.fromisoformat(selection.end) - dt.date.fromisoformat(selection.start)).days + 1
-    return Comparison(selection, period, days, len(current.dates), len(previous.dates), tuple(rows),
-                      ChannelChange(TOTAL_LABEL, current.total, previous.total))
+    return {"current": selection, "previous": period, "days": days, "current_dates": len(current.dates),
+            "previous_dates": len(previous.dates), "channels": rows,
+            "total": ChannelChange(TOTAL_LABEL, current.total, previous.total)}
 
 
 def csv_name(selection: sources.Selection) -> str:

@@ -24,6 +24,7 @@ from ihc_attribution.report_ui import plugin as plugin
 from ihc_attribution.report_ui import sources as sources
 from ihc_attribution.report_ui import views as views
 from ihc_attribution.report_ui.plugin import URL_PREFIX, LazyApp
+from ihc_attribution.settings import local_output_dir
 
 ROOT = Path(__file__).resolve().parents[3]
 PLUGINS = ROOT / "plugins"
@@ -344,9 +345,9 @@ def test_missing_output_folder_shows_no_reports(client, tmp_path, issue_db, monk
 
 def test_relative_output_folder_is_taken_from_the_project_root(monkeypatch):
     monkeypatch.setenv("ATTRIBUTION_OUTPUT_DIR", "output")
-    assert sources.output_dir() == (ROOT / "output").resolve()
+    assert local_output_dir() == (ROOT / "output").resolve()
     monkeypatch.delenv("ATTRIBUTION_OUTPUT_DIR")
-    assert sources.output_dir() == (ROOT / "output").resolve()
+    assert local_output_dir() == (ROOT / "output").resolve()
 
 
 @pytest.mark.parametrize("path", ["/", "/issues", "/exports"])
@@ -400,7 +401,7 @@ def test_serves_nothing_else(client, output, name):
 
 
 @pytest.mark.parametrize("path", ["/", "/issues", "/exports", "/report.csv", "/static/report.js",
-                                  "/files/channel_reporting_2024-01-08_2024-01-08.csv", "/icon.svg"])
+                                  "/files/channel_reporting_2024-01-08_2024-01-08.csv", "/static/icon.svg"])
 def test_every_route_needs_an_airflow_login(output, path):
     anonymous = TestClient(report_app.create_app())
     assert anonymous.get(path).status_code == 401

@@ -38,19 +38,16 @@ def parse_lookback_days(value: Any) -> int | None:
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    days = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        days = value
-    elif isinstance(value, float) and value.is_integer():
-        days = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
-        days = int(value.strip())
-    if days is None or not 1 <= days <= MAX_LOOKBACK_DAYS:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    whole = isinstance(value, (int, str)) and not isinstance(value, bool) and re.fullmatch(r"[0-9]+", text)
+    if not whole or not 1 <= int(text) <= MAX_LOOKBACK_DAYS:
         raise ParamError(
             f"param lookback_days={value!r} must be a whole number of days from 1 to {MAX_LOOKBACK_DAYS}, "
             "or empty for an unlimited look-back"
         )
-    return days
+    return int(text)
 
 
 @dataclass(frozen=True)

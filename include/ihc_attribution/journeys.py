@@ -1,8 +1,7 @@
-"""Stage 2: find the run's conversions, check the input, and build their customer journeys.
+"""Stage 2: the run's conversions and their customer journeys, malformed input quarantined with a reason.
 
 A journey is every session of the conversion's user strictly before the conversion (optionally
 within a look-back window), built in SQL from the copy of the buyers' sessions (see :mod:`buyers`).
-Malformed conversions and sessions are quarantined with a reason, checked in Python in batches.
 The reading writes only temporary tables; the write transaction holds its lock for the staging only.
 """
 
@@ -100,8 +99,7 @@ def _in_journey(dialect: str, lookback: bool) -> str:
 
 
 def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
-    """The statement that stages the run's journeys (parameters: [look-back, ]sessions kept, run id); sessions
-    kept: the latest this many of each journey (``-1`` on SQLite, ``None`` on PostgreSQL: all)."""
+    """The statement that stages the run's journeys; parameters: [look-back, ]sessions kept, run id."""
     byte_order = BYTE_ORDER[dialect]
     kept = _KEPT_SESSIONS[dialect].format(buyer_sessions=BUYER_SESSIONS, in_journey=_in_journey(dialect, lookback),
                                           latest_first=_LATEST_FIRST.format(s="s", byte_order=byte_order))
@@ -109,7 +107,7 @@ def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
 
 
 def journey_lengths_sql(dialect: str, *, lookback: bool = False) -> str:
-    """The statement that sets each staged conversion's journey length (parameters: [look-back, ]run id)."""
+    """The statement that sets each staged conversion's journey length; parameters: [look-back, ]run id."""
     return _JOURNEY_LENGTHS_SQL.format(buyer_sessions=BUYER_SESSIONS, in_journey=_in_journey(dialect, lookback))
 
 
@@ -156,16 +154,14 @@ def extract_journeys(
 ) -> ExtractSummary:
     """Stage the run's conversions and journeys, quarantining what cannot be attributed.
 
-    Reads the sources into temporary tables first, then stages in one transaction, which replaces
-    the run's staging: safe to re-run. Every attributed journey is compared with the sources (:mod:`drift`).
+    Reads the sources into temporary tables first, then replaces the run's staging in one
+    transaction: safe to re-run. Every attributed journey is compared with the sources (:mod:`drift`).
 
     :param answer_scope: what else decides an answer besides the journey (the API's address,
         conversion type and redistribution settings); part of every journey's fingerprint.
-    :param reuse_answers: let journeys whose fingerprint another run's answer was given for keep
-        that answer instead of being sent again (see :func:`reuse_other_runs_answers`).
-    :param max_sessions: stage only the latest this many sessions of each journey (the API's
-        ``max_sessions_per_request``: no more of a journey can be sent); the conversion keeps its
-        journey's full length. ``None`` stages every session.
+    :param reuse_answers: journeys another run got an answer for keep it instead of being sent again.
+    :param max_sessions: stage only the latest this many sessions of each journey (no more of it
+        can be sent); the conversion keeps its journey's full length. ``None`` stages every session.
     :param reattribute_drift: also handle the conversions of the days whose attributed journeys
         no longer match the sources, as a run of those days would.
     """
@@ -204,7 +200,6 @@ def _stage(
     bad_sessions: list[tuple[str, str, str | None, str]], lookback_days: int | None, max_sessions: int | None,
     created_at: str, summary: ExtractSummary,
 ) -> None:
-    """Stage the run's conversions and their journeys from the copy (in the caller's transaction)."""
     for table in (t for t in STAGING_TABLES if t not in _KEPT_ON_REBUILD):
         db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
     db.execute(
@@ -234,7 +229,6 @@ def _stage(
 
 
 def _stage_journeys(db: Database, run_id: str, lookback_days: int | None, max_sessions: int | None) -> None:
-    """Stage the run's journeys, each cut to its latest ``max_sessions`` sessions, their full lengths and windows."""
     lookback = [] if lookback_days is None else [f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days)]
     kept = int(max_sessions) if max_sessions is not None else (-1 if db.is_sqlite else None)
     db.execute(journeys_sql(db.dialect, lookback=bool(lookback)), [*lookback, kept, run_id])
@@ -270,13 +264,15 @@ def _quarantine_invalid_sessions(
         (run_id,),
     ):
         by_user[str(user_id)].append((conv_id, conv_ts))
+    window = None if lookback_days is None else dt.timedelta(days=lookback_days)
     affected: dict[str, list[str]] = defaultdict(list)
     for session_id, user_id, ts, problem in bad_sessions:
         session_id = "(none)" if session_id is None else storable(str(session_id))
         for conv_id, conv_ts in by_user.get(str(user_id), ()):
             # A session with an unreadable timestamp may or may not precede the conversion:
             # the journey cannot be known, so the conversion is quarantined either way.
-            if ts is None or (ts < conv_ts and _within_lookback(ts, conv_ts, lookback_days)):
+            if ts is None or (ts < conv_ts and (window is None or dt.datetime.fromisoformat(ts)
+                                                >= dt.datetime.fromisoformat(conv_ts) - window)):
                 affected[conv_id].append(f"session {session_id}: {problem}")
     issues = []
     for conv_id, items in sorted(affected.items()):
@@ -288,12 +284,6 @@ def _quarantine_invalid_sessions(
     )
     validation.insert_issues(db, issues)
     summary.invalid_input += len(affected)
-
-
-def _within_lookback(ts: str, conv_ts: str, lookback_days: int | None) -> bool:
-    if lookback_days is None:
-        return True
-    return dt.datetime.fromisoformat(ts) >= dt.datetime.fromisoformat(conv_ts) - dt.timedelta(days=lookback_days)
 
 
 def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:

@@ -1,12 +1,11 @@
 """The source tables as every query reads them (``$ATTRIBUTION_SOURCES``), with the challenge's names and types.
 
 :func:`table` gives a query the source to read: by default the plain table name (found through the
-``search_path``: the SQL and its plans are those of the challenge schema); a table named in
-``$ATTRIBUTION_SOURCES`` with the challenge's columns: quoted, in its schema if one is given;
-otherwise a subquery giving the columns the challenge's names and the types the pipeline reads:
+``search_path``: the SQL and its plans are those of the challenge schema); else the quoted table in
+its schema, or a subquery giving the challenge's column names and the types the pipeline reads:
 ``YYYY-MM-DD`` and ``HH:MM:SS`` text in UTC from one ``TIMESTAMP``/``TIMESTAMPTZ`` column (or a
 ``TIMESTAMP`` date, a ``TIME WITH TIME ZONE`` time), ``REAL`` money by its shortest decimal,
-``BOOLEAN`` flags as 0/1. :func:`check` fails at once on a missing source, column or unreadable type.
+``BOOLEAN`` flags as 0/1.
 """
 
 from __future__ import annotations
@@ -30,8 +29,6 @@ class SourceTableError(PermanentError, RuntimeError):
 
 @dataclass(frozen=True)
 class Source:
-    """One source table as the queries read it."""
-
     name: str
     #: The relation in SQL: the plain name, or the quoted (schema-qualified) table.
     ref: str
@@ -43,7 +40,6 @@ class Source:
     types: dict[str, str]
     #: Column -> the table's column it is read from unchanged; None for a derived one.
     physical: dict[str, str | None]
-    #: Unusable columns, each as "column x (name) has type t; ...".
     problems: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
 
@@ -57,18 +53,15 @@ class Source:
 
 
 def quote(name: str) -> str:
-    """``name`` as a quoted SQL identifier (case and spaces kept)."""
     return '"' + name.replace('"', '""') + '"'
 
-
-# --- resolving the settings against the catalog ------------------------------------------------
 
 _resolved: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def source(db: Any, name: str) -> Source:
     """The source ``name`` of ``db`` (a :class:`Database` or the report pages' connection), resolved once per
-    connection; :class:`SourceTableError` when ``$ATTRIBUTION_SOURCES`` is malformed."""
+    connection and settings."""
     try:
         specs = settings.source_tables()
     except ValueError as exc:
@@ -123,14 +116,12 @@ def catalog(db: Any, ref: str, schema_name: str | None, table_name: str) -> dict
 
 
 def _type_of(db: Any, declared: dict[str, str], column: str) -> str | None:
-    """The declared type of ``column`` (see :func:`catalog`); None when there is no such column."""
     return declared.get(column.lower() if db.is_sqlite else column)
 
 
 def _derive_timestamp(
     db: Any, select: dict, types: dict, physical: dict, timestamp: tuple, column: str, declared: str
 ) -> None:
-    """Date and time columns from one timestamp column, in UTC."""
     _, date_column, time_column = timestamp
     physical[date_column] = physical[time_column] = None
     if db.is_sqlite:
@@ -141,8 +132,6 @@ def _derive_timestamp(
         select[time_column] = f"to_char({utc}, 'HH24:MI:SS')"
     types[date_column] = types[time_column] = "text"
 
-
-# --- types -----------------------------------------------------------------------------------
 
 _KINDS = {
     "session_id": "id", "user_id": "id", "conv_id": "id", "event_date": "date", "conv_date": "date",
@@ -163,7 +152,7 @@ _READ_AS_IS = {
 
 
 def _base(declared: str) -> str:
-    """The type without its modifiers: ``numeric(12,2)`` is ``numeric``, ``timestamp(3) with time zone`` ..."""
+    """The type without its modifiers: ``numeric(12,2)`` is ``numeric``."""
     return re.sub(r"\(\d+(,\s*\d+)?\)", "", declared).strip()
 
 
@@ -224,8 +213,6 @@ def _convert_sqlite(name: str, select: dict, types: dict, physical: dict) -> Non
         select[date_column], types[date_column], physical[date_column] = f"date({select[date_column]})", "text", None
 
 
-# --- what the queries use ----------------------------------------------------------------------
-
 
 def table(db: Any, name: str) -> str:
     """The source ``name`` for a ``FROM`` clause that gives it an alias (``FROM {table} s``)."""
@@ -270,9 +257,6 @@ def text_id(db: Any, expr: str, name: str, column: str) -> str:
     return expr if is_text_column(db, name, column) else f"CAST({expr} AS TEXT)"
 
 
-# --- checks, keys and indexes ------------------------------------------------------------------
-
-
 def check(db: Any) -> None:
     """Raise a one-line :class:`SourceTableError` naming the table, the column and where it looked, when a
     source, one of its columns or a column's type is unusable."""
@@ -288,7 +272,10 @@ def check(db: Any) -> None:
                 f"source table {src.describe()} cannot be read in {db.describe()}: {str(exc).splitlines()[0]} "
                 "(check the attribution_db connection: path, database, schema or search_path; and ATTRIBUTION_SOURCES)"
             ) from exc
-        missing = list(src.missing) or _missing(db, src, found)
+        # What the catalog did not find, or else what reading lacks (a temporary view's catalog says nothing).
+        lower = {c.lower() for c in found}
+        missing = list(src.missing) or [c for c in src.physical.values() if c is not None and c not in found
+                                         and not (db.is_sqlite and c.lower() in lower)]
         if missing:
             raise SourceTableError(
                 f"source table {src.describe()} in {db.describe()} has no column {', '.join(missing)}; "
@@ -300,13 +287,6 @@ def check(db: Any) -> None:
             )
 
 
-def _missing(db: Any, src: Source, found: set[str]) -> list[str]:
-    """Columns read as they are that the relation lacks (when its catalog did not say: a temporary view ...)."""
-    lower = {c.lower() for c in found}
-    return [c for c in src.physical.values() if c is not None and c not in found
-            and not (db.is_sqlite and c.lower() in lower)]
-
-
 def _in_schema(src: Source, name: str) -> str:
     """``name`` (a pragma or ``sqlite_master``) in the SQLite database (schema) of the source."""
     return name if src.schema is None else f"{quote(src.schema)}.{name}"
@@ -316,10 +296,19 @@ def _pragma(src: Source, pragma: str, argument: str) -> str:
     return f"PRAGMA {_in_schema(src, pragma)}({argument})"
 
 
-def _sqlite_indexes(db: Any, src: Source) -> list[tuple[int, int, list[str]]]:
-    """(unique, partial, columns) of each index of a SQLite source."""
-    return [(unique, partial, [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))])
-            for _, index, unique, _origin, partial in db.query(_pragma(src, "index_list", quote(src.table)))]
+def _indexes(db: Any, src: Source) -> list[tuple[bool, int, str | None]]:
+    """(unique and not partial, number of columns, first column) of each index of the source."""
+    if not db.is_sqlite:
+        return db.query(
+            "SELECT i.indisunique AND i.indpred IS NULL, i.indnatts, a.attname FROM pg_index i "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(?)",
+            (src.ref,),
+        )
+    found = []
+    for _, index, unique, _origin, partial in db.query(_pragma(src, "index_list", quote(src.table))):
+        columns = [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))]
+        found.append((bool(unique and not partial), len(columns), columns[0] if columns else None))
+    return found
 
 
 def has_unique_key(db: Any, name: str, column: str) -> bool:
@@ -329,35 +318,18 @@ def has_unique_key(db: Any, name: str, column: str) -> bool:
     own = src.physical[column]
     if own is None:
         return False
-    if db.is_sqlite:
+    if db.is_sqlite:  # an INTEGER primary key is the rowid itself: no index is listed for it
         pk = [(r[1], str(r[2]).upper()) for r in db.query(_pragma(src, "table_info", quote(src.table))) if r[5]]
-        # An INTEGER primary key is the rowid itself: no index is listed for it.
-        return pk == [(own, "INTEGER")] or any(unique and not partial and columns == [own]
-                                               for unique, partial, columns in _sqlite_indexes(db, src))
-    return bool(
-        db.scalar(
-            "SELECT COUNT(*) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
-            "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
-            "WHERE t.oid = to_regclass(?) AND a.attname = ? AND i.indisunique AND i.indnatts = 1 "
-            "AND i.indpred IS NULL",
-            (src.ref, own),
-        )
-    )
+        if pk == [(own, "INTEGER")]:
+            return True
+    return any(unique and n == 1 and first == own for unique, n, first in _indexes(db, src))
 
 
 def has_index_on(db: Any, name: str, column: str) -> bool:
     """Whether an index of the source (or its primary key) starts with the table's column of ``column``."""
     src = source(db, name)
     own = src.physical[column]
-    if db.is_sqlite:
-        return any(columns[:1] == [own] for _, _, columns in _sqlite_indexes(db, src))
-    return bool(
-        db.scalar(
-            "SELECT COUNT(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-            "WHERE i.indrelid = to_regclass(?) AND a.attname = ?",
-            (src.ref, own),
-        )
-    )
+    return own is not None and any(first == own for _, _, first in _indexes(db, src))
 
 
 def is_view(db: Any, name: str) -> bool:

@@ -1,11 +1,10 @@
-"""The rules that tell a well-formed conversion or session from a malformed one, the reasons recorded, and
-the run's conversions staged by them: those of its range ready to attribute, the others quarantined.
+"""What makes a conversion or session malformed, the reasons recorded, and the run's conversions staged.
 
 :func:`conversion_problems` and :func:`session_problems` check rows in pandas and say what is wrong.
 Checking every row in Python cost more than the pass over ``session_sources`` itself, so on SQLite
 :data:`CLEAN_SESSION` and :data:`CLEAN_CONVERSION` mark the rows the database can tell are
-well-formed, and only the others are read and checked. Clean is stricter than the pandas checks,
-never looser (``tests/ihc_attribution/test_journeys_clean.py`` checks this on generated values).
+well-formed, and only the others are checked. Clean is stricter than the pandas checks, never
+looser (``tests/ihc_attribution/test_journeys_clean.py``).
 """
 
 from __future__ import annotations
@@ -30,10 +29,9 @@ UNPLACEABLE = "unplaceable_conversion"
 OVERSIZED = "oversized_journey"
 API_REJECTED = "api_rejected"
 
-#: The largest amount of money taken, in either direction: credit (1/10,000 of an order) times the
-#: revenue in micro-euros must fit a 64-bit integer: 922,337,203 euros at most. A revenue beyond it, or
-#: not finite, quarantines its conversion; such a cost is left out of the spend and counted
-#: (``unusable_costs``), so that no sum overflows or turns into ``inf``.
+#: The largest amount of money taken: credit (1/10,000 of an order) times the revenue in micro-euros
+#: must fit a 64-bit integer. A revenue beyond it, or not finite, quarantines its conversion; such a
+#: cost is left out of the spend and counted (``unusable_costs``), so that no sum overflows.
 MAX_MONEY = (2**63 - 1) // 10**10
 
 # ASCII digits only: \d also matches other scripts' digits (full-width ２０２４ among them).
@@ -74,9 +72,6 @@ CLEAN_CONVERSION = {
 }
 
 
-# --- validation (vectorised: one pass per column over a batch) ---------------------------------
-
-
 def valid_date(values: pd.Series) -> pd.Series:
     text = values.astype(str)
     shaped = values.map(lambda v: isinstance(v, str)) & text.str.fullmatch(_DATE_RE)
@@ -89,7 +84,7 @@ def valid_time(values: pd.Series) -> pd.Series:
 
 
 def _valid_text(values: pd.Series) -> pd.Series:
-    """False for text that was not valid UTF-8 in the database (see :func:`db.is_valid_text`)."""
+    """False for text that was not valid UTF-8 in the database."""
     return values.map(lambda v: not isinstance(v, str) or is_valid_text(v))
 
 
@@ -136,8 +131,6 @@ def session_problems(frame: pd.DataFrame) -> pd.Series:
     ]
     return _collect(checks, frame.index)
 
-
-# --- the run's conversions, staged ------------------------------------------------------------
 
 _LENIENT_DATE_RE = r"^\s*([0-9]{4})[-/.]([0-9]{2})[-/.]([0-9]{2})"
 

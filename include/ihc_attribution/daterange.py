@@ -61,8 +61,8 @@ class RunRange:
         if self.end <= self.start:
             raise RangeError(f"empty range: end {self.end} is not after start {self.start}")
 
-    # Timestamps as ``YYYY-MM-DD HH:MM:SS``, comparable with the database's. Not strftime: its %Y
-    # does not pad years before 1000 to four digits on every platform.
+    # ``YYYY-MM-DD HH:MM:SS``, as the database compares them. Not strftime: its %Y does not pad
+    # years before 1000 to four digits on every platform.
     @property
     def start_ts(self) -> str:
         return self.start.isoformat(sep=" ", timespec="seconds")
@@ -81,13 +81,12 @@ class RunRange:
         return (self.end - dt.timedelta(microseconds=1)).date()
 
     def dates(self) -> list[str]:
-        """Every calendar date the range touches, as ``YYYY-MM-DD``."""
         days = (self.last_date - self.first_date).days
         return [(self.first_date + dt.timedelta(days=i)).isoformat() for i in range(days + 1)]
 
     @property
     def label(self) -> str:
-        """``<first date>_<last date>``, used in file names."""
+        """Used in file names."""
         return f"{self.first_date}_{self.last_date}"
 
 
@@ -97,9 +96,7 @@ def parse_date_param(name: str, value: Any) -> dt.date | None:
         return None
     if isinstance(value, dt.datetime):
         return value.date()
-    if isinstance(value, dt.date):
-        return value
-    text = str(value).strip()
+    text = str(value).strip()  # a date gives its YYYY-MM-DD
     if not _DATE_RE.fullmatch(text):
         raise RangeError(f"param {name}={value!r} is not a date in the form YYYY-MM-DD")
     try:

@@ -213,7 +213,6 @@ def _convert_sqlite(name: str, select: dict, types: dict, physical: dict) -> Non
         select[date_column], types[date_column], physical[date_column] = f"date({select[date_column]})", "text", None
 
 
-
 def table(db: Any, name: str) -> str:
     """The source ``name`` for a ``FROM`` clause that gives it an alias (``FROM {table} s``)."""
     src = source(db, name)

@@ -75,7 +75,6 @@ _JOURNEY_LENGTHS_SQL = """
 UPDATE attribution_stg_conversions AS c SET n_sessions = (SELECT COUNT(*) FROM {buyer_sessions} s WHERE {in_journey})
 WHERE c.run_id = ? AND c.status = 'ready'
 """
-# Where a journey's look-back window starts.
 _SINCE = {
     "sqlite": "datetime(c.conv_date || ' ' || c.conv_time, ?)",
     "postgresql": "to_char((c.conv_date || ' ' || c.conv_time)::timestamp - (? || ' days')::interval, 'YYYY-MM-DD HH24:MI:SS')",
@@ -317,8 +316,6 @@ def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
     return bad_sessions
 
 
-# --- answers reused across runs ----------------------------------------------------------------
-#
 # The service answers a journey from the journey alone (it normalises each journey it is sent whole),
 # so an identical journey sent again would cost quota for the same numbers: a fresh run after a crash,
 # a second ``make run`` or a re-trigger sends only what was never answered. Answers are kept as long
@@ -326,11 +323,8 @@ def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
 
 
 def fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> None:
-    """Record a fingerprint of every staged journey and drop answers that no longer fit.
-
-    The fingerprint covers everything the API sees of a journey, and ``answer_scope``; an answer
-    kept from an earlier attempt of the run is reused only when it was given for the same fingerprint.
-    """
+    """Record a fingerprint of everything the API sees of each staged journey, and ``answer_scope``; drop
+    the answers of the run's earlier attempts that were given for another fingerprint."""
     rows = itertools.chain.from_iterable(
         db.iter_query(
             "SELECT conv_id, session_id, event_ts, channel_name, holder_engagement, closer_engagement, "

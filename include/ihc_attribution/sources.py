@@ -27,7 +27,7 @@ class SourceTableError(PermanentError, RuntimeError):
     """A source table cannot be read: a wrong path, schema, name, column or type."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Source:
     name: str
     #: The relation in SQL: the plain name, or the quoted (schema-qualified) table.
@@ -36,8 +36,8 @@ class Source:
     table: str
     #: Column (challenge name) -> its SQL over ``ref``: the plain name, the quoted column, or a derivation.
     select: dict[str, str]
-    #: Column -> the type the queries read it as, in PostgreSQL's lower-case spelling ("" unknown).
-    types: dict[str, str]
+    #: Column -> the type the queries read it as, in PostgreSQL's lower-case spelling (None unknown).
+    types: dict[str, str | None]
     #: Column -> the table's column it is read from unchanged; None for a derived one.
     physical: dict[str, str | None]
     problems: tuple[str, ...] = ()
@@ -50,6 +50,10 @@ class Source:
     def describe(self) -> str:
         where = self.table if self.schema is None else f"{self.schema}.{self.table}"
         return self.name if where == self.name else f"{self.name} ({where})"
+
+    def derive(self, column: str, expr: str, kind: str = "text") -> None:
+        """Read ``column`` as ``expr`` over the table's columns, of type ``kind``."""
+        self.select[column], self.types[column], self.physical[column] = expr, kind, None
 
 
 def quote(name: str) -> str:
@@ -82,19 +86,22 @@ def _resolve(db: Any, name: str, spec: dict | None) -> Source:
     declared = catalog(db, ref, schema_name, table_name)
     mapped = dict(spec["columns"]) if spec else {}
     physical: dict[str, str | None] = {column: mapped.get(column, column) for column in settings.SOURCE_COLUMNS[name]}
-    select = {column: column if own == column else quote(own) for column, own in physical.items()}
-    types = {column: _type_of(db, declared, own) for column, own in physical.items()}
-    timestamp = settings.SOURCE_TIMESTAMPS.get(name)
-    stamp = None
-    if timestamp and timestamp[0] in mapped:
-        own = mapped[timestamp[0]]
-        stamp = _type_of(db, declared, own) or ""
-        _derive_timestamp(db, select, types, physical, timestamp, quote(own), stamp)
-    wanted = [c for c in physical.values() if c is not None] + ([own] if stamp is not None else [])
-    missing = [c for c in wanted if declared and _type_of(db, declared, c) is None]
-    problems = _convert(db, name, select, types, physical, stamp) if declared and not missing else []
-    return Source(name, ref, schema_name, table_name, select, {c: t or "" for c, t in types.items()}, physical,
-                  tuple(problems), tuple(missing))
+    src = Source(name, ref, schema_name, table_name, select={c: c if own == c else quote(own) for c, own in physical.items()},
+                 types={c: _type_of(db, declared, own) for c, own in physical.items()}, physical=physical)
+    key, date_column, time_column = settings.SOURCE_TIMESTAMPS.get(name, (None, "", ""))
+    stamp = (_type_of(db, declared, mapped[key]) or "") if key in mapped else None
+    if stamp is not None:  # date and time from one timestamp column, in UTC
+        column = quote(mapped[key])
+        utc = f"({column} AT TIME ZONE 'UTC')" if "with time zone" in stamp else column
+        src.derive(date_column, f"date({column})" if db.is_sqlite else f"to_char({utc}, 'YYYY-MM-DD')")
+        src.derive(time_column, f"time({column})" if db.is_sqlite else f"to_char({utc}, 'HH24:MI:SS')")
+    wanted = [c for c in physical.values() if c is not None] + ([mapped[key]] if stamp is not None else [])
+    src.missing = tuple(c for c in wanted if declared and _type_of(db, declared, c) is None)
+    if declared and not src.missing and db.is_sqlite:
+        _convert_sqlite(src)
+    elif declared and not src.missing:
+        src.problems = tuple(_convert_postgres(src, stamp))
+    return src
 
 
 def catalog(db: Any, ref: str, schema_name: str | None, table_name: str) -> dict[str, str]:
@@ -117,20 +124,6 @@ def catalog(db: Any, ref: str, schema_name: str | None, table_name: str) -> dict
 
 def _type_of(db: Any, declared: dict[str, str], column: str) -> str | None:
     return declared.get(column.lower() if db.is_sqlite else column)
-
-
-def _derive_timestamp(
-    db: Any, select: dict, types: dict, physical: dict, timestamp: tuple, column: str, declared: str
-) -> None:
-    _, date_column, time_column = timestamp
-    physical[date_column] = physical[time_column] = None
-    if db.is_sqlite:
-        select[date_column], select[time_column] = f"date({column})", f"time({column})"
-    else:
-        utc = f"({column} AT TIME ZONE 'UTC')" if "with time zone" in declared else column
-        select[date_column] = f"to_char({utc}, 'YYYY-MM-DD')"
-        select[time_column] = f"to_char({utc}, 'HH24:MI:SS')"
-    types[date_column] = types[time_column] = "text"
 
 
 _KINDS = {
@@ -156,61 +149,54 @@ def _base(declared: str) -> str:
     return re.sub(r"\(\d+(,\s*\d+)?\)", "", declared).strip()
 
 
-def _convert(db: Any, name: str, select: dict, types: dict, physical: dict, stamp: str | None) -> list[str]:
+def _convert_postgres(src: Source, stamp: str | None) -> list[str]:
     """Derive the columns whose type the queries cannot read as it is; return the unusable ones."""
-    if db.is_sqlite:
-        _convert_sqlite(name, select, types, physical)
-        return []
     problems = []
     if stamp is not None and _base(stamp) not in ("timestamp without time zone", "timestamp with time zone"):
         problems.append(f"the timestamp column has type {stamp}; it must be TIMESTAMP or TIMESTAMPTZ")
-    for column, declared in list(types.items()):
-        if physical[column] is None or declared is None:
+    for column, declared in list(src.types.items()):
+        if src.physical[column] is None or declared is None:
             continue
         kind, base = _KINDS[column], _base(declared)
         as_is, needed = _READ_AS_IS[kind]
-        if base not in as_is and not _convert_postgres(name, column, kind, base, select, types, physical):
-            problems.append(f"column {physical[column]} ({column}) has type {declared}; it must be {needed}")
+        if base not in as_is and not _derive_postgres(src, column, kind, base):
+            problems.append(f"column {src.physical[column]} ({column}) has type {declared}; it must be {needed}")
     return problems
 
 
-def _convert_postgres(name: str, column: str, kind: str, base: str, select: dict, types: dict, physical: dict) -> bool:
-    own = select[column]
+def _derive_postgres(src: Source, column: str, kind: str, base: str) -> bool:
+    own = src.select[column]
     if kind == "date" and base.startswith("timestamp"):
         utc = f"({own} AT TIME ZONE 'UTC')" if "with time zone" in base else own
-        select[column], types[column] = f"to_char({utc}, 'YYYY-MM-DD')", "text"
+        src.derive(column, f"to_char({utc}, 'YYYY-MM-DD')")
     elif kind == "time" and base == "time with time zone":
-        date_column = settings.SOURCE_TIMESTAMPS[name][1]
-        if _base(types[date_column] or "") != "date" or physical[date_column] is None:
+        date_column = settings.SOURCE_TIMESTAMPS[src.name][1]
+        if _base(src.types[date_column] or "") != "date" or src.physical[date_column] is None:
             return False
-        stamp = f"(({select[date_column]} + {own}) AT TIME ZONE 'UTC')"
-        select[date_column], select[column] = f"to_char({stamp}, 'YYYY-MM-DD')", f"to_char({stamp}, 'HH24:MI:SS')"
-        types[date_column] = types[column] = "text"
-        physical[date_column] = None
+        stamp = f"(({src.select[date_column]} + {own}) AT TIME ZONE 'UTC')"
+        src.derive(date_column, f"to_char({stamp}, 'YYYY-MM-DD')")
+        src.derive(column, f"to_char({stamp}, 'HH24:MI:SS')")
     elif kind == "money" and base == "real":  # its shortest decimal: 12345.67, not 12345.669921875
-        select[column], types[column] = f"CAST(CAST({own} AS TEXT) AS DOUBLE PRECISION)", "double precision"
+        src.derive(column, f"CAST(CAST({own} AS TEXT) AS DOUBLE PRECISION)", "double precision")
     elif kind == "flag" and base == "boolean":
-        select[column], types[column] = f"CAST({own} AS INTEGER)", "integer"
+        src.derive(column, f"CAST({own} AS INTEGER)", "integer")
     else:
         return False
-    physical[column] = None
     return True
 
 
-def _convert_sqlite(name: str, select: dict, types: dict, physical: dict) -> None:
+def _convert_sqlite(src: Source) -> None:
     """SQLite's declared types are names only: a date declared TIMESTAMP or DATETIME, a time WITH TIME ZONE."""
-    timestamp = settings.SOURCE_TIMESTAMPS.get(name)
-    if not timestamp or physical[timestamp[1]] is None:
+    _, date_column, time_column = settings.SOURCE_TIMESTAMPS.get(src.name, (None, "", ""))
+    if not date_column or src.physical[date_column] is None:
         return
-    _, date_column, time_column = timestamp
-    declared_time = types[time_column] or ""
+    declared_time = src.types[time_column] or ""
     if "time zone" in declared_time or "timetz" in declared_time:
-        stamp = f"{select[date_column]} || ' ' || {select[time_column]}"
-        select[date_column], select[time_column] = f"date({stamp})", f"time({stamp})"
-        physical[date_column] = physical[time_column] = None
-        types[date_column] = types[time_column] = "text"
-    elif any(word in (types[date_column] or "") for word in ("timestamp", "datetime")):
-        select[date_column], types[date_column], physical[date_column] = f"date({select[date_column]})", "text", None
+        stamp = f"{src.select[date_column]} || ' ' || {src.select[time_column]}"
+        src.derive(date_column, f"date({stamp})")
+        src.derive(time_column, f"time({stamp})")
+    elif any(word in (src.types[date_column] or "") for word in ("timestamp", "datetime")):
+        src.derive(date_column, f"date({src.select[date_column]})")
 
 
 def table(db: Any, name: str) -> str:
@@ -230,7 +216,7 @@ def relation(db: Any, name: str) -> str:
 
 def column_type(db: Any, name: str, column: str) -> str:
     """The type the queries read ``name.column`` as (lower case; ``text`` for a derived date); "" unknown."""
-    return source(db, name).types[column]
+    return source(db, name).types[column] or ""
 
 
 def as_type_of(db: Any, expr: str, name: str, column: str) -> str:

@@ -135,11 +135,8 @@ def range_from_params(params: Mapping[str, Any]) -> RunRange | None:
 
 
 def day_before(moment: Any, late_days: int = 0) -> RunRange:
-    """The calendar day (UTC) before ``moment``'s day, and the ``late_days`` before it: a scheduled run's range.
-
-    A run started at 06:00, by its schedule or by its loader's asset, handles the day before,
-    as one started at 00:00 does.
-    """
+    """The calendar day (UTC) before ``moment``'s day, and the ``late_days`` before it: a scheduled run's
+    range, whatever the time it started (by its schedule or its loader's asset)."""
     end = dt.datetime.combine(as_naive_utc(moment).date(), dt.time())
     return RunRange(end - dt.timedelta(days=1 + late_days), end)
 

@@ -39,14 +39,14 @@ GROUP BY j.conv_id, j.conv_date, j.user_id, j.conv_ts, j.revenue_micros
 # still there unchanged; from_first: those from the earliest one sent on (not sent when a session
 # now ranks among the latest sent of a truncated journey), ties broken in byte order as the cut's.
 _SESSIONS_SQL = """
-SELECT conv_id, conv_date, sessions, sent, now, kept, from_first FROM (
+SELECT conv_id, conv_date, sessions, sent, now, kept FROM (
     SELECT j.conv_id, j.conv_date, j.sessions, j.sent, COUNT(s.user_id) AS now, COUNT(cr.session_id) AS kept,
-           COALESCE(SUM(CASE WHEN {ts} > j.first_ts OR ({ts} = j.first_ts AND {sid}{byte_order} >= j.first_session_id)
+           COALESCE(SUM(CASE WHEN {ts} > j.first_ts OR ({ts} = j.first_ts AND s.session_id{byte_order} >= j.first_session_id)
                         THEN 1 ELSE 0 END), 0) AS from_first
     FROM attribution_journeys j
     LEFT JOIN {copy} s ON s.user_id = j.user_id
          AND ({ts} IS NULL OR ({ts} < j.conv_ts AND (j.since_ts IS NULL OR {ts} >= j.since_ts)))
-    LEFT JOIN attribution_credit cr ON cr.conv_id = j.conv_id AND cr.session_id = {sid}
+    LEFT JOIN attribution_credit cr ON cr.conv_id = j.conv_id AND cr.session_id = s.session_id
          AND cr.session_ts = {ts} AND cr.channel_name = s.channel_name
     GROUP BY j.conv_id, j.conv_date, j.sessions, j.sent
 ) AS compared
@@ -82,9 +82,8 @@ def detect(db: Database) -> int:
     for conv_id, conv_date, copies, user, moved, revenue, now_ts in db.query(_conversions_sql(db)):
         if copies > 1 or user or moved or revenue:
             found[conv_id] = (conv_date, _conversion_detail(int(copies), user, moved, revenue, now_ts))
-    for conv_id, conv_date, sessions, sent, now, kept, _from_first in db.query(
-        _SESSIONS_SQL.format(copy=BUYER_SESSIONS, byte_order=BYTE_ORDER[db.dialect], ts=_COPY_TS[db.dialect],
-                             sid="s.session_id")
+    for conv_id, conv_date, sessions, sent, now, kept in db.query(
+        _SESSIONS_SQL.format(copy=BUYER_SESSIONS, byte_order=BYTE_ORDER[db.dialect], ts=_COPY_TS[db.dialect])
     ):
         found.setdefault(conv_id, (conv_date, _journey_detail(sessions, sent, now, kept)))
     db.executemany(f"INSERT INTO {FOUND} (conv_id, conv_date, detail) VALUES (?, ?, ?)",

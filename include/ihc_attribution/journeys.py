@@ -294,8 +294,7 @@ def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
     # A primary key (or unique index) on session_id means no id is present twice: no lookup.
     duplicated = {} if has_unique_key(db, SESSION_SOURCES, "session_id") else {
         sid: int(n) for sid, n in db.query(_DUPLICATE_SESSIONS_SQL.format(
-            # the id as it compares with the copy's text: SQLite by the column's affinity
-            session_id="session_id" if db.is_sqlite else "CAST(session_id AS TEXT)", copy=BUYER_SESSIONS,
+            session_id=sources.text_id(db, "session_id", SESSION_SOURCES, "session_id"), copy=BUYER_SESSIONS,
             sessions=sources.relation(db, SESSION_SOURCES)))
     }
     # Clean sessions pass every check (see validation.CLEAN_SESSION); a duplicated one may be clean.
@@ -311,8 +310,8 @@ def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
         sub = frame[bad]
         ts_ok = validation.valid_date(sub["event_date"]) & validation.valid_time(sub["event_time"])
         text = sub["event_date"].astype(str) + " " + sub["event_time"].astype(str)
-        bad_sessions.extend(zip(sub["session_id"], sub["user_id"], [t if ok else None for t, ok in zip(text, ts_ok)],
-                                problems[bad]))
+        ts = [t if ok else None for t, ok in zip(text, ts_ok)]
+        bad_sessions.extend(zip(sub["session_id"], sub["user_id"], ts, problems[bad]))
     return bad_sessions
 
 
@@ -336,11 +335,8 @@ def fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> N
     # The scope, then the repr of each session's fields as a list, in order: one digest per journey.
     keys = []
     for conv_id, journey in itertools.groupby(rows, key=operator.itemgetter(0)):
-        fields = [
-            f"[{sid!r}, {ts!r}, {channel!r}, {holder!r}, {closer!r}, {impression!r}, {flag!r}]"
-            for _, sid, ts, channel, holder, closer, impression, flag in journey
-        ]
-        keys.append((run_id, conv_id, hashlib.sha256("".join([answer_scope, *fields]).encode()).hexdigest()))
+        text = answer_scope + "".join(repr(session) for _, *session in journey)
+        keys.append((run_id, conv_id, hashlib.sha256(text.encode()).hexdigest()))
     db.executemany(
         "INSERT INTO attribution_stg_journey_keys (run_id, conv_id, journey_hash) VALUES (?, ?, ?)", keys
     )

@@ -207,7 +207,8 @@ def _stage(
         "range_start = excluded.range_start, range_end = excluded.range_end",
         (run_id, run_range.start_ts, run_range.end_ts, created_at),
     )
-    validation.stage_conversions(db, run_id, run_range, summary)
+    counts = validation.stage_conversions(db, run_id, run_range)
+    summary.conversions, summary.invalid_input, summary.duplicates, summary.unplaceable = counts
     _stage_extra_days(db, run_id, extra_days, summary)
     summary.late_users = copy_late_users(db, run_id)
     if summary.late_users:
@@ -240,11 +241,10 @@ def _stage_extra_days(db: Database, run_id: str, days: list[str], summary: Extra
     """Stage the conversions of ``days`` besides the run's range, as the runs of those days would."""
     for day in days:
         first = dt.datetime.fromisoformat(day)
-        extra = ExtractSummary()
-        validation.stage_conversions(db, run_id, RunRange(first, first + dt.timedelta(days=1)), extra)
-        summary.conversions += extra.conversions
-        summary.invalid_input += extra.invalid_input
-        summary.duplicates += extra.duplicates
+        staged, invalid, duplicates, _ = validation.stage_conversions(db, run_id, RunRange(first, first + dt.timedelta(days=1)))
+        summary.conversions += staged
+        summary.invalid_input += invalid
+        summary.duplicates += duplicates
     db.executemany("INSERT INTO attribution_stg_extra_days (run_id, day) VALUES (?, ?)", [(run_id, d) for d in days])
     summary.reattributed_days = len(days)
 

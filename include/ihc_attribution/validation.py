@@ -9,17 +9,12 @@ looser (``tests/ihc_attribution/test_journeys_clean.py``).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import pandas as pd
 
 from ihc_attribution import sources
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database, is_valid_text, pg_text_not_a_date, storable
 from ihc_attribution.schema import CONVERSIONS, has_unique_key
-
-if TYPE_CHECKING:
-    from ihc_attribution.journeys import ExtractSummary
 
 # Reasons recorded in attribution_issues.
 NO_SESSIONS = "no_sessions"
@@ -158,7 +153,8 @@ _SQLITE_MALFORMED_DATE = "conv_date IS NULL OR typeof(conv_date) <> 'text' OR da
 _DUPLICATE_CONVERSIONS_SQL = "SELECT conv_id, COUNT(*) FROM {conversions} GROUP BY conv_id HAVING COUNT(*) > 1"
 
 
-def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: ExtractSummary) -> None:
+def stage_conversions(db: Database, run_id: str, run_range: RunRange) -> tuple[int, int, int, int]:
+    """Stage the conversions of the run's days: (staged, invalid_input, duplicates, unplaceable) counted."""
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
     source = sources.relation(db, CONVERSIONS)
     malformed = _SQLITE_MALFORMED_DATE if db.is_sqlite else "conv_date IS NULL"
@@ -169,11 +165,11 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
         storable(str(conv_id)): int(n)
         for conv_id, n in db.query(_DUPLICATE_CONVERSIONS_SQL.format(conversions=source)) if conv_id is not None
     }
-    clean = CLEAN_CONVERSION.get(db.dialect)
+    clean, staged_clean = CLEAN_CONVERSION.get(db.dialect), 0
     if clean and not counts:
         # A clean candidate is a valid conversion of the run's days, so it is ready: staged in
         # the database, and only the others are read into Python to be checked.
-        summary.conversions = db.execute(
+        staged_clean = db.execute(
             _CLEAN_CONVERSIONS_SQL.format(clean=clean, conversions=source),
             (run_id, first, last, run_range.start_ts, run_range.end_ts),
         )
@@ -184,7 +180,7 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
         rows, columns=["conv_id", "user_id", "conv_date", "conv_time", "revenue", "by_date"], dtype=object
     )
     if frame.empty:
-        return
+        return staged_clean, 0, 0, 0
     # A conversion without an id is recorded under a name that says so and where it is.
     missing_id = frame["conv_id"].isna() | frame["conv_id"].astype(str).str.strip().eq("")
     frame.loc[missing_id, "conv_id"] = [
@@ -240,10 +236,7 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
         for conv_id, n in sorted(duplicates.items())
     ]
     insert_issues(db, issues)
-    summary.conversions += len(ready) + len(invalid) + len(duplicates)
-    summary.invalid_input = len(invalid)
-    summary.duplicates = len(duplicates)
-    summary.unplaceable = int(unplaceable.sum())
+    return staged_clean + len(ready) + len(invalid) + len(duplicates), len(invalid), len(duplicates), int(unplaceable.sum())
 
 
 def insert_issues(db: Database, issues: list[tuple[str, str, str, str]]) -> None:

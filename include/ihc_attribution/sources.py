@@ -70,14 +70,11 @@ def source(db: Any, name: str) -> Source:
         specs = settings.source_tables()
     except ValueError as exc:
         raise SourceTableError(str(exc)) from None
-    key = repr(sorted(specs.items()))
-    cached = _resolved.get(db)
-    if cached is None or cached[0] != key:
-        cached = (key, {})
-        _resolved[db] = cached
-    if name not in cached[1]:
-        cached[1][name] = _resolve(db, name, specs.get(name))
-    return cached[1][name]
+    resolved = _resolved.setdefault(db, {})
+    key = (repr(sorted(specs.items())), name)
+    if key not in resolved:
+        resolved[key] = _resolve(db, name, specs.get(name))
+    return resolved[key]
 
 
 def _resolve(db: Any, name: str, spec: dict | None) -> Source:

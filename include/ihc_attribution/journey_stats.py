@@ -90,11 +90,6 @@ def collapse(channels: Iterable[str]) -> tuple[str, ...]:
     return tuple(name for name, _ in itertools.groupby(channels))
 
 
-def path_text(path: Sequence[str], label: Any = str) -> str:
-    """A path as text, its channels named by ``label`` and joined by :data:`PATH_SEPARATOR`."""
-    return PATH_SEPARATOR.join(label(name) for name in path)
-
-
 def _timestamp(value: Any) -> dt.datetime | None:
     try:
         return value if isinstance(value, dt.datetime) else dt.datetime.fromisoformat(str(value))
@@ -142,7 +137,7 @@ def summarize(found: Iterable[Journey]) -> JourneyStats:
     return JourneyStats(
         conversions=len(found),
         revenue_micros=sum(j.revenue_micros for j in found),
-        paths=tuple(Count(path_text(path), n, micros, path) for path, (n, micros) in ranked),
+        paths=tuple(Count(PATH_SEPARATOR.join(path), n, micros, path) for path, (n, micros) in ranked),
         lengths=_bucketed(LENGTH_BUCKETS, ((j.sessions, j.revenue_micros) for j in found)),
         times=_bucketed(TIME_BUCKETS, timed),
         untimed=len(found) - len(timed),

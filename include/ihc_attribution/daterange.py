@@ -128,10 +128,7 @@ def range_from_params(params: Mapping[str, Any]) -> RunRange | None:
         raise RangeError(f"param start_date={start} is after end_date={end}")
     if end == dt.date.max:
         raise RangeError(f"param end_date={end} is too late: the range would end after the last representable date")
-    return RunRange(
-        dt.datetime.combine(start, dt.time()),
-        dt.datetime.combine(end + dt.timedelta(days=1), dt.time()),
-    )
+    return RunRange(dt.datetime.combine(start, dt.time()), dt.datetime.combine(end + dt.timedelta(days=1), dt.time()))
 
 
 def day_before(moment: Any, late_days: int = 0) -> RunRange:
@@ -142,9 +139,7 @@ def day_before(moment: Any, late_days: int = 0) -> RunRange:
 
 
 def resolve_run_range(
-    params: Mapping[str, Any] | None,
-    data_interval_start: Any = None,
-    data_interval_end: Any = None,
+    params: Mapping[str, Any] | None, data_interval_start: Any = None, data_interval_end: Any = None
 ) -> RunRange:
     """The run's range: the params when given, else the data interval (RangeError, saying what to do, if neither)."""
     if from_params := range_from_params(params or {}):

@@ -15,18 +15,16 @@ from ihc_attribution.schema import CONVERSIONS, SESSION_SOURCES, has_index_on, r
 # table instead of an index over the whole source built beforehand.
 BUYERS = "attribution_tmp_buyers"
 BUYER_SESSIONS = "attribution_tmp_buyer_sessions"
-#: Users of conversions loaded while the run was reading (see :func:`copy_late_users`).
 LATE_BUYERS = "attribution_tmp_late_buyers"
 _BUYERS_SQL = (
     f"INSERT INTO {BUYERS} (user_id) SELECT u.user_id FROM ("
     "SELECT CAST(user_id AS TEXT) AS user_id FROM {conversions} WHERE user_id IS NOT NULL "
     "UNION SELECT user_id FROM attribution_journeys WHERE user_id IS NOT NULL) AS u"
 )
-# The copy holds the session ids as text, as the package's tables do, whatever type the source
-# gives them: equal timestamps are then ordered by the id in byte order on every engine (an
-# INTEGER 10 after 9 as the text '10' is before '9', as the credit and the comparison order them).
-# PostgreSQL compares a BIGINT user id with text only once cast; SQLite compares an INTEGER one
-# with text by its affinity, so it is copied as it is. CREATE TABLE ... AS SELECT keeps the other
+# Session ids are copied as text, as the package's tables hold them, so that equal timestamps are
+# ordered by the id in byte order on every engine (the INTEGER 10 as '10' is before '9', as the
+# credit and the comparison order them). PostgreSQL compares a BIGINT user id with text only once
+# cast; SQLite compares an INTEGER one by its affinity. CREATE TABLE ... AS SELECT keeps the other
 # columns' types, so values are copied unchanged.
 _SELECT = """
 SELECT {ids}, s.event_date, s.event_time, s.channel_name,
@@ -39,16 +37,15 @@ _IDS = {
     "sqlite": "CAST(s.session_id AS TEXT) AS session_id, s.user_id",
     "postgresql": "CAST(s.session_id AS TEXT) AS session_id, CAST(s.user_id AS TEXT) AS user_id",
 }
-# A user's sessions in the order of the conversion flag: the journeys need no sort. It holds
-# every column the journeys read, so that they never look a row up in the table (a random read
-# per session: on a large run the copy is far larger than the cache).
+# A user's sessions in the order of the conversion flag, with every column the journeys read, so
+# that they never sort nor look a row up in the table (a random read per session).
 _BUYER_SESSIONS_INDEX = (
     f"CREATE INDEX attribution_tmp_ix_buyer_sessions ON {BUYER_SESSIONS} (user_id, event_date, event_time, session_id, "
     "channel_name, holder_engagement, closer_engagement, impression_interaction)"
 )
-# SQLite's default page cache (2,000 KiB) holds the users' key of a daily run many times over,
-# but not that of a month on a large database (120,000 users: 6 MB): each of the pass's searches
-# then reads pages of the temporary file again, and the pass took 3 to 4 times as long.
+# SQLite's default page cache (2,000 KiB) does not hold the users' key of a month on a large
+# database (120,000 users: 6 MB): each search of the pass then reads the temporary file again,
+# and the pass took 3 to 4 times as long.
 _DEFAULT_CACHE_KIB = 2000
 
 
@@ -63,11 +60,9 @@ def buyer_sessions_select(db: Database, buyers: str = BUYERS) -> str:
 def stage_buyer_sessions(db: Database) -> None:
     """Copy every session of every converting or attributed user into a temporary table (one pass)."""
     if db.is_sqlite:
-        # The pass searches the users' key once per session of the database. In 64 KiB pages the
-        # key of up to about 3,000 users (a daily run) is one page instead of two levels of 4 KiB
-        # ones, which makes each search about a fifth cheaper. It only takes effect before the
-        # connection's temporary database exists (as in a task's own connection); later it is
-        # ignored, which changes nothing else. The temporary database is the connection's own.
+        # In 64 KiB pages the users' key of a daily run is one page instead of two levels of 4 KiB
+        # ones: each search is about a fifth cheaper. It takes effect only before the connection's
+        # own temporary database exists (as in a task's connection), and changes nothing else.
         db.execute("PRAGMA temp.page_size = 65536")
     drop_buyer_sessions(db)
     db.execute(f"CREATE TEMP TABLE {BUYERS} (user_id TEXT PRIMARY KEY)")
@@ -89,7 +84,6 @@ def stage_buyer_sessions(db: Database) -> None:
 
 
 def drop_buyer_sessions(db: Database) -> None:
-    """Remove the temporary tables of :func:`stage_buyer_sessions`."""
     for table in (BUYER_SESSIONS, BUYERS, LATE_BUYERS):
         db.execute(f"DROP TABLE IF EXISTS {table}")
 
@@ -97,9 +91,9 @@ def drop_buyer_sessions(db: Database) -> None:
 def copy_late_users(db: Database, run_id: str) -> int:
     """Copy the sessions of the users of staged conversions that were not in the sources when the copy was made.
 
-    A loader may commit a new user's sessions and conversion between the copy and the staging;
-    such a user's sessions are read now. Sessions of users already copied that arrive meanwhile
-    are the next run's to see (the comparison then names the journey). Returns the users read late.
+    A loader may commit a new user's sessions and conversion between the copy and the staging.
+    Sessions of users already copied that arrive meanwhile are the next run's to see (the
+    comparison then names the journey). Returns the users read late.
     """
     db.execute(f"DROP TABLE IF EXISTS {LATE_BUYERS}")
     db.execute(f"CREATE TEMP TABLE {LATE_BUYERS} (user_id TEXT PRIMARY KEY)")

@@ -38,19 +38,16 @@ def parse_lookback_days(value: Any) -> int | None:
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    days = None
-    if isinstance(value, int) and not isinstance(value, bool):
-        days = value
-    elif isinstance(value, float) and value.is_integer():
-        days = int(value)
-    elif isinstance(value, str) and re.fullmatch(r"[0-9]+", value.strip()):
-        days = int(value.strip())
-    if days is None or not 1 <= days <= MAX_LOOKBACK_DAYS:
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    whole = isinstance(value, (int, str)) and not isinstance(value, bool) and re.fullmatch(r"[0-9]+", text)
+    if not whole or not 1 <= int(text) <= MAX_LOOKBACK_DAYS:
         raise ParamError(
             f"param lookback_days={value!r} must be a whole number of days from 1 to {MAX_LOOKBACK_DAYS}, "
             "or empty for an unlimited look-back"
         )
-    return days
+    return int(text)
 
 
 @dataclass(frozen=True)
@@ -64,8 +61,8 @@ class RunRange:
         if self.end <= self.start:
             raise RangeError(f"empty range: end {self.end} is not after start {self.start}")
 
-    # Timestamps as ``YYYY-MM-DD HH:MM:SS``, comparable with the database's. Not strftime: its %Y
-    # does not pad years before 1000 to four digits on every platform.
+    # ``YYYY-MM-DD HH:MM:SS``, as the database compares them. Not strftime: its %Y does not pad
+    # years before 1000 to four digits on every platform.
     @property
     def start_ts(self) -> str:
         return self.start.isoformat(sep=" ", timespec="seconds")
@@ -84,13 +81,12 @@ class RunRange:
         return (self.end - dt.timedelta(microseconds=1)).date()
 
     def dates(self) -> list[str]:
-        """Every calendar date the range touches, as ``YYYY-MM-DD``."""
         days = (self.last_date - self.first_date).days
         return [(self.first_date + dt.timedelta(days=i)).isoformat() for i in range(days + 1)]
 
     @property
     def label(self) -> str:
-        """``<first date>_<last date>``, used in file names."""
+        """Used in file names."""
         return f"{self.first_date}_{self.last_date}"
 
 
@@ -100,9 +96,7 @@ def parse_date_param(name: str, value: Any) -> dt.date | None:
         return None
     if isinstance(value, dt.datetime):
         return value.date()
-    if isinstance(value, dt.date):
-        return value
-    text = str(value).strip()
+    text = str(value).strip()  # a date gives its YYYY-MM-DD
     if not _DATE_RE.fullmatch(text):
         raise RangeError(f"param {name}={value!r} is not a date in the form YYYY-MM-DD")
     try:
@@ -134,26 +128,18 @@ def range_from_params(params: Mapping[str, Any]) -> RunRange | None:
         raise RangeError(f"param start_date={start} is after end_date={end}")
     if end == dt.date.max:
         raise RangeError(f"param end_date={end} is too late: the range would end after the last representable date")
-    return RunRange(
-        dt.datetime.combine(start, dt.time()),
-        dt.datetime.combine(end + dt.timedelta(days=1), dt.time()),
-    )
+    return RunRange(dt.datetime.combine(start, dt.time()), dt.datetime.combine(end + dt.timedelta(days=1), dt.time()))
 
 
 def day_before(moment: Any, late_days: int = 0) -> RunRange:
-    """The calendar day (UTC) before ``moment``'s day, and the ``late_days`` before it: a scheduled run's range.
-
-    A run started at 06:00, by its schedule or by its loader's asset, handles the day before,
-    as one started at 00:00 does.
-    """
+    """The calendar day (UTC) before ``moment``'s day, and the ``late_days`` before it: a scheduled run's
+    range, whatever the time it started (by its schedule or its loader's asset)."""
     end = dt.datetime.combine(as_naive_utc(moment).date(), dt.time())
     return RunRange(end - dt.timedelta(days=1 + late_days), end)
 
 
 def resolve_run_range(
-    params: Mapping[str, Any] | None,
-    data_interval_start: Any = None,
-    data_interval_end: Any = None,
+    params: Mapping[str, Any] | None, data_interval_start: Any = None, data_interval_end: Any = None
 ) -> RunRange:
     """The run's range: the params when given, else the data interval (RangeError, saying what to do, if neither)."""
     if from_params := range_from_params(params or {}):

@@ -36,30 +36,25 @@ GROUP BY j.conv_id, j.conv_date, j.user_id, j.conv_ts, j.revenue_micros
 """
 # Stored journeys against the copy of their users' sessions. now: the sessions in the window
 # (one without a timestamp counts: a journey holding it is quarantined); kept: the credited ones
-# still there unchanged; from_first: those from the earliest one sent on (equal to sent unless a
-# session now ranks among the latest sent of a truncated journey), ties of a second broken in byte
-# order as the cut breaks them, whatever the database's collation.
+# still there unchanged; from_first: those from the earliest one sent on (not sent when a session
+# now ranks among the latest sent of a truncated journey), ties broken in byte order as the cut's.
 _SESSIONS_SQL = """
-SELECT conv_id, conv_date, sessions, sent, now, kept, from_first FROM (
+SELECT conv_id, conv_date, sessions, sent, now, kept FROM (
     SELECT j.conv_id, j.conv_date, j.sessions, j.sent, COUNT(s.user_id) AS now, COUNT(cr.session_id) AS kept,
-           COALESCE(SUM(CASE WHEN {ts} > j.first_ts OR ({ts} = j.first_ts AND {sid}{byte_order} >= j.first_session_id)
+           COALESCE(SUM(CASE WHEN {ts} > j.first_ts OR ({ts} = j.first_ts AND s.session_id{byte_order} >= j.first_session_id)
                         THEN 1 ELSE 0 END), 0) AS from_first
     FROM attribution_journeys j
     LEFT JOIN {copy} s ON s.user_id = j.user_id
          AND ({ts} IS NULL OR ({ts} < j.conv_ts AND (j.since_ts IS NULL OR {ts} >= j.since_ts)))
-    LEFT JOIN attribution_credit cr ON cr.conv_id = j.conv_id AND cr.session_id = {sid}
+    LEFT JOIN attribution_credit cr ON cr.conv_id = j.conv_id AND cr.session_id = s.session_id
          AND cr.session_ts = {ts} AND cr.channel_name = s.channel_name
     GROUP BY j.conv_id, j.conv_date, j.sessions, j.sent
 ) AS compared
 WHERE now <> sessions OR kept <> sent OR from_first <> sent
 """
-
-
-# The copy's timestamp and session id as text, as the package's tables hold them.
-_COPY_TEXT = {
-    "sqlite": {"ts": "s.event_date || ' ' || s.event_time", "sid": "CAST(s.session_id AS TEXT)"},
-    "postgresql": {"ts": "CAST(s.event_date AS TEXT) || ' ' || CAST(s.event_time AS TEXT)", "sid": "s.session_id"},
-}
+# The copy's timestamp as text, as the package's tables hold it.
+_COPY_TS = {"sqlite": "s.event_date || ' ' || s.event_time",
+            "postgresql": "CAST(s.event_date AS TEXT) || ' ' || CAST(s.event_time AS TEXT)"}
 
 
 def _conversion_detail(copies: int, user: int, moved: int, revenue: int, now_ts: object) -> str:
@@ -79,19 +74,16 @@ def _journey_detail(sessions: int, sent: int, now: int, kept: int) -> str:
 
 
 def detect(db: Database) -> int:
-    """Compare every attributed journey with the sources; keep what changed in :data:`FOUND` (temporary).
-
-    Reads the extraction's copy of the buyers' sessions (see :mod:`buyers`) and writes only a
-    temporary table, so it runs outside the write transaction. Returns the conversions that changed.
-    """
+    """Compare every attributed journey with the sources and the copy of the buyers' sessions (see
+    :mod:`buyers`); keep what changed in the temporary :data:`FOUND`, and return how many changed."""
     drop(db)
     db.execute(f"CREATE TEMP TABLE {FOUND} (conv_id TEXT PRIMARY KEY, conv_date TEXT, detail TEXT)")
     found: dict[str, tuple] = {}
     for conv_id, conv_date, copies, user, moved, revenue, now_ts in db.query(_conversions_sql(db)):
         if copies > 1 or user or moved or revenue:
             found[conv_id] = (conv_date, _conversion_detail(int(copies), user, moved, revenue, now_ts))
-    for conv_id, conv_date, sessions, sent, now, kept, _from_first in db.query(
-        _SESSIONS_SQL.format(copy=BUYER_SESSIONS, byte_order=BYTE_ORDER[db.dialect], **_COPY_TEXT[db.dialect])
+    for conv_id, conv_date, sessions, sent, now, kept in db.query(
+        _SESSIONS_SQL.format(copy=BUYER_SESSIONS, byte_order=BYTE_ORDER[db.dialect], ts=_COPY_TS[db.dialect])
     ):
         found.setdefault(conv_id, (conv_date, _journey_detail(sessions, sent, now, kept)))
     db.executemany(f"INSERT INTO {FOUND} (conv_id, conv_date, detail) VALUES (?, ?, ?)",
@@ -100,7 +92,7 @@ def detect(db: Database) -> int:
 
 
 def _conversions_sql(db: Database) -> str:
-    """:data:`_CONVERSIONS_SQL` for the dialect: the source's values as the staging reads them."""
+    """:data:`_CONVERSIONS_SQL` with the source's values as the staging reads them."""
     if db.is_sqlite:
         # conv_id compared as stored (an INTEGER id matches its text), so the key can be used.
         conv_id, user, revenue = "v.conv_id", "CAST(v.user_id AS TEXT)", db.units("CAST(v.revenue AS REAL)", 6)
@@ -132,7 +124,6 @@ def record(db: Database, run_id: str) -> int:
 
 
 def drop(db: Database) -> None:
-    """Remove the temporary table of :func:`detect`."""
     db.execute(f"DROP TABLE IF EXISTS {FOUND}")
 
 

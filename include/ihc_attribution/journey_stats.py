@@ -35,12 +35,10 @@ TIME_BUCKETS: tuple[tuple[int, str], ...] = (
 
 
 class Journey(NamedTuple):
-    """One conversion's journey; ``seconds`` is ``None`` when the conversion has no readable timestamp."""
-
     conv_id: str
     path: tuple[str, ...]
     sessions: int
-    seconds: float | None
+    seconds: float | None  # None when the conversion has no readable timestamp
     revenue_micros: int
 
 
@@ -84,18 +82,12 @@ class JourneyStats:
         return (Decimal(conversions) * 100 / self.conversions).quantize(Decimal("0.1"), ROUND_HALF_UP)
 
     def top(self, limit: int) -> tuple[Count, ...]:
-        """The ``limit`` most frequent paths."""
         return self.paths[:limit]
 
 
 def collapse(channels: Iterable[str]) -> tuple[str, ...]:
     """The channels with consecutive repeats collapsed into one: ``A, A, B, A`` gives ``A, B, A``."""
     return tuple(name for name, _ in itertools.groupby(channels))
-
-
-def path_text(path: Sequence[str], label: Any = str) -> str:
-    """A path as text, its channels named by ``label`` and joined by :data:`PATH_SEPARATOR`."""
-    return PATH_SEPARATOR.join(label(name) for name in path)
 
 
 def _timestamp(value: Any) -> dt.datetime | None:
@@ -105,21 +97,21 @@ def _timestamp(value: Any) -> dt.datetime | None:
         return None
 
 
-def _journey(conv_id: Any, rows: list[Sequence[Any]]) -> Journey:
-    _, conv_ts, session_ts, _, _, micros = rows[0]
-    converted, first = _timestamp(conv_ts), _timestamp(session_ts)
-    seconds = None if converted is None or first is None else (converted - first).total_seconds()
-    return Journey(str(conv_id), tuple(map(str, collapse(row[4] for row in rows))), len(rows), seconds, int(micros))
-
-
 def journeys(rows: Iterable[Sequence[Any]]) -> list[Journey]:
     """The journeys of credit rows ``(conv_id, conv_ts, session_ts, session_id, channel_name, revenue_micros)``.
 
     Sessions are ordered here, in code-point order of their timestamp and id, so that PostgreSQL
     and SQLite give the same paths whatever their collation.
     """
-    ordered = sorted(rows, key=operator.itemgetter(0, 2, 3))
-    return [_journey(conv_id, list(group)) for conv_id, group in itertools.groupby(ordered, key=operator.itemgetter(0))]
+    found = []
+    for conv_id, group in itertools.groupby(sorted(rows, key=operator.itemgetter(0, 2, 3)), key=operator.itemgetter(0)):
+        sessions = list(group)
+        _, conv_ts, first_ts, _, _, micros = sessions[0]
+        converted, first = _timestamp(conv_ts), _timestamp(first_ts)
+        seconds = None if converted is None or first is None else (converted - first).total_seconds()
+        path = tuple(map(str, collapse(row[4] for row in sessions)))
+        found.append(Journey(str(conv_id), path, len(sessions), seconds, int(micros)))
+    return found
 
 
 def _bucketed(buckets: Sequence[tuple[int, str]], values: Iterable[tuple[float, int]]) -> tuple[Count, ...]:
@@ -134,7 +126,6 @@ def _bucketed(buckets: Sequence[tuple[int, str]], values: Iterable[tuple[float, 
 
 
 def summarize(found: Iterable[Journey]) -> JourneyStats:
-    """Paths, length and time buckets of ``found``."""
     found = list(found)
     paths: dict[tuple[str, ...], list[int]] = {}
     for journey in found:
@@ -146,7 +137,7 @@ def summarize(found: Iterable[Journey]) -> JourneyStats:
     return JourneyStats(
         conversions=len(found),
         revenue_micros=sum(j.revenue_micros for j in found),
-        paths=tuple(Count(path_text(path), n, micros, path) for path, (n, micros) in ranked),
+        paths=tuple(Count(PATH_SEPARATOR.join(path), n, micros, path) for path, (n, micros) in ranked),
         lengths=_bucketed(LENGTH_BUCKETS, ((j.sessions, j.revenue_micros) for j in found)),
         times=_bucketed(TIME_BUCKETS, timed),
         untimed=len(found) - len(timed),

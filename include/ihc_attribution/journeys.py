@@ -1,8 +1,7 @@
-"""Stage 2: find the run's conversions, check the input, and build their customer journeys.
+"""Stage 2: the run's conversions and their customer journeys, malformed input quarantined with a reason.
 
 A journey is every session of the conversion's user strictly before the conversion (optionally
 within a look-back window), built in SQL from the copy of the buyers' sessions (see :mod:`buyers`).
-Malformed conversions and sessions are quarantined with a reason, checked in Python in batches.
 The reading writes only temporary tables; the write transaction holds its lock for the staging only.
 """
 
@@ -76,7 +75,6 @@ _JOURNEY_LENGTHS_SQL = """
 UPDATE attribution_stg_conversions AS c SET n_sessions = (SELECT COUNT(*) FROM {buyer_sessions} s WHERE {in_journey})
 WHERE c.run_id = ? AND c.status = 'ready'
 """
-# Where a journey's look-back window starts.
 _SINCE = {
     "sqlite": "datetime(c.conv_date || ' ' || c.conv_time, ?)",
     "postgresql": "to_char((c.conv_date || ' ' || c.conv_time)::timestamp - (? || ' days')::interval, 'YYYY-MM-DD HH24:MI:SS')",
@@ -100,8 +98,7 @@ def _in_journey(dialect: str, lookback: bool) -> str:
 
 
 def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
-    """The statement that stages the run's journeys (parameters: [look-back, ]sessions kept, run id); sessions
-    kept: the latest this many of each journey (``-1`` on SQLite, ``None`` on PostgreSQL: all)."""
+    """The statement that stages the run's journeys; parameters: [look-back, ]sessions kept, run id."""
     byte_order = BYTE_ORDER[dialect]
     kept = _KEPT_SESSIONS[dialect].format(buyer_sessions=BUYER_SESSIONS, in_journey=_in_journey(dialect, lookback),
                                           latest_first=_LATEST_FIRST.format(s="s", byte_order=byte_order))
@@ -109,7 +106,7 @@ def journeys_sql(dialect: str, *, lookback: bool = False) -> str:
 
 
 def journey_lengths_sql(dialect: str, *, lookback: bool = False) -> str:
-    """The statement that sets each staged conversion's journey length (parameters: [look-back, ]run id)."""
+    """The statement that sets each staged conversion's journey length; parameters: [look-back, ]run id."""
     return _JOURNEY_LENGTHS_SQL.format(buyer_sessions=BUYER_SESSIONS, in_journey=_in_journey(dialect, lookback))
 
 
@@ -156,16 +153,14 @@ def extract_journeys(
 ) -> ExtractSummary:
     """Stage the run's conversions and journeys, quarantining what cannot be attributed.
 
-    Reads the sources into temporary tables first, then stages in one transaction, which replaces
-    the run's staging: safe to re-run. Every attributed journey is compared with the sources (:mod:`drift`).
+    Reads the sources into temporary tables first, then replaces the run's staging in one
+    transaction: safe to re-run. Every attributed journey is compared with the sources (:mod:`drift`).
 
     :param answer_scope: what else decides an answer besides the journey (the API's address,
         conversion type and redistribution settings); part of every journey's fingerprint.
-    :param reuse_answers: let journeys whose fingerprint another run's answer was given for keep
-        that answer instead of being sent again (see :func:`reuse_other_runs_answers`).
-    :param max_sessions: stage only the latest this many sessions of each journey (the API's
-        ``max_sessions_per_request``: no more of a journey can be sent); the conversion keeps its
-        journey's full length. ``None`` stages every session.
+    :param reuse_answers: journeys another run got an answer for keep it instead of being sent again.
+    :param max_sessions: stage only the latest this many sessions of each journey (no more of it
+        can be sent); the conversion keeps its journey's full length. ``None`` stages every session.
     :param reattribute_drift: also handle the conversions of the days whose attributed journeys
         no longer match the sources, as a run of those days would.
     """
@@ -204,7 +199,6 @@ def _stage(
     bad_sessions: list[tuple[str, str, str | None, str]], lookback_days: int | None, max_sessions: int | None,
     created_at: str, summary: ExtractSummary,
 ) -> None:
-    """Stage the run's conversions and their journeys from the copy (in the caller's transaction)."""
     for table in (t for t in STAGING_TABLES if t not in _KEPT_ON_REBUILD):
         db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
     db.execute(
@@ -213,7 +207,8 @@ def _stage(
         "range_start = excluded.range_start, range_end = excluded.range_end",
         (run_id, run_range.start_ts, run_range.end_ts, created_at),
     )
-    validation.stage_conversions(db, run_id, run_range, summary)
+    counts = validation.stage_conversions(db, run_id, run_range)
+    summary.conversions, summary.invalid_input, summary.duplicates, summary.unplaceable = counts
     _stage_extra_days(db, run_id, extra_days, summary)
     summary.late_users = copy_late_users(db, run_id)
     if summary.late_users:
@@ -234,7 +229,6 @@ def _stage(
 
 
 def _stage_journeys(db: Database, run_id: str, lookback_days: int | None, max_sessions: int | None) -> None:
-    """Stage the run's journeys, each cut to its latest ``max_sessions`` sessions, their full lengths and windows."""
     lookback = [] if lookback_days is None else [f"-{int(lookback_days)} days" if db.is_sqlite else int(lookback_days)]
     kept = int(max_sessions) if max_sessions is not None else (-1 if db.is_sqlite else None)
     db.execute(journeys_sql(db.dialect, lookback=bool(lookback)), [*lookback, kept, run_id])
@@ -247,11 +241,10 @@ def _stage_extra_days(db: Database, run_id: str, days: list[str], summary: Extra
     """Stage the conversions of ``days`` besides the run's range, as the runs of those days would."""
     for day in days:
         first = dt.datetime.fromisoformat(day)
-        extra = ExtractSummary()
-        validation.stage_conversions(db, run_id, RunRange(first, first + dt.timedelta(days=1)), extra)
-        summary.conversions += extra.conversions
-        summary.invalid_input += extra.invalid_input
-        summary.duplicates += extra.duplicates
+        staged, invalid, duplicates, _ = validation.stage_conversions(db, run_id, RunRange(first, first + dt.timedelta(days=1)))
+        summary.conversions += staged
+        summary.invalid_input += invalid
+        summary.duplicates += duplicates
     db.executemany("INSERT INTO attribution_stg_extra_days (run_id, day) VALUES (?, ?)", [(run_id, d) for d in days])
     summary.reattributed_days = len(days)
 
@@ -270,13 +263,15 @@ def _quarantine_invalid_sessions(
         (run_id,),
     ):
         by_user[str(user_id)].append((conv_id, conv_ts))
+    window = None if lookback_days is None else dt.timedelta(days=lookback_days)
     affected: dict[str, list[str]] = defaultdict(list)
     for session_id, user_id, ts, problem in bad_sessions:
         session_id = "(none)" if session_id is None else storable(str(session_id))
         for conv_id, conv_ts in by_user.get(str(user_id), ()):
             # A session with an unreadable timestamp may or may not precede the conversion:
             # the journey cannot be known, so the conversion is quarantined either way.
-            if ts is None or (ts < conv_ts and _within_lookback(ts, conv_ts, lookback_days)):
+            if ts is None or (ts < conv_ts and (window is None or dt.datetime.fromisoformat(ts)
+                                                >= dt.datetime.fromisoformat(conv_ts) - window)):
                 affected[conv_id].append(f"session {session_id}: {problem}")
     issues = []
     for conv_id, items in sorted(affected.items()):
@@ -290,12 +285,6 @@ def _quarantine_invalid_sessions(
     summary.invalid_input += len(affected)
 
 
-def _within_lookback(ts: str, conv_ts: str, lookback_days: int | None) -> bool:
-    if lookback_days is None:
-        return True
-    return dt.datetime.fromisoformat(ts) >= dt.datetime.fromisoformat(conv_ts) - dt.timedelta(days=lookback_days)
-
-
 def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
     """(session id, user id, timestamp or None when unreadable, problem) of the copied sessions that are malformed.
 
@@ -305,8 +294,7 @@ def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
     # A primary key (or unique index) on session_id means no id is present twice: no lookup.
     duplicated = {} if has_unique_key(db, SESSION_SOURCES, "session_id") else {
         sid: int(n) for sid, n in db.query(_DUPLICATE_SESSIONS_SQL.format(
-            # the id as it compares with the copy's text: SQLite by the column's affinity
-            session_id="session_id" if db.is_sqlite else "CAST(session_id AS TEXT)", copy=BUYER_SESSIONS,
+            session_id=sources.text_id(db, "session_id", SESSION_SOURCES, "session_id"), copy=BUYER_SESSIONS,
             sessions=sources.relation(db, SESSION_SOURCES)))
     }
     # Clean sessions pass every check (see validation.CLEAN_SESSION); a duplicated one may be clean.
@@ -322,13 +310,11 @@ def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
         sub = frame[bad]
         ts_ok = validation.valid_date(sub["event_date"]) & validation.valid_time(sub["event_time"])
         text = sub["event_date"].astype(str) + " " + sub["event_time"].astype(str)
-        bad_sessions.extend(zip(sub["session_id"], sub["user_id"], [t if ok else None for t, ok in zip(text, ts_ok)],
-                                problems[bad]))
+        ts = [t if ok else None for t, ok in zip(text, ts_ok)]
+        bad_sessions.extend(zip(sub["session_id"], sub["user_id"], ts, problems[bad]))
     return bad_sessions
 
 
-# --- answers reused across runs ----------------------------------------------------------------
-#
 # The service answers a journey from the journey alone (it normalises each journey it is sent whole),
 # so an identical journey sent again would cost quota for the same numbers: a fresh run after a crash,
 # a second ``make run`` or a re-trigger sends only what was never answered. Answers are kept as long
@@ -336,11 +322,8 @@ def _malformed_sessions(db: Database) -> list[tuple[str, str, str | None, str]]:
 
 
 def fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> None:
-    """Record a fingerprint of every staged journey and drop answers that no longer fit.
-
-    The fingerprint covers everything the API sees of a journey, and ``answer_scope``; an answer
-    kept from an earlier attempt of the run is reused only when it was given for the same fingerprint.
-    """
+    """Record a fingerprint of everything the API sees of each staged journey, and ``answer_scope``; drop
+    the answers of the run's earlier attempts that were given for another fingerprint."""
     rows = itertools.chain.from_iterable(
         db.iter_query(
             "SELECT conv_id, session_id, event_ts, channel_name, holder_engagement, closer_engagement, "
@@ -352,11 +335,8 @@ def fingerprint_journeys(db: Database, run_id: str, answer_scope: str = "") -> N
     # The scope, then the repr of each session's fields as a list, in order: one digest per journey.
     keys = []
     for conv_id, journey in itertools.groupby(rows, key=operator.itemgetter(0)):
-        fields = [
-            f"[{sid!r}, {ts!r}, {channel!r}, {holder!r}, {closer!r}, {impression!r}, {flag!r}]"
-            for _, sid, ts, channel, holder, closer, impression, flag in journey
-        ]
-        keys.append((run_id, conv_id, hashlib.sha256("".join([answer_scope, *fields]).encode()).hexdigest()))
+        text = answer_scope + "".join(repr(session) for _, *session in journey)
+        keys.append((run_id, conv_id, hashlib.sha256(text.encode()).hexdigest()))
     db.executemany(
         "INSERT INTO attribution_stg_journey_keys (run_id, conv_id, journey_hash) VALUES (?, ?, ?)", keys
     )

@@ -23,9 +23,6 @@ from ihc_attribution.errors import PermanentError
 
 log = logging.getLogger(__name__)
 
-#: Counting the run's last day: one indexed lookup with an index on ``conversions (conv_date)``,
-#: else one pass over the conversions (not over the sessions).
-COUNT_SQL = "SELECT COUNT(*) FROM {conversions} WHERE conv_date = {day}"
 #: How long after the wait's end Airflow's own deferral timeout fails the task, should the
 #: trigger not have answered by then (a triggerer that was down).
 DEFERRAL_GRACE = dt.timedelta(minutes=10)
@@ -36,19 +33,16 @@ class DataNotReadyError(PermanentError):
 
 
 def count_conversions(day: str, conn_id: str | None = None, *, check_sources: bool = False) -> int:
-    """The conversions of ``day`` (``YYYY-MM-DD``) in ``conversions``, through the ``attribution_db`` connection.
-
-    :param check_sources: first check that the source tables can be read, failing in one line
-        (:class:`~ihc_attribution.schema.SourceTableError`) when not, as ``setup_tables`` does.
-    """
+    """The conversions of ``day`` (``YYYY-MM-DD``), through the ``attribution_db`` connection; with
+    ``check_sources``, first fail in one line when the sources cannot be read, as ``setup_tables`` does."""
     from ihc_attribution import schema, sources
     from ihc_attribution.tasks import open_db
 
     with open_db(conn_id) as db:
         if check_sources:
             schema.check_sources(db)
-        count = COUNT_SQL.format(conversions=sources.relation(db, sources.CONVERSIONS),
-                                 day=sources.as_type_of(db, "?", sources.CONVERSIONS, "conv_date"))
+        day_param = sources.as_type_of(db, "?", sources.CONVERSIONS, "conv_date")
+        count = f"SELECT COUNT(*) FROM {sources.relation(db, sources.CONVERSIONS)} WHERE conv_date = {day_param}"
         return int(db.scalar(count, (day,)) or 0)
 
 
@@ -63,9 +57,8 @@ def waits_for_data(context: Mapping[str, Any]) -> bool:
 class ConversionsPresentTrigger(BaseTrigger):
     """Fires once ``day`` has conversions, or at ``deadline`` (ISO, UTC) if it still has none.
 
-    Counts every ``poke_seconds`` in a thread (the database drivers block), so the triggerer's
-    event loop keeps serving other triggers. A count that fails (the database restarting) is
-    logged and tried again at the next poke; the last error goes with a timeout event.
+    Counts in a thread (the database drivers block) so that the triggerer's loop keeps serving
+    others; a failed count (the database restarting) is tried again, its error sent with a timeout.
     """
 
     def __init__(self, day: str, deadline: str, poke_seconds: float, conn_id: str | None = None):
@@ -145,7 +138,6 @@ class WaitForData(BaseOperator):
         )
 
     def execute_complete(self, context: Any, event: dict) -> dict:
-        """Back from the trigger: go on when the day's conversions are there, else fail in one line."""
         from ihc_attribution import tasks
 
         if event.get("status") == "ready":

@@ -1,12 +1,11 @@
 """The source tables as every query reads them (``$ATTRIBUTION_SOURCES``), with the challenge's names and types.
 
 :func:`table` gives a query the source to read: by default the plain table name (found through the
-``search_path``: the SQL and its plans are those of the challenge schema); a table named in
-``$ATTRIBUTION_SOURCES`` with the challenge's columns: quoted, in its schema if one is given;
-otherwise a subquery giving the columns the challenge's names and the types the pipeline reads:
+``search_path``: the SQL and its plans are those of the challenge schema); else the quoted table in
+its schema, or a subquery giving the challenge's column names and the types the pipeline reads:
 ``YYYY-MM-DD`` and ``HH:MM:SS`` text in UTC from one ``TIMESTAMP``/``TIMESTAMPTZ`` column (or a
 ``TIMESTAMP`` date, a ``TIME WITH TIME ZONE`` time), ``REAL`` money by its shortest decimal,
-``BOOLEAN`` flags as 0/1. :func:`check` fails at once on a missing source, column or unreadable type.
+``BOOLEAN`` flags as 0/1.
 """
 
 from __future__ import annotations
@@ -28,10 +27,8 @@ class SourceTableError(PermanentError, RuntimeError):
     """A source table cannot be read: a wrong path, schema, name, column or type."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Source:
-    """One source table as the queries read it."""
-
     name: str
     #: The relation in SQL: the plain name, or the quoted (schema-qualified) table.
     ref: str
@@ -39,11 +36,10 @@ class Source:
     table: str
     #: Column (challenge name) -> its SQL over ``ref``: the plain name, the quoted column, or a derivation.
     select: dict[str, str]
-    #: Column -> the type the queries read it as, in PostgreSQL's lower-case spelling ("" unknown).
-    types: dict[str, str]
+    #: Column -> the type the queries read it as, in PostgreSQL's lower-case spelling (None unknown).
+    types: dict[str, str | None]
     #: Column -> the table's column it is read from unchanged; None for a derived one.
     physical: dict[str, str | None]
-    #: Unusable columns, each as "column x (name) has type t; ...".
     problems: tuple[str, ...] = ()
     missing: tuple[str, ...] = ()
 
@@ -55,32 +51,30 @@ class Source:
         where = self.table if self.schema is None else f"{self.schema}.{self.table}"
         return self.name if where == self.name else f"{self.name} ({where})"
 
+    def derive(self, column: str, expr: str, kind: str = "text") -> None:
+        """Read ``column`` as ``expr`` over the table's columns, of type ``kind``."""
+        self.select[column], self.types[column], self.physical[column] = expr, kind, None
+
 
 def quote(name: str) -> str:
-    """``name`` as a quoted SQL identifier (case and spaces kept)."""
     return '"' + name.replace('"', '""') + '"'
 
-
-# --- resolving the settings against the catalog ------------------------------------------------
 
 _resolved: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def source(db: Any, name: str) -> Source:
     """The source ``name`` of ``db`` (a :class:`Database` or the report pages' connection), resolved once per
-    connection; :class:`SourceTableError` when ``$ATTRIBUTION_SOURCES`` is malformed."""
+    connection and settings."""
     try:
         specs = settings.source_tables()
     except ValueError as exc:
         raise SourceTableError(str(exc)) from None
-    key = repr(sorted(specs.items()))
-    cached = _resolved.get(db)
-    if cached is None or cached[0] != key:
-        cached = (key, {})
-        _resolved[db] = cached
-    if name not in cached[1]:
-        cached[1][name] = _resolve(db, name, specs.get(name))
-    return cached[1][name]
+    resolved = _resolved.setdefault(db, {})
+    key = (repr(sorted(specs.items())), name)
+    if key not in resolved:
+        resolved[key] = _resolve(db, name, specs.get(name))
+    return resolved[key]
 
 
 def _resolve(db: Any, name: str, spec: dict | None) -> Source:
@@ -89,19 +83,22 @@ def _resolve(db: Any, name: str, spec: dict | None) -> Source:
     declared = catalog(db, ref, schema_name, table_name)
     mapped = dict(spec["columns"]) if spec else {}
     physical: dict[str, str | None] = {column: mapped.get(column, column) for column in settings.SOURCE_COLUMNS[name]}
-    select = {column: column if own == column else quote(own) for column, own in physical.items()}
-    types = {column: _type_of(db, declared, own) for column, own in physical.items()}
-    timestamp = settings.SOURCE_TIMESTAMPS.get(name)
-    stamp = None
-    if timestamp and timestamp[0] in mapped:
-        own = mapped[timestamp[0]]
-        stamp = _type_of(db, declared, own) or ""
-        _derive_timestamp(db, select, types, physical, timestamp, quote(own), stamp)
-    wanted = [c for c in physical.values() if c is not None] + ([own] if stamp is not None else [])
-    missing = [c for c in wanted if declared and _type_of(db, declared, c) is None]
-    problems = _convert(db, name, select, types, physical, stamp) if declared and not missing else []
-    return Source(name, ref, schema_name, table_name, select, {c: t or "" for c, t in types.items()}, physical,
-                  tuple(problems), tuple(missing))
+    src = Source(name, ref, schema_name, table_name, select={c: c if own == c else quote(own) for c, own in physical.items()},
+                 types={c: _type_of(db, declared, own) for c, own in physical.items()}, physical=physical)
+    key, date_column, time_column = settings.SOURCE_TIMESTAMPS.get(name, (None, "", ""))
+    stamp = (_type_of(db, declared, mapped[key]) or "") if key in mapped else None
+    if stamp is not None:  # date and time from one timestamp column, in UTC
+        column = quote(mapped[key])
+        utc = f"({column} AT TIME ZONE 'UTC')" if "with time zone" in stamp else column
+        src.derive(date_column, f"date({column})" if db.is_sqlite else f"to_char({utc}, 'YYYY-MM-DD')")
+        src.derive(time_column, f"time({column})" if db.is_sqlite else f"to_char({utc}, 'HH24:MI:SS')")
+    wanted = [c for c in physical.values() if c is not None] + ([mapped[key]] if stamp is not None else [])
+    src.missing = tuple(c for c in wanted if declared and _type_of(db, declared, c) is None)
+    if declared and not src.missing and db.is_sqlite:
+        _convert_sqlite(src)
+    elif declared and not src.missing:
+        src.problems = tuple(_convert_postgres(src, stamp))
+    return src
 
 
 def catalog(db: Any, ref: str, schema_name: str | None, table_name: str) -> dict[str, str]:
@@ -123,26 +120,8 @@ def catalog(db: Any, ref: str, schema_name: str | None, table_name: str) -> dict
 
 
 def _type_of(db: Any, declared: dict[str, str], column: str) -> str | None:
-    """The declared type of ``column`` (see :func:`catalog`); None when there is no such column."""
     return declared.get(column.lower() if db.is_sqlite else column)
 
-
-def _derive_timestamp(
-    db: Any, select: dict, types: dict, physical: dict, timestamp: tuple, column: str, declared: str
-) -> None:
-    """Date and time columns from one timestamp column, in UTC."""
-    _, date_column, time_column = timestamp
-    physical[date_column] = physical[time_column] = None
-    if db.is_sqlite:
-        select[date_column], select[time_column] = f"date({column})", f"time({column})"
-    else:
-        utc = f"({column} AT TIME ZONE 'UTC')" if "with time zone" in declared else column
-        select[date_column] = f"to_char({utc}, 'YYYY-MM-DD')"
-        select[time_column] = f"to_char({utc}, 'HH24:MI:SS')"
-    types[date_column] = types[time_column] = "text"
-
-
-# --- types -----------------------------------------------------------------------------------
 
 _KINDS = {
     "session_id": "id", "user_id": "id", "conv_id": "id", "event_date": "date", "conv_date": "date",
@@ -163,68 +142,58 @@ _READ_AS_IS = {
 
 
 def _base(declared: str) -> str:
-    """The type without its modifiers: ``numeric(12,2)`` is ``numeric``, ``timestamp(3) with time zone`` ..."""
+    """The type without its modifiers: ``numeric(12,2)`` is ``numeric``."""
     return re.sub(r"\(\d+(,\s*\d+)?\)", "", declared).strip()
 
 
-def _convert(db: Any, name: str, select: dict, types: dict, physical: dict, stamp: str | None) -> list[str]:
+def _convert_postgres(src: Source, stamp: str | None) -> list[str]:
     """Derive the columns whose type the queries cannot read as it is; return the unusable ones."""
-    if db.is_sqlite:
-        _convert_sqlite(name, select, types, physical)
-        return []
     problems = []
     if stamp is not None and _base(stamp) not in ("timestamp without time zone", "timestamp with time zone"):
         problems.append(f"the timestamp column has type {stamp}; it must be TIMESTAMP or TIMESTAMPTZ")
-    for column, declared in list(types.items()):
-        if physical[column] is None or declared is None:
+    for column, declared in list(src.types.items()):
+        if src.physical[column] is None or declared is None:
             continue
         kind, base = _KINDS[column], _base(declared)
         as_is, needed = _READ_AS_IS[kind]
-        if base not in as_is and not _convert_postgres(name, column, kind, base, select, types, physical):
-            problems.append(f"column {physical[column]} ({column}) has type {declared}; it must be {needed}")
+        if base not in as_is and not _derive_postgres(src, column, kind, base):
+            problems.append(f"column {src.physical[column]} ({column}) has type {declared}; it must be {needed}")
     return problems
 
 
-def _convert_postgres(name: str, column: str, kind: str, base: str, select: dict, types: dict, physical: dict) -> bool:
-    own = select[column]
+def _derive_postgres(src: Source, column: str, kind: str, base: str) -> bool:
+    own = src.select[column]
     if kind == "date" and base.startswith("timestamp"):
         utc = f"({own} AT TIME ZONE 'UTC')" if "with time zone" in base else own
-        select[column], types[column] = f"to_char({utc}, 'YYYY-MM-DD')", "text"
+        src.derive(column, f"to_char({utc}, 'YYYY-MM-DD')")
     elif kind == "time" and base == "time with time zone":
-        date_column = settings.SOURCE_TIMESTAMPS[name][1]
-        if _base(types[date_column] or "") != "date" or physical[date_column] is None:
+        date_column = settings.SOURCE_TIMESTAMPS[src.name][1]
+        if _base(src.types[date_column] or "") != "date" or src.physical[date_column] is None:
             return False
-        stamp = f"(({select[date_column]} + {own}) AT TIME ZONE 'UTC')"
-        select[date_column], select[column] = f"to_char({stamp}, 'YYYY-MM-DD')", f"to_char({stamp}, 'HH24:MI:SS')"
-        types[date_column] = types[column] = "text"
-        physical[date_column] = None
+        stamp = f"(({src.select[date_column]} + {own}) AT TIME ZONE 'UTC')"
+        src.derive(date_column, f"to_char({stamp}, 'YYYY-MM-DD')")
+        src.derive(column, f"to_char({stamp}, 'HH24:MI:SS')")
     elif kind == "money" and base == "real":  # its shortest decimal: 12345.67, not 12345.669921875
-        select[column], types[column] = f"CAST(CAST({own} AS TEXT) AS DOUBLE PRECISION)", "double precision"
+        src.derive(column, f"CAST(CAST({own} AS TEXT) AS DOUBLE PRECISION)", "double precision")
     elif kind == "flag" and base == "boolean":
-        select[column], types[column] = f"CAST({own} AS INTEGER)", "integer"
+        src.derive(column, f"CAST({own} AS INTEGER)", "integer")
     else:
         return False
-    physical[column] = None
     return True
 
 
-def _convert_sqlite(name: str, select: dict, types: dict, physical: dict) -> None:
+def _convert_sqlite(src: Source) -> None:
     """SQLite's declared types are names only: a date declared TIMESTAMP or DATETIME, a time WITH TIME ZONE."""
-    timestamp = settings.SOURCE_TIMESTAMPS.get(name)
-    if not timestamp or physical[timestamp[1]] is None:
+    _, date_column, time_column = settings.SOURCE_TIMESTAMPS.get(src.name, (None, "", ""))
+    if not date_column or src.physical[date_column] is None:
         return
-    _, date_column, time_column = timestamp
-    declared_time = types[time_column] or ""
+    declared_time = src.types[time_column] or ""
     if "time zone" in declared_time or "timetz" in declared_time:
-        stamp = f"{select[date_column]} || ' ' || {select[time_column]}"
-        select[date_column], select[time_column] = f"date({stamp})", f"time({stamp})"
-        physical[date_column] = physical[time_column] = None
-        types[date_column] = types[time_column] = "text"
-    elif any(word in (types[date_column] or "") for word in ("timestamp", "datetime")):
-        select[date_column], types[date_column], physical[date_column] = f"date({select[date_column]})", "text", None
-
-
-# --- what the queries use ----------------------------------------------------------------------
+        stamp = f"{src.select[date_column]} || ' ' || {src.select[time_column]}"
+        src.derive(date_column, f"date({stamp})")
+        src.derive(time_column, f"time({stamp})")
+    elif any(word in (src.types[date_column] or "") for word in ("timestamp", "datetime")):
+        src.derive(date_column, f"date({src.select[date_column]})")
 
 
 def table(db: Any, name: str) -> str:
@@ -244,7 +213,7 @@ def relation(db: Any, name: str) -> str:
 
 def column_type(db: Any, name: str, column: str) -> str:
     """The type the queries read ``name.column`` as (lower case; ``text`` for a derived date); "" unknown."""
-    return source(db, name).types[column]
+    return source(db, name).types[column] or ""
 
 
 def as_type_of(db: Any, expr: str, name: str, column: str) -> str:
@@ -270,9 +239,6 @@ def text_id(db: Any, expr: str, name: str, column: str) -> str:
     return expr if is_text_column(db, name, column) else f"CAST({expr} AS TEXT)"
 
 
-# --- checks, keys and indexes ------------------------------------------------------------------
-
-
 def check(db: Any) -> None:
     """Raise a one-line :class:`SourceTableError` naming the table, the column and where it looked, when a
     source, one of its columns or a column's type is unusable."""
@@ -288,7 +254,10 @@ def check(db: Any) -> None:
                 f"source table {src.describe()} cannot be read in {db.describe()}: {str(exc).splitlines()[0]} "
                 "(check the attribution_db connection: path, database, schema or search_path; and ATTRIBUTION_SOURCES)"
             ) from exc
-        missing = list(src.missing) or _missing(db, src, found)
+        # What the catalog did not find, or else what reading lacks (a temporary view's catalog says nothing).
+        lower = {c.lower() for c in found}
+        missing = list(src.missing) or [c for c in src.physical.values() if c is not None and c not in found
+                                         and not (db.is_sqlite and c.lower() in lower)]
         if missing:
             raise SourceTableError(
                 f"source table {src.describe()} in {db.describe()} has no column {', '.join(missing)}; "
@@ -300,13 +269,6 @@ def check(db: Any) -> None:
             )
 
 
-def _missing(db: Any, src: Source, found: set[str]) -> list[str]:
-    """Columns read as they are that the relation lacks (when its catalog did not say: a temporary view ...)."""
-    lower = {c.lower() for c in found}
-    return [c for c in src.physical.values() if c is not None and c not in found
-            and not (db.is_sqlite and c.lower() in lower)]
-
-
 def _in_schema(src: Source, name: str) -> str:
     """``name`` (a pragma or ``sqlite_master``) in the SQLite database (schema) of the source."""
     return name if src.schema is None else f"{quote(src.schema)}.{name}"
@@ -316,10 +278,19 @@ def _pragma(src: Source, pragma: str, argument: str) -> str:
     return f"PRAGMA {_in_schema(src, pragma)}({argument})"
 
 
-def _sqlite_indexes(db: Any, src: Source) -> list[tuple[int, int, list[str]]]:
-    """(unique, partial, columns) of each index of a SQLite source."""
-    return [(unique, partial, [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))])
-            for _, index, unique, _origin, partial in db.query(_pragma(src, "index_list", quote(src.table)))]
+def _indexes(db: Any, src: Source) -> list[tuple[bool, int, str | None]]:
+    """(unique and not partial, number of columns, first column) of each index of the source."""
+    if not db.is_sqlite:
+        return db.query(
+            "SELECT i.indisunique AND i.indpred IS NULL, i.indnatts, a.attname FROM pg_index i "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = to_regclass(?)",
+            (src.ref,),
+        )
+    found = []
+    for _, index, unique, _origin, partial in db.query(_pragma(src, "index_list", quote(src.table))):
+        columns = [r[2] for r in db.query(_pragma(src, "index_info", quote(index)))]
+        found.append((bool(unique and not partial), len(columns), columns[0] if columns else None))
+    return found
 
 
 def has_unique_key(db: Any, name: str, column: str) -> bool:
@@ -329,35 +300,18 @@ def has_unique_key(db: Any, name: str, column: str) -> bool:
     own = src.physical[column]
     if own is None:
         return False
-    if db.is_sqlite:
+    if db.is_sqlite:  # an INTEGER primary key is the rowid itself: no index is listed for it
         pk = [(r[1], str(r[2]).upper()) for r in db.query(_pragma(src, "table_info", quote(src.table))) if r[5]]
-        # An INTEGER primary key is the rowid itself: no index is listed for it.
-        return pk == [(own, "INTEGER")] or any(unique and not partial and columns == [own]
-                                               for unique, partial, columns in _sqlite_indexes(db, src))
-    return bool(
-        db.scalar(
-            "SELECT COUNT(*) FROM pg_index i JOIN pg_class t ON t.oid = i.indrelid "
-            "JOIN pg_attribute a ON a.attrelid = t.oid AND a.attnum = i.indkey[0] "
-            "WHERE t.oid = to_regclass(?) AND a.attname = ? AND i.indisunique AND i.indnatts = 1 "
-            "AND i.indpred IS NULL",
-            (src.ref, own),
-        )
-    )
+        if pk == [(own, "INTEGER")]:
+            return True
+    return any(unique and n == 1 and first == own for unique, n, first in _indexes(db, src))
 
 
 def has_index_on(db: Any, name: str, column: str) -> bool:
     """Whether an index of the source (or its primary key) starts with the table's column of ``column``."""
     src = source(db, name)
     own = src.physical[column]
-    if db.is_sqlite:
-        return any(columns[:1] == [own] for _, _, columns in _sqlite_indexes(db, src))
-    return bool(
-        db.scalar(
-            "SELECT COUNT(*) FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0] "
-            "WHERE i.indrelid = to_regclass(?) AND a.attname = ?",
-            (src.ref, own),
-        )
-    )
+    return own is not None and any(first == own for _, _, first in _indexes(db, src))
 
 
 def is_view(db: Any, name: str) -> bool:

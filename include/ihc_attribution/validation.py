@@ -1,16 +1,13 @@
-"""The rules that tell a well-formed conversion or session from a malformed one, the reasons recorded, and
-the run's conversions staged by them: those of its range ready to attribute, the others quarantined.
+"""What makes a conversion or session malformed, the reasons recorded, and the run's conversions staged.
 
 :func:`conversion_problems` and :func:`session_problems` check rows in pandas and say what is wrong.
 Checking every row in Python cost more than the pass over ``session_sources`` itself, so on SQLite
 :data:`CLEAN_SESSION` and :data:`CLEAN_CONVERSION` mark the rows the database can tell are
-well-formed, and only the others are read and checked. Clean is stricter than the pandas checks,
-never looser (``tests/ihc_attribution/test_journeys_clean.py`` checks this on generated values).
+well-formed, and only the others are checked. Clean is stricter than the pandas checks, never
+looser (``tests/ihc_attribution/test_journeys_clean.py``).
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -18,9 +15,6 @@ from ihc_attribution import sources
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database, is_valid_text, pg_text_not_a_date, storable
 from ihc_attribution.schema import CONVERSIONS, has_unique_key
-
-if TYPE_CHECKING:
-    from ihc_attribution.journeys import ExtractSummary
 
 # Reasons recorded in attribution_issues.
 NO_SESSIONS = "no_sessions"
@@ -30,10 +24,9 @@ UNPLACEABLE = "unplaceable_conversion"
 OVERSIZED = "oversized_journey"
 API_REJECTED = "api_rejected"
 
-#: The largest amount of money taken, in either direction: credit (1/10,000 of an order) times the
-#: revenue in micro-euros must fit a 64-bit integer: 922,337,203 euros at most. A revenue beyond it, or
-#: not finite, quarantines its conversion; such a cost is left out of the spend and counted
-#: (``unusable_costs``), so that no sum overflows or turns into ``inf``.
+#: The largest amount of money taken: credit (1/10,000 of an order) times the revenue in micro-euros
+#: must fit a 64-bit integer. A revenue beyond it, or not finite, quarantines its conversion; such a
+#: cost is left out of the spend and counted (``unusable_costs``), so that no sum overflows.
 MAX_MONEY = (2**63 - 1) // 10**10
 
 # ASCII digits only: \d also matches other scripts' digits (full-width ２０２４ among them).
@@ -74,9 +67,6 @@ CLEAN_CONVERSION = {
 }
 
 
-# --- validation (vectorised: one pass per column over a batch) ---------------------------------
-
-
 def valid_date(values: pd.Series) -> pd.Series:
     text = values.astype(str)
     shaped = values.map(lambda v: isinstance(v, str)) & text.str.fullmatch(_DATE_RE)
@@ -89,7 +79,7 @@ def valid_time(values: pd.Series) -> pd.Series:
 
 
 def _valid_text(values: pd.Series) -> pd.Series:
-    """False for text that was not valid UTF-8 in the database (see :func:`db.is_valid_text`)."""
+    """False for text that was not valid UTF-8 in the database."""
     return values.map(lambda v: not isinstance(v, str) or is_valid_text(v))
 
 
@@ -137,8 +127,6 @@ def session_problems(frame: pd.DataFrame) -> pd.Series:
     return _collect(checks, frame.index)
 
 
-# --- the run's conversions, staged ------------------------------------------------------------
-
 _LENIENT_DATE_RE = r"^\s*([0-9]{4})[-/.]([0-9]{2})[-/.]([0-9]{2})"
 
 # Conversions whose date is in the run's days by text comparison, plus (on SQLite, where a DATE
@@ -165,7 +153,8 @@ _SQLITE_MALFORMED_DATE = "conv_date IS NULL OR typeof(conv_date) <> 'text' OR da
 _DUPLICATE_CONVERSIONS_SQL = "SELECT conv_id, COUNT(*) FROM {conversions} GROUP BY conv_id HAVING COUNT(*) > 1"
 
 
-def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: ExtractSummary) -> None:
+def stage_conversions(db: Database, run_id: str, run_range: RunRange) -> tuple[int, int, int, int]:
+    """Stage the conversions of the run's days: (staged, invalid_input, duplicates, unplaceable) counted."""
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
     source = sources.relation(db, CONVERSIONS)
     malformed = _SQLITE_MALFORMED_DATE if db.is_sqlite else "conv_date IS NULL"
@@ -176,11 +165,11 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
         storable(str(conv_id)): int(n)
         for conv_id, n in db.query(_DUPLICATE_CONVERSIONS_SQL.format(conversions=source)) if conv_id is not None
     }
-    clean = CLEAN_CONVERSION.get(db.dialect)
+    clean, staged_clean = CLEAN_CONVERSION.get(db.dialect), 0
     if clean and not counts:
         # A clean candidate is a valid conversion of the run's days, so it is ready: staged in
         # the database, and only the others are read into Python to be checked.
-        summary.conversions = db.execute(
+        staged_clean = db.execute(
             _CLEAN_CONVERSIONS_SQL.format(clean=clean, conversions=source),
             (run_id, first, last, run_range.start_ts, run_range.end_ts),
         )
@@ -191,7 +180,7 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
         rows, columns=["conv_id", "user_id", "conv_date", "conv_time", "revenue", "by_date"], dtype=object
     )
     if frame.empty:
-        return
+        return staged_clean, 0, 0, 0
     # A conversion without an id is recorded under a name that says so and where it is.
     missing_id = frame["conv_id"].isna() | frame["conv_id"].astype(str).str.strip().eq("")
     frame.loc[missing_id, "conv_id"] = [
@@ -247,10 +236,7 @@ def stage_conversions(db: Database, run_id: str, run_range: RunRange, summary: E
         for conv_id, n in sorted(duplicates.items())
     ]
     insert_issues(db, issues)
-    summary.conversions += len(ready) + len(invalid) + len(duplicates)
-    summary.invalid_input = len(invalid)
-    summary.duplicates = len(duplicates)
-    summary.unplaceable = int(unplaceable.sum())
+    return staged_clean + len(ready) + len(invalid) + len(duplicates), len(invalid), len(duplicates), int(unplaceable.sum())
 
 
 def insert_issues(db: Database, issues: list[tuple[str, str, str, str]]) -> None:

@@ -22,7 +22,6 @@ from ihc_attribution.journey_stats import (
     TIME_BUCKETS,
     collapse,
     journeys,
-    path_text,
     read_journey_stats,
     summarize,
 )
@@ -114,7 +113,6 @@ def test_paths_rank_by_conversions_then_revenue_then_channels():
     assert [(p.channels, p.conversions, p.revenue_micros) for p in stats.paths] == [
         (("A", "B"), 2, 2_000_000), (("C",), 1, 9_000_000), (("A",), 1, 5_000_000), (("B",), 1, 5_000_000)]
     assert [p.label for p in stats.top(2)] == ["A > B", "C"]
-    assert path_text(("", "Email"), lambda n: n or "(empty name)") == "(empty name) > Email"
     assert stats.share(2) == Decimal("40.0")
 
 

@@ -2,8 +2,9 @@
 
 ``up`` starts the local IHC server and ``airflow dag-processor``, ``scheduler``, ``api-server`` (``triggerer``,
 Celery workers) as separate processes, since ``airflow standalone`` does not stop cleanly: each in a process
-group of its own, PID and output in ``.run/airflow/<name>.pid|log``. ``up`` again starts what is not running;
-``down`` stops exactly the process groups ``up`` recorded; ``airflow ARGS`` runs the Airflow CLI with the stack's settings.
+group of its own, output in ``.run/airflow/<name>.log``, PID and start time in ``.run/airflow/state.json``.
+``up`` again starts what is not running; ``down`` stops exactly the process groups ``up`` recorded;
+``airflow ARGS`` runs the Airflow CLI with the stack's settings.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_run import DEMO_DB, ROOT, _env, ensure_demo_db  # noqa: E402  (scripts/ is not a package)
+from local_run import DEMO_DB, ROOT, _env, ensure_demo_db, ihc_conn, ihc_server_argv, sqlite_conn  # noqa: E402
 
 RUN_DIR = ROOT / ".run" / "airflow"
 STATE_FILE = RUN_DIR / "state.json"
@@ -42,10 +43,6 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer",
 
 class UpError(RuntimeError):
     """The stack could not be started; the message says why and where to look."""
-
-
-def pid_file(name: str) -> Path:
-    return RUN_DIR / f"{name}.pid"
 
 
 def log_file(name: str) -> Path:
@@ -131,29 +128,25 @@ def http_json(method: str, url: str, body: dict | None = None, token: str = "", 
 
 def running(state: dict) -> dict[str, int]:
     """The recorded PIDs whose very process still runs (same start time and program): a reused PID is never ours."""
-    alive = {}
-    for name in COMPONENTS:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            pid = int(pid_file(name).read_text().strip())
-            identity = process_identity(pid)
-            started = state.get("components", {}).get(name, {}).get("started")
-            # A Celery worker renames its process ("[celeryd: worker1@host:MainProcess] ... celery worker").
-            marker = "celery worker" if name.startswith("celery-worker-") else "airflow"
-            marker = "ihc_attribution_dev.server" if name == "ihc-server" else marker
-            if identity and started in (None, identity[0]) and marker in identity[1]:
-                alive[name] = pid
+    alive, recorded = {}, state.get("components", {})
+    for name in (name for name in COMPONENTS if name in recorded):
+        pid, identity = recorded[name]["pid"], process_identity(recorded[name]["pid"])
+        # A Celery worker renames its process ("[celeryd: worker1@host:MainProcess] ... celery worker").
+        marker = "celery worker" if name.startswith("celery-worker-") else "airflow"
+        marker = "ihc_attribution_dev.server" if name == "ihc-server" else marker
+        if identity and recorded[name]["started"] in (None, identity[0]) and marker in identity[1]:
+            alive[name] = pid
     return alive
 
 
 def start_process(name: str, argv: list[str], env: dict[str, str], state: dict) -> int:
-    """Start ``argv`` in a process group of its own, output to its log; record its PID."""
+    """Start ``argv`` in a process group of its own, output to its log; record its PID and start time."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     with open(log_file(name), "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n")
         log.flush()
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    pid_file(name).write_text(f"{proc.pid}\n")
     identity = process_identity(proc.pid)
     state.setdefault("components", {})[name] = {"pid": proc.pid, "started": identity and identity[0]}
     save_state(state)
@@ -218,9 +211,7 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
         "AIRFLOW_CONN_ATTRIBUTION_DB": state["attribution_db_conn"],
     })
     if state.get("ihc_managed"):
-        env["AIRFLOW_CONN_IHC_API"] = json.dumps({
-            "conn_type": "ihc", "host": "127.0.0.1", "port": state["ihc_port"], "schema": "http",
-            "password": keys["ihc_api_key"], "extra": {"conv_type_id": "demo"}})
+        env["AIRFLOW_CONN_IHC_API"] = ihc_conn(state["ihc_port"], keys["ihc_api_key"])
     return env
 
 
@@ -283,8 +274,7 @@ def wanted(state: dict) -> list[str]:
 def component(name: str, state: dict, env: dict[str, str], keys: dict[str, str]) -> tuple[list[str], dict]:
     if name == "ihc-server":
         env = {k: v for k, v in env.items() if k != "AIRFLOW_CONN_IHC_API"} | {"IHC_API_KEYS": keys["ihc_api_key"]}
-        return [sys.executable, "-m", "ihc_attribution_dev.server", "--host", "127.0.0.1",
-                "--port", str(state["ihc_port"]), "--conv-type-id", "demo"], env
+        return ihc_server_argv(state["ihc_port"]), env
     if name == "api-server":
         return [AIRFLOW_BIN, name, "--host", state["api_host"], "--port", str(state["api_port"]), "--workers", "1"], env
     if not name.startswith("celery-worker-"):
@@ -301,7 +291,7 @@ def attribution_conn(args: argparse.Namespace) -> str:
     if "AIRFLOW_CONN_ATTRIBUTION_DB" in os.environ:
         return os.environ["AIRFLOW_CONN_ATTRIBUTION_DB"]
     if args.warehouse == "sqlite":
-        return json.dumps({"conn_type": "sqlite", "host": str(ensure_demo_db().resolve())})
+        return sqlite_conn(ensure_demo_db())
     from ihc_attribution_dev.pg_load import load
 
     if not port_open("127.0.0.1", 5432):
@@ -341,8 +331,6 @@ def prepare(args: argparse.Namespace) -> tuple[dict, dict[str, str], dict[str, i
     state, keys = fresh_state(args), {name: secrets.token_urlsafe(size) for name, size in sizes.items()}
     write_private(SECRETS_FILE, json.dumps(keys, indent=2) + "\n")
     write_private(PASSWORDS_FILE, json.dumps({ADMIN_USER: keys["admin_password"]}) + "\n")
-    for name in COMPONENTS:
-        pid_file(name).unlink(missing_ok=True)
     save_state(state)
     return state, keys, alive
 
@@ -409,8 +397,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if started:
             print("stopping what was started ...", file=sys.stderr, flush=True)
             stop_groups(started, timeout=30)
-            for name in started:
-                pid_file(name).unlink(missing_ok=True)
+            save_state(state | {"components": {n: c for n, c in state["components"].items() if n not in started}})
         return 1
     print(f"\nup in {time.monotonic() - started_at:.0f} s; DAG {DAG_ID} unpaused, pool {POOL} ({POOL_SLOTS} slots) ready"
           if missing else "the local Airflow is already running; nothing to start", flush=True)
@@ -428,8 +415,6 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 1
     print(f"stopped {', '.join(groups)} in {time.monotonic() - started:.0f} s" if groups
           else "the local Airflow is not running", flush=True)
-    for name in COMPONENTS:
-        pid_file(name).unlink(missing_ok=True)
     if state:
         save_state(state | {"components": {}})
     return 0

@@ -56,28 +56,41 @@ def ensure_demo_db() -> Path:
     return DEMO_DB
 
 
+def sqlite_conn(path: Path) -> str:
+    return json.dumps({"conn_type": "sqlite", "host": str(Path(path).resolve())})
+
+
+def ihc_conn(port: int, key: str, **extra) -> str:
+    """The connection ``ihc_api`` to the local IHC server (``extra``: more connection extras)."""
+    return json.dumps({"conn_type": "ihc", "host": "127.0.0.1", "port": port, "schema": "http", "password": key,
+                       "extra": {"conv_type_id": "demo", **extra}})
+
+
+def ihc_server_argv(port: int, *options: str) -> list[str]:
+    return [sys.executable, "-m", "ihc_attribution_dev.server", "--host", "127.0.0.1", "--port", str(port),
+            "--conv-type-id", "demo", *options]
+
+
 @contextlib.contextmanager
-def ihc_server_process(env: dict[str, str], log_path: Path, *options: str) -> Iterator[tuple[str, str, subprocess.Popen]]:
-    """The local IHC server on a free port with a fresh key, until the block ends: (base URL, key, process)
-    once it answers ``/health``; RunnerError when it exits or does not answer within 30 s."""
+def ihc_server_process(env: dict[str, str], log_path: Path, *options: str) -> Iterator[tuple[int, str]]:
+    """The local IHC server on a free port with a fresh key, until the block ends: (port, key) once it
+    answers ``/health``; RunnerError when it exits or does not answer within 30 s."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        url, key = f"http://127.0.0.1:{sock.getsockname()[1]}", secrets.token_urlsafe(24)
+        port, key = sock.getsockname()[1], secrets.token_urlsafe(24)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ihc_attribution_dev.server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-             "--conv-type-id", "demo", *options],
-            env=dict(env, IHC_API_KEYS=key), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        proc = subprocess.Popen(ihc_server_argv(port, *options), env=dict(env, IHC_API_KEYS=key), stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)
     try:
         deadline = time.monotonic() + 30
         while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=1):
+            with contextlib.suppress(OSError), urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1):
                 break
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RunnerError(f"the local IHC server did not start; see {log_path}")
             time.sleep(0.05)
-        yield url, key, proc
+        yield port, key
     finally:
         proc.terminate()
         try:
@@ -91,7 +104,7 @@ def ihc_server_process(env: dict[str, str], log_path: Path, *options: str) -> It
 def connections(env) -> Iterator[Path | None]:
     """Point the connections ``env`` lacks at the demo database and the local IHC server; yield the database file."""
     if "AIRFLOW_CONN_ATTRIBUTION_DB" not in env:
-        env["AIRFLOW_CONN_ATTRIBUTION_DB"] = json.dumps({"conn_type": "sqlite", "host": str(ensure_demo_db().resolve())})
+        env["AIRFLOW_CONN_ATTRIBUTION_DB"] = sqlite_conn(ensure_demo_db())
     db_path = None
     with contextlib.suppress(ValueError, KeyError, TypeError):
         db_path = Path(json.loads(env["AIRFLOW_CONN_ATTRIBUTION_DB"])["host"])
@@ -99,12 +112,9 @@ def connections(env) -> Iterator[Path | None]:
         yield db_path
         return
     log_path = RUN_DIR / "ihc-server.log"
-    with ihc_server_process(env, log_path) as (url, key, _):
-        port = int(url.rsplit(":", 1)[1])
+    with ihc_server_process(env, log_path) as (port, key):
         print(f"local IHC server (development double) on port {port}, log {log_path}", flush=True)
-        env["AIRFLOW_CONN_IHC_API"] = json.dumps(
-            {"conn_type": "ihc", "host": "127.0.0.1", "port": port, "schema": "http", "password": key,
-             "extra": {"conv_type_id": "demo"}})
+        env["AIRFLOW_CONN_IHC_API"] = ihc_conn(port, key)
         yield db_path
 
 

@@ -68,12 +68,12 @@ def test_down_stops_the_whole_process_group_waits_and_forgets_it(up, capsys):
     state: dict = {}
     pid = up.start_process("scheduler", [sys.executable, "-c", FAMILY, "airflow"], dict(os.environ), state)
     _wait_for(lambda: len(up.group_members(pid)) == 2)
-    assert up.pid_file("scheduler").read_text().strip() == str(pid)
+    assert up.load_state()["components"]["scheduler"]["pid"] == pid
     assert up.running(up.load_state()) == {"scheduler": pid}
 
     assert up.main(["down", "--timeout", "10"]) == 0
     assert up.group_members(pid) == []  # leader and child, gone when it returns
-    assert not up.pid_file("scheduler").exists()
+    assert up.load_state()["components"] == {}
     assert "stopped scheduler" in capsys.readouterr().out
     assert up.main(["down"]) == 0
     assert "not running" in capsys.readouterr().out
@@ -104,9 +104,8 @@ def test_a_recorded_pid_must_still_be_the_same_program(up):
     other = up.load_state()
     other["components"]["ihc-server"]["started"] += 1
     assert up.running(other) == {}
-    # Another program under a PID file of ours (this test's own process).
-    up.pid_file("ihc-server").write_text(f"{os.getpid()}\n")
-    assert up.running({}) == {}
+    # Another program under a PID of ours (this test's own process).
+    assert up.running({"components": {"ihc-server": {"pid": os.getpid(), "started": None}}}) == {}
     up.stop_groups({"ihc-server": pid}, timeout=5)
 
 

@@ -15,8 +15,6 @@ import importlib.util
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,7 +23,8 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_run import DEMO_DB, ROOT, _env, ensure_demo_db, ihc_conn, ihc_server_argv, sqlite_conn  # noqa: E402
+from local_run import DEMO_DB, ROOT, _env, ensure_demo_db, ihc_conn, ihc_server_argv, sqlite_conn  # noqa: E402  (scripts/)
+from process_groups import UpError, port_open, process_identity, stop_groups, tail, wait_until, write_private  # noqa: E402
 
 RUN_DIR = ROOT / ".run" / "airflow"
 STATE_FILE = RUN_DIR / "state.json"
@@ -41,18 +40,8 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer",
               *(f"celery-worker-{i}" for i in range(1, MAX_WORKERS + 1)), "ihc-server")
 
 
-class UpError(RuntimeError):
-    """The stack could not be started; the message says why and where to look."""
-
-
 def log_file(name: str) -> Path:
     return RUN_DIR / f"{name}.log"
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return f"(no log at {path})"
 
 
 def load_state() -> dict:
@@ -73,42 +62,6 @@ def load_secrets() -> dict[str, str]:
         return json.loads(SECRETS_FILE.read_text())
     except (FileNotFoundError, ValueError) as exc:
         raise UpError(f"{SECRETS_FILE} is missing or unreadable; run `make down` and `make up` again") from exc
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write a secret file readable by its owner only: created anew with mode 0600, so no earlier mode survives."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-        handle.write(text)
-
-
-def process_identity(pid: int) -> tuple[float, str] | None:
-    """Start time and command line of a live process; ``None`` if it is gone or a zombie."""
-    import psutil  # an Airflow dependency: `make down` and `make clean` work before `make install`
-
-    with contextlib.suppress(psutil.Error):
-        proc = psutil.Process(pid)
-        if proc.status() != psutil.STATUS_ZOMBIE:
-            return round(proc.create_time(), 2), " ".join(proc.cmdline())
-    return None
-
-
-def group_members(pgid: int) -> list[int]:
-    import psutil
-
-    members = []
-    for proc in psutil.process_iter(["status"]):
-        with contextlib.suppress(OSError):
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
-                members.append(proc.pid)
-    return members
-
-
-def port_open(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
-        return True
-    return False
 
 
 def http_json(method: str, url: str, body: dict | None = None, token: str = "", timeout: float = 10.0,
@@ -153,22 +106,6 @@ def start_process(name: str, argv: list[str], env: dict[str, str], state: dict) 
     return proc.pid
 
 
-def stop_groups(groups: dict[str, int], timeout: float) -> None:
-    """SIGTERM each process group, after ``timeout`` s SIGKILL what is left; ``UpError`` if one survives."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        for name, pgid in groups.items():
-            print(f"  stopping {name} (process group {pgid})" if sig == signal.SIGTERM
-                  else f"  {name} did not stop within {timeout:.0f} s; killing it", flush=True)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, sig)
-        deadline = time.monotonic() + wait
-        while (groups := {n: g for n, g in groups.items() if group_members(g)}) and time.monotonic() < deadline:
-            time.sleep(0.3)
-        if not groups:
-            return
-    raise UpError(f"still running after SIGKILL: {', '.join(groups)}")
-
-
 def choose_metadata_db(choice: str) -> str:
     if choice not in ("auto", "postgres", "sqlite"):
         return choice  # an explicit URL
@@ -204,6 +141,7 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(PASSWORDS_FILE),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
@@ -213,20 +151,6 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
     if state.get("ihc_managed"):
         env["AIRFLOW_CONN_IHC_API"] = ihc_conn(state["ihc_port"], keys["ihc_api_key"])
     return env
-
-
-def wait_until(what: str, check, timeout: float, watch: dict[str, int]) -> None:
-    """Call ``check`` until it is truthy; fail after ``timeout`` s, or once a watched process exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError):
-            if check():
-                return
-        if dead := [name for name, pid in watch.items() if process_identity(pid) is None]:
-            raise UpError(f"{dead[0]} exited while waiting for {what}:\n{tail(log_file(dead[0]))}")
-        if time.monotonic() > deadline:
-            raise UpError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def dag_parsed(base: str, token: str) -> bool:
@@ -250,19 +174,16 @@ def wait_ready(state: dict, keys: dict[str, str], watch: dict[str, int], timeout
     """Wait until the stack serves the DAG: API up, pool set, DAG parsed and unpaused, scheduler beating.
     The pool's slots are the budget of IHC requests in flight across all runs."""
     health = f"http://localhost:{state['api_port']}/api/v2/monitor/health"
-    if "ihc-server" in watch:
-        ihc_health = f"http://127.0.0.1:{state['ihc_port']}/health"
-        wait_until("the local IHC server", lambda: http_json("GET", ihc_health, timeout=2)[0] == 200, 60, watch)
-    wait_until("the API server", lambda: http_json("GET", health, timeout=3)[0] == 200, timeout, watch)
+    wait_until("the API server", lambda: http_json("GET", health, timeout=3)[0] == 200, timeout, watch, RUN_DIR)
     base, token = login(state, keys)
     pool = {"name": POOL, "slots": POOL_SLOTS, "include_deferred": False,
             "description": "IHC API requests in flight across runs (each call_ihc_api takes ihc_concurrency slots)"}
     http_json("PATCH", f"{base}/api/v2/pools", {"actions": [
         {"action": "create", "entities": [pool], "action_on_existence": "overwrite"}]}, token, expect=(200,))
-    wait_until(f"the DAG {DAG_ID} to be parsed", lambda: dag_parsed(base, token), timeout, watch)
+    wait_until(f"the DAG {DAG_ID} to be parsed", lambda: dag_parsed(base, token), timeout, watch, RUN_DIR)
     http_json("PATCH", f"{base}/api/v2/dags/{DAG_ID}", {"is_paused": False}, token, expect=(200,))
     wait_until("the scheduler's heartbeat", lambda: (http_json("GET", health, timeout=3)[1].get("scheduler") or {})
-               .get("status") == "healthy", timeout, watch)
+               .get("status") == "healthy", timeout, watch, RUN_DIR)
 
 
 def wanted(state: dict) -> list[str]:
@@ -275,8 +196,6 @@ def component(name: str, state: dict, env: dict[str, str], keys: dict[str, str])
     if name == "ihc-server":
         env = {k: v for k, v in env.items() if k != "AIRFLOW_CONN_IHC_API"} | {"IHC_API_KEYS": keys["ihc_api_key"]}
         return ihc_server_argv(state["ihc_port"]), env
-    if name == "api-server":
-        return [AIRFLOW_BIN, name, "--host", state["api_host"], "--port", str(state["api_port"]), "--workers", "1"], env
     if not name.startswith("celery-worker-"):
         return [AIRFLOW_BIN, name], env
     number = int(name.rsplit("-", 1)[1])
@@ -312,7 +231,7 @@ def fresh_state(args: argparse.Namespace) -> dict:
     broker = urlsplit(args.broker_url)
     if celery and not port_open(broker.hostname or "127.0.0.1", broker.port or 6379):
         raise UpError(f"the CeleryExecutor needs its Redis broker; nothing listens at {broker.hostname}:{broker.port or 6379}")
-    return {"api_host": args.host, "api_port": args.port, "ihc_port": args.ihc_port,
+    return {"api_port": args.port, "ihc_port": args.ihc_port,
             "ihc_managed": "AIRFLOW_CONN_IHC_API" not in os.environ, "metadata_db": metadata_db,
             "attribution_db_conn": attribution_conn(args), "triggerer": args.triggerer, "executor": args.executor,
             "workers": args.workers if celery else 0, "worker_concurrency": args.worker_concurrency,
@@ -443,7 +362,6 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local Airflow (only what is not running)")
     up.add_argument("--port", type=int, default=int(os.environ.get("AIRFLOW_UP_PORT") or 8080), help="port of the UI and API")
-    up.add_argument("--host", default="127.0.0.1", help="interface of the API server (UI)")
     up.add_argument("--metadata-db", default="auto", help="auto (PostgreSQL airflow_local if reachable, else SQLite), "
                     "postgres, sqlite, or a SQLAlchemy URL")
     up.add_argument("--triggerer", action="store_true", help="also start `airflow triggerer`")

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_run import DEMO_DB, ROOT, _env, ensure_demo_db, ihc_conn, ihc_server_argv, sqlite_conn  # noqa: E402  (scripts/)
+from local_env import DEMO_DB, ROOT, airflow_env, ensure_demo_db, ihc_conn, ihc_server_argv, sqlite_conn  # noqa: E402
 from process_groups import UpError, port_open, process_identity, stop_groups, tail, wait_until, write_private  # noqa: E402
 
 RUN_DIR = ROOT / ".run" / "airflow"
@@ -109,7 +109,7 @@ def start_process(name: str, argv: list[str], env: dict[str, str], state: dict) 
 def choose_metadata_db(choice: str) -> str:
     if choice not in ("auto", "postgres", "sqlite"):
         return choice  # an explicit URL
-    sqlite_url = f"sqlite:///{Path(_env()['AIRFLOW_HOME']).resolve() / 'airflow-local.db'}"
+    sqlite_url = f"sqlite:///{Path(airflow_env()['AIRFLOW_HOME']).resolve() / 'airflow-local.db'}"
     if choice == "sqlite":
         return sqlite_url
     # Airflow 3 opens the metadata database asynchronously too, hence asyncpg.
@@ -124,7 +124,7 @@ def choose_metadata_db(choice: str) -> str:
 
 def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
     """Environment of every process of the stack (and of ``airflow`` commands run against it)."""
-    env = _env()
+    env = airflow_env()
     port, celery = state["api_port"], state.get("executor") == "celery"
     if celery:
         env["AIRFLOW__CELERY__BROKER_URL"] = state["broker_url"]
@@ -297,7 +297,7 @@ Airflow is running: {base}
   login     {ADMIN_USER} / {keys['admin_password']}
   report    {base}/plugin/attribution-report
   metadata  {make_url(state['metadata_db']).render_as_string(hide_password=True)}
-  logs      {RUN_DIR}/*.log, task logs in {_env()['AIRFLOW_HOME']}/logs
+  logs      {RUN_DIR}/*.log, task logs in {airflow_env()['AIRFLOW_HOME']}/logs
   stop      make down""", flush=True)
 
 

@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from local_run import ihc_conn, ihc_server_process, sqlite_conn  # scripts/ is on sys.path when this file runs
+from local_env import ihc_conn, ihc_server_process, sqlite_conn  # scripts/ is on sys.path when this file runs
 
 from ihc_attribution import schema
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 import bench  # scripts/ is on sys.path when this file runs
-from local_run import sqlite_conn
+from local_env import sqlite_conn
 
 # Chromium's time from the navigation's start to its load event, in ms.
 NAVIGATION_MS = "(() => { const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd - n.startTime; })()"

@@ -28,7 +28,7 @@ from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 import bench  # scripts/ is on sys.path when this file runs
-from local_env import sqlite_conn
+from local_env import ensure_demo_db, sqlite_conn
 
 # Chromium's time from the navigation's start to its load event, in ms.
 NAVIGATION_MS = "(() => { const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd - n.startTime; })()"
@@ -41,14 +41,7 @@ def use_database(path: Path) -> None:
 
 def prepared_database(name: str, args: argparse.Namespace) -> Path:
     """The dataset's sources with the pipeline run once over their range (made once, then reused)."""
-    if name == "demo":  # the demo database as make up creates it: the generator's defaults
-        from ihc_attribution_dev.demo_data import generate
-
-        source = args.db_dir / "demo_sources.db"
-        if not source.exists():
-            generate(source)
-    else:
-        source = bench.cached_database(args)
+    source = ensure_demo_db() if name == "demo" else bench.cached_database(args)
     target_path = args.db_dir / f"report_{source.name}"
     if not target_path.exists():
         partial = target_path.with_suffix(".partial")

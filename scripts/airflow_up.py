@@ -129,7 +129,7 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
     if celery:
         env["AIRFLOW__CELERY__BROKER_URL"] = state["broker_url"]
         env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + state["metadata_db"]  # Celery's database backend
-        env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(state["worker_concurrency"])
+        env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = "2"  # task slots of each worker
     env.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
     env.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
     env.pop("IHC_API_KEYS", None)  # only the IHC server gets the key that way
@@ -201,8 +201,7 @@ def component(name: str, state: dict, env: dict[str, str], keys: dict[str, str])
     number = int(name.rsplit("-", 1)[1])
     # Workers on one machine each serve their task logs on a port of their own.
     env = env | {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(state["worker_log_port"] + number - 1)}
-    return [AIRFLOW_BIN, "celery", "worker", "--celery-hostname", f"worker{number}@%h",
-            "--concurrency", str(state["worker_concurrency"])], env
+    return [AIRFLOW_BIN, "celery", "worker", "--celery-hostname", f"worker{number}@%h"], env
 
 
 def attribution_conn(args: argparse.Namespace) -> str:
@@ -234,8 +233,8 @@ def fresh_state(args: argparse.Namespace) -> dict:
     return {"api_port": args.port, "ihc_port": args.ihc_port,
             "ihc_managed": "AIRFLOW_CONN_IHC_API" not in os.environ, "metadata_db": metadata_db,
             "attribution_db_conn": attribution_conn(args), "triggerer": args.triggerer, "executor": args.executor,
-            "workers": args.workers if celery else 0, "worker_concurrency": args.worker_concurrency,
-            "worker_log_port": args.worker_log_port, "broker_url": args.broker_url if celery else None, "components": {}}
+            "workers": args.workers if celery else 0, "worker_log_port": args.worker_log_port,
+            "broker_url": args.broker_url if celery else None, "components": {}}
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict, dict[str, str], dict[str, int]]:
@@ -367,7 +366,6 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--triggerer", action="store_true", help="also start `airflow triggerer`")
     up.add_argument("--executor", choices=("local", "celery"), default="local", help="celery: Celery workers on Redis")
     up.add_argument("--workers", type=int, default=2, help="Celery workers (with --executor celery)")
-    up.add_argument("--worker-concurrency", type=int, default=2, help="task slots of each Celery worker")
     up.add_argument("--worker-log-port", type=int, default=8793, help="task-log port of the first Celery worker; "
                     "the others take the next ones")
     up.add_argument("--broker-url", default="redis://127.0.0.1:6379/0", help="the Celery broker")

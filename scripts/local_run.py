@@ -100,7 +100,7 @@ def prepare(say, specs: list[dict]):
     # Airflow marks a run whose data interval starts before the DAG's start date successful without running a task.
     timetable = coerce_to_core_timetable(dag.timetable)
     for spec in (s for s in specs if s["logical_date"]):
-        if timetable.infer_manual_data_interval(run_after=dt.datetime.fromisoformat(spec["logical_date"])).start < dag.start_date:
+        if timetable.infer_manual_data_interval(run_after=spec["logical_date"]).start < dag.start_date:
             raise RunnerError(
                 f"{spec['label']} is before the DAG's start date {dag.start_date:%Y-%m-%d}: Airflow would mark its run "
                 f"successful without running a task. Set ATTRIBUTION_START_DATE to a date on or before the first day, "
@@ -119,7 +119,7 @@ def run_once(dag, spec: dict, say) -> dict:
     from airflow.utils.session import create_session
 
     dated = spec["logical_date"] is not None
-    logical_date = dt.datetime.fromisoformat(spec["logical_date"]) if dated else dt.datetime.now(dt.timezone.utc)
+    logical_date = spec["logical_date"] or dt.datetime.now(dt.timezone.utc)
     started = time.monotonic()
     lock = file_lock(lock_path(logical_date), say, f"the DAG run at {logical_date.isoformat()}")
     with lock if dated else contextlib.nullcontext():
@@ -273,7 +273,7 @@ def plan(command: str, start: str, end: str) -> list[dict]:
     # dag.test() runs the data interval that ends at the logical date it is given: the day after.
     days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
     return [{"label": day.isoformat(), "conf": None,
-             "logical_date": dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc).isoformat()}
+             "logical_date": dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc)}
             for day in days]
 
 

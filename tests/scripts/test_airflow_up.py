@@ -167,7 +167,7 @@ def test_every_process_gets_the_connections_and_settings(up):
 
 def test_celery_workers_have_names_and_log_ports_of_their_own(up):
     state = {"api_port": 8080, "ihc_port": 8765, "ihc_managed": True, "metadata_db": "postgresql://u@h/m",
-             "attribution_db_conn": "{}", "executor": "celery", "workers": 2, "worker_concurrency": 3,
+             "attribution_db_conn": "{}", "executor": "celery", "workers": 2,
              "worker_log_port": 9000, "broker_url": "redis://127.0.0.1:6379/5"}
     env = up.stack_env(state, KEYS)
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"

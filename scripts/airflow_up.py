@@ -2,8 +2,9 @@
 
 ``up`` starts the local IHC server and ``airflow dag-processor``, ``scheduler``, ``api-server`` (``triggerer``,
 Celery workers) as separate processes, since ``airflow standalone`` does not stop cleanly: each in a process
-group of its own, PID and output in ``.run/airflow/<name>.pid|log``. ``up`` again starts what is not running;
-``down`` stops exactly the process groups ``up`` recorded; ``airflow ARGS`` runs the Airflow CLI with the stack's settings.
+group of its own, output in ``.run/airflow/<name>.log``, PID and start time in ``.run/airflow/state.json``.
+``up`` again starts what is not running; ``down`` stops exactly the process groups ``up`` recorded;
+``airflow ARGS`` runs the Airflow CLI with the stack's settings.
 """
 
 from __future__ import annotations
@@ -14,8 +15,6 @@ import importlib.util
 import json
 import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,7 +23,8 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from local_run import DEMO_DB, ROOT, _env, ensure_demo_db  # noqa: E402  (scripts/ is not a package)
+from local_env import DEMO_DB, ROOT, airflow_env, ensure_demo_db, ihc_conn, ihc_server_argv, sqlite_conn  # noqa: E402
+from process_groups import UpError, port_open, process_identity, stop_groups, tail, wait_until, write_private  # noqa: E402
 
 RUN_DIR = ROOT / ".run" / "airflow"
 STATE_FILE = RUN_DIR / "state.json"
@@ -40,22 +40,8 @@ COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer",
               *(f"celery-worker-{i}" for i in range(1, MAX_WORKERS + 1)), "ihc-server")
 
 
-class UpError(RuntimeError):
-    """The stack could not be started; the message says why and where to look."""
-
-
-def pid_file(name: str) -> Path:
-    return RUN_DIR / f"{name}.pid"
-
-
 def log_file(name: str) -> Path:
     return RUN_DIR / f"{name}.log"
-
-
-def tail(path: Path, lines: int = 25) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return f"(no log at {path})"
 
 
 def load_state() -> dict:
@@ -78,42 +64,6 @@ def load_secrets() -> dict[str, str]:
         raise UpError(f"{SECRETS_FILE} is missing or unreadable; run `make down` and `make up` again") from exc
 
 
-def write_private(path: Path, text: str) -> None:
-    """Write a secret file readable by its owner only: created anew with mode 0600, so no earlier mode survives."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.unlink(missing_ok=True)
-    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
-        handle.write(text)
-
-
-def process_identity(pid: int) -> tuple[float, str] | None:
-    """Start time and command line of a live process; ``None`` if it is gone or a zombie."""
-    import psutil  # an Airflow dependency: `make down` and `make clean` work before `make install`
-
-    with contextlib.suppress(psutil.Error):
-        proc = psutil.Process(pid)
-        if proc.status() != psutil.STATUS_ZOMBIE:
-            return round(proc.create_time(), 2), " ".join(proc.cmdline())
-    return None
-
-
-def group_members(pgid: int) -> list[int]:
-    import psutil
-
-    members = []
-    for proc in psutil.process_iter(["status"]):
-        with contextlib.suppress(OSError):
-            if proc.info["status"] != psutil.STATUS_ZOMBIE and os.getpgid(proc.pid) == pgid:
-                members.append(proc.pid)
-    return members
-
-
-def port_open(host: str, port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1.0):
-        return True
-    return False
-
-
 def http_json(method: str, url: str, body: dict | None = None, token: str = "", timeout: float = 10.0,
               expect: tuple[int, ...] = ()) -> tuple[int, dict]:
     """(status, JSON body); ``UpError`` for a status not in ``expect``, or a bulk request answering 200 with errors."""
@@ -131,55 +81,35 @@ def http_json(method: str, url: str, body: dict | None = None, token: str = "", 
 
 def running(state: dict) -> dict[str, int]:
     """The recorded PIDs whose very process still runs (same start time and program): a reused PID is never ours."""
-    alive = {}
-    for name in COMPONENTS:
-        with contextlib.suppress(FileNotFoundError, ValueError):
-            pid = int(pid_file(name).read_text().strip())
-            identity = process_identity(pid)
-            started = state.get("components", {}).get(name, {}).get("started")
-            # A Celery worker renames its process ("[celeryd: worker1@host:MainProcess] ... celery worker").
-            marker = "celery worker" if name.startswith("celery-worker-") else "airflow"
-            marker = "ihc_attribution_dev.server" if name == "ihc-server" else marker
-            if identity and started in (None, identity[0]) and marker in identity[1]:
-                alive[name] = pid
+    alive, recorded = {}, state.get("components", {})
+    for name in (name for name in COMPONENTS if name in recorded):
+        pid, identity = recorded[name]["pid"], process_identity(recorded[name]["pid"])
+        # A Celery worker renames its process ("[celeryd: worker1@host:MainProcess] ... celery worker").
+        marker = "celery worker" if name.startswith("celery-worker-") else "airflow"
+        marker = "ihc_attribution_dev.server" if name == "ihc-server" else marker
+        if identity and recorded[name]["started"] in (None, identity[0]) and marker in identity[1]:
+            alive[name] = pid
     return alive
 
 
 def start_process(name: str, argv: list[str], env: dict[str, str], state: dict) -> int:
-    """Start ``argv`` in a process group of its own, output to its log; record its PID."""
+    """Start ``argv`` in a process group of its own, output to its log; record its PID and start time."""
     RUN_DIR.mkdir(parents=True, exist_ok=True)
     with open(log_file(name), "a") as log:
         log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {name}\n")
         log.flush()
         proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-    pid_file(name).write_text(f"{proc.pid}\n")
     identity = process_identity(proc.pid)
     state.setdefault("components", {})[name] = {"pid": proc.pid, "started": identity and identity[0]}
     save_state(state)
     return proc.pid
 
 
-def stop_groups(groups: dict[str, int], timeout: float) -> None:
-    """SIGTERM each process group, after ``timeout`` s SIGKILL what is left; ``UpError`` if one survives."""
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        for name, pgid in groups.items():
-            print(f"  stopping {name} (process group {pgid})" if sig == signal.SIGTERM
-                  else f"  {name} did not stop within {timeout:.0f} s; killing it", flush=True)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(pgid, sig)
-        deadline = time.monotonic() + wait
-        while (groups := {n: g for n, g in groups.items() if group_members(g)}) and time.monotonic() < deadline:
-            time.sleep(0.3)
-        if not groups:
-            return
-    raise UpError(f"still running after SIGKILL: {', '.join(groups)}")
-
-
 def choose_metadata_db(choice: str) -> str:
     if choice not in ("auto", "postgres", "sqlite"):
         return choice  # an explicit URL
-    sqlite_url = f"sqlite:///{Path(_env()['AIRFLOW_HOME']).resolve() / 'airflow-local.db'}"
+    sqlite_url = f"sqlite:///{Path(airflow_env()['AIRFLOW_HOME']).resolve() / 'airflow-local.db'}"
     if choice == "sqlite":
         return sqlite_url
     # Airflow 3 opens the metadata database asynchronously too, hence asyncpg.
@@ -194,12 +124,12 @@ def choose_metadata_db(choice: str) -> str:
 
 def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
     """Environment of every process of the stack (and of ``airflow`` commands run against it)."""
-    env = _env()
+    env = airflow_env()
     port, celery = state["api_port"], state.get("executor") == "celery"
     if celery:
         env["AIRFLOW__CELERY__BROKER_URL"] = state["broker_url"]
         env["AIRFLOW__CELERY__RESULT_BACKEND"] = "db+" + state["metadata_db"]  # Celery's database backend
-        env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = str(state["worker_concurrency"])
+        env["AIRFLOW__CELERY__WORKER_CONCURRENCY"] = "2"  # task slots of each worker
     env.setdefault("AIRFLOW__CORE__PLUGINS_FOLDER", str(ROOT / "plugins"))
     env.setdefault("AIRFLOW__CORE__PARALLELISM", "4")
     env.pop("IHC_API_KEYS", None)  # only the IHC server gets the key that way
@@ -211,6 +141,7 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(PASSWORDS_FILE),
         "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
+        "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(port),
         "AIRFLOW__API__WORKERS": "1",
         "AIRFLOW__API_AUTH__JWT_SECRET": keys["jwt_secret"],
@@ -218,24 +149,8 @@ def stack_env(state: dict, keys: dict[str, str]) -> dict[str, str]:
         "AIRFLOW_CONN_ATTRIBUTION_DB": state["attribution_db_conn"],
     })
     if state.get("ihc_managed"):
-        env["AIRFLOW_CONN_IHC_API"] = json.dumps({
-            "conn_type": "ihc", "host": "127.0.0.1", "port": state["ihc_port"], "schema": "http",
-            "password": keys["ihc_api_key"], "extra": {"conv_type_id": "demo"}})
+        env["AIRFLOW_CONN_IHC_API"] = ihc_conn(state["ihc_port"], keys["ihc_api_key"])
     return env
-
-
-def wait_until(what: str, check, timeout: float, watch: dict[str, int]) -> None:
-    """Call ``check`` until it is truthy; fail after ``timeout`` s, or once a watched process exits."""
-    deadline = time.monotonic() + timeout
-    while True:
-        with contextlib.suppress(OSError):
-            if check():
-                return
-        if dead := [name for name, pid in watch.items() if process_identity(pid) is None]:
-            raise UpError(f"{dead[0]} exited while waiting for {what}:\n{tail(log_file(dead[0]))}")
-        if time.monotonic() > deadline:
-            raise UpError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.5)
 
 
 def dag_parsed(base: str, token: str) -> bool:
@@ -259,19 +174,16 @@ def wait_ready(state: dict, keys: dict[str, str], watch: dict[str, int], timeout
     """Wait until the stack serves the DAG: API up, pool set, DAG parsed and unpaused, scheduler beating.
     The pool's slots are the budget of IHC requests in flight across all runs."""
     health = f"http://localhost:{state['api_port']}/api/v2/monitor/health"
-    if "ihc-server" in watch:
-        ihc_health = f"http://127.0.0.1:{state['ihc_port']}/health"
-        wait_until("the local IHC server", lambda: http_json("GET", ihc_health, timeout=2)[0] == 200, 60, watch)
-    wait_until("the API server", lambda: http_json("GET", health, timeout=3)[0] == 200, timeout, watch)
+    wait_until("the API server", lambda: http_json("GET", health, timeout=3)[0] == 200, timeout, watch, RUN_DIR)
     base, token = login(state, keys)
     pool = {"name": POOL, "slots": POOL_SLOTS, "include_deferred": False,
             "description": "IHC API requests in flight across runs (each call_ihc_api takes ihc_concurrency slots)"}
     http_json("PATCH", f"{base}/api/v2/pools", {"actions": [
         {"action": "create", "entities": [pool], "action_on_existence": "overwrite"}]}, token, expect=(200,))
-    wait_until(f"the DAG {DAG_ID} to be parsed", lambda: dag_parsed(base, token), timeout, watch)
+    wait_until(f"the DAG {DAG_ID} to be parsed", lambda: dag_parsed(base, token), timeout, watch, RUN_DIR)
     http_json("PATCH", f"{base}/api/v2/dags/{DAG_ID}", {"is_paused": False}, token, expect=(200,))
     wait_until("the scheduler's heartbeat", lambda: (http_json("GET", health, timeout=3)[1].get("scheduler") or {})
-               .get("status") == "healthy", timeout, watch)
+               .get("status") == "healthy", timeout, watch, RUN_DIR)
 
 
 def wanted(state: dict) -> list[str]:
@@ -283,17 +195,13 @@ def wanted(state: dict) -> list[str]:
 def component(name: str, state: dict, env: dict[str, str], keys: dict[str, str]) -> tuple[list[str], dict]:
     if name == "ihc-server":
         env = {k: v for k, v in env.items() if k != "AIRFLOW_CONN_IHC_API"} | {"IHC_API_KEYS": keys["ihc_api_key"]}
-        return [sys.executable, "-m", "ihc_attribution_dev.server", "--host", "127.0.0.1",
-                "--port", str(state["ihc_port"]), "--conv-type-id", "demo"], env
-    if name == "api-server":
-        return [AIRFLOW_BIN, name, "--host", state["api_host"], "--port", str(state["api_port"]), "--workers", "1"], env
+        return ihc_server_argv(state["ihc_port"]), env
     if not name.startswith("celery-worker-"):
         return [AIRFLOW_BIN, name], env
     number = int(name.rsplit("-", 1)[1])
     # Workers on one machine each serve their task logs on a port of their own.
     env = env | {"AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(state["worker_log_port"] + number - 1)}
-    return [AIRFLOW_BIN, "celery", "worker", "--celery-hostname", f"worker{number}@%h",
-            "--concurrency", str(state["worker_concurrency"])], env
+    return [AIRFLOW_BIN, "celery", "worker", "--celery-hostname", f"worker{number}@%h"], env
 
 
 def attribution_conn(args: argparse.Namespace) -> str:
@@ -301,7 +209,7 @@ def attribution_conn(args: argparse.Namespace) -> str:
     if "AIRFLOW_CONN_ATTRIBUTION_DB" in os.environ:
         return os.environ["AIRFLOW_CONN_ATTRIBUTION_DB"]
     if args.warehouse == "sqlite":
-        return json.dumps({"conn_type": "sqlite", "host": str(ensure_demo_db().resolve())})
+        return sqlite_conn(ensure_demo_db())
     from ihc_attribution_dev.pg_load import load
 
     if not port_open("127.0.0.1", 5432):
@@ -322,11 +230,11 @@ def fresh_state(args: argparse.Namespace) -> dict:
     broker = urlsplit(args.broker_url)
     if celery and not port_open(broker.hostname or "127.0.0.1", broker.port or 6379):
         raise UpError(f"the CeleryExecutor needs its Redis broker; nothing listens at {broker.hostname}:{broker.port or 6379}")
-    return {"api_host": args.host, "api_port": args.port, "ihc_port": args.ihc_port,
+    return {"api_port": args.port, "ihc_port": args.ihc_port,
             "ihc_managed": "AIRFLOW_CONN_IHC_API" not in os.environ, "metadata_db": metadata_db,
             "attribution_db_conn": attribution_conn(args), "triggerer": args.triggerer, "executor": args.executor,
-            "workers": args.workers if celery else 0, "worker_concurrency": args.worker_concurrency,
-            "worker_log_port": args.worker_log_port, "broker_url": args.broker_url if celery else None, "components": {}}
+            "workers": args.workers if celery else 0, "worker_log_port": args.worker_log_port,
+            "broker_url": args.broker_url if celery else None, "components": {}}
 
 
 def prepare(args: argparse.Namespace) -> tuple[dict, dict[str, str], dict[str, int]]:
@@ -341,8 +249,6 @@ def prepare(args: argparse.Namespace) -> tuple[dict, dict[str, str], dict[str, i
     state, keys = fresh_state(args), {name: secrets.token_urlsafe(size) for name, size in sizes.items()}
     write_private(SECRETS_FILE, json.dumps(keys, indent=2) + "\n")
     write_private(PASSWORDS_FILE, json.dumps({ADMIN_USER: keys["admin_password"]}) + "\n")
-    for name in COMPONENTS:
-        pid_file(name).unlink(missing_ok=True)
     save_state(state)
     return state, keys, alive
 
@@ -390,7 +296,7 @@ Airflow is running: {base}
   login     {ADMIN_USER} / {keys['admin_password']}
   report    {base}/plugin/attribution-report
   metadata  {make_url(state['metadata_db']).render_as_string(hide_password=True)}
-  logs      {RUN_DIR}/*.log, task logs in {_env()['AIRFLOW_HOME']}/logs
+  logs      {RUN_DIR}/*.log, task logs in {airflow_env()['AIRFLOW_HOME']}/logs
   stop      make down""", flush=True)
 
 
@@ -409,8 +315,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         if started:
             print("stopping what was started ...", file=sys.stderr, flush=True)
             stop_groups(started, timeout=30)
-            for name in started:
-                pid_file(name).unlink(missing_ok=True)
+            save_state(state | {"components": {n: c for n, c in state["components"].items() if n not in started}})
         return 1
     print(f"\nup in {time.monotonic() - started_at:.0f} s; DAG {DAG_ID} unpaused, pool {POOL} ({POOL_SLOTS} slots) ready"
           if missing else "the local Airflow is already running; nothing to start", flush=True)
@@ -428,8 +333,6 @@ def cmd_down(args: argparse.Namespace) -> int:
         return 1
     print(f"stopped {', '.join(groups)} in {time.monotonic() - started:.0f} s" if groups
           else "the local Airflow is not running", flush=True)
-    for name in COMPONENTS:
-        pid_file(name).unlink(missing_ok=True)
     if state:
         save_state(state | {"components": {}})
     return 0
@@ -458,13 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     up = sub.add_parser("up", help="start the local Airflow (only what is not running)")
     up.add_argument("--port", type=int, default=int(os.environ.get("AIRFLOW_UP_PORT") or 8080), help="port of the UI and API")
-    up.add_argument("--host", default="127.0.0.1", help="interface of the API server (UI)")
     up.add_argument("--metadata-db", default="auto", help="auto (PostgreSQL airflow_local if reachable, else SQLite), "
                     "postgres, sqlite, or a SQLAlchemy URL")
     up.add_argument("--triggerer", action="store_true", help="also start `airflow triggerer`")
     up.add_argument("--executor", choices=("local", "celery"), default="local", help="celery: Celery workers on Redis")
     up.add_argument("--workers", type=int, default=2, help="Celery workers (with --executor celery)")
-    up.add_argument("--worker-concurrency", type=int, default=2, help="task slots of each Celery worker")
     up.add_argument("--worker-log-port", type=int, default=8793, help="task-log port of the first Celery worker; "
                     "the others take the next ones")
     up.add_argument("--broker-url", default="redis://127.0.0.1:6379/0", help="the Celery broker")

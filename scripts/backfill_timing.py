@@ -15,11 +15,8 @@ import collections
 import json
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from airflow_up import DAG_ID, http_json, load_secrets, load_state, login  # noqa: E402  (scripts/ is not a package)
+from airflow_up import DAG_ID, http_json, load_secrets, load_state, login  # scripts/ is on sys.path when this file runs
 
 
 def runs_by_state(base: str, token: str, start: str, end: str) -> collections.Counter:

@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from local_run import ihc_server_process  # scripts/ is on sys.path when this file runs
+from local_env import ihc_conn, ihc_server_process, sqlite_conn  # scripts/ is on sys.path when this file runs
 
 from ihc_attribution import schema
 
@@ -49,47 +49,22 @@ PG = {"host": "127.0.0.1", "port": 5432, "user": "postgres"}
 TARGET_OTHER_STAGES_S, TARGET_API_RATIO, TARGET_LAST_DAY_S = 5.0, 1.3, 2.0
 
 
-@dataclass(frozen=True)
-class Setup:
-    """Where a configuration runs: the backend, and whether the sources carry the indexes."""
-
-    postgres: bool
-    indexes: bool
-
-    def __str__(self) -> str:
-        return f"{'PostgreSQL' if self.postgres else 'SQLite'}, {'with' if self.indexes else 'without'} indexes on the sources"
+def setup_name(postgres: bool, indexes: bool) -> str:
+    return f"{'PostgreSQL' if postgres else 'SQLite'}, {'with' if indexes else 'without'} indexes on the sources"
 
 
 @dataclass
 class Run:
-    """One run of every stage: wall seconds and result per stage, requests the server counted, source sizes."""
+    """One run of every stage: wall seconds per stage, what pack_requests packed, requests the server counted."""
 
     seconds: dict[str, float]
-    results: dict[str, dict]
+    packed: dict
     requests: int
     sessions: int
     conversions: int
 
     def total(self, without: str = "") -> float:
         return sum(s for stage, s in self.seconds.items() if stage != without)
-
-
-@dataclass
-class Target:
-    """A scenario's database: the tasks' connection, and a way in for the benchmark's own work."""
-
-    conn_json: str
-    sqlite_path: Path | None = None
-    pg_dbname: str | None = None
-
-    def open(self):
-        from ihc_attribution.db import Database
-
-        if self.sqlite_path is not None:
-            return contextlib.closing(Database.connect_sqlite(str(self.sqlite_path)))
-        import psycopg2
-
-        return contextlib.closing(Database(psycopg2.connect(dbname=self.pg_dbname, **PG)))
 
 
 def cached_database(args: argparse.Namespace) -> Path:
@@ -115,51 +90,57 @@ def drop_pg_database(dbname: str) -> None:
 
 
 @contextlib.contextmanager
-def scenario_database(setup: Setup, source: Path, work_dir: Path, held_day: dt.date | None):
-    """A fresh copy of ``source``, on SQLite or in a throw-away PostgreSQL database, removed afterwards.
-
-    Yields the target and the rows taken out of the copy's sources for ``held_day``, by table.
-    """
+def scenario_database(postgres: bool, indexes: bool, source: Path, work_dir: Path, held_day: dt.date | None):
+    """A fresh copy of ``source``, on SQLite or in a throw-away PostgreSQL database, removed afterwards;
+    the tasks' ``attribution_db`` meanwhile. Yields its connection (JSON) and the rows taken out of the
+    copy's sources for ``held_day``, by table."""
+    from ihc_attribution import tasks
     from ihc_attribution_dev import pg_load
 
     copy, dbname = work_dir / "work.db", f"ihc_bench_{os.getpid()}"
     shutil.copyfile(source, copy)
     try:
         held = {}
-        with Target("", copy).open() as db, db.transaction():
+        with contextlib.closing(sqlite3.connect(copy)) as conn, conn:
             for table, where in DAY_ROWS if held_day else ():
-                held[table] = db.query(f"SELECT * FROM {table} WHERE {where}", (str(held_day),))
-                db.execute(f"DELETE FROM {table} WHERE {where}", (str(held_day),))
-        target = Target(json.dumps({"conn_type": "sqlite", "host": str(copy)}), sqlite_path=copy)
-        if setup.postgres:
+                held[table] = conn.execute(f"SELECT * FROM {table} WHERE {where}", (str(held_day),)).fetchall()
+                conn.execute(f"DELETE FROM {table} WHERE {where}", (str(held_day),))
+        conn_json = sqlite_conn(copy)
+        if postgres:
             drop_pg_database(dbname)
             pg_load.load(copy, dbname, **PG)
-            target = Target(json.dumps({"conn_type": "postgres", "host": PG["host"], "port": PG["port"],
-                                        "login": PG["user"], "schema": dbname}), pg_dbname=dbname)
-        with target.open() as db, db.transaction():
-            for statement in SOURCE_INDEXES if setup.indexes else ():
+            conn_json = json.dumps({"conn_type": "postgres", "host": PG["host"], "port": PG["port"],
+                                    "login": PG["user"], "schema": dbname})
+        os.environ.pop("ATTRIBUTION_DB_CONN_ID", None)
+        os.environ["AIRFLOW_CONN_ATTRIBUTION_DB"] = conn_json
+        with tasks.open_db() as db, db.transaction():
+            for statement in SOURCE_INDEXES if indexes else ():
                 db.execute(statement)
-            if setup.postgres:  # freshly loaded tables have no statistics until autovacuum's next pass
+            if postgres:  # freshly loaded tables have no statistics until autovacuum's next pass
                 db.execute("ANALYZE session_sources, session_costs, conversions")
-        yield target, held
+        yield conn_json, held
     finally:
         copy.unlink(missing_ok=True)
-        if setup.postgres:
+        if postgres:
             drop_pg_database(dbname)
 
 
-def insert_held(target: Target, held: dict[str, list[tuple]]) -> None:
+def insert_held(held: dict[str, list[tuple]]) -> None:
     """Append the held-back day to the sources, as a loader would."""
-    with target.open() as db, db.transaction():
+    from ihc_attribution import tasks
+
+    with tasks.open_db() as db, db.transaction():
         for table, rows in held.items():
             if rows:
                 db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(rows[0]))})", rows)
 
 
-def floor_seconds(target: Target) -> float:
+def floor_seconds() -> float:
     """Median of three scans of ``session_sources`` that read every row, after one to warm the cache."""
-    sql = "SELECT COUNT(*), SUM(LENGTH(channel_name)) FROM session_sources" + (" NOT INDEXED" if target.sqlite_path else "")
-    with target.open() as db:
+    from ihc_attribution import tasks
+
+    with tasks.open_db() as db:
+        sql = "SELECT COUNT(*), SUM(LENGTH(channel_name)) FROM session_sources" + (" NOT INDEXED" if db.is_sqlite else "")
         times = []
         for _ in range(4):
             started = time.perf_counter()
@@ -169,33 +150,24 @@ def floor_seconds(target: Target) -> float:
 
 
 @contextlib.contextmanager
-def local_server(args: argparse.Namespace, work_dir: Path):
-    """The local IHC server in its own process with the benchmark's latency and limits; yields its URL and key."""
-    options = ("--latency-ms", str(args.latency_ms), "--max-journeys", str(args.max_journeys),
-               "--max-sessions", str(args.max_sessions), "--log-level", "warning")
-    with ihc_server_process(dict(os.environ), work_dir / "ihc-server.log", *options) as (url, key, _):
-        yield url, key
-
-
-def configure(args: argparse.Namespace, target: Target, url: str, key: str, work_dir: Path) -> None:
-    """Point the tasks' connections at the scenario's database and the local server.
-
-    Then load what the stages load on first use (providers, hooks): each task of a DAG run pays
-    it in its own process, here it would fall on whichever stage came first.
-    """
-    from ihc_attribution import tasks
+def local_server(args: argparse.Namespace):
+    """The local IHC server in its own process with the benchmark's latency and limits, as the tasks' ``ihc_api``
+    and with their output in the work folder; yields its URL."""
     from ihc_attribution.ihc.hook import IhcHook
 
-    ihc = {"conn_type": "ihc", "host": "127.0.0.1", "port": int(url.rsplit(":", 1)[1]), "schema": "http",
-           "password": key, "extra": {
-               "conv_type_id": "demo", "max_concurrency": args.concurrency,
-               "max_journeys_per_request": args.max_journeys, "max_sessions_per_request": args.max_sessions}}
-    for name in ("ATTRIBUTION_DB_CONN_ID", "ATTRIBUTION_IHC_CONN_ID", "ATTRIBUTION_OUTPUT_BASE_URL"):
-        os.environ.pop(name, None)
-    os.environ.update(AIRFLOW_CONN_ATTRIBUTION_DB=target.conn_json, AIRFLOW_CONN_IHC_API=json.dumps(ihc),
-                      ATTRIBUTION_OUTPUT_DIR=str(work_dir / "output"))
-    with tasks.open_db():
+    options = ("--latency-ms", str(args.latency_ms), "--max-journeys", str(args.max_journeys),
+               "--max-sessions", str(args.max_sessions), "--log-level", "warning")
+    with ihc_server_process(dict(os.environ), args.work_dir / "ihc-server.log", *options) as (port, key):
+        for name in ("ATTRIBUTION_IHC_CONN_ID", "ATTRIBUTION_OUTPUT_BASE_URL"):
+            os.environ.pop(name, None)
+        os.environ["ATTRIBUTION_OUTPUT_DIR"] = str(args.work_dir / "output")
+        os.environ["AIRFLOW_CONN_IHC_API"] = ihc_conn(
+            port, key, max_concurrency=args.concurrency, max_journeys_per_request=args.max_journeys,
+            max_sessions_per_request=args.max_sessions)
+        # Each task of a DAG run loads the providers and hooks in its own process; here that would fall on
+        # whichever stage came first.
         IhcHook(ihc_conn_id="ihc_api").settings  # noqa: B018
+        yield f"http://127.0.0.1:{port}"
 
 
 def server_requests(url: str) -> int:
@@ -203,11 +175,11 @@ def server_requests(url: str) -> int:
         return json.load(response)["requests"]
 
 
-def run_stages(target: Target, url: str, name: str, first: dt.date, last: dt.date) -> Run:
+def run_stages(url: str, name: str, first: dt.date, last: dt.date) -> Run:
     """Every stage over ``[first, last]`` in this process, called as the DAG's tasks call them."""
     from ihc_attribution import tasks
 
-    with target.open() as db:
+    with tasks.open_db() as db:
         sizes = [db.scalar(f"SELECT COUNT(*) FROM {table}") for table in ("session_sources", "conversions")]
     context = {"run_id": f"bench-{name}", "params": {"start_date": str(first), "end_date": str(last)}}
     before, seconds, results = server_requests(url), {}, {}
@@ -215,34 +187,32 @@ def run_stages(target: Target, url: str, name: str, first: dt.date, last: dt.dat
         started = time.perf_counter()
         results[stage] = getattr(tasks, stage)(context)
         seconds[stage] = time.perf_counter() - started
-    return Run(seconds, results, server_requests(url) - before, *sizes)
+    return Run(seconds, results["pack_requests"], server_requests(url) - before, *sizes)
 
 
-def measure(args, setup: Setup, source: Path, server: tuple[str, str], work_dir: Path) -> str:
+def measure(args, postgres: bool, indexes: bool, source: Path, url: str) -> str:
     """Both scenarios of one configuration, each on a fresh copy; the table of their figures."""
-    with scenario_database(setup, source, work_dir, None) as (target, _):
-        configure(args, target, *server, work_dir)
-        floor = floor_seconds(target)
-        print(f"{setup}: first run over the whole range ...", flush=True)
-        runs = [("whole range, first run", run_stages(target, server[0], "range", args.start, args.last))]
+    name = setup_name(postgres, indexes)
+    with scenario_database(postgres, indexes, source, args.work_dir, None):
+        floor = floor_seconds()
+        print(f"{name}: first run over the whole range ...", flush=True)
+        runs = [("whole range, first run", run_stages(url, "range", args.start, args.last))]
     if args.days > 1:
-        with scenario_database(setup, source, work_dir, args.last) as (target, held):
-            configure(args, target, *server, work_dir)
-            print(f"{setup}: the range without its last day, then that day ...", flush=True)
-            before = run_stages(target, server[0], "range", args.start, args.last - dt.timedelta(days=1))
-            insert_held(target, held)
+        with scenario_database(postgres, indexes, source, args.work_dir, args.last) as (_, held):
+            print(f"{name}: the range without its last day, then that day ...", flush=True)
+            before = run_stages(url, "range", args.start, args.last - dt.timedelta(days=1))
+            insert_held(held)
             runs += [("range without its last day", before),
-                     ("last day alone", run_stages(target, server[0], "last-day", args.last, args.last))]
-    return render(args, setup, floor, runs)
+                     ("last day alone", run_stages(url, "last-day", args.last, args.last))]
+    return render(args, name, floor, runs)
 
 
-def render(args: argparse.Namespace, setup: Setup, floor: float, runs: list[tuple[str, Run]]) -> str:
+def render(args: argparse.Namespace, name: str, floor: float, runs: list[tuple[str, Run]]) -> str:
     """One markdown table: a column per run; the sizes, a row per stage, totals, requests, bounds, targets."""
     values = [run for _, run in runs]
 
     def lower_bound(r: Run) -> int:
-        packed = r.results["pack_requests"]
-        return max(math.ceil(packed["journeys"] / args.max_journeys), math.ceil(packed["sessions"] / args.max_sessions))
+        return max(math.ceil(r.packed["journeys"] / args.max_journeys), math.ceil(r.packed["sessions"] / args.max_sessions))
 
     def latency_bound(r: Run) -> float:
         return r.requests * args.latency_ms / 1000 / args.concurrency
@@ -250,8 +220,8 @@ def render(args: argparse.Namespace, setup: Setup, floor: float, runs: list[tupl
     def verdict(ok: bool, figure: str) -> str:
         return f"{'met' if ok else 'NOT met'} ({figure})"
 
-    def row(name: str, cell) -> list[str]:
-        return [name, *(cell(run) for run in values)]
+    def row(title: str, cell) -> list[str]:
+        return [title, *(cell(run) for run in values)]
 
     whole = values[0]
     others, api, bound = whole.total(without="call_ihc_api"), whole.seconds["call_ihc_api"], latency_bound(whole)
@@ -274,7 +244,7 @@ def render(args: argparse.Namespace, setup: Setup, floor: float, runs: list[tupl
         rows.append([f"target: the last day's run under {TARGET_LAST_DAY_S:g} s of task time", "", "",
                      verdict(values[2].total() < TARGET_LAST_DAY_S, f"{values[2].total():.2f} s")])
     width = len(runs) + 1
-    lines = [f"### {setup}", "", "| | " + " | ".join(label for label, _ in runs) + " |", "|---" * width + "|"]
+    lines = [f"### {name}", "", "| | " + " | ".join(label for label, _ in runs) + " |", "|---" * width + "|"]
     lines += ["| " + " | ".join(r + [""] * (width - len(r))) + " |" for r in rows]
     lines += ["", f"Load average over the last minute when it ended: {os.getloadavg()[0]:.1f}."]
     return "\n".join(lines)
@@ -282,7 +252,7 @@ def render(args: argparse.Namespace, setup: Setup, floor: float, runs: list[tupl
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
     """The options, shared with lock_probe.py and report_timing.py; also sets ``last`` (the range's last day),
-    prepares ``db_dir`` and the Airflow home the stages' hooks use."""
+    prepares the work folder and the Airflow home the stages' hooks use."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sessions", type=int, default=2_470_000, help="sessions generated (default 2,470,000)")
     p.add_argument("--conversions", type=int, default=13_300, help="conversions generated (default 13,300)")
@@ -320,9 +290,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{args.latency_ms:g} ms, concurrency {args.concurrency}, at most {args.max_journeys} journeys and "
           f"{args.max_sessions} sessions per request; SQLite {sqlite3.sqlite_version}, {os.cpu_count()} CPUs.\n",
           flush=True)
-    with local_server(args, args.work_dir) as server:
+    with local_server(args) as url:
         for indexes in {"no": [False], "yes": [True], "both": [False, True]}[args.indexes]:
-            print(f"{measure(args, Setup(args.postgres, indexes), source, server, args.work_dir)}\n", flush=True)
+            print(f"{measure(args, args.postgres, indexes, source, url)}\n", flush=True)
     return 0
 
 

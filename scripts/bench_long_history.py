@@ -1,9 +1,9 @@
 """Benchmark of ``extract_journeys`` for one user with a long history (docs/bench.md).
 
-Makes a SQLite database holding one user with ``--sessions`` sessions (one every 5 minutes) and
+Makes a database holding one user with ``--sessions`` sessions (one every 5 minutes) and
 ``--conversions`` conversions (one every 4 days, at the end of that history), extracts the
 journeys of all of them in one run with the limit ``--max-sessions`` per request, and prints the
-time, the journey rows staged and the growth of the file.
+time, the journey rows staged and the growth of the database.
 
     python scripts/bench_long_history.py                      # 100,000 sessions, 30 conversions
     python scripts/bench_long_history.py --stage-all          # every session staged
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import sqlite3
 import sys
 import tempfile
 import time
@@ -28,24 +27,21 @@ from ihc_attribution.daterange import range_from_params
 from ihc_attribution.db import Database
 
 
-def make_db(path: Path, sessions: int, conversions: int) -> None:
+def fill(db: Database, sessions: int, conversions: int) -> None:
     """One user's ``sessions`` sessions, and ``conversions`` conversions over its last months."""
-    conn = sqlite3.connect(path)
-    conn.executescript(schema.challenge_ddl())
-    first = dt.datetime(2023, 1, 1)
-    times = [first + dt.timedelta(minutes=5 * i) for i in range(sessions)]
-    conn.executemany("INSERT INTO session_sources VALUES (?, 'u1', ?, ?, 'Referral', 1, 1, 0)",
-                     [(f"s{i:06d}", t.strftime("%Y-%m-%d"), t.strftime("%H:%M:%S")) for i, t in enumerate(times)])
+    times = [dt.datetime(2023, 1, 1) + dt.timedelta(minutes=5 * i) for i in range(sessions)]
     ends = [times[-1] - dt.timedelta(hours=96 * k - 1) for k in range(conversions)]
-    conn.executemany("INSERT INTO conversions VALUES (?, 'u1', ?, ?, 10.0)",
-                     [(f"c{k:03d}", t.strftime("%Y-%m-%d"), t.strftime("%H:%M:%S")) for k, t in enumerate(ends)])
-    conn.commit()
-    conn.close()
+    with db.transaction():
+        db.executescript(schema.challenge_ddl())
+        db.executemany("INSERT INTO session_sources VALUES (?, 'u1', ?, ?, 'Referral', 1, 1, 0)",
+                       [(f"s{i:06d}", t.strftime("%Y-%m-%d"), t.strftime("%H:%M:%S")) for i, t in enumerate(times)])
+        db.executemany("INSERT INTO conversions VALUES (?, 'u1', ?, ?, 10.0)",
+                       [(f"c{k:03d}", t.strftime("%Y-%m-%d"), t.strftime("%H:%M:%S")) for k, t in enumerate(ends)])
 
 
 @contextlib.contextmanager
-def postgres_copy(lite: Path) -> Iterator[Database]:
-    """The SQLite file's sources in a throw-away schema of PostgreSQL's database ``test``, dropped afterwards."""
+def postgres_schema() -> Iterator[Database]:
+    """A throw-away schema of PostgreSQL's database ``test``, dropped afterwards."""
     import psycopg2
 
     conn = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
@@ -53,15 +49,8 @@ def postgres_copy(lite: Path) -> Iterator[Database]:
     with conn.cursor() as cur:
         cur.execute(f"CREATE SCHEMA {name}")
         cur.execute(f"SET search_path TO {name}")
-    db = Database(conn)
     try:
-        db.executescript(schema.challenge_ddl())
-        with contextlib.closing(sqlite3.connect(lite)) as src:
-            for table, columns in (("session_sources", 8), ("conversions", 5)):
-                db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * columns)})",
-                               src.execute(f"SELECT * FROM {table}").fetchall())
-        conn.commit()
-        yield db
+        yield Database(conn)
     finally:
         conn.rollback()
         with conn.cursor() as cur:
@@ -87,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long_history.db"
-        make_db(path, args.sessions, args.conversions)
-        with postgres_copy(path) if args.postgres else contextlib.closing(Database.connect_sqlite(str(path))) as db:
+        with postgres_schema() if args.postgres else contextlib.closing(Database.connect_sqlite(str(path))) as db:
+            fill(db, args.sessions, args.conversions)
             schema.ensure_schema(db)
             size = size_mb(db, path)
             cut = {} if args.stage_all else {"max_sessions": args.max_sessions}

@@ -14,84 +14,25 @@ import fcntl
 import json
 import os
 import re
-import secrets
-import socket
-import subprocess
 import sys
 import time
 import traceback
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-DEMO_DB = Path(os.environ.get("ATTRIBUTION_DEMO_DB", ROOT / "data" / "demo.db"))
+from local_env import DEMO_DB, ROOT, RunnerError, airflow_env, ensure_demo_db, ihc_conn, ihc_server_process, sqlite_conn
+
 DAG_ID = "ihc_attribution"
 RUN_DIR = Path(os.environ.get("ATTRIBUTION_RUN_DIR", ROOT / ".run"))
 SUMMARY_TASK, EXPORT_TASK = "check_run", "export_csv"
 PERMANENT_LINE = re.compile(r"(\w+(?:Error|Exception): .*?\(not retried: [^)]*\))")
 
 
-class RunnerError(Exception):
-    """A run that cannot start or cannot be trusted; the message says why and what to do."""
-
-
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.setdefault("AIRFLOW_HOME", str(ROOT / ".airflow"))
-    env.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
-    env.setdefault("AIRFLOW__CORE__DAGS_FOLDER", str(ROOT / "dags"))
-    env.setdefault("ATTRIBUTION_OUTPUT_DIR", str(ROOT / "output"))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH", "")) if p)
-    return env
-
-
-def ensure_demo_db() -> Path:
-    if not DEMO_DB.exists():
-        from ihc_attribution_dev.demo_data import generate
-
-        DEMO_DB.parent.mkdir(parents=True, exist_ok=True)
-        print(f"creating the demo database {DEMO_DB} ...", flush=True)
-        print(f"  {generate(DEMO_DB)}", flush=True)
-    return DEMO_DB
-
-
-@contextlib.contextmanager
-def ihc_server_process(env: dict[str, str], log_path: Path, *options: str) -> Iterator[tuple[str, str, subprocess.Popen]]:
-    """The local IHC server on a free port with a fresh key, until the block ends: (base URL, key, process)
-    once it answers ``/health``; RunnerError when it exits or does not answer within 30 s."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        url, key = f"http://127.0.0.1:{sock.getsockname()[1]}", secrets.token_urlsafe(24)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "ihc_attribution_dev.server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-             "--conv-type-id", "demo", *options],
-            env=dict(env, IHC_API_KEYS=key), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=1):
-                break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RunnerError(f"the local IHC server did not start; see {log_path}")
-            time.sleep(0.05)
-        yield url, key, proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
 @contextlib.contextmanager
 def connections(env) -> Iterator[Path | None]:
     """Point the connections ``env`` lacks at the demo database and the local IHC server; yield the database file."""
     if "AIRFLOW_CONN_ATTRIBUTION_DB" not in env:
-        env["AIRFLOW_CONN_ATTRIBUTION_DB"] = json.dumps({"conn_type": "sqlite", "host": str(ensure_demo_db().resolve())})
+        env["AIRFLOW_CONN_ATTRIBUTION_DB"] = sqlite_conn(ensure_demo_db())
     db_path = None
     with contextlib.suppress(ValueError, KeyError, TypeError):
         db_path = Path(json.loads(env["AIRFLOW_CONN_ATTRIBUTION_DB"])["host"])
@@ -99,12 +40,9 @@ def connections(env) -> Iterator[Path | None]:
         yield db_path
         return
     log_path = RUN_DIR / "ihc-server.log"
-    with ihc_server_process(env, log_path) as (url, key, _):
-        port = int(url.rsplit(":", 1)[1])
+    with ihc_server_process(env, log_path) as (port, key):
         print(f"local IHC server (development double) on port {port}, log {log_path}", flush=True)
-        env["AIRFLOW_CONN_IHC_API"] = json.dumps(
-            {"conn_type": "ihc", "host": "127.0.0.1", "port": port, "schema": "http", "password": key,
-             "extra": {"conv_type_id": "demo"}})
+        env["AIRFLOW_CONN_IHC_API"] = ihc_conn(port, key)
         yield db_path
 
 
@@ -162,7 +100,7 @@ def prepare(say, specs: list[dict]):
     # Airflow marks a run whose data interval starts before the DAG's start date successful without running a task.
     timetable = coerce_to_core_timetable(dag.timetable)
     for spec in (s for s in specs if s["logical_date"]):
-        if timetable.infer_manual_data_interval(run_after=dt.datetime.fromisoformat(spec["logical_date"])).start < dag.start_date:
+        if timetable.infer_manual_data_interval(run_after=spec["logical_date"]).start < dag.start_date:
             raise RunnerError(
                 f"{spec['label']} is before the DAG's start date {dag.start_date:%Y-%m-%d}: Airflow would mark its run "
                 f"successful without running a task. Set ATTRIBUTION_START_DATE to a date on or before the first day, "
@@ -181,7 +119,7 @@ def run_once(dag, spec: dict, say) -> dict:
     from airflow.utils.session import create_session
 
     dated = spec["logical_date"] is not None
-    logical_date = dt.datetime.fromisoformat(spec["logical_date"]) if dated else dt.datetime.now(dt.timezone.utc)
+    logical_date = spec["logical_date"] or dt.datetime.now(dt.timezone.utc)
     started = time.monotonic()
     lock = file_lock(lock_path(logical_date), say, f"the DAG run at {logical_date.isoformat()}")
     with lock if dated else contextlib.nullcontext():
@@ -335,7 +273,7 @@ def plan(command: str, start: str, end: str) -> list[dict]:
     # dag.test() runs the data interval that ends at the logical date it is given: the day after.
     days = [first + dt.timedelta(days=i) for i in range((last - first).days + 1)]
     return [{"label": day.isoformat(), "conf": None,
-             "logical_date": dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc).isoformat()}
+             "logical_date": dt.datetime.combine(day + dt.timedelta(days=1), dt.time(), dt.timezone.utc)}
             for day in days]
 
 
@@ -356,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
 
             args.start, args.end = DemoConfig().start.isoformat(), DemoConfig().end.isoformat()
         specs = plan(args.command, args.start, args.end)
-        os.environ.update(_env())  # before Airflow is imported, which reads its settings once
+        os.environ.update(airflow_env())  # before Airflow is imported, which reads its settings once
         stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S.%fZ")
         log_path = RUN_DIR / "logs" / f"{args.command}-{stamp}-{os.getpid()}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)

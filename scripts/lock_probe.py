@@ -1,12 +1,9 @@
-"""How long a loader of the source tables waits while the pipeline runs: ``python scripts/lock_probe.py``.
+"""How long a loader of the source tables waits while the pipeline runs (docs/operations.md).
 
-Runs the DAG's stages as ``make bench`` does (its cached database, the local IHC server, a fresh
-copy) while a loader in another process commits rows into ``session_sources``, ``session_costs``
-and ``conversions`` every 50 ms with a 5 s busy timeout (SQLite ``timeout=5``; PostgreSQL
-``lock_timeout`` and ``statement_timeout`` of 5 s). Two runs: the first over the whole range, then
-the range again with ``refresh_spend`` and ``reattribute_drift`` (every spend date read again).
-Prints, per stage, the loader's transactions and the longest of them (its wait, the inserts take
-about a millisecond); exits 1 if one of them failed. See docs/operations.md.
+Runs the DAG's stages as ``make bench`` does, twice (then with ``refresh_spend`` and
+``reattribute_drift``), while a loader in another process commits rows into the sources every 50 ms
+with a 5 s busy timeout; prints, per stage, the loader's transactions and the longest of them (its
+wait: the inserts take about a millisecond); exits 1 if one of them failed.
 
     python scripts/lock_probe.py                     # SQLite, 2.47M sessions
     python scripts/lock_probe.py --postgres          # PostgreSQL at 127.0.0.1:5432
@@ -16,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import datetime as dt
+import json
 import multiprocessing
 import sqlite3
 import sys
@@ -30,17 +28,19 @@ RUNS = (("first run over the range", {}), ("again, refresh_spend and reattribute
                                         {"refresh_spend": True, "reattribute_drift": True}))
 
 
-def _connect(sqlite_path: str | None, pg_dbname: str | None):
-    if sqlite_path:  # sqlite3 opens a deferred transaction before the first INSERT, as BEGIN does
-        return sqlite3.connect(sqlite_path, timeout=LOADER_TIMEOUT_S)
+def _connect(conn_json: str):
+    """The loader's connection to the database of the tasks' connection ``conn_json``."""
+    conn = json.loads(conn_json)
+    if conn["conn_type"] == "sqlite":  # sqlite3 opens a deferred transaction before the first INSERT, as BEGIN does
+        return sqlite3.connect(conn["host"], timeout=LOADER_TIMEOUT_S)
     import psycopg2
 
-    conn = psycopg2.connect(dbname=pg_dbname, **bench.PG)
-    with conn.cursor() as cur:
+    pg = psycopg2.connect(dbname=conn["schema"], **bench.PG)
+    with pg.cursor() as cur:
         cur.execute(f"SET lock_timeout = '{LOADER_TIMEOUT_S}s'")
         cur.execute(f"SET statement_timeout = '{LOADER_TIMEOUT_S}s'")
-    conn.commit()
-    return conn
+    pg.commit()
+    return pg
 
 
 def _commit_rows(conn, n: int, day: dt.date, after: dt.date) -> None:
@@ -55,9 +55,9 @@ def _commit_rows(conn, n: int, day: dt.date, after: dt.date) -> None:
     conn.commit()
 
 
-def loader(sqlite_path: str | None, pg_dbname: str | None, days: list[dt.date], stage, stop, results) -> None:
+def loader(conn_json: str, days: list[dt.date], stage, stop, results) -> None:
     """Commit rows until ``stop``; put per stage index (transactions, longest seconds) and the failures."""
-    conn = _connect(sqlite_path, pg_dbname)
+    conn = _connect(conn_json)
     counts: collections.Counter = collections.Counter()
     longest: collections.defaultdict = collections.defaultdict(float)
     failures: list[str] = []
@@ -79,15 +79,14 @@ def loader(sqlite_path: str | None, pg_dbname: str | None, days: list[dt.date], 
     results.put((dict(counts), dict(longest), failures))
 
 
-def run_with_loader(args, target: bench.Target) -> tuple[list[str], dict, dict, list[str]]:
+def run_with_loader(args, conn_json: str) -> tuple[list[str], dict, dict, list[str]]:
     """Both runs, the loader committing throughout; the stage labels and what the loader saw."""
     from ihc_attribution import tasks
 
     ctx = multiprocessing.get_context("spawn")
     stage, stop, results = ctx.Value("i", -1), ctx.Event(), ctx.Queue()
     days = [args.start + dt.timedelta(days=i) for i in range(args.days)]
-    sqlite_path = str(target.sqlite_path) if target.sqlite_path else None
-    proc = ctx.Process(target=loader, args=(sqlite_path, target.pg_dbname, days, stage, stop, results))
+    proc = ctx.Process(target=loader, args=(conn_json, days, stage, stop, results))
     proc.start()
     labels = []
     try:
@@ -112,12 +111,12 @@ def run_with_loader(args, target: bench.Target) -> tuple[list[str], dict, dict, 
 
 def main(argv: list[str] | None = None) -> int:
     args = bench.parse_args(sys.argv[1:] if argv is None else argv)
-    source, setup = bench.cached_database(args), bench.Setup(args.postgres, indexes=False)
-    with bench.local_server(args, args.work_dir) as server, \
-            bench.scenario_database(setup, source, args.work_dir, None) as (target, _):
-        bench.configure(args, target, *server, args.work_dir)
-        labels, counts, longest, failures = run_with_loader(args, target)
-    print(f"\n### {setup}: a loader with a {LOADER_TIMEOUT_S} s timeout committing every {PAUSE_S * 1000:.0f} ms\n")
+    source = bench.cached_database(args)
+    with bench.local_server(args), \
+            bench.scenario_database(args.postgres, False, source, args.work_dir, None) as (conn_json, _):
+        labels, counts, longest, failures = run_with_loader(args, conn_json)
+    print(f"\n### {bench.setup_name(args.postgres, False)}: a loader with a {LOADER_TIMEOUT_S} s timeout "
+          f"committing every {PAUSE_S * 1000:.0f} ms\n")
     print("| stage | loader transactions | longest (s) |\n|---|---|---|")
     for index, label in enumerate(labels):
         print(f"| {label} | {counts.get(index, 0)} | {longest.get(index, 0.0):.3f} |")

@@ -4,14 +4,10 @@
     python scripts/report_timing.py --browser            # and the browser's load time (headless Chromium)
     python scripts/report_timing.py --only bench --repeat 10
 
-``make report-timing`` runs the first. Each database's generated sources (the demo's defaults; the
-benchmark's, ``scripts/bench.py``) are copied once into ``data/bench/report_<source>.db`` and the DAG's
-stages run over their range against the local IHC server without latency, as ``make bench`` runs them.
-The server time is the report app's own (the plugin's FastAPI app without Airflow's login, through its
-test client); ``--browser`` serves it with uvicorn and times Chromium's navigation to its ``load`` event,
-opening each page, then submitting the form with each other selection. A *load* is the page as first
-opened and the whole range; a *filter change* another range, two channels, three trend lines. Figures
-are the median and the slowest of ``--repeat`` requests after one to warm up. See docs/ui.md (Page timing).
+``make report-timing`` runs the first. Each database's sources are copied once into
+``data/bench/report_<source>.db`` and the DAG's stages run over their range, as ``make bench`` runs
+them. The server time is the report app's own, through its test client; ``--browser`` serves the app
+with uvicorn and times Chromium's navigation to its ``load`` event. See docs/ui.md (Page timing).
 """
 
 from __future__ import annotations
@@ -19,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
 import shutil
 import socket
@@ -28,44 +23,41 @@ import statistics
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode
 
 import bench  # scripts/ is on sys.path when this file runs
+from local_env import ensure_demo_db, sqlite_conn
 
-ROOT = Path(__file__).resolve().parents[1]
-DB_DIR = ROOT / "data" / "bench"
+# Chromium's time from the navigation's start to its load event, in ms.
+NAVIGATION_MS = "(() => { const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd - n.startTime; })()"
+
+
+def use_database(path: Path) -> None:
+    os.environ.pop("ATTRIBUTION_DB_CONN_ID", None)
+    os.environ["AIRFLOW_CONN_ATTRIBUTION_DB"] = sqlite_conn(path)
 
 
 def prepared_database(name: str, args: argparse.Namespace) -> Path:
     """The dataset's sources with the pipeline run once over their range (made once, then reused)."""
-    if name == "demo":  # the demo database as make up creates it: the generator's defaults
-        from ihc_attribution_dev.demo_data import generate
-
-        source = args.db_dir / "demo_sources.db"
-        if not source.exists():
-            generate(source)
-    else:
-        source = bench.cached_database(args)
+    source = ensure_demo_db() if name == "demo" else bench.cached_database(args)
     target_path = args.db_dir / f"report_{source.name}"
-    if target_path.exists():
-        return target_path
-    partial = target_path.with_suffix(".partial")
-    shutil.copyfile(source, partial)
-    target = bench.Target(json.dumps({"conn_type": "sqlite", "host": str(partial)}), sqlite_path=partial)
-    print(f"running the pipeline over {args.start} to {args.last} on a copy of {source.name} ...", flush=True)
-    started = time.perf_counter()
-    with bench.local_server(args, args.work_dir) as (url, key):
-        bench.configure(args, target, url, key, args.work_dir)
-        bench.run_stages(target, url, f"report-{name}", args.start, args.last)
-    partial.rename(target_path)
-    print(f"  done in {time.perf_counter() - started:.0f} s: {target_path}", flush=True)
+    if not target_path.exists():
+        partial = target_path.with_suffix(".partial")
+        shutil.copyfile(source, partial)
+        print(f"running the pipeline over {args.start} to {args.last} on a copy of {source.name} ...", flush=True)
+        started = time.perf_counter()
+        use_database(partial)
+        with bench.local_server(args) as url:
+            bench.run_stages(url, f"report-{name}", args.start, args.last)
+        partial.rename(target_path)
+        print(f"  done in {time.perf_counter() - started:.0f} s: {target_path}", flush=True)
     return target_path
 
 
 def requests(db_path: Path) -> list[tuple[str, str]]:
-    """(what, query string) of the timed requests, from the database's dates and channels."""
+    """(what, path) of the timed requests, from the database's dates and channels."""
     with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as conn:
         last = conn.execute("SELECT MAX(date) FROM channel_reporting").fetchone()[0]
         first_conv, last_conv = conn.execute("SELECT MIN(conv_date), MAX(conv_date) FROM attribution_credit").fetchone()
@@ -75,42 +67,30 @@ def requests(db_path: Path) -> list[tuple[str, str]]:
     week_end = dt.date.fromisoformat(last) - dt.timedelta(days=7)
     week = [("start", str(week_end - dt.timedelta(days=6))), ("end", str(week_end))]
     return [
-        ("load: as first opened (last 30 days, all channels)", ""),
-        (f"load: the conversions' range {first_conv} to {last_conv}", urlencode(whole)),
-        (f"filter: another range ({week[0][1]} to {week[1][1]})", urlencode(week)),
-        ("filter: two channels", urlencode(whole + [("channel", c) for c in top[:2]])),
-        ("filter: three channels as trend lines", urlencode(whole + [("line", c) for c in top])),
-        ("CSV of the whole range", "report.csv?" + urlencode(whole)),
+        ("load: as first opened (last 30 days, all channels)", "/"),
+        (f"load: the conversions' range {first_conv} to {last_conv}", "/?" + urlencode(whole)),
+        (f"filter: another range ({week[0][1]} to {week[1][1]})", "/?" + urlencode(week)),
+        ("filter: two channels", "/?" + urlencode(whole + [("channel", c) for c in top[:2]])),
+        ("filter: three channels as trend lines", "/?" + urlencode(whole + [("line", c) for c in top])),
+        ("CSV of the whole range", "/report.csv?" + urlencode(whole)),
     ]
 
 
-def _path(query: str) -> str:
-    return "/" + query if query.startswith("report.csv") else "/?" + query if query else "/"
-
-
-def timed(call: Callable[[], int], repeat: int) -> tuple[list[float], int]:
-    """Seconds of ``repeat`` calls after one to warm up, and the size of the last answer."""
-    call()
-    seconds, size = [], 0
-    for _ in range(repeat):
-        started = time.perf_counter()
-        size = call()
-        seconds.append(time.perf_counter() - started)
-    return seconds, size
-
-
 def server_times(app, cases: list[tuple[str, str]], repeat: int) -> list[tuple[str, list[float], int]]:
+    """Seconds of ``repeat`` requests of each case after one to warm up, and the size of the last answer."""
     from fastapi.testclient import TestClient
 
-    client = TestClient(app)
-
-    def get(path: str) -> int:
-        response = client.get(path)
-        assert response.status_code == 200, f"{path}: HTTP {response.status_code}"
-        assert "cannot be read" not in response.text, response.text[:2000]
-        return len(response.content)
-
-    return [(what, *timed(lambda q=query: get(_path(q)), repeat)) for what, query in cases]
+    client, out = TestClient(app), []
+    for what, path in cases:
+        seconds = []
+        for i in range(repeat + 1):
+            started = time.perf_counter()
+            response = client.get(path)
+            seconds += [time.perf_counter() - started] if i else []
+            assert response.status_code == 200, f"{path}: HTTP {response.status_code}"
+            assert "cannot be read" not in response.text, response.text[:2000]
+        out.append((what, seconds, len(response.content)))
+    return out
 
 
 @contextlib.contextmanager
@@ -136,9 +116,6 @@ def served(app) -> Iterator[str]:
         thread.join(timeout=10)
 
 
-_NAVIGATION_MS = "(() => { const n = performance.getEntriesByType('navigation')[0]; return n.loadEventEnd - n.startTime; })()"
-
-
 def browser_times(app, cases: list[tuple[str, str]], repeat: int) -> list[tuple[str, list[float], int]]:
     """Chromium's time from navigation start to the load event: each page opened, then each filter submitted
     from the page of the whole range."""
@@ -147,20 +124,20 @@ def browser_times(app, cases: list[tuple[str, str]], repeat: int) -> list[tuple[
     executable = shutil.which("chromium") or shutil.which("chromium-browser")
     if executable is None:
         raise SystemExit("--browser needs Chromium (apt-get install chromium, or make e2e once)")
-    pages = [(what, query) for what, query in cases if not query.startswith("report.csv")]
+    pages = [(what, path) for what, path in cases if not path.startswith("/report.csv")]
     out = []
     with served(app) as base, sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=executable, headless=True,
                                              args=["--no-sandbox", "--disable-gpu"])
         tab = browser.new_page(viewport={"width": 1280, "height": 900})
-        for what, query in pages:
+        for what, path in pages:
             seconds = []
             for i in range(repeat + 1):  # the first is the warm-up
-                tab.goto(f"{base}{_path(query if what.startswith('load') else pages[1][1])}", wait_until="load")
+                tab.goto(base + (path if what.startswith("load") else pages[1][1]), wait_until="load")
                 if not what.startswith("load"):
-                    submit(tab, parse_qsl(query))
+                    submit(tab, parse_qsl(path.removeprefix("/?")))
                 if i:
-                    seconds.append(tab.evaluate(_NAVIGATION_MS) / 1000)
+                    seconds.append(tab.evaluate(NAVIGATION_MS) / 1000)
             out.append((what, seconds, int(tab.evaluate("document.documentElement.outerHTML.length"))))
         browser.close()
     return out
@@ -188,12 +165,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", choices=("bench", "demo"), help="one database only")
     p.add_argument("--repeat", type=int, default=5, help="timed requests of each kind (default 5)")
     p.add_argument("--browser", action="store_true", help="also time the page in headless Chromium")
-    p.add_argument("--db-dir", type=Path, default=DB_DIR, help="where the databases are kept (data/bench)")
+    p.add_argument("--db-dir", type=Path, default=bench.ROOT / "data" / "bench", help="where the databases are kept")
     p.add_argument("--sessions", type=int, default=2_470_000, help="the benchmark's sessions (2,470,000, as make bench)")
     p.add_argument("--conversions", type=int, default=13_300, help="the benchmark's conversions (13,300)")
     p.add_argument("--days", type=int, default=30, help="the benchmark's days (30)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
-    # The demo data as make up creates it, and the benchmark's database of scripts/bench.py.
     datasets = {
         "demo": ("demo data (150,000 sessions, 1,500 conversions, 14 days)", ["--days", "14"]),
         "bench": (f"benchmark ({args.sessions:,} sessions, {args.conversions:,} conversions, {args.days} days)",
@@ -204,8 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [args.only] if args.only else list(datasets):
         label, bench_args = datasets[name]
         path = prepared_database(name, bench.parse_args([*bench_args, "--db-dir", str(args.db_dir), "--latency-ms", "0"]))
-        os.environ.pop("ATTRIBUTION_DB_CONN_ID", None)
-        os.environ["AIRFLOW_CONN_ATTRIBUTION_DB"] = json.dumps({"conn_type": "sqlite", "host": str(path)})
+        use_database(path)
         from ihc_attribution.report_ui.app import create_app
 
         app = create_app(require_auth=False)

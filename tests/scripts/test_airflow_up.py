@@ -14,6 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "scripts"))
+import process_groups as pg  # noqa: E402  (scripts/ is not a package)
+
 SLEEPER = "import time; time.sleep(120)"
 # A leader that starts a child of its own, as the scheduler starts executor workers.
 FAMILY = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)']); " \
@@ -67,13 +70,13 @@ def _wait_for(predicate, timeout=10.0):
 def test_down_stops_the_whole_process_group_waits_and_forgets_it(up, capsys):
     state: dict = {}
     pid = up.start_process("scheduler", [sys.executable, "-c", FAMILY, "airflow"], dict(os.environ), state)
-    _wait_for(lambda: len(up.group_members(pid)) == 2)
-    assert up.pid_file("scheduler").read_text().strip() == str(pid)
+    _wait_for(lambda: len(pg.group_members(pid)) == 2)
+    assert up.load_state()["components"]["scheduler"]["pid"] == pid
     assert up.running(up.load_state()) == {"scheduler": pid}
 
     assert up.main(["down", "--timeout", "10"]) == 0
-    assert up.group_members(pid) == []  # leader and child, gone when it returns
-    assert not up.pid_file("scheduler").exists()
+    assert pg.group_members(pid) == []  # leader and child, gone when it returns
+    assert up.load_state()["components"] == {}
     assert "stopped scheduler" in capsys.readouterr().out
     assert up.main(["down"]) == 0
     assert "not running" in capsys.readouterr().out
@@ -84,7 +87,7 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(up, capsys):
     time.sleep(0.5)  # let it install its handler
     started = time.monotonic()
     assert up.main(["down", "--timeout", "1"]) == 0
-    assert up.group_members(pid) == []
+    assert pg.group_members(pid) == []
     assert time.monotonic() - started < 10
     assert "api-server did not stop within 1 s; killing it" in capsys.readouterr().out
 
@@ -92,21 +95,21 @@ def test_a_process_ignoring_sigterm_is_killed_after_the_timeout(up, capsys):
 def test_zombies_do_not_count_as_running(up):
     pid = up.start_process("triggerer", [sys.executable, "-c", "pass", "airflow"], dict(os.environ), {})
     time.sleep(1.0)  # exited; nobody has reaped it yet
-    assert up.group_members(pid) == []
+    assert pg.group_members(pid) == []
     assert up.running(up.load_state()) == {}
 
 
 def test_a_recorded_pid_must_still_be_the_same_program(up):
     pid = up.start_process("ihc-server", [sys.executable, "-c", SLEEPER, "ihc_attribution_dev.server"], dict(os.environ), {})
-    assert up.running(up.load_state()) == {"ihc-server": pid}
+    # The command line is read once the new program has replaced the fork (an instant after Popen returns).
+    _wait_for(lambda: up.running(up.load_state()) == {"ihc-server": pid})
 
     # Another start time: the PID was reused by a different process.
     other = up.load_state()
     other["components"]["ihc-server"]["started"] += 1
     assert up.running(other) == {}
-    # Another program under a PID file of ours (this test's own process).
-    up.pid_file("ihc-server").write_text(f"{os.getpid()}\n")
-    assert up.running({}) == {}
+    # Another program under a PID of ours (this test's own process).
+    assert up.running({"components": {"ihc-server": {"pid": os.getpid(), "started": None}}}) == {}
     up.stop_groups({"ihc-server": pid}, timeout=5)
 
 
@@ -117,6 +120,7 @@ def test_status_names_what_runs_and_what_is_missing(up, capsys):
     up.save_state({"api_port": 8080, "ihc_managed": True, "executor": "local"})
     pid = up.start_process("ihc-server", [sys.executable, "-c", SLEEPER, "ihc_attribution_dev.server"],
                            dict(os.environ), up.load_state())
+    _wait_for(lambda: up.running(up.load_state()) == {"ihc-server": pid})
     assert up.main(["status"]) == 1
     out = capsys.readouterr().out
     assert f"ihc-server     running, pid {pid}" in out
@@ -131,7 +135,7 @@ def test_secret_files_are_private_whatever_the_umask(up):
         path.parent.mkdir(parents=True)
         path.write_text("{}")  # a file of another mode already there
         path.chmod(0o644)
-        up.write_private(path, '{"again": 1}')
+        pg.write_private(path, '{"again": 1}')
     finally:
         os.umask(old)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
@@ -163,7 +167,7 @@ def test_every_process_gets_the_connections_and_settings(up):
 
 def test_celery_workers_have_names_and_log_ports_of_their_own(up):
     state = {"api_port": 8080, "ihc_port": 8765, "ihc_managed": True, "metadata_db": "postgresql://u@h/m",
-             "attribution_db_conn": "{}", "executor": "celery", "workers": 2, "worker_concurrency": 3,
+             "attribution_db_conn": "{}", "executor": "celery", "workers": 2,
              "worker_log_port": 9000, "broker_url": "redis://127.0.0.1:6379/5"}
     env = up.stack_env(state, KEYS)
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"

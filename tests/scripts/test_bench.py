@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 import sqlite3
 import subprocess
@@ -47,18 +48,22 @@ def _source_indexes(path: Path) -> set[str]:
             "('session_sources', 'session_costs', 'conversions')")}
 
 
-def test_indexes_are_created_on_the_benchmarks_copy_only_and_only_when_asked(source_db, tmp_path):
+def test_indexes_are_created_on_the_benchmarks_copy_only_and_only_when_asked(source_db, tmp_path, monkeypatch):
     sys.path.insert(0, str(ROOT / "scripts"))
     import bench
 
+    # The scenario's database becomes the tasks' connection meanwhile; restored afterwards.
+    monkeypatch.setenv("AIRFLOW_CONN_ATTRIBUTION_DB", "")
+    monkeypatch.delenv("ATTRIBUTION_DB_CONN_ID", raising=False)
     cached = _source_indexes(source_db)
     day = dt.date(2023, 9, 4)
     for indexes in (False, True):
-        with bench.scenario_database(bench.Setup(False, indexes), source_db, tmp_path, day) as (target, held):
-            added = _source_indexes(target.sqlite_path) - cached
+        with bench.scenario_database(False, indexes, source_db, tmp_path, day) as (conn_json, held):
+            copy = Path(json.loads(conn_json)["host"])
+            added = _source_indexes(copy) - cached
             assert added == ({"ix_session_sources_user_id", "ix_session_sources_event_date"} if indexes else set())
             assert held["session_sources"] and held["conversions"]
-            with sqlite3.connect(target.sqlite_path) as conn:
+            with sqlite3.connect(copy) as conn:
                 assert conn.execute("SELECT COUNT(*) FROM conversions WHERE conv_date = ?", (str(day),)).fetchone() == (0,)
-        assert not target.sqlite_path.exists()
+        assert not copy.exists()
     assert _source_indexes(source_db) == cached

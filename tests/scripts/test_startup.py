@@ -20,7 +20,7 @@ import pytest
 from tests.scripts.test_local_run import ROOT, SCRIPT, counts, log_of, range_summary, runner_env
 
 sys.path.insert(0, str(SCRIPT.parent))
-import local_run  # noqa: E402  (scripts/ is not a package)
+import local_env  # noqa: E402  (scripts/ is not a package)
 
 pytestmark = pytest.mark.slow  # make test-slow; CI runs both
 
@@ -102,7 +102,7 @@ def test_without_an_ihc_connection_the_local_server_is_started(tmp_path, runner_
 
 def test_a_local_server_that_does_not_start_is_reported_with_its_log(tmp_path):
     log_path = tmp_path / "ihc-server.log"
-    with pytest.raises(local_run.RunnerError, match="the local IHC server did not start; see .*ihc-server.log"):
-        with local_run.ihc_server_process(dict(os.environ, PYTHONPATH=str(ROOT)), log_path, "--no-such-option"):
+    with pytest.raises(local_env.RunnerError, match="the local IHC server did not start; see .*ihc-server.log"):
+        with local_env.ihc_server_process(dict(os.environ, PYTHONPATH=str(ROOT)), log_path, "--no-such-option"):
             pass
     assert "no-such-option" in log_path.read_text()

@@ -279,8 +279,8 @@ def build_report(context: Mapping[str, Any], db: Database) -> dict:
         triggered_at=_triggered_at(context),
         built_at=_now(),
     )
-    log.info("report rebuilt: %s", summary.as_dict())
-    return {**summary.as_dict(), "table_uri": db.table_uri(schema.CHANNEL_REPORTING)}
+    log.info("report rebuilt: %s", summary)
+    return {**summary, "table_uri": db.table_uri(schema.CHANNEL_REPORTING)}
 
 
 def _now() -> str:

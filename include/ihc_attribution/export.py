@@ -63,9 +63,10 @@ def round_ihc(value: Decimal) -> Decimal:
 
 
 def report_row(channel_name: str, date: str, cost: float, ihc: float, ihc_revenue: float) -> ReportRow:
-    """Round one ``channel_reporting`` row and add its ratios (of the unrounded values)."""
-    # Exact Decimals (NULL is 0): repr() gives the shortest decimal that round-trips, so 2.675 stays
-    # 2.675 and rounds up.
+    """Round one ``channel_reporting`` row and add its ratios (of the unrounded values).
+
+    NULL is 0; repr() gives the shortest decimal that round-trips, so 2.675 stays 2.675 and rounds up.
+    """
     c, i, r = (Decimal(repr(float(value or 0))) for value in (cost, ihc, ihc_revenue))
     return ReportRow(channel_name, str(date), round_money(c), round_ihc(i), round_money(r), *ratios(c, i, r))
 
@@ -103,7 +104,7 @@ def output_base(location: str, conn_id: str | None = None) -> Any:
 
     if "://" not in location:
         location = f"file://{Path(location).expanduser().resolve()}"
-    return ObjectStoragePath(location, conn_id=conn_id) if conn_id else ObjectStoragePath(location)
+    return ObjectStoragePath(location, conn_id=conn_id)
 
 
 def is_local(path: Any) -> bool:
@@ -113,11 +114,6 @@ def is_local(path: Any) -> bool:
 
 def local_path(path: Any) -> Path:
     return path if isinstance(path, Path) else Path(path.path)
-
-
-def location(path: Any) -> str:
-    """The URL of ``path`` (``file:///abs/...`` for a local file), as assets and XCom carry it."""
-    return f"file://{path.resolve()}" if isinstance(path, Path) else str(path)
 
 
 @contextlib.contextmanager
@@ -181,7 +177,7 @@ def write_rows(
 
 
 def write_csv(rows: list[ReportRow], path: Any, *, escape_formulas: bool = False, extra: Extra | None = None) -> Any:
-    """Write the rows to ``path`` atomically (see :func:`atomic_write`), values exactly as stored."""
+    """Write the rows to ``path`` atomically (see :func:`atomic_write`); return ``path``."""
     with atomic_write(path) as handle:
         write_rows(handle, rows, escape_formulas=escape_formulas, extra=extra)
     return path
@@ -194,7 +190,7 @@ def csv_path(output_dir: Any, run_range: RunRange) -> Any:
 
 
 def export_report(db: Database, run_range: RunRange, output_dir: str | Path) -> tuple[Path, int]:
-    """Export the report of the range's dates; return the file's path and its row count."""
+    """Export the report of the range's dates (for tools and tests); return the file's path and its row count."""
     rows = read_report(db, run_range)
     path = write_csv(rows, csv_path(output_dir, run_range))
     return path, len(rows)

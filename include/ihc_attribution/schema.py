@@ -213,12 +213,12 @@ def index_advice(db: Database) -> list[str]:
     """
     advice = []
     for table, column, saves in SOURCE_INDEXES:
-        own = sources.source(db, table).physical[column]
-        if own is not None and not sources.is_view(db, table) and not has_index_on(db, table, column):
-            src = sources.source(db, table)
-            plain = src.ref == table and own == column
-            name = f"ix_{table}_{column}" if plain else sources.quote(f"ix_{src.table}_{own}")
-            advice.append(f"CREATE INDEX {name} ON {src.ref} ({column if own == column else sources.quote(own)}): {saves}")
+        src = sources.source(db, table)
+        own = src.physical[column]
+        if own is None or sources.is_view(db, table) or has_index_on(db, table, column):
+            continue
+        name = f"ix_{table}_{column}" if src.ref == table and own == column else sources.quote(f"ix_{src.table}_{own}")
+        advice.append(f"CREATE INDEX {name} ON {src.ref} ({column if own == column else sources.quote(own)}): {saves}")
     return advice
 
 

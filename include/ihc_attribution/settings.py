@@ -60,7 +60,6 @@ _MINIMUM = {"ihc_concurrency": 1, "max_active_runs": 1}
 
 
 def env_name(name: str) -> str:
-    """The environment variable of the setting ``name``: ``ATTRIBUTION_<NAME>``."""
     return "ATTRIBUTION_" + name.upper()
 
 
@@ -77,9 +76,9 @@ def _text(name: str) -> str:
 def get(name: str) -> str | bool | int | float:
     """The setting ``name`` parsed as its type in :data:`OPTIONS` (ValueError names a bad one's variable)."""
     kind, value = OPTIONS[name][0], _text(name)
-    if kind == "boolean" and value.lower() in _ON + _OFF:
-        return value.lower() in _ON
     if kind == "boolean":
+        if value.lower() in _ON + _OFF:
+            return value.lower() in _ON
         raise ValueError(f"{env_name(name)}={value.lower()!r} must be 1/true/yes or 0/false/no")
     if kind == "integer":
         minimum = _MINIMUM.get(name, 0)
@@ -112,11 +111,6 @@ def provider_config() -> dict:
 
 def db_conn_id() -> str:
     return _text("db_conn_id")
-
-
-def failure_notifiers() -> list[str]:
-    """Import paths (``package.module:factory``) of functions returning a notifier (see :mod:`ihc_attribution.notify`)."""
-    return [path.strip() for path in _text("failure_notifiers").split(",") if path.strip()]
 
 
 def output_location() -> str:

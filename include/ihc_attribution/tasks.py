@@ -52,7 +52,8 @@ def _flag_param(context: Mapping[str, Any], name: str, default: bool) -> bool:
 
 
 def stage(func: Callable[[Mapping[str, Any], Database], dict]) -> Callable[[Mapping[str, Any]], dict]:
-    """Run a stage on the pipeline database, closed when it ends.
+    """Run a stage on the pipeline database, closed when it ends. Its result needs no log line of its own:
+    Airflow's ``@task`` logs the value a task returns.
 
     A :class:`PermanentError`, which every retry would raise again, fails it in one log line
     (:func:`fail_permanently`); other errors keep the task's retries and Airflow's traceback.
@@ -147,7 +148,7 @@ def setup_tables(context: Mapping[str, Any], db: Database) -> dict:
 def extract_journeys(context: Mapping[str, Any], db: Database) -> dict:
     """Stage the run's conversions and their journeys; quarantine malformed input."""
     client = _ihc_hook().get_conn()
-    summary = journeys.extract_journeys(
+    return journeys.extract_journeys(
         db,
         context["run_id"],
         run_range(context),
@@ -157,9 +158,7 @@ def extract_journeys(context: Mapping[str, Any], db: Database) -> dict:
         reuse_answers=_flag_param(context, "reuse_answers", True),
         max_sessions=client.settings.max_sessions_per_request,
         reattribute_drift=_flag_param(context, "reattribute_drift", False),
-    )
-    log.info("extracted %s", summary.as_dict())
-    return summary.as_dict()
+    ).as_dict()
 
 
 @stage
@@ -210,7 +209,7 @@ def call_ihc_api(context: Mapping[str, Any], db: Database) -> dict:
     finally:
         hook.close()
         _emit_api_metrics(summary)
-    log.info("IHC API stage done in %.1f s: %s", time.monotonic() - started, summary.as_dict())
+    log.info("IHC API stage done in %.1f s", time.monotonic() - started)
     return summary.as_dict()
 
 
@@ -248,9 +247,7 @@ def _progress_logger(every_seconds: float = 10.0):
 @stage
 def load_attribution(context: Mapping[str, Any], db: Database) -> dict:
     """Publish the run's answers and issues."""
-    summary = load.load_attribution(db, context["run_id"], run_range(context))
-    log.info("loaded %s", summary.as_dict())
-    return summary.as_dict()
+    return load.load_attribution(db, context["run_id"], run_range(context)).as_dict()
 
 
 @stage
@@ -265,7 +262,6 @@ def build_report(context: Mapping[str, Any], db: Database) -> dict:
         triggered_at=_triggered_at(context),
         built_at=_now(),
     )
-    log.info("report rebuilt: %s", summary)
     return {**summary, "table_uri": db.table_uri(schema.CHANNEL_REPORTING)}
 
 

@@ -123,11 +123,17 @@ def _drop_reshaped_derived_tables(db: Database, ddl: str) -> bool:
 def _remove_legacy(db: Database) -> None:
     """Remove version 1's triggers on the source tables, their function and the tables only they used.
 
-    Only objects of the package are dropped, found by their names; a user's index or trigger is
-    never touched.
+    Only objects of the package are dropped, found by their names (on PostgreSQL the triggers by
+    their function); a user's index or trigger is never touched.
     """
+    if db.is_sqlite:
+        triggers = db.query("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
+                            (len(_LEGACY_TRIGGER_PREFIX), _LEGACY_TRIGGER_PREFIX))
+    else:
+        triggers = db.query("SELECT tgname, CAST(tgrelid::regclass AS TEXT) FROM pg_trigger WHERE tgfoid = to_regproc(?)",
+                            (_LEGACY_FUNCTION,))
     removed = []
-    for name, table in _legacy_triggers(db):
+    for name, table in triggers:
         db.execute(f"DROP TRIGGER IF EXISTS {name}" + ("" if db.is_sqlite else f" ON {table}"))
         removed.append(f"trigger {name} on {table}")
     if not db.is_sqlite and db.scalar("SELECT to_regproc(?) IS NOT NULL", (_LEGACY_FUNCTION,)):
@@ -140,20 +146,6 @@ def _remove_legacy(db: Database) -> None:
     if removed:
         log.warning("upgraded the attribution schema to version %d; removed what an earlier version had "
                     "created: %s", SCHEMA_VERSION, ", ".join(removed))
-
-
-def _legacy_triggers(db: Database) -> list[tuple[str, str]]:
-    """(name, table) of version 1's triggers: by their name on SQLite, by their function on PostgreSQL."""
-    if db.is_sqlite:
-        return db.query(
-            "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
-            (len(_LEGACY_TRIGGER_PREFIX), _LEGACY_TRIGGER_PREFIX),
-        )
-    return db.query(
-        "SELECT tgname, CAST(tgrelid::regclass AS TEXT) FROM pg_trigger WHERE to_regproc(?) IS NOT NULL "
-        "AND tgfoid = to_regproc(?)",
-        (_LEGACY_FUNCTION, _LEGACY_FUNCTION),
-    )
 
 
 def _fill_credit(db: Database) -> None:

@@ -96,11 +96,9 @@ class Database:
         return sql if self.is_sqlite else sql.replace("?", "%s")
 
     def as_type_of(self, expr: str, table: str, column: str) -> str:
-        """``expr`` cast to the declared type of ``table.column`` on PostgreSQL (a ``DATE`` or a ``TEXT`` date).
+        """``expr`` cast to the declared type of ``table.column`` (found through the ``search_path``) on PostgreSQL.
 
-        The table is found through the ``search_path``, as the queries find it. SQLite compares a
-        ``DATE`` column with text as it is, and keeps using its indexes, so ``expr`` is returned
-        unchanged there.
+        SQLite compares a ``DATE`` column with text as it is, and keeps using its indexes: ``expr`` as it is.
         """
         if self.is_sqlite:
             return expr
@@ -172,9 +170,8 @@ class Database:
         """End the implicit transaction of reads made outside :meth:`transaction`: after an error, or
         before slow work that needs the database no longer.
 
-        PostgreSQL runs them in an implicit transaction that an error aborts (every later statement
-        would fail, hiding the error) and that holds its snapshot and locks until it ends; rolling it
-        back also drops the temporary tables made in it.
+        On PostgreSQL an error aborts it (every later statement would fail, hiding the error), and
+        it holds its snapshot and locks until it ends; rolling it back also drops its temporary tables.
         """
         if not self.is_sqlite and not self._in_transaction:
             self.conn.rollback()

@@ -56,9 +56,9 @@ def build_report(
     from the sources again, and that of any report date never read before; a run that
     re-attributed changed days reads all its report dates; ``refresh_spend`` reads every date the
     package holds spend or credit for again, and rebuilds them all. The spend is read before the
-    transaction, which then only publishes it and the rows. Every (channel, date) with at least one session gets a row, so
-    days without attributed conversions still show their spend. Each rebuilt date is recorded in
-    ``attribution_report_builds``.
+    transaction, which then only publishes it and the rows. Every (channel, date) with at least
+    one session gets a row, so days without attributed conversions still show their spend. Each
+    rebuilt date is recorded in ``attribution_report_builds``.
     """
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
     if refresh_spend:

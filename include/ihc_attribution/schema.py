@@ -30,7 +30,6 @@ log = logging.getLogger(__name__)
 ATTRIBUTION = "attribution_customer_journey"
 CHANNEL_REPORTING = "channel_reporting"
 ISSUES = "attribution_issues"
-RUNS = "attribution_runs"
 
 RESULT_TABLES = (ATTRIBUTION, CHANNEL_REPORTING)
 

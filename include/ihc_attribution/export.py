@@ -44,22 +44,20 @@ class ReportRow:
     roas: Decimal | None
 
 
-def ratios(cost: Decimal, ihc: Decimal, ihc_revenue: Decimal) -> tuple[Decimal | None, Decimal | None]:
-    """``(CPO, ROAS)`` of unrounded sums: cost / ihc half-up to the cent, ihc_revenue / cost half-up to
-    4 decimals, ``None`` where the denominator is 0 (never ``inf``, ``NaN`` or 0). Every report takes its ratios here."""
-    cpo = (cost / ihc).quantize(_CENT, ROUND_HALF_UP) if ihc != 0 else None
-    roas = (ihc_revenue / cost).quantize(_FOUR, ROUND_HALF_UP) if cost != 0 else None
-    return cpo, roas
-
-
 def round_money(value: Decimal) -> Decimal:
-    """Half-up to the cent, as every amount of the report is shown."""
+    """Half-up to the cent, as every amount of the report (and CPO) is shown."""
     return value.quantize(_CENT, ROUND_HALF_UP)
 
 
 def round_ihc(value: Decimal) -> Decimal:
     """Half-up to 4 decimals, as attributed orders (and ROAS) are shown."""
     return value.quantize(_FOUR, ROUND_HALF_UP)
+
+
+def ratios(cost: Decimal, ihc: Decimal, ihc_revenue: Decimal) -> tuple[Decimal | None, Decimal | None]:
+    """``(CPO, ROAS)`` of unrounded sums, ``None`` where the denominator is 0 (never ``inf``, ``NaN`` or 0);
+    every report takes its ratios here."""
+    return (round_money(cost / ihc) if ihc != 0 else None, round_ihc(ihc_revenue / cost) if cost != 0 else None)
 
 
 def report_row(channel_name: str, date: str, cost: float, ihc: float, ihc_revenue: float) -> ReportRow:
@@ -112,10 +110,6 @@ def is_local(path: Any) -> bool:
     return isinstance(path, Path) or getattr(path, "protocol", None) in ("file", "local")
 
 
-def local_path(path: Any) -> Path:
-    return path if isinstance(path, Path) else Path(path.path)
-
-
 @contextlib.contextmanager
 def atomic_write(path: Any) -> Iterator[TextIO]:
     """Open a text file that replaces ``path`` only once complete, so readers see the old file or the new one.
@@ -129,7 +123,7 @@ def atomic_write(path: Any) -> Iterator[TextIO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(buffer.getvalue().encode("utf-8", errors="surrogateescape"))
         return
-    path = local_path(path)
+    path = path if isinstance(path, Path) else Path(path.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A write killed before the rename leaves its temporary file: clear old leftovers (not one
     # a concurrent writer may be filling right now).
@@ -165,14 +159,13 @@ def write_rows(
     are opened in spreadsheets by people who do not control the channel names.
     """
     names, values, zeros = extra or ((), {}, ())
-    writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    writer = csv.writer(handle, lineterminator="\n")  # None is written as an empty cell
     writer.writerow(CSV_COLUMNS + names)
     for row in rows:
         name = row.channel_name
         if escape_formulas and name.startswith(_FORMULA_PREFIXES):
             name = "'" + name
-        cells = [name, row.date, row.cost, row.ihc, row.ihc_revenue,
-                 "" if row.cpo is None else row.cpo, "" if row.roas is None else row.roas]
+        cells = [name, row.date, row.cost, row.ihc, row.ihc_revenue, row.cpo, row.roas]
         writer.writerow(cells + list(values.get((row.channel_name, row.date), zeros)))
 
 

@@ -120,12 +120,8 @@ def output_location() -> str:
 
 def local_output_dir() -> Path | None:
     """The output location as a local folder (what the report pages list), or None for an object store."""
-    location = output_location()
-    if location.startswith("file://"):
-        location = location.removeprefix("file://")
-    elif "://" in location:
-        return None
-    return Path(location).expanduser().resolve()
+    location = output_location().removeprefix("file://")
+    return None if "://" in location else Path(location).expanduser().resolve()
 
 
 def csv_escape_formulas() -> bool:

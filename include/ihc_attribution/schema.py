@@ -218,14 +218,11 @@ def purge_staging(db: Database, created_before: str, keep_run_id: str | None = N
 
     Staging is kept after a run so that any task of it can be re-run on its own; this bounds how long.
     """
+    old = "SELECT run_id FROM attribution_runs WHERE created_at < ? AND run_id <> ?"
     with db.transaction():
-        found = db.query("SELECT run_id FROM attribution_runs WHERE created_at < ?", (created_before,))
-        runs = [r for (r,) in found if r != keep_run_id]
-        for run_id in runs:
-            for table in STAGING_TABLES:
-                db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-            db.execute("DELETE FROM attribution_runs WHERE run_id = ?", (run_id,))
-    return len(runs)
+        for table in STAGING_TABLES:
+            db.execute(f"DELETE FROM {table} WHERE run_id IN ({old})", (created_before, keep_run_id or ""))
+        return db.execute(f"DELETE FROM attribution_runs WHERE run_id IN ({old})", (created_before, keep_run_id or ""))
 
 
 #: Rows of a source table one reading statement covers on SQLite (see :func:`rowid_slices`).

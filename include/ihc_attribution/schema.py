@@ -218,11 +218,11 @@ def purge_staging(db: Database, created_before: str, keep_run_id: str | None = N
 
     Staging is kept after a run so that any task of it can be re-run on its own; this bounds how long.
     """
-    old = "SELECT run_id FROM attribution_runs WHERE created_at < ? AND run_id <> ?"
+    old, params = "SELECT run_id FROM attribution_runs WHERE created_at < ? AND run_id <> ?", (created_before, keep_run_id or "")
     with db.transaction():
         for table in STAGING_TABLES:
-            db.execute(f"DELETE FROM {table} WHERE run_id IN ({old})", (created_before, keep_run_id or ""))
-        return db.execute(f"DELETE FROM attribution_runs WHERE run_id IN ({old})", (created_before, keep_run_id or ""))
+            db.execute(f"DELETE FROM {table} WHERE run_id IN ({old})", params)
+        return db.execute(f"DELETE FROM attribution_runs WHERE run_id IN ({old})", params)
 
 
 #: Rows of a source table one reading statement covers on SQLite (see :func:`rowid_slices`).

@@ -180,10 +180,3 @@ def csv_path(output_dir: Any, run_range: RunRange) -> Any:
     """``<output_dir>/channel_reporting_<first date>_<last date>.csv`` (a ``Path`` or ``ObjectStoragePath``)."""
     base = Path(output_dir) if isinstance(output_dir, str) else output_dir
     return base / f"channel_reporting_{run_range.label}.csv"
-
-
-def export_report(db: Database, run_range: RunRange, output_dir: str | Path) -> tuple[Path, int]:
-    """Export the report of the range's dates (for tools and tests); return the file's path and its row count."""
-    rows = read_report(db, run_range)
-    path = write_csv(rows, csv_path(output_dir, run_range))
-    return path, len(rows)

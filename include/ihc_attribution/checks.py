@@ -7,7 +7,7 @@ silently.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 
 from ihc_attribution import drift, export, sources
@@ -28,21 +28,21 @@ class RunSummary:
     run_id: str
     range_start: str
     range_end: str
-    conversions: int = 0
-    attributed: int = 0
-    issues_by_reason: dict[str, int] = field(default_factory=dict)
-    requests: int = 0
-    retries: int = 0
-    cost: Decimal = Decimal(0)
-    ihc: Decimal = Decimal(0)
-    ihc_revenue: Decimal = Decimal(0)
-    source_warnings: dict[str, int] = field(default_factory=dict)
+    conversions: int
+    attributed: int
+    issues_by_reason: dict[str, int]
+    requests: int
+    retries: int
+    cost: Decimal
+    ihc: Decimal
+    ihc_revenue: Decimal
+    source_warnings: dict[str, int]
     #: Conversion days of attributed journeys that no longer match the sources: re-run them.
-    changed_days: list[str] = field(default_factory=list)
+    changed_days: list[str]
     #: Days besides the range whose conversions the run handled because their journeys had changed.
-    reattributed_days: list[str] = field(default_factory=list)
+    reattributed_days: list[str]
     #: What the range covered, when that needs saying (no conversions, before the first one ...).
-    note: str = ""
+    note: str
 
     def as_dict(self) -> dict:
         """For XCom: the totals as the decimal strings the report shows (exact, JSON-safe)."""

@@ -14,7 +14,7 @@ import re
 from importlib import resources
 
 from ihc_attribution import sources
-from ihc_attribution.db import BYTE_ORDER, Database, split_statements
+from ihc_attribution.db import BYTE_ORDER, Database
 from ihc_attribution.sources import (  # noqa: F401 - where callers look for them
     CONVERSIONS,
     SESSION_COSTS,
@@ -30,8 +30,6 @@ log = logging.getLogger(__name__)
 ATTRIBUTION = "attribution_customer_journey"
 CHANNEL_REPORTING = "channel_reporting"
 ISSUES = "attribution_issues"
-
-RESULT_TABLES = (ATTRIBUTION, CHANNEL_REPORTING)
 
 #: Version 2: sources read-only (no triggers, no indexes on them), spend and credit in exact integers.
 #: Version 3: attribution_journeys (what drift detection compares), the day of each issue.
@@ -62,11 +60,6 @@ def challenge_ddl() -> str:
     return read_sql("challenge_schema.sql")
 
 
-def _result_tables_ddl() -> list[str]:
-    created = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)", re.IGNORECASE)
-    return [s for s in split_statements(challenge_ddl()) if (m := created.search(s)) and m.group(1) in RESULT_TABLES]
-
-
 def check_sources(db: Database) -> None:
     """:raises SourceTableError: in one line, when a source table, a column or its type cannot be read."""
     sources.check(db)
@@ -78,8 +71,8 @@ def ensure_schema(db: Database) -> None:
     Idempotent, and a no-op beyond ``IF NOT EXISTS`` checks once the current version is recorded.
     """
     with db.transaction():
-        for statement in _result_tables_ddl():
-            db.execute(statement)
+        challenge = challenge_ddl()  # the source tables, then the result tables: only these are created
+        db.executescript(challenge[challenge.index(f"CREATE TABLE IF NOT EXISTS {ATTRIBUTION}"):])
         package_ddl = read_sql("package_schema.sql")
         rebuilt = _drop_reshaped_derived_tables(db, package_ddl)
         db.executescript(package_ddl)

@@ -170,7 +170,7 @@ SOURCE_TIMESTAMPS = {
 
 
 def source_tables() -> dict[str, dict]:
-    """``$ATTRIBUTION_SOURCES`` (docs/operations.md): where the source tables are and what their columns are called.
+    """``$ATTRIBUTION_SOURCES`` (docs/configuration.md): where the source tables are and what their columns are called.
 
     JSON, one entry per source table to change, e.g. ``{"conversions": {"schema": "raw", "table":
     "Orders", "columns": {"conv_id": "order_id", "conv_timestamp": "ordered_at"}}}`` (and on SQLite

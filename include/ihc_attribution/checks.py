@@ -53,24 +53,28 @@ class RunSummary:
 
     def render(self) -> str:
         """A few human-readable lines."""
-        issues = ", ".join(f"{k} {v}" for k, v in sorted(self.issues_by_reason.items())) or "none"
-        return (
-            f"run {self.run_id}: conversions [{self.range_start}, {self.range_end})\n"
-            + (f"  NOTE: {self.note}\n" if self.note else "")
-            + f"  conversions in range: {self.conversions}, attributed: {self.attributed}\n"
-            f"  issues by reason: {issues}\n"
-            f"  API requests: {self.requests}, retries: {self.retries}\n"
-            f"  report totals over the range: cost {self.cost:.2f}, ihc {self.ihc:.4f}, "
-            f"ihc_revenue {self.ihc_revenue:.2f}\n"
-            f"  source data warnings over the range: "
-            + (", ".join(f"{k} {v}" for k, v in sorted(self.source_warnings.items()) if v) or "none")
-            + (f"\n  re-attributed the conversions of {len(self.reattributed_days)} other days whose journeys had "
-               f"changed: {_days(self.reattributed_days)}" if self.reattributed_days else "")
-            + (f"\n  CHANGED: attributed journeys of {len(self.changed_days)} other days no longer match the sources; "
-               f"re-run them ({_days(self.changed_days)}): clear their runs in the UI, trigger a run with "
-               "start_date/end_date, or any run with reattribute_drift on"
-               if self.changed_days else "")
-        )
+        lines = [f"run {self.run_id}: conversions [{self.range_start}, {self.range_end})"]
+        if self.note:
+            lines.append(f"  NOTE: {self.note}")
+        lines += [
+            f"  conversions in range: {self.conversions}, attributed: {self.attributed}",
+            f"  issues by reason: {_counts(self.issues_by_reason)}",
+            f"  API requests: {self.requests}, retries: {self.retries}",
+            f"  report totals over the range: cost {self.cost:.2f}, ihc {self.ihc:.4f}, ihc_revenue {self.ihc_revenue:.2f}",
+            f"  source data warnings over the range: {_counts(self.source_warnings)}",
+        ]
+        if self.reattributed_days:
+            lines.append(f"  re-attributed the conversions of {len(self.reattributed_days)} other days whose journeys had "
+                         f"changed: {_days(self.reattributed_days)}")
+        if self.changed_days:
+            lines.append(f"  CHANGED: attributed journeys of {len(self.changed_days)} other days no longer match the sources; "
+                         f"re-run them ({_days(self.changed_days)}): clear their runs in the UI, trigger a run with "
+                         "start_date/end_date, or any run with reattribute_drift on")
+        return "\n".join(lines)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "none"
 
 
 def _days(days: list[str], shown: int = 10) -> str:

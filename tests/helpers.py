@@ -253,7 +253,7 @@ def run_stages(
 
     ``cut_journeys=False`` stages every session of a journey, however many can be sent.
     """
-    from ihc_attribution import api_stage, checks, export, journeys, load, report, schema
+    from ihc_attribution import api_stage, checks, journeys, load, report, schema
     from ihc_attribution.daterange import range_from_params
 
     rng = range_from_params({"start_date": start, "end_date": end})
@@ -267,8 +267,16 @@ def run_stages(
     load.load_attribution(db, run_id, rng, recorded_at="2024-01-01 00:00:00")
     report.build_report(db, run_id, rng, refresh_spend=refresh_spend)
     if output_dir is not None:
-        export.export_report(db, rng, output_dir)
+        export_report(db, rng, output_dir)
     return checks.check_run(db, run_id, rng)
+
+
+def export_report(db, run_range, output_dir: Path) -> tuple[Path, int]:
+    """Export the report of the range's dates as the export task does; return the file's path and its row count."""
+    from ihc_attribution import export
+
+    rows = export.read_report(db, run_range)
+    return export.write_csv(rows, export.csv_path(output_dir, run_range)), len(rows)
 
 
 def random_db(path: Path, seed: int = 0, users: int = 60, days: int = 10) -> Path:

@@ -7,7 +7,7 @@ silently.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from decimal import Decimal
 
 from ihc_attribution import drift, export, sources
@@ -28,21 +28,21 @@ class RunSummary:
     run_id: str
     range_start: str
     range_end: str
-    conversions: int = 0
-    attributed: int = 0
-    issues_by_reason: dict[str, int] = field(default_factory=dict)
-    requests: int = 0
-    retries: int = 0
-    cost: Decimal = Decimal(0)
-    ihc: Decimal = Decimal(0)
-    ihc_revenue: Decimal = Decimal(0)
-    source_warnings: dict[str, int] = field(default_factory=dict)
+    conversions: int
+    attributed: int
+    issues_by_reason: dict[str, int]
+    requests: int
+    retries: int
+    cost: Decimal
+    ihc: Decimal
+    ihc_revenue: Decimal
+    source_warnings: dict[str, int]
     #: Conversion days of attributed journeys that no longer match the sources: re-run them.
-    changed_days: list[str] = field(default_factory=list)
+    changed_days: list[str]
     #: Days besides the range whose conversions the run handled because their journeys had changed.
-    reattributed_days: list[str] = field(default_factory=list)
+    reattributed_days: list[str]
     #: What the range covered, when that needs saying (no conversions, before the first one ...).
-    note: str = ""
+    note: str
 
     def as_dict(self) -> dict:
         """For XCom: the totals as the decimal strings the report shows (exact, JSON-safe)."""
@@ -53,24 +53,28 @@ class RunSummary:
 
     def render(self) -> str:
         """A few human-readable lines."""
-        issues = ", ".join(f"{k} {v}" for k, v in sorted(self.issues_by_reason.items())) or "none"
-        return (
-            f"run {self.run_id}: conversions [{self.range_start}, {self.range_end})\n"
-            + (f"  NOTE: {self.note}\n" if self.note else "")
-            + f"  conversions in range: {self.conversions}, attributed: {self.attributed}\n"
-            f"  issues by reason: {issues}\n"
-            f"  API requests: {self.requests}, retries: {self.retries}\n"
-            f"  report totals over the range: cost {self.cost:.2f}, ihc {self.ihc:.4f}, "
-            f"ihc_revenue {self.ihc_revenue:.2f}\n"
-            f"  source data warnings over the range: "
-            + (", ".join(f"{k} {v}" for k, v in sorted(self.source_warnings.items()) if v) or "none")
-            + (f"\n  re-attributed the conversions of {len(self.reattributed_days)} other days whose journeys had "
-               f"changed: {_days(self.reattributed_days)}" if self.reattributed_days else "")
-            + (f"\n  CHANGED: attributed journeys of {len(self.changed_days)} other days no longer match the sources; "
-               f"re-run them ({_days(self.changed_days)}): clear their runs in the UI, trigger a run with "
-               "start_date/end_date, or any run with reattribute_drift on"
-               if self.changed_days else "")
-        )
+        lines = [f"run {self.run_id}: conversions [{self.range_start}, {self.range_end})"]
+        if self.note:
+            lines.append(f"  NOTE: {self.note}")
+        lines += [
+            f"  conversions in range: {self.conversions}, attributed: {self.attributed}",
+            f"  issues by reason: {_counts(self.issues_by_reason)}",
+            f"  API requests: {self.requests}, retries: {self.retries}",
+            f"  report totals over the range: cost {self.cost:.2f}, ihc {self.ihc:.4f}, ihc_revenue {self.ihc_revenue:.2f}",
+            f"  source data warnings over the range: {_counts(self.source_warnings)}",
+        ]
+        if self.reattributed_days:
+            lines.append(f"  re-attributed the conversions of {len(self.reattributed_days)} other days whose journeys had "
+                         f"changed: {_days(self.reattributed_days)}")
+        if self.changed_days:
+            lines.append(f"  CHANGED: attributed journeys of {len(self.changed_days)} other days no longer match the sources; "
+                         f"re-run them ({_days(self.changed_days)}): clear their runs in the UI, trigger a run with "
+                         "start_date/end_date, or any run with reattribute_drift on")
+        return "\n".join(lines)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items()) if v) or "none"
 
 
 def _days(days: list[str], shown: int = 10) -> str:
@@ -102,31 +106,27 @@ def check_run(db: Database, run_id: str, run_range: RunRange) -> RunSummary:
     if bad_sums:
         raise CheckError(f"{len(bad_sums)} attributed journeys do not sum to 1, e.g. {bad_sums[0]}")
 
-    summary = RunSummary(run_id=run_id, range_start=run_range.start_ts, range_end=run_range.end_ts)
-    summary.conversions = int(db.scalar("SELECT COUNT(*) FROM attribution_stg_conversions WHERE run_id = ?", (run_id,)))
-    summary.attributed = int(db.scalar(
-        "SELECT COUNT(*) FROM attribution_stg_conversions c WHERE c.run_id = ? AND EXISTS "
-        "(SELECT 1 FROM attribution_customer_journey a WHERE a.conv_id = c.conv_id)",
+    conversions, attributed = (int(n) for n in db.query(
+        "SELECT COUNT(*), COALESCE(SUM(CASE WHEN EXISTS (SELECT 1 FROM attribution_customer_journey a "
+        "WHERE a.conv_id = c.conv_id) THEN 1 ELSE 0 END), 0) FROM attribution_stg_conversions c WHERE c.run_id = ?",
         (run_id,),
-    ))
-    summary.issues_by_reason = {
-        reason: int(n)
-        for reason, n in db.query(
-            "SELECT reason, COUNT(*) FROM attribution_stg_issues WHERE run_id = ? GROUP BY reason", (run_id,)
-        )
-    }
+    )[0])
+    issues = db.query("SELECT reason, COUNT(*) FROM attribution_stg_issues WHERE run_id = ? GROUP BY reason", (run_id,))
     requests, attempts = db.query(
         "SELECT COUNT(*), COALESCE(SUM(attempts), 0) FROM attribution_stg_requests WHERE run_id = ?", (run_id,)
     )[0]
-    summary.requests, summary.retries = int(requests), max(int(attempts) - int(requests), 0)
     totals = export.report_totals(export.read_report(db, run_range))
-    summary.cost, summary.ihc, summary.ihc_revenue = totals.cost, totals.ihc, totals.ihc_revenue
-    summary.source_warnings = source_warnings(db, run_range)
-    summary.changed_days = drift.changed_days(db)
-    summary.reattributed_days = [str(d) for (d,) in db.query(
-        "SELECT day FROM attribution_stg_extra_days WHERE run_id = ? ORDER BY day", (run_id,))]
-    if summary.conversions == 0:
-        summary.note = coverage_note(db, run_range)
+    summary = RunSummary(
+        run_id, run_range.start_ts, run_range.end_ts, conversions, attributed,
+        issues_by_reason={reason: int(n) for reason, n in issues},
+        requests=int(requests), retries=max(int(attempts) - int(requests), 0),
+        cost=totals.cost, ihc=totals.ihc, ihc_revenue=totals.ihc_revenue,
+        source_warnings=source_warnings(db, run_range),
+        changed_days=drift.changed_days(db),
+        reattributed_days=[str(d) for (d,) in db.query(
+            "SELECT day FROM attribution_stg_extra_days WHERE run_id = ? ORDER BY day", (run_id,))],
+        note="" if conversions else coverage_note(db, run_range),
+    )
     _record(db, summary)
     return summary
 
@@ -161,17 +161,6 @@ def _record(db: Database, summary: RunSummary) -> None:
         )
 
 
-# The range's figures from the spend the report stage has just read from the sources.
-_RANGE_SPEND_SQL = """
-SELECT COALESCE(SUM(sessions), 0), COALESCE(SUM(session_rows - sessions), 0),
-       COALESCE(SUM(CASE WHEN channel_name IS NULL OR channel_name = '' THEN session_rows ELSE 0 END), 0),
-       COALESCE(SUM(cost_rows), 0), COALESCE(SUM(null_costs), 0), COALESCE(SUM(negative_costs), 0),
-       COALESCE(SUM(unusable_costs), 0)
-FROM attribution_spend
-WHERE date >= ? AND date <= ?
-"""
-
-
 def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
     """Counts of the range's source rows that the report treats specially.
 
@@ -180,17 +169,19 @@ def source_warnings(db: Database, run_range: RunRange) -> dict[str, int]:
     :data:`validation.MAX_MONEY` counts as 0 too (``unusable_costs``); a session without a
     channel is left out of ``channel_reporting`` (an empty one is reported under ""). A session
     id present twice in the range (a source without its key) is counted once in the spend, and a
-    journey holding it is quarantined.
+    journey holding it is quarantined. Read from the spend the report stage has just read.
     """
-    first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
-    sessions, duplicated, no_channel, with_cost_row, null_cost, negative, unusable = (
-        int(v) for v in db.query(_RANGE_SPEND_SQL, (first, last))[0]
-    )
-    return {
-        "duplicated_session_ids": duplicated,
-        "sessions_without_cost_row": sessions - with_cost_row,
-        "null_costs": null_cost,
-        "negative_costs": negative,
-        "unusable_costs": unusable,
-        "sessions_without_channel": no_channel,
+    sums = {
+        "duplicated_session_ids": "session_rows - sessions",
+        "sessions_without_cost_row": "sessions - cost_rows",
+        "null_costs": "null_costs",
+        "negative_costs": "negative_costs",
+        "unusable_costs": "unusable_costs",
+        "sessions_without_channel": "CASE WHEN channel_name IS NULL OR channel_name = '' THEN session_rows ELSE 0 END",
     }
+    found = db.query(
+        "SELECT " + ", ".join(f"COALESCE(SUM({sql}), 0)" for sql in sums.values())
+        + " FROM attribution_spend WHERE date >= ? AND date <= ?",
+        (run_range.first_date.isoformat(), run_range.last_date.isoformat()),
+    )[0]
+    return {name: int(value) for name, value in zip(sums, found)}

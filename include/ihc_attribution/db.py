@@ -15,6 +15,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 SQLITE_BUSY_TIMEOUT_MS = 120_000
+# Arbitrary constant identifying the pipeline's advisory lock on PostgreSQL.
+PG_WRITE_LOCK_KEY = 7_245_301
 
 
 def _decode_text(raw: bytes) -> str:
@@ -49,19 +51,14 @@ _CASTABLE_TYPE = re.compile(r"^(date|text|time without time zone|timestamp witho
 
 
 class Database:
-    """An open DB-API 2 connection (``sqlite3``, ``psycopg``) with explicit transactions and ``?`` placeholders.
+    """An open DB-API 2 connection (``sqlite3``, ``psycopg``) with explicit transactions and ``?`` placeholders
+    (psycopg's ``%s`` on PostgreSQL)."""
 
-    ``placeholder`` and ``dialect`` are the hook's (``placeholder``, ``dialect_name``); by default
-    they follow from the connection's class.
-    """
-
-    def __init__(self, conn: Any, *, placeholder: str | None = None, dialect: str | None = None) -> None:
+    def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.is_sqlite = isinstance(conn, sqlite3.Connection)
-        self.dialect = dialect or ("sqlite" if self.is_sqlite else "postgresql")
-        self.placeholder = placeholder or ("?" if self.is_sqlite else "%s")
-        # The provider's hook the connection came from, if any (see :meth:`from_hook`).
-        self.hook: Any = None
+        self.dialect = "sqlite" if self.is_sqlite else "postgresql"
+        self.hook: Any = None  # the provider's hook the connection came from (see :meth:`from_hook`)
         if self.is_sqlite:
             # Autocommit mode: transactions are opened explicitly by :meth:`transaction`.
             conn.isolation_level = None
@@ -90,20 +87,18 @@ class Database:
 
     @classmethod
     def from_hook(cls, hook: Any) -> Database:
-        """Open the database of a provider's ``DbApiHook``: its connection, placeholder and dialect."""
-        db = cls(hook.get_conn(), placeholder=hook.placeholder, dialect=hook.dialect_name)
+        """Open the database of a provider's ``DbApiHook``."""
+        db = cls(hook.get_conn())
         db.hook = hook
         return db
 
     def _sql(self, sql: str) -> str:
-        return sql if self.placeholder == "?" else sql.replace("?", self.placeholder)
+        return sql if self.is_sqlite else sql.replace("?", "%s")
 
     def as_type_of(self, expr: str, table: str, column: str) -> str:
-        """``expr`` cast to the declared type of ``table.column`` on PostgreSQL (a ``DATE`` or a ``TEXT`` date).
+        """``expr`` cast to the declared type of ``table.column`` (found through the ``search_path``) on PostgreSQL.
 
-        The table is found through the ``search_path``, as the queries find it. SQLite compares a
-        ``DATE`` column with text as it is, and keeps using its indexes, so ``expr`` is returned
-        unchanged there.
+        SQLite compares a ``DATE`` column with text as it is, and keeps using its indexes: ``expr`` as it is.
         """
         if self.is_sqlite:
             return expr
@@ -117,7 +112,7 @@ class Database:
         return f"CAST({expr} AS {declared})"
 
     def execute(self, sql: str, params: Sequence[Any] = ()) -> int:
-        """Run one statement; return the number of rows it changed (-1 if unknown)."""
+        """Run one statement; return the number of rows it changed."""
         with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(self._sql(sql), tuple(params))
             return cur.rowcount
@@ -127,7 +122,6 @@ class Database:
             cur.executemany(self._sql(sql), rows)
 
     def executescript(self, script: str) -> None:
-        """Run a script of ``;``-separated statements without parameters."""
         for statement in split_statements(script):
             self.execute(statement)
 
@@ -137,12 +131,10 @@ class Database:
             return cur.fetchall()
 
     def scalar(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        """Run a query and return the first column of the first row (None if no row)."""
         rows = self.query(sql, params)
         return rows[0][0] if rows else None
 
     def iter_query(self, sql: str, params: Sequence[Any] = (), batch_size: int = 10_000) -> Iterator[list[tuple]]:
-        """Run a query and yield its rows in batches, so memory stays bounded."""
         with contextlib.closing(self.conn.cursor()) as cur:
             cur.execute(self._sql(sql), tuple(params))
             while batch := cur.fetchmany(batch_size):
@@ -178,9 +170,8 @@ class Database:
         """End the implicit transaction of reads made outside :meth:`transaction`: after an error, or
         before slow work that needs the database no longer.
 
-        PostgreSQL runs them in an implicit transaction that an error aborts (every later statement
-        would fail, hiding the error) and that holds its snapshot and locks until it ends; rolling it
-        back also drops the temporary tables made in it.
+        On PostgreSQL an error aborts it (every later statement would fail, hiding the error), and
+        it holds its snapshot and locks until it ends; rolling it back also drops its temporary tables.
         """
         if not self.is_sqlite and not self._in_transaction:
             self.conn.rollback()
@@ -207,7 +198,7 @@ class Database:
         return round_div_sql(expr, divisor, sqlite=self.is_sqlite)
 
     def table_exists(self, table: str) -> bool:
-        """Whether ``table`` (a table or view) is found, through the ``search_path`` on PostgreSQL."""
+        """Whether ``table`` (a table or view) is found (through the ``search_path`` on PostgreSQL)."""
         if self.is_sqlite:
             return bool(self.scalar("SELECT COUNT(*) FROM sqlite_master WHERE type IN ('table', 'view') AND name = ?", (table,)))
         return self.scalar("SELECT to_regclass(?) IS NOT NULL", (table,)) is True
@@ -247,10 +238,6 @@ class Database:
 
     def close(self) -> None:
         self.conn.close()
-
-
-# Arbitrary constant identifying the pipeline's advisory lock on PostgreSQL.
-PG_WRITE_LOCK_KEY = 7_245_301
 
 
 def pg_text_not_a_date(column: str) -> str:
@@ -295,11 +282,8 @@ def attach_source_files(conn: sqlite3.Connection) -> None:
 
 def sorter_threads() -> int:
     """Helper threads SQLite's sorter may use: the CPUs this process may run on, at most 4."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # not Linux
-        cpus = os.cpu_count() or 1
-    return max(0, min(cpus, 4))
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # Linux, or not
+    return min(cpus, 4)
 
 
 def round_div_sql(expr: str, divisor: int, *, sqlite: bool) -> str:

@@ -44,16 +44,8 @@ class ReportRow:
     roas: Decimal | None
 
 
-def ratios(cost: Decimal, ihc: Decimal, ihc_revenue: Decimal) -> tuple[Decimal | None, Decimal | None]:
-    """``(CPO, ROAS)`` of unrounded sums: cost / ihc half-up to the cent, ihc_revenue / cost half-up to
-    4 decimals, ``None`` where the denominator is 0 (never ``inf``, ``NaN`` or 0). Every report takes its ratios here."""
-    cpo = (cost / ihc).quantize(_CENT, ROUND_HALF_UP) if ihc != 0 else None
-    roas = (ihc_revenue / cost).quantize(_FOUR, ROUND_HALF_UP) if cost != 0 else None
-    return cpo, roas
-
-
 def round_money(value: Decimal) -> Decimal:
-    """Half-up to the cent, as every amount of the report is shown."""
+    """Half-up to the cent, as every amount of the report (and CPO) is shown."""
     return value.quantize(_CENT, ROUND_HALF_UP)
 
 
@@ -62,10 +54,17 @@ def round_ihc(value: Decimal) -> Decimal:
     return value.quantize(_FOUR, ROUND_HALF_UP)
 
 
+def ratios(cost: Decimal, ihc: Decimal, ihc_revenue: Decimal) -> tuple[Decimal | None, Decimal | None]:
+    """``(CPO, ROAS)`` of unrounded sums, ``None`` where the denominator is 0 (never ``inf``, ``NaN`` or 0);
+    every report takes its ratios here."""
+    return (round_money(cost / ihc) if ihc != 0 else None, round_ihc(ihc_revenue / cost) if cost != 0 else None)
+
+
 def report_row(channel_name: str, date: str, cost: float, ihc: float, ihc_revenue: float) -> ReportRow:
-    """Round one ``channel_reporting`` row and add its ratios (of the unrounded values)."""
-    # Exact Decimals (NULL is 0): repr() gives the shortest decimal that round-trips, so 2.675 stays
-    # 2.675 and rounds up.
+    """Round one ``channel_reporting`` row and add its ratios (of the unrounded values).
+
+    NULL is 0; repr() gives the shortest decimal that round-trips, so 2.675 stays 2.675 and rounds up.
+    """
     c, i, r = (Decimal(repr(float(value or 0))) for value in (cost, ihc, ihc_revenue))
     return ReportRow(channel_name, str(date), round_money(c), round_ihc(i), round_money(r), *ratios(c, i, r))
 
@@ -103,21 +102,12 @@ def output_base(location: str, conn_id: str | None = None) -> Any:
 
     if "://" not in location:
         location = f"file://{Path(location).expanduser().resolve()}"
-    return ObjectStoragePath(location, conn_id=conn_id) if conn_id else ObjectStoragePath(location)
+    return ObjectStoragePath(location, conn_id=conn_id)
 
 
 def is_local(path: Any) -> bool:
     """Whether ``path`` (a ``Path`` or an ``ObjectStoragePath``) is on the local filesystem."""
     return isinstance(path, Path) or getattr(path, "protocol", None) in ("file", "local")
-
-
-def local_path(path: Any) -> Path:
-    return path if isinstance(path, Path) else Path(path.path)
-
-
-def location(path: Any) -> str:
-    """The URL of ``path`` (``file:///abs/...`` for a local file), as assets and XCom carry it."""
-    return f"file://{path.resolve()}" if isinstance(path, Path) else str(path)
 
 
 @contextlib.contextmanager
@@ -133,7 +123,7 @@ def atomic_write(path: Any) -> Iterator[TextIO]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(buffer.getvalue().encode("utf-8", errors="surrogateescape"))
         return
-    path = local_path(path)
+    path = path if isinstance(path, Path) else Path(path.path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # A write killed before the rename leaves its temporary file: clear old leftovers (not one
     # a concurrent writer may be filling right now).
@@ -169,19 +159,18 @@ def write_rows(
     are opened in spreadsheets by people who do not control the channel names.
     """
     names, values, zeros = extra or ((), {}, ())
-    writer = csv.writer(handle, quoting=csv.QUOTE_MINIMAL, lineterminator="\n")
+    writer = csv.writer(handle, lineterminator="\n")  # None is written as an empty cell
     writer.writerow(CSV_COLUMNS + names)
     for row in rows:
         name = row.channel_name
         if escape_formulas and name.startswith(_FORMULA_PREFIXES):
             name = "'" + name
-        cells = [name, row.date, row.cost, row.ihc, row.ihc_revenue,
-                 "" if row.cpo is None else row.cpo, "" if row.roas is None else row.roas]
+        cells = [name, row.date, row.cost, row.ihc, row.ihc_revenue, row.cpo, row.roas]
         writer.writerow(cells + list(values.get((row.channel_name, row.date), zeros)))
 
 
 def write_csv(rows: list[ReportRow], path: Any, *, escape_formulas: bool = False, extra: Extra | None = None) -> Any:
-    """Write the rows to ``path`` atomically (see :func:`atomic_write`), values exactly as stored."""
+    """Write the rows to ``path`` atomically (see :func:`atomic_write`); return ``path``."""
     with atomic_write(path) as handle:
         write_rows(handle, rows, escape_formulas=escape_formulas, extra=extra)
     return path
@@ -191,10 +180,3 @@ def csv_path(output_dir: Any, run_range: RunRange) -> Any:
     """``<output_dir>/channel_reporting_<first date>_<last date>.csv`` (a ``Path`` or ``ObjectStoragePath``)."""
     base = Path(output_dir) if isinstance(output_dir, str) else output_dir
     return base / f"channel_reporting_{run_range.label}.csv"
-
-
-def export_report(db: Database, run_range: RunRange, output_dir: str | Path) -> tuple[Path, int]:
-    """Export the report of the range's dates; return the file's path and its row count."""
-    rows = read_report(db, run_range)
-    path = write_csv(rows, csv_path(output_dir, run_range))
-    return path, len(rows)

@@ -131,4 +131,5 @@ class NotifierFactory:
 
 def failure_callbacks() -> list[Callable[[dict[str, Any]], None]]:
     """The DAG's failure callbacks: :class:`RunFailureNotifier`, then one per ``$ATTRIBUTION_FAILURE_NOTIFIERS`` path."""
-    return [RunFailureNotifier(), *(NotifierFactory(path) for path in settings.failure_notifiers())]
+    paths = [path.strip() for path in settings.get("failure_notifiers").split(",") if path.strip()]
+    return [RunFailureNotifier(), *(NotifierFactory(path) for path in paths)]

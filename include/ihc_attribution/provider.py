@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 CONN_TYPE = "ihc"
-HOOK_CLASS = "ihc_attribution.ihc.hook.IhcHook"
 
 #: Form fields of the settings most often changed, stored in the connection's extra.
 CONN_FIELDS: dict[str, dict[str, Any]] = {
@@ -61,7 +60,7 @@ def get_provider_info() -> dict[str, Any]:
         "hooks": [{"integration-name": "IHC attribution", "python-modules": ["ihc_attribution.ihc.hook"]}],
         "connection-types": [
             {
-                "hook-class-name": HOOK_CLASS,
+                "hook-class-name": "ihc_attribution.ihc.hook.IhcHook",
                 "hook-name": "IHC attribution API",
                 "connection-type": CONN_TYPE,
                 "ui-field-behaviour": {key.replace("_", "-"): value for key, value in UI_FIELD_BEHAVIOUR.items()},

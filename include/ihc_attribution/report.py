@@ -10,8 +10,6 @@ Both are exact integers (micro-euros); a row holds them rounded half away from z
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-
 from ihc_attribution import spend
 from ihc_attribution.daterange import RunRange
 from ihc_attribution.db import Database
@@ -42,18 +40,6 @@ FROM (
 """
 
 
-@dataclass
-class ReportSummary:
-    """Counts of the report stage."""
-
-    dates: int = 0
-    rows: int = 0
-    spend_dates_read: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
 def build_report(
     db: Database,
     run_id: str,
@@ -63,16 +49,16 @@ def build_report(
     triggered_at: str | None = None,
     built_at: str = "",
     refresh_spend: bool = False,
-) -> ReportSummary:
-    """Replace the ``channel_reporting`` rows of the run's report dates, in one transaction.
+) -> dict[str, int]:
+    """Replace the ``channel_reporting`` rows of the run's report dates, in one transaction; return counts.
 
     The report dates are those the run's load recorded. The spend of the run's own dates is read
     from the sources again, and that of any report date never read before; a run that
     re-attributed changed days reads all its report dates; ``refresh_spend`` reads every date the
-    package holds spend or credit for again, and rebuilds them all. The spend is read before the transaction, which then only
-    publishes it and the rows. Every (channel, date) with at least one session gets a row, so
-    days without attributed conversions still show their spend. Each rebuilt date is recorded in
-    ``attribution_report_builds``.
+    package holds spend or credit for again, and rebuilds them all. The spend is read before the
+    transaction, which then only publishes it and the rows. Every (channel, date) with at least
+    one session gets a row, so days without attributed conversions still show their spend. Each
+    rebuilt date is recorded in ``attribution_report_builds``.
     """
     first, last = run_range.first_date.isoformat(), run_range.last_date.isoformat()
     if refresh_spend:
@@ -111,4 +97,4 @@ def build_report(
         raise
     finally:
         spend.drop(db)
-    return ReportSummary(dates=n_dates, rows=rows, spend_dates_read=read)
+    return {"dates": n_dates, "rows": rows, "spend_dates_read": read}

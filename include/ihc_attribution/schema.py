@@ -14,7 +14,7 @@ import re
 from importlib import resources
 
 from ihc_attribution import sources
-from ihc_attribution.db import BYTE_ORDER, Database, split_statements
+from ihc_attribution.db import BYTE_ORDER, Database
 from ihc_attribution.sources import (  # noqa: F401 - where callers look for them
     CONVERSIONS,
     SESSION_COSTS,
@@ -30,9 +30,6 @@ log = logging.getLogger(__name__)
 ATTRIBUTION = "attribution_customer_journey"
 CHANNEL_REPORTING = "channel_reporting"
 ISSUES = "attribution_issues"
-RUNS = "attribution_runs"
-
-RESULT_TABLES = (ATTRIBUTION, CHANNEL_REPORTING)
 
 #: Version 2: sources read-only (no triggers, no indexes on them), spend and credit in exact integers.
 #: Version 3: attribution_journeys (what drift detection compares), the day of each issue.
@@ -63,11 +60,6 @@ def challenge_ddl() -> str:
     return read_sql("challenge_schema.sql")
 
 
-def _result_tables_ddl() -> list[str]:
-    created = re.compile(r"CREATE TABLE IF NOT EXISTS (\w+)", re.IGNORECASE)
-    return [s for s in split_statements(challenge_ddl()) if (m := created.search(s)) and m.group(1) in RESULT_TABLES]
-
-
 def check_sources(db: Database) -> None:
     """:raises SourceTableError: in one line, when a source table, a column or its type cannot be read."""
     sources.check(db)
@@ -79,8 +71,8 @@ def ensure_schema(db: Database) -> None:
     Idempotent, and a no-op beyond ``IF NOT EXISTS`` checks once the current version is recorded.
     """
     with db.transaction():
-        for statement in _result_tables_ddl():
-            db.execute(statement)
+        challenge = challenge_ddl()  # the source tables, then the result tables: only these are created
+        db.executescript(challenge[challenge.index(f"CREATE TABLE IF NOT EXISTS {ATTRIBUTION}"):])
         package_ddl = read_sql("package_schema.sql")
         rebuilt = _drop_reshaped_derived_tables(db, package_ddl)
         db.executescript(package_ddl)
@@ -123,11 +115,17 @@ def _drop_reshaped_derived_tables(db: Database, ddl: str) -> bool:
 def _remove_legacy(db: Database) -> None:
     """Remove version 1's triggers on the source tables, their function and the tables only they used.
 
-    Only objects of the package are dropped, found by their names; a user's index or trigger is
-    never touched.
+    Only objects of the package are dropped, found by their names (on PostgreSQL the triggers by
+    their function); a user's index or trigger is never touched.
     """
+    if db.is_sqlite:
+        triggers = db.query("SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
+                            (len(_LEGACY_TRIGGER_PREFIX), _LEGACY_TRIGGER_PREFIX))
+    else:
+        triggers = db.query("SELECT tgname, CAST(tgrelid::regclass AS TEXT) FROM pg_trigger WHERE tgfoid = to_regproc(?)",
+                            (_LEGACY_FUNCTION,))
     removed = []
-    for name, table in _legacy_triggers(db):
+    for name, table in triggers:
         db.execute(f"DROP TRIGGER IF EXISTS {name}" + ("" if db.is_sqlite else f" ON {table}"))
         removed.append(f"trigger {name} on {table}")
     if not db.is_sqlite and db.scalar("SELECT to_regproc(?) IS NOT NULL", (_LEGACY_FUNCTION,)):
@@ -140,20 +138,6 @@ def _remove_legacy(db: Database) -> None:
     if removed:
         log.warning("upgraded the attribution schema to version %d; removed what an earlier version had "
                     "created: %s", SCHEMA_VERSION, ", ".join(removed))
-
-
-def _legacy_triggers(db: Database) -> list[tuple[str, str]]:
-    """(name, table) of version 1's triggers: by their name on SQLite, by their function on PostgreSQL."""
-    if db.is_sqlite:
-        return db.query(
-            "SELECT name, tbl_name FROM sqlite_master WHERE type = 'trigger' AND substr(name, 1, ?) = ?",
-            (len(_LEGACY_TRIGGER_PREFIX), _LEGACY_TRIGGER_PREFIX),
-        )
-    return db.query(
-        "SELECT tgname, CAST(tgrelid::regclass AS TEXT) FROM pg_trigger WHERE to_regproc(?) IS NOT NULL "
-        "AND tgfoid = to_regproc(?)",
-        (_LEGACY_FUNCTION, _LEGACY_FUNCTION),
-    )
 
 
 def _fill_credit(db: Database) -> None:
@@ -213,12 +197,12 @@ def index_advice(db: Database) -> list[str]:
     """
     advice = []
     for table, column, saves in SOURCE_INDEXES:
-        own = sources.source(db, table).physical[column]
-        if own is not None and not sources.is_view(db, table) and not has_index_on(db, table, column):
-            src = sources.source(db, table)
-            plain = src.ref == table and own == column
-            name = f"ix_{table}_{column}" if plain else sources.quote(f"ix_{src.table}_{own}")
-            advice.append(f"CREATE INDEX {name} ON {src.ref} ({column if own == column else sources.quote(own)}): {saves}")
+        src = sources.source(db, table)
+        own = src.physical[column]
+        if own is None or sources.is_view(db, table) or has_index_on(db, table, column):
+            continue
+        name = f"ix_{table}_{column}" if src.ref == table and own == column else sources.quote(f"ix_{src.table}_{own}")
+        advice.append(f"CREATE INDEX {name} ON {src.ref} ({column if own == column else sources.quote(own)}): {saves}")
     return advice
 
 
@@ -227,14 +211,11 @@ def purge_staging(db: Database, created_before: str, keep_run_id: str | None = N
 
     Staging is kept after a run so that any task of it can be re-run on its own; this bounds how long.
     """
+    old, params = "SELECT run_id FROM attribution_runs WHERE created_at < ? AND run_id <> ?", (created_before, keep_run_id or "")
     with db.transaction():
-        found = db.query("SELECT run_id FROM attribution_runs WHERE created_at < ?", (created_before,))
-        runs = [r for (r,) in found if r != keep_run_id]
-        for run_id in runs:
-            for table in STAGING_TABLES:
-                db.execute(f"DELETE FROM {table} WHERE run_id = ?", (run_id,))
-            db.execute("DELETE FROM attribution_runs WHERE run_id = ?", (run_id,))
-    return len(runs)
+        for table in STAGING_TABLES:
+            db.execute(f"DELETE FROM {table} WHERE run_id IN ({old})", params)
+        return db.execute(f"DELETE FROM attribution_runs WHERE run_id IN ({old})", params)
 
 
 #: Rows of a source table one reading statement covers on SQLite (see :func:`rowid_slices`).

@@ -60,7 +60,6 @@ _MINIMUM = {"ihc_concurrency": 1, "max_active_runs": 1}
 
 
 def env_name(name: str) -> str:
-    """The environment variable of the setting ``name``: ``ATTRIBUTION_<NAME>``."""
     return "ATTRIBUTION_" + name.upper()
 
 
@@ -77,9 +76,9 @@ def _text(name: str) -> str:
 def get(name: str) -> str | bool | int | float:
     """The setting ``name`` parsed as its type in :data:`OPTIONS` (ValueError names a bad one's variable)."""
     kind, value = OPTIONS[name][0], _text(name)
-    if kind == "boolean" and value.lower() in _ON + _OFF:
-        return value.lower() in _ON
     if kind == "boolean":
+        if value.lower() in _ON + _OFF:
+            return value.lower() in _ON
         raise ValueError(f"{env_name(name)}={value.lower()!r} must be 1/true/yes or 0/false/no")
     if kind == "integer":
         minimum = _MINIMUM.get(name, 0)
@@ -114,11 +113,6 @@ def db_conn_id() -> str:
     return _text("db_conn_id")
 
 
-def failure_notifiers() -> list[str]:
-    """Import paths (``package.module:factory``) of functions returning a notifier (see :mod:`ihc_attribution.notify`)."""
-    return [path.strip() for path in _text("failure_notifiers").split(",") if path.strip()]
-
-
 def output_location() -> str:
     """Where CSVs and charts go: a URL (``file://``, ``s3://`` ...) or a local folder (from the working directory)."""
     return _text("output_base_url") or _text("output_dir")
@@ -126,12 +120,8 @@ def output_location() -> str:
 
 def local_output_dir() -> Path | None:
     """The output location as a local folder (what the report pages list), or None for an object store."""
-    location = output_location()
-    if location.startswith("file://"):
-        location = location.removeprefix("file://")
-    elif "://" in location:
-        return None
-    return Path(location).expanduser().resolve()
+    location = output_location().removeprefix("file://")
+    return None if "://" in location else Path(location).expanduser().resolve()
 
 
 def csv_escape_formulas() -> bool:
@@ -180,7 +170,7 @@ SOURCE_TIMESTAMPS = {
 
 
 def source_tables() -> dict[str, dict]:
-    """``$ATTRIBUTION_SOURCES`` (docs/operations.md): where the source tables are and what their columns are called.
+    """``$ATTRIBUTION_SOURCES`` (docs/configuration.md): where the source tables are and what their columns are called.
 
     JSON, one entry per source table to change, e.g. ``{"conversions": {"schema": "raw", "table":
     "Orders", "columns": {"conv_id": "order_id", "conv_timestamp": "ordered_at"}}}`` (and on SQLite

@@ -8,8 +8,6 @@ read in ``attribution_spend_dates``: a date's spend is as of the last run that r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from ihc_attribution import sources
 from ihc_attribution.db import Database
 from ihc_attribution.schema import SESSION_COSTS, SESSION_SOURCES, has_index_on, has_unique_key, rowid_slices
@@ -91,16 +89,12 @@ def slices(db: Database, n_dates: int) -> list[tuple[int, int]] | None:
     return rowid_slices(db, SESSION_SOURCES)
 
 
-@dataclass
-class Figures:
-    """The spend read for some dates: on SQLite in the temporary table :data:`READ`, else in ``rows``."""
+def read(db: Database, dates_sql: str, params: tuple = ()) -> list[tuple] | None:
+    """Read the spend of the dates ``dates_sql`` selects (one column: text dates, none NULL) from the sources.
 
-    dates: list[str]
-    rows: list[tuple] | None = None
-
-
-def read(db: Database, dates_sql: str, params: tuple = ()) -> Figures:
-    """Read the spend of the dates ``dates_sql`` selects (one column: text dates, none NULL) from the sources."""
+    Returns the figures' rows, or None on SQLite, where they stay in the temporary table :data:`READ`
+    (a name that is not valid UTF-8 stays as stored).
+    """
     drop(db)
     db.execute(f"CREATE TEMP TABLE {TODO} (date TEXT PRIMARY KEY)")
     db.execute(
@@ -108,26 +102,28 @@ def read(db: Database, dates_sql: str, params: tuple = ()) -> Figures:
         params,
     )
     dates = [d for (d,) in db.query(f"SELECT date FROM {TODO} ORDER BY date")]
-    if dates and db.is_sqlite:  # in the database: a name that is not valid UTF-8 stays as stored
-        db.execute(f"CREATE TEMP TABLE {READ} ({_COLUMNS})")
-        ranges = slices(db, len(dates))
-        if ranges is None:
-            db.execute(f"INSERT INTO {READ} ({_NAMES}) " + figures_sql(db, len(dates)), dates)
-        for low, high in ranges or ():
-            db.execute(f"INSERT INTO {READ} ({_NAMES}) " + figures_sql(db, len(dates), sliced=True), [*dates, low, high])
-        return Figures(dates)
-    return Figures(dates, db.query(figures_sql(db, len(dates)), dates) if dates else [])
+    if not dates:
+        return []
+    if not db.is_sqlite:
+        return db.query(figures_sql(db, len(dates)), dates)
+    db.execute(f"CREATE TEMP TABLE {READ} ({_COLUMNS})")
+    ranges = slices(db, len(dates))
+    if ranges is None:
+        db.execute(f"INSERT INTO {READ} ({_NAMES}) " + figures_sql(db, len(dates)), dates)
+    for low, high in ranges or ():
+        db.execute(f"INSERT INTO {READ} ({_NAMES}) " + figures_sql(db, len(dates), sliced=True), [*dates, low, high])
+    return None
 
 
-def publish(db: Database, run_id: str, figures: Figures) -> int:
-    """Replace the spend of the figures' dates with them, as read by ``run_id``; return the number of dates."""
+def publish(db: Database, run_id: str, figures: list[tuple] | None) -> int:
+    """Replace the spend of the dates :func:`read` read with its ``figures``, as read by ``run_id``; return how many dates."""
     db.execute(f"DELETE FROM {SPEND} WHERE date IN (SELECT date FROM {TODO})")
-    if figures.rows is None:  # the figures of each slice read, added up
+    if figures is None:  # the figures of each slice read, added up
         sums = ", ".join(f"SUM({name})" for name in _NAMES.split(", ")[2:])
         db.execute(f"INSERT INTO {SPEND} ({_NAMES}) SELECT date, channel_name, {sums} FROM {READ} "
                    "GROUP BY date, channel_name")
-    elif figures.rows:
-        db.executemany(f"INSERT INTO {SPEND} ({_NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", figures.rows)
+    elif figures:
+        db.executemany(f"INSERT INTO {SPEND} ({_NAMES}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", figures)
     db.execute(f"DELETE FROM {SPEND_DATES} WHERE date IN (SELECT date FROM {TODO})")
     return db.execute(f"INSERT INTO {SPEND_DATES} (date, run_id) SELECT date, ? FROM {TODO}", (run_id,))
 
@@ -136,10 +132,3 @@ def drop(db: Database) -> None:
     for table in (TODO, READ):
         db.execute(f"DROP TABLE IF EXISTS {table}")
 
-
-def refresh(db: Database, run_id: str, dates_sql: str, params: tuple = ()) -> int:
-    """Recompute the spend of the dates ``dates_sql`` selects: :func:`read`, then :func:`publish`."""
-    try:
-        return publish(db, run_id, read(db, dates_sql, params))
-    finally:
-        drop(db)

@@ -52,7 +52,8 @@ def _flag_param(context: Mapping[str, Any], name: str, default: bool) -> bool:
 
 
 def stage(func: Callable[[Mapping[str, Any], Database], dict]) -> Callable[[Mapping[str, Any]], dict]:
-    """Run a stage on the pipeline database, closed when it ends.
+    """Run a stage on the pipeline database, closed when it ends. Its result needs no log line of its own:
+    Airflow's ``@task`` logs the value a task returns.
 
     A :class:`PermanentError`, which every retry would raise again, fails it in one log line
     (:func:`fail_permanently`); other errors keep the task's retries and Airflow's traceback.
@@ -77,8 +78,8 @@ def fail_permanently(exc: PermanentError) -> NoReturn:
     raise PermanentFailure(message) from exc
 
 
-def db_hook(conn_id: str | None = None) -> Any:
-    """The provider's ``DbApiHook`` of the ``attribution_db`` connection (``SqliteHook`` or ``PostgresHook``).
+def open_db(conn_id: str | None = None) -> closing[Database]:
+    """The pipeline database, through the ``attribution_db`` connection and its provider's ``DbApiHook``.
 
     :raises PermanentError: for a type the pipeline does not run on, or a provider not installed.
     """
@@ -86,26 +87,20 @@ def db_hook(conn_id: str | None = None) -> Any:
 
     conn_id = conn_id or settings.db_conn_id()
     conn = BaseHook.get_connection(conn_id)
-    supported = ", ".join(sorted(SUPPORTED_CONN_TYPES))
     if conn.conn_type not in SUPPORTED_CONN_TYPES:
-        raise PermanentError(
-            f"connection {conn_id!r} has type {conn.conn_type!r}; the attribution database must be one of: {supported}"
-        )
+        raise PermanentError(f"connection {conn_id!r} has type {conn.conn_type!r}; the attribution database must be "
+                             f"one of: {', '.join(sorted(SUPPORTED_CONN_TYPES))}")
     if conn.conn_type == "sqlite" and conn.host and conn.host != ":memory:" and not os.path.isfile(conn.host):
         # Opening it would create an empty file, and the run would "succeed" on no data.
         raise PermanentError(f"connection {conn_id!r}: the SQLite file {conn.host} does not exist")
     try:
-        return conn.get_hook()
+        hook = conn.get_hook()
     except Exception as exc:  # the provider of a supported type is missing or broken
         raise PermanentError(
             f"connection {conn_id!r} of type {conn.conn_type!r} needs {SUPPORTED_CONN_TYPES[conn.conn_type]} "
             f"installed ({type(exc).__name__}: {exc})"
         ) from exc
-
-
-def open_db(conn_id: str | None = None) -> closing[Database]:
-    """The pipeline database, through the Airflow connection ``attribution_db`` and its provider's hook."""
-    return closing(Database.from_hook(db_hook(conn_id)))
+    return closing(Database.from_hook(hook))
 
 
 def answer_scope(settings: Any, account: str = "") -> str:
@@ -139,12 +134,11 @@ def setup_tables(context: Mapping[str, Any], db: Database) -> dict:
     _lookback_days(context)
     log.info("run %s handles conversions in [%s, %s)", context.get("run_id"), rng.start_ts, rng.end_ts)
     retention_days = settings.get("staging_retention_days")
-    cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=retention_days)
     schema.check_sources(db)
     schema.ensure_schema(db)
     for advice in schema.index_advice(db):
         log.info("an index on your source tables would speed up every run (the package never creates it): %s", advice)
-    purged = schema.purge_staging(db, cutoff.strftime("%Y-%m-%d %H:%M:%S"), keep_run_id=context.get("run_id"))
+    purged = schema.purge_staging(db, _now(-retention_days), keep_run_id=context.get("run_id"))
     if purged:
         log.info("purged the staging of %d runs older than %d days", purged, retention_days)
     return {"range_start": rng.start_ts, "range_end": rng.end_ts}
@@ -154,7 +148,7 @@ def setup_tables(context: Mapping[str, Any], db: Database) -> dict:
 def extract_journeys(context: Mapping[str, Any], db: Database) -> dict:
     """Stage the run's conversions and their journeys; quarantine malformed input."""
     client = _ihc_hook().get_conn()
-    summary = journeys.extract_journeys(
+    return journeys.extract_journeys(
         db,
         context["run_id"],
         run_range(context),
@@ -164,9 +158,7 @@ def extract_journeys(context: Mapping[str, Any], db: Database) -> dict:
         reuse_answers=_flag_param(context, "reuse_answers", True),
         max_sessions=client.settings.max_sessions_per_request,
         reattribute_drift=_flag_param(context, "reattribute_drift", False),
-    )
-    log.info("extracted %s", summary.as_dict())
-    return summary.as_dict()
+    ).as_dict()
 
 
 @stage
@@ -180,7 +172,6 @@ def pack_requests(context: Mapping[str, Any], db: Database) -> dict:
         max_sessions=settings.max_sessions_per_request,
         oversized_policy=settings.oversized_journey_policy,
     )
-    log.info("packed %s", summary.as_dict())
     log.info(
         "the API stage will send %d requests holding %d journeys and %d sessions (%d journeys reuse earlier answers)",
         summary.requests, summary.journeys, summary.sessions, summary.reused,
@@ -218,37 +209,31 @@ def call_ihc_api(context: Mapping[str, Any], db: Database) -> dict:
     finally:
         hook.close()
         _emit_api_metrics(summary)
-    log.info("IHC API stage done in %.1f s: %s", time.monotonic() - started, summary.as_dict())
+    log.info("IHC API stage done in %.1f s", time.monotonic() - started)
     return summary.as_dict()
 
 
-#: The API stage's counters sent to Airflow's metrics as ``ihc_attribution.api.<name>``.
-API_METRICS = ("requests_sent", "requests_answered", "requests_failed", "attempts", "retries", "journeys_answered",
-               "journeys_rejected")
-
-
 def _emit_api_metrics(summary: SendSummary) -> None:
-    """Counters for dashboards, through Airflow's metrics (StatsD or OpenTelemetry when on)."""
-    try:
-        from airflow.sdk.observability.stats import Stats
-    except ImportError:  # metrics are optional
-        return
-    for name in API_METRICS:
+    """The API stage's counters as Airflow metrics ``ihc_attribution.api.<name>`` (StatsD or OpenTelemetry when on)."""
+    from airflow.sdk.observability.stats import Stats
+
+    for name in ("requests_sent", "requests_answered", "requests_failed", "attempts", "retries", "journeys_answered",
+                 "journeys_rejected"):
         Stats.incr(f"ihc_attribution.api.{name}", getattr(summary, name))
 
 
 def _progress_logger(every_seconds: float = 10.0):
     """Log progress of the API stage at most every few seconds, and at the end."""
-    last = [0.0]
+    last = 0.0
 
     def progress(p: SendProgress) -> None:
-        now = time.monotonic()
+        nonlocal last
         finished = p.total is not None and p.done >= p.total
-        if now - last[0] < every_seconds and not finished:
+        if time.monotonic() - last < every_seconds and not finished:
             return
-        last[0] = now
-        rate = p.done / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
-        journey_rate = p.journeys_answered / p.elapsed_seconds if p.elapsed_seconds > 0 else 0.0
+        last = time.monotonic()
+        elapsed = max(p.elapsed_seconds, 1e-9)
+        rate, journey_rate = p.done / elapsed, p.journeys_answered / elapsed
         eta = f"{(p.total - p.done) / rate:.0f} s" if rate > 0 and p.total is not None else "unknown"
         log.info(
             "IHC API: %d/%s requests done, %.0f journeys/s, %d retries so far, %d journeys rejected, "
@@ -262,9 +247,7 @@ def _progress_logger(every_seconds: float = 10.0):
 @stage
 def load_attribution(context: Mapping[str, Any], db: Database) -> dict:
     """Publish the run's answers and issues."""
-    summary = load.load_attribution(db, context["run_id"], run_range(context))
-    log.info("loaded %s", summary.as_dict())
-    return summary.as_dict()
+    return load.load_attribution(db, context["run_id"], run_range(context)).as_dict()
 
 
 @stage
@@ -279,12 +262,12 @@ def build_report(context: Mapping[str, Any], db: Database) -> dict:
         triggered_at=_triggered_at(context),
         built_at=_now(),
     )
-    log.info("report rebuilt: %s", summary.as_dict())
-    return {**summary.as_dict(), "table_uri": db.table_uri(schema.CHANNEL_REPORTING)}
+    return {**summary, "table_uri": db.table_uri(schema.CHANNEL_REPORTING)}
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+def _now(days: int = 0) -> str:
+    """Now, or ``days`` from now, in UTC as the package's tables store times."""
+    return (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=days)).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _triggered_at(context: Mapping[str, Any]) -> str | None:
@@ -313,16 +296,14 @@ def export_csv(context: Mapping[str, Any], db: Database) -> dict:
         rows, charts.chart_path(csv_file), f"Channel report {first} to {last}", csv_name=csv_file.name,
         report_url=url,
     )
-    csv_url, chart_url = export.location(csv_file), export.location(chart)
-    log.info("wrote %d report rows to %s and a chart to %s", len(rows), csv_url, chart_url)
-    log.info("report page: %s", url)
+    log.info("wrote %d report rows to %s and a chart to %s; report page: %s", len(rows), csv_file, chart, url)
     # "path"/"chart" stay plain file paths for local outputs (what readers on the same host open).
     local = export.is_local(csv_file)
     return {
-        "url": csv_url,
-        "chart_url": chart_url,
-        "path": str(export.local_path(csv_file)) if local else csv_url,
-        "chart": str(export.local_path(chart)) if local else chart_url,
+        "url": str(csv_file),
+        "chart_url": str(chart),
+        "path": csv_file.path if local else str(csv_file),
+        "chart": chart.path if local else str(chart),
         "rows": len(rows),
         "first_date": first,
         "last_date": last,

@@ -18,12 +18,11 @@ import time
 
 import pytest
 
-from ihc_attribution import export
 from ihc_attribution.daterange import range_from_params
 from ihc_attribution.db import Database
 from ihc_attribution_dev.server.config import FaultConfig, ServerConfig
 from ihc_attribution_dev.server.testing import serve
-from tests.helpers import random_db
+from tests.helpers import export_report, random_db
 from tests.reliability.support import (
     API_KEY,
     STAGES,
@@ -60,7 +59,7 @@ def world(tmp_path_factory):
         # The CSV of the target range as it stands before the target run: a complete older file.
         db = Database.connect_sqlite(str(prior))
         target_range = range_from_params({"start_date": START, "end_date": END})
-        old_csv_path, _ = export.export_report(db, target_range, tmp / "old")
+        old_csv_path, _ = export_report(db, target_range, tmp / "old")
         db.close()
 
         reference = {}

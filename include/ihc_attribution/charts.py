@@ -36,7 +36,7 @@ STYLESHEET = Path(__file__).resolve().parent / "report_ui" / "static" / "report.
 
 def currency() -> str:
     """The report currency: ``$ATTRIBUTION_CURRENCY``, default ``EUR``; ValueError unless three capital letters."""
-    code = settings.currency_code()
+    code = settings.get("currency").upper()
     if not re.fullmatch(r"[A-Z]{3}", code):
         raise ValueError(f"ATTRIBUTION_CURRENCY must be a three-letter ISO 4217 code such as EUR or USD, not {code!r}")
     return code
@@ -45,7 +45,7 @@ def currency() -> str:
 def ui_base_url() -> str:
     """Base URL of the Airflow UI for links in logs and XCom: ``$ATTRIBUTION_UI_BASE_URL``, else
     Airflow's ``[api] base_url``, else ``http://localhost:<[api] port>``."""
-    base = settings.ui_base_url_override()
+    base = settings.get("ui_base_url")
     if not base:
         from airflow.configuration import conf
 

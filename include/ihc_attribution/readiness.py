@@ -132,7 +132,7 @@ class WaitForData(BaseOperator):
             day, deadline.strftime("%Y-%m-%d %H:%M:%S"), self.wait_minutes, self.poke_seconds,
         )
         self.defer(
-            trigger=ConversionsPresentTrigger(day, deadline.isoformat(), self.poke_seconds, settings.db_conn_id()),
+            trigger=ConversionsPresentTrigger(day, deadline.isoformat(), self.poke_seconds, settings.get("db_conn_id")),
             method_name="execute_complete",
             timeout=wait + DEFERRAL_GRACE,
         )

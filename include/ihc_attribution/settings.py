@@ -109,10 +109,6 @@ def provider_config() -> dict:
 # --- the settings read elsewhere than through get() ------------------------------------------
 
 
-def db_conn_id() -> str:
-    return _text("db_conn_id")
-
-
 def output_location() -> str:
     """Where CSVs and charts go: a URL (``file://``, ``s3://`` ...) or a local folder (from the working directory)."""
     return _text("output_base_url") or _text("output_dir")
@@ -122,18 +118,6 @@ def local_output_dir() -> Path | None:
     """The output location as a local folder (what the report pages list), or None for an object store."""
     location = output_location().removeprefix("file://")
     return None if "://" in location else Path(location).expanduser().resolve()
-
-
-def csv_escape_formulas() -> bool:
-    return get("csv_escape_formulas")
-
-
-def currency_code() -> str:
-    return _text("currency").upper()
-
-
-def ui_base_url_override() -> str:
-    return _text("ui_base_url")
 
 
 def wait_for_data_minutes() -> float:

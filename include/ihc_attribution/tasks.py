@@ -85,7 +85,7 @@ def open_db(conn_id: str | None = None) -> closing[Database]:
     """
     from airflow.sdk import BaseHook
 
-    conn_id = conn_id or settings.db_conn_id()
+    conn_id = conn_id or settings.get("db_conn_id")
     conn = BaseHook.get_connection(conn_id)
     if conn.conn_type not in SUPPORTED_CONN_TYPES:
         raise PermanentError(f"connection {conn_id!r} has type {conn.conn_type!r}; the attribution database must be "
@@ -290,7 +290,7 @@ def export_csv(context: Mapping[str, Any], db: Database) -> dict:
     db.abandon_reads()  # no snapshot or lock is held while the files are written (an upload may take long)
     base = export.output_base(settings.output_location(), settings.get("output_conn_id") or None)
     csv_file = export.write_csv(
-        rows, export.csv_path(base, rng), escape_formulas=settings.csv_escape_formulas(), extra=extra
+        rows, export.csv_path(base, rng), escape_formulas=settings.get("csv_escape_formulas"), extra=extra
     )
     chart = charts.write_chart(
         rows, charts.chart_path(csv_file), f"Channel report {first} to {last}", csv_name=csv_file.name,

@@ -56,12 +56,12 @@ def test_csv_formula_escaping_is_opt_in(tmp_path, monkeypatch):
     escaped = ["'" + n if n[0] in "=+-@" else n for n in AWKWARD]
     assert _written_names(tmp_path, escape_formulas=True) == escaped
     monkeypatch.setenv("ATTRIBUTION_CSV_ESCAPE_FORMULAS", "yes")
-    assert settings.csv_escape_formulas() is True
+    assert settings.get("csv_escape_formulas") is True
     monkeypatch.setenv("ATTRIBUTION_CSV_ESCAPE_FORMULAS", "0")
-    assert settings.csv_escape_formulas() is False
+    assert settings.get("csv_escape_formulas") is False
     monkeypatch.setenv("ATTRIBUTION_CSV_ESCAPE_FORMULAS", "maybe")
     with pytest.raises(ValueError, match="ATTRIBUTION_CSV_ESCAPE_FORMULAS"):
-        settings.csv_escape_formulas()
+        settings.get("csv_escape_formulas")
 
 
 def test_csv_writes_invalid_utf8_bytes_back_unchanged(tmp_path):

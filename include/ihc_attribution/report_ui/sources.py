@@ -111,7 +111,7 @@ class ReportDb:
 def open_db(conn_id: str | None = None) -> ReportDb:
     """The attribution database of the connection, read-only; ``DatabaseUnavailable`` when the connection
     is not defined, the SQLite file does not exist or the database cannot be reached."""
-    conn_id = conn_id or settings.db_conn_id()
+    conn_id = conn_id or settings.get("db_conn_id")
     try:
         from airflow.sdk import BaseHook
 

@@ -209,8 +209,8 @@ def csv_name(selection: sources.Selection) -> str:
 def selection_csv(rows: Sequence[ReportRow]) -> str:
     """The selected rows as the export writes them: same columns, rounding and formula setting."""
     from ihc_attribution.export import write_rows
-    from ihc_attribution.settings import csv_escape_formulas
+    from ihc_attribution import settings
 
     out = io.StringIO()
-    write_rows(out, rows, escape_formulas=csv_escape_formulas())
+    write_rows(out, rows, escape_formulas=settings.get("csv_escape_formulas"))
     return out.getvalue()

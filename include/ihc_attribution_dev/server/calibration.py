@@ -3,7 +3,7 @@
 A recording is a JSONL file in the format of ``../shared/reference/ihc_real_responses.jsonl``: one
 journey a line, the sessions sent and the service's answer. :func:`calibrate` fits the phase weights
 in closed form, then every other parameter by bounded least squares on the vectorised model
-(docs/ihc_server.md, "How it fits"). Fitting needs numpy and scipy; reading and scoring do not.
+(docs/ihc_server.md, "How it fits").
 """
 
 from __future__ import annotations
@@ -14,9 +14,14 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
+from scipy.optimize import least_squares
+
 from ihc_attribution_dev.server.contract import parse_timestamp
 from ihc_attribution_dev.server.model import (
     FITTED_PARAMS,
+    PHASES,
+    Batch,
     ChannelFactors,
     Curve,
     ModelParams,
@@ -25,9 +30,10 @@ from ihc_attribution_dev.server.model import (
     TypeModel,
     attribute_journey,
     largest_remainder,
+    predict_batch,
     round_credits,
 )
-from ihc_attribution_dev.server.vectorised import Batch, Layout, predict_batch
+from ihc_attribution_dev.server.vectorised import Layout
 
 
 class RecordingError(ValueError):
@@ -252,8 +258,6 @@ POOR_FIT_RATIO = 0.5
 
 def fit_weights(journeys: Sequence[Journey]) -> PhaseWeights:
     """Phase weights from the recorded phase columns (closed form, least squares)."""
-    import numpy as np
-
     with_holder = [(a["initializer"], a["holder"], a["closer"], a["ihc"])
                    for j in multi_session(journeys) if any(a["holder"] > 0 for a in j.answer) for a in j.answer]
     without = [(a["initializer"], a["closer"], a["ihc"])
@@ -306,14 +310,11 @@ def check_size(journeys: Sequence[Journey], folds: int = 0) -> None:
 
 def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, max_nfev: int = 60) -> Calibration:
     """Fit the whole model family to recorded answers (see the module docstring)."""
-    import numpy as np
-    from scipy.optimize import least_squares
-
     multi = multi_session(journeys)
     if not multi:
         raise RecordingError("no journeys of 2+ sessions to calibrate on")
     weights = fit_weights(multi)
-    batch = Batch(multi)
+    batch = Batch([j.touchpoints for j in multi])
     layout = Layout(
         channels=batch.labels,
         fit_holder_unengaged=any(t.holder_engagement == 0 for j in multi for t in j.touchpoints),
@@ -322,7 +323,8 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
     )
     s = layout.slices
     lo, hi = layout.bounds()
-    real = batch.answer.T.ravel()  # the four columns one after the other, as predicted
+    # The four columns one after the other, as predicted.
+    real = np.array([[a[column] for j in multi for a in j.answer] for column in (*PHASES, "ihc")]).ravel()
     smooth_groups = [("pause", None), ("closer", 1.0), ("rank", 1.0), ("holder", 1.0), ("memory", 1.0)]
 
     def residuals(x):

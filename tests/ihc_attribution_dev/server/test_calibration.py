@@ -24,11 +24,12 @@ from ihc_attribution_dev.server.model import (
     PhaseWeights,
     Touchpoint,
     TypeModel,
+    Batch,
     attribute_journey,
+    predict_batch,
     round_credits,
 )
 from ihc_attribution_dev.server.testing import serve
-from ihc_attribution_dev.server.vectorised import predict_batch
 from tests.ihc_attribution_dev.server.helpers import KEY, journey, post
 
 np = pytest.importorskip("numpy")
@@ -75,9 +76,9 @@ def test_type_a_is_the_family_with_neutral_terms():
 
 
 @pytest.mark.parametrize("seed", range(4))
-def test_vectorised_model_is_the_servers_model(seed):
+def test_a_batch_of_journeys_gets_the_answers_of_one_journey_at_a_time(seed):
     journeys = random_journeys(seed, 60)
-    batch = cal.Batch(journeys)
+    batch = Batch([j.touchpoints for j in journeys])
     for model in (TypeModel(FITTED_PARAMS, PhaseWeights()), EVERY_TERM):
         columns = predict_batch(batch, model.params, model.weights)
         credits = [c for j in journeys for c in attribute_journey(j.touchpoints, model.weights, model.params)]

@@ -135,40 +135,29 @@ def write_answers(path: Path, journeys: Sequence[Journey], conv_type: str) -> No
                                  "sessions": sessions, "result": result}) + "\n")
 
 
-# A journey's predicted answer in chronological order: ihc values (baselines) or answer dicts (models).
-Method = Callable[[Journey], Sequence]
+# A journey's predicted answer rows in chronological order: dicts with "ihc" (and the phases, for models).
+Method = Callable[[Journey], Sequence[dict]]
 
 
 def model_method(params: ModelParams, weights: PhaseWeights = PhaseWeights()) -> Method:
-    """The local server's answer for a journey (rounded as the server rounds), as dicts."""
-
-    def predict(journey: Journey) -> list[dict]:
-        credits = round_credits(attribute_journey(journey.touchpoints, weights, params))
-        return [vars(c) for c in credits]
-
-    return predict
+    """The local server's answer for a journey (rounded as the server rounds)."""
+    return lambda journey: [vars(c) for c in round_credits(attribute_journey(journey.touchpoints, weights, params))]
 
 
-def linear(journey: Journey) -> list[float]:
+def linear(journey: Journey) -> list[dict]:
     """Linear baseline: every session 1/n."""
     n = len(journey.touchpoints)
-    return [1.0 / n] * n
+    return [{"ihc": 1.0 / n}] * n
 
 
-def last_touch(journey: Journey) -> list[float]:
+def last_touch(journey: Journey) -> list[dict]:
     """Last-touch baseline: all credit to the last session."""
-    n = len(journey.touchpoints)
-    return [0.0] * (n - 1) + [1.0]
+    return [{"ihc": float(i == len(journey.touchpoints) - 1)} for i in range(len(journey.touchpoints))]
 
 
 def errors(journeys: Sequence[Journey], predict: Method, column: str = "ihc") -> list[float]:
-    """Absolute error of one column per session; ``predict`` returns floats or answer dicts."""
-    out = []
-    for j in journeys:
-        for p, real in zip(predict(j), j.answer, strict=True):
-            value = p[column] if isinstance(p, dict) else p
-            out.append(abs(value - real[column]))
-    return out
+    """Absolute error of one column per session."""
+    return [abs(p[column] - real[column]) for j in journeys for p, real in zip(predict(j), j.answer, strict=True)]
 
 
 def mae(journeys: Sequence[Journey], predict: Method, column: str = "ihc") -> float:
@@ -181,7 +170,7 @@ def top_agreement(journeys: Sequence[Journey], predict: Method) -> float:
     """Share of journeys whose top-credited session (by ihc) is one the real answer credits most."""
     agree = 0
     for j in journeys:
-        predicted = [p["ihc"] if isinstance(p, dict) else p for p in predict(j)]
+        predicted = [p["ihc"] for p in predict(j)]
         real = [a["ihc"] for a in j.answer]
         top = max(range(len(predicted)), key=lambda i: (predicted[i], -i))
         agree += real[top] >= max(real) - 1e-9
@@ -284,14 +273,6 @@ def fit_weights(journeys: Sequence[Journey]) -> PhaseWeights:
     return PhaseWeights(round(w_i / total, 4), round(w_h / total, 4), round(w_c / total, 4))
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """A fitted parameter set and what the fit says about itself."""
-
-    model: TypeModel
-    iterations: int
-
-
 def check_size(journeys: Sequence[Journey], folds: int = 0) -> None:
     """Raise :class:`RecordingError` when ``journeys`` are too few to fit (and cross-validate)."""
     multi = len(multi_session(journeys))
@@ -308,8 +289,8 @@ def check_size(journeys: Sequence[Journey], folds: int = 0) -> None:
         )
 
 
-def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, max_nfev: int = 60) -> Calibration:
-    """Fit the whole model family to recorded answers (see the module docstring)."""
+def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, max_nfev: int = 60) -> TypeModel:
+    """Fit the whole model family to recorded answers (see the module docstring); ``fit`` holds the evaluations."""
     multi = multi_session(journeys)
     if not multi:
         raise RecordingError("no journeys of 2+ sessions to calibrate on")
@@ -363,9 +344,7 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
     if (upper < hi).any():
         result = solve(x, upper)
         nfev += result.nfev
-    params = layout.unpack(result.x, digits=4)
-    model = TypeModel(params, weights, source="calibration")
-    return Calibration(model, int(nfev))
+    return TypeModel(layout.unpack(result.x, digits=4), weights, source="calibration", fit={"evaluations": int(nfev)})
 
 
 def folds_of(journeys: Sequence[Journey], folds: int) -> list[tuple[list[Journey], list[Journey]]]:
@@ -381,7 +360,7 @@ def cross_validate(journeys: Sequence[Journey], folds: int, **kwargs) -> tuple[l
     """
     held, answers = [], {}
     for train, test in folds_of(multi_session(journeys), folds):
-        model = calibrate(train, **kwargs).model
+        model = calibrate(train, **kwargs)
         predict = model_method(model.params, model.weights)
         held.extend(test)
         answers.update({j.conversion_id: predict(j) for j in test})

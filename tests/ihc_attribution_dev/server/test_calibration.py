@@ -219,7 +219,7 @@ def test_model_params_flag(tmp_path):
 def _held_out_mae(journeys) -> tuple[float, float, TypeModel]:
     """Calibrate on the even journeys, score ihc on the odd ones: (model MAE, linear MAE, model)."""
     train, test = cal.folds_of(cal.multi_session(journeys), 2)[1]
-    model = cal.calibrate(train).model
+    model = cal.calibrate(train)
     return cal.mae(test, cal.model_method(model.params, model.weights)), cal.mae(test, cal.linear), model
 
 
@@ -241,7 +241,7 @@ def test_cross_validation_answers_each_journey_with_the_model_of_the_other_fold(
     held, cv = cal.cross_validate(journeys, 2, max_nfev=5)
     assert sorted(j.conversion_id for j in held) == sorted(j.conversion_id for j in cal.multi_session(journeys))
     train, test = cal.folds_of(cal.multi_session(journeys), 2)[0]
-    model = cal.calibrate(train, max_nfev=5).model
+    model = cal.calibrate(train, max_nfev=5)
     # Looked up by conversion id: an equal copy of a journey (as read again from its file) gets the same answer.
     assert cv(replace(test[0])) == cal.model_method(model.params, model.weights)(test[0])
 

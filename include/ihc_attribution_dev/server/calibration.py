@@ -36,6 +36,10 @@ from ihc_attribution_dev.server.model import (
 from ihc_attribution_dev.server.vectorised import Layout
 
 
+#: The columns of an answer row.
+COLUMNS = (*PHASES, "ihc")
+
+
 class RecordingError(ValueError):
     """A recording cannot be used: the message says which line and why, or why it is too small."""
 
@@ -96,17 +100,10 @@ def _journey(item: dict) -> Journey:
         flags = [s["holder_engagement"], s["closer_engagement"], s.get("impression_interaction", 0)]
         if any(f not in (0, 1) or isinstance(f, bool) for f in flags):
             raise ValueError(f"session {s['session_id']!r}: engagement flags must be 0 or 1")
-        touchpoints.append(Touchpoint(
-            session_id=s["session_id"],
-            timestamp=parse_timestamp(s["timestamp"]),
-            channel_label=s["channel_label"],
-            holder_engagement=flags[0],
-            closer_engagement=flags[1],
-            conversion=int(i == len(sessions) - 1),
-            impression_interaction=flags[2],
-        ))
+        touchpoints.append(Touchpoint(s["session_id"], parse_timestamp(s["timestamp"]), s["channel_label"],
+                                      flags[0], flags[1], int(i == len(sessions) - 1), flags[2]))
     rows = [answer[sid] for sid in ids]
-    for column in ("initializer", "holder", "closer", "ihc"):
+    for column in COLUMNS:
         values = [r[column] for r in rows]
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
             raise ValueError(f"'result' column {column} must hold numbers")
@@ -129,7 +126,7 @@ def write_answers(path: Path, journeys: Sequence[Journey], conv_type: str) -> No
                 "closer_engagement": t.closer_engagement,
                 "impression_interaction": t.impression_interaction,
             } for t in j.touchpoints]
-            result = [{"session_id": t.session_id, **{k: a[k] for k in ("initializer", "holder", "closer", "ihc")}}
+            result = [{"session_id": t.session_id, **{k: a[k] for k in COLUMNS}}
                       for t, a in zip(j.touchpoints, j.answer)]
             fh.write(json.dumps({"conv_type": conv_type, "conversion_id": j.conversion_id,
                                  "sessions": sessions, "result": result}) + "\n")
@@ -211,8 +208,7 @@ TYPE_B = TypeModel(
 def synthetic_answers(journeys: Sequence[Journey], model: TypeModel) -> list[Journey]:
     """The same sessions answered by ``model`` as the local server would answer them (rounded)."""
     predict = model_method(model.params, model.weights)
-    return [replace(j, answer=[{k: c[k] for k in ("initializer", "holder", "closer", "ihc")} for c in predict(j)])
-            for j in journeys]
+    return [replace(j, answer=[{k: c[k] for k in COLUMNS} for c in predict(j)]) for j in journeys]
 
 
 def time_of_day_answers(journeys: Sequence[Journey]) -> list[Journey]:
@@ -305,7 +301,7 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
     s = layout.slices
     lo, hi = layout.bounds()
     # The four columns one after the other, as predicted.
-    real = np.array([[a[column] for j in multi for a in j.answer] for column in (*PHASES, "ihc")]).ravel()
+    real = np.array([[a[column] for j in multi for a in j.answer] for column in COLUMNS]).ravel()
     smooth_groups = [("pause", None), ("closer", 1.0), ("rank", 1.0), ("holder", 1.0), ("memory", 1.0)]
 
     def residuals(x):

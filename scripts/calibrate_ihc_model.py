@@ -33,6 +33,12 @@ DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference"
 
 # The reference table counts sessions whose ihc is off by more than this.
 OFF_BY = 0.01
+# The rows every calibration table compares with: (name, method, with phases).
+BASELINES = [
+    ("built-in type A model, no calibration", cal.model_method(FITTED_PARAMS), True),
+    ("linear (1/n)", cal.linear, False),
+    ("last touch", cal.last_touch, False),
+]
 
 
 def score_table(journeys: Sequence[cal.Journey], rows: Sequence[tuple[str, cal.Method, bool]], off_by: bool = False) -> str:
@@ -110,9 +116,7 @@ def run_calibration(answers: Path, conv_type_id: str, out: Path | None, folds: i
     print(score_table(multi, [
         ("calibrated model, in-sample (fitted on all journeys)", in_sample, True),
         (f"calibrated model, {folds}-fold cross-validated (held-out journeys)", cv, True),
-        ("built-in type A model, no calibration", cal.model_method(FITTED_PARAMS), True),
-        ("linear (1/n)", cal.linear, False),
-        ("last touch", cal.last_touch, False),
+        *BASELINES,
     ]))
     cv_mae, lin, last = cal.mae(held, cv), cal.mae(multi, cal.linear), cal.mae(multi, cal.last_touch)
     quality, sentence = verdict(cv_mae, lin, last)
@@ -156,12 +160,7 @@ def run_experiments(reference: Path) -> int:
     for title, journeys in experiments:
         held, cv = cal.cross_validate(journeys, 2)
         print(f"### {title}\n")
-        print(score_table(held, [
-            ("calibrated model (held-out half)", cv, True),
-            ("built-in type A model, no calibration", cal.model_method(FITTED_PARAMS), True),
-            ("linear (1/n)", cal.linear, False),
-            ("last touch", cal.last_touch, False),
-        ]))
+        print(score_table(held, [("calibrated model (held-out half)", cv, True), *BASELINES]))
         print(f"\n{verdict(cal.mae(held, cv), cal.mae(held, cal.linear), cal.mae(held, cal.last_touch))[1]}.\n")
     return 0
 

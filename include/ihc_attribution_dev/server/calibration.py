@@ -33,7 +33,7 @@ from ihc_attribution_dev.server.model import (
     predict_batch,
     round_credits,
 )
-from ihc_attribution_dev.server.vectorised import Layout
+from ihc_attribution_dev.server.vectorised import PINNED_CURVES, Layout
 
 
 #: The columns of an answer row.
@@ -302,7 +302,7 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
     lo, hi = layout.bounds()
     # The four columns one after the other, as predicted.
     real = np.array([[a[column] for j in multi for a in j.answer] for column in COLUMNS]).ravel()
-    smooth_groups = [("pause", None), ("closer", 1.0), ("rank", 1.0), ("holder", 1.0), ("memory", 1.0)]
+    smooth_groups = [("pause", None), *((name, 1.0) for name, _, _ in PINNED_CURVES)]
 
     def residuals(x):
         predicted = np.concatenate(predict_batch(batch, layout.unpack(x), weights))

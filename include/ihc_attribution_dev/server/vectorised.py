@@ -19,6 +19,13 @@ CLOSER_KNOTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 24.0, 48.0, 72.0, 96.0
 RANK_KNOTS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0)
 HOLDER_KNOTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 MEMORY_KNOTS = (0.0, 12.0, 24.0, 48.0, 72.0, 96.0, 120.0, 168.0, 240.0, 336.0)
+# (slice, ModelParams attribute, knots) of the curves whose value at the first knot is pinned to 1.
+PINNED_CURVES = (
+    ("closer", "closer_distance", CLOSER_KNOTS),
+    ("rank", "closer_rank", RANK_KNOTS),
+    ("holder", "holder_discount", HOLDER_KNOTS),
+    ("memory", "memory", MEMORY_KNOTS),
+)
 
 
 @dataclass(frozen=True)
@@ -34,10 +41,7 @@ class Layout:
     def slices(self) -> dict[str, slice]:
         sizes = [
             ("pause", len(PAUSE_KNOTS)),
-            ("closer", len(CLOSER_KNOTS) - 1),  # value at 0 h pinned to 1
-            ("rank", len(RANK_KNOTS) - 1),  # value at rank 0 pinned to 1
-            ("holder", len(HOLDER_KNOTS) - 1),  # value at share 0 pinned to 1
-            ("memory", len(MEMORY_KNOTS) - 1),  # value at 0 h pinned to 1
+            *((name, len(knots) - 1) for name, _, knots in PINNED_CURVES),
             ("ends", 2),  # holder_first, holder_last
             ("hu", int(self.fit_holder_unengaged)),
             ("cu", int(self.fit_closer_unengaged)),
@@ -65,15 +69,11 @@ class Layout:
         """The vector of a parameter set (clipped into the bounds)."""
         s = self.slices
         x = np.zeros(self.size)
-        x[s["pause"]] = [p.initializer_pause(k) for k in PAUSE_KNOTS]
-        c0 = p.closer_distance(0.0) or 1.0
-        x[s["closer"]] = [p.closer_distance(k) / c0 for k in CLOSER_KNOTS[1:]]
-        r0 = p.closer_rank(0.0) or 1.0
-        x[s["rank"]] = [p.closer_rank(k) / r0 for k in RANK_KNOTS[1:]]
-        h0 = p.holder_discount(0.0) or 1.0
-        x[s["holder"]] = [p.holder_discount(k) / h0 for k in HOLDER_KNOTS[1:]]
-        m0 = p.memory(0.0)
-        x[s["memory"]] = [min(1.0, p.memory(k) / m0) for k in MEMORY_KNOTS[1:]]
+        x[s["pause"]] = p.initializer_pause(np.array(PAUSE_KNOTS))
+        for name, attribute, knots in PINNED_CURVES:
+            curve = getattr(p, attribute)
+            x[s[name]] = curve(np.array(knots[1:])) / (curve(0.0) or 1.0)
+        x[s["memory"]] = np.minimum(x[s["memory"]], 1.0)
         x[s["ends"]] = [p.holder_first, p.holder_last]
         x[s["hu"]] = [p.holder_unengaged][: s["hu"].stop - s["hu"].start]
         x[s["cu"]] = [p.closer_unengaged][: s["cu"].stop - s["cu"].start]
@@ -99,10 +99,7 @@ class Layout:
         logs = x[s["factors"]].reshape(-1, 3) if self.channels else []
         return ModelParams(
             initializer_pause=curve(PAUSE_KNOTS, x[s["pause"]]),
-            closer_distance=curve(CLOSER_KNOTS, x[s["closer"]], 1.0),
-            holder_discount=curve(HOLDER_KNOTS, x[s["holder"]], 1.0),
-            closer_rank=curve(RANK_KNOTS, x[s["rank"]], 1.0),
-            memory=curve(MEMORY_KNOTS, x[s["memory"]], 1.0),
+            **{attribute: curve(knots, x[s[name]], 1.0) for name, attribute, knots in PINNED_CURVES},
             holder_first=r(ends[0]),
             holder_last=r(ends[1]),
             holder_unengaged=r(x[s["hu"]][0]) if self.fit_holder_unengaged else 0.0,

@@ -17,14 +17,14 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.contract import (
-    FLAGS,
     BadRequest,
     JourneyInput,
     ParsedRequest,
@@ -124,33 +124,25 @@ def banner(config: ServerConfig) -> str:
     )
 
 
-_REQUEST_SCHEMA = {
-    "type": "object",
-    "required": ["customer_journeys"],
-    "properties": {
-        "customer_journeys": {
-            "type": "array",
-            "description": "One flat list of session rows; a journey is all rows with one conversion_id.",
-            "items": {
-                "type": "object",
-                "required": ["conversion_id", "session_id", "timestamp", "channel_label", *FLAGS],
-                "properties": {
-                    "conversion_id": {"type": ["string", "integer"]},
-                    "session_id": {"type": ["string", "integer"]},
-                    "timestamp": {"type": "string", "example": "2024-01-31 23:59:59",
-                                  "description": "%Y-%m-%d %H:%M:%S, optionally followed by ' %z'"},
-                    "channel_label": {"type": "string"},
-                    **{flag: {"type": "integer", "enum": [0, 1]} for flag in FLAGS},
-                },
-            },
-        },
-        "redistribution_parameter": {
-            "type": "object",
-            "description": "Per phase (initializer, holder, closer): direction, receive_threshold, "
-                           "redistribution_channel_labels.",
-        },
-    },
-}
+# The OpenAPI document's row schema only: contract.py checks the rows itself (400 or 206, never 422).
+class _Row(BaseModel):
+    """One session row; a journey is all rows with one conversion_id."""
+
+    conversion_id: str | int
+    session_id: str | int
+    timestamp: str = Field(examples=["2024-01-31 23:59:59"], description="%Y-%m-%d %H:%M:%S, optionally followed by ' %z'")
+    channel_label: str
+    holder_engagement: Literal[0, 1]
+    closer_engagement: Literal[0, 1]
+    conversion: Literal[0, 1]
+    impression_interaction: Literal[0, 1]
+
+
+_REQUEST_SCHEMA = {"type": "object", "required": ["customer_journeys"], "properties": {
+    "customer_journeys": {"type": "array", "items": _Row.model_json_schema()},
+    "redistribution_parameter": {"type": "object", "description": "Per phase (initializer, holder, closer): direction, "
+                                 "receive_threshold, redistribution_channel_labels."},
+}}
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": '{"statusCode": 200, "value": [{"conversion_id", "session_id", "initializer", '

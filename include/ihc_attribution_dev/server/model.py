@@ -64,7 +64,7 @@ class Curve:
         xs, ys = self._xy
         if len(xs) == 1:
             return np.full(np.shape(x), ys[0])
-        i = np.clip(np.searchsorted(xs, x, side="right"), 1, len(xs) - 1)
+        i = np.searchsorted(xs[1:-1], x, side="right") + 1  # the segment [xs[i - 1], xs[i]] of x
         x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
         return np.where(x <= xs[0], ys[0], np.where(x >= xs[-1], ys[-1], y0 + (y1 - y0) * (x - x0) / (x1 - x0)))
 
@@ -265,8 +265,8 @@ def attribute_journey(
     The result does not depend on the order of ``touchpoints``.
     """
     sessions = chronological(touchpoints)
-    if not sessions:
-        return []
+    if len(sessions) < 2:
+        return [SessionCredit(s.session_id, 1.0, 0.0, 1.0, 1.0) for s in sessions]
     initializer, holder, closer, has_holder = phase_shares(Batch([sessions]), params)
     phases = {"initializer": initializer, "holder": holder, "closer": closer}
     channels = [s.channel_label for s in sessions]
@@ -278,7 +278,7 @@ def attribute_journey(
 
 
 class Batch:
-    """Journeys, each a chronological list of touchpoints, as flat arrays with one entry per session.
+    """Journeys of 2+ sessions, each a chronological list, as flat arrays with one entry per session.
 
     The server attributes one journey at a time; the calibration evaluates hundreds at once.
     """
@@ -295,12 +295,12 @@ class Batch:
             # The longest pause between a session and the end of its journey.
             longest = list(accumulate(reversed(gaps[1:]), max, initial=0.0))[::-1]
             rows += [
-                (jid, i == 0, i == n - 1, n == 1, gaps[i], abs(_hours(tps[conv].timestamp - t.timestamp)),
+                (jid, i == 0, i == n - 1, gaps[i], abs(_hours(tps[conv].timestamp - t.timestamp)),
                  float(abs(conv - i)), longest[i], t.holder_engagement == 1, t.closer_engagement == 1,
                  t.impression_interaction == 1, index[t.channel_label])
                 for i, t in enumerate(tps)
             ]
-        names = ("jid", "first", "last", "single", "gap", "to_conv", "rank", "longest", "he", "ce", "imp", "ch")
+        names = ("jid", "first", "last", "gap", "to_conv", "rank", "longest", "he", "ce", "imp", "ch")
         for name, column in zip(names, zip(*rows)):
             setattr(self, name, np.array(column))
 
@@ -327,7 +327,7 @@ def phase_shares(batch: Batch, params: ModelParams) -> tuple[np.ndarray, np.ndar
     eligible = np.where(batch.he, 1.0, p.holder_unengaged) * np.where(batch.first, p.holder_first, 1.0) \
         * np.where(batch.last, p.holder_last, 1.0)
     holder, has_holder = _normalise(eligible * p.holder_discount(initializer + closer) * common[:, 1], batch)
-    has_holder = has_holder[jid] & ~batch.single
+    has_holder = has_holder[jid]
     return initializer, np.where(has_holder, holder, 0.0), closer, has_holder
 
 

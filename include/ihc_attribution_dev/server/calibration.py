@@ -2,8 +2,8 @@
 
 A recording is a JSONL file in the format of ``../shared/reference/ihc_real_responses.jsonl``: one
 journey a line, the sessions sent and the service's answer. :func:`calibrate` fits the phase weights
-in closed form, then every other parameter by bounded least squares on the vectorised model
-(docs/ihc_server.md, "How it fits").
+in closed form, then every other parameter by bounded least squares on the model evaluated over all
+journeys at once (docs/ihc_server.md, "How it fits").
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -43,18 +44,15 @@ SCALARS = ("holder_first", "holder_last", "holder_unengaged", "closer_unengaged"
 def to_dict(model: TypeModel, conv_type_id: str) -> dict[str, Any]:
     """The JSON form of ``model`` for conversion type ``conv_type_id``."""
     p = model.params
-
-    def factors(f: ChannelFactors) -> dict[str, float]:
-        return {phase: getattr(f, phase) for phase in PHASES}
-
+    # asdict of weights and factors: their fields are the PHASES, in order.
     out: dict[str, Any] = {
         "format": FORMAT,
         "conv_type_id": conv_type_id,
-        "weights": {phase: getattr(model.weights, phase) for phase in PHASES},
+        "weights": asdict(model.weights),
         "curves": {name: [list(point) for point in getattr(p, name).points] for name in CURVES},
         **{name: getattr(p, name) for name in SCALARS},
-        "impression": factors(p.impression),
-        "channel_factors": {label: factors(f) for label, f in sorted(p.channel_factors.items())},
+        "impression": asdict(p.impression),
+        "channel_factors": {label: asdict(f) for label, f in sorted(p.channel_factors.items())},
     }
     if model.fit is not None:
         out["fit"] = dict(model.fit)

@@ -140,15 +140,13 @@ def parse_body(raw: bytes) -> ParsedRequest:
 
 def validate_journey(journey: JourneyInput) -> list[Touchpoint]:
     """The journey's rows as touchpoints; raise ``ValueError`` listing what is wrong with them."""
-    checked = []
     seen: dict[tuple[type, Any], int] = {}  # session ids met so far, and their row index
-    for index, row in journey.rows:
-        checked.append(_check_row(index, row, seen))
+    checked = [_check_row(index, row, seen) for index, row in journey.rows]
     problems = [c for c in checked if isinstance(c, str)]
+    if len(problems) > MAX_MESSAGES:
+        problems[MAX_MESSAGES:] = [f"and {len(problems) - MAX_MESSAGES} more invalid rows"]
     if problems:
-        shown = problems[:MAX_MESSAGES] + ([f"and {len(problems) - MAX_MESSAGES} more invalid rows"]
-                                           if len(problems) > MAX_MESSAGES else [])
-        raise ValueError("invalid rows: " + " | ".join(shown))
+        raise ValueError("invalid rows: " + " | ".join(problems))
     return checked
 
 

@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -137,8 +138,14 @@ Method = Callable[[Journey], Sequence[dict]]
 
 
 def model_method(params: ModelParams, weights: PhaseWeights = PhaseWeights()) -> Method:
-    """The local server's answer for a journey (rounded as the server rounds)."""
-    return lambda journey: [vars(c) for c in round_credits(attribute_journey(journey.touchpoints, weights, params))]
+    """The local server's answer for a journey (rounded as the server rounds), computed once per journey:
+    a score table asks for it once per column."""
+
+    @cache
+    def answer(touchpoints: tuple[Touchpoint, ...]) -> list[dict]:
+        return [vars(c) for c in round_credits(attribute_journey(touchpoints, weights, params))]
+
+    return lambda journey: answer(tuple(journey.touchpoints))
 
 
 def linear(journey: Journey) -> list[dict]:

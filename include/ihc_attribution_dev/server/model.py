@@ -55,18 +55,19 @@ class Curve:
             raise ValueError("curve values must be >= 0")
 
     @cached_property
-    def _xy(self) -> tuple[np.ndarray, np.ndarray]:
-        xs, ys = zip(*self.points)
-        return np.array(xs, dtype=float), np.array(ys, dtype=float)
+    def _segments(self) -> tuple[np.ndarray, ...]:
+        xs, ys = (np.array(v, dtype=float) for v in zip(*self.points))
+        return xs, ys, np.diff(ys), np.diff(xs)
 
     def __call__(self, x):
         """The value at ``x``, a number or a numpy array of numbers."""
-        xs, ys = self._xy
+        xs, ys, dy, dx = self._segments
         if len(xs) == 1:
             return np.full(np.shape(x), ys[0])
-        i = np.searchsorted(xs[1:-1], x, side="right") + 1  # the segment [xs[i - 1], xs[i]] of x
-        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
-        return np.where(x <= xs[0], ys[0], np.where(x >= xs[-1], ys[-1], y0 + (y1 - y0) * (x - x0) / (x1 - x0)))
+        i = np.searchsorted(xs[1:-1], x, side="right")  # x's segment: [xs[i], xs[i + 1]]
+        # x - xs[i] is 0 below xs[0], so the value there is ys[0] exactly.
+        inside = ys[i] + dy[i] * np.maximum(x - xs[i], 0.0) / dx[i]
+        return np.where(x >= xs[-1], ys[-1], inside)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from functools import cached_property
 from itertools import accumulate
 
 import numpy as np
@@ -54,20 +53,22 @@ class Curve:
         if any(y < 0 for _, y in self.points):
             raise ValueError("curve values must be >= 0")
 
-    @cached_property
-    def _segments(self) -> tuple[np.ndarray, ...]:
-        xs, ys = (np.array(v, dtype=float) for v in zip(*self.points))
-        return xs, ys, np.diff(ys), np.diff(xs)
-
     def __call__(self, x):
         """The value at ``x``, a number or a numpy array of numbers."""
-        xs, ys, dy, dx = self._segments
-        if len(xs) == 1:
-            return np.full(np.shape(x), ys[0])
-        i = np.searchsorted(xs[1:-1], x, side="right")  # x's segment: [xs[i], xs[i + 1]]
-        # x - xs[i] is 0 below xs[0], so the value there is ys[0] exactly.
-        inside = ys[i] + dy[i] * np.maximum(x - xs[i], 0.0) / dx[i]
-        return np.where(x >= xs[-1], ys[-1], inside)
+        return self.at(self.locate(x))
+
+    def locate(self, x) -> tuple:
+        """Where ``x`` lies among the knots, all :meth:`at` needs besides the values: the segment, the
+        offset into it (0 before the first knot), its width, and whether ``x`` is past the last knot."""
+        xs = np.array([k for k, _ in self.points])
+        i = np.searchsorted(xs[1:-1], x, side="right")
+        return i, np.maximum(x - xs[i], 0.0), np.append(np.diff(xs), 1.0)[i], x >= xs[-1]
+
+    def at(self, located: tuple):
+        """The values at the points ``located`` by :meth:`locate` (of a curve with the same knots)."""
+        i, offset, width, beyond = located
+        ys = np.array([y for _, y in self.points])
+        return np.where(beyond, ys[-1], ys[i] + np.append(np.diff(ys), 0.0)[i] * offset / width)
 
 
 @dataclass(frozen=True)
@@ -285,6 +286,7 @@ class Batch:
     """
 
     def __init__(self, journeys: Sequence[Sequence[Touchpoint]]) -> None:
+        self._located: dict[tuple, tuple] = {}
         self.n_journeys = len(journeys)
         self.labels = tuple(sorted({t.channel_label for j in journeys for t in j}))
         index = {c: i for i, c in enumerate(self.labels)}
@@ -305,24 +307,33 @@ class Batch:
         for name, column in zip(names, zip(*rows)):
             setattr(self, name, np.array(column))
 
+    def curve(self, curve: Curve, column: str) -> np.ndarray:
+        """``curve`` at every session's ``column``. Where the points lie among the knots is looked up
+        once per knots: a calibration evaluates curves of the same knots again and again."""
+        key = (column, tuple(k for k, _ in curve.points))
+        if key not in self._located:
+            self._located[key] = curve.locate(getattr(self, column))
+        return curve.at(self._located[key])
+
 
 def phase_shares(batch: Batch, params: ModelParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Unrounded initializer, holder and closer shares of every session, and whether its journey has a holder phase."""
     p, jid = params, batch.jid
-    memory = p.memory(batch.longest)
+    memory = batch.curve(p.memory, "longest")
     impression = np.array([getattr(p.impression, phase) for phase in PHASES])
     factors = np.array([[getattr(p.factors(c), phase) for phase in PHASES] for c in batch.labels])
     # The terms every phase shares: channel factor, memory, impression multiplier.
     common = factors[batch.ch] * memory[:, None] * np.where(batch.imp[:, None], impression, 1.0)
 
-    initializer, ok = _normalise(np.where(batch.first, 1.0, p.initializer_pause(batch.gap)) * common[:, 0], batch)
+    initializer, ok = _normalise(np.where(batch.first, 1.0, batch.curve(p.initializer_pause, "gap")) * common[:, 0], batch)
     for j in np.flatnonzero(~ok):
         # Only when factors or memory are 0: the session that counts most (the earliest on ties) starts the journey.
         rows = np.flatnonzero(jid == j)
         initializer[rows] = rows == rows[np.argmax(memory[rows])]
 
     eligible = np.where(batch.ce | batch.last, 1.0, p.closer_unengaged)
-    closer, ok = _normalise(eligible * p.closer_distance(batch.to_conv) * p.closer_rank(batch.rank) * common[:, 2], batch)
+    closeness = eligible * batch.curve(p.closer_distance, "to_conv") * batch.curve(p.closer_rank, "rank")
+    closer, ok = _normalise(closeness * common[:, 2], batch)
     closer = np.where(ok[jid], closer, batch.last.astype(float))
 
     eligible = np.where(batch.he, 1.0, p.holder_unengaged) * np.where(batch.first, p.holder_first, 1.0) \

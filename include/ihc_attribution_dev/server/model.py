@@ -363,7 +363,8 @@ def _hours(delta: timedelta) -> float:
 def _normalise(raw: np.ndarray, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """Every value divided by its journey's total, and per journey whether that total is > 0."""
     if batch.n_journeys == 1:
-        # The exact sum: an answer must not depend on the order of summation.
+        # The server: the correctly rounded sum its answers have always used. The calibration
+        # (many journeys) takes numpy's faster sum, as a fit does not need the last bit.
         total = np.array([math.fsum(raw)])
     else:
         total = np.bincount(batch.jid, weights=raw, minlength=batch.n_journeys)

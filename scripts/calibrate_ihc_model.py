@@ -21,6 +21,7 @@ import argparse
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from ihc_attribution_dev.server import calibration as cal
@@ -30,21 +31,27 @@ from ihc_attribution_dev.server.model import FITTED_PARAMS, NOMINAL_PARAMS, PHAS
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ihc_real_responses.jsonl"
 
 
-# The table also counts sessions whose ihc is off by more than this.
+# The reference table counts sessions whose ihc is off by more than this.
 OFF_BY = 0.01
+# The rows every calibration table compares with: (name, method, with phases).
+BASELINES = [
+    ("built-in type A model, no calibration", cal.model_method(FITTED_PARAMS), True),
+    ("linear (1/n)", cal.linear, False),
+    ("last touch", cal.last_touch, False),
+]
 
 
-def _cells(journeys: Sequence[cal.Journey], predict: cal.Method, phases: bool) -> list[str]:
-    cells = [f"{cal.mae(journeys, predict):.4f}", f"{cal.top_agreement(journeys, predict):.0%}"]
-    cells += [f"{cal.mae(journeys, predict, c):.4f}" for c in PHASES] if phases else ["-"] * 3
-    return cells
-
-
-def score_table(journeys: Sequence[cal.Journey], rows: Sequence[tuple[str, cal.Method, bool]]) -> str:
-    """A markdown table of MAE ihc, top-session agreement and per-phase MAE, one row per method."""
-    lines = ["| method | MAE ihc | top session agrees | MAE initializer | MAE holder | MAE closer |",
-             "|---|---:|---:|---:|---:|---:|"]
-    lines += [f"| {name} | " + " | ".join(_cells(journeys, predict, phases)) + " |" for name, predict, phases in rows]
+def score_table(journeys: Sequence[cal.Journey], rows: Sequence[tuple[str, cal.Method, bool]], off_by: bool = False) -> str:
+    """A markdown table, one row per (name, method, with phases): MAE of ihc, how often the top-credited
+    session agrees (``off_by``: the share of sessions off by more than ``OFF_BY``) and MAE per phase."""
+    second = f"sessions off by > {OFF_BY}" if off_by else "top session agrees"
+    lines = [f"| method | MAE ihc | {second} | MAE initializer | MAE holder | MAE closer |", "|---|---:|---:|---:|---:|---:|"]
+    for name, predict, phases in rows:
+        errors = cal.errors(journeys, predict)
+        share = sum(e > OFF_BY for e in errors) / len(errors) if off_by else cal.top_agreement(journeys, predict)
+        cells = [f"{math.fsum(errors) / len(errors):.4f}", f"{share:.1%}" if off_by else f"{share:.0%}"]
+        cells += [f"{cal.mae(journeys, predict, c):.4f}" for c in PHASES] if phases else ["-"] * 3
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -101,17 +108,15 @@ def run_calibration(answers: Path, conv_type_id: str, out: Path | None, folds: i
           f"2+ sessions ({sessions} sessions scored)\n")
 
     fitted = cal.calibrate(journeys)
-    print(f"Fitted on all {len(multi)} journeys of 2+ sessions ({fitted.iterations} evaluations):")
-    print(describe(fitted.model) + "\n")
+    print(f"Fitted on all {len(multi)} journeys of 2+ sessions ({fitted.fit['evaluations']} evaluations):")
+    print(describe(fitted) + "\n")
 
     held, cv = cal.cross_validate(journeys, folds)
-    in_sample = cal.model_method(fitted.model.params, fitted.model.weights)
+    in_sample = cal.model_method(fitted.params, fitted.weights)
     print(score_table(multi, [
         ("calibrated model, in-sample (fitted on all journeys)", in_sample, True),
         (f"calibrated model, {folds}-fold cross-validated (held-out journeys)", cv, True),
-        ("built-in type A model, no calibration", cal.model_method(FITTED_PARAMS), True),
-        ("linear (1/n)", cal.linear, False),
-        ("last touch", cal.last_touch, False),
+        *BASELINES,
     ]))
     cv_mae, lin, last = cal.mae(held, cv), cal.mae(multi, cal.linear), cal.mae(multi, cal.last_touch)
     quality, sentence = verdict(cv_mae, lin, last)
@@ -129,8 +134,7 @@ def run_calibration(answers: Path, conv_type_id: str, out: Path | None, folds: i
             "mae_last_touch": round(last, 5),
             "verdict": quality,
         }
-        model = TypeModel(fitted.model.params, fitted.model.weights, source=out.name, fit=summary)
-        params_file.dump(model, conv_type_id, out)
+        params_file.dump(replace(fitted, source=out.name, fit=summary), conv_type_id, out)
         print(f"Wrote {out}; serve it with: make ihc-server ARGS=\"--api-key KEY --conv-type-id {conv_type_id} "
               f"--model-params {conv_type_id}={out}\"")
     return 0
@@ -156,12 +160,7 @@ def run_experiments(reference: Path) -> int:
     for title, journeys in experiments:
         held, cv = cal.cross_validate(journeys, 2)
         print(f"### {title}\n")
-        print(score_table(held, [
-            ("calibrated model (held-out half)", cv, True),
-            ("built-in type A model, no calibration", cal.model_method(FITTED_PARAMS), True),
-            ("linear (1/n)", cal.linear, False),
-            ("last touch", cal.last_touch, False),
-        ]))
+        print(score_table(held, [("calibrated model (held-out half)", cv, True), *BASELINES]))
         print(f"\n{verdict(cal.mae(held, cv), cal.mae(held, cal.linear), cal.mae(held, cal.last_touch))[1]}.\n")
     return 0
 
@@ -169,36 +168,23 @@ def run_experiments(reference: Path) -> int:
 def reference_table(reference: Path, folds: int, refit: bool) -> int:
     """Print the table of the built-in model against ``reference`` (and, with ``refit``, fitted constants)."""
     journeys = cal.load_answers(reference)
-    multi = [j for j in journeys if len(j.touchpoints) > 1]
+    multi = cal.multi_session(journeys)
     sessions = sum(len(j.touchpoints) for j in multi)
     print(f"Reference: {reference.name}: {len(journeys)} journeys, {len(multi)} with 2+ sessions "
           f"({sessions} sessions scored)\n")
-
-    def row(name: str, ihc_errors: list[float], predict: cal.Method | None = None) -> str:
-        cells = [f"{math.fsum(ihc_errors) / len(ihc_errors):.4f}", f"{sum(e > OFF_BY for e in ihc_errors) / len(ihc_errors):.1%}"]
-        cells += [f"{cal.mae(multi, predict, c):.4f}" for c in PHASES] if predict else ["-"] * 3
-        return f"| {name} | " + " | ".join(cells) + " |"
-
-    shipped, nominal = cal.model_method(FITTED_PARAMS), cal.model_method(NOMINAL_PARAMS)
-    lines = [
-        f"| method | MAE ihc | sessions off by > {OFF_BY} | MAE initializer | MAE holder | MAE closer |",
-        "|---|---:|---:|---:|---:|---:|",
-        row("local IHC model (include/ihc_attribution_dev/server/model.py)", cal.errors(multi, shipped), shipped),
-    ]
+    rows = [("local IHC model (include/ihc_attribution_dev/server/model.py)", cal.model_method(FITTED_PARAMS), True)]
     if folds > 1:
-        held, cv = cal.cross_validate(multi, folds)
-        lines.append(row(f"model calibrated in {folds}-fold cross-validation (held-out folds)",
-                         cal.errors(held, cv)))
-    lines += [
-        row("same model, nominal curves of the design brief, no fit", cal.errors(multi, nominal), nominal),
-        row("linear (1/n)", cal.errors(multi, cal.linear)),
-        row("last touch", cal.errors(multi, cal.last_touch)),
+        rows.append((f"model calibrated in {folds}-fold cross-validation (held-out folds)",
+                     cal.cross_validate(multi, folds)[1], False))
+    rows += [
+        ("same model, nominal curves of the design brief, no fit", cal.model_method(NOMINAL_PARAMS), True),
+        ("linear (1/n)", cal.linear, False),
+        ("last touch", cal.last_touch, False),
     ]
-    print("\n".join(lines))
-
+    print(score_table(multi, rows, off_by=True))
     if refit:
         print("\nCalibrated on the whole reference file:")
-        print(describe(cal.calibrate(journeys).model))
+        print(describe(cal.calibrate(journeys)))
     return 0
 
 

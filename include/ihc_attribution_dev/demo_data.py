@@ -118,16 +118,6 @@ class DemoSummary:
         ]
 
 
-def _day_strings(start: dt.date, days: int) -> np.ndarray:
-    return np.array([(start + dt.timedelta(days=d)).isoformat() for d in range(days)], dtype=object)
-
-
-def _time_strings() -> np.ndarray:
-    return np.array(
-        [f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(SECONDS_PER_DAY)], dtype=object
-    )
-
-
 def _insert(conn: sqlite3.Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> None:
     # Rows are zipped lazily from column lists: executemany streams them, no list is materialised.
     placeholders = ", ".join("?" for _ in columns)
@@ -140,8 +130,9 @@ def write_database(path: Path, tables: DemoTables) -> None:
     Rows go in ordered by primary key: appending to the primary-key indexes is several times
     faster than inserting at random places, and the order of rows in a table carries no meaning.
     """
-    days = _day_strings(tables.config.window_start, tables.config.window_days)
-    clock = _time_strings()
+    start = tables.config.window_start
+    days = np.array([(start + dt.timedelta(days=d)).isoformat() for d in range(tables.config.window_days)], dtype=object)
+    clock = np.array([f"{s // 3600:02d}:{s // 60 % 60:02d}:{s % 60:02d}" for s in range(SECONDS_PER_DAY)], dtype=object)
     conn = sqlite3.connect(path, isolation_level=None)
     try:
         # Nothing to protect while the file is being built: it is renamed into place only once

@@ -12,20 +12,19 @@ import asyncio
 import hmac
 import logging
 import random
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.contract import (
-    FLAGS,
     BadRequest,
     JourneyInput,
     ParsedRequest,
@@ -125,33 +124,25 @@ def banner(config: ServerConfig) -> str:
     )
 
 
-_REQUEST_SCHEMA = {
-    "type": "object",
-    "required": ["customer_journeys"],
-    "properties": {
-        "customer_journeys": {
-            "type": "array",
-            "description": "One flat list of session rows; a journey is all rows with one conversion_id.",
-            "items": {
-                "type": "object",
-                "required": ["conversion_id", "session_id", "timestamp", "channel_label", *FLAGS],
-                "properties": {
-                    "conversion_id": {"type": ["string", "integer"]},
-                    "session_id": {"type": ["string", "integer"]},
-                    "timestamp": {"type": "string", "example": "2024-01-31 23:59:59",
-                                  "description": "%Y-%m-%d %H:%M:%S, optionally followed by ' %z'"},
-                    "channel_label": {"type": "string"},
-                    **{flag: {"type": "integer", "enum": [0, 1]} for flag in FLAGS},
-                },
-            },
-        },
-        "redistribution_parameter": {
-            "type": "object",
-            "description": "Per phase (initializer, holder, closer): direction, receive_threshold, "
-                           "redistribution_channel_labels.",
-        },
-    },
-}
+# The OpenAPI document's row schema only: contract.py checks the rows itself (400 or 206, never 422).
+class _Row(BaseModel):
+    """One session row; a journey is all rows with one conversion_id."""
+
+    conversion_id: str | int
+    session_id: str | int
+    timestamp: str = Field(examples=["2024-01-31 23:59:59"], description="%Y-%m-%d %H:%M:%S, optionally followed by ' %z'")
+    channel_label: str
+    holder_engagement: Literal[0, 1]
+    closer_engagement: Literal[0, 1]
+    conversion: Literal[0, 1]
+    impression_interaction: Literal[0, 1]
+
+
+_REQUEST_SCHEMA = {"type": "object", "required": ["customer_journeys"], "properties": {
+    "customer_journeys": {"type": "array", "items": _Row.model_json_schema()},
+    "redistribution_parameter": {"type": "object", "description": "Per phase (initializer, holder, closer): direction, "
+                                 "receive_threshold, redistribution_channel_labels."},
+}}
 
 _RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"description": '{"statusCode": 200, "value": [{"conversion_id", "session_id", "initializer", '
@@ -213,48 +204,35 @@ class _LocalDouble:
         x_api_key: str | None = Header(None, description="API key."),
     ) -> JSONResponse:
         """Attribute every journey of the request (each request is normalised on its own)."""
-        stats = self.stats
+        stats, faults = self.stats, self.config.faults
         # Numbered and planned before the first await: the event loop runs this part atomically.
         stats.requests += 1
         number = stats.requests
         plan = plan_faults(self.config, number)
         stats.in_flight += 1
         stats.max_in_flight = max(stats.max_in_flight, stats.in_flight)
-        started = time.perf_counter()
-        response: JSONResponse | None = None
+        # Injected latency is the least response time the client sees, counted from the request's
+        # arrival: the double's own work counts toward it, as the real service's computing does.
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer_at = request.scope.get(RECEIVED_AT, started) + faults.latency_ms / 1000
         try:
-            response = await self._handle(request, conv_type_id, x_api_key, plan)
-            return response
+            if plan.hang:
+                await asyncio.sleep(faults.hang_seconds)
+            response = self._refusal(conv_type_id, x_api_key) or self._injected_error(plan)
+            if response is None:
+                # Parsing and the model are CPU work (about 50 ms for 3,000 sessions): a thread keeps
+                # the event loop serving other requests, latencies and hangs.
+                raw = await request.body()
+                response, (journeys, sessions, failed) = await asyncio.to_thread(self._answer, raw, plan, conv_type_id)
+                stats.journeys += journeys
+                stats.sessions += sessions
+                stats.failed_journeys += failed
+            await asyncio.sleep(max(answer_at - loop.time(), 0))
         finally:
             stats.in_flight -= 1
-            if response is not None:
-                stats.by_status[response.status_code] += 1
-                logger.debug("compute_ihc #%d -> %d in %.0f ms", number, response.status_code,
-                             (time.perf_counter() - started) * 1000)
-
-    async def _handle(
-        self, request: Request, conv_type_id: str | None, api_key: str | None, plan: FaultPlan
-    ) -> JSONResponse:
-        # Injected latency is the response time the client sees, at least: the double's own work
-        # counts toward it, as the real service's computing is part of its response time. So
-        # the double's CPU on a small machine does not add to the latency a test asks for. The
-        # time counts from the request's arrival, so routing and reading the query count too.
-        loop = asyncio.get_running_loop()
-        answer_at = request.scope.get(RECEIVED_AT, loop.time()) + self.config.faults.latency_ms / 1000
-        if plan.hang:
-            await asyncio.sleep(self.config.faults.hang_seconds)
-        response = self._refusal(conv_type_id, api_key) or self._injected_error(plan)
-        if response is None:
-            raw = await request.body()
-            # Parsing and the model are CPU work (about 50 ms for 3,000 sessions): run them in a
-            # thread so that the event loop keeps serving other requests, latencies and hangs.
-            response, (journeys, sessions, failed) = await asyncio.to_thread(self._answer, raw, plan, conv_type_id)
-            self.stats.journeys += journeys
-            self.stats.sessions += sessions
-            self.stats.failed_journeys += failed
-        remaining = answer_at - loop.time()
-        if remaining > 0:
-            await asyncio.sleep(remaining)
+        stats.by_status[response.status_code] += 1
+        logger.debug("compute_ihc #%d -> %d in %.0f ms", number, response.status_code, (loop.time() - started) * 1000)
         return response
 
     def _refusal(self, conv_type_id: str | None, api_key: str | None) -> JSONResponse | None:
@@ -289,65 +267,49 @@ class _LocalDouble:
         return None
 
     def _answer(self, raw: bytes, plan: FaultPlan, conv_type_id: str) -> tuple[JSONResponse, tuple[int, int, int]]:
-        """The answer and what it adds to the stats: journeys answered, sessions answered, journeys failed."""
-        model = self.config.model_for(conv_type_id)
+        """The 400, 413, 200 or 206 of a request past the other checks, with the journeys answered, the
+        sessions answered and the journeys failed (counted in the event loop, not in this thread)."""
         try:
             parsed = parse_body(raw)
         except BadRequest as exc:
             return error_response(400, str(exc)), (0, 0, 0)
-        over_limits = self._over_limits(parsed)
-        if over_limits is not None:
-            return over_limits, (0, 0, 0)
-
+        config = self.config
+        counts = {"journeys": len(parsed.journeys), "sessions": parsed.n_rows}
+        limits = {"max_journeys": config.max_journeys, "max_sessions": config.max_sessions}
+        over = [f"{n} {name} (limit {limit})" for (name, n), limit in zip(counts.items(), limits.values()) if n > limit]
+        if over:
+            response = error_response(
+                413,
+                f"over the limits per request: {' and '.join(over)}; the whole request is rejected, "
+                "split it into smaller requests without splitting a journey",
+                limits=limits,
+                counts=counts,
+            )
+            return response, (0, 0, 0)
+        model = config.model_for(conv_type_id)
         values: list[dict[str, Any]] = []
         failures: list[dict[str, Any]] = []
         for journey in parsed.journeys:
             rows, failure = self._attribute(journey, parsed, plan, model)
             values.extend(rows)
-            if failure is not None:
-                failures.append(failure)
-
+            failures.extend([failure] if failure else [])
         status = 206 if failures else 200
-        body = {"statusCode": status, "value": values, "partialFailureErrors": failures}
-        return JSONResponse(body, status_code=status), (len(parsed.journeys) - len(failures), len(values), len(failures))
-
-    def _over_limits(self, parsed: ParsedRequest) -> JSONResponse | None:
-        """The 413 of a request over the journeys or sessions limit; ``None`` within them."""
-        config = self.config
-        n_journeys, n_sessions = len(parsed.journeys), parsed.n_rows
-        over = []
-        if n_journeys > config.max_journeys:
-            over.append(f"{n_journeys} journeys (limit {config.max_journeys})")
-        if n_sessions > config.max_sessions:
-            over.append(f"{n_sessions} sessions (limit {config.max_sessions})")
-        if not over:
-            return None
-        return error_response(
-            413,
-            f"over the limits per request: {' and '.join(over)}; the whole request is rejected, "
-            "split it into smaller requests without splitting a journey",
-            limits={"max_journeys": config.max_journeys, "max_sessions": config.max_sessions},
-            counts={"journeys": n_journeys, "sessions": n_sessions},
-        )
+        response = JSONResponse({"statusCode": status, "value": values, "partialFailureErrors": failures}, status_code=status)
+        return response, (len(parsed.journeys) - len(failures), len(values), len(failures))
 
     def _attribute(
         self, journey: JourneyInput, parsed: ParsedRequest, plan: FaultPlan, model: TypeModel
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         """The value rows of one journey, or no rows and its entry in ``partialFailureErrors``."""
-        faults = self.config.faults
+        rate = self.config.faults.partial_failure_rate
         # Drawn for every journey, failed or not, so the sequence does not depend on the data.
-        forced = plan.rng.random() < faults.partial_failure_rate
+        forced = plan.rng.random() < rate
         try:
             touchpoints = validate_journey(journey)
         except ValueError as exc:
             return [], {"conversion_id": journey.conversion_id, "message": str(exc)}
         if forced:
-            return [], {
-                "conversion_id": journey.conversion_id,
-                "message": f"injected fault: journey not attributed "
-                           f"(partial-failure-rate {faults.partial_failure_rate:g}); send it again",
-            }
-        credits = round_credits(
-            attribute_journey(touchpoints, model.weights, model.params, redistribution=parsed.redistribution)
-        )
+            message = f"injected fault: journey not attributed (partial-failure-rate {rate:g}); send it again"
+            return [], {"conversion_id": journey.conversion_id, "message": message}
+        credits = round_credits(attribute_journey(touchpoints, model.weights, model.params, parsed.redistribution))
         return value_rows(journey, credits), None

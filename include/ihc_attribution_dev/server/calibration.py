@@ -2,8 +2,8 @@
 
 A recording is a JSONL file in the format of ``../shared/reference/ihc_real_responses.jsonl``: one
 journey a line, the sessions sent and the service's answer. :func:`calibrate` fits the phase weights
-in closed form, then every other parameter by bounded least squares on the vectorised model
-(docs/ihc_server.md, "How it fits"). Fitting needs numpy and scipy; reading and scoring do not.
+in closed form, then every other parameter by bounded least squares on the model evaluated over all
+journeys at once (docs/ihc_server.md, "How it fits").
 """
 
 from __future__ import annotations
@@ -12,11 +12,17 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
+
+import numpy as np
+from scipy.optimize import least_squares
 
 from ihc_attribution_dev.server.contract import parse_timestamp
 from ihc_attribution_dev.server.model import (
     FITTED_PARAMS,
+    PHASES,
+    Batch,
     ChannelFactors,
     Curve,
     ModelParams,
@@ -25,9 +31,14 @@ from ihc_attribution_dev.server.model import (
     TypeModel,
     attribute_journey,
     largest_remainder,
+    predict_batch,
     round_credits,
 )
-from ihc_attribution_dev.server.vectorised import Batch, Layout, predict_batch
+from ihc_attribution_dev.server.vectorised import PINNED_CURVES, Layout
+
+
+#: The columns of an answer row.
+COLUMNS = (*PHASES, "ihc")
 
 
 class RecordingError(ValueError):
@@ -90,17 +101,10 @@ def _journey(item: dict) -> Journey:
         flags = [s["holder_engagement"], s["closer_engagement"], s.get("impression_interaction", 0)]
         if any(f not in (0, 1) or isinstance(f, bool) for f in flags):
             raise ValueError(f"session {s['session_id']!r}: engagement flags must be 0 or 1")
-        touchpoints.append(Touchpoint(
-            session_id=s["session_id"],
-            timestamp=parse_timestamp(s["timestamp"]),
-            channel_label=s["channel_label"],
-            holder_engagement=flags[0],
-            closer_engagement=flags[1],
-            conversion=int(i == len(sessions) - 1),
-            impression_interaction=flags[2],
-        ))
+        touchpoints.append(Touchpoint(s["session_id"], parse_timestamp(s["timestamp"]), s["channel_label"],
+                                      flags[0], flags[1], int(i == len(sessions) - 1), flags[2]))
     rows = [answer[sid] for sid in ids]
-    for column in ("initializer", "holder", "closer", "ihc"):
+    for column in COLUMNS:
         values = [r[column] for r in rows]
         if any(isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) for v in values):
             raise ValueError(f"'result' column {column} must hold numbers")
@@ -123,46 +127,41 @@ def write_answers(path: Path, journeys: Sequence[Journey], conv_type: str) -> No
                 "closer_engagement": t.closer_engagement,
                 "impression_interaction": t.impression_interaction,
             } for t in j.touchpoints]
-            result = [{"session_id": t.session_id, **{k: a[k] for k in ("initializer", "holder", "closer", "ihc")}}
+            result = [{"session_id": t.session_id, **{k: a[k] for k in COLUMNS}}
                       for t, a in zip(j.touchpoints, j.answer)]
             fh.write(json.dumps({"conv_type": conv_type, "conversion_id": j.conversion_id,
                                  "sessions": sessions, "result": result}) + "\n")
 
 
-# A journey's predicted answer in chronological order: ihc values (baselines) or answer dicts (models).
-Method = Callable[[Journey], Sequence]
+# A journey's predicted answer rows in chronological order: dicts with "ihc" (and the phases, for models).
+Method = Callable[[Journey], Sequence[dict]]
 
 
 def model_method(params: ModelParams, weights: PhaseWeights = PhaseWeights()) -> Method:
-    """The local server's answer for a journey (rounded as the server rounds), as dicts."""
+    """The local server's answer for a journey (rounded as the server rounds), computed once per journey:
+    a score table asks for it once per column."""
 
-    def predict(journey: Journey) -> list[dict]:
-        credits = round_credits(attribute_journey(journey.touchpoints, weights, params))
-        return [vars(c) for c in credits]
+    @cache
+    def answer(touchpoints: tuple[Touchpoint, ...]) -> list[dict]:
+        return [vars(c) for c in round_credits(attribute_journey(touchpoints, weights, params))]
 
-    return predict
+    return lambda journey: answer(tuple(journey.touchpoints))
 
 
-def linear(journey: Journey) -> list[float]:
+def linear(journey: Journey) -> list[dict]:
     """Linear baseline: every session 1/n."""
     n = len(journey.touchpoints)
-    return [1.0 / n] * n
+    return [{"ihc": 1.0 / n}] * n
 
 
-def last_touch(journey: Journey) -> list[float]:
+def last_touch(journey: Journey) -> list[dict]:
     """Last-touch baseline: all credit to the last session."""
-    n = len(journey.touchpoints)
-    return [0.0] * (n - 1) + [1.0]
+    return [{"ihc": float(i == len(journey.touchpoints) - 1)} for i in range(len(journey.touchpoints))]
 
 
 def errors(journeys: Sequence[Journey], predict: Method, column: str = "ihc") -> list[float]:
-    """Absolute error of one column per session; ``predict`` returns floats or answer dicts."""
-    out = []
-    for j in journeys:
-        for p, real in zip(predict(j), j.answer, strict=True):
-            value = p[column] if isinstance(p, dict) else p
-            out.append(abs(value - real[column]))
-    return out
+    """Absolute error of one column per session."""
+    return [abs(p[column] - real[column]) for j in journeys for p, real in zip(predict(j), j.answer, strict=True)]
 
 
 def mae(journeys: Sequence[Journey], predict: Method, column: str = "ihc") -> float:
@@ -175,7 +174,7 @@ def top_agreement(journeys: Sequence[Journey], predict: Method) -> float:
     """Share of journeys whose top-credited session (by ihc) is one the real answer credits most."""
     agree = 0
     for j in journeys:
-        predicted = [p["ihc"] if isinstance(p, dict) else p for p in predict(j)]
+        predicted = [p["ihc"] for p in predict(j)]
         real = [a["ihc"] for a in j.answer]
         top = max(range(len(predicted)), key=lambda i: (predicted[i], -i))
         agree += real[top] >= max(real) - 1e-9
@@ -216,8 +215,7 @@ TYPE_B = TypeModel(
 def synthetic_answers(journeys: Sequence[Journey], model: TypeModel) -> list[Journey]:
     """The same sessions answered by ``model`` as the local server would answer them (rounded)."""
     predict = model_method(model.params, model.weights)
-    return [replace(j, answer=[{k: c[k] for k in ("initializer", "holder", "closer", "ihc")} for c in predict(j)])
-            for j in journeys]
+    return [replace(j, answer=[{k: c[k] for k in COLUMNS} for c in predict(j)]) for j in journeys]
 
 
 def time_of_day_answers(journeys: Sequence[Journey]) -> list[Journey]:
@@ -252,8 +250,6 @@ POOR_FIT_RATIO = 0.5
 
 def fit_weights(journeys: Sequence[Journey]) -> PhaseWeights:
     """Phase weights from the recorded phase columns (closed form, least squares)."""
-    import numpy as np
-
     with_holder = [(a["initializer"], a["holder"], a["closer"], a["ihc"])
                    for j in multi_session(journeys) if any(a["holder"] > 0 for a in j.answer) for a in j.answer]
     without = [(a["initializer"], a["closer"], a["ihc"])
@@ -280,14 +276,6 @@ def fit_weights(journeys: Sequence[Journey]) -> PhaseWeights:
     return PhaseWeights(round(w_i / total, 4), round(w_h / total, 4), round(w_c / total, 4))
 
 
-@dataclass(frozen=True)
-class Calibration:
-    """A fitted parameter set and what the fit says about itself."""
-
-    model: TypeModel
-    iterations: int
-
-
 def check_size(journeys: Sequence[Journey], folds: int = 0) -> None:
     """Raise :class:`RecordingError` when ``journeys`` are too few to fit (and cross-validate)."""
     multi = len(multi_session(journeys))
@@ -304,16 +292,13 @@ def check_size(journeys: Sequence[Journey], folds: int = 0) -> None:
         )
 
 
-def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, max_nfev: int = 60) -> Calibration:
-    """Fit the whole model family to recorded answers (see the module docstring)."""
-    import numpy as np
-    from scipy.optimize import least_squares
-
+def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, max_nfev: int = 60) -> TypeModel:
+    """Fit the whole model family to recorded answers (see the module docstring); ``fit`` holds the evaluations."""
     multi = multi_session(journeys)
     if not multi:
         raise RecordingError("no journeys of 2+ sessions to calibrate on")
     weights = fit_weights(multi)
-    batch = Batch(multi)
+    batch = Batch([j.touchpoints for j in multi])
     layout = Layout(
         channels=batch.labels,
         fit_holder_unengaged=any(t.holder_engagement == 0 for j in multi for t in j.touchpoints),
@@ -322,8 +307,9 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
     )
     s = layout.slices
     lo, hi = layout.bounds()
-    real = batch.answer.T.ravel()  # the four columns one after the other, as predicted
-    smooth_groups = [("pause", None), ("closer", 1.0), ("rank", 1.0), ("holder", 1.0), ("memory", 1.0)]
+    # The four columns one after the other, as predicted.
+    real = np.array([[a[column] for j in multi for a in j.answer] for column in COLUMNS]).ravel()
+    smooth_groups = [("pause", None), *((name, 1.0) for name, _, _ in PINNED_CURVES)]
 
     def residuals(x):
         predicted = np.concatenate(predict_batch(batch, layout.unpack(x), weights))
@@ -361,9 +347,7 @@ def calibrate(journeys: Sequence[Journey], start: ModelParams = FITTED_PARAMS, m
     if (upper < hi).any():
         result = solve(x, upper)
         nfev += result.nfev
-    params = layout.unpack(result.x, digits=4)
-    model = TypeModel(params, weights, source="calibration")
-    return Calibration(model, int(nfev))
+    return TypeModel(layout.unpack(result.x, digits=4), weights, source="calibration", fit={"evaluations": int(nfev)})
 
 
 def folds_of(journeys: Sequence[Journey], folds: int) -> list[tuple[list[Journey], list[Journey]]]:
@@ -379,7 +363,7 @@ def cross_validate(journeys: Sequence[Journey], folds: int, **kwargs) -> tuple[l
     """
     held, answers = [], {}
     for train, test in folds_of(multi_session(journeys), folds):
-        model = calibrate(train, **kwargs).model
+        model = calibrate(train, **kwargs)
         predict = model_method(model.params, model.weights)
         held.extend(test)
         answers.update({j.conversion_id: predict(j) for j in test})

@@ -140,25 +140,18 @@ def parse_body(raw: bytes) -> ParsedRequest:
 
 def validate_journey(journey: JourneyInput) -> list[Touchpoint]:
     """The journey's rows as touchpoints; raise ``ValueError`` listing what is wrong with them."""
-    problems: list[str] = []
-    touchpoints: list[Touchpoint] = []
-    seen: dict[tuple[type, Any], int] = {}
-    for index, row in journey.rows:
-        checked = _check_row(index, row, seen)
-        if isinstance(checked, str):
-            problems.append(checked)
-        else:
-            touchpoints.append(checked)
+    seen: dict[tuple[type, Any], int] = {}  # session ids met so far, and their row index
+    checked = [_check_row(index, row, seen) for index, row in journey.rows]
+    problems = [c for c in checked if isinstance(c, str)]
+    if len(problems) > MAX_MESSAGES:
+        problems[MAX_MESSAGES:] = [f"and {len(problems) - MAX_MESSAGES} more invalid rows"]
     if problems:
-        raise ValueError(_invalid_rows_message(problems))
-    return touchpoints
+        raise ValueError("invalid rows: " + " | ".join(problems))
+    return checked
 
 
 def _check_row(index: int, row: dict, seen: dict[tuple[type, Any], int]) -> Touchpoint | str:
-    """The row as a touchpoint, or the line that says what is wrong with it.
-
-    ``seen`` maps the session ids met so far in the journey to their row index; it is updated.
-    """
+    """The row as a touchpoint, or the line that says what is wrong with it."""
     missing = [name for name in REQUIRED_FIELDS if row.get(name) is None]
     if missing:
         # A row without all its fields is not checked further, and its session id is not
@@ -169,44 +162,23 @@ def _check_row(index: int, row: dict, seen: dict[tuple[type, Any], int]) -> Touc
         timestamp = parse_timestamp(row["timestamp"])
     except ValueError as exc:
         problems.append(str(exc))
-    problems.extend(_channel_problems(row["channel_label"]))
-    problems.extend(_flag_problems(row))
+    channel = row["channel_label"]
+    if not isinstance(channel, str) or not channel:
+        problems.append(f"channel_label must be a non-empty string, got {channel!r}")
+    # bool is an int in Python, but true/false is not the 0/1 the contract asks for.
+    problems += [f"{flag} must be 0 or 1, got {row[flag]!r}" for flag in FLAGS
+                 if type(row[flag]) is not int or row[flag] not in (0, 1)]
     if problems:
         return f"customer_journeys[{index}]: " + "; ".join(problems)
     # Touchpoint's fields end with the flags, in the order of FLAGS.
-    return Touchpoint(row["session_id"], timestamp, row["channel_label"], *(row[flag] for flag in FLAGS))
+    return Touchpoint(row["session_id"], timestamp, channel, *(row[flag] for flag in FLAGS))
 
 
 def _session_id_problems(index: int, session_id: Any, seen: dict[tuple[type, Any], int]) -> list[str]:
     if not _is_id(session_id):
         return [f"session_id must be a non-empty string or an integer, got {session_id!r}"]
-    key = (type(session_id), session_id)
-    first = seen.setdefault(key, index)
-    if first != index:
-        return [f"session_id {session_id!r} repeats customer_journeys[{first}]"]
-    return []
-
-
-def _channel_problems(channel: Any) -> list[str]:
-    if not isinstance(channel, str) or not channel:
-        return [f"channel_label must be a non-empty string, got {channel!r}"]
-    return []
-
-
-def _flag_problems(row: dict) -> list[str]:
-    # bool is an int in Python, but true/false is not the 0/1 the contract asks for.
-    return [
-        f"{flag} must be 0 or 1, got {row[flag]!r}"
-        for flag in FLAGS
-        if type(row[flag]) is not int or row[flag] not in (0, 1)
-    ]
-
-
-def _invalid_rows_message(problems: list[str]) -> str:
-    shown = problems[:MAX_MESSAGES]
-    if len(problems) > MAX_MESSAGES:
-        shown.append(f"and {len(problems) - MAX_MESSAGES} more invalid rows")
-    return "invalid rows: " + " | ".join(shown)
+    first = seen.setdefault((type(session_id), session_id), index)
+    return [f"session_id {session_id!r} repeats customer_journeys[{first}]"] if first != index else []
 
 
 def value_rows(journey: JourneyInput, credits: Sequence[SessionCredit]) -> list[dict]:

@@ -7,12 +7,13 @@ Deterministic and independent of row order: sessions are ordered by timestamp, t
 
 from __future__ import annotations
 
-import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from itertools import accumulate
+
+import numpy as np
 
 PHASES = ("initializer", "holder", "closer")
 
@@ -52,15 +53,22 @@ class Curve:
         if any(y < 0 for _, y in self.points):
             raise ValueError("curve values must be >= 0")
 
-    def __call__(self, x: float) -> float:
-        points = self.points
-        if x <= points[0][0]:
-            return points[0][1]
-        if x >= points[-1][0]:
-            return points[-1][1]
-        i = bisect.bisect_right(points, x, key=lambda point: point[0])
-        (x0, y0), (x1, y1) = points[i - 1], points[i]
-        return y0 + (y1 - y0) * (x - x0) / (x1 - x0)
+    def __call__(self, x):
+        """The value at ``x``, a number or a numpy array of numbers."""
+        return self.at(self.locate(x))
+
+    def locate(self, x) -> tuple:
+        """Where ``x`` lies among the knots, all :meth:`at` needs besides the values: the segment, the
+        offset into it (0 before the first knot), its width, and whether ``x`` is past the last knot."""
+        xs = np.array([k for k, _ in self.points])
+        i = np.searchsorted(xs[1:-1], x, side="right")
+        return i, np.maximum(x - xs[i], 0.0), np.append(np.diff(xs), 1.0)[i], x >= xs[-1]
+
+    def at(self, located: tuple):
+        """The values at the points ``located`` by :meth:`locate` (of a curve with the same knots)."""
+        i, offset, width, beyond = located
+        ys = np.array([y for _, y in self.points])
+        return np.where(beyond, ys[-1], ys[i] + np.append(np.diff(ys), 0.0)[i] * offset / width)
 
 
 @dataclass(frozen=True)
@@ -259,118 +267,109 @@ def attribute_journey(
     The result does not depend on the order of ``touchpoints``.
     """
     sessions = chronological(touchpoints)
-    n = len(sessions)
-    if n == 0:
-        return []
-    if n == 1:
-        return [SessionCredit(sessions[0].session_id, 1.0, 0.0, 1.0, 1.0)]
-
-    pauses = [_hours(b.timestamp - a.timestamp) for a, b in zip(sessions, sessions[1:])]
-    # A session's memory multiplier goes by the longest pause between it and the end of the journey.
-    memory = [params.memory(h) for h in list(accumulate(reversed(pauses), max, initial=0.0))[::-1]]
-    common = _common_weights(sessions, params, memory)
-    initializer = _initializer_shares(pauses, params, memory, common["initializer"])
-    closer = _closer_shares(sessions, params, common["closer"])
-    holder = _holder_shares(sessions, params, initializer, closer, common["holder"])
-
+    if len(sessions) < 2:
+        return [SessionCredit(s.session_id, 1.0, 0.0, 1.0, 1.0) for s in sessions]
+    initializer, holder, closer, has_holder = phase_shares(Batch([sessions]), params)
     phases = {"initializer": initializer, "holder": holder, "closer": closer}
+    channels = [s.channel_label for s in sessions]
     for phase, rule in (redistribution or {}).items():
-        if phases.get(phase) is not None:
-            phases[phase] = _redistribute(phases[phase], [s.channel_label for s in sessions], rule)
-    return _combine(sessions, weights, phases["initializer"], phases["holder"], phases["closer"])
+        if phase != "holder" or has_holder[0]:
+            phases[phase] = np.array(_redistribute(phases[phase].tolist(), channels, rule))
+    ihc = combine(weights, *phases.values(), has_holder)
+    return [SessionCredit(s.session_id, *map(float, values)) for s, values in zip(sessions, zip(*phases.values(), ihc))]
 
 
-def _common_weights(sessions: Sequence[Touchpoint], params: ModelParams, memory: Sequence[float]) -> dict[str, list[float]]:
-    """Per phase, the terms every phase shares: channel factor, memory, impression multiplier."""
-    common = {}
-    for phase in PHASES:
-        impression = getattr(params.impression, phase)
-        common[phase] = [
-            getattr(params.factors(s.channel_label), phase) * m * (impression if s.impression_interaction == 1 else 1.0)
-            for s, m in zip(sessions, memory)
-        ]
-    return common
+class Batch:
+    """Journeys of 2+ sessions, each a chronological list, as flat arrays with one entry per session.
+
+    The server attributes one journey at a time; the calibration evaluates hundreds at once.
+    """
+
+    def __init__(self, journeys: Sequence[Sequence[Touchpoint]]) -> None:
+        self._located: dict[tuple, tuple] = {}
+        self.n_journeys = len(journeys)
+        self.labels = tuple(sorted({t.channel_label for j in journeys for t in j}))
+        index = {c: i for i, c in enumerate(self.labels)}
+        rows = []
+        for jid, tps in enumerate(journeys):
+            n = len(tps)
+            conv = max((i for i, t in enumerate(tps) if t.conversion == 1), default=n - 1)
+            gaps = [0.0] + [_hours(b.timestamp - a.timestamp) for a, b in zip(tps, tps[1:])]
+            # The longest pause between a session and the end of its journey.
+            longest = list(accumulate(reversed(gaps[1:]), max, initial=0.0))[::-1]
+            rows += [
+                (jid, i == 0, i == n - 1, gaps[i], abs(_hours(tps[conv].timestamp - t.timestamp)),
+                 float(abs(conv - i)), longest[i], t.holder_engagement == 1, t.closer_engagement == 1,
+                 t.impression_interaction == 1, index[t.channel_label])
+                for i, t in enumerate(tps)
+            ]
+        names = ("jid", "first", "last", "gap", "to_conv", "rank", "longest", "he", "ce", "imp", "ch")
+        for name, column in zip(names, zip(*rows)):
+            setattr(self, name, np.array(column))
+
+    def curve(self, curve: Curve, column: str) -> np.ndarray:
+        """``curve`` at every session's ``column``. Where the points lie among the knots is looked up
+        once per knots: a calibration evaluates curves of the same knots again and again."""
+        key = (column, tuple(k for k, _ in curve.points))
+        if key not in self._located:
+            self._located[key] = curve.locate(getattr(self, column))
+        return curve.at(self._located[key])
 
 
-def _initializer_shares(
-    pauses: Sequence[float], params: ModelParams, memory: Sequence[float], common: Sequence[float]
-) -> list[float]:
-    n = len(memory)
-    init_raw = [common[0]] + [params.initializer_pause(pause) * c for pause, c in zip(pauses, common[1:])]
-    initializer = _normalise(init_raw)
-    if initializer is None:
-        # Only when factors or memory are 0: the session that counts most starts the journey.
-        start = max(range(n), key=lambda i: (memory[i], -i))
-        initializer = [float(i == start) for i in range(n)]
-    return initializer
+def phase_shares(batch: Batch, params: ModelParams) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Unrounded initializer, holder and closer shares of every session, and whether its journey has a holder phase."""
+    p, jid = params, batch.jid
+    memory = batch.curve(p.memory, "longest")
+    impression = np.array([getattr(p.impression, phase) for phase in PHASES])
+    factors = np.array([[getattr(p.factors(c), phase) for phase in PHASES] for c in batch.labels])
+    # The terms every phase shares: channel factor, memory, impression multiplier.
+    common = factors[batch.ch] * memory[:, None] * np.where(batch.imp[:, None], impression, 1.0)
+
+    initializer, ok = _normalise(np.where(batch.first, 1.0, batch.curve(p.initializer_pause, "gap")) * common[:, 0], batch)
+    for j in np.flatnonzero(~ok):
+        # Only when factors or memory are 0: the session that counts most (the earliest on ties) starts the journey.
+        rows = np.flatnonzero(jid == j)
+        initializer[rows] = rows == rows[np.argmax(memory[rows])]
+
+    eligible = np.where(batch.ce | batch.last, 1.0, p.closer_unengaged)
+    closeness = eligible * batch.curve(p.closer_distance, "to_conv") * batch.curve(p.closer_rank, "rank")
+    closer, ok = _normalise(closeness * common[:, 2], batch)
+    closer = np.where(ok[jid], closer, batch.last.astype(float))
+
+    eligible = np.where(batch.he, 1.0, p.holder_unengaged) * np.where(batch.first, p.holder_first, 1.0) \
+        * np.where(batch.last, p.holder_last, 1.0)
+    holder, has_holder = _normalise(eligible * p.holder_discount(initializer + closer) * common[:, 1], batch)
+    has_holder = has_holder[jid]
+    return initializer, np.where(has_holder, holder, 0.0), closer, has_holder
 
 
-def _closer_shares(sessions: Sequence[Touchpoint], params: ModelParams, common: Sequence[float]) -> list[float]:
-    n = len(sessions)
-    conv_index = max((i for i, s in enumerate(sessions) if s.conversion == 1), default=n - 1)
-    converting = sessions[conv_index].timestamp
-    closer_raw = []
-    for i, s in enumerate(sessions):
-        eligible = 1.0 if (s.closer_engagement == 1 or i == n - 1) else params.closer_unengaged
-        closer_raw.append(
-            eligible * params.closer_distance(abs(_hours(converting - s.timestamp)))
-            * params.closer_rank(abs(conv_index - i)) * common[i]
-            if eligible else 0.0
-        )
-    closer = _normalise(closer_raw)
-    if closer is None:
-        closer = [0.0] * (n - 1) + [1.0]
-    return closer
+def combine(weights: PhaseWeights, initializer, holder, closer, has_holder) -> np.ndarray:
+    """``ihc`` of every session: the weighted mean of its phase shares (a dropped holder phase weighs 0)."""
+    w_holder = np.where(has_holder, weights.holder, 0.0)
+    return (weights.initializer * initializer + w_holder * holder + weights.closer * closer) \
+        / (weights.initializer + w_holder + weights.closer)
 
 
-def _holder_shares(
-    sessions: Sequence[Touchpoint],
-    params: ModelParams,
-    initializer: Sequence[float],
-    closer: Sequence[float],
-    common: Sequence[float],
-) -> list[float] | None:
-    """Holder shares, or None when no session qualifies (the phase is then dropped)."""
-    n = len(sessions)
-    holder_raw = []
-    for i, s in enumerate(sessions):
-        eligible = 1.0 if s.holder_engagement == 1 else params.holder_unengaged
-        if i == 0:
-            eligible *= params.holder_first
-        if i == n - 1:
-            eligible *= params.holder_last
-        holder_raw.append(
-            eligible * params.holder_discount(initializer[i] + closer[i]) * common[i] if eligible else 0.0
-        )
-    return _normalise(holder_raw)
+def predict_batch(batch: Batch, params: ModelParams, weights: PhaseWeights) -> tuple[np.ndarray, ...]:
+    """Unrounded (initializer, holder, closer, ihc) arrays of every session of ``batch``."""
+    initializer, holder, closer, has_holder = phase_shares(batch, params)
+    return initializer, holder, closer, combine(weights, initializer, holder, closer, has_holder)
 
 
-def _combine(
-    sessions: Sequence[Touchpoint],
-    weights: PhaseWeights,
-    initializer: Sequence[float],
-    holder: Sequence[float] | None,
-    closer: Sequence[float],
-) -> list[SessionCredit]:
-    w_holder = weights.holder if holder is not None else 0.0
-    total = weights.initializer + w_holder + weights.closer
-    credits = []
-    for i, s in enumerate(sessions):
-        h = holder[i] if holder is not None else 0.0
-        ihc = (weights.initializer * initializer[i] + w_holder * h + weights.closer * closer[i]) / total
-        credits.append(SessionCredit(s.session_id, initializer[i], h, closer[i], ihc))
-    return credits
-
-
-def _hours(delta) -> float:
+def _hours(delta: timedelta) -> float:
     return delta.total_seconds() / 3600.0
 
 
-def _normalise(raw: Sequence[float]) -> list[float] | None:
-    total = math.fsum(raw)
-    if total <= 0:
-        return None
-    return [x / total for x in raw]
+def _normalise(raw: np.ndarray, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+    """Every value divided by its journey's total, and per journey whether that total is > 0."""
+    if batch.n_journeys == 1:
+        # The server: the correctly rounded sum its answers have always used. The calibration
+        # (many journeys) takes numpy's faster sum, as a fit does not need the last bit.
+        total = np.array([math.fsum(raw)])
+    else:
+        total = np.bincount(batch.jid, weights=raw, minlength=batch.n_journeys)
+    ok = total > 0
+    return raw / np.where(ok, total, 1.0)[batch.jid], ok
 
 
 def _redistribute(shares: list[float], channels: list[str], rule: RedistributionRule) -> list[float]:

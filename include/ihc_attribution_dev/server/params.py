@@ -1,8 +1,7 @@
 """Parameter files of the local IHC double: one conversion type's model as JSON.
 
 ``scripts/calibrate_ihc_model.py --out PARAMS.json`` writes them; the server loads them with
-``--model-params ID=PARAMS.json``. Reading needs nothing beyond the standard library, so the
-server does not depend on the calibration's numpy and scipy.
+``--model-params ID=PARAMS.json``.
 
 Format (``"format": "ihc-local-model/1"``)::
 
@@ -24,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -44,18 +44,15 @@ SCALARS = ("holder_first", "holder_last", "holder_unengaged", "closer_unengaged"
 def to_dict(model: TypeModel, conv_type_id: str) -> dict[str, Any]:
     """The JSON form of ``model`` for conversion type ``conv_type_id``."""
     p = model.params
-
-    def factors(f: ChannelFactors) -> dict[str, float]:
-        return {phase: getattr(f, phase) for phase in PHASES}
-
+    # asdict of weights and factors: their fields are the PHASES, in order.
     out: dict[str, Any] = {
         "format": FORMAT,
         "conv_type_id": conv_type_id,
-        "weights": {phase: getattr(model.weights, phase) for phase in PHASES},
+        "weights": asdict(model.weights),
         "curves": {name: [list(point) for point in getattr(p, name).points] for name in CURVES},
         **{name: getattr(p, name) for name in SCALARS},
-        "impression": factors(p.impression),
-        "channel_factors": {label: factors(f) for label, f in sorted(p.channel_factors.items())},
+        "impression": asdict(p.impression),
+        "channel_factors": {label: asdict(f) for label, f in sorted(p.channel_factors.items())},
     }
     if model.fit is not None:
         out["fit"] = dict(model.fit)
@@ -69,26 +66,23 @@ def from_dict(data: Any, source: str = "parameters") -> TypeModel:
     if data.get("format") != FORMAT:
         raise ValueError(f"{source}: 'format' must be {FORMAT!r}, got {data.get('format')!r}")
     try:
-        weights = PhaseWeights(**{phase: _number(data["weights"][phase], f"weights.{phase}") for phase in PHASES})
-        curves = data["curves"]
-        if not isinstance(curves, dict):
-            raise ValueError("'curves' must be an object")
+        curves, channels = data["curves"], data.get("channel_factors", {})
+        if not isinstance(curves, dict) or not isinstance(channels, dict):
+            raise ValueError("'curves' and 'channel_factors' must be objects")
         unknown = sorted(set(curves) - set(CURVES))
         if unknown:
             raise ValueError(f"unknown curves: {', '.join(unknown)}")
-        parsed_curves = {name: _curve(curves[name], name) for name in CURVES if name in curves}
         for required in ("initializer_pause", "closer_distance", "holder_discount"):
-            if required not in parsed_curves:
+            if required not in curves:
                 raise ValueError(f"missing curve {required}")
-        channels = data.get("channel_factors", {})
-        if not isinstance(channels, dict):
-            raise ValueError("'channel_factors' must be an object keyed by channel label")
+        # ModelParams and PhaseWeights check the values themselves (finite, >= 0).
         params = ModelParams(
-            **parsed_curves,
+            **{name: _curve(points, name) for name, points in curves.items()},
             channel_factors={label: _factors(f, f"channel_factors.{label}") for label, f in channels.items()},
             **{name: _number(data[name], name) for name in SCALARS if name in data},
             impression=_factors(data.get("impression", {}), "impression"),
         )
+        weights = PhaseWeights(**{phase: _number(data["weights"][phase], f"weights.{phase}") for phase in PHASES})
     except KeyError as exc:
         raise ValueError(f"{source}: missing {exc.args[0]!r}") from None
     except (TypeError, ValueError) as exc:
@@ -127,23 +121,15 @@ def _number(value: Any, name: str) -> float:
 
 
 def _curve(points: Any, name: str) -> Curve:
-    if not isinstance(points, list) or not points:
-        raise ValueError(f"curve {name} must be a non-empty list of [x, y] points")
-    pairs = []
-    for point in points:
-        if not (isinstance(point, list) and len(point) == 2):
-            raise ValueError(f"curve {name}: every point must be [x, y], got {point!r}")
-        pairs.append((_number(point[0], f"{name} x"), _number(point[1], f"{name} y")))
     try:
-        return Curve(tuple(pairs))
+        if not isinstance(points, list) or not all(isinstance(p, list) and len(p) == 2 for p in points):
+            raise ValueError("must be a list of [x, y] points")
+        return Curve(tuple((_number(x, "x"), _number(y, "y")) for x, y in points))
     except ValueError as exc:
         raise ValueError(f"curve {name}: {exc}") from None
 
 
 def _factors(value: Any, name: str) -> ChannelFactors:
-    if not isinstance(value, dict):
-        raise ValueError(f"{name} must be an object with initializer, holder, closer")
-    unknown = sorted(set(value) - set(PHASES))
-    if unknown:
-        raise ValueError(f"{name}: unknown phases {', '.join(unknown)}")
+    if not isinstance(value, dict) or set(value) - set(PHASES):
+        raise ValueError(f"{name} must be an object with (some of) initializer, holder, closer")
     return ChannelFactors(**{phase: _number(value.get(phase, 1.0), f"{name}.{phase}") for phase in PHASES})

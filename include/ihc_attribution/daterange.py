@@ -38,10 +38,9 @@ def parse_lookback_days(value: Any) -> int | None:
     """
     if value is None or (isinstance(value, str) and not value.strip()):
         return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    text = str(value).strip()
-    whole = isinstance(value, (int, str)) and not isinstance(value, bool) and re.fullmatch(r"[0-9]+", text)
+    days = int(value) if isinstance(value, float) and value.is_integer() else value
+    text = str(days).strip()
+    whole = isinstance(days, (int, str)) and not isinstance(days, bool) and re.fullmatch(r"[0-9]+", text)
     if not whole or not 1 <= int(text) <= MAX_LOOKBACK_DAYS:
         raise ParamError(
             f"param lookback_days={value!r} must be a whole number of days from 1 to {MAX_LOOKBACK_DAYS}, "

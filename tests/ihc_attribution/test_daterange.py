@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import re
 
 import pendulum
 import pytest
 
-from ihc_attribution.daterange import MAX_RANGE_DAYS, RangeError, check_range_length, resolve_run_range
+from ihc_attribution.daterange import (
+    MAX_RANGE_DAYS,
+    ParamError,
+    RangeError,
+    check_range_length,
+    parse_lookback_days,
+    resolve_run_range,
+)
 
 
 def test_params_are_inclusive_dates():
@@ -101,3 +109,18 @@ def test_a_range_of_up_to_10_years_is_accepted_and_a_longer_one_refused_in_one_l
     with pytest.raises(RangeError, match="2015-01-01..2025-01-08 touches 3,661 dates") as refused:
         check_range_length(resolve_run_range({"start_date": first, "end_date": first + dt.timedelta(days=MAX_RANGE_DAYS)}))
     assert "\n" not in str(refused.value)
+
+
+@pytest.mark.parametrize(
+    ("given", "days"), [(None, None), ("", None), (" ", None), (7, 7), (7.0, 7), (" 30 ", 30), ("36600", 36600)]
+)
+def test_lookback_days_is_whole_days_or_unlimited(given, days):
+    assert parse_lookback_days(given) == days
+
+
+@pytest.mark.parametrize(("given", "shown"), [(0, "0"), (0.0, "0.0"), (1.5, "1.5"), (True, "True"), ("7d", "'7d'"),
+                                              (-3, "-3"), (1e20, "1e+20"), (36601, "36601")])
+def test_a_bad_lookback_days_is_refused_naming_the_value_given(given, shown):
+    message = rf"^param lookback_days={re.escape(shown)} must be a whole number of days from 1 to 36600"
+    with pytest.raises(ParamError, match=message):
+        parse_lookback_days(given)

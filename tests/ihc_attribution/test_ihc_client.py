@@ -981,7 +981,7 @@ def tls_server(pki: Pki, *, client_certificates: bool = False) -> Iterator[tuple
 def test_a_private_ca_is_trusted_through_the_extra_verify(pki, tmp_path, monkeypatch):
     sleep = SleepRecorder()
     with tls_server(pki) as (url, _):
-        with pytest.raises(IhcConfigurationError, match="TLS error") as info:
+        with pytest.raises(IhcConfigurationError, match="IHC request 'r1': TLS error") as info:
             collect(make_client(url, sleep), [request()])
         # A CA bundle of the environment does not override the one set on the connection.
         other = tmp_path / "other-ca.pem"

@@ -251,8 +251,9 @@ class IhcClient:
                 content = self._read(response, sent, deadline)
         # `from None` throughout: requests exceptions carry the request, the key among its headers.
         except requests.exceptions.SSLError as exc:
-            raise IhcConfigurationError(f"TLS error talking to {self.url}: {self._redact(str(exc))}; check the "
-                                        "host, the scheme and the extras verify and cert") from None
+            raise IhcConfigurationError(f"IHC request {request_id!r}: TLS error talking to {self.url}: "
+                                        f"{self._redact(str(exc))}; check the host, the scheme and the extras verify "
+                                        "and cert") from None
         except (requests.Timeout, requests.ConnectionError, urllib3.exceptions.HTTPError) as exc:
             if time.monotonic() >= deadline:
                 raise _Transient(f"Timeout: no complete answer within {s.timeout:g} s") from None

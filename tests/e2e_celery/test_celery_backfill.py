@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -116,16 +115,39 @@ def _tables(rows_of):
     return attribution, report
 
 
+def _copy_sources(demo: Path, lite: Path) -> None:
+    """A new SQLite database ``lite`` with the challenge's tables and the source rows of ``demo``, as
+    ``pg_load`` loads them into the warehouse.
+
+    Only the source tables: ``data/demo.db`` also holds the results of the runs that ``make demo``,
+    ``make run`` or a SQLite ``make up`` made on it, and a copy of the file would bring their
+    conversions of other days, and those conversions' credit in ``channel_reporting``, into the
+    reference.
+    """
+    from ihc_attribution.schema import challenge_ddl
+    from ihc_attribution_dev.pg_load import _VALID_SESSION, SOURCES
+
+    conn = sqlite3.connect(lite)
+    try:
+        conn.execute("ATTACH DATABASE ? AS demo", (str(demo),))
+        conn.executescript(challenge_ddl())
+        with conn:
+            for table in SOURCES:
+                # the malformed session is left out, as the warehouse's DATE and TIME columns refuse it
+                where = f" WHERE {_VALID_SESSION}" if table == "session_sources" else ""
+                conn.execute(f"INSERT INTO main.{table} SELECT * FROM demo.{table}{where}")
+        conn.execute("DETACH DATABASE demo")
+    finally:
+        conn.close()
+
+
 def _range_run_reference(tmp_path) -> tuple[list, list]:
     """One range run over the same days, in-process, on a SQLite copy of the warehouse's demo data."""
     from ihc_attribution_dev.server.config import ServerConfig
     from ihc_attribution_dev.server.testing import serve
-    from ihc_attribution_dev.pg_load import _VALID_SESSION
 
     lite = tmp_path / "reference.db"
-    shutil.copy(ROOT / "data" / "demo.db", lite)
-    with sqlite3.connect(lite) as conn:
-        conn.execute(f"DELETE FROM session_sources WHERE NOT ({_VALID_SESSION})")  # as the DATE columns refuse them
+    _copy_sources(ROOT / "data" / "demo.db", lite)
     env = {
         "AIRFLOW_CONN_ATTRIBUTION_DB": json.dumps({"conn_type": "sqlite", "host": str(lite)}),
         "ATTRIBUTION_OUTPUT_DIR": str(tmp_path / "out"),

@@ -27,12 +27,11 @@ from ihc_attribution_dev.server.config import ServerConfig
 from ihc_attribution_dev.server.contract import (
     BadRequest,
     JourneyInput,
-    ParsedRequest,
     parse_body,
     validate_journey,
     value_rows,
 )
-from ihc_attribution_dev.server.model import TypeModel, attribute_journey, round_credits
+from ihc_attribution_dev.server.model import Touchpoint, attribute_journeys, round_credits
 
 logger = logging.getLogger("ihc_attribution_dev.server")
 
@@ -287,29 +286,27 @@ class _LocalDouble:
             )
             return response, (0, 0, 0)
         model = config.model_for(conv_type_id)
-        values: list[dict[str, Any]] = []
-        failures: list[dict[str, Any]] = []
-        for journey in parsed.journeys:
-            rows, failure = self._attribute(journey, parsed, plan, model)
-            values.extend(rows)
-            failures.extend([failure] if failure else [])
+        checked = [(journey, self._check(journey, plan)) for journey in parsed.journeys]
+        failures = [outcome for _, outcome in checked if isinstance(outcome, dict)]
+        answered = [(journey, outcome) for journey, outcome in checked if not isinstance(outcome, dict)]
+        credits = attribute_journeys([touchpoints for _, touchpoints in answered], model.weights, model.params,
+                                     parsed.redistribution)
+        values = [row for (journey, _), journey_credits in zip(answered, credits)
+                  for row in value_rows(journey, round_credits(journey_credits))]
         status = 206 if failures else 200
         response = JSONResponse({"statusCode": status, "value": values, "partialFailureErrors": failures}, status_code=status)
         return response, (len(parsed.journeys) - len(failures), len(values), len(failures))
 
-    def _attribute(
-        self, journey: JourneyInput, parsed: ParsedRequest, plan: FaultPlan, model: TypeModel
-    ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-        """The value rows of one journey, or no rows and its entry in ``partialFailureErrors``."""
+    def _check(self, journey: JourneyInput, plan: FaultPlan) -> list[Touchpoint] | dict[str, Any]:
+        """The journey's touchpoints, or its entry in ``partialFailureErrors``."""
         rate = self.config.faults.partial_failure_rate
         # Drawn for every journey, failed or not, so the sequence does not depend on the data.
         forced = plan.rng.random() < rate
         try:
             touchpoints = validate_journey(journey)
         except ValueError as exc:
-            return [], {"conversion_id": journey.conversion_id, "message": str(exc)}
+            return {"conversion_id": journey.conversion_id, "message": str(exc)}
         if forced:
             message = f"injected fault: journey not attributed (partial-failure-rate {rate:g}); send it again"
-            return [], {"conversion_id": journey.conversion_id, "message": message}
-        credits = round_credits(attribute_journey(touchpoints, model.weights, model.params, parsed.redistribution))
-        return value_rows(journey, credits), None
+            return {"conversion_id": journey.conversion_id, "message": message}
+        return touchpoints

@@ -107,15 +107,12 @@ class ModelParams:
     impression: ChannelFactors = field(default_factory=lambda: ChannelFactors())
 
     def __post_init__(self) -> None:
-        for name in ("holder_first", "holder_last", "holder_unengaged", "closer_unengaged"):
-            value = getattr(self, name)
+        named = [(name, getattr(self, name)) for name in ("holder_first", "holder_last", "holder_unengaged", "closer_unengaged")]
+        named += [(f"factor {phase} of {label!r}", getattr(f, phase))
+                  for label, f in [("impression", self.impression), *self.channel_factors.items()] for phase in PHASES]
+        for name, value in named:
             if isinstance(value, bool) or not _finite_non_negative(value):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        for label, f in [("impression", self.impression), *self.channel_factors.items()]:
-            for phase in PHASES:
-                value = getattr(f, phase)
-                if isinstance(value, bool) or not _finite_non_negative(value):
-                    raise ValueError(f"factor {phase} of {label!r} must be a finite number >= 0, got {value!r}")
         if self.memory(0.0) <= 0:
             raise ValueError("memory must be > 0 at 0 h: the last session of a journey always counts")
 
@@ -255,39 +252,51 @@ def round_credits(credits: Sequence[SessionCredit]) -> list[SessionCredit]:
     return [SessionCredit(c.session_id, *(column[i] / ROUND_UNITS for column in columns)) for i, c in enumerate(credits)]
 
 
-def attribute_journey(
-    touchpoints: Iterable[Touchpoint],
-    weights: PhaseWeights = PhaseWeights(),
-    params: ModelParams = FITTED_PARAMS,
-    redistribution: Mapping[str, RedistributionRule] | None = None,
-) -> list[SessionCredit]:
-    """Unrounded credit of every session of one journey, in chronological order.
+def attribute_journey(touchpoints: Iterable[Touchpoint], weights: PhaseWeights = PhaseWeights(),
+                      params: ModelParams = FITTED_PARAMS, redistribution: Mapping[str, RedistributionRule] | None = None
+                      ) -> list[SessionCredit]:
+    """Unrounded credit of every session of one journey: :func:`attribute_journeys` of one."""
+    return attribute_journeys([touchpoints], weights, params, redistribution)[0]
 
-    Each phase column sums to 1 (holder: 1, or 0 when no session qualifies), and so does ``ihc``.
-    The result does not depend on the order of ``touchpoints``.
-    """
-    sessions = chronological(touchpoints)
-    if len(sessions) < 2:
-        return [SessionCredit(s.session_id, 1.0, 0.0, 1.0, 1.0) for s in sessions]
-    initializer, holder, closer, has_holder = phase_shares(Batch([sessions]), params)
+
+def attribute_journeys(journeys: Sequence[Iterable[Touchpoint]], weights: PhaseWeights = PhaseWeights(),
+                       params: ModelParams = FITTED_PARAMS, redistribution: Mapping[str, RedistributionRule] | None = None
+                       ) -> list[list[SessionCredit]]:
+    """Unrounded credit of every session of each journey, in chronological order. Each phase column sums
+    to 1 (holder: 1, or 0 when no session qualifies), and so does ``ihc``, whatever the touchpoints' order.
+    The journeys of 2+ sessions are one batch: one at a time, numpy's cost per call would dominate."""
+    ordered = [chronological(touchpoints) for touchpoints in journeys]
+    multi = [sessions for sessions in ordered if len(sessions) >= 2]
+    credits = iter(_attribute_batch(multi, weights, params, redistribution or {}) if multi else ())
+    return [next(credits) if len(sessions) >= 2 else [SessionCredit(s.session_id, 1.0, 0.0, 1.0, 1.0) for s in sessions]
+            for sessions in ordered]
+
+
+def _attribute_batch(journeys: list[list[Touchpoint]], weights: PhaseWeights, params: ModelParams,
+                     redistribution: Mapping[str, RedistributionRule]) -> list[list[SessionCredit]]:
+    batch = Batch(journeys, exact=True)
+    initializer, holder, closer, has_holder = phase_shares(batch, params)
     phases = {"initializer": initializer, "holder": holder, "closer": closer}
-    channels = [s.channel_label for s in sessions]
-    for phase, rule in (redistribution or {}).items():
-        if phase != "holder" or has_holder[0]:
-            phases[phase] = np.array(_redistribute(phases[phase].tolist(), channels, rule))
+    rows = [slice(start, start + len(sessions)) for start, sessions in zip(batch.starts, journeys)]
+    for phase, rule in redistribution.items():
+        for journey, sessions in zip(rows, journeys):
+            if phase != "holder" or has_holder[journey.start]:
+                shares = phases[phase][journey].tolist()
+                phases[phase][journey] = _redistribute(shares, [s.channel_label for s in sessions], rule)
     ihc = combine(weights, *phases.values(), has_holder)
-    return [SessionCredit(s.session_id, *map(float, values)) for s, values in zip(sessions, zip(*phases.values(), ihc))]
+    values = np.column_stack([*phases.values(), ihc]).tolist()
+    return [[SessionCredit(s.session_id, *values[i]) for i, s in zip(range(journey.start, journey.stop), sessions)]
+            for journey, sessions in zip(rows, journeys)]
 
 
 class Batch:
-    """Journeys of 2+ sessions, each a chronological list, as flat arrays with one entry per session.
+    """Journeys of 2+ sessions, each a chronological list, as flat arrays with one entry per session:
+    the journeys of a request for the server (``exact`` sums), hundreds at once for a calibration."""
 
-    The server attributes one journey at a time; the calibration evaluates hundreds at once.
-    """
-
-    def __init__(self, journeys: Sequence[Sequence[Touchpoint]]) -> None:
+    def __init__(self, journeys: Sequence[Sequence[Touchpoint]], exact: bool = False) -> None:
         self._located: dict[tuple, tuple] = {}
-        self.n_journeys = len(journeys)
+        self.exact, self.n_journeys = exact, len(journeys)
+        self.starts = list(accumulate((len(j) for j in journeys[:-1]), initial=0))
         self.labels = tuple(sorted({t.channel_label for j in journeys for t in j}))
         index = {c: i for i, c in enumerate(self.labels)}
         rows = []
@@ -362,10 +371,10 @@ def _hours(delta: timedelta) -> float:
 
 def _normalise(raw: np.ndarray, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
     """Every value divided by its journey's total, and per journey whether that total is > 0."""
-    if batch.n_journeys == 1:
-        # The server: the correctly rounded sum its answers have always used. The calibration
-        # (many journeys) takes numpy's faster sum, as a fit does not need the last bit.
-        total = np.array([math.fsum(raw)])
+    if batch.exact:
+        # The server: each journey's correctly rounded sum, which its answers have always used. A
+        # calibration takes numpy's faster sum, as a fit does not need the last bit.
+        total = np.array([math.fsum(part) for part in np.split(raw, batch.starts[1:])])
     else:
         total = np.bincount(batch.jid, weights=raw, minlength=batch.n_journeys)
     ok = total > 0

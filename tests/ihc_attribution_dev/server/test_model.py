@@ -19,6 +19,7 @@ from ihc_attribution_dev.server.model import (
     SessionCredit,
     Touchpoint,
     attribute_journey,
+    attribute_journeys,
     chronological,
     largest_remainder,
     round_credits,
@@ -356,3 +357,22 @@ def test_a_curve_interpolates_between_its_points(x):
         (x0, y0), (x1, y1) = (points[0], points[1]) if x < 24 else (points[1], points[2])
         assert curve(x) == pytest.approx(y0 + (y1 - y0) * (x - x0) / (x1 - x0))
     assert curve == Curve(points) and hash(curve) == hash(Curve(points))
+
+
+@pytest.mark.parametrize("redistribution", [
+    None,
+    {"closer": RedistributionRule("any_session", 0.0, frozenset({"Direct Traffic"})),
+     "holder": RedistributionRule("earlier_sessions_only", 0.05, frozenset({"Referral"}))},
+])
+def test_a_request_s_journeys_evaluated_at_once_get_each_journey_s_own_credit_to_the_last_bit(redistribution):
+    """The server evaluates a request's journeys as one batch; each journey's credit must be what it
+    gets alone, bit for bit (sums, redistribution and the holder phase are per journey)."""
+    rng = random.Random(7)
+    channels = ["Direct Traffic", "Referral", "Paid Search", "Newsletter"]
+    journeys = [
+        [tp(f"j{j}s{i}", rng.choice([0.0, rng.uniform(0, 500)]), rng.choice(channels), rng.randint(0, 1),
+            rng.randint(0, 1), int(rng.random() < 0.3)) for i in range(rng.choice([1, 1, 2, 3, 5, 12]))]
+        for j in range(300)
+    ]
+    together = attribute_journeys(journeys, W, FITTED_PARAMS, redistribution)
+    assert together == [attribute_journey(j, W, FITTED_PARAMS, redistribution) for j in journeys]

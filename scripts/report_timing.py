@@ -45,7 +45,9 @@ def prepared_database(name: str, args: argparse.Namespace) -> Path:
     target_path = args.db_dir / f"report_{source.name}"
     if not target_path.exists():
         partial = target_path.with_suffix(".partial")
-        shutil.copyfile(source, partial)
+        reading = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+        with contextlib.closing(reading) as src, contextlib.closing(sqlite3.connect(partial)) as dst:
+            src.backup(dst)  # a consistent copy, even of a demo database a local Airflow writes to
         print(f"running the pipeline over {args.start} to {args.last} on a copy of {source.name} ...", flush=True)
         started = time.perf_counter()
         use_database(partial)

@@ -175,6 +175,9 @@ def wait_ready(state: dict, keys: dict[str, str], watch: dict[str, int], timeout
     The pool's slots are the budget of IHC requests in flight across all runs."""
     health = f"http://localhost:{state['api_port']}/api/v2/monitor/health"
     wait_until("the API server", lambda: http_json("GET", health, timeout=3)[0] == 200, timeout, watch, RUN_DIR)
+    if state.get("ihc_managed"):
+        ihc = f"http://127.0.0.1:{state['ihc_port']}/health"
+        wait_until("the local IHC server", lambda: http_json("GET", ihc, timeout=3)[0] == 200, timeout, watch, RUN_DIR)
     base, token = login(state, keys)
     pool = {"name": POOL, "slots": POOL_SLOTS, "include_deferred": False,
             "description": "IHC API requests in flight across runs (each call_ihc_api takes ihc_concurrency slots)"}
